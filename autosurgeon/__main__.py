@@ -1,0 +1,4 @@
+"""``python -m autosurgeon`` is the ``autosurgeon`` command."""
+from autosurgeon.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""The ``autosurgeon`` command.
+
+Each subcommand lives in its own module of this package and exposes ``register(subparsers)``,
+which adds its parser and sets ``func``. This is the only place that prints, and the only module
+of ``autosurgeon`` that may reach up into ``agents`` or ``experiments`` (lazily, inside commands).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from autosurgeon import __version__
+from autosurgeon._logging import LIBRARY_LOGGER
+from autosurgeon.errors import AutoSurgeonError
+from runtime.errors import JalapenoError
+
+# Subcommand modules, in the order `autosurgeon --help` lists them.
+COMMANDS = ("profile", "zoo", "analyze")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autosurgeon",
+        description="Hardware-aware model surgery for PyTorch models, run on the Jalapeño runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"autosurgeon {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"autosurgeon.cli.{name}").register(sub)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger(LIBRARY_LOGGER)
+    logger.setLevel(level)
+    logger.addHandler(handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _configure_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except (AutoSurgeonError, JalapenoError) as exc:
+        if args.debug:
+            raise
+        print(f"autosurgeon {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autosurgeon {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Model surgery as Gymnasium environments (DESIGN.md, layer 3)."""
