@@ -1,0 +1,290 @@
+"""Session: the runtime's facade — run a model as a SessionSpec says, within its budgets, with stats.
+
+``Session(model, spec)`` casts or quantizes blocks as asked, places every weight-owning module (resident on
+its execution device, or streamed from a slower tier through :class:`~runtime.streaming.Streamer`), and
+then ``forward``/``generate`` run the model as usual (Hugging Face ``generate()`` included: its KV cache
+lives on each block's execution device). ``close()`` (or leaving the ``with`` block) removes every hook
+and gives the model back with ordinary tensors on the devices they had. Casting and quantization are model
+surgery, not hooks: they are not undone on close (keep a copy of the model if you need the original).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime._log import get_logger
+from runtime.errors import JalapenoError
+from runtime.spec import FLOAT_FORMATS, QUANT_FORMATS, BlockSpec, SessionSpec
+from runtime.streaming import StreamUnit, Streamer, attach_device_hooks
+from runtime.tensors import TIERS, TensorStore, tier_of
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """What a session measured.
+
+    Attributes:
+        tokens: new tokens produced by ``generate`` calls.
+        seconds: wall time of those calls (synchronised).
+        tokens_per_s: ``tokens / seconds`` (0 before any generate).
+        peak_bytes: tier -> most bytes the store held at once (home copies + staging).
+        budgets: tier -> budget in bytes (None: unbounded).
+        cuda_max_allocated: ``torch.cuda.max_memory_allocated`` over the session's devices (None without CUDA).
+        peak_rss: peak resident set of the process during generate calls, sampled (None if not sampled).
+        energy_j: energy over the generate calls, and energy_source: "nvml", "rapl" or "estimate".
+        fetches, misses, bytes_fetched: streaming counters.
+    """
+
+    tokens: int
+    seconds: float
+    tokens_per_s: float
+    peak_bytes: dict[str, int]
+    budgets: dict[str, int | None]
+    cuda_max_allocated: int | None
+    peak_rss: int | None
+    energy_j: float | None
+    energy_source: str | None
+    fetches: int
+    misses: int
+    bytes_fetched: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
+    """The model's list of blocks: ``path`` if given, else the ModuleList holding the most parameters."""
+    if path is not None:
+        try:
+            blocks = model.get_submodule(path)
+        except AttributeError:
+            raise JalapenoError(f"`block_path` {path!r} names no submodule of {type(model).__name__}.") from None
+        if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
+            raise JalapenoError(f"`block_path` {path!r} is a {type(blocks).__name__}, not a ModuleList.")
+        return path, blocks  # type: ignore[return-value]
+    best: tuple[int, str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module):
+            size = sum(p.numel() for p in module.parameters())
+            if best is None or size > best[0]:
+                best = (size, name, module)
+    if best is None:
+        raise JalapenoError(f"{type(model).__name__} has no nn.ModuleList of blocks; pass `block_path`.")
+    return best[1], best[2]
+
+
+def _quantize_block(block: nn.Module, fmt: str, group_size: int) -> int:
+    """Replace each nn.Linear in ``block`` by a QuantizedLinear; returns how many were replaced."""
+    try:
+        from runtime.kernels import QuantizedLinear
+    except ImportError as exc:  # the kernels package is optional at this layer's import time
+        raise JalapenoError(f"weight_format {fmt!r} needs runtime.kernels.QuantizedLinear: {exc}") from exc
+    count = 0
+    for name, child in list(block.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(block, name, QuantizedLinear.from_linear(child, fmt, group_size=group_size))
+            count += 1
+        else:
+            count += _quantize_block(child, fmt, group_size)
+    return count
+
+
+class _NoMeter:
+    joules = None
+    source = None
+    peak_rss_bytes = None
+
+    def __enter__(self) -> _NoMeter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class Session:
+    """Run ``model`` as ``spec`` says. See the module docstring.
+
+    Args:
+        model: an ``nn.Module`` (eval mode is set); its weights may be on the host or already placed.
+        spec: per-block execution device, home tier and weight format; tier budgets; streaming knobs.
+        store: a TensorStore to use (default: a new one with the spec's budgets).
+        time_transfers: record CUDA events around every host-to-device copy (``stats().extra``).
+    """
+
+    def __init__(self, model: nn.Module, spec: SessionSpec, *, store: TensorStore | None = None,
+                 time_transfers: bool = False) -> None:
+        self.model = model.eval()
+        self.spec = spec
+        self.block_path, self.blocks = find_blocks(model, spec.block_path)
+        if len(spec.blocks) > len(self.blocks):
+            raise JalapenoError(f"spec lists {len(spec.blocks)} blocks but {self.block_path!r} has {len(self.blocks)}.")
+        self.block_specs = [spec.block(i) for i in range(len(self.blocks))]
+        self.rest = spec.rest_spec
+        self.rest_device = torch.device(self.rest.device)
+        self._apply_formats()
+        self.store = store or TensorStore(budgets=spec.budgets, offload_dir=spec.offload_dir)
+        self._owns_store = store is None
+        self._handles: list[Any] = []
+        self.streamer = Streamer(self.store, self._units(), lookahead=spec.lookahead, time_transfers=time_transfers)
+        try:
+            self.streamer.attach()
+            for block, bs in zip(self.blocks, self.block_specs):
+                if torch.device(bs.device) != self.rest_device:
+                    self._handles += attach_device_hooks(block, torch.device(bs.device), self.rest_device)
+        except BaseException:
+            self.close()
+            raise
+        self._tokens = 0
+        self._seconds = 0.0
+        self._energy: float | None = None
+        self._energy_source: str | None = None
+        self._peak_rss: int | None = None
+        self._devices = sorted({str(bs.device) for bs in self.block_specs} | {str(self.rest_device)})
+        self.closed = False
+
+    # ---------------------------------------------------------------- setup
+    def _apply_formats(self) -> None:
+        floats = {bs.weight_format for bs in [*self.block_specs, self.rest] if bs.weight_format in FLOAT_FORMATS}
+        if len(floats) > 1:
+            raise JalapenoError(f"blocks ask for different float formats {sorted(floats)}; mixed float dtypes "
+                                f"across blocks are not supported yet — use one float format.")
+        if floats:
+            self.model.to(FLOAT_FORMATS[floats.pop()])
+        for i, (block, bs) in enumerate(zip(self.blocks, self.block_specs)):
+            if bs.weight_format in QUANT_FORMATS:
+                n = _quantize_block(block, bs.weight_format, bs.group_size)
+                logger.info("block %d: %d linears quantized to %s", i, n, bs.weight_format)
+
+    def _units(self) -> list[StreamUnit]:
+        """Weight-owning modules in registration order, each with its block's device and home."""
+        prefix = self.block_path + "."
+        units: list[StreamUnit] = []
+        for name, module in self.model.named_modules():
+            if name == self.block_path:
+                continue
+            if not name.startswith(prefix):
+                if self._owns_tensors(module):
+                    units.append(StreamUnit(name, module, self.rest_device, self.rest.tier))
+                continue
+            index = int(name[len(prefix):].split(".")[0])
+            bs = self.block_specs[index]
+            device = torch.device(bs.device)
+            whole = name[len(prefix):].count(".") == 0
+            if bs.streamed and self.spec.granularity == "block":
+                if whole:
+                    units.append(StreamUnit(name, module, device, bs.tier, recurse=True))
+            elif self._owns_tensors(module):
+                # Vectors (norm weights, lone biases) are O(hidden) and stay resident: streaming them costs
+                # a fetch and a slot each for almost no bytes.
+                small = all(t is None or t.dim() <= 1 for t in [*module._parameters.values(), *module._buffers.values()])
+                home = tier_of(device) if small else bs.tier
+                units.append(StreamUnit(name, module, device, home))
+        return units
+
+    @staticmethod
+    def _owns_tensors(module: nn.Module) -> bool:
+        return any(t is not None for t in [*module._parameters.values(), *module._buffers.values()])
+
+    # ---------------------------------------------------------------- running
+    def forward(self, **inputs: Any) -> Any:
+        """``model(**inputs)`` with tensors moved to the rest device, under ``torch.no_grad``."""
+        self._check_open()
+        from runtime.streaming import move_to
+
+        with torch.no_grad():
+            return self.model(**move_to(inputs, self.rest_device))
+
+    def generate(self, input_ids: torch.Tensor, *, max_new_tokens: int = 32, do_sample: bool = False,
+                 **kwargs: Any) -> torch.Tensor:
+        """Hugging Face ``generate`` (greedy by default) timed, with energy and peak RSS measured."""
+        self._check_open()
+        if max_new_tokens < 1:
+            raise JalapenoError(f"`max_new_tokens` must be >= 1, got {max_new_tokens}.")
+        if not hasattr(self.model, "generate"):
+            raise JalapenoError(f"{type(self.model).__name__} has no generate(); use forward().")
+        input_ids = input_ids.to(self.rest_device)
+        kwargs.setdefault("attention_mask", torch.ones_like(input_ids))
+        kwargs.setdefault("pad_token_id", 0)
+        meter, tracker = self._telemetry()
+        self._sync()
+        start = time.perf_counter()
+        with meter, tracker:
+            out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+            self._sync()
+        self._seconds += time.perf_counter() - start
+        self._tokens += (out.shape[-1] - input_ids.shape[-1]) * out.shape[0]
+        self._energy_source = meter.source
+        if meter.joules is not None and meter.joules == meter.joules:  # NaN: an estimate with no power figure
+            self._energy = (self._energy or 0.0) + meter.joules
+        peak = getattr(tracker, "peak_rss_bytes", None)
+        if peak is not None:
+            self._peak_rss = max(self._peak_rss or 0, int(peak))
+        return out
+
+    def _telemetry(self) -> tuple[Any, Any]:
+        try:
+            from runtime import telemetry  # local: telemetry may touch NVML, and only when measuring
+        except ImportError:  # telemetry not installed alongside: time only
+            return _NoMeter(), _NoMeter()
+        device = next((d for d in self._devices if d.startswith("cuda")), "cpu")
+        cuda = device if device.startswith("cuda") else None
+        return telemetry.EnergyMeter(device=device), telemetry.PeakTracker(interval_s=0.02, device=cuda)
+
+    def _sync(self) -> None:
+        for d in self._devices:
+            if d.startswith("cuda"):
+                torch.cuda.synchronize(d)
+
+    def stats(self) -> SessionStats:
+        """Tokens/s, peak bytes per tier (store accounting, cross-checked by the allocator and RSS), energy."""
+        cuda = [d for d in self._devices if d.startswith("cuda")]
+        cuda_max = max((torch.cuda.max_memory_allocated(d) for d in cuda), default=None) if cuda else None
+        s = self.streamer.stats
+        extra: dict[str, Any] = {"streamed_bytes_per_pass": self.streamer.streamed_bytes_per_pass()}
+        if self.streamer.time_transfers and cuda:
+            extra["transfer_seconds"] = self.streamer.transfer_seconds(reset=False)
+        return SessionStats(
+            tokens=self._tokens, seconds=self._seconds,
+            tokens_per_s=self._tokens / self._seconds if self._seconds else 0.0,
+            peak_bytes={t: self.store.peak(t) for t in TIERS},
+            budgets={t: self.store.budgets[t] for t in TIERS},
+            cuda_max_allocated=cuda_max, peak_rss=self._peak_rss,
+            energy_j=self._energy, energy_source=self._energy_source,
+            fetches=s.fetches, misses=s.misses, bytes_fetched=s.bytes_fetched, extra=extra,
+        )
+
+    # ---------------------------------------------------------------- teardown
+    def _check_open(self) -> None:
+        if getattr(self, "closed", False):
+            raise JalapenoError("this Session is closed; create a new one.")
+
+    def close(self) -> None:
+        """Detach every hook and restore the model's tensors to ordinary tensors on their original devices."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        if hasattr(self, "streamer"):
+            self.streamer.detach()
+        if getattr(self, "_owns_store", False):
+            self.store.close()
+        self.closed = True
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a forgotten session should not leave hooks on the user's model
+        if not getattr(self, "closed", True):
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - interpreter shutdown; nothing sensible to do
+                pass
+
+
+__all__ = ["BlockSpec", "Session", "SessionSpec", "SessionStats", "find_blocks", "tier_of"]

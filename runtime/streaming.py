@@ -1,0 +1,398 @@
+"""Dynamic layer streaming: weights of streamed units materialise on their execution device just in time.
+
+A *unit* is one module that owns tensors directly (a Linear, a QuantizedLinear, a norm). Each has an
+execution device and a home tier in the :class:`~runtime.tensors.TensorStore`. A unit whose home is its
+device's own tier is *resident*: its tensors are moved there once. Any other unit is *streamed*: its
+tensors are swapped for meta-device placeholders, and per-instance forward hooks (never a patched class or
+forward) fetch them into a staging slot before the module runs and give the slot back after it ran.
+
+Lifecycle (accelerate's ModelHook shape, our code): ``attach()`` registers the tensors, reserves the
+staging slots (so a budget that cannot hold them fails before anything runs) and installs hooks;
+``pre_forward`` binds the unit's tensors and asks the prefetcher what to fetch next; ``post_forward``
+unbinds and recycles the slot; ``detach()`` removes every hook and puts the original parameters back.
+
+Swapping: a streamed parameter is replaced in ``module._parameters`` by a meta-device placeholder of the
+same shape and dtype (so shape queries still work and any accidental use fails loudly), and while bound by
+a "live" Parameter on the execution device whose ``.data`` is a view into the slot. The original
+Parameter objects are kept and restored on ``detach()``. Buffers (QuantizedLinear's packed weights and
+scales) are swapped the same way in ``module._buffers``.
+
+Overlap on a GPU: copies run on a dedicated CUDA stream from page-locked host memory. The compute stream
+waits on a per-unit "copy done" event; a slot's next copy waits on its "last use" event recorded on the
+compute stream. Both are device-side waits, so the host never blocks and runs ahead issuing kernels and
+copies. Disk-homed units are read by one worker thread (``os.preadv`` releases the GIL), overlapping with
+compute on the host.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime._log import get_logger
+from runtime.errors import JalapenoError
+from runtime.prefetch import Prefetcher, SequentialPrefetcher
+from runtime.tensors import TensorStore, tier_of
+
+logger = get_logger(__name__)
+
+
+@dataclass(eq=False)
+class StreamUnit:
+    """One module whose own tensors are managed together: where it runs and where its weights live."""
+
+    name: str
+    module: nn.Module
+    device: torch.device
+    home: str
+    recurse: bool = False  # manage the tensors of all submodules too (a whole block as one unit)
+    # filled by attach()
+    uid: int = -1
+    members: tuple[tuple[nn.Module, str, bool], ...] = ()  # (owner module, attribute, is a parameter)
+    keys: tuple[str, ...] = ()
+    nbytes: int = 0
+    originals: list[torch.Tensor] = field(default_factory=list)
+    devices_before: list[torch.device] = field(default_factory=list)
+    placeholders: list[torch.Tensor] = field(default_factory=list)
+    live: list[nn.Parameter | None] = field(default_factory=list)
+    # streaming state
+    slot: _Slot | None = None
+    pending: Any = None  # Future (disk reads), a finished result, or a callable producing it
+    bound: bool = False
+
+    @property
+    def streamed(self) -> bool:
+        return self.home != tier_of(self.device)
+
+
+@dataclass(eq=False)
+class _Slot:
+    buf: torch.Tensor
+    last_use: Any = None  # CUDA event recorded on the compute stream after the last unit that used it
+
+
+@dataclass
+class StreamStats:
+    """Counters since attach (or the last ``reset``)."""
+
+    fetches: int = 0
+    misses: int = 0  # a unit started without having been prefetched
+    bytes_fetched: int = 0
+
+
+class Streamer:
+    """Attaches streaming hooks to units, executes fetch/release, detaches cleanly.
+
+    Args:
+        store: where the units' tensors are registered and their staging slots reserved.
+        units: every managed module, in execution order (the sequential prefetcher follows this order).
+        lookahead: how many streamed units to have in flight beyond the one running; each device that
+            runs streamed units reserves ``lookahead + 1`` slots as large as its largest streamed unit.
+        prefetcher: which units to fetch next; default ``SequentialPrefetcher`` over the streamed units.
+        time_transfers: record CUDA events around each host-to-device copy (see ``transfer_seconds``).
+    """
+
+    def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
+                 prefetcher: Prefetcher | None = None, time_transfers: bool = False) -> None:
+        if lookahead < 0:
+            raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
+        self.store = store
+        self.units = list(units)
+        self.lookahead = lookahead
+        self._prefetcher = prefetcher
+        self.time_transfers = time_transfers
+        self.stats = StreamStats()
+        self._handles: list[Any] = []
+        self._free: dict[torch.device, deque[_Slot]] = {}
+        self._slot_bufs: list[tuple[torch.Tensor, str, str]] = []
+        self._copy_streams: dict[torch.device, Any] = {}
+        self._io: ThreadPoolExecutor | None = None
+        self._timings: list[tuple[Any, Any]] = []
+        self.attached = False
+
+    # ---------------------------------------------------------------- lifecycle
+    def attach(self) -> Streamer:
+        if self.attached:
+            raise JalapenoError("this Streamer is already attached; detach() it first.")
+        try:
+            for uid, unit in enumerate(self.units):
+                unit.uid = uid
+                self._init_unit(unit)
+            self._reserve_slots()
+        except BaseException:
+            self.detach()
+            raise
+        streamed = [u.uid for u in self.units if u.streamed]
+        if self._prefetcher is None:
+            self._prefetcher = SequentialPrefetcher(streamed, lookahead=self.lookahead)
+        if any(self.units[i].home == "disk" for i in streamed):
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jalapeno-io")
+        self.attached = True
+        logger.info("streaming %d of %d units (lookahead %d)", len(streamed), len(self.units), self.lookahead)
+        return self
+
+    def _init_unit(self, unit: StreamUnit) -> None:
+        module = unit.module
+        owners = module.named_modules() if unit.recurse else [("", module)]
+        members = []
+        for sub_name, sub in owners:
+            for attr, t in list(sub._parameters.items()) + list(sub._buffers.items()):
+                if t is not None:
+                    members.append((sub, attr, attr in sub._parameters, sub_name))
+        unit.members = tuple((m, a, p) for m, a, p, _ in members)
+        prefix = f"{unit.name}." if unit.name else ""
+        unit.keys = tuple(f"{prefix}{s + '.' if s else ''}{a}" for _, a, _, s in members)
+        unit.originals = [getattr(m, a) for m, a, _ in unit.members]
+        unit.devices_before = [t.device for t in unit.originals]
+        tensors = {k: t.detach() for k, t in zip(unit.keys, unit.originals)}
+        tier = tier_of(unit.device)
+        if not unit.streamed:
+            moved = {k: t.to(unit.device) for k, t in tensors.items()}
+            self.store.register(moved, tier, label=unit.name, copy=False)
+            for (m, a, is_param), t in zip(unit.members, moved.values()):
+                _assign(m, a, is_param, t, keep_param=True)
+            return
+        if tier == "cpu" and unit.home == "gpu":
+            raise JalapenoError(f"unit {unit.name!r}: streaming from the 'gpu' tier to the host is not supported; "
+                                f"home it on 'cpu' or 'disk'.")
+        self.store.register(tensors, unit.home, label=unit.name)
+        unit.nbytes = self.store.group_nbytes(unit.keys)
+        for (m, a, is_param), t in zip(unit.members, unit.originals):
+            meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+            if is_param:
+                unit.placeholders.append(nn.Parameter(meta, requires_grad=False))
+                unit.live.append(nn.Parameter(torch.empty(0, dtype=t.dtype, device=unit.device), requires_grad=False))
+                t.data = torch.empty(0, dtype=t.dtype, device=t.device)  # drop our hold on the original memory
+            else:
+                unit.placeholders.append(meta)
+                unit.live.append(None)
+        self._unbind(unit)
+        self._handles.append(module.register_forward_pre_hook(lambda m, a, u=unit: self._pre_forward(u)))
+        self._handles.append(module.register_forward_hook(lambda m, a, o, u=unit: self._post_forward(u)))
+
+    def _reserve_slots(self) -> None:
+        by_device: dict[torch.device, int] = {}
+        for u in self.units:
+            if u.streamed:
+                by_device[u.device] = max(by_device.get(u.device, 0), u.nbytes)
+        for device, size in by_device.items():
+            tier, label = tier_of(device), f"staging:{device}"
+            free: deque[_Slot] = deque()
+            for _ in range(self.lookahead + 1):
+                buf = self.store.allocate(tier, size, label=label, device=device)
+                self._slot_bufs.append((buf, tier, label))
+                free.append(_Slot(buf))
+            self._free[device] = free
+            if device.type == "cuda":
+                self._copy_streams[device] = torch.cuda.Stream(device=device)
+
+    def detach(self) -> None:
+        """Remove every hook, free the staging slots and restore the original tensors on their devices."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for device in self._copy_streams:
+            torch.cuda.synchronize(device)
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
+        for unit in self.units:
+            if not unit.originals:
+                continue
+            names = unit.keys
+            registered = all(n in self.store for n in names)
+            if unit.streamed and registered:
+                restored = [self.store.load(n) for n in names]
+            else:
+                restored = [getattr(m, a) for m, a, _ in unit.members]
+            for (m, a, is_param), original, before, t in zip(unit.members, unit.originals, unit.devices_before,
+                                                              restored):
+                value = t.detach().to(before)
+                if is_param:
+                    original.data = value
+                    m._parameters[a] = original
+                else:
+                    m._buffers[a] = value
+            if registered:
+                self.store.unregister(names, label=unit.name)
+            unit.originals = []
+            unit.slot = unit.pending = None
+            unit.bound = False
+        for buf, tier, label in self._slot_bufs:
+            self.store.free(buf, tier=tier, label=label)
+        self._slot_bufs.clear()
+        self._free.clear()
+        self._copy_streams.clear()
+        self.attached = False
+
+    # ---------------------------------------------------------------- hooks
+    def _pre_forward(self, unit: StreamUnit) -> None:
+        assert self._prefetcher is not None
+        self._prefetcher.observe(unit.uid)
+        if unit.pending is None:
+            self.stats.misses += 1
+            self._start(unit, demand=True)
+        views = self._wait(unit)
+        for (m, a, is_param), live, view in zip(unit.members, unit.live, views):
+            if is_param:
+                live.data = view
+                m._parameters[a] = live
+            else:
+                m._buffers[a] = view
+        unit.bound = True
+        self._prefetch()
+
+    def _post_forward(self, unit: StreamUnit) -> None:
+        self._unbind(unit)
+        slot = unit.slot
+        assert slot is not None
+        if unit.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(unit.device))
+            slot.last_use = event
+        unit.slot = unit.pending = None
+        unit.bound = False
+        self._free[unit.device].append(slot)
+        self._prefetch()
+
+    def _unbind(self, unit: StreamUnit) -> None:
+        for (m, a, is_param), placeholder, live in zip(unit.members, unit.placeholders, unit.live):
+            if is_param:
+                m._parameters[a] = placeholder
+                live.data = _EMPTY.get(unit.device, live.dtype)
+            else:
+                m._buffers[a] = placeholder
+
+    # ---------------------------------------------------------------- fetch machinery
+    def _prefetch(self) -> None:
+        assert self._prefetcher is not None
+        for uid in self._prefetcher.predict(self.lookahead):
+            unit = self.units[uid]
+            if unit.pending is not None or unit.bound:
+                continue
+            if not self._free[unit.device]:
+                break
+            self._start(unit)
+
+    def _start(self, unit: StreamUnit, *, demand: bool = False) -> None:
+        free = self._free[unit.device]
+        if not free:  # a mispredicted unit holds the slot we need: cancel the prefetch furthest ahead
+            victim = next(u for u in reversed(self.units) if u.pending is not None and not u.bound
+                          and u.device == unit.device)
+            self._wait(victim)
+            free.append(victim.slot)
+            victim.slot = victim.pending = None
+        slot = free.popleft()
+        unit.slot = slot
+        self.stats.fetches += 1
+        self.stats.bytes_fetched += unit.nbytes
+        if unit.device.type == "cuda":
+            job = lambda: self._copy_to_cuda(unit, slot)  # noqa: E731
+        else:
+            job = lambda: self.store.fetch(unit.keys, unit.device, out=slot.buf)  # noqa: E731
+        if unit.home == "disk":
+            assert self._io is not None
+            unit.pending = self._io.submit(job)
+        else:
+            unit.pending = job() if unit.device.type == "cuda" else job
+        del demand
+
+    def _copy_to_cuda(self, unit: StreamUnit, slot: _Slot) -> tuple[list[torch.Tensor], Any]:
+        stream = self._copy_streams[unit.device]
+        with torch.cuda.stream(stream):
+            if slot.last_use is not None:
+                stream.wait_event(slot.last_use)
+            if self.time_transfers:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+            views = self.store.fetch(unit.keys, unit.device, out=slot.buf)
+            done = torch.cuda.Event()
+            done.record(stream)
+            if self.time_transfers:
+                end.record(stream)
+                self._timings.append((start, end))
+        return views, done
+
+    def _wait(self, unit: StreamUnit) -> list[torch.Tensor]:
+        pending = unit.pending
+        result = pending.result() if isinstance(pending, Future) else pending() if callable(pending) else pending
+        unit.pending = lambda: result  # idempotent for a second wait (cancellation path)
+        if unit.device.type == "cuda":
+            views, done = result
+            torch.cuda.current_stream(unit.device).wait_event(done)
+            return views
+        return result
+
+    # ---------------------------------------------------------------- measurement
+    def transfer_seconds(self, *, reset: bool = True) -> float:
+        """Total time the copy streams spent copying since the last reset (synchronises; needs
+        ``time_transfers=True``)."""
+        for device in self._copy_streams:
+            torch.cuda.synchronize(device)
+        total = sum(s.elapsed_time(e) for s, e in self._timings) / 1e3
+        if reset:
+            self._timings.clear()
+        return total
+
+    def streamed_bytes_per_pass(self) -> int:
+        """Bytes of all streamed units together: what one full pass over the model must move."""
+        return sum(self.store.entry(k).nbytes for u in self.units if u.streamed for k in u.keys)
+
+
+class _EmptyCache:
+    """One zero-element tensor per (device, dtype): what a live Parameter holds between uses."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def get(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key not in self._cache:
+            self._cache[key] = torch.empty(0, dtype=dtype, device=device)
+        return self._cache[key]
+
+
+_EMPTY = _EmptyCache()
+
+
+def _assign(module: nn.Module, attr: str, is_param: bool, value: torch.Tensor, *, keep_param: bool) -> None:
+    if is_param and keep_param:
+        module._parameters[attr].data = value
+    elif is_param:
+        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
+    else:
+        module._buffers[attr] = value
+
+
+def move_to(value: Any, device: torch.device) -> Any:
+    """``value`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True) if value.device != device else value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(move_to(v, device) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(move_to(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: move_to(v, device) for k, v in value.items()}
+    return value
+
+
+def attach_device_hooks(block: nn.Module, device: torch.device, return_device: torch.device) -> list[Any]:
+    """Run ``block`` on ``device``: move its inputs there and its outputs back to ``return_device``.
+
+    Returns the hook handles (``handle.remove()`` detaches). Used for blocks whose execution device
+    differs from the rest of the model's (e.g. a block computed on the host next to GPU blocks).
+    """
+    def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return move_to(args, device), move_to(kwargs, device)
+
+    def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        return move_to(output, return_device)
+
+    return [block.register_forward_pre_hook(pre, with_kwargs=True),
+            block.register_forward_hook(post, with_kwargs=True)]
