@@ -1,0 +1,136 @@
+"""``autosurgeon profile``: measure this machine (or show a preset / profile file) and print it.
+
+Without ``--device`` (or with ``--device local``) the machine is measured now and its cache file
+rewritten; with a preset name or a JSON path, that profile is shown as it is.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from autosurgeon.hardware import (
+    HardwareProfile,
+    list_presets,
+    profile_cache_path,
+    profile_local,
+    resolve_profile,
+    save_profile,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "profile",
+        help="measure this machine's hardware profile, or show a preset",
+        description="Detect and measure this machine (GEMM rate per dtype, memory, host<->device and disk "
+        "bandwidth) and cache the profile; or show a preset or a profile JSON file.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (under 10 s)")
+    parser.add_argument("--json", action="store_true", help="print the profile as JSON instead of a table")
+    parser.add_argument("--out", metavar="FILE", help="also write the profile JSON to FILE")
+    parser.add_argument(
+        "--device",
+        metavar="PRESET_OR_PATH",
+        default="local",
+        help=f"'local' (default: measure now), a preset ({', '.join(list_presets())}) or a profile .json",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    local = args.device == "local"
+    if local:
+        print("measuring this machine" + (" (quick)" if args.quick else " (about a minute at most)") + " ...", file=sys.stderr)
+        profile = profile_local(quick=args.quick)
+    else:
+        profile = resolve_profile(args.device)
+    if args.json:
+        print(profile.to_json())
+    else:
+        print(format_profile(profile))
+    if args.out:
+        path = save_profile(profile, args.out)
+        print(f"wrote {path}", file=sys.stderr)
+    if local:
+        print(f"cached at {profile_cache_path(profile.fingerprint)}", file=sys.stderr)
+    return 0
+
+
+def _si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g} {prefix}{unit}"
+    return f"{value:.4g} {unit}"
+
+
+def _binary(nbytes: int) -> str:
+    for scale, prefix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.4g} {prefix}"
+    return f"{nbytes} B"
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes else "unknown"
+
+
+def format_profile(profile: HardwareProfile) -> str:
+    """Plain-text table of a profile: facts, per-unit rates, links, power, notes."""
+    origin = "measured here" if profile.measured else "on paper (datasheet figures)"
+    lines = [f"{profile.name}  [{origin}]  fingerprint {profile.fingerprint}  schema v{profile.schema_version}"]
+    if profile.board:
+        lines.append(f"board     {profile.board}")
+    cpu = profile.cpu
+    cores = f"{cpu.physical_cores} cores / {cpu.logical_cores} threads" if cpu.physical_cores else "cores unknown"
+    lines.append(f"cpu       {cpu.model} ({cpu.arch or '?'}), {cores}, RAM {_gib(cpu.memory_bytes)}")
+    caches = ", ".join(f"{k.upper()} {_binary(cpu.caches[k])}" for k in ("l1d", "l2", "l3") if k in cpu.caches)
+    if caches:
+        lines.append(f"caches    {caches} (per instance)")
+    if cpu.isa:
+        lines.append(f"isa       {' '.join(cpu.isa)}")
+    for gpu in profile.gpus:
+        extra = [f"{_gib(gpu.memory_bytes)}"]
+        if gpu.sm_count:
+            extra.append(f"{gpu.sm_count} SMs")
+        if gpu.compute_capability:
+            extra.append(f"cc {gpu.compute_capability}")
+        if gpu.power_limit_w or gpu.default_power_limit_w:
+            extra.append(f"power limit {gpu.power_limit_w or '?'} W (default {gpu.default_power_limit_w or '?'} W)")
+        if gpu.pcie_gen:
+            extra.append(f"PCIe gen{gpu.pcie_gen} x{gpu.pcie_width}")
+        if gpu.energy_counter is not None:
+            extra.append("energy counter " + ("readable" if gpu.energy_counter else "absent"))
+        lines.append(f"gpu {gpu.index}     {gpu.name}: {', '.join(extra)}")
+    dtypes = sorted({d for u in profile.units for d in u.gemm_flops}, key=_dtype_order)
+    header = f"{'unit':<8} {'kind':<4} {'memory':>10} {'mem BW':>12}" + "".join(f" {d:>13}" for d in dtypes)
+    lines += ["", "GEMM rate (FLOP/s, int8 OP/s) and memory bandwidth per unit:", header, "-" * len(header)]
+    for unit in profile.units:
+        cells = "".join(f" {_si(unit.gemm_flops[d], '') if d in unit.gemm_flops else '-':>13}" for d in dtypes)
+        bandwidth = _si(unit.memory_bandwidth, "B/s") if unit.memory_bandwidth else "-"
+        flag = "" if unit.measured else "  (paper)"
+        lines.append(f"{unit.name:<8} {unit.kind:<4} {_gib(unit.memory_bytes):>10} {bandwidth:>12}{cells}{flag}")
+    if profile.links:
+        lines += ["", "links     " + ", ".join(f"{k} {_si(v, 'B/s')}" for k, v in profile.links.items())]
+    disk = profile.method.get("disk_read")
+    if disk:
+        dropped = "page cache dropped" if disk.get("page_cache_dropped") else "page cache NOT dropped"
+        lines.append(f"disk      {disk.get('directory')} ({disk.get('filesystem') or '?'}, {dropped})")
+    if profile.power:
+        lines.append("power     " + ", ".join(f"{k} {v:g} W" for k, v in profile.power.items()))
+    if profile.measured:
+        cfg = profile.method.get("config", {})
+        lines.append(
+            f"method    median of {cfg.get('repeats')} after {cfg.get('warmup')} warm-up, "
+            f"{profile.method.get('cpu_threads')} CPU threads, torch {profile.method.get('torch')}, "
+            f"{profile.method.get('seconds')} s, {'quick' if profile.method.get('quick') else 'full'}"
+        )
+    for note in profile.notes:
+        lines.append(f"note      {note}")
+    if profile.sources:
+        lines.append("sources   see `--json` (field -> datasheet citation)")
+    return "\n".join(lines)
+
+
+def _dtype_order(name: str) -> tuple[int, str]:
+    order = ("float32", "tfloat32", "bfloat16", "float16", "float8_e4m3fn", "int8")
+    return (order.index(name) if name in order else len(order), name)
