@@ -1,0 +1,147 @@
+"""C++ source of the AVX-512 weight-only GEMV/GEMM kernels (compiled lazily by cpu.py).
+
+Dequantization happens in registers: int8/int4 codes are widened to float32 lanes and FMA'd with the float32
+activations, so the weight streams from memory once at its compressed size. OpenMP splits output rows across
+threads; the library links the ``libgomp.so.1`` that torch has already loaded, so it shares torch's runtime.
+Tiles: NB output rows x MB batch rows of accumulators, sized to stay within the 32 zmm registers.
+"""
+from __future__ import annotations
+
+SOURCE = r"""
+#include <immintrin.h>
+#include <stdint.h>
+
+static inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// ---------------------------------------------------------------- int8, per-channel scale
+// y[m, n] = scale[n] * sum_k x[m, k] * w[n, k]
+template <int NB, int MB>
+static inline void int8_tile(const float* x, const int8_t* w, const float* scale, float* y,
+                             int64_t N, int64_t K, int64_t n0, int64_t m0) {
+  __m512 acc[NB][MB];
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 xv[MB];
+    for (int j = 0; j < MB; ++j) xv[j] = _mm512_loadu_ps(x + (m0 + j) * K + k);
+    for (int i = 0; i < NB; ++i) {
+      __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+          _mm_loadu_si128((const __m128i*)(w + (n0 + i) * K + k))));
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  if (k < K) {  // masked tail: K need not be a multiple of 16
+    __mmask16 mk = (__mmask16)((1u << (K - k)) - 1u);
+    __m512 xv[MB];
+    for (int j = 0; j < MB; ++j) xv[j] = _mm512_maskz_loadu_ps(mk, x + (m0 + j) * K + k);
+    for (int i = 0; i < NB; ++i) {
+      __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mk, w + (n0 + i) * K + k)));
+      for (int j = 0; j < MB; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) y[(m0 + j) * N + n0 + i] = hsum(acc[i][j]) * scale[n0 + i];
+}
+
+template <int NB>
+static inline void int8_rows(const float* x, const int8_t* w, const float* scale, float* y,
+                             int64_t M, int64_t N, int64_t K, int64_t n0) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= M; m0 += 4) int8_tile<NB, 4>(x, w, scale, y, N, K, n0, m0);
+  for (; m0 + 2 <= M; m0 += 2) int8_tile<NB, 2>(x, w, scale, y, N, K, n0, m0);
+  for (; m0 < M; ++m0) int8_tile<NB, 1>(x, w, scale, y, N, K, n0, m0);
+}
+
+extern "C" void jal_int8_linear(const float* x, const int8_t* w, const float* scale, float* y,
+                                int64_t M, int64_t N, int64_t K, int nthreads) {
+  // Small batches: 8 rows per tile (8 independent FMA chains hide latency); larger: 4 rows x 4 batch.
+  const int64_t NB = M < 4 ? 8 : 4;
+  const int64_t nblocks = (N + NB - 1) / NB;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t n0 = b * NB;
+    if (n0 + NB <= N) {
+      if (NB == 8) { for (int64_t m = 0; m < M; ++m) int8_tile<8, 1>(x, w, scale, y, N, K, n0, m); }
+      else int8_rows<4>(x, w, scale, y, M, N, K, n0);
+    } else {
+      for (int64_t n = n0; n < N; ++n) int8_rows<1>(x, w, scale, y, M, N, K, n);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- int4, group-wise scale + offset
+// w[n, k] = q * s[n, g] + o[n, g]; packed: per 32-k block, byte j = q[j] | q[j + 16] << 4.
+// y[m, n] = sum_g s[n, g] * dot_g(q, x) + o[n, g] * xsum[m, g]   (xsum: sum of x over group g)
+template <int NB, int MB>
+static inline void int4_tile(const float* x, const float* xsum, const uint8_t* w, const float* sc,
+                             const float* off, float* y, int64_t N, int64_t Kp, int64_t G, int64_t gs,
+                             int64_t n0, int64_t m0) {
+  const int64_t half = Kp / 2;
+  const __m512i mask = _mm512_set1_epi32(15);
+  __m512 acc[NB][MB];
+  float oacc[NB][MB];
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) { acc[i][j] = _mm512_setzero_ps(); oacc[i][j] = 0.f; }
+  for (int64_t g = 0; g < G; ++g) {
+    __m512 ag[NB][MB];
+    for (int i = 0; i < NB; ++i)
+      for (int j = 0; j < MB; ++j) ag[i][j] = _mm512_setzero_ps();
+    for (int64_t kb = g * gs; kb < (g + 1) * gs; kb += 32) {
+      __m512 xl[MB], xh[MB];
+      for (int j = 0; j < MB; ++j) {
+        xl[j] = _mm512_loadu_ps(x + (m0 + j) * Kp + kb);
+        xh[j] = _mm512_loadu_ps(x + (m0 + j) * Kp + kb + 16);
+      }
+      for (int i = 0; i < NB; ++i) {
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(w + (n0 + i) * half + kb / 2)));
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(b, mask));
+        __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+        for (int j = 0; j < MB; ++j) {
+          ag[i][j] = _mm512_fmadd_ps(lo, xl[j], ag[i][j]);
+          ag[i][j] = _mm512_fmadd_ps(hi, xh[j], ag[i][j]);
+        }
+      }
+    }
+    for (int i = 0; i < NB; ++i) {
+      const __m512 s = _mm512_set1_ps(sc[(n0 + i) * G + g]);
+      const float o = off[(n0 + i) * G + g];
+      for (int j = 0; j < MB; ++j) {
+        acc[i][j] = _mm512_fmadd_ps(ag[i][j], s, acc[i][j]);
+        oacc[i][j] += o * xsum[(m0 + j) * G + g];
+      }
+    }
+  }
+  for (int i = 0; i < NB; ++i)
+    for (int j = 0; j < MB; ++j) y[(m0 + j) * N + n0 + i] = hsum(acc[i][j]) + oacc[i][j];
+}
+
+template <int NB>
+static inline void int4_rows(const float* x, const float* xsum, const uint8_t* w, const float* sc,
+                             const float* off, float* y, int64_t M, int64_t N, int64_t Kp, int64_t G,
+                             int64_t gs, int64_t n0) {
+  int64_t m0 = 0;
+  for (; m0 + 2 <= M; m0 += 2) int4_tile<NB, 2>(x, xsum, w, sc, off, y, N, Kp, G, gs, n0, m0);
+  for (; m0 < M; ++m0) int4_tile<NB, 1>(x, xsum, w, sc, off, y, N, Kp, G, gs, n0, m0);
+}
+
+extern "C" void jal_int4_linear(const float* x, const float* xsum, const uint8_t* w, const float* sc,
+                                const float* off, float* y, int64_t M, int64_t N, int64_t Kp,
+                                int64_t gs, int nthreads) {
+  const int64_t G = Kp / gs;
+  const int64_t NB = M < 2 ? 8 : 4;
+  const int64_t nblocks = (N + NB - 1) / NB;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t b = 0; b < nblocks; ++b) {
+    const int64_t n0 = b * NB;
+    if (n0 + NB <= N) {
+      if (NB == 8) { for (int64_t m = 0; m < M; ++m) int4_tile<8, 1>(x, xsum, w, sc, off, y, N, Kp, G, gs, n0, m); }
+      else int4_rows<4>(x, xsum, w, sc, off, y, M, N, Kp, G, gs, n0);
+    } else {
+      for (int64_t n = n0; n < N; ++n) int4_rows<1>(x, xsum, w, sc, off, y, M, N, Kp, G, gs, n);
+    }
+  }
+}
+
+extern "C" int jal_abi_version(void) { return 1; }
+"""
