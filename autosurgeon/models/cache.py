@@ -1,0 +1,81 @@
+"""Where trained zoo models live, and how a build is made safe against concurrent processes.
+
+A build runs under an exclusive file lock and writes into a temporary folder beside its final place,
+which it renames into place when complete: a reader sees either no folder or a whole one, and two
+processes asking for the same model train it once.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from autosurgeon._logging import get_logger
+
+logger = get_logger(__name__)
+
+CACHE_ENV = "AUTOSURGEON_CACHE"
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the cache folder: ``cache_dir`` if given, else ``$AUTOSURGEON_CACHE``, else ``~/.cache/autosurgeon``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "autosurgeon"
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    # fcntl is POSIX-only; elsewhere the atomic rename below still keeps readers safe, at the cost
+    # of two processes possibly training the same model once each.
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def is_complete(folder: Path, required: tuple[str, ...]) -> bool:
+    """Whether ``folder`` holds every file in ``required`` (a finished build)."""
+    return folder.is_dir() and all((folder / name).is_file() for name in required)
+
+
+def build_once(folder: Path, required: tuple[str, ...], build: Callable[[Path], None]) -> Path:
+    """Return ``folder``, first calling ``build(tmp)`` to fill it if it is not complete yet.
+
+    ``build`` writes into an empty temporary folder on the same file system; on success it is renamed
+    to ``folder`` (atomic), on failure it is removed and the error propagates.
+    """
+    if is_complete(folder, required):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(folder.parent / f".{folder.name}.lock"):
+        if is_complete(folder, required):  # another process finished it while we waited
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            build(tmp)
+            missing = [name for name in required if not (tmp / name).is_file()]
+            if missing:
+                raise RuntimeError(f"build of {folder.name} did not write {missing}")  # internal invariant
+            if folder.exists():  # an incomplete leftover from a killed run
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    logger.info("cached %s", folder)
+    return folder
