@@ -143,5 +143,25 @@ extern "C" void jal_int4_linear(const float* x, const float* xsum, const uint8_t
   }
 }
 
+// ---------------------------------------------------------------- read-bandwidth probe (for the benchmark's bound)
+// Streams `n` bytes (n % 256 == 0) once with 4 independent vector adds per thread; returns a checksum so the
+// loads cannot be optimised away.
+extern "C" int64_t jal_read_bytes(const uint8_t* p, int64_t n, int nthreads) {
+  int64_t total = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : total)
+  for (int64_t i = 0; i < n; i += 4096) {
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+    const int64_t end = i + 4096 < n ? i + 4096 : n;
+    for (int64_t j = i; j < end; j += 256) {
+      a0 = _mm512_add_epi32(a0, _mm512_loadu_si512(p + j));
+      a1 = _mm512_add_epi32(a1, _mm512_loadu_si512(p + j + 64));
+      a2 = _mm512_add_epi32(a2, _mm512_loadu_si512(p + j + 128));
+      a3 = _mm512_add_epi32(a3, _mm512_loadu_si512(p + j + 192));
+    }
+    total += _mm512_reduce_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+  }
+  return total;
+}
+
 extern "C" int jal_abi_version(void) { return 1; }
 """

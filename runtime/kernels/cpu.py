@@ -104,11 +104,36 @@ def load_extension() -> ctypes.CDLL | None:
             lib.jal_int8_linear.restype = None
             lib.jal_int4_linear.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int]
             lib.jal_int4_linear.restype = None
+            lib.jal_read_bytes.argtypes = [vp, i64, ctypes.c_int]
+            lib.jal_read_bytes.restype = i64
             _lib = lib
         except Exception as exc:  # no compiler, sandbox, broken toolchain: fall back, say so once
             logger.warning("AVX-512 kernels unavailable (%s); using the portable torch path", exc)
             _lib_failed = True
     return _lib
+
+
+def read_bandwidth(nbytes: int = 512 * 2**20, *, repeats: int = 5) -> float | None:
+    """Measured read bandwidth (bytes/s, median of ``repeats``) of a buffer far larger than the caches.
+
+    Streams the buffer with AVX-512 loads on all torch threads; None without the extension.
+    """
+    lib = load_extension()
+    if lib is None:
+        return None
+    import time
+
+    nbytes -= nbytes % 4096
+    buf = torch.randint(0, 255, (nbytes,), dtype=torch.uint8)
+    nthreads = torch.get_num_threads()
+    lib.jal_read_bytes(buf.data_ptr(), nbytes, nthreads)  # warm-up: page faults, thread start
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        lib.jal_read_bytes(buf.data_ptr(), nbytes, nthreads)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return nbytes / times[len(times) // 2]
 
 
 def _ptr(t: torch.Tensor) -> int:

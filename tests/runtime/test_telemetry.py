@@ -68,6 +68,7 @@ def test_rss_and_peak_tracker_see_a_transient_allocation() -> None:
 
 @pytest.mark.gpu
 def test_nvml_energy_and_cuda_peak() -> None:
+    pytest.importorskip("pynvml")
     dev = torch.device("cuda")
     with PeakTracker(device=dev) as tracker, EnergyMeter(device=dev) as meter:
         a = torch.randn(4096, 4096, device=dev)
