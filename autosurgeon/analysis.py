@@ -164,7 +164,17 @@ def analyze(
     start = time.perf_counter()
     layout = discover(model)
     trace = Trace()
-    output = trace.run(model, dict(inputs))
+    try:
+        output = trace.run(model, dict(inputs))
+    except NotImplementedError as exc:
+        if not _on_meta(model, inputs):
+            raise
+        raise InvalidArgumentError(
+            f"`model` {type(model).__name__} runs an op the meta device cannot ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); data-dependent ops such as MoE routing with nonzero need values. "
+            "Analyse it with real weights, or pick a data-independent implementation (transformers MoE: "
+            "experts_implementation='batched_mm')."
+        ) from exc
     builder = _Builder(layout, trace, unit)
     leaves = builder.leaves()
     blocks = builder.block_units()
@@ -185,6 +195,13 @@ def analyze(
         analysis_s=elapsed,
         notes=builder.notes,
     )
+
+
+def _on_meta(model: nn.Module, inputs: dict[str, Any]) -> bool:
+    first = next(iter(model.parameters()), None)
+    if first is not None:
+        return first.device.type == "meta"
+    return any(isinstance(v, torch.Tensor) and v.device.type == "meta" for v in inputs.values())
 
 
 def _validate(model: Any, inputs: Any, phase: str, profile: Any) -> None:
@@ -254,9 +271,8 @@ class _Builder:
         if kind == "embedding":
             gathered = self.trace.boundaries[name].out_bytes if name in self.trace.boundaries else 0
             read = min(full, gathered)
-        elif ops is not None and ops.expert_calls > 0:
+        elif ops is not None and (fraction := ops.expert_fraction()) is not None:
             expert_bytes = sum(t.numel() * t.element_size() for t in tensors if t.dim() == 3)
-            fraction = min(1.0, ops.expert_hit_fraction / ops.expert_calls)
             read = full - expert_bytes + int(round(expert_bytes * fraction))
         self._read_cache[name] = read
         return read

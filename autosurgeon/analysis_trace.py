@@ -55,6 +55,8 @@ _PASSTHROUGH = {
 # Batched matmuls inside an attention module multiply activations by activations (Q·K^T, P·V), so their
 # operand bytes are the attention core's traffic; plain mm/addmm there multiply by weights.
 _ACT_ACT_OPS = {aten.bmm, aten.baddbmm}
+# Gathers from a 3-D parameter select experts: they tell which expert weights a pass reads.
+_GATHER_OPS = {aten.index, aten.index_select, aten.select}
 
 
 @dataclass
@@ -69,8 +71,27 @@ class OpStats:
     kv_cache_bytes: int = 0  # their past part: K/V read from a cache (or an encoder), not made this step
     top_op_flops: int = 0  # the largest single op, for the parallelism score
     top_op_out_elements: int = 0
-    expert_calls: int = 0  # grouped-mm calls, for the experts' weight traffic
-    expert_hit_fraction: float = 0.0  # summed over calls: share of the groups (experts) each call read
+    # Expert (3-D weight) reads, for the experts' weight traffic. Real tensors: the expert indices read,
+    # per weight storage. Meta: the expected share read by each call under uniform routing.
+    expert_hits: dict[int, tuple[int, set[int]]] = field(default_factory=dict)
+    expert_expected: list[float] = field(default_factory=list)
+
+    def expert_fraction(self) -> float | None:
+        """Share of the expert weights read, or None when no expert read was seen."""
+        if self.expert_hits:
+            shares = [len(hit) / groups for groups, hit in self.expert_hits.values() if groups]
+            return min(1.0, sum(shares) / len(shares)) if shares else None
+        if self.expert_expected:
+            return min(1.0, sum(self.expert_expected) / len(self.expert_expected))
+        return None
+
+    def add_expert_read(self, weight: torch.Tensor, groups: int, indices: torch.Tensor | None, rows: int) -> None:
+        if weight.device.type != "meta" and indices is not None:
+            key = weight.untyped_storage().data_ptr()
+            _, hit = self.expert_hits.setdefault(key, (groups, set()))
+            hit.update(int(i) for i in torch.unique(indices.reshape(-1)).tolist() if 0 <= i < groups)
+        elif groups > 0:
+            self.expert_expected.append(1.0 - (1.0 - 1.0 / groups) ** rows)
 
     def add_op(self, flops: int, dtype: torch.dtype, out_elements: int) -> None:
         self.flops += flops
@@ -231,6 +252,10 @@ class _DispatchCounter(TorchDispatchMode):
         packet = func._overloadpacket
         if packet is aten._grouped_mm:
             return self._grouped_mm(func, args, kwargs)
+        if packet in _GATHER_OPS:
+            out = func(*args, **kwargs)
+            self._gather(packet, args)
+            return out
         formula = flop_registry.get(packet)
         if formula is None:
             decomposed = func.decompose(*args, **kwargs)
@@ -267,18 +292,29 @@ class _DispatchCounter(TorchDispatchMode):
         stats = self.trace.current
         stats.add_op(int(flops), a.dtype, out.numel())
         if a.dim() == 2 and b.dim() == 3:
-            groups = b.shape[0]
-            stats.expert_calls += 1
-            stats.expert_hit_fraction += _groups_hit(offs, rows=a.shape[0], groups=groups) / max(groups, 1)
+            stats.add_expert_read(b, b.shape[0], _group_ids(offs), a.shape[0])
         return out
 
+    def _gather(self, packet, args) -> None:
+        """Records ``weight[expert_ids]`` on a 3-D parameter (transformers' batched_mm and eager experts)."""
+        source = args[0]
+        if not isinstance(source, nn.Parameter) or source.dim() != 3:
+            return
+        if packet is aten.index:
+            indices = args[1][0] if args[1] else None
+        elif args[1] != 0:
+            return
+        elif packet is aten.select:  # weight[i] with a Python int: one expert
+            indices = torch.tensor([int(args[2])]) if source.device.type != "meta" else None
+        else:  # index_select(source, 0, index)
+            indices = args[2]
+        if isinstance(indices, torch.Tensor) and indices.dtype != torch.bool:
+            self.trace.current.add_expert_read(source, source.shape[0], indices, max(indices.numel(), 1))
 
-def _groups_hit(offs: torch.Tensor | None, *, rows: int, groups: int) -> float:
-    """Experts whose weights a grouped mm reads: exact from the offsets on real tensors; on meta, the
-    expectation under uniform routing, ``G * (1 - (1 - 1/G) ** rows)`` (routing values are unknown there)."""
-    if offs is not None and offs.device.type != "meta":
-        sizes = torch.diff(offs.to(torch.int64), prepend=offs.new_zeros(1, dtype=torch.int64))
-        return float((sizes > 0).sum().item())
-    if groups <= 0:
-        return 0.0
-    return groups * (1.0 - (1.0 - 1.0 / groups) ** rows)
+
+def _group_ids(offs: torch.Tensor | None) -> torch.Tensor | None:
+    """Indices of the groups with at least one row, from grouped-mm offsets (None on meta)."""
+    if offs is None or offs.device.type == "meta":
+        return None
+    sizes = torch.diff(offs.to(torch.int64), prepend=offs.new_zeros(1, dtype=torch.int64))
+    return torch.nonzero(sizes > 0).reshape(-1)

@@ -260,25 +260,41 @@ def test_presets_classify_decode_linears_as_memory_bound() -> None:
         assert all(u.bound == "memory" for u in result.leaves if u.kind == "linear"), name
 
 
-def test_mixtral_router_and_experts_are_leaves() -> None:
+def _mixtral(device: str, implementation: str) -> MixtralForCausalLM:
     cfg = MixtralConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=100, num_local_experts=4, num_experts_per_tok=2,
+        experts_implementation=implementation,
     )
     torch.manual_seed(0)
-    with torch.device("meta"):
-        model = MixtralForCausalLM(cfg).eval()
+    with torch.device(device):
+        return MixtralForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize(("device", "implementation"), [("meta", "batched_mm"), ("meta", "grouped_mm"),
+                                                        ("cpu", "grouped_mm"), ("cpu", "eager")])
+def test_mixtral_router_and_experts_are_leaves(device: str, implementation: str) -> None:
+    model = _mixtral(device, implementation)
     tokens = 4
-    result = analyze(model, {"input_ids": torch.zeros(1, tokens, dtype=torch.long, device="meta")})
+    result = analyze(model, {"input_ids": torch.zeros(1, tokens, dtype=torch.long, device=device)})
     experts = _leaf(result, "model.layers.0.mlp.experts")
     router = _leaf(result, "model.layers.0.mlp.gate")
     assert experts.kind == "experts" and router.kind == "router"
     routed = tokens * 2
     assert experts.flops == 2 * routed * 64 * 256 + 2 * routed * 128 * 64
     assert router.flops == 2 * tokens * 64 * 4
-    assert experts.weight_read_bytes < experts.weight_bytes  # not every expert is routed to, in expectation
+    if device == "meta":  # uniform routing: 8 draws over 4 experts hit 1 - (3/4)**8 of them in expectation
+        assert experts.weight_read_bytes == pytest.approx(experts.weight_bytes * (1 - 0.75**8), rel=1e-6)
+    else:  # identical tokens route identically: exactly top-k = 2 of the 4 experts are read
+        assert experts.weight_read_bytes == experts.weight_bytes // 2
     assert sum(u.params for u in result.leaves) == sum(p.numel() for p in model.parameters())
     assert result.totals["unattributed_leaf_flops"] == 0
+
+
+def test_data_dependent_model_on_meta_names_the_fix() -> None:
+    model = _mixtral("meta", "eager")  # routes with nonzero, which meta cannot
+    with pytest.raises(InvalidArgumentError, match="experts_implementation='batched_mm'"):
+        analyze(model, {"input_ids": torch.zeros(1, 4, dtype=torch.long, device="meta")})
 
 
 def test_cnn_blocks_are_detected_and_cover_the_model() -> None:
