@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import time
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def measure_local(
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "gemm": {},
         "memory": {},
+        # Other processes' load skews every rate on a shared machine; keep it next to the numbers.
+        "load_average_1m_before": _load_average(),
     }
 
     units = [_measure_unit(torch.device("cpu"), "cpu", cpu.memory_bytes, cpu.physical_cores, config, method, notes)]
@@ -86,6 +89,7 @@ def measure_local(
         method["disk_read"] = how
         if not how["page_cache_dropped"]:
             notes.append(f"disk_read may be served from the page cache (filesystem {how['filesystem'] or 'unknown'!r}).")
+    method["load_average_1m_after"] = _load_average()
     method["seconds"] = round(time.perf_counter() - started, 3)
     return HardwareProfile(
         name="local",
@@ -99,6 +103,13 @@ def measure_local(
         method=method,
         notes=tuple(notes),
     )
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):  # not on every platform
+        return None
 
 
 def _measure_unit(

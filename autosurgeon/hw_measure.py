@@ -29,9 +29,10 @@ class MeasureConfig:
     """Sizes and repeat counts of the micro-benchmarks.
 
     Attributes:
-        gemm_min_n / gemm_max_n: GEMM sides are square, grown by doubling from min to max until one
-            product takes ``gemm_target_s`` (slow dtypes, e.g. float16 on most CPUs, stop small).
-        gemm_target_s: Time one timed GEMM should take, so launch overhead does not dominate.
+        gemm_min_n / gemm_max_n: GEMM sides are square, grown by doubling from min towards max so that
+            launch overhead and scheduling stalls do not dominate.
+        gemm_max_op_s: Longest predicted time of one product; growth stops before exceeding it (slow
+            dtypes, e.g. float16 on most CPUs, stop at small sizes).
         memory_bytes: Size of the source tensor of the copy test (the destination is as large).
         transfer_bytes: Size of each host<->device copy.
         disk_bytes: Size of the temporary file read back from the cache directory's disk.
@@ -41,7 +42,7 @@ class MeasureConfig:
 
     gemm_min_n: int = 64
     gemm_max_n: int = 2048
-    gemm_target_s: float = 0.1
+    gemm_max_op_s: float = 1.0
     memory_bytes: int = 256 * 2**20
     transfer_bytes: int = 256 * 2**20
     disk_bytes: int = 256 * 2**20
@@ -68,7 +69,7 @@ class MeasureConfig:
         """Under 10 s on 2 cores: small sizes, 5 repeats, one disk read."""
         return cls(
             gemm_max_n=1024,
-            gemm_target_s=0.02,
+            gemm_max_op_s=0.15,
             memory_bytes=64 * 2**20,
             transfer_bytes=64 * 2**20,
             disk_bytes=32 * 2**20,
@@ -134,19 +135,24 @@ def _gemm_fn(n: int, dtype: str, device: torch.device) -> tuple[Callable[[], Any
 def measure_gemm(device: torch.device, dtype: str, config: MeasureConfig) -> tuple[float, dict[str, Any]] | None:
     """Dense GEMM ops/s (2·n³ per product) of ``dtype`` on ``device``; ``None`` when no kernel runs.
 
-    The side n doubles from ``gemm_min_n`` until one product takes ``gemm_target_s`` or n reaches
-    ``gemm_max_n`` (growth judged on the best of two runs), then the median over ``repeats`` is taken at
-    that n.
+    The side n doubles from ``gemm_min_n`` while the next size's product is predicted (from the growth
+    of the best-of-two times so far) to take at most ``gemm_max_op_s`` and n stays within ``gemm_max_n``;
+    then the median over ``repeats`` is taken at that n. Slow dtypes (float16 on most CPUs) stop small.
     """
-    n = config.gemm_min_n
+    n, previous = config.gemm_min_n, None
     try:
         while True:
             fn, kernel = _gemm_fn(n, dtype, device)
-            # Best of two: one stall of a shared machine must not stop the growth at a tiny n.
+            # Best of two: one stall of a shared machine should not decide the size alone.
             one = min(median_time(fn, warmup=0, repeats=1, device=device) for _ in range(2))
-            if one >= config.gemm_target_s or n * 2 > config.gemm_max_n:
+            if n * 2 > config.gemm_max_n:
                 break
-            n *= 2
+            # Predict the next size's time from the growth seen so far: 8x when compute-bound, less
+            # while launch overhead or scheduling stalls dominate (those sizes say little of the rate).
+            growth = 8.0 if previous is None else min(8.0, max(2.0, one / previous))
+            if one * growth > config.gemm_max_op_s and not (previous is None and one < config.gemm_max_op_s / 4):
+                break
+            n, previous = n * 2, one
         seconds = median_time(fn, warmup=config.warmup, repeats=config.repeats, device=device)
     except (RuntimeError, NotImplementedError, TypeError) as exc:
         logger.info("no %s GEMM on %s (%s); omitting it from the profile.", dtype, device, str(exc).splitlines()[0])

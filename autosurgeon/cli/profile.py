@@ -122,7 +122,8 @@ def format_profile(profile: HardwareProfile) -> str:
         lines.append(
             f"method    median of {cfg.get('repeats')} after {cfg.get('warmup')} warm-up, "
             f"{profile.method.get('cpu_threads')} CPU threads, torch {profile.method.get('torch')}, "
-            f"{profile.method.get('seconds')} s, {'quick' if profile.method.get('quick') else 'full'}"
+            f"{profile.method.get('seconds')} s, {'quick' if profile.method.get('quick') else 'full'}, "
+            f"load average {profile.method.get('load_average_1m_before')} -> {profile.method.get('load_average_1m_after')}"
         )
     for note in profile.notes:
         lines.append(f"note      {note}")

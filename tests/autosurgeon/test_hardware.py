@@ -30,7 +30,7 @@ from autosurgeon.hw_measure import measure_disk_read
 TINY = MeasureConfig(
     gemm_min_n=32,
     gemm_max_n=64,
-    gemm_target_s=0.001,
+    gemm_max_op_s=0.05,
     memory_bytes=2**20,
     transfer_bytes=2**20,
     disk_bytes=2**20,
@@ -275,3 +275,14 @@ def test_cli_local_prints_table_and_cache_path(cache, capsys, monkeypatch, local
     captured = capsys.readouterr()
     assert "GEMM rate" in captured.out and "float32" in captured.out and local_profile.fingerprint in captured.out
     assert f"cached at {cache / 'profiles' / local_profile.fingerprint}.json" in captured.err
+
+
+@pytest.mark.gpu
+def test_gpu_unit_and_links_are_measured(tmp_path) -> None:
+    profile = measure_local(config=TINY, include_gpus=True, disk_dir=None)
+    gpu = profile.unit("cuda:0")
+    assert profile.default_unit() is gpu and gpu.kind == "gpu" and gpu.measured
+    assert gpu.gemm_flops["float32"] > 0 and gpu.gemm_flops["float16"] > 0 and gpu.memory_bandwidth > 0
+    assert all(profile.links[k] > 0 for k in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"))
+    assert profile.gpus[0].sm_count and profile.gpus[0].compute_capability
+    assert HardwareProfile.from_json(profile.to_json()) == profile
