@@ -129,12 +129,18 @@ class Session:
         self.store = store or TensorStore(budgets=spec.budgets, offload_dir=spec.offload_dir)
         self._owns_store = store is None
         self._handles: list[Any] = []
+        self._moved: list[tuple[nn.Module, torch.device]] = []
+        unknown = sorted(set(spec.modules) - {n for n, _ in model.named_modules()})
+        if unknown:
+            raise JalapenoError(f"`modules` names {unknown} that are not modules of {type(model).__name__}.")
         self.streamer = Streamer(self.store, self._units(), lookahead=spec.lookahead, time_transfers=time_transfers)
         try:
             self.streamer.attach()
             for block, bs in zip(self.blocks, self.block_specs):
                 if torch.device(bs.device) != self.rest_device:
                     self._handles += attach_device_hooks(block, torch.device(bs.device), self.rest_device)
+            for module, device in self._moved:
+                self._handles += attach_device_hooks(module, device, self.rest_device)
         except BaseException:
             self.close()
             raise
@@ -167,8 +173,12 @@ class Session:
             if name == self.block_path:
                 continue
             if not name.startswith(prefix):
+                override = self.spec.modules.get(name)
+                if override is not None and torch.device(override.device) != self.rest_device:
+                    self._moved.append((module, torch.device(override.device)))
+                device = torch.device(override.device) if override is not None else self.rest_device
                 if self._owns_tensors(module):
-                    units.append(StreamUnit(name, module, self.rest_device, self.rest.tier))
+                    units.append(StreamUnit(name, module, device, tier_of(device)))
                 continue
             index = int(name[len(prefix):].split(".")[0])
             bs = self.block_specs[index]

@@ -82,6 +82,9 @@ class SessionSpec:
         block_path: dotted path of the ``nn.ModuleList`` of blocks (``"model.layers"``); ``None`` picks the
             ModuleList holding the most parameters.
         offload_dir: directory for disk-tier files (``None``: a temporary directory removed on close).
+        modules: per-module overrides for modules outside the blocks, keyed by name (e.g. run
+            ``"model.embed_tokens"`` on the host next to GPU blocks: a lookup needs one row, not the table
+            on the GPU). Inputs are moved to the module's device and outputs back to ``rest.device``.
     """
 
     blocks: tuple[BlockSpec, ...] = ()
@@ -92,6 +95,7 @@ class SessionSpec:
     granularity: str = "module"
     block_path: str | None = None
     offload_dir: str | None = None
+    modules: Mapping[str, BlockSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -105,8 +109,9 @@ class SessionSpec:
             raise JalapenoError(f"`lookahead` must be >= 0, got {self.lookahead}.")
         if self.granularity not in ("module", "block"):
             raise JalapenoError(f"`granularity` must be 'module' or 'block', got {self.granularity!r}.")
-        if self.rest is not None and self.rest.streamed:
-            raise JalapenoError("`rest` modules are always resident; give `rest` no slower `home`.")
+        for name, bs in [("rest", self.rest), *dict(self.modules).items()]:
+            if bs is not None and bs.streamed:
+                raise JalapenoError(f"non-block module spec {name!r} must be resident; give it no slower `home`.")
 
     def block(self, index: int) -> BlockSpec:
         return self.blocks[index] if index < len(self.blocks) else self.default

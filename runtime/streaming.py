@@ -267,6 +267,10 @@ class Streamer:
                 live.data = _EMPTY.get(unit.device, live.dtype)
             else:
                 m._buffers[a] = placeholder
+        for m in {id(m): m for m, _, _ in unit.members}.values():
+            release = getattr(m, "release_prepared", None)  # QuantizedLinear: drop a kernel's packed copy
+            if release is not None:
+                release()
 
     # ---------------------------------------------------------------- fetch machinery
     def _prefetch(self) -> None:
@@ -372,7 +376,11 @@ def _assign(module: nn.Module, attr: str, is_param: bool, value: torch.Tensor, *
 def move_to(value: Any, device: torch.device) -> Any:
     """``value`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
     if isinstance(value, torch.Tensor):
-        return value.to(device, non_blocking=True) if value.device != device else value
+        if value.device == device:
+            return value
+        # Asynchronous only host->device: a non-blocking device->host copy may land in pinned memory the
+        # host reads before the copy finished.
+        return value.to(device, non_blocking=device.type == "cuda")
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(move_to(v, device) for v in value))
     if isinstance(value, (tuple, list)):

@@ -1,0 +1,386 @@
+"""Streaming decode benchmark: Jalapeño's Session vs Hugging Face accelerate offload, side by side.
+
+Two settings (ANCHORS.md):
+
+* ``gpu``: Llama architecture, hidden 4096, 16 layers, vocab 32000, bf16 (~7.0 GB), GPU budget 3 GiB,
+  batch 1 decode. Baselines in the same process: the model all on the GPU (compute-only reference and the
+  token reference) and accelerate ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` +
+  ``dispatch_model``. Also measures pinned host->device bandwidth (the bound) and, with CUDA events on the
+  copy stream, the time the copy engine spends per token.
+* ``cpu``: hidden 2048, 8 layers, vocab 32000, fp32 (~2.14 GB), 16-token prompt, RAM budget 30% of the
+  weights; ours streams from the disk tier, accelerate uses its disk offload at the same budget.
+
+Every configuration decodes greedily from the same prompt with the same loop (prefill, then one token per
+forward with the KV cache, synchronised per token); tokens/s is 1 / median per-token time after warm-up.
+Weights are random (seeded) and built on the machine; nothing is downloaded.
+
+Run: ``python -m experiments.benchmarks.streaming gpu --out results.md`` (or ``cpu``).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.session import Session
+from runtime.spec import BlockSpec, SessionSpec
+from runtime.sizes import format_bytes, parse_bytes
+from runtime.telemetry import PeakTracker, rss_bytes
+
+GIB = 2**30
+
+
+# ------------------------------------------------------------------------------------------- model
+def build_llama(*, hidden: int, intermediate: int, layers: int, heads: int, vocab: int, dtype: torch.dtype,
+                seed: int = 0, fill_device: str = "cpu") -> nn.Module:
+    """A Llama with random weights on the host, built without a float32 detour (meta, then to_empty)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
+                      max_position_embeddings=4096, tie_word_embeddings=False)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(old)
+    model.to_empty(device="cpu")
+    gen = torch.Generator(device=fill_device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.fill_(1.0)  # norm weights
+                continue
+            rows = max(1, (1 << 24) // p.shape[1])  # fill in ~16M-element chunks: bounded temporaries
+            for r in range(0, p.shape[0], rows):
+                chunk = torch.randn(p[r:r + rows].shape, generator=gen, device=fill_device, dtype=torch.float32)
+                p[r:r + rows].copy_(chunk.mul_(0.02).to(dtype))
+    model.model.rotary_emb = LlamaRotaryEmbedding(config=cfg)  # to_empty left its buffer uninitialised
+    return model.eval()
+
+
+def weight_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+# ------------------------------------------------------------------------------------------- decode loop
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def decode(model: nn.Module, prompt: torch.Tensor, *, new_tokens: int, warmup: int,
+           device: torch.device) -> dict[str, Any]:
+    """Prefill, then ``new_tokens`` greedy decode steps; per-token wall times (synchronised)."""
+    ids = prompt.to(device)
+    times: list[float] = []
+    tokens: list[int] = []
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        _sync(device)
+        prefill_s = time.perf_counter() - t0
+        past = out.past_key_values
+        tokens.append(int(tok))
+        for _ in range(new_tokens):
+            t0 = time.perf_counter()
+            out = model(input_ids=tok.to(device), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens.append(int(tok))  # .item(): synchronises, as generate() does every step
+            times.append(time.perf_counter() - t0)
+    steady = times[warmup:] or times
+    med = statistics.median(steady)
+    return {"tokens": tokens, "last_logits": out.logits[0, -1].float().cpu(), "prefill_s": prefill_s, "median_token_s": med, "tokens_per_s": 1.0 / med,
+            "mean_token_s": statistics.fmean(steady), "n_timed": len(steady)}
+
+
+# ------------------------------------------------------------------------------------------- GPU
+def h2d_bandwidth(nbytes: int = GIB, repeats: int = 10) -> float:
+    """Pinned (cudaHostRegister'ed, as the store pins) host->device bytes/s, median of ``repeats``."""
+    host = torch.empty(nbytes, dtype=torch.uint8)
+    host.fill_(1)
+    torch.cuda.cudart().cudaHostRegister(host.data_ptr(), nbytes, 0)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    times = []
+    for _ in range(repeats + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dev.copy_(host, non_blocking=True)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    torch.cuda.cudart().cudaHostUnregister(host.data_ptr())
+    del dev, host
+    return nbytes / statistics.median(times[2:])
+
+
+def gpu_spec(model: nn.Module, *, gpu_budget: int, lookahead: int, embed_on_cpu: bool, interleave: bool,
+             granularity: str = "module", headroom: int = 64 * 2**20) -> SessionSpec:
+    """As many resident blocks as the GPU budget holds next to the staging slots; the rest streamed from
+    pinned host memory. ``headroom`` is left out of the store's budget for activations, KV cache and
+    cuBLAS workspace, so the allocator's peak stays under the cap too."""
+    layers = model.model.layers
+    block = weight_bytes(layers[0])
+    unit = max(weight_bytes(m) for m in layers[0].modules() if isinstance(m, nn.Linear)) if granularity == "module" \
+        else block
+    rest = weight_bytes(model) - len(layers) * block
+    if embed_on_cpu:
+        rest -= weight_bytes(model.model.embed_tokens)
+    budget = gpu_budget - headroom
+    room = budget - rest - (lookahead + 1) * unit
+    resident = max(0, min(len(layers), room // block))
+    if interleave and 0 < resident < len(layers):
+        # Spread resident blocks evenly so the copy engine always has a streamed block coming up while
+        # resident ones compute (their kernels are launch-bound and leave the link idle otherwise).
+        step = len(layers) / resident
+        resident_ids = {int(i * step + step / 2) for i in range(resident)}
+    else:
+        resident_ids = set(range(resident))
+    blocks = tuple(BlockSpec(device="cuda:0", home=None if i in resident_ids else "cpu") for i in range(len(layers)))
+    modules = {"model.embed_tokens": BlockSpec(device="cpu")} if embed_on_cpu else {}
+    return SessionSpec(blocks=blocks, rest=BlockSpec(device="cuda:0"), budgets={"gpu": budget},
+                       lookahead=lookahead, granularity=granularity, modules=modules)
+
+
+def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    dev = torch.device("cuda:0")
+    cap = parse_bytes(args.gpu_budget, what="--gpu-budget")
+    t0 = time.perf_counter()
+    model = build_llama(hidden=4096, intermediate=11008, layers=16, heads=32, vocab=32000, dtype=torch.bfloat16,
+                        seed=args.seed, fill_device="cuda")
+    total = weight_bytes(model)
+    print(f"built model: {format_bytes(total)} in {time.perf_counter() - t0:.1f}s", flush=True)
+    prompt = torch.randint(0, 32000, (1, args.prompt_len), generator=torch.Generator().manual_seed(args.seed))
+    res: dict[str, Any] = {"setting": "gpu", "model_bytes": total, "gpu_cap": cap, "device": torch.cuda.get_device_name(0),
+                           "torch": torch.__version__, "host_cores": os.cpu_count(), "configs": []}
+    bw = h2d_bandwidth()
+    res["h2d_pinned_Bps"] = bw
+    print(f"pinned H2D: {bw / 1e9:.1f} GB/s", flush=True)
+
+    # All on the GPU: compute-only reference (no transfers) and the token reference.
+    model.to(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    ref = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+    ref["name"] = "all weights on GPU (no cap; compute-only reference)"
+    ref["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev)
+    res["reference"] = ref
+    print(f"all-GPU: {ref['tokens_per_s']:.2f} tok/s", flush=True)
+    model.to("cpu")
+    torch.cuda.empty_cache()
+
+    configs = [
+        dict(name="ours: module units, lookahead 2", lookahead=2, embed_on_cpu=False, interleave=False),
+        dict(name="ours: embed on host, lookahead 1", lookahead=1, embed_on_cpu=True, interleave=False),
+        dict(name="ours: embed on host, lookahead 1, interleaved", lookahead=1, embed_on_cpu=True, interleave=True),
+        dict(name="ours: embed on host, lookahead 3, interleaved", lookahead=3, embed_on_cpu=True, interleave=True),
+    ]
+    for cfg in configs:
+        name = cfg.pop("name")
+        spec = gpu_spec(model, gpu_budget=cap, **cfg)
+        torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        with Session(model, spec, time_transfers=True) as session:
+            setup_s = time.perf_counter() - t0
+            r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+            transfer = session.streamer.transfer_seconds()  # all tokens incl. prefill and warm-up
+            st = session.stats()
+            r.update(name=name, setup_s=setup_s, streamed_bytes=st.extra["streamed_bytes_per_pass"],
+                     resident_blocks=sum(1 for b in spec.blocks if not b.streamed), lookahead=spec.lookahead,
+                     gpu_peak_store=st.peak_bytes["gpu"], cuda_max_allocated=torch.cuda.max_memory_allocated(dev),
+                     transfer_s_per_token=transfer / (args.new_tokens + 1), misses=st.misses, fetches=st.fetches,
+                     tokens_match_reference=r["tokens"] == ref["tokens"])
+        r["bound_tok_s"] = bw / r["streamed_bytes"] if r["streamed_bytes"] else float("inf")
+        r["anchor_bound_fraction"] = r["tokens_per_s"] / 14.5
+        res["configs"].append(r)
+        print(f"{name}: {r['tokens_per_s']:.2f} tok/s, resident {r['resident_blocks']}, streamed "
+              f"{format_bytes(r['streamed_bytes'])}/token, copy {r['transfer_s_per_token'] * 1e3:.1f} ms/token, "
+              f"store peak {format_bytes(r['gpu_peak_store'])}, allocator peak {format_bytes(r['cuda_max_allocated'])}, "
+              f"match={r['tokens_match_reference']}", flush=True)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    for r in res["configs"]:
+        r["max_abs_logit_diff"] = float((r.pop("last_logits") - ref["last_logits"]).abs().max())
+    if args.int4:
+        try:
+            res["int4"] = _gpu_int4(model, prompt, cap, args, dev)
+            res["int4"].pop("last_logits")
+        except Exception as exc:  # noqa: BLE001 - report and keep the other results
+            print(f"int4 run failed: {type(exc).__name__}: {exc}", flush=True)
+            res["int4"] = {"error": f"{type(exc).__name__}: {exc}"}
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    # accelerate: same model, same loop, GPU capped at the same budget.
+    torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    device_map = infer_auto_device_map(model, max_memory={0: args.gpu_budget, "cpu": "200GiB"},
+                                       no_split_module_classes=["LlamaDecoderLayer"], dtype=torch.bfloat16)
+    model = dispatch_model(model, device_map=device_map)
+    setup_s = time.perf_counter() - t0
+    acc_tokens = min(args.new_tokens, args.accelerate_tokens)
+    r = decode(model, prompt, new_tokens=acc_tokens, warmup=min(args.warmup, 2), device=dev)
+    on_gpu = sum(1 for v in device_map.values() if v == 0 or v == "cuda:0")
+    r.update(name="accelerate infer_auto_device_map + dispatch_model (CPU offload)", setup_s=setup_s,
+             cuda_max_allocated=torch.cuda.max_memory_allocated(dev), device_map_gpu_entries=on_gpu,
+             device_map=str(device_map), tokens_match_reference=r["tokens"] == ref["tokens"][:len(r["tokens"])])
+    r["max_abs_logit_diff"] = float((r.pop("last_logits") - ref.pop("last_logits")).abs().max()) \
+        if len(r["tokens"]) == len(ref["tokens"]) else None
+    res["accelerate"] = r
+    print(f"accelerate: {r['tokens_per_s']:.2f} tok/s, allocator peak {format_bytes(r['cuda_max_allocated'])}, "
+          f"match={r['tokens_match_reference']}", flush=True)
+    return res
+
+
+def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.Namespace,
+              dev: torch.device) -> dict[str, Any]:
+    """int4 (group 128) weight-only blocks via runtime.kernels, placed by the same rule as bf16."""
+    import copy
+
+    from runtime.kernels import QuantizedLinear
+
+    qmodel = copy.deepcopy(model)
+    for layer in qmodel.model.layers:  # quantize on the GPU (fast), keep the result on the host
+        for parent in list(layer.modules()):
+            for cname, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    q = QuantizedLinear.from_linear(child.to(dev), "int4", group_size=128)
+                    setattr(parent, cname, q.to("cpu"))
+    spec = gpu_spec(qmodel, gpu_budget=cap, lookahead=1, embed_on_cpu=True, interleave=True)
+    torch.cuda.reset_peak_memory_stats(dev)
+    with Session(qmodel, spec, time_transfers=True) as session:
+        r = decode(qmodel, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+        st = session.stats()
+        r.update(name="ours int4 g128 (runtime.kernels default CUDA kernel)",
+                 streamed_bytes=st.extra["streamed_bytes_per_pass"],
+                 resident_blocks=sum(1 for b in spec.blocks if not b.streamed), gpu_peak_store=st.peak_bytes["gpu"],
+                 cuda_max_allocated=torch.cuda.max_memory_allocated(dev),
+                 transfer_s_per_token=session.streamer.transfer_seconds() / (args.new_tokens + 1))
+    print(f"int4: {r['tokens_per_s']:.2f} tok/s, resident {r['resident_blocks']}, streamed "
+          f"{format_bytes(r['streamed_bytes'])}/token, allocator peak {format_bytes(r['cuda_max_allocated'])}", flush=True)
+    del qmodel
+    return r
+
+
+# ------------------------------------------------------------------------------------------- CPU
+def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    dev = torch.device("cpu")
+    model = build_llama(hidden=2048, intermediate=5632, layers=8, heads=16, vocab=32000, dtype=torch.float32,
+                        seed=args.seed)
+    total = weight_bytes(model)
+    budget = int(total * args.ram_fraction)
+    prompt = torch.randint(0, 32000, (1, args.prompt_len), generator=torch.Generator().manual_seed(args.seed))
+    res: dict[str, Any] = {"setting": "cpu", "model_bytes": total, "ram_budget": budget, "host_cores": os.cpu_count(),
+                           "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "configs": []}
+    print(f"model {format_bytes(total)}, RAM budget {format_bytes(budget)}", flush=True)
+    base_rss = rss_bytes()
+
+    if args.eager:
+        with PeakTracker(interval_s=0.01) as tr:
+            ref = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+        ref.update(name="all weights in RAM, HF eager", peak_rss=tr.peak_rss_bytes)
+        res["reference"] = ref
+        print(f"eager: {ref['tokens_per_s']:.2f} tok/s", flush=True)
+    else:
+        ref = None
+
+    layers = model.model.layers
+    block = weight_bytes(layers[0])
+    unit = max(weight_bytes(m) for m in layers[0].modules() if isinstance(m, nn.Linear))
+    rest = total - len(layers) * block
+    with tempfile.TemporaryDirectory(prefix="jalapeno-bench-") as tmp:
+        for lookahead in args.lookaheads:
+            room = budget - rest - (lookahead + 1) * unit
+            resident = max(0, min(len(layers), room // block))
+            blocks = tuple(BlockSpec(device="cpu", home=None if i < resident else "disk") for i in range(len(layers)))
+            spec = SessionSpec(blocks=blocks, rest=BlockSpec(device="cpu"), budgets={"cpu": budget},
+                               lookahead=lookahead, offload_dir=os.path.join(tmp, "ours"))
+            gc.collect()
+            with Session(model, spec) as session:
+                with PeakTracker(interval_s=0.01) as tr:
+                    r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+                st = session.stats()
+                r.update(name=f"ours: disk tier, lookahead {lookahead}", resident_blocks=resident,
+                         cpu_peak_store=st.peak_bytes["cpu"], peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes,
+                         streamed_bytes=st.extra["streamed_bytes_per_pass"], misses=st.misses,
+                         tokens_match_reference=None if ref is None else r["tokens"] == ref["tokens"])
+            logits = r.pop("last_logits")
+            r["max_abs_logit_diff"] = None if ref is None else float((logits - ref["last_logits"]).abs().max())
+            res["configs"].append(r)
+            print(f"{r['name']}: {r['tokens_per_s']:.2f} tok/s, resident {resident}, store peak "
+                  f"{format_bytes(r['cpu_peak_store'])}, RSS peak {format_bytes(r['peak_rss'])} "
+                  f"(base {format_bytes(base_rss)}), match={r['tokens_match_reference']}", flush=True)
+
+        # accelerate disk offload at the same RAM budget.
+        gc.collect()
+        t0 = time.perf_counter()
+        device_map = infer_auto_device_map(model, max_memory={"cpu": budget},
+                                           no_split_module_classes=["LlamaDecoderLayer"])
+        model = dispatch_model(model, device_map=device_map, main_device="cpu",
+                               offload_dir=os.path.join(tmp, "accelerate"))
+        gc.collect()
+        setup_s = time.perf_counter() - t0
+        with PeakTracker(interval_s=0.01) as tr:
+            r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+        r.update(name="accelerate infer_auto_device_map + dispatch_model (disk offload)", setup_s=setup_s,
+                 peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes, device_map=str(device_map),
+                 disk_entries=sum(1 for v in device_map.values() if v == "disk"),
+                 tokens_match_reference=None if ref is None else r["tokens"] == ref["tokens"])
+        logits = r.pop("last_logits")
+        r["max_abs_logit_diff"] = None if ref is None else float((logits - ref.pop("last_logits")).abs().max())
+        res["accelerate"] = r
+        print(f"accelerate: {r['tokens_per_s']:.2f} tok/s, RSS peak {format_bytes(r['peak_rss'])}, "
+              f"map {device_map}", flush=True)
+    return res
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="setting", required=True)
+    for name in ("gpu", "cpu"):
+        p = sub.add_parser(name)
+        p.add_argument("--prompt-len", type=int, default=16)
+        p.add_argument("--new-tokens", type=int, default=12)
+        p.add_argument("--warmup", type=int, default=4)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--json", help="write the full results here")
+    g = sub.choices["gpu"]
+    g.add_argument("--gpu-budget", default="3GiB")
+    g.add_argument("--accelerate-tokens", type=int, default=12)
+    g.add_argument("--int4", action="store_true")
+    c = sub.choices["cpu"]
+    c.add_argument("--ram-fraction", type=float, default=0.30)
+    c.add_argument("--lookaheads", type=int, nargs="+", default=[1])
+    c.add_argument("--eager", action="store_true", help="also time the all-in-RAM eager reference")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    res = run_gpu(args) if args.setting == "gpu" else run_cpu(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

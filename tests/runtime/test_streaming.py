@@ -1,0 +1,117 @@
+"""Streaming: greedy tokens equal the unmodified model's, resident or streamed; hooks detach cleanly."""
+from __future__ import annotations
+
+import pytest
+import torch
+from _streaming_models import greedy, state, tiny_llama
+from torch import nn
+
+from runtime.session import Session
+from runtime.spec import BlockSpec, SessionSpec
+from runtime.streaming import StreamUnit, Streamer
+from runtime.tensors import TensorStore
+
+
+@pytest.fixture(scope="module")
+def model_and_ref() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model = tiny_llama(layers=3)
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(1))
+    return model, ids, greedy(model, ids, 12)
+
+
+@pytest.mark.parametrize("granularity", ["module", "block"])
+@pytest.mark.parametrize("homes", [(None, None, None), ("disk", "disk", "disk"), (None, "disk", None)])
+@pytest.mark.parametrize("lookahead", [0, 2])
+def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead) -> None:
+    model, ids, ref = model_and_ref
+    before = state(model)
+    spec = SessionSpec(blocks=tuple(BlockSpec(device="cpu", home=h) for h in homes), granularity=granularity,
+                       lookahead=lookahead)
+    with Session(model, spec) as session:
+        out = session.generate(ids, max_new_tokens=12)
+        stats = session.stats()
+    assert torch.equal(out, ref)
+    streamed = sum(h is not None for h in homes)
+    if streamed:
+        assert stats.fetches > 0 and stats.bytes_fetched > 0
+        if lookahead:
+            assert stats.misses <= 2  # the first unit, plus at most one while the order is learned
+    after = state(model)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_detach_restores_model_and_removes_hooks(model_and_ref) -> None:
+    model, ids, ref = model_and_ref
+    params = {n: id(p) for n, p in model.named_parameters()}
+    spec = SessionSpec(default=BlockSpec(device="cpu", home="disk"))
+    session = Session(model, spec)
+    q = model.model.layers[0].self_attn.q_proj
+    assert q.weight.device.type == "meta"  # not resident between uses
+    assert q._forward_pre_hooks and q._forward_hooks
+    session.close()
+    assert not q._forward_pre_hooks and not q._forward_hooks
+    assert {n: id(p) for n, p in model.named_parameters()} == params  # same Parameter objects
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert torch.equal(greedy(model, ids, 12), ref)
+    with pytest.raises(Exception, match="closed"):
+        session.forward(input_ids=ids)
+
+
+def test_forward_logits_match(model_and_ref) -> None:
+    model, ids, _ = model_and_ref
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    with Session(model, SessionSpec(default=BlockSpec(device="cpu", home="disk"), lookahead=1)) as s:
+        out = s.forward(input_ids=ids).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_streamer_on_plain_modules_prefetches_ahead() -> None:
+    torch.manual_seed(0)
+    seq = nn.Sequential(*[nn.Linear(16, 16) for _ in range(5)])
+    x = torch.randn(2, 16)
+    ref = seq(x)
+    store = TensorStore()
+    units = [StreamUnit(str(i), m, torch.device("cpu"), "disk") for i, m in enumerate(seq)]
+    streamer = Streamer(store, units, lookahead=2).attach()
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(seq(x), ref, rtol=0, atol=0)
+    assert streamer.stats.misses == 1 and streamer.stats.fetches == 15 + 2  # + the wrap-around prefetches
+    streamer.detach()
+    store.close()
+    torch.testing.assert_close(seq(x), ref, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_streaming_matches_resident() -> None:
+    model = tiny_llama(layers=4)
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(2))
+    model.to("cuda")
+    ref = greedy(model, ids.cuda(), 16).cpu()
+    model.to("cpu")
+    homes = ("cpu", None, "cpu", "disk")
+    spec = SessionSpec(blocks=tuple(BlockSpec(device="cuda:0", home=h) for h in homes),
+                       rest=BlockSpec(device="cuda:0"), lookahead=1,
+                       modules={"model.embed_tokens": BlockSpec(device="cpu")})
+    with Session(model, spec, time_transfers=True) as session:
+        out = session.generate(ids, max_new_tokens=16).cpu()
+        stats = session.stats()
+        assert model.model.layers[0].mlp.up_proj.weight.device.type == "meta"
+    assert torch.equal(out, ref)
+    assert stats.fetches > 0 and stats.extra["transfer_seconds"] > 0
+    assert stats.peak_bytes["gpu"] <= stats.cuda_max_allocated
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.gpu
+def test_cuda_budget_holds_allocator_peak() -> None:
+    model = tiny_llama(layers=4)
+    ids = torch.randint(0, 256, (1, 9), generator=torch.Generator().manual_seed(3))
+    spec = SessionSpec(blocks=(BlockSpec(device="cuda:0"),) + (BlockSpec(device="cuda:0", home="cpu"),) * 3,
+                       rest=BlockSpec(device="cuda:0"), budgets={"gpu": "400KiB"}, lookahead=1)
+    torch.cuda.reset_peak_memory_stats()
+    with Session(model, spec) as session:
+        session.generate(ids, max_new_tokens=4)
+        assert session.stats().peak_bytes["gpu"] <= 400 * 1024
