@@ -90,7 +90,7 @@ def detect_cpu() -> CpuInfo:
         arch=platform.machine(),
         physical_cores=int(physical),
         logical_cores=int(logical),
-        caches=_sysfs_caches(),
+        caches=_sysfs_caches() or _lscpu_caches(),
         isa=normalize_isa((info.get("flags") or info.get("Features") or "").split()),
         memory_bytes=int(psutil.virtual_memory().total),
         max_mhz=_max_mhz(),
@@ -151,6 +151,32 @@ def _sysfs_caches() -> dict[str, int]:
         instances.setdefault(key, set()).add(shared)
     for key, groups in instances.items():
         caches[f"{key}_instances"] = len(groups)
+    return caches
+
+
+def _lscpu_caches() -> dict[str, int]:
+    """Fallback when sysfs has no cache folders: lscpu prints totals, e.g. "L2 cache: 2 MiB (2 instances)"."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return parse_lscpu_caches(out)
+
+
+def parse_lscpu_caches(out: str) -> dict[str, int]:
+    """Per-instance cache sizes and instance counts from lscpu's text."""
+    caches: dict[str, int] = {}
+    for key, label in (("l1d", "L1d"), ("l2", "L2"), ("l3", "L3")):
+        match = re.search(rf"^{label} cache:\s*([\d.]+\s*[KMG]i?B?)(?:\s*\((\d+) instances?\))?", out, flags=re.MULTILINE)
+        if not match:
+            continue
+        try:
+            total = parse_size(match.group(1))
+        except ValueError:
+            continue
+        instances = int(match.group(2) or 1)
+        caches[key] = total // instances
+        caches[f"{key}_instances"] = instances
     return caches
 
 

@@ -237,6 +237,13 @@ def test_detection_helpers() -> None:
     )
 
 
+def test_lscpu_cache_fallback_parses_totals() -> None:
+    text = "L1d cache:   96 KiB (2 instances)\nL1i cache: 64 KiB (2 instances)\nL2 cache: 2 MiB (2 instances)\nL3 cache: 32 MiB (1 instance)\n"
+    assert hw_detect.parse_lscpu_caches(text) == {
+        "l1d": 48 * 2**10, "l1d_instances": 2, "l2": 2**20, "l2_instances": 2, "l3": 32 * 2**20, "l3_instances": 1,
+    }
+
+
 def test_disk_probe_cleans_up(tmp_path) -> None:
     rate, how = measure_disk_read(tmp_path, TINY)
     assert rate > 0 and how["bytes"] == 2**20 and list(tmp_path.iterdir()) == []
