@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from runtime.kernels import dequantize, get_kernel, quantize_weight
+from runtime.kernels import choose_kernel, dequantize, get_kernel, quantize_weight
 from runtime.kernels.formats import QuantizedWeight
 
 RESULTS = Path(__file__).parent / "results"
@@ -146,10 +146,12 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
     load_before = os.getloadavg()
     bw, bw_method = _bandwidth(device)
     rows: list[Row] = []
+    choices: list[tuple[str, str, int, str, float, str]] = []
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
-        kernels = {"int8": ["cuda-int8pack", "dequant-bf16"], "int4": ["cuda-int4-tinygemm", "dequant-bf16"],
+        kernels = {"int8": ["cuda-triton", "cuda-int8pack", "dequant-bf16"],
+                   "int4": ["cuda-triton", "cuda-int4-tinygemm", "dequant-bf16"],
                    "fp8": ["cuda-fp8"]}
         floats = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     else:
@@ -210,6 +212,11 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
                     rows.append(Row(shape, b, name, fmt, med * 1e3, None if eager is None else eager * 1e3,
                                     best * 1e3, qw.nbytes + (b * k + b * n) * act, err, kern.tolerance))
                 del preps
+            usable = [nm for nm in names if get_kernel(nm).supports(fmt, device)]
+            for b in batches:  # what the runtime's per-layer choice picks on this real shape
+                ch = choose_kernel(qw, batch=b, candidates=usable, warmup=2, repeats=5)
+                choices.append((shape, fmt, b, ch.name, ch.median_s[ch.name] * 1e3,
+                                ", ".join(f"{nm} {ch.median_s[nm] * 1e3:.3f}" for nm in ch.median_s)))
             del qws, wref
         del w
     meta = {
@@ -217,6 +224,7 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,
         "bandwidth": bw, "bandwidth_method": bw_method, "load_before": load_before, "load_after": os.getloadavg(),
         "warmup": warmup, "repeats": repeats, "group_size": group_size, "rotate_mib": rotate_bytes // 2**20,
+        "choices": choices,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     return rows, meta
@@ -261,6 +269,10 @@ def to_markdown(rows: list[Row], meta: dict[str, object], device: torch.device) 
         else:
             line += f" {r.min_ms:.3f} | {fp32_min.get((r.shape, r.batch), float('nan')) / r.min_ms:.2f}x |"
         lines.append(line)
+    lines += ["", "## Per-layer choice (`choose_kernel`, one weight not rotated, warm-up 2, median of 5)", "",
+              "| shape | fmt | batch | chosen | ms | all candidates (ms) |", "| --- | --- | ---: | --- | ---: | --- |"]
+    for shape, fmt, b, name, ms, alls in meta["choices"]:  # type: ignore[union-attr]
+        lines.append(f"| {shape} | {fmt} | {b} | {name} | {ms:.3f} | {alls} |")
     return "\n".join(lines) + "\n"
 
 

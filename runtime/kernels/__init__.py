@@ -36,6 +36,7 @@ cpu-avx512           cpu   int8, int4   1e-4      C++ AVX-512, dequant in regist
 int8-dynamic         cpu   int8         5e-2      fbgemm w8a8: quantizes activations too
 torch-int8pack-cpu   cpu   int8         1e-4      torch stock ``_weight_int8pack_mm`` (baseline)
 torch-int4pack-cpu   cpu   int4         1e-3      torch stock ``_weight_int4pack_mm_for_cpu`` (baseline)
+cuda-triton          cuda  int8, int4   1.5e-2    Triton, canonical layout, dequant in registers (bf16 dot)
 cuda-int8pack        cuda  int8         1.5e-2    torch ``_weight_int8pack_mm`` (bf16)
 cuda-int4-tinygemm   cuda  int4         1.5e-2    torch ``_weight_int4pack_mm`` (bf16)
 cuda-fp8             cuda  fp8          8e-2      ``torch._scaled_mm`` row-wise, capability >= 8.9
@@ -49,6 +50,7 @@ from __future__ import annotations
 from runtime.kernels import cpu as _cpu  # noqa: F401  (registers CPU kernels)
 from runtime.kernels import cuda as _cuda  # noqa: F401  (registers CUDA kernels; touches no device)
 from runtime.kernels import portable as _portable  # noqa: F401
+from runtime.kernels import triton_cuda as _triton_cuda  # noqa: F401  (imports triton only on first use)
 from runtime.kernels._registry import Kernel, all_kernels, get_kernel
 from runtime.kernels.formats import FORMATS, QuantizedWeight, dequantize, quantize_weight
 from runtime.kernels.linear import QuantizedLinear, quantized_linear

@@ -25,8 +25,8 @@ _PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu", "int8"): ("cpu-avx512", "torch-dequant"),
     ("cpu", "int4"): ("cpu-avx512", "torch-dequant"),
     ("cpu", "fp8"): ("torch-dequant",),
-    ("cuda", "int8"): ("cuda-int8pack", "dequant-bf16"),
-    ("cuda", "int4"): ("cuda-int4-tinygemm", "dequant-bf16"),
+    ("cuda", "int8"): ("cuda-triton", "dequant-bf16", "cuda-int8pack"),
+    ("cuda", "int4"): ("cuda-int4-tinygemm", "cuda-triton", "dequant-bf16"),
     ("cuda", "fp8"): ("cuda-fp8", "dequant-bf16"),
 }
 

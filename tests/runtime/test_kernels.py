@@ -227,3 +227,12 @@ def test_quantized_linear_moves_to_cuda(fmt: str) -> None:
     assert y.device.type == "cuda"
     assert ((y.cpu().float() - y_cpu).norm() / y_cpu.norm()).item() < 0.1
     assert q.resolve_kernel().device_type in ("cuda", "any")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_choose_kernel_on_cuda(fmt: str) -> None:
+    qw = quantize_weight(torch.randn(1024, 512), fmt).to("cuda")
+    choice = choose_kernel(qw, batch=1, warmup=1, repeats=3)
+    assert choice.name in available_kernels(fmt, "cuda")
+    assert choice.errors[choice.name] <= get_kernel(choice.name).tolerance
