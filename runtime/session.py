@@ -77,7 +77,7 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.Modu
     return best[1], best[2]
 
 
-def _quantize_block(block: nn.Module, fmt: str, group_size: int) -> int:
+def quantize_linears(block: nn.Module, fmt: str, group_size: int = 128) -> int:
     """Replace each nn.Linear in ``block`` by a QuantizedLinear; returns how many were replaced."""
     try:
         from runtime.kernels import QuantizedLinear
@@ -89,7 +89,7 @@ def _quantize_block(block: nn.Module, fmt: str, group_size: int) -> int:
             setattr(block, name, QuantizedLinear.from_linear(child, fmt, group_size=group_size))
             count += 1
         else:
-            count += _quantize_block(child, fmt, group_size)
+            count += quantize_linears(child, fmt, group_size)
     return count
 
 
@@ -113,10 +113,13 @@ class Session:
         spec: per-block execution device, home tier and weight format; tier budgets; streaming knobs.
         store: a TensorStore to use (default: a new one with the spec's budgets).
         time_transfers: record CUDA events around every host-to-device copy (``stats().extra``).
+        energy_watts: power figure for the energy *estimate* where no counter (NVML, RAPL) is readable
+            (e.g. a hardware profile's TDP); without one such an estimate is reported as unknown.
     """
 
     def __init__(self, model: nn.Module, spec: SessionSpec, *, store: TensorStore | None = None,
-                 time_transfers: bool = False) -> None:
+                 time_transfers: bool = False, energy_watts: float | None = None) -> None:
+        self.energy_watts = energy_watts
         self.model = model.eval()
         self.spec = spec
         self.block_path, self.blocks = find_blocks(model, spec.block_path)
@@ -141,6 +144,17 @@ class Session:
                     self._handles += attach_device_hooks(block, torch.device(bs.device), self.rest_device)
             for module, device in self._moved:
                 self._handles += attach_device_hooks(module, device, self.rest_device)
+            if self._moved:
+                # A module moved off the rest device also moves what Hugging Face derives from its
+                # parameters' device (``model.device``: cache positions, position ids), so every other
+                # weight-owning rest module and every block aligns its inputs to where it runs.
+                moved = {id(m) for m, _ in self._moved}
+                for unit in self.streamer.units:
+                    if not unit.name.startswith(self.block_path + ".") and id(unit.module) not in moved:
+                        self._handles += attach_device_hooks(unit.module, self.rest_device, self.rest_device)
+                for block, bs in zip(self.blocks, self.block_specs):
+                    if torch.device(bs.device) == self.rest_device:
+                        self._handles += attach_device_hooks(block, self.rest_device, self.rest_device)
         except BaseException:
             self.close()
             raise
@@ -162,7 +176,7 @@ class Session:
             self.model.to(FLOAT_FORMATS[floats.pop()])
         for i, (block, bs) in enumerate(zip(self.blocks, self.block_specs)):
             if bs.weight_format in QUANT_FORMATS:
-                n = _quantize_block(block, bs.weight_format, bs.group_size)
+                n = quantize_linears(block, bs.weight_format, bs.group_size)
                 logger.info("block %d: %d linears quantized to %s", i, n, bs.weight_format)
 
     def _units(self) -> list[StreamUnit]:
@@ -242,7 +256,8 @@ class Session:
             return _NoMeter(), _NoMeter()
         device = next((d for d in self._devices if d.startswith("cuda")), "cpu")
         cuda = device if device.startswith("cuda") else None
-        return telemetry.EnergyMeter(device=device), telemetry.PeakTracker(interval_s=0.02, device=cuda)
+        return (telemetry.EnergyMeter(device=device, watts=self.energy_watts),
+                telemetry.PeakTracker(interval_s=0.02, device=cuda))
 
     def _sync(self) -> None:
         for d in self._devices:
@@ -297,4 +312,16 @@ class Session:
                 pass
 
 
-__all__ = ["BlockSpec", "Session", "SessionSpec", "SessionStats", "find_blocks", "tier_of"]
+def own_bytes(module: nn.Module) -> int:
+    """Bytes of the tensors ``module`` owns directly (not its submodules')."""
+    return sum(t.numel() * t.element_size() for t in [*module._parameters.values(), *module._buffers.values()]
+               if t is not None)
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of every tensor in ``module`` and its submodules."""
+    return sum(own_bytes(m) for m in module.modules())
+
+
+__all__ = ["BlockSpec", "Session", "SessionSpec", "SessionStats", "find_blocks", "module_bytes", "own_bytes",
+           "quantize_linears", "tier_of"]

@@ -1,0 +1,172 @@
+"""``autosurgeon run``: run a model on the Jalapeño runtime within memory budgets, and report.
+
+    autosurgeon run tiny-llama --prompt "def main(" --max-new-tokens 32
+    autosurgeon run tiny-llama --memory-budget cpu=2MiB --json      # streams blocks from the disk tier
+    autosurgeon run ./my-hf-dir --memory-budget gpu=3GiB,cpu=20GiB --weight-format int4
+
+Placement without a plan: blocks stay resident on the execution device while its budget lasts (after the
+embeddings, head and the staging slots streaming needs), the rest stream from the next slower tier
+(pinned host memory next to a GPU; the disk tier on a CPU-only machine). Decoding is greedy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from autosurgeon.errors import InvalidArgumentError
+
+FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run a model within memory budgets (streaming what does not fit) and report speed",
+        description="Generate greedily with MODEL on the Jalapeño runtime within per-tier memory budgets; "
+        "report tokens/s, peak bytes per tier and energy.")
+    parser.add_argument("model", metavar="MODEL", help="zoo name, Hugging Face model directory, or module:factory")
+    parser.add_argument("--plan", help="a plan JSON from `autosurgeon search` (needs the plan module)")
+    parser.add_argument("--memory-budget", default="", metavar="TIER=SIZE,...",
+                        help="per-tier budgets, e.g. gpu=3GiB,cpu=20GiB (tiers: gpu, cpu, disk)")
+    parser.add_argument("--device", default=None, help="execution device: cpu or cuda[:N] (default: cuda:0 if present)")
+    parser.add_argument("--prompt", default="def ", help="prompt text (byte-level for the zoo's LMs)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--weight-format", choices=FORMATS, default=None,
+                        help="cast (float formats) or weight-only quantize the blocks' linears (int8/int4)")
+    parser.add_argument("--lookahead", type=int, default=2, help="streamed units fetched ahead (default 2)")
+    parser.add_argument("--watts", type=float, default=None,
+                        help="power figure for the energy estimate where no counter (NVML/RAPL) is readable")
+    parser.add_argument("--offload-dir", default=None, help="directory for the disk tier (default: a temporary one)")
+    parser.add_argument("--cache-dir", default=None, help="zoo cache folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
+    parser.set_defaults(func=run)
+
+
+def parse_budgets(text: str) -> dict[str, int]:
+    """``"gpu=3GiB,cpu=20GiB"`` -> ``{"gpu": 3221225472, "cpu": 21474836480}`` with precise errors."""
+    from runtime.errors import JalapenoError
+    from runtime.sizes import parse_bytes
+    from runtime.tensors import TIERS
+
+    budgets: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        tier, sep, size = part.partition("=")
+        tier = tier.strip().lower()
+        if not sep or not size.strip():
+            raise InvalidArgumentError(f"`--memory-budget` entries are TIER=SIZE (e.g. gpu=3GiB), got {part!r}.")
+        if tier not in TIERS:
+            raise InvalidArgumentError(f"`--memory-budget` tier {tier!r} is unknown; use one of {', '.join(TIERS)}.")
+        if tier in budgets:
+            raise InvalidArgumentError(f"`--memory-budget` gives tier {tier!r} twice.")
+        try:
+            budgets[tier] = parse_bytes(size.strip(), what=f"--memory-budget {tier}")
+        except JalapenoError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+    return budgets
+
+
+def _tokenizer(loaded: Any) -> tuple[Any, Any]:
+    """(encode, decode) for the model: byte-level for 256-token vocabularies (the zoo's LMs), else the
+    Hugging Face tokenizer saved in the model directory."""
+    vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    if vocab == 256:
+        from autosurgeon.models.text_corpus import decode, encode
+
+        return encode, decode
+    if loaded.source == "hf-dir":
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(loaded.name, local_files_only=True)
+            return (lambda text: tok(text)["input_ids"]), (lambda ids: tok.decode(ids))
+        except (OSError, ValueError):
+            pass
+    raise InvalidArgumentError(f"no tokenizer for {loaded.name!r} (vocabulary {vocab}): only byte-level models and "
+                               f"Hugging Face directories with a saved tokenizer can take `--prompt` text.")
+
+
+def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: int, offload_dir: str | None) -> Any:
+    """The default placement (see the module docstring), from the exact bytes of the (formatted) model."""
+    from runtime.session import find_blocks, module_bytes, own_bytes
+    from runtime.spec import SessionSpec
+
+    _, blocks = find_blocks(model)
+    block_bytes = max(module_bytes(b) for b in blocks)
+    rest_bytes = module_bytes(model) - sum(module_bytes(b) for b in blocks)
+    unit = max(own_bytes(m) for b in blocks for m in b.modules())
+    return SessionSpec.fit(n_blocks=len(blocks), block_bytes=block_bytes, rest_bytes=rest_bytes, device=device,
+                           budgets=budgets, stream_unit_bytes=unit, lookahead=lookahead, offload_dir=offload_dir)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from autosurgeon.zoo import load_model
+    from runtime.session import Session, find_blocks, quantize_linears
+    from runtime.sizes import format_bytes
+
+    if args.max_new_tokens < 1:
+        raise InvalidArgumentError(f"`--max-new-tokens` must be >= 1, got {args.max_new_tokens}.")
+    if args.lookahead < 0:
+        raise InvalidArgumentError(f"`--lookahead` must be >= 0, got {args.lookahead}.")
+    if args.plan is not None:
+        raise InvalidArgumentError("`--plan` needs the plan module (autosurgeon.plan), which is not part of this "
+                                   "build yet; run without --plan to use the default placement.")
+    budgets = parse_budgets(args.memory_budget)
+    device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"`--device` {device!r} needs a CUDA GPU; none is visible. Use --device cpu.")
+    if device == "cpu" and "gpu" in budgets:
+        raise InvalidArgumentError("`--memory-budget` gives a gpu budget but the device is cpu; drop it or use "
+                                   "--device cuda.")
+
+    loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
+    if loaded.task != "causal-lm":
+        raise InvalidArgumentError(f"`autosurgeon run` generates text; {loaded.name!r} is a {loaded.task} model.")
+    encode, decode = _tokenizer(loaded)
+    model = loaded.model
+    fmt = args.weight_format
+    if fmt in ("float32", "bfloat16", "float16"):
+        model.to(getattr(torch, fmt))
+    elif fmt in ("int8", "int4"):
+        _, blocks = find_blocks(model)
+        for block in blocks:
+            quantize_linears(block, fmt)
+    spec = build_spec(model, device=device, budgets=budgets, lookahead=args.lookahead, offload_dir=args.offload_dir)
+    ids = torch.tensor([encode(args.prompt)], dtype=torch.long)
+    if ids.numel() == 0:
+        raise InvalidArgumentError("`--prompt` is empty; give at least one token of text.")
+    with Session(model, spec, energy_watts=args.watts) as session:
+        out = session.generate(ids, max_new_tokens=args.max_new_tokens)
+        stats = session.stats()
+    new_ids = out[0, ids.shape[1]:].tolist()
+    energy = stats.energy_j if stats.energy_j is not None and math.isfinite(stats.energy_j) else None
+    placement = {"device": device, "resident_blocks": sum(not b.streamed for b in spec.blocks),
+                 "streamed_blocks": sum(b.streamed for b in spec.blocks),
+                 "streamed_from": sorted({b.tier for b in spec.blocks if b.streamed})}
+    if args.json:
+        print(json.dumps({
+            "model": loaded.name, "token_ids": new_ids, "text": decode(new_ids), "prompt": args.prompt,
+            "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds, "new_tokens": stats.tokens,
+            "peak_bytes": stats.peak_bytes, "budgets": stats.budgets, "peak_rss_bytes": stats.peak_rss,
+            "cuda_max_allocated_bytes": stats.cuda_max_allocated, "energy_j": energy,
+            "energy_source": stats.energy_source, "weight_format": fmt or "as loaded", "placement": placement,
+            "fetches": stats.fetches, "misses": stats.misses,
+        }))
+        return 0
+    print(f"{args.prompt}{decode(new_ids)}")
+    print()
+    print(f"model      {loaded.name} on {device}: {placement['resident_blocks']} blocks resident, "
+          f"{placement['streamed_blocks']} streamed" + (f" from {', '.join(placement['streamed_from'])}"
+                                                         if placement["streamed_blocks"] else ""))
+    print(f"speed      {stats.tokens_per_s:.2f} tokens/s ({stats.tokens} tokens in {stats.seconds:.2f} s, greedy)")
+    for tier, peak in stats.peak_bytes.items():
+        budget = stats.budgets[tier]
+        if peak or budget is not None:
+            print(f"peak {tier:<5} {format_bytes(peak)}" + (f" of {format_bytes(budget)} budget" if budget is not None else ""))
+    if stats.peak_rss is not None:
+        print(f"peak RSS   {format_bytes(stats.peak_rss)} (whole process, sampled)")
+    print(f"energy     " + (f"{energy:.3f} J" if energy is not None else "unknown") + f" (source: {stats.energy_source}"
+          + (", no power figure: pass --watts" if energy is None and stats.energy_source == "estimate" else "") + ")")
+    return 0
