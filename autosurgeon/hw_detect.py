@@ -167,7 +167,8 @@ def parse_lscpu_caches(out: str) -> dict[str, int]:
     """Per-instance cache sizes and instance counts from lscpu's text."""
     caches: dict[str, int] = {}
     for key, label in (("l1d", "L1d"), ("l2", "L2"), ("l3", "L3")):
-        match = re.search(rf"^{label} cache:\s*([\d.]+\s*[KMG]i?B?)(?:\s*\((\d+) instances?\))?", out, flags=re.MULTILINE)
+        pattern = rf"^{label} cache:\s*([\d.]+\s*[KMG]i?B?)(?:\s*\((\d+) instances?\))?"
+        match = re.search(pattern, out, flags=re.MULTILINE)
         if not match:
             continue
         try:

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from autosurgeon._logging import get_logger
@@ -60,7 +61,15 @@ def measure_local(
         "load_average_1m_before": _load_average(),
     }
 
-    units = [_measure_unit(torch.device("cpu"), "cpu", cpu.memory_bytes, cpu.physical_cores, config, method, notes)]
+    # The CPU copy must stream from DRAM: a few times the whole L3 (some servers have hundreds of MB),
+    # within a quarter of the free memory.
+    l3_total = cpu.caches.get("l3", 0) * cpu.caches.get("l3_instances", 1)
+    cpu_copy = max(config.memory_bytes, int(config.memory_over_cache * l3_total))
+    cpu_copy = min(cpu_copy, psutil.virtual_memory().available // 8)
+    cpu_unit = _measure_unit(
+        torch.device("cpu"), "cpu", cpu.memory_bytes, cpu.physical_cores, cpu_copy, config, method, notes
+    )
+    units = [cpu_unit]
     links: dict[str, float] = {}
     power: dict[str, float] = {}
     cuda_count = torch.cuda.device_count() if include_gpus and gpus and torch.cuda.is_available() else 0
@@ -73,14 +82,22 @@ def measure_local(
             notes.append(f"GPU {gpu.index} ({gpu.name}) seen by NVML but not usable by this torch build; not measured.")
             continue
         device = torch.device("cuda", gpu.index)
-        units.append(_measure_unit(device, f"cuda:{gpu.index}", gpu.memory_bytes, gpu.sm_count or 0, config, method, notes))
+        gpu_copy = min(config.accel_memory_bytes, gpu.memory_bytes // 8)
+        units.append(
+            _measure_unit(
+                device, f"cuda:{gpu.index}", gpu.memory_bytes, gpu.sm_count or 0, gpu_copy, config, method, notes
+            )
+        )
     if cuda_count:
         rates, how = measure_transfers(torch.device("cuda", 0), config)
         links.update(rates)
         method["links"] = {"device": "cuda:0", **how}
     for i in range(dla_count):
         units.append(
-            ComputeUnit(name=f"dla:{i}", kind="dla", memory_bytes=cpu.memory_bytes, memory_bandwidth=0.0, measured=False, cores=1)
+            ComputeUnit(
+                name=f"dla:{i}", kind="dla", memory_bytes=cpu.memory_bytes, memory_bandwidth=0.0,
+                measured=False, cores=1
+            )
         )
         notes.append(f"dla:{i} detected but not measured (needs TensorRT); its rates are empty.")
     if disk_dir is not None:
@@ -88,7 +105,8 @@ def measure_local(
         links["disk_read"] = rate
         method["disk_read"] = how
         if not how["page_cache_dropped"]:
-            notes.append(f"disk_read may be served from the page cache (filesystem {how['filesystem'] or 'unknown'!r}).")
+            fstype = how["filesystem"] or "unknown"
+            notes.append(f"disk_read may be served from the page cache (filesystem {fstype!r}).")
     method["load_average_1m_after"] = _load_average()
     method["seconds"] = round(time.perf_counter() - started, 3)
     return HardwareProfile(
@@ -113,7 +131,14 @@ def _load_average() -> float | None:
 
 
 def _measure_unit(
-    device: torch.device, name: str, memory_bytes: int, cores: int, config: MeasureConfig, method: dict, notes: list[str]
+    device: torch.device,
+    name: str,
+    memory_bytes: int,
+    cores: int,
+    copy_bytes: int,
+    config: MeasureConfig,
+    method: dict,
+    notes: list[str],
 ) -> ComputeUnit:
     """GEMM rate per dtype and copy bandwidth of one unit; dtypes without a kernel are omitted and noted."""
     rates, gemm_how = {}, {}
@@ -124,7 +149,7 @@ def _measure_unit(
             continue
         rates[dtype], gemm_how[dtype] = result
         logger.info("%s %s GEMM: %.1f GFLOP/s at n=%d", name, dtype, rates[dtype] / 1e9, gemm_how[dtype]["n"])
-    bandwidth, memory_how = measure_memory_bandwidth(device, config)
+    bandwidth, memory_how = measure_memory_bandwidth(device, copy_bytes, config)
     logger.info("%s memory copy: %.2f GB/s", name, bandwidth / 1e9)
     method["gemm"][name] = gemm_how
     method["memory"][name] = memory_how

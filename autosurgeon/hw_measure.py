@@ -31,9 +31,13 @@ class MeasureConfig:
     Attributes:
         gemm_min_n / gemm_max_n: GEMM sides are square, grown by doubling from min towards max so that
             launch overhead and scheduling stalls do not dominate.
+        gemm_max_n_accel: ``gemm_max_n`` for GPUs, whose tensor cores need large products to reach their rate.
         gemm_max_op_s: Longest predicted time of one product; growth stops before exceeding it (slow
             dtypes, e.g. float16 on most CPUs, stop at small sizes).
-        memory_bytes: Size of the source tensor of the copy test (the destination is as large).
+        memory_bytes: Size of the source tensor of the CPU copy test (the destination is as large); raised to
+            ``memory_over_cache`` times the total L3 so the copy streams from DRAM, not from cache.
+        memory_over_cache: See ``memory_bytes``; 0 turns the raise off.
+        accel_memory_bytes: Size of the source tensor of the GPU copy test.
         transfer_bytes: Size of each host<->device copy.
         disk_bytes: Size of the temporary file read back from the cache directory's disk.
         warmup / repeats: Untimed and timed runs of each benchmark; the median of the repeats is kept.
@@ -41,9 +45,12 @@ class MeasureConfig:
     """
 
     gemm_min_n: int = 64
-    gemm_max_n: int = 2048
+    gemm_max_n: int = 4096
+    gemm_max_n_accel: int = 8192
     gemm_max_op_s: float = 1.0
     memory_bytes: int = 256 * 2**20
+    memory_over_cache: float = 4.0
+    accel_memory_bytes: int = 2**30
     transfer_bytes: int = 256 * 2**20
     disk_bytes: int = 256 * 2**20
     warmup: int = 2
@@ -51,11 +58,15 @@ class MeasureConfig:
     disk_repeats: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("gemm_min_n", "gemm_max_n", "memory_bytes", "transfer_bytes", "disk_bytes", "repeats", "disk_repeats"):
+        positive = ("gemm_min_n", "gemm_max_n", "gemm_max_n_accel", "memory_bytes", "accel_memory_bytes")
+        for name in (*positive, "transfer_bytes", "disk_bytes", "repeats", "disk_repeats"):
             if getattr(self, name) < 1:
                 raise InvalidArgumentError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if self.gemm_max_n < self.gemm_min_n:
-            raise InvalidArgumentError(f"`gemm_max_n` ({self.gemm_max_n}) must be >= `gemm_min_n` ({self.gemm_min_n}).")
+        for name in ("gemm_max_n", "gemm_max_n_accel"):
+            if getattr(self, name) < self.gemm_min_n:
+                raise InvalidArgumentError(
+                    f"`{name}` ({getattr(self, name)}) must be >= `gemm_min_n` ({self.gemm_min_n})."
+                )
         if self.warmup < 0:
             raise InvalidArgumentError(f"`warmup` must be >= 0, got {self.warmup}.")
 
@@ -69,8 +80,10 @@ class MeasureConfig:
         """Under 10 s on 2 cores: small sizes, 5 repeats, one disk read."""
         return cls(
             gemm_max_n=1024,
+            gemm_max_n_accel=4096,
             gemm_max_op_s=0.15,
             memory_bytes=64 * 2**20,
+            accel_memory_bytes=256 * 2**20,
             transfer_bytes=64 * 2**20,
             disk_bytes=32 * 2**20,
             warmup=1,
@@ -124,7 +137,8 @@ def _gemm_fn(n: int, dtype: str, device: torch.device) -> tuple[Callable[[], Any
         w = torch.quantize_per_tensor(torch.randn(n, n, generator=gen), 0.05, 0, torch.qint8)
         packed = torch.ops.quantized.linear_prepack(w, None)
         torch.ops.quantized.linear_dynamic(x, packed, True)
-        return (lambda: torch.ops.quantized.linear_dynamic(x, packed, True)), "torch.ops.quantized.linear_dynamic (w8a8)"
+        kernel = "torch.ops.quantized.linear_dynamic (w8a8)"
+        return (lambda: torch.ops.quantized.linear_dynamic(x, packed, True)), kernel
     torch_dtype = getattr(torch, dtype)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=torch_dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=torch_dtype)
@@ -139,13 +153,14 @@ def measure_gemm(device: torch.device, dtype: str, config: MeasureConfig) -> tup
     of the best-of-two times so far) to take at most ``gemm_max_op_s`` and n stays within ``gemm_max_n``;
     then the median over ``repeats`` is taken at that n. Slow dtypes (float16 on most CPUs) stop small.
     """
+    max_n = config.gemm_max_n if device.type == "cpu" else config.gemm_max_n_accel
     n, previous = config.gemm_min_n, None
     try:
         while True:
             fn, kernel = _gemm_fn(n, dtype, device)
             # Best of two: one stall of a shared machine should not decide the size alone.
             one = min(median_time(fn, warmup=0, repeats=1, device=device) for _ in range(2))
-            if n * 2 > config.gemm_max_n:
+            if n * 2 > max_n:
                 break
             # Predict the next size's time from the growth seen so far: 8x when compute-bound, less
             # while launch overhead or scheduling stalls dominate (those sizes say little of the rate).
@@ -161,13 +176,13 @@ def measure_gemm(device: torch.device, dtype: str, config: MeasureConfig) -> tup
     return rate, {"n": n, "kernel": kernel, "median_s": seconds, "warmup": config.warmup, "repeats": config.repeats}
 
 
-def measure_memory_bandwidth(device: torch.device, config: MeasureConfig) -> tuple[float, dict[str, Any]]:
-    """Bytes/s of a large tensor copy on ``device``, counting read + write bytes (2 x size).
+def measure_memory_bandwidth(device: torch.device, nbytes: int, config: MeasureConfig) -> tuple[float, dict[str, Any]]:
+    """Bytes/s of a copy of an ``nbytes`` tensor on ``device``, counting read + write bytes (2 x size).
 
     Write-allocate caches may move a third stream of bytes that is not counted, so this is the rate a
     copy-like kernel sees, a little under the bus peak.
     """
-    numel = config.memory_bytes // 4
+    numel = max(1, nbytes // 4)
     src = torch.ones(numel, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     seconds = median_time(lambda: dst.copy_(src), warmup=config.warmup, repeats=config.repeats, device=device)

@@ -124,7 +124,9 @@ class ComputeUnit:
 
     def __post_init__(self) -> None:
         if self.kind not in UNIT_KINDS:
-            raise InvalidArgumentError(f"`unit.kind` must be one of {UNIT_KINDS}, got {self.kind!r} (unit {self.name!r}).")
+            raise InvalidArgumentError(
+                f"`unit.kind` must be one of {UNIT_KINDS}, got {self.kind!r} (unit {self.name!r})."
+            )
         object.__setattr__(self, "gemm_flops", {dtype_name(k): float(v) for k, v in self.gemm_flops.items()})
 
     def peak_flops(self, dtype: str | Any) -> float:
@@ -184,7 +186,9 @@ class HardwareProfile:
             raise InvalidArgumentError(f"profile {self.name!r} repeats a unit name: {names}.")
         unknown = sorted(set(self.links) - set(LINK_KEYS))
         if unknown:
-            raise InvalidArgumentError(f"profile {self.name!r} has unknown `links` keys {unknown}; allowed: {LINK_KEYS}.")
+            raise InvalidArgumentError(
+                f"profile {self.name!r} has unknown `links` keys {unknown}; allowed: {LINK_KEYS}."
+            )
 
     # Equality compares every field; the hash uses only the identifying facts, which equal profiles share.
     def __hash__(self) -> int:
@@ -259,7 +263,8 @@ class HardwareProfile:
                 cpu=_build(CpuInfo, _required(data, "cpu", origin), f"{origin}: cpu"),
                 gpus=tuple(_build(GpuInfo, g, f"{origin}: gpus[{i}]") for i, g in enumerate(data.get("gpus", ()))),
                 units=tuple(
-                    _build(ComputeUnit, u, f"{origin}: units[{i}]") for i, u in enumerate(_required(data, "units", origin))
+                    _build(ComputeUnit, u, f"{origin}: units[{i}]")
+                    for i, u in enumerate(_required(data, "units", origin))
                 ),
                 links=dict(data.get("links", {})),
                 power=dict(data.get("power", {})),

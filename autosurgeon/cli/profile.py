@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     local = args.device == "local"
     if local:
-        print("measuring this machine" + (" (quick)" if args.quick else " (about a minute at most)") + " ...", file=sys.stderr)
+        how = "quick" if args.quick else "full, up to about a minute"
+        print(f"measuring this machine ({how}) ...", file=sys.stderr)
         profile = profile_local(quick=args.quick)
     else:
         profile = resolve_profile(args.device)
@@ -123,7 +124,8 @@ def format_profile(profile: HardwareProfile) -> str:
             f"method    median of {cfg.get('repeats')} after {cfg.get('warmup')} warm-up, "
             f"{profile.method.get('cpu_threads')} CPU threads, torch {profile.method.get('torch')}, "
             f"{profile.method.get('seconds')} s, {'quick' if profile.method.get('quick') else 'full'}, "
-            f"load average {profile.method.get('load_average_1m_before')} -> {profile.method.get('load_average_1m_after')}"
+            f"load average {profile.method.get('load_average_1m_before')} -> "
+            f"{profile.method.get('load_average_1m_after')}"
         )
     for note in profile.notes:
         lines.append(f"note      {note}")

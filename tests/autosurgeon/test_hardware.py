@@ -30,8 +30,11 @@ from autosurgeon.hw_measure import measure_disk_read
 TINY = MeasureConfig(
     gemm_min_n=32,
     gemm_max_n=64,
+    gemm_max_n_accel=128,
     gemm_max_op_s=0.05,
     memory_bytes=2**20,
+    memory_over_cache=0.0,
+    accel_memory_bytes=2**20,
     transfer_bytes=2**20,
     disk_bytes=2**20,
     warmup=1,
@@ -220,7 +223,8 @@ def test_nvml_facts_are_read(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     (gpu,) = hw_detect.detect_gpus()
-    assert (gpu.name, gpu.memory_bytes, gpu.power_limit_w, gpu.default_power_limit_w) == ("NVIDIA Test GPU", 16 * 2**30, 250.0, 300.0)
+    facts = (gpu.name, gpu.memory_bytes, gpu.power_limit_w, gpu.default_power_limit_w)
+    assert facts == ("NVIDIA Test GPU", 16 * 2**30, 250.0, 300.0)
     assert (gpu.max_sm_clock_mhz, gpu.max_mem_clock_mhz, gpu.pcie_gen, gpu.pcie_width) == (1800, 9000, 4, 16)
     assert gpu.energy_counter is False
 
@@ -238,7 +242,10 @@ def test_detection_helpers() -> None:
 
 
 def test_lscpu_cache_fallback_parses_totals() -> None:
-    text = "L1d cache:   96 KiB (2 instances)\nL1i cache: 64 KiB (2 instances)\nL2 cache: 2 MiB (2 instances)\nL3 cache: 32 MiB (1 instance)\n"
+    text = (
+        "L1d cache:   96 KiB (2 instances)\nL1i cache: 64 KiB (2 instances)\n"
+        "L2 cache: 2 MiB (2 instances)\nL3 cache: 32 MiB (1 instance)\n"
+    )
     assert hw_detect.parse_lscpu_caches(text) == {
         "l1d": 48 * 2**10, "l1d_instances": 2, "l2": 2**20, "l2_instances": 2, "l3": 32 * 2**20, "l3_instances": 1,
     }
