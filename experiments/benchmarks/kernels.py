@@ -155,8 +155,8 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
                    "fp8": ["cuda-fp8"]}
         floats = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     else:
-        kernels = {"int8": ["cpu-avx512", "int8-dynamic", "torch-int8pack-cpu", "dequant-bf16"],
-                   "int4": ["cpu-avx512", "torch-int4pack-cpu"]}
+        kernels = {"int8": ["cpu-avx512", "cpu-avx512-a16", "int8-dynamic", "torch-int8pack-cpu", "dequant-bf16"],
+                   "int4": ["cpu-avx512", "cpu-avx512-a16", "cpu-avx512-bf16", "torch-int4pack-cpu"]}
         floats = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
     def timed(fn: Callable[[], object]) -> tuple[float, float | None, float]:

@@ -33,6 +33,8 @@ dequantized weight, fp32 activations):
 name                 dev   formats      tolerance notes
 ==================== ===== ============ ========= ======================================================
 cpu-avx512           cpu   int8, int4   1e-4      C++ AVX-512, dequant in registers (compiled lazily)
+cpu-avx512-a16       cpu   int8, int4   1e-3      same library, VNNI: activations rounded to int16 per row
+cpu-avx512-bf16      cpu   int4         1e-2      same library, AVX512-BF16: activations rounded to bf16
 int8-dynamic         cpu   int8         5e-2      fbgemm w8a8: quantizes activations too
 torch-int8pack-cpu   cpu   int8         1e-4      torch stock ``_weight_int8pack_mm`` (baseline)
 torch-int4pack-cpu   cpu   int4         1e-3      torch stock ``_weight_int4pack_mm_for_cpu`` (baseline)

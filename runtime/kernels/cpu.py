@@ -104,6 +104,12 @@ def load_extension() -> ctypes.CDLL | None:
             lib.jal_int8_linear.restype = None
             lib.jal_int4_linear.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int]
             lib.jal_int4_linear.restype = None
+            lib.jal_int4_linear_bf16.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int]
+            lib.jal_int4_linear_bf16.restype = None
+            lib.jal_int8_linear_a16.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int]
+            lib.jal_int8_linear_a16.restype = None
+            lib.jal_int4_linear_a16.argtypes = [vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, i64, ctypes.c_int]
+            lib.jal_int4_linear_a16.restype = None
             lib.jal_read_bytes.argtypes = [vp, i64, ctypes.c_int]
             lib.jal_read_bytes.restype = i64
             _lib = lib
@@ -162,6 +168,73 @@ def avx512_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any = None) -> to
                             m, qw.out_features, kp, qw.group_size, nthreads)
     else:
         return torch_dequant_run(x, qw, None)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def bf16_supported() -> bool:
+    """AVX512-BF16 (vdpbf16ps) present, for ``cpu-avx512-bf16``."""
+    return "avx512_bf16" in _cpu_flags() and avx512_supported()
+
+
+def avx512_bf16_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any = None) -> torch.Tensor:
+    """int4 weights x bf16-rounded activations with vdpbf16ps (group size must be a multiple of 64)."""
+    lib = load_extension()
+    if lib is None or x.device.type != "cpu" or qw.fmt != "int4" or (qw.group_size or 1) % 64:
+        return avx512_run(x, qw, prepared)
+    assert qw.offsets is not None and qw.group_size is not None
+    m, kp = x.shape[0], qw.padded_in_features
+    xf = x.to(torch.float32)
+    if kp != qw.in_features:
+        xf = F.pad(xf, (0, kp - qw.in_features))
+    xsum = xf.view(m, kp // qw.group_size, qw.group_size).sum(dim=2).contiguous()
+    # per 64-chunk (half A|B of 32, nibble lo|hi of 16): order [lo A, lo B, hi A, hi B] to match the code loads
+    xp = xf.to(torch.bfloat16).view(m, kp // 64, 2, 2, 16).transpose(2, 3).contiguous()
+    y = torch.empty(m, qw.out_features, dtype=torch.float32)
+    lib.jal_int4_linear_bf16(_ptr(xp), _ptr(xsum), _ptr(qw.qweight), _ptr(qw.scales), _ptr(qw.offsets), _ptr(y),
+                             m, qw.out_features, kp, qw.group_size, torch.get_num_threads())
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
+def vnni_supported() -> bool:
+    """AVX512-VNNI (vpdpwssd) present, for ``cpu-avx512-a16``."""
+    return "avx512_vnni" in _cpu_flags() and avx512_supported()
+
+
+def _quantize_rows_int16(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) float32 -> (int16 codes, float32 per-row scale) with |code| <= 32767."""
+    sx = (x.abs().amax(dim=1) / 32767.0).clamp_min(torch.finfo(torch.float32).tiny)
+    return torch.round(x / sx[:, None]).to(torch.int16), sx.contiguous()
+
+
+def avx512_a16_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any = None) -> torch.Tensor:
+    """Integer-dot kernels: int8/int4 weights x int16-quantized activations (vpdpwssd, exact integer MACs)."""
+    lib = load_extension()
+    if lib is None or x.device.type != "cpu" or qw.fmt not in ("int8", "int4") or not vnni_supported():
+        return avx512_run(x, qw, prepared)
+    if qw.fmt == "int4" and (qw.group_size or 1) % 64:
+        return avx512_run(x, qw, prepared)
+    m, n = x.shape[0], qw.out_features
+    xf = x.to(torch.float32)
+    y = torch.empty(m, n, dtype=torch.float32)
+    nthreads = torch.get_num_threads()
+    if qw.fmt == "int8":
+        k = qw.in_features
+        kx = -(-k // 32) * 32
+        xq, sx = _quantize_rows_int16(F.pad(xf, (0, kx - k)) if kx != k else xf)
+        xq = xq.contiguous()
+        tot = torch.empty(m, n, dtype=torch.float64)
+        lib.jal_int8_linear_a16(_ptr(xq), _ptr(sx), _ptr(qw.qweight), _ptr(qw.scales), _ptr(y), _ptr(tot), m, n, k,
+                                kx, nthreads)
+    else:
+        assert qw.offsets is not None and qw.group_size is not None
+        kp = qw.padded_in_features
+        if kp != qw.in_features:
+            xf = F.pad(xf, (0, kp - qw.in_features))
+        xsum = xf.view(m, kp // qw.group_size, qw.group_size).sum(dim=2).contiguous()
+        xq, sx = _quantize_rows_int16(xf)
+        xp = xq.view(m, kp // 64, 2, 2, 16).transpose(2, 3).contiguous()  # same order as the bf16 kernel
+        lib.jal_int4_linear_a16(_ptr(xp), _ptr(sx), _ptr(xsum), _ptr(qw.qweight), _ptr(qw.scales), _ptr(qw.offsets),
+                                _ptr(y), m, n, kp, qw.group_size, nthreads)
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
@@ -230,6 +303,16 @@ register(Kernel(
     name="cpu-avx512", formats=("int8", "int4"), device_type="cpu", run=avx512_run,
     available=lambda: avx512_supported() and load_extension() is not None, tolerance=1e-4,
     description="C++ AVX-512 weight-only GEMV/GEMM, dequant in registers, fp32 accumulate, OpenMP over rows"))
+register(Kernel(
+    name="cpu-avx512-bf16", formats=("int4",), device_type="cpu", run=avx512_bf16_run,
+    available=lambda: bf16_supported() and load_extension() is not None, tolerance=1e-2,
+    quantizes_activations=True,
+    description="C++ AVX512-BF16 int4: activations rounded to bf16, codes to bf16 by table, vdpbf16ps (group % 64)"))
+register(Kernel(
+    name="cpu-avx512-a16", formats=("int8", "int4"), device_type="cpu", run=avx512_a16_run,
+    available=lambda: vnni_supported() and load_extension() is not None, tolerance=1e-3,
+    quantizes_activations=True,
+    description="C++ AVX512-VNNI: activations rounded to int16 per row (~3e-5), exact integer MACs (vpdpwssd)"))
 register(Kernel(
     name="int8-dynamic", formats=("int8",), device_type="cpu", run=fbgemm_run, available=_fbgemm_ok, tolerance=5e-2,
     prepare=fbgemm_prepare, quantizes_activations=True,
