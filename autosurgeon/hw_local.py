@@ -54,6 +54,8 @@ def measure_local(
         "config": config.to_dict(),
         "torch": torch.__version__,
         "cpu_threads": torch.get_num_threads(),
+        # "highest" keeps float32 GEMMs in float32; "high"/"medium" let GPUs use TF32 and would inflate the rate.
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "gemm": {},
         "memory": {},
