@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -375,3 +376,51 @@ def test_llama_70b_shape_on_meta_analyses_in_under_5_s() -> None:
     head_dim = 8192 // 64
     attention = 80 * 2 * 64 * 128 * 128 * head_dim * 2
     assert sum(u.flops for u in result.leaves if u.kind == "attention") == attention
+
+
+# -- the `analyze` and `demo` commands -------------------------------------------------------------------
+
+
+def _run_cli(argv: list[str]) -> int:
+    import argparse
+
+    from autosurgeon.cli import analyze as analyze_cli
+    from autosurgeon.cli import demo as demo_cli
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    analyze_cli.register(sub)
+    demo_cli.register(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_analyze_prints_blocks_table_and_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run_cli(["analyze", "llama-7b-shape", "--device", "h100-80gb", "--seq-len", "16"]) == 0
+    table = capsys.readouterr().out
+    assert re.search(r"^model\.layers\.31 +block ", table, re.M) and "lm_head" in table and "q_proj" not in table
+    assert _run_cli(["analyze", "llama-7b-shape", "--device", "none", "--leaves", "--phase", "decode"]) == 0
+    leaves = capsys.readouterr().out
+    assert "model.layers.0.self_attn.q_proj" in leaves and "no roofline" in leaves
+    assert _run_cli(["analyze", "tiny-moe", "--device", "h100-80gb", "--json", "--dtype", "bfloat16"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schema_version"] == 1 and data["profile"] == "h100-80gb"
+    assert {u["kind"] for u in data["leaves"]} >= {"experts", "router", "attention"}
+    by_dtype = data["totals"]["bytes_by_dtype"]  # weights in bf16; rotary's inv_freq buffer stays float32
+    assert by_dtype["bfloat16"] > 0.99 * sum(by_dtype.values())
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--batch", "0"), ("--seq-len", "-3")])
+def test_cli_analyze_refuses_bad_sizes(flag: str, value: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"`{flag}` must be >= 1, got {value}"):
+        _run_cli(["analyze", "tiny-llama", "--device", "none", flag, value])
+
+
+@pytest.mark.slow
+def test_cli_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
+    # The fast test recipe keeps this to seconds once the local profile is cached.
+    assert _run_cli(["demo", "--model", "tiny-llama-test", "--seq-len", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "== 1. this machine" in out and "perplexity" in out
+    assert re.search(r"^model\.layers\.1 +block ", out, re.M)
+    assert "memory-bound" in out  # a bs-1 decode step of a tiny model
