@@ -64,6 +64,7 @@ class StreamUnit:
     slot: _Slot | None = None
     pending: Any = None  # Future (disk reads), a finished result, or a callable producing it
     bound: bool = False
+    prepared: int = 0  # bytes of a kernel's packed copy charged for this (resident) unit
 
     @property
     def streamed(self) -> bool:
@@ -156,6 +157,10 @@ class Streamer:
             self.store.register(moved, tier, label=unit.name, copy=False)
             for (m, a, is_param), t in zip(unit.members, moved.values()):
                 _assign(m, a, is_param, t, keep_param=True)
+            if hasattr(module, "prepared_nbytes"):
+                # A kernel that repacks the weight (tinygemm int4) keeps the packed copy next to the
+                # buffers: count it on the tier once it exists, so the budget covers it too.
+                self._handles.append(module.register_forward_hook(lambda m, a, o, u=unit: self._charge_prepared(u)))
             return
         if tier == "cpu" and unit.home == "gpu":
             raise JalapenoError(f"unit {unit.name!r}: streaming from the 'gpu' tier to the host is not supported; "
@@ -220,6 +225,9 @@ class Streamer:
                     m._buffers[a] = value
             if registered:
                 self.store.unregister(names, label=unit.name)
+            if unit.prepared:
+                self.store.uncharge(tier_of(unit.device), unit.prepared, label=f"{unit.name}:prepared")
+                unit.prepared = 0
             unit.originals = []
             unit.slot = unit.pending = None
             unit.bound = False
@@ -259,6 +267,16 @@ class Streamer:
         unit.bound = False
         self._free[unit.device].append(slot)
         self._prefetch()
+
+    def _charge_prepared(self, unit: StreamUnit) -> None:
+        now = int(unit.module.prepared_nbytes)
+        if now != unit.prepared:
+            tier, label = tier_of(unit.device), f"{unit.name}:prepared"
+            if now > unit.prepared:
+                self.store.charge(tier, now - unit.prepared, label=label)
+            else:
+                self.store.uncharge(tier, unit.prepared - now, label=label)
+            unit.prepared = now
 
     def _unbind(self, unit: StreamUnit) -> None:
         for (m, a, is_param), placeholder, live in zip(unit.members, unit.placeholders, unit.live):

@@ -169,6 +169,14 @@ class TensorStore:
             else:
                 self._holders[tier].pop(label, None)
 
+    def charge(self, tier: str, nbytes: int, *, label: str) -> None:
+        """Count ``nbytes`` held elsewhere (e.g. a kernel's packed weight copy) on ``tier`` under ``label``,
+        checked against the budget like everything else; ``uncharge`` gives them back."""
+        self._charge(tier, nbytes, label)
+
+    def uncharge(self, tier: str, nbytes: int, *, label: str) -> None:
+        self._uncharge(tier, nbytes, label)
+
     def used(self, tier: str) -> int:
         """Bytes held on ``tier`` right now (home copies plus reserved staging)."""
         return self._used[tier]

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runtime.errors import BudgetExceededError
 from runtime.session import Session
 from runtime.spec import BlockSpec, SessionSpec
 from runtime.sizes import format_bytes, parse_bytes
@@ -136,10 +137,12 @@ def _own_bytes(module: nn.Module) -> int:
 
 
 def gpu_spec(model: nn.Module, *, gpu_budget: int, lookahead: int, embed_on_cpu: bool, interleave: bool,
-             granularity: str = "module", headroom: int = 64 * 2**20, max_resident: int | None = None) -> SessionSpec:
+             granularity: str = "module", headroom: int = 64 * 2**20, max_resident: int | None = None,
+             resident_factor: float = 1.0) -> SessionSpec:
     """As many resident blocks as the GPU budget holds next to the staging slots; the rest streamed from
     pinned host memory. ``headroom`` is left out of the store's budget for activations, KV cache and
-    cuBLAS workspace, so the allocator's peak stays under the cap too."""
+    cuBLAS workspace, so the allocator's peak stays under the cap too. ``resident_factor`` scales a
+    resident block's bytes (2 for int4 on CUDA: tinygemm keeps a packed copy next to the buffers)."""
     layers = model.model.layers
     block = weight_bytes(layers[0])
     unit = max(_own_bytes(m) for m in layers[0].modules()) if granularity == "module" else block
@@ -148,7 +151,7 @@ def gpu_spec(model: nn.Module, *, gpu_budget: int, lookahead: int, embed_on_cpu:
         rest -= weight_bytes(model.model.embed_tokens)
     budget = gpu_budget - headroom
     room = budget - rest - (lookahead + 1) * unit
-    resident = max(0, min(len(layers), room // block))
+    resident = max(0, min(len(layers), int(room // (block * resident_factor))))
     if max_resident is not None:
         resident = min(resident, max_resident)
     if interleave and 0 < resident < len(layers):
@@ -227,7 +230,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         r["max_abs_logit_diff"] = float((r.pop("last_logits") - ref["last_logits"]).abs().max())
     if args.int4:
         try:
-            res["int4"] = _gpu_int4(model, prompt, cap, args, dev)
+            res["int4"] = _gpu_int4(model, prompt, cap, args, dev, ref)
         except Exception as exc:  # noqa: BLE001 - report and keep the other results
             print(f"int4 run failed: {type(exc).__name__}: {exc}", flush=True)
             res["int4"] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -256,7 +259,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.Namespace,
-              dev: torch.device) -> dict[str, Any]:
+              dev: torch.device, reference: dict[str, Any]) -> dict[str, Any]:
     """int4 (group 128) weight-only blocks via runtime.kernels (its default CUDA kernel)."""
     import copy
 
@@ -272,10 +275,10 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
     out = []
     # Same placement rule as bf16 (int4 blocks are small enough that they may all be resident), then
     # every block streamed, which shows the compressed weights travelling.
-    for name, max_resident in [("ours int4 g128, placed by the 3 GiB rule", None),
+    for name, max_resident in [("ours int4 g128, placed by the 3 GiB rule (packed copy counted)", None),
                                ("ours int4 g128, every block streamed from host", 0)]:
         spec = gpu_spec(qmodel, gpu_budget=cap, lookahead=1, embed_on_cpu=True, interleave=True,
-                        max_resident=max_resident)
+                        max_resident=max_resident, resident_factor=2.0)
         torch.cuda.reset_peak_memory_stats(dev)
         with Session(qmodel, spec, time_transfers=True) as session:
             r = decode(qmodel, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
@@ -284,7 +287,10 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
                      resident_blocks=sum(1 for b in spec.blocks if not b.streamed), gpu_peak_store=st.peak_bytes["gpu"],
                      cuda_max_allocated=torch.cuda.max_memory_allocated(dev),
                      transfer_s_per_token=session.streamer.transfer_seconds() / (args.new_tokens + 1))
-        r.pop("last_logits")
+        logits = r.pop("last_logits")
+        ref_logits = reference["last_logits"]
+        r["rel_logit_err_vs_bf16"] = float(torch.linalg.norm(logits - ref_logits) / torch.linalg.norm(ref_logits))
+        r["token_agreement_vs_bf16"] = sum(a == b for a, b in zip(r["tokens"], reference["tokens"])) / len(r["tokens"])
         out.append(r)
         print(f"{name}: {r['tokens_per_s']:.2f} tok/s, resident {r['resident_blocks']}, streamed "
               f"{format_bytes(r['streamed_bytes'])}/token, copy {r['transfer_s_per_token'] * 1e3:.1f} ms/token, "
@@ -298,13 +304,15 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     from accelerate import dispatch_model, infer_auto_device_map
 
     dev = torch.device("cpu")
+    interpreter_rss = rss_bytes()  # torch + transformers loaded, no model yet
     model = build_llama(hidden=2048, intermediate=5632, layers=8, heads=16, vocab=32000, dtype=torch.float32,
                         seed=args.seed)
     total = weight_bytes(model)
     budget = int(total * args.ram_fraction)
     prompt = torch.randint(0, 32000, (1, args.prompt_len), generator=torch.Generator().manual_seed(args.seed))
     res: dict[str, Any] = {"setting": "cpu", "model_bytes": total, "ram_budget": budget, "host_cores": os.cpu_count(),
-                           "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "configs": []}
+                           "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                           "interpreter_rss": interpreter_rss, "configs": []}
     print(f"model {format_bytes(total)}, RAM budget {format_bytes(budget)}", flush=True)
     base_rss = rss_bytes()
 
@@ -329,7 +337,13 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
             spec = SessionSpec(blocks=blocks, rest=BlockSpec(device="cpu"), budgets={"cpu": budget},
                                lookahead=lookahead, offload_dir=os.path.join(tmp, "ours"))
             gc.collect()
-            with Session(model, spec) as session:
+            try:
+                session = Session(model, spec)
+            except BudgetExceededError as exc:
+                print(f"lookahead {lookahead}: does not fit: {exc}", flush=True)
+                res["configs"].append({"name": f"ours: disk tier, lookahead {lookahead}", "error": str(exc)})
+                continue
+            with session:
                 with PeakTracker(interval_s=0.01) as tr:
                     r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
                 st = session.stats()
@@ -367,6 +381,57 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+# ------------------------------------------------------------------------------------------- report
+def _gb(n: Any) -> str:
+    return "—" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    """The results as markdown tables (the committed result files are made from this)."""
+    lines: list[str] = []
+    if res["setting"] == "gpu":
+        bw = res["h2d_pinned_Bps"]
+        ref = res["reference"]
+        lines += [f"Device: {res['device']}, {res['host_cores']} host cores, torch {res['torch']}. Model "
+                  f"{res['model_bytes'] / 1e9:.2f} GB bf16; GPU cap {_gb(res['gpu_cap'])}; pinned H2D measured "
+                  f"{bw / 1e9:.1f} GB/s. Batch 1, {ref['n_timed']} timed decode tokens after warm-up, median.", "",
+                  "| configuration | tok/s | vs accelerate | resident blocks | streamed / token | bound (streamed B / "
+                  "H2D) | % of bound | copy ms / token | ms / token | store GPU peak | allocator peak | tokens = ref |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        acc = res.get("accelerate", {})
+        acc_tps = acc.get("tokens_per_s")
+        rows = list(res["configs"]) + list(res.get("int4", {}).get("runs", []))
+        for r in rows:
+            bound = bw / r["streamed_bytes"] if r.get("streamed_bytes") else None
+            lines.append(
+                f"| {r['name']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / acc_tps:.1f}× | {r['resident_blocks']} | "
+                f"{r['streamed_bytes'] / 1e9:.2f} GB | " + (f"{bound:.2f}" if bound else "—") + " | "
+                + (f"{100 * r['tokens_per_s'] / bound:.0f}%" if bound else "—")
+                + f" | {r['transfer_s_per_token'] * 1e3:.1f} | {r['median_token_s'] * 1e3:.1f} | {_gb(r['gpu_peak_store'])} | "
+                f"{_gb(r['cuda_max_allocated'])} | {r.get('tokens_match_reference', '—')} |")
+        if acc:
+            lines.append(f"| {acc['name']} | {acc_tps:.2f} | 1.0× | {acc['device_map_gpu_entries'] - 1} (+ embeddings) | "
+                         f"— | — | — | — | {acc['median_token_s'] * 1e3:.1f} | — | {_gb(acc['cuda_max_allocated'])} | "
+                         f"{acc['tokens_match_reference']} |")
+        lines.append(f"| {ref['name']} | {ref['tokens_per_s']:.2f} | {ref['tokens_per_s'] / acc_tps:.1f}× | 16 | 0 | — | — | 0 | "
+                     f"{ref['median_token_s'] * 1e3:.1f} | — | {_gb(ref['cuda_max_allocated'])} | (reference) |")
+    else:
+        lines += [f"Host: {res['cpu']}, {res['host_cores']} cores (shared machine), torch {res['torch']}. Model "
+                  f"{res['model_bytes'] / 1e9:.2f} GB fp32, RAM budget {_gb(res['ram_budget'])} (30%). Interpreter "
+                  f"RSS before the model: {_gb(res['interpreter_rss'])}. Median of the timed decode tokens.", "",
+                  "| configuration | tok/s | vs accelerate | peak RSS | RSS above interpreter | store RAM peak | "
+                  "tokens = eager |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        acc = res["accelerate"]
+        rows = [r for r in res["configs"] if "error" not in r] + [acc]
+        if "reference" in res:
+            rows.append(res["reference"])
+        for r in rows:
+            lines.append(f"| {r['name']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / acc['tokens_per_s']:.2f}× | "
+                         f"{_gb(r['peak_rss'])} | {_gb(r['peak_rss'] - res['interpreter_rss'])} | "
+                         f"{_gb(r.get('cpu_peak_store'))} | {r.get('tokens_match_reference', '(reference)')} |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -378,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--warmup", type=int, default=4)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--json", help="write the full results here")
+        p.add_argument("--md", help="write the markdown tables here")
     g = sub.choices["gpu"]
     g.add_argument("--gpu-budget", default="3GiB")
     g.add_argument("--accelerate-tokens", type=int, default=12)
@@ -392,6 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
+    table = to_markdown(res)
+    print(table)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(table)
     return 0
 
 
