@@ -18,7 +18,7 @@ from autosurgeon.errors import AutoSurgeonError
 from runtime.errors import JalapenoError
 
 # Subcommand modules, in the order `autosurgeon --help` lists them.
-COMMANDS = ("demo", "profile", "zoo", "analyze")
+COMMANDS = ("demo", "profile", "zoo", "analyze", "run")
 
 
 def build_parser() -> argparse.ArgumentParser:
