@@ -18,13 +18,14 @@ Definitions (per unit, summed over all calls in the pass):
   an embedding reads only the gathered rows and an MoE expert bank only the experts routed to (exact on
   real tensors; on meta the uniform-routing expectation).
 * ``activation_in_bytes`` / ``activation_out_bytes`` — tensors crossing the unit's boundary: the forward
-  call's tensor arguments and its outputs. For the attention core (which has no boundary of its own) they
-  are the operands and results of its own attention ops (sdpa's Q, K, V, mask and output; bmm's operands
-  in eager attention). ``kv_cache_bytes`` is the K and V read by sdpa: in decode, the whole cache.
-  A block's boundary excludes the cache (a Cache object, not a tensor), so its ``kv_cache_bytes`` is
-  added to its memory traffic.
-* ``memory_bytes`` = weight_read + activation in + out (+ kv for blocks); ``intensity`` = flops / memory_bytes.
-  A block's bytes are its fused ideal: internal activations between its leaves are not counted.
+  call's tensor arguments and its outputs (each distinct tensor once per call). For the attention core
+  (which has no boundary of its own) they are the operands and results of its own attention ops (sdpa's
+  Q, K, V, mask and output; bmm's operands in eager attention). ``kv_cache_bytes`` is the part of sdpa's K
+  and V that this step did not make: positions read from the cache (in decode, the whole context).
+* ``memory_bytes`` = weight_read + activation in + out, plus, for units other than the attention core
+  (where the cache is already among the operands), ``kv_cache_bytes``: a Cache object crosses a block's
+  boundary unseen. ``intensity`` = flops / memory_bytes. A block's bytes are its fused ideal: activations
+  passed between its own leaves are not counted.
 * ``parallelism`` — ``log2(1 + N) / log2(1 + 2**21)`` clipped to [0, 1], with N the output elements of
   the unit's largest op (by FLOPs): the count of independent dot products it can run at once.
   Why output elements: a GEMM/conv/attention kernel parallelises over output tiles; the reduction

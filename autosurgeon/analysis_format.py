@@ -89,7 +89,12 @@ def format_analysis(analysis: ModelAnalysis, *, leaves: bool = False) -> str:
     missing_bytes = t[f"unattributed_{level}_weight_bytes"]
     if missing_flops or missing_bytes:
         lines.append(f"unattributed at {level} level: {si(missing_flops)}FLOPs, {binary_bytes(missing_bytes)} weights")
-    count = f"{t['num_leaves']} leaves" if leaves else f"{t['num_blocks']} blocks + {t['num_block_units'] - t['num_blocks']} other units"
+    others = t["num_block_units"] - t["num_blocks"]
+    count = (
+        f"{t['num_leaves']} leaves"
+        if leaves
+        else f"{t['num_blocks']} block{'s' * (t['num_blocks'] != 1)} + {others} other unit{'s' * (others != 1)}"
+    )
     lines.append(
         f"{count}. Columns: weights = bytes read per pass; act = boundary activations (+KV cache for blocks); "
         "F/B = FLOPs per byte moved; par = parallelism score (0-1)."
