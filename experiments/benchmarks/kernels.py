@@ -3,7 +3,9 @@
     python -m experiments.benchmarks.kernels                       # CPU -> results/kernels_cpu.md
     python -m experiments.benchmarks.kernels --device cuda         # GPU -> results/kernels_gpu.md
 
-Method: for each (shape, batch, kernel) ``warmup`` untimed calls then ``repeats`` timed calls, median. Weights are
+Method: for each (shape, batch, kernel) ``warmup`` untimed calls then ``repeats`` timed calls, median. On CPU the
+kernels of one (shape, batch) are timed interleaved — each repeat calls every kernel once, in a seeded random
+order — so load from other jobs on a shared machine falls on all of them alike; the fastest call is reported too. Weights are
 rotated among enough copies to exceed ``--rotate-mib`` (default 256 MiB, several times the last-level cache) so
 every call streams its weight from memory, as decode does. The bound is the fewest bytes a call must move
 (weight codes + scales + offsets + x + y) over the memory bandwidth measured in the same run: on CPU the best of
@@ -19,6 +21,7 @@ import datetime as _dt
 import math
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -159,20 +162,19 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
                    "int4": ["cpu-avx512", "cpu-avx512-a16", "cpu-avx512-bf16", "torch-int4pack-cpu"]}
         floats = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
-    def timed(fn: Callable[[], object]) -> tuple[float, float | None, float]:
-        """(time reported, eager time on CUDA else None, min)."""
-        if cuda:
-            g, e = _time_cuda(fn, warmup, repeats)
-            return (g if g == g else e), e, min(g, e) if g == g else e
-        med, best = _time_cpu(fn, warmup, repeats)
-        return med, None, best
+    act = 2 if cuda else 4  # bytes per activation element the quantized kernels read/write
 
     for n, k in shapes:
         w = torch.randn(n, k, device=device)
         shape = f"{n}x{k}"
+        # Every case of this shape is built first, then timed together: on CPU interleaved (round-robin in a
+        # seeded random order, so other jobs' load spreads over all kernels alike), on CUDA one after another.
+        cases: list[tuple[int, str, str, Callable[[], object], int, float, float | None]] = []
+        keep: list[object] = []
         for fname, dt in floats.items():
             wd = w.to(dt)
             ws = _copies(lambda wd=wd: wd.clone(), wd.numel() * wd.element_size(), rotate_bytes)
+            keep.append(ws)
             for b in batches:
                 x = torch.randn(b, k, device=device, dtype=dt)
                 it = [0]
@@ -181,21 +183,21 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
                     it[0] = (it[0] + 1) % len(ws)
                     return x @ ws[it[0]].t()
 
-                med, eager, best = timed(call)
                 ref = x.double() @ wd.double().t()
                 err = float(((x @ wd.t()).double() - ref).norm() / ref.norm())
-                rows.append(Row(shape, b, f"{fname} x@W.t()", fname, med * 1e3, None if eager is None else eager * 1e3,
-                                best * 1e3, wd.numel() * wd.element_size() + (b * k + b * n) * wd.element_size(), err, None))
-            del ws, wd
+                nbytes = wd.numel() * wd.element_size() + (b * k + b * n) * wd.element_size()
+                cases.append((b, f"{fname} x@W.t()", fname, call, nbytes, err, None))
+            del wd
+        qws_by_fmt = {}
         for fmt, names in kernels.items():
             qw = quantize_weight(w, fmt, group_size=group_size)
             qws = _copies(lambda qw=qw: _clone_qw(qw), qw.nbytes, rotate_bytes)
+            qws_by_fmt[fmt] = (qw, [nm for nm in names if get_kernel(nm).supports(fmt, device)])
             wref = dequantize(qw, torch.float64)
-            for name in names:
+            for name in qws_by_fmt[fmt][1]:
                 kern = get_kernel(name)
-                if not kern.supports(fmt, device):
-                    continue
                 preps = [kern.prepare(q) if kern.prepare is not None else None for q in qws]
+                keep.append((qws, preps))
                 for b in batches:
                     x = torch.randn(b, k, device=device)
                     it = [0]
@@ -204,21 +206,41 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
                         it[0] = (it[0] + 1) % len(qws)
                         return kern.run(x, qws[it[0]], preps[it[0]])
 
-                    med, eager, best = timed(call)
                     y = kern.run(x, qws[0], preps[0]).double()
                     ref = x.double() @ wref.t()
                     err = float((y - ref).norm() / ref.norm())
-                    act = 2 if cuda else 4  # bytes per activation element the kernel reads/writes
-                    rows.append(Row(shape, b, name, fmt, med * 1e3, None if eager is None else eager * 1e3,
-                                    best * 1e3, qw.nbytes + (b * k + b * n) * act, err, kern.tolerance))
-                del preps
-            usable = [nm for nm in names if get_kernel(nm).supports(fmt, device)]
+                    cases.append((b, name, fmt, call, qw.nbytes + (b * k + b * n) * act, err, kern.tolerance))
+            del wref
+        for b in batches:
+            mine = [c for c in cases if c[0] == b]
+            if cuda:
+                for _, label, fmt, fn, nbytes, err, tol in mine:
+                    g, e = _time_cuda(fn, warmup, repeats)
+                    med = g if g == g else e
+                    rows.append(Row(shape, b, label, fmt, med * 1e3, e * 1e3, min(med, e) * 1e3, nbytes, err, tol))
+                continue
+            times: list[list[float]] = [[] for _ in mine]
+            for c in mine:
+                for _ in range(warmup):
+                    c[3]()
+            order = list(range(len(mine)))
+            rng = random.Random(b)
+            for _ in range(repeats):
+                rng.shuffle(order)
+                for i in order:
+                    t0 = time.perf_counter()
+                    mine[i][3]()
+                    times[i].append(time.perf_counter() - t0)
+            for (_, label, fmt, _, nbytes, err, tol), ts in zip(mine, times):
+                rows.append(Row(shape, b, label, fmt, statistics.median(ts) * 1e3, None, min(ts) * 1e3, nbytes,
+                                err, tol))
+        del cases, keep
+        for fmt, (qw, usable) in qws_by_fmt.items():
             for b in batches:  # what the runtime's per-layer choice picks on this real shape
                 ch = choose_kernel(qw, batch=b, candidates=usable, warmup=2, repeats=5)
                 choices.append((shape, fmt, b, ch.name, ch.median_s[ch.name] * 1e3,
                                 ", ".join(f"{nm} {ch.median_s[nm] * 1e3:.3f}" for nm in ch.median_s)))
-            del qws, wref
-        del w
+        del w, qws_by_fmt
     meta = {
         "device": torch.cuda.get_device_name(device) if cuda else _cpu_name(),
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__,

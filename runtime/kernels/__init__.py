@@ -13,6 +13,7 @@ API (what the rest of the runtime uses)::
     available_kernels("int4", "cpu")     # -> ["cpu-avx512", "torch-int4pack-cpu", "torch-dequant", ...]
     selector = KernelSelector()          # caches choices per (fmt, shape, batch, dtype, device); you hold it
     selector.choose(qw, batch=16).name
+    choose_kernels(model, batch=1, selector=selector)   # sets .kernel on every QuantizedLinear in a model
 
 Streaming contract: a ``QuantizedLinear``'s state is exactly its buffers (``qweight``, ``scales``, ``offsets``
 for int4, ``bias``); replace them (``module.qweight = t``) or move them and the next ``forward`` runs on their
@@ -55,7 +56,7 @@ from runtime.kernels import portable as _portable  # noqa: F401
 from runtime.kernels import triton_cuda as _triton_cuda  # noqa: F401  (imports triton only on first use)
 from runtime.kernels._registry import Kernel, all_kernels, get_kernel
 from runtime.kernels.formats import FORMATS, QuantizedWeight, dequantize, quantize_weight
-from runtime.kernels.linear import QuantizedLinear, quantized_linear
+from runtime.kernels.linear import QuantizedLinear, choose_kernels, quantized_linear
 from runtime.kernels.select import (
     KernelChoice,
     KernelSelector,
@@ -75,6 +76,7 @@ __all__ = [
     "all_kernels",
     "available_kernels",
     "choose_kernel",
+    "choose_kernels",
     "default_kernel",
     "dequantize",
     "get_kernel",

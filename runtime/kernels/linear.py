@@ -19,7 +19,7 @@ from torch import nn
 from runtime.errors import JalapenoError
 from runtime.kernels._registry import Kernel, get_kernel
 from runtime.kernels.formats import FORMATS, QuantizedWeight, check_group_size, quantize_weight
-from runtime.kernels.select import default_kernel
+from runtime.kernels.select import KernelSelector, default_kernel
 
 
 class QuantizedLinear(nn.Module):
@@ -153,3 +153,22 @@ def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, *, bias: torch.Tensor
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.reshape(*x.shape[:-1], qw.out_features)
+
+
+def choose_kernels(model: nn.Module, *, batch: int = 1, dtype: torch.dtype = torch.float32,
+                   selector: KernelSelector | None = None) -> dict[str, str]:
+    """Set ``.kernel`` of every QuantizedLinear in ``model`` by micro-benchmark on its real shape and device.
+
+    Layers of equal (format, shape, device) are timed once through ``selector`` (a fresh
+    :class:`KernelSelector` if None; pass your own to reuse choices across models or to refuse
+    activation-quantizing kernels with ``KernelSelector(allow_activation_quant=False)``).
+    Returns ``{module name: kernel name}``.
+    """
+    selector = selector if selector is not None else KernelSelector()
+    chosen: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLinear) and module.qweight.device.type != "meta":
+            module.kernel = selector.choose(module.quantized_weight(), batch=batch, dtype=dtype).name
+            module.release_prepared()
+            chosen[name] = module.kernel
+    return chosen

@@ -20,6 +20,7 @@ from runtime.kernels import (
     QuantizedLinear,
     available_kernels,
     choose_kernel,
+    choose_kernels,
     default_kernel,
     dequantize,
     get_kernel,
@@ -245,3 +246,15 @@ def test_choose_kernel_on_cuda(fmt: str) -> None:
     choice = choose_kernel(qw, batch=1, warmup=1, repeats=3)
     assert choice.name in available_kernels(fmt, "cuda")
     assert choice.errors[choice.name] <= get_kernel(choice.name).tolerance
+
+
+def test_choose_kernels_sets_every_quantized_linear() -> None:
+    model = nn.Sequential(QuantizedLinear.from_linear(nn.Linear(64, 32), "int8"), nn.ReLU(),
+                          QuantizedLinear.from_linear(nn.Linear(32, 64), "int4", group_size=32),
+                          QuantizedLinear.from_linear(nn.Linear(64, 32), "int8"))
+    selector = KernelSelector(warmup=1, repeats=2, allow_activation_quant=False)
+    chosen = choose_kernels(model, batch=1, selector=selector)
+    assert set(chosen) == {"0", "2", "3"} and len(selector.cache) == 2  # layers 0 and 3 share a shape
+    assert all(not get_kernel(k).quantizes_activations for k in chosen.values())
+    assert model[0].kernel == chosen["0"]
+    model(torch.randn(2, 64))
