@@ -273,6 +273,25 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
                     q = QuantizedLinear.from_linear(child.to(dev), "int4", group_size=128)
                     setattr(parent, cname, q.to("cpu"))
     out = []
+    # Kernel sanity on the real shapes: the CUDA int4 linear against float64 on its own dequantized
+    # weight (kernel error) and against the bf16 linear it replaced (quantization error).
+    from runtime.kernels.formats import dequantize
+
+    check = {}
+    for lname in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj"):
+        ql = qmodel.model.layers[0].get_submodule(lname).to(dev)
+        fl = model.model.layers[0].get_submodule(lname)
+        x = torch.randn(1, ql.in_features, device=dev, dtype=torch.bfloat16)
+        y = ql(x).double()
+        w64 = dequantize(ql.quantized_weight(), torch.float64)
+        ref64 = x.double() @ w64.t()
+        yb = x.double() @ fl.weight.to(dev).double().t()
+        check[lname] = {"kernel": ql.resolve_kernel(dev).name,
+                        "rel_err_vs_own_dequant_f64": float(torch.linalg.norm(y - ref64) / torch.linalg.norm(ref64)),
+                        "rel_err_vs_bf16_weight": float(torch.linalg.norm(y - yb) / torch.linalg.norm(yb))}
+        ql.to("cpu")
+        ql.release_prepared()
+    print(f"int4 kernel check: {check}", flush=True)
     # Same placement rule as bf16 (int4 blocks are small enough that they may all be resident), then
     # every block streamed, which shows the compressed weights travelling.
     for name, max_resident in [("ours int4 g128, placed by the 3 GiB rule (packed copy counted)", None),
@@ -296,7 +315,8 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
               f"{format_bytes(r['streamed_bytes'])}/token, copy {r['transfer_s_per_token'] * 1e3:.1f} ms/token, "
               f"allocator peak {format_bytes(r['cuda_max_allocated'])}", flush=True)
     del qmodel
-    return {"runs": out}
+    out[1]["tokens_match_int4_resident"] = out[1]["tokens"] == out[0]["tokens"]
+    return {"runs": out, "kernel_check": check}
 
 
 # ------------------------------------------------------------------------------------------- CPU
