@@ -1,0 +1,239 @@
+"""Plan: surgery decisions keyed by module name, as plain versioned data.
+
+A plan says, per module FQN, which value each knob (``autosurgeon.knobs``) takes. It is written by any
+proposer (PPO, NSGA-II, Optuna, the knapsack baseline, a person) and read by ``check_plan`` and
+``apply_plan``. It never holds tensors or objects: a plan written today must load next year, or fail
+saying which field and version it could not read.
+
+Precedence, per module and per knob independently:
+  1. a rule whose target is the module's exact FQN;
+  2. else the first ``re:PATTERN`` rule, in the plan's order, whose pattern ``re.fullmatch``-es the FQN
+     and sets that knob;
+  3. else the plan's ``default``;
+  4. else nothing: the module keeps what it has (the unmodified model's behaviour).
+Resolving per knob lets a plan say "everything int8" by default and "layer 3 streamed" by name without
+repeating the precision for layer 3.
+
+On disk: ``{"_type": "autosurgeon.Plan", "_version": 1, "_data": {...}}`` (the same envelope torchao uses
+for its configs), so a reader can tell a plan from another JSON file and which reader it needs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autosurgeon.errors import AutoSurgeonError
+from autosurgeon.knobs import validate_decision
+
+PLAN_TYPE = "autosurgeon.Plan"
+PLAN_VERSION = 1
+REGEX_PREFIX = "re:"
+
+
+class PlanFormatError(AutoSurgeonError, ValueError):
+    """A plan file or mapping cannot be read: names the field, the value and the supported version."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Decisions for one target: an exact module FQN, or ``re:PATTERN`` matched against whole FQNs."""
+
+    target: str
+    decisions: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str) or not self.target:
+            raise PlanFormatError(f"rule `target` must be a non-empty string, got {self.target!r}.")
+        if self.is_pattern:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise PlanFormatError(f"rule target {self.target!r} is not a valid regular expression: {exc}.") from None
+        if not isinstance(self.decisions, Mapping) or not self.decisions:
+            raise PlanFormatError(f"rule {self.target!r}: `decisions` must be a non-empty mapping of knob -> value.")
+        for knob, value in self.decisions.items():
+            validate_decision(knob, value, where=f"rule {self.target!r}")
+        object.__setattr__(self, "decisions", dict(self.decisions))
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.target.startswith(REGEX_PREFIX)
+
+    @property
+    def pattern(self) -> str:
+        return self.target[len(REGEX_PREFIX):]
+
+    def matches(self, fqn: str) -> bool:
+        if self.is_pattern:
+            return re.fullmatch(self.pattern, fqn) is not None
+        return fqn == self.target
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Decisions keyed by module FQN, with the fingerprints of the model and device it was made for.
+
+    Attributes:
+        rules: exact-FQN and ``re:`` rules; see the module docstring for precedence.
+        default: decisions for every module no rule sets.
+        model_fingerprint: ``model_fingerprint(model)`` of the model planned for (``None``: any model).
+        device_fingerprint: ``HardwareProfile.fingerprint`` of the device planned for (``None``: any).
+        metadata: free-form provenance (who proposed it, objectives, metrics at proposal time).
+    """
+
+    rules: tuple[Rule, ...] = ()
+    default: Mapping[str, Any] = field(default_factory=dict)
+    model_fingerprint: str | None = None
+    device_fingerprint: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        for knob, value in dict(self.default).items():
+            validate_decision(knob, value, where="plan default")
+        object.__setattr__(self, "default", dict(self.default))
+        object.__setattr__(self, "metadata", dict(self.metadata))
+        exact = [r.target for r in self.rules if not r.is_pattern]
+        duplicates = sorted({t for t in exact if exact.count(t) > 1})
+        if duplicates:
+            raise PlanFormatError(f"plan has more than one rule for {', '.join(duplicates)}; merge them into one.")
+
+    @classmethod
+    def from_decisions(cls, decisions: Mapping[str, Mapping[str, Any]], **kwargs: Any) -> Plan:
+        """Build a plan of exact-FQN rules from ``{fqn: {knob: value}}`` (how proposers emit plans)."""
+        return cls(rules=tuple(Rule(fqn, d) for fqn, d in decisions.items() if d), **kwargs)
+
+    def decisions_for(self, fqn: str) -> dict[str, Any]:
+        """The resolved decisions for module ``fqn``, knob by knob (module docstring: precedence)."""
+        resolved = dict(self.default)
+        for rule in reversed([r for r in self.rules if r.is_pattern and r.matches(fqn)]):
+            resolved.update(rule.decisions)  # reversed, so the first matching pattern wins
+        for rule in self.rules:
+            if not rule.is_pattern and rule.target == fqn:
+                resolved.update(rule.decisions)
+        return resolved
+
+    def resolve(self, fqns: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``{fqn: decisions}`` for every given module that the plan touches."""
+        out = {}
+        for fqn in fqns:
+            decisions = self.decisions_for(fqn)
+            if decisions:
+                out[fqn] = decisions
+        return out
+
+    def unmatched_targets(self, fqns: Iterable[str]) -> list[str]:
+        """Rule targets that name no module among ``fqns`` (a typo, or a plan for another model)."""
+        names = list(fqns)
+        known = set(names)
+        missing = []
+        for rule in self.rules:
+            if rule.is_pattern:
+                if not any(rule.matches(n) for n in names):
+                    missing.append(rule.target)
+            elif rule.target not in known:
+                missing.append(rule.target)
+        return missing
+
+    # -- serialisation -------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "_type": PLAN_TYPE,
+            "_version": PLAN_VERSION,
+            "_data": {
+                "model_fingerprint": self.model_fingerprint,
+                "device_fingerprint": self.device_fingerprint,
+                "default": dict(self.default),
+                "rules": [{"target": r.target, "decisions": dict(r.decisions)} for r in self.rules],
+                "metadata": dict(self.metadata),
+            },
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, obj: Any, *, source: str = "plan") -> Plan:
+        if not isinstance(obj, Mapping):
+            raise PlanFormatError(f"{source}: expected a JSON object, got {type(obj).__name__}.")
+        if obj.get("_type") != PLAN_TYPE:
+            raise PlanFormatError(f"{source}: `_type` must be {PLAN_TYPE!r}, got {obj.get('_type')!r}; "
+                                  "is this an AutoSurgeon plan file?")
+        version = obj.get("_version")
+        if not isinstance(version, int) or version < 1:
+            raise PlanFormatError(f"{source}: `_version` must be a positive integer, got {version!r}.")
+        if version > PLAN_VERSION:
+            raise PlanFormatError(f"{source}: plan `_version` {version} is newer than this AutoSurgeon reads "
+                                  f"(up to {PLAN_VERSION}); upgrade autosurgeon to load it.")
+        data = obj.get("_data")
+        if not isinstance(data, Mapping):
+            raise PlanFormatError(f"{source}: `_data` must be an object, got {type(data).__name__}.")
+        known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanFormatError(f"{source}: unknown field(s) {', '.join(unknown)} in `_data` of a version "
+                                  f"{version} plan; known fields are {', '.join(sorted(known))}.")
+        rules = data.get("rules", [])
+        if not isinstance(rules, list):
+            raise PlanFormatError(f"{source}: `rules` must be a list, got {type(rules).__name__}.")
+        parsed = []
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, Mapping) or set(rule) != {"target", "decisions"}:
+                raise PlanFormatError(f"{source}: `rules[{i}]` must be an object with exactly `target` and "
+                                      f"`decisions`, got {rule!r}.")
+            parsed.append(Rule(rule["target"], rule["decisions"]))
+        return cls(
+            rules=tuple(parsed),
+            default=data.get("default") or {},
+            model_fingerprint=data.get("model_fingerprint"),
+            device_fingerprint=data.get("device_fingerprint"),
+            metadata=data.get("metadata") or {},
+        )
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "plan") -> Plan:
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanFormatError(f"{source}: not valid JSON ({exc}).") from None
+        return cls.from_dict(obj, source=source)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically (a crash never leaves half a plan)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(self.to_json() + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise PlanFormatError(f"plan file {str(path)!r} does not exist; pass the path a plan was saved to.")
+        return cls.from_json(path.read_text(), source=str(path))
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short stable hash of a model's architecture: class, and every parameter/buffer name, shape and dtype.
+
+    Weights' values are left out on purpose: a plan is about structure, so it stays valid for a fine-tuned
+    copy of the same architecture, and fingerprinting a meta-device model gives the same answer.
+    """
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        h.update(f"{name}:{tuple(tensor.shape)}:{dtype};".encode())
+    return h.hexdigest()[:16]
+
