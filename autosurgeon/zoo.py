@@ -139,16 +139,21 @@ class _Recipe:
 
 _TINY_LLAMA = LMRecipe(arch="llama", hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                        intermediate_size=688, seq_len=256, batch_size=16, steps=300, lr=2e-3, warmup_steps=30)
+# One thread for the MoE: its expert matmuls are small, so each is a short parallel region, and on a
+# shared 2-core machine two threads spent ~5x the CPU time per step waiting at those barriers (measured
+# with other jobs running: ~6 s CPU per step with two threads against ~1.1 s with one).
 _TINY_MOE = LMRecipe(arch="mixtral", hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
                      intermediate_size=256, num_experts=8, experts_per_token=2, seq_len=256, batch_size=16,
-                     steps=300, lr=2e-3, warmup_steps=30)
-# Fast recipes for tests and CI: seconds to train, still clearly better than a unigram model.
+                     steps=300, lr=2e-3, warmup_steps=30, threads=1)
+# Fast recipes for tests and CI: seconds to train, still clearly better than a unigram model. One thread:
+# their matrices are too small to gain from two, and a shared CI machine punishes oversubscription.
 _TINY_LLAMA_TEST = LMRecipe(arch="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                            intermediate_size=172, seq_len=128, batch_size=16, steps=200, lr=5e-3, warmup_steps=10,
-                            train_bytes=1_000_000, heldout_bytes=32_768)
+                            intermediate_size=172, seq_len=128, batch_size=16, steps=150, lr=5e-3, warmup_steps=10,
+                            train_bytes=1_000_000, heldout_bytes=32_768, threads=1)
 _TINY_MOE_TEST = LMRecipe(arch="mixtral", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                           intermediate_size=64, num_experts=4, experts_per_token=2, seq_len=128, batch_size=16,
-                          steps=200, lr=5e-3, warmup_steps=10, train_bytes=1_000_000, heldout_bytes=32_768)
+                          steps=150, lr=5e-3, warmup_steps=10, train_bytes=1_000_000, heldout_bytes=32_768,
+                          threads=1)
 
 _ZOO: dict[str, _Recipe] = {
     entry.name: entry
@@ -181,6 +186,11 @@ ACCEPTED_FORMS = (
 def model_names() -> list[str]:
     """The zoo's names, in listing order."""
     return list(_ZOO)
+
+
+def trainable_names() -> list[str]:
+    """The zoo's names that are trained (and cached) rather than built by shape."""
+    return [name for name, entry in _ZOO.items() if entry.recipe is not None]
 
 
 def cache_folder(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -306,7 +316,9 @@ def _load_zoo(name: str, *, device: torch.device, dtype: torch.dtype | None, cac
     entry = _ZOO[name]
     recipe = entry.recipe
     image = (IMAGE_SHAPE, "x") if entry.task == "image-classification" else (None, "x")
-    tokens = HeldoutTokens(heldout_bytes=recipe.heldout_bytes, seed=recipe.seed) if isinstance(recipe, LMRecipe) else None
+    tokens = None
+    if isinstance(recipe, LMRecipe):
+        tokens = HeldoutTokens(heldout_bytes=recipe.heldout_bytes, seed=recipe.seed)
     if recipe is None:
         model = build_config_model(SHAPES[name].hf_config(), device=device, dtype=dtype, name=name)
         return LoadedModel(name=name, model=model, task=entry.task, source="zoo")

@@ -53,6 +53,17 @@ def is_complete(folder: Path, required: tuple[str, ...]) -> bool:
     return folder.is_dir() and all((folder / name).is_file() for name in required)
 
 
+def _publish_permissions(folder: Path) -> None:
+    # mkdtemp makes the folder private (0700) and some writers make files 0600; a finished model is
+    # shared like any cache entry, so give it the permissions the user's umask would give.
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
 def build_once(folder: Path, required: tuple[str, ...], build: Callable[[Path], None]) -> Path:
     """Return ``folder``, first calling ``build(tmp)`` to fill it if it is not complete yet.
 
@@ -71,6 +82,7 @@ def build_once(folder: Path, required: tuple[str, ...], build: Callable[[Path], 
             missing = [name for name in required if not (tmp / name).is_file()]
             if missing:
                 raise RuntimeError(f"build of {folder.name} did not write {missing}")  # internal invariant
+            _publish_permissions(tmp)
             if folder.exists():  # an incomplete leftover from a killed run
                 shutil.rmtree(folder)
             os.replace(tmp, folder)
