@@ -136,7 +136,8 @@ class Session:
         unknown = sorted(set(spec.modules) - {n for n, _ in model.named_modules()})
         if unknown:
             raise JalapenoError(f"`modules` names {unknown} that are not modules of {type(model).__name__}.")
-        self.streamer = Streamer(self.store, self._units(), lookahead=spec.lookahead, time_transfers=time_transfers)
+        self.streamer = Streamer(self.store, self._units(), lookahead=spec.lookahead, time_transfers=time_transfers,
+                                 disk_io=spec.disk_io)
         try:
             self.streamer.attach()
             for block, bs in zip(self.blocks, self.block_specs):

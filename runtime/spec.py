@@ -82,6 +82,8 @@ class SessionSpec:
         block_path: dotted path of the ``nn.ModuleList`` of blocks (``"model.layers"``); ``None`` picks the
             ModuleList holding the most parameters.
         offload_dir: directory for disk-tier files (``None``: a temporary directory removed on close).
+        disk_io: how disk-tier units reach the host: ``"mmap"`` (mapped, no copy) or ``"read"`` (copied
+            into staging slots); see :class:`~runtime.streaming.Streamer`.
         modules: per-module overrides for modules outside the blocks, keyed by name (e.g. run
             ``"model.embed_tokens"`` on the host next to GPU blocks: a lookup needs one row, not the table
             on the GPU). Inputs are moved to the module's device and outputs back to ``rest.device``.
@@ -96,6 +98,7 @@ class SessionSpec:
     block_path: str | None = None
     offload_dir: str | None = None
     modules: Mapping[str, BlockSpec] = field(default_factory=dict)
+    disk_io: str = "mmap"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -107,6 +110,8 @@ class SessionSpec:
         object.__setattr__(self, "budgets", parsed)
         if self.lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {self.lookahead}.")
+        if self.disk_io not in ("mmap", "read"):
+            raise JalapenoError(f"`disk_io` must be 'mmap' or 'read', got {self.disk_io!r}.")
         if self.granularity not in ("module", "block"):
             raise JalapenoError(f"`granularity` must be 'module' or 'block', got {self.granularity!r}.")
         for name, bs in [("rest", self.rest), *dict(self.modules).items()]:

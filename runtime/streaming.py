@@ -73,8 +73,9 @@ class StreamUnit:
 
 @dataclass(eq=False)
 class _Slot:
-    buf: torch.Tensor
+    buf: torch.Tensor | None  # None: a mapped-unit token (no buffer; see ``disk_io="mmap"``)
     last_use: Any = None  # CUDA event recorded on the compute stream after the last unit that used it
+    mapping: Any = None  # the mmap a mapped unit's views live in, until released
 
 
 @dataclass
@@ -96,12 +97,21 @@ class Streamer:
             runs streamed units reserves ``lookahead + 1`` slots as large as its largest streamed unit.
         prefetcher: which units to fetch next; default ``SequentialPrefetcher`` over the streamed units.
         time_transfers: record CUDA events around each host-to-device copy (see ``transfer_seconds``).
+        disk_io: how disk-homed units executed on the host arrive: ``"mmap"`` maps the unit's bytes
+            (populated by the worker thread, unmapped after use: no copy, the kernel's page cache is the
+            source) or ``"read"`` copies them into a staging slot with ``preadv``. Mapped pages count in the
+            process' RSS while mapped, which the reserved ``lookahead + 1`` units account for.
     """
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
-                 prefetcher: Prefetcher | None = None, time_transfers: bool = False) -> None:
+                 prefetcher: Prefetcher | None = None, time_transfers: bool = False,
+                 disk_io: str = "mmap") -> None:
         if lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
+        if disk_io not in ("mmap", "read"):
+            raise JalapenoError(f"`disk_io` must be 'mmap' or 'read', got {disk_io!r}.")
+        self.disk_io = disk_io
+        self._mapped_charge: tuple[int, str, str] | None = None
         self.store = store
         self.units = list(units)
         self.lookahead = lookahead
@@ -188,6 +198,14 @@ class Streamer:
         for device, size in by_device.items():
             tier, label = tier_of(device), f"staging:{device}"
             free: deque[_Slot] = deque()
+            if device.type == "cpu" and self.disk_io == "mmap":
+                # Mapped units need no buffers, but up to lookahead + 1 of them are mapped (resident in
+                # the process) at once: reserve exactly that, so the budget check happens now.
+                self.store.charge(tier, (self.lookahead + 1) * size, label=label)
+                self._mapped_charge = ((self.lookahead + 1) * size, tier, label)
+                free.extend(_Slot(None) for _ in range(self.lookahead + 1))
+                self._free[device] = free
+                continue
             for _ in range(self.lookahead + 1):
                 buf = self.store.allocate(tier, size, label=label, device=device)
                 self._slot_bufs.append((buf, tier, label))
@@ -234,6 +252,10 @@ class Streamer:
         for buf, tier, label in self._slot_bufs:
             self.store.free(buf, tier=tier, label=label)
         self._slot_bufs.clear()
+        if self._mapped_charge is not None:
+            nbytes, tier, label = self._mapped_charge
+            self.store.uncharge(tier, nbytes, label=label)
+            self._mapped_charge = None
         self._free.clear()
         self._copy_streams.clear()
         self.attached = False
@@ -265,6 +287,9 @@ class Streamer:
             slot.last_use = event
         unit.slot = unit.pending = None
         unit.bound = False
+        if slot.mapping is not None:
+            self.store.unmap(slot.mapping)  # our views are gone: unbound above, pending dropped
+            slot.mapping = None
         self._free[unit.device].append(slot)
         self._prefetch()
 
@@ -307,14 +332,20 @@ class Streamer:
             victim = next(u for u in reversed(self.units) if u.pending is not None and not u.bound
                           and u.device == unit.device)
             self._wait(victim)
-            free.append(victim.slot)
+            victim_slot = victim.slot
             victim.slot = victim.pending = None
+            if victim_slot.mapping is not None:
+                self.store.unmap(victim_slot.mapping)
+                victim_slot.mapping = None
+            free.append(victim_slot)
         slot = free.popleft()
         unit.slot = slot
         self.stats.fetches += 1
         self.stats.bytes_fetched += unit.nbytes
         if unit.device.type == "cuda":
             job = lambda: self._copy_to_cuda(unit, slot)  # noqa: E731
+        elif slot.buf is None:
+            job = lambda: self.store.map(unit.keys)  # noqa: E731
         else:
             job = lambda: self.store.fetch(unit.keys, unit.device, out=slot.buf)  # noqa: E731
         if unit.home == "disk":
@@ -348,6 +379,9 @@ class Streamer:
             views, done = result
             torch.cuda.current_stream(unit.device).wait_event(done)
             return views
+        if unit.slot is not None and unit.slot.buf is None:  # mapped: (views, mapping)
+            unit.slot.mapping = result[1]
+            return result[0]
         return result
 
     # ---------------------------------------------------------------- measurement

@@ -330,6 +330,44 @@ class TensorStore:
                 view.copy_(self._home[entry.name], non_blocking=non_blocking)
         return views
 
+    def map(self, names: Sequence[str]) -> tuple[list[torch.Tensor], Any]:
+        """Map disk-tier tensors of one group (one file) into memory, populated; returns the views and the
+        mapping to hand to :meth:`unmap` once no view is referenced any more.
+
+        Nothing is charged here: the caller reserves the bytes in flight (the pages count towards RSS while
+        mapped). Views are read-only in effect (the mapping is ``PROT_READ``); writing to them faults.
+        """
+        import mmap
+        import warnings
+
+        entries = [self.entry(n) for n in names]
+        paths = {e.path for e in entries}
+        if len(paths) != 1 or None in paths:
+            raise JalapenoError(f"map() takes disk-tier tensors of one group, got {list(names)}.")
+        path = entries[0].path
+        start = min(e.offset for e in entries)
+        end = max(e.offset + e.nbytes for e in entries)
+        base = start // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # populate: no page faults in the GEMM
+        mapping = mmap.mmap(self._fds[path], end - base, flags=flags, prot=mmap.PROT_READ, offset=base)
+        views = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": weights are only read
+            for e in entries:
+                numel = e.nbytes // e.dtype.itemsize
+                t = torch.frombuffer(mapping, dtype=e.dtype, count=numel, offset=e.offset - base) if numel else \
+                    torch.empty(0, dtype=e.dtype)
+                views.append(t.view(e.shape))
+        return views, mapping
+
+    @staticmethod
+    def unmap(mapping: Any) -> None:
+        """Unmap what :meth:`map` mapped (deferred to garbage collection if a view is still alive)."""
+        try:
+            mapping.close()
+        except BufferError:  # a view escaped (e.g. kept by the caller): the mapping dies with it
+            pass
+
     def release(self, views: Sequence[torch.Tensor], names: Sequence[str]) -> None:
         """Give back what a ``fetch`` without ``out`` allocated (a no-op for home copies)."""
         if not views or any(v is self._home.get(n) for v, n in zip(views, names)):

@@ -354,24 +354,24 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     unit = max(weight_bytes(m) for m in layers[0].modules() if isinstance(m, nn.Linear))
     rest = total - len(layers) * block
     with tempfile.TemporaryDirectory(prefix="jalapeno-bench-") as tmp:
-        for lookahead in args.lookaheads:
+        for lookahead, disk_io in [(la, io) for io in args.disk_io for la in args.lookaheads]:
             room = budget - rest - (lookahead + 1) * unit
             resident = max(0, min(len(layers), room // block))
             blocks = tuple(BlockSpec(device="cpu", home=None if i < resident else "disk") for i in range(len(layers)))
             spec = SessionSpec(blocks=blocks, rest=BlockSpec(device="cpu"), budgets={"cpu": budget},
-                               lookahead=lookahead, offload_dir=os.path.join(tmp, "ours"))
+                               lookahead=lookahead, offload_dir=os.path.join(tmp, f"ours-{disk_io}"), disk_io=disk_io)
             gc.collect()
             try:
                 session = Session(model, spec)
             except BudgetExceededError as exc:
                 print(f"lookahead {lookahead}: does not fit: {exc}", flush=True)
-                res["configs"].append({"name": f"ours: disk tier, lookahead {lookahead}", "error": str(exc)})
+                res["configs"].append({"name": f"ours: disk tier ({disk_io}), lookahead {lookahead}", "error": str(exc)})
                 continue
             with session:
                 with PeakTracker(interval_s=0.01) as tr:
                     r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
                 st = session.stats()
-                r.update(name=f"ours: disk tier, lookahead {lookahead}", resident_blocks=resident,
+                r.update(name=f"ours: disk tier ({disk_io}), lookahead {lookahead}", resident_blocks=resident,
                          cpu_peak_store=st.peak_bytes["cpu"], peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes,
                          streamed_bytes=st.extra["streamed_bytes_per_pass"], misses=st.misses,
                          tokens_match_reference=None if ref is None else r["tokens"] == ref["tokens"])
@@ -475,6 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = sub.choices["cpu"]
     c.add_argument("--ram-fraction", type=float, default=0.30)
     c.add_argument("--lookaheads", type=int, nargs="+", default=[1])
+    c.add_argument("--disk-io", nargs="+", default=["mmap", "read"], choices=["mmap", "read"])
     c.add_argument("--eager", action="store_true", help="also time the all-in-RAM eager reference")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)

@@ -21,12 +21,12 @@ def model_and_ref() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("granularity", ["module", "block"])
 @pytest.mark.parametrize("homes", [(None, None, None), ("disk", "disk", "disk"), (None, "disk", None)])
-@pytest.mark.parametrize("lookahead", [0, 2])
-def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead) -> None:
+@pytest.mark.parametrize(("lookahead", "disk_io"), [(0, "read"), (2, "read"), (0, "mmap"), (2, "mmap")])
+def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead, disk_io) -> None:
     model, ids, ref = model_and_ref
     before = state(model)
     spec = SessionSpec(blocks=tuple(BlockSpec(device="cpu", home=h) for h in homes), granularity=granularity,
-                       lookahead=lookahead)
+                       lookahead=lookahead, disk_io=disk_io)
     with Session(model, spec) as session:
         out = session.generate(ids, max_new_tokens=12)
         stats = session.stats()
