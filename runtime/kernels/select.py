@@ -1,11 +1,14 @@
 """Which kernels work here, the accuracy check, and the per-layer choice by micro-benchmark.
 
-``choose_kernel`` times every candidate on the real shape (warm-up, repeats, median) and returns the fastest one
+``choose_kernel`` times every candidate on the real shape (warm-up, then ``repeats`` interleaved rounds, median)
+and returns the fastest one
 whose error against a float64 reference stays within the kernel's stated tolerance. Results are cached only in a
 :class:`KernelSelector` the caller holds (no hidden global cache).
 """
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -98,7 +101,7 @@ def choose_kernel(qw: QuantizedWeight, *, batch: int = 1, dtype: torch.dtype = t
     if batch < 1:
         raise JalapenoError(f"`batch` must be >= 1, got {batch}.")
     names = candidates if candidates is not None else available_kernels(qw.fmt, qw.device)
-    times: dict[str, float] = {}
+    calls: dict[str, Callable[[], torch.Tensor]] = {}
     errors: dict[str, float] = {}
     rejected: dict[str, str] = {}
     gen = torch.Generator(device=qw.device).manual_seed(seed)
@@ -117,9 +120,16 @@ def choose_kernel(qw: QuantizedWeight, *, batch: int = 1, dtype: torch.dtype = t
             rejected[name] = f"error {err:.2e} > tolerance {k.tolerance:.1e}"
             continue
         prepared = k.prepare(qw) if k.prepare is not None else None
-        stats = measure_latency(lambda k=k, p=prepared: k.run(x, qw, p), warmup=warmup, repeats=repeats,
-                                device=qw.device)
-        times[name] = stats.median_s
+        calls[name] = lambda k=k, p=prepared: k.run(x, qw, p)
+    # Interleaved rounds (every candidate once per round) so load from other processes or clock changes fall
+    # on all candidates alike rather than on whichever was timed during a burst.
+    for fn in calls.values():
+        measure_latency(fn, warmup=max(warmup - 1, 0), repeats=1, device=qw.device)
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            samples[name].append(measure_latency(fn, warmup=0, repeats=1, device=qw.device).median_s)
+    times = {name: statistics.median(ts) for name, ts in samples.items()}
     if not times:
         raise JalapenoError(f"no kernel for {qw.fmt} on {qw.device} passed its check: {rejected}")
     best = min(times, key=times.__getitem__)
