@@ -11,7 +11,7 @@
 
 ``plan_memory`` places those bytes the way ``runtime.Session`` does (``runtime/session.py``,
 ``runtime/streaming.py``): a resident block's tensors on its execution tier; a streamed block's tensors
-on its home tier, except vectors (norm weights, tensors of <= 1 dimension) which stay resident on the
+on its home tier (each tensor 256-byte aligned in a memory tier's arena, exact on disk), except vectors (norm weights, tensors of <= 1 dimension) which stay resident on the
 execution tier; and, per execution device that runs streamed units, ``lookahead + 1`` staging slots the
 size of its largest streamed unit (each tensor 256-byte aligned, as ``TensorStore.group_nbytes`` does).
 Units are modules (``granularity="module"``, the runtime default) unless a block's layout is ``packed``,
@@ -136,7 +136,10 @@ def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2
             if home_tier == exec_tier:
                 _add(by_unit, exec_tier, leaf_name, sum(parts) + sum(resident_parts) + extra)
                 continue
-            _add(by_unit, home_tier, leaf_name, sum(parts))
+            # A streamed unit's home copy: disk stores exact bytes; a memory tier copies it into an arena
+            # with every tensor aligned (TensorStore.register(copy=True)).
+            home_bytes = sum(parts) if home_tier == "disk" else sum(_aligned(p) for p in parts)
+            _add(by_unit, home_tier, leaf_name, home_bytes)
             _add(by_unit, exec_tier, leaf_name, sum(resident_parts))
             staged = sum(_aligned(p) for p in parts)
             block_slot += staged

@@ -483,7 +483,8 @@ class SearchSpace:
             masked: dict[str, int] = {}
             for v in vs:
                 for c, why in v.reasons.items():
-                    masked[f"{c}: {why}"] = masked.get(f"{c}: {why}", 0) + 1
+                    key = f"{c}: {_strip_name(why, v.name)}"
+                    masked[key] = masked.get(key, 0) + 1
             for text, n in sorted(masked.items(), key=lambda t: -t[1])[:6]:
                 lines.append(f"      masked x{n}  {text}")
         return "\n".join(lines)
@@ -682,3 +683,11 @@ class _Builder:
                 reasons[c] = f"{name}: packed applies to streamed blocks and this block cannot stream"
         return Variable(name=name, knob="layout", choices=LAYOUTS, mask=tuple(c not in reasons for c in LAYOUTS),
                         reasons=reasons, kind="block" if kind == "block" else "conv")
+
+
+def _strip_name(reason: str, name: str) -> str:
+    """A reason without its leading module name, so equal reasons of many layers group together."""
+    if reason.startswith(name):
+        rest = reason[len(name):]
+        return rest.split(": ", 1)[1] if ": " in rest else rest
+    return reason

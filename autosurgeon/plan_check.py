@@ -1,0 +1,309 @@
+"""check_plan: every problem of a plan for one model on one device, found before anything changes.
+
+What is checked, in this order (each problem names the module, the knob, the value and why):
+
+1. fingerprints: a plan made for another model or device names both fingerprints; ``force=True`` (the
+   CLI's ``--force``) turns these two into warnings;
+2. rule targets that name no module (``Plan.unmatched_targets``), with the closest module names;
+3. an exact-FQN rule setting a knob the module does not take (a precision on a norm, a placement on a
+   linear). Pattern and default rules apply a knob only where it exists, so ``default={"precision":
+   "int8"}`` means "every layer that has a precision" and is not flagged on norms;
+4. values: not a choice of the space, or masked for that layer on that device, including the
+   conditional rules (a precision its block's execution unit lacks, a kernel that does not read the
+   precision, ...), each with the mask's reason;
+5. memory: per tier, the plan's resident bytes (``footprint.plan_memory``) against the budget given, or
+   else the device's capacity (GPU memory, host RAM when the profile knows it). A budget below the
+   smallest footprint this space can reach on that tier says so and gives that smallest footprint; a
+   reachable budget the plan exceeds names the need, the budget and the largest offender.
+   The smallest footprint is found per tier by a greedy pass (each variable in order takes the valid
+   choice that minimises that tier), a feasible plan's footprint — not a proof of optimality.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
+from autosurgeon.footprint import TIERS, memory_breakdown
+from autosurgeon.knobs import KNOBS
+from autosurgeon.plan import Plan, model_fingerprint
+from autosurgeon.space_masks import FLOAT_PRECISIONS
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """One problem of a plan.
+
+    Attributes:
+        fqn: the module (or rule target) concerned; "" for the plan as a whole.
+        knob: the knob concerned ("fingerprint", "budget" for those checks), or None.
+        value: the offending value.
+        reason: what is wrong and how to fix it.
+        severity: "error" or "warning" (fingerprint mismatches under ``force=True``).
+    """
+
+    fqn: str
+    knob: str | None
+    value: Any
+    reason: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        where = self.fqn or "<plan>"
+        what = f" `{self.knob}`={self.value!r}" if self.knob is not None else ""
+        return f"{self.severity}: {where}{what}: {self.reason}"
+
+
+class PlanCheckError(AutoSurgeonError, ValueError):
+    """A plan cannot be applied as written; the message lists every problem (``.problems`` holds them)."""
+
+    def __init__(self, problems: list[PlanProblem], *, what: str = "plan") -> None:
+        self.problems = list(problems)
+        errors = [p for p in problems if p.severity == "error"]
+        lines = [f"{what} has {len(errors)} problem{'s' if len(errors) != 1 else ''}:"]
+        lines += [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+def raise_for_problems(problems: list[PlanProblem], *, what: str = "plan") -> None:
+    """Log the warnings; raise :class:`PlanCheckError` listing every problem if any is an error."""
+    for p in problems:
+        if p.severity != "error":
+            logger.warning("%s", p)
+    if any(p.severity == "error" for p in problems):
+        raise PlanCheckError(problems, what=what)
+
+
+def _fmt(n: float) -> str:
+    """``"1.50 GiB (1610612736 B)"``: readable, and exact for scripts and tests."""
+    from runtime.sizes import format_bytes
+
+    text = format_bytes(n)
+    return text if text.endswith(" B") else f"{text} ({int(n)} B)"
+
+
+def _strip(reason: str, fqn: str) -> str:
+    """Drop a leading ``"<fqn>: "`` or ``"<fqn> (<kind>): "`` (the problem names the module already)."""
+    if reason.startswith(fqn):
+        rest = reason[len(fqn):]
+        if rest.startswith(": "):
+            return rest[2:]
+        if rest.startswith(" (") and "): " in rest:
+            return rest[rest.index("): ") + 3:]
+    return reason
+
+
+def parse_budgets(budgets: Mapping[str, Any] | None) -> dict[str, int]:
+    """``{tier: bytes}`` from ints or strings such as ``"2GiB"``; InvalidArgumentError names a bad entry."""
+    from runtime.errors import JalapenoError
+    from runtime.sizes import parse_bytes
+
+    if budgets is None:
+        return {}
+    if not isinstance(budgets, Mapping):
+        raise InvalidArgumentError(f"`budgets` must be a mapping of tier -> bytes, got {type(budgets).__name__}.")
+    out = {}
+    for tier, value in budgets.items():
+        if tier not in TIERS:
+            raise InvalidArgumentError(f"`budgets` tier {tier!r} is unknown; use one of {', '.join(TIERS)}.")
+        if value is None:
+            continue
+        try:
+            out[tier] = parse_bytes(value, what=f"budgets[{tier!r}]")
+        except JalapenoError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+    return out
+
+
+def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None,
+               budgets: Mapping[str, Any] | None = None, force: bool = False,
+               inputs: Mapping[str, Any] | None = None, lookahead: int = 2) -> list[PlanProblem]:
+    """Every problem of ``plan`` for ``model`` on ``profile`` (see the module docstring); [] if none.
+
+    Args:
+        model: the ``nn.Module`` (real or meta) or ``zoo.LoadedModel`` the plan is for.
+        plan: the plan to check.
+        profile: a ``HardwareProfile`` or anything ``hardware.resolve_profile`` accepts.
+        space: the model's SearchSpace on this profile; built with every knob when None.
+        budgets: tier -> bytes (int or ``"2GiB"``); tiers without one are held to the device capacity.
+        force: report model/device fingerprint mismatches as warnings instead of errors.
+        inputs: ``model(**inputs)`` for building the space of a bare module.
+        lookahead: the runtime's streaming lookahead, for staging bytes.
+    """
+    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hw_profile import HardwareProfile
+    from autosurgeon.space import SearchSpace
+
+    if not isinstance(plan, Plan):
+        raise InvalidArgumentError(f"`plan` must be an autosurgeon.plan.Plan, got {type(plan).__name__}.")
+    if not isinstance(profile, HardwareProfile):
+        profile = resolve_profile(profile)
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if not isinstance(module, nn.Module):
+        raise InvalidArgumentError(f"`model` must be an nn.Module or a LoadedModel, got {type(model).__name__}.")
+    limits = parse_budgets(budgets)
+    model_fp = model_fingerprint(module)
+    if space is None:
+        space = SearchSpace.build(model, profile, inputs=inputs, knobs=KNOBS)
+    elif space.model_fingerprint != model_fp or space.device_fingerprint != profile.fingerprint:
+        raise InvalidArgumentError(
+            f"`space` was built for model {space.model_fingerprint} on device {space.device_fingerprint}, not for "
+            f"this model ({model_fp}) on {profile.name} ({profile.fingerprint}); build it from the same model and profile.")
+
+    problems: list[PlanProblem] = []
+    severity = "warning" if force else "error"
+    hint = " (forced: checking it anyway)" if force else "; re-plan for it, or pass force=True (--force) to use it anyway"
+    if plan.model_fingerprint is not None and plan.model_fingerprint != model_fp:
+        problems.append(PlanProblem("", "fingerprint", plan.model_fingerprint,
+                                    f"plan was made for model fingerprint {plan.model_fingerprint}, but "
+                                    f"{type(module).__name__} has model fingerprint {model_fp}{hint}.", severity))
+    if plan.device_fingerprint is not None and plan.device_fingerprint != profile.fingerprint:
+        problems.append(PlanProblem("", "fingerprint", plan.device_fingerprint,
+                                    f"plan was made for device fingerprint {plan.device_fingerprint}, but device "
+                                    f"{profile.name!r} has device fingerprint {profile.fingerprint}{hint}.", severity))
+
+    names = [n for n, _ in module.named_modules() if n]
+    for target in plan.unmatched_targets(names):
+        close = difflib.get_close_matches(target.removeprefix("re:"), names, n=3)
+        did = f"; did you mean {', '.join(close)}?" if close else ""
+        problems.append(PlanProblem(target, None, None,
+                                    f"rule target names no module of {type(module).__name__}{did}"))
+
+    known = set(names)
+    for rule in plan.rules:
+        if rule.is_pattern or rule.target not in known:
+            continue
+        for knob, value in rule.decisions.items():
+            if space.variable(rule.target, knob) is None:
+                problems.append(PlanProblem(rule.target, knob, value, _not_applicable(space, rule.target, knob, module)))
+
+    x, value_problems = _encode_checked(space, plan)
+    problems += value_problems
+    bad_values = {(p.fqn, p.knob) for p in value_problems}
+    for i, reason in space.problems(x):
+        v = space.variables[i]
+        if (v.name, v.knob) in bad_values:
+            continue
+        value = v.choices[int(x[i])]
+        context = ""
+        if v.mask[int(x[i])] and v.parent is not None:  # refused by a conditional rule: say which decision
+            parent = space.variables[v.parent]
+            context = f" (under {parent.knob} {parent.choices[int(x[v.parent])]!r} of {parent.name})"
+        problems.append(PlanProblem(v.name, v.knob, value,
+                                    f"`{v.knob}` {value!r} is not valid for {v.name} on device {profile.name!r}"
+                                    f"{context}: {_strip(reason, v.name)}."))
+    problems += _budget_problems(space, x, profile, limits, lookahead)
+    return problems
+
+
+def _not_applicable(space: Any, fqn: str, knob: str, module: nn.Module) -> str:
+    leaf = space.leaves.get(fqn)
+    block = next((b for b in space.blocks if b.name == fqn), None)
+    what = leaf.kind if leaf is not None else ("block" if block is not None and block.is_block else
+                                               type(module.get_submodule(fqn)).__name__)
+    takers = sorted({v.kind for v in space.variables if v.knob == knob})
+    if knob not in space.knobs:
+        return f"knob `{knob}` is not a variable of this search space (knobs: {', '.join(space.knobs)})."
+    return (f"knob `{knob}` does not apply to {fqn} ({what}); it applies to {', '.join(takers) or 'no module'} "
+            "units of this model.")
+
+
+def _encode_checked(space: Any, plan: Plan) -> tuple[np.ndarray, list[PlanProblem]]:
+    """Like ``space.encode`` but collects values that are no choice instead of raising on the first."""
+    x = space.default_vector()
+    problems = []
+    cache: dict[str, dict[str, Any]] = {}
+    for i, v in enumerate(space.variables):
+        decisions = cache.setdefault(v.name, plan.decisions_for(v.name))
+        if v.knob not in decisions:
+            continue
+        value = decisions[v.knob]
+        if value in v.choices:
+            x[i] = v.choices.index(value)
+        else:
+            problems.append(PlanProblem(v.name, v.knob, value,
+                                        f"{value!r} is not a `{v.knob}` choice; choices are "
+                                        f"{', '.join(map(str, v.choices))}."))
+    for i, v in enumerate(space.variables):
+        if v.knob in ("group_size", "kernel") and v.parent is not None:
+            precision = space.variables[v.parent].choices[int(x[v.parent])]
+            if (v.knob == "group_size" and precision != "int4") or (v.knob == "kernel" and precision in FLOAT_PRECISIONS):
+                x[i] = 0
+    return x, problems
+
+
+def _capacities(profile: Any) -> dict[str, tuple[int, str]]:
+    """Tier -> (bytes, label) of what the device itself holds (when the profile knows it)."""
+    out: dict[str, tuple[int, str]] = {}
+    for unit in profile.units:
+        if unit.kind == "gpu" and "gpu" not in out and unit.memory_bytes:
+            out["gpu"] = (unit.memory_bytes, f"capacity of {unit.name}")
+        if unit.kind == "cpu" and "cpu" not in out and unit.memory_bytes:
+            out["cpu"] = (unit.memory_bytes, "host RAM")
+    if "cpu" not in out and profile.cpu.memory_bytes:
+        out["cpu"] = (profile.cpu.memory_bytes, "host RAM")
+    return out
+
+
+def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2) -> tuple[int, np.ndarray]:
+    """(bytes on ``tier``, vector) of a small valid plan: greedy per variable, see the module docstring."""
+    x = space.default_vector()
+    for i, v in enumerate(space.variables):
+        if v.knob == "fusion":
+            continue
+        mask, _ = space.allowed(i, x)
+        best = None
+        for j in np.nonzero(mask)[0]:
+            x[i] = j  # later variables still hold index 0; each is settled when its turn comes
+            need = memory_breakdown(space, x, lookahead=lookahead)["tiers"][tier]
+            if best is None or need < best[0]:
+                best = (need, int(j))
+        x[i] = best[1] if best is not None else 0
+    # Every variable took a choice allowed by the ones before it, so x is valid.
+    return memory_breakdown(space, x, lookahead=lookahead)["tiers"][tier], x
+
+
+def _budget_problems(space: Any, x: np.ndarray, profile: Any, limits: dict[str, int],
+                     lookahead: int) -> list[PlanProblem]:
+    limits_all: dict[str, tuple[int, str]] = dict(_capacities(profile))
+    for tier, nbytes in limits.items():
+        limits_all[tier] = (nbytes, "budget")
+    if not limits_all:
+        return []
+    detail = memory_breakdown(space, x, lookahead=lookahead)
+    problems = []
+    for tier in TIERS:
+        if tier not in limits_all:
+            continue
+        limit, label = limits_all[tier]
+        need = detail["tiers"][tier]
+        if need <= limit:
+            continue
+        floor, _ = smallest_footprint(space, tier, lookahead=lookahead)
+        if floor > limit:
+            problems.append(PlanProblem("", "budget", limit,
+                                        f"{tier} {label} {_fmt(limit)} is below the smallest footprint "
+                                        f"reachable on {tier}: {_fmt(floor)} for this model on "
+                                        f"{profile.name!r}; raise the {tier} budget to at least that."))
+            continue
+        units = detail["by_unit"].get(tier, {})
+        staging = detail["staging"].get(tier, 0)
+        worst, worst_bytes = max(units.items(), key=lambda t: t[1]) if units else ("", 0)
+        if staging > worst_bytes:
+            worst, worst_bytes = "staging slots", staging
+        problems.append(PlanProblem(worst if worst != "staging slots" else "", "budget", limit,
+                                    f"tier {tier} needs {_fmt(need)} under this plan, but its {label} "
+                                    f"is {_fmt(limit)}; largest offender: {worst} ({_fmt(worst_bytes)}). "
+                                    f"Plans this space allows reach {_fmt(floor)} on {tier}: stream or quantize more."))
+    return problems
+
+
+__all__ = ["PlanCheckError", "PlanProblem", "check_plan", "parse_budgets", "raise_for_problems", "smallest_footprint"]
