@@ -277,9 +277,11 @@ class SearchSpace:
         v = self.variables[i]
         mask = np.array(v.mask, dtype=bool)
         reasons = dict(v.reasons)
-        if v.knob == "precision" and v.by_exec:
+        # A placement on a unit the profile lacks is that placement's own problem; its layers are then
+        # held to their static masks only (no cascade of follow-on problems).
+        if v.knob == "precision" and self.exec_kind(i, x) in v.by_exec:
             kind = self.exec_kind(i, x)
-            exec_mask, exec_reasons = v.by_exec.get(kind, (tuple(False for _ in v.choices), {}))
+            exec_mask, exec_reasons = v.by_exec[kind]
             for j, c in enumerate(v.choices):
                 if mask[j] and not exec_mask[j]:
                     mask[j] = False
@@ -292,7 +294,7 @@ class SearchSpace:
                 reasons.pop(str(v.choices[0]), None)
                 for c in v.choices[1:]:
                     reasons[c] = f"group_size applies to int4 only; {v.name} is {precision}"
-        elif v.knob == "kernel" and v.parent is not None:
+        elif v.knob == "kernel" and v.parent is not None and self.exec_kind(i, x) in self.kernel_table:
             precision = self.variables[v.parent].choices[int(x[v.parent])]
             kind = self.exec_kind(i, x)
             ok = set(self.kernel_table.get(kind, {}).get(precision, ("auto",)))
