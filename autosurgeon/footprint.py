@@ -11,9 +11,9 @@
 
 ``plan_memory`` places those bytes the way ``runtime.Session`` does (``runtime/session.py``,
 ``runtime/streaming.py``): a resident block's tensors on its execution tier; a streamed block's tensors
-on its home tier (each tensor 256-byte aligned in a memory tier's arena, exact on disk), except vectors (norm weights, tensors of <= 1 dimension) which stay resident on the
-execution tier; and, per execution device that runs streamed units, ``lookahead + 1`` staging slots the
-size of its largest streamed unit (each tensor 256-byte aligned, as ``TensorStore.group_nbytes`` does).
+on its home tier (each tensor 256-byte aligned in a memory tier's arena, exact on disk), except
+vectors-only modules (norms: every tensor <= 1-D) which stay resident on the execution tier; and, per
+execution device that runs streamed units, ``lookahead + 1`` staging slots the size of its largest streamed unit (each tensor 256-byte aligned, as ``TensorStore.group_nbytes`` does).
 Units are modules (``granularity="module"``, the runtime default) unless a block's layout is ``packed``,
 which streams the whole block as one unit. Kernels that keep a packed copy of a *resident* weight
 (fbgemm for int8-dynamic; tinygemm for CUDA int4 with kernel auto) add it on the execution tier, as the

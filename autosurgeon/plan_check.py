@@ -16,7 +16,8 @@ What is checked, in this order (each problem names the module, the knob, the val
    smallest footprint this space can reach on that tier says so and gives that smallest footprint; a
    reachable budget the plan exceeds names the need, the budget and the largest offender.
    The smallest footprint is found per tier by a greedy pass (each variable in order takes the valid
-   choice that minimises that tier), a feasible plan's footprint — not a proof of optimality.
+   choice that minimises that tier, ties broken by the total over all tiers): the footprint of a
+   feasible plan, not a proof of optimality.
 """
 from __future__ import annotations
 
@@ -263,9 +264,12 @@ def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2) -> tuple[in
         best = None
         for j in np.nonzero(mask)[0]:
             x[i] = j  # later variables still hold index 0; each is settled when its turn comes
-            need = memory_breakdown(space, x, lookahead=lookahead)["tiers"][tier]
-            if best is None or need < best[0]:
-                best = (need, int(j))
+            tiers = memory_breakdown(space, x, lookahead=lookahead)["tiers"]
+            # Ties on the tier broken by the total: staging is a max over units, so shrinking one unit
+            # may not move the tier yet, but shrinking all of them does.
+            key = (tiers[tier], sum(tiers.values()))
+            if best is None or key < best[0]:
+                best = (key, int(j))
         x[i] = best[1] if best is not None else 0
     # Every variable took a choice allowed by the ones before it, so x is valid.
     return memory_breakdown(space, x, lookahead=lookahead)["tiers"][tier], x
