@@ -71,6 +71,20 @@ class CalibrationData:
             yield (x, y) if device is None else (x.to(device), y.to(device))
 
 
+def module_of(model: Any) -> nn.Module:
+    """The ``nn.Module`` of a module or of a zoo ``LoadedModel`` (whose module is ``.model``).
+
+    Checked by type, not by ``getattr(x, "model")``: Hugging Face ``*ForCausalLM`` modules have a ``.model``
+    attribute too (their backbone).
+    """
+    if isinstance(model, nn.Module):
+        return model
+    module = getattr(model, "model", None)
+    if not isinstance(module, nn.Module):
+        raise InvalidArgumentError(f"expected an nn.Module or a LoadedModel, got {type(model).__name__}.")
+    return module
+
+
 def run_model(model: nn.Module, kind: str, inputs: torch.Tensor) -> torch.Tensor:
     """Logits of ``model`` on a batch: ``(B, T, V)`` for tokens, ``(B, classes)`` for images.
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autosurgeon.calibration import module_of
 from autosurgeon.errors import InvalidArgumentError
 
 TASKS = ("causal-lm", "image-classification", "feature-extraction")
@@ -171,7 +172,7 @@ def embedding_fidelity(reference: torch.Tensor, candidate: torch.Tensor, *, top_
 def _task_of(model: Any, task: str | None) -> str:
     task = task or getattr(model, "task", None)
     if task is None:
-        module = getattr(model, "model", model)
+        module = module_of(model)
         task = "causal-lm" if type(module).__name__.endswith("ForCausalLM") else None
     if task not in TASKS:
         raise InvalidArgumentError(f"`task` must be one of {TASKS}, got {task!r}; pass task=... for a bare module.")
@@ -212,7 +213,7 @@ class QualityEvaluator:
             raise InvalidArgumentError(f"`batch_size` must be >= 1, got {batch_size}.")
         self.task = _task_of(reference_model, task)
         self.metric, self.higher_is_better = _METRICS[self.task]
-        self._model = getattr(reference_model, "model", reference_model)
+        self._model = module_of(reference_model)
         if data is None:
             vocab = getattr(getattr(self._model, "config", None), "vocab_size", 256)
             data = default_data(self.task, max_samples=max_samples, vocab_size=vocab)
@@ -235,7 +236,7 @@ class QualityEvaluator:
 
     def evaluate(self, model: Any) -> QualityResult:
         """Quality of ``model`` (same task) on this evaluator's data."""
-        module = getattr(model, "model", model)
+        module = module_of(model)
         if self.task == "causal-lm":
             return perplexity(module, self.data, batch_size=self.batch_size)
         if self.task == "image-classification":

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.calibration import CalibrationData, default_calibration, run_model
+from autosurgeon.calibration import CalibrationData, default_calibration, module_of, run_model
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hutchinson import unit_hessian_traces
 from autosurgeon.models.cache import cache_root
@@ -148,7 +148,7 @@ def weights_hash(model: nn.Module) -> str:
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
@@ -204,7 +204,7 @@ def measure_sensitivity(
         use_cache: read and write ``<cache>/sensitivity/<key>.json``.
         cache_dir: cache root (default ``$AUTOSURGEON_CACHE`` or ``~/.cache/autosurgeon``).
     """
-    module: nn.Module = getattr(model, "model", model)
+    module = module_of(model)
     if calibration is None:
         calibration = default_calibration(getattr(model, "task", "causal-lm"))
     if hessian_samples < 0:
