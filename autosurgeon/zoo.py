@@ -42,6 +42,8 @@ from autosurgeon.models.inputs import (
     model_device_dtype,
     random_tokens,
 )
+from autosurgeon.models.registry import ZOO as _ZOO
+from autosurgeon.models.registry import ZooRecipe
 from autosurgeon.models.shapes import SHAPES, build_config_model
 from autosurgeon.models.text_corpus import HeldoutTokens
 from autosurgeon.models.train_lm import LMRecipe, train_lm
@@ -128,54 +130,6 @@ class ZooEntry:
     kind: str = "trained"  # "trained" (small, trained on local data) or "shape" (random weights)
     path: str | None = None  # the cache folder of a trained model
 
-
-@dataclass(frozen=True)
-class _Recipe:
-    name: str
-    task: str
-    description: str
-    recipe: LMRecipe | DigitsRecipe | None  # None for shapes
-
-
-_TINY_LLAMA = LMRecipe(arch="llama", hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                       intermediate_size=688, seq_len=256, batch_size=16, steps=300, lr=2e-3, warmup_steps=30)
-# One thread for the MoE: its expert matmuls are small, so each is a short parallel region, and on a
-# shared 2-core machine two threads spent ~5x the CPU time per step waiting at those barriers (measured
-# with other jobs running: ~6 s CPU per step with two threads against ~1.1 s with one).
-_TINY_MOE = LMRecipe(arch="mixtral", hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2,
-                     intermediate_size=256, num_experts=8, experts_per_token=2, seq_len=256, batch_size=16,
-                     steps=300, lr=2e-3, warmup_steps=30, threads=1)
-# Fast recipes for tests and CI: seconds to train, still clearly better than a unigram model. One thread:
-# their matrices are too small to gain from two, and a shared CI machine punishes oversubscription.
-_TINY_LLAMA_TEST = LMRecipe(arch="llama", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                            intermediate_size=172, seq_len=128, batch_size=16, steps=150, lr=5e-3, warmup_steps=10,
-                            train_bytes=1_000_000, heldout_bytes=32_768, threads=1)
-_TINY_MOE_TEST = LMRecipe(arch="mixtral", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                          intermediate_size=64, num_experts=4, experts_per_token=2, seq_len=128, batch_size=16,
-                          steps=150, lr=5e-3, warmup_steps=10, train_bytes=1_000_000, heldout_bytes=32_768,
-                          threads=1)
-
-_ZOO: dict[str, _Recipe] = {
-    entry.name: entry
-    for entry in (
-        _Recipe("tiny-llama", "causal-lm", "Llama (4 layers, hidden 256, GQA 4q/2kv), byte-level, trained on "
-                "Python stdlib sources", _TINY_LLAMA),
-        _Recipe("tiny-moe", "causal-lm", "Mixtral (4 layers, hidden 256, 8 experts top-2), byte-level, trained "
-                "on Python stdlib sources", _TINY_MOE),
-        _Recipe("digits-cnn", "image-classification", "residual CNN on scikit-learn's 8x8 digits",
-                DigitsRecipe()),
-        _Recipe("tiny-llama-test", "causal-lm", "fast tiny-llama recipe for tests (2 layers, hidden 64)",
-                _TINY_LLAMA_TEST),
-        _Recipe("tiny-moe-test", "causal-lm", "fast tiny-moe recipe for tests (2 layers, hidden 64, 4 experts)",
-                _TINY_MOE_TEST),
-        _Recipe("llama-7b-shape", "causal-lm", "Llama-2-7B architecture, random weights", None),
-        _Recipe("llama-7b-16l-shape", "causal-lm", "Llama-2-7B with 16 layers (streaming benchmark), random "
-                "weights", None),
-        _Recipe("llama-70b-shape", "causal-lm", "Llama-2-70B architecture (GQA 64q/8kv), random weights", None),
-        _Recipe("mixtral-8x7b-shape", "causal-lm", "Mixtral-8x7B architecture (8 experts top-2), random weights",
-                None),
-    )
-}
 
 ACCEPTED_FORMS = (
     "a zoo name, a Hugging Face model directory (config.json + *.safetensors), "
@@ -276,7 +230,7 @@ def list_models(*, cache_dir: str | os.PathLike[str] | None = None) -> list[ZooE
 # --- resolution helpers -------------------------------------------------------------------------
 
 
-def _zoo_entry(name: str) -> _Recipe:
+def _zoo_entry(name: str) -> ZooRecipe:
     try:
         return _ZOO[name]
     except KeyError:

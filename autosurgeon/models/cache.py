@@ -64,6 +64,14 @@ def _publish_permissions(folder: Path) -> None:
             path.chmod(0o666 & ~umask)
 
 
+def _remove_stale_temps(folder: Path) -> None:
+    # Called under the lock: any temporary folder of this build left now belongs to a killed process.
+    for path in folder.parent.glob(f".{folder.name}.*"):
+        if path.is_dir():
+            logger.debug("removing stale %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def build_once(folder: Path, required: tuple[str, ...], build: Callable[[Path], None]) -> Path:
     """Return ``folder``, first calling ``build(tmp)`` to fill it if it is not complete yet.
 
@@ -76,6 +84,7 @@ def build_once(folder: Path, required: tuple[str, ...], build: Callable[[Path], 
     with _exclusive_lock(folder.parent / f".{folder.name}.lock"):
         if is_complete(folder, required):  # another process finished it while we waited
             return folder
+        _remove_stale_temps(folder)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             build(tmp)

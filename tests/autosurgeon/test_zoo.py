@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -344,6 +345,14 @@ def test_build_once_builds_once_and_cleans_up_failures(tmp_path: Path) -> None:
         build_once(tmp_path / "n", ("a.txt",), broken)
     assert not (tmp_path / "n").exists()
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["m"]  # no temp folder left
+
+    stale = tmp_path / ".k.abc123"  # what a killed build leaves behind
+    stale.mkdir()
+    build_once(tmp_path / "k", ("a.txt",), build)
+    assert not stale.exists() and (tmp_path / "k" / "a.txt").is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
 
 
 def test_cache_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
