@@ -11,7 +11,9 @@ What is checked, in this order (each problem names the module, the knob, the val
 4. values: not a choice of the space, or masked for that layer on that device, including the
    conditional rules (a precision its block's execution unit lacks, a kernel that does not read the
    precision, ...), each with the mask's reason;
-5. memory: per tier, the plan's resident bytes (``footprint.plan_memory``) against the budget given, or
+5. warnings: an exact rule's ``group_size``/``kernel`` that has no effect under its precision, and a
+   ``dla`` placement (on paper: the runtime cannot execute it);
+6. memory: per tier, the plan's resident bytes (``footprint.plan_memory``) against the budget given, or
    else the device's capacity (GPU memory, host RAM when the profile knows it). A budget below the
    smallest footprint this space can reach on that tier says so and gives that smallest footprint; a
    reachable budget the plan exceeds names the need, the budget and the largest offender.
@@ -201,6 +203,7 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
         problems.append(PlanProblem(v.name, v.knob, value,
                                     f"`{v.knob}` {value!r} is not valid for {v.name} on device {profile.name!r}"
                                     f"{context}: {_strip(reason, v.name)}."))
+    problems += _notes(space, plan, x)
     problems += _budget_problems(space, x, profile, limits, lookahead)
     return problems
 
@@ -239,6 +242,33 @@ def _encode_checked(space: Any, plan: Plan) -> tuple[np.ndarray, list[PlanProble
             if (v.knob == "group_size" and precision != "int4") or (v.knob == "kernel" and precision in FLOAT_PRECISIONS):
                 x[i] = 0
     return x, problems
+
+
+def _notes(space: Any, plan: Plan, x: np.ndarray) -> list[PlanProblem]:
+    """Warnings: exact rules whose group_size/kernel has no effect, and placements the runtime cannot run."""
+    out = []
+    for rule in plan.rules:
+        if rule.is_pattern:
+            continue
+        for knob in ("group_size", "kernel"):
+            i = space.index_of(rule.target, knob)
+            if i is None or knob not in rule.decisions:
+                continue
+            v = space.variables[i]
+            value = rule.decisions[knob]
+            if v.parent is None or value == v.choices[0] or value not in v.choices:
+                continue
+            precision = space.variables[v.parent].choices[int(x[v.parent])]
+            if (knob == "group_size" and precision != "int4") or (knob == "kernel" and precision in FLOAT_PRECISIONS):
+                out.append(PlanProblem(rule.target, knob, rule.decisions[knob],
+                                       f"has no effect: {rule.target} is {precision} ({knob} applies to "
+                                       f"{'int4' if knob == 'group_size' else 'quantized'} layers only).", "warning"))
+    for i, v in enumerate(space.variables):
+        if v.knob == "placement" and v.choices[int(x[i])] == "dla":
+            out.append(PlanProblem(v.name, "placement", "dla",
+                                   "DLA placement is on paper: the runtime cannot execute it, so only the analytic "
+                                   "evaluator can score this plan.", "warning"))
+    return out
 
 
 def _capacities(profile: Any) -> dict[str, tuple[int, str]]:

@@ -52,7 +52,8 @@ def test_valid_plans_have_no_problems(llama, jetson, space) -> None:
     rng = np.random.default_rng(0)
     for _ in range(10):
         plan = space.decode(space.random_vector(rng))
-        assert check_plan(llama, plan, jetson, space=space) == []
+        problems = check_plan(llama, plan, jetson, space=space)
+        assert all(p.severity == "warning" and p.value == "dla" for p in problems)  # DLA: on paper only
     # A default sets a knob only where it exists (norms have no precision: not flagged) ...
     plan = Plan(default={"precision": "int8"}, rules=(Rule("model.embed_tokens", {"precision": "bfloat16"}),))
     assert check_plan(llama, plan, jetson, space=space) == []
@@ -94,8 +95,10 @@ def test_precision_the_device_lacks_names_layer_knob_and_device(llama, jetson, s
 
 def test_conditional_problem_names_the_decision_behind_it(llama, jetson, space) -> None:
     plan = Plan(rules=(Rule("model.layers.1", {"placement": "dla"}),))
-    problems = check_plan(llama, plan, jetson, space=space)
+    found = check_plan(llama, plan, jetson, space=space)
+    problems = [p for p in found if p.severity == "error"]
     assert problems and all(p.knob == "precision" and p.fqn.startswith("model.layers.1.") for p in problems)
+    assert [(p.fqn, p.severity) for p in found if p.knob == "placement"] == [("model.layers.1", "warning")]
     assert "under placement 'dla' of model.layers.1" in problems[0].reason
     assert "DLA computes in int8 and float16 only" in problems[0].reason
 
@@ -180,6 +183,14 @@ def test_misuse_is_refused(llama, jetson, space) -> None:
         check_plan(llama, {"precision": "int8"}, jetson, space=space)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="`space` was built for"):
         check_plan(llama, Plan(), cpu_profile(), space=space)
+
+
+def test_settings_without_effect_are_warned(llama, jetson, space) -> None:
+    plan = Plan(rules=(Rule("model.layers.0.mlp.up_proj", {"precision": "int8", "group_size": 64}),
+                       Rule("model.layers.0.mlp.down_proj", {"precision": "int4", "group_size": 64})))
+    problems = check_plan(llama, plan, jetson, space=space)
+    assert [(p.fqn, p.knob, p.severity) for p in problems] == [("model.layers.0.mlp.up_proj", "group_size", "warning")]
+    assert "has no effect" in problems[0].reason
 
 
 def test_warnings_are_logged(llama, jetson, space, caplog) -> None:
