@@ -231,3 +231,15 @@ def test_bad_arguments_say_what_to_do(llama, spaces, profiles) -> None:
         space.random_vector(0)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="is not a choice"):
         space.encode(Plan(rules=(Rule("model.layers.0.mlp.up_proj", {"kernel": "no-such-kernel"}),)))
+
+
+def test_loaded_model_on_meta_builds_and_round_trips(tmp_path, profiles) -> None:
+    from autosurgeon.zoo import load_model
+
+    loaded = load_model("digits-cnn", device="meta", cache_dir=tmp_path)  # architecture only: nothing trains
+    space = SearchSpace.build(loaded, profiles["jetson"], knobs=ALL)
+    assert space.model_fingerprint == model_fingerprint(loaded.model)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        x = space.random_vector(rng)
+        assert np.array_equal(space.encode(space.decode(x)), x)
