@@ -105,6 +105,9 @@ class SearchSpace:
         unknown = [k for k in knobs if k not in KNOBS]
         if unknown or not knobs:
             raise InvalidArgumentError(f"`knobs` must be a non-empty subset of {', '.join(KNOBS)}, got {list(knobs)}.")
+        dependent = [k for k in ("group_size", "kernel") if k in knobs]
+        if dependent and "precision" not in knobs:
+            raise InvalidArgumentError(f"`knobs` {dependent} only mean something with a precision; add 'precision'.")
         if not isinstance(profile, HardwareProfile):
             profile = resolve_profile(profile)
         loaded = None
@@ -221,7 +224,7 @@ class SearchSpace:
                 mask[0] = True
                 reasons.pop(str(v.choices[0]), None)
                 for c in v.choices[1:]:
-                    reasons[c] = f"group_size applies to int4 only; {v.name} is {precision}"
+                    reasons[str(c)] = f"group_size applies to int4 only; {v.name} is {precision}"
         elif v.knob == "kernel" and v.parent is not None and self.exec_kind(i, x) in self.kernel_table:
             precision = self.variables[v.parent].choices[int(x[v.parent])]
             kind = self.exec_kind(i, x)
@@ -268,7 +271,7 @@ class SearchSpace:
             mask, reasons = self.allowed(i, arr)
             value = v.choices[int(arr[i])]
             if not mask[int(arr[i])]:
-                out.append((i, reasons.get(value, "masked")))
+                out.append((i, reasons.get(str(value), "masked")))
         return out
 
     # ------------------------------------------------------------------------------------------ repair / sample

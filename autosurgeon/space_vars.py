@@ -38,7 +38,7 @@ class Variable:
         knob: the knob ("precision", "placement", ...).
         choices: the knob's values, index 0 the unmodified model's choice.
         mask: static validity of each choice for this module on this device.
-        reasons: choice -> why it is masked (every masked choice has one).
+        reasons: str(choice) -> why it is masked (every masked choice has one; string keys, as in JSON).
         kind: unit kind for features ("linear", "conv", "embedding", "block", "group").
         parent: index of the variable this one depends on (precision/layout: the block's placement;
             group_size/kernel: the precision), or None.

@@ -219,6 +219,8 @@ def test_bad_arguments_say_what_to_do(llama, spaces, profiles) -> None:
     space = spaces["cpu"]
     with pytest.raises(InvalidArgumentError, match=r"`knobs` must be a non-empty subset"):
         SearchSpace.build(llama, profiles["cpu"], inputs=LM_INPUTS, knobs=("precision", "speed"))
+    with pytest.raises(InvalidArgumentError, match=r"only mean something with a precision"):
+        SearchSpace.build(llama, profiles["cpu"], inputs=LM_INPUTS, knobs=("placement", "kernel"))
     with pytest.raises(InvalidArgumentError, match="needs `inputs`"):
         SearchSpace.build(llama, profiles["cpu"])
     with pytest.raises(InvalidArgumentError, match=r"shape"):
@@ -243,3 +245,15 @@ def test_loaded_model_on_meta_builds_and_round_trips(tmp_path, profiles) -> None
     for _ in range(20):
         x = space.random_vector(rng)
         assert np.array_equal(space.encode(space.decode(x)), x)
+
+
+def test_every_masked_choice_has_a_reason(spaces) -> None:
+    rng = np.random.default_rng(5)
+    for space in spaces.values():
+        for v in space.variables:
+            assert v.mask[0] or v.knob == "group_size", (v.name, v.knob)  # index 0 (unmodified) stays valid
+            assert {str(c) for c, ok in zip(v.choices, v.mask) if not ok} == set(map(str, v.reasons)), (v.name, v.knob)
+        x = space.random_vector(rng)
+        for i, v in enumerate(space.variables):
+            mask, reasons = space.allowed(i, x)
+            assert all(str(c) in reasons for c, ok in zip(v.choices, mask) if not ok), (v.name, v.knob)
