@@ -20,3 +20,7 @@ class ModelDirectoryError(InvalidArgumentError):
 
 class UnknownDeviceError(InvalidArgumentError):
     """A device argument is neither ``local``, a preset name, nor a profile JSON path."""
+
+
+class UnsupportedTransformError(AutoSurgeonError):
+    """A surgery decision is valid data but the runtime cannot carry it out here (e.g. DLA placement on paper)."""

@@ -1,0 +1,292 @@
+"""apply_plan: check a plan, turn it into per-module transform configs, apply them, return a runtime Session.
+
+Steps (each finishes before the next starts, and nothing touches the model until the last two):
+
+1. ``check_plan`` lists every problem of the plan for this model and device; any error raises
+   ``PlanCheckError`` with all of them (``check=False`` skips it; ``force=True`` lets fingerprint
+   mismatches through as warnings).
+2. ``resolve_surgery``: decisions per module from ``Plan.decisions_for`` (exact FQN > first ``re:`` rule >
+   default, knob by knob), kept only where the module takes that knob in the search space (a default
+   precision means "every layer that has one"); ``group_size`` only for int4, ``kernel`` only for a
+   quantized precision. Members of a fused q/k/v or gate/up group become one step on the fused linear.
+3. Placement and ``packed`` layouts are recorded and the ``SessionSpec`` is built and validated
+   (granularity, devices present here) — still without touching the model.
+4. The model is deep-copied (unless ``inplace=True``) and the transforms run in this order:
+   fuse -> prune -> quantize -> kernel -> layout. Fusion comes first so a fused q/k/v quantizes as one
+   matrix; pruning before quantization so it reads float weights; kernels once the layers are quantized;
+   layout last (it changes only memory format). Every handler skips a module already in its target state,
+   so applying the same plan again to the transformed model changes nothing (the model carries the
+   resolved steps in ``_autosurgeon_applied``; a different plan on a transformed model is refused).
+5. ``runtime.Session(model, spec)`` places (resident or streamed) the weights as planned.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
+from autosurgeon.knobs import KNOBS
+from autosurgeon.plan import Plan
+from autosurgeon.transforms.configs import (
+    FuseConfig,
+    KernelConfig,
+    LayoutConfig,
+    PlaceConfig,
+    PruneConfig,
+    QuantizeConfig,
+)
+from autosurgeon.transforms.fuse import CONCAT_GROUPS
+from autosurgeon.transforms.place import build_session_spec
+from autosurgeon.transforms.prune import is_prunable
+from autosurgeon.transforms.registry import TransformContext, transform
+
+logger = get_logger(__name__)
+
+STAGES: tuple[str, ...] = ("place", "fuse", "prune", "quantize", "kernel", "layout")
+MARKER = "_autosurgeon_applied"
+_QUANTIZED = ("int8", "int4", "int8-dynamic", "fp8")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One transform of a surgery: ``config`` applied to the module at ``fqn``, in stage ``stage``."""
+
+    stage: str
+    fqn: str
+    config: Any
+
+
+@dataclass(frozen=True)
+class Surgery:
+    """The resolved steps of a plan, in application order (``STAGES``)."""
+
+    steps: tuple[Step, ...]
+
+    def stage(self, name: str) -> list[Step]:
+        return [s for s in self.steps if s.stage == name]
+
+
+def resolve_surgery(plan: Plan, space: Any, *, prune: Mapping[str, float] | None = None,
+                    model: nn.Module | None = None) -> Surgery:
+    """The steps ``plan`` asks for on the model of ``space`` (module docstring, step 2).
+
+    Args:
+        plan: the plan.
+        space: the model's SearchSpace on the target device (built with every knob).
+        prune: extra structured pruning, ``{fqn or "re:PATTERN": ratio}`` over gate/up/down MLPs (not a
+            plan knob yet); needs ``model`` to find the MLPs.
+        model: the model (only for ``prune``).
+    """
+    decisions: dict[str, dict[str, Any]] = {}
+
+    def get(name: str, knob: str) -> Any:
+        if name not in decisions:
+            decisions[name] = plan.decisions_for(name)
+        return decisions[name].get(knob)
+
+    steps: list[Step] = []
+    for v in space.variables:
+        if v.knob == "placement":
+            steps.append(Step("place", v.name, PlaceConfig(get(v.name, "placement") or space.default_placement)))
+    fused_member: dict[str, str] = {}  # member leaf -> FQN of the fused linear it became part of
+    groups = {g.name: g for g in space.units.groups}
+    for v in space.variables:
+        if v.knob == "fusion" and get(v.name, "fusion") == "fuse":
+            group = groups[v.name]
+            steps.append(Step("fuse", v.name, FuseConfig(group.kind)))
+            if group.kind in CONCAT_GROUPS:
+                fused = f"{v.name}.{CONCAT_GROUPS[group.kind][0]}" if v.name else CONCAT_GROUPS[group.kind][0]
+                fused_member.update({m: fused for m in group.members})
+    steps += _prune_steps(prune, model)
+    quantize: dict[str, tuple[QuantizeConfig, str, str]] = {}  # target -> (config, kernel, first member)
+    for v in space.variables:
+        if v.knob != "precision" or get(v.name, "precision") is None:
+            continue
+        precision = get(v.name, "precision")
+        group_size = (get(v.name, "group_size") or 128) if precision == "int4" else 128
+        kernel = (get(v.name, "kernel") or "auto") if precision in _QUANTIZED else "auto"
+        target = fused_member.get(v.name, v.name)
+        config = QuantizeConfig(precision, group_size)
+        if target in quantize:
+            if (quantize[target][0], quantize[target][1]) != (config, kernel):
+                raise InvalidArgumentError(
+                    f"{v.name} and {quantize[target][2]} are fused into {target} but ask for different precision, "
+                    f"group size or kernel ({config}, {kernel} vs {quantize[target][0]}, {quantize[target][1]}); "
+                    "give the members of a fused group the same decisions.")
+            continue
+        quantize[target] = (config, kernel, v.name)
+    steps += [Step("quantize", t, c) for t, (c, _, _) in quantize.items()]
+    steps += [Step("kernel", t, KernelConfig(k)) for t, (c, k, _) in quantize.items()
+              if c.precision in _QUANTIZED and k != "auto"]
+    for v in space.variables:
+        if v.knob == "layout" and get(v.name, "layout") not in (None, "default"):
+            steps.append(Step("layout", v.name, LayoutConfig(get(v.name, "layout"))))
+    order = {s: i for i, s in enumerate(STAGES)}
+    return Surgery(tuple(sorted(steps, key=lambda s: order[s.stage])))  # stable: model order within a stage
+
+
+def _prune_steps(prune: Mapping[str, float] | None, model: nn.Module | None) -> list[Step]:
+    if not prune:
+        return []
+    if model is None:
+        raise InvalidArgumentError("`prune` needs the model to find its MLPs; pass `model`.")
+    mlps = [n for n, m in model.named_modules() if n and is_prunable(m)]
+    steps: dict[str, Step] = {}
+    for target, ratio in prune.items():
+        config = PruneConfig(ratio)
+        if target.startswith("re:"):
+            hits = [n for n in mlps if re.fullmatch(target[3:], n)]
+        else:
+            hits = [target] if target in mlps else []
+        if not hits:
+            raise InvalidArgumentError(f"`prune` target {target!r} names no gate/up/down MLP; MLPs of this model: "
+                                       f"{', '.join(mlps[:4]) or 'none'}{' ...' if len(mlps) > 4 else ''}.")
+        for n in hits:
+            steps.setdefault(n, Step("prune", n, config))  # first matching target wins, as in a plan
+    return list(steps.values())
+
+
+def apply_surgery(model: nn.Module, surgery: Surgery, context: TransformContext,
+                  *, stages: tuple[str, ...] = STAGES) -> TransformContext:
+    """Run ``surgery``'s steps of ``stages`` on ``model`` in order; the context logs what each did."""
+    for step in surgery.steps:
+        if step.stage in stages:
+            transform(model, step.config, fqn=step.fqn, context=context)
+    return context
+
+
+def default_inputs(model: nn.Module, loaded: Any = None) -> dict[str, Any]:
+    """Inputs for building the search space: a LoadedModel's example, or token ids for a language model."""
+    if loaded is not None:
+        return loaded.example_inputs(1, 16)
+    if getattr(getattr(model, "config", None), "vocab_size", None):
+        return {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
+    raise InvalidArgumentError(f"apply_plan needs `inputs` (kwargs for model(**inputs)) to analyse a "
+                               f"{type(model).__name__}, or a LoadedModel (which has example_inputs), or `space`.")
+
+
+def _marker_key(plan: Plan, profile: Any, prune: Mapping[str, float] | None) -> str:
+    return f"{plan.to_json(indent=None)}|{profile.fingerprint}|{sorted((prune or {}).items())}"
+
+
+def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
+               budgets: Mapping[str, Any] | None = None, check: bool = True, force: bool = False,
+               prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
+               space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
+               disk_io: str = "mmap", energy_watts: float | None = None) -> Any:
+    """Apply ``plan`` to ``model`` for ``profile`` and return a ready ``runtime.Session`` (module docstring).
+
+    Args:
+        model: an ``nn.Module`` or a ``zoo.LoadedModel``; left untouched unless ``inplace=True``.
+        plan: the plan.
+        profile: a ``HardwareProfile`` or anything ``hardware.resolve_profile`` accepts.
+        inplace: transform ``model`` itself (no copy: for models too large to copy). Plan problems are
+            still found before anything changes.
+        budgets: tier -> bytes (int or ``"2GiB"``) for ``check_plan`` and the Session.
+        check: run ``check_plan`` first (default; skipping it is for callers that just checked).
+        force: fingerprint mismatches become warnings.
+        prune: extra MLP pruning ``{fqn or "re:PATTERN": ratio}`` (see ``transforms/prune.py``).
+        inputs: ``model(**inputs)`` for analysing a bare module (default: token ids for a language model).
+        space: the model's SearchSpace on ``profile`` built with every knob (built when None).
+        lookahead, offload_dir, disk_io: the Session's streaming options (``runtime.spec.SessionSpec``).
+        energy_watts: power figure for the Session's energy estimate where no counter is readable.
+
+    Returns:
+        A ``runtime.Session`` over the transformed model (``session.model``); close it when done.
+
+    Raises:
+        PlanCheckError: the plan has problems (all listed); the model is untouched.
+        UnsupportedTransformError: a decision the runtime cannot carry out here (a DLA placement, a GPU
+            placement without CUDA, mixed packed/unpacked streaming); the model is untouched.
+    """
+    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hw_profile import HardwareProfile
+    from autosurgeon.plan_check import check_plan, raise_for_problems
+    from autosurgeon.space import SearchSpace
+    from runtime.session import Session
+
+    if not isinstance(plan, Plan):
+        raise InvalidArgumentError(f"`plan` must be an autosurgeon.plan.Plan, got {type(plan).__name__}.")
+    if not isinstance(profile, HardwareProfile):
+        profile = resolve_profile(profile)
+    loaded = None
+    if not isinstance(model, nn.Module):
+        if not isinstance(getattr(model, "model", None), nn.Module):
+            raise InvalidArgumentError(f"`model` must be an nn.Module or a LoadedModel, got {type(model).__name__}.")
+        loaded, model = model, model.model
+    key = _marker_key(plan, profile, prune)
+    marker = getattr(model, MARKER, None)
+    if marker is not None:
+        if marker["key"] != key:
+            raise InvalidArgumentError(
+                f"this {type(model).__name__} was already transformed by another plan (or for another device); "
+                "plans apply to the unmodified model — apply_plan deep-copies it unless inplace=True.")
+        surgery = marker["surgery"]  # checked when first applied; every handler now finds its target state
+    else:
+        if space is None:
+            space = SearchSpace.build(loaded if loaded is not None else model, profile,
+                                      inputs=inputs if inputs is not None else default_inputs(model, loaded),
+                                      knobs=KNOBS)
+        if check:
+            raise_for_problems(check_plan(model, plan, profile, space=space, budgets=budgets, force=force))
+        surgery = resolve_surgery(plan, space, prune=prune, model=model)
+
+    # Record placements and packed layouts, and build the spec: all before the model is touched.
+    context = TransformContext(profile=profile)
+    record_only = [s for s in surgery.steps
+                   if s.stage == "place" or (s.stage == "layout" and s.config.layout == "packed")]
+    apply_surgery(model, Surgery(tuple(record_only)), context)
+    spec = build_session_spec(model, context, budgets=budgets, lookahead=lookahead,
+                              offload_dir=None if offload_dir is None else os.fspath(offload_dir), disk_io=disk_io)
+    _check_devices(spec, profile)
+
+    target = model if inplace else copy.deepcopy(model)
+    rest = Surgery(tuple(s for s in surgery.steps if s not in record_only))
+    apply_surgery(target, rest, context)
+    setattr(target, MARKER, {"key": key, "surgery": surgery})
+    applied = sum(1 for *_, what in context.log if what == "applied")
+    logger.info("plan applied to %s: %d steps applied, %d already in place", type(target).__name__, applied,
+                len(context.log) - applied)
+    return Session(target.eval(), spec, energy_watts=energy_watts)
+
+
+def _check_devices(spec: Any, profile: Any) -> None:
+    """A plan for a GPU needs one here; say so before anything is touched."""
+    devices = {b.device for b in (*spec.blocks, spec.rest_spec)}
+    cuda = sorted(d for d in devices if d.startswith("cuda"))
+    if not cuda:
+        return
+    if not torch.cuda.is_available():
+        raise UnsupportedTransformError(
+            f"the plan runs blocks on {', '.join(cuda)} (profile {profile.name!r}), but no CUDA device is visible "
+            "here; apply it on that device, or evaluate it analytically (a profile on paper).")
+    count = torch.cuda.device_count()
+    missing = [d for d in cuda if (int(d.split(":")[1]) if ":" in d else 0) >= count]
+    if missing:
+        raise UnsupportedTransformError(f"the plan uses {', '.join(missing)} but only {count} CUDA device(s) are "
+                                        "visible here.")
+
+
+def session_from_plan(model: Any, plan: Plan | str | os.PathLike[str], *, profile: Any = "local",
+                      budgets: Mapping[str, Any] | None = None, force: bool = False, lookahead: int = 2,
+                      offload_dir: str | None = None, energy_watts: float | None = None) -> Any:
+    """What ``autosurgeon run --plan FILE`` calls: load the plan, apply it in place, return the Session.
+
+    In place because the CLI loaded the model for this run only (no second copy of the weights).
+    """
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    return apply_plan(model, plan, profile, inplace=True, budgets=budgets, force=force, lookahead=lookahead,
+                      offload_dir=offload_dir, energy_watts=energy_watts)
+
+
+__all__ = ["MARKER", "STAGES", "Step", "Surgery", "apply_plan", "apply_surgery", "default_inputs",
+           "resolve_surgery", "session_from_plan"]
