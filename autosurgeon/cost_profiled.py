@@ -1,0 +1,489 @@
+"""Measured cost of a plan: per-unit times taken once on the runtime, cached on disk, composed per plan.
+
+What is measured (each with warm-up, repeats and the median of ``runtime.telemetry.measure_latency``):
+
+* **unit times** — every linear/conv/embedding leaf, per (precision, group size, kernel, execution unit),
+  as the real module the runtime would run (``runtime.kernels.QuantizedLinear`` with that kernel for
+  int8/int4/int8-dynamic, the layer cast to bf16/fp16 behind an input/output cast for float precisions) on
+  the input captured from a forward pass of the real model (a forward pre-hook on each leaf). Leaves of
+  one shape share their entry (same module class, weight shape, bias, input shape and dtype): timing does
+  not depend on the weights' values, and a model's repeated blocks are then measured once.
+* **fixed overhead** per step — the unmodified model's step on the runtime (``runtime.Session``, all
+  resident on the default unit) minus the sum of its leaves' float times: what no plan variable changes
+  (norms, attention, elementwise ops, Python and dispatch).
+* **streaming** per streamed placement (``cpu<-disk``, ``gpu<-cpu`` ...) — the same step with every block
+  streamed from that home, against resident, at two weight formats (float32 and int8: two byte counts);
+  a line through the two exposed costs gives a per-fetch cost and a per-byte cost, i.e. the link as the
+  runtime sees it (overlap with compute already inside), with fetches and bytes counted by the Streamer.
+
+Composition per plan and phase: ``T = overhead + sum_leaves t(leaf choice) + sum_streamed_blocks
+(n_fetch x fetch_s + bytes x s_per_byte)``. A step is one decode token at ``context`` positions (causal
+LMs; plus one prefill of ``context`` tokens) or one forward of ``batch`` samples.
+
+The table is cached as JSON under ``<cache>/profiled/<key>.json``; the key hashes the model's architecture
+fingerprint, the device fingerprint, the workload, the timing settings, torch's version and thread count.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autosurgeon._logging import get_logger
+from autosurgeon.cost import LeafChoice, block_stream, resolve_blocks
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.cache import cache_root
+from autosurgeon.plan import model_fingerprint
+from autosurgeon.space_masks import placement_units
+
+logger = get_logger(__name__)
+
+TABLE_TYPE = "autosurgeon.ProfiledTable"
+TABLE_VERSION = 1
+FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------- workload
+@dataclass(frozen=True)
+class Workload:
+    """What one evaluation step is.
+
+    Attributes:
+        task: "causal-lm" (decode tokens) or "image-classification" (samples).
+        batch: sequences or samples per step.
+        context: causal LMs: positions in the KV cache for a decode step, and the prompt length of prefill.
+        seed: seeds the example inputs.
+    """
+
+    task: str
+    batch: int = 1
+    context: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise InvalidArgumentError(f"`batch` must be >= 1, got {self.batch}.")
+        if self.context < 1:
+            raise InvalidArgumentError(f"`context` must be >= 1, got {self.context}.")
+
+    @property
+    def phase(self) -> str:
+        return "decode" if self.task == "causal-lm" else "sample"
+
+
+def base_inputs(loaded: Any, workload: Workload) -> dict[str, Any]:
+    """Prompt (LMs, ``(batch, context)`` ids) or sample inputs from a zoo ``LoadedModel``."""
+    return loaded.example_inputs(workload.batch, workload.context, phase="prefill", seed=workload.seed)
+
+
+def _cache_kw(module: nn.Module) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def make_steps(forward: Callable[..., Any], module: nn.Module, workload: Workload, inputs: Mapping[str, Any]
+               ) -> tuple[Callable[[], Any], Callable[[], Any] | None, dict[str, Any]]:
+    """``(step, prefill, step_inputs)``: callables running one step and one prefill (None for classifiers).
+
+    A decode step feeds one token against a KV cache of ``context`` positions built by a prefill through
+    ``forward``, then crops the cache back, so every repeat decodes at the same context.
+    """
+    if workload.task != "causal-lm":
+        return (lambda: forward(**inputs)), None, dict(inputs)
+    ids = inputs["input_ids"]
+    kw = _cache_kw(module)
+    out = forward(input_ids=ids, use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None:
+        raise InvalidArgumentError(f"{type(module).__name__} returned no KV cache; decode steps need a causal LM "
+                                   "with use_cache support.")
+    step_inputs = {"input_ids": ids[:, -1:], kw: cache, "use_cache": True}
+
+    def step() -> Any:
+        result = forward(**step_inputs)
+        cache.crop(-1)
+        return result
+
+    return step, (lambda: forward(input_ids=ids, use_cache=False)), step_inputs
+
+
+def no_grad_forward(module: nn.Module) -> Callable[..., Any]:
+    def forward(**kwargs: Any) -> Any:
+        with torch.no_grad():
+            return module(**kwargs)
+    return forward
+
+
+# ---------------------------------------------------------------------------------------------- units
+class _FloatUnit(nn.Module):
+    """A leaf held in a float ``dtype``: input cast in, output cast back (how a bf16 layer runs in fp32)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype = module.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(self.dtype) if x.is_floating_point() else x).to(
+            x.dtype if x.is_floating_point() else torch.float32)
+
+
+def variant(module: nn.Module, precision: str, group_size: int, kernel: str) -> nn.Module:
+    """A copy of ``module`` computing at ``precision`` with ``kernel`` ("auto": the runtime's default)."""
+    from runtime.kernels import QuantizedLinear
+
+    module = copy.deepcopy(module)
+    if precision in FLOAT_DTYPES:
+        return module if precision == "float32" else _FloatUnit(module, FLOAT_DTYPES[precision])
+    if not isinstance(module, nn.Linear):
+        raise InvalidArgumentError(f"precision {precision!r} needs an nn.Linear, got {type(module).__name__}.")
+    fmt = "int8" if precision == "int8-dynamic" else precision
+    name = "int8-dynamic" if precision == "int8-dynamic" else (None if kernel == "auto" else kernel)
+    return QuantizedLinear.from_linear(module, fmt, group_size=group_size, kernel=name)
+
+
+def signature(choice: LeafChoice, exec_device: str, phase: str, shape: tuple[int, ...], dtype: str) -> str:
+    """Table key of one leaf choice (leaves of one shape share it; see the module docstring)."""
+    leaf = choice.leaf
+    q = choice.precision not in FLOAT_DTYPES
+    return (f"{phase}|{exec_device}|{leaf.module_class}|{leaf.weight_numel}x{leaf.out_features}|b{int(leaf.bias)}|"
+            f"in{'x'.join(map(str, shape))}:{dtype}|{choice.precision}|g{choice.group_size if choice.precision == 'int4' else 0}"
+            f"|{choice.kernel if q else 'auto'}")
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How each time is taken (median of ``repeats`` after ``warmup``)."""
+
+    warmup: int = 3
+    repeats: int = 15
+    step_warmup: int = 3
+    step_repeats: int = 15
+
+    def __post_init__(self) -> None:
+        for name in ("repeats", "step_repeats"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        for name in ("warmup", "step_warmup"):
+            if getattr(self, name) < 0:
+                raise InvalidArgumentError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+
+
+@dataclass
+class ProfiledTable:
+    """Measured per-unit times, fixed overheads and streaming costs of one model on one device.
+
+    Attributes:
+        key: cache key (see the module docstring).
+        unit_s: signature -> median seconds.
+        overhead_s: phase -> fixed seconds per step.
+        baseline_s: phase -> the unmodified model's step on the runtime.
+        stream: placement -> {"fetch_s", "s_per_byte", "points"} (exposed streaming cost per step).
+        n_ops: phase -> aten ops per step of the unmodified model.
+        settings: workload, timing settings, fingerprints, torch version, threads.
+        seconds: wall time spent measuring.
+    """
+
+    key: str
+    unit_s: dict[str, float] = field(default_factory=dict)
+    overhead_s: dict[str, float] = field(default_factory=dict)
+    baseline_s: dict[str, float] = field(default_factory=dict)
+    stream: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_ops: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def launch_overhead_s(self) -> dict[str, float]:
+        """Fixed overhead per op, per phase: the measured stand-in for the analytic launch term."""
+        return {p: self.overhead_s[p] / self.n_ops[p] for p in self.overhead_s if self.n_ops.get(p)}
+
+    def to_json(self) -> str:
+        return json.dumps({"_type": TABLE_TYPE, "_version": TABLE_VERSION, "_data": asdict(self)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ProfiledTable:
+        try:
+            blob = json.loads(text)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"profiled table is not valid JSON: {exc}.") from None
+        if not isinstance(blob, dict) or blob.get("_type") != TABLE_TYPE:
+            raise InvalidArgumentError(f"not a profiled table: `_type` must be {TABLE_TYPE!r}.")
+        if blob.get("_version") != TABLE_VERSION:
+            raise InvalidArgumentError(f"profiled table `_version` {blob.get('_version')!r} is not readable "
+                                       f"(this reader knows {TABLE_VERSION}); it will be measured again.")
+        return cls(**blob["_data"])
+
+
+def _exec_device(unit: Any) -> str:
+    return "cpu" if unit.kind == "cpu" else unit.name
+
+
+class Profiler:
+    """Measures and holds a :class:`ProfiledTable` for one model, space and workload; see the module docstring.
+
+    Args:
+        loaded: a zoo ``LoadedModel`` (its module is deep-copied for every runtime measurement, never changed).
+        space: the model's SearchSpace on ``profile``.
+        profile: the HardwareProfile of THIS machine (its units are where the timings run).
+        workload: what a step is.
+        timing: warm-up and repeats.
+        cache_dir: cache root (default ``$AUTOSURGEON_CACHE`` or ``~/.cache/autosurgeon``).
+        use_cache: read and write ``<cache>/profiled/<key>.json``.
+    """
+
+    def __init__(self, loaded: Any, space: Any, profile: Any, workload: Workload, *,
+                 timing: TimingSettings | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                 use_cache: bool = True) -> None:
+        self.loaded, self.module = loaded, loaded.model
+        self.space, self.profile, self.workload = space, profile, workload
+        self.timing = timing or TimingSettings()
+        self.use_cache = use_cache
+        self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
+        settings = {"model": model_fingerprint(self.module), "device": profile.fingerprint,
+                    "workload": asdict(workload), "timing": asdict(self.timing), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "version": TABLE_VERSION}
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+        self.path = cache_root(cache_dir) / "profiled" / f"{key}.json"
+        self.table = self._load(key, settings)
+        self._inputs: dict[str, dict[str, tuple[tuple[Any, ...], dict[str, Any]]]] | None = None
+        self._dirty = False
+
+    def _load(self, key: str, settings: dict[str, Any]) -> ProfiledTable:
+        if self.use_cache and self.path.is_file():
+            try:
+                table = ProfiledTable.from_json(self.path.read_text())
+                logger.info("profiled table from cache %s (%d unit entries)", self.path, len(table.unit_s))
+                return table
+            except InvalidArgumentError as exc:
+                logger.warning("ignoring the cached profiled table %s (%s)", self.path, exc)
+        return ProfiledTable(key=key, settings=settings)
+
+    def save(self) -> Path | None:
+        """Write the table if it changed (atomically); returns the path or None."""
+        if not (self.use_cache and self._dirty):
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(self.table.to_json())
+        os.replace(tmp, self.path)
+        self._dirty = False
+        return self.path
+
+    # ---- inputs of every leaf, captured from real forwards
+    def _capture(self) -> dict[str, dict[str, tuple[tuple[Any, ...], dict[str, Any]]]]:
+        if self._inputs is not None:
+            return self._inputs
+        model = self.module
+        names = set(self.space.leaves)
+        captured: dict[str, dict[str, tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        phase_now = [""]
+
+        def hook(name: str) -> Callable[..., None]:
+            def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                captured.setdefault(phase_now[0], {}).setdefault(name, (
+                    tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs)))
+            return pre
+
+        handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True)
+                   for n, m in model.named_modules() if n in names]
+        try:
+            phase_now[0] = "prefill"
+            step, prefill, _ = make_steps(no_grad_forward(model), model, self.workload,
+                                          base_inputs(self.loaded, self.workload))
+            captured.clear()  # the prefill that built the cache; capture clean passes below
+            if prefill is not None:
+                prefill()
+            phase_now[0] = self.workload.phase
+            step()
+        finally:
+            for h in handles:
+                h.remove()
+        self._inputs = captured
+        return captured
+
+    def _phases(self) -> tuple[str, ...]:
+        return (self.workload.phase, "prefill") if self.workload.task == "causal-lm" else (self.workload.phase,)
+
+    def leaf_seconds(self, choice: LeafChoice, exec_kind: str, phase: str) -> float:
+        """Measured median seconds of one leaf choice (measured now if the table lacks it)."""
+        captured = self._capture().get(phase, {}).get(choice.leaf.name)
+        if captured is None:  # a leaf the pass did not call (unused head, tied weight): it costs nothing
+            return 0.0
+        args, kwargs = captured
+        unit = self.units[exec_kind]
+        device = _exec_device(unit)
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        shape = tuple(first.shape) if first is not None else ()
+        dtype = str(first.dtype).removeprefix("torch.") if first is not None else ""
+        key = signature(choice, device, phase, shape, dtype)
+        hit = self.table.unit_s.get(key)
+        if hit is not None:
+            return hit
+        from runtime.telemetry import measure_latency
+
+        module = self.module.get_submodule(choice.leaf.name)
+        precision = choice.precision if choice.chosen else "float32"
+        run = variant(module, precision, choice.group_size, choice.kernel).to(device)
+        dev_args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+        with torch.no_grad():
+            stats = measure_latency(lambda: run(*dev_args, **kwargs), warmup=self.timing.warmup,
+                                    repeats=self.timing.repeats, device=device)
+        self.table.unit_s[key] = stats.median_s
+        self._dirty = True
+        return stats.median_s
+
+    # ---- whole steps on the runtime
+    def _session_step(self, spec: Any) -> tuple[float, float | None, dict[str, float]]:
+        """(step median s, prefill median s or None, streaming counters per step) under a runtime Session."""
+        from runtime.session import Session
+        from runtime.telemetry import measure_latency
+
+        model = copy.deepcopy(self.module)
+        device = spec.default.device
+        with Session(model, spec) as session:
+            step, prefill, _ = make_steps(session.forward, model, self.workload,
+                                          base_inputs(self.loaded, self.workload))
+            before = session.streamer.stats.fetches
+            t = self.timing
+            stats = measure_latency(step, warmup=t.step_warmup, repeats=t.step_repeats, device=device)
+            calls = t.step_warmup + t.step_repeats
+            fetches = (session.streamer.stats.fetches - before) / calls
+            nbytes = float(session.streamer.streamed_bytes_per_pass())
+            pre = (measure_latency(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device).median_s
+                   if prefill is not None else None)
+        return stats.median_s, pre, {"fetches": fetches, "bytes": nbytes}
+
+    def ensure_base(self) -> None:
+        """Measure the fixed overhead per phase and the streaming costs (once; cached with the table)."""
+        if self.table.overhead_s:
+            return
+        from autosurgeon.cost import count_ops
+        from runtime.spec import BlockSpec, SessionSpec
+
+        started = time.perf_counter()
+        default = self.profile.default_unit()
+        dev = _exec_device(default)
+        base, base_pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)))
+        self.table.baseline_s = {self.workload.phase: base, **({"prefill": base_pre} if base_pre else {})}
+        x0 = self.space.default_vector()
+        for phase in self._phases():
+            leaves = sum(self.leaf_seconds(c, b.exec_kind, phase) for b in resolve_blocks(self.space, x0)
+                         for c in b.leaves)
+            self.table.overhead_s[phase] = max(0.0, self.table.baseline_s[phase] - leaves)
+            model = self.module
+            step, prefill, step_inputs = make_steps(no_grad_forward(model), model, self.workload,
+                                                    base_inputs(self.loaded, self.workload))
+            if phase == "prefill":
+                self.table.n_ops[phase] = count_ops(model, {"input_ids": base_inputs(self.loaded, self.workload)[
+                    "input_ids"], "use_cache": False})
+            else:
+                self.table.n_ops[phase] = count_ops(model, step_inputs)
+        for placement in self._streamed_placements():
+            self.table.stream[placement] = self._measure_stream(placement)
+        self.table.seconds += time.perf_counter() - started
+        self._dirty = True
+
+    def _streamed_placements(self) -> list[str]:
+        found = []
+        for v in self.space.variables:
+            if v.knob == "placement":
+                found += [c for c, ok in zip(v.choices, v.mask) if ok and "<-" in c and c not in found]
+        return found
+
+    def _measure_stream(self, placement: str) -> dict[str, Any]:
+        """Exposed streaming cost per step at two weight formats -> per-fetch and per-byte cost."""
+        from runtime.spec import BlockSpec, SessionSpec
+
+        exec_kind, _, home = placement.partition("<-")
+        dev = _exec_device(self.units[exec_kind])
+        n_blocks = sum(1 for b in self.space.blocks if b.is_block)
+        points = []
+        for fmt in ("float32", "int8"):
+            resident = SessionSpec(blocks=tuple(BlockSpec(device=dev, weight_format=fmt) for _ in range(n_blocks)),
+                                   rest=BlockSpec(device=dev))
+            streamed = SessionSpec(blocks=tuple(BlockSpec(device=dev, home=home, weight_format=fmt)
+                                                for _ in range(n_blocks)), rest=BlockSpec(device=dev))
+            t_res, _, _ = self._session_step(resident)
+            t_str, _, counters = self._session_step(streamed)
+            points.append({"format": fmt, "exposed_s": t_str - t_res, **counters})
+        (a, b) = points
+        n = max(a["fetches"], 1e-9)
+        db = a["bytes"] - b["bytes"]
+        per_byte = (a["exposed_s"] - b["exposed_s"]) / db if db else 0.0
+        if per_byte < 0:  # noise larger than the byte effect: all of it per fetch
+            per_byte = 0.0
+        fetch_s = max(0.0, (a["exposed_s"] + b["exposed_s"] - per_byte * (a["bytes"] + b["bytes"])) / (2 * n))
+        logger.info("streaming %s: %.1f us per fetch, %.2f GB/s effective", placement, fetch_s * 1e6,
+                    (1 / per_byte / 1e9) if per_byte else float("inf"))
+        return {"fetch_s": fetch_s, "s_per_byte": per_byte, "points": points}
+
+    def measure_all(self) -> int:
+        """Measure every valid leaf choice of the space (so later evaluations only look up); returns entries."""
+        self.ensure_base()
+        from autosurgeon.space_masks import FLOAT_PRECISIONS
+
+        for v in self.space.variables:
+            if v.knob != "precision":
+                continue
+            leaf = self.space.leaves[v.name]
+            groups = self.space.variable(v.name, "group_size")
+            kernels = self.space.variable(v.name, "kernel")
+            for kind in self._exec_kinds(v):
+                mask, _ = v.by_exec.get(kind, (v.mask, {}))
+                for p, ok, static in zip(v.choices, mask, v.mask):
+                    if not (ok and static):
+                        continue
+                    gs = [g for g, m in zip(groups.choices, groups.mask) if m] if groups and p == "int4" else [128]
+                    ks = (["auto"] if p in FLOAT_PRECISIONS or kernels is None else
+                          list(self.space.kernel_table.get(kind, {}).get(p, ("auto",))))
+                    for g in gs:
+                        for k in ks:
+                            choice = LeafChoice(leaf, p, g, k, True)
+                            for phase in self._phases():
+                                self.leaf_seconds(choice, kind, phase)
+        self.save()
+        return len(self.table.unit_s)
+
+    def _exec_kinds(self, v: Any) -> list[str]:
+        if v.parent is None:
+            return [self.space.default_placement.partition("<-")[0]]
+        placement = self.space.variables[v.parent]
+        kinds = [c.partition("<-")[0] for c, ok in zip(placement.choices, placement.mask) if ok]
+        return [k for k in dict.fromkeys(kinds) if k in self.units and k != "dla"]
+
+    # ---- composition
+    def compose(self, x: Any, phase: str) -> dict[str, Any]:
+        """Latency of vector ``x`` in ``phase`` from the table (module docstring), with its parts."""
+        self.ensure_base()
+        blocks = resolve_blocks(self.space, x)
+        units_s = stream_s = 0.0
+        streamed_bytes = 0
+        for block in blocks:
+            if block.exec_kind not in self.units or block.exec_kind == "dla":
+                raise InvalidArgumentError(f"{block.name}: placement {block.placement!r} cannot be profiled on "
+                                           f"{self.profile.name!r} (no such unit here); use the analytic evaluator.")
+            units_s += sum(self.leaf_seconds(c, block.exec_kind, phase) for c in block.leaves)
+            if block.streamed:
+                nbytes, fetches = block_stream(block)
+                cost = self.table.stream.get(block.placement)
+                if cost is None:
+                    raise InvalidArgumentError(f"{block.name}: placement {block.placement!r} was not profiled here.")
+                stream_s += fetches * cost["fetch_s"] + nbytes * cost["s_per_byte"]
+                streamed_bytes += nbytes
+        overhead = self.table.overhead_s[phase]
+        return {"latency_s": overhead + units_s + stream_s, "overhead_s": overhead, "units_s": units_s,
+                "stream_s": stream_s, "streamed_bytes": streamed_bytes}
+
+
+__all__ = ["ProfiledTable", "Profiler", "TimingSettings", "Workload", "base_inputs", "make_steps",
+           "no_grad_forward", "signature", "variant"]

@@ -1,0 +1,446 @@
+"""Evaluators: plan -> Metrics, behind one protocol, with a result cache the caller holds.
+
+``Evaluator.evaluate(plan)`` validates the plan against the evaluator's SearchSpace (fingerprints, masks),
+looks it up in the cache, and only on a miss calls the subclass's ``_evaluate``; it counts calls, hits and
+seconds so sweeps can report evaluations per second. Three evaluators:
+
+* :class:`AnalyticEvaluator` — ``cost_analytic.AnalyticCostModel`` on a ``HardwareProfile`` (presets on
+  paper work: no hardware needed); every figure "estimated".
+* :class:`ProfiledEvaluator` — ``cost_profiled.Profiler``: per-unit times measured once on this machine's
+  runtime, cached on disk, composed per plan; latency "profiled", the rest "estimated".
+* :class:`RuntimeEvaluator` — ``transforms.apply_plan`` -> ``runtime.Session``: the plan runs end to end;
+  latency, prefill, peak bytes per tier (the TensorStore's accounting) and quality "measured"; energy
+  "measured" where NVML/RAPL reads, else the runtime's estimate from the power model ("estimated").
+
+Memory in the cheap evaluators is ``footprint.plan_memory`` (the runtime's byte formula); quality there is
+the sensitivity proxy (``SensitivityTable.predict_loss``, sum of per-unit KL): for LMs ``exp(sum KL) - 1``
+(KL in nats per token approximates the rise in mean NLL, and perplexity is ``exp(NLL)``); for classifiers
+the KL sum itself (an uncalibrated proxy; it ranks plans, it is not accuracy points). Units absent from
+the table (an embedding's float cast) and precisions it did not measure (fp8) add 0 and are counted in
+``extra["quality_unscored"]``.
+
+Cache key: ``(model fingerprint, plan hash, device fingerprint, evaluator name + settings)``; the plan hash
+is the sha256 of its rules and default (metadata left out: two proposers' identical plans hit).
+:class:`EvaluationCache` optionally appends every result to a JSON lines file and reloads it, so a sweep
+resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autosurgeon._logging import get_logger
+from autosurgeon.cost import energy_j, mean_watts
+from autosurgeon.cost_analytic import AnalyticCostModel
+from autosurgeon.cost_profiled import Profiler, TimingSettings, Workload, base_inputs, make_steps, no_grad_forward
+from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
+from autosurgeon.metrics import Metrics
+from autosurgeon.plan import Plan
+
+logger = get_logger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- cache
+def plan_hash(plan: Plan) -> str:
+    """sha256 (16 hex) of a plan's decisions (rules and default; metadata and fingerprints left out)."""
+    data = plan.to_dict()["_data"]
+    blob = json.dumps({"default": data["default"], "rules": data["rules"]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class EvaluationCache:
+    """Metrics by key, in memory and optionally in a JSON lines file (one ``{"key", "metrics"}`` per line).
+
+    Args:
+        path: a ``.jsonl`` file to load on creation and append every new result to (None: memory only).
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._data: dict[str, Metrics] = {}
+        if self.path is not None and self.path.is_file():
+            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    self._data[row["key"]] = Metrics.from_dict(row["metrics"])
+                except (ValueError, KeyError, TypeError) as exc:  # a torn last line after a crash
+                    logger.warning("%s line %d unreadable (%s); skipped", self.path, n, exc)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def get(self, key: str) -> Metrics | None:
+        return self._data.get(key)
+
+    def put(self, key: str, metrics: Metrics) -> None:
+        self._data[key] = metrics
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps({"key": key, "metrics": metrics.to_dict()}, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+# ---------------------------------------------------------------------------------------------- base
+class Evaluator:
+    """The protocol: ``evaluate(plan) -> Metrics``; subclasses implement ``_evaluate`` and ``settings``.
+
+    Args:
+        loaded: a zoo ``LoadedModel`` (module, task, example inputs).
+        profile: a HardwareProfile (or anything ``hardware.resolve_profile`` accepts).
+        space: the model's SearchSpace on ``profile`` (built with precision and placement knobs if None).
+        workload: what one step is (default: batch 1; LMs decode at 32 positions).
+        sensitivity: a ``SensitivityTable`` for the quality proxy (cheap evaluators); None: no quality.
+        cache: an :class:`EvaluationCache` (shared between evaluators is fine: keys include the evaluator).
+    """
+
+    name = "base"
+
+    def __init__(self, loaded: Any, profile: Any, *, space: Any = None, workload: Workload | None = None,
+                 sensitivity: Any = None, cache: EvaluationCache | None = None) -> None:
+        from autosurgeon.hardware import resolve_profile
+        from autosurgeon.plan import model_fingerprint
+        from autosurgeon.space import SearchSpace
+
+        if not isinstance(getattr(loaded, "model", None), torch.nn.Module) or not hasattr(loaded, "example_inputs"):
+            raise InvalidArgumentError(f"`loaded` must be a zoo LoadedModel (autosurgeon.zoo.load_model), got "
+                                       f"{type(loaded).__name__}.")
+        self.loaded = loaded
+        self.profile = resolve_profile(profile)
+        self.space = space if space is not None else SearchSpace.build(loaded, self.profile)
+        if self.space.device_fingerprint not in (None, self.profile.fingerprint):
+            raise InvalidArgumentError(f"`space` was built for device {self.space.device_fingerprint}, not "
+                                       f"{self.profile.fingerprint} ({self.profile.name}); build it on this profile.")
+        self.model_fingerprint = model_fingerprint(loaded.model)
+        self.workload = workload or Workload(task=loaded.task)
+        self.sensitivity = sensitivity
+        self.cache = cache if cache is not None else EvaluationCache()
+        self.calls = self.hits = self.evaluated = 0
+        self.seconds = 0.0  # wall time inside _evaluate (cache misses)
+
+    # ---- the protocol
+    def evaluate(self, plan: Plan | Any) -> Metrics:
+        """Metrics of ``plan`` (a Plan or a vector of this evaluator's space); cached."""
+        plan, x = self._validate(plan)
+        self.calls += 1
+        key = self.key(plan)
+        hit = self.cache.get(key)
+        if hit is not None:
+            self.hits += 1
+            return hit
+        started = time.perf_counter()
+        metrics = self._evaluate(plan, x)
+        self.seconds += time.perf_counter() - started
+        self.evaluated += 1
+        self.cache.put(key, metrics)
+        return metrics
+
+    @property
+    def evaluations_per_second(self) -> float:
+        """Cache misses evaluated per second of evaluation time (nan before any)."""
+        return self.evaluated / self.seconds if self.seconds > 0 else float("nan")
+
+    def key(self, plan: Plan) -> str:
+        settings = json.dumps({"evaluator": self.name, **self.settings()}, sort_keys=True, default=str)
+        blob = f"{self.model_fingerprint}|{plan_hash(plan)}|{self.profile.fingerprint}|{settings}"
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+    def settings(self) -> dict[str, Any]:
+        """Everything besides the plan that changes the result (part of the cache key)."""
+        return {"workload": [self.workload.task, self.workload.batch, self.workload.context, self.workload.seed],
+                "space": self.space.digest(),
+                "sensitivity": getattr(self.sensitivity, "key", None)}
+
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _validate(self, plan: Plan | Any) -> tuple[Plan, np.ndarray]:
+        space = self.space
+        if isinstance(plan, Plan):
+            for what, have, want in (("model", plan.model_fingerprint, self.model_fingerprint),
+                                     ("device", plan.device_fingerprint, self.profile.fingerprint)):
+                if have is not None and have != want:
+                    raise InvalidArgumentError(
+                        f"plan was made for {what} fingerprint {have}, this evaluator's {what} is {want}; "
+                        f"re-plan for this {what} (or clear the plan's `{what}_fingerprint` to force it).")
+            x = space.encode(plan)
+        else:
+            x = space.check_vector(plan)
+            plan = space.decode(x)
+        problems = space.problems(x)
+        if problems:
+            shown = "; ".join(f"{space.variables[i].name} {space.variables[i].knob}: {why}" for i, why in problems[:3])
+            raise InvalidArgumentError(f"plan has {len(problems)} invalid decision(s): {shown}"
+                                       f"{' ...' if len(problems) > 3 else ''}. Fix them (SearchSpace.repair).")
+        return plan, x
+
+    # ---- shared pieces
+    def _proxy_quality(self, x: np.ndarray) -> tuple[float | None, dict[str, Any]]:
+        table = self.sensitivity
+        if table is None:
+            return None, {}
+        total, unscored = 0.0, 0
+        for (name, knob), value in self.space.values(x).items():
+            if knob != "precision" or value == "float32":
+                continue
+            if name in table.params and (name, value) in table.divergence:
+                total += table.divergence[(name, value)]
+            else:
+                unscored += 1
+        loss = math.expm1(total) if self.workload.task == "causal-lm" else total
+        return loss, {"quality_proxy_kl": total, "quality_unscored": unscored}
+
+    def _per_item(self, step_s: float) -> float:
+        """Step seconds -> seconds per token (decode: each of the batch's sequences gets one per step) or sample."""
+        return step_s if self.workload.phase == "decode" else step_s / self.workload.batch
+
+    def _base_extra(self) -> dict[str, Any]:
+        return {"threads": torch.get_num_threads(), "profile": self.profile.name}
+
+
+# ---------------------------------------------------------------------------------------------- analytic
+class AnalyticEvaluator(Evaluator):
+    """Roofline + transfers + overlap + launches on a HardwareProfile (``cost_analytic``); all "estimated".
+
+    Extra args (see ``AnalyticCostModel``): ``launch_overhead_s``, ``fetch_overhead_s`` (None: documented
+    defaults, or pass ``ProfiledTable`` figures to calibrate), ``lookahead``, ``disk_cache``.
+    The model may live on the meta device (large architectures on paper).
+    """
+
+    name = "analytic"
+
+    def __init__(self, loaded: Any, profile: Any, *, launch_overhead_s: float | None = None,
+                 fetch_overhead_s: float | None = None, lookahead: int = 2, disk_cache: str = "auto",
+                 **kwargs: Any) -> None:
+        super().__init__(loaded, profile, **kwargs)
+        from autosurgeon.analysis import analyze
+        from autosurgeon.cost import count_ops
+
+        model = self.loaded.model
+        inputs = base_inputs(self.loaded, self.workload)
+        step, _, step_inputs = make_steps(no_grad_forward(model), model, self.workload, inputs)
+        self.models: dict[str, AnalyticCostModel] = {}
+        phases = [(self.workload.phase, step_inputs)]
+        if self.workload.task == "causal-lm":
+            phases.append(("prefill", {"input_ids": inputs["input_ids"], "use_cache": False}))
+        for phase, phase_inputs in phases:
+            n_ops = count_ops(model, dict(phase_inputs))
+            if phase == "decode":
+                step_inputs[next(k for k in step_inputs if k in ("cache", "past_key_values"))].crop(-1)
+            analysis = analyze(model, dict(phase_inputs), phase="decode" if phase == "decode" else "prefill")
+            self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
+                                                   launch_overhead_s=launch_overhead_s,
+                                                   fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
+                                                   disk_cache=disk_cache)
+        self.lookahead = lookahead
+
+    def settings(self) -> dict[str, Any]:
+        main = self.models[self.workload.phase]
+        return {**super().settings(), **main.settings()}
+
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
+        from autosurgeon.footprint import plan_memory
+
+        parts = self.models[self.workload.phase].breakdown(x)
+        latency = parts["latency_s"]
+        joules, energy_how = energy_j(self.profile, latency, parts["busy_s"])
+        prefill = self.models["prefill"].breakdown(x)["latency_s"] if "prefill" in self.models else None
+        quality, qextra = self._proxy_quality(x)
+        labels = {"latency_s": "estimated", "peak_bytes": "estimated", "energy_j": "estimated"}
+        if prefill is not None:
+            labels.update(prefill_s="estimated", tokens_per_s="estimated")
+        if quality is not None:
+            labels["quality_loss"] = "estimated"
+        m = self.models[self.workload.phase]
+        method = (f"analytic: roofline per leaf on {self.profile.name} ({'measured' if self.profile.measured else 'paper'}"
+                  f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
+                  f"(lookahead {self.lookahead}; {', '.join(parts['link_notes']) or 'no streaming'}); memory: "
+                  f"footprint.plan_memory; energy: {energy_how}"
+                  + ("; quality: sensitivity proxy" if quality is not None else ""))
+        step = self._per_item(latency)
+        return Metrics(
+            latency_s=step, prefill_s=prefill,
+            tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
+            peak_bytes=plan_memory(self.space, x, lookahead=self.lookahead),
+            energy_j=self._per_item(joules), quality_loss=quality, labels=labels, method=method,
+            device=self.profile.fingerprint, evaluator=self.name, phase=self.workload.phase,
+            extra={**self._base_extra(), **{k: v for k, v in parts.items() if k != "blocks"}, **qextra})
+
+
+# ---------------------------------------------------------------------------------------------- profiled
+class ProfiledEvaluator(Evaluator):
+    """Per-unit runtime measurements composed per plan (``cost_profiled``); latency "profiled".
+
+    Extra args: ``timing`` (TimingSettings), ``cache_dir``/``use_disk_cache`` for the table, ``measure_all``
+    (measure every valid unit choice up front, so evaluations only look up), ``lookahead`` (memory formula).
+    ``profile`` must describe THIS machine (default "local"): the table is measured here.
+    """
+
+    name = "profiled"
+
+    def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, use_disk_cache: bool = True,
+                 measure_all: bool = True, lookahead: int = 2, **kwargs: Any) -> None:
+        super().__init__(loaded, profile, **kwargs)
+        self.lookahead = lookahead
+        self.profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=timing,
+                                 cache_dir=cache_dir, use_cache=use_disk_cache)
+        started = time.perf_counter()
+        if measure_all:
+            self.profiler.measure_all()
+        else:
+            self.profiler.ensure_base()
+            self.profiler.save()
+        self.setup_seconds = time.perf_counter() - started
+
+    @property
+    def table(self) -> Any:
+        return self.profiler.table
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "table": self.profiler.table.key, "lookahead": self.lookahead}
+
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
+        from autosurgeon.footprint import plan_memory
+
+        parts = self.profiler.compose(x, self.workload.phase)
+        prefill = (self.profiler.compose(x, "prefill")["latency_s"] if self.workload.task == "causal-lm" else None)
+        self.profiler.save()
+        latency = parts["latency_s"]
+        joules, energy_how = energy_j(self.profile, latency, parts["units_s"])
+        quality, qextra = self._proxy_quality(x)
+        labels = {"latency_s": "profiled", "peak_bytes": "estimated", "energy_j": "estimated"}
+        if prefill is not None:
+            labels.update(prefill_s="profiled", tokens_per_s="profiled")
+        if quality is not None:
+            labels["quality_loss"] = "estimated"
+        method = (f"profiled: unit medians measured on this machine's runtime (table {self.profiler.table.key}, "
+                  f"{len(self.profiler.table.unit_s)} entries) + measured fixed overhead + measured streaming "
+                  f"costs; memory: footprint.plan_memory; energy: {energy_how}"
+                  + ("; quality: sensitivity proxy" if quality is not None else ""))
+        return Metrics(
+            latency_s=self._per_item(latency), prefill_s=prefill,
+            tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
+            peak_bytes=plan_memory(self.space, x, lookahead=self.lookahead),
+            energy_j=self._per_item(joules), quality_loss=quality, labels=labels, method=method,
+            device=self.profile.fingerprint, evaluator=self.name, phase=self.workload.phase,
+            extra={**self._base_extra(), **parts, **qextra})
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+class RuntimeEvaluator(Evaluator):
+    """Apply the plan, run it on the runtime, measure (see the module docstring for labels).
+
+    Extra args:
+        timing: warm-up and repeats of the step and prefill (``TimingSettings.step_*``).
+        quality: measure quality loss on a fixed held-out set (``autosurgeon.quality.QualityEvaluator``).
+        quality_samples: held-out windows (LMs) or test images (classifiers; None: the whole split).
+        budgets: tier budgets for ``apply_plan`` (None: unbounded).
+        energy: measure energy (NVML/RAPL where readable, else the power-model estimate).
+    """
+
+    name = "runtime"
+
+    def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
+                 quality: bool = True, quality_samples: int | None = 4, budgets: Mapping[str, Any] | None = None,
+                 energy: bool = True, lookahead: int = 2, **kwargs: Any) -> None:
+        super().__init__(loaded, profile, **kwargs)
+        self.timing = timing or TimingSettings()
+        self.lookahead = lookahead
+        self._full_space: Any = None
+        self.budgets = dict(budgets) if budgets else None
+        self.energy = energy
+        self.quality_samples = quality_samples
+        self.quality_evaluator = None
+        if quality:
+            from autosurgeon.quality import QualityEvaluator
+
+            samples = quality_samples if loaded.task == "causal-lm" else quality_samples
+            self.quality_evaluator = QualityEvaluator(loaded, max_samples=samples)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "timing": [self.timing.step_warmup, self.timing.step_repeats],
+                "quality": self.quality_evaluator is not None, "quality_samples": self.quality_samples,
+                "budgets": self.budgets, "energy": self.energy, "threads": torch.get_num_threads(),
+                "lookahead": self.lookahead}
+
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
+        try:
+            from autosurgeon.transforms import apply_plan
+        except ImportError as exc:
+            raise AutoSurgeonError(f"RuntimeEvaluator needs autosurgeon.transforms.apply_plan ({exc}); use the "
+                                   "profiled or analytic evaluator.") from exc
+        from runtime.telemetry import EnergyMeter, measure_latency
+
+        t = self.timing
+        if self._full_space is None:  # apply_plan wants the space with every knob; build it once
+            from autosurgeon.knobs import KNOBS
+            from autosurgeon.space import SearchSpace
+
+            self._full_space = (self.space if set(self.space.knobs) == set(KNOBS)
+                                else SearchSpace.build(self.loaded, self.profile, knobs=KNOBS))
+        session = apply_plan(self.loaded, plan, self.profile, inplace=False, budgets=self.budgets,
+                             space=self._full_space, lookahead=self.lookahead,
+                             energy_watts=mean_watts(self.profile, 1.0))
+        with session:
+            step, prefill, _ = make_steps(session.forward, session.model, self.workload,
+                                          base_inputs(self.loaded, self.workload))
+            device = next((d for d in getattr(session, "_devices", ["cpu"]) if str(d).startswith("cuda")), "cpu")
+            for _ in range(t.step_warmup):
+                step()
+            joules = source = None
+            if self.energy:
+                # The estimate's power: the profile's envelope at full utilisation (the process is busy
+                # stepping); NVML/RAPL, where readable, replace it with a counter.
+                meter = EnergyMeter(device=device, watts=mean_watts(self.profile, 1.0), min_window_s=0.0)
+                with meter:
+                    stats = measure_latency(step, warmup=0, repeats=t.step_repeats, device=device)
+                joules, source = meter.joules / t.step_repeats, meter.source
+            else:
+                stats = measure_latency(step, warmup=0, repeats=t.step_repeats, device=device)
+            pre = (measure_latency(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device).median_s
+                   if prefill is not None else None)
+            peak = session.stats().peak_bytes
+            quality = self.quality_evaluator.loss(session.model) if self.quality_evaluator is not None else None
+        latency = stats.median_s
+        labels = {"latency_s": "measured", "peak_bytes": "measured"}
+        if pre is not None:
+            labels.update(prefill_s="measured", tokens_per_s="measured")
+        if joules is not None:
+            labels["energy_j"] = "measured" if source in ("nvml", "rapl") else "estimated"
+        if quality is not None:
+            labels["quality_loss"] = "measured"
+        method = (f"runtime: apply_plan -> Session on {self.profile.name}; median of {t.step_repeats} steps after "
+                  f"{t.step_warmup} warm-up; peak bytes from the TensorStore; energy source {source}"
+                  + (f"; quality on {self.quality_evaluator.metric} held-out data" if quality is not None else ""))
+        return Metrics(
+            latency_s=self._per_item(latency), prefill_s=pre,
+            tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
+            peak_bytes={k: int(v) for k, v in peak.items()},
+            energy_j=self._per_item(joules) if joules is not None else None, quality_loss=quality,
+            labels=labels, method=method, device=self.profile.fingerprint, evaluator=self.name,
+            phase=self.workload.phase,
+            extra={**self._base_extra(), "p10_s": stats.p10_s, "p90_s": stats.p90_s, "energy_source": source})
+
+
+__all__ = ["AnalyticEvaluator", "EvaluationCache", "Evaluator", "ProfiledEvaluator", "RuntimeEvaluator",
+           "plan_hash"]
