@@ -20,8 +20,9 @@ scales) are swapped the same way in ``module._buffers``.
 Overlap on a GPU: copies run on a dedicated CUDA stream from page-locked host memory. The compute stream
 waits on a per-unit "copy done" event; a slot's next copy waits on its "last use" event recorded on the
 compute stream. Both are device-side waits, so the host never blocks and runs ahead issuing kernels and
-copies. Disk-homed units are read by one worker thread (``os.preadv`` releases the GIL), overlapping with
-compute on the host.
+copies. Disk-homed units are brought in by one worker thread, overlapping with compute: for host execution
+mapped (``mmap`` with ``MAP_POPULATE``, unmapped after use; no copy) by default, or read into staging slots
+(``os.preadv``; both release the GIL); for GPU execution read, then copied.
 """
 from __future__ import annotations
 

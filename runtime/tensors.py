@@ -12,10 +12,12 @@ so the sum can never be below what is really resident. A request that would take
 raises :class:`~runtime.errors.BudgetExceededError` naming the tier, the budget, the need and the largest
 holder on that tier, before anything is allocated.
 
-Disk reads go through ``os.preadv`` straight into the caller's buffer (the file is a normal safetensors
-file that ``safetensors.safe_open`` reads too). We read rather than memory-map on purpose: pages of a
-mapped file count towards the process' resident set, so a mapped disk tier would silently use the RAM
-budget it is meant to spare; read pages only live in the kernel's page cache, which the kernel reclaims.
+Disk-tier tensors reach memory two ways. :meth:`TensorStore.map` maps one group's bytes of the (plain
+safetensors) file, populated up front and unmapped after use: no copy, the kernel's page cache is the
+source, and the mapped pages count towards the process' RSS only while mapped — the streamer reserves those
+bytes on the ``cpu`` budget. :meth:`TensorStore.fetch` copies them with ``os.preadv`` into a caller's buffer
+(needed on the way to a GPU, through page-locked staging). A mapping that stays open (np.memmap-style, as
+accelerate's disk offload does) would instead grow RSS towards the whole file as pages are touched.
 """
 from __future__ import annotations
 

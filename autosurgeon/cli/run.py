@@ -111,8 +111,13 @@ def run(args: argparse.Namespace) -> int:
     if args.lookahead < 0:
         raise InvalidArgumentError(f"`--lookahead` must be >= 0, got {args.lookahead}.")
     if args.plan is not None:
-        raise InvalidArgumentError("`--plan` needs the plan module (autosurgeon.plan), which is not part of this "
-                                   "build yet; run without --plan to use the default placement.")
+        try:
+            from autosurgeon.transforms import apply_plan  # noqa: F401 - plan -> SessionSpec lives there
+        except ImportError:
+            raise InvalidArgumentError("`--plan` needs the plan module's apply_plan (autosurgeon.transforms: plan -> "
+                                       "runtime SessionSpec), which is not part of this build yet; run without "
+                                       "--plan to use the default placement.") from None
+        raise InvalidArgumentError("`--plan` is not wired to apply_plan yet; run without --plan.")
     budgets = parse_budgets(args.memory_budget)
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from runtime.errors import BudgetExceededError
 from runtime.session import Session
 from runtime.spec import BlockSpec, SessionSpec
 from runtime.sizes import format_bytes, parse_bytes
@@ -324,7 +323,48 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
 
 
 # ------------------------------------------------------------------------------------------- CPU
+CPU_CONFIGS = ("eager", "mmap", "read", "accelerate")
+
+
 def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
+    """Each configuration in a fresh process (``--only``): RSS is a per-process figure, and an earlier
+    configuration's freed memory (kept by the C allocator) would otherwise inflate the next one's."""
+    import subprocess
+    import sys
+
+    if args.only:
+        return _run_cpu_one(args, args.only)
+    parts: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="jalapeno-bench-parts-") as tmp:
+        for name in args.configs:
+            out = os.path.join(tmp, f"{name}.json")
+            cmd = [sys.executable, "-m", "experiments.benchmarks.streaming", "cpu", "--only", name, "--json", out,
+                   "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--warmup",
+                   str(args.warmup), "--seed", str(args.seed), "--ram-fraction", str(args.ram_fraction),
+                   "--lookahead", str(args.lookahead)]
+            subprocess.run(cmd, check=True)
+            with open(out) as f:
+                parts[name] = json.load(f)
+    first = next(iter(parts.values()))
+    res = {k: first[k] for k in ("setting", "model_bytes", "ram_budget", "host_cores", "torch", "cpu",
+                                 "interpreter_rss")}
+    ref = parts.get("eager", {}).get("result")
+    res["configs"] = []
+    for name, part in parts.items():
+        r = part["result"]
+        r["interpreter_rss"] = part["interpreter_rss"]
+        if ref is not None and name != "eager":
+            r["tokens_match_reference"] = r["tokens"] == ref["tokens"]
+        if name == "eager":
+            res["reference"] = r
+        elif name == "accelerate":
+            res["accelerate"] = r
+        else:
+            res["configs"].append(r)
+    return res
+
+
+def _run_cpu_one(args: argparse.Namespace, which: str) -> dict[str, Any]:
     from accelerate import dispatch_model, infer_auto_device_map
 
     dev = torch.device("cpu")
@@ -336,72 +376,51 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     prompt = torch.randint(0, 32000, (1, args.prompt_len), generator=torch.Generator().manual_seed(args.seed))
     res: dict[str, Any] = {"setting": "cpu", "model_bytes": total, "ram_budget": budget, "host_cores": os.cpu_count(),
                            "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                           "interpreter_rss": interpreter_rss, "configs": []}
-    print(f"model {format_bytes(total)}, RAM budget {format_bytes(budget)}", flush=True)
-    base_rss = rss_bytes()
-
-    if args.eager:
-        with PeakTracker(interval_s=0.01) as tr:
-            ref = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
-        ref.update(name="all weights in RAM, HF eager", peak_rss=tr.peak_rss_bytes)
-        res["reference"] = ref
-        print(f"eager: {ref['tokens_per_s']:.2f} tok/s", flush=True)
-    else:
-        ref = None
-
+                           "interpreter_rss": interpreter_rss}
     layers = model.model.layers
     block = weight_bytes(layers[0])
     unit = max(weight_bytes(m) for m in layers[0].modules() if isinstance(m, nn.Linear))
     rest = total - len(layers) * block
     with tempfile.TemporaryDirectory(prefix="jalapeno-bench-") as tmp:
-        for lookahead, disk_io in [(la, io) for io in args.disk_io for la in args.lookaheads]:
+        if which == "eager":
+            gc.collect()
+            with PeakTracker(interval_s=0.01) as tr:
+                r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+            r.update(name="all weights in RAM, HF eager", peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes)
+        elif which in ("mmap", "read"):
+            lookahead = args.lookahead
             room = budget - rest - (lookahead + 1) * unit
             resident = max(0, min(len(layers), room // block))
             blocks = tuple(BlockSpec(device="cpu", home=None if i < resident else "disk") for i in range(len(layers)))
             spec = SessionSpec(blocks=blocks, rest=BlockSpec(device="cpu"), budgets={"cpu": budget},
-                               lookahead=lookahead, offload_dir=os.path.join(tmp, f"ours-{disk_io}"), disk_io=disk_io)
-            gc.collect()
-            try:
-                session = Session(model, spec)
-            except BudgetExceededError as exc:
-                print(f"lookahead {lookahead}: does not fit: {exc}", flush=True)
-                res["configs"].append({"name": f"ours: disk tier ({disk_io}), lookahead {lookahead}", "error": str(exc)})
-                continue
-            with session:
+                               lookahead=lookahead, offload_dir=os.path.join(tmp, "ours"), disk_io=which)
+            with Session(model, spec) as session:
+                gc.collect()
                 with PeakTracker(interval_s=0.01) as tr:
                     r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
                 st = session.stats()
-                r.update(name=f"ours: disk tier ({disk_io}), lookahead {lookahead}", resident_blocks=resident,
+                r.update(name=f"ours: disk tier ({which}), lookahead {lookahead}", resident_blocks=resident,
                          cpu_peak_store=st.peak_bytes["cpu"], peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes,
-                         streamed_bytes=st.extra["streamed_bytes_per_pass"], misses=st.misses,
-                         tokens_match_reference=None if ref is None else r["tokens"] == ref["tokens"])
-            logits = r.pop("last_logits")
-            r["max_abs_logit_diff"] = None if ref is None else float((logits - ref["last_logits"]).abs().max())
-            res["configs"].append(r)
-            print(f"{r['name']}: {r['tokens_per_s']:.2f} tok/s, resident {resident}, store peak "
-                  f"{format_bytes(r['cpu_peak_store'])}, RSS peak {format_bytes(r['peak_rss'])} "
-                  f"(base {format_bytes(base_rss)}), match={r['tokens_match_reference']}", flush=True)
-
-        # accelerate disk offload at the same RAM budget.
-        gc.collect()
-        t0 = time.perf_counter()
-        device_map = infer_auto_device_map(model, max_memory={"cpu": budget},
-                                           no_split_module_classes=["LlamaDecoderLayer"])
-        model = dispatch_model(model, device_map=device_map, main_device="cpu",
-                               offload_dir=os.path.join(tmp, "accelerate"))
-        gc.collect()
-        setup_s = time.perf_counter() - t0
-        with PeakTracker(interval_s=0.01) as tr:
-            r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
-        r.update(name="accelerate infer_auto_device_map + dispatch_model (disk offload)", setup_s=setup_s,
-                 peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes, device_map=str(device_map),
-                 disk_entries=sum(1 for v in device_map.values() if v == "disk"),
-                 tokens_match_reference=None if ref is None else r["tokens"] == ref["tokens"])
-        logits = r.pop("last_logits")
-        r["max_abs_logit_diff"] = None if ref is None else float((logits - ref.pop("last_logits")).abs().max())
-        res["accelerate"] = r
-        print(f"accelerate: {r['tokens_per_s']:.2f} tok/s, RSS peak {format_bytes(r['peak_rss'])}, "
-              f"map {device_map}", flush=True)
+                         streamed_bytes=st.extra["streamed_bytes_per_pass"], misses=st.misses)
+        elif which == "accelerate":
+            t0 = time.perf_counter()
+            device_map = infer_auto_device_map(model, max_memory={"cpu": budget},
+                                               no_split_module_classes=["LlamaDecoderLayer"])
+            model = dispatch_model(model, device_map=device_map, main_device="cpu",
+                                   offload_dir=os.path.join(tmp, "accelerate"))
+            gc.collect()
+            setup_s = time.perf_counter() - t0
+            with PeakTracker(interval_s=0.01) as tr:
+                r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+            r.update(name="accelerate infer_auto_device_map + dispatch_model (disk offload)", setup_s=setup_s,
+                     peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes, device_map=str(device_map),
+                     disk_entries=sum(1 for v in device_map.values() if v == "disk"))
+        else:
+            raise SystemExit(f"--only must be one of {CPU_CONFIGS}, got {which!r}")
+    r.pop("last_logits")
+    print(f"{r['name']}: {r['tokens_per_s']:.2f} tok/s, peak RSS {format_bytes(r['peak_rss'])} "
+          f"(interpreter {format_bytes(interpreter_rss)})", flush=True)
+    res["result"] = r
     return res
 
 
@@ -441,8 +460,9 @@ def to_markdown(res: dict[str, Any]) -> str:
                      f"{ref['median_token_s'] * 1e3:.1f} | — | {_gb(ref['cuda_max_allocated'])} | (reference) |")
     else:
         lines += [f"Host: {res['cpu']}, {res['host_cores']} cores (shared machine), torch {res['torch']}. Model "
-                  f"{res['model_bytes'] / 1e9:.2f} GB fp32, RAM budget {_gb(res['ram_budget'])} (30%). Interpreter "
-                  f"RSS before the model: {_gb(res['interpreter_rss'])}. Median of the timed decode tokens.", "",
+                  f"{res['model_bytes'] / 1e9:.2f} GB fp32, RAM budget {_gb(res['ram_budget'])} (30%). Each row in its own "
+                  f"process (interpreter RSS before the model ~{_gb(res['interpreter_rss'])}). Median of the timed "
+                  f"decode tokens.", "",
                   "| configuration | tok/s | vs accelerate | peak RSS | RSS above interpreter | store RAM peak | "
                   "tokens = eager |", "| --- | --- | --- | --- | --- | --- | --- |"]
         acc = res["accelerate"]
@@ -451,7 +471,7 @@ def to_markdown(res: dict[str, Any]) -> str:
             rows.append(res["reference"])
         for r in rows:
             lines.append(f"| {r['name']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / acc['tokens_per_s']:.2f}× | "
-                         f"{_gb(r['peak_rss'])} | {_gb(r['peak_rss'] - res['interpreter_rss'])} | "
+                         f"{_gb(r['peak_rss'])} | {_gb(r['peak_rss'] - r.get('interpreter_rss', res['interpreter_rss']))} | "
                          f"{_gb(r.get('cpu_peak_store'))} | {r.get('tokens_match_reference', '(reference)')} |")
     return "\n".join(lines) + "\n"
 
@@ -474,15 +494,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--int4", action="store_true")
     c = sub.choices["cpu"]
     c.add_argument("--ram-fraction", type=float, default=0.30)
-    c.add_argument("--lookaheads", type=int, nargs="+", default=[1])
-    c.add_argument("--disk-io", nargs="+", default=["mmap", "read"], choices=["mmap", "read"])
-    c.add_argument("--eager", action="store_true", help="also time the all-in-RAM eager reference")
+    c.add_argument("--lookahead", type=int, default=1)
+    c.add_argument("--configs", nargs="+", default=list(CPU_CONFIGS), choices=CPU_CONFIGS)
+    c.add_argument("--only", choices=CPU_CONFIGS, help="run one configuration in this process (internal)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     res = run_gpu(args) if args.setting == "gpu" else run_cpu(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
+    if getattr(args, "only", None):
+        return 0
     table = to_markdown(res)
     print(table)
     if args.md:
