@@ -18,8 +18,11 @@ API (what the rest of the runtime uses)::
 Streaming contract: a ``QuantizedLinear``'s state is exactly its buffers (``qweight``, ``scales``, ``offsets``
 for int4, ``bias``); replace them (``module.qweight = t``) or move them and the next ``forward`` runs on their
 device. Kernels that pack the weight (``int8-dynamic``, ``cuda-int4-tinygemm``) rebuild the packed copy when
-the buffers change (``release_prepared()`` drops it at once, ``prepared_nbytes`` says how big it is); the
-default kernels on CPU (``cpu-avx512``) and for CUDA int8 read the buffers as they are, with no extra copy.
+the buffers change (``release_prepared()`` drops it at once, ``prepared_nbytes`` says how big it is).
+Defaults (``default_kernel``; no benchmark, weight-only numerics): CPU int8/int4 ``cpu-avx512`` (reads the
+buffers as they are, no extra copy); CUDA int8 ``cuda-triton`` (no copy); CUDA int4 ``cuda-int4-tinygemm``
+(packs once per weight on the GPU: a streamed int4 block pays one repack and ~its int4 bytes again while
+resident; call ``release_prepared()`` when releasing it); fp8 ``cuda-fp8`` / ``torch-dequant`` on CPU.
 ``module.to(dtype)`` is harmless for int8/int4 (codes are integers; scales are used as float32).
 Buffer bytes: ``QuantizedWeight.nbytes`` (int8 ~ N*K + 4N; int4 ~ N*K/2 + 8*N*K/group_size).
 
