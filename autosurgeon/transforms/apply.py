@@ -108,9 +108,13 @@ def resolve_surgery(plan: Plan, space: Any, *, prune: Mapping[str, float] | None
     steps += _prune_steps(prune, model)
     quantize: dict[str, tuple[QuantizeConfig, str, str]] = {}  # target -> (config, kernel, first member)
     for v in space.variables:
-        if v.knob != "precision" or get(v.name, "precision") is None:
+        if v.knob != "precision":
             continue
         precision = get(v.name, "precision")
+        if precision is None:
+            if v.name not in fused_member:
+                continue  # no decision: the module keeps what it has
+            precision = v.choices[0]  # a fused member without one keeps its own: the others must match it
         group_size = (get(v.name, "group_size") or 128) if precision == "int4" else 128
         kernel = (get(v.name, "kernel") or "auto") if precision in _QUANTIZED else "auto"
         target = fused_member.get(v.name, v.name)

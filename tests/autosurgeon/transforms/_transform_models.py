@@ -43,4 +43,5 @@ def cpu_profile(*, isa: tuple[str, ...] = ("avx2",)) -> HardwareProfile:
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
     """||y - ref|| / ||ref|| in float64."""
-    return float((y.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+    y, ref = y.detach().double(), ref.detach().double()
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
