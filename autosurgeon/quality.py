@@ -216,6 +216,9 @@ class QualityEvaluator:
         self._model = module_of(reference_model)
         if data is None:
             vocab = getattr(getattr(self._model, "config", None), "vocab_size", 256)
+            if self.task == "causal-lm" and vocab < 256:
+                raise InvalidArgumentError(f"the default held-out text is byte-level (ids 0..255) but the model's "
+                                           f"vocabulary has {vocab} ids; pass `data` as (N, T + 1) token windows.")
             data = default_data(self.task, max_samples=max_samples, vocab_size=vocab)
         self.data = _limit(self.task, data, max_samples)
         self.batch_size, self.top_k = batch_size, top_k

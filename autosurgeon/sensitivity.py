@@ -206,7 +206,10 @@ def measure_sensitivity(
     """
     module = module_of(model)
     if calibration is None:
-        calibration = default_calibration(getattr(model, "task", "causal-lm"))
+        task = getattr(model, "task", None)
+        if task is None and type(module).__name__.endswith("ForCausalLM"):
+            task = "causal-lm"
+        calibration = default_calibration(task or "custom")
     if hessian_samples < 0:
         raise InvalidArgumentError(f"`hessian_samples` must be >= 0, got {hessian_samples}.")
     all_units = precision_units(module)

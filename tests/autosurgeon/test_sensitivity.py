@@ -213,3 +213,14 @@ def test_spearman_matches_scipy_with_ties():
     b = a + rng.normal(0, 2, 40)
     assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-12)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_bad_arguments_are_named(llama, calib):
+    with pytest.raises(InvalidArgumentError, match="no default calibration data for task 'custom'"):
+        measure_sensitivity(nn.Sequential(nn.Linear(2, 2)), use_cache=False)
+    with pytest.raises(InvalidArgumentError, match=r"`units` \['model.norm'\] are not linear/conv units"):
+        measure_sensitivity(llama, calibration=calib, units=["model.norm"], use_cache=False)
+    with pytest.raises(InvalidArgumentError, match="`precisions` must be drawn from"):
+        measure_sensitivity(llama, calibration=calib, precisions=("int2",), use_cache=False)
+    with pytest.raises(InvalidArgumentError, match="`hessian_samples` must be >= 0"):
+        measure_sensitivity(llama, calibration=calib, hessian_samples=-1, use_cache=False)
