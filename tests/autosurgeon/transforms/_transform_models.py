@@ -11,11 +11,11 @@ LM_INPUTS = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
 IMAGE_INPUTS = {"x": torch.zeros(1, 1, 8, 8)}
 
 
-def tiny_llama(seed: int = 0, *, layers: int = 2) -> LlamaForCausalLM:
-    """Hidden 64, vocab 256, GQA (4 heads, 2 KV heads), untied head."""
+def tiny_llama(seed: int = 0, *, layers: int = 2, kv_heads: int = 2) -> LlamaForCausalLM:
+    """Hidden 64, vocab 256, 4 heads (GQA with 2 KV heads by default), untied head."""
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64)
     return LlamaForCausalLM(cfg).eval()
 
 
