@@ -146,6 +146,10 @@ class SessionSpec:
         else:
             room = budget - rest_bytes
             resident = max(0, min(n_blocks, room // max(block_bytes, 1)))
+            if resident < n_blocks and unit > 0 and (lookahead + 1) * unit > room:
+                # Not even the staging slots fit at this lookahead: prefetch less rather than fail (the
+                # store still refuses, naming the budget, if one slot does not fit).
+                lookahead = max(0, room // unit - 1)
             # Streaming anything costs (lookahead + 1) slots: make room for them if we stream at all.
             while resident < n_blocks and resident > 0 and room - resident * block_bytes < (lookahead + 1) * unit:
                 resident -= 1

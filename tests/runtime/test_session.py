@@ -115,3 +115,16 @@ def test_spec_validation_errors() -> None:
         Session(model, SessionSpec(blocks=(BlockSpec(weight_format="float32"), BlockSpec(weight_format="bfloat16"))))
     with pytest.raises(JalapenoError, match="not modules of"):
         Session(model, SessionSpec(modules={"model.nope": BlockSpec()}))
+
+
+def test_fit_places_resident_first_and_shrinks_lookahead_to_fit() -> None:
+    spec = SessionSpec.fit(n_blocks=4, block_bytes=100, rest_bytes=50, device="cpu", budgets={"cpu": "300B"},
+                           stream_unit_bytes=40, lookahead=2)
+    # 250 B of room: 2 blocks would leave 50 B < 3 slots of 40 B, so only 1 block stays resident
+    assert [b.home for b in spec.blocks] == [None, "disk", "disk", "disk"] and spec.lookahead == 2
+    tight = SessionSpec.fit(n_blocks=4, block_bytes=100, rest_bytes=50, device="cpu", budgets={"cpu": 140},
+                            stream_unit_bytes=40, lookahead=2)
+    assert all(b.home == "disk" for b in tight.blocks) and tight.lookahead == 1  # 90 B: two slots of 40
+    gpu = SessionSpec.fit(n_blocks=2, block_bytes=100, rest_bytes=0, device="cuda:0", budgets={"gpu": 150, "cpu": 50},
+                          stream_unit_bytes=40, lookahead=0)
+    assert [b.home for b in gpu.blocks] == [None, "disk"]  # the host budget cannot hold the streamed block
