@@ -267,7 +267,7 @@ class Streamer:
         self._prefetcher.observe(unit.uid)
         if unit.pending is None:
             self.stats.misses += 1
-            self._start(unit, demand=True)
+            self._start(unit)
         views = self._wait(unit)
         for (m, a, is_param), live, view in zip(unit.members, unit.live, views):
             if is_param:
@@ -327,7 +327,7 @@ class Streamer:
                 break
             self._start(unit)
 
-    def _start(self, unit: StreamUnit, *, demand: bool = False) -> None:
+    def _start(self, unit: StreamUnit) -> None:
         free = self._free[unit.device]
         if not free:  # a mispredicted unit holds the slot we need: cancel the prefetch furthest ahead
             victim = next(u for u in reversed(self.units) if u.pending is not None and not u.bound
@@ -354,7 +354,6 @@ class Streamer:
             unit.pending = self._io.submit(job)
         else:
             unit.pending = job() if unit.device.type == "cuda" else job
-        del demand
 
     def _copy_to_cuda(self, unit: StreamUnit, slot: _Slot) -> tuple[list[torch.Tensor], Any]:
         stream = self._copy_streams[unit.device]
