@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
         description="Generate greedily with MODEL on the Jalapeño runtime within per-tier memory budgets; "
         "report tokens/s, peak bytes per tier and energy.")
     parser.add_argument("model", metavar="MODEL", help="zoo name, Hugging Face model directory, or module:factory")
-    parser.add_argument("--plan", help="a plan JSON from `autosurgeon search` (needs the plan module)")
+    parser.add_argument("--plan", help="a plan JSON (autosurgeon.plan.Plan) for this machine's profile: precision, "
+                        "fusion and placement per module, checked before it is applied")
     parser.add_argument("--memory-budget", default="", metavar="TIER=SIZE,...",
                         help="per-tier budgets, e.g. gpu=3GiB,cpu=20GiB (tiers: gpu, cpu, disk)")
     parser.add_argument("--device", default=None, help="execution device: cpu or cuda[:N] (default: cuda:0 if present)")
@@ -110,14 +111,17 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"`--max-new-tokens` must be >= 1, got {args.max_new_tokens}.")
     if args.lookahead < 0:
         raise InvalidArgumentError(f"`--lookahead` must be >= 0, got {args.lookahead}.")
-    if args.plan is not None:
+    plan = None
+    if args.plan is not None:  # read (and reject) the plan before loading the model
+        from autosurgeon.plan import Plan, PlanFormatError
+
+        if args.weight_format is not None:
+            raise InvalidArgumentError("`--plan` and `--weight-format` both set precisions; drop --weight-format "
+                                       "(the plan decides per layer).")
         try:
-            from autosurgeon.transforms import apply_plan  # noqa: F401 - plan -> SessionSpec lives there
-        except ImportError:
-            raise InvalidArgumentError("`--plan` needs the plan module's apply_plan (autosurgeon.transforms: plan -> "
-                                       "runtime SessionSpec), which is not part of this build yet; run without "
-                                       "--plan to use the default placement.") from None
-        raise InvalidArgumentError("`--plan` is not wired to apply_plan yet; run without --plan.")
+            plan = Plan.load(args.plan)
+        except PlanFormatError as exc:
+            raise InvalidArgumentError(f"`--plan`: {exc}") from None
     budgets = parse_budgets(args.memory_budget)
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -138,11 +142,20 @@ def run(args: argparse.Namespace) -> int:
         _, blocks = find_blocks(model)
         for block in blocks:
             quantize_linears(block, fmt)
-    spec = build_spec(model, device=device, budgets=budgets, lookahead=args.lookahead, offload_dir=args.offload_dir)
     ids = torch.tensor([encode(args.prompt)], dtype=torch.long)
     if ids.numel() == 0:
         raise InvalidArgumentError("`--prompt` is empty; give at least one token of text.")
-    with Session(model, spec, energy_watts=args.watts) as session:
+    if plan is not None:  # checked against this machine's profile, applied in place, placed as planned
+        from autosurgeon.transforms import session_from_plan
+
+        session = session_from_plan(loaded, plan, profile="local", budgets=budgets, lookahead=args.lookahead,
+                                    offload_dir=args.offload_dir, energy_watts=args.watts)
+        spec, device = session.spec, session.spec.rest_spec.device
+    else:
+        spec = build_spec(model, device=device, budgets=budgets, lookahead=args.lookahead,
+                          offload_dir=args.offload_dir)
+        session = Session(model, spec, energy_watts=args.watts)
+    with session:
         out = session.generate(ids, max_new_tokens=args.max_new_tokens)
         stats = session.stats()
     new_ids = out[0, ids.shape[1]:].tolist()
@@ -156,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
             "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds, "new_tokens": stats.tokens,
             "peak_bytes": stats.peak_bytes, "budgets": stats.budgets, "peak_rss_bytes": stats.peak_rss,
             "cuda_max_allocated_bytes": stats.cuda_max_allocated, "energy_j": energy,
-            "energy_source": stats.energy_source, "weight_format": fmt or "as loaded", "placement": placement,
+            "energy_source": stats.energy_source,
+            "weight_format": fmt or ("per plan" if plan is not None else "as loaded"), "placement": placement,
             "fetches": stats.fetches, "misses": stats.misses,
         }))
         return 0
