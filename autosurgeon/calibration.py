@@ -61,7 +61,8 @@ class CalibrationData:
             h.update(t.numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def batches(self, batch_size: int, device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int,
+                device: torch.device | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``(inputs, targets)`` chunks of at most ``batch_size`` samples, in order, on ``device``."""
         if batch_size < 1:
             raise InvalidArgumentError(f"`batch_size` must be >= 1, got {batch_size}.")

@@ -146,7 +146,8 @@ def swapped(model: nn.Module, decisions: Mapping[str, str], *, group_size: int =
         try:
             module = model.get_submodule(fqn)
         except AttributeError:
-            raise InvalidArgumentError(f"unit {fqn!r} is not a module of the model; see precision_units(model).") from None
+            raise InvalidArgumentError(
+                f"unit {fqn!r} is not a module of the model; see precision_units(model).") from None
         if not is_unit(module):
             raise InvalidArgumentError(f"unit {fqn!r} is a {type(module).__name__}, not a linear/conv unit.")
         new = replacement(module, precision, group_size=group_size, name=fqn)

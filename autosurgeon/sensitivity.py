@@ -40,6 +40,7 @@ from autosurgeon.hutchinson import unit_hessian_traces
 from autosurgeon.models.cache import cache_root
 from autosurgeon.plan import model_fingerprint
 from autosurgeon.precision_swap import precision_units, supported_precisions, swapped, weight_perturbation
+from runtime.kernels import default_kernel
 
 logger = get_logger(__name__)
 
@@ -222,7 +223,11 @@ def measure_sensitivity(
     if bad:
         raise InvalidArgumentError(f"`precisions` must be drawn from {DEFAULT_PRECISIONS}, got {bad}.")
     per_unit = {u: [p for p in precisions if p in supported_precisions(module.get_submodule(u))] for u in units}
+    device = next(module.parameters()).device
+    # The kernels' numerics are part of the measurement: a different default kernel gets its own cache entry.
+    kernels = {fmt: default_kernel(fmt, device).name for fmt in ("int8", "int4")}
     settings = {"calibration": calibration.settings, "calibration_fingerprint": calibration.fingerprint(),
+                "device": device.type, "kernels": kernels,
                 "precisions": list(precisions), "group_size": group_size, "hessian_samples": hessian_samples,
                 "seed": seed, "units": units, "batch_size": batch_size}
     key = _cache_key(module, settings)
