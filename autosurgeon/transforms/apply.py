@@ -253,7 +253,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     _check_devices(spec, profile)
 
     target = model if inplace else copy.deepcopy(model)
-    rest = Surgery(tuple(s for s in surgery.steps if s not in record_only))
+    recorded = {id(s) for s in record_only}
+    rest = Surgery(tuple(s for s in surgery.steps if id(s) not in recorded))
     apply_surgery(target, rest, context)
     setattr(target, MARKER, {"key": key, "surgery": surgery})
     applied = sum(1 for *_, what in context.log if what == "applied")

@@ -143,6 +143,16 @@ def test_invalid_plan_lists_every_problem_and_touches_nothing(profile) -> None:
     assert_same(model, snap)
 
 
+def test_force_lets_a_fingerprint_mismatch_through_as_a_warning(profile, caplog) -> None:
+    model = tiny_llama(layers=1)
+    plan = Plan(default={"precision": "bfloat16"}, model_fingerprint="0123456789abcdef")
+    with pytest.raises(PlanCheckError, match="model fingerprint 0123456789abcdef"):
+        apply_plan(model, plan, profile)
+    with apply_plan(model, plan, profile, force=True) as session:
+        assert session.model.lm_head.weight.dtype == torch.bfloat16
+    assert "forced" in caplog.text
+
+
 def test_budget_below_the_plan_is_refused_before_surgery(profile) -> None:
     model = tiny_llama()
     snap = snapshot(model)
