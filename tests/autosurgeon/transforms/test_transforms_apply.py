@@ -248,8 +248,11 @@ def test_digits_cnn_plan_folds_casts_and_reorders(profile) -> None:
         assert net.block.conv1.weight.dtype == torch.bfloat16 and isinstance(net.fc, QuantizedLinear)
         assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
         assert rel_err(session.forward(x=images), ref) < 2e-2  # bf16 conv + int8 head
+    streamed = Plan(rules=(Rule("block", {"placement": "cpu<-disk"}),))
+    with pytest.raises(PlanCheckError, match=r"block `placement`='cpu<-disk'.*not in the runtime's block list"):
+        apply_plan(model, streamed, profile, inputs=IMAGE_INPUTS)
     with pytest.raises(UnsupportedTransformError, match=r"block \(cpu<-disk\).*outside the runtime's block list"):
-        apply_plan(model, Plan(rules=(Rule("block", {"placement": "cpu<-disk"}),)), profile, inputs=IMAGE_INPUTS)
+        apply_plan(model, streamed, profile, inputs=IMAGE_INPUTS, check=False)  # the transform says so too
 
 
 def test_session_from_plan_loads_a_saved_plan(tmp_path, profile) -> None:
