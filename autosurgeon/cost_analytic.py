@@ -13,7 +13,9 @@ the runtime stores and a kernel reads); an embedding reads only its gathered row
 traffic minus the weight read (activations in/out and KV cache reads). Elementwise ops between leaves
 (residual adds, rotary) carry no FLOPs in torch's counter; their cost is in the launch term.
 
-A block's ``C_b`` is the sum of its leaves; streaming and overlap follow ``cost.pipeline_latency``; the
+A block's ``C_b`` is the sum of its leaves (in a streamed block, plus a repack of every weight whose kernel
+keeps a packed copy — ``footprint.packed_copy_bytes``, read and written once at memory bandwidth — since
+the copy is rebuilt after each fetch); streaming and overlap follow ``cost.pipeline_latency``; the
 step adds ``n_ops x launch_overhead_s`` (ops counted once with a dispatch mode: eager PyTorch pays one
 dispatch/launch per op, which dominates small models and batch-1 decode on GPUs).
 """
@@ -34,7 +36,7 @@ from autosurgeon.cost import (
     transfer_seconds_per_byte,
 )
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.footprint import FLOAT_ITEMSIZE, weight_bytes
+from autosurgeon.footprint import FLOAT_ITEMSIZE, packed_copy_bytes, weight_bytes
 from autosurgeon.space_masks import placement_units
 
 
@@ -102,6 +104,15 @@ class AnalyticCostModel:
         self._leaf_cache[key] = out
         return out
 
+    def _repack_seconds(self, block: Any) -> float:
+        unit = self._unit(block.exec_kind)
+        total = 0
+        for c in block.leaves:
+            if c.chosen and c.leaf.weight_numel and c.precision not in FLOAT_ITEMSIZE:
+                total += packed_copy_bytes(c.leaf.weight_numel, c.leaf.out_features, c.precision, c.group_size,
+                                           kernel=c.kernel, exec_kind=block.exec_kind)
+        return 2.0 * total / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
+
     def breakdown(self, x: Any) -> dict[str, Any]:
         """Latency and its parts for vector ``x``: ``latency_s``, ``busy_s``, ``compute_s``, ``transfer_s``,
         ``fetch_s``, ``overhead_s``, ``streamed_bytes``, ``warm_disk``, ``link_notes``, ``blocks``."""
@@ -113,6 +124,8 @@ class AnalyticCostModel:
         streamed_bytes = 0
         for block in blocks:
             c_b = sum(self.leaf_seconds(c, block.exec_kind)[0] for c in block.leaves)
+            if block.streamed:
+                c_b += self._repack_seconds(block)
             busy += c_b
             compute_total += c_b
             x_b = f_b = 0.0

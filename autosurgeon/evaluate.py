@@ -41,7 +41,15 @@ import torch
 from autosurgeon._logging import get_logger
 from autosurgeon.cost import energy_j, mean_watts
 from autosurgeon.cost_analytic import AnalyticCostModel
-from autosurgeon.cost_profiled import Profiler, TimingSettings, Workload, base_inputs, make_steps, no_grad_forward
+from autosurgeon.cost_profiled import (
+    Profiler,
+    TimingSettings,
+    Workload,
+    base_inputs,
+    make_steps,
+    no_grad_forward,
+    timed,
+)
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan
@@ -378,7 +386,7 @@ class RuntimeEvaluator(Evaluator):
             self.quality_evaluator = QualityEvaluator(loaded, max_samples=samples)
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "timing": [self.timing.step_warmup, self.timing.step_repeats],
+        return {**super().settings(), "timing": [self.timing.step_warmup, self.timing.step_repeats, self.timing.clock],
                 "quality": self.quality_evaluator is not None, "quality_samples": self.quality_samples,
                 "budgets": self.budgets, "energy": self.energy, "threads": torch.get_num_threads(),
                 "lookahead": self.lookahead}
@@ -389,7 +397,7 @@ class RuntimeEvaluator(Evaluator):
         except ImportError as exc:
             raise AutoSurgeonError(f"RuntimeEvaluator needs autosurgeon.transforms.apply_plan ({exc}); use the "
                                    "profiled or analytic evaluator.") from exc
-        from runtime.telemetry import EnergyMeter, measure_latency
+        from runtime.telemetry import EnergyMeter
 
         t = self.timing
         if self._full_space is None:  # apply_plan wants the space with every knob; build it once
@@ -413,12 +421,12 @@ class RuntimeEvaluator(Evaluator):
                 # stepping); NVML/RAPL, where readable, replace it with a counter.
                 meter = EnergyMeter(device=device, watts=mean_watts(self.profile, 1.0), min_window_s=0.0)
                 with meter:
-                    stats = measure_latency(step, warmup=0, repeats=t.step_repeats, device=device)
+                    stats = timed(step, warmup=0, repeats=t.step_repeats, device=device, clock=t.clock)
                 joules, source = meter.joules / t.step_repeats, meter.source
             else:
-                stats = measure_latency(step, warmup=0, repeats=t.step_repeats, device=device)
-            pre = (measure_latency(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device).median_s
-                   if prefill is not None else None)
+                stats = timed(step, warmup=0, repeats=t.step_repeats, device=device, clock=t.clock)
+            pre = (timed(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
+                         clock=t.clock).median_s if prefill is not None else None)
             peak = session.stats().peak_bytes
             quality = self.quality_evaluator.loss(session.model) if self.quality_evaluator is not None else None
         latency = stats.median_s
@@ -430,7 +438,7 @@ class RuntimeEvaluator(Evaluator):
         if quality is not None:
             labels["quality_loss"] = "measured"
         method = (f"runtime: apply_plan -> Session on {self.profile.name}; median of {t.step_repeats} steps after "
-                  f"{t.step_warmup} warm-up; peak bytes from the TensorStore; energy source {source}"
+                  f"{t.step_warmup} warm-up ({t.clock} clock); peak bytes from the TensorStore; energy source {source}"
                   + (f"; quality on {self.quality_evaluator.metric} held-out data" if quality is not None else ""))
         return Metrics(
             latency_s=self._per_item(latency), prefill_s=pre,
