@@ -15,9 +15,11 @@ on its home tier (each tensor 256-byte aligned in a memory tier's arena, exact o
 vectors-only modules (norms: every tensor <= 1-D) which stay resident on the execution tier; and, per
 execution device that runs streamed units, ``lookahead + 1`` staging slots the size of its largest streamed unit (each tensor 256-byte aligned, as ``TensorStore.group_nbytes`` does).
 Units are modules (``granularity="module"``, the runtime default) unless a block's layout is ``packed``,
-which streams the whole block as one unit. Kernels that keep a packed copy of a *resident* weight
-(fbgemm for int8-dynamic; tinygemm for CUDA int4 with kernel auto) add it on the execution tier, as the
-streamer charges it (``QuantizedLinear.prepared_nbytes``). Modules outside the blocks are resident on
+which streams the whole block, vectors included, as one unit. Kernels that keep a packed copy of a *resident* weight
+(fbgemm for int8-dynamic; tinygemm for CUDA int4 with kernel auto; torch's CPU int4 kernel) add it on the execution tier, as the
+streamer charges it (``QuantizedLinear.prepared_nbytes``). Fusion
+decisions change the tensors as ``transforms/fuse.py`` does (a folded BatchNorm vanishes and its conv gains
+a bias; concatenated q/k/v or gate/up linears are one unit). Modules outside the blocks are resident on
 the profile's default unit. A DLA shares the board's DRAM; its bytes are counted on the "gpu" tier (the
 integrated GPU's memory, the same DRAM).
 """
@@ -89,15 +91,18 @@ def packed_copy_bytes(numel: int, out_features: int, precision: str, group_size:
 
     fbgemm (int8-dynamic) counts as the int8 weight size, as ``QuantizedLinear.prepared_nbytes`` does;
     tinygemm (CUDA int4, the default kernel there) holds the repacked codes (N * Kp / 2) and a bfloat16
-    (groups, N, 2) scale/zero table, when the shape fits it (N % 8 == 0, Kp % 128 == 0).
+    (groups, N, 2) scale/zero table, when the shape fits it (N % 8 == 0, Kp % 128 == 0); torch's CPU int4
+    kernel (``torch-int4pack-cpu``, never the default) the codes and a float32 table when N % 16 == 0.
     """
     n, k = out_features, numel // out_features
     if precision == "int8-dynamic" or kernel == "int8-dynamic":
         return n * k
+    kp = -(-k // group_size) * group_size
     if precision == "int4" and exec_kind == "gpu" and kernel in ("auto", "cuda-int4-tinygemm"):
-        kp = -(-k // group_size) * group_size
         if n % 8 == 0 and kp % _TINYGEMM_K_TILE == 0 and group_size in (32, 64, 128, 256):
-            return n * kp // 2 + 4 * n * (kp // group_size)
+            return n * kp // 2 + 4 * n * (kp // group_size)  # codes + bfloat16 (groups, N, 2)
+    if precision == "int4" and exec_kind == "cpu" and kernel == "torch-int4pack-cpu" and n % 16 == 0:
+        return n * kp // 2 + 8 * n * (kp // group_size)  # codes + float32 (groups, N, 2)
     return 0
 
 
@@ -123,6 +128,7 @@ def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2
     default_kind = space.default_placement
     by_unit: dict[str, dict[str, int]] = defaultdict(dict)
     slot_size: dict[str, int] = defaultdict(int)  # exec tier -> largest streamed unit
+    removed, with_bias, merged = _fusions(space, values)
     for block in space.blocks:
         placement = values.get((block.name, "placement"), default_kind) if block.is_block else default_kind
         exec_kind, _, home = placement.partition("<-")
@@ -131,8 +137,16 @@ def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2
         packed = values.get((block.name, "layout")) == "packed" and home_tier != exec_tier
         block_slot = 0
         for leaf_name in block.leaves:
+            if leaf_name in removed:
+                continue
             leaf = space.leaves[leaf_name]
-            parts, resident_parts, extra = _leaf_parts(leaf, values, exec_kind)
+            if leaf_name in merged:
+                group = merged[leaf_name]
+                leaf = _concatenated(leaf, [space.leaves[m] for m in group.members])
+                leaf_name = group.name
+            parts, resident_parts, extra = _leaf_parts(leaf, values, exec_kind, add_bias=leaf_name in with_bias)
+            if packed:  # the whole block is one streamed unit: its vectors travel with it
+                parts, resident_parts = parts + resident_parts, []
             if home_tier == exec_tier:
                 _add(by_unit, exec_tier, leaf_name, sum(parts) + sum(resident_parts) + extra)
                 continue
@@ -157,19 +171,58 @@ def _add(by_unit: dict[str, dict[str, int]], tier: str, name: str, nbytes: int) 
         by_unit[tier][name] = by_unit[tier].get(name, 0) + nbytes
 
 
-def _leaf_parts(leaf: Any, values: dict[tuple[str, str], Any], exec_kind: str) -> tuple[list[int], list[int], int]:
+def _fusions(space: SearchSpace, values: dict[tuple[str, str], Any]) -> tuple[set[str], set[str], dict[str, Any]]:
+    """What fusion decisions do to the tensors (``transforms/fuse.py``): (leaves whose tensors disappear,
+    convs that gain a bias, first member -> concatenated group).
+
+    conv+bn: the BatchNorm becomes an identity and the conv gets a bias. q/k/v, gate/up: one linear with
+    the members' weights (and biases, zeros for a member without one) concatenated along the rows.
+    """
+    removed: set[str] = set()
+    with_bias: set[str] = set()
+    merged: dict[str, Any] = {}
+    for group in space.units.groups:
+        if values.get((group.name, "fusion")) != "fuse":
+            continue
+        if group.kind == "conv-bn":
+            removed.add(group.members[1])
+            with_bias.add(group.members[0])
+        else:
+            merged[group.members[0]] = group
+            removed.update(group.members[1:])
+    return removed, with_bias, merged
+
+
+def _concatenated(first: Any, members: list[Any]) -> Any:
+    """A leaf record standing for the members concatenated along the output rows (named like the first)."""
+    from dataclasses import replace
+
+    numel = sum(m.weight_numel for m in members)
+    out = sum(m.out_features for m in members)
+    bias = any(m.bias for m in members)
+    size = FLOAT_ITEMSIZE.get(first.dtype, 4)
+    sizes = (numel * size, *((out * size,) if bias else ()))
+    return replace(first, weight_numel=numel, out_features=out, bias=bias, tensor_sizes=sizes)
+
+
+def _leaf_parts(leaf: Any, values: dict[tuple[str, str], Any], exec_kind: str, *,
+                add_bias: bool = False) -> tuple[list[int], list[int], int]:
     """(streamable tensor sizes, always-resident sizes, packed-copy bytes) of one leaf under the plan.
 
     The runtime streams a module's tensors together unless *all* of them are vectors (<= 1-D), which
-    stay resident; a QuantizedLinear's scales and bias travel with its codes.
+    stay resident; a QuantizedLinear's scales and bias travel with its codes. ``add_bias``: a folded
+    BatchNorm gave this conv a bias it did not have.
     """
     precision = values.get((leaf.name, "precision"))
+    bias = leaf.bias or add_bias
     if precision is None:
         sizes = list(leaf.tensor_sizes)
+        if add_bias and not leaf.bias and leaf.out_features:
+            sizes.append(leaf.out_features * FLOAT_ITEMSIZE.get(leaf.dtype, 4))
         return (sizes, [], 0) if leaf.streamable else ([], sizes, 0)
     group = values.get((leaf.name, "group_size"), 128)
     kernel = values.get((leaf.name, "kernel"), "auto")
-    parts = tensor_bytes(leaf.weight_numel, leaf.out_features, precision, group, bias=leaf.bias)
+    parts = tensor_bytes(leaf.weight_numel, leaf.out_features, precision, group, bias=bias)
     parts += list(leaf.other_sizes)  # tensors besides weight and bias (none for nn.Linear/Conv), as they are
     extra = packed_copy_bytes(leaf.weight_numel, leaf.out_features, precision, group, kernel=kernel,
                               exec_kind=exec_kind)

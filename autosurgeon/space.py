@@ -24,7 +24,8 @@ Masks. A *static* mask per variable marks the choices valid for that layer on so
 variable order (placement, precision, group_size, kernel, layout, fusion — every rule looks only
 backwards): a precision must be valid on the execution unit its block's placement picks; ``group_size``
 is meaningful only for int4 and ``kernel`` only for a quantized precision (otherwise index 0, their
-canonical value); ``packed`` needs a streamed placement; a fused q/k/v or gate/up group needs its members
+canonical value); ``packed`` needs a streamed placement, and all streamed blocks share one layout (the
+runtime streams a session at one granularity; the first streamed block decides); a fused q/k/v or gate/up group needs its members
 to share precision, group size and kernel. ``allowed(x)`` gives the masks under the current ``x``.
 
 ``repair(x)`` walks the variables in order and replaces each invalid entry by its *nearest* valid choice:
@@ -78,6 +79,8 @@ class SearchSpace:
         self.kernel_table = {e: {p: tuple(ks) for p, ks in t.items()} for e, t in kernel_table.items()}
         self.kernel_reasons = {e: {p: dict(r) for p, r in t.items()} for e, t in (kernel_reasons or {}).items()}
         self._index = {(v.name, v.knob): i for i, v in enumerate(self.variables)}
+        self._block_layouts = [i for i, v in enumerate(self.variables)
+                               if v.knob == "layout" and v.kind == "block" and v.parent is not None]
         self.nvec = np.array([v.n for v in self.variables], dtype=np.int64)
 
     # ------------------------------------------------------------------------------------------ build
@@ -241,6 +244,17 @@ class SearchSpace:
                 if mask[j]:
                     mask[j] = False
                     reasons["packed"] = f"packed applies to streamed blocks; {v.name} is resident ({placement})"
+            else:
+                # The runtime streams every block of a session at one granularity: the first streamed
+                # block's layout decides for all streamed blocks.
+                first = next((j for j in self._block_layouts if j < i and self._streamed(j, x)), None)
+                if first is not None:
+                    required = self.variables[first].choices[int(x[first])]
+                    for j, c in enumerate(v.choices):
+                        if mask[j] and c != required:
+                            mask[j] = False
+                            reasons[str(c)] = (f"the runtime streams all blocks at one granularity: "
+                                               f"{self.variables[first].name} (streamed) has layout {required!r}")
         elif v.knob == "fusion" and v.members:
             by_knob: dict[str, set[Any]] = {}
             for m in v.members:
@@ -253,6 +267,10 @@ class SearchSpace:
                     reasons["fuse"] = (f"fused members of {v.name} must share "
                                        f"{', '.join(k for k, vals in by_knob.items() if len(vals) > 1)}")
         return mask, reasons
+
+    def _streamed(self, layout_index: int, x: np.ndarray) -> bool:
+        parent = self.variables[layout_index].parent
+        return parent is not None and "<-" in self.variables[parent].choices[int(x[parent])]
 
     def allowed_all(self, x: Any) -> list[np.ndarray]:
         """Conditional masks of every variable under ``x`` (for masked policies)."""

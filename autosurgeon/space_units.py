@@ -76,6 +76,7 @@ class BlockRecord:
     intensity: float
     parallelism: float
     position: int
+    runtime_block: bool = True  # one of the runtime's block list (runtime.session.find_blocks): placeable
 
     @property
     def is_block(self) -> bool:
@@ -162,13 +163,26 @@ def build_units(model: nn.Module, analysis: ModelAnalysis) -> UnitTable:
             flops=int(info.flops), memory_bytes=int(info.memory_bytes), intensity=float(info.intensity),
             parallelism=float(info.parallelism), position=position,
         )
+    runtime_path = _runtime_block_path(model)
     blocks = []
     for position, b in enumerate(analysis.blocks):
         members = tuple(n for n in leaves if leaves[n].block == b.name)
+        in_list = runtime_path is not None and b.name.rpartition(".")[0] == runtime_path
         blocks.append(BlockRecord(name=b.name, kind=b.kind, leaves=members, weight_bytes=int(b.weight_bytes),
                                   flops=int(b.flops), memory_bytes=int(b.memory_bytes), intensity=float(b.intensity),
-                                  parallelism=float(b.parallelism), position=position))
+                                  parallelism=float(b.parallelism), position=position, runtime_block=in_list))
     return UnitTable(leaves, tuple(blocks), tuple(_fusion_groups(model, leaves)))
+
+
+def _runtime_block_path(model: nn.Module) -> str | None:
+    """Dotted path of the ModuleList the runtime places and streams block by block (None: it finds none)."""
+    from runtime.errors import JalapenoError
+    from runtime.session import find_blocks
+
+    try:
+        return find_blocks(model)[0]
+    except JalapenoError:
+        return None
 
 
 def _fusion_groups(model: nn.Module, leaves: dict[str, LeafRecord]) -> list[FusionGroup]:

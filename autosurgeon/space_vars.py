@@ -181,6 +181,12 @@ class VariableBuilder:
     def _placement(self, block: BlockRecord) -> Variable:
         choices = _first(self.default, PLACEMENTS)
         reasons = {c: r for c in choices if (r := placement_reason(c, self.profile)) is not None}
+        if not block.runtime_block:
+            # The runtime places and streams only the blocks of its block list (one nn.ModuleList, see
+            # runtime.session.find_blocks); every other module runs resident on the default unit.
+            for c in choices[1:]:
+                reasons.setdefault(c, f"{block.name} is not in the runtime's block list (runtime.session."
+                                      "find_blocks), so it runs resident on the default unit")
         return Variable(name=block.name, knob="placement", choices=choices,
                         mask=tuple(c not in reasons for c in choices), reasons=reasons, kind="block")
 

@@ -1,6 +1,7 @@
 """footprint: the byte formula matches the runtime's real buffers and its TensorStore accounting."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -108,4 +109,36 @@ def test_plan_memory_places_bytes_by_tier() -> None:
     lay = gpu.index_of("model.layers.1", "layout")
     x[lay] = gpu.variables[lay].choices.index("packed")
     packed = memory_breakdown(gpu, x)
-    assert packed["staging"]["gpu"] == 3 * block_matrices  # the whole block is one streamed unit
+    # The whole block is one streamed unit, its two norm vectors (64 floats = 256 B) included.
+    assert packed["staging"]["gpu"] == 3 * (block_matrices + 2 * 256)
+    assert "model.layers.1.input_layernorm" not in packed["by_unit"]["gpu"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "cnn"])
+def test_plan_memory_equals_the_session_of_apply_plan_for_random_plans(arch) -> None:
+    """Every knob at random (fusion, packed layouts, kernels with packed copies): apply_plan's Session
+    charges exactly the bytes plan_memory predicts, per tier."""
+    from autosurgeon.knobs import KNOBS
+    from autosurgeon.models.digits import DigitsCNN
+    from autosurgeon.transforms.apply import apply_plan
+
+    torch.manual_seed(0)
+    if arch == "llama":
+        model, inputs = tiny_llama(), LM_INPUTS
+    else:
+        model, inputs = DigitsCNN().eval(), {"x": torch.zeros(1, 1, 8, 8)}
+    profile = cpu_profile()
+    space = SearchSpace.build(model, profile, inputs=inputs, knobs=KNOBS)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        plan = space.decode(space.random_vector(rng))
+        with apply_plan(model, plan, profile, space=space, inputs=inputs) as session:
+            session.forward(**inputs)
+            # Runtime quirk (reported): when a kernel's prepare() declines a shape (torch-int4pack-cpu
+            # with N % 16 != 0) no packed copy exists, yet QuantizedLinear.prepared_nbytes reports the
+            # codes' bytes and the streamer charges them. plan_memory counts the copy that exists (none).
+            quirk = sum(m.prepared_nbytes for m in session.model.modules()
+                        if isinstance(m, QuantizedLinear) and m._prepared is not None and m._prepared[2] is None)
+            expected = plan_memory(space, plan)
+            expected["cpu"] += quirk
+            assert session.stats().peak_bytes == expected, plan.to_json()

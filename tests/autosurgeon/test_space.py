@@ -257,3 +257,21 @@ def test_every_masked_choice_has_a_reason(spaces) -> None:
         for i, v in enumerate(space.variables):
             mask, reasons = space.allowed(i, x)
             assert all(str(c) in reasons for c, ok in zip(v.choices, mask) if not ok), (v.name, v.knob)
+
+
+def test_streamed_blocks_share_one_layout_and_only_runtime_blocks_move(spaces, profiles) -> None:
+    space = spaces["jetson"]
+    x = space.default_vector()
+    for block in ("model.layers.0", "model.layers.1"):
+        p = space.index_of(block, "placement")
+        x[p] = space.variables[p].choices.index("gpu<-cpu")
+    first, second = space.index_of("model.layers.0", "layout"), space.index_of("model.layers.1", "layout")
+    x[first] = space.variables[first].choices.index("packed")
+    mask, reasons = space.allowed(second, x)
+    assert [c for c, ok in zip(space.variables[second].choices, mask) if ok] == ["packed"]
+    assert "one granularity" in reasons["default"]
+    assert space.variables[second].choices[space.repair(x)[second]] == "packed"
+    cnn = SearchSpace.build(DigitsCNN(), profiles["jetson"], inputs=CNN_INPUTS)
+    block = cnn.variable("block", "placement")
+    assert [c for c, ok in zip(block.choices, block.mask) if ok] == ["gpu"]
+    assert "not in the runtime's block list" in block.reasons["gpu<-cpu"]
