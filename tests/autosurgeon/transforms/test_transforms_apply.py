@@ -105,6 +105,22 @@ def test_mixed_plan_leaves_the_callers_model_untouched(profile) -> None:
     assert_same(model, snap)
 
 
+@pytest.mark.parametrize("plan", [
+    MIXED,
+    Plan(default={"precision": "int8"}, rules=(Rule("model.embed_tokens", {"precision": "bfloat16"}),
+                                             Rule("model.layers.0", {"placement": "cpu<-disk", "layout": "packed"}))),
+], ids=["mixed-fused-int4-disk", "int8-bf16-embedding-packed"])
+def test_applied_bytes_per_tier_equal_the_footprint_formula(profile, plan) -> None:
+    from autosurgeon.footprint import plan_memory
+
+    model = tiny_llama()
+    space = SearchSpace.build(model, profile, inputs=LM_INPUTS, knobs=KNOBS)
+    with apply_plan(model, plan, profile, space=space) as session:
+        held = {t: session.store.used(t) for t in ("gpu", "cpu", "disk")}
+    assert held == plan_memory(space, plan)  # byte for byte: the transforms build what the planner counted
+    assert held["disk"] > 0
+
+
 def test_apply_plan_is_idempotent_in_place(profile) -> None:
     model = tiny_llama()
     apply_plan(model, MIXED, profile, inplace=True).close()
