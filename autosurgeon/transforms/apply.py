@@ -185,7 +185,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                budgets: Mapping[str, Any] | None = None, check: bool = True, force: bool = False,
                prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
                space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
-               disk_io: str = "mmap", energy_watts: float | None = None) -> Any:
+               disk_io: str = "mmap", energy_watts: float | None = None, autotune_kernels: bool = False,
+               batch: int = 1) -> Any:
     """Apply ``plan`` to ``model`` for ``profile`` and return a ready ``runtime.Session`` (module docstring).
 
     Args:
@@ -202,6 +203,12 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         space: the model's SearchSpace on ``profile`` built with every knob (built when None).
         lookahead, offload_dir, disk_io: the Session's streaming options (``runtime.spec.SessionSpec``).
         energy_watts: power figure for the Session's energy estimate where no counter is readable.
+        autotune_kernels: give each *resident* quantized layer whose plan kernel is ``"auto"`` the fastest
+            weight-only kernel by micro-benchmark on its execution device at ``batch`` rows
+            (``runtime.kernels.KernelSelector(allow_activation_quant=False)``). Without it (default, no
+            benchmark at apply time) ``"auto"`` is the runtime's per-device default; streamed layers always
+            keep that default (their weights are not on the device until they run).
+        batch: rows per call the kernels are tuned for (``autotune_kernels`` only).
 
     Returns:
         A ``runtime.Session`` over the transformed model (``session.model``); close it when done.
@@ -260,7 +267,24 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     applied = sum(1 for *_, what in context.log if what == "applied")
     logger.info("plan applied to %s: %d steps applied, %d already in place", type(target).__name__, applied,
                 len(context.log) - applied)
-    return Session(target.eval(), spec, energy_watts=energy_watts)
+    session = Session(target.eval(), spec, energy_watts=energy_watts)
+    if autotune_kernels:
+        _autotune(session.model, batch=batch)
+    return session
+
+
+def _autotune(model: nn.Module, *, batch: int) -> dict[str, str]:
+    """Fastest weight-only kernel for every resident QuantizedLinear left on ``"auto"`` (kernel None)."""
+    from runtime.kernels import KernelSelector, QuantizedLinear
+
+    selector = KernelSelector(allow_activation_quant=False)
+    chosen = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLinear) and module.kernel is None and module.qweight.device.type != "meta":
+            module.kernel = chosen[name] = selector.choose(module.quantized_weight(), batch=batch).name
+            module.release_prepared()
+    logger.info("kernels tuned for %d resident quantized layers at batch %d", len(chosen), batch)
+    return chosen
 
 
 def _check_devices(spec: Any, profile: Any) -> None:

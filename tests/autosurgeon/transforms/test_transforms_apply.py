@@ -121,6 +121,24 @@ def test_applied_bytes_per_tier_equal_the_footprint_formula(profile, plan) -> No
     assert held["disk"] > 0
 
 
+def test_autotune_gives_resident_auto_layers_a_weight_only_kernel(profile) -> None:
+    from runtime.kernels import get_kernel
+
+    model = tiny_llama()
+    ref = model(input_ids=IDS).logits.detach()
+    plan = Plan(default={"precision": "int8"}, rules=(
+        Rule("model.embed_tokens", {"precision": "float32"}),
+        Rule("model.layers.0.mlp.down_proj", {"kernel": "torch-dequant"}),
+        Rule("model.layers.1", {"placement": "cpu<-disk"})))
+    with apply_plan(model, plan, profile, autotune_kernels=True) as session:
+        layers = session.model.model.layers
+        assert layers[0].mlp.down_proj.kernel == "torch-dequant"  # the plan's choice is kept
+        tuned = layers[0].self_attn.q_proj.kernel
+        assert tuned is not None and not get_kernel(tuned).quantizes_activations
+        assert layers[1].self_attn.q_proj.kernel is None  # streamed: the runtime default
+        assert rel_err(session.forward(input_ids=IDS).logits, ref) < 1e-2
+
+
 def test_apply_plan_is_idempotent_in_place(profile) -> None:
     model = tiny_llama()
     apply_plan(model, MIXED, profile, inplace=True).close()
