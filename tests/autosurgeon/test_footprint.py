@@ -142,3 +142,52 @@ def test_plan_memory_equals_the_session_of_apply_plan_for_random_plans(arch) -> 
             expected = plan_memory(space, plan)
             expected["cpu"] += quirk
             assert session.stats().peak_bytes == expected, plan.to_json()
+
+
+def _local_gpu_profile() -> HardwareProfile:
+    """This machine's GPU and host as a profile, from torch alone (no measuring)."""
+    from autosurgeon.hw_profile import GpuInfo
+
+    props = torch.cuda.get_device_properties(0)
+    cc = f"{props.major}.{props.minor}"
+    return HardwareProfile(
+        name="local-gpu-test", measured=False,
+        cpu=CpuInfo(model="host", arch="x86_64", isa=("avx2",), physical_cores=2, logical_cores=2, memory_bytes=2**36),
+        gpus=(GpuInfo(index=0, name=props.name, memory_bytes=props.total_memory, compute_capability=cc),),
+        units=(ComputeUnit(name="cuda:0", kind="gpu", memory_bytes=props.total_memory, memory_bandwidth=1e12,
+                           gemm_flops={"float32": 1e13}),
+               ComputeUnit(name="cpu", kind="cpu", memory_bytes=2**36, memory_bandwidth=1e10,
+                           gemm_flops={"float32": 1e11})))
+
+
+@pytest.mark.gpu
+def test_plan_memory_equals_the_session_on_a_gpu() -> None:
+    """GPU placements (resident, streamed from host or disk), CUDA kernels and tinygemm's packed copy:
+    the Session's per-tier accounting equals plan_memory, plan after plan."""
+    from autosurgeon.knobs import KNOBS
+    from autosurgeon.transforms.apply import apply_plan
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(cfg).eval()  # shapes tinygemm accepts (N % 8 == 0, K % 128 == 0)
+    inputs = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
+    profile = _local_gpu_profile()
+    space = SearchSpace.build(model, profile, inputs=inputs, knobs=KNOBS)
+    rng = np.random.default_rng(0)
+    mismatches = []
+    for _ in range(24):
+        plan = space.decode(space.random_vector(rng))
+        with apply_plan(model, plan, profile, space=space, inputs=inputs) as session:
+            session.forward(**inputs)
+            quirk = {"gpu": 0, "cpu": 0}
+            for m in session.model.modules():  # see the CPU test: a declined prepare() is still charged
+                if isinstance(m, QuantizedLinear) and m._prepared is not None and m._prepared[2] is None:
+                    quirk["gpu" if m.qweight.is_cuda else "cpu"] += m.prepared_nbytes
+            expected = plan_memory(space, plan)
+            for tier, extra in quirk.items():
+                expected[tier] += extra
+            real = session.stats().peak_bytes
+            if real != expected:
+                mismatches.append((real, expected, plan.to_json(indent=None)))
+    assert not mismatches, mismatches[:3]
