@@ -5,7 +5,7 @@ Two measurements per linear/conv unit, on calibration data (``autosurgeon.calibr
 * **divergence** per (unit, precision): the mean KL(p_ref || p_unit) of the output distributions
   (next-token distributions of an LM, class distributions of a classifier) with ONLY that unit changed,
   through the runtime's real numerics (``autosurgeon.precision_swap``). The unmodified model's outputs
-  are computed once.
+  are computed once. The same forwards give the signed change of the calibration loss (``loss_delta``).
 * **Hessian trace** per unit: ``Tr(H)`` of the calibration cross-entropy w.r.t. the unit's weight
   (Hutchinson, ``autosurgeon.hutchinson``). HAWQ's sensitivity of a unit at a precision is
   ``Omega = Tr(H) / n_params * ||Q(W) - W||^2`` (:meth:`SensitivityTable.omega`).
@@ -45,9 +45,9 @@ from runtime.kernels import default_kernel
 logger = get_logger(__name__)
 
 TABLE_TYPE = "autosurgeon.SensitivityTable"
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 DEFAULT_PRECISIONS = ("bfloat16", "float16", "int8", "int4", "int8-dynamic")
-PROXIES = ("divergence", "hessian")
+PROXIES = ("divergence", "hessian", "loss_delta")
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class SensitivityTable:
         metric: what ``divergence`` holds (``"kl_next_token"`` or ``"kl_logits"``).
         key: the cache key (fingerprints + settings hash).
         settings: calibration and measurement settings, for reports.
+        loss_delta: ``{(fqn, precision): signed change of the calibration NLL per position}`` (nats), the
+            first-order-aware alternative to the KL: quantization noise can also LOWER a loss.
         seconds: wall time of each phase (``reference``, ``divergence``, ``hessian``) when measured.
     """
 
@@ -70,6 +72,7 @@ class SensitivityTable:
     params: Mapping[str, int]
     perturbation: Mapping[tuple[str, str], float]
     metric: str
+    loss_delta: Mapping[tuple[str, str], float] = field(default_factory=dict)
     key: str = ""
     settings: Mapping[str, Any] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)
@@ -95,7 +98,8 @@ class SensitivityTable:
         Args:
             decisions: ``{fqn: precision}`` or ``{fqn: {"precision": ..., ...}}`` (other knobs ignored);
                 units not named stay float32.
-            proxy: ``"divergence"`` (sum of KL) or ``"hessian"`` (sum of HAWQ's Omega).
+            proxy: ``"divergence"`` (sum of KL), ``"hessian"`` (sum of HAWQ's Omega) or ``"loss_delta"`` (sum of
+                signed calibration-loss changes; may be negative).
         """
         if proxy not in PROXIES:
             raise InvalidArgumentError(f"`proxy` must be one of {PROXIES}, got {proxy!r}.")
@@ -110,13 +114,19 @@ class SensitivityTable:
             if (fqn, precision) not in self.divergence:
                 raise InvalidArgumentError(f"precision {precision!r} of unit {fqn!r} was not measured; measured "
                                            f"precisions: {self.precisions}.")
-            total += self.divergence[(fqn, precision)] if proxy == "divergence" else self.omega(fqn, precision)
+            if proxy == "divergence":
+                total += self.divergence[(fqn, precision)]
+            elif proxy == "hessian":
+                total += self.omega(fqn, precision)
+            else:
+                total += self.loss_delta[(fqn, precision)]
         return total
 
     def to_json(self) -> str:
         data = {
             "divergence": [[f, p, v] for (f, p), v in self.divergence.items()],
             "perturbation": [[f, p, v] for (f, p), v in self.perturbation.items()],
+            "loss_delta": [[f, p, v] for (f, p), v in self.loss_delta.items()],
             "hessian": dict(self.hessian), "params": dict(self.params), "metric": self.metric, "key": self.key,
             "settings": dict(self.settings), "seconds": dict(self.seconds),
         }
@@ -139,6 +149,7 @@ class SensitivityTable:
             hessian={k: float(v) for k, v in d["hessian"].items()},
             params={k: int(v) for k, v in d["params"].items()},
             perturbation={(f, p): float(v) for f, p, v in d["perturbation"]},
+            loss_delta={(f, p): float(v) for f, p, v in d["loss_delta"]},
             metric=d["metric"], key=d["key"], settings=d["settings"], seconds=d["seconds"],
         )
 
@@ -153,29 +164,38 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
-    """Sum over positions of KL(ref || cand) in nats; inputs (..., V)."""
+def _kl_and_nll(ref_logp: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Sums over positions of KL(ref || cand) and of the candidate's NLL of ``targets``, in nats."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return float((ref_logp.exp() * (ref_logp - logp)).sum())
+    kl = float((ref_logp.exp() * (ref_logp - logp)).sum())
+    nll = float(-logp.gather(-1, targets.unsqueeze(-1)).sum())
+    return kl, nll
 
 
 @torch.no_grad()
 def _divergences(model: nn.Module, calibration: CalibrationData, units: Sequence[str],
                  precisions: Mapping[str, Sequence[str]], *, group_size: int, batch_size: int
-                 ) -> tuple[dict[tuple[str, str], float], float]:
+                 ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float], float]:
+    """``(KL per position, signed NLL change per position, seconds for the reference)`` per (unit, precision)."""
     device = next(model.parameters()).device
-    batches = [x for x, _ in calibration.batches(batch_size, device)]
+    batches = list(calibration.batches(batch_size, device))
     started = time.perf_counter()
-    refs = [torch.log_softmax(run_model(model, calibration.kind, x).float(), dim=-1) for x in batches]
+    refs = [torch.log_softmax(run_model(model, calibration.kind, x).float(), dim=-1) for x, _ in batches]
     reference_s = time.perf_counter() - started
+    ref_nll = sum(float(-r.gather(-1, y.unsqueeze(-1)).sum()) for r, (_, y) in zip(refs, batches))
     positions = sum(r[..., 0].numel() for r in refs)
-    out: dict[tuple[str, str], float] = {}
+    kls: dict[tuple[str, str], float] = {}
+    deltas: dict[tuple[str, str], float] = {}
     for fqn in units:
         for precision in precisions[fqn]:
+            kl = nll = 0.0
             with swapped(model, {fqn: precision}, group_size=group_size):
-                total = sum(_kl(ref, run_model(model, calibration.kind, x)) for ref, x in zip(refs, batches))
-            out[(fqn, precision)] = max(0.0, total / positions)  # clamp float rounding below zero
-    return out, reference_s
+                for ref, (x, y) in zip(refs, batches):
+                    k, n = _kl_and_nll(ref, run_model(model, calibration.kind, x), y)
+                    kl, nll = kl + k, nll + n
+            kls[(fqn, precision)] = max(0.0, kl / positions)  # clamp float rounding below zero
+            deltas[(fqn, precision)] = (nll - ref_nll) / positions
+    return kls, deltas, reference_s
 
 
 def measure_sensitivity(
@@ -240,7 +260,7 @@ def measure_sensitivity(
     module.eval()
     try:
         started = time.perf_counter()
-        divergence, reference_s = _divergences(module, calibration, units, per_unit, group_size=group_size,
+        divergence, loss_delta, reference_s = _divergences(module, calibration, units, per_unit, group_size=group_size,
                                                batch_size=batch_size)
         divergence_s = time.perf_counter() - started
         started = time.perf_counter()
@@ -252,6 +272,7 @@ def measure_sensitivity(
     table = SensitivityTable(
         divergence=divergence,
         hessian=hessian,
+        loss_delta=loss_delta,
         params={u: module.get_submodule(u).weight.numel() for u in units},
         perturbation={(u, p): weight_perturbation(module.get_submodule(u), p, group_size=group_size)
                       for u in units for p in per_unit[u]},

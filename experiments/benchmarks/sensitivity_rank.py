@@ -114,7 +114,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         counts = {p: sum(1 for v in plan.values() if v == p) for p in MIXED_PRECISIONS}
         rows.append({"id": i, "family": family, "counts": counts, "measured": measured, "se": se, "heldout_kl": kl,
                      "divergence": table.predict_loss(plan, proxy="divergence"),
-                     "hessian": table.predict_loss(plan, proxy="hessian") if table.hessian else float("nan")})
+                     "hessian": table.predict_loss(plan, proxy="hessian") if table.hessian else float("nan"),
+                     "loss_delta": table.predict_loss(plan, proxy="loss_delta")})
         print(f"plan {i:3d} {family:7s} {counts} measured {measured:+.5f} +- {se:.5f} KL {kl:.5f} "
               f"proxy {rows[-1]['divergence']:.5f}", flush=True)
     plans_s = time.perf_counter() - t_plans
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if len(sel) >= 2:
             measured = [r["measured"] for r in sel]
             stats[family] = {"n": len(sel), **{proxy: spearman([r[proxy] for r in sel], measured)
-                                                for proxy in ("divergence", "hessian")},
+                                                for proxy in ("divergence", "hessian", "loss_delta")},
                              "kl_vs_measured": spearman([r["heldout_kl"] for r in sel], measured),
                              "divergence_vs_kl": spearman([r["divergence"] for r in sel],
                                                           [r["heldout_kl"] for r in sel]),
@@ -171,18 +172,20 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"the device's default kernel, int4 group {args['group_size']}; bf16/fp16 by casts), +- its standard error "
         "from the paired per-chunk NLL differences. Divergence proxy = sum of per-unit next-token KL; Hessian proxy = "
         "sum of HAWQ Omega = Tr(H)/n * ||Q(W)-W||^2 (Hutchinson, "
-        f"{args['hessian_samples']} Rademacher vectors, seed {args['seed']}). Diagnostic: the plan's real next-token "
+        f"{args['hessian_samples']} Rademacher vectors, seed {args['seed']}); loss-delta proxy = sum of per-unit "
+        "SIGNED changes of the calibration NLL (first-order aware; training split). Diagnostic: the plan's real next-token "
         f"KL vs the unmodified model on {args['kl_chunks']} held-out chunks (what the additive proxy predicts, "
         "without perplexity's sign). Spearman with numpy (average ranks), checked against scipy.",
         "",
-        "| plans | n | rho: divergence proxy vs measured | rho: Hessian proxy vs measured | rho: held-out KL vs "
-        "measured | rho: divergence proxy vs held-out KL | rho: Hessian proxy vs held-out KL | measured > 2 SE | "
-        "median SE | scipy rho (divergence) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| plans | n | rho: divergence proxy vs measured | rho: Hessian proxy vs measured | rho: loss-delta proxy vs "
+        "measured | rho: held-out KL vs measured | rho: divergence proxy vs held-out KL | rho: Hessian proxy vs "
+        "held-out KL | measured > 2 SE | median SE | scipy rho (divergence) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for family, s in stats.items():
         scipy_rho = f"{s['scipy_divergence']:.3f}" if "scipy_divergence" in s else "n/a"
-        lines.append(f"| {family} | {s['n']} | {s['divergence']:.3f} | {s['hessian']:.3f} | {s['kl_vs_measured']:.3f} "
+        lines.append(f"| {family} | {s['n']} | {s['divergence']:.3f} | {s['hessian']:.3f} | {s['loss_delta']:.3f} | "
+                     f"{s['kl_vs_measured']:.3f} "
                      f"| {s['divergence_vs_kl']:.3f} | {s['hessian_vs_kl']:.3f} | {s['resolved']}/{s['n']} | "
                      f"{s['median_se']:.5f} | {scipy_rho} |")
     seconds = table.seconds
@@ -202,13 +205,13 @@ def to_markdown(result: dict[str, Any]) -> str:
         "<details><summary>Per-plan values</summary>",
         "",
         "| id | family | fp32/bf16/fp16/int8/int4 units | measured loss | SE | held-out KL | divergence proxy | "
-        "Hessian proxy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Hessian proxy | loss-delta proxy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["rows"]:
         mix = "/".join(str(r["counts"][p]) for p in MIXED_PRECISIONS)
         lines.append(f"| {r['id']} | {r['family']} | {mix} | {r['measured']:+.5f} | {r['se']:.5f} | "
-                     f"{r['heldout_kl']:.2e} | {r['divergence']:.2e} | {r['hessian']:.2e} |")
+                     f"{r['heldout_kl']:.2e} | {r['divergence']:.2e} | {r['hessian']:.2e} | {r['loss_delta']:+.2e} |")
     lines += ["", "</details>"]
     return "\n".join(lines) + "\n"
 

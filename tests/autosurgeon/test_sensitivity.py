@@ -56,6 +56,7 @@ def test_divergence_orders_int4_int8_bf16(llama, calib, tmp_path):
     assert d["int4"] > d["int8"] > d["bfloat16"] >= 0.0
     assert d["int8"] > d["float16"] >= 0.0  # fp16 keeps 10 mantissa bits, int8 ~7 per channel
     assert table.metric == "kl_next_token"
+    assert set(table.loss_delta) == set(table.divergence)
     assert table.perturbation[(UNIT, "int4")] > table.perturbation[(UNIT, "int8")] > 0.0
 
 
@@ -121,7 +122,7 @@ def test_cache_round_trip_and_key(llama, calib, tmp_path, monkeypatch):
     other = type(llama)(llama.config).eval()
     assert sens._cache_key(other, table.settings) != table.key
     with pytest.raises(InvalidArgumentError, match="`_version` 99 is not supported"):
-        SensitivityTable.from_json(table.to_json().replace('"_version": 1', '"_version": 99'))
+        SensitivityTable.from_json(table.to_json().replace('"_version": 2', '"_version": 99'))
 
 
 def test_predict_loss_is_additive_and_checks_input():
@@ -129,11 +130,13 @@ def test_predict_loss_is_additive_and_checks_input():
         divergence={("a", "int8"): 0.01, ("a", "int4"): 0.1, ("b", "int8"): 0.02, ("b", "int4"): 0.3},
         hessian={"a": 8.0, "b": 2.0}, params={"a": 4, "b": 2},
         perturbation={("a", "int8"): 0.5, ("a", "int4"): 2.0, ("b", "int8"): 1.0, ("b", "int4"): 3.0},
-        metric="kl_next_token")
+        metric="kl_next_token",
+        loss_delta={("a", "int8"): -0.001, ("a", "int4"): 0.05, ("b", "int8"): 0.002, ("b", "int4"): 0.2})
     assert table.predict_loss({"a": "int4", "b": "int8"}) == pytest.approx(0.12)
     assert table.predict_loss({"a": "float32", "b": {"precision": "int4", "placement": "cpu"}}) == pytest.approx(0.3)
     assert table.omega("a", "int4") == pytest.approx(8.0 / 4 * 2.0)
     assert table.predict_loss({"a": "int4", "b": "int4"}, proxy="hessian") == pytest.approx(4.0 + 3.0)
+    assert table.predict_loss({"a": "int8", "b": "int8"}, proxy="loss_delta") == pytest.approx(0.001)
     with pytest.raises(InvalidArgumentError, match="unit 'c' is not in the sensitivity table"):
         table.predict_loss({"c": "int8"})
     with pytest.raises(InvalidArgumentError, match="precision 'bfloat16' of unit 'a' was not measured"):
