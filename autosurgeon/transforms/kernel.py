@@ -32,7 +32,8 @@ def check_kernel(name: str | None, fmt: str, device: torch.device, *, fqn: str) 
         kernel = get_kernel(name)
     except JalapenoError:
         known = ", ".join(k.name for k in all_kernels())
-        raise InvalidArgumentError(f"{fqn}: `kernel` {name!r} is not a runtime kernel; known kernels: {known}.") from None
+        raise InvalidArgumentError(
+            f"{fqn}: `kernel` {name!r} is not a runtime kernel; known kernels: {known}.") from None
     if not kernel.supports(fmt, device):
         readers = [k.name for k in all_kernels() if fmt in k.formats and k.device_type in ("any", device.type)]
         raise UnsupportedTransformError(

@@ -228,7 +228,8 @@ def test_session_spec_of_a_gpu_plan_on_paper() -> None:
     assert spec.budgets == {"gpu": 2**30}
     mixed = Plan(rules=(Rule("model.layers.1", {"placement": "gpu<-cpu", "layout": "packed"}),
                         Rule("model.layers.2", {"placement": "gpu<-cpu"})))
-    ctx = apply_surgery(model, resolve_surgery(mixed, space), TransformContext(profile=h100), stages=("place", "layout"))
+    ctx = apply_surgery(model, resolve_surgery(mixed, space), TransformContext(profile=h100),
+                        stages=("place", "layout"))
     with pytest.raises(UnsupportedTransformError, match=r"one granularity .*streamed without packed: "
                                                         r"\['model.layers.2'\]"):
         build_session_spec(model, ctx)
