@@ -200,7 +200,10 @@ class QualityEvaluator:
         task: one of ``TASKS``; default from the ``LoadedModel`` or the module's class.
         data: LM: ``(N, T + 1)`` windows; classifier: ``(x, y)``; encoder: ``(N, T)`` ids. Default: held-out
             data of the zoo (:func:`default_data`).
-        max_samples: cap on windows / examples / items (a fast, deterministic prefix).
+        max_samples: cap on windows / examples / items (a fast, deterministic prefix). The LM default is 32
+            windows of 256 bytes: fast, but changes below a few tenths of a percent of perplexity are within
+            its noise (experiments/benchmarks/results/sensitivity_rank.md gives measured standard errors);
+            pass ``data=lm_heldout_windows(max_windows=None)`` to score the whole held-out split.
         batch_size: samples per forward.
         top_k: retrieval agreement depth (encoders).
     """
