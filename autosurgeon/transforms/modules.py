@@ -140,8 +140,9 @@ class ConcatLinear(nn.Module):
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Output slice ``index`` of ``self(x)``, computing ``self(x)`` once per input (see the class doc)."""
         cached = self._cache
-        if cached is None or cached[0]() is not x or cached[1] != x._version or index in cached[3]:
-            cached = (weakref.ref(x), x._version, self(x), set())
+        version = _version(x)
+        if cached is None or cached[0]() is not x or cached[1] != version or index in cached[3]:
+            cached = (weakref.ref(x), version, self(x), set())
             self._cache = cached
         cached[3].add(index)
         out = cached[2].narrow(-1, self.offsets[index], self.sizes[index]).contiguous()
@@ -151,6 +152,14 @@ class ConcatLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}"
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place version counter of ``t``; -1 for inference-mode tensors, which keep none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 class SplitOutput(nn.Module):
