@@ -249,7 +249,11 @@ def compute_dtype(precision: str) -> str:
 
 
 def count_ops(model: Any, inputs: dict[str, Any]) -> int:
-    """Aten ops one ``model(**inputs)`` dispatches (each one launch in eager mode); works on meta tensors."""
+    """Aten ops one ``model(**inputs)`` dispatches (each one launch in eager mode); works on meta tensors.
+
+    On meta, a data-dependent scalar read (``.item()``) answers True / 1, i.e. the common path (for
+    transformers: no packed sequences), so the count follows what a real run of plain inputs dispatches.
+    """
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -260,6 +264,9 @@ def count_ops(model: Any, inputs: dict[str, Any]) -> int:
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Sequence[Any] = (), kwargs: Any = None) -> Any:
             self.n += 1
+            if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
+                # A data-dependent check on meta (transformers' packed-sequence test): take the common path.
+                return True if args[0].dtype == torch.bool else 1
             return func(*args, **(kwargs or {}))
 
     counter = _Counter()

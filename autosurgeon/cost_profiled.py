@@ -15,8 +15,8 @@ What is measured (each with warm-up, repeats and the median; wall clock through
   block a kernel that packs its weight (fbgemm, tinygemm) repacks after each fetch: that repack (isolated,
   pack + call minus call) is added.
 * **fixed overhead** per step — the unmodified model's step on the runtime (``runtime.Session``, all
-  resident on the default unit) minus the sum of its leaves' float times: what no plan variable changes
-  (norms, attention, elementwise ops, Python and dispatch).
+  resident on the default unit) minus the sum of its precision leaves' times at their own dtype: what no
+  plan variable changes (norms, attention cores, elementwise ops, Python and dispatch).
 * **streaming** per streamed placement (``cpu<-disk``, ``gpu<-cpu`` ...) — the same step with every block
   streamed from that home, against resident, at four weight formats (four byte counts, same fetches); a
   least-squares line through the exposed costs gives a per-fetch cost and a per-byte cost, i.e. the link as the
@@ -32,6 +32,7 @@ fingerprint, the device fingerprint, the workload, the timing settings, torch's 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -399,6 +400,8 @@ class Profiler:
         kernel that packs its weight (fbgemm int8-dynamic, CUDA tinygemm) repacks on every call: the
         repack (isolated: packing + call minus call) is added.
         """
+        if self.space.variable(choice.leaf.name, "precision") is None:
+            return 0.0  # norms, attention cores: no plan variable changes them; their time is in the overhead
         captured = self._capture().get(phase, {}).get(choice.leaf.name)
         if captured is None:  # a leaf the pass did not call (unused head, tied weight): it costs nothing
             return 0.0
@@ -554,6 +557,10 @@ class Profiler:
 
         model = copy.deepcopy(self.module)
         device = spec.default.device
+        if spec.block_path is None:  # as apply_plan does: a model without a ModuleList uses its first Sequential
+            from autosurgeon.transforms.place import block_path
+
+            spec = dataclasses.replace(spec, block_path=block_path(model))
         with Session(model, spec) as session:
             step, prefill, _ = make_steps(session.forward, model, self.workload,
                                           base_inputs(self.loaded, self.workload))

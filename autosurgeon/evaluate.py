@@ -244,17 +244,16 @@ class AnalyticEvaluator(Evaluator):
         from autosurgeon.cost import count_ops
 
         model = self.loaded.model
-        inputs = base_inputs(self.loaded, self.workload)
-        step, _, step_inputs = make_steps(no_grad_forward(model), model, self.workload, inputs)
+        w = self.workload
+        phases = [(w.phase, lambda: base_inputs(self.loaded, w))]
+        if w.task == "causal-lm":
+            # One decode token against ``context`` cached positions (the zoo builds the cache; on meta too).
+            phases = [(w.phase, lambda: self.loaded.example_inputs(w.batch, w.context, phase="decode", seed=w.seed)),
+                      ("prefill", lambda: base_inputs(self.loaded, w))]
         self.models: dict[str, AnalyticCostModel] = {}
-        phases = [(self.workload.phase, step_inputs)]
-        if self.workload.task == "causal-lm":
-            phases.append(("prefill", {"input_ids": inputs["input_ids"], "use_cache": False}))
-        for phase, phase_inputs in phases:
-            n_ops = count_ops(model, dict(phase_inputs))
-            if phase == "decode":
-                step_inputs[next(k for k in step_inputs if k in ("cache", "past_key_values"))].crop(-1)
-            analysis = analyze(model, dict(phase_inputs), phase="decode" if phase == "decode" else "prefill")
+        for phase, make in phases:
+            n_ops = count_ops(model, make())
+            analysis = analyze(model, make(), phase="decode" if phase == "decode" else "prefill")
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
