@@ -169,8 +169,10 @@ def test_plan_memory_equals_the_session_on_a_gpu() -> None:
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    model = LlamaForCausalLM(cfg).eval()  # shapes tinygemm accepts (N % 8 == 0, K % 128 == 0)
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    # Shapes tinygemm accepts (N % 8 == 0, K % 128 == 0). No grouped-query attention: torch 2.11's sdpa
+    # FLOP formula (used by the analysis) rejects GQA shapes.
+    model = LlamaForCausalLM(cfg).eval()
     inputs = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
     profile = _local_gpu_profile()
     space = SearchSpace.build(model, profile, inputs=inputs, knobs=KNOBS)
