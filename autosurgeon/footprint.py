@@ -119,23 +119,88 @@ def plan_memory(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2) -> 
 
 def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2) -> dict[str, Any]:
     """``plan_memory`` with detail: ``tiers``, ``by_unit`` {tier: {unit: bytes}}, and ``staging`` {tier: bytes}."""
-    if lookahead < 0:
-        raise InvalidArgumentError(f"`lookahead` must be >= 0, got {lookahead}.")
     from autosurgeon.plan import Plan
 
     x = space.encode(plan) if isinstance(plan, Plan) else space.check_vector(plan)
-    values = space.values(x)
-    default_kind = space.default_placement
-    by_unit: dict[str, dict[str, int]] = defaultdict(dict)
-    slot_size: dict[str, int] = defaultdict(int)  # exec tier -> largest streamed unit
-    removed, with_bias, merged = _fusions(space, values)
-    for block in space.blocks:
+    return FootprintTracker(space, x, lookahead=lookahead).breakdown()
+
+
+class FootprintTracker:
+    """Bytes per tier of a vector that changes one entry at a time, recomputing only the affected block.
+
+    Every decision touches one block-level unit (a leaf's precision its block, a fusion its members'
+    block), and the tiers are sums over blocks plus staging (a max over blocks), so a greedy search over
+    thousands of variables (``plan_check.smallest_footprint``) stays fast on 70B-parameter shapes.
+    """
+
+    def __init__(self, space: SearchSpace, x: Any, *, lookahead: int = 2) -> None:
+        if lookahead < 0:
+            raise InvalidArgumentError(f"`lookahead` must be >= 0, got {lookahead}.")
+        self.space, self.lookahead = space, lookahead
+        self.x = space.check_vector(x).copy()
+        self.values = space.values(self.x)
+        index = {b.name: k for k, b in enumerate(space.blocks)}
+        block_of_leaf = {leaf.name: index[leaf.block] for leaf in space.leaves.values() if leaf.block in index}
+        groups = {g.name: g for g in space.units.groups}
+        # Blocks each variable touches: a fusion touches every member's block (a conv and its BatchNorm
+        # may sit in different block-level units, e.g. a stem outside the blocks).
+        self.blocks_of_var: list[tuple[int, ...]] = []
+        for v in space.variables:
+            if v.knob == "fusion":
+                self.blocks_of_var.append(tuple(sorted({block_of_leaf[m] for m in groups[v.name].members})))
+            else:
+                k = index[v.name] if v.name in index else block_of_leaf.get(v.name)
+                self.blocks_of_var.append(() if k is None else (k,))
+        self.fused = _fusions(space.units.groups, self.values)
+        self.usage = [self._block(k) for k in range(len(space.blocks))]
+
+    def set(self, i: int, j: int) -> None:
+        """Give variable ``i`` choice ``j`` and recompute the blocks it touches."""
+        v = self.space.variables[i]
+        self.x[i] = j
+        self.values[(v.name, v.knob)] = v.choices[j]
+        if v.knob == "fusion":
+            self.fused = _fusions(self.space.units.groups, self.values)
+        for k in self.blocks_of_var[i]:
+            self.usage[k] = self._block(k)
+
+    def tiers(self) -> dict[str, int]:
+        out = dict.fromkeys(TIERS, 0)
+        slots: dict[str, int] = defaultdict(int)
+        for totals, _, slot in self.usage:
+            for tier, n in totals.items():
+                out[tier] += n
+            for tier, n in slot.items():
+                slots[tier] = max(slots[tier], n)
+        for tier, n in slots.items():
+            out[tier] += (self.lookahead + 1) * n
+        return out
+
+    def breakdown(self) -> dict[str, Any]:
+        by_unit: dict[str, dict[str, int]] = defaultdict(dict)
+        slots: dict[str, int] = defaultdict(int)
+        for _, units, slot in self.usage:
+            for tier, names in units.items():
+                for name, n in names.items():
+                    _add(by_unit, tier, name, n)
+            for tier, n in slot.items():
+                slots[tier] = max(slots[tier], n)
+        staging = {tier: (self.lookahead + 1) * n for tier, n in slots.items() if n}
+        return {"tiers": self.tiers(), "by_unit": {t: dict(v) for t, v in by_unit.items()}, "staging": staging}
+
+    def _block(self, k: int) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, int]]:
+        """(bytes per tier, {tier: {unit: bytes}}, {exec tier: largest streamed unit}) of block ``k``."""
+        space, values = self.space, self.values
+        block = space.blocks[k]
+        default_kind = space.default_placement
         placement = values.get((block.name, "placement"), default_kind) if block.is_block else default_kind
         exec_kind, _, home = placement.partition("<-")
         exec_tier = "gpu" if exec_kind in ("gpu", "dla") else "cpu"
         home_tier = home or exec_tier
         packed = values.get((block.name, "layout")) == "packed" and home_tier != exec_tier
-        block_slot = 0
+        removed, with_bias, merged = self.fused
+        by_unit: dict[str, dict[str, int]] = defaultdict(dict)
+        slot = 0
         for leaf_name in block.leaves:
             if leaf_name in removed:
                 continue
@@ -156,14 +221,9 @@ def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2
             _add(by_unit, home_tier, leaf_name, home_bytes)
             _add(by_unit, exec_tier, leaf_name, sum(resident_parts))
             staged = sum(_aligned(p) for p in parts)
-            block_slot += staged
-            if not packed:
-                slot_size[exec_tier] = max(slot_size[exec_tier], staged)
-        if packed:
-            slot_size[exec_tier] = max(slot_size[exec_tier], block_slot)
-    staging = {tier: (lookahead + 1) * size for tier, size in slot_size.items() if size}
-    tiers = {t: sum(by_unit.get(t, {}).values()) + staging.get(t, 0) for t in TIERS}
-    return {"tiers": tiers, "by_unit": {t: dict(v) for t, v in by_unit.items()}, "staging": staging}
+            slot = slot + staged if packed else max(slot, staged)
+        totals = {tier: sum(names.values()) for tier, names in by_unit.items()}
+        return totals, by_unit, ({exec_tier: slot} if slot else {})
 
 
 def _add(by_unit: dict[str, dict[str, int]], tier: str, name: str, nbytes: int) -> None:
@@ -171,7 +231,7 @@ def _add(by_unit: dict[str, dict[str, int]], tier: str, name: str, nbytes: int) 
         by_unit[tier][name] = by_unit[tier].get(name, 0) + nbytes
 
 
-def _fusions(space: SearchSpace, values: dict[tuple[str, str], Any]) -> tuple[set[str], set[str], dict[str, Any]]:
+def _fusions(groups: Any, values: dict[tuple[str, str], Any]) -> tuple[set[str], set[str], dict[str, Any]]:
     """What fusion decisions do to the tensors (``transforms/fuse.py``): (leaves whose tensors disappear,
     convs that gain a bias, first member -> concatenated group).
 
@@ -181,7 +241,7 @@ def _fusions(space: SearchSpace, values: dict[tuple[str, str], Any]) -> tuple[se
     removed: set[str] = set()
     with_bias: set[str] = set()
     merged: dict[str, Any] = {}
-    for group in space.units.groups:
+    for group in groups:
         if values.get((group.name, "fusion")) != "fuse":
             continue
         if group.kind == "conv-bn":
@@ -229,5 +289,5 @@ def _leaf_parts(leaf: Any, values: dict[tuple[str, str], Any], exec_kind: str, *
     return parts, [], extra
 
 
-__all__ = ["FLOAT_ITEMSIZE", "TIERS", "memory_breakdown", "packed_copy_bytes", "plan_memory", "tensor_bytes",
+__all__ = ["FLOAT_ITEMSIZE", "TIERS", "FootprintTracker", "memory_breakdown", "packed_copy_bytes", "plan_memory", "tensor_bytes",
            "weight_bytes"]

@@ -33,7 +33,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
-from autosurgeon.footprint import TIERS, memory_breakdown
+from autosurgeon.footprint import TIERS, FootprintTracker, memory_breakdown
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space_masks import FLOAT_PRECISIONS
@@ -286,23 +286,23 @@ def _capacities(profile: Any) -> dict[str, tuple[int, str]]:
 
 def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2) -> tuple[int, np.ndarray]:
     """(bytes on ``tier``, vector) of a small valid plan: greedy per variable, see the module docstring."""
-    x = space.default_vector()
+    tracker = FootprintTracker(space, space.default_vector(), lookahead=lookahead)
     for i, v in enumerate(space.variables):
         if v.knob == "fusion":
             continue
-        mask, _ = space.allowed(i, x)
+        mask, _ = space.allowed(i, tracker.x)
         best = None
         for j in np.nonzero(mask)[0]:
-            x[i] = j  # later variables still hold index 0; each is settled when its turn comes
-            tiers = memory_breakdown(space, x, lookahead=lookahead)["tiers"]
+            tracker.set(i, int(j))  # later variables still hold index 0; each is settled when its turn comes
+            tiers = tracker.tiers()
             # Ties on the tier broken by the total: staging is a max over units, so shrinking one unit
             # may not move the tier yet, but shrinking all of them does.
             key = (tiers[tier], sum(tiers.values()))
             if best is None or key < best[0]:
                 best = (key, int(j))
-        x[i] = best[1] if best is not None else 0
-    # Every variable took a choice allowed by the ones before it, so x is valid.
-    return memory_breakdown(space, x, lookahead=lookahead)["tiers"][tier], x
+        tracker.set(i, best[1] if best is not None else 0)
+    # Every variable took a choice allowed by the ones before it, so the vector is valid.
+    return tracker.tiers()[tier], tracker.x.copy()
 
 
 def _budget_problems(space: Any, x: np.ndarray, profile: Any, limits: dict[str, int],
