@@ -192,8 +192,10 @@ def default_data(task: str, *, max_samples: int | None = None, seq_len: int = 25
 class QualityEvaluator:
     """Scores models of one task on fixed held-out data against the unmodified model's reference.
 
-    The reference (and, for encoders, its embeddings) is computed once on first use and kept here, so a
-    search that scores thousands of plans pays for it once.
+    The reference (and, for encoders, its embeddings) is computed once, HERE at construction, from the model
+    as it is now, and kept: a search that scores thousands of plans pays for it once, and scoring a candidate
+    that is the same module changed in place (``precision_swap.swapped``, ``apply_plan(inplace=True)``) can
+    never be mistaken for the reference.
 
     Args:
         reference_model: the unmodified model (``nn.Module`` or ``LoadedModel``).
@@ -225,19 +227,17 @@ class QualityEvaluator:
             data = default_data(self.task, max_samples=max_samples, vocab_size=vocab)
         self.data = _limit(self.task, data, max_samples)
         self.batch_size, self.top_k = batch_size, top_k
-        self._reference: QualityResult | None = None
         self._reference_embeddings: torch.Tensor | None = None
+        if self.task == "feature-extraction":
+            self._reference_embeddings = embed(self._model, self.data, batch_size=self.batch_size)
+            e = self._reference_embeddings
+            self._reference = embedding_fidelity(e, e, top_k=self.top_k)
+        else:
+            self._reference = self.evaluate(self._model)
 
     @property
     def reference(self) -> QualityResult:
-        """The unmodified model's quality (computed on first access)."""
-        if self._reference is None:
-            if self.task == "feature-extraction":
-                self._reference_embeddings = embed(self._model, self.data, batch_size=self.batch_size)
-                e = self._reference_embeddings
-                self._reference = embedding_fidelity(e, e, top_k=self.top_k)
-            else:
-                self._reference = self.evaluate(self._model)
+        """The unmodified model's quality, measured when this evaluator was made."""
         return self._reference
 
     def evaluate(self, model: Any) -> QualityResult:
@@ -248,8 +248,7 @@ class QualityEvaluator:
         if self.task == "image-classification":
             x, y = self.data
             return accuracy(module, x, y, batch_size=max(self.batch_size, 256))
-        _ = self.reference  # makes the reference embeddings
-        assert self._reference_embeddings is not None  # internal invariant: set by `reference`
+        assert self._reference_embeddings is not None  # internal invariant: set in __init__
         candidate = embed(module, self.data, batch_size=self.batch_size)
         return embedding_fidelity(self._reference_embeddings, candidate, top_k=self.top_k)
 
