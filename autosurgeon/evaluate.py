@@ -19,8 +19,10 @@ the KL sum itself (an uncalibrated proxy; it ranks plans, it is not accuracy poi
 the table (an embedding's float cast) and precisions it did not measure (fp8) add 0 and are counted in
 ``extra["quality_unscored"]``.
 
-Cache key: ``(model fingerprint, plan hash, device fingerprint, evaluator name + settings)``; the plan hash
-is the sha256 of its rules and default (metadata left out: two proposers' identical plans hit).
+Cache key: ``(model fingerprint, plan, device fingerprint, evaluator name + settings)``; the plan enters
+in its canonical form, its vector in the evaluator's space (whose digest is in the settings), so a Plan
+and its vector, or two proposers' identical plans with other metadata, hit the same entry
+(:func:`plan_hash` gives a space-free hash of a plan's decisions for other uses).
 :class:`EvaluationCache` optionally appends every result to a JSON lines file and reloads it, so a sweep
 resumes where it stopped.
 """
@@ -143,33 +145,44 @@ class Evaluator:
         self.sensitivity = sensitivity
         self.cache = cache if cache is not None else EvaluationCache()
         self.calls = self.hits = self.evaluated = 0
-        self.seconds = 0.0  # wall time inside _evaluate (cache misses)
+        self.seconds = 0.0  # wall time of cache-missing evaluate() calls
+        self._settings_json: str | None = None
 
     # ---- the protocol
     def evaluate(self, plan: Plan | Any) -> Metrics:
         """Metrics of ``plan`` (a Plan or a vector of this evaluator's space); cached."""
+        started = time.perf_counter()
         plan, x = self._validate(plan)
         self.calls += 1
-        key = self.key(plan)
+        key = self.key(x)
         hit = self.cache.get(key)
         if hit is not None:
             self.hits += 1
             return hit
-        started = time.perf_counter()
-        metrics = self._evaluate(plan, x)
-        self.seconds += time.perf_counter() - started
-        self.evaluated += 1
+        metrics = self._evaluate(plan if plan is not None else self.space.decode(x), x)
         self.cache.put(key, metrics)
+        self.evaluated += 1
+        self.seconds += time.perf_counter() - started
         return metrics
 
     @property
     def evaluations_per_second(self) -> float:
-        """Cache misses evaluated per second of evaluation time (nan before any)."""
+        """Cache misses per second of their whole ``evaluate`` call (validation included); nan before any."""
         return self.evaluated / self.seconds if self.seconds > 0 else float("nan")
 
-    def key(self, plan: Plan) -> str:
-        settings = json.dumps({"evaluator": self.name, **self.settings()}, sort_keys=True, default=str)
-        blob = f"{self.model_fingerprint}|{plan_hash(plan)}|{self.profile.fingerprint}|{settings}"
+    def key(self, x: Plan | np.ndarray) -> str:
+        """Cache key: model fingerprint, the plan's canonical form, device fingerprint, evaluator settings.
+
+        The canonical form of a plan is its vector in this evaluator's space (``space.encode``; the space's
+        digest is part of the settings): plans that decide the same thing — a Plan and its vector, two
+        proposers' copies with other metadata — share a key.
+        """
+        if isinstance(x, Plan):
+            x = self.space.encode(x)
+        if self._settings_json is None:
+            self._settings_json = json.dumps({"evaluator": self.name, **self.settings()}, sort_keys=True, default=str)
+        vector = hashlib.sha256(np.asarray(x, dtype=np.int64).tobytes()).hexdigest()[:16]
+        blob = f"{self.model_fingerprint}|{vector}|{self.profile.fingerprint}|{self._settings_json}"
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def settings(self) -> dict[str, Any]:
@@ -181,7 +194,7 @@ class Evaluator:
     def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _validate(self, plan: Plan | Any) -> tuple[Plan, np.ndarray]:
+    def _validate(self, plan: Plan | Any) -> tuple[Plan | None, np.ndarray]:
         space = self.space
         if isinstance(plan, Plan):
             for what, have, want in (("model", plan.model_fingerprint, self.model_fingerprint),
@@ -193,7 +206,7 @@ class Evaluator:
             x = space.encode(plan)
         else:
             x = space.check_vector(plan)
-            plan = space.decode(x)
+            plan = None  # decoded only if the evaluator needs a Plan (a miss)
         problems = space.problems(x)
         if problems:
             shown = "; ".join(f"{space.variables[i].name} {space.variables[i].knob}: {why}" for i, why in problems[:3])
