@@ -64,8 +64,10 @@ def test_measurement_restores_model_bit_identical(llama, calib):
     before = _state(llama)
     flags = [p.requires_grad for p in llama.parameters()]
     modules = dict(llama.named_modules())
+    threads = torch.get_num_threads()
     measure_sensitivity(llama, calibration=calib, units=[UNIT, "model.layers.1.self_attn.q_proj"], group_size=32,
-                        hessian_samples=1, use_cache=False)
+                        hessian_samples=1, use_cache=False, threads=threads + 1)
+    assert torch.get_num_threads() == threads
     after = llama.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -227,3 +229,5 @@ def test_bad_arguments_are_named(llama, calib):
         measure_sensitivity(llama, calibration=calib, precisions=("int2",), use_cache=False)
     with pytest.raises(InvalidArgumentError, match="`hessian_samples` must be >= 0"):
         measure_sensitivity(llama, calibration=calib, hessian_samples=-1, use_cache=False)
+    with pytest.raises(InvalidArgumentError, match="`threads` must be >= 1"):
+        measure_sensitivity(llama, calibration=calib, threads=0, use_cache=False)
