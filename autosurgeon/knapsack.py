@@ -74,7 +74,7 @@ class KnapsackResult:
     """What :func:`plan_knapsack` chose, and why.
 
     Attributes:
-        plan: the plan (exact-FQN rules from ``SearchSpace.decode``, fingerprints filled).
+        plan: the plan (exact-FQN rules for every decision that differs from the unmodified model).
         vector: the plan in the planner's space.
         decisions: ``{unit: (precision, group_size)}``.
         objective: the objective solved ("quality", "memory", "latency", "energy").
@@ -340,7 +340,7 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
 
     smallest_resident = constant + axis.base
     movable = any(_stream_choice(space, b.name) for b in space.blocks if b.is_block)
-    picks = None
+    picks, fell_back = None, False
     if budget is None:
         picks = _pick(objective, opts, losses, axis, full, bound)
     elif budget >= smallest_resident:
@@ -357,22 +357,24 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         notes.append(f"no precision assignment fits {budget} B resident on {fast} (smallest: "
                      f"{smallest_resident} B); blocks stream")
     if picks is None:
+        fell_back = True
         # Precisions without the byte constraint (quantize as far as the bound allows, not further);
         # placement makes up the rest by streaming, or says the budget is out of reach.
         fallback = "memory" if objective == "quality" and bound is not None else objective
         picks = _pick(fallback, opts, losses, axis, full, bound)
         assert picks is not None  # internal invariant: every unit's own precision (loss 0) meets any bound
-    x = x0.copy()
-    decisions = {}
-    for name, row, j in zip(names, opts, picks):
-        option = row[j]
-        decisions[name] = (option.precision, option.group_size)
-        i = space.index_of(name, "precision")
-        x[i] = space.variables[i].index(option.precision)
-        gi = space.index_of(name, "group_size")
-        if gi is not None and option.precision == "int4":
-            x[gi] = space.variables[gi].index(option.group_size)
-    x, streamed = _place(space, x, fast, budget, lookahead, opts, axis, constant, profile)
+    x = _assign(space, x0, names, opts, picks)
+    try:
+        x, streamed = _place(space, x, fast, budget, lookahead, opts, profile)
+    except InvalidArgumentError:
+        if not fell_back:
+            raise
+        # The streamed blocks' staging slots did not fit with those precisions: retry with every unit at
+        # its smallest option (ties: the smaller loss); _place raises with the floor if even that fails.
+        picks = [min(range(len(row)), key=lambda j, row=row: (row[j].nbytes, row[j].loss)) for row in opts]
+        x, streamed = _place(space, _assign(space, x0, names, opts, picks), fast, budget, lookahead, opts, profile)
+        notes.append("streaming fits only with every unit at its smallest option")
+    decisions = {name: (row[j].precision, row[j].group_size) for name, row, j in zip(names, opts, picks)}
     if streamed:
         notes.append(f"{len(streamed)} block(s) stream to fit the {fast} budget")
     tiers = plan_memory(space, x, lookahead=lookahead)
@@ -384,7 +386,7 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
             "max_quality_loss": max_quality_loss, "predicted_quality_loss": _relative(proxy, task),
             "proxy_kl_sum": proxy, "dp_exact": axis.exact, "dp_quantum_bytes": axis.quantum,
             "sensitivity": [t.key for t in tables], **dict(metadata or {})}
-    plan = space.decode(x, metadata=meta)
+    plan = _sparse_plan(space, x, meta)
     result = KnapsackResult(plan=plan, vector=x, decisions=decisions, objective=objective, tier=fast, budget=budget,
                             tier_bytes=tiers, weight_bytes=weight, reference_bytes=reference_bytes, proxy=proxy,
                             predicted_loss=_relative(proxy, task), seconds=total_s, streamed=streamed,
@@ -392,6 +394,23 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
     logger.info("knapsack (%s): %s, %d B on %s, predicted loss %.4g", objective, result.precision_counts(),
                 tiers[fast], fast, result.predicted_loss)
     return result
+
+
+def _sparse_plan(space: Any, x: np.ndarray, metadata: Mapping[str, Any]) -> Plan:
+    """The plan of ``x`` with only the decisions that change the model (index != 0), fingerprints filled.
+
+    ``space.encode`` of it gives ``x`` back (unset variables encode as index 0), and leaving the defaults
+    out keeps a precision-only plan valid on another device of the same model (``--force``).
+    """
+    decisions: dict[str, dict[str, Any]] = {}
+    for i, v in enumerate(space.variables):
+        if int(x[i]) != 0:
+            decisions.setdefault(v.name, {})[v.knob] = v.choices[int(x[i])]
+    plan = Plan.from_decisions(decisions, model_fingerprint=space.model_fingerprint,
+                               device_fingerprint=space.device_fingerprint,
+                               metadata={"space": space.digest(), **dict(metadata)})
+    assert np.array_equal(space.encode(plan), x)  # internal invariant: the plan says exactly x
+    return plan
 
 
 def _relative(proxy: float, task: str) -> float:
@@ -464,8 +483,21 @@ def _stream_choice(space: Any, block: str) -> str | None:
     return None
 
 
+def _assign(space: Any, x0: np.ndarray, names: list[str], opts: list[list[UnitOption]], picks: list[int]) -> np.ndarray:
+    """``x0`` with each unit's precision (and int4 group size) set to its picked option."""
+    x = x0.copy()
+    for name, row, j in zip(names, opts, picks):
+        option = row[j]
+        i = space.index_of(name, "precision")
+        x[i] = space.variables[i].index(option.precision)
+        gi = space.index_of(name, "group_size")
+        if gi is not None and option.precision == "int4":
+            x[gi] = space.variables[gi].index(option.group_size)
+    return x
+
+
 def _place(space: Any, x: np.ndarray, tier: str, budget: int | None, lookahead: int, opts: list[list[UnitOption]],
-           axis: _Axis, constant: int, profile: Any) -> tuple[np.ndarray, dict[str, str]]:
+           profile: Any) -> tuple[np.ndarray, dict[str, str]]:
     """Keep blocks resident in model order while the budget lasts; stream the rest (module docstring)."""
     if budget is None or plan_memory(space, x, lookahead=lookahead)[tier] <= budget:
         return x, {}
