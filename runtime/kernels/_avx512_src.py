@@ -1,9 +1,11 @@
 """C++ source of the AVX-512 weight-only GEMV/GEMM kernels (compiled lazily by cpu.py).
 
 Dequantization happens in registers: int8/int4 codes are widened to float32 lanes and FMA'd with the float32
-activations, so the weight streams from memory once at its compressed size. OpenMP splits output rows across
-threads; the library links the ``libgomp.so.1`` that torch has already loaded, so it shares torch's runtime.
-Tiles: NB output rows x MB batch rows of accumulators, sized to stay within the 32 zmm registers.
+activations (or, in the a16/bf16 variants, multiplied as int16/bf16), so the weight streams from memory once at its
+compressed size. Output rows are shared between the calling thread and ``nthreads - 1`` sleeping workers through
+an atomic chunk counter (no fork-join barrier: see ``pool_run``). Only the bandwidth probe uses OpenMP; the library
+links the ``libgomp.so.1`` torch has already loaded. Tiles: NB output rows x MB batch rows of accumulators, sized
+to stay within the 32 zmm registers.
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 ``cpu-avx512`` is a small C++ library compiled on first use with the system C++ compiler (about a second:
 it includes only ``immintrin.h``, not torch's headers) and cached under
 ``$AUTOSURGEON_CACHE/kernels`` (default ``~/.cache/autosurgeon/kernels``), keyed by a hash of source, flags and
-compiler; it is called through ctypes with the GIL released. Where there is no compiler or no AVX-512, the
+compiler; it is called through ctypes with the GIL released and runs on ``torch.get_num_threads()`` threads
+(its own small worker pool, see ``_avx512_src``). Where there is no compiler or no AVX-512, the
 kernel is not listed by ``available_kernels`` and, if named anyway, runs the portable ``torch-dequant`` path
 with one warning.
 """
