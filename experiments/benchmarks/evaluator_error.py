@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sensitivity = measure_sensitivity(loaded) if loaded.task == "causal-lm" or args.sensitivity else None
     timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats)
 
+    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing, quality_samples=args.quality_samples,
+                               cache=EvaluationCache())
     t0 = time.perf_counter()
     profiled = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
                                  use_disk_cache=False, cache=EvaluationCache())
@@ -62,8 +64,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phase = profiled.workload.phase
     launch = table.launch_overhead_s[phase]
     fetches = [v["fetch_s"] for v in table.stream.values()]
+    t0 = time.perf_counter()
+    calibrated = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
+                                   use_disk_cache=False, cache=EvaluationCache(), calibrate_with=runtime,
+                                   calibration_plans=args.calibration_plans, calibration_seed=args.seed + 1000)
+    calibration_s = time.perf_counter() - t0
     evaluators: dict[str, Any] = {
         "profiled": profiled,
+        f"profiled (calibrated, {args.calibration_plans} plans)": calibrated,
         "analytic (paper defaults)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
                                                        cache=EvaluationCache()),
         "analytic (calibrated)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
@@ -71,8 +79,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                    fetch_overhead_s=(statistics.fmean(fetches) if fetches else None),
                                                    cache=EvaluationCache()),
     }
-    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing, quality_samples=args.quality_samples,
-                               cache=EvaluationCache())
 
     rng = np.random.default_rng(args.seed)
     vectors = [space.default_vector()] + [space.random_vector(rng) for _ in range(args.plans)]
@@ -118,6 +124,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "cores": profile.cpu.physical_cores, "python": platform.python_version(),
                    "torch": torch.__version__},
         "load_average_before": load_before, "load_average_after": load_after,
+        "calibration": {"plans": args.calibration_plans, "seed": args.seed + 1000, "seconds": calibration_s,
+                        "a_s": calibrated.calibration["a"], "b": calibrated.calibration["b"]},
         "table": {"seconds": table_s, "entries": len(table.unit_s), "overhead_s": table.overhead_s,
                   "baseline_s": table.baseline_s, "n_ops": table.n_ops, "launch_overhead_s": table.launch_overhead_s,
                   "stream": {k: {"fetch_s": v["fetch_s"], "s_per_byte": v["s_per_byte"]} for k, v in table.stream.items()}},
@@ -170,14 +178,20 @@ def markdown(res: dict[str, Any]) -> str:
         + ", ".join(f"{k}: {v['fetch_s'] * 1e6:.0f} us/fetch + {v['s_per_byte'] * 1e9:.3f} ns/byte"
                     for k, v in t["stream"].items()) + ".",
         "",
+        f"Calibrated profiled: its own table measured the same way, plus a line step = a + b x composed fitted on "
+        f"{res['calibration']['plans']} OTHER random plans (seed {res['calibration']['seed']}) run on the runtime "
+        f"at setup ({res['calibration']['seconds']:.1f} s incl. its own table): a = "
+        f"{res['calibration']['a_s'] * 1e3:.3f} ms, b = {res['calibration']['b']:.3f}.",
+        "",
         "Evaluations per second count cache misses only (every plan is new to each evaluator); the profiled "
         "table build is not included (one-off, cached on disk). Analytic (paper defaults) uses only the "
         "measured profile's rates plus the documented default launch (6 us/op) and fetch (30 us) costs.",
         "",
         "Per plan (latency ms; memory MiB gpu+cpu / disk):",
         "",
-        "| plan | runtime | profiled | analytic | analytic calibrated | memory runtime | memory estimated |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| plan | runtime | profiled | profiled calibrated | analytic | analytic calibrated | memory runtime | "
+        "memory estimated |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in res["rows"]:
         rt = r["runtime"]
@@ -186,7 +200,9 @@ def markdown(res: dict[str, Any]) -> str:
             pb = m["peak_bytes"]
             return f"{(pb['gpu'] + pb['cpu']) / 2**20:.3f} / {pb['disk'] / 2**20:.3f}"
 
+        cal = next(v for k, v in r.items() if k.startswith("profiled (calibrated"))
         lines.append(f"| {r['plan']} | {rt['latency_s'] * 1e3:.3f} | {r['profiled']['latency_s'] * 1e3:.3f} | "
+                     f"{cal['latency_s'] * 1e3:.3f} | "
                      f"{r['analytic (paper defaults)']['latency_s'] * 1e3:.3f} | "
                      f"{r['analytic (calibrated)']['latency_s'] * 1e3:.3f} | {mib(rt)} | {mib(r['profiled'])} |")
     return "\n".join(lines) + "\n"
@@ -202,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quality-samples", type=int, default=4)
+    p.add_argument("--calibration-plans", type=int, default=8,
+                   help="runtime plans (seed + 1000, apart from the test plans) the calibrated profiled evaluator fits on")
     p.add_argument("--sensitivity", action="store_true", help="measure the sensitivity proxy for classifiers too")
     p.add_argument("--out", default=None, help="markdown results file (a .json with rows is written beside it)")
     args = p.parse_args(argv)
