@@ -110,10 +110,18 @@ def resolve_blocks(space: SearchSpace, x: Any) -> list[BlockChoice]:
             precision = values.get((name, "precision"))
             leaves.append(LeafChoice(
                 leaf=leaf, precision=precision or (leaf.dtype or "float32"),
-                group_size=int(values.get((name, "group_size"), 128)),
+                group_size=int(values.get((name, "group_size"), default_group(leaf))),
                 kernel=str(values.get((name, "kernel"), "auto")), chosen=precision is not None))
         out.append(BlockChoice(block.name, exec_kind, home, packed, tuple(leaves)))
     return out
+
+
+def default_group(leaf: Any) -> int:
+    """int4 group of a leaf whose space has no group_size variable: 128, or 32 where 128 is masked (a row
+    narrower than 128), which is what ``SearchSpace.repair`` makes of the default there."""
+    from autosurgeon.space_masks import group_size_reason
+
+    return 128 if not leaf.in_features or group_size_reason(128, leaf.in_features) is None else 32
 
 
 def leaf_stream_bytes(choice: LeafChoice) -> int:
@@ -277,7 +285,7 @@ def count_ops(model: Any, inputs: dict[str, Any]) -> int:
 
 __all__ = [
     "DEFAULT_DISK_READ", "DEFAULT_FETCH_OVERHEAD_S", "DEFAULT_LAUNCH_OVERHEAD_S", "DEFAULT_WATTS_PER_CORE",
-    "IDLE_POWER_FRACTION", "BlockChoice", "LeafChoice", "block_stream", "compute_dtype", "count_ops",
+    "IDLE_POWER_FRACTION", "BlockChoice", "LeafChoice", "block_stream", "compute_dtype", "count_ops", "default_group",
     "disk_is_warm", "energy_j", "leaf_stream_bytes", "mean_watts", "pipeline_latency", "power_envelope",
     "resolve_blocks", "transfer_seconds_per_byte",
 ]

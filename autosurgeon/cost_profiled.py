@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.cost import LeafChoice, block_stream, resolve_blocks
+from autosurgeon.cost import LeafChoice, default_group, block_stream, resolve_blocks
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
 from autosurgeon.plan import model_fingerprint
@@ -670,7 +670,8 @@ class Profiler:
                 for p, ok, static in zip(v.choices, mask, v.mask):
                     if not (ok and static):
                         continue
-                    gs = [g for g, m in zip(groups.choices, groups.mask) if m] if groups and p == "int4" else [128]
+                    gs = ([g for g, m in zip(groups.choices, groups.mask) if m] if groups and p == "int4"
+                          else [default_group(leaf)])
                     ks = (["auto"] if p in FLOAT_PRECISIONS or kernels is None else
                           list(self.space.kernel_table.get(kind, {}).get(p, ("auto",))))
                     streams = [False] + ([True] if self._can_stream(v, kind) else [])

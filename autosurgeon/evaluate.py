@@ -456,6 +456,11 @@ class RuntimeEvaluator(Evaluator):
 
             self._full_space = (self.space if set(self.space.knobs) == set(KNOBS)
                                 else SearchSpace.build(self.loaded, self.profile, knobs=KNOBS))
+        if self._full_space is not self.space:
+            # Knobs this evaluator's space leaves out take the full space's defaults, repaired where the
+            # default is masked (int4 group 128 on a layer narrower than 128 -> 32), as the cost models assume.
+            full = self._full_space
+            plan = full.decode(full.repair(full.encode(plan)), metadata=plan.metadata)
         session = apply_plan(self.loaded, plan, self.profile, inplace=False, budgets=self.budgets,
                              space=self._full_space, lookahead=self.lookahead,
                              energy_watts=mean_watts(self.profile, 1.0))

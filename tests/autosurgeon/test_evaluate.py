@@ -151,6 +151,17 @@ def test_profiled_and_runtime_on_tiny_llama(tmp_path) -> None:
     assert streamed.peak_bytes["disk"] > 0 and streamed.memory_bytes < base.memory_bytes
     assert 0 <= abs(streamed.quality_loss) < 0.5
     assert prof.table.stream["cpu<-disk"]["fetch_s"] >= 0 and prof.evaluations_per_second > 0
+    # Calibrated: a line fitted on runtime plans drawn with another seed, applied to the composition.
+    cal = ProfiledEvaluator(lm, profile, space=space, workload=work, timing=FAST, cache_dir=tmp_path,
+                            calibrate_with=rt, calibration_plans=2, calibration_seed=7)
+    c = cal.calibration
+    assert len(c["points"]) == 2 and c["b"] > 0 and c["seed"] == 7
+    m = cal.evaluate(x_int8)
+    assert m.latency_s == pytest.approx(max(1e-9, c["a"] + c["b"] * m.extra["composed_s"]))
+    assert "calibrated on 2 runtime plans" in m.method and cal.key(x_int8) != prof.key(x_int8)
+    with pytest.raises(InvalidArgumentError, match="calibrate_with"):
+        ProfiledEvaluator(lm, profile, space=space, workload=work, timing=FAST, cache_dir=tmp_path,
+                          calibration_plans=2)
 
 
 def test_profiled_classifier_without_streaming(tmp_path) -> None:
