@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sensitivity = measure_sensitivity(loaded) if loaded.task == "causal-lm" or args.sensitivity else None
     timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats)
 
-    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing, quality_samples=args.quality_samples,
-                               cache=EvaluationCache())
+    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing,
+                               quality_samples=args.quality_samples or None, cache=EvaluationCache())
     t0 = time.perf_counter()
     profiled = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
                                  use_disk_cache=False, cache=EvaluationCache())
@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary[name] = entry
     summary["runtime"] = {"evals_per_s": runtime.evaluations_per_second, "evaluated": runtime.evaluated}
     return {
-        "model": args.model, "plans": len(vectors), "seed": args.seed, "knobs": list(knobs), "clock": args.clock,
+        "model": args.model, "plans": len(vectors),
+        "step": ("decode step at 32 positions, batch 1" if loaded.task == "causal-lm" else "one forward of 1 sample"), "seed": args.seed, "knobs": list(knobs), "clock": args.clock,
         "threads": args.threads, "repeats": args.repeats, "quality_samples": args.quality_samples,
         "device": {"profile": profile.name, "fingerprint": profile.fingerprint, "cpu": profile.cpu.model,
                    "cores": profile.cpu.physical_cores, "python": platform.python_version(),
@@ -145,9 +146,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"{', '.join(f'{v:.2f}' for v in res['load_average_after'])} after (1/5/15 min).",
         f"Plans: {res['plans']} ({res['plans'] - 1} random valid plans from `SearchSpace.random_vector`, seed "
         f"{res['seed']}, knobs {', '.join(res['knobs'])}, plus the unmodified model). Reference: RuntimeEvaluator "
-        f"(apply_plan -> runtime.Session; decode step at 32 positions, batch 1; median of {res['repeats']} steps "
-        f"after 3 warm-up on the {res['clock']} clock; TensorStore peak bytes; perplexity on "
-        f"{res['quality_samples']} held-out windows). Total run {res['seconds']:.0f} s.",
+        f"(apply_plan -> runtime.Session; {res['step']}; median of {res['repeats']} steps "
+        f"after 3 warm-up on the {res['clock']} clock; TensorStore peak bytes; quality on "
+        f"{res['quality_samples'] or 'all'} held-out windows/test images). Total run {res['seconds']:.0f} s.",
         "",
         "| evaluator | latency MAPE | latency p90 APE | latency Spearman | memory (gpu+cpu) MAPE | memory max APE | "
         "disk MAPE | quality Spearman (proxy vs measured) | evaluations/s |",
@@ -175,8 +176,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"{', '.join(f'{k} {v}' for k, v in t['n_ops'].items())} ops (= "
         f"{', '.join(f'{k} {v * 1e6:.2f} us/op' for k, v in t['launch_overhead_s'].items())}, the calibrated "
         "analytic's launch term); streaming "
-        + ", ".join(f"{k}: {v['fetch_s'] * 1e6:.0f} us/fetch + {v['s_per_byte'] * 1e9:.3f} ns/byte"
-                    for k, v in t["stream"].items()) + ".",
+        + (", ".join(f"{k}: {v['fetch_s'] * 1e6:.0f} us/fetch + {v['s_per_byte'] * 1e9:.3f} ns/byte"
+                     for k, v in t["stream"].items()) or "none (no streamed placement in this space)") + ".",
         "",
         f"Calibrated profiled: its own table measured the same way, plus a line step = a + b x composed fitted on "
         f"{res['calibration']['plans']} OTHER random plans (seed {res['calibration']['seed']}) run on the runtime "
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--quality-samples", type=int, default=4)
+    p.add_argument("--quality-samples", type=int, default=4, help="held-out windows / test images (0: all)")
     p.add_argument("--calibration-plans", type=int, default=8,
                    help="runtime plans (seed + 1000, apart from the test plans) the calibrated profiled evaluator fits on")
     p.add_argument("--sensitivity", action="store_true", help="measure the sensitivity proxy for classifiers too")
