@@ -76,7 +76,7 @@ def sensitivity_tables(loaded: Any, group_sizes: list[int], *, hessian_samples: 
 
 def run(args: argparse.Namespace) -> int:
     from autosurgeon.hardware import resolve_profile
-    from autosurgeon.knapsack import PLANNER_KNOBS, plan_knapsack
+    from autosurgeon.knapsack import PLANNER_KNOBS, parse_budget, plan_knapsack
     from autosurgeon.knobs import KNOBS
     from autosurgeon.plan_check import check_plan, raise_for_problems
     from autosurgeon.space import SearchSpace
@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("give `--budget-memory` (e.g. 25% or 2GiB), `--max-quality-loss` (e.g. 0.01), "
                                    "or both.")
     groups = parse_group_sizes(args.group_sizes)
+    if args.budget_memory is not None:
+        parse_budget(args.budget_memory, 1)  # refuse a malformed size before the model loads
     profile = resolve_profile(args.device)
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=PLANNER_KNOBS)
