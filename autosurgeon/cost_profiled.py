@@ -59,8 +59,8 @@ logger = get_logger(__name__)
 TABLE_TYPE = "autosurgeon.ProfiledTable"
 TABLE_VERSION = 1
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MAX_COPIES = 64
-STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe  # cap on the layer copies a cold-cache unit timing rotates through
+MAX_COPIES = 64  # cap on the layer copies a cold-cache unit timing rotates through
+STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
 
 
 # ---------------------------------------------------------------------------------------------- workload
@@ -194,7 +194,8 @@ def signature(choice: LeafChoice, exec_device: str, phase: str, shape: tuple[int
     leaf = choice.leaf
     q = choice.precision not in FLOAT_DTYPES
     return (f"{phase}|{exec_device}|{leaf.module_class}|{leaf.weight_numel}x{leaf.out_features}|b{int(leaf.bias)}|"
-            f"in{'x'.join(map(str, shape))}:{dtype}|{choice.precision}|g{choice.group_size if choice.precision == 'int4' else 0}"
+            f"in{'x'.join(map(str, shape))}:{dtype}|{choice.precision}|"
+            f"g{choice.group_size if choice.precision == 'int4' else 0}"
             f"|{choice.kernel if q else 'auto'}")
 
 

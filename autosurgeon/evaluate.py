@@ -49,7 +49,6 @@ from autosurgeon.cost_profiled import (
     Workload,
     base_inputs,
     make_steps,
-    no_grad_forward,
     timed,
 )
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
@@ -291,7 +290,8 @@ class AnalyticEvaluator(Evaluator):
         if quality is not None:
             labels["quality_loss"] = "estimated"
         m = self.models[self.workload.phase]
-        method = (f"analytic: roofline per leaf on {self.profile.name} ({'measured' if self.profile.measured else 'paper'}"
+        kind = "measured" if self.profile.measured else "paper"
+        method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
                   f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {self.lookahead}; {', '.join(parts['link_notes']) or 'no streaming'}); memory: "
                   f"footprint.plan_memory; energy: {energy_how}"
@@ -393,7 +393,8 @@ class ProfiledEvaluator(Evaluator):
                   f"{len(self.profiler.table.unit_s)} entries) + measured fixed overhead + measured streaming "
                   f"costs" + (f", calibrated on {len(self.calibration['points'])} runtime plans (step = "
                               f"{self.calibration['a'] * 1e3:.3f} ms + {self.calibration['b']:.3f} x composed)"
-                              if self.calibration["points"] else "") + f"; memory: footprint.plan_memory; energy: {energy_how}"
+                              if self.calibration["points"] else "")
+                  + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + ("; quality: sensitivity proxy" if quality is not None else ""))
         return Metrics(
             latency_s=self._per_item(latency), prefill_s=prefill,

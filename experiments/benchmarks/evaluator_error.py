@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary["runtime"] = {"evals_per_s": runtime.evaluations_per_second, "evaluated": runtime.evaluated}
     return {
         "model": args.model, "plans": len(vectors),
-        "step": ("decode step at 32 positions, batch 1" if loaded.task == "causal-lm" else "one forward of 1 sample"), "seed": args.seed, "knobs": list(knobs), "clock": args.clock,
+        "step": ("decode step at 32 positions, batch 1" if loaded.task == "causal-lm" else "one forward of 1 sample"),
+        "seed": args.seed, "knobs": list(knobs), "clock": args.clock,
         "threads": args.threads, "repeats": args.repeats, "quality_samples": args.quality_samples,
         "device": {"profile": profile.name, "fingerprint": profile.fingerprint, "cpu": profile.cpu.model,
                    "cores": profile.cpu.physical_cores, "python": platform.python_version(),
@@ -129,7 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         "a_s": calibrated.calibration["a"], "b": calibrated.calibration["b"]},
         "table": {"seconds": table_s, "entries": len(table.unit_s), "overhead_s": table.overhead_s,
                   "baseline_s": table.baseline_s, "n_ops": table.n_ops, "launch_overhead_s": table.launch_overhead_s,
-                  "stream": {k: {"fetch_s": v["fetch_s"], "s_per_byte": v["s_per_byte"]} for k, v in table.stream.items()}},
+                  "stream": {k: {"fetch_s": v["fetch_s"], "s_per_byte": v["s_per_byte"]}
+                             for k, v in table.stream.items()}},
         "summary": summary, "rows": rows, "seconds": time.perf_counter() - started,
     }
 
@@ -220,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--quality-samples", type=int, default=4, help="held-out windows / test images (0: all)")
     p.add_argument("--calibration-plans", type=int, default=8,
-                   help="runtime plans (seed + 1000, apart from the test plans) the calibrated profiled evaluator fits on")
+                   help="runtime plans (seed + 1000, apart from the test plans) the calibrated profiled "
+                        "evaluator fits on")
     p.add_argument("--sensitivity", action="store_true", help="measure the sensitivity proxy for classifiers too")
     p.add_argument("--out", default=None, help="markdown results file (a .json with rows is written beside it)")
     args = p.parse_args(argv)
