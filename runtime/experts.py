@@ -400,17 +400,30 @@ class ExpertStreamer:
         self._prefetcher = prefetcher
 
     # ------------------------------------------------------------ hooks
-    def _pre_forward(self, module: nn.Module, layer: int, args: tuple) -> tuple:
+    def route(self, layer: int, rows: Sequence[Sequence[int]], *, hidden: Any = None) -> tuple[list[int], list[int]]:
+        """One MoE layer's routing arrived: make its experts resident (pinned until :meth:`done`), let the
+        prefetcher learn and start its prefetches. Returns the experts used (local ids) and their slots.
+        The hooks call this; tests and trace replays call it directly."""
         assert self.cache is not None
-        hidden, top_k_index, top_k_weights = args[0], args[1], args[2]
-        rows = top_k_index.tolist()  # the routing is needed on the host to decide what to fetch
-        used = sorted({e for row in rows for e in row})
+        used = sorted({int(e) for row in rows for e in row})
         base = layer * self.num_experts
         slots = self.cache.ensure([base + e for e in used])
         self.stats.layers += 1
         self.prefetcher.observe_routing(layer, rows, hidden=hidden)
         if self.lookahead:
             self.cache.prefetch(self.prefetcher.predict(self.lookahead), self.lookahead)
+        return used, slots
+
+    def done(self) -> None:
+        """The layer that :meth:`route` prepared has run: its experts may be evicted again."""
+        assert self.cache is not None
+        self.cache.release()
+
+    def _pre_forward(self, module: nn.Module, layer: int, args: tuple) -> tuple:
+        assert self.cache is not None
+        hidden, top_k_index, top_k_weights = args[0], args[1], args[2]
+        # the routing is needed on the host to decide what to fetch
+        used, slots = self.route(layer, top_k_index.tolist(), hidden=hidden)
         lut = self._lut
         lut[torch.tensor(used, device=lut.device)] = torch.tensor(slots, device=lut.device)
         module._parameters["gate_up_proj"] = self.cache.gate_up_param
@@ -423,7 +436,7 @@ class ExpertStreamer:
         gu, dn = self._placeholders[layer]
         module._parameters["gate_up_proj"], module._parameters["down_proj"] = gu, dn
         module.num_experts = self.num_experts
-        self.cache.release()
+        self.done()
 
     # ------------------------------------------------------------ teardown
     def detach(self) -> None:

@@ -185,7 +185,8 @@ class MarkovPrefetcher(ExpertPrefetcher):
         if min_count < 1:
             raise JalapenoError(f"`min_count` must be >= 1, got {min_count}.")
         self.order, self.min_count, self.max_tokens = order, min_count, max_tokens
-        # counts[j][context] -> [n, {(layer, expert): count}]; context = ((layer, row), ...) oldest first
+        # counts[j][context] -> [{next layer: n}, {(next layer, expert): count}]; context = ((layer, row), ...)
+        # oldest first. Probabilities are conditional on the next layer (a context may precede several).
         self.counts: list[dict[tuple, list]] = [{} for _ in range(order + 1)]
         self.successors: dict[int, dict[int, int]] = {}
         self._history: list[tuple[int, list[tuple[int, ...]]]] = []  # last `order` (layer, rows)
@@ -229,8 +230,8 @@ class MarkovPrefetcher(ExpertPrefetcher):
         return tuple(ctx)
 
     def _bump(self, j: int, ctx: tuple, layer: int, row: tuple[int, ...], sign: int) -> None:
-        slot = self.counts[j].setdefault(ctx, [0, {}])
-        slot[0] += sign
+        slot = self.counts[j].setdefault(ctx, [{}, {}])
+        slot[0][layer] = slot[0].get(layer, 0) + sign
         nxt = slot[1]
         for e in row:
             key = (layer, e)
@@ -257,10 +258,10 @@ class MarkovPrefetcher(ExpertPrefetcher):
             if ctx is None:
                 continue
             slot = self.counts[j].get(ctx)
-            if slot is None or slot[0] < (self.min_count if j else 1):
+            n = slot[0].get(target, 0) if slot is not None else 0
+            if n < (self.min_count if j else 1):
                 continue
-            n, nxt = slot
-            dist = {e: c / n for (lay, e), c in nxt.items() if lay == target and c > 0}
+            dist = {e: c / n for (lay, e), c in slot[1].items() if lay == target and c > 0}
             if dist:
                 return dist, j
         return {}, -1
@@ -273,12 +274,13 @@ class MarkovPrefetcher(ExpertPrefetcher):
             for j in range(min(self.order, len(hist)), -1, -1):  # backoff: each order adds below the longer ones
                 ctx = (target,) if j == 0 else self._context(hist[-j:], t)
                 slot = self.counts[j].get(ctx) if ctx is not None else None
-                if slot is None or slot[0] < (self.min_count if j else 1):
+                n = slot[0].get(target, 0) if slot is not None else 0
+                if n < (self.min_count if j else 1):
                     continue
                 weight = 1e3 ** j  # lexicographic in practice: a seen longer context outranks shorter ones
                 for (lay, e), c in slot[1].items():
                     if lay == target and c > 0:
-                        scores[e] = scores.get(e, 0.0) + weight * c / slot[0]
+                        scores[e] = scores.get(e, 0.0) + weight * c / n
         return scores
 
     def _predict(self, k: int) -> list[int]:
