@@ -49,7 +49,7 @@ from torch import nn
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.footprint import packed_copy_bytes, plan_memory, tensor_bytes
-from autosurgeon.plan import Plan
+from autosurgeon.plan import Plan, model_fingerprint
 
 logger = get_logger(__name__)
 
@@ -300,14 +300,22 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         profile = resolve_profile(profile)
     if space is None:
         space = SearchSpace.build(model, profile, inputs=inputs, knobs=PLANNER_KNOBS)
+    elif space.device_fingerprint != profile.fingerprint or space.model_fingerprint != model_fingerprint(
+            model if isinstance(model, nn.Module) else model.model):
+        raise InvalidArgumentError(f"`space` was built for model {space.model_fingerprint} on device "
+                                   f"{space.device_fingerprint}, not for this model on {profile.name} "
+                                   f"({profile.fingerprint}); build it from the model and profile you plan for.")
+    if "precision" not in space.knobs:
+        raise InvalidArgumentError(f"`space` has no precision variables (knobs {list(space.knobs)}); build it with "
+                                   f"knobs={PLANNER_KNOBS}.")
     x0 = space.default_vector()
     fast = "gpu" if space.default_placement.partition("<-")[0] in ("gpu", "dla") else "cpu"
     reference = plan_memory(space, x0, lookahead=lookahead)
     reference_bytes = sum(reference.values())
-    if isinstance(budget, (str, float)) or isinstance(budget, int) and not isinstance(budget, bool):
-        budget = parse_budget(budget, reference_bytes) if isinstance(budget, (str, float)) else int(budget)
-    elif budget is not None:
-        raise InvalidArgumentError(f"`budget` must be bytes, a size string or a percentage, got {budget!r}.")
+    if budget is not None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float, str)):
+            raise InvalidArgumentError(f"`budget` must be bytes, a size string or a percentage, got {budget!r}.")
+        budget = parse_budget(budget, reference_bytes)
     if objective == "auto":
         objective = "quality" if budget is not None else "memory"
     if objective == "memory" and max_quality_loss is None:

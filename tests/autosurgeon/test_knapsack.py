@@ -199,3 +199,13 @@ def test_precisions_the_device_lacks_are_never_offered(model: LlamaForCausalLM, 
     assert all(o.precision != "int8-dynamic" for row in options.values() for o in row)  # fbgemm is CPU-only
     result = plan_knapsack(model, "h100-80gb", table, budget="30%", space=gpu_space)
     assert check_plan(model, result.plan, "h100-80gb", inputs=INPUTS) == []
+
+
+def test_a_space_of_another_device_or_without_precisions_is_refused(model: LlamaForCausalLM, table: SensitivityTable,
+                                                                    space: SearchSpace) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"`space` was built for model [0-9a-f]{16} on device [0-9a-f]{16}, "
+                                                   r"not for this model on h100-80gb"):
+        plan_knapsack(model, "h100-80gb", table, budget="50%", space=space)
+    placement_only = SearchSpace.build(model, "local", inputs=INPUTS, knobs=("placement",))
+    with pytest.raises(InvalidArgumentError, match="has no precision variables"):
+        plan_knapsack(model, "local", table, budget="50%", space=placement_only)
