@@ -2,7 +2,8 @@
 
 Tokens ``0 .. pinned-1`` (the policy's attention sinks) go to a sink block of exactly that many tokens; every
 later token goes to pages of ``page_tokens`` tokens, allocated one at a time as the sequence grows (so at most
-one page is partly filled: the paged layout's only waste besides trimmed slots). When a new page would take the
+one page is partly filled: the paged layout's only waste besides trimmed slots; where less than a page of
+budget is left, a short page uses that tail). When a new page would take the
 layer past its hot-tier budget, the oldest hot page is moved to the CPU (``offload``, while the cold budget
 allows) or evicted (the policy picks which). A ``window`` additionally caps the recent tokens kept, trimmed
 token by token from the front of the oldest page (the slots stay allocated until the page empties).
@@ -215,6 +216,18 @@ class LayerKV:
                 continue
             self._evict_among(hot)
 
+    def _next_page_tokens(self) -> int:
+        """Size of the next page: ``page_tokens``, or a short page filling the budget's tail when less than a
+        page is left (a budget that is not a page multiple would otherwise leave up to a page unusable)."""
+        if self.budget is None:
+            return self.page_tokens
+        tb = self._token_bytes()
+        room = (self.budget - self.hot_bytes) // tb
+        if room >= 1:
+            return min(room, self.page_tokens)
+        self._make_room(self.page_tokens * tb)
+        return self.page_tokens
+
     def _trim_window(self) -> None:
         if self.window is None:
             return
@@ -248,8 +261,7 @@ class LayerKV:
             else:
                 page = self.pages[-1] if self.pages and self.pages[-1].end < self.pages[-1].capacity else None
                 if page is None:
-                    self._make_room(self.page_tokens * self._token_bytes())
-                    page = self._alloc(self.page_tokens, pos)
+                    page = self._alloc(self._next_page_tokens(), pos)
                     self.pages.append(page)
                 n = min(total - i, page.capacity - page.end)
             assert page is not None

@@ -58,7 +58,9 @@ class KVCodec:
         if not self.scaled:
             return x.to(self.store_dtype), None
         xf = x.float()
-        scale = (xf.abs().amax(dim=-1, keepdim=True) / self._qmax).clamp(min=_MIN_SCALE).to(torch.float16)
+        # Rounded *up* to float16 (the 2^-10 nudge), so amax / scale never exceeds qmax: no clipping error.
+        scale = (xf.abs().amax(dim=-1, keepdim=True) / self._qmax * (1 + 2 ** -10)).clamp(min=_MIN_SCALE)
+        scale = scale.to(torch.float16)
         y = xf / scale.float()
         if self.precision == "int8":
             return y.round_().clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8), scale
