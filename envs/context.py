@@ -1,0 +1,103 @@
+"""What SurgeryEnv needs per model, built once per (model, device, evaluator) and shared by env copies.
+
+A :class:`ModelContext` holds the loaded model, its SearchSpace (fixed knob set), the evaluator that
+scores finished plans, the *estimator* that gives the running totals each step (the evaluator itself
+when it is cheap — analytic, profiled — else an analytic one on the same space), the unmodified
+model's metrics (the reward's normaliser), the smallest memory a plan can reach (so sampled budgets are
+feasible), and the per-unit features. Contexts are cached in-process: the vectorised envs of one training
+run share them (and the evaluator's result cache).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import InvalidArgumentError
+from envs.observation import DecisionUnit, decision_units, hardware_features, unit_feature_table
+
+logger = get_logger(__name__)
+
+EVALUATORS: tuple[str, ...] = ("analytic", "profiled", "runtime")
+_CACHE: dict[tuple[Any, ...], ModelContext] = {}
+
+
+@dataclass
+class ModelContext:
+    """One model on one device with one evaluator (module docstring)."""
+
+    spec: str
+    loaded: Any
+    profile: Any
+    space: Any
+    evaluator: Any
+    estimator: Any
+    units: list[DecisionUnit]
+    unit_features: np.ndarray
+    hardware: np.ndarray
+    base: Any
+    min_memory: float
+
+
+def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
+                  sensitivity: bool = False, cache: bool = True) -> ModelContext:
+    """Load ``spec`` and build (or fetch from the in-process cache) its context.
+
+    Args:
+        spec: zoo name, Hugging Face directory or ``package.module:factory``.
+        profile: a HardwareProfile (resolved by the caller).
+        evaluator: "analytic" (model on the meta device: nothing trained or downloaded), "profiled" or
+            "runtime" (real weights; zoo models train on first use).
+        knobs: the SearchSpace's knob kinds.
+        sensitivity: measure a SensitivityTable (real weights) for the quality proxy and the unit feature.
+        cache: reuse a context built earlier in this process.
+    """
+    from autosurgeon.evaluate import AnalyticEvaluator, ProfiledEvaluator, RuntimeEvaluator
+    from autosurgeon.footprint import plan_memory
+    from autosurgeon.plan_check import smallest_footprint
+    from autosurgeon.space import SearchSpace
+    from autosurgeon.zoo import load_model
+
+    if evaluator not in EVALUATORS:
+        raise InvalidArgumentError(f"`evaluator` must be one of {', '.join(EVALUATORS)}, got {evaluator!r}.")
+    key = (spec, profile.fingerprint, evaluator, tuple(knobs), bool(sensitivity))
+    if cache and key in _CACHE:
+        return _CACHE[key]
+    real = evaluator != "analytic" or sensitivity
+    loaded = load_model(spec, device="cpu" if real else "meta")
+    space = SearchSpace.build(loaded, profile, knobs=knobs)
+    table = None
+    if sensitivity:
+        from autosurgeon.sensitivity import measure_sensitivity
+
+        table = measure_sensitivity(loaded)
+    if evaluator == "analytic":
+        ev = AnalyticEvaluator(loaded, profile, space=space, sensitivity=table)
+        estimator = ev
+    elif evaluator == "profiled":
+        ev = ProfiledEvaluator(loaded, profile, space=space, sensitivity=table)
+        estimator = ev
+    else:
+        ev = RuntimeEvaluator(loaded, profile, space=space)
+        estimator = AnalyticEvaluator(loaded, profile, space=space, sensitivity=table)
+    units = decision_units(space)
+    base = ev.evaluate(space.default_vector())
+    tier_by_kind = {"gpu": "gpu", "cpu": "cpu"}
+    tier = tier_by_kind.get(profile.default_unit().kind, "cpu")
+    _, small = smallest_footprint(space, tier)
+    mem = plan_memory(space, small)
+    min_memory = float(mem.get("gpu", 0) + mem.get("cpu", 0))
+    ctx = ModelContext(spec=spec, loaded=loaded, profile=profile, space=space, evaluator=ev, estimator=estimator,
+                       units=units, unit_features=unit_feature_table(space, units, table),
+                       hardware=hardware_features(profile), base=base, min_memory=min_memory)
+    logger.info("surgery context %s on %s (%s): %d units, %d variables, base memory %d B, smallest %d B",
+                spec, profile.name, evaluator, len(units), len(space), base.objective("memory"), min_memory)
+    if cache:
+        _CACHE[key] = ctx
+    return ctx
+
+
+__all__ = ["EVALUATORS", "ModelContext", "build_context"]

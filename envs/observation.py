@@ -1,0 +1,157 @@
+"""Decision units and the fixed-size observation of SurgeryEnv: model-agnostic by construction.
+
+A *decision unit* is one module (block, leaf or fusible group) and every knob the SearchSpace gives it;
+the environment takes one step per unit, in SearchSpace variable order (placements of blocks first, then
+leaves in model order, then fusion groups), so every conditional rule of the space (which always looks
+backwards in variable order) only depends on units already decided — as HAQ walks layers.
+
+The action is one entry per knob of ``ACTION_KNOBS`` with a fixed number of choices (``MAX_CHOICES``):
+the same ``MultiDiscrete`` for every model and device, so one policy applies to models it never saw.
+A knob the unit lacks is masked to index 0.
+
+Observation (``ObservationLayout``, every entry roughly in [0, 1], clipped to ``[-OBS_CLIP, OBS_CLIP]``):
+
+* unit features (from ``SearchSpace.features()``): log FLOPs, log weight bytes, log intensity (each divided
+  by the largest in the model), parallelism, relative position, unit kind one-hot, which knobs it has,
+  sensitivity (``log10(1 + 1e4 * KL at int4)/4`` from a SensitivityTable, 0 without one) and a flag saying
+  whether sensitivity is known;
+* hardware features of the profile's default unit: log10 of float32 peak FLOP/s / 15, log10 of memory
+  bandwidth / 13, GPU present, log10 of memory bytes / 12 (fixed scales, so presets and measured profiles
+  land in the same range);
+* running totals of the plan so far (undecided units at their unmodified choice): memory / budget,
+  memory / baseline, latency / baseline, energy / baseline, budget / baseline, progress (steps done / units);
+* the previous step's action, one-hot per knob;
+* the preference vector over ``OBJECTIVES``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.knobs import FUSIONS, GROUP_SIZES, LAYOUTS, PLACEMENTS, PRECISIONS
+from autosurgeon.space_vars import FEATURE_KINDS, KNOB_ORDER
+
+ACTION_KNOBS: tuple[str, ...] = KNOB_ORDER
+# Kernel names come from the runtime's registry; 8 leaves room for a few per format ("auto" first).
+MAX_CHOICES: dict[str, int] = {"placement": len(PLACEMENTS), "precision": len(PRECISIONS),
+                               "group_size": len(GROUP_SIZES), "kernel": 8, "layout": len(LAYOUTS),
+                               "fusion": len(FUSIONS)}
+OBJECTIVES: tuple[str, ...] = ("latency", "memory", "energy")
+OBS_CLIP = 5.0
+UNIT_FEATURES: tuple[str, ...] = ("log_flops", "log_bytes", "log_intensity", "parallelism", "position",
+                                  *[f"kind_{k}" for k in FEATURE_KINDS], *[f"has_{k}" for k in ACTION_KNOBS],
+                                  "sensitivity", "sensitivity_known")
+HW_FEATURES: tuple[str, ...] = ("log_peak_flops", "log_bandwidth", "has_gpu", "log_memory")
+TOTAL_FEATURES: tuple[str, ...] = ("memory_vs_budget", "memory_vs_base", "latency_vs_base", "energy_vs_base",
+                                   "budget_vs_base", "progress")
+
+
+@dataclass(frozen=True)
+class DecisionUnit:
+    """One step of an episode: a module and the space variables (indices, ascending) it decides."""
+
+    name: str
+    variables: tuple[int, ...]
+    knobs: tuple[str, ...]
+
+
+def decision_units(space: Any) -> list[DecisionUnit]:
+    """The space's variables grouped into steps (module docstring: order and why).
+
+    Fusion variables form units of their own (key ``(name, "fusion")``): a fusion's group is named after
+    its first member, but it depends on every member, which later leaf units decide.
+    """
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, v in enumerate(space.variables):
+        if v.n > MAX_CHOICES[v.knob]:
+            raise InvalidArgumentError(
+                f"{v.name}: `{v.knob}` has {v.n} choices, more than the policy's fixed {MAX_CHOICES[v.knob]}; "
+                f"raise envs.observation.MAX_CHOICES[{v.knob!r}] (the action space changes: retrain).")
+        groups.setdefault((v.name, v.knob == "fusion"), []).append(i)
+    units = [DecisionUnit(name=name, variables=tuple(idx), knobs=tuple(space.variables[i].knob for i in idx))
+             for (name, _), idx in groups.items()]
+    return sorted(units, key=lambda u: u.variables[0])
+
+
+@dataclass(frozen=True)
+class ObservationLayout:
+    """Names and sizes of the observation's parts; saved with a policy and checked on load."""
+
+    unit: tuple[str, ...] = UNIT_FEATURES
+    hardware: tuple[str, ...] = HW_FEATURES
+    totals: tuple[str, ...] = TOTAL_FEATURES
+    action_knobs: tuple[str, ...] = ACTION_KNOBS
+    max_choices: tuple[int, ...] = tuple(MAX_CHOICES[k] for k in ACTION_KNOBS)
+    objectives: tuple[str, ...] = OBJECTIVES
+
+    @property
+    def size(self) -> int:
+        return (len(self.unit) + len(self.hardware) + len(self.totals) + sum(self.max_choices)
+                + len(self.objectives))
+
+    def names(self) -> list[str]:
+        prev = [f"prev_{k}_{j}" for k, n in zip(self.action_knobs, self.max_choices) for j in range(n)]
+        return [*self.unit, *self.hardware, *self.totals, *prev, *[f"pref_{o}" for o in self.objectives]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": list(self.unit), "hardware": list(self.hardware), "totals": list(self.totals),
+                "action_knobs": list(self.action_knobs), "max_choices": list(self.max_choices),
+                "objectives": list(self.objectives), "size": self.size}
+
+
+def unit_feature_table(space: Any, units: Sequence[DecisionUnit], sensitivity: Any = None) -> np.ndarray:
+    """``(len(units), len(UNIT_FEATURES))`` float32: per-unit features (module docstring)."""
+    feats, names = space.features()
+    col = {n: j for j, n in enumerate(names)}
+    rows = []
+    for u in units:
+        f = feats[u.variables[0]]
+        base = [f[col["log_flops"]], f[col["log_bytes"]], f[col["log_intensity"]], f[col["parallelism"]],
+                f[col["position"]], *[f[col[f"kind_{k}"]] for k in FEATURE_KINDS]]
+        has = [float(k in u.knobs) for k in ACTION_KNOBS]
+        sens, known = 0.0, 0.0
+        if sensitivity is not None and "precision" in u.knobs:
+            div = sensitivity.divergence.get((u.name, "int4"))
+            if div is not None:
+                sens, known = min(1.0, math.log10(1.0 + 1e4 * max(float(div), 0.0)) / 4.0), 1.0
+        rows.append([*base, *has, sens, known])
+    return np.asarray(rows, dtype=np.float32).reshape(len(units), len(UNIT_FEATURES))
+
+
+def hardware_features(profile: Any) -> np.ndarray:
+    """Fixed-scale features of the profile's default unit (module docstring)."""
+    unit = profile.default_unit()
+    flops = max(float(unit.peak_flops("float32")), 1.0)
+    return np.array([math.log10(flops) / 15.0, math.log10(max(float(unit.memory_bandwidth), 1.0)) / 13.0,
+                     float(any(u.kind == "gpu" for u in profile.units)),
+                     math.log10(max(float(unit.memory_bytes), 1.0)) / 12.0], dtype=np.float32)
+
+
+def one_hot_action(action: np.ndarray | None, layout: ObservationLayout) -> np.ndarray:
+    out = np.zeros(sum(layout.max_choices), dtype=np.float32)
+    if action is None:
+        return out
+    offset = 0
+    for a, n in zip(np.asarray(action, dtype=np.int64), layout.max_choices):
+        out[offset + int(a)] = 1.0
+        offset += n
+    return out
+
+
+def assemble(layout: ObservationLayout, *, unit: np.ndarray, hardware: np.ndarray, totals: Mapping[str, float],
+             previous: np.ndarray | None, preference: np.ndarray) -> np.ndarray:
+    """The observation vector, float32, clipped to ``[-OBS_CLIP, OBS_CLIP]``."""
+    parts = [np.asarray(unit, np.float32), np.asarray(hardware, np.float32),
+             np.array([totals[k] for k in layout.totals], np.float32), one_hot_action(previous, layout),
+             np.asarray(preference, np.float32)]
+    obs = np.concatenate(parts)
+    return np.clip(np.nan_to_num(obs, nan=0.0, posinf=OBS_CLIP, neginf=-OBS_CLIP), -OBS_CLIP, OBS_CLIP)
+
+
+__all__ = ["ACTION_KNOBS", "MAX_CHOICES", "OBJECTIVES", "OBS_CLIP", "DecisionUnit", "ObservationLayout",
+           "assemble", "decision_units", "hardware_features", "one_hot_action", "unit_feature_table"]

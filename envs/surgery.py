@@ -1,0 +1,276 @@
+"""SurgeryEnv: model surgery as a Gymnasium environment, one step per decision unit."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import InvalidArgumentError
+from envs.context import ModelContext, build_context
+from envs.observation import ACTION_KNOBS, MAX_CHOICES, OBJECTIVES, OBS_CLIP, ObservationLayout, assemble
+from envs.reward import RewardConfig, episode_reward
+
+logger = get_logger(__name__)
+
+DEFAULT_MODEL = "tiny-llama-test"
+
+
+class SurgeryEnv(gym.Env):
+    """Choose every surgery decision of a model, unit by unit, for a device, a preference and a budget.
+
+    Each episode samples (from ``self.np_random``) one of the env's models, a preference vector over
+    (latency, memory, energy) from a flat Dirichlet, and a memory budget between the smallest reachable
+    memory and the unmodified model's (``budget_range`` of the way). It then walks the model's decision
+    units in SearchSpace order (``envs.observation.decision_units``: block placements first, then leaves,
+    then fusion groups): one step decides every knob of one unit. The finished plan is evaluated once.
+
+    Defaults (``gymnasium.make("AutoSurgeon/Surgery-v0")``): the zoo's ``tiny-llama-test`` built on the
+    meta device (no training, no download), this machine's ``"local"`` profile (measured once and cached
+    by ``autosurgeon.hardware``), the analytic evaluator (roofline cost model, ~1 ms per plan), knobs
+    precision and placement. That is the fastest honest default: every figure comes from the real cost
+    model on the real architecture; pass ``evaluator="profiled"`` (per-unit runtime measurements, real
+    weights) or ``"runtime"`` (the plan is applied and run end to end) for measured rewards.
+
+    ## Action Space
+
+    ``MultiDiscrete([6, 7, 4, 8, 3, 2])``: one entry per knob of ``ACTION_KNOBS`` (placement, precision,
+    group_size, kernel, layout, fusion), each over the knob's whole vocabulary in SearchSpace order
+    (index 0 = unmodified). The shape is the same for every model and device. :meth:`action_masks` gives
+    the flat valid-choice mask (sb3-contrib ``MaskablePPO``): knobs the unit lacks allow only index 0;
+    a knob whose rule depends on another knob of the *same* unit (group_size and kernel on precision, a
+    block's layout on its placement) allows every choice valid under *some* valid parent choice, and the
+    env moves it to the nearest valid choice after the parent is set (``info["repaired"]`` counts these;
+    with the default knobs there are none). Invalid actions are never applied: they are repaired the same way.
+
+    ## Observation Space
+
+    ``Box(-5, 5, (N,), float32)`` with ``N = ObservationLayout().size``: the unit's model-agnostic features,
+    the device's features, running totals of the plan so far against the budget and the unmodified model,
+    the previous action (one-hot) and the preference (see ``envs.observation``).
+
+    ## Rewards
+
+    0 on every step but the last; on the last, the evaluated plan's preference-weighted improvement over
+    the unmodified model minus penalties for exceeding the memory budget or the quality-loss bound
+    (``envs.reward``). With a measuring evaluator the reward is measured, hence ``nondeterministic=True``.
+
+    ## Starting State
+
+    No decision taken: the plan is the unmodified model. ``reset(options=...)`` may fix ``model`` (a spec
+    of the env or an index), ``preference`` (3 non-negative weights summing to 1, or a mapping
+    objective -> weight), ``memory_budget`` (bytes) or ``budget_fraction`` (0 = smallest, 1 = unmodified).
+
+    ## Episode End
+
+    Terminated after the model's last decision unit (episode length = number of units: 18 for
+    tiny-llama-test with the default knobs). No truncation: episodes end on their own, so the registration
+    sets no ``max_episode_steps``.
+
+    ## Version History
+
+    * v0: initial version (knobs precision + placement by default; analytic evaluator by default).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, *, models: str | Sequence[str] = DEFAULT_MODEL, device: Any = "local",
+                 evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
+                 budget_range: tuple[float, float] = (0.1, 1.0), memory_budget: float | None = None,
+                 preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
+                 render_mode: str | None = None) -> None:
+        from autosurgeon.hardware import resolve_profile
+
+        if render_mode is not None:
+            raise InvalidArgumentError(f"`render_mode` must be None (SurgeryEnv does not render), got {render_mode!r}.")
+        specs = [models] if isinstance(models, str) else list(models)
+        if not specs or not all(isinstance(s, str) and s for s in specs):
+            raise InvalidArgumentError(f"`models` must be a non-empty model spec or list of specs, got {models!r}.")
+        lo, hi = budget_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise InvalidArgumentError(f"`budget_range` must satisfy 0 <= low <= high <= 1, got {budget_range!r}.")
+        self.profile = resolve_profile(device)
+        self.contexts: list[ModelContext] = [build_context(s, self.profile, evaluator=evaluator, knobs=knobs,
+                                                           sensitivity=sensitivity) for s in specs]
+        self.specs = specs
+        self.evaluator_name = evaluator
+        self.knobs = tuple(knobs)
+        self.budget_range = (float(lo), float(hi))
+        self.fixed_budget = memory_budget
+        self.fixed_preference = None if preference is None else parse_preference(preference)
+        self.reward_config = reward or RewardConfig()
+        self.layout = ObservationLayout()
+        self.action_space = spaces.MultiDiscrete(np.array(self.layout.max_choices, dtype=np.int64))
+        self.observation_space = spaces.Box(-OBS_CLIP, OBS_CLIP, shape=(self.layout.size,), dtype=np.float32)
+        self.render_mode = None
+        self.ctx = self.contexts[0]
+        self.x = self.ctx.space.default_vector()
+        self.t = 0
+        self.previous: np.ndarray | None = None
+        self.preference = np.full(len(OBJECTIVES), 1.0 / len(OBJECTIVES))
+        self.budget = float(self.ctx.base.objective("memory"))
+
+    # ------------------------------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = dict(options or {})
+        model = options.get("model")
+        if model is None:
+            self.ctx = self.contexts[int(self.np_random.integers(len(self.contexts)))]
+        elif isinstance(model, (int, np.integer)) and 0 <= int(model) < len(self.contexts):
+            self.ctx = self.contexts[int(model)]
+        elif model in self.specs:
+            self.ctx = self.contexts[self.specs.index(model)]
+        else:
+            raise InvalidArgumentError(f"options['model'] must be one of {self.specs} or an index, got {model!r}.")
+        pref = options.get("preference", self.fixed_preference)
+        self.preference = (parse_preference(pref) if pref is not None
+                           else self.np_random.dirichlet(np.ones(len(OBJECTIVES))))
+        base_mem = float(self.ctx.base.objective("memory"))
+        if options.get("memory_budget") is not None:
+            self.budget = float(options["memory_budget"])
+        elif self.fixed_budget is not None and "budget_fraction" not in options:
+            self.budget = float(self.fixed_budget)
+        else:
+            frac = options.get("budget_fraction")
+            frac = float(self.np_random.uniform(*self.budget_range)) if frac is None else float(frac)
+            self.budget = self.ctx.min_memory + frac * max(base_mem - self.ctx.min_memory, 0.0)
+        if not self.budget > 0:
+            raise InvalidArgumentError(f"memory budget must be > 0 bytes, got {self.budget!r}.")
+        self.x = self.ctx.space.default_vector()
+        self.t = 0
+        self.previous = None
+        self.repaired = 0
+        return self._observation(), {"model": self.ctx.spec, "memory_budget": self.budget,
+                                     "preference": self.preference.tolist()}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self.t >= len(self.ctx.units):
+            raise InvalidArgumentError("step() called after the episode ended; call reset().")
+        action = np.asarray(action, dtype=np.int64).reshape(-1)
+        if action.shape != (len(ACTION_KNOBS),):
+            raise InvalidArgumentError(f"`action` must have {len(ACTION_KNOBS)} entries, got shape {action.shape}.")
+        space = self.ctx.space
+        unit = self.ctx.units[self.t]
+        for i in unit.variables:
+            v = space.variables[i]
+            j = int(np.clip(action[ACTION_KNOBS.index(v.knob)], 0, v.n - 1))
+            mask, _ = space.allowed(i, self.x)
+            if not mask[j]:
+                j = space._nearest(v, j, mask)
+                self.repaired += 1
+            self.x[i] = j
+        self.previous = np.clip(action, 0, np.array(self.layout.max_choices) - 1)
+        self.t += 1
+        terminated = self.t == len(self.ctx.units)
+        reward, info = 0.0, {"repaired": self.repaired}
+        if terminated:
+            metrics = self.ctx.evaluator.evaluate(self.x)
+            reward, rinfo = episode_reward(metrics, self.ctx.base, self.preference, objectives=OBJECTIVES,
+                                           memory_budget=self.budget, config=self.reward_config)
+            info.update(rinfo, model=self.ctx.spec, plan_vector=self.x.tolist(), latency_s=metrics.latency_s,
+                        energy_j=metrics.energy_j, evaluator=metrics.evaluator)
+        return self._observation(), float(reward), terminated, False, info
+
+    def action_masks(self) -> np.ndarray:
+        """Flat bool mask over ``sum(MAX_CHOICES)`` entries for the current unit (class docstring: rules)."""
+        out = []
+        if self.t >= len(self.ctx.units):
+            for n in self.layout.max_choices:
+                out.append(np.eye(1, n, 0, dtype=bool)[0])
+            return np.concatenate(out)
+        space = self.ctx.space
+        unit = self.ctx.units[self.t]
+        by_knob = {space.variables[i].knob: i for i in unit.variables}
+        for knob, n in zip(ACTION_KNOBS, self.layout.max_choices):
+            m = np.zeros(n, dtype=bool)
+            i = by_knob.get(knob)
+            if i is None:
+                m[0] = True
+            else:
+                v = space.variables[i]
+                m[:v.n] = self._mask(i, unit.variables)
+            out.append(m)
+        return np.concatenate(out)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _mask(self, i: int, unit_vars: Sequence[int]) -> np.ndarray:
+        space = self.ctx.space
+        parent = space.variables[i].parent
+        if parent is None or parent not in unit_vars:
+            return space.allowed(i, self.x)[0]
+        # Parent decided in this same step: any choice valid under some valid parent choice.
+        x = self.x.copy()
+        union = np.zeros(space.variables[i].n, dtype=bool)
+        for c in np.nonzero(self._mask(parent, unit_vars))[0]:
+            x[parent] = int(c)
+            union |= space.allowed(i, x)[0]
+        return union
+
+    def _observation(self) -> np.ndarray:
+        ctx = self.ctx
+        base = ctx.base
+        current = ctx.estimator.evaluate(ctx.space.repair(self.x)) if self.t else ctx.estimator.evaluate(self.x)
+        base_mem = float(base.objective("memory"))
+        mem = float(current.objective("memory"))
+        energy_ratio = (current.energy_j / base.energy_j) if current.energy_j and base.energy_j else 1.0
+        totals = {"memory_vs_budget": mem / self.budget, "memory_vs_base": mem / max(base_mem, 1.0),
+                  "latency_vs_base": current.latency_s / base.latency_s, "energy_vs_base": energy_ratio,
+                  "budget_vs_base": self.budget / max(base_mem, 1.0), "progress": self.t / len(ctx.units)}
+        index = min(self.t, len(ctx.units) - 1)
+        unit = ctx.unit_features[index] if self.t < len(ctx.units) else np.zeros_like(ctx.unit_features[0])
+        return assemble(self.layout, unit=unit, hardware=ctx.hardware, totals=totals, previous=self.previous,
+                        preference=self.preference)
+
+    def plan(self) -> Any:
+        """The current decisions as a Plan (valid: ``space.repair`` leaves a valid vector unchanged)."""
+        space = self.ctx.space
+        return space.decode(space.repair(self.x), metadata={"proposer": "SurgeryEnv"})
+
+
+def parse_preference(value: Any) -> np.ndarray:
+    """A preference over ``OBJECTIVES`` as an array; mapping, sequence or ``"latency=0.6,memory=0.4"``.
+
+    Objectives missing from a mapping get 0. Errors name the offending value: unknown objective,
+    negative or non-finite weight, weights not summing to 1 (within 1e-6).
+    """
+    if isinstance(value, str):
+        pairs = {}
+        for part in value.split(","):
+            name, sep, weight = part.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise InvalidArgumentError(f"preference {value!r}: each entry must be objective=weight "
+                                           f"(e.g. latency=0.6,memory=0.3,energy=0.1), got {part!r}.")
+            try:
+                pairs[name] = float(weight)
+            except ValueError:
+                raise InvalidArgumentError(f"preference weight of {name!r} must be a number, got {weight!r}.") from None
+        value = pairs
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in OBJECTIVES]
+        if unknown:
+            raise InvalidArgumentError(f"preference names unknown objective {unknown[0]!r}; objectives are "
+                                       f"{', '.join(OBJECTIVES)}.")
+        arr = np.array([float(value.get(k, 0.0)) for k in OBJECTIVES], dtype=np.float64)
+        named = dict(value)
+    else:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        if arr.shape != (len(OBJECTIVES),):
+            raise InvalidArgumentError(f"preference must have {len(OBJECTIVES)} weights ({', '.join(OBJECTIVES)}), "
+                                       f"got {arr.shape[0]}.")
+        named = dict(zip(OBJECTIVES, arr.tolist()))
+    for k, w in named.items():
+        if not np.isfinite(w) or w < 0:
+            raise InvalidArgumentError(f"preference weight of {k!r} must be a finite number >= 0, got {w}.")
+    if abs(arr.sum() - 1.0) > 1e-6:
+        raise InvalidArgumentError(f"preference weights must sum to 1 (within 1e-6), got {arr.sum():.6g} "
+                                   f"from {named}.")
+    return arr
+
+
+__all__ = ["DEFAULT_MODEL", "SurgeryEnv", "parse_preference"]
