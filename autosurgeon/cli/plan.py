@@ -37,6 +37,9 @@ def register(subparsers: Any) -> None:
                         help="auto: quality with a budget, else memory; latency/energy use the analytic cost model")
     parser.add_argument("--group-sizes", default="128", metavar="G,...",
                         help="int4 group sizes to offer, e.g. 32,64,128 (one sensitivity table each; default 128)")
+    parser.add_argument("--precisions", default=None, metavar="P,...",
+                        help="precisions to measure and offer besides each unit's own (default: bfloat16, float16, "
+                        "int8, int4, int8-dynamic; those the device lacks are never offered)")
     parser.add_argument("--hessian-samples", type=int, default=0,
                         help="Hutchinson vectors for the table's Hessian traces (not used by the planner; default 0)")
     parser.add_argument("--out", required=True, help="where to write the plan JSON")
@@ -61,15 +64,31 @@ def parse_group_sizes(text: str) -> list[int]:
     return sorted(set(out))
 
 
-def sensitivity_tables(loaded: Any, group_sizes: list[int], *, hessian_samples: int = 0,
-                       cache_dir: str | None = None) -> list[Any]:
-    """One cached table per int4 group size: every default precision at the first, int4 alone at the others."""
+def parse_precisions(text: str | None) -> tuple[str, ...]:
+    """``"int8,int4"`` -> ``("int8", "int4")``, drawn from the precisions the sensitivity table measures."""
+    from autosurgeon.sensitivity import DEFAULT_PRECISIONS
+
+    if text is None:
+        return DEFAULT_PRECISIONS
+    out = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [p for p in out if p not in DEFAULT_PRECISIONS]
+    if bad or not out:
+        raise InvalidArgumentError(f"`--precisions` must be a comma list drawn from {', '.join(DEFAULT_PRECISIONS)}, "
+                                   f"got {text!r}.")
+    return out
+
+
+def sensitivity_tables(loaded: Any, group_sizes: list[int], *, precisions: tuple[str, ...] | None = None,
+                       hessian_samples: int = 0, cache_dir: str | None = None) -> list[Any]:
+    """One cached table per int4 group size: ``precisions`` at the first, int4 alone at the others."""
     from autosurgeon.sensitivity import DEFAULT_PRECISIONS, measure_sensitivity
 
+    precisions = precisions or DEFAULT_PRECISIONS
     tables = []
     for k, g in enumerate(group_sizes):
-        precisions = DEFAULT_PRECISIONS if k == 0 else ("int4",)
-        tables.append(measure_sensitivity(loaded, precisions=precisions, group_size=g,
+        if k and "int4" not in precisions:
+            break
+        tables.append(measure_sensitivity(loaded, precisions=precisions if k == 0 else ("int4",), group_size=g,
                                           hessian_samples=hessian_samples if k == 0 else 0, cache_dir=cache_dir))
     return tables
 
@@ -91,12 +110,14 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("give `--budget-memory` (e.g. 25% or 2GiB), `--max-quality-loss` (e.g. 0.01), "
                                    "or both.")
     groups = parse_group_sizes(args.group_sizes)
+    precisions = parse_precisions(args.precisions)
     if args.budget_memory is not None:
         parse_budget(args.budget_memory, 1)  # refuse a malformed size before the model loads
     profile = resolve_profile(args.device)
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=PLANNER_KNOBS)
-    tables = sensitivity_tables(loaded, groups, hessian_samples=args.hessian_samples, cache_dir=args.cache_dir)
+    tables = sensitivity_tables(loaded, groups, precisions=precisions, hessian_samples=args.hessian_samples,
+                                cache_dir=args.cache_dir)
     result = plan_knapsack(loaded, profile, tables, budget=args.budget_memory, max_quality_loss=args.max_quality_loss,
                            objective=args.objective, space=space,
                            metadata={"model": loaded.name, "device": profile.name})

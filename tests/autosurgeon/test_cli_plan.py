@@ -22,6 +22,10 @@ from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.plan import Plan, model_fingerprint
 
 
+# The tests plan with int8 and int4 (group 64) only: two measured precisions keep the sensitivity table fast.
+FAST = ("--group-sizes", "64", "--precisions", "int8,int4")
+
+
 def _run_cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
@@ -46,12 +50,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          num_key_value_heads=2, vocab_size=256)
     LlamaForCausalLM(config).eval().save_pretrained(root / "model")
     assert _run_cli(["plan", str(root / "model"), "--device", "local", "--budget-memory", "40%",
-                     "--group-sizes", "64", "--cache-dir", str(root / "cache"), "--out", str(root / "plan.json")]) == 0
+                     *FAST, "--cache-dir", str(root / "cache"), "--out", str(root / "plan.json")]) == 0
     return root
 
 
 def _args(root: Path, *rest: str) -> list[str]:
     return [str(root / "model"), *rest, "--cache-dir", str(root / "cache")]
+
 
 
 def test_plan_writes_a_loadable_plan_within_a_percent_budget(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,9 +67,9 @@ def test_plan_writes_a_loadable_plan_within_a_percent_budget(workdir: Path, caps
     assert plan.model_fingerprint == model_fingerprint(loaded.model)
     assert plan.metadata["proposer"] == "knapsack" and plan.metadata["objective"] == "quality"
     assert {d.get("precision") for d in plan.resolve(n for n, _ in loaded.model.named_modules()).values()} <= {
-        "int8", "int4", "bfloat16", "float16", "int8-dynamic"}
+        "int8", "int4"}
     # --json reports the same plan: bytes within 40 % of the unmodified weights.
-    assert _run_cli(["plan", *_args(workdir, "--device", "local", "--budget-memory", "40%", "--group-sizes", "64",
+    assert _run_cli(["plan", *_args(workdir, "--device", "local", "--budget-memory", "40%", *FAST,
                                      "--out", str(workdir / "again.json"), "--json")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tier_bytes"]["cpu"] <= report["budget_bytes"] == int(report["reference_bytes"] * 0.40)
@@ -75,7 +80,7 @@ def test_plan_writes_a_loadable_plan_within_a_percent_budget(workdir: Path, caps
 
 def test_plan_summary_names_counts_bytes_and_predicted_loss(workdir: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    assert _run_cli(["plan", *_args(workdir, "--device", "local", "--max-quality-loss", "0.005", "--group-sizes", "64",
+    assert _run_cli(["plan", *_args(workdir, "--device", "local", "--max-quality-loss", "0.005", *FAST,
                                      "--out", str(workdir / "memory.json"))]) == 0
     out = capsys.readouterr().out
     assert "(memory objective)" in out and re.search(r"^precisions .*int\d", out, re.M)
@@ -139,7 +144,7 @@ def test_bad_inputs_exit_2_with_the_message_and_no_traceback(workdir: Path, monk
           r"model\.layers\.1\.mlp\.down_proj `precision`='fp8': `precision` 'fp8' is not valid for "
           r"model\.layers\.1\.mlp\.down_proj on device 'local'")
     # A budget below the smallest plan: the smallest achievable stated.
-    fails(["plan", *_args(workdir, "--device", "local", "--budget-memory", "1KB", "--group-sizes", "64",
+    fails(["plan", *_args(workdir, "--device", "local", "--budget-memory", "1KB", *FAST,
                           "--out", str(workdir / "never.json"))],
           r"autosurgeon plan: error: `budget` 1000 B .* below the smallest footprint this model can reach on "
           r"'local': \d+ B .* raise the budget to at least that")
@@ -152,8 +157,9 @@ def test_bad_inputs_exit_2_with_the_message_and_no_traceback(workdir: Path, monk
     (["--max-quality-loss", "-0.1"], r"`--max-quality-loss` must be >= 0"),
     ([], r"give `--budget-memory` .* `--max-quality-loss`"),
     (["--budget-memory", "40%", "--group-sizes", "48"], r"`--group-sizes` entries must be positive multiples of 32"),
+    (["--budget-memory", "40%", "--precisions", "int3"], r"`--precisions` must be a comma list drawn from"),
 ])
 def test_plan_refuses_bad_arguments(workdir: Path, argv: list[str], pattern: str) -> None:
     with pytest.raises(InvalidArgumentError, match=pattern):
-        _run_cli(["plan", *_args(workdir, "--device", "local", *argv, "--out", str(workdir / "x.json"))])
+        _run_cli(["plan", *_args(workdir, "--device", "local", *FAST, *argv, "--out", str(workdir / "x.json"))])
     assert not (workdir / "x.json").exists()
