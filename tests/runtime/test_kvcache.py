@@ -1,6 +1,8 @@
 """Paged KV cache: HF equivalence, budgets, quantization error, eviction, waste, offload, policies."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -36,10 +38,14 @@ def llama() -> LlamaForCausalLM:
     return _llama()
 
 
+# transformers renamed `past_key_values` to `cache` during 5.x; use whichever this version's forward takes.
+CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
 def _generate(model: torch.nn.Module, ids: torch.Tensor, cache: object, n: int = 24) -> torch.Tensor:
     with torch.no_grad():
-        return model.generate(ids, max_new_tokens=n, do_sample=False, cache=cache, pad_token_id=0,
-                              attention_mask=torch.ones_like(ids))
+        return model.generate(ids, max_new_tokens=n, do_sample=False, pad_token_id=0,
+                              attention_mask=torch.ones_like(ids), **{CACHE_KW: cache})
 
 
 def _token_bytes(precision: str = "float", batch: int = 1) -> int:
@@ -65,8 +71,8 @@ def test_logits_match_dynamic_cache_exactly_with_chunked_prefill(llama) -> None:
     cache = make_kv_cache(KVCacheConfig(page_tokens=5), llama.config, device="cpu", dtype=torch.float32)
     with torch.no_grad():
         for chunk in ids.split(9, dim=1):  # prefill chunks that straddle pages
-            a = llama(input_ids=chunk, cache=ref_cache).logits
-            b = llama(input_ids=chunk, cache=cache).logits
+            a = llama(input_ids=chunk, **{CACHE_KW: ref_cache}).logits
+            b = llama(input_ids=chunk, **{CACHE_KW: cache}).logits
             assert torch.equal(a, b)
 
 
@@ -94,7 +100,7 @@ def test_offload_budget_evicts_oldest_cold_pages(llama) -> None:
                           dtype=torch.float32)
     ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        llama(input_ids=ids, cache=cache)
+        llama(input_ids=ids, **{CACHE_KW: cache})
     kv = cache.kv_layers[0]
     assert kv.cold_bytes <= 8 * tb and kv.hot_bytes <= 12 * tb
     assert kv.positions() == [0, 1, 2, 3] + list(range(24, 40))  # sinks, 2 cold pages, 2 hot pages
@@ -126,9 +132,9 @@ def test_budget_holds_at_every_step_and_store_agrees(llama, precision: str) -> N
                           device="cpu", dtype=torch.float32, store=store)
     ids = torch.randint(0, 128, (1, 90), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        llama(input_ids=ids[:, :20], cache=cache)
+        llama(input_ids=ids[:, :20], **{CACHE_KW: cache})
         for t in range(20, 90):
-            llama(input_ids=ids[:, t:t + 1], cache=cache)
+            llama(input_ids=ids[:, t:t + 1], **{CACHE_KW: cache})
             st = cache.kv_stats()
             assert st["bytes_used"] <= budget
             assert store.used("cpu") == st["bytes_used"]
@@ -142,14 +148,14 @@ def test_store_budget_refusal_names_the_layer(llama) -> None:
     cache = make_kv_cache(KVCacheConfig(page_tokens=16), llama.config, device="cpu", dtype=torch.float32,
                           store=store)
     with pytest.raises(BudgetExceededError, match="kv:layer0"), torch.no_grad():
-        llama(input_ids=torch.zeros(1, 3, dtype=torch.long), cache=cache)
+        llama(input_ids=torch.zeros(1, 3, dtype=torch.long), **{CACHE_KW: cache})
 
 
 def test_budget_too_small_for_sinks_and_a_page(llama) -> None:
     cache = make_kv_cache(KVCacheConfig(budget_bytes=1000, page_tokens=16), llama.config, device="cpu",
                           dtype=torch.float32)
     with pytest.raises(JalapenoError, match="cannot hold its sinks and one page.*budget_bytes"), torch.no_grad():
-        llama(input_ids=torch.zeros(1, 3, dtype=torch.long), cache=cache)
+        llama(input_ids=torch.zeros(1, 3, dtype=torch.long), **{CACHE_KW: cache})
 
 
 # ------------------------------------------------------------------------------ quantization
@@ -183,7 +189,7 @@ def test_int8_cache_stays_close_to_float(llama) -> None:
     caches = [make_kv_cache(KVCacheConfig(precision=p), llama.config, device="cpu", dtype=torch.float32)
               for p in ("float", "int8")]
     with torch.no_grad():
-        outs = [[llama(input_ids=ids[:, t:t + 1], cache=c).logits for t in range(30)] for c in caches]
+        outs = [[llama(input_ids=ids[:, t:t + 1], **{CACHE_KW: c}).logits for t in range(30)] for c in caches]
     a, b = torch.cat(outs[0]), torch.cat(outs[1])
     assert (a - b).abs().max() < 2e-2 * a.abs().max()
     st = [c.kv_stats() for c in caches]
@@ -196,9 +202,9 @@ def test_window_keeps_sinks_and_exact_recent_tokens(llama) -> None:
                           dtype=torch.float32)
     ids = torch.randint(0, 128, (1, 50), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
-        llama(input_ids=ids[:, :23], cache=cache)
+        llama(input_ids=ids[:, :23], **{CACHE_KW: cache})
         for t in range(23, 50):
-            llama(input_ids=ids[:, t:t + 1], cache=cache)
+            llama(input_ids=ids[:, t:t + 1], **{CACHE_KW: cache})
             for kv in cache.kv_layers:
                 assert kv.positions() == [0, 1, 2, 3] + list(range(t + 1 - 10, t + 1))
     assert cache.kv_stats()["evictions"] == 50 - 14
@@ -210,7 +216,7 @@ def test_budget_eviction_keeps_sinks_and_a_recent_suffix(llama) -> None:
                           llama.config, device="cpu", dtype=torch.float32)
     with torch.no_grad():
         for t in range(40):
-            llama(input_ids=torch.tensor([[t % 128]]), cache=cache)
+            llama(input_ids=torch.tensor([[t % 128]]), **{CACHE_KW: cache})
             pos = cache.kv_layers[0].positions()
             if t >= 4 + pages * p:
                 recent = pos[4:]
@@ -222,7 +228,7 @@ def test_truncate_policy_keeps_no_sinks(llama) -> None:
     cache = make_kv_cache(KVCacheConfig(window=6, policy="truncate", page_tokens=4), llama.config, device="cpu",
                           dtype=torch.float32)
     with torch.no_grad():
-        llama(input_ids=torch.zeros(1, 20, dtype=torch.long), cache=cache)
+        llama(input_ids=torch.zeros(1, 20, dtype=torch.long), **{CACHE_KW: cache})
     assert cache.kv_layers[0].positions() == list(range(14, 20))
     kv_length, kv_offset = cache.get_mask_sizes(1, 0)
     assert (kv_length, kv_offset) == (7, 14)
@@ -249,7 +255,7 @@ def test_sinks_window_reads_sinks_just_before_the_window(llama) -> None:
                          llama.config, device="cpu", dtype=torch.float32)
     with torch.no_grad():
         for c in (cache, keep):
-            llama(input_ids=torch.arange(30).unsqueeze(0), cache=c)
+            llama(input_ids=torch.arange(30).unsqueeze(0), **{CACHE_KW: c})
     (k_moved, _), (k_orig, _) = cache.kv_layers[0].gather(), keep.kv_layers[0].gather()
     torch.testing.assert_close(k_moved[:, :, 2:], k_orig[:, :, 2:], atol=0, rtol=0)  # window untouched
     rot = cache.kv_layers[0].rotator
