@@ -49,6 +49,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.cost import LeafChoice, default_group, block_stream, resolve_blocks
+from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
 from autosurgeon.plan import model_fingerprint
@@ -271,20 +272,12 @@ class ProfiledTable:
         return {p: self.overhead_s[p] / self.n_ops[p] for p in self.overhead_s if self.n_ops.get(p)}
 
     def to_json(self) -> str:
-        return json.dumps({"_type": TABLE_TYPE, "_version": TABLE_VERSION, "_data": asdict(self)}, indent=1)
+        return json.dumps(wrap(TABLE_TYPE, TABLE_VERSION, asdict(self)), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> ProfiledTable:
-        try:
-            blob = json.loads(text)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"profiled table is not valid JSON: {exc}.") from None
-        if not isinstance(blob, dict) or blob.get("_type") != TABLE_TYPE:
-            raise InvalidArgumentError(f"not a profiled table: `_type` must be {TABLE_TYPE!r}.")
-        if blob.get("_version") != TABLE_VERSION:
-            raise InvalidArgumentError(f"profiled table `_version` {blob.get('_version')!r} is not readable "
-                                       f"(this reader knows {TABLE_VERSION}); it will be measured again.")
-        return cls(**blob["_data"])
+        return cls(**unwrap(text, type_name=TABLE_TYPE, version=TABLE_VERSION, what="profiled table",
+                            fix="it will be measured again"))
 
 
 def _packs(precision: str, kernel: str, device: str) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 
 LABELS = ("measured", "profiled", "estimated")
@@ -133,16 +134,12 @@ class Metrics:
         data["peak_bytes"] = dict(self.peak_bytes)
         data["labels"] = dict(self.labels)
         data["extra"] = dict(self.extra)
-        return {"_type": METRICS_TYPE, "_version": METRICS_VERSION, "_data": data}
+        return wrap(METRICS_TYPE, METRICS_VERSION, data)
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Metrics:
-        if not isinstance(obj, Mapping) or obj.get("_type") != METRICS_TYPE:
-            raise InvalidArgumentError(f"not a Metrics record: `_type` must be {METRICS_TYPE!r}.")
-        if obj.get("_version") != METRICS_VERSION:
-            raise InvalidArgumentError(f"Metrics `_version` {obj.get('_version')!r} is not readable here "
-                                       f"(this reader knows {METRICS_VERSION}); evaluate the plan again.")
-        data = dict(obj["_data"])
+        data = unwrap(obj, type_name=METRICS_TYPE, version=METRICS_VERSION, what="Metrics record",
+                      fix="evaluate the plan again")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

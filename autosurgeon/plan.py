@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import AutoSurgeonError
 from autosurgeon.knobs import validate_decision
 
@@ -147,37 +147,22 @@ class Plan:
     # -- serialisation -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "_type": PLAN_TYPE,
-            "_version": PLAN_VERSION,
-            "_data": {
-                "model_fingerprint": self.model_fingerprint,
-                "device_fingerprint": self.device_fingerprint,
-                "default": dict(self.default),
-                "rules": [{"target": r.target, "decisions": dict(r.decisions)} for r in self.rules],
-                "metadata": dict(self.metadata),
-            },
-        }
+        return wrap(PLAN_TYPE, PLAN_VERSION, {
+            "model_fingerprint": self.model_fingerprint,
+            "device_fingerprint": self.device_fingerprint,
+            "default": dict(self.default),
+            "rules": [{"target": r.target, "decisions": dict(r.decisions)} for r in self.rules],
+            "metadata": dict(self.metadata),
+        })
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
     @classmethod
     def from_dict(cls, obj: Any, *, source: str = "plan") -> Plan:
-        if not isinstance(obj, Mapping):
-            raise PlanFormatError(f"{source}: expected a JSON object, got {type(obj).__name__}.")
-        if obj.get("_type") != PLAN_TYPE:
-            raise PlanFormatError(f"{source}: `_type` must be {PLAN_TYPE!r}, got {obj.get('_type')!r}; "
-                                  "is this an AutoSurgeon plan file?")
-        version = obj.get("_version")
-        if not isinstance(version, int) or version < 1:
-            raise PlanFormatError(f"{source}: `_version` must be a positive integer, got {version!r}.")
-        if version > PLAN_VERSION:
-            raise PlanFormatError(f"{source}: plan `_version` {version} is newer than this AutoSurgeon reads "
-                                  f"(up to {PLAN_VERSION}); upgrade autosurgeon to load it.")
-        data = obj.get("_data")
-        if not isinstance(data, Mapping):
-            raise PlanFormatError(f"{source}: `_data` must be an object, got {type(data).__name__}.")
+        data = unwrap(obj, type_name=PLAN_TYPE, version=PLAN_VERSION, what="plan", source=source, error=PlanFormatError,
+                      fix="write the plan again with this version")
+        version = obj["_version"]
         known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata"}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -35,6 +35,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.calibration import CalibrationData, default_calibration, module_of, run_model
+from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hutchinson import unit_hessian_traces
 from autosurgeon.models.cache import cache_root
@@ -130,20 +131,11 @@ class SensitivityTable:
             "hessian": dict(self.hessian), "params": dict(self.params), "metric": self.metric, "key": self.key,
             "settings": dict(self.settings), "seconds": dict(self.seconds),
         }
-        return json.dumps({"_type": TABLE_TYPE, "_version": TABLE_VERSION, "_data": data}, indent=1)
+        return json.dumps(wrap(TABLE_TYPE, TABLE_VERSION, data), indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> SensitivityTable:
-        try:
-            blob = json.loads(text)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"sensitivity table is not valid JSON: {exc}.") from None
-        if not isinstance(blob, dict) or blob.get("_type") != TABLE_TYPE:
-            raise InvalidArgumentError(f"not a sensitivity table: `_type` must be {TABLE_TYPE!r}.")
-        if blob.get("_version") != TABLE_VERSION:
-            raise InvalidArgumentError(f"sensitivity table `_version` {blob.get('_version')!r} is not supported "
-                                       f"(this reader knows {TABLE_VERSION}); measure it again.")
-        d = blob["_data"]
+        d = unwrap(text, type_name=TABLE_TYPE, version=TABLE_VERSION, what="sensitivity table", fix="measure it again")
         return cls(
             divergence={(f, p): float(v) for f, p, v in d["divergence"]},
             hessian={k: float(v) for k, v in d["hessian"].items()},

@@ -45,6 +45,7 @@ import numpy as np
 from torch import nn
 
 from autosurgeon._logging import get_logger
+from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan, model_fingerprint
@@ -447,23 +448,18 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """The space definition as versioned JSON-ready data (a saved policy carries it)."""
-        return {"_type": SPACE_TYPE, "_version": SPACE_VERSION, "_data": {
+        return wrap(SPACE_TYPE, SPACE_VERSION, {
             "knobs": list(self.knobs), "model_fingerprint": self.model_fingerprint,
             "device_fingerprint": self.device_fingerprint, "device_name": self.device_name,
             "default_placement": self.default_placement, "digest": self.digest(),
             "kernel_table": {e: {p: list(ks) for p, ks in t.items()} for e, t in self.kernel_table.items()},
             "kernel_reasons": self.kernel_reasons,
-            "variables": [v.to_dict() for v in self.variables], "units": self.units.to_dict()}}
+            "variables": [v.to_dict() for v in self.variables], "units": self.units.to_dict()})
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> SearchSpace:
-        if not isinstance(obj, Mapping) or obj.get("_type") != SPACE_TYPE:
-            raise InvalidArgumentError(f"`_type` must be {SPACE_TYPE!r}, got "
-                                       f"{obj.get('_type') if isinstance(obj, Mapping) else type(obj).__name__!r}.")
-        version = obj.get("_version")
-        if version != SPACE_VERSION:
-            raise InvalidArgumentError(f"search space `_version` must be {SPACE_VERSION}, got {version!r}.")
-        d = obj["_data"]
+        d = unwrap(obj, type_name=SPACE_TYPE, version=SPACE_VERSION, what="search space",
+                   fix="rebuild the space from the model")
         space = cls(variables=[Variable.from_dict(v) for v in d["variables"]], units=UnitTable.from_dict(d["units"]),
                     knobs=d["knobs"], model_fingerprint=d["model_fingerprint"],
                     device_fingerprint=d["device_fingerprint"], device_name=d["device_name"],

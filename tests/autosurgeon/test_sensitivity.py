@@ -123,7 +123,7 @@ def test_cache_round_trip_and_key(llama, calib, tmp_path, monkeypatch):
     # Other weights' VALUES (same architecture) must not hit that entry.
     other = type(llama)(llama.config).eval()
     assert sens._cache_key(other, table.settings) != table.key
-    with pytest.raises(InvalidArgumentError, match="`_version` 99 is not supported"):
+    with pytest.raises(InvalidArgumentError, match="`_version` 99 is newer than this AutoSurgeon reads"):
         SensitivityTable.from_json(table.to_json().replace('"_version": 2', '"_version": 99'))
 
 
