@@ -18,6 +18,7 @@ Run: ``python -m experiments.benchmarks.compression --out experiments/benchmarks
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -32,7 +33,7 @@ import torch
 from autosurgeon.cli.plan import sensitivity_tables
 from autosurgeon.footprint import memory_breakdown
 from autosurgeon.hardware import resolve_profile
-from autosurgeon.knapsack import PLANNER_KNOBS, plan_knapsack
+from autosurgeon.knapsack import PLANNER_KNOBS, plan_knapsack, smallest_footprint, unit_options
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan
 from autosurgeon.quality import QualityEvaluator, lm_heldout_windows, perplexity
@@ -179,7 +180,12 @@ def run_model(name: str, args: argparse.Namespace, profile: Any) -> dict[str, An
     result = plan_knapsack(loaded, profile, tables, max_quality_loss=args.max_loss, objective="memory", space=space)
     counts = ", ".join(f"{k} x{n}" for k, n in result.precision_counts().items())
     add(f"knapsack memory (predicted loss <= {args.max_loss:g})", "knapsack", result.plan, counts)
-    return {"model": name, "task": loaded.task, "reference": reference, "ref_whole": ref_whole,
+    floor = smallest_footprint(space, unit_options(space, tables), "cpu")
+    kinds: dict[str, int] = {}
+    for leaf in space.leaves.values():
+        kinds[leaf.kind] = kinds.get(leaf.kind, 0) + leaf.own_bytes
+    return {"model": name, "task": loaded.task, "reference": reference, "ref_whole": ref_whole, "floor": floor,
+            "bytes_by_kind": kinds,
             "ref_linear": ref_linear, "rows": rows, "sensitivity_s": sensitivity_s,
             "tables": [t.key for t in tables], "units": sum(v.knob == "precision" for v in space.variables),
             "linear_units": sum(1 for v in space.variables if v.knob == "precision" and v.kind == "linear")}
@@ -195,8 +201,30 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def summary(r: dict[str, Any]) -> str:
+    """One line per model: the largest whole-model reduction measured within the 1 % target, per family."""
+    ok = [row for row in r["rows"] if "skip" not in row and row["family"] != "reference" and row["loss"] <= 0.01]
+    if not ok:
+        return f"- `{r['model']}`: no plan stays within 1 % measured loss."
+    parts = []
+    for family in ("uniform", "knapsack"):
+        rows = [row for row in ok if row["family"] == family]
+        if rows:
+            best = max(rows, key=lambda row: row["whole_x"])
+            loss = (f"{best['loss'] * 100:+.3f}% perplexity" if r["task"] == "causal-lm"
+                    else f"{best['loss'] * 100:+.2f} accuracy points")
+            parts.append(f"{family}: {best['whole_x']:.2f}x whole model / {best['linear_x']:.2f}x linear weights "
+                         f"({best['plan']}, {loss})")
+    top = max(row["whole_x"] for row in ok)
+    verdict = "meets" if top >= 6 else "does NOT meet"
+    return f"- `{r['model']}` {verdict} the >= 6x whole-model target within 1 %: " + "; ".join(parts) + "."
+
+
 def to_markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
     out = [TITLE]
+    out.append("Summary (generated from the tables below):\n")
+    out += [summary(r) for r in results]
+    out.append("")
     out.append(f"Machine: {env['cpu']}, {env['threads']} torch threads (shared 2-core VM, no GPU); Python "
                f"{env['python']}, torch {env['torch']}; profile `local` ({env['profile']}). Command: `{env['command']}`; "
                f"wall time {env['seconds']:.0f} s.\n")
@@ -221,8 +249,11 @@ def to_markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
             out.append(f"Reference: float32 test accuracy {ref['value'] * 100:.2f}% on {ref['examples']} images "
                        f"(one image = {100 / ref['examples']:.2f} points). ")
         out.append(f"Float32 weight memory: whole model {r['ref_whole']} B, linear layers {r['ref_linear']} B "
-                   f"({r['linear_units']} linear of {r['units']} precision units). Sensitivity tables "
-                   f"{', '.join(r['tables'])} ({r['sensitivity_s']:.1f} s, 0 if cached).\n")
+                   f"({r['linear_units']} linear of {r['units']} precision units; float32 bytes by kind: "
+                   f"{', '.join(f'{k} {b}' for k, b in sorted(r['bytes_by_kind'].items(), key=lambda t: -t[1]))}). "
+                   f"Smallest whole-model footprint this runtime can reach resident (every unit at its smallest "
+                   f"valid, measured option): {r['floor']} B = {r['ref_whole'] / r['floor']:.2f}x. Sensitivity tables "
+                   f"{', '.join(r['tables'])} ({r['sensitivity_s']:.1f} s to measure or load from the cache).\n")
         metric = "perplexity" if r["task"] == "causal-lm" else "accuracy"
         out.append(f"| plan | precisions | whole model B | reduction (whole) | linear B | reduction (linear only) | "
                    f"predicted loss | measured {metric} | measured loss | target met (>= 6x whole, <= 1%) |")
@@ -274,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w") as fh:
             fh.write(text)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
+            json.dump({"env": env, "results": results}, fh, indent=1, default=str)
     print(text)
     return 0
 
