@@ -1,0 +1,198 @@
+"""Run a trained surgery policy: one plan per preference, a front from K preferences, hypervolume.
+
+The policy acts deterministically (the most likely masked action) in a :class:`envs.surgery.SurgeryEnv`
+built on the target model and device, with the preference and memory budget fixed; the finished vector
+is a valid plan by construction (masks + the env's repair), and :func:`apply_policy` still runs
+``check_plan`` on it before measuring it with the chosen evaluator.
+
+Hypervolume (:func:`hypervolume`): objectives (latency, memory, energy) each divided by the unmodified
+model's value under the same evaluator, reference point ``HV_REFERENCE`` = 1.1 per objective (a plan must
+beat the unmodified model by the margin to count), computed exactly by pymoo's ``HV`` indicator.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import InvalidArgumentError
+from envs.observation import OBJECTIVES
+from envs.reward import normalised
+
+logger = get_logger(__name__)
+
+HV_REFERENCE: tuple[float, ...] = (1.1, 1.1, 1.1)
+
+
+def simplex_preferences(k: int, n_obj: int = len(OBJECTIVES)) -> np.ndarray:
+    """``k`` preference vectors evenly spread on the simplex (deterministic).
+
+    Candidates: the Das-Dennis lattice fine enough to hold ``k`` points; picked greedily by farthest-point
+    sampling starting from the corners (pure single-objective preferences), then the centre.
+    """
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidArgumentError(f"`--front` must be an integer >= 1, got {k!r}.")
+    h = 1
+    while True:
+        pts = np.array([c for c in itertools.product(range(h + 1), repeat=n_obj) if sum(c) == h], float) / h
+        if len(pts) >= max(k, n_obj + 1):
+            break
+        h += 1
+    centre = np.full(n_obj, 1.0 / n_obj)
+    chosen = [np.eye(n_obj)[i] for i in range(min(k, n_obj))]
+    if k > n_obj:
+        chosen.append(pts[np.argmin(np.linalg.norm(pts - centre, axis=1))])
+    while len(chosen) < k:
+        d = np.min(np.linalg.norm(pts[:, None, :] - np.array(chosen)[None], axis=2), axis=1)
+        chosen.append(pts[int(np.argmax(d))])
+    return np.array(chosen[:k])
+
+
+def hypervolume(points: np.ndarray, reference: Sequence[float] = HV_REFERENCE) -> float:
+    """Exact hypervolume of normalised minimisation ``points`` (n, m) against ``reference``; 0 if none dominate."""
+    from pymoo.indicators.hv import HV
+
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, len(reference))
+    ref = np.asarray(reference, dtype=np.float64)
+    pts = pts[np.all(pts < ref, axis=1)]
+    if len(pts) == 0:
+        return 0.0
+    return float(HV(ref_point=ref)(pts))
+
+
+def run_policy(model: Any, env: Any, *, preference: np.ndarray, memory_budget: float | None = None,
+               context: int = 0) -> np.ndarray:
+    """The plan vector the policy picks (deterministic, masked) for one preference and budget."""
+    options: dict[str, Any] = {"model": context, "preference": preference}
+    if memory_budget is not None:
+        options["memory_budget"] = memory_budget
+    else:
+        options["budget_fraction"] = 1.0
+    obs, _ = env.reset(seed=0, options=options)
+    done = False
+    while not done:
+        action, _ = model.predict(obs, action_masks=env.action_masks(), deterministic=True)
+        obs, _, done, _, _ = env.step(action)
+    return env.x.copy()
+
+
+@dataclass
+class FrontResult:
+    """A policy's plans for several preferences, their metrics and the hypervolume of their normalised front."""
+
+    preferences: np.ndarray
+    vectors: list[np.ndarray]
+    metrics: list[Any]
+    normalised: np.ndarray
+    hypervolume: float
+    evaluations: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluator: Any = None,
+                 memory_budget: float | None = None) -> FrontResult:
+    """Run the policy for ``k`` evenly spread preferences and evaluate each plan (``k`` evaluations at most)."""
+    ctx = env.contexts[context]
+    evaluator = evaluator or ctx.evaluator
+    prefs = simplex_preferences(k)
+    vectors, metrics = [], []
+    base = evaluator.evaluate(ctx.space.default_vector())
+    for w in prefs:
+        x = run_policy(model, env, preference=w, memory_budget=memory_budget, context=context)
+        vectors.append(x)
+        metrics.append(evaluator.evaluate(x))
+    norm = np.array([normalised(m, base, OBJECTIVES) for m in metrics])
+    distinct = len({tuple(v.tolist()) for v in vectors})
+    return FrontResult(preferences=prefs, vectors=vectors, metrics=metrics, normalised=norm,
+                       hypervolume=hypervolume(norm), evaluations=distinct)
+
+
+@dataclass
+class ApplyResult:
+    """What ``autosurgeon apply`` returns: the plan, its metrics, notes, and the front when asked for."""
+
+    plan: Any
+    metrics: Any
+    base: Any
+    preference: np.ndarray
+    memory_budget: float | None
+    notes: list[str]
+    front: FrontResult | None = None
+
+
+def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any = "local",
+                 preference: Any = None, memory_budget: float | None = None, front: int | None = None,
+                 evaluator: str | None = None, force: bool = False) -> ApplyResult:
+    """Apply a saved policy to ``model_spec`` on ``device`` (module docstring).
+
+    Args:
+        policy: the folder ``autosurgeon train --out`` wrote.
+        model_spec: any zoo name, Hugging Face directory or ``module:factory`` (need not be a training model).
+        device: the target profile; its device class must equal the policy's unless ``force``.
+        preference: weights over latency/memory/energy (mapping, sequence or "latency=0.6,..."); default equal.
+        memory_budget: bytes on the memory tiers (GPU + CPU); None: the unmodified model's memory.
+        front: sweep this many preferences (evenly spread) and return their front too.
+        evaluator: "analytic", "profiled" or "runtime" for the measurement (default: the policy's).
+        force: apply a policy trained for another device class.
+    """
+    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.plan_check import check_plan, raise_for_problems
+
+    from agents.policy_io import check_device, load_policy, read_meta
+    from envs.surgery import SurgeryEnv, parse_preference
+
+    meta = read_meta(policy)  # clear error before anything loads
+    pref = parse_preference(preference) if preference is not None else np.full(len(OBJECTIVES), 1 / len(OBJECTIVES))
+    if front is not None and (not isinstance(front, int) or front < 1):
+        raise InvalidArgumentError(f"`--front` must be an integer >= 1, got {front!r}.")
+    if memory_budget is not None and not memory_budget > 0:
+        raise InvalidArgumentError(f"`--budget-memory` must be > 0 bytes, got {memory_budget!r}.")
+    profile = resolve_profile(device)
+    notes = [n for n in [check_device(meta, profile, force=force)] if n]
+    model, meta = load_policy(policy)
+    env = SurgeryEnv(models=[model_spec], device=profile, evaluator=evaluator or meta.get("evaluator", "analytic"),
+                     knobs=tuple(meta["knobs"]))
+    ctx = env.contexts[0]
+    x = run_policy(model, env, preference=pref, memory_budget=memory_budget)
+    plan = ctx.space.decode(x, metadata={"proposer": "agents.apply", "policy": str(policy),
+                                         "preference": dict(zip(OBJECTIVES, pref.tolist())),
+                                         "memory_budget": memory_budget})
+    budgets = None
+    if memory_budget is not None:
+        tier = "gpu" if profile.default_unit().kind == "gpu" else "cpu"
+        budgets = {tier: int(memory_budget)}
+    problems = check_plan(ctx.loaded, plan, profile, space=ctx.space, budgets=budgets)
+    errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
+    if errors and all(p.knob == "budget" for p in errors):
+        notes.append("the policy's plan exceeds the memory budget: " + "; ".join(map(str, errors[:2])))
+    else:
+        raise_for_problems(errors, what="the policy's plan")
+    metrics = ctx.evaluator.evaluate(x)
+    result = ApplyResult(plan=plan, metrics=metrics, base=ctx.base, preference=pref, memory_budget=memory_budget,
+                         notes=notes)
+    if front:
+        result.front = policy_front(model, env, k=front, memory_budget=None)
+    return result
+
+
+def write_front(path: str | os.PathLike[str], front: FrontResult, space: Any) -> Path:
+    """The front as JSON: per preference its plan vector, metrics and normalised objectives, plus the HV."""
+    path = Path(path)
+    rows = [{"preference": dict(zip(OBJECTIVES, w.tolist())), "vector": x.tolist(),
+             "normalised": dict(zip(OBJECTIVES, n.tolist())), "metrics": m.to_dict()}
+            for w, x, m, n in zip(front.preferences, front.vectors, front.metrics, front.normalised)]
+    path.write_text(json.dumps({"hypervolume": front.hypervolume, "reference": list(HV_REFERENCE),
+                                "objectives": list(OBJECTIVES), "space": space.digest(),
+                                "distinct_plans": front.evaluations, "points": rows}, indent=2, default=str))
+    return path
+
+
+__all__ = ["HV_REFERENCE", "ApplyResult", "FrontResult", "apply_policy", "hypervolume", "policy_front",
+           "run_policy", "simplex_preferences", "write_front"]

@@ -1,0 +1,91 @@
+"""Training callbacks: ``surgery/`` metrics in TensorBoard, and observation statistics for policy.json.
+
+:class:`SurgeryMetricsCallback` reads the finished episodes' ``info`` from every vectorised env and logs,
+per rollout: ``surgery/mean_reward``, ``surgery/improvement`` (the preference-weighted gain before
+penalties), ``surgery/budget_violation_rate`` (memory over budget), ``surgery/quality_violation_rate``,
+``surgery/episodes``; and every ``hv_every`` timesteps, per training model, ``surgery/hv/<model>``: the
+hypervolume of the policy's deterministic front from ``hv_preferences`` evenly spread preferences
+(``agents.apply.policy_front``; normalised objectives, fixed reference point). It also keeps running
+mean/std of the observations it sees (Welford), saved with the policy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
+
+from autosurgeon._logging import get_logger
+
+logger = get_logger(__name__)
+
+
+class SurgeryMetricsCallback(BaseCallback):
+    """See the module docstring. ``front_env`` is a SurgeryEnv over the training models (not vectorised)."""
+
+    def __init__(self, *, front_env: Any = None, hv_every: int = 2048, hv_preferences: int = 8,
+                 verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.front_env = front_env
+        self.hv_every = hv_every
+        self.hv_preferences = hv_preferences
+        self._next_hv = 0
+        self._episodes: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self._n = 0
+        self._mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    def _on_step(self) -> bool:
+        obs = np.asarray(self.locals.get("new_obs"), dtype=np.float64)
+        if obs.ndim == 2:
+            for row in obs:
+                self._update(row)
+        for done, info in zip(self.locals.get("dones", []), self.locals.get("infos", [])):
+            if done and "improvement" in info:
+                self._episodes.append({"reward": info.get("episode", {}).get("r"), "improvement": info["improvement"],
+                                       "memory_violation": info["memory_violation"],
+                                       "quality_violation": info["quality_violation"]})
+        return True
+
+    def _update(self, row: np.ndarray) -> None:
+        if self._mean is None:
+            self._mean, self._m2 = np.zeros_like(row), np.zeros_like(row)
+        self._n += 1
+        delta = row - self._mean
+        self._mean += delta / self._n
+        self._m2 += delta * (row - self._mean)
+
+    def obs_stats(self) -> dict[str, Any]:
+        if self._mean is None:
+            return {"count": 0}
+        std = np.sqrt(self._m2 / max(self._n - 1, 1))
+        return {"count": self._n, "mean": self._mean.round(6).tolist(), "std": std.round(6).tolist()}
+
+    def _on_rollout_end(self) -> None:
+        row: dict[str, Any] = {"timesteps": int(self.num_timesteps)}
+        if self._episodes:
+            eps = self._episodes
+            rewards = [e["reward"] for e in eps if e["reward"] is not None]
+            row.update(episodes=len(eps), improvement=float(np.mean([e["improvement"] for e in eps])),
+                       budget_violation_rate=float(np.mean([e["memory_violation"] for e in eps])),
+                       quality_violation_rate=float(np.mean([e["quality_violation"] for e in eps])))
+            if rewards:
+                row["mean_reward"] = float(np.mean(rewards))
+            self._episodes = []
+        if self.front_env is not None and self.num_timesteps >= self._next_hv:
+            self._next_hv = self.num_timesteps + self.hv_every
+            from agents.apply import policy_front
+
+            for i, spec in enumerate(self.front_env.specs):
+                front = policy_front(self.model, self.front_env, k=self.hv_preferences, context=i)
+                row[f"hv/{spec}"] = front.hypervolume
+        for key, value in row.items():
+            if key != "timesteps":
+                self.logger.record(f"surgery/{key}", value)
+        self.history.append(row)
+        logger.info("surgery metrics at %d steps: %s", self.num_timesteps,
+                    {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+
+
+__all__ = ["SurgeryMetricsCallback"]

@@ -1,0 +1,146 @@
+"""A saved surgery policy: ``policy.zip`` (sb3-contrib MaskablePPO) plus ``policy.json`` (what it needs).
+
+``policy.json`` (``{_type, _version, _data}``) carries everything needed to apply the policy elsewhere
+and to refuse it where it does not belong: the observation/action layout (``ObservationLayout``: names,
+knob order, fixed choices per knob), the knob set of the spaces it was trained on, the device's
+fingerprint, name and *device class*, the evaluator, the training models, the reward settings, and the
+observation statistics (mean/std per entry over the last training rollouts: the features are normalised
+by construction — fixed log scales and ratios, see ``envs.observation`` — and the statistics let a user see
+how far a new model's observations fall from the training distribution).
+
+Device class (:func:`device_class`): what a policy's decisions transfer across. GPU profiles:
+``"gpu-sm{major}{minor}"`` of the first GPU (e.g. ``gpu-sm90`` for H100, ``gpu-sm87`` Jetson Orin);
+CPU-only profiles: ``"cpu-{arch}-{simd}"`` with arch from the CPU (``x86``/``arm``) and the widest SIMD
+it reports (``avx512`` if ``avx512f``, else ``avx2``, ``neon``/``sve``, else ``scalar``), e.g.
+``cpu-x86-avx512``. Kernels, bandwidth ratios and valid precisions change across classes, so a policy is
+refused on another class unless forced.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
+
+POLICY_TYPE = "autosurgeon.SurgeryPolicy"
+POLICY_VERSION = 1
+
+
+class PolicyError(AutoSurgeonError, ValueError):
+    """A policy folder that cannot be used here (missing, unreadable, other device class)."""
+
+
+def device_class(profile: Any) -> str:
+    """The profile's device class (module docstring: scheme)."""
+    gpus = tuple(getattr(profile, "gpus", ()) or ())
+    if gpus:
+        cc = getattr(gpus[0], "compute_capability", None)
+        return f"gpu-sm{str(cc).replace('.', '')}" if cc else "gpu-unknown"
+    cpu = profile.cpu
+    arch = str(getattr(cpu, "arch", "") or "").lower()
+    family = "x86" if arch in ("x86_64", "amd64", "i686", "x86") else ("arm" if arch.startswith(("arm", "aarch")) else
+                                                                       (arch or "unknown"))
+    isa = {str(f).lower() for f in (getattr(cpu, "isa", ()) or ())}
+    if "avx512f" in isa:
+        simd = "avx512"
+    elif "avx2" in isa:
+        simd = "avx2"
+    elif "sve" in isa:
+        simd = "sve"
+    elif "neon" in isa or "asimd" in isa:
+        simd = "neon"
+    else:
+        simd = "scalar"
+    return f"cpu-{family}-{simd}"
+
+
+def write_meta(folder: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
+    path = Path(folder) / "policy.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"_type": POLICY_TYPE, "_version": POLICY_VERSION, "_data": dict(data)}, indent=2,
+                               default=_default))
+    return path
+
+
+def _default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``policy.json``'s data; PolicyError naming the path and the fix when absent or unreadable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PolicyError(f"`--policy` {str(folder)!r} is not a folder; pass the folder `autosurgeon train --out` "
+                          "wrote (holding policy.zip and policy.json).")
+    path = folder / "policy.json"
+    if not path.is_file() or not (folder / "policy.zip").is_file():
+        raise PolicyError(f"`--policy` {str(folder)!r} holds no policy.zip + policy.json; train one with "
+                          "`autosurgeon train --out` (a run stopped early leaves only checkpoints/: resume it).")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PolicyError(f"{path}: not valid JSON ({exc}).") from None
+    if not isinstance(obj, Mapping) or obj.get("_type") != POLICY_TYPE:
+        raise PolicyError(f"{path}: `_type` must be {POLICY_TYPE!r}, got "
+                          f"{obj.get('_type') if isinstance(obj, Mapping) else type(obj).__name__!r}.")
+    if obj.get("_version") != POLICY_VERSION:
+        raise PolicyError(f"{path}: `_version` {obj.get('_version')!r} is not readable here (this reader knows "
+                          f"{POLICY_VERSION}); retrain the policy.")
+    return dict(obj["_data"])
+
+
+def check_device(meta: Mapping[str, Any], profile: Any, *, force: bool = False) -> str | None:
+    """Refuse a policy trained for another device class (PolicyError naming both); a note when forced."""
+    trained, here = meta.get("device_class"), device_class(profile)
+    if trained == here:
+        return None
+    message = (f"policy was trained for device class {trained!r} ({meta.get('device_name')}), this device "
+               f"{profile.name!r} is {here!r}")
+    if not force:
+        raise PolicyError(f"{message}; train a policy for this device (autosurgeon train --device ...) or pass "
+                          "--force to apply it anyway.")
+    return message + " (--force)"
+
+
+def load_policy(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """(MaskablePPO, meta) from a policy folder; the layout must match this version's environment."""
+    from sb3_contrib import MaskablePPO
+
+    from envs.observation import ObservationLayout
+
+    meta = read_meta(folder)
+    layout = ObservationLayout().to_dict()
+    saved = meta.get("layout", {})
+    if saved != layout:
+        diff = sorted(k for k in layout if saved.get(k) != layout[k])
+        raise PolicyError(f"policy {str(folder)!r} was trained with another observation/action layout (differs in "
+                          f"{', '.join(diff) or 'everything'}); retrain it with this version.")
+    model = MaskablePPO.load(Path(folder) / "policy.zip", device="cpu")
+    return model, meta
+
+
+def parse_size(value: str, *, what: str) -> int:
+    """Bytes from ``"512MiB"`` / ``"2GB"`` / ``"1000"``; InvalidArgumentError naming ``what``."""
+    from runtime.errors import JalapenoError
+    from runtime.sizes import parse_bytes
+
+    try:
+        n = parse_bytes(value, what=what)
+    except JalapenoError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    if n <= 0:
+        raise InvalidArgumentError(f"`{what}` must be > 0 bytes, got {value!r}.")
+    return n
+
+
+__all__ = ["POLICY_TYPE", "POLICY_VERSION", "PolicyError", "check_device", "device_class", "load_policy",
+           "parse_size", "read_meta", "write_meta"]
