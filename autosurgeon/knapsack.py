@@ -254,6 +254,10 @@ def solve(options: Sequence[Sequence[UnitOption]], capacity: int | None, *, obje
     """
     if not options or any(not row for row in options):
         raise InvalidArgumentError("`options` must give every unit at least one option.")
+    if objective not in ("quality", "memory", "latency", "energy"):
+        raise InvalidArgumentError(f"`objective` must be quality, memory, latency or energy, got {objective!r}.")
+    if objective == "memory" and bound is None:
+        raise InvalidArgumentError("the memory objective needs `bound` (the largest summed loss allowed).")
     base = sum(min(o.nbytes for o in row) for row in options)
     if capacity is not None and capacity < base:
         return None
