@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     profile = resolve_profile(args.device)
     if args.evaluator in ("profiled", "runtime") and args.device != "local" and not profile.measured:
         raise InvalidArgumentError(f"`--evaluator {args.evaluator}` measures this machine; `--device` "
-                                   f"{args.device!r} is a profile on paper. Use --device local or --evaluator analytic.")
+                                   f"{args.device!r} is a profile on paper. Use --device local or --evaluator "
+                                   "analytic.")
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=KNOBS)
     raise_for_problems(check_plan(loaded, plan, profile, space=space, force=args.force), what=f"plan {args.plan}")

@@ -226,7 +226,8 @@ def to_markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
     out += [summary(r) for r in results]
     out.append("")
     out.append(f"Machine: {env['cpu']}, {env['threads']} torch threads (shared 2-core VM, no GPU); Python "
-               f"{env['python']}, torch {env['torch']}; profile `local` ({env['profile']}). Command: `{env['command']}`; "
+               f"{env['python']}, torch {env['torch']}; profile `local` ({env['profile']}). "
+               f"Command: `{env['command']}`; "
                f"wall time {env['seconds']:.0f} s.\n")
     out.append("Method: weight memory = `footprint.plan_memory` summed over tiers (every tensor the runtime holds: "
                "linears with their int8/int4 scales/offsets and float32 biases, the embedding, `lm_head`, norms; "
@@ -282,7 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny-llama,digits-cnn")
     parser.add_argument("--max-loss", type=float, default=0.01, help="quality bound of the memory-objective row")
-    parser.add_argument("--ratios", default="4,5,5.5,6,6.05", help="knapsack budgets for the LM, as reductions vs float32")
+    parser.add_argument("--ratios", default="4,5,5.5,6,6.05",
+                        help="knapsack budgets for the LM, as reductions vs float32")
     parser.add_argument("--cnn-ratios", default="1.5,1.9,1.98,2.5", help="knapsack budgets for the CNN")
     parser.add_argument("--eval-windows", type=int, default=0, help="held-out windows of 256 bytes; 0 = all")
     parser.add_argument("--chunk", type=int, default=16)
@@ -299,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = [run_model(m.strip(), args, profile) for m in args.models.split(",") if m.strip()]
     env = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
            "torch": torch.__version__, "profile": profile.fingerprint, "seconds": time.perf_counter() - started,
-           "command": "python -m experiments.benchmarks.compression " + " ".join(argv if argv is not None else sys.argv[1:])}
+           "command": "python -m experiments.benchmarks.compression "
+           + " ".join(argv if argv is not None else sys.argv[1:])}
     text = to_markdown(results, env)
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
