@@ -169,6 +169,11 @@ class MarkovPrefetcher(ExpertPrefetcher):
     to shorter ones for experts the long context never followed (order 0 is the layer's marginal expert
     frequency). Deeper layers chain on the predicted routing of the layer before.
 
+    With ``temporal`` a second chain runs beside it: P(expert at layer l | the token before's experts at
+    layer l), learned the same way; its probabilities add to the order-1 level's. (Off by default: on
+    tiny-moe's held-out routing it did not raise top-k recall — 0.766 vs 0.770 at k=2 — since the expert
+    cache already keeps recently used experts.)
+
     Tokens of two consecutive calls are aligned from the end (a prefill's last token precedes the first
     decoded one); at most ``max_tokens`` trailing tokens of a call are learned from.
 
@@ -178,7 +183,7 @@ class MarkovPrefetcher(ExpertPrefetcher):
     """
 
     def __init__(self, num_layers: int, num_experts: int, *, order: int = 1, depth: int = 1, min_count: int = 1,
-                 max_tokens: int = 256) -> None:
+                 max_tokens: int = 256, temporal: bool = False) -> None:
         super().__init__(num_layers, num_experts, depth=depth)
         if order < 1:
             raise JalapenoError(f"`order` must be >= 1, got {order}.")
@@ -190,13 +195,24 @@ class MarkovPrefetcher(ExpertPrefetcher):
         self.counts: list[dict[tuple, list]] = [{} for _ in range(order + 1)]
         self.successors: dict[int, dict[int, int]] = {}
         self._history: list[tuple[int, list[tuple[int, ...]]]] = []  # last `order` (layer, rows)
+        self.temporal = temporal
+        self.temporal_counts: dict[tuple, list] = {}  # (layer, row of the token before) -> like counts[j]
+        self._last: dict[int, list[tuple[int, ...]]] = {}  # layer -> its last rows
+        self._last_before: list[tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------ learning
     def _observe_rows(self, layer: int, rows: list[tuple[int, ...]], hidden: Any, *, replace: bool = False) -> None:
         rows = rows[-self.max_tokens:]
         if replace and self._history and self._history[-1][0] == layer:
-            self._unlearn(*self._history.pop())  # observe(id) grew the current row: count it once, complete
+            # observe(id) grew the current row: count it once, complete
+            if self._last_before is None:
+                self._last.pop(layer, None)
+            else:
+                self._last[layer] = self._last_before
+            self._unlearn(*self._history.pop())
+        self._last_before = self._last.get(layer)
         self._learn(layer, rows, +1)
+        self._last[layer] = rows
         self._history.append((layer, rows))
         del self._history[:-self.order]
 
@@ -217,6 +233,10 @@ class MarkovPrefetcher(ExpertPrefetcher):
                 if ctx is None:
                     break
                 self._bump(j, ctx, layer, row, sign)
+            before = self._last.get(layer) if self.temporal else None
+            if before:
+                self._bump_into(self.temporal_counts, (layer, before[-t] if t <= len(before) else before[-1]), layer,
+                                row, sign)
 
     @staticmethod
     def _context(entries: Sequence[tuple[int, list[tuple[int, ...]]]], t: int) -> tuple | None:
@@ -230,7 +250,11 @@ class MarkovPrefetcher(ExpertPrefetcher):
         return tuple(ctx)
 
     def _bump(self, j: int, ctx: tuple, layer: int, row: tuple[int, ...], sign: int) -> None:
-        slot = self.counts[j].setdefault(ctx, [{}, {}])
+        self._bump_into(self.counts[j], ctx, layer, row, sign)
+
+    @staticmethod
+    def _bump_into(table: dict, ctx: tuple, layer: int, row: tuple[int, ...], sign: int) -> None:
+        slot = table.setdefault(ctx, [{}, {}])
         slot[0][layer] = slot[0].get(layer, 0) + sign
         nxt = slot[1]
         for e in row:
@@ -281,6 +305,14 @@ class MarkovPrefetcher(ExpertPrefetcher):
                 for (lay, e), c in slot[1].items():
                     if lay == target and c > 0:
                         scores[e] = scores.get(e, 0.0) + weight * c / n
+            before = self._last.get(target) if self.temporal else None
+            if before:
+                slot = self.temporal_counts.get((target, before[-t] if t <= len(before) else before[-1]))
+                n = slot[0].get(target, 0) if slot is not None else 0
+                if n >= self.min_count:
+                    for (_, e), c in slot[1].items():
+                        if c > 0:
+                            scores[e] = scores.get(e, 0.0) + 1e3 * c / n
         return scores
 
     def _predict(self, k: int) -> list[int]:

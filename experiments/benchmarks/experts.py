@@ -1,0 +1,299 @@
+"""Expert streaming benchmark: Markov prefetch vs LRU-only vs gate-speculative, expert cache of 25% of the experts.
+
+Two models, one run:
+
+* ``tiny-moe`` (the zoo's trained Mixtral: 4 layers x 8 experts, top-2, hidden 256) with its **real
+  routing**: greedy generation from a prompt of Python source; the experts live on the slower tier (``disk``
+  on CPU, pinned ``cpu`` next to a GPU) and a cache of 8 of the 32 experts sits on the execution device.
+* ``replay`` — a random-weight Mixtral of a larger shape (hidden 1024, intermediate 3584, 8 experts, 4
+  layers, vocab 256: 44 MB per expert in float32) whose routers are overridden, call by call, with the routing
+  tiny-moe produced in the run above (same prompt length, same number of tokens): real routing traces, with
+  transfers big enough to matter. The gate-speculative baseline there replays the predictions tiny-moe's own
+  next-layer routers made (a random router would predict nothing real); Markov and LRU see only the routing.
+
+Per configuration: hit rate (routed experts already resident or arriving), prefetch hit rate (prefetched
+experts used before eviction), bytes moved per token, and tokens/s = new tokens / wall time of the whole
+``generate`` (prefill included), median of ``--repeats`` runs interleaved across policies (each run starts
+with an empty cache and an untrained prefetcher). Ratios are against LRU-only from the same run. The
+unstreamed model (all experts resident) is timed alongside as the ceiling.
+
+Disk tier on CPU: the store's safetensors files were just written, so reads come from the page cache
+(memory copies through ``preadv``), not from the device: a lower bound on what a cold disk would cost.
+
+Run: ``python -m experiments.benchmarks.experts --device cpu --out experiments/benchmarks/results/experts_cpu.md``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.experts import ExpertConfig, ExpertStreamer, find_expert_modules
+from runtime.prefetch import ExpertPrefetcher, GatePrefetcher
+from runtime.tensors import TensorStore
+
+PROMPT = b"def parse_args(argv=None):\n    parser = argparse.ArgumentParser("
+POLICIES = ("lru", "gate", "markov")
+
+
+class RecordingPrefetcher(ExpertPrefetcher):
+    """Wraps a prefetcher and records what it predicted at each routing call (for the replay)."""
+
+    def __init__(self, inner: ExpertPrefetcher) -> None:
+        super().__init__(inner.num_layers, inner.num_experts, depth=inner.depth)
+        self.inner, self.log = inner, []
+
+    def observe_routing(self, layer: int, rows: Any, *, hidden: Any = None) -> None:
+        self.inner.observe_routing(layer, rows, hidden=hidden)
+
+    def _observe_rows(self, *a: Any, **k: Any) -> None:  # observe_routing is forwarded whole
+        raise AssertionError
+
+    def predict(self, k: int) -> list[int]:
+        out = self.inner.predict(k)
+        self.log.append(out)
+        return out
+
+    def _predict(self, k: int) -> list[int]:
+        raise AssertionError
+
+
+class ReplayPrefetcher(ExpertPrefetcher):
+    """Returns recorded predictions, call by call."""
+
+    def __init__(self, num_layers: int, num_experts: int, log: list[list[int]]) -> None:
+        super().__init__(num_layers, num_experts)
+        self.log, self.calls = log, 0
+
+    def _observe_rows(self, *a: Any, **k: Any) -> None:
+        return None
+
+    def _predict(self, k: int) -> list[int]:
+        out = self.log[self.calls][:k] if self.calls < len(self.log) else []
+        self.calls += 1
+        return out
+
+    def predict(self, k: int) -> list[int]:  # called even when k is 0 in the log's run: keep calls aligned
+        return self._predict(k)
+
+
+def routers(model: nn.Module) -> list[nn.Module]:
+    return [m for _, _, m in find_expert_modules(model)]
+
+
+def record_routing(model: nn.Module) -> tuple[list[list[tuple]], list[Any]]:
+    """Install hooks that record every router output per layer; returns (records, handles)."""
+    records: list[list[tuple]] = [[] for _ in routers(model)]
+    handles = []
+    for layer, gate in enumerate(routers(model)):
+        handles.append(gate.register_forward_hook(
+            lambda m, a, out, layer=layer: records[layer].append(tuple(t.detach().cpu() for t in out))))
+    return records, handles
+
+
+def replay_routing(model: nn.Module, records: list[list[tuple]], device: torch.device) -> list[Any]:
+    """Override each router's output with the recorded one, call by call."""
+    calls = [0] * len(records)
+    handles = []
+
+    def hook(m: nn.Module, a: Any, out: Any, layer: int) -> Any:
+        rec = records[layer][calls[layer] % len(records[layer])]
+        calls[layer] += 1
+        return tuple(t.to(device) for t in rec)
+
+    for layer, gate in enumerate(routers(model)):
+        handles.append(gate.register_forward_hook(lambda m, a, out, layer=layer: hook(m, a, out, layer)))
+    return handles
+
+
+def big_mixtral(device: torch.device, seed: int = 0) -> nn.Module:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    cfg = MixtralConfig(hidden_size=1024, intermediate_size=3584, num_hidden_layers=4, num_attention_heads=8,
+                        num_key_value_heads=8, vocab_size=256, num_local_experts=8, num_experts_per_tok=2,
+                        max_position_embeddings=1024, tie_word_embeddings=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MixtralForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # keep activations O(1) through 4 random layers
+            if p.dim() >= 2:
+                p.mul_(0.5)
+    return model.to(device)
+
+
+def generate(model: nn.Module, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             attention_mask=torch.ones_like(ids), pad_token_id=0)
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def run_streamed(model: nn.Module, ids: torch.Tensor, n: int, *, device: torch.device, home: str, policy: str,
+                 lookahead: int, order: int, prefetcher: ExpertPrefetcher | None = None,
+                 record: bool = False) -> dict[str, Any]:
+    store = TensorStore()
+    config = ExpertConfig(home=home, capacity=0.25, prefetch=policy, lookahead=lookahead, order=order)
+    streamer = ExpertStreamer(model, store, config, device=device, prefetcher=prefetcher).attach()
+    rec = None
+    if record:
+        rec = RecordingPrefetcher(streamer.prefetcher)
+        streamer.set_prefetcher(rec)
+    try:
+        out, seconds = generate(model, ids, n)
+        stats = streamer.stats.as_dict()
+        capacity = streamer.cache.capacity
+    finally:
+        streamer.detach()
+        store.close()
+    return {"policy": policy, "tokens": out[0, ids.shape[1]:].tolist(), "seconds": seconds,
+            "tokens_per_s": n / seconds, "capacity": capacity, **stats, "log": rec.log if rec else None}
+
+
+def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    best = dict(runs[0])
+    best["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
+    best["tokens_per_s_all"] = [round(r["tokens_per_s"], 3) for r in runs]
+    best["wait_s"] = statistics.median(r["wait_s"] for r in runs)
+    best.pop("log", None)
+    return best
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from autosurgeon.zoo import load_model
+
+    device = torch.device(args.device)
+    home = "disk" if device.type == "cpu" else "cpu"
+    torch.manual_seed(0)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    tiny = load_model("tiny-moe").model.to(device)
+    ids = torch.tensor([list(PROMPT)], device=device)
+    n = args.tokens
+    results: dict[str, Any] = {"device": str(device), "home": home, "tokens": n, "prompt_tokens": ids.shape[1],
+                               "repeats": args.repeats, "threads": torch.get_num_threads(),
+                               "markov_lookahead": args.lookahead, "gate_lookahead": args.gate_lookahead,
+                               "order": args.order, "platform": platform.platform(), "torch": torch.__version__}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+
+    # ---- tiny-moe, real routing; record routing and the gate predictions for the replay
+    ref, _ = generate(tiny, ids, n)
+    records, handles = record_routing(tiny)
+    gate_log = run_streamed(tiny, ids, n, device=device, home=home, policy="gate", lookahead=args.gate_lookahead,
+                            order=args.order, record=True)
+    for h in handles:
+        h.remove()
+    assert gate_log["tokens"] == ref[0, ids.shape[1]:].tolist(), "streamed tiny-moe diverged from HF"
+    runs: dict[str, list] = {p: [] for p in POLICIES}
+    resident = []
+    for _ in range(args.repeats):
+        resident.append(n / generate(tiny, ids, n)[1])
+        for policy in POLICIES:
+            la = args.gate_lookahead if policy == "gate" else args.lookahead
+            r = run_streamed(tiny, ids, n, device=device, home=home, policy=policy, lookahead=la, order=args.order)
+            assert r["tokens"] == ref[0, ids.shape[1]:].tolist(), f"{policy}: tokens differ from HF"
+            runs[policy].append(r)
+    results["tiny_moe"] = {"resident_tokens_per_s": statistics.median(resident),
+                           "expert_bytes": _expert_bytes(tiny),
+                           **{p: median_runs(v) for p, v in runs.items()}}
+    del tiny
+
+    # ---- larger shape, tiny-moe's routing replayed
+    if args.replay:
+        big = big_mixtral(device)
+        handles = replay_routing(big, records, device)
+        L, E = 4, 8
+        runs = {p: [] for p in POLICIES}
+        resident = []
+        for _ in range(args.repeats):
+            for h in handles:
+                h.remove()
+            handles = replay_routing(big, records, device)
+            resident.append(n / generate(big, ids, n)[1])
+            for policy in POLICIES:
+                for h in handles:
+                    h.remove()
+                handles = replay_routing(big, records, device)  # restart the call counters
+                pf = ReplayPrefetcher(L, E, gate_log["log"]) if policy == "gate" else None
+                la = args.gate_lookahead if policy == "gate" else args.lookahead
+                runs[policy].append(run_streamed(big, ids, n, device=device, home=home, policy=policy, lookahead=la,
+                                                 order=args.order, prefetcher=pf))
+        results["replay"] = {"resident_tokens_per_s": statistics.median(resident), "expert_bytes": _expert_bytes(big),
+                             **{p: median_runs(v) for p, v in runs.items()}}
+        for h in handles:
+            h.remove()
+    return results
+
+
+def _expert_bytes(model: nn.Module) -> int:
+    m = find_expert_modules(model)[0][1]
+    return (m.gate_up_proj[0].numel() + m.down_proj[0].numel()) * m.gate_up_proj.element_size()
+
+
+def report(r: dict[str, Any]) -> str:
+    lines = [f"# Expert streaming: Markov prefetch vs LRU-only vs gate-speculative ({r['device']})", "",
+             f"Device {r.get('gpu', r['device'])}; experts homed on the `{r['home']}` tier; expert cache = 25% of the "
+             f"experts; {r['prompt_tokens']}-token prompt, {r['tokens']} new tokens greedy; tokens/s = new tokens / "
+             f"whole generate (prefill included), median of {r['repeats']} interleaved runs, each from an empty "
+             f"cache and an untrained prefetcher; {r['threads']} compute thread(s). Markov: order {r['order']}, "
+             f"up to {r['markov_lookahead']} experts prefetched per layer; gate: up to {r['gate_lookahead']}. "
+             f"torch {r['torch']}, {r['platform']}.", ""]
+    for key, title in (("tiny_moe", "tiny-moe (trained; real routing)"),
+                       ("replay", "hidden 1024 / intermediate 3584 random-weight Mixtral, tiny-moe's routing replayed")):
+        if key not in r:
+            continue
+        d = r[key]
+        lru = d["lru"]["tokens_per_s"]
+        lines += [f"## {title}", "",
+                  f"Expert size {d['expert_bytes'] / 2**20:.2f} MiB; cache {d['lru']['capacity']} slots of 32; "
+                  f"all-resident (no streaming) {d['resident_tokens_per_s']:.2f} tokens/s.", "",
+                  "| policy | hit rate | prefetch hit rate | misses | prefetches | MiB moved / token | wait s | "
+                  "tokens/s (runs) | × LRU-only |", "|---|---|---|---|---|---|---|---|---|"]
+        for p in POLICIES:
+            s = d[p]
+            lines.append(f"| {p} | {s['hit_rate']:.1%} | {s['prefetch_hit_rate']:.1%} | {s['misses']} | "
+                         f"{s['prefetches']} | {s['bytes_moved'] / r['tokens'] / 2**20:.1f} | {s['wait_s']:.3f} | "
+                         f"{s['tokens_per_s']:.2f} ({', '.join(map(str, s['tokens_per_s_all']))}) | "
+                         f"{s['tokens_per_s'] / lru:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--lookahead", type=int, default=4)
+    ap.add_argument("--gate-lookahead", type=int, default=2)
+    ap.add_argument("--order", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-replay", dest="replay", action="store_false")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    results = bench(args)
+    text = report(results)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
