@@ -1,0 +1,199 @@
+"""SurgeryProblem: the SearchSpace encoding as a pymoo problem, and the Archive every algorithm evaluates through.
+
+The :class:`Archive` is the single door to the evaluator: it repairs a proposed vector (``space.repair``),
+answers plans it has seen from memory (re-proposals are free and uncounted), refuses a new plan once the
+budget of distinct evaluations is spent (:class:`BudgetReached`), and otherwise evaluates, builds the
+record and persists it (``RunStore.append``) before the algorithm sees the result. Preloaded with a
+run's finished records it makes a seeded algorithm *replay* its history for free, which is how
+``--resume`` continues (see ``runner``).
+
+Objectives handed to algorithms are normalised (divided by the normaliser's scales) so that crowding
+distances and Optuna's samplers see comparable magnitudes; records keep raw values. Quality enters as
+the inequality constraint ``quality - max_quality_loss <= 0``, as a fourth objective, or not at all.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import ElementwiseProblem
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
+
+from autosurgeon._logging import get_logger
+
+logger = get_logger(__name__)
+
+
+class BudgetReached(Exception):
+    """Raised by :meth:`Archive.evaluate` when a new plan would exceed the evaluation budget."""
+
+
+class Archive:
+    """Evaluations of one sweep by vector (see the module docstring).
+
+    Args:
+        space: the sweep's SearchSpace.
+        evaluator: an ``autosurgeon.evaluate.Evaluator`` on that space.
+        objectives: objective names (``Metrics.objective``), quality last if it is one.
+        scales: the normaliser, one per objective.
+        budget: distinct evaluations allowed (records included).
+        quality: ``constraint`` | ``objective`` | ``none``.
+        max_quality_loss: the constraint's bound.
+        store: a ``RunStore`` to append each new record to (None: memory only).
+        records: finished records of an earlier attempt (replayed, not re-measured).
+        on_record: called with each NEW record (progress bars, TensorBoard).
+    """
+
+    def __init__(self, space: Any, evaluator: Any, *, objectives: Sequence[str], scales: Sequence[float],
+                 budget: int, quality: str = "constraint", max_quality_loss: float = 0.01, store: Any = None,
+                 records: Sequence[dict[str, Any]] = (), on_record: Callable[[dict[str, Any]], None] | None = None
+                 ) -> None:
+        self.space = space
+        self.evaluator = evaluator
+        self.objectives = tuple(objectives)
+        self.scales = np.asarray(scales, dtype=np.float64)
+        self.budget = int(budget)
+        self.quality = quality
+        self.max_quality_loss = float(max_quality_loss)
+        self.store = store
+        self.on_record = on_record
+        self.records: list[dict[str, Any]] = []
+        self._by_key: dict[bytes, dict[str, Any]] = {}
+        self.replayed = 0  # preloaded records the algorithm has asked for again
+        for r in records:
+            self._add(r)
+        self._preloaded = {k for k in self._by_key}
+
+    def _add(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self._by_key[np.asarray(record["x"], dtype=np.int64).tobytes()] = record
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def exhausted(self) -> bool:
+        return len(self.records) >= self.budget
+
+    def lookup(self, x: Any) -> dict[str, Any] | None:
+        return self._by_key.get(np.asarray(x, dtype=np.int64).tobytes())
+
+    def evaluate(self, x: Any, *, algo: str, generation: int = 0) -> dict[str, Any]:
+        """The record of ``repair(x)``: from memory if seen, else evaluated, persisted and counted."""
+        xr = self.space.repair(x)
+        key = xr.tobytes()
+        hit = self._by_key.get(key)
+        if hit is not None:
+            if key in self._preloaded:
+                self._preloaded.discard(key)
+                self.replayed += 1
+            return hit
+        if self.exhausted:
+            raise BudgetReached(f"{self.budget} evaluations done")
+        metrics = self.evaluator.evaluate(xr)
+        values = [float(v) for v in metrics.objectives(self.objectives)]
+        q = metrics.quality_loss
+        feasible = True
+        if self.quality == "constraint":
+            if q is None:
+                raise ValueError("the quality constraint needs the evaluator's quality_loss (give it a "
+                                 "sensitivity table, or set quality = 'none')")
+            feasible = q <= self.max_quality_loss
+        record = {"eval": len(self.records), "algo": algo, "generation": int(generation),
+                  "x": [int(v) for v in xr], "plan": self.space.decode(xr).to_dict(),
+                  "metrics": metrics.to_dict(), "objectives": values, "feasible": bool(feasible),
+                  "quality_loss": q}
+        if self.store is not None:
+            self.store.append(record)
+        self._add(record)
+        if self.on_record is not None:
+            self.on_record(record)
+        return record
+
+    # ---- views for algorithms
+    def F(self, record: dict[str, Any]) -> np.ndarray:
+        """Normalised objectives of a record."""
+        return np.asarray(record["objectives"], dtype=np.float64) / self.scales
+
+    def G(self, record: dict[str, Any]) -> float:
+        """The quality constraint (<= 0 is feasible); 0 when quality is not a constraint."""
+        if self.quality != "constraint":
+            return 0.0
+        return float(record["quality_loss"]) - self.max_quality_loss
+
+
+class SurgeryProblem(ElementwiseProblem):
+    """The sweep as a pymoo problem: integer variables ``0..nvec-1``, objectives and constraint via the Archive.
+
+    ``generation`` is set by the driver before each batch so records carry it.
+    """
+
+    def __init__(self, archive: Archive, *, algo: str = "nsga2") -> None:
+        space = archive.space
+        super().__init__(n_var=len(space), n_obj=len(archive.objectives),
+                         n_ieq_constr=1 if archive.quality == "constraint" else 0,
+                         xl=np.zeros(len(space), dtype=np.int64), xu=space.nvec - 1, vtype=int)
+        self.archive = archive
+        self.algo = algo
+        self.generation = 0
+
+    def _evaluate(self, x: Any, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        record = self.archive.evaluate(x, algo=self.algo, generation=self.generation)
+        out["F"] = self.archive.F(record)
+        if self.n_ieq_constr:
+            out["G"] = np.array([self.archive.G(record)])
+
+
+class SpaceRepair(Repair):
+    """``space.repair`` on every row: rounds, clips, and moves masked entries to their nearest valid choice."""
+
+    def __init__(self, space: Any) -> None:
+        super().__init__()
+        self.space = space
+
+    def _do(self, problem: Any, X: Any, **kwargs: Any) -> np.ndarray:
+        return np.array([self.space.repair(x) for x in X], dtype=np.int64)
+
+
+class SpaceSampling(Sampling):
+    """Initial population: ``initial`` vectors first (a warm start), then ``space.random_vector`` draws."""
+
+    def __init__(self, space: Any, initial: Sequence[np.ndarray] = ()) -> None:
+        super().__init__()
+        self.space = space
+        self.initial = [self.space.repair(x) for x in initial]
+
+    def _do(self, problem: Any, n_samples: int, *args: Any, random_state: Any = None, **kwargs: Any) -> np.ndarray:
+        rng = random_state if random_state is not None else np.random.default_rng(0)
+        rows = list(self.initial[:n_samples])
+        while len(rows) < n_samples:
+            rows.append(self.space.random_vector(rng))
+        return np.array(rows, dtype=np.int64)
+
+
+class ResetMutation(Mutation):
+    """Random resetting: each variable, with probability ``prob_var`` (default 1/n), takes another choice
+    its static mask allows (uniformly); conditional validity is restored by :class:`SpaceRepair`."""
+
+    def __init__(self, space: Any, *, prob_var: float | None = None) -> None:
+        super().__init__(prob=1.0)
+        self.space = space
+        self.valid = [np.nonzero(m)[0] for m in space.masks()]
+        self.rate = prob_var
+
+    def _do(self, problem: Any, X: Any, *args: Any, random_state: Any = None, **kwargs: Any) -> np.ndarray:
+        rng = random_state if random_state is not None else np.random.default_rng(0)
+        X = np.asarray(X, dtype=np.int64).copy()
+        rate = self.rate if self.rate is not None else 1.0 / max(1, X.shape[1])
+        hits = rng.random(X.shape) < rate
+        for r, c in zip(*np.nonzero(hits)):
+            options = self.valid[c][self.valid[c] != X[r, c]]
+            if options.size:
+                X[r, c] = int(rng.choice(options))
+        return X
+
+
+__all__ = ["Archive", "BudgetReached", "ResetMutation", "SpaceRepair", "SpaceSampling", "SurgeryProblem"]

@@ -1,0 +1,313 @@
+"""run_sweep: one sweep from a SweepConfig into ``runs/NAME/`` — evaluator, reference, algorithm, baselines, summary.
+
+Resume by replay: every finished evaluation is in ``evals.jsonl`` before the algorithm sees it. On
+``resume`` the records are preloaded into the :class:`~experiments.sweep.problem.Archive`, and the algorithm
+starts again from the same seed; being deterministic given the same answers, it proposes the same plans,
+which the archive answers from the records without measuring (``replayed`` in the summary), and then goes
+on where the interrupted attempt stopped, until the same ``budget_evals``. The evaluator's own
+``EvaluationCache`` (``eval_cache.jsonl``) also persists, so a plan measured but not yet recorded when the
+process died is not measured again either. Optuna studies live in memory by default (replay makes a
+stored study unnecessary, and SQLite cost ~1 s per trial on this shared disk); ``extra = {"optuna_storage":
+"sqlite"}`` writes them to ``optuna.db``, one study per attempt (``<algo>-attempt<k>``), for inspection.
+
+Outputs (CSV/JSON front, plots, TensorBoard) come from ``experiments.reporting`` when it is installed; a
+missing module is noted in the summary, never fatal to a sweep.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
+from experiments.sweep import algorithms
+from experiments.sweep.config import SweepConfig
+from experiments.sweep.hypervolume import front_indices, hv_curve, hypervolume
+from experiments.sweep.problem import Archive
+from experiments.sweep.store import BASELINES, CONFIG, EVAL_CACHE, REFERENCE, SUMMARY, RunStore
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What :func:`run_sweep` returns: the run folder, every record, the front's positions and the summary."""
+
+    run_dir: Path
+    records: list[dict[str, Any]]
+    front: list[int]
+    summary: dict[str, Any]
+    baselines: dict[str, list[dict[str, Any]]]
+
+
+def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None,
+                    cache_dir: str | None = None) -> Any:
+    """The evaluator the config names, on its model, device and SearchSpace (knobs), with a persistent cache."""
+    from autosurgeon.evaluate import AnalyticEvaluator, EvaluationCache, ProfiledEvaluator, RuntimeEvaluator
+    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.space import SearchSpace
+    from autosurgeon.zoo import load_model
+
+    profile = resolve_profile(config.device)
+    if config.evaluator in ("profiled", "runtime") and not profile.measured:
+        raise InvalidArgumentError(
+            f"`--evaluator {config.evaluator}` measures on this machine, but `--device {config.device}` is a "
+            "profile on paper; use `--device local`, or `--evaluator analytic` for a preset.")
+    loaded = load_model(config.model, device="cpu", cache_dir=cache_dir)
+    space = SearchSpace.build(loaded, profile, knobs=config.knobs)
+    sensitivity = None
+    if config.needs_quality and config.evaluator != "runtime":
+        from autosurgeon.sensitivity import measure_sensitivity
+
+        sensitivity = measure_sensitivity(loaded, cache_dir=cache_dir)
+    cache = EvaluationCache(cache_path)
+    if config.evaluator == "analytic":
+        return AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity, cache=cache)
+    if config.evaluator == "profiled":
+        return ProfiledEvaluator(loaded, profile, space=space, sensitivity=sensitivity, cache=cache)
+    return RuntimeEvaluator(loaded, profile, space=space, cache=cache, quality=config.needs_quality)
+
+
+def warm_start_vectors(path: str, space: Any, n: int, seed: int) -> list[np.ndarray]:
+    """Initial population from a Markov placement model JSON (``agents.markov``)."""
+    try:
+        from agents.markov import MarkovPlacementModel
+    except ImportError as exc:
+        raise AutoSurgeonError(f"`--warm-start` needs agents.markov.MarkovPlacementModel, which is not available "
+                               f"in this checkout ({exc}); drop --warm-start to start from random plans.") from None
+    if not Path(path).is_file():
+        raise InvalidArgumentError(f"`--warm-start` {path!r} is not a file; give a Markov model JSON "
+                                   "(agents.markov.MarkovPlacementModel.save).")
+    model = MarkovPlacementModel.load(path)
+    # A stream of its own, so the warm start does not shift NSGA-II's draws.
+    return [np.asarray(x, dtype=np.int64) for x in model.sample(space, n, np.random.default_rng([seed, 1]))]
+
+
+def scales_for(config: SweepConfig, reference: Any) -> list[float]:
+    """The normaliser: the unmodified model's objectives; quality by ``config.quality_norm``."""
+    out = []
+    for name in config.objective_names:
+        if name == "quality":
+            out.append(config.quality_norm)
+            continue
+        value = abs(float(reference.objective(name)))
+        if not value > 0:
+            raise InvalidArgumentError(f"objective {name!r} of the unmodified model is {value}; it cannot be the "
+                                       "normaliser. Drop the objective from the config.")
+        out.append(value)
+    return out
+
+
+def _best(records: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, float]:
+    feasible = [r["objectives"] for r in records if r["feasible"]]
+    if not feasible:
+        return {}
+    arr = np.asarray(feasible, dtype=np.float64)
+    return {n: float(arr[:, k].min()) for k, n in enumerate(names)}
+
+
+def _tensorboard(run_dir: Path) -> tuple[Any, str | None]:
+    try:
+        from experiments.reporting import TensorBoardRecorder
+    except ImportError as exc:
+        return None, f"TensorBoard scalars skipped: experiments.reporting.TensorBoardRecorder unavailable ({exc})"
+    return TensorBoardRecorder(run_dir), None
+
+
+def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, evaluator: Any = None,
+              progress: Callable[[int, int, dict[str, Any]], None] | None = None, outputs: bool = True,
+              tensorboard: bool = True, cache_dir: str | None = None) -> SweepResult:
+    """Run (or continue) the sweep ``config`` into the folder ``out`` (module docstring: files, resume).
+
+    Args:
+        config: the sweep.
+        out: the run folder; must be empty (or absent) unless ``resume``.
+        resume: continue the sweep in ``out`` (its config must match ``config`` except for the budget).
+        evaluator: an evaluator to use instead of building one from the config (tests; its space is the sweep's).
+        progress: called after each new evaluation with ``(done, budget, record)``.
+        outputs: write the reporting outputs (front CSV/JSON, plots) at the end.
+        tensorboard: per-generation TensorBoard scalars.
+        cache_dir: zoo and sensitivity cache folder.
+    """
+    started = time.perf_counter()
+    store = RunStore(out)
+    store.open(resume=resume)
+    attempts = 1
+    previous_wall = 0.0
+    if resume:
+        old = SweepConfig.from_dict(store.read_json(CONFIG))
+        diff = config.differences(old)
+        if diff:
+            raise InvalidArgumentError(
+                f"`--resume`: settings {diff} differ from the run in {str(store.dir)!r} (e.g. {diff[0]} "
+                f"{old.to_dict()[diff[0]]!r} there, {config.to_dict()[diff[0]]!r} now); only the budget may change. "
+                "Drop those options or start a new --out.")
+        if store.path(SUMMARY).is_file():
+            prev = store.read_json(SUMMARY)
+            attempts = int(prev.get("attempts", 1)) + 1
+            previous_wall = float(prev.get("wall_s_total", 0.0))
+    store.write_json(CONFIG, config.to_dict())
+
+    if evaluator is None:
+        evaluator = build_evaluator(config, cache_path=store.path(EVAL_CACHE), cache_dir=cache_dir)
+    space = evaluator.space
+    measured_before = evaluator.evaluated
+    names = config.objective_names
+    if store.path(REFERENCE).is_file():
+        from autosurgeon.metrics import Metrics
+
+        reference = Metrics.from_dict(store.read_json(REFERENCE)["metrics"])
+    else:
+        reference = evaluator.evaluate(space.default_vector())
+    scales = scales_for(config, reference)
+    store.write_json(REFERENCE, {"metrics": reference.to_dict(), "objectives": list(names), "scales": scales,
+                                 "reference_point": list(config.reference_point),
+                                 "normaliser": "objective / unmodified model's objective on the same evaluator"
+                                 + (f"; quality / {config.quality_norm}" if "quality" in names else "")})
+
+    records = store.records()
+    store.rewrite_records(records)  # drops a torn last line before new appends
+    preloaded = len(records)
+    done = {"n": preloaded}
+
+    def on_record(record: dict[str, Any]) -> None:
+        done["n"] += 1
+        if progress is not None:
+            progress(done["n"], config.budget_evals, record)
+
+    archive = Archive(space, evaluator, objectives=names, scales=scales, budget=config.budget_evals,
+                      quality=config.quality, max_quality_loss=config.max_quality_loss, store=store,
+                      records=records, on_record=on_record)
+    notes: list[str] = []
+    recorder, note = _tensorboard(store.dir) if tensorboard else (None, None)
+    if note:
+        notes.append(note)
+        logger.warning("%s", note)
+
+    def on_generation(gen: int, arch: Archive, new: int) -> None:
+        if recorder is None or not new:  # replayed generations were logged by the attempt that measured them
+            return
+        feasible = [r["objectives"] for r in arch.records if r["feasible"]]
+        recorder.on_generation(gen, hypervolume=hypervolume(feasible, config.reference_point, scales=scales),
+                               best=_best(arch.records, names), n_evals=len(arch))
+
+    status = "interrupted"
+    initial: list[np.ndarray] = []
+    try:
+        if config.warm_start:
+            if config.algo != "nsga2":
+                raise InvalidArgumentError(f"`--warm-start` seeds NSGA-II's population; `--algo {config.algo}` "
+                                           "cannot use it. Use --algo nsga2 or drop --warm-start.")
+            initial = warm_start_vectors(config.warm_start, space, config.pop_size, config.seed)
+        if config.algo == "nsga2":
+            algorithms.run_nsga2(archive, pop_size=config.pop_size, seed=config.seed, initial=initial,
+                                 on_generation=on_generation)
+        elif config.algo == "random":
+            algorithms.run_random(archive, seed=config.seed, batch=config.pop_size, on_generation=on_generation)
+        else:
+            storage = None if config.extra.get("optuna_storage", "memory") == "memory" else \
+                f"sqlite:///{(store.dir / 'optuna.db').resolve()}"
+            algorithms.run_optuna(archive, kind=config.algo.split("-", 1)[1], pop_size=config.pop_size,
+                                  seed=config.seed, storage=storage, study_name=f"{config.algo}-attempt{attempts}",
+                                  on_generation=on_generation)
+        status = "complete" if archive.exhausted else "stalled"
+    finally:
+        if recorder is not None:
+            recorder.close()
+        summary = _summary(config, evaluator, archive, scales, reference, status=status, attempts=attempts,
+                           wall_s=time.perf_counter() - started, previous_wall=previous_wall,
+                           measured=evaluator.evaluated - measured_before, preloaded=preloaded, notes=notes)
+        store.write_json(SUMMARY, summary)
+
+    baselines: dict[str, list[dict[str, Any]]] = {}
+    if config.baselines:
+        baselines = _baselines(config, evaluator, space, names, scales, store, notes)
+        summary["baselines"] = {fam: {"n": len(rs), "hypervolume": hypervolume(
+            [r["objectives"] for r in rs if r["feasible"]], config.reference_point, scales=scales)}
+            for fam, rs in baselines.items()}
+    front = front_indices(archive.records)
+    if outputs:
+        try:
+            from experiments.reporting import write_run_outputs
+        except ImportError as exc:
+            notes.append(f"front CSV/JSON and plots skipped: experiments.reporting.write_run_outputs unavailable "
+                         f"({exc})")
+        else:
+            paths = write_run_outputs(store.dir, config=config.to_dict(), records=archive.records, front_idx=front,
+                                      baselines=baselines or None)
+            summary["outputs"] = {k: str(v) for k, v in paths.items()}
+    summary["wall_s"] = time.perf_counter() - started
+    summary["wall_s_total"] = previous_wall + summary["wall_s"]
+    summary["notes"] = notes
+    store.write_json(SUMMARY, summary)
+    return SweepResult(run_dir=store.dir, records=archive.records, front=front, summary=summary, baselines=baselines)
+
+
+def _baselines(config: SweepConfig, evaluator: Any, space: Any, names: tuple[str, ...], scales: list[float],
+               store: RunStore, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
+    if store.path(BASELINES).is_file():
+        return store.read_json(BASELINES)["families"]
+    families, skipped = algorithms.baseline_vectors(
+        evaluator, knapsack_budgets=config.knapsack_budgets,
+        max_quality_loss=config.max_quality_loss if config.quality == "constraint" else None)
+    notes.extend(skipped)
+    out: dict[str, list[dict[str, Any]]] = {}
+    # Their own archive: baselines are a handful of fixed plans, not part of the search's budget.
+    arch = Archive(space, evaluator, objectives=names, scales=scales, budget=10**9, quality=config.quality,
+                   max_quality_loss=config.max_quality_loss)
+    for family, vectors in families.items():
+        out[family] = []
+        for label, x in vectors.items():
+            record = dict(arch.evaluate(x, algo=f"baseline:{label}"))
+            record["label"] = label
+            out[family].append(record)
+    store.write_json(BASELINES, {"families": out, "notes": skipped})
+    return out
+
+
+def _summary(config: SweepConfig, evaluator: Any, archive: Archive, scales: list[float], reference: Any, *,
+             status: str, attempts: int, wall_s: float, previous_wall: float, measured: int, preloaded: int,
+             notes: list[str]) -> dict[str, Any]:
+    records = archive.records
+    feasible = [r["objectives"] for r in records if r["feasible"]]
+    at = sorted({n for n in config.hv_at if n <= len(records)} | ({len(records)} if records else set()))
+    return {
+        "name": config.name, "model": config.model, "algorithm": config.algo, "evaluator": config.evaluator,
+        "seed": config.seed, "pop_size": config.pop_size, "warm_start": config.warm_start,
+        "device": evaluator.profile.name, "device_fingerprint": evaluator.profile.fingerprint,
+        "device_measured": bool(evaluator.profile.measured),
+        "status": status, "evaluations": len(records), "budget_evals": config.budget_evals,
+        "feasible": len(feasible), "front_size": len(front_indices(records)),
+        "objectives": list(config.objective_names), "quality": config.quality,
+        "max_quality_loss": config.max_quality_loss,
+        "hypervolume": hypervolume(feasible, config.reference_point, scales=scales),
+        "hv_curve": {str(k): v for k, v in hv_curve(records, config.reference_point, scales, at).items()},
+        "reference_point": list(config.reference_point),
+        "normaliser": {"kind": config.normaliser, "scales": dict(zip(config.objective_names, scales)),
+                       "reference_metrics": reference.summary()},
+        "attempts": attempts, "replayed": archive.replayed, "preloaded": preloaded,
+        "measured_this_attempt": measured,
+        "wall_s": wall_s, "wall_s_total": previous_wall + wall_s,
+        "evaluations_per_s": getattr(evaluator, "evaluations_per_second", None),
+        "notes": list(notes),
+    }
+
+
+def load_run(run_dir: str | Path) -> tuple[SweepConfig, list[dict[str, Any]], dict[str, Any], Mapping[str, Any]]:
+    """``(config, records, reference, summary)`` of a finished or interrupted run folder."""
+    store = RunStore(run_dir)
+    if not store.dir.is_dir():
+        raise InvalidArgumentError(f"run folder {str(run_dir)!r} does not exist; give a folder written by "
+                                   "`autosurgeon sweep --out`.")
+    config = SweepConfig.from_dict(store.read_json(CONFIG))
+    reference = store.read_json(REFERENCE)
+    summary = store.read_json(SUMMARY) if store.path(SUMMARY).is_file() else {}
+    return config, store.records(), reference, summary
+
+
+__all__ = ["SweepResult", "build_evaluator", "load_run", "run_sweep", "scales_for", "warm_start_vectors"]
