@@ -59,11 +59,13 @@ def _metrics_data(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
     return metrics.get("_data", metrics) if isinstance(metrics, Mapping) else {}
 
 
-def check_inputs(config: Mapping[str, Any], records: Sequence[Mapping[str, Any]], front_idx: Sequence[int]) -> list[str]:
+def check_inputs(config: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+                 front_idx: Sequence[int]) -> list[str]:
     """Validate the contract's inputs; return the objective names."""
     names = config.get("objectives") if isinstance(config, Mapping) else None
     if not names or not all(isinstance(n, str) for n in names):
-        raise InvalidArgumentError(f"`config['objectives']` must be a non-empty list of objective names, got {names!r}.")
+        raise InvalidArgumentError(
+            f"`config['objectives']` must be a non-empty list of objective names, got {names!r}.")
     for k, rec in enumerate(records):
         missing = [key for key in ("eval", "x", "plan", "metrics", "objectives") if key not in rec]
         if missing:
@@ -102,10 +104,15 @@ def write_front_files(run_dir: Path, *, config: Mapping[str, Any], records: Sequ
     run_dir.mkdir(parents=True, exist_ok=True)
     members = [records[i] for i in front_idx]
     rows = [member_row(rank, rec, names) for rank, rec in enumerate(members)]
-    # Columns: the union in first-seen order, so a precision one member lacks is an empty cell, not a shift.
-    columns: list[str] = []
+    # Columns: the union over members (a precision one member lacks is a 0, not a shift), counts grouped
+    # and sorted, the vector last.
+    seen: list[str] = []
     for row in rows:
-        columns.extend(c for c in row if c not in columns)
+        seen.extend(c for c in row if c not in seen)
+    counts = sorted(c for c in seen if c.startswith(("precision:", "placement:")))
+    head = [c for c in seen if c not in counts and c != "x"]
+    at = head.index("n_rules") + 1 if "n_rules" in head else len(head)
+    columns = [*head[:at], *counts, *head[at:], *(["x"] if "x" in seen else [])]
     csv_path = run_dir / "front.csv"
     tmp = csv_path.with_name(f".front.csv.{os.getpid()}.tmp")
     with tmp.open("w", newline="") as fh:
