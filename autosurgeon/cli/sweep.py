@@ -1,0 +1,218 @@
+"""``autosurgeon sweep`` and ``autosurgeon front``: Pareto sweeps over surgery plans, and picking from a front.
+
+    autosurgeon sweep tiny-llama --device local --evaluator profiled --budget-evals 200 --algo nsga2 --out runs/a
+    autosurgeon sweep tiny-llama --config experiments/configs/tiny-llama-h100.json --out runs/h100
+    autosurgeon sweep tiny-llama --device local --budget-evals 300 --out runs/a --resume   # continue, more evals
+    autosurgeon front runs/a --budget-memory 40% --out plan.json
+    autosurgeon front runs/a --preference latency=0.6,memory=0.3,energy=0.1 --json
+
+Every finished evaluation is in ``runs/NAME/evals.jsonl`` the moment it is measured; ``--resume`` replays the
+seeded algorithm against those records (nothing is measured twice) and continues to ``--budget-evals``.
+The sweep code lives in ``experiments.sweep`` (imported inside the commands).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from autosurgeon.errors import InvalidArgumentError
+
+ALGOS = ("nsga2", "random", "optuna-nsga2", "optuna-tpe")
+EVALUATORS = ("runtime", "profiled", "analytic")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="Pareto sweep of surgery plans (NSGA-II, random, Optuna) over latency/memory/energy",
+        description="Search the model's plan space for the latency / memory / energy Pareto front under a quality "
+        "bound, evaluating plans with the chosen evaluator; writes runs/NAME (records, front, plots, TensorBoard, "
+        "summary.json). Options override the --config file; on --resume, the run's own config.")
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                   help="zoo name, Hugging Face model directory, or module:factory (optional with --config/--resume)")
+    p.add_argument("--device", default=None, metavar="PROFILE", help="local, a preset name, or a profile JSON")
+    p.add_argument("--evaluator", choices=EVALUATORS, default=None, help="how plans are scored (default profiled)")
+    p.add_argument("--budget-evals", type=int, default=None, metavar="N", help="distinct plans to evaluate")
+    p.add_argument("--algo", choices=ALGOS, default=None, help="search algorithm (default nsga2)")
+    p.add_argument("--config", default=None, metavar="FILE", help="a sweep config (experiments/configs/*.json|toml)")
+    p.add_argument("--warm-start", default=None, metavar="MARKOV.json",
+                   help="seed NSGA-II's initial population from a Markov placement model (agents.markov)")
+    p.add_argument("--seed", type=int, default=None, help="seed of every random choice (default 0)")
+    p.add_argument("--pop-size", type=int, default=None, metavar="N", help="NSGA-II population (default 20)")
+    p.add_argument("--max-quality-loss", type=float, default=None, metavar="X",
+                   help="quality constraint: relative loss <= X (0.01 = 1%%; default 0.01)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder, e.g. runs/NAME (must be empty)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    p.add_argument("--no-baselines", action="store_true", help="skip the uniform/greedy/knapsack baselines")
+    p.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of a summary")
+    p.set_defaults(func=run)
+
+    f = subparsers.add_parser(
+        "front", help="print a sweep's Pareto front and pick a plan by memory budget or preference",
+        description="Print the feasible Pareto front of a run folder; with --budget-memory and/or --preference "
+        "pick one member (and write its plan with --out).")
+    f.add_argument("run_dir", metavar="RUN", help="a folder written by autosurgeon sweep")
+    f.add_argument("--budget-memory", default=None, metavar="SIZE",
+                   help="bytes on GPU+CPU (4MiB, 300MB) or a share of the unmodified model's memory (40%%)")
+    f.add_argument("--preference", default=None, metavar="W",
+                   help="weights over normalised objectives, e.g. latency=0.6,memory=0.3,energy=0.1 (sum 1)")
+    f.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    f.add_argument("--out", default=None, metavar="PLAN.json", help="write the picked plan")
+    f.set_defaults(func=run_front)
+
+
+class _Progress:
+    """One self-rewriting line on stderr: evaluations done, rate, best latency/memory so far."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.started = time.perf_counter()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int, record: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.2 and done < total):
+            return
+        self.last = now
+        width = 30
+        filled = int(width * min(done, total) / max(total, 1))
+        rate = done / max(now - self.started, 1e-9)
+        sys.stderr.write(f"\rsweep [{'#' * filled}{'.' * (width - filled)}] {done}/{total} evals "
+                         f"({rate:.1f}/s)")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.budget_evals is not None and args.budget_evals < 1:
+        raise InvalidArgumentError(f"`--budget-evals` must be >= 1, got {args.budget_evals}.")
+    if args.pop_size is not None and args.pop_size < 2:
+        raise InvalidArgumentError(f"`--pop-size` must be >= 2, got {args.pop_size}.")
+    if args.seed is not None and args.seed < 0:
+        raise InvalidArgumentError(f"`--seed` must be >= 0, got {args.seed}.")
+    if args.max_quality_loss is not None and not args.max_quality_loss >= 0:
+        raise InvalidArgumentError(f"`--max-quality-loss` must be >= 0 (0.01 = 1%), got {args.max_quality_loss}.")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    from pathlib import Path
+
+    from experiments.sweep import SweepConfig, load_config, run_sweep
+    from experiments.sweep.store import CONFIG, RunStore
+
+    store = RunStore(args.out)
+    if args.resume and (store.path(CONFIG)).is_file():
+        base = SweepConfig.from_dict(store.read_json(CONFIG))
+    elif args.config is not None:
+        base = load_config(args.config)
+    elif args.model is None:
+        raise InvalidArgumentError("give MODEL (e.g. tiny-llama) or `--config` (experiments/configs/*.json).")
+    else:
+        base = SweepConfig(model=args.model, name=Path(args.out).name)
+    if args.model is not None and args.model != base.model:
+        if args.resume:
+            raise InvalidArgumentError(f"`--resume`: MODEL {args.model!r} differs from the run's {base.model!r}.")
+        base = base.replace(model=args.model)
+    config = base.replace(device=args.device, evaluator=args.evaluator, budget_evals=args.budget_evals,
+                          algo=args.algo, warm_start=args.warm_start, seed=args.seed, pop_size=args.pop_size,
+                          max_quality_loss=args.max_quality_loss,
+                          baselines=False if args.no_baselines else None)
+    progress = _Progress(enabled=not args.json)
+    result = run_sweep(config, args.out, resume=args.resume, progress=progress, cache_dir=args.cache_dir)
+    s = result.summary
+    if args.json:
+        print(json.dumps(s, default=str))
+        return 0
+    print(f"sweep      {s['model']} on {s['device']} ({s['evaluator']} evaluator), {s['algorithm']} seed {s['seed']}"
+          f" -> {result.run_dir}")
+    print(f"evals      {s['evaluations']}/{s['budget_evals']} ({s['status']}; {s['feasible']} feasible, "
+          f"{s['measured_this_attempt']} measured now, {s['replayed']} replayed), {s['wall_s']:.1f} s")
+    print(f"front      {s['front_size']} plans; hypervolume {s['hypervolume']:.4f} (reference point "
+          f"{s['reference_point']} in units of the unmodified model's {', '.join(s['objectives'])})")
+    curve = ", ".join(f"{k}: {v:.4f}" for k, v in s["hv_curve"].items())
+    print(f"hv curve   {curve}")
+    for fam, b in s.get("baselines", {}).items():
+        print(f"baseline   {fam}: {b['n']} plans, hypervolume {b['hypervolume']:.4f}")
+    for note in s.get("notes", []):
+        print(f"note       {note}")
+    print(f"next       autosurgeon front {result.run_dir} --preference latency=0.5,memory=0.5")
+    return 0
+
+
+def _fmt_row(rec: dict[str, Any], names: list[str]) -> list[str]:
+    out = []
+    for n, v in zip(names, rec["objectives"]):
+        if n == "latency":
+            out.append(f"{v * 1e3:.4f}")
+        elif n.startswith("memory"):
+            out.append(f"{v / 2**20:.3f}")
+        elif n == "energy":
+            out.append(f"{v * 1e3:.4f}")
+        else:
+            out.append(f"{v:.4g}")
+    q = rec.get("quality_loss")
+    out.append("-" if q is None else f"{q * 100:.3f}")
+    return out
+
+
+def _precisions(rec: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    placements: dict[str, int] = {}
+    for rule in rec["plan"]["_data"]["rules"]:
+        decisions = rule.get("decisions", {}) if isinstance(rule, dict) else {}
+        if "precision" in decisions:
+            counts[decisions["precision"]] = counts.get(decisions["precision"], 0) + 1
+        if "placement" in decisions:
+            placements[decisions["placement"]] = placements.get(decisions["placement"], 0) + 1
+    parts = [f"{k}x{v}" for k, v in sorted(counts.items(), key=lambda t: -t[1])]
+    streamed = sum(v for k, v in placements.items() if "<-" in k)
+    return " ".join(parts) + (f" | {streamed} streamed" if streamed else "")
+
+
+def run_front(args: argparse.Namespace) -> int:
+    from autosurgeon.knapsack import parse_budget
+    from autosurgeon.plan import Plan
+    from experiments.sweep import load_run
+    from experiments.sweep.front import parse_preference, pick
+    from experiments.sweep.hypervolume import front_indices
+
+    config, records, reference, _ = load_run(args.run_dir)
+    names = list(config.objective_names)
+    scales = reference["scales"]
+    preference = parse_preference(args.preference, names) if args.preference is not None else None
+    budget = None
+    if args.budget_memory is not None:
+        unmodified = scales[names.index("memory")] if "memory" in names else 0
+        budget = parse_budget(args.budget_memory, int(unmodified))
+    front = sorted(front_indices(records), key=lambda i: records[i]["objectives"][0])
+    chosen = None
+    if budget is not None or preference is not None:
+        chosen = pick(records, front, names, scales, budget_memory=budget, preference=preference)
+    path = None
+    if chosen is not None and args.out:
+        path = Plan.from_dict(records[chosen]["plan"]).save(args.out)
+    if args.json:
+        print(json.dumps({"run": str(args.run_dir), "objectives": names, "scales": scales,
+                          "front": [{"eval": records[i]["eval"], "objectives": records[i]["objectives"],
+                                     "quality_loss": records[i].get("quality_loss"), "x": records[i]["x"]}
+                                    for i in front],
+                          "chosen": None if chosen is None else records[chosen]["eval"],
+                          "plan_out": None if path is None else str(path)}))
+        return 0
+    units = {"latency": "ms", "energy": "mJ", "memory": "MiB"}
+    header = ["eval"] + [f"{n} ({units.get(n.split(':')[0], '')})" for n in names] + ["quality %", "plan"]
+    rows = [[("*" if i == chosen else "") + str(records[i]["eval"])] + _fmt_row(records[i], names)
+            + [_precisions(records[i])] for i in front]
+    widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h) for k, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"{len(front)} front plans of {len(records)} evaluations ({config.algo}, {config.evaluator} evaluator)")
+    if chosen is not None:
+        print(f"picked     eval {records[chosen]['eval']} (*)" + (f" -> {path}" if path else ""))
+    return 0
