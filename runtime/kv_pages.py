@@ -222,11 +222,9 @@ class LayerKV:
         if self.budget is None:
             return self.page_tokens
         tb = self._token_bytes()
-        room = (self.budget - self.hot_bytes) // tb
-        if room >= 1:
-            return min(room, self.page_tokens)
-        self._make_room(self.page_tokens * tb)
-        return self.page_tokens
+        if self.budget - self.hot_bytes < tb:
+            self._make_room(tb)  # one eviction (or offload) frees at least a page's worth of what it held
+        return min((self.budget - self.hot_bytes) // tb, self.page_tokens)
 
     def _trim_window(self) -> None:
         if self.window is None:

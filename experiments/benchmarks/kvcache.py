@@ -11,7 +11,8 @@ precision it kept it):
    (b) a budget-bound long generation: bytes of the budget holding no token, every step once the budget is full.
 3. ``streaming``: perplexity per 256-position bin over sequences 8x the trained length, for dense attention
    (no eviction), plain truncation, sinks + window (StreamingLLM, sinks re-rotated) and sinks + window with
-   original positions, the last three under the same byte budget.
+   original positions, the last three under the same byte budget; beside them, on the same text, a fresh
+   recompute at the trained length (192..256 bytes of context per scored byte), the reference "flat" is read against.
 
 Run: ``python -m experiments.benchmarks.kvcache [precision|waste|streaming|all] --out results/kvcache.json``.
 """
@@ -165,13 +166,27 @@ def bench_streaming(model: torch.nn.Module, heldout: torch.Tensor, *, batch: int
     out: dict[str, Any] = {"batch": batch, "length": length, "budget_bytes": budget, "kept_tokens_target": kept_tokens,
                            "runs": {}}
     bins = 256
+    # Reference on the same text: fresh recompute at the trained length (StreamingLLM's "sliding window with
+    # re-computation"), scored in strides of 64 so every scored byte sees 192..256 bytes of context.
+    trained, stride = 256, 64
+    nll_ref = torch.empty(seqs.shape[0], length, dtype=torch.float64)
+    with torch.inference_mode():
+        for s in range(0, length, stride):
+            lo = max(0, s + stride - trained)
+            logits = model(input_ids=seqs[:, lo:s + stride]).logits[:, -stride:].float()
+            nll_ref[:, s:s + stride] = torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), seqs[:, s + 1:s + stride + 1], reduction="none").double()
+    ref_bins = [math.exp(nll_ref[:, i:i + bins].mean().item()) for i in range(0, length, bins)]
+    out["recompute_reference"] = {"ppl_per_bin": ref_bins, "ppl": ppl(nll_ref), "context": [trained - stride, trained]}
+    print("recompute", json.dumps(out["recompute_reference"]), flush=True)
     for name, kc in configs.items():
         cache = make_kv_cache(kc, cfg, device="cpu", dtype=torch.float32)
         t0 = time.perf_counter()
         nll, trace = decode_nll(model, seqs, cache, stats_every=64)
         per_bin = [math.exp(nll[:, i:i + bins].mean().item()) for i in range(0, length, bins)]
         st = cache.kv_stats()
-        out["runs"][name] = {"ppl_per_bin": per_bin, "ppl": ppl(nll), "max_bytes_used": max(s["bytes_used"] for s in trace),
+        out["runs"][name] = {"ppl_per_bin": per_bin, "ppl": ppl(nll),
+                             "ratio_to_recompute_per_bin": [a / b for a, b in zip(per_bin, ref_bins)], "max_bytes_used": max(s["bytes_used"] for s in trace),
                              "tokens_kept_end": st["tokens_kept"], "evictions": st["evictions"],
                              "seconds": time.perf_counter() - t0}
         print(name, json.dumps(out["runs"][name]), flush=True)

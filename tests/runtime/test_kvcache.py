@@ -307,3 +307,19 @@ def test_sliding_window_models_are_refused() -> None:
                         num_attention_heads=4, num_key_value_heads=2, sliding_window=32)
     with pytest.raises(JalapenoError, match="full-attention layers only.*sliding_window=32"):
         make_kv_cache(KVCacheConfig(), cfg, device="cpu", dtype=torch.float32)
+
+
+def test_budget_tail_smaller_than_a_page_is_used_by_a_short_page(llama) -> None:
+    layers, tb = llama.config.num_hidden_layers, _token_bytes()
+    budget = layers * (4 + 2 * 4 + 3) * tb  # sinks + 2 pages of 4 + a 3-token tail, per layer
+    cache = make_kv_cache(KVCacheConfig(budget_bytes=budget, page_tokens=4), llama.config, device="cpu",
+                          dtype=torch.float32)
+    with torch.no_grad():
+        llama(input_ids=torch.zeros(1, 15, dtype=torch.long), **{CACHE_KW: cache})
+        kv = cache.kv_layers[0]
+        assert [p.capacity for p in kv.pages] == [4, 4, 3] and cache.kv_stats()["bytes_used"] == budget
+        for t in range(15, 40):  # steady state: never more than the budget, never a page's worth idle
+            llama(input_ids=torch.zeros(1, 1, dtype=torch.long), **{CACHE_KW: cache})
+            st = cache.kv_stats()
+            assert st["bytes_used"] <= budget and budget - st["bytes_used"] < layers * 4 * tb
+            assert kv.positions()[:4] == [0, 1, 2, 3] and kv.positions()[-1] == t
