@@ -6,8 +6,10 @@ is a valid plan by construction (masks + the env's repair), and :func:`apply_pol
 ``check_plan`` on it before measuring it with the chosen evaluator.
 
 Hypervolume (:func:`hypervolume`): objectives (latency, memory, energy) each divided by the unmodified
-model's value under the same evaluator, reference point ``HV_REFERENCE`` = 1.1 per objective (a plan must
-beat the unmodified model by the margin to count), computed exactly by pymoo's ``HV`` indicator.
+model's value under the same evaluator, reference point ``HV_REFERENCE`` = 2.0 per objective (a plan
+counts while it costs less than twice the unmodified model on every objective: on CPUs, low-bit and
+streamed plans trade latency for memory, and a reference near 1 would make that whole trade-off
+invisible), computed exactly by pymoo's ``HV`` indicator. The largest possible HV is 8 (2^3).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from envs.reward import normalised
 
 logger = get_logger(__name__)
 
-HV_REFERENCE: tuple[float, ...] = (1.1, 1.1, 1.1)
+HV_REFERENCE: tuple[float, ...] = (2.0, 2.0, 2.0)
 
 
 def simplex_preferences(k: int, n_obj: int = len(OBJECTIVES)) -> np.ndarray:
@@ -124,6 +126,7 @@ class ApplyResult:
     preference: np.ndarray
     memory_budget: float | None
     notes: list[str]
+    space: Any = None
     front: FrontResult | None = None
 
 
@@ -176,7 +179,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         raise_for_problems(errors, what="the policy's plan")
     metrics = ctx.evaluator.evaluate(x)
     result = ApplyResult(plan=plan, metrics=metrics, base=ctx.base, preference=pref, memory_budget=memory_budget,
-                         notes=notes)
+                         notes=notes, space=ctx.space)
     if front:
         result.front = policy_front(model, env, k=front, memory_budget=None)
     return result

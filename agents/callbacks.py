@@ -88,4 +88,26 @@ class SurgeryMetricsCallback(BaseCallback):
                     {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 
 
-__all__ = ["SurgeryMetricsCallback"]
+class StopAfterSeconds(BaseCallback):
+    """Stop learning once ``seconds`` of wall time have passed since training started (a time budget)."""
+
+    def __init__(self, seconds: float, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        self.seconds = seconds
+        self._start = 0.0
+
+    def _on_training_start(self) -> None:
+        import time
+
+        self._start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        import time
+
+        if time.perf_counter() - self._start > self.seconds:
+            logger.info("time budget of %.0f s reached at %d timesteps; stopping", self.seconds, self.num_timesteps)
+            return False
+        return True
+
+
+__all__ = ["StopAfterSeconds", "SurgeryMetricsCallback"]

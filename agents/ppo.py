@@ -78,14 +78,17 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           resume: bool = False, evaluator: str = "analytic", seed: int = 0, n_envs: int = 2,
           knobs: Sequence[str] = ("precision", "placement"), settings: PPOSettings | None = None,
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
-          sensitivity: bool = False) -> TrainResult:
-    """Train (or resume) a policy; see the module docstring. Returns where it was saved."""
+          sensitivity: bool = False, max_seconds: float | None = None) -> TrainResult:
+    """Train (or resume) a policy; see the module docstring. Returns where it was saved.
+
+    ``max_seconds`` stops learning early after that much wall time (the policy is saved as it is).
+    """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from agents.callbacks import SurgeryMetricsCallback
+    from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
     from agents.policy_io import device_class, write_meta
     from autosurgeon.hardware import resolve_profile
     from envs.observation import ObservationLayout
@@ -129,7 +132,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     metrics_cb = SurgeryMetricsCallback(front_env=front_env, hv_every=hv_every, hv_preferences=hv_preferences)
     callbacks = CallbackList([CheckpointCallback(save_freq=max(checkpoint_every // n_envs, 1),
                                                  save_path=str(out / "checkpoints"), name_prefix="policy"),
-                              metrics_cb])
+                              metrics_cb, *([StopAfterSeconds(max_seconds)] if max_seconds else [])])
     remaining = timesteps - model.num_timesteps
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=ckpt is None,

@@ -1,0 +1,55 @@
+"""``autosurgeon train``: train a maskable PPO surgery policy for one device.
+
+    autosurgeon train --device local --models tiny-llama,digits-cnn --timesteps 50000 --out policies/cpu
+    autosurgeon train --device local --models tiny-llama,digits-cnn --timesteps 80000 --out policies/cpu --resume
+
+Writes ``policies/NAME/policy.zip`` + ``policy.json``, checkpoints under ``checkpoints/`` and TensorBoard
+logs under ``tb/`` (``tensorboard --logdir policies/NAME/tb``). The agents package loads lazily.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from autosurgeon.errors import InvalidArgumentError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a surgery policy (maskable PPO) for a device",
+        description="Train a MaskablePPO policy over the AutoSurgeon/Surgery-v0 environment on the given models, "
+        "sampling a model, a preference and a memory budget per episode.")
+    parser.add_argument("--device", default="local", metavar="PROFILE", help="hardware profile (default: local)")
+    parser.add_argument("--models", required=True, help="comma-separated model specs (zoo names, HF dirs, module:factory)")
+    parser.add_argument("--timesteps", type=int, required=True, help="total environment steps to train to")
+    parser.add_argument("--out", required=True, help="policy folder, e.g. policies/NAME")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint up to --timesteps")
+    parser.add_argument("--evaluator", choices=("analytic", "profiled"), default="analytic",
+                        help="reward evaluator: analytic (roofline, default) or profiled (per-unit runtime measurements)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of PPO and the environments (default 0)")
+    parser.add_argument("--n-envs", type=int, default=2, help="vectorised environments (default 2)")
+    parser.add_argument("--knobs", default="precision,placement", help="knob kinds the policy decides")
+    parser.add_argument("--hv-every", type=int, default=4096, help="timesteps between front hypervolume logs")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.ppo import train
+
+    if args.timesteps < 1:
+        raise InvalidArgumentError(f"`--timesteps` must be >= 1, got {args.timesteps}.")
+    if args.n_envs < 1:
+        raise InvalidArgumentError(f"`--n-envs` must be >= 1, got {args.n_envs}.")
+    result = train(device=args.device, models=args.models.split(","), timesteps=args.timesteps, out=args.out,
+                   resume=args.resume, evaluator=args.evaluator, seed=args.seed, n_envs=args.n_envs,
+                   knobs=tuple(k.strip() for k in args.knobs.split(",") if k.strip()), hv_every=args.hv_every)
+    last = result.history[-1] if result.history else {}
+    print(f"policy saved to {result.out} ({result.timesteps} timesteps, {result.seconds:.1f} s)")
+    for key in ("mean_reward", "improvement", "budget_violation_rate"):
+        if key in last:
+            print(f"  last rollout {key}: {last[key]:.4f}")
+    for key, value in last.items():
+        if key.startswith("hv/"):
+            print(f"  front hypervolume on {key[3:]}: {value:.4f}")
+    print(f"  TensorBoard: tensorboard --logdir {result.out / 'tb'}")
+    return 0
