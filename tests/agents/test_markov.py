@@ -126,7 +126,8 @@ def test_masks_respected_when_the_learnt_choice_is_invalid() -> None:
         for i, v in enumerate(space.variables):
             if v.knob == "precision" and v.kind == "linear" and v.name.startswith("model.layers."):
                 block = v.name.split(".mlp")[0].split(".self_attn")[0]
-                if space.variables[space.index_of(block, "placement")].choices[x[space.index_of(block, "placement")]] == "dla":
+                j = space.index_of(block, "placement")
+                if space.variables[j].choices[x[j]] == "dla":
                     on_dla += 1
                     assert v.choices[x[i]] in ("int8", "float16")
     assert on_dla >= 20  # the DLA placement is sampled often enough for the check to mean something
@@ -183,3 +184,34 @@ def test_fit_from_runs_reads_front_json(tmp_path, small, fitted) -> None:
         {"_type": "autosurgeon.Front", "_version": 1, "_data": {"config": {}, "members": members}}))
     model = fit_from_runs([tmp_path / "run"])
     assert model.counts == fitted.counts and model.sources == [str(tmp_path / "run")]
+
+
+def test_cli_fit_from_rebuilt_space_then_predict_for_a_7b_shape(tmp_path, capsys) -> None:
+    """A front.json with no space.json: the space is rebuilt from the config (meta device); the fitted model
+    then proposes a plan for a 16-layer 7B-shaped Llama on another device, and the rule carries over."""
+    import argparse
+
+    from autosurgeon.cli.markov import register
+    from autosurgeon.plan import Plan
+    from autosurgeon.zoo import load_model
+
+    config = {"model": "tiny-llama-test", "device": "h100-80gb", "knobs": ["precision", "placement"]}
+    space = SearchSpace.build(load_model(config["model"], device="meta"), config["device"], knobs=config["knobs"])
+    members = [{"member": k, "plan": space.decode(x).to_dict()} for k, x in enumerate(rule_vectors(space, 12, seed=9))]
+    run = tmp_path / "runs" / "A"
+    run.mkdir(parents=True)
+    (run / "front.json").write_text(json.dumps(
+        {"_type": "autosurgeon.Front", "_version": 1, "_data": {"config": config, "members": members}}))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["markov", "fit", str(run), "--out", str(tmp_path / "markov.json")])
+    assert args.func(args) == 0
+    assert "fitted on 12 front members from 1 run(s)" in capsys.readouterr().out
+    assert MarkovPlacementModel.load(tmp_path / "markov.json").n_sequences == 12
+
+    args = parser.parse_args(["markov", "predict", "llama-7b-16l-shape", "--device", "jetson-agx-orin-64gb",
+                              "--model-file", str(tmp_path / "markov.json"), "--out", str(tmp_path / "plan.json")])
+    assert args.func(args) == 0
+    plan = Plan.load(tmp_path / "plan.json")
+    big = SearchSpace.build(load_model("llama-7b-16l-shape", device="meta"), "jetson-agx-orin-64gb")
+    assert rule_agreement(big, big.encode(plan)) == 1.0

@@ -25,7 +25,8 @@ def space() -> SearchSpace:
     cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
     model = LlamaForCausalLM(cfg).eval()
-    return SearchSpace.build(model, resolve_profile("h100-80gb"), inputs={"input_ids": torch.zeros(1, 8, dtype=torch.long)})
+    inputs = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
+    return SearchSpace.build(model, resolve_profile("h100-80gb"), inputs=inputs)
 
 
 def make_records(space: SearchSpace, n: int, *, algo: str = "nsga2", seed: int = 0) -> list[dict]:
