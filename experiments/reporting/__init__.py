@@ -6,7 +6,8 @@ Contract (the sweep engine calls exactly this):
     ``records``: one dict per evaluation, ``{"eval": int, "algo": str, "generation": int, "x": list[int],
     "plan": Plan.to_dict(), "metrics": Metrics.to_dict(), "objectives": [float, ...] (minimised, in the order
     of config["objectives"]), "feasible": bool}``; ``front_idx``: indices into ``records`` of the front;
-    ``config``: the sweep's config, with at least ``"objectives"`` (names) and ideally ``"reference_point"``,
+    ``config``: the sweep's config, with at least ``"objectives"`` (names; ``"quality"`` is appended when
+    ``config["quality"] == "objective"``, or give ``"objective_names"`` outright) and ideally ``"reference_point"``,
     ``"model"``, ``"device"`` (``"knobs"`` too: ``agents.markov.fit_from_runs`` rebuilds the space from them);
     ``baselines``: name -> records of that baseline (marked on the plots, kept in front.json).
     Writes ``run_dir/front.csv``, ``run_dir/front.json``, ``run_dir/plots/front.png`` (+ one PNG per pair of
@@ -17,7 +18,7 @@ Contract (the sweep engine calls exactly this):
 ``TensorBoardRecorder(log_dir, *, purge_step=None)``
     ``.on_generation(gen, *, hypervolume, best, n_evals)`` logs ``front/hypervolume``,
     ``front/best_<objective>`` and ``front/evaluations`` at step ``gen``; ``.close()``.
-    A sweep uses ``log_dir = run_dir / "tb"``.
+    A sweep uses ``log_dir = run_dir / "tb"`` (the front's events go to ``run_dir/tb/front``).
 """
 from __future__ import annotations
 

@@ -59,13 +59,24 @@ def _metrics_data(metrics: Mapping[str, Any]) -> Mapping[str, Any]:
     return metrics.get("_data", metrics) if isinstance(metrics, Mapping) else {}
 
 
-def check_inputs(config: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
-                 front_idx: Sequence[int]) -> list[str]:
-    """Validate the contract's inputs; return the objective names."""
-    names = config.get("objectives") if isinstance(config, Mapping) else None
-    if not names or not all(isinstance(n, str) for n in names):
+def objective_names(config: Mapping[str, Any]) -> list[str]:
+    """The names of a record's ``objectives``, in order: ``config["objective_names"]`` if given, else
+    ``config["objectives"]`` plus ``"quality"`` last when ``config["quality"] == "objective"`` (a sweep
+    config lists quality apart, as a constraint or a fourth objective)."""
+    names = config.get("objective_names") or config.get("objectives") if isinstance(config, Mapping) else None
+    if not names or isinstance(names, str) or not all(isinstance(n, str) for n in names):
         raise InvalidArgumentError(
             f"`config['objectives']` must be a non-empty list of objective names, got {names!r}.")
+    names = list(names)
+    if "objective_names" not in config and config.get("quality") == "objective" and "quality" not in names:
+        names.append("quality")
+    return names
+
+
+def check_inputs(config: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+                 front_idx: Sequence[int]) -> list[str]:
+    """Validate the contract's inputs; return the objective names (:func:`objective_names`)."""
+    names = objective_names(config)
     for k, rec in enumerate(records):
         missing = [key for key in ("eval", "x", "plan", "metrics", "objectives") if key not in rec]
         if missing:
@@ -175,4 +186,4 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-__all__ = ["FRONT_TYPE", "FRONT_VERSION", "plan_decisions", "plan_summary", "read_front", "write_front_files"]
+__all__ = ["FRONT_TYPE", "FRONT_VERSION", "objective_names", "plan_decisions", "plan_summary", "read_front", "write_front_files"]

@@ -185,3 +185,16 @@ def test_bad_inputs_are_refused(tmp_path, space) -> None:
                           front_idx=[0])
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         read_front(tmp_path / "nowhere")
+
+
+def test_quality_as_fourth_objective_follows_the_sweep_config(tmp_path, space) -> None:
+    """A sweep config lists quality apart (``quality = "objective"``): records then carry four values."""
+    records = make_records(space, 6)
+    for r in records:
+        r["objectives"] = [*r["objectives"], 0.01 * r["eval"]]
+    config = {"objectives": NAMES, "quality": "objective", "reference_point": [1.1] * 4}
+    write_run_outputs(tmp_path, config=config, records=records, front_idx=[0, 2])
+    assert read_front(tmp_path)["objectives"] == [*NAMES, "quality"]
+    assert len(list((tmp_path / "plots").glob("front_*_vs_*.png"))) == 6
+    row = next(csv.DictReader((tmp_path / "front.csv").open()))
+    assert float(row["obj:quality"]) == 0.0
