@@ -1,0 +1,109 @@
+"""Applying a trained policy to a model it never saw; clear errors for bad inputs."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.apply import apply_policy, hypervolume, simplex_preferences
+from agents.policy_io import PolicyError
+from agents.ppo import PPOSettings, train
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.plan import Plan
+from autosurgeon.plan_check import check_plan
+
+DEVICE = "h100-80gb"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("apply-policy")
+    train(device=DEVICE, models=["tiny-llama-test"], timesteps=128, out=out, n_envs=1,
+          settings=PPOSettings(n_steps=64, batch_size=64, n_epochs=1), hv_every=10_000, checkpoint_every=10_000)
+    return out
+
+
+def test_apply_on_unseen_model_gives_a_checked_plan_and_a_front(policy: Path) -> None:
+    # digits-cnn: another task and architecture, absent from training.
+    result = apply_policy(policy, "digits-cnn", device=DEVICE, preference="latency=0.2,memory=0.7,energy=0.1",
+                          front=3)
+    assert isinstance(result.plan, Plan)
+    errors = [p for p in check_plan(result.space and _loaded(result), result.plan, DEVICE, space=result.space)
+              if p.severity == "error"]
+    assert errors == []
+    assert result.metrics.latency_s > 0 and result.metrics.evaluator == "analytic"
+    assert len(result.front.vectors) == 3 and 0.0 <= result.front.hypervolume <= 8.0
+
+
+def _loaded(result):  # the env's loaded model (meta) the plan was made for
+    from envs.context import _CACHE
+
+    return next(c.loaded for c in _CACHE.values() if c.space is result.space)
+
+
+def test_cli_apply_writes_plan_and_front(policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from autosurgeon.cli.apply import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "plan.json"
+    args = parser.parse_args(["apply", "--policy", str(policy), "--model", "tiny-moe-test", "--device", DEVICE,
+                              "--budget-memory", "1GiB", "--front", "2", "--out", str(out)])
+    assert args.func(args) == 0
+    plan = Plan.load(out)
+    assert plan.metadata["proposer"] == "agents.apply"
+    front = json.loads(out.with_suffix(".front.json").read_text())
+    assert len(front["points"]) == 2 and front["reference"] == [2.0, 2.0, 2.0]
+    assert "plan written to" in capsys.readouterr().out
+
+
+def test_unknown_policy_path(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="is not a folder"):
+        apply_policy(tmp_path / "missing", "digits-cnn", device=DEVICE)
+    with pytest.raises(PolicyError, match="holds no policy.zip"):
+        apply_policy(tmp_path, "digits-cnn", device=DEVICE)
+
+
+def test_wrong_device_class_refused_unless_forced(policy: Path) -> None:
+    with pytest.raises(PolicyError, match="'gpu-sm90'.*'gpu-sm87'.*--force"):
+        apply_policy(policy, "digits-cnn", device="jetson-orin-nano-8gb")
+    result = apply_policy(policy, "digits-cnn", device="jetson-orin-nano-8gb", force=True)
+    assert any("--force" in n for n in result.notes)
+
+
+@pytest.mark.parametrize(("preference", "match"), [
+    ("latency=0.6,memory=0.3", "must sum to 1"),
+    ("latency=0.6,memory=0.3,joy=0.1", "unknown objective 'joy'"),
+    ("latency=1.2,memory=-0.2", "'memory' must be a finite number >= 0, got -0.2"),
+])
+def test_bad_preference(policy: Path, preference: str, match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        apply_policy(policy, "digits-cnn", device=DEVICE, preference=preference)
+
+
+def test_bad_cli_values(policy: Path, tmp_path: Path) -> None:
+    from autosurgeon.cli.apply import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    base = ["apply", "--policy", str(policy), "--model", "digits-cnn", "--device", DEVICE, "--out", str(tmp_path / "p")]
+    with pytest.raises(InvalidArgumentError, match="--budget-memory.*'lots'"):
+        args = parser.parse_args([*base, "--budget-memory", "lots"])
+        args.func(args)
+    with pytest.raises(InvalidArgumentError, match="`--front` must be >= 1, got 0"):
+        args = parser.parse_args([*base, "--front", "0"])
+        args.func(args)
+
+
+def test_simplex_preferences_and_hypervolume() -> None:
+    prefs = simplex_preferences(8)
+    assert prefs.shape == (8, 3) and np.allclose(prefs.sum(axis=1), 1.0) and (prefs >= 0).all()
+    assert len({tuple(p) for p in prefs.round(6)}) == 8
+    assert np.allclose(prefs[:3], np.eye(3))
+    # One point at 1 in each objective under reference 2: a unit cube; two points overlap by inclusion-exclusion.
+    assert hypervolume(np.array([[1.0, 1.0, 1.0]])) == pytest.approx(1.0)
+    assert hypervolume(np.array([[1.0, 1.5, 1.5], [1.5, 1.0, 1.5]])) == pytest.approx(0.25 + 0.25 - 0.125)
+    assert hypervolume(np.array([[2.5, 0.1, 0.1]])) == 0.0
