@@ -186,4 +186,5 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-__all__ = ["FRONT_TYPE", "FRONT_VERSION", "objective_names", "plan_decisions", "plan_summary", "read_front", "write_front_files"]
+__all__ = ["FRONT_TYPE", "FRONT_VERSION", "objective_names", "plan_decisions", "plan_summary", "read_front",
+           "write_front_files"]
