@@ -44,11 +44,16 @@ def _scale_axis(set_scale: Any, values: np.ndarray) -> None:
 
 
 def draw_pair(ax: Any, i: int, j: int, names: Sequence[str], all_pts: np.ndarray, front_pts: np.ndarray,
-              baselines: Mapping[str, np.ndarray]) -> None:
-    """One 2-D projection (objective ``i`` on x, ``j`` on y) into matplotlib axes ``ax``."""
+              baselines: Mapping[str, np.ndarray], feasible: np.ndarray | None = None) -> None:
+    """One 2-D projection (objective ``i`` on x, ``j`` on y) into matplotlib axes ``ax``; infeasible
+    evaluations (``feasible`` False: over the quality bound) are drawn as light crosses."""
     (sx, lx), (sy, ly) = axis(names[i]), axis(names[j])
     if all_pts.size:
-        ax.scatter(all_pts[:, i] * sx, all_pts[:, j] * sy, s=6, c="0.75", label="evaluated", zorder=1)
+        ok = feasible if feasible is not None and len(feasible) == len(all_pts) else np.ones(len(all_pts), bool)
+        ax.scatter(all_pts[ok, i] * sx, all_pts[ok, j] * sy, s=6, c="0.7", label="evaluated", zorder=1)
+        if not ok.all():
+            ax.scatter(all_pts[~ok, i] * sx, all_pts[~ok, j] * sy, s=8, c="0.8", marker="x", linewidths=0.6,
+                       label="infeasible", zorder=1)
     if front_pts.size:
         order = np.argsort(front_pts[:, i])
         ax.scatter(front_pts[order, i] * sx, front_pts[order, j] * sy, s=22, c="tab:blue", label="front", zorder=3)
@@ -80,6 +85,7 @@ def plot_front(plots_dir: Path, *, names: Sequence[str], records: Sequence[Mappi
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
     all_pts = _points(records)
+    feasible = np.array([bool(r.get("feasible", True)) for r in records], dtype=bool)
     front_pts = _points([records[i] for i in front_idx])
     base = {name: _points(recs) for name, recs in (baselines or {}).items()}
     if len(names) == 1:  # a single objective: plot it against evaluation order
@@ -97,7 +103,7 @@ def plot_front(plots_dir: Path, *, names: Sequence[str], records: Sequence[Mappi
     for i, j in pairs:
         fig = Figure(figsize=(5, 4), tight_layout=True)
         ax = fig.add_subplot(1, 1, 1)
-        draw_pair(ax, i, j, names, all_pts, front_pts, base)
+        draw_pair(ax, i, j, names, all_pts, front_pts, base, feasible)
         ax.legend(fontsize="small")
         if title:
             ax.set_title(title, fontsize="small")
@@ -110,7 +116,7 @@ def plot_front(plots_dir: Path, *, names: Sequence[str], records: Sequence[Mappi
     fig = Figure(figsize=(4.2 * cols, 3.6 * rows), tight_layout=True)
     for k, (i, j) in enumerate(pairs):
         ax = fig.add_subplot(rows, cols, k + 1)
-        draw_pair(ax, i, j, names, all_pts, front_pts, base)
+        draw_pair(ax, i, j, names, all_pts, front_pts, base, feasible)
         if k == 0:
             ax.legend(fontsize="x-small")
     if title:
