@@ -9,9 +9,10 @@ surgery, not hooks: they are not undone on close (keep a copy of the model if yo
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +22,11 @@ from runtime.errors import JalapenoError
 from runtime.spec import FLOAT_FORMATS, QUANT_FORMATS, BlockSpec, SessionSpec
 from runtime.streaming import StreamUnit, Streamer, attach_device_hooks
 from runtime.tensors import TIERS, TensorStore, tier_of
+
+if TYPE_CHECKING:
+    from runtime.adapt import AdaptConfig, Adapter
+    from runtime.experts import ExpertConfig, ExpertStreamer
+    from runtime.kvcache import KVCacheConfig
 
 logger = get_logger(__name__)
 
@@ -115,10 +121,18 @@ class Session:
         time_transfers: record CUDA events around every host-to-device copy (``stats().extra``).
         energy_watts: power figure for the energy *estimate* where no counter (NVML, RAPL) is readable
             (e.g. a hardware profile's TDP); without one such an estimate is reported as unknown.
+        experts: stream the experts of fused mixture-of-experts modules through a bounded expert cache
+            (:class:`~runtime.experts.ExpertConfig`); those modules then leave layer streaming.
+        kv: the KV cache ``generate`` builds (:class:`~runtime.kvcache.KVCacheConfig`: precision, budget,
+            window), its pages charged to this session's store; None: Hugging Face's own cache.
+        adapt: watch the workload and retune between forward steps (:mod:`runtime.adapt`); ``True`` for the
+            default thresholds. Adjustments are logged and listed in ``stats().extra["adjustments"]``.
     """
 
     def __init__(self, model: nn.Module, spec: SessionSpec, *, store: TensorStore | None = None,
-                 time_transfers: bool = False, energy_watts: float | None = None) -> None:
+                 time_transfers: bool = False, energy_watts: float | None = None,
+                 experts: ExpertConfig | None = None, kv: KVCacheConfig | None = None,
+                 adapt: AdaptConfig | bool | None = None) -> None:
         self.energy_watts = energy_watts
         self.model = model.eval()
         self.spec = spec
@@ -126,7 +140,21 @@ class Session:
         if len(spec.blocks) > len(self.blocks):
             raise JalapenoError(f"spec lists {len(spec.blocks)} blocks but {self.block_path!r} has {len(self.blocks)}.")
         self.block_specs = [spec.block(i) for i in range(len(self.blocks))]
+        self.exec_tier = tier_of(self.block_specs[0].device) if self.block_specs else tier_of(spec.rest_spec.device)
         self.rest = spec.rest_spec
+        self.experts: ExpertStreamer | None = None
+        self.kv_config = kv
+        self.kv_cache: Any = None
+        self._kv_stats: dict[str, Any] | None = None
+        self.adapter: Adapter | None = None
+        self._expert_names: set[str] = set()
+        if experts is not None:
+            from runtime.experts import find_expert_modules
+
+            if spec.granularity == "block":
+                raise JalapenoError("`experts` streaming needs `granularity='module'` (a whole-block unit would "
+                                    "stream the experts too).")
+            self._expert_names = {name for name, _, _ in find_expert_modules(model)}
         self.rest_device = torch.device(self.rest.device)
         self._apply_formats()
         self.store = store or TensorStore(budgets=spec.budgets, offload_dir=spec.offload_dir)
@@ -140,6 +168,11 @@ class Session:
                                  disk_io=spec.disk_io)
         try:
             self.streamer.attach()
+            if experts is not None:
+                from runtime.experts import ExpertStreamer
+
+                self.experts = ExpertStreamer(model, self.store, experts,
+                                              device=torch.device(self.block_specs[0].device)).attach()
             for block, bs in zip(self.blocks, self.block_specs):
                 if torch.device(bs.device) != self.rest_device:
                     self._handles += attach_device_hooks(block, torch.device(bs.device), self.rest_device)
@@ -166,6 +199,12 @@ class Session:
         self._peak_rss: int | None = None
         self._devices = sorted({str(bs.device) for bs in self.block_specs} | {str(self.rest_device)})
         self.closed = False
+        if adapt:
+            from runtime.adapt import AdaptConfig, Adapter
+
+            self.adapter = Adapter(self, adapt if isinstance(adapt, AdaptConfig) else AdaptConfig())
+            self._handles.append(self.model.register_forward_pre_hook(self._step_start, with_kwargs=True))
+            self._handles.append(self.model.register_forward_hook(self._step_end, with_kwargs=True))
 
     # ---------------------------------------------------------------- setup
     def _apply_formats(self) -> None:
@@ -187,6 +226,8 @@ class Session:
         for name, module in self.model.named_modules():
             if name == self.block_path:
                 continue
+            if name in self._expert_names:
+                continue  # the ExpertStreamer owns these
             if not name.startswith(prefix):
                 override = self.spec.modules.get(name)
                 if override is not None and torch.device(override.device) != self.rest_device:
@@ -234,12 +275,20 @@ class Session:
         input_ids = input_ids.to(self.rest_device)
         kwargs.setdefault("attention_mask", torch.ones_like(input_ids))
         kwargs.setdefault("pad_token_id", 0)
+        if self.kv_config is not None and kwargs.get("past_key_values") is None:
+            kwargs["past_key_values"] = self.kv_cache = self._make_kv_cache()
         meter, tracker = self._telemetry()
         self._sync()
         start = time.perf_counter()
-        with meter, tracker:
-            out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
-            self._sync()
+        try:
+            with meter, tracker:
+                out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+                self._sync()
+        finally:
+            if self.kv_cache is not None:  # its pages go back to the store: the request is over
+                self._kv_stats = self.kv_cache.kv_stats()
+                self.kv_cache.close()
+                self.kv_cache = None
         self._seconds += time.perf_counter() - start
         self._tokens += (out.shape[-1] - input_ids.shape[-1]) * out.shape[0]
         self._energy_source = meter.source
@@ -249,6 +298,87 @@ class Session:
         if peak is not None:
             self._peak_rss = max(self._peak_rss or 0, int(peak))
         return out
+
+    def _make_kv_cache(self) -> Any:
+        from runtime.kvcache import make_kv_cache
+
+        config = self.kv_config
+        if self.adapter is not None and self.adapter.next_kv_precision and config.precision == "float":
+            config = dataclasses.replace(config, precision=self.adapter.next_kv_precision)
+        dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        return make_kv_cache(config, self.model.config, device=torch.device(self.block_specs[0].device),
+                             dtype=dtype, store=self.store)
+
+    # ---------------------------------------------------------------- adaptation (runtime.adapt calls these)
+    def _step_start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._step_t0 = time.perf_counter()
+
+    def _step_end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        assert self.adapter is not None
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        past = kwargs.get("past_key_values")
+        if past is None:
+            past = getattr(output, "past_key_values", None)
+        seq = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0
+        if seq == 0 and ids is not None:
+            seq = int(ids.shape[-1])
+        batch = int(ids.shape[0]) if ids is not None else 1
+        self._sync()
+        self.adapter.after_step(seq_len=seq, batch=batch, step_s=time.perf_counter() - self._step_t0)
+
+    def last_resident_block(self) -> int | None:
+        """The highest-numbered block whose weights are resident on the execution tier (None if none)."""
+        for i in range(len(self.block_specs) - 1, -1, -1):
+            if not self.block_specs[i].streamed and tier_of(self.block_specs[i].device) == self.exec_tier:
+                return i
+        return None
+
+    def slower_tier(self) -> str:
+        return "disk" if self.exec_tier == "cpu" else "cpu"
+
+    def _demotable(self, index: int) -> list[Any]:
+        prefix = f"{self.block_path}.{index}."
+        return [u for u in self.streamer.units if u.name.startswith(prefix) and not u.streamed
+                and any(t.dim() > 1 for t in [*u.module._parameters.values(), *u.module._buffers.values()]
+                        if t is not None)]
+
+    def plan_demotion(self, target_bytes: int) -> tuple[list[int], int] | None:
+        """The fewest resident blocks (last first) whose demotion brings the execution tier's usage to at most
+        ``target_bytes``, with the lookahead to use (the spec's, lowered if the staging would not fit);
+        None if even demoting every resident block at lookahead 0 would not."""
+        from runtime.tensors import aligned
+
+        used = self.store.used(self.exec_tier)
+        streamer = self.streamer
+        largest = max((u.nbytes for u in streamer.units if u.streamed), default=0)
+        current = streamer._staging_bytes()
+        chosen: list[int] = []
+        freed = 0
+        for i in range(len(self.block_specs) - 1, -1, -1):
+            if self.block_specs[i].streamed or tier_of(self.block_specs[i].device) != self.exec_tier:
+                continue
+            units = self._demotable(i)
+            chosen.append(i)
+            for u in units:
+                size = sum(aligned(t.numel() * t.element_size()) for t in
+                           [*u.module._parameters.values(), *u.module._buffers.values()] if t is not None and t.dim() > 1)
+                freed += sum(t.numel() * t.element_size() for t in
+                             [*u.module._parameters.values(), *u.module._buffers.values()] if t is not None and t.dim() > 1)
+                largest = max(largest, size)
+            for la in range(streamer.lookahead, -1, -1):
+                if used - freed - current + (la + 1) * largest <= target_bytes:
+                    return chosen, la
+        return None
+
+    def demote_blocks(self, indices: list[int], home: str, *, lookahead: int | None = None) -> int:
+        """Stream blocks ``indices`` from ``home`` from now on (between forwards); returns the bytes freed."""
+        uids = [u.uid for i in indices for u in self._demotable(i)]
+        if lookahead is not None and lookahead < self.streamer.lookahead:
+            self.streamer.lookahead = lookahead  # applied by the demotion's re-reservation
+        freed = self.streamer.demote(uids, home)
+        for i in indices:
+            self.block_specs[i] = dataclasses.replace(self.block_specs[i], home=home)
+        return freed
 
     def _telemetry(self) -> tuple[Any, Any]:
         try:
@@ -270,7 +400,18 @@ class Session:
         cuda = [d for d in self._devices if d.startswith("cuda")]
         cuda_max = max((torch.cuda.max_memory_allocated(d) for d in cuda), default=None) if cuda else None
         s = self.streamer.stats
-        extra: dict[str, Any] = {"streamed_bytes_per_pass": self.streamer.streamed_bytes_per_pass()}
+        extra: dict[str, Any] = {"streamed_bytes_per_pass": self.streamer.streamed_bytes_per_pass(),
+                                 "lookahead": self.streamer.lookahead,
+                                 "streamed_blocks": [i for i, b in enumerate(self.block_specs) if b.streamed]}
+        if self.experts is not None:
+            extra["experts"] = {**self.experts.stats.as_dict(), "capacity": self.experts.cache.capacity
+                                if self.experts.cache is not None else None, "prefetch": self.experts.config.prefetch,
+                                "lookahead": self.experts.lookahead}
+        if self._kv_stats is not None:
+            extra["kv"] = dict(self._kv_stats)
+        if self.adapter is not None:
+            extra["adjustments"] = [a.as_dict() for a in self.adapter.adjustments]
+            extra["workload"] = dict(self.adapter.workload)
         if self.streamer.time_transfers and cuda:
             extra["transfer_seconds"] = self.streamer.transfer_seconds(reset=False)
         return SessionStats(
@@ -293,6 +434,12 @@ class Session:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if getattr(self, "kv_cache", None) is not None:
+            self.kv_cache.close()
+            self.kv_cache = None
+        if getattr(self, "experts", None) is not None:
+            self.experts.detach()
+            self.experts = None
         if hasattr(self, "streamer"):
             self.streamer.detach()
         if getattr(self, "_owns_store", False):

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from runtime._log import get_logger
-from runtime.errors import JalapenoError
+from runtime.errors import BudgetExceededError, JalapenoError
 from runtime.prefetch import Prefetcher, SequentialPrefetcher
 from runtime.tensors import TensorStore, tier_of
 
@@ -250,6 +250,11 @@ class Streamer:
             unit.originals = []
             unit.slot = unit.pending = None
             unit.bound = False
+        self._release_slots()
+        self._copy_streams.clear()
+        self.attached = False
+
+    def _release_slots(self) -> None:
         for buf, tier, label in self._slot_bufs:
             self.store.free(buf, tier=tier, label=label)
         self._slot_bufs.clear()
@@ -258,8 +263,98 @@ class Streamer:
             self.store.uncharge(tier, nbytes, label=label)
             self._mapped_charge = None
         self._free.clear()
-        self._copy_streams.clear()
-        self.attached = False
+
+    # ---------------------------------------------------------------- run-time changes (between forwards)
+    def _staging_bytes(self) -> int:
+        """Bytes the staging slots hold on their tiers now."""
+        held = sum(buf.numel() for buf, _, _ in self._slot_bufs)
+        return held + (self._mapped_charge[0] if self._mapped_charge is not None else 0)
+
+    def _drain(self) -> None:
+        """Finish and drop every prefetch in flight (nothing may be bound: call between forwards)."""
+        if any(u.bound for u in self.units):
+            raise JalapenoError("the Streamer can only be reconfigured between forwards (a unit is running).")
+        for unit in self.units:
+            if unit.pending is not None:
+                self._wait(unit)
+                slot = unit.slot
+                unit.slot = unit.pending = None
+                if slot is not None and slot.mapping is not None:
+                    self.store.unmap(slot.mapping)
+                    slot.mapping = None
+        for device in self._copy_streams:
+            torch.cuda.synchronize(device)
+
+    def set_lookahead(self, lookahead: int) -> None:
+        """Change how many units are fetched ahead; the staging slots are re-reserved to match (a raise that
+        the budget cannot take raises BudgetExceededError and keeps the old lookahead)."""
+        if lookahead < 0:
+            raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
+        if lookahead == self.lookahead:
+            return
+        self._drain()
+        old = self.lookahead
+        self._release_slots()
+        self.lookahead = lookahead
+        try:
+            self._reserve_slots()
+        except BudgetExceededError:
+            self._release_slots()
+            self.lookahead = old
+            self._reserve_slots()
+            raise
+        logger.info("lookahead %d -> %d", old, lookahead)
+
+    def demote(self, uids: Sequence[int], home: str) -> int:
+        """Stream the resident units ``uids`` from ``home`` from now on (their bytes leave the execution tier);
+        returns the bytes given back there, net of any staging growth. Call between forwards."""
+        self._drain()
+        before = {t: self.store.used(t) for t in ("gpu", "cpu")}
+        self._release_slots()
+        for uid in uids:
+            unit = self.units[uid]
+            if unit.streamed:
+                continue
+            tensors = {k: getattr(m, a).detach().to("cpu", copy=True) for k, (m, a, _) in zip(unit.keys, unit.members)}
+            self.store.unregister(unit.keys, label=unit.name)
+            for i, ((m, a, is_param), original) in enumerate(zip(unit.members, unit.originals)):
+                if is_param:  # drop the resident copy (detach restores from the store)
+                    original.data = torch.empty(0, dtype=original.dtype, device=original.device)
+                else:
+                    unit.originals[i] = torch.empty(0, dtype=original.dtype)
+            unit.home = home
+            self.store.register(tensors, home, label=unit.name)
+            unit.nbytes = self.store.group_nbytes(unit.keys)
+            unit.placeholders, unit.live = [], []
+            for (m, a, is_param), t in zip(unit.members, tensors.values()):
+                meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+                if is_param:
+                    unit.placeholders.append(nn.Parameter(meta, requires_grad=False))
+                    unit.live.append(nn.Parameter(torch.empty(0, dtype=t.dtype, device=unit.device),
+                                                  requires_grad=False))
+                else:
+                    unit.placeholders.append(meta)
+                    unit.live.append(None)
+            self._unbind(unit)
+            self._handles.append(unit.module.register_forward_pre_hook(lambda m, a, u=unit: self._pre_forward(u)))
+            self._handles.append(unit.module.register_forward_hook(lambda m, a, o, u=unit: self._post_forward(u)))
+        try:
+            self._reserve_slots()
+        except BudgetExceededError:
+            if not self.lookahead:
+                raise
+            logger.info("demote: staging for lookahead %d does not fit; lookahead 0", self.lookahead)
+            self._release_slots()
+            self.lookahead = 0
+            self._reserve_slots()
+        streamed = [u.uid for u in self.units if u.streamed]
+        if isinstance(self._prefetcher, SequentialPrefetcher) or self._prefetcher is None:
+            self._prefetcher = SequentialPrefetcher(streamed, lookahead=self.lookahead)
+        if self._io is None and any(self.units[i].home == "disk" for i in streamed):
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jalapeno-io")
+        freed = sum(before[t] - self.store.used(t) for t in before)
+        logger.info("demoted %d units to %r (%d B freed)", len(uids), home, freed)
+        return freed
 
     # ---------------------------------------------------------------- hooks
     def _pre_forward(self, unit: StreamUnit) -> None:

@@ -1,0 +1,71 @@
+"""Adaptive tuning: a forced memory squeeze mid-generation makes the Session demote resident blocks (logged
+with its reason) and the request completes with the same tokens; thresholds validated; expert lookahead."""
+from __future__ import annotations
+
+import pytest
+import torch
+from _streaming_models import greedy, tiny_llama
+
+from runtime.adapt import AdaptConfig
+from runtime.errors import JalapenoError
+from runtime.session import Session, find_blocks, module_bytes
+from runtime.spec import BlockSpec, SessionSpec
+
+
+def test_memory_squeeze_mid_generation_demotes_blocks_without_failing() -> None:
+    model = tiny_llama(layers=4)
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(3))
+    ref = greedy(model, ids, 12)
+    _, blocks = find_blocks(model)
+    block = module_bytes(blocks[0])
+    total = module_bytes(model)
+    spec = SessionSpec(default=BlockSpec(device="cpu"), budgets={"cpu": int(total * 1.1)}, lookahead=1)
+    with Session(model, spec, adapt=AdaptConfig(every=1)) as session:
+        squeezed: dict[str, int] = {}
+
+        def squeeze(module: torch.nn.Module, args: tuple, output: object) -> None:
+            if session.adapter.step == 3 and not squeezed:  # after the 3rd step: the tier shrinks by 1.5 blocks
+                squeezed["budget"] = session.store.used("cpu") - int(1.5 * block)
+                session.store.budgets["cpu"] = squeezed["budget"]
+
+        handle = model.register_forward_hook(squeeze)  # runs after the adapter's hook of the same step
+        out = session.generate(ids, max_new_tokens=12)
+        handle.remove()
+        stats = session.stats()
+        used = session.store.used("cpu")
+    assert torch.equal(out, ref)  # the request completed, tokens unchanged (streaming is exact)
+    adjustments = stats.extra["adjustments"]
+    residency = [a for a in adjustments if a["knob"] == "residency"]
+    assert residency and residency[0]["step"] == 4  # reacted at the first step after the squeeze
+    assert "of its budget" in residency[0]["reason"] and "demoted" in residency[0]["reason"]
+    assert stats.extra["streamed_blocks"] and stats.extra["streamed_blocks"][-1] == 3  # last resident block first
+    assert used <= squeezed["budget"]  # back under the shrunk budget
+    assert stats.misses > 0 and stats.fetches > 0  # the demoted blocks really streamed
+
+
+def test_squeeze_lowers_lookahead_first_when_blocks_already_stream() -> None:
+    model = tiny_llama(layers=3)
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(4))
+    ref = greedy(model, ids, 8)
+    spec = SessionSpec(blocks=(BlockSpec(device="cpu"), BlockSpec(device="cpu", home="disk"),
+                               BlockSpec(device="cpu", home="disk")), lookahead=2, budgets={"cpu": "64MiB"})
+    with Session(model, spec, adapt=AdaptConfig(every=1)) as session:
+        slot = max(u.nbytes for u in session.streamer.units if u.streamed)
+
+        def squeeze(module: torch.nn.Module, args: tuple, output: object) -> None:
+            if session.adapter.step == 2:
+                session.store.budgets["cpu"] = session.store.used("cpu") - slot // 2
+
+        handle = model.register_forward_hook(squeeze)
+        out = session.generate(ids, max_new_tokens=8)
+        handle.remove()
+        adjustments = session.stats().extra["adjustments"]
+    assert torch.equal(out, ref)
+    first = adjustments[0]
+    assert (first["knob"], first["old"], first["new"], first["step"]) == ("lookahead", 2, 1, 3)
+    assert "one staging slot fewer" in first["reason"]
+
+
+def test_adapt_config_validation() -> None:
+    with pytest.raises(JalapenoError, match="need 0 < `pressure_low` < `pressure_high`"):
+        AdaptConfig(pressure_low=0.9, pressure_high=0.5)
