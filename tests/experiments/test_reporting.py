@@ -198,3 +198,35 @@ def test_quality_as_fourth_objective_follows_the_sweep_config(tmp_path, space) -
     assert len(list((tmp_path / "plots").glob("front_*_vs_*.png"))) == 6
     row = next(csv.DictReader((tmp_path / "front.csv").open()))
     assert float(row["obj:quality"]) == 0.0
+
+
+def test_hparams_plugin_serves_the_front_as_session_groups(run) -> None:
+    """What the HParams tab (table and parallel coordinates) asks TensorBoard's hparams plugin for."""
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams.hparams_plugin import HParamsPlugin
+    from werkzeug.test import Client
+
+    tb = str(run["dir"] / "tb")
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(tb)
+    mux.Reload()
+    plugin = HParamsPlugin(base_plugin.TBContext(logdir=tb, multiplexer=mux,
+                                                 data_provider=MultiplexerDataProvider(mux, tb)))
+    apps = plugin.get_plugin_apps()
+    reply = Client(apps["/experiment"]).post("/experiment", data=json.dumps({"experimentName": ""}),
+                                             content_type="application/json")
+    experiment = json.loads(reply.data)
+    assert {"algo", "eval", "weight_bytes", "precision:float32"} <= {h["name"] for h in experiment["hparamInfos"]}
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [f"objective/{n}" for n in NAMES]
+    request = {"experimentName": "", "startIndex": 0, "sliceSize": 1000,
+               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}
+    reply = Client(apps["/session_groups"]).post("/session_groups", data=json.dumps(request),
+                                                 content_type="application/json")
+    groups = json.loads(reply.data)
+    assert groups["totalSize"] == len(run["front"])
+    by_name = {g["name"]: g for g in groups["sessionGroups"]}
+    values = {m["name"]["tag"]: m["value"] for m in by_name["front/member_000"]["metricValues"]}
+    assert [values[f"objective/{n}"] for n in NAMES] == pytest.approx(run["records"][run["front"][0]]["objectives"],
+                                                                       rel=1e-6)
