@@ -74,6 +74,36 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     return best
 
 
+def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: Sequence[str], sensitivity: bool,
+                 n_envs: int, seed: int) -> Any:
+    """``n_envs`` Monitor-wrapped SurgeryEnvs in a DummyVecEnv, env ``r`` seeded ``seed + r``."""
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from envs.surgery import SurgeryEnv
+
+    def make(rank: int) -> Any:
+        def _init() -> Any:
+            env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity)
+            env.reset(seed=seed + rank)
+            return Monitor(env)
+        return _init
+
+    vec = DummyVecEnv([make(r) for r in range(n_envs)])
+    vec.seed(seed)
+    return vec
+
+
+def new_model(vec: Any, *, settings: PPOSettings, seed: int, tensorboard_log: str | None) -> Any:
+    """A fresh ``MaskablePPO("MlpPolicy", vec, ...)`` with ``settings``."""
+    from sb3_contrib import MaskablePPO
+
+    return MaskablePPO("MlpPolicy", vec, seed=seed, device="cpu", tensorboard_log=tensorboard_log,
+                       n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
+                       learning_rate=settings.learning_rate, gamma=settings.gamma, gae_lambda=settings.gae_lambda,
+                       ent_coef=settings.ent_coef, policy_kwargs={"net_arch": list(settings.net_arch)})
+
+
 def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: str | os.PathLike[str],
           resume: bool = False, evaluator: str = "analytic", seed: int = 0, n_envs: int = 2,
           knobs: Sequence[str] = ("precision", "placement"), settings: PPOSettings | None = None,
@@ -85,8 +115,6 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
-    from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
 
     from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
     from agents.policy_io import device_class, write_meta
@@ -109,25 +137,14 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     profile = resolve_profile(device)
     started = time.perf_counter()
 
-    def make(rank: int) -> Any:
-        def _init() -> Any:
-            env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity)
-            env.reset(seed=seed + rank)
-            return Monitor(env)
-        return _init
-
-    vec = DummyVecEnv([make(r) for r in range(n_envs)])
-    vec.seed(seed)
+    vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
+                       n_envs=n_envs, seed=seed)
     tb = str(out / "tb")
     if ckpt is not None:
         model = MaskablePPO.load(ckpt, env=vec, device="cpu", tensorboard_log=tb)
         logger.info("resuming %s at %d timesteps", ckpt, model.num_timesteps)
     else:
-        model = MaskablePPO("MlpPolicy", vec, seed=seed, device="cpu", tensorboard_log=tb,
-                            n_steps=settings.n_steps, batch_size=settings.batch_size, n_epochs=settings.n_epochs,
-                            learning_rate=settings.learning_rate, gamma=settings.gamma,
-                            gae_lambda=settings.gae_lambda, ent_coef=settings.ent_coef,
-                            policy_kwargs={"net_arch": list(settings.net_arch)})
+        model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity)
     metrics_cb = SurgeryMetricsCallback(front_env=front_env, hv_every=hv_every, hv_preferences=hv_preferences)
     callbacks = CallbackList([CheckpointCallback(save_freq=max(checkpoint_every // n_envs, 1),
@@ -152,4 +169,4 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     return TrainResult(out=out, timesteps=int(model.num_timesteps), seconds=seconds, history=metrics_cb.history)
 
 
-__all__ = ["PPOSettings", "TrainResult", "latest_checkpoint", "train"]
+__all__ = ["PPOSettings", "TrainResult", "latest_checkpoint", "make_vec_env", "new_model", "train"]

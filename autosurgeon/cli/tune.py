@@ -1,0 +1,42 @@
+"""``autosurgeon tune``: Optuna search over the surgery policy's PPO hyperparameters (resumable).
+
+    autosurgeon tune --device local --models tiny-llama,digits-cnn --trials 20 --timesteps 8192 --out policies/tune
+
+The study is stored in SQLite (``--storage``, default ``sqlite:///OUT/study.db``); running the same command
+again continues it until it holds ``--trials`` finished trials. Trials that fall behind the median are
+pruned. The best settings are written to ``OUT/best.json``.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "tune", help="tune the surgery policy's PPO hyperparameters with Optuna (SQLite, pruning, resumable)",
+        description="Optuna TPE over MaskablePPO hyperparameters; each trial trains on --models and is scored by "
+        "its front's hypervolume minus its budget-violation rate.")
+    parser.add_argument("--device", default="local", metavar="PROFILE", help="hardware profile (default: local)")
+    parser.add_argument("--models", required=True, help="comma-separated model specs")
+    parser.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    parser.add_argument("--timesteps", type=int, default=8192, help="training steps per trial (default 8192)")
+    parser.add_argument("--out", required=True, help="folder for study.db and best.json")
+    parser.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
+    parser.add_argument("--study", default="surgery-ppo", help="study name (default surgery-ppo)")
+    parser.add_argument("--evaluator", choices=("analytic", "profiled"), default="analytic")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-envs", type=int, default=2)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.tune import tune
+
+    result = tune(device=args.device, models=args.models.split(","), trials=args.trials, timesteps=args.timesteps,
+                  out=args.out, storage=args.storage, study_name=args.study, evaluator=args.evaluator,
+                  seed=args.seed, n_envs=args.n_envs)
+    print(f"study {result.study_name} ({result.storage}): {result.finished} finished trials, {result.pruned} pruned")
+    if result.best_value is not None:
+        print(f"  best value {result.best_value:.4f} with {result.best_params}")
+    return 0
