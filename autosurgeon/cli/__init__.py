@@ -18,7 +18,9 @@ from autosurgeon.errors import AutoSurgeonError
 from runtime.errors import JalapenoError
 
 # Subcommand modules, in the order `autosurgeon --help` lists them.
-COMMANDS = ("demo", "profile", "zoo", "analyze", "run")
+COMMANDS = (
+    "demo", "profile", "zoo", "analyze", "plan", "evaluate", "run", "sweep", "markov", "train", "apply", "tune",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
