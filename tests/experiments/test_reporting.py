@@ -200,7 +200,8 @@ def test_quality_as_fourth_objective_follows_the_sweep_config(tmp_path, space) -
     assert float(row["obj:quality"]) == 0.0
 
 
-@pytest.mark.filterwarnings("ignore:html5lib's sanitizer is deprecated:DeprecationWarning")  # TensorBoard's vendored bleach
+# TensorBoard's vendored bleach warns on import of the hparams plugin.
+@pytest.mark.filterwarnings("ignore:html5lib's sanitizer is deprecated:DeprecationWarning")
 def test_hparams_plugin_serves_the_front_as_session_groups(run) -> None:
     """What the HParams tab (table and parallel coordinates) asks TensorBoard's hparams plugin for."""
     from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
