@@ -275,8 +275,12 @@ class Session:
         input_ids = input_ids.to(self.rest_device)
         kwargs.setdefault("attention_mask", torch.ones_like(input_ids))
         kwargs.setdefault("pad_token_id", 0)
-        if self.kv_config is not None and kwargs.get("past_key_values") is None:
-            kwargs["past_key_values"] = self.kv_cache = self._make_kv_cache()
+        if self.kv_config is not None and kwargs.get("past_key_values") is None and kwargs.get("cache") is None:
+            # transformers renamed ``past_key_values`` to ``cache`` (5.2x); pass the name this model takes
+            import inspect
+
+            name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+            kwargs[name] = self.kv_cache = self._make_kv_cache()
         meter, tracker = self._telemetry()
         self._sync()
         start = time.perf_counter()
@@ -316,7 +320,7 @@ class Session:
     def _step_end(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         assert self.adapter is not None
         ids = kwargs.get("input_ids", args[0] if args else None)
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("past_key_values", kwargs.get("cache"))
         if past is None:
             past = getattr(output, "past_key_values", None)
         seq = int(past.get_seq_length()) if past is not None and hasattr(past, "get_seq_length") else 0

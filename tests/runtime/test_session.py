@@ -128,3 +128,46 @@ def test_fit_places_resident_first_and_shrinks_lookahead_to_fit() -> None:
     gpu = SessionSpec.fit(n_blocks=2, block_bytes=100, rest_bytes=0, device="cuda:0", budgets={"gpu": 150, "cpu": 50},
                           stream_unit_bytes=40, lookahead=0)
     assert [b.home for b in gpu.blocks] == [None, "disk"]  # the host budget cannot hold the streamed block
+
+
+def _tiny_mixtral() -> torch.nn.Module:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=256, num_local_experts=4, num_experts_per_tok=2,
+                        max_position_embeddings=128, tie_word_embeddings=False)
+    return MixtralForCausalLM(cfg).eval()
+
+
+def test_session_streams_experts_with_a_kv_cache_and_reports_both() -> None:
+    from runtime.experts import ExpertConfig
+    from runtime.kvcache import KVCacheConfig
+
+    model = _tiny_mixtral()
+    ids = torch.randint(0, 256, (1, 7), generator=torch.Generator().manual_seed(2))
+    ref = greedy(model, ids, 10)
+    spec = SessionSpec(default=BlockSpec(device="cpu"))
+    with Session(model, spec, experts=ExpertConfig(home="disk", capacity=4, prefetch="markov"),
+                 kv=KVCacheConfig(precision="float")) as session:
+        assert session.experts is not None and not any(
+            u.name.endswith("experts") for u in session.streamer.units)  # experts left layer streaming
+        out = session.generate(ids, max_new_tokens=10)
+        stats = session.stats()
+    assert torch.equal(out, ref)  # float KV, nothing evicted, exact expert math: HF's tokens
+    ex = stats.extra["experts"]
+    assert ex["capacity"] == 4 and ex["hits"] + ex["misses"] >= 10 * 2 * 2 and ex["misses"] > 0
+    kv = stats.extra["kv"]
+    assert kv["evictions"] == 0 and kv["tokens_seen"] == 7 + 10 - 1 and kv["bytes_used"] > 0
+    assert stats.peak_bytes["disk"] > 0  # experts lived on the disk tier
+
+
+def test_session_kv_budget_and_window_bound_the_cache() -> None:
+    from runtime.kvcache import KVCacheConfig
+
+    model = tiny_llama(layers=2)
+    ids = torch.randint(0, 256, (1, 8), generator=torch.Generator().manual_seed(6))
+    with Session(model, SessionSpec(), kv=KVCacheConfig(precision="int8", window=16, page_tokens=4)) as session:
+        session.generate(ids, max_new_tokens=24)
+        kv = session.stats().extra["kv"]
+    assert kv["tokens_seen"] == 8 + 24 - 1 and kv["evictions"] > 0 and kv["tokens_kept"] <= 16 + 4 + 4
