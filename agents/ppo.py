@@ -108,10 +108,13 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           resume: bool = False, evaluator: str = "analytic", seed: int = 0, n_envs: int = 2,
           knobs: Sequence[str] = ("precision", "placement"), settings: PPOSettings | None = None,
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
-          sensitivity: bool = False, max_seconds: float | None = None) -> TrainResult:
+          sensitivity: bool = False, max_seconds: float | None = None,
+          warm_start: Any = None) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``max_seconds`` stops learning early after that much wall time (the policy is saved as it is).
+    ``warm_start``: a callable taking the fresh model before learning (e.g. ``agents.warm_start.markov_warm_start``;
+    ignored on resume); what it returns is saved in policy.json under ``warm_start``.
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
@@ -145,6 +148,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
         logger.info("resuming %s at %d timesteps", ckpt, model.num_timesteps)
     else:
         model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
+    warm_info = warm_start(model) if warm_start is not None and ckpt is None else None
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity)
     metrics_cb = SurgeryMetricsCallback(front_env=front_env, hv_every=hv_every, hv_preferences=hv_preferences)
     callbacks = CallbackList([CheckpointCallback(save_freq=max(checkpoint_every // n_envs, 1),
@@ -163,7 +167,8 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
         "device_class": device_class(profile), "seed": seed, "n_envs": n_envs,
         "timesteps": int(model.num_timesteps), "settings": asdict(settings),
         "reward": asdict(front_env.reward_config), "budget_range": list(front_env.budget_range),
-        "obs_stats": metrics_cb.obs_stats(), "history": metrics_cb.history, "train_seconds": seconds,
+        "obs_stats": metrics_cb.obs_stats(), "warm_start": warm_info, "history": metrics_cb.history,
+        "train_seconds": seconds,
         "spaces": {ctx.spec: ctx.space.digest() for ctx in front_env.contexts}})
     logger.info("policy saved to %s after %d timesteps (%.1f s)", out, model.num_timesteps, seconds)
     return TrainResult(out=out, timesteps=int(model.num_timesteps), seconds=seconds, history=metrics_cb.history)

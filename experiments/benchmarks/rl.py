@@ -32,8 +32,12 @@ import numpy as np
 import torch
 
 
-def nsga2_front(ctx: Any, *, evaluations: int, seed: int) -> tuple[np.ndarray, int]:
-    """Normalised objectives of NSGA-II's non-dominated evaluated plans, and evaluations made."""
+def nsga2_front(ctx: Any, *, evaluations: int, seed: int, vectors: list[np.ndarray] | None = None
+                ) -> tuple[np.ndarray, int]:
+    """Normalised objectives of NSGA-II's non-dominated evaluated plans, and evaluations made.
+
+    ``vectors``: if given, receives the plan vectors of those non-dominated points.
+    """
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.problem import ElementwiseProblem
     from pymoo.core.repair import Repair
@@ -49,6 +53,7 @@ def nsga2_front(ctx: Any, *, evaluations: int, seed: int) -> tuple[np.ndarray, i
 
     space, ev, base = ctx.space, ctx.evaluator, ctx.base
     seen: list[np.ndarray] = []
+    seen_x: list[np.ndarray] = []
 
     class SpaceRepair(Repair):
         def _do(self, problem: Any, X: np.ndarray, **kwargs: Any) -> np.ndarray:
@@ -60,8 +65,10 @@ def nsga2_front(ctx: Any, *, evaluations: int, seed: int) -> tuple[np.ndarray, i
                              xu=(space.nvec - 1).astype(float), vtype=int)
 
         def _evaluate(self, x: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
-            f = normalised(ev.evaluate(space.repair(np.rint(x).astype(np.int64))), base, OBJECTIVES)
+            xv = space.repair(np.rint(x).astype(np.int64))
+            f = normalised(ev.evaluate(xv), base, OBJECTIVES)
             seen.append(f)
+            seen_x.append(xv)
             out["F"] = f
 
     pop = 20
@@ -70,8 +77,10 @@ def nsga2_front(ctx: Any, *, evaluations: int, seed: int) -> tuple[np.ndarray, i
                  eliminate_duplicates=True)
     minimize(Problem(), algo, ("n_evals", evaluations), seed=seed, verbose=False)
     F = np.array(seen)
-    front = F[NonDominatedSorting().do(F, only_non_dominated_front=True)]
-    return front, len(seen)
+    keep = NonDominatedSorting().do(F, only_non_dominated_front=True)
+    if vectors is not None:
+        vectors.extend(seen_x[i] for i in keep)
+    return F[keep], len(seen)
 
 
 def random_front(ctx: Any, *, n: int, seed: int) -> np.ndarray:
