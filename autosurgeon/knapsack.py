@@ -10,6 +10,12 @@ predicted loss is the SUM over units (HAWQ's additivity; ``SensitivityTable.pred
 LMs it is reported as ``exp(sum KL) - 1`` (the evaluators' proxy for the perplexity ratio - 1), for
 classifiers as the KL sum itself (uncalibrated: it ranks plans, it is not accuracy points).
 
+Kernels stay ``"auto"`` (the runtime's default), except where the space has a kernel knob and auto keeps
+a packed copy of the weight (CUDA int4: tinygemm): then the same precision is offered a second time with
+a valid kernel that reads the codes as they are (preferring one made for that device, e.g.
+``cuda-triton``), which holds about half the bytes. Its loss is the table's, measured with the default
+kernel (the same codes and scales, computed by another kernel).
+
 Solver: a multiple-choice knapsack by dynamic programming over a discretised byte axis. Byte costs are
 taken relative to each unit's smallest option and divided by their greatest common divisor; the DP is
 then EXACT. Only if that axis would exceed ``max_cells`` are costs rounded UP to a coarser quantum ``q``:
@@ -48,13 +54,13 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.footprint import packed_copy_bytes, plan_memory, tensor_bytes
+from autosurgeon.footprint import memory_breakdown, packed_copy_bytes, plan_memory, tensor_bytes
 from autosurgeon.plan import Plan, model_fingerprint
 
 logger = get_logger(__name__)
 
 OBJECTIVES = ("auto", "quality", "memory", "latency", "energy")
-PLANNER_KNOBS = ("precision", "group_size", "placement")
+PLANNER_KNOBS = ("precision", "group_size", "kernel", "placement")
 DEFAULT_MAX_CELLS = 1 << 18
 
 
@@ -67,6 +73,7 @@ class UnitOption:
     nbytes: int
     loss: float
     seconds: float = 0.0
+    kernel: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,13 @@ class KnapsackResult:
     Attributes:
         plan: the plan (exact-FQN rules for every decision that differs from the unmodified model).
         vector: the plan in the planner's space.
-        decisions: ``{unit: (precision, group_size)}``.
+        decisions: ``{unit: (precision, group_size, kernel)}``.
         objective: the objective solved ("quality", "memory", "latency", "energy").
         tier: the fastest tier the budget applies to ("gpu" or "cpu").
         budget: the budget in bytes (None: none).
         tier_bytes: ``footprint.plan_memory`` of the plan per tier.
-        weight_bytes: bytes of all weights under the plan wherever they live (sum over tiers, staging excluded).
+        weight_bytes: bytes of all weights under the plan wherever they live (sum over tiers, kernels' packed
+            copies of resident weights included, streaming staging slots excluded).
         reference_bytes: the unmodified model's weight bytes (all tensors, resident).
         proxy: the summed per-unit divergence (nats).
         predicted_loss: the relative quality loss the proxy predicts (module docstring).
@@ -94,7 +102,7 @@ class KnapsackResult:
 
     plan: Plan
     vector: np.ndarray
-    decisions: Mapping[str, tuple[str, int]]
+    decisions: Mapping[str, tuple[str, int, str]]
     objective: str
     tier: str
     budget: int | None
@@ -110,10 +118,10 @@ class KnapsackResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def precision_counts(self) -> dict[str, int]:
-        """``{"int4/g64": 10, "int8": 3, ...}`` over the units."""
+        """``{"int4/g64": 10, "int8": 3, "int4/g128@cuda-triton": 2, ...}`` over the units."""
         out: dict[str, int] = {}
-        for p, g in self.decisions.values():
-            key = f"{p}/g{g}" if p == "int4" else p
+        for p, g, k in self.decisions.values():
+            key = (f"{p}/g{g}" if p == "int4" else p) + (f"@{k}" if k != "auto" else "")
             out[key] = out.get(key, 0) + 1
         return dict(sorted(out.items(), key=lambda t: -t[1]))
 
@@ -187,15 +195,34 @@ def unit_options(space: Any, sensitivity: Any, *, exec_kind: str | None = None) 
                 if loss is None or any(o.precision == precision and o.group_size == group for o in options):
                     continue
                 options.append(UnitOption(precision, group, _bytes(leaf, precision, group, kind), float(loss)))
+                kernel = _copy_free_kernel(space, v.name, leaf, precision, group, kind)
+                if kernel is not None:
+                    options.append(UnitOption(precision, group, _bytes(leaf, precision, group, kind, kernel),
+                                              float(loss), kernel=kernel))
         out[v.name] = options
     return out
 
 
-def _bytes(leaf: Any, precision: str, group: int, exec_kind: str) -> int:
+def _bytes(leaf: Any, precision: str, group: int, exec_kind: str, kernel: str = "auto") -> int:
     """Bytes the leaf holds resident on its execution tier (as ``footprint.plan_memory`` charges them)."""
     parts = tensor_bytes(leaf.weight_numel, leaf.out_features, precision, group, bias=leaf.bias)
-    return (sum(parts) + sum(leaf.other_sizes)
-            + packed_copy_bytes(leaf.weight_numel, leaf.out_features, precision, group, exec_kind=exec_kind))
+    return (sum(parts) + sum(leaf.other_sizes) + packed_copy_bytes(
+        leaf.weight_numel, leaf.out_features, precision, group, kernel=kernel, exec_kind=exec_kind))
+
+
+def _copy_free_kernel(space: Any, name: str, leaf: Any, precision: str, group: int, exec_kind: str) -> str | None:
+    """A valid kernel keeping no packed copy, where ``"auto"`` keeps one (module docstring); else None."""
+    ki = space.index_of(name, "kernel")
+    if ki is None or not packed_copy_bytes(leaf.weight_numel, leaf.out_features, precision, group,
+                                           exec_kind=exec_kind):
+        return None
+    kv = space.variables[ki]
+    device = "cuda" if exec_kind == "gpu" else "cpu"
+    valid = [k for k in space.kernel_table.get(exec_kind, {}).get(precision, ())
+             if k != "auto" and k in kv.choices and kv.mask[kv.choices.index(k)]
+             and not packed_copy_bytes(leaf.weight_numel, leaf.out_features, precision, group, kernel=k,
+                                       exec_kind=exec_kind)]
+    return min(valid, key=lambda k: (not k.startswith(device), valid.index(k))) if valid else None
 
 
 # ---------------------------------------------------------------------------------------------- DP
@@ -342,7 +369,7 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
     seconds = None
     if objective in ("latency", "energy"):
         seconds = _unit_seconds(model, profile, space, names, opts)
-        opts = [[UnitOption(o.precision, o.group_size, o.nbytes, o.loss, s) for o, s in zip(row, srow)]
+        opts = [[UnitOption(o.precision, o.group_size, o.nbytes, o.loss, s, o.kernel) for o, s in zip(row, srow)]
                 for row, srow in zip(opts, seconds)]
     own = sum(row[0].nbytes for row in opts)
     constant = reference[fast] - own  # everything that is not a precision unit (norms, ...), all resident
@@ -386,14 +413,16 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         picks = [min(range(len(row)), key=lambda j, row=row: (row[j].nbytes, row[j].loss)) for row in opts]
         x, streamed = _place(space, _assign(space, x0, names, opts, picks), fast, budget, lookahead, opts, profile)
         notes.append("streaming fits only with every unit at its smallest option")
-    decisions = {name: (row[j].precision, row[j].group_size) for name, row, j in zip(names, opts, picks)}
+    decisions = {name: (row[j].precision, row[j].group_size, row[j].kernel)
+                 for name, row, j in zip(names, opts, picks)}
     if streamed:
         notes.append(f"{len(streamed)} block(s) stream to fit the {fast} budget")
-    tiers = plan_memory(space, x, lookahead=lookahead)
+    detail = memory_breakdown(space, x, lookahead=lookahead)
+    tiers = detail["tiers"]
     proxy = float(sum(row[j].loss for row, j in zip(opts, picks)))
     total_s = float(sum(row[j].seconds for row, j in zip(opts, picks))) if seconds is not None else None
     bound_bytes = None if axis.exact else (budget - len(names) * axis.quantum if budget is not None else None)
-    weight = sum(row[j].nbytes for row, j in zip(opts, picks)) + constant
+    weight = sum(tiers.values()) - sum(detail["staging"].values())
     meta = {"proposer": "knapsack", "objective": objective, "budget_bytes": budget, "budget_tier": fast,
             "max_quality_loss": max_quality_loss, "predicted_quality_loss": _relative(proxy, task),
             "proxy_kl_sum": proxy, "dp_exact": axis.exact, "dp_quantum_bytes": axis.quantum,
@@ -478,7 +507,7 @@ def _unit_seconds(model: Any, profile: Any, space: Any, names: list[str],
     evaluator = AnalyticEvaluator(model, profile, space=space)
     cost = evaluator.models[evaluator.workload.phase]
     kind = space.default_placement.partition("<-")[0]
-    return [[cost.leaf_seconds(LeafChoice(space.leaves[n], o.precision, o.group_size, "auto", True), kind)[0]
+    return [[cost.leaf_seconds(LeafChoice(space.leaves[n], o.precision, o.group_size, o.kernel, True), kind)[0]
              for o in row] for n, row in zip(names, opts)]
 
 
@@ -505,6 +534,9 @@ def _assign(space: Any, x0: np.ndarray, names: list[str], opts: list[list[UnitOp
         gi = space.index_of(name, "group_size")
         if gi is not None and option.precision == "int4":
             x[gi] = space.variables[gi].index(option.group_size)
+        ki = space.index_of(name, "kernel")
+        if ki is not None:
+            x[ki] = space.variables[ki].index(option.kernel)
     return x
 
 
@@ -533,14 +565,9 @@ def smallest_footprint(space: Any, options: Sequence[Sequence[UnitOption]] | Map
     """Least bytes on ``tier``: every unit at its smallest option, all blocks resident or all streamed."""
     rows = options.items() if isinstance(options, Mapping) else zip(
         [v.name for v in space.variables if v.knob == "precision"], options)
-    x = space.default_vector()
-    for name, row in rows:
-        o = min(row, key=lambda o: o.nbytes)
-        i = space.index_of(name, "precision")
-        x[i] = space.variables[i].index(o.precision)
-        gi = space.index_of(name, "group_size")
-        if gi is not None and o.precision == "int4":
-            x[gi] = space.variables[gi].index(o.group_size)
+    rows = list(rows)
+    x = _assign(space, space.default_vector(), [n for n, _ in rows], [list(r) for _, r in rows],
+                [min(range(len(r)), key=lambda j, r=r: r[j].nbytes) for _, r in rows])
     best = plan_memory(space, x, lookahead=lookahead)[tier]
     y = x.copy()
     streamed = False

@@ -140,10 +140,10 @@ def test_plan_respects_the_budget_and_passes_check_plan(model: LlamaForCausalLM,
     assert check_plan(model, result.plan, "local", inputs=INPUTS, budgets={"cpu": budget}) == []
     assert np.array_equal(space.encode(result.plan), result.vector)
     options = unit_options(space, table)
-    for name, (precision, group) in result.decisions.items():  # only valid, measured options
-        assert (precision, group) in {(o.precision, o.group_size) for o in options[name]}
+    for name, (precision, group, kernel) in result.decisions.items():  # only valid, measured options
+        assert (precision, group, kernel) in {(o.precision, o.group_size, o.kernel) for o in options[name]}
     assert result.exact and result.predicted_loss == pytest.approx(math.expm1(result.proxy))
-    assert result.proxy == pytest.approx(table.predict_loss({n: p for n, (p, _) in result.decisions.items()}))
+    assert result.proxy == pytest.approx(table.predict_loss({n: p for n, (p, _, _) in result.decisions.items()}))
 
 
 def test_tighter_budget_never_predicts_less_loss(model: LlamaForCausalLM, table: SensitivityTable,
@@ -199,6 +199,19 @@ def test_precisions_the_device_lacks_are_never_offered(model: LlamaForCausalLM, 
     assert all(o.precision != "int8-dynamic" for row in options.values() for o in row)  # fbgemm is CPU-only
     result = plan_knapsack(model, "h100-80gb", table, budget="30%", space=gpu_space)
     assert check_plan(model, result.plan, "h100-80gb", inputs=INPUTS) == []
+
+
+def test_on_cuda_int4_is_also_offered_with_a_kernel_that_keeps_no_packed_copy(model: LlamaForCausalLM,
+                                                                              table: SensitivityTable) -> None:
+    gpu_space = SearchSpace.build(model, "h100-80gb", inputs=INPUTS, knobs=PLANNER_KNOBS)
+    options = unit_options(gpu_space, table)["model.layers.0.mlp.down_proj"]  # K = 128: a tinygemm shape
+    int4 = {o.kernel: o for o in options if o.precision == "int4"}
+    assert set(int4) == {"auto", "cuda-triton"}  # auto = tinygemm, which repacks the codes into a second copy
+    assert int4["cuda-triton"].nbytes < int4["auto"].nbytes and int4["cuda-triton"].loss == int4["auto"].loss
+    result = plan_knapsack(model, "h100-80gb", table, budget="22%", space=gpu_space)
+    assert any(k == "cuda-triton" for _, _, k in result.decisions.values())
+    assert plan_memory(gpu_space, result.plan)["gpu"] <= result.budget
+    assert check_plan(model, result.plan, "h100-80gb", inputs=INPUTS, budgets={"gpu": result.budget}) == []
 
 
 def test_a_space_of_another_device_or_without_precisions_is_refused(model: LlamaForCausalLM, table: SensitivityTable,
