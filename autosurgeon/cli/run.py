@@ -3,6 +3,7 @@
     autosurgeon run tiny-llama --prompt "def main(" --max-new-tokens 32
     autosurgeon run tiny-llama --memory-budget cpu=2MiB --json      # streams blocks from the disk tier
     autosurgeon run ./my-hf-dir --memory-budget gpu=3GiB,cpu=20GiB --weight-format int4
+    autosurgeon run tiny-moe --prefetch markov --expert-cache 0.25 --kv-precision int8 --kv-window 256 --json
 
 Placement without a plan: blocks stay resident on the execution device while its budget lasts (after the
 embeddings, head and the staging slots streaming needs), the rest stream from the next slower tier
@@ -11,6 +12,7 @@ embeddings, head and the staging slots streaming needs), the rest stream from th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from typing import Any
@@ -40,6 +42,22 @@ def register(subparsers: Any) -> None:
                         help="power figure for the energy estimate where no counter (NVML/RAPL) is readable")
     parser.add_argument("--offload-dir", default=None, help="directory for the disk tier (default: a temporary one)")
     parser.add_argument("--cache-dir", default=None, help="zoo cache folder")
+    parser.add_argument("--kv-precision", choices=("float", "int8", "fp8"), default=None,
+                        help="store the KV cache paged in this precision (default: Hugging Face's own cache)")
+    parser.add_argument("--kv-budget", default=None, metavar="SIZE",
+                        help="byte budget of the stored KV cache (e.g. 64MiB); oldest pages are evicted past it, "
+                        "keeping the attention sinks")
+    parser.add_argument("--kv-window", type=int, default=None, metavar="N",
+                        help="keep only the N most recent tokens (plus 4 attention sinks) in the KV cache")
+    parser.add_argument("--prefetch", choices=("markov", "lru", "gate"), default=None,
+                        help="mixture-of-experts models: stream experts from the slower tier through a bounded expert "
+                        "cache, prefetching with a learned Markov model, none (LRU cache only), or the next "
+                        "layer's router (gate)")
+    parser.add_argument("--expert-cache", type=float, default=0.25, metavar="FRACTION",
+                        help="expert cache size as a fraction of all experts (with --prefetch; default 0.25)")
+    parser.add_argument("--adapt", action="store_true",
+                        help="retune between steps under memory pressure (lookahead, KV window, residency); "
+                        "adjustments are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     parser.set_defaults(func=run)
 
@@ -87,17 +105,76 @@ def _tokenizer(loaded: Any) -> tuple[Any, Any]:
                                f"Hugging Face directories with a saved tokenizer can take `--prompt` text.")
 
 
-def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: int, offload_dir: str | None) -> Any:
-    """The default placement (see the module docstring), from the exact bytes of the (formatted) model."""
+def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: int, offload_dir: str | None,
+               exclude: set[int] | None = None, reserve: int = 0) -> Any:
+    """The default placement (see the module docstring), from the exact bytes of the (formatted) model.
+
+    ``exclude``: ids of modules managed elsewhere (streamed experts), left out of the block sizes;
+    ``reserve``: bytes of the execution tier's budget already spoken for (the expert cache)."""
     from runtime.session import find_blocks, module_bytes, own_bytes
     from runtime.spec import SessionSpec
+    from runtime.tensors import tier_of
+
+    exclude = exclude or set()
+
+    def size(module: Any) -> int:
+        return sum(own_bytes(m) for m in module.modules() if id(m) not in exclude)
 
     _, blocks = find_blocks(model)
-    block_bytes = max(module_bytes(b) for b in blocks)
+    block_bytes = max(size(b) for b in blocks)
     rest_bytes = module_bytes(model) - sum(module_bytes(b) for b in blocks)
-    unit = max(own_bytes(m) for b in blocks for m in b.modules())
-    return SessionSpec.fit(n_blocks=len(blocks), block_bytes=block_bytes, rest_bytes=rest_bytes, device=device,
-                           budgets=budgets, stream_unit_bytes=unit, lookahead=lookahead, offload_dir=offload_dir)
+    unit = max(own_bytes(m) for b in blocks for m in b.modules() if id(m) not in exclude)
+    tier = tier_of(device)
+    fit_budgets = dict(budgets)
+    if reserve and budgets.get(tier) is not None:  # place blocks in what the expert cache leaves
+        fit_budgets[tier] = max(0, budgets[tier] - reserve)
+    spec = SessionSpec.fit(n_blocks=len(blocks), block_bytes=block_bytes, rest_bytes=rest_bytes, device=device,
+                           budgets=fit_budgets, stream_unit_bytes=unit, lookahead=lookahead, offload_dir=offload_dir)
+    return dataclasses.replace(spec, budgets=budgets) if reserve else spec
+
+
+def kv_config(args: argparse.Namespace) -> Any:
+    """The KV cache the flags ask for (None: Hugging Face's own), with flag-named errors."""
+    if args.kv_precision is None and args.kv_budget is None and args.kv_window is None:
+        return None
+    from runtime.errors import JalapenoError
+    from runtime.kvcache import KVCacheConfig
+    from runtime.sizes import parse_bytes
+
+    if args.kv_window is not None and args.kv_window < 1:
+        raise InvalidArgumentError(f"`--kv-window` must be >= 1, got {args.kv_window}.")
+    try:
+        budget = None if args.kv_budget is None else parse_bytes(args.kv_budget, what="--kv-budget")
+        if budget is not None and budget <= 0:
+            raise InvalidArgumentError(f"`--kv-budget` must be > 0 bytes, got {args.kv_budget!r}.")
+        return KVCacheConfig(precision=args.kv_precision or "float", budget_bytes=budget, window=args.kv_window)
+    except JalapenoError as exc:
+        raise InvalidArgumentError(f"KV cache flags: {exc}") from None
+
+
+def expert_config(args: argparse.Namespace, model: Any, device: str) -> tuple[Any, set[int], int]:
+    """(ExpertConfig or None, ids of the experts modules, bytes of the expert cache) for ``--prefetch``."""
+    if args.prefetch is None:
+        return None, set(), 0
+    from runtime.errors import JalapenoError
+    from runtime.experts import ExpertConfig, find_expert_modules
+
+    found = find_expert_modules(model)
+    if not found:
+        raise InvalidArgumentError(f"`--prefetch {args.prefetch}` streams mixture-of-experts weights, but this model "
+                                   f"has no experts modules; drop --prefetch.")
+    if not 0 < args.expert_cache <= 1:
+        raise InvalidArgumentError(f"`--expert-cache` must be a fraction in (0, 1], got {args.expert_cache}.")
+    try:
+        config = ExpertConfig(home="disk" if device == "cpu" else "cpu", capacity=float(args.expert_cache),
+                              prefetch=args.prefetch)
+    except JalapenoError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    first = found[0][1]
+    per_expert = (first.gate_up_proj[0].numel() + first.down_proj[0].numel()) * first.gate_up_proj.element_size()
+    total = len(found) * int(first.num_experts)
+    slots = max(int(first.num_experts), int(round(args.expert_cache * total)))
+    return config, {id(m) for _, m, _ in found}, slots * per_expert
 
 
 def run(args: argparse.Namespace) -> int:
@@ -145,6 +222,11 @@ def run(args: argparse.Namespace) -> int:
     ids = torch.tensor([encode(args.prompt)], dtype=torch.long)
     if ids.numel() == 0:
         raise InvalidArgumentError("`--prompt` is empty; give at least one token of text.")
+    kv = kv_config(args)
+    experts, expert_ids, expert_cache_bytes = expert_config(args, model, device)
+    if plan is not None and (kv is not None or experts is not None or args.adapt):
+        raise InvalidArgumentError("`--plan` with --kv-*/--prefetch/--adapt is not supported yet; the plan decides "
+                                   "placement alone. Drop those flags or the plan.")
     if plan is not None:  # checked against this machine's profile, applied in place, placed as planned
         from autosurgeon.transforms import session_from_plan
 
@@ -153,8 +235,8 @@ def run(args: argparse.Namespace) -> int:
         spec, device = session.spec, session.spec.rest_spec.device
     else:
         spec = build_spec(model, device=device, budgets=budgets, lookahead=args.lookahead,
-                          offload_dir=args.offload_dir)
-        session = Session(model, spec, energy_watts=args.watts)
+                          offload_dir=args.offload_dir, exclude=expert_ids, reserve=expert_cache_bytes)
+        session = Session(model, spec, energy_watts=args.watts, experts=experts, kv=kv, adapt=args.adapt or None)
     with session:
         out = session.generate(ids, max_new_tokens=args.max_new_tokens)
         stats = session.stats()
@@ -172,6 +254,10 @@ def run(args: argparse.Namespace) -> int:
             "energy_source": stats.energy_source,
             "weight_format": fmt or ("per plan" if plan is not None else "as loaded"), "placement": placement,
             "fetches": stats.fetches, "misses": stats.misses,
+            "kv": _kv_report(stats.extra.get("kv")), "experts": stats.extra.get("experts"),
+            "prefetch_hit_rate": (stats.extra["experts"]["prefetch_hit_rate"] if "experts" in stats.extra else None),
+            "expert_hit_rate": (stats.extra["experts"]["hit_rate"] if "experts" in stats.extra else None),
+            "adjustments": stats.extra.get("adjustments"),
         }))
         return 0
     print(f"{args.prompt}{decode(new_ids)}")
@@ -186,6 +272,25 @@ def run(args: argparse.Namespace) -> int:
             print(f"peak {tier:<5} {format_bytes(peak)}" + (f" of {format_bytes(budget)} budget" if budget is not None else ""))
     if stats.peak_rss is not None:
         print(f"peak RSS   {format_bytes(stats.peak_rss)} (whole process, sampled)")
+    kv_stats = stats.extra.get("kv")
+    if kv_stats is not None:
+        print(f"kv cache   {format_bytes(kv_stats['bytes_used'])} stored ({kv.precision}), {kv_stats['tokens_kept']} of "
+              f"{kv_stats['tokens_seen']} tokens kept, {kv_stats['evictions']} evicted")
+    ex = stats.extra.get("experts")
+    if ex is not None:
+        print(f"experts    {ex['capacity']} cached slots, prefetch {ex['prefetch']}: hit rate {ex['hit_rate']:.1%}, "
+              f"prefetch hit rate {ex['prefetch_hit_rate']:.1%}, {format_bytes(ex['bytes_moved'])} moved")
+    for adj in stats.extra.get("adjustments") or []:
+        print(f"adapt      step {adj['step']}: {adj['knob']} {adj['old']} -> {adj['new']} ({adj['reason']})")
     print(f"energy     " + (f"{energy:.3f} J" if energy is not None else "unknown") + f" (source: {stats.energy_source}"
           + (", no power figure: pass --watts" if energy is None and stats.energy_source == "estimate" else "") + ")")
     return 0
+
+
+def _kv_report(kv: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The KV figures ``--json`` promises: bytes, budget, evictions, tokens kept/seen, waste."""
+    if kv is None:
+        return None
+    keys = ("bytes_used", "bytes_budget", "evictions", "tokens_kept", "tokens_seen", "pages", "waste_fraction",
+            "offloaded_pages")
+    return {k: kv.get(k) for k in keys}

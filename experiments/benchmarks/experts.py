@@ -39,7 +39,8 @@ from runtime.prefetch import ExpertPrefetcher, GatePrefetcher
 from runtime.tensors import TensorStore
 
 PROMPT = b"def parse_args(argv=None):\n    parser = argparse.ArgumentParser("
-POLICIES = ("lru", "gate", "markov")
+# (row name, prefetch policy, lookahead): fetches started ahead per MoE layer
+POLICIES = (("lru", "lru", 0), ("gate", "gate", 2), ("markov", "markov", 2), ("markov-la3", "markov", 3))
 
 
 class RecordingPrefetcher(ExpertPrefetcher):
@@ -128,20 +129,45 @@ def big_mixtral(device: torch.device, seed: int = 0) -> nn.Module:
     return model.to(device)
 
 
-def generate(model: nn.Module, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
-    if ids.device.type == "cuda":
-        torch.cuda.synchronize()
+def generate(model: nn.Module, ids: torch.Tensor, n: int) -> tuple[list[int], float]:
+    """Greedy generation of ``n`` tokens after ``ids``; (new tokens, seconds)."""
+    _sync(ids.device)
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                              attention_mask=torch.ones_like(ids), pad_token_id=0)
-    if ids.device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start
+    _sync(ids.device)
+    return out[0, ids.shape[1]:].tolist(), time.perf_counter() - start
 
 
-def run_streamed(model: nn.Module, ids: torch.Tensor, n: int, *, device: torch.device, home: str, policy: str,
-                 lookahead: int, order: int, prefetcher: ExpertPrefetcher | None = None,
+def forced_decode(model: nn.Module, ids: torch.Tensor, n: int) -> tuple[list[int], float]:
+    """Teacher-forced decoding: prefill ``ids[:, :-n]``, then feed the true next byte one step at a time with
+    the KV cache (the decode workload on real text); (greedy argmax per step, seconds)."""
+    from transformers import DynamicCache
+
+    _sync(ids.device)
+    start = time.perf_counter()
+    picks = []
+    with torch.no_grad():
+        cache = DynamicCache()
+        out = model(input_ids=ids[:, :-n], past_key_values=cache, use_cache=True)
+        for t in range(ids.shape[1] - n, ids.shape[1]):
+            picks.append(int(out.logits[0, -1].argmax()))
+            out = model(input_ids=ids[:, t:t + 1], past_key_values=cache, use_cache=True)
+    _sync(ids.device)
+    return picks, time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+WORKLOADS = {"generate": generate, "forced": forced_decode}
+
+
+def run_streamed(model: nn.Module, ids: torch.Tensor, n: int, *, workload: str, device: torch.device, home: str,
+                 policy: str, lookahead: int, order: int, prefetcher: ExpertPrefetcher | None = None,
                  record: bool = False) -> dict[str, Any]:
     store = TensorStore()
     config = ExpertConfig(home=home, capacity=0.25, prefetch=policy, lookahead=lookahead, order=order)
@@ -151,26 +177,65 @@ def run_streamed(model: nn.Module, ids: torch.Tensor, n: int, *, device: torch.d
         rec = RecordingPrefetcher(streamer.prefetcher)
         streamer.set_prefetcher(rec)
     try:
-        out, seconds = generate(model, ids, n)
+        tokens, seconds = WORKLOADS[workload](model, ids, n)
         stats = streamer.stats.as_dict()
         capacity = streamer.cache.capacity
     finally:
         streamer.detach()
         store.close()
-    return {"policy": policy, "tokens": out[0, ids.shape[1]:].tolist(), "seconds": seconds,
+    return {"policy": policy, "lookahead": lookahead, "tokens": tokens, "seconds": seconds,
             "tokens_per_s": n / seconds, "capacity": capacity, **stats, "log": rec.log if rec else None}
 
 
 def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = dict(runs[0])
     best["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
-    best["tokens_per_s_all"] = [round(r["tokens_per_s"], 3) for r in runs]
+    best["tokens_per_s_all"] = [round(r["tokens_per_s"], 2) for r in runs]
     best["wait_s"] = statistics.median(r["wait_s"] for r in runs)
     best.pop("log", None)
+    best.pop("tokens", None)
     return best
 
 
+def compare(model: nn.Module, ids: torch.Tensor, n: int, *, workload: str, device: torch.device, home: str,
+            args: argparse.Namespace, replay: tuple | None = None) -> dict[str, Any]:
+    """All policies on one model and workload, interleaved ``args.repeats`` times, plus the unstreamed model.
+    ``replay`` = (records, gate log): override the routers with recorded routing, replay gate predictions."""
+    ref = None
+    runs: dict[str, list] = {name: [] for name, _, _ in POLICIES}
+    resident = []
+    handles: list[Any] = []
+
+    def rearm() -> None:  # restart the replay's call counters
+        nonlocal handles
+        for h in handles:
+            h.remove()
+        handles = replay_routing(model, replay[0], device) if replay else []
+
+    for _ in range(args.repeats):
+        rearm()
+        tokens, seconds = WORKLOADS[workload](model, ids, n)
+        ref = ref or tokens
+        resident.append(n / seconds)
+        for name, policy, la in POLICIES:
+            rearm()
+            pf = None
+            if replay and policy == "gate":
+                pf = ReplayPrefetcher(4, 8, replay[1])
+            r = run_streamed(model, ids, n, workload=workload, device=device, home=home, policy=policy, lookahead=la,
+                             order=args.order, prefetcher=pf)
+            if not replay:
+                assert r["tokens"] == ref, f"{name}: streamed tokens differ from the unmodified model's"
+            runs[name].append(r)
+    rearm()
+    for h in handles:
+        h.remove()
+    return {"resident_tokens_per_s": statistics.median(resident), "resident_all": [round(x, 2) for x in resident],
+            "expert_bytes": _expert_bytes(model), **{name: median_runs(v) for name, v in runs.items()}}
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from autosurgeon.models.text_corpus import build_corpus
     from autosurgeon.zoo import load_model
 
     device = torch.device(args.device)
@@ -179,61 +244,30 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     tiny = load_model("tiny-moe").model.to(device)
-    ids = torch.tensor([list(PROMPT)], device=device)
     n = args.tokens
-    results: dict[str, Any] = {"device": str(device), "home": home, "tokens": n, "prompt_tokens": ids.shape[1],
-                               "repeats": args.repeats, "threads": torch.get_num_threads(),
-                               "markov_lookahead": args.lookahead, "gate_lookahead": args.gate_lookahead,
-                               "order": args.order, "platform": platform.platform(), "torch": torch.__version__}
+    prompt = torch.tensor([list(PROMPT)], device=device)
+    heldout = build_corpus(train_bytes=0, heldout_bytes=8192).heldout
+    text = heldout[:args.prompt + n].long()[None].to(device)  # held-out stdlib source: never trained on
+    results: dict[str, Any] = {"device": str(device), "home": home, "tokens": n, "prompt_tokens": prompt.shape[1],
+                               "forced_prompt_tokens": args.prompt, "repeats": args.repeats,
+                               "threads": torch.get_num_threads(), "order": args.order,
+                               "policies": [list(p) for p in POLICIES], "platform": platform.platform(),
+                               "torch": torch.__version__}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
-
-    # ---- tiny-moe, real routing; record routing and the gate predictions for the replay
-    ref, _ = generate(tiny, ids, n)
-    records, handles = record_routing(tiny)
-    gate_log = run_streamed(tiny, ids, n, device=device, home=home, policy="gate", lookahead=args.gate_lookahead,
-                            order=args.order, record=True)
-    for h in handles:
-        h.remove()
-    assert gate_log["tokens"] == ref[0, ids.shape[1]:].tolist(), "streamed tiny-moe diverged from HF"
-    runs: dict[str, list] = {p: [] for p in POLICIES}
-    resident = []
-    for _ in range(args.repeats):
-        resident.append(n / generate(tiny, ids, n)[1])
-        for policy in POLICIES:
-            la = args.gate_lookahead if policy == "gate" else args.lookahead
-            r = run_streamed(tiny, ids, n, device=device, home=home, policy=policy, lookahead=la, order=args.order)
-            assert r["tokens"] == ref[0, ids.shape[1]:].tolist(), f"{policy}: tokens differ from HF"
-            runs[policy].append(r)
-    results["tiny_moe"] = {"resident_tokens_per_s": statistics.median(resident),
-                           "expert_bytes": _expert_bytes(tiny),
-                           **{p: median_runs(v) for p, v in runs.items()}}
-    del tiny
-
-    # ---- larger shape, tiny-moe's routing replayed
+    results["tiny_moe_generate"] = compare(tiny, prompt, n, workload="generate", device=device, home=home, args=args)
+    results["tiny_moe_forced"] = compare(tiny, text, n, workload="forced", device=device, home=home, args=args)
     if args.replay:
-        big = big_mixtral(device)
-        handles = replay_routing(big, records, device)
-        L, E = 4, 8
-        runs = {p: [] for p in POLICIES}
-        resident = []
-        for _ in range(args.repeats):
-            for h in handles:
-                h.remove()
-            handles = replay_routing(big, records, device)
-            resident.append(n / generate(big, ids, n)[1])
-            for policy in POLICIES:
-                for h in handles:
-                    h.remove()
-                handles = replay_routing(big, records, device)  # restart the call counters
-                pf = ReplayPrefetcher(L, E, gate_log["log"]) if policy == "gate" else None
-                la = args.gate_lookahead if policy == "gate" else args.lookahead
-                runs[policy].append(run_streamed(big, ids, n, device=device, home=home, policy=policy, lookahead=la,
-                                                 order=args.order, prefetcher=pf))
-        results["replay"] = {"resident_tokens_per_s": statistics.median(resident), "expert_bytes": _expert_bytes(big),
-                             **{p: median_runs(v) for p, v in runs.items()}}
+        # record tiny-moe's routing (and its gate prefetcher's predictions) on the forced-decoding workload
+        records, handles = record_routing(tiny)
+        gate = run_streamed(tiny, text, n, workload="forced", device=device, home=home, policy="gate", lookahead=2,
+                            order=args.order, record=True)
         for h in handles:
             h.remove()
+        del tiny
+        big = big_mixtral(device)
+        results["replay_forced"] = compare(big, text, n, workload="forced", device=device, home=home, args=args,
+                                           replay=(records, gate["log"]))
     return results
 
 
@@ -242,28 +276,36 @@ def _expert_bytes(model: nn.Module) -> int:
     return (m.gate_up_proj[0].numel() + m.down_proj[0].numel()) * m.gate_up_proj.element_size()
 
 
+TITLES = {
+    "tiny_moe_generate": "tiny-moe (trained), greedy generation from a code prompt — real routing",
+    "tiny_moe_forced": "tiny-moe (trained), teacher-forced decoding of held-out stdlib source — real routing",
+    "replay_forced": "random-weight Mixtral, hidden 1024 / intermediate 3584 (4 layers x 8 experts, top-2), routers "
+                     "overridden with tiny-moe's routing of the forced-decoding workload (real routing, replayed)",
+}
+
+
 def report(r: dict[str, Any]) -> str:
     lines = [f"# Expert streaming: Markov prefetch vs LRU-only vs gate-speculative ({r['device']})", "",
              f"Device {r.get('gpu', r['device'])}; experts homed on the `{r['home']}` tier; expert cache = 25% of the "
-             f"experts; {r['prompt_tokens']}-token prompt, {r['tokens']} new tokens greedy; tokens/s = new tokens / "
-             f"whole generate (prefill included), median of {r['repeats']} interleaved runs, each from an empty "
-             f"cache and an untrained prefetcher; {r['threads']} compute thread(s). Markov: order {r['order']}, "
-             f"up to {r['markov_lookahead']} experts prefetched per layer; gate: up to {r['gate_lookahead']}. "
-             f"torch {r['torch']}, {r['platform']}.", ""]
-    for key, title in (("tiny_moe", "tiny-moe (trained; real routing)"),
-                       ("replay", "hidden 1024 / intermediate 3584 random-weight Mixtral, tiny-moe's routing replayed")):
+             f"experts (8 of 32 slots); {r['tokens']} decoded tokens per run; tokens/s = decoded tokens / wall time "
+             f"of the whole workload (prefill included), median of {r['repeats']} runs interleaved across policies, "
+             f"each from an empty cache and an untrained prefetcher; {r['threads']} compute thread(s). Markov order "
+             f"{r['order']}. A hit is a routed expert already resident or arriving when its layer runs; prefetch hit "
+             f"rate = prefetched experts routed to before eviction / prefetches. torch {r['torch']}, {r['platform']}.",
+             ""]
+    for key, title in TITLES.items():
         if key not in r:
             continue
         d = r[key]
         lru = d["lru"]["tokens_per_s"]
         lines += [f"## {title}", "",
-                  f"Expert size {d['expert_bytes'] / 2**20:.2f} MiB; cache {d['lru']['capacity']} slots of 32; "
-                  f"all-resident (no streaming) {d['resident_tokens_per_s']:.2f} tokens/s.", "",
-                  "| policy | hit rate | prefetch hit rate | misses | prefetches | MiB moved / token | wait s | "
-                  "tokens/s (runs) | × LRU-only |", "|---|---|---|---|---|---|---|---|---|"]
-        for p in POLICIES:
-            s = d[p]
-            lines.append(f"| {p} | {s['hit_rate']:.1%} | {s['prefetch_hit_rate']:.1%} | {s['misses']} | "
+                  f"Expert size {d['expert_bytes'] / 2**20:.2f} MiB; unstreamed model (all experts resident) "
+                  f"{d['resident_tokens_per_s']:.2f} tokens/s (runs {d['resident_all']}).", "",
+                  "| policy | lookahead | hit rate | prefetch hit rate | misses | prefetches | MiB moved / token | "
+                  "wait s | tokens/s (runs) | × LRU-only |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, _, la in POLICIES:
+            s = d[name]
+            lines.append(f"| {name} | {la} | {s['hit_rate']:.1%} | {s['prefetch_hit_rate']:.1%} | {s['misses']} | "
                          f"{s['prefetches']} | {s['bytes_moved'] / r['tokens'] / 2**20:.1f} | {s['wait_s']:.3f} | "
                          f"{s['tokens_per_s']:.2f} ({', '.join(map(str, s['tokens_per_s_all']))}) | "
                          f"{s['tokens_per_s'] / lru:.2f} |")
@@ -274,10 +316,9 @@ def report(r: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=32, help="forced decoding: prefill bytes before the decoded ones")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--lookahead", type=int, default=4)
-    ap.add_argument("--gate-lookahead", type=int, default=2)
     ap.add_argument("--order", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-replay", dest="replay", action="store_false")
