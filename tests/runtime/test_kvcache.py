@@ -65,6 +65,32 @@ def test_greedy_generation_matches_dynamic_cache(build, kc: KVCacheConfig) -> No
     assert stats["tokens_seen"] == stats["tokens_kept"] == 7 + 24 - 1 and stats["evictions"] == 0
 
 
+def test_beam_search_and_left_padding_match_dynamic_cache(llama) -> None:
+    ids = torch.randint(1, 128, (2, 8), generator=torch.Generator().manual_seed(11))
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = 0, 0  # left padding (nothing is evicted, so the padding mask lines up)
+    for extra in ({"num_beams": 3}, {"attention_mask": mask}):
+        outs = []
+        for cache in (DynamicCache(config=llama.config),
+                      make_kv_cache(KVCacheConfig(page_tokens=4), llama.config, device="cpu", dtype=torch.float32)):
+            kwargs = {"attention_mask": torch.ones_like(ids), **extra}
+            with torch.no_grad():
+                outs.append(llama.generate(ids, max_new_tokens=10, do_sample=False, pad_token_id=0,
+                                           **kwargs, **{CACHE_KW: cache}))
+        assert torch.equal(outs[0], outs[1]), extra
+
+
+def test_reset_gives_every_byte_back(llama) -> None:
+    store = TensorStore()
+    cache = make_kv_cache(KVCacheConfig(precision="int8"), llama.config, device="cpu", dtype=torch.float32,
+                          store=store)
+    with torch.no_grad():
+        llama(input_ids=torch.zeros(1, 21, dtype=torch.long), **{CACHE_KW: cache})
+    assert store.used("cpu") == cache.kv_stats()["bytes_used"] > 0
+    cache.reset()
+    assert store.used("cpu") == 0 and cache.get_seq_length() == 0
+
+
 def test_logits_match_dynamic_cache_exactly_with_chunked_prefill(llama) -> None:
     ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(2))
     ref_cache = DynamicCache(config=llama.config)
