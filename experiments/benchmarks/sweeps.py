@@ -205,19 +205,20 @@ def write_report(out: Path, args: Any, results: dict[str, list[dict[str, Any]]],
         lines += ["Evaluations the warm-started NSGA-II needs to reach random search's final HV (same seed):", "",
                   "| seed | random HV @" + str(b) + " | nsga2-warm evals | nsga2 (cold) evals |", "|---|---|---|---|"]
         for r, p in zip(reach, reach_plain):
-            lines.append(f"| {r['seed']} | {r['random_final_hv']:.4f} | {r['warm_evals'] if r['warm_evals'] else 'not reached'} | "
-                         f"{p if p else 'not reached'} |")
+            warm = r["warm_evals"] if r["warm_evals"] else "not reached"
+            lines.append(f"| {r['seed']} | {r['random_final_hv']:.4f} | {warm} | {p if p else 'not reached'} |")
         lines.append("")
     lines += ["## tiny-llama on paper devices, analytic evaluator", "",
               "NSGA-II and random search, seed 0, same budget; every figure estimated from the preset profile "
               "(no such hardware here). Fronts side by side (latency per decode token, memory on GPU+CPU, "
               "energy per token, precision mix):", ""]
     for cname, p in paper.items():
+        fams = p["nsga2"]["baselines"] or {}
+        base = ("; baselines " + ", ".join(f"{k} {v['hypervolume']:.4f}" for k, v in fams.items())) if fams else ""
         lines += [f"### {p['device']}", "", f"Unmodified: {p['nsga2']['reference']}", "",
-                  f"HV: NSGA-II {p['nsga2']['hv']:.4f}, random {p['random']['hv']:.4f}"
-                  + ("; baselines " + ", ".join(f"{k} {v['hypervolume']:.4f}" for k, v in
-                                                (p['nsga2']['baselines'] or {}).items()) if p['nsga2']['baselines'] else ""),
-                  "", "| eval | latency µs | memory MiB | energy mJ | quality loss % | plan |", "|---|---|---|---|---|---|"]
+                  f"HV: NSGA-II {p['nsga2']['hv']:.4f}, random {p['random']['hv']:.4f}{base}", "",
+                  "| eval | latency µs | memory MiB | energy mJ | quality loss % | plan |",
+                  "|---|---|---|---|---|---|"]
         for rec in sorted(p["nsga2"]["front"], key=lambda r: r["objectives"][0])[:12]:
             lat, mem, en = rec["objectives"][:3]
             q = rec.get("quality_loss")

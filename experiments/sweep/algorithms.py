@@ -48,7 +48,6 @@ def run_nsga2(archive: Archive, *, pop_size: int, seed: int, initial: Sequence[n
     """pymoo NSGA-II until the budget is spent; returns the generations run."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.operators.crossover.ux import UX
-    from pymoo.termination.default import DefaultMultiObjectiveTermination  # noqa: F401  (pymoo import order)
     from pymoo.core.termination import NoTermination
 
     space = archive.space
@@ -242,7 +241,8 @@ def knapsack_vectors(evaluator: Any, budgets: Sequence[str], *, max_quality_loss
     return out, notes
 
 
-def baseline_vectors(evaluator: Any, *, knapsack_budgets: Sequence[str], greedy_shares: Sequence[float] = (0.25, 0.5, 0.75),
+def baseline_vectors(evaluator: Any, *, knapsack_budgets: Sequence[str],
+                     greedy_shares: Sequence[float] = (0.25, 0.5, 0.75),
                      max_quality_loss: float | None = None) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """``{family: {label: vector}}`` for the deterministic baselines, and notes on what was skipped."""
     space = evaluator.space

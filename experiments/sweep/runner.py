@@ -151,10 +151,9 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
             prev = store.read_json(SUMMARY)
             attempts = int(prev.get("attempts", 1)) + 1
             previous_wall = float(prev.get("wall_s_total", 0.0))
-    store.write_json(CONFIG, config.to_dict())
-
     if evaluator is None:
         evaluator = build_evaluator(config, cache_path=store.path(EVAL_CACHE), cache_dir=cache_dir)
+    store.write_json(CONFIG, config.to_dict())  # after the evaluator: a refused setup leaves the folder empty
     space = evaluator.space
     measured_before = evaluator.evaluated
     names = config.objective_names
