@@ -177,7 +177,7 @@ def write_md(res: dict[str, Any], path: Path) -> None:
         f"device class `{res['device_class']}`, load average at the end {tuple(round(x, 1) for x in res['load'])}).",
         f"Evaluator for training and every comparison: **{res['evaluator']}** on the measured `local` profile. "
         "Objectives: latency, memory (GPU+CPU tiers), energy, each divided by the unmodified model's "
-        "value from the same evaluator; HV reference point 1.1 per objective (pymoo HV, exact). Quality is "
+        "value from the same evaluator; HV reference point 2.0 per objective (pymoo HV, exact; max 8). Quality is "
         "not an objective here (no sensitivity table in this run), so low-bit plans are not penalised for quality.", "",
         "## Training", "",
         f"MaskablePPO (sb3-contrib, MlpPolicy 64x64, n_steps 128 x 4 envs, seed 0) on "
