@@ -40,6 +40,7 @@ class ModelContext:
     hardware: np.ndarray
     base: Any
     min_memory: float
+    smallest: np.ndarray  # smallest_footprint's vector: the shield's optimistic completion
 
 
 def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
@@ -92,7 +93,7 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     min_memory = float(mem.get("gpu", 0) + mem.get("cpu", 0))
     ctx = ModelContext(spec=spec, loaded=loaded, profile=profile, space=space, evaluator=ev, estimator=estimator,
                        units=units, unit_features=unit_feature_table(space, units, table),
-                       hardware=hardware_features(profile), base=base, min_memory=min_memory)
+                       hardware=hardware_features(profile), base=base, min_memory=min_memory, smallest=small)
     logger.info("surgery context %s on %s (%s): %d units, %d variables, base memory %d B, smallest %d B",
                 spec, profile.name, evaluator, len(units), len(space), base.objective("memory"), min_memory)
     if cache:

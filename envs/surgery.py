@@ -17,6 +17,8 @@ from envs.reward import RewardConfig, episode_reward
 logger = get_logger(__name__)
 
 DEFAULT_MODEL = "tiny-llama-test"
+# Knobs whose choice changes the plan's memory: the budget shield filters their masks.
+SHIELDED_KNOBS = ("placement", "precision", "group_size")
 
 
 class SurgeryEnv(gym.Env):
@@ -46,6 +48,13 @@ class SurgeryEnv(gym.Env):
     env moves it to the nearest valid choice after the parent is set (``info["repaired"]`` counts these;
     with the default knobs there are none). Invalid actions are never applied: they are repaired the same way.
 
+    Budget shield (``budget_shield=True``, default): the masks of memory knobs (placement, precision,
+    group_size) also drop choices after which the memory budget can no longer be met — judged by completing
+    the plan with the smallest-footprint choices. Sampled budgets are never below the smallest reachable
+    memory, so a masked policy meets them by construction (up to the footprint's non-additive staging
+    terms); the policy still learns *where* to spend the budget. ``budget_shield=False`` leaves compliance
+    to the reward's penalty alone.
+
     ## Observation Space
 
     ``Box(-5, 5, (N,), float32)`` with ``N = ObservationLayout().size``: the unit's model-agnostic features,
@@ -72,7 +81,8 @@ class SurgeryEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial version (knobs precision + placement by default; analytic evaluator by default).
+    * v0: initial version (knobs precision + placement by default; analytic evaluator by default; budget
+      shield on by default).
     """
 
     metadata = {"render_modes": []}
@@ -81,7 +91,7 @@ class SurgeryEnv(gym.Env):
                  evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
                  budget_range: tuple[float, float] = (0.1, 1.0), memory_budget: float | None = None,
                  preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
-                 render_mode: str | None = None) -> None:
+                 budget_shield: bool = True, render_mode: str | None = None) -> None:
         from autosurgeon.hardware import resolve_profile
 
         if render_mode is not None:
@@ -102,6 +112,9 @@ class SurgeryEnv(gym.Env):
         self.fixed_budget = memory_budget
         self.fixed_preference = None if preference is None else parse_preference(preference)
         self.reward_config = reward or RewardConfig()
+        self.budget_shield = bool(budget_shield)
+        self._mask_cache: tuple[Any, np.ndarray] | None = None
+        self._episode = 0
         self.layout = ObservationLayout()
         self.action_space = spaces.MultiDiscrete(np.array(self.layout.max_choices, dtype=np.int64))
         self.observation_space = spaces.Box(-OBS_CLIP, OBS_CLIP, shape=(self.layout.size,), dtype=np.float32)
@@ -145,6 +158,7 @@ class SurgeryEnv(gym.Env):
         self.t = 0
         self.previous = None
         self.repaired = 0
+        self._episode += 1
         return self._observation(), {"model": self.ctx.spec, "memory_budget": self.budget,
                                      "preference": self.preference.tolist()}
 
@@ -178,6 +192,16 @@ class SurgeryEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """Flat bool mask over ``sum(MAX_CHOICES)`` entries for the current unit (class docstring: rules)."""
+        if self._mask_cache is not None and self._mask_cache[0] == self._episode_step_key():
+            return self._mask_cache[1].copy()
+        masks = self._action_masks()
+        self._mask_cache = (self._episode_step_key(), masks)
+        return masks.copy()
+
+    def _episode_step_key(self) -> Any:
+        return (id(self.ctx), self._episode, self.t)
+
+    def _action_masks(self) -> np.ndarray:
         out = []
         if self.t >= len(self.ctx.units):
             for n in self.layout.max_choices:
@@ -194,8 +218,37 @@ class SurgeryEnv(gym.Env):
             else:
                 v = space.variables[i]
                 m[:v.n] = self._mask(i, unit.variables)
+                if self.budget_shield and knob in SHIELDED_KNOBS:
+                    m[:v.n] = self._shield(i, m[:v.n])
             out.append(m)
         return np.concatenate(out)
+
+    def _shield(self, i: int, mask: np.ndarray) -> np.ndarray:
+        """Keep the choices after which the plan can still meet the memory budget.
+
+        Feasible = the plan with this choice, every undecided variable at the smallest-footprint
+        completion (``plan_check.smallest_footprint``'s vector, repaired to validity), fits the budget.
+        If no choice is feasible the one with the least memory is kept, so the mask is never empty.
+        """
+        from autosurgeon.footprint import plan_memory
+
+        space, ctx = self.ctx.space, self.ctx
+        undecided = [j for u in ctx.units[self.t:] for j in u.variables if j != i]
+        y = self.x.copy()
+        y[undecided] = ctx.smallest[undecided]
+        memory = {}
+        for c in np.nonzero(mask)[0]:
+            y[i] = int(c)
+            tiers = plan_memory(space, space.repair(y))
+            memory[int(c)] = tiers.get("gpu", 0) + tiers.get("cpu", 0)
+        if not memory:
+            return mask
+        ok = np.zeros_like(mask)
+        for c, mem in memory.items():
+            ok[c] = mem <= self.budget
+        if not ok.any():
+            ok[min(memory, key=lambda c: (memory[c], c))] = True
+        return ok
 
     # ------------------------------------------------------------------------------------------ helpers
     def _mask(self, i: int, unit_vars: Sequence[int]) -> np.ndarray:

@@ -130,3 +130,25 @@ def test_bad_preferences(value: object, match: str) -> None:
 
 def test_preference_string() -> None:
     assert parse_preference("latency=0.6,memory=0.3,energy=0.1").tolist() == pytest.approx([0.6, 0.3, 0.1])
+
+
+@pytest.mark.parametrize("shield", [True, False])
+def test_budget_shield(shield: bool) -> None:
+    env = SurgeryEnv(models=["tiny-llama-test", "digits-cnn"], device=PRESET, budget_shield=shield)
+    rng = np.random.default_rng(0)
+    violations = 0
+    for episode in range(8):
+        # The tightest budget the space can reach: only the shield's masks keep random choices within it.
+        env.reset(seed=episode, options={"budget_fraction": 0.0 if episode % 2 else 0.3})
+        done = False
+        while not done:
+            mask, action, offset = env.action_masks(), [], 0
+            for n in env.layout.max_choices:
+                action.append(int(rng.choice(np.nonzero(mask[offset:offset + n])[0])))
+                offset += n
+            _, _, done, _, info = env.step(np.array(action))
+        violations += info["memory_violation"]
+    if shield:
+        assert violations == 0
+    else:
+        assert violations > 0  # the same random policy without the shield misses tight budgets
