@@ -69,19 +69,22 @@ class _Progress:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.started = time.perf_counter()
+        self.started: float | None = None  # at the first evaluation: setup (model, tables) is not in the rate
+        self.first = 0
         self.last = 0.0
 
     def __call__(self, done: int, total: int, record: dict[str, Any]) -> None:
         now = time.perf_counter()
+        if self.started is None:
+            self.started, self.first = now, done
         if not self.enabled or (now - self.last < 0.2 and done < total):
             return
         self.last = now
         width = 30
         filled = int(width * min(done, total) / max(total, 1))
-        rate = done / max(now - self.started, 1e-9)
-        sys.stderr.write(f"\rsweep [{'#' * filled}{'.' * (width - filled)}] {done}/{total} evals "
-                         f"({rate:.1f}/s)")
+        elapsed = now - self.started
+        rate = f" ({(done - self.first) / elapsed:.1f}/s)" if elapsed > 0 else ""
+        sys.stderr.write(f"\rsweep [{'#' * filled}{'.' * (width - filled)}] {done}/{total} evals{rate}")
         if done >= total:
             sys.stderr.write("\n")
         sys.stderr.flush()

@@ -190,7 +190,10 @@ def write_report(out: Path, args: Any, results: dict[str, list[dict[str, Any]]],
         cells = [_ms([r["curve"][n] for r in runs]) for n in (50, 100, b)]
         lines.append(f"| {algo} | {' | '.join(cells)} | {statistics.fmean(r['wall_s'] for r in runs):.1f} | "
                      f"{statistics.fmean(r['front'] for r in runs):.1f} |")
-    lines += ["", "HV is mean ± sample standard deviation over seeds. `nsga2-warm`: NSGA-II whose initial population "
+    lines += ["", "Wall time is per run including the sampler's own work; all runs share one evaluator and its result "
+              "cache (in run order: seed, then method), so a plan another run already evaluated costs a lookup — "
+              "compare wall times only as the samplers' overhead (Optuna TPE's dominates), not as evaluation cost.",
+              "", "HV is mean ± sample standard deviation over seeds. `nsga2-warm`: NSGA-II whose initial population "
               "is sampled from a Markov placement model fitted on the Pareto fronts of *other* models "
               "(digits-cnn and tiny-moe, analytic NSGA-II sweeps on this machine's profile): "
               + ", ".join(f"{m['model']} ({m['front']} front plans of {m['evaluations']} evals)" for m in markov_info)
