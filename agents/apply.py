@@ -142,7 +142,9 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         preference: weights over latency/memory/energy (mapping, sequence or "latency=0.6,..."); default equal.
         memory_budget: bytes on the memory tiers (GPU + CPU); None: the unmodified model's memory.
         front: sweep this many preferences (evenly spread) and return their front too.
-        evaluator: "analytic", "profiled" or "runtime" for the measurement (default: the policy's).
+        evaluator: "analytic", "profiled" or "runtime" for the measurement (default: "runtime" when
+            ``device`` is this machine's measured profile, else "analytic"); the policy itself acts on the
+            observations of the evaluator it trained with (analytic on paper profiles).
         force: apply a policy trained for another device class.
     """
     from autosurgeon.hardware import resolve_profile
@@ -160,9 +162,24 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     profile = resolve_profile(device)
     notes = [n for n in [check_device(meta, profile, force=force)] if n]
     model, meta = load_policy(policy)
-    env = SurgeryEnv(models=[model_spec], device=profile, evaluator=evaluator or meta.get("evaluator", "analytic"),
-                     knobs=tuple(meta["knobs"]))
+    local = profile.measured and profile.fingerprint == resolve_profile("local").fingerprint
+    # The policy acts on observations from the evaluator it trained with where that can run here (profiled
+    # needs this machine); the plan it returns is measured with `evaluator`: by default end to end on the
+    # runtime when the target is this machine, else the analytic model of the (paper) profile.
+    act_with = meta.get("evaluator", "analytic") if local else "analytic"
+    measure_with = evaluator or ("runtime" if local else act_with)
+    env = SurgeryEnv(models=[model_spec], device=profile, evaluator=act_with, knobs=tuple(meta["knobs"]),
+                     budget_shield=bool(meta.get("budget_shield", True)))
     ctx = env.contexts[0]
+    measurer = ctx.evaluator
+    if measure_with != act_with:
+        from envs.context import build_context
+
+        mctx = build_context(model_spec, profile, evaluator=measure_with, knobs=tuple(meta["knobs"]))
+        if mctx.space.digest() != ctx.space.digest():
+            raise InvalidArgumentError(f"the {measure_with} evaluator's search space of {model_spec!r} differs from "
+                                       f"the {act_with} one; measure with --evaluator {act_with}.")
+        measurer = mctx.evaluator
     x = run_policy(model, env, preference=pref, memory_budget=memory_budget)
     plan = ctx.space.decode(x, metadata={"proposer": "agents.apply", "policy": str(policy),
                                          "preference": dict(zip(OBJECTIVES, pref.tolist())),
@@ -177,11 +194,12 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         notes.append("the policy's plan exceeds the memory budget: " + "; ".join(map(str, errors[:2])))
     else:
         raise_for_problems(errors, what="the policy's plan")
-    metrics = ctx.evaluator.evaluate(x)
-    result = ApplyResult(plan=plan, metrics=metrics, base=ctx.base, preference=pref, memory_budget=memory_budget,
+    metrics = measurer.evaluate(x)
+    base = measurer.evaluate(ctx.space.default_vector())
+    result = ApplyResult(plan=plan, metrics=metrics, base=base, preference=pref, memory_budget=memory_budget,
                          notes=notes, space=ctx.space)
     if front:
-        result.front = policy_front(model, env, k=front, memory_budget=None)
+        result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer)
     return result
 
 

@@ -168,6 +168,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
         "timesteps": int(model.num_timesteps), "settings": asdict(settings),
         "reward": asdict(front_env.reward_config), "budget_range": list(front_env.budget_range),
         "obs_stats": metrics_cb.obs_stats(), "warm_start": warm_info, "history": metrics_cb.history,
+        "budget_shield": front_env.budget_shield,
         "train_seconds": seconds,
         "spaces": {ctx.spec: ctx.space.digest() for ctx in front_env.contexts}})
     logger.info("policy saved to %s after %d timesteps (%.1f s)", out, model.num_timesteps, seconds)

@@ -5,7 +5,8 @@
         --budget-memory 200MiB --front 8 --evaluator runtime --out plan.json
 
 The plan passes ``check_plan`` (the policy's action masks keep it valid; it is checked anyway) and is
-measured with ``--evaluator`` (default: the one the policy trained with). ``--front K`` also runs the policy
+measured with ``--evaluator`` (default: end to end on the runtime when ``--device`` is this machine,
+the analytic model on a paper profile). ``--front K`` also runs the policy
 for K evenly spread preferences and writes their front next to ``--out`` (``plan.front.json``). A policy
 trained for another device class is refused unless ``--force``.
 """
@@ -33,7 +34,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--front", type=int, default=None, metavar="K",
                         help="also sweep K evenly spread preferences and write their front JSON next to --out")
     parser.add_argument("--evaluator", choices=("analytic", "profiled", "runtime"), default=None,
-                        help="how to measure the plan (default: the policy's training evaluator)")
+                        help="how to measure the plan (default: runtime, end to end, when --device is this machine; "
+                        "analytic on a paper profile)")
     parser.add_argument("--force", action="store_true", help="apply a policy trained for another device class")
     parser.add_argument("--out", required=True, help="plan JSON to write")
     parser.set_defaults(func=run)
