@@ -34,7 +34,7 @@ import torch
 from experiments.sweep import SweepConfig, build_evaluator, load_config, run_sweep
 from experiments.sweep.hypervolume import evals_to_reach, hv_curve
 
-ALGOS = ("nsga2", "nsga2-warm", "random", "optuna-nsga2", "optuna-tpe")
+ALGOS = ("nsga2", "nsga2-warm", "nsga2-uniform", "random", "optuna-nsga2", "optuna-tpe")
 
 
 def _cfg(path: str, **kw: Any) -> SweepConfig:
@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         for algo in ALGOS:
             if algo == "nsga2-warm" and model is None:
                 continue
-            cfg = base.replace(algo="nsga2" if algo == "nsga2-warm" else algo, seed=seed,
+            cfg = base.replace(algo="nsga2" if algo.startswith("nsga2") else algo, seed=seed,
                                warm_start=str(markov_path) if algo == "nsga2-warm" else None,
+                               init_population="uniform" if algo == "nsga2-uniform" else "random",
                                baselines=(seed == 0 and algo == "nsga2"), name=f"{algo}-s{seed}")
             t0 = time.perf_counter()
             res = run_sweep(cfg, root / f"tiny-llama-cpu-{algo}-s{seed}", evaluator=evaluator,
@@ -197,7 +198,10 @@ def write_report(out: Path, args: Any, results: dict[str, list[dict[str, Any]]],
               "is sampled from a Markov placement model fitted on the Pareto fronts of *other* models "
               "(digits-cnn and tiny-moe, analytic NSGA-II sweeps on this machine's profile): "
               + ", ".join(f"{m['model']} ({m['front']} front plans of {m['evaluations']} evals)" for m in markov_info)
-              + "." if markov_info else "", ""]
+              + "." if markov_info else "",
+              "", "`nsga2-uniform`: NSGA-II whose first population starts with the uniform-precision plans (every "
+              "unit at one precision, resident; the same plans as the `uniform` baseline, counted in its budget), "
+              "the rest random.", ""]
     if baselines:
         lines += ["Deterministic baselines on the same evaluator (seed-independent; a handful of plans each):", "",
                   "| baseline | plans | HV |", "|---|---|---|"]

@@ -44,14 +44,18 @@ def _noop(gen: int, archive: Archive, new: int) -> None:
 
 
 def run_nsga2(archive: Archive, *, pop_size: int, seed: int, initial: Sequence[np.ndarray] = (),
-              on_generation: OnGeneration = _noop, max_stall: int = 20) -> int:
-    """pymoo NSGA-II until the budget is spent; returns the generations run."""
+              on_generation: OnGeneration = _noop, max_stall: int = 20, label: str | None = None) -> int:
+    """pymoo NSGA-II until the budget is spent; returns the generations run.
+
+    ``initial`` vectors open the first population (the rest random); ``label`` names the records' ``algo``
+    (default ``nsga2``, or ``nsga2-warm`` with initial vectors).
+    """
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.operators.crossover.ux import UX
     from pymoo.core.termination import NoTermination
 
     space = archive.space
-    problem = SurgeryProblem(archive, algo="nsga2" if not initial else "nsga2-warm")
+    problem = SurgeryProblem(archive, algo=label or ("nsga2" if not initial else "nsga2-warm"))
     algorithm = NSGA2(pop_size=pop_size, sampling=SpaceSampling(space, initial), crossover=UX(),
                       mutation=ResetMutation(space), repair=SpaceRepair(space), eliminate_duplicates=True)
     algorithm.setup(problem, termination=NoTermination(), seed=seed, verbose=False)

@@ -27,6 +27,7 @@ from autosurgeon.errors import InvalidArgumentError
 ALGORITHMS = ("nsga2", "random", "optuna-nsga2", "optuna-tpe")
 EVALUATORS = ("analytic", "profiled", "runtime")
 QUALITY_MODES = ("constraint", "objective", "none")
+INIT_POPULATIONS = ("random", "uniform")
 BASE_OBJECTIVES = ("latency", "memory", "energy")
 # Settings a resumed run may change without invalidating the replay of its finished evaluations.
 RESUMABLE_CHANGES = ("budget_evals", "name", "baselines")
@@ -52,6 +53,8 @@ class SweepConfig:
         reference_point: HV reference point in normalised space, one per objective (quality last if it is one).
         normaliser: ``reference`` (unmodified model's metrics) — the only one so far, stated for the record.
         warm_start: a Markov placement model JSON for NSGA-II's initial population (None: random).
+        init_population: ``random`` or ``uniform`` (NSGA-II's first population starts with the uniform-precision
+            plans — every unit at one precision, resident — then the warm start's or random plans).
         baselines: also evaluate the deterministic baselines (uniform, greedy fill, knapsack).
         knapsack_budgets: memory budgets for the knapsack baseline (shares of the unmodified weights).
         hv_at: evaluation counts at which the HV curve is reported.
@@ -73,6 +76,7 @@ class SweepConfig:
     reference_point: tuple[float, ...] = (3.0, 1.1, 3.5)
     normaliser: str = "reference"
     warm_start: str | None = None
+    init_population: str = "random"
     baselines: bool = True
     knapsack_budgets: tuple[str, ...] = ("25%", "40%", "60%")
     hv_at: tuple[int, ...] = (50, 100, 200)
@@ -94,6 +98,9 @@ class SweepConfig:
             raise InvalidArgumentError(f"`evaluator` must be one of {', '.join(EVALUATORS)}, got {self.evaluator!r}.")
         if self.algo not in ALGORITHMS:
             raise InvalidArgumentError(f"`algo` must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}.")
+        if self.init_population not in INIT_POPULATIONS:
+            raise InvalidArgumentError(f"`init_population` must be one of {', '.join(INIT_POPULATIONS)}, got "
+                                       f"{self.init_population!r}.")
         if self.quality not in QUALITY_MODES:
             raise InvalidArgumentError(f"`quality` must be one of {', '.join(QUALITY_MODES)}, got {self.quality!r}.")
         if not (isinstance(self.budget_evals, int) and self.budget_evals >= 1):

@@ -203,9 +203,16 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
                 raise InvalidArgumentError(f"`--warm-start` seeds NSGA-II's population; `--algo {config.algo}` "
                                            "cannot use it. Use --algo nsga2 or drop --warm-start.")
             initial = warm_start_vectors(config.warm_start, space, config.pop_size, config.seed)
+        if config.init_population == "uniform":
+            if config.algo != "nsga2":
+                raise InvalidArgumentError(f"`init_population` 'uniform' seeds NSGA-II's population; `--algo "
+                                           f"{config.algo}` cannot use it. Use --algo nsga2 or 'random'.")
+            initial = list(algorithms.uniform_vectors(space).values()) + initial
         if config.algo == "nsga2":
+            label = "nsga2" + ("-uniform" if config.init_population == "uniform" else "") + \
+                ("-warm" if config.warm_start else "")
             algorithms.run_nsga2(archive, pop_size=config.pop_size, seed=config.seed, initial=initial,
-                                 on_generation=on_generation)
+                                 on_generation=on_generation, label=label)
         elif config.algo == "random":
             algorithms.run_random(archive, seed=config.seed, batch=config.pop_size, on_generation=on_generation)
         else:
@@ -278,6 +285,7 @@ def _summary(config: SweepConfig, evaluator: Any, archive: Archive, scales: list
     return {
         "name": config.name, "model": config.model, "algorithm": config.algo, "evaluator": config.evaluator,
         "seed": config.seed, "pop_size": config.pop_size, "warm_start": config.warm_start,
+        "init_population": config.init_population,
         "device": evaluator.profile.name, "device_fingerprint": evaluator.profile.fingerprint,
         "device_measured": bool(evaluator.profile.measured),
         "status": status, "evaluations": len(records), "budget_evals": config.budget_evals,

@@ -358,3 +358,14 @@ def test_warm_start_seeds_the_first_generation(setup, tmp_path):
     assert [r["algo"] for r in res.records] == ["nsga2-warm"] * 16
     with pytest.raises(InvalidArgumentError, match="seeds NSGA-II"):
         sweep(setup, tmp_path, "w2", algo="random", warm_start=str(path), budget_evals=4)
+
+
+def test_uniform_init_population_opens_with_the_uniform_plans(setup, tmp_path):
+    from experiments.sweep.algorithms import uniform_vectors
+
+    res = sweep(setup, tmp_path, "u", algo="nsga2", init_population="uniform", budget_evals=12)
+    uni = [x.tolist() for x in uniform_vectors(setup.space).values()]
+    assert [r["x"] for r in res.records[:len(uni)]] == uni
+    assert {r["algo"] for r in res.records} == {"nsga2-uniform"}
+    with pytest.raises(InvalidArgumentError, match="`init_population` must be one of"):
+        config(init_population="best")
