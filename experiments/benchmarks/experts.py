@@ -246,7 +246,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     tiny = load_model("tiny-moe").model.to(device)
     n = args.tokens
     prompt = torch.tensor([list(PROMPT)], device=device)
-    heldout = build_corpus(train_bytes=0, heldout_bytes=8192).heldout
+    if args.text_file:  # the same held-out bytes on another machine (its stdlib may differ)
+        with open(args.text_file, "rb") as f:
+            heldout = torch.tensor(list(f.read()), dtype=torch.uint8)
+    else:
+        heldout = build_corpus(train_bytes=0, heldout_bytes=8192).heldout
     text = heldout[:args.prompt + n].long()[None].to(device)  # held-out stdlib source: never trained on
     results: dict[str, Any] = {"device": str(device), "home": home, "tokens": n, "prompt_tokens": prompt.shape[1],
                                "forced_prompt_tokens": args.prompt, "repeats": args.repeats,
@@ -319,6 +323,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=32, help="forced decoding: prefill bytes before the decoded ones")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--text-file", default=None, help="held-out text bytes to decode (default: the stdlib split)")
     ap.add_argument("--order", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-replay", dest="replay", action="store_false")
