@@ -129,18 +129,19 @@ class Adapter:
         kv = s.kv_cache
         if kv is not None and seq_len > min(c.long_sequence, c.min_kv_window * 2):
             layers = kv.kv_layers
-            old = layers[0].window or seq_len
+            before = layers[0].window
+            old = before or seq_len
             new = max(c.min_kv_window, old // 2)
             if new < old:
                 for layer in layers:
                     layer.window = new
-                self.record("kv_window", layers[0].window if old != seq_len else None, new,
+                self.record("kv_window", before, new,
                             why + f": KV keeps the {new} latest tokens (+ sinks), sequence is {seq_len}")
             if s.kv_config is not None and s.kv_config.precision == "float" and self.next_kv_precision is None:
                 self.next_kv_precision = "int8"
                 self.record("kv_precision", "float", "int8", why + ": next request stores KV in int8")
-            if self._pressure().get(tier, 0.0) <= c.pressure_high:
-                return
+            if new < old:
+                return  # the window trims at the next step's append: look again then, before demoting blocks
         budget = s.store.budgets[tier]
         plan = s.plan_demotion(int(c.pressure_high * budget)) if budget else None
         if plan is None:

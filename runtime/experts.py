@@ -323,7 +323,6 @@ class ExpertStreamer:
         if self.device.type == "meta":
             raise JalapenoError("experts on the meta device have no weights to stream; load the model first.")
         self.num_layers, self.num_experts = len(self.modules), int(first.num_experts)
-        self.top_k = None
         self.lookahead = config.lookahead
         self.stats = ExpertStats()
         self.cache: ExpertCache | None = None

@@ -69,3 +69,34 @@ def test_squeeze_lowers_lookahead_first_when_blocks_already_stream() -> None:
 def test_adapt_config_validation() -> None:
     with pytest.raises(JalapenoError, match="need 0 < `pressure_low` < `pressure_high`"):
         AdaptConfig(pressure_low=0.9, pressure_high=0.5)
+
+
+def test_squeeze_with_a_kv_cache_halves_the_window_and_asks_int8_for_the_next_request() -> None:
+    from runtime.kvcache import KVCacheConfig
+
+    model = tiny_llama(layers=2)
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(8))
+    spec = SessionSpec(default=BlockSpec(device="cpu"), budgets={"cpu": "64MiB"})
+    with Session(model, spec, kv=KVCacheConfig(precision="float", page_tokens=4),
+                 adapt=AdaptConfig(every=1, long_sequence=16, min_kv_window=8)) as session:
+
+        def squeeze(module: torch.nn.Module, args: tuple, output: object) -> None:
+            if session.adapter.step == 20:  # 25 tokens in the cache: the tier shrinks under what is held
+                session.store.budgets["cpu"] = session.store.used("cpu") - 1
+
+        handle = model.register_forward_hook(squeeze)
+        out = session.generate(ids, max_new_tokens=30)
+        handle.remove()
+        stats = session.stats()
+        knobs = [(a["knob"], a["old"], a["new"], a["step"]) for a in stats.extra["adjustments"]]
+        # step 21 sees 26 tokens (6 prompt + 20 decoded): the window becomes 13, and that step sheds nothing else
+        assert knobs[:2] == [("kv_window", None, 13, 21), ("kv_precision", "float", "int8", 21)]
+        assert out.shape[1] == 6 + 30 and stats.extra["kv"]["evictions"] > 0
+        assert stats.extra["kv"]["tokens_kept"] <= 13 + 4 + 4  # window + sinks + a page being filled
+        session.store.budgets["cpu"] = None
+        session.generate(ids, max_new_tokens=2)  # the next request stores its KV in int8
+        int8_bytes = session.stats().extra["kv"]["bytes_used"]
+    with Session(model, spec, kv=KVCacheConfig(precision="float", page_tokens=4)) as plain:
+        plain.generate(ids, max_new_tokens=2)
+        float_bytes = plain.stats().extra["kv"]["bytes_used"]
+    assert 0 < int8_bytes < float_bytes / 2  # 1 byte per value + fp16 scales instead of 4 bytes
