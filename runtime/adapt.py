@@ -176,13 +176,15 @@ class Adapter:
         if ex is not None:
             st = ex.stats
             prefetches, used = st.prefetches - self._expert[0], st.prefetch_used - self._expert[1]
+            if prefetches < 8:  # judge on at least 8 prefetches since the last judgement
+                return
             self._expert = (st.prefetches, st.prefetch_used)
-            if prefetches >= 8 and used / prefetches < c.min_prefetch_hit_rate and ex.lookahead > 1:
+            if used / prefetches < c.min_prefetch_hit_rate and ex.lookahead > 1:
                 old = ex.lookahead
                 ex.lookahead = old - 1
                 self.record("expert_lookahead", old, old - 1, f"only {used} of {prefetches} prefetched experts "
                             f"were used (< {c.min_prefetch_hit_rate:.0%}): fewer wasted transfers")
-            elif (prefetches and used / prefetches >= 0.6 and ex.lookahead < self.max_expert_lookahead):
+            elif used / prefetches >= 0.6 and ex.lookahead < self.max_expert_lookahead:
                 old = ex.lookahead
                 ex.lookahead = old + 1
                 self.record("expert_lookahead", old, old + 1, f"{used} of {prefetches} prefetched experts were "

@@ -270,14 +270,15 @@ class ExpertCache:
         self.owner[slot] = uid
         self.slot_of[uid] = slot
         gu_key, dn_key = self.keys[uid]
-        gu_out = self.gate_up[slot].view(-1).view(torch.uint8)
-        dn_out = self.down[slot].view(-1).view(torch.uint8)
+        gu_dst, dn_dst = self.gate_up[slot], self.down[slot]
         self.stats.fetches += 1
-        self.stats.bytes_moved += gu_out.numel() + dn_out.numel()
+        self.stats.bytes_moved += (gu_dst.numel() + dn_dst.numel()) * gu_dst.element_size()
 
         def job() -> None:
-            self.store.fetch([gu_key], self.device, out=gu_out)
-            self.store.fetch([dn_key], self.device, out=dn_out)
+            for key, dst in ((gu_key, gu_dst), (dn_key, dn_dst)):
+                (got,) = self.store.fetch([key], self.device, out=dst.view(-1).view(torch.uint8))
+                if got.data_ptr() != dst.data_ptr():  # a home on the device's own tier comes back as itself
+                    dst.copy_(got, non_blocking=True)
 
         if self._stream is not None:
             with torch.cuda.stream(self._stream):

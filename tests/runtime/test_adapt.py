@@ -100,3 +100,26 @@ def test_squeeze_with_a_kv_cache_halves_the_window_and_asks_int8_for_the_next_re
         plain.generate(ids, max_new_tokens=2)
         float_bytes = plain.stats().extra["kv"]["bytes_used"]
     assert 0 < int8_bytes < float_bytes / 2  # 1 byte per value + fp16 scales instead of 4 bytes
+
+
+def test_expert_lookahead_drops_when_prefetches_go_unused() -> None:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from runtime.experts import ExpertConfig
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=256, num_local_experts=4, num_experts_per_tok=2,
+                        max_position_embeddings=128, tie_word_embeddings=False)
+    model = MixtralForCausalLM(cfg).eval()
+    ids = torch.randint(0, 256, (1, 5), generator=torch.Generator().manual_seed(1))
+    ref = greedy(model, ids, 16)
+    # a hit-rate bar no prefetcher clears: the tuner must lower the expert lookahead, logging why
+    with Session(model, SessionSpec(), experts=ExpertConfig(home="cpu", capacity=4, lookahead=3),
+                 adapt=AdaptConfig(every=2, min_prefetch_hit_rate=1.01)) as session:
+        out = session.generate(ids, max_new_tokens=16)
+        stats = session.stats()
+    assert torch.equal(out, ref)
+    drops = [a for a in stats.extra["adjustments"] if a["knob"] == "expert_lookahead"]
+    assert drops and drops[0]["old"] == 3 and drops[0]["new"] == 2 and "prefetched experts were used" in drops[0]["reason"]
+    assert stats.extra["experts"]["lookahead"] < 3
