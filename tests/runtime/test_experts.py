@@ -126,3 +126,22 @@ def test_budget_and_validation_errors() -> None:
         ExpertStreamer(model, store, ExpertConfig(home="disk", capacity=2), device="cpu").attach()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # failed attach restored all
     assert store.usage()["disk"]["used"] == 0 and store.usage()["cpu"]["used"] == 0
+
+
+def test_home_on_the_execution_tier_still_fills_the_slots() -> None:
+    # store.fetch returns a same-tier home copy as itself: the cache must copy it into the slot
+    model = tiny_mixtral(layers=2, experts=4, top_k=2)
+    ids = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids),
+                             pad_token_id=0)
+    store = TensorStore()
+    streamer = ExpertStreamer(model, store, ExpertConfig(home="cpu", capacity=4), device="cpu").attach()
+    try:
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids),
+                                 pad_token_id=0)
+    finally:
+        streamer.detach()
+        store.close()
+    assert torch.equal(out, ref)
