@@ -5,6 +5,12 @@ blocks it should have in flight next, most urgent first. Blocks are the executor
 ids the prefetcher was built with are ever predicted. The interface is the same for the sequential
 prefetcher here and for a learned one (a Markov prefetcher observing block/expert transitions predicts the
 likeliest successors with the same two calls), so the executor never knows which one it talks to.
+
+Mixture-of-experts prefetchers (:class:`ExpertPrefetcher`) speak the same interface over global expert ids
+(``layer * num_experts + expert``) and add ``observe_routing(layer, rows, hidden=...)``: the Markov
+prefetcher (learned order-k transitions between the experts of consecutive layers, with backoff), the
+LRU-only baseline (predicts nothing) and the gate-speculative baseline (next layer's router on the current
+hidden state). :mod:`runtime.experts` is their executor.
 """
 from __future__ import annotations
 

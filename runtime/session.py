@@ -6,6 +6,11 @@ then ``forward``/``generate`` run the model as usual (Hugging Face ``generate()`
 lives on each block's execution device). ``close()`` (or leaving the ``with`` block) removes every hook
 and gives the model back with ordinary tensors on the devices they had. Casting and quantization are model
 surgery, not hooks: they are not undone on close (keep a copy of the model if you need the original).
+
+Optional parts: ``experts=`` streams mixture-of-experts weights through a bounded expert cache with a
+prefetcher (:mod:`runtime.experts`); ``kv=`` gives ``generate`` a paged, budgeted, optionally int8 KV cache
+charged to the session's store (:mod:`runtime.kvcache`); ``adapt=`` retunes lookahead, KV window/precision
+and block residency between forward steps as the workload and memory pressure change (:mod:`runtime.adapt`).
 """
 from __future__ import annotations
 
