@@ -1,10 +1,11 @@
-"""Prefetchers: sequential order with wrap-around, learned execution order, the interface contract."""
+"""Prefetchers: sequential order with wrap-around, learned execution order, the interface contract; expert
+prefetchers: Markov order-k probabilities and backoff on scripted traces, block skips, gate speculation."""
 from __future__ import annotations
 
 import pytest
 
 from runtime.errors import JalapenoError
-from runtime.prefetch import Prefetcher, SequentialPrefetcher
+from runtime.prefetch import GatePrefetcher, LRUOnlyPrefetcher, MarkovPrefetcher, Prefetcher, SequentialPrefetcher
 
 
 def test_sequential_predicts_next_with_wraparound() -> None:
@@ -48,7 +49,6 @@ def test_interface_validates() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- experts
-from runtime.prefetch import GatePrefetcher, LRUOnlyPrefetcher, MarkovPrefetcher  # noqa: E402
 
 
 def _feed(p: MarkovPrefetcher, trace: list[list[tuple[int, ...]]]) -> None:
