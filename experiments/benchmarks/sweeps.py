@@ -215,6 +215,26 @@ def write_report(out: Path, args: Any, results: dict[str, list[dict[str, Any]]],
             warm = r["warm_evals"] if r["warm_evals"] else "not reached"
             lines.append(f"| {r['seed']} | {r['random_final_hv']:.4f} | {warm} | {p if p else 'not reached'} |")
         lines.append("")
+    def mean_at(algo: str, n: int) -> float | None:
+        runs = results.get(algo) or []
+        return statistics.fmean(r["curve"][n] for r in runs) if runs else None
+
+    rnd = mean_at("random", b)
+    if rnd:
+        lines += ["Against the issue's targets (means over seeds, HV @" + str(b) + "):", ""]
+        for algo in ("nsga2-warm", "nsga2", "nsga2-uniform"):
+            v = mean_at(algo, b)
+            if v is None:
+                continue
+            others = ", ".join(f"{o} {v / mean_at(o, b):.3f}x" for o in ("optuna-nsga2", "optuna-tpe")
+                               if mean_at(o, b))
+            lines.append(f"- {algo}: {v / rnd:.3f}x random search's HV (target >= 1.1x for the warm start); vs {others}")
+        if reach:
+            got = [r["warm_evals"] for r in reach]
+            shown = ", ".join("never" if g is None else f"{g / b:.2f}" for g in got)
+            lines.append(f"- nsga2-warm reaches random's final HV after {shown} of the budget per seed "
+                         f"(target <= 1/3)")
+        lines.append("")
     lines += ["## tiny-llama on paper devices, analytic evaluator", "",
               "NSGA-II and random search, seed 0, same budget; every figure estimated from the preset profile "
               "(no such hardware here). Fronts side by side (latency per decode token, memory on GPU+CPU, "
