@@ -33,7 +33,7 @@ import torch
 from autosurgeon.cli.plan import sensitivity_tables
 from autosurgeon.footprint import memory_breakdown
 from autosurgeon.hardware import resolve_profile
-from autosurgeon.knapsack import PLANNER_KNOBS, plan_knapsack, smallest_footprint, unit_options
+from autosurgeon.knapsack import PLANNER_KNOBS, plan_knapsack
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan
 from autosurgeon.quality import QualityEvaluator, lm_heldout_windows, perplexity
@@ -114,6 +114,16 @@ def measure(loaded: Any, plan: Plan, profile: Any, full_space: Any, scorer: Any)
     return result
 
 
+def reachable(loaded: Any, profile: Any, space: Any, tables: Sequence[Any]) -> tuple[int, dict[str, int]]:
+    """(whole-model bytes with every unit at its smallest valid, measured option, all resident; float32 bytes
+    per leaf kind). The smallest plan is the memory objective with no effective quality bound."""
+    smallest = plan_knapsack(loaded, profile, tables, max_quality_loss=1e9, objective="memory", space=space)
+    kinds: dict[str, int] = {}
+    for leaf in space.leaves.values():
+        kinds[leaf.kind] = kinds.get(leaf.kind, 0) + leaf.own_bytes
+    return weight_bytes(space, smallest.plan)[0], kinds
+
+
 def run_model(name: str, args: argparse.Namespace, profile: Any) -> dict[str, Any]:
     loaded = load_model(name, device="cpu")
     space = SearchSpace.build(loaded, profile, knobs=PLANNER_KNOBS)
@@ -180,10 +190,7 @@ def run_model(name: str, args: argparse.Namespace, profile: Any) -> dict[str, An
     result = plan_knapsack(loaded, profile, tables, max_quality_loss=args.max_loss, objective="memory", space=space)
     counts = ", ".join(f"{k} x{n}" for k, n in result.precision_counts().items())
     add(f"knapsack memory (predicted loss <= {args.max_loss:g})", "knapsack", result.plan, counts)
-    floor = smallest_footprint(space, unit_options(space, tables), "cpu")
-    kinds: dict[str, int] = {}
-    for leaf in space.leaves.values():
-        kinds[leaf.kind] = kinds.get(leaf.kind, 0) + leaf.own_bytes
+    floor, kinds = reachable(loaded, profile, space, tables)
     return {"model": name, "task": loaded.task, "reference": reference, "ref_whole": ref_whole, "floor": floor,
             "bytes_by_kind": kinds,
             "ref_linear": ref_linear, "rows": rows, "sensitivity_s": sensitivity_s,
@@ -291,12 +298,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="rewrite the markdown from a saved run's JSON (recomputes only the reachable floor)")
     args = parser.parse_args(argv)
     args.ratios = [float(r) for r in args.ratios.split(",")]
     args.cnn_ratios = [float(r) for r in args.cnn_ratios.split(",")]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     profile = resolve_profile("local")
+    if args.from_json:
+        with open(args.from_json) as fh:
+            saved = json.load(fh)
+        for r in saved["results"]:
+            loaded = load_model(r["model"], device="cpu")
+            space = SearchSpace.build(loaded, profile, knobs=PLANNER_KNOBS)
+            groups = [32, 64, 128] if loaded.task == "causal-lm" else [32, 64]
+            r["floor"], r["bytes_by_kind"] = reachable(loaded, profile, space, sensitivity_tables(loaded, groups))
+        text = to_markdown(saved["results"], saved["env"])
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text)
+            with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
+                json.dump(saved, fh, indent=1, default=str)
+        print(text)
+        return 0
     started = time.perf_counter()
     results = [run_model(m.strip(), args, profile) for m in args.models.split(",") if m.strip()]
     env = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "python": platform.python_version(),
