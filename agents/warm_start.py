@@ -4,7 +4,8 @@ The Markov placement model (``agents.markov``, fitted on earlier Pareto fronts) 
 :func:`demonstrations` turns its samples into (observation, action, mask) triples by replaying each
 sampled vector through a :class:`envs.surgery.SurgeryEnv` episode (with the episode's sampled preference
 and budget, so observations follow the training distribution): at every decision unit, the action is
-the Markov sample's choice for each of the unit's knobs. :func:`behaviour_cloning` then maximises the
+the Markov sample's choice for each of the unit's knobs (steps whose action the masks refuse — the
+budget shield, which Markov samples ignore — are replayed but left out of the demonstrations). :func:`behaviour_cloning` then maximises the
 masked policy's log-likelihood of those actions (Adam, minibatches) — the actor learns the prior, the
 critic is left to PPO. Markov samples ignore the preference, so the clone is a preference-blind prior
 that PPO must then specialise.
@@ -33,9 +34,14 @@ def demonstrations(markov: Any, env: Any, *, episodes: int, seed: int) -> tuple[
             action = np.zeros(len(ACTION_KNOBS), dtype=np.int64)
             for i in unit.variables:
                 action[ACTION_KNOBS.index(env.ctx.space.variables[i].knob)] = int(x[i])
-            obs_rows.append(obs)
-            act_rows.append(action)
-            mask_rows.append(env.action_masks())
+            mask = env.action_masks()
+            offsets = np.cumsum([0, *env.layout.max_choices[:-1]])
+            if all(mask[o + a] for o, a in zip(offsets, action)):
+                # A step the masks refuse (e.g. the budget shield: Markov samples ignore the budget) has
+                # probability 0 under the masked policy: it is replayed but not imitated.
+                obs_rows.append(obs)
+                act_rows.append(action)
+                mask_rows.append(mask)
             obs, _, _, _, _ = env.step(action)
     return np.asarray(obs_rows, np.float32), np.asarray(act_rows, np.int64), np.asarray(mask_rows, bool)
 

@@ -86,9 +86,9 @@ def write_md(res: dict[str, Any], path: Path) -> None:
         if ws:
             lines.append(f"  (behaviour cloning on {ws['demo_steps']} steps from {ws['episodes']} Markov episodes: "
                          f"NLL {ws['nll'][0]:.3f} -> {ws['nll'][-1]:.3f})")
-        hvs = [(h["timesteps"], v) for h in r["history"] for k, v in h.items() if k.startswith("hv/")]
-        if hvs:
-            lines.append(f"  front HV on training models over time: " + ", ".join(f"{t}: {v:.3f}" for t, v in hvs))
+        for model in sorted({k for h in r["history"] for k in h if k.startswith("hv/")}):
+            hvs = [(h["timesteps"], h[model]) for h in r["history"] if model in h]
+            lines.append(f"  front HV (K=8) on {model[3:]} over time: " + ", ".join(f"{t}: {v:.3f}" for t, v in hvs))
     lines += ["", "Raw numbers: the JSON next to this file.", ""]
     path.write_text("\n".join(lines))
     path.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str))
