@@ -228,7 +228,8 @@ def write_report(out: Path, args: Any, results: dict[str, list[dict[str, Any]]],
                 continue
             others = ", ".join(f"{o} {v / mean_at(o, b):.3f}x" for o in ("optuna-nsga2", "optuna-tpe")
                                if mean_at(o, b))
-            lines.append(f"- {algo}: {v / rnd:.3f}x random search's HV (target >= 1.1x for the warm start); vs {others}")
+            lines.append(f"- {algo}: {v / rnd:.3f}x random search's HV (target >= 1.1x for the warm start); "
+                         f"vs {others}")
         if reach:
             got = [r["warm_evals"] for r in reach]
             shown = ", ".join("never" if g is None else f"{g / b:.2f}" for g in got)
