@@ -116,7 +116,7 @@ def _tensorboard(run_dir: Path) -> tuple[Any, str | None]:
         from experiments.reporting import TensorBoardRecorder
     except ImportError as exc:
         return None, f"TensorBoard scalars skipped: experiments.reporting.TensorBoardRecorder unavailable ({exc})"
-    return TensorBoardRecorder(run_dir), None
+    return TensorBoardRecorder(run_dir / "tb"), None  # beside tb/front, as the reporting contract lays out
 
 
 def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, evaluator: Any = None,
@@ -155,6 +155,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
         evaluator = build_evaluator(config, cache_path=store.path(EVAL_CACHE), cache_dir=cache_dir)
     store.write_json(CONFIG, config.to_dict())  # after the evaluator: a refused setup leaves the folder empty
     space = evaluator.space
+    # The space searched travels with the run, so the Markov model refits from it without re-measuring.
+    store.path("space.json").write_text(space.to_json())
     measured_before = evaluator.evaluated
     names = config.objective_names
     if store.path(REFERENCE).is_file():
