@@ -7,6 +7,12 @@ penalties), ``surgery/budget_violation_rate`` (memory over budget), ``surgery/qu
 hypervolume of the policy's deterministic front from ``hv_preferences`` evenly spread preferences
 (``agents.apply.policy_front``; normalised objectives, fixed reference point). It also keeps running
 mean/std of the observations it sees (Welford), saved with the policy.
+
+Runtime checks (``runtime_every`` > 0 timesteps, profile of this machine only): the policy's plan for the
+equal preference on each training model is also applied and run end to end (``RuntimeEvaluator``), logging
+``surgery/runtime/<model>/latency_ratio`` (measured latency / measured unmodified latency) and
+``.../latency_error`` (the training evaluator's latency / the measured one - 1): how far the training
+reward's cost model is from the runtime, on the plans the policy actually picks.
 """
 from __future__ import annotations
 
@@ -24,8 +30,11 @@ class SurgeryMetricsCallback(BaseCallback):
     """See the module docstring. ``front_env`` is a SurgeryEnv over the training models (not vectorised)."""
 
     def __init__(self, *, front_env: Any = None, hv_every: int = 2048, hv_preferences: int = 8,
-                 verbose: int = 0) -> None:
+                 runtime_every: int = 0, verbose: int = 0) -> None:
         super().__init__(verbose)
+        self.runtime_every = runtime_every
+        self._next_runtime = runtime_every
+        self._runtime_ctx: dict[int, Any] = {}
         self.front_env = front_env
         self.hv_every = hv_every
         self.hv_preferences = hv_preferences
@@ -35,6 +44,21 @@ class SurgeryMetricsCallback(BaseCallback):
         self._n = 0
         self._mean: np.ndarray | None = None
         self._m2: np.ndarray | None = None
+
+    def _runtime_check(self) -> dict[str, float]:
+        from agents.apply import run_policy
+        from envs.context import build_context
+
+        env, out = self.front_env, {}
+        for i, ctx in enumerate(env.contexts):
+            if i not in self._runtime_ctx:
+                self._runtime_ctx[i] = build_context(ctx.spec, ctx.profile, evaluator="runtime", knobs=env.knobs)
+            runtime = self._runtime_ctx[i]
+            x = run_policy(self.model, env, preference=np.full(3, 1 / 3), context=i)
+            measured, cheap = runtime.evaluator.evaluate(x), ctx.evaluator.evaluate(x)
+            out[f"runtime/{ctx.spec}/latency_ratio"] = measured.latency_s / runtime.base.latency_s
+            out[f"runtime/{ctx.spec}/latency_error"] = cheap.latency_s / measured.latency_s - 1.0
+        return out
 
     def _on_step(self) -> bool:
         obs = np.asarray(self.locals.get("new_obs"), dtype=np.float64)
@@ -80,6 +104,9 @@ class SurgeryMetricsCallback(BaseCallback):
             for i, spec in enumerate(self.front_env.specs):
                 front = policy_front(self.model, self.front_env, k=self.hv_preferences, context=i)
                 row[f"hv/{spec}"] = front.hypervolume
+        if self.front_env is not None and self.runtime_every and self.num_timesteps >= self._next_runtime:
+            self._next_runtime = self.num_timesteps + self.runtime_every
+            row.update(self._runtime_check())
         for key, value in row.items():
             if key != "timesteps":
                 self.logger.record(f"surgery/{key}", value)

@@ -109,12 +109,13 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           knobs: Sequence[str] = ("precision", "placement"), settings: PPOSettings | None = None,
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
           sensitivity: bool = False, max_seconds: float | None = None,
-          warm_start: Any = None) -> TrainResult:
+          warm_start: Any = None, runtime_every: int = 0) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``max_seconds`` stops learning early after that much wall time (the policy is saved as it is).
     ``warm_start``: a callable taking the fresh model before learning (e.g. ``agents.warm_start.markov_warm_start``;
-    ignored on resume); what it returns is saved in policy.json under ``warm_start``.
+    ignored on resume); what it returns is saved in policy.json under ``warm_start``. ``runtime_every``: run
+    the policy's plan on the runtime every that many timesteps (``SurgeryMetricsCallback``; this machine only).
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
@@ -150,7 +151,11 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
         model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     warm_info = warm_start(model) if warm_start is not None and ckpt is None else None
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity)
-    metrics_cb = SurgeryMetricsCallback(front_env=front_env, hv_every=hv_every, hv_preferences=hv_preferences)
+    if runtime_every and not (profile.measured and profile.fingerprint == resolve_profile("local").fingerprint):
+        raise InvalidArgumentError(f"`--runtime-every` runs plans on this machine; `--device` {profile.name!r} is "
+                                   "not this machine's profile (use --device local or drop --runtime-every).")
+    metrics_cb = SurgeryMetricsCallback(front_env=front_env, hv_every=hv_every, hv_preferences=hv_preferences,
+                                        runtime_every=runtime_every)
     callbacks = CallbackList([CheckpointCallback(save_freq=max(checkpoint_every // n_envs, 1),
                                                  save_path=str(out / "checkpoints"), name_prefix="policy"),
                               metrics_cb, *([StopAfterSeconds(max_seconds)] if max_seconds else [])])

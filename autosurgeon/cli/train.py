@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--n-envs", type=int, default=2, help="vectorised environments (default 2)")
     parser.add_argument("--knobs", default="precision,placement", help="knob kinds the policy decides")
     parser.add_argument("--hv-every", type=int, default=4096, help="timesteps between front hypervolume logs")
+    parser.add_argument("--runtime-every", type=int, default=0, metavar="STEPS",
+                        help="every STEPS timesteps also run the policy's plan end to end on the runtime (this "
+                        "machine only; 0 = never, default)")
     parser.set_defaults(func=run)
 
 
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"`--n-envs` must be >= 1, got {args.n_envs}.")
     result = train(device=args.device, models=args.models.split(","), timesteps=args.timesteps, out=args.out,
                    resume=args.resume, evaluator=args.evaluator, seed=args.seed, n_envs=args.n_envs,
-                   knobs=tuple(k.strip() for k in args.knobs.split(",") if k.strip()), hv_every=args.hv_every)
+                   knobs=tuple(k.strip() for k in args.knobs.split(",") if k.strip()), hv_every=args.hv_every,
+                   runtime_every=args.runtime_every)
     last = result.history[-1] if result.history else {}
     print(f"policy saved to {result.out} ({result.timesteps} timesteps, {result.seconds:.1f} s)")
     for key in ("mean_reward", "improvement", "budget_violation_rate"):

@@ -62,3 +62,15 @@ def test_bad_training_inputs(tmp_path: Path) -> None:
 def test_device_class_scheme() -> None:
     assert device_class(resolve_profile("h100-80gb")) == "gpu-sm90"
     assert device_class(resolve_profile("jetson-orin-nano-8gb")) == "gpu-sm87"
+
+
+def test_runtime_checks_during_training(tmp_path: Path) -> None:
+    # The policy's equal-preference plan applied and run end to end (tiny-llama-test trains in seconds).
+    result = train(device="local", models=["tiny-llama-test"], timesteps=64, out=tmp_path, n_envs=1,
+                   settings=PPOSettings(n_steps=64, batch_size=64, n_epochs=1), hv_every=10**6,
+                   checkpoint_every=10**6, runtime_every=1)
+    rows = [h for h in result.history if "runtime/tiny-llama-test/latency_ratio" in h]
+    assert rows and rows[0]["runtime/tiny-llama-test/latency_ratio"] > 0
+    assert rows[0]["runtime/tiny-llama-test/latency_error"] > -1.0
+    with pytest.raises(InvalidArgumentError, match="not this machine's profile"):
+        train(device="h100-80gb", models=["tiny-llama-test"], timesteps=64, out=tmp_path / "x", runtime_every=1)
