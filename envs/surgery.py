@@ -39,7 +39,7 @@ class SurgeryEnv(gym.Env):
 
     ## Action Space
 
-    ``MultiDiscrete([6, 7, 4, 8, 3, 2])``: one entry per knob of ``ACTION_KNOBS`` (placement, precision,
+    ``MultiDiscrete([6, 7, 4, 16, 3, 2])``: one entry per knob of ``ACTION_KNOBS`` (placement, precision,
     group_size, kernel, layout, fusion), each over the knob's whole vocabulary in SearchSpace order
     (index 0 = unmodified). The shape is the same for every model and device. :meth:`action_masks` gives
     the flat valid-choice mask (sb3-contrib ``MaskablePPO``): knobs the unit lacks allow only index 0;

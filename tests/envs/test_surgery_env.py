@@ -152,3 +152,24 @@ def test_budget_shield(shield: bool) -> None:
         assert violations == 0
     else:
         assert violations > 0  # the same random policy without the shield misses tight budgets
+
+
+def test_every_knob() -> None:
+    """All six knobs: within-unit dependencies (group_size/kernel on precision) end valid through repair."""
+    from gymnasium.utils.env_checker import check_env as gym_check
+
+    from autosurgeon.knobs import KNOBS
+
+    env = SurgeryEnv(models=["tiny-llama-test", "digits-cnn"], device=PRESET, knobs=KNOBS)
+    gym_check(env, skip_render_check=True)
+    rng = np.random.default_rng(1)
+    for episode in range(4):
+        env.reset(seed=episode)
+        done = False
+        while not done:
+            mask, action, offset = env.action_masks(), [], 0
+            for n in env.layout.max_choices:
+                action.append(int(rng.choice(np.nonzero(mask[offset:offset + n])[0])))
+                offset += n
+            _, _, done, _, info = env.step(np.array(action))
+        assert env.ctx.space.is_valid(np.array(info["plan_vector"]))
