@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from autosurgeon._logging import get_logger
+from autosurgeon.envelope import unwrap
 from autosurgeon.errors import InvalidArgumentError
 from agents.markov_features import (
     INTENSITY_EDGES,
@@ -45,6 +46,7 @@ logger = get_logger(__name__)
 MARKOV_TYPE = "autosurgeon.MarkovPlacementModel"
 MARKOV_VERSION = 1
 FRONT_TYPE = "autosurgeon.Front"  # experiments.reporting.front_files writes it (agents/ may not import experiments/)
+FRONT_VERSION = 1
 START = "<start>"
 # Context levels, most specific first; each names the VarContext fields (and "prev": the previous choice).
 LEVELS: tuple[tuple[str, ...], ...] = (
@@ -214,17 +216,8 @@ class MarkovPlacementModel:
 
     @classmethod
     def from_dict(cls, obj: Any, *, source: str = "Markov model") -> MarkovPlacementModel:
-        if not isinstance(obj, Mapping) or obj.get("_type") != MARKOV_TYPE:
-            got = obj.get("_type") if isinstance(obj, Mapping) else type(obj).__name__
-            raise InvalidArgumentError(f"{source}: `_type` must be {MARKOV_TYPE!r}, got {got!r}; is this a file "
-                                       "written by `autosurgeon markov fit`?")
-        version = obj.get("_version")
-        if version != MARKOV_VERSION:
-            raise InvalidArgumentError(f"{source}: `_version` {version!r} is not readable here (this reader knows "
-                                       f"{MARKOV_VERSION}); refit with `autosurgeon markov fit`.")
-        d = obj.get("_data")
-        if not isinstance(d, Mapping):
-            raise InvalidArgumentError(f"{source}: `_data` must be an object, got {type(d).__name__}.")
+        d = unwrap(obj, type_name=MARKOV_TYPE, version=MARKOV_VERSION, what="Markov model", source=source,
+                   fix="refit with `autosurgeon markov fit`")
         if [tuple(level) for level in d.get("levels", [])] != list(LEVELS):
             raise InvalidArgumentError(f"{source}: context `levels` {d.get('levels')!r} differ from this "
                                        f"reader's {[list(lv) for lv in LEVELS]}; refit the model.")
@@ -256,11 +249,7 @@ class MarkovPlacementModel:
         if not path.is_file():
             raise InvalidArgumentError(f"Markov model file {str(path)!r} does not exist; write one with "
                                        "`autosurgeon markov fit RUN_DIR ... --out markov.json`.")
-        try:
-            obj = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"{path}: not valid JSON ({exc}).") from None
-        return cls.from_dict(obj, source=str(path))
+        return cls.from_dict(path.read_text(), source=str(path))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MarkovPlacementModel) and self.to_dict() == other.to_dict()
@@ -276,13 +265,8 @@ def _read_front(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise InvalidArgumentError(f"front file {str(file)!r} does not exist; pass a run directory written by "
                                    "`autosurgeon sweep` (it holds front.json) or the front.json itself.")
-    try:
-        doc = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidArgumentError(f"{file}: not valid JSON ({exc}).") from None
-    if not isinstance(doc, Mapping) or doc.get("_type") != FRONT_TYPE or not isinstance(doc.get("_data"), Mapping):
-        raise InvalidArgumentError(f"{file}: `_type` must be {FRONT_TYPE!r}; is this a front.json of a sweep?")
-    return dict(doc["_data"])
+    return unwrap(file.read_text(), type_name=FRONT_TYPE, version=FRONT_VERSION, what="front", source=str(file),
+                  fix="run the sweep again")
 
 
 def space_for_run(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> Any:

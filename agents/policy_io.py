@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from autosurgeon.envelope import unwrap
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
 
 POLICY_TYPE = "autosurgeon.SurgeryPolicy"
@@ -85,17 +86,8 @@ def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file() or not (folder / "policy.zip").is_file():
         raise PolicyError(f"`--policy` {str(folder)!r} holds no policy.zip + policy.json; train one with "
                           "`autosurgeon train --out` (a run stopped early leaves only checkpoints/: resume it).")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PolicyError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(obj, Mapping) or obj.get("_type") != POLICY_TYPE:
-        raise PolicyError(f"{path}: `_type` must be {POLICY_TYPE!r}, got "
-                          f"{obj.get('_type') if isinstance(obj, Mapping) else type(obj).__name__!r}.")
-    if obj.get("_version") != POLICY_VERSION:
-        raise PolicyError(f"{path}: `_version` {obj.get('_version')!r} is not readable here (this reader knows "
-                          f"{POLICY_VERSION}); retrain the policy.")
-    return dict(obj["_data"])
+    return unwrap(path.read_text(), type_name=POLICY_TYPE, version=POLICY_VERSION, what="policy", source=str(path),
+                  fix="retrain the policy", error=PolicyError)
 
 
 def check_device(meta: Mapping[str, Any], profile: Any, *, force: bool = False) -> str | None:

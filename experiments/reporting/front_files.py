@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from autosurgeon.envelope import unwrap
 from autosurgeon.errors import InvalidArgumentError
 
 FRONT_TYPE = "autosurgeon.Front"
@@ -154,16 +155,8 @@ def read_front(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise InvalidArgumentError(f"front file {str(path)!r} does not exist; pass a run directory written by "
                                    "`autosurgeon sweep` (it holds front.json) or the front.json itself.")
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InvalidArgumentError(f"{path}: not valid JSON ({exc}).") from None
-    if not isinstance(doc, Mapping) or doc.get("_type") != FRONT_TYPE:
-        raise InvalidArgumentError(f"{path}: `_type` must be {FRONT_TYPE!r}; is this a front.json of a sweep?")
-    if doc.get("_version") != FRONT_VERSION:
-        raise InvalidArgumentError(f"{path}: front `_version` {doc.get('_version')!r} is not readable here "
-                                   f"(this reader knows {FRONT_VERSION}).")
-    return dict(doc["_data"])
+    return unwrap(path.read_text(), type_name=FRONT_TYPE, version=FRONT_VERSION, what="front", source=str(path),
+                  fix="run the sweep again")
 
 
 def _jsonable(rec: Mapping[str, Any]) -> dict[str, Any]:

@@ -152,7 +152,7 @@ def test_errors_are_clear(tmp_path, small) -> None:
     with pytest.raises(InvalidArgumentError, match="`_type` must be 'autosurgeon.MarkovPlacementModel'"):
         MarkovPlacementModel.load(tmp_path / "plan.json")
     newer = {**MarkovPlacementModel().to_dict(), "_version": 99}
-    with pytest.raises(InvalidArgumentError, match="`_version` 99 is not readable"):
+    with pytest.raises(InvalidArgumentError, match="`_version` 99 is newer than this AutoSurgeon reads"):
         MarkovPlacementModel.from_dict(newer)
     with pytest.raises(InvalidArgumentError, match="`alpha` must be a finite number > 0, got 0"):
         MarkovPlacementModel(alpha=0)
