@@ -104,6 +104,14 @@ def new_model(vec: Any, *, settings: PPOSettings, seed: int, tensorboard_log: st
                        ent_coef=settings.ent_coef, policy_kwargs={"net_arch": list(settings.net_arch)})
 
 
+
+def model_list(models: Sequence[str]) -> list[str]:
+    """The non-empty, stripped model specs of ``--models``; InvalidArgumentError when none is left."""
+    names = [m.strip() for m in models if m and m.strip()]
+    if not names:
+        raise InvalidArgumentError("`--models` must name at least one model (comma-separated), got none.")
+    return names
+
 def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: str | os.PathLike[str],
           resume: bool = False, evaluator: str = "analytic", seed: int = 0, n_envs: int = 2,
           knobs: Sequence[str] = ("precision", "placement"), settings: PPOSettings | None = None,
@@ -126,9 +134,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     from envs.observation import ObservationLayout
     from envs.surgery import SurgeryEnv
 
-    models = [m.strip() for m in models if m and m.strip()]
-    if not models:
-        raise InvalidArgumentError("`--models` must name at least one model (comma-separated), got none.")
+    models = model_list(models)
     if timesteps < 1:
         raise InvalidArgumentError(f"`--timesteps` must be >= 1, got {timesteps}.")
     if n_envs < 1:

@@ -66,13 +66,11 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
     from stable_baselines3.common.callbacks import BaseCallback
 
     from agents.apply import policy_front
-    from agents.ppo import make_vec_env, new_model
+    from agents.ppo import make_vec_env, model_list, new_model
     from autosurgeon.hardware import resolve_profile
     from envs.surgery import SurgeryEnv
 
-    models = [m.strip() for m in models if m and m.strip()]
-    if not models:
-        raise InvalidArgumentError("`--models` must name at least one model (comma-separated), got none.")
+    models = model_list(models)
     if trials < 1:
         raise InvalidArgumentError(f"`--trials` must be >= 1, got {trials}.")
     if timesteps < 1:

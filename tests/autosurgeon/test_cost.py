@@ -16,6 +16,8 @@ from autosurgeon.hw_profile import ComputeUnit, CpuInfo, GpuInfo, HardwareProfil
 from autosurgeon.space import SearchSpace
 from autosurgeon.zoo import LoadedModel
 
+from _paper_profiles import paper_cpu_profile
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -110,13 +112,7 @@ def test_analytic_model_streams_cost_more_and_int4_reads_less() -> None:
 
 def host_profile() -> HardwareProfile:
     """This machine's CPU on paper (measuring the local profile would cost seconds; the table times here)."""
-    return HardwareProfile(
-        name="host", measured=False,
-        cpu=CpuInfo(model="host", arch="x86_64", isa=("avx2",), physical_cores=2, logical_cores=2,
-                    memory_bytes=2**34),
-        units=(ComputeUnit(name="cpu", kind="cpu", memory_bytes=2**34, memory_bandwidth=1e10,
-                           gemm_flops={"float32": 1e11}),),
-        links={"disk_read": 1e9})
+    return paper_cpu_profile(name="host", model="host", links={"disk_read": 1e9})
 
 
 def test_profiled_table_is_cached_on_disk_and_reused(tmp_path, monkeypatch) -> None:

@@ -18,10 +18,12 @@ from autosurgeon.evaluate import (
     plan_hash,
 )
 from autosurgeon.footprint import plan_memory
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.hw_profile import HardwareProfile
 from autosurgeon.models.digits import DigitsCNN
 from autosurgeon.plan import Plan
 from autosurgeon.zoo import LoadedModel
+
+from _paper_profiles import paper_cpu_profile
 
 FAST = TimingSettings(warmup=0, repeats=2, step_warmup=1, step_repeats=3, clock="cpu")
 
@@ -50,13 +52,7 @@ def digits() -> LoadedModel:
 
 
 def host_profile() -> HardwareProfile:
-    return HardwareProfile(
-        name="host", measured=False,
-        cpu=CpuInfo(model="host", arch="x86_64", isa=("avx2",), physical_cores=2, logical_cores=2,
-                    memory_bytes=2**34),
-        units=(ComputeUnit(name="cpu", kind="cpu", memory_bytes=2**34, memory_bandwidth=1e10,
-                           gemm_flops={"float32": 1e11}),),
-        links={"disk_read": 1e9})
+    return paper_cpu_profile(name="host", model="host", links={"disk_read": 1e9})
 
 
 def with_all(space, knob: str, value: str, x: np.ndarray | None = None) -> np.ndarray:

@@ -18,15 +18,13 @@ from autosurgeon.plan import Plan, PlanFormatError, Rule
 from autosurgeon.plan_check import PlanCheckError, check_plan, raise_for_problems, smallest_footprint
 from autosurgeon.space import SearchSpace
 
+from _paper_profiles import paper_cpu_profile
+
 LM_INPUTS = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
 
 
 def cpu_profile() -> HardwareProfile:
-    return HardwareProfile(
-        name="cpu-x86_64", measured=False,
-        cpu=CpuInfo(model="test", arch="x86_64", isa=("avx2",), physical_cores=2, logical_cores=2, memory_bytes=2**34),
-        units=(ComputeUnit(name="cpu", kind="cpu", memory_bytes=2**34, memory_bandwidth=1e10,
-                           gemm_flops={"float32": 1e11}),))
+    return paper_cpu_profile()
 
 
 @pytest.fixture(scope="module")

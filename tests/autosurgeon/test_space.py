@@ -8,21 +8,19 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware import resolve_profile
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.hw_profile import HardwareProfile
 from autosurgeon.knobs import KNOBS
 from autosurgeon.models.digits import DigitsCNN
 from autosurgeon.plan import Plan, Rule, model_fingerprint
 from autosurgeon.space import SearchSpace
 
+from _paper_profiles import paper_cpu_profile
+
 ALL = KNOBS
 
 
 def cpu_profile(*, arch: str = "x86_64", isa: tuple[str, ...] = ("avx2", "avx512f", "avx512bw", "avx512vl")) -> HardwareProfile:
-    return HardwareProfile(
-        name=f"cpu-{arch}", measured=False,
-        cpu=CpuInfo(model=f"test {arch}", arch=arch, isa=isa, physical_cores=2, logical_cores=2, memory_bytes=2**34),
-        units=(ComputeUnit(name="cpu", kind="cpu", memory_bytes=2**34, memory_bandwidth=1e10,
-                           gemm_flops={"float32": 1e11}),))
+    return paper_cpu_profile(name=f"cpu-{arch}", model=f"test {arch}", arch=arch, isa=isa)
 
 
 def tiny_llama(*, tie: bool = False, hidden: int = 64) -> LlamaForCausalLM:
