@@ -26,9 +26,12 @@ Power model (energy per token/sample, always labelled "estimated")::
     E = (P_idle + (P_max - P_idle) x u) x T,    u = busy_s / T clipped to [0, 1]
 
 ``busy_s`` is the roofline time of the work (the unit would be fully busy for that long); ``P_max`` the
-profile's ``power["tdp"]`` or, without it, the largest power envelope it lists (Jetson: MAXN, the mode
-its rates are for); ``P_idle = IDLE_POWER_FRACTION x P_max``. A profile without any power figure (this
-CPU's measured profile) uses ``DEFAULT_WATTS_PER_CORE x cores`` and says so in the method text.
+watts of the profile's current power mode (``hw_power.current_mode``: the mode its rates are for — a
+preset's reference mode such as the Jetson's MAXN or a GPU's TDP, or the mode ``power.at_power_cap``
+moved it to); ``P_idle`` the mode's idle watts, else ``IDLE_POWER_FRACTION x P_max``. A profile without
+power modes derives one from ``power["tdp"]`` or its largest envelope; without any power figure (this
+CPU's measured profile) ``DEFAULT_WATTS_PER_CORE x cores``, and the method text says so. Since
+``u <= 1``, a plan's estimated mean power never exceeds its mode's watts.
 """
 from __future__ import annotations
 
@@ -38,17 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.footprint import tensor_bytes
+from autosurgeon.hw_power import DEFAULT_WATTS_PER_CORE, IDLE_POWER_FRACTION, current_mode
 
 if TYPE_CHECKING:  # pragma: no cover
     from autosurgeon.hw_profile import ComputeUnit, HardwareProfile
     from autosurgeon.space import SearchSpace
 
-# Fraction of peak power a device draws idle. Source: ANCHORS.md, one H100 80GB measured with NVML
-# (139 W idle / 700 W limit = 0.2); used for every device without an idle figure of its own.
-IDLE_POWER_FRACTION = 0.2
-# ASSUMED power of one busy server CPU core when a profile lists no power figure (a 2-core share of a
-# ~200 W 64-core EPYC package is ~6 W; 10 W rounds up for uncore/DRAM). Labelled estimated everywhere.
-DEFAULT_WATTS_PER_CORE = 10.0
+# The power model's constants (IDLE_POWER_FRACTION, DEFAULT_WATTS_PER_CORE) live with the power modes in
+# ``hw_power`` and are re-exported here.
 # ASSUMED per-op dispatch/launch cost of eager PyTorch, per unit kind, for profiles that did not measure it
 # (ProfiledTable measures it: fixed overhead / ops per forward). CPU: aten dispatch + Python module call,
 # a few microseconds per op; GPU: kernel launch latency ~5-10 us (eager decode is launch-bound, ANCHORS.md:
@@ -219,18 +219,20 @@ def transfer_seconds_per_byte(profile: HardwareProfile, exec_unit: ComputeUnit, 
 
 
 def power_envelope(profile: HardwareProfile) -> tuple[float, float, str]:
-    """``(P_idle, P_max, how)`` in watts for the power model (module docstring)."""
-    power = dict(profile.power)
-    if "tdp" in power:
-        p_max, how = power["tdp"], f"TDP {power['tdp']:.0f} W"
-    elif power:
-        key = max(power, key=lambda k: power[k])
-        p_max, how = power[key], f"largest envelope {key!r} {power[key]:.0f} W"
+    """``(P_idle, P_max, how)`` in watts for the power model: the envelope of the profile's current power
+    mode (``hw_power.current_mode``: the mode its rates are for; a profile without ``power_modes`` derives
+    it from ``power`` as before modes existed)."""
+    mode = current_mode(profile)
+    if profile.power_modes:
+        how = f"power mode {mode.name!r} {mode.watts:g} W"
+    elif mode.name == "TDP":
+        how = f"TDP {mode.watts:.0f} W"
+    elif mode.name.startswith("ASSUMED"):
+        how = f"{mode.name} (profile lists no power figure)"
     else:
-        cores = profile.cpu.physical_cores or max((u.cores for u in profile.units if u.kind == "cpu"), default=1)
-        p_max = DEFAULT_WATTS_PER_CORE * max(cores, 1)
-        how = f"ASSUMED {DEFAULT_WATTS_PER_CORE:.0f} W x {max(cores, 1)} cores (profile lists no power figure)"
-    return IDLE_POWER_FRACTION * p_max, p_max, f"{how}, idle {IDLE_POWER_FRACTION:.0%}"
+        how = f"largest envelope {mode.name!r} {mode.watts:.0f} W"
+    idle = (f"idle {IDLE_POWER_FRACTION:.0%}" if mode.idle_watts is None else f"idle {mode.idle:.4g} W")
+    return mode.idle, mode.watts, f"{how}, {idle}"
 
 
 def energy_j(profile: HardwareProfile, latency_s: float, busy_s: float) -> tuple[float, str]:

@@ -151,9 +151,18 @@ class AnalyticCostModel:
                 "link_notes": sorted(n for n in notes if n), "blocks": rows}
 
     def settings(self) -> Mapping[str, Any]:
-        return {"n_ops": self.n_ops, "launch_overhead_s": self.launch_overhead_s,
-                "fetch_overhead_s": self.fetch_overhead_s, "lookahead": self.lookahead,
-                "disk_cache": self.disk_cache}
+        """What besides the plan changes this model's result (part of the evaluator's cache key). A profile
+        moved to another power mode (``power.at_power_cap``) keeps its fingerprint but not its rates, so its
+        mode is named here; a profile in its reference mode adds nothing (keys as before power modes)."""
+        from autosurgeon.power import mode_key
+
+        out: dict[str, Any] = {"n_ops": self.n_ops, "launch_overhead_s": self.launch_overhead_s,
+                               "fetch_overhead_s": self.fetch_overhead_s, "lookahead": self.lookahead,
+                               "disk_cache": self.disk_cache}
+        mode = mode_key(self.profile)
+        if mode is not None:
+            out["power_mode"] = mode
+        return out
 
 
 __all__ = ["AnalyticCostModel"]

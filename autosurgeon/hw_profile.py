@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hw_power import PowerDerating, PowerMode, derating_from_dict, mode_from_dict
 
-SCHEMA_VERSION = 1
+# v2: power_modes, power_mode and power_derating (v1 files load: their modes derive from `power`).
+SCHEMA_VERSION = 2
 UNIT_KINDS = ("cpu", "gpu", "dla")
 # Keys of HardwareProfile.links, all in bytes/s.
 LINK_KEYS = ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable", "disk_read")
@@ -152,6 +154,11 @@ class HardwareProfile:
         units: Compute units, CPU first on measured profiles.
         links: Transfer bandwidths in bytes/s (keys in ``LINK_KEYS``); a missing key means not available.
         power: Power envelopes in watts by mode (``"tdp"``, ``"cuda:0 enforced limit"``, ``"nvpmodel 30W"`` ...).
+        power_modes: The modes the device can run in, with how its rates scale in each
+            (``autosurgeon.hw_power.PowerMode``); empty: one mode derived from ``power``.
+        power_mode: Name of the mode the ``units``' rates are for (None: the reference mode, whose factors
+            are all 1). ``at_power_cap`` returns a copy in another mode.
+        power_derating: Model for power limits below a mode's watts (GPUs), or None.
         board: Board name for embedded systems (``"NVIDIA Jetson AGX Orin ..."``), else ``None``.
         method: How the numbers were measured (repeats, statistic, sizes, threads, page cache ...).
         sources: For paper figures: field -> datasheet citation.
@@ -166,6 +173,9 @@ class HardwareProfile:
     units: tuple[ComputeUnit, ...] = ()
     links: dict[str, float] = field(default_factory=dict)
     power: dict[str, float] = field(default_factory=dict)
+    power_modes: tuple[PowerMode, ...] = ()
+    power_mode: str | None = None
+    power_derating: PowerDerating | None = None
     board: str | None = None
     method: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
@@ -189,6 +199,22 @@ class HardwareProfile:
             raise InvalidArgumentError(
                 f"profile {self.name!r} has unknown `links` keys {unknown}; allowed: {LINK_KEYS}."
             )
+        self._check_power_modes()
+
+    def _check_power_modes(self) -> None:
+        modes = tuple(m if isinstance(m, PowerMode) else mode_from_dict(m) for m in self.power_modes)
+        object.__setattr__(self, "power_modes", modes)
+        if isinstance(self.power_derating, Mapping):
+            object.__setattr__(self, "power_derating", derating_from_dict(self.power_derating))
+        names = [m.name for m in modes]
+        if len(set(names)) != len(names):
+            raise InvalidArgumentError(f"profile {self.name!r} repeats a power mode name: {names}.")
+        if self.power_mode is not None and self.power_mode not in names:
+            raise InvalidArgumentError(f"profile {self.name!r}: `power_mode` {self.power_mode!r} is not one of its "
+                                       f"`power_modes` {names}.")
+        if self.power_derating is not None and self.power_derating.mode not in names:
+            raise InvalidArgumentError(f"profile {self.name!r}: `power_derating.mode` {self.power_derating.mode!r} "
+                                       f"is not one of its `power_modes` {names}.")
 
     # Equality compares every field; the hash uses only the identifying facts, which equal profiles share.
     def __hash__(self) -> int:
@@ -219,6 +245,12 @@ class HardwareProfile:
         raise InvalidArgumentError(
             f"`unit` {name!r} is not in profile {self.name!r}; its units are {[u.name for u in self.units]}."
         )
+
+    def at_power_cap(self, watts: float) -> HardwareProfile:
+        """This profile in the fastest mode whose envelope fits ``watts`` (``autosurgeon.power.at_power_cap``)."""
+        from autosurgeon.power import at_power_cap
+
+        return at_power_cap(self, watts)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
@@ -268,6 +300,11 @@ class HardwareProfile:
                 ),
                 links=dict(data.get("links", {})),
                 power=dict(data.get("power", {})),
+                power_modes=tuple(_build(PowerMode, m, f"{origin}: power_modes[{i}]")
+                                  for i, m in enumerate(data.get("power_modes", ()))),
+                power_mode=data.get("power_mode"),
+                power_derating=(None if data.get("power_derating") is None else
+                                _build(PowerDerating, data["power_derating"], f"{origin}: power_derating")),
                 board=data.get("board"),
                 method=dict(data.get("method", {})),
                 sources=dict(data.get("sources", {})),
@@ -327,4 +364,6 @@ def _build(cls: type, data: Any, origin: str) -> Any:
     kwargs = dict(data)
     if cls is CpuInfo and "isa" in kwargs:
         kwargs["isa"] = tuple(kwargs["isa"])
+    if cls is PowerDerating and "kinds" in kwargs:
+        kwargs["kinds"] = tuple(kwargs["kinds"])
     return cls(**kwargs)

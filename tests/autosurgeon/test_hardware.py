@@ -16,6 +16,7 @@ from autosurgeon.errors import UnknownDeviceError
 from autosurgeon.hardware import (
     HardwareProfile,
     MeasureConfig,
+    SCHEMA_VERSION,
     ProfileFormatError,
     list_presets,
     load_preset,
@@ -146,7 +147,7 @@ def test_schema_errors_are_clear(local_profile: HardwareProfile, tmp_path) -> No
     with pytest.raises(ProfileFormatError, match=r"unknown field\(s\) \['flops'\]"):
         HardwareProfile.from_dict({**data, "flops": 1})
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps({**data, "schema_version": 2}))
+    path.write_text(json.dumps({**data, "schema_version": SCHEMA_VERSION + 1}))
     with pytest.raises(ProfileFormatError, match=f"{path}.*newer"):
         resolve_profile(path)
 
