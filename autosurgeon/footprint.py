@@ -22,10 +22,34 @@ decisions change the tensors as ``transforms/fuse.py`` does (a folded BatchNorm 
 a bias; concatenated q/k/v or gate/up linears are one unit). Modules outside the blocks are resident on
 the profile's default unit. A DLA shares the board's DRAM; its bytes are counted on the "gpu" tier (the
 integrated GPU's memory, the same DRAM).
+
+Session decisions (``Plan.session``, or the session variables of the space) add what the runtime's session
+charges besides the weights:
+
+* **KV cache** (when any KV knob is decided: the session then builds the runtime's paged cache, charged to
+  its store; without one Hugging Face's own cache is used and, as before, not counted). The bytes after
+  one decode step at ``context`` cached positions (``context + 1`` tokens, ``batch`` sequences), peak over
+  prefill and that step, on the KV tier (``kv_tier``, else block 0's execution tier). Per layer and token
+  ``2 x batch x kv_heads x (head_dim x itemsize + scale)``, itemsize the KV dtype (model dtype for "float",
+  1 for int8/fp8), scale 2 bytes (a float16 per head and token) for int8/fp8 (``runtime.kv_quant``). Pages
+  are simulated as ``runtime.kv_pages.LayerKV`` allocates them (a sink block of 4 tokens, pages of 16
+  tokens, short pages at the budget's tail, oldest page evicted past the budget, window trimmed token by
+  token, a page freed when fully trimmed) for one layer, times the layers (every layer holds the same
+  tokens and an even share of the budget). ``kv_budget`` as a share is of ``layers x (context + 1) x
+  token bytes`` at the chosen precision, raised where needed to the floor the runtime requires (sinks and one
+  page per layer; :func:`kv_budget_bytes`, which ``transforms.session_from_plan`` uses too).
+* **Experts streamed** (``prefetch`` other than "none" on a mixture-of-experts model): the experts leaves
+  leave their blocks; every expert's (gate_up, down) slices are homed on the slower tier (disk next to a
+  CPU, host memory next to a GPU; aligned per tensor on a memory tier, exact on disk) and an expert cache
+  of ``max(experts per layer, round(0.25 x all experts))`` slots (``ExpertConfig.capacity`` default) is
+  allocated on the execution tier (``runtime.experts.ExpertCache``).
+* **Prefetch depth** sets the streaming lookahead, i.e. the staging slots (``lookahead + 1``) above.
 """
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
@@ -38,6 +62,10 @@ FLOAT_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 _ALIGN = 256  # runtime.tensors.ALIGN
 _TINYGEMM_K_TILE = 128  # runtime.kernels.cuda: tinygemm needs Kp % 128 == 0 and N % 8 == 0
 TIERS = ("gpu", "cpu", "disk")
+DEFAULT_KV_CONTEXT = 32  # cost_profiled.Workload's default context (positions cached at a decode step)
+# runtime.kvcache.KVCacheConfig defaults the plan does not choose (sinks, page size) and runtime.experts'
+# default expert cache share; test_footprint checks them against the runtime's dataclasses.
+KV_SINKS, KV_PAGE_TOKENS, EXPERT_CAPACITY = 4, 16, 0.25
 
 
 def _aligned(n: int) -> int:
@@ -106,23 +134,204 @@ def packed_copy_bytes(numel: int, out_features: int, precision: str, group_size:
     return 0
 
 
-def plan_memory(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2) -> dict[str, int]:
+def plan_memory(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2, batch: int = 1,
+                context: int = DEFAULT_KV_CONTEXT) -> dict[str, int]:
     """Resident bytes per tier (``gpu``, ``cpu``, ``disk``) of the model under ``plan`` (see module docstring).
 
     Args:
         space: the SearchSpace of the model and device (holds every unit's shapes).
         plan: a :class:`~autosurgeon.plan.Plan` or an encoded vector of ``space``.
-        lookahead: the runtime's streaming lookahead (``SessionSpec.lookahead``, default 2).
+        lookahead: the runtime's streaming lookahead (``SessionSpec.lookahead``, default 2); a
+            ``prefetch_depth`` session decision overrides it.
+        batch, context: the workload the KV cache is counted at (sequences; positions cached at a decode step).
     """
-    return memory_breakdown(space, plan, lookahead=lookahead)["tiers"]
+    return memory_breakdown(space, plan, lookahead=lookahead, batch=batch, context=context)["tiers"]
 
 
-def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2) -> dict[str, Any]:
-    """``plan_memory`` with detail: ``tiers``, ``by_unit`` {tier: {unit: bytes}}, and ``staging`` {tier: bytes}."""
+def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2, batch: int = 1,
+                     context: int = DEFAULT_KV_CONTEXT) -> dict[str, Any]:
+    """``plan_memory`` with detail: ``tiers``, ``by_unit`` {tier: {unit: bytes}}, ``staging`` {tier: bytes},
+    ``kv`` (the KV cache's bytes and settings, or None) and ``experts`` (expert streaming, or None).
+
+    A Plan's own session decisions are what count (what ``apply_plan`` will build), whether or not ``space``
+    has session variables and whether or not its values are choices of them (an absolute ``"64MiB"`` budget);
+    a vector's are its session variables' values.
+    """
+    from dataclasses import replace
+
     from autosurgeon.plan import Plan
 
-    x = space.encode(plan) if isinstance(plan, Plan) else space.check_vector(plan)
-    return FootprintTracker(space, x, lookahead=lookahead).breakdown()
+    if isinstance(plan, Plan):
+        return FootprintTracker(space, space.encode(replace(plan, session={})), lookahead=lookahead, batch=batch,
+                                context=context, session=plan.session).breakdown()
+    return FootprintTracker(space, space.check_vector(plan), lookahead=lookahead, batch=batch,
+                            context=context).breakdown()
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+def kv_token_bytes(kv_heads: int, head_dim: int, precision: str, dtype: str, *, batch: int = 1) -> int:
+    """Stored bytes of one token's key and value in one layer (``runtime.kv_quant.KVCodec.bytes_per_token``)."""
+    if precision == "float":
+        itemsize, scale = FLOAT_ITEMSIZE.get(dtype, 4), 0
+    elif precision in ("int8", "fp8"):
+        itemsize, scale = 1, 2
+    else:
+        raise InvalidArgumentError(f"`kv_precision` must be one of float, int8, fp8; got {precision!r}.")
+    return 2 * batch * kv_heads * (head_dim * itemsize + scale)
+
+
+def kv_budget_bytes(value: Any, *, layers: int, token_bytes: int, tokens: int, sinks: int = KV_SINKS,
+                    page_tokens: int = KV_PAGE_TOKENS) -> int | None:
+    """The runtime's ``KVCacheConfig.budget_bytes`` for a plan's ``kv_budget`` (None: unbounded).
+
+    A share is of ``layers x tokens x token_bytes`` (the full context stored at the chosen precision). Any
+    budget is raised to the floor the runtime needs (each layer's sinks and one page) rather than failing
+    at the first token, and rounded down to a multiple of ``layers`` (the runtime splits it evenly).
+    """
+    from autosurgeon.knobs import parse_kv_budget
+
+    kind, amount = parse_kv_budget(value, where="kv_budget")
+    if kind == "none":
+        return None
+    want = int(amount * layers * tokens * token_bytes) if kind == "share" else int(amount)  # type: ignore[operator]
+    floor = layers * (sinks + page_tokens) * token_bytes
+    return max(want, floor) // layers * layers
+
+
+@lru_cache(maxsize=4096)
+def kv_layer_bytes(prefill: int, decode: int, token_bytes: int, budget: int | None, window: int | None, *,
+                   sinks: int = KV_SINKS, page_tokens: int = KV_PAGE_TOKENS) -> tuple[int, int, int]:
+    """``(peak, final, evicted tokens)`` hot bytes of ONE layer after a prefill of ``prefill`` tokens and
+    ``decode`` one-token steps, as ``runtime.kv_pages.LayerKV`` allocates them (policy "sinks-window",
+    no offload). ``budget`` is this layer's share."""
+    pages: list[list[int]] = []  # [capacity, start, end], oldest first
+    sink = 0  # sink block capacity in tokens (allocated at the first append)
+    state = {"hot": 0, "peak": 0, "evicted": 0, "seen": 0}
+
+    def alloc(tokens: int) -> None:
+        state["hot"] += tokens * token_bytes
+        state["peak"] = max(state["peak"], state["hot"])
+
+    def make_room(nbytes: int) -> None:
+        if budget is None:
+            return
+        while state["hot"] + nbytes > budget:
+            if not pages:
+                raise InvalidArgumentError(
+                    f"KV budget {budget} B per layer cannot hold the sinks and one page "
+                    f"({state['hot'] + nbytes} B); raise `kv_budget`.")
+            cap, start, end = pages.pop(0)
+            state["evicted"] += end - start
+            state["hot"] -= cap * token_bytes
+
+    def next_page_tokens() -> int:
+        if budget is None:
+            return page_tokens
+        if budget - state["hot"] < token_bytes:
+            make_room(token_bytes)
+        return min((budget - state["hot"]) // token_bytes, page_tokens)
+
+    def trim() -> None:
+        if window is None:
+            return
+        excess = sum(e - s for _, s, e in pages) - window
+        while excess > 0 and pages:
+            page = pages[0]
+            n = min(excess, page[2] - page[1])
+            page[1] += n
+            state["evicted"] += n
+            excess -= n
+            if page[1] == page[0]:
+                pages.pop(0)
+                state["hot"] -= page[0] * token_bytes
+
+    def append(total: int) -> None:
+        nonlocal sink
+        if state["seen"] == 0 and sinks:
+            make_room((sinks + page_tokens) * token_bytes)
+            sink = sinks
+            alloc(sinks)
+        i = 0
+        while i < total:
+            pos = state["seen"] + i
+            if pos < sinks:
+                n = min(total - i, sinks - pos)
+            else:
+                if not pages or pages[-1][2] >= pages[-1][0]:
+                    cap = next_page_tokens()
+                    alloc(cap)
+                    pages.append([cap, 0, 0])
+                page = pages[-1]
+                n = min(total - i, page[0] - page[2])
+                page[2] += n
+            i += n
+            if pos >= sinks:
+                trim()
+        state["seen"] += total
+
+    if prefill > 0:
+        append(prefill)
+    for _ in range(decode):
+        append(1)
+    return state["peak"], state["hot"], state["evicted"]
+
+
+def session_values(space: SearchSpace, x: Any) -> dict[str, Any]:
+    """Session decisions of vector ``x``: the values of the space's session variables."""
+    from autosurgeon.knobs import SESSION_UNIT
+
+    return {v.knob: v.choices[int(x[i])] for i, v in enumerate(space.variables) if v.name == SESSION_UNIT}
+
+
+def kv_footprint(space: SearchSpace, values: Mapping[tuple[str, str], Any], session: Mapping[str, Any], *,
+                 batch: int, context: int) -> dict[str, Any] | None:
+    """The KV cache of the session (module docstring): tier, bytes (peak, final), settings; None without one."""
+    from autosurgeon.knobs import KV_KNOBS
+
+    record = getattr(space, "session", None)
+    if not any(k in session for k in KV_KNOBS):
+        return None
+    if record is None or not record.has_kv:
+        why = "the space was built without session knobs" if record is None else record.kv_reason
+        raise InvalidArgumentError(f"the plan decides the KV cache ({', '.join(k for k in KV_KNOBS if k in session)}) "
+                                   f"but its KV bytes cannot be counted: {why}; rebuild the SearchSpace with the "
+                                   "kv_* knobs, or drop them from the plan's session.")
+    precision = session.get("kv_precision", "float")
+    dtype = record.dtype
+    if record.first_leaf is not None and values.get((record.first_leaf, "precision")) in FLOAT_ITEMSIZE:
+        dtype = values[(record.first_leaf, "precision")]  # the runtime builds the cache in this dtype
+    tb = kv_token_bytes(record.kv_heads, record.head_dim, precision, dtype, batch=batch)
+    tokens = context + 1
+    budget = kv_budget_bytes(session.get("kv_budget", "none"), layers=record.kv_layers, token_bytes=tb,
+                             tokens=tokens)
+    share = None if budget is None else budget // record.kv_layers
+    peak, final, evicted = kv_layer_bytes(context, 1, tb, share, session.get("kv_window"))
+    first = next((b for b in space.blocks if b.is_block and b.runtime_block), None)
+    placement = values.get((first.name, "placement"), space.default_placement) if first else space.default_placement
+    exec_kind = placement.partition("<-")[0]
+    tier = session.get("kv_tier") or ("gpu" if exec_kind in ("gpu", "dla") else "cpu")
+    return {"tier": tier, "peak_bytes": peak * record.kv_layers, "bytes": final * record.kv_layers,
+            "budget_bytes": budget, "token_bytes": tb * record.kv_layers, "evicted_tokens": evicted,
+            "precision": precision, "dtype": dtype, "tokens": tokens, "batch": batch}
+
+
+def expert_footprint(space: SearchSpace, values: Mapping[tuple[str, str], Any],
+                     session: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Expert streaming's bytes (module docstring): home tier, home bytes, cache tier and bytes; None if off."""
+    record = getattr(space, "session", None)
+    if session.get("prefetch", "none") == "none" or record is None or not record.moe:
+        return None
+    first = next((b for b in space.blocks if b.is_block and b.runtime_block), None)
+    placement = values.get((first.name, "placement"), space.default_placement) if first else space.default_placement
+    exec_tier = "gpu" if placement.partition("<-")[0] in ("gpu", "dla") else "cpu"
+    home = "disk" if exec_tier == "cpu" else "cpu"
+    layers, per_layer = len(record.experts), record.num_experts
+    total = layers * per_layer
+    expert = record.expert_tensor_bytes
+    home_bytes = total * (sum(expert) if home == "disk" else sum(_aligned(b) for b in expert))
+    slots = min(total, max(per_layer, int(round(EXPERT_CAPACITY * total))))
+    return {"home": home, "home_bytes": home_bytes, "tier": exec_tier, "cache_bytes": slots * sum(expert),
+            "slots": slots, "prefetch": session["prefetch"]}
 
 
 class FootprintTracker:
@@ -133,12 +342,19 @@ class FootprintTracker:
     thousands of variables (``plan_check.smallest_footprint``) stays fast on 70B-parameter shapes.
     """
 
-    def __init__(self, space: SearchSpace, x: Any, *, lookahead: int = 2) -> None:
+    def __init__(self, space: SearchSpace, x: Any, *, lookahead: int = 2, batch: int = 1,
+                 context: int = DEFAULT_KV_CONTEXT, session: Mapping[str, Any] | None = None) -> None:
         if lookahead < 0:
             raise InvalidArgumentError(f"`lookahead` must be >= 0, got {lookahead}.")
-        self.space, self.lookahead = space, lookahead
+        if batch < 1 or context < 1:
+            raise InvalidArgumentError(f"`batch` and `context` must be >= 1, got {batch} and {context}.")
+        self.space, self.base_lookahead, self.batch, self.context = space, lookahead, batch, context
         self.x = space.check_vector(x).copy()
         self.values = space.values(self.x)
+        # A plan's session is taken as written; a vector's comes from its session variables.
+        self.session = dict(session) if session is not None else session_values(space, self.x)
+        record = getattr(space, "session", None)
+        self.expert_leaves = set(record.experts) if record is not None else set()
         index = {b.name: k for k, b in enumerate(space.blocks)}
         block_of_leaf = {leaf.name: index[leaf.block] for leaf in space.leaves.values() if leaf.block in index}
         groups = {g.name: g for g in space.units.groups}
@@ -151,8 +367,19 @@ class FootprintTracker:
             else:
                 k = index[v.name] if v.name in index else block_of_leaf.get(v.name)
                 self.blocks_of_var.append(() if k is None else (k,))
+        expert_blocks = tuple(sorted({block_of_leaf[n] for n in self.expert_leaves if n in block_of_leaf}))
+        for i, v in enumerate(space.variables):
+            if v.knob == "prefetch":  # streaming experts takes them out of their blocks
+                self.blocks_of_var[i] = expert_blocks
         self.fused = _fusions(space.units.groups, self.values)
         self.usage = [self._block(k) for k in range(len(space.blocks))]
+        self._session_part = self._session_bytes()
+
+    @property
+    def lookahead(self) -> int:
+        """The streaming lookahead: the plan's ``prefetch_depth`` where it decides one, else the given one."""
+        depth = self.session.get("prefetch_depth")
+        return self.base_lookahead if depth is None else int(depth)
 
     def set(self, i: int, j: int) -> None:
         """Give variable ``i`` choice ``j`` and recompute the blocks it touches."""
@@ -161,8 +388,25 @@ class FootprintTracker:
         self.values[(v.name, v.knob)] = v.choices[j]
         if v.knob == "fusion":
             self.fused = _fusions(self.space.units.groups, self.values)
+        if v.kind == "session":
+            self.session[v.knob] = v.choices[j]
         for k in self.blocks_of_var[i]:
             self.usage[k] = self._block(k)
+        if v.kind == "session" or v.knob in ("placement", "precision"):  # KV tier and dtype follow these
+            self._session_part = self._session_bytes()
+
+    def _session_bytes(self) -> tuple[dict[str, int], dict[str, dict[str, int]], Any, Any]:
+        """(bytes per tier, {tier: {label: bytes}}, kv detail, experts detail) of the session's own holdings."""
+        kv = kv_footprint(self.space, self.values, self.session, batch=self.batch, context=self.context)
+        experts = expert_footprint(self.space, self.values, self.session)
+        by_unit: dict[str, dict[str, int]] = defaultdict(dict)
+        if kv is not None:
+            _add(by_unit, kv["tier"], "kv_cache", kv["peak_bytes"])
+        if experts is not None:
+            _add(by_unit, experts["home"], "experts", experts["home_bytes"])
+            _add(by_unit, experts["tier"], "expert_cache", experts["cache_bytes"])
+        totals = {tier: sum(names.values()) for tier, names in by_unit.items()}
+        return totals, by_unit, kv, experts
 
     def tiers(self) -> dict[str, int]:
         out = dict.fromkeys(TIERS, 0)
@@ -172,8 +416,11 @@ class FootprintTracker:
                 out[tier] += n
             for tier, n in slot.items():
                 slots[tier] = max(slots[tier], n)
+        lookahead = self.lookahead
         for tier, n in slots.items():
-            out[tier] += (self.lookahead + 1) * n
+            out[tier] += (lookahead + 1) * n
+        for tier, n in self._session_part[0].items():
+            out[tier] += n
         return out
 
     def breakdown(self) -> dict[str, Any]:
@@ -185,8 +432,12 @@ class FootprintTracker:
                     _add(by_unit, tier, name, n)
             for tier, n in slot.items():
                 slots[tier] = max(slots[tier], n)
+        for tier, names in self._session_part[1].items():
+            for name, n in names.items():
+                _add(by_unit, tier, name, n)
         staging = {tier: (self.lookahead + 1) * n for tier, n in slots.items() if n}
-        return {"tiers": self.tiers(), "by_unit": {t: dict(v) for t, v in by_unit.items()}, "staging": staging}
+        return {"tiers": self.tiers(), "by_unit": {t: dict(v) for t, v in by_unit.items()}, "staging": staging,
+                "kv": self._session_part[2], "experts": self._session_part[3]}
 
     def _block(self, k: int) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, int]]:
         """(bytes per tier, {tier: {unit: bytes}}, {exec tier: largest streamed unit}) of block ``k``."""
@@ -201,9 +452,10 @@ class FootprintTracker:
         removed, with_bias, merged = self.fused
         by_unit: dict[str, dict[str, int]] = defaultdict(dict)
         slot = 0
+        experts_streamed = self.session.get("prefetch", "none") != "none"
         for leaf_name in block.leaves:
-            if leaf_name in removed:
-                continue
+            if leaf_name in removed or (experts_streamed and leaf_name in self.expert_leaves):
+                continue  # a streamed experts leaf is the session's (homed per expert, see _session_bytes)
             leaf = space.leaves[leaf_name]
             if leaf_name in merged:
                 group = merged[leaf_name]
@@ -289,5 +541,6 @@ def _leaf_parts(leaf: Any, values: dict[tuple[str, str], Any], exec_kind: str, *
     return parts, [], extra
 
 
-__all__ = ["FLOAT_ITEMSIZE", "TIERS", "FootprintTracker", "memory_breakdown", "packed_copy_bytes", "plan_memory", "tensor_bytes",
-           "weight_bytes"]
+__all__ = ["DEFAULT_KV_CONTEXT", "FLOAT_ITEMSIZE", "TIERS", "FootprintTracker", "expert_footprint", "kv_budget_bytes",
+           "kv_footprint", "kv_layer_bytes", "kv_token_bytes", "memory_breakdown", "packed_copy_bytes", "plan_memory",
+           "session_values", "tensor_bytes", "weight_bytes"]

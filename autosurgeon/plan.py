@@ -14,8 +14,16 @@ Precedence, per module and per knob independently:
 Resolving per knob lets a plan say "everything int8" by default and "layer 3 streamed" by name without
 repeating the precision for layer 3.
 
+Besides per-module decisions a plan may hold *session* decisions (``Plan.session``): model-level choices
+about the runtime session — KV cache precision, budget, tier and window, expert prefetcher and prefetch
+depth (``autosurgeon.knobs.SESSION_KNOBS``). A plan without them leaves the session as the runtime's
+defaults (Hugging Face's own KV cache, block lookahead 2, experts resident).
+
 On disk: ``{"_type": "autosurgeon.Plan", "_version": 1, "_data": {...}}`` (the same envelope torchao uses
-for its configs), so a reader can tell a plan from another JSON file and which reader it needs.
+for its configs), so a reader can tell a plan from another JSON file and which reader it needs. The
+``session`` field of ``_data`` is optional and written only when the plan has session decisions, so a
+plan without them is byte for byte what version 1 always wrote, and every version-1 plan (with or without
+the field) loads; a reader from before session knobs existed refuses a plan that has them, naming the field.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ from torch import nn
 
 from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import AutoSurgeonError
-from autosurgeon.knobs import validate_decision
+from autosurgeon.knobs import validate_decision, validate_session
 
 PLAN_TYPE = "autosurgeon.Plan"
 PLAN_VERSION = 1
@@ -88,6 +96,8 @@ class Plan:
         model_fingerprint: ``model_fingerprint(model)`` of the model planned for (``None``: any model).
         device_fingerprint: ``HardwareProfile.fingerprint`` of the device planned for (``None``: any).
         metadata: free-form provenance (who proposed it, objectives, metrics at proposal time).
+        session: model-level session decisions, ``{session knob: value}`` (``autosurgeon.knobs.SESSION_KNOBS``):
+            ``kv_precision``, ``kv_budget``, ``kv_tier``, ``kv_window``, ``prefetch``, ``prefetch_depth``.
     """
 
     rules: tuple[Rule, ...] = ()
@@ -95,9 +105,11 @@ class Plan:
     model_fingerprint: str | None = None
     device_fingerprint: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    session: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "session", validate_session(self.session, where="plan session"))
         for knob, value in dict(self.default).items():
             validate_decision(knob, value, where="plan default")
         object.__setattr__(self, "default", dict(self.default))
@@ -147,13 +159,16 @@ class Plan:
     # -- serialisation -------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return wrap(PLAN_TYPE, PLAN_VERSION, {
+        data: dict[str, Any] = {
             "model_fingerprint": self.model_fingerprint,
             "device_fingerprint": self.device_fingerprint,
             "default": dict(self.default),
             "rules": [{"target": r.target, "decisions": dict(r.decisions)} for r in self.rules],
-            "metadata": dict(self.metadata),
-        })
+        }
+        if self.session:  # optional: plans without session decisions stay as version 1 always wrote them
+            data["session"] = dict(self.session)
+        data["metadata"] = dict(self.metadata)
+        return wrap(PLAN_TYPE, PLAN_VERSION, data)
 
     def to_json(self, *, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
@@ -163,7 +178,7 @@ class Plan:
         data = unwrap(obj, type_name=PLAN_TYPE, version=PLAN_VERSION, what="plan", source=source, error=PlanFormatError,
                       fix="write the plan again with this version")
         version = obj["_version"]
-        known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata"}
+        known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata", "session"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PlanFormatError(f"{source}: unknown field(s) {', '.join(unknown)} in `_data` of a version "
@@ -183,6 +198,7 @@ class Plan:
             model_fingerprint=data.get("model_fingerprint"),
             device_fingerprint=data.get("device_fingerprint"),
             metadata=data.get("metadata") or {},
+            session=data.get("session") or {},
         )
 
     @classmethod

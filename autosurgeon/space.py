@@ -28,6 +28,11 @@ canonical value); ``packed`` needs a streamed placement, and all streamed blocks
 runtime streams a session at one granularity; the first streamed block decides); a fused q/k/v or gate/up group needs its members
 to share precision, group size and kernel. ``allowed(x)`` gives the masks under the current ``x``.
 
+Session variables (only when ``knobs`` names session knobs: ``kv_precision``, ``kv_budget``, ``kv_tier``,
+``kv_window``, ``prefetch``, ``prefetch_depth``) belong to one model-level unit named ``"<session>"``
+(``knobs.SESSION_UNIT``), come after every module variable, and map to ``Plan.session`` in encode/decode;
+which exist and their masks are in ``space_session.py``. Spaces built without them are unchanged.
+
 ``repair(x)`` walks the variables in order and replaces each invalid entry by its *nearest* valid choice:
 for precision the one closest in bits per weight (log scale), ties to the choice nearer index 0 (the
 safer, unmodified side); for other knobs the nearest index, ties to the lower index. Out-of-range entries
@@ -47,9 +52,10 @@ from torch import nn
 from autosurgeon._logging import get_logger
 from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.knobs import KNOBS
+from autosurgeon.knobs import ALL_KNOBS, KNOBS, SESSION_KNOBS, SESSION_UNIT
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space_masks import FLOAT_PRECISIONS, PRECISION_BITS, default_placement
+from autosurgeon.space_session import SESSION_KIND, SessionRecord, build_session_record, session_variables
 from autosurgeon.space_units import BlockRecord, LeafRecord, UnitTable, build_units
 from autosurgeon.space_vars import FEATURE_KINDS, KNOB_ORDER, Variable, VariableBuilder
 
@@ -69,7 +75,8 @@ class SearchSpace:
     def __init__(self, *, variables: Sequence[Variable], units: UnitTable, knobs: Sequence[str],
                  model_fingerprint: str | None, device_fingerprint: str | None, device_name: str,
                  default_placement: str, kernel_table: Mapping[str, Mapping[str, Sequence[str]]],
-                 kernel_reasons: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None) -> None:
+                 kernel_reasons: Mapping[str, Mapping[str, Mapping[str, str]]] | None = None,
+                 session: SessionRecord | None = None) -> None:
         self.variables: tuple[Variable, ...] = tuple(variables)
         self.units = units
         self.knobs = tuple(knobs)
@@ -83,6 +90,7 @@ class SearchSpace:
         self._block_layouts = [i for i, v in enumerate(self.variables)
                                if v.knob == "layout" and v.kind == "block" and v.parent is not None]
         self.nvec = np.array([v.n for v in self.variables], dtype=np.int64)
+        self.session = session  # what the session variables know of the model (None: no session knobs asked)
 
     # ------------------------------------------------------------------------------------------ build
     @classmethod
@@ -98,7 +106,8 @@ class SearchSpace:
                 ``example_inputs(1, 16)``.
             analysis: a ``ModelAnalysis`` already made (skips the forward pass).
             knobs: which knob kinds get variables (``precision``, ``placement``, ``group_size``, ``kernel``,
-                ``fusion``, ``layout``).
+                ``fusion``, ``layout``; and the session knobs ``kv_precision``, ``kv_budget``, ``kv_tier``,
+                ``kv_window``, ``prefetch``, ``prefetch_depth``, variables of the ``"<session>"`` unit).
             phase: analysis phase when ``analysis`` is not given.
         """
         from autosurgeon.analysis import analyze
@@ -106,9 +115,10 @@ class SearchSpace:
         from autosurgeon.hw_profile import HardwareProfile
 
         knobs = tuple(dict.fromkeys(knobs))
-        unknown = [k for k in knobs if k not in KNOBS]
+        unknown = [k for k in knobs if k not in ALL_KNOBS]
         if unknown or not knobs:
-            raise InvalidArgumentError(f"`knobs` must be a non-empty subset of {', '.join(KNOBS)}, got {list(knobs)}.")
+            raise InvalidArgumentError(f"`knobs` must be a non-empty subset of {', '.join(ALL_KNOBS)}, got "
+                                       f"{list(knobs)}; unknown: {unknown or 'none (the list is empty)'}.")
         dependent = [k for k in ("group_size", "kernel") if k in knobs]
         if dependent and "precision" not in knobs:
             raise InvalidArgumentError(f"`knobs` {dependent} only mean something with a precision; add 'precision'.")
@@ -129,12 +139,19 @@ class SearchSpace:
                 inputs = loaded.example_inputs(1, 16)
             analysis = analyze(model, dict(inputs), phase=phase)
         units = build_units(model, analysis)
-        builder = VariableBuilder(units, profile, knobs)
+        builder = VariableBuilder(units, profile, tuple(k for k in knobs if k in KNOBS))
         variables = builder.variables()
+        record = None
+        if any(k in SESSION_KNOBS for k in knobs):
+            record = build_session_record(model, task=getattr(loaded, "task", None))
+            variables += session_variables(record, profile, knobs, model_name=type(model).__name__)
+            if record.kv_reason is not None and any(k in knobs for k in ("kv_precision", "kv_budget", "kv_tier",
+                                                                          "kv_window")):
+                logger.info("no KV knobs for %s: %s", type(model).__name__, record.kv_reason)
         space = cls(variables=variables, units=units, knobs=knobs, model_fingerprint=model_fingerprint(model),
                     device_fingerprint=profile.fingerprint, device_name=profile.name,
                     default_placement=default_placement(profile), kernel_table=builder.kernel_table,
-                    kernel_reasons=builder.kernel_reasons)
+                    kernel_reasons=builder.kernel_reasons, session=record)
         logger.info("search space of %s on %s: %d variables, log10 size %.1f", type(model).__name__, profile.name,
                     len(variables), space.log10_size())
         return space
@@ -340,9 +357,9 @@ class SearchSpace:
         if not isinstance(plan, Plan):
             raise InvalidArgumentError(f"`plan` must be an autosurgeon.plan.Plan, got {type(plan).__name__}.")
         x = self.default_vector()
-        cache: dict[str, dict[str, Any]] = {}
+        cache: dict[str, dict[str, Any]] = {SESSION_UNIT: dict(plan.session)}
         for i, v in enumerate(self.variables):
-            decisions = cache.get(v.name)
+            decisions = cache.get(v.name) if v.kind != SESSION_KIND else cache[SESSION_UNIT]
             if decisions is None:
                 decisions = cache[v.name] = plan.decisions_for(v.name)
             if v.knob in decisions:
@@ -363,8 +380,12 @@ class SearchSpace:
         """
         arr = self.check_vector(x)
         decisions: dict[str, dict[str, Any]] = {}
+        session: dict[str, Any] = {}
         for i, v in enumerate(self.variables):
             value = v.choices[int(arr[i])]
+            if v.kind == SESSION_KIND:
+                session[v.knob] = value
+                continue
             if v.knob in ("group_size", "kernel") and v.parent is not None:
                 precision = self.variables[v.parent].choices[int(arr[v.parent])]
                 if (v.knob == "group_size" and precision != "int4") or (
@@ -373,7 +394,7 @@ class SearchSpace:
             decisions.setdefault(v.name, {})[v.knob] = value
         meta = {"space": self.digest(), "proposer": "SearchSpace.decode", **dict(metadata or {})}
         return Plan.from_decisions(decisions, model_fingerprint=self.model_fingerprint,
-                                   device_fingerprint=self.device_fingerprint, metadata=meta)
+                                   device_fingerprint=self.device_fingerprint, metadata=meta, session=session)
 
     # ------------------------------------------------------------------------------------------ features
     def features(self) -> tuple[np.ndarray, list[str]]:
@@ -383,11 +404,22 @@ class SearchSpace:
         the largest in the space (so in [0, 1]); ``log_intensity`` likewise; ``parallelism`` from the
         analysis; ``position``: the unit's place in model order in [0, 1]; one-hots of the unit kind
         (``kind_*``) and of the knob (``knob_*``); ``n_valid``: the share of choices the static mask allows.
+        Session variables (model-level) have no unit of their own: FLOPs, bytes, intensity and parallelism
+        are the whole model's (so the largest, 1.0 after scaling), position 1.0 (decided after every
+        module), no ``kind_*`` set; their ``knob_*`` columns exist only in spaces that have session variables,
+        so the features of a space without them are what they always were.
         """
         rows = []
         n_leaves = max(1, len(self.leaves) - 1)
+        session_knobs = [k for k in SESSION_KNOBS if any(v.knob == k for v in self.variables)]
+        whole = (sum(b.flops for b in self.blocks), sum(b.weight_bytes for b in self.blocks),
+                 max((b.intensity for b in self.blocks), default=0.0), max((b.parallelism for b in self.blocks),
+                                                                          default=0.0))
         for v in self.variables:
-            if v.kind == "block":
+            if v.kind == SESSION_KIND:
+                flops, nbytes, inten, par = whole
+                pos = 1.0
+            elif v.kind == "block":
                 b = next(b for b in self.blocks if b.name == v.name)
                 flops, nbytes, inten, par = b.flops, b.weight_bytes, b.intensity, b.parallelism
                 members = [self.leaves[n] for n in b.leaves]
@@ -406,14 +438,15 @@ class SearchSpace:
                 pos = leaf.position / n_leaves
             rows.append([math.log1p(flops), math.log1p(nbytes), math.log1p(inten), par, pos,
                          *[float(v.kind == k) for k in FEATURE_KINDS],
-                         *[float(v.knob == k) for k in KNOB_ORDER], sum(v.mask) / v.n])
+                         *[float(v.knob == k) for k in (*KNOB_ORDER, *session_knobs)], sum(v.mask) / v.n])
         arr = np.array(rows, dtype=np.float64).reshape(len(rows), -1)
         for col in range(3):
             top = arr[:, col].max() if len(arr) else 0.0
             if top > 0:
                 arr[:, col] /= top
         names = ["log_flops", "log_bytes", "log_intensity", "parallelism", "position",
-                 *[f"kind_{k}" for k in FEATURE_KINDS], *[f"knob_{k}" for k in KNOB_ORDER], "n_valid"]
+                 *[f"kind_{k}" for k in FEATURE_KINDS], *[f"knob_{k}" for k in (*KNOB_ORDER, *session_knobs)],
+                 "n_valid"]
         return arr.astype(np.float32), names
 
     # ------------------------------------------------------------------------------------------ summary / io
@@ -422,7 +455,7 @@ class SearchSpace:
         lines = [f"SearchSpace on {self.device_name} (device {self.device_fingerprint}, model "
                  f"{self.model_fingerprint}): {len(self.variables)} variables, "
                  f"10^{self.log10_size():.1f} valid vectors (static masks)"]
-        for knob in KNOB_ORDER:
+        for knob in (*KNOB_ORDER, *SESSION_KNOBS):
             vs = [v for v in self.variables if v.knob == knob]
             if not vs:
                 continue
@@ -431,7 +464,7 @@ class SearchSpace:
                 for c, ok in zip(v.choices, v.mask):
                     valid[c] = valid.get(c, 0) + int(ok)
             shown = ", ".join(f"{c}:{n}" for c, n in valid.items() if n)
-            lines.append(f"  {knob:<10} {len(vs):>4} vars; valid per choice: {shown}")
+            lines.append(f"  {knob:<10} {len(vs):>4} var{'s' if len(vs) != 1 else ''}; valid per choice: {shown}")
             masked: dict[str, int] = {}
             for v in vs:
                 for c, why in v.reasons.items():
@@ -454,7 +487,8 @@ class SearchSpace:
             "default_placement": self.default_placement, "digest": self.digest(),
             "kernel_table": {e: {p: list(ks) for p, ks in t.items()} for e, t in self.kernel_table.items()},
             "kernel_reasons": self.kernel_reasons,
-            "variables": [v.to_dict() for v in self.variables], "units": self.units.to_dict()})
+            "variables": [v.to_dict() for v in self.variables], "units": self.units.to_dict(),
+            **({"session": self.session.to_dict()} if self.session is not None else {})})
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> SearchSpace:
@@ -464,7 +498,8 @@ class SearchSpace:
                     knobs=d["knobs"], model_fingerprint=d["model_fingerprint"],
                     device_fingerprint=d["device_fingerprint"], device_name=d["device_name"],
                     default_placement=d["default_placement"], kernel_table=d["kernel_table"],
-                    kernel_reasons=d.get("kernel_reasons"))
+                    kernel_reasons=d.get("kernel_reasons"),
+                    session=SessionRecord.from_dict(d["session"]) if d.get("session") is not None else None)
         if d.get("digest") not in (None, space.digest()):
             raise InvalidArgumentError(f"search space `digest` {d['digest']!r} does not match its variables "
                                        f"({space.digest()!r}); the definition was edited or corrupted.")
