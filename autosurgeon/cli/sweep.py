@@ -3,6 +3,7 @@
     autosurgeon sweep tiny-llama --device local --evaluator profiled --budget-evals 200 --algo nsga2 --out runs/a
     autosurgeon sweep tiny-llama --config experiments/configs/tiny-llama-h100.json --out runs/h100
     autosurgeon sweep tiny-llama --device local --budget-evals 300 --out runs/a --resume   # continue, more evals
+    autosurgeon sweep tiny-llama --device jetson-agx-orin-64gb --evaluator analytic --power-cap 15 --out runs/orin15
     autosurgeon front runs/a --budget-memory 40% --out plan.json
     autosurgeon front runs/a --preference latency=0.6,memory=0.3,energy=0.1 --json
 
@@ -43,6 +44,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--pop-size", type=int, default=None, metavar="N", help="NSGA-II population (default 20)")
     p.add_argument("--max-quality-loss", type=float, default=None, metavar="X",
                    help="quality constraint: relative loss <= X (0.01 = 1%%; default 0.01)")
+    p.add_argument("--power-cap", type=float, default=None, metavar="W",
+                   help="power cap in watts: a paper profile is evaluated in its fastest power mode within W (e.g. a "
+                   "Jetson's 15 W nvpmodel mode); on a measured profile plans whose mean power exceeds W are "
+                   "infeasible (clocks and power limits are never changed)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder, e.g. runs/NAME (must be empty)")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
     p.add_argument("--no-baselines", action="store_true", help="skip the uniform/greedy/knapsack baselines")
@@ -99,6 +104,10 @@ def _check(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(f"`--seed` must be >= 0, got {args.seed}.")
     if args.max_quality_loss is not None and not args.max_quality_loss >= 0:
         raise InvalidArgumentError(f"`--max-quality-loss` must be >= 0 (0.01 = 1%), got {args.max_quality_loss}.")
+    if args.power_cap is not None:
+        from autosurgeon.power import check_power_cap
+
+        check_power_cap(args.power_cap, argument="--power-cap")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         base = base.replace(model=args.model)
     config = base.replace(device=args.device, evaluator=args.evaluator, budget_evals=args.budget_evals,
                           algo=args.algo, warm_start=args.warm_start, seed=args.seed, pop_size=args.pop_size,
-                          max_quality_loss=args.max_quality_loss,
+                          max_quality_loss=args.max_quality_loss, power_cap_w=args.power_cap,
                           baselines=False if args.no_baselines else None)
     progress = _Progress(enabled=not args.json)
     result = run_sweep(config, args.out, resume=args.resume, progress=progress, cache_dir=args.cache_dir)
@@ -137,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
           f"{s['measured_this_attempt']} measured now, {s['replayed']} replayed), {s['wall_s']:.1f} s")
     print(f"front      {s['front_size']} plans; hypervolume {s['hypervolume']:.4f} (reference point "
           f"{s['reference_point']} in units of the unmodified model's {', '.join(s['objectives'])})")
+    if s.get("power"):
+        p = s["power"]
+        print(f"power cap  {p['power_cap_w']:g} W: mode {p['power_mode']!r} ({p['mode_watts']:g} W); {p['how']}")
     curve = ", ".join(f"{k}: {v:.4f}" for k, v in s["hv_curve"].items())
     print(f"hv curve   {curve}")
     for fam, b in s.get("baselines", {}).items():

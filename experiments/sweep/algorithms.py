@@ -7,8 +7,8 @@
 * ``random`` — ``space.random_vector`` draws (uniform per variable in variable order, conditional masks).
 * ``optuna-nsga2`` / ``optuna-tpe`` — Optuna's ``NSGAIISampler`` / ``TPESampler`` (multi-objective), one
   ``IntDistribution(0, n-1)`` per variable via ask/tell; a suggestion is repaired before evaluation and
-  the repaired vector is stored as the trial's ``x_repaired`` user attribute; the quality constraint goes
-  through the samplers' ``constraints_func``.
+  the repaired vector is stored as the trial's ``x_repaired`` user attribute; the constraints (quality
+  bound, power cap) go through the samplers' ``constraints_func``.
 * Baselines (:func:`baseline_vectors`): uniform precision (every precision unit at one precision, resident),
   accelerate-style greedy fill (float32; blocks resident in model order while a memory budget lasts, the
   rest streamed), and the sensitivity knapsack (``autosurgeon.knapsack``) at a few budgets.
@@ -111,10 +111,10 @@ def run_optuna(archive: Archive, *, kind: str, pop_size: int, seed: int, storage
     from optuna.distributions import IntDistribution
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    constrained = archive.quality == "constraint"
+    constrained = archive.n_constraints > 0
 
     def constraints(trial: Any) -> list[float]:
-        return [float(trial.user_attrs.get("constraint", 0.0))]
+        return [float(v) for v in trial.user_attrs.get("constraints", [0.0] * archive.n_constraints)]
 
     cfunc = constraints if constrained else None
     if kind == "nsga2":
@@ -141,7 +141,7 @@ def run_optuna(archive: Archive, *, kind: str, pop_size: int, seed: int, storage
         trial.set_user_attr("x_repaired", record["x"])
         trial.set_user_attr("eval", record["eval"])
         if constrained:
-            trial.set_user_attr("constraint", archive.G(record))
+            trial.set_user_attr("constraints", archive.constraints(record))
         study.tell(trial, [float(v) for v in archive.F(record)])
         grew = len(archive) > before
         n_new += grew

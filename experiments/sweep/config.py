@@ -2,7 +2,9 @@
 
 A config names the model, the device profile, the evaluator, the algorithm, the evaluation budget, the
 seed, the objectives and how quality enters (a constraint ``quality - max_quality_loss <= 0``, a fourth
-objective, or not at all), and the hypervolume's normaliser and reference point. It is saved as
+objective, or not at all), an optional power cap (``power_cap_w``: a paper profile is evaluated in the
+fastest power mode within it; on a measured one ``mean power - power_cap_w <= 0`` is a constraint; see
+``autosurgeon.power``), and the hypervolume's normaliser and reference point. It is saved as
 ``runs/NAME/config.json``; ``--resume`` refuses a config that differs in anything but the budget, because
 replaying a run (see ``runner``) reproduces its evaluations only under the same settings.
 
@@ -58,6 +60,9 @@ class SweepConfig:
         baselines: also evaluate the deterministic baselines (uniform, greedy fill, knapsack).
         knapsack_budgets: memory budgets for the knapsack baseline (shares of the unmodified weights).
         hv_at: evaluation counts at which the HV curve is reported.
+        power_cap_w: a power cap in watts (None: none). Paper profiles are evaluated in the fastest power mode
+            whose envelope fits it; on measured profiles plans whose mean power (energy / latency) exceeds it
+            are infeasible (``autosurgeon.power.resolve_power_cap``).
         name: a label (the config file's stem).
     """
 
@@ -80,6 +85,7 @@ class SweepConfig:
     baselines: bool = True
     knapsack_budgets: tuple[str, ...] = ("25%", "40%", "60%")
     hv_at: tuple[int, ...] = (50, 100, 200)
+    power_cap_w: float | None = None
     name: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -114,6 +120,12 @@ class SweepConfig:
                 and math.isfinite(self.max_quality_loss)):
             raise InvalidArgumentError(f"`max_quality_loss` (--max-quality-loss) must be a finite number >= 0 "
                                        f"(0.01 = 1 %), got {self.max_quality_loss!r}.")
+        if self.power_cap_w is not None:
+            if isinstance(self.power_cap_w, bool) or not isinstance(self.power_cap_w, (int, float)) \
+                    or not (self.power_cap_w > 0 and math.isfinite(self.power_cap_w)):
+                raise InvalidArgumentError(f"`power_cap_w` (--power-cap) must be a power in watts > 0, got "
+                                           f"{self.power_cap_w!r}; e.g. 15 for a Jetson's 15 W mode.")
+            object.__setattr__(self, "power_cap_w", float(self.power_cap_w))
         if self.quality_scale is not None and not self.quality_scale > 0:
             raise InvalidArgumentError(f"`quality_scale` must be > 0, got {self.quality_scale!r}.")
         if not self.objectives or len(set(self.objectives)) != len(self.objectives) or "quality" in self.objectives:

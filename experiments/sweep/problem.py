@@ -10,6 +10,9 @@ run's finished records it makes a seeded algorithm *replay* its history for free
 Objectives handed to algorithms are normalised (divided by the normaliser's scales) so that crowding
 distances and Optuna's samplers see comparable magnitudes; records keep raw values. Quality enters as
 the inequality constraint ``quality - max_quality_loss <= 0``, as a fourth objective, or not at all.
+With a power cap, ``mean power - power_cap_w <= 0`` is a further constraint (mean power = the metrics'
+energy / latency; a paper profile evaluated in a mode within the cap meets it by construction, a measured
+one is checked plan by plan); the record keeps ``power_w`` and ``power_excess_w``.
 """
 from __future__ import annotations
 
@@ -45,12 +48,13 @@ class Archive:
         store: a ``RunStore`` to append each new record to (None: memory only).
         records: finished records of an earlier attempt (replayed, not re-measured).
         on_record: called with each NEW record (progress bars, TensorBoard).
+        power_cap_w: a power cap in watts: plans whose mean power exceeds it are infeasible (None: no cap).
     """
 
     def __init__(self, space: Any, evaluator: Any, *, objectives: Sequence[str], scales: Sequence[float],
                  budget: int, quality: str = "constraint", max_quality_loss: float = 0.01, store: Any = None,
-                 records: Sequence[dict[str, Any]] = (), on_record: Callable[[dict[str, Any]], None] | None = None
-                 ) -> None:
+                 records: Sequence[dict[str, Any]] = (), on_record: Callable[[dict[str, Any]], None] | None = None,
+                 power_cap_w: float | None = None) -> None:
         self.space = space
         self.evaluator = evaluator
         self.objectives = tuple(objectives)
@@ -60,6 +64,7 @@ class Archive:
         self.max_quality_loss = float(max_quality_loss)
         self.store = store
         self.on_record = on_record
+        self.power_cap_w = None if power_cap_w is None else float(power_cap_w)
         self.records: list[dict[str, Any]] = []
         self._by_key: dict[bytes, dict[str, Any]] = {}
         self.replayed = 0  # preloaded records the algorithm has asked for again
@@ -106,6 +111,15 @@ class Archive:
                   "x": [int(v) for v in xr], "plan": self.space.decode(xr).to_dict(),
                   "metrics": metrics.to_dict(), "objectives": values, "feasible": bool(feasible),
                   "quality_loss": q}
+        if self.power_cap_w is not None:
+            from autosurgeon.power import mean_power_w
+
+            watts = mean_power_w(metrics)
+            if watts is None:
+                raise ValueError("the power cap needs the evaluator's energy_j; this evaluator produced none")
+            record["power_w"] = watts
+            record["power_excess_w"] = watts - self.power_cap_w
+            record["feasible"] = bool(feasible and record["power_excess_w"] <= 0)
         if self.store is not None:
             self.store.append(record)
         self._add(record)
@@ -118,11 +132,23 @@ class Archive:
         """Normalised objectives of a record."""
         return np.asarray(record["objectives"], dtype=np.float64) / self.scales
 
+    @property
+    def n_constraints(self) -> int:
+        """Inequality constraints: the quality bound (when a constraint) and the power cap (when set)."""
+        return int(self.quality == "constraint") + int(self.power_cap_w is not None)
+
+    def constraints(self, record: dict[str, Any]) -> list[float]:
+        """Every constraint of a record (<= 0 feasible): quality loss - bound, then mean power - cap."""
+        out = []
+        if self.quality == "constraint":
+            out.append(float(record["quality_loss"]) - self.max_quality_loss)
+        if self.power_cap_w is not None:
+            out.append(float(record["power_excess_w"]))
+        return out
+
     def G(self, record: dict[str, Any]) -> float:
-        """The quality constraint (<= 0 is feasible); 0 when quality is not a constraint."""
-        if self.quality != "constraint":
-            return 0.0
-        return float(record["quality_loss"]) - self.max_quality_loss
+        """The worst constraint (<= 0 is feasible); 0 when there is none."""
+        return max(self.constraints(record), default=0.0)
 
 
 class SurgeryProblem(ElementwiseProblem):
@@ -134,7 +160,7 @@ class SurgeryProblem(ElementwiseProblem):
     def __init__(self, archive: Archive, *, algo: str = "nsga2") -> None:
         space = archive.space
         super().__init__(n_var=len(space), n_obj=len(archive.objectives),
-                         n_ieq_constr=1 if archive.quality == "constraint" else 0,
+                         n_ieq_constr=archive.n_constraints,
                          xl=np.zeros(len(space), dtype=np.int64), xu=space.nvec - 1, vtype=int)
         self.archive = archive
         self.algo = algo
@@ -144,7 +170,7 @@ class SurgeryProblem(ElementwiseProblem):
         record = self.archive.evaluate(x, algo=self.algo, generation=self.generation)
         out["F"] = self.archive.F(record)
         if self.n_ieq_constr:
-            out["G"] = np.array([self.archive.G(record)])
+            out["G"] = np.array(self.archive.constraints(record))
 
 
 class SpaceRepair(Repair):

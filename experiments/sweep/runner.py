@@ -10,6 +10,11 @@ process died is not measured again either. Optuna studies live in memory by defa
 stored study unnecessary, and SQLite cost ~1 s per trial on this shared disk); ``extra = {"optuna_storage":
 "sqlite"}`` writes them to ``optuna.db``, one study per attempt (``<algo>-attempt<k>``), for inspection.
 
+Power cap (``config.power_cap_w``, ``autosurgeon.power.resolve_power_cap``): on a paper profile the
+evaluator is built on the profile in the fastest power mode within the cap; on a measured one the cap is a
+constraint on each plan's mean power. Either way the cap, the mode evaluated in and how the cap applied go
+into ``summary.json`` (``power``) and the config that ``front.json`` carries.
+
 Outputs (CSV/JSON front, plots, TensorBoard) come from ``experiments.reporting`` when it is installed; a
 missing module is noted in the summary, never fatal to a sweep.
 """
@@ -45,9 +50,21 @@ class SweepResult:
     baselines: dict[str, list[dict[str, Any]]]
 
 
+def power_cap_for(config: SweepConfig, profile: Any) -> Any:
+    """The config's power cap resolved on ``profile`` (``autosurgeon.power.PowerCap``), or None without one."""
+    if config.power_cap_w is None:
+        return None
+    from autosurgeon.power import resolve_power_cap
+
+    return resolve_power_cap(profile, config.power_cap_w, argument="--power-cap")
+
+
 def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None,
                     cache_dir: str | None = None) -> Any:
-    """The evaluator the config names, on its model, device and SearchSpace (knobs), with a persistent cache."""
+    """The evaluator the config names, on its model, device and SearchSpace (knobs), with a persistent cache.
+
+    With ``power_cap_w`` on a paper profile the evaluator is built on the profile in the mode the cap
+    selects (``power_cap_for``), so its rates and energy are that mode's."""
     from autosurgeon.evaluate import AnalyticEvaluator, EvaluationCache, ProfiledEvaluator, RuntimeEvaluator
     from autosurgeon.hardware import resolve_profile
     from autosurgeon.space import SearchSpace
@@ -58,6 +75,9 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
         raise InvalidArgumentError(
             f"`--evaluator {config.evaluator}` measures on this machine, but `--device {config.device}` is a "
             "profile on paper; use `--device local`, or `--evaluator analytic` for a preset.")
+    cap = power_cap_for(config, profile)
+    if cap is not None:
+        profile = cap.profile
     loaded = load_model(config.model, device="cpu", cache_dir=cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=config.knobs)
     sensitivity = None
@@ -153,6 +173,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
             previous_wall = float(prev.get("wall_s_total", 0.0))
     if evaluator is None:
         evaluator = build_evaluator(config, cache_path=store.path(EVAL_CACHE), cache_dir=cache_dir)
+    cap = _checked_cap(config, evaluator)
     store.write_json(CONFIG, config.to_dict())  # after the evaluator: a refused setup leaves the folder empty
     space = evaluator.space
     # The space searched travels with the run, so the Markov model refits from it without re-measuring.
@@ -183,7 +204,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
 
     archive = Archive(space, evaluator, objectives=names, scales=scales, budget=config.budget_evals,
                       quality=config.quality, max_quality_loss=config.max_quality_loss, store=store,
-                      records=records, on_record=on_record)
+                      records=records, on_record=on_record, power_cap_w=config.power_cap_w)
     notes: list[str] = []
     recorder, note = _tensorboard(store.dir) if tensorboard else (None, None)
     if note:
@@ -229,7 +250,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
             recorder.close()
         summary = _summary(config, evaluator, archive, scales, reference, status=status, attempts=attempts,
                            wall_s=time.perf_counter() - started, previous_wall=previous_wall,
-                           measured=evaluator.evaluated - measured_before, preloaded=preloaded, notes=notes)
+                           measured=evaluator.evaluated - measured_before, preloaded=preloaded, notes=notes,
+                           power=None if cap is None else cap.to_dict())
         store.write_json(SUMMARY, summary)
 
     baselines: dict[str, list[dict[str, Any]]] = {}
@@ -246,8 +268,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
             notes.append(f"front CSV/JSON and plots skipped: experiments.reporting.write_run_outputs unavailable "
                          f"({exc})")
         else:
-            paths = write_run_outputs(store.dir, config=config.to_dict(), records=archive.records, front_idx=front,
-                                      baselines=baselines or None)
+            paths = write_run_outputs(store.dir, config={**config.to_dict(), "power": summary["power"]},
+                                      records=archive.records, front_idx=front, baselines=baselines or None)
             summary["outputs"] = {k: str(v) for k, v in paths.items()}
     summary["wall_s"] = time.perf_counter() - started
     summary["wall_s_total"] = previous_wall + summary["wall_s"]
@@ -267,7 +289,7 @@ def _baselines(config: SweepConfig, evaluator: Any, space: Any, names: tuple[str
     out: dict[str, list[dict[str, Any]]] = {}
     # Their own archive: baselines are a handful of fixed plans, not part of the search's budget.
     arch = Archive(space, evaluator, objectives=names, scales=scales, budget=10**9, quality=config.quality,
-                   max_quality_loss=config.max_quality_loss)
+                   max_quality_loss=config.max_quality_loss, power_cap_w=config.power_cap_w)
     for family, vectors in families.items():
         out[family] = []
         for label, x in vectors.items():
@@ -278,9 +300,24 @@ def _baselines(config: SweepConfig, evaluator: Any, space: Any, names: tuple[str
     return out
 
 
+def _checked_cap(config: SweepConfig, evaluator: Any) -> Any:
+    """The config's power cap on the evaluator's profile; refuses an evaluator built in another power mode."""
+    cap = power_cap_for(config, evaluator.profile)
+    if cap is None:
+        return None
+    from autosurgeon.power import mode_key
+
+    if cap.derated and mode_key(cap.profile) != mode_key(evaluator.profile):
+        raise InvalidArgumentError(
+            f"`--power-cap` {config.power_cap_w:g} W selects power mode {cap.mode.name!r} of {evaluator.profile.name!r}, "
+            f"but the evaluator's profile is in mode {evaluator.profile.power_mode!r}; build the evaluator on "
+            "profile.at_power_cap(power_cap_w) (build_evaluator does).")
+    return cap
+
+
 def _summary(config: SweepConfig, evaluator: Any, archive: Archive, scales: list[float], reference: Any, *,
              status: str, attempts: int, wall_s: float, previous_wall: float, measured: int, preloaded: int,
-             notes: list[str]) -> dict[str, Any]:
+             notes: list[str], power: dict[str, Any] | None = None) -> dict[str, Any]:
     records = archive.records
     feasible = [r["objectives"] for r in records if r["feasible"]]
     at = sorted({n for n in config.hv_at if n <= len(records)} | ({len(records)} if records else set()))
@@ -294,6 +331,7 @@ def _summary(config: SweepConfig, evaluator: Any, archive: Archive, scales: list
         "feasible": len(feasible), "front_size": len(front_indices(records)),
         "objectives": list(config.objective_names), "quality": config.quality,
         "max_quality_loss": config.max_quality_loss,
+        "power_cap_w": config.power_cap_w, "power": power,
         "hypervolume": hypervolume(feasible, config.reference_point, scales=scales),
         "hv_curve": {str(k): v for k, v in hv_curve(records, config.reference_point, scales, at).items()},
         "reference_point": list(config.reference_point),
@@ -319,4 +357,5 @@ def load_run(run_dir: str | Path) -> tuple[SweepConfig, list[dict[str, Any]], di
     return config, store.records(), reference, summary
 
 
-__all__ = ["SweepResult", "build_evaluator", "load_run", "run_sweep", "scales_for", "warm_start_vectors"]
+__all__ = ["SweepResult", "build_evaluator", "load_run", "power_cap_for", "run_sweep", "scales_for",
+           "warm_start_vectors"]
