@@ -149,13 +149,13 @@ def plan_memory(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2, bat
 
 
 def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2, batch: int = 1,
-                     context: int = DEFAULT_KV_CONTEXT) -> dict[str, Any]:
+                     context: int = DEFAULT_KV_CONTEXT, session: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``plan_memory`` with detail: ``tiers``, ``by_unit`` {tier: {unit: bytes}}, ``staging`` {tier: bytes},
     ``kv`` (the KV cache's bytes and settings, or None) and ``experts`` (expert streaming, or None).
 
     A Plan's own session decisions are what count (what ``apply_plan`` will build), whether or not ``space``
     has session variables and whether or not its values are choices of them (an absolute ``"64MiB"`` budget);
-    a vector's are its session variables' values.
+    a vector's are its session variables' values, unless ``session`` gives them.
     """
     from dataclasses import replace
 
@@ -165,7 +165,7 @@ def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2
         return FootprintTracker(space, space.encode(replace(plan, session={})), lookahead=lookahead, batch=batch,
                                 context=context, session=plan.session).breakdown()
     return FootprintTracker(space, space.check_vector(plan), lookahead=lookahead, batch=batch,
-                            context=context).breakdown()
+                            context=context, session=session).breakdown()
 
 
 # ---------------------------------------------------------------------------------------------- KV cache
@@ -292,10 +292,10 @@ def kv_footprint(space: SearchSpace, values: Mapping[tuple[str, str], Any], sess
     if not any(k in session for k in KV_KNOBS):
         return None
     if record is None or not record.has_kv:
-        why = "the space was built without session knobs" if record is None else record.kv_reason
+        why = "the space was saved before session records existed" if record is None else record.kv_reason
         raise InvalidArgumentError(f"the plan decides the KV cache ({', '.join(k for k in KV_KNOBS if k in session)}) "
-                                   f"but its KV bytes cannot be counted: {why}; rebuild the SearchSpace with the "
-                                   "kv_* knobs, or drop them from the plan's session.")
+                                   f"but its KV bytes cannot be counted: {why}; drop the kv_* knobs from the plan's session"
+                                   + (" (or rebuild the SearchSpace from the model)." if record is None else "."))
     precision = session.get("kv_precision", "float")
     dtype = record.dtype
     if record.first_leaf is not None and values.get((record.first_leaf, "precision")) in FLOAT_ITEMSIZE:

@@ -11,9 +11,15 @@ What is checked, in this order (each problem names the module, the knob, the val
 4. values: not a choice of the space, or masked for that layer on that device, including the
    conditional rules (a precision its block's execution unit lacks, a kernel that does not read the
    precision, ...), each with the mask's reason;
-5. warnings: an exact rule's ``group_size``/``kernel`` that has no effect under its precision, and a
+5. session decisions (``Plan.session``): KV knobs on a model the runtime's paged KV cache does not support
+   (not a causal LM, sliding-window attention), an fp8 KV cache where the execution unit has no fp8 (or
+   torch no float8 dtype), a GPU KV tier on a device without a GPU, an expert prefetcher on a dense model
+   (or "gate" without routers), expert streaming with ``packed`` (whole-block) layouts; a ``kv_budget``
+   below the runtime's floor (sinks and one page per layer) is a warning (it is raised to the floor);
+6. warnings: an exact rule's ``group_size``/``kernel`` that has no effect under its precision, and a
    ``dla`` placement (on paper: the runtime cannot execute it);
-6. memory: per tier, the plan's resident bytes (``footprint.plan_memory``) against the budget given, or
+7. memory: per tier, the plan's resident bytes (and its session's KV cache and expert cache,
+   ``footprint.py``) (``footprint.plan_memory``) against the budget given, or
    else the device's capacity (GPU memory, host RAM when the profile knows it). A budget below the
    smallest footprint this space can reach on that tier says so and gives that smallest footprint; a
    reachable budget the plan exceeds names the need, the budget and the largest offender.
@@ -33,8 +39,8 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
-from autosurgeon.footprint import TIERS, FootprintTracker, memory_breakdown
-from autosurgeon.knobs import KNOBS
+from autosurgeon.footprint import DEFAULT_KV_CONTEXT, TIERS, FootprintTracker, memory_breakdown
+from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space_masks import FLOAT_PRECISIONS
 
@@ -128,7 +134,8 @@ def parse_budgets(budgets: Mapping[str, Any] | None) -> dict[str, int]:
 
 def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None,
                budgets: Mapping[str, Any] | None = None, force: bool = False,
-               inputs: Mapping[str, Any] | None = None, lookahead: int = 2) -> list[PlanProblem]:
+               inputs: Mapping[str, Any] | None = None, lookahead: int = 2,
+               kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1) -> list[PlanProblem]:
     """Every problem of ``plan`` for ``model`` on ``profile`` (see the module docstring); [] if none.
 
     Args:
@@ -139,7 +146,9 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
         budgets: tier -> bytes (int or ``"2GiB"``); tiers without one are held to the device capacity.
         force: report model/device fingerprint mismatches as warnings instead of errors.
         inputs: ``model(**inputs)`` for building the space of a bare module.
-        lookahead: the runtime's streaming lookahead, for staging bytes.
+        lookahead: the runtime's streaming lookahead, for staging bytes (a ``prefetch_depth`` in the plan's
+            session overrides it).
+        kv_context, kv_batch: the workload the plan's KV cache is counted at (``footprint.plan_memory``).
     """
     from autosurgeon.hardware import resolve_profile
     from autosurgeon.hw_profile import HardwareProfile
@@ -193,7 +202,7 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
     bad_values = {(p.fqn, p.knob) for p in value_problems}
     for i, reason in space.problems(x):
         v = space.variables[i]
-        if (v.name, v.knob) in bad_values:
+        if (v.name, v.knob) in bad_values or v.name == SESSION_UNIT:  # session: _session_problems says why
             continue
         value = v.choices[int(x[i])]
         context = ""
@@ -203,9 +212,70 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
         problems.append(PlanProblem(v.name, v.knob, value,
                                     f"`{v.knob}` {value!r} is not valid for {v.name} on device {profile.name!r}"
                                     f"{context}: {_strip(reason, v.name)}."))
+    problems += _session_problems(space, plan, x, profile, module, model, kv_context=kv_context, kv_batch=kv_batch)
     problems += _notes(space, plan, x)
-    problems += _budget_problems(space, x, profile, limits, lookahead)
+    if not any(p.knob in SESSION_KNOBS and p.severity == "error" for p in problems):  # else bytes are unknown
+        problems += _budget_problems(space, x, profile, limits, lookahead, session=plan.session,
+                                     kv_context=kv_context, kv_batch=kv_batch)
     return problems
+
+
+def _session_problems(space: Any, plan: Plan, x: np.ndarray, profile: Any, module: nn.Module, model: Any, *,
+                      kv_context: int, kv_batch: int) -> list[PlanProblem]:
+    """Session decisions this model or device cannot take (module docstring, item 5)."""
+    from autosurgeon.footprint import kv_budget_bytes, kv_token_bytes
+    from autosurgeon.space_masks import placement_units
+    from autosurgeon.space_session import build_session_record, kv_precision_reason
+
+    session = plan.session
+    if not session:
+        return []
+    record = space.session or build_session_record(module, task=getattr(model, "task", None))
+    name = type(module).__name__
+    out = []
+    kv_set = [k for k in KV_KNOBS if k in session]
+    if kv_set and not record.has_kv:
+        for knob in kv_set:
+            out.append(PlanProblem(SESSION_UNIT, knob, session[knob],
+                                   f"no KV cache decisions for {name}: {record.kv_reason}; drop `{knob}` from the "
+                                   "plan's session."))
+    precision = session.get("kv_precision")
+    if precision is not None and record.has_kv and (why := kv_precision_reason(precision, profile)) is not None:
+        out.append(PlanProblem(SESSION_UNIT, "kv_precision", precision, f"{why}."))
+    if session.get("kv_tier") == "gpu" and placement_units(profile).get("gpu") is None:
+        out.append(PlanProblem(SESSION_UNIT, "kv_tier", "gpu",
+                               f"device {profile.name!r} has no GPU for the KV pages; use kv_tier 'cpu' or drop it."))
+    if "kv_budget" in session and record.has_kv:
+        tb = kv_token_bytes(record.kv_heads, record.head_dim, precision or "float", record.dtype, batch=kv_batch)
+        from autosurgeon.knobs import parse_kv_budget
+
+        kind, amount = parse_kv_budget(session["kv_budget"])
+        budget = kv_budget_bytes(session["kv_budget"], layers=record.kv_layers, token_bytes=tb, tokens=kv_context + 1)
+        want = None if kind == "none" else (int(amount * record.kv_layers * (kv_context + 1) * tb)  # type: ignore[operator]
+                                            if kind == "share" else int(amount))  # type: ignore[arg-type]
+        if budget is not None and want is not None and want < budget - record.kv_layers:
+            out.append(PlanProblem(SESSION_UNIT, "kv_budget", session["kv_budget"],
+                                   f"{want} B is below what the runtime's KV cache needs at least (the 4 sinks and one "
+                                   f"16-token page per layer at {kv_batch} sequence(s)); raised to {budget} B.",
+                                   "warning"))
+    prefetch = session.get("prefetch", "none")
+    if prefetch != "none":
+        if not record.moe:
+            out.append(PlanProblem(SESSION_UNIT, "prefetch", prefetch,
+                                   f"{name} has no mixture-of-experts modules (dense): its blocks prefetch "
+                                   "sequentially, so there is no expert prefetcher to choose; use prefetch 'none' and "
+                                   "set prefetch_depth (the block lookahead)."))
+        elif prefetch == "gate" and not record.routers:
+            out.append(PlanProblem(SESSION_UNIT, "prefetch", prefetch,
+                                   "gate prefetch reads the next layer's router, and some experts module has none; "
+                                   "use 'markov' or 'lru'."))
+        packed = [v.name for i, v in enumerate(space.variables)
+                  if v.knob == "layout" and v.kind == "block" and v.choices[int(x[i])] == "packed"]
+        if record.moe and packed:
+            out.append(PlanProblem(SESSION_UNIT, "prefetch", prefetch,
+                                   f"expert streaming needs module-granularity streaming, but {packed[0]} is streamed "
+                                   "`packed` (as one unit, experts included); use layout 'default' or prefetch 'none'."))
+    return out
 
 
 def _not_applicable(space: Any, fqn: str, knob: str, module: nn.Module) -> str:
@@ -226,6 +296,12 @@ def _encode_checked(space: Any, plan: Plan) -> tuple[np.ndarray, list[PlanProble
     problems = []
     cache: dict[str, dict[str, Any]] = {}
     for i, v in enumerate(space.variables):
+        if v.name == SESSION_UNIT:
+            # Session values outside the space's discretised choices (a "64MiB" budget) are valid plans;
+            # _session_problems checks them, the vector keeps the default.
+            if plan.session.get(v.knob, v.choices[0]) in v.choices:
+                x[i] = v.choices.index(plan.session.get(v.knob, v.choices[0]))
+            continue
         decisions = cache.setdefault(v.name, plan.decisions_for(v.name))
         if v.knob not in decisions:
             continue
@@ -284,9 +360,14 @@ def _capacities(profile: Any) -> dict[str, tuple[int, str]]:
     return out
 
 
-def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2) -> tuple[int, np.ndarray]:
-    """(bytes on ``tier``, vector) of a small valid plan: greedy per variable, see the module docstring."""
-    tracker = FootprintTracker(space, space.default_vector(), lookahead=lookahead)
+def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2, session: Mapping[str, Any] | None = None,
+                       kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1) -> tuple[int, np.ndarray]:
+    """(bytes on ``tier``, vector) of a small valid plan: greedy per variable, see the module docstring.
+
+    ``session``: a plan's session decisions, held fixed (None: the space's session variables are searched too).
+    """
+    tracker = FootprintTracker(space, space.default_vector(), lookahead=lookahead, batch=kv_batch,
+                               context=kv_context, session=session)
     for i, v in enumerate(space.variables):
         if v.knob == "fusion":
             continue
@@ -305,14 +386,18 @@ def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2) -> tuple[in
     return tracker.tiers()[tier], tracker.x.copy()
 
 
-def _budget_problems(space: Any, x: np.ndarray, profile: Any, limits: dict[str, int],
-                     lookahead: int) -> list[PlanProblem]:
+def _budget_problems(space: Any, x: np.ndarray, profile: Any, limits: dict[str, int], lookahead: int, *,
+                     session: Mapping[str, Any] | None = None, kv_context: int = DEFAULT_KV_CONTEXT,
+                     kv_batch: int = 1) -> list[PlanProblem]:
     limits_all: dict[str, tuple[int, str]] = dict(_capacities(profile))
     for tier, nbytes in limits.items():
         limits_all[tier] = (nbytes, "budget")
     if not limits_all:
         return []
-    detail = memory_breakdown(space, x, lookahead=lookahead)
+    # The plan's session is what apply_plan builds (none: Hugging Face's cache, not counted), whatever
+    # session variables the space has.
+    fixed = dict(session or {})
+    detail = memory_breakdown(space, x, lookahead=lookahead, batch=kv_batch, context=kv_context, session=fixed)
     problems = []
     for tier in TIERS:
         if tier not in limits_all:
@@ -321,7 +406,8 @@ def _budget_problems(space: Any, x: np.ndarray, profile: Any, limits: dict[str, 
         need = detail["tiers"][tier]
         if need <= limit:
             continue
-        floor, _ = smallest_footprint(space, tier, lookahead=lookahead)
+        floor, _ = smallest_footprint(space, tier, lookahead=lookahead, session=fixed, kv_context=kv_context,
+                                      kv_batch=kv_batch)
         if floor > limit:
             problems.append(PlanProblem("", "budget", limit,
                                         f"{tier} {label} {_fmt(limit)} is below the smallest footprint "

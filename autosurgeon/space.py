@@ -90,7 +90,7 @@ class SearchSpace:
         self._block_layouts = [i for i, v in enumerate(self.variables)
                                if v.knob == "layout" and v.kind == "block" and v.parent is not None]
         self.nvec = np.array([v.n for v in self.variables], dtype=np.int64)
-        self.session = session  # what the session variables know of the model (None: no session knobs asked)
+        self.session = session  # what session decisions need to know of the model (None: a space saved before it)
 
     # ------------------------------------------------------------------------------------------ build
     @classmethod
@@ -141,9 +141,10 @@ class SearchSpace:
         units = build_units(model, analysis)
         builder = VariableBuilder(units, profile, tuple(k for k in knobs if k in KNOBS))
         variables = builder.variables()
-        record = None
+        # The session record is cheap and always kept: a plan's session decisions are counted (footprint)
+        # and checked (plan_check) against it even in spaces without session variables.
+        record = build_session_record(model, task=getattr(loaded, "task", None))
         if any(k in SESSION_KNOBS for k in knobs):
-            record = build_session_record(model, task=getattr(loaded, "task", None))
             variables += session_variables(record, profile, knobs, model_name=type(model).__name__)
             if record.kv_reason is not None and any(k in knobs for k in ("kv_precision", "kv_budget", "kv_tier",
                                                                           "kv_window")):

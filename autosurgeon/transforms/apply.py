@@ -17,7 +17,9 @@ Steps (each finishes before the next starts, and nothing touches the model until
    layout last (it changes only memory format). Every handler skips a module already in its target state,
    so applying the same plan again to the transformed model changes nothing (the model carries the
    resolved steps in ``_autosurgeon_applied``; a different plan on a transformed model is refused).
-5. ``runtime.Session(model, spec)`` places (resident or streamed) the weights as planned.
+5. ``runtime.Session(model, spec, kv=..., experts=...)`` places (resident or streamed) the weights as
+   planned, with the plan's session decisions (``Plan.session``: KV cache, expert prefetcher, prefetch
+   depth) turned into runtime options by ``transforms/session.py``.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
+from autosurgeon.footprint import DEFAULT_KV_CONTEXT
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan
 from autosurgeon.transforms.configs import (
@@ -186,7 +189,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
                space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
                disk_io: str = "mmap", energy_watts: float | None = None, autotune_kernels: bool = False,
-               batch: int = 1) -> Any:
+               batch: int = 1, kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
+               expert_capacity: float | int | None = None) -> Any:
     """Apply ``plan`` to ``model`` for ``profile`` and return a ready ``runtime.Session`` (module docstring).
 
     Args:
@@ -201,7 +205,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         prune: extra MLP pruning ``{fqn or "re:PATTERN": ratio}`` (see ``transforms/prune.py``).
         inputs: ``model(**inputs)`` for analysing a bare module (default: token ids for a language model).
         space: the model's SearchSpace on ``profile`` built with every knob (built when None).
-        lookahead, offload_dir, disk_io: the Session's streaming options (``runtime.spec.SessionSpec``).
+        lookahead, offload_dir, disk_io: the Session's streaming options (``runtime.spec.SessionSpec``); a
+            ``prefetch_depth`` in the plan's session overrides ``lookahead``.
         energy_watts: power figure for the Session's energy estimate where no counter is readable.
         autotune_kernels: give each *resident* quantized layer whose plan kernel is ``"auto"`` the fastest
             weight-only kernel by micro-benchmark on its execution device at ``batch`` rows
@@ -209,6 +214,9 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
             benchmark at apply time) ``"auto"`` is the runtime's per-device default; streamed layers always
             keep that default (their weights are not on the device until they run).
         batch: rows per call the kernels are tuned for (``autotune_kernels`` only).
+        kv_context, kv_batch: the workload a ``kv_budget`` share in the plan's session is of (positions cached
+            at a decode step, sequences); see ``transforms/session.py``.
+        expert_capacity: expert cache slots when the plan streams experts (share or count; None: 0.25).
 
     Returns:
         A ``runtime.Session`` over the transformed model (``session.model``); close it when done.
@@ -235,6 +243,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         loaded, model = model, model.model
     key = _marker_key(plan, profile, prune)
     marker = getattr(model, MARKER, None)
+    if plan.session.get("prefetch_depth") is not None:
+        lookahead = int(plan.session["prefetch_depth"])  # the plan decides the streaming lookahead
     if marker is not None:
         if marker["key"] != key:
             raise InvalidArgumentError(
@@ -247,7 +257,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                                       inputs=inputs if inputs is not None else default_inputs(model, loaded),
                                       knobs=KNOBS)
         if check:
-            raise_for_problems(check_plan(model, plan, profile, space=space, budgets=budgets, force=force))
+            raise_for_problems(check_plan(model, plan, profile, space=space, budgets=budgets, force=force,
+                                          lookahead=lookahead, kv_context=kv_context, kv_batch=kv_batch))
         surgery = resolve_surgery(plan, space, prune=prune, model=model)
 
     # Record placements and packed layouts, and build the spec: all before the model is touched.
@@ -267,7 +278,16 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     applied = sum(1 for *_, what in context.log if what == "applied")
     logger.info("plan applied to %s: %d steps applied, %d already in place", type(target).__name__, applied,
                 len(context.log) - applied)
-    session = Session(target.eval(), spec, energy_watts=energy_watts)
+    from autosurgeon.footprint import EXPERT_CAPACITY
+    from autosurgeon.transforms.session import session_options
+
+    exec_device = spec.block(0).device if spec.blocks else spec.rest_spec.device
+    options = session_options(plan.session, target, exec_device=exec_device, kv_context=kv_context,
+                              kv_batch=kv_batch, task=getattr(loaded, "task", None),
+                              expert_capacity=EXPERT_CAPACITY if expert_capacity is None else expert_capacity)
+    for note in options.notes:
+        logger.info("plan session: %s", note)
+    session = Session(target.eval(), spec, energy_watts=energy_watts, kv=options.kv, experts=options.experts)
     if autotune_kernels:
         _autotune(session.model, batch=batch)
     return session
@@ -306,15 +326,25 @@ def _check_devices(spec: Any, profile: Any) -> None:
 
 def session_from_plan(model: Any, plan: Plan | str | os.PathLike[str], *, profile: Any = "local",
                       budgets: Mapping[str, Any] | None = None, force: bool = False, lookahead: int = 2,
-                      offload_dir: str | None = None, energy_watts: float | None = None) -> Any:
+                      offload_dir: str | None = None, energy_watts: float | None = None,
+                      session: Mapping[str, Any] | None = None, kv_context: int = DEFAULT_KV_CONTEXT,
+                      kv_batch: int = 1, expert_capacity: float | int | None = None) -> Any:
     """What ``autosurgeon run --plan FILE`` calls: load the plan, apply it in place, return the Session.
 
     In place because the CLI loaded the model for this run only (no second copy of the weights).
+    ``session`` overrides the plan's session decisions knob by knob (the CLI's ``--kv-*``/``--prefetch``
+    flags); the merged plan is checked as a whole. ``kv_context``/``kv_batch``: the workload a ``kv_budget``
+    share is of (``autosurgeon run``: prompt + new tokens - 1 positions, one sequence).
     """
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
+    if session:
+        from dataclasses import replace
+
+        plan = replace(plan, session={**plan.session, **session})
     return apply_plan(model, plan, profile, inplace=True, budgets=budgets, force=force, lookahead=lookahead,
-                      offload_dir=offload_dir, energy_watts=energy_watts)
+                      offload_dir=offload_dir, energy_watts=energy_watts, kv_context=kv_context, kv_batch=kv_batch,
+                      expert_capacity=expert_capacity)
 
 
 __all__ = ["MARKER", "STAGES", "Step", "Surgery", "apply_plan", "apply_surgery", "default_inputs",
