@@ -102,17 +102,24 @@ def _cache_kw(module: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def make_steps(forward: Callable[..., Any], module: nn.Module, workload: Workload, inputs: Mapping[str, Any]
-               ) -> tuple[Callable[[], Any], Callable[[], Any] | None, dict[str, Any]]:
+def make_steps(forward: Callable[..., Any], module: nn.Module, workload: Workload, inputs: Mapping[str, Any], *,
+               cache: Any = None) -> tuple[Callable[[], Any], Callable[[], Any] | None, dict[str, Any]]:
     """``(step, prefill, step_inputs)``: callables running one step and one prefill (None for classifiers).
 
     A decode step feeds one token against a KV cache of ``context`` positions built by a prefill through
-    ``forward``, then crops the cache back, so every repeat decodes at the same context.
+    ``forward``, then crops the cache back, so every repeat decodes at the same context. ``cache``: a cache
+    to prefill instead of the model's own (a runtime Session's paged KV cache, ``Session.open_kv_cache``);
+    one that cannot be cropped grows by a position per repeat (the step decodes at ``context``,
+    ``context + 1``, ...).
     """
     if workload.task != "causal-lm":
         return (lambda: forward(**inputs)), None, dict(inputs)
     ids = inputs["input_ids"]
     kw = _cache_kw(module)
+    if cache is not None:
+        forward(input_ids=ids, use_cache=True, **{kw: cache})
+        step_inputs = {"input_ids": ids[:, -1:], kw: cache, "use_cache": True}
+        return (lambda: forward(**step_inputs)), (lambda: forward(input_ids=ids, use_cache=False)), step_inputs
     out = forward(input_ids=ids, use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     if cache is None:

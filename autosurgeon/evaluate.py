@@ -19,6 +19,17 @@ the KL sum itself (an uncalibrated proxy; it ranks plans, it is not accuracy poi
 the table (an embedding's float cast) and precisions it did not measure (fp8) add 0 and are counted in
 ``extra["quality_unscored"]``.
 
+Session decisions (a space built with session knobs, see ``space_session.py``): memory counts the KV cache
+at the workload's batch and context and streamed experts' homes and cache (``footprint.py``); the prefetch
+depth sets the streaming lookahead of the footprint and of the analytic pipeline. The cheap evaluators add
+the KV cache's effect on a decode step on paper (``cost_kv.kv_step_delta``: int8/fp8 storage is decoded
+before attention on this runtime, so it costs time; a window or budget keeps fewer tokens to read); the
+profiled latency stays "profiled" with that one term estimated (the method says so). The runtime evaluator
+applies the plan's session (``apply_plan``: KV cache, experts, lookahead) and decodes against the session's
+paged cache, which cannot be cropped: each repeat decodes one position further than the last. A Plan whose
+session decides a knob the evaluator's space has no variable for is refused (its vector could not tell
+it apart from a plan without it).
+
 Cache key: ``(model fingerprint, plan, device fingerprint, evaluator name + settings)``; the plan enters
 in its canonical form, its vector in the evaluator's space (whose digest is in the settings), so a Plan
 and its vector, or two proposers' identical plans with other metadata, hit the same entry
@@ -34,6 +45,7 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +196,43 @@ class Evaluator:
         blob = f"{self.model_fingerprint}|{vector}|{self.profile.fingerprint}|{self._settings_json}"
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
+    def _session(self, x: np.ndarray) -> dict[str, Any]:
+        """The session decisions of vector ``x`` (its session variables' values; {} in spaces without them)."""
+        from autosurgeon.footprint import session_values
+
+        return session_values(self.space, x)
+
+    def _memory(self, x: np.ndarray, lookahead: int) -> tuple[dict[str, int], dict[str, Any]]:
+        """``(peak bytes per tier, extra)``: footprint at the workload's batch and context, with KV/experts detail."""
+        from autosurgeon.footprint import memory_breakdown
+
+        detail = memory_breakdown(self.space, x, lookahead=lookahead, batch=self.workload.batch,
+                                  context=self.workload.context)
+        extra: dict[str, Any] = {}
+        if detail["kv"] is not None:
+            extra["kv"] = {k: detail["kv"][k] for k in ("tier", "peak_bytes", "budget_bytes", "kept_tokens",
+                                                          "evicted_tokens", "precision")}
+        if detail["experts"] is not None:
+            extra["experts"] = dict(detail["experts"])
+        return detail["tiers"], extra
+
+    def _kv_delta(self, x: np.ndarray, launch_overhead_s: float) -> dict[str, Any] | None:
+        """The KV cache's estimated change to one decode step (``cost_kv``), None without a paged cache."""
+        from autosurgeon.cost_kv import kv_step_delta
+        from autosurgeon.footprint import kv_footprint
+
+        if self.workload.phase != "decode":
+            return None
+        session = self._session(x)
+        kv = kv_footprint(self.space, self.space.values(x), session, batch=self.workload.batch,
+                          context=self.workload.context)
+        if kv is None:
+            return None
+        kind = "gpu" if kv["tier"] == "gpu" else self.space.default_placement.partition("<-")[0]
+        unit = next((u for u in self.profile.units if u.kind == kind), self.profile.default_unit())
+        return kv_step_delta(kv, record=self.space.session, bandwidth=unit.memory_bandwidth,
+                             launch_overhead_s=launch_overhead_s, context=self.workload.context)
+
     def settings(self) -> dict[str, Any]:
         """Everything besides the plan that changes the result (part of the cache key)."""
         return {"workload": [self.workload.task, self.workload.batch, self.workload.context, self.workload.seed],
@@ -202,6 +251,12 @@ class Evaluator:
                     raise InvalidArgumentError(
                         f"plan was made for {what} fingerprint {have}, this evaluator's {what} is {want}; "
                         f"re-plan for this {what} (or clear the plan's `{what}_fingerprint` to force it).")
+            missing = sorted(k for k in plan.session if space.variable("<session>", k) is None)
+            if missing:
+                raise InvalidArgumentError(
+                    f"plan session decides {', '.join(missing)}, which this evaluator's space has no variable for; "
+                    f"build the space with knobs including {', '.join(missing)} (SearchSpace.build(knobs=...)), or "
+                    "drop them from the plan's session.")
             x = space.encode(plan)
         else:
             x = space.check_vector(plan)
@@ -276,13 +331,35 @@ class AnalyticEvaluator(Evaluator):
         main = self.models[self.workload.phase]
         return {**super().settings(), **main.settings()}
 
-    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
-        from autosurgeon.footprint import plan_memory
+    def _model(self, phase: str, lookahead: int) -> AnalyticCostModel:
+        """The phase's cost model at ``lookahead`` (a plan's prefetch_depth): a shallow copy sharing the
+        per-leaf cache (leaf costs do not depend on the lookahead)."""
+        import copy
 
-        parts = self.models[self.workload.phase].breakdown(x)
+        model = self.models[phase]
+        if lookahead == model.lookahead:
+            return model
+        key = f"{phase}@{lookahead}"
+        if key not in self.models:
+            variant = copy.copy(model)
+            variant.lookahead = lookahead
+            self.models[key] = variant
+        return self.models[key]
+
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
+        depth = self._session(x).get("prefetch_depth")
+        lookahead = self.lookahead if depth is None else int(depth)
+        parts = self._model(self.workload.phase, lookahead).breakdown(x)
+        kv = self._kv_delta(x, self.models[self.workload.phase].launch_overhead_s)
+        if kv is not None:
+            parts["kv_s"] = kv["delta_s"]
+            parts["latency_s"] = max(1e-9, parts["latency_s"] + kv["delta_s"])
+            parts["busy_s"] = max(0.0, parts["busy_s"] + kv["delta_s"])
         latency = parts["latency_s"]
         joules, energy_how = energy_j(self.profile, latency, parts["busy_s"])
-        prefill = self.models["prefill"].breakdown(x)["latency_s"] if "prefill" in self.models else None
+        prefill = (self._model("prefill", lookahead).breakdown(x)["latency_s"] if "prefill" in self.models
+                   else None)
+        peak, mem_extra = self._memory(x, lookahead)
         quality, qextra = self._proxy_quality(x)
         labels = {"latency_s": "estimated", "peak_bytes": "estimated", "energy_j": "estimated"}
         if prefill is not None:
@@ -293,17 +370,18 @@ class AnalyticEvaluator(Evaluator):
         kind = "measured" if self.profile.measured else "paper"
         method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
                   f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
-                  f"(lookahead {self.lookahead}; {', '.join(parts['link_notes']) or 'no streaming'}); memory: "
-                  f"footprint.plan_memory; energy: {energy_how}"
+                  f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
+                  + (f" + KV cache term {kv['delta_s'] * 1e6:+.1f} us (cost_kv)" if kv is not None else "")
+                  + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + ("; quality: sensitivity proxy" if quality is not None else ""))
         step = self._per_item(latency)
         return Metrics(
             latency_s=step, prefill_s=prefill,
             tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
-            peak_bytes=plan_memory(self.space, x, lookahead=self.lookahead),
+            peak_bytes=peak,
             energy_j=self._per_item(joules), quality_loss=quality, labels=labels, method=method,
             device=self.profile.fingerprint, evaluator=self.name, phase=self.workload.phase,
-            extra={**self._base_extra(), **{k: v for k, v in parts.items() if k != "blocks"}, **qextra})
+            extra={**self._base_extra(), **{k: v for k, v in parts.items() if k != "blocks"}, **qextra, **mem_extra})
 
 
 # ---------------------------------------------------------------------------------------------- profiled
@@ -373,12 +451,17 @@ class ProfiledEvaluator(Evaluator):
                 "calibration": [self.calibration["a"], self.calibration["b"], self.calibration["seed"]]}
 
     def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
-        from autosurgeon.footprint import plan_memory
-
         parts = self.profiler.compose(x, self.workload.phase)
         if self.calibration["points"]:
             parts["composed_s"] = parts["latency_s"]
             parts["latency_s"] = max(1e-9, self.calibration["a"] + self.calibration["b"] * parts["latency_s"])
+        launch = (self.profiler.table.launch_overhead_s or {}).get(self.workload.phase, 0.0)
+        kv = self._kv_delta(x, launch)
+        if kv is not None:
+            parts["kv_s"] = kv["delta_s"]
+            parts["latency_s"] = max(1e-9, parts["latency_s"] + kv["delta_s"])
+        depth = self._session(x).get("prefetch_depth")
+        peak, mem_extra = self._memory(x, self.lookahead if depth is None else int(depth))
         prefill = (self.profiler.compose(x, "prefill")["latency_s"] if self.workload.task == "causal-lm" else None)
         self.profiler.save()
         latency = parts["latency_s"]
@@ -394,15 +477,16 @@ class ProfiledEvaluator(Evaluator):
                   f"costs" + (f", calibrated on {len(self.calibration['points'])} runtime plans (step = "
                               f"{self.calibration['a'] * 1e3:.3f} ms + {self.calibration['b']:.3f} x composed)"
                               if self.calibration["points"] else "")
+                  + (f" + KV cache term {kv['delta_s'] * 1e6:+.1f} us estimated (cost_kv)" if kv is not None else "")
                   + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + ("; quality: sensitivity proxy" if quality is not None else ""))
         return Metrics(
             latency_s=self._per_item(latency), prefill_s=prefill,
             tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
-            peak_bytes=plan_memory(self.space, x, lookahead=self.lookahead),
+            peak_bytes=peak,
             energy_j=self._per_item(joules), quality_loss=quality, labels=labels, method=method,
             device=self.profile.fingerprint, evaluator=self.name, phase=self.workload.phase,
-            extra={**self._base_extra(), **parts, **qextra})
+            extra={**self._base_extra(), **parts, **qextra, **mem_extra})
 
 
 # ---------------------------------------------------------------------------------------------- runtime
@@ -461,13 +545,17 @@ class RuntimeEvaluator(Evaluator):
             # Knobs this evaluator's space leaves out take the full space's defaults, repaired where the
             # default is masked (int4 group 128 on a layer narrower than 128 -> 32), as the cost models assume.
             full = self._full_space
-            plan = full.decode(full.repair(full.encode(plan)), metadata=plan.metadata)
+            session_decisions = plan.session  # the full (per-module) space has no session variables
+            plan = replace(full.decode(full.repair(full.encode(plan)), metadata=plan.metadata),
+                           session=session_decisions)
         session = apply_plan(self.loaded, plan, self.profile, inplace=False, budgets=self.budgets,
                              space=self._full_space, lookahead=self.lookahead,
-                             energy_watts=mean_watts(self.profile, 1.0))
+                             energy_watts=mean_watts(self.profile, 1.0), kv_context=self.workload.context,
+                             kv_batch=self.workload.batch)
         with session:
             step, prefill, _ = make_steps(session.forward, session.model, self.workload,
-                                          base_inputs(self.loaded, self.workload))
+                                          base_inputs(self.loaded, self.workload),
+                                          cache=session.open_kv_cache() if plan.session else None)
             device = next((d for d in getattr(session, "_devices", ["cpu"]) if str(d).startswith("cuda")), "cpu")
             for _ in range(t.step_warmup):
                 step()
@@ -483,7 +571,10 @@ class RuntimeEvaluator(Evaluator):
                 stats = timed(step, warmup=0, repeats=t.step_repeats, device=device, clock=t.clock)
             pre = (timed(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
                          clock=t.clock).median_s if prefill is not None else None)
-            peak = session.stats().peak_bytes
+            final = session.stats()
+            peak = final.peak_bytes
+            kv_stats = final.extra.get("kv")
+            experts = final.extra.get("experts")
             quality = self.quality_evaluator.loss(session.model) if self.quality_evaluator is not None else None
         latency = stats.median_s
         labels = {"latency_s": "measured", "peak_bytes": "measured"}
@@ -503,7 +594,9 @@ class RuntimeEvaluator(Evaluator):
             energy_j=self._per_item(joules) if joules is not None else None, quality_loss=quality,
             labels=labels, method=method, device=self.profile.fingerprint, evaluator=self.name,
             phase=self.workload.phase,
-            extra={**self._base_extra(), "p10_s": stats.p10_s, "p90_s": stats.p90_s, "energy_source": source})
+            extra={**self._base_extra(), "p10_s": stats.p10_s, "p90_s": stats.p90_s, "energy_source": source,
+                   **({"kv": kv_stats} if kv_stats is not None else {}),
+                   **({"experts": experts} if experts is not None else {})})
 
 
 __all__ = ["AnalyticEvaluator", "EvaluationCache", "Evaluator", "ProfiledEvaluator", "RuntimeEvaluator",

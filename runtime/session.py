@@ -294,10 +294,7 @@ class Session:
                 out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
                 self._sync()
         finally:
-            if self.kv_cache is not None:  # its pages go back to the store: the request is over
-                self._kv_stats = self.kv_cache.kv_stats()
-                self.kv_cache.close()
-                self.kv_cache = None
+            self._finish_kv()  # its pages go back to the store: the request is over
         self._seconds += time.perf_counter() - start
         self._tokens += (out.shape[-1] - input_ids.shape[-1]) * out.shape[0]
         self._energy_source = meter.source
@@ -315,8 +312,34 @@ class Session:
         if self.adapter is not None and self.adapter.next_kv_precision and config.precision == "float":
             config = dataclasses.replace(config, precision=self.adapter.next_kv_precision)
         dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
+        self._kv_meter = _KVMeter(self.store)
         return make_kv_cache(config, self.model.config, device=torch.device(self.block_specs[0].device),
-                             dtype=dtype, store=self.store)
+                             dtype=dtype, store=self._kv_meter)
+
+    def open_kv_cache(self) -> Any:
+        """A KV cache as ``generate`` builds it (None without ``kv=``), for driving ``forward`` step by step
+        (pass it as the model's ``past_key_values``/``cache``). Charged to this session's store; reported in
+        ``stats().extra["kv"]`` while open, and closed by the next ``open_kv_cache``/``generate`` or ``close()``."""
+        self._check_open()
+        if self.kv_config is None:
+            return None
+        self._finish_kv()
+        self.kv_cache = self._make_kv_cache()
+        return self.kv_cache
+
+    def _kv_report(self) -> dict[str, Any]:
+        meter = getattr(self, "_kv_meter", None)
+        stats = dict(self.kv_cache.kv_stats())
+        if meter is not None:  # the cache's own peak (the store's peak mixes it with the weights)
+            stats["peak_bytes"] = meter.peak_total
+            stats["peak_bytes_by_tier"] = dict(meter.peak)
+        return stats
+
+    def _finish_kv(self) -> None:
+        if getattr(self, "kv_cache", None) is not None:
+            self._kv_stats = self._kv_report()
+            self.kv_cache.close()
+            self.kv_cache = None
 
     # ---------------------------------------------------------------- adaptation (runtime.adapt calls these)
     def _step_start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -416,7 +439,9 @@ class Session:
             extra["experts"] = {**self.experts.stats.as_dict(), "capacity": self.experts.cache.capacity
                                 if self.experts.cache is not None else None, "prefetch": self.experts.config.prefetch,
                                 "lookahead": self.experts.lookahead}
-        if self._kv_stats is not None:
+        if self.kv_cache is not None:
+            extra["kv"] = self._kv_report()
+        elif self._kv_stats is not None:
             extra["kv"] = dict(self._kv_stats)
         if self.adapter is not None:
             extra["adjustments"] = [a.as_dict() for a in self.adapter.adjustments]
@@ -443,9 +468,7 @@ class Session:
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        if getattr(self, "kv_cache", None) is not None:
-            self.kv_cache.close()
-            self.kv_cache = None
+        self._finish_kv()
         if getattr(self, "experts", None) is not None:
             self.experts.detach()
             self.experts = None
@@ -467,6 +490,30 @@ class Session:
                 self.close()
             except Exception:  # noqa: BLE001 - interpreter shutdown; nothing sensible to do
                 pass
+
+
+class _KVMeter:
+    """The store as the KV cache sees it: charges pass through, and the cache's own bytes and peak are kept
+    (per tier and in total), so a run can report the KV cache's peak apart from the weights'."""
+
+    def __init__(self, store: TensorStore) -> None:
+        self.store = store
+        self.used: dict[str, int] = dict.fromkeys(TIERS, 0)
+        self.peak: dict[str, int] = dict.fromkeys(TIERS, 0)
+        self.peak_total = 0
+
+    def charge(self, tier: str, nbytes: int, *, label: str) -> None:
+        self.store.charge(tier, nbytes, label=label)  # raises BudgetExceededError before anything is counted
+        self.used[tier] += nbytes
+        self.peak[tier] = max(self.peak[tier], self.used[tier])
+        self.peak_total = max(self.peak_total, sum(self.used.values()))
+
+    def uncharge(self, tier: str, nbytes: int, *, label: str) -> None:
+        self.store.uncharge(tier, nbytes, label=label)
+        self.used[tier] -= nbytes
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
 
 def own_bytes(module: nn.Module) -> int:

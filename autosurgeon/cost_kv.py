@@ -1,0 +1,72 @@
+"""The latency a session's KV-cache decisions add to (or save from) one decode step, on paper.
+
+The cost models analyse a decode step against Hugging Face's ``DynamicCache`` in the model dtype: the
+attention leaves read the ``context`` cached positions, and the cache's per-step concatenation
+(``torch.cat`` of past and new states: a read and a write of the whole cache per layer) is an elementwise op
+with no FLOPs, so only its launches are in their launch term. The runtime's paged cache
+(``runtime.kv_pages.LayerKV.gather``) hands attention the kept tokens as one tensor per layer:
+
+* float storage: the pages are concatenated — the same read + write of the kept tokens as HF's cat;
+* int8 / fp8 storage: the codes and the float16 scales are concatenated, then decoded
+  ``(q.float() * scale.float()).to(dtype)``: the codes read (1 B) and upcast to float32 (4 B written), the
+  product read and written (4 B + 4 B), and a cast to a non-float32 model dtype (4 B read + itemsize written);
+* attention then reads the decoded kept tokens in the model dtype.
+
+So on this runtime int8/fp8 KV saves memory but costs time (no fused dequantizing attention kernel); a
+window or budget that keeps fewer tokens saves time. The step's change against the analysis' baseline is::
+
+    delta_s = (traffic(precision, kept) - traffic("float", context + 1)) / bandwidth
+              + extra_ops(precision) x layers x launch_overhead_s
+
+``traffic(p, n)`` is the bytes above for ``n`` kept tokens (attention's read included), ``kept`` comes from
+``footprint.kv_layer_bytes``'s page simulation, and ``extra_ops`` counts the kernels the decode adds per
+layer (6 for int8/fp8: two scale concatenations, two upcasts and two multiplies; 2 more casts for a
+non-float32 dtype; read from ``LayerKV.gather``). Bandwidth is the execution unit's ``memory_bandwidth``.
+Everything here is an estimate (it never enters a "measured" figure); prefill's one-off quantization of
+the prompt's states is not modelled.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autosurgeon.knobs import KV_KNOBS
+
+_QUANT_OPS_PER_LAYER = 6
+_CAST_OPS_PER_LAYER = 2
+
+
+def kv_traffic_bytes(elements: int, precision: str, itemsize: int, head_dim: int) -> int:
+    """Bytes moved to hand attention ``elements`` kept key/value elements of one step (module docstring)."""
+    if precision == "float":
+        return elements * itemsize * 3  # concatenation read + write, attention's read
+    scales = elements // max(1, head_dim)  # one float16 scale per token and head: cat (2 + 2), upcast (2 + 4)
+    decode = 1 + 4 + 4 + 4 + ((4 + itemsize) if itemsize != 4 else 0)
+    return elements * (2 * 1 + decode + itemsize) + scales * 10
+
+
+def kv_step_delta(kv: Mapping[str, Any] | None, *, record: Any, bandwidth: float, launch_overhead_s: float,
+                  context: int) -> dict[str, Any] | None:
+    """``{"delta_s", "kept_tokens", "bytes", "baseline_bytes", "ops"}`` of a KV footprint (``footprint.kv_footprint``
+    output) against HF's float cache at ``context + 1`` tokens; None without a paged cache."""
+    if kv is None or record is None or not record.has_kv:
+        return None
+    from autosurgeon.footprint import FLOAT_ITEMSIZE
+
+    itemsize = FLOAT_ITEMSIZE.get(kv["dtype"], 4)
+    per_token = 2 * kv["batch"] * record.kv_heads * record.head_dim * record.kv_layers  # K and V elements
+    kept = kv["kept_tokens"]
+    now = kv_traffic_bytes(per_token * kept, kv["precision"], itemsize, record.head_dim)
+    base = kv_traffic_bytes(per_token * (context + 1), "float", itemsize, record.head_dim)
+    ops = 0
+    if kv["precision"] != "float":
+        ops = (_QUANT_OPS_PER_LAYER + (_CAST_OPS_PER_LAYER if itemsize != 4 else 0)) * record.kv_layers
+    delta = ((now - base) / bandwidth if bandwidth > 0 else 0.0) + ops * launch_overhead_s
+    return {"delta_s": delta, "kept_tokens": kept, "bytes": now, "baseline_bytes": base, "ops": ops}
+
+
+def has_kv_decisions(session: Mapping[str, Any]) -> bool:
+    return any(k in session for k in KV_KNOBS)
+
+
+__all__ = ["has_kv_decisions", "kv_step_delta", "kv_traffic_bytes"]
