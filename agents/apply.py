@@ -128,11 +128,12 @@ class ApplyResult:
     notes: list[str]
     space: Any = None
     front: FrontResult | None = None
+    power: dict[str, Any] | None = None  # the cap, the mode and the plan's mean power, with --power-cap
 
 
 def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any = "local",
                  preference: Any = None, memory_budget: float | None = None, front: int | None = None,
-                 evaluator: str | None = None, force: bool = False) -> ApplyResult:
+                 evaluator: str | None = None, force: bool = False, power_cap_w: float | None = None) -> ApplyResult:
     """Apply a saved policy to ``model_spec`` on ``device`` (module docstring).
 
     Args:
@@ -146,6 +147,9 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
             ``device`` is this machine's measured profile, else "analytic"); the policy itself acts on the
             observations of the evaluator it trained with (analytic on paper profiles).
         force: apply a policy trained for another device class.
+        power_cap_w: a power cap in watts: on a paper profile the plan is chosen and evaluated in the fastest
+            power mode within it; on a measured one a plan whose mean power exceeds it gets a note (clocks and
+            power limits are never changed). ``result.power`` records the cap, the mode and the plan's power.
     """
     from autosurgeon.hardware import resolve_profile
     from autosurgeon.plan_check import check_plan, raise_for_problems
@@ -169,13 +173,14 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     act_with = meta.get("evaluator", "analytic") if local else "analytic"
     measure_with = evaluator or ("runtime" if local else act_with)
     env = SurgeryEnv(models=[model_spec], device=profile, evaluator=act_with, knobs=tuple(meta["knobs"]),
-                     budget_shield=bool(meta.get("budget_shield", True)))
+                     budget_shield=bool(meta.get("budget_shield", True)), power_cap_w=power_cap_w)
     ctx = env.contexts[0]
     measurer = ctx.evaluator
     if measure_with != act_with:
         from envs.context import build_context
 
-        mctx = build_context(model_spec, profile, evaluator=measure_with, knobs=tuple(meta["knobs"]))
+        # env.profile: the profile in the power cap's mode on paper (the profile itself otherwise).
+        mctx = build_context(model_spec, env.profile, evaluator=measure_with, knobs=tuple(meta["knobs"]))
         if mctx.space.digest() != ctx.space.digest():
             raise InvalidArgumentError(f"the {measure_with} evaluator's search space of {model_spec!r} differs from "
                                        f"the {act_with} one; measure with --evaluator {act_with}.")
@@ -196,22 +201,35 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         raise_for_problems(errors, what="the policy's plan")
     metrics = measurer.evaluate(x)
     base = measurer.evaluate(ctx.space.default_vector())
+    power = None
+    if env.power_cap is not None:
+        from autosurgeon.power import mean_power_w
+
+        cap = env.power_cap
+        watts = mean_power_w(metrics)
+        power = {**cap.to_dict(), "plan_power_w": watts, "within_cap": watts is not None and watts <= cap.watts}
+        if not power["within_cap"]:
+            notes.append(f"the policy's plan draws {watts:.4g} W on average, over the power cap of {cap.watts:g} W "
+                         f"({metrics.labels.get('energy_j')} energy)")
     result = ApplyResult(plan=plan, metrics=metrics, base=base, preference=pref, memory_budget=memory_budget,
-                         notes=notes, space=ctx.space)
+                         notes=notes, space=ctx.space, power=power)
     if front:
         result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer)
     return result
 
 
-def write_front(path: str | os.PathLike[str], front: FrontResult, space: Any) -> Path:
-    """The front as JSON: per preference its plan vector, metrics and normalised objectives, plus the HV."""
+def write_front(path: str | os.PathLike[str], front: FrontResult, space: Any,
+                power: dict[str, Any] | None = None) -> Path:
+    """The front as JSON: per preference its plan vector, metrics and normalised objectives, plus the HV
+    (and ``power``: the power cap and mode the plans were found under, when there was one)."""
     path = Path(path)
     rows = [{"preference": dict(zip(OBJECTIVES, w.tolist())), "vector": x.tolist(),
              "normalised": dict(zip(OBJECTIVES, n.tolist())), "metrics": m.to_dict()}
             for w, x, m, n in zip(front.preferences, front.vectors, front.metrics, front.normalised)]
     path.write_text(json.dumps({"hypervolume": front.hypervolume, "reference": list(HV_REFERENCE),
                                 "objectives": list(OBJECTIVES), "space": space.digest(),
-                                "distinct_plans": front.evaluations, "points": rows}, indent=2, default=str))
+                                "distinct_plans": front.evaluations, "power": power, "points": rows},
+                               indent=2, default=str))
     return path
 
 

@@ -3,7 +3,7 @@
 :class:`SurgeryMetricsCallback` reads the finished episodes' ``info`` from every vectorised env and logs,
 per rollout: ``surgery/mean_reward``, ``surgery/improvement`` (the preference-weighted gain before
 penalties), ``surgery/budget_violation_rate`` (memory over budget), ``surgery/quality_violation_rate``,
-``surgery/episodes``; and every ``hv_every`` timesteps, per training model, ``surgery/hv/<model>``: the
+``surgery/power_violation_rate`` (mean power over the power cap; with a cap only), ``surgery/episodes``; and every ``hv_every`` timesteps, per training model, ``surgery/hv/<model>``: the
 hypervolume of the policy's deterministic front from ``hv_preferences`` evenly spread preferences
 (``agents.apply.policy_front``; normalised objectives, fixed reference point). It also keeps running
 mean/std of the observations it sees (Welford), saved with the policy.
@@ -13,6 +13,9 @@ equal preference on each training model is also applied and run end to end (``Ru
 ``surgery/runtime/<model>/latency_ratio`` (measured latency / measured unmodified latency) and
 ``.../latency_error`` (the training evaluator's latency / the measured one - 1): how far the training
 reward's cost model is from the runtime, on the plans the policy actually picks.
+
+``hparams`` (the run's settings: device, evaluator, seed, power cap and power mode) are written once at
+the start as TensorBoard HParams (SB3's ``HParam``), so runs say under which cap they were trained.
 """
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ class SurgeryMetricsCallback(BaseCallback):
     """See the module docstring. ``front_env`` is a SurgeryEnv over the training models (not vectorised)."""
 
     def __init__(self, *, front_env: Any = None, hv_every: int = 2048, hv_preferences: int = 8,
-                 runtime_every: int = 0, verbose: int = 0) -> None:
+                 runtime_every: int = 0, hparams: dict[str, Any] | None = None, verbose: int = 0) -> None:
         super().__init__(verbose)
+        self.hparams = dict(hparams or {})
         self.runtime_every = runtime_every
         self._next_runtime = runtime_every
         self._runtime_ctx: dict[int, Any] = {}
@@ -60,6 +64,15 @@ class SurgeryMetricsCallback(BaseCallback):
             out[f"runtime/{ctx.spec}/latency_error"] = cheap.latency_s / measured.latency_s - 1.0
         return out
 
+    def _on_training_start(self) -> None:
+        if not self.hparams:
+            return
+        from stable_baselines3.common.logger import HParam
+
+        values = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.hparams.items()}
+        self.logger.record("hparams", HParam(values, {"surgery/mean_reward": 0.0, "surgery/improvement": 0.0}),
+                           exclude=("stdout", "log", "json", "csv"))
+
     def _on_step(self) -> bool:
         obs = np.asarray(self.locals.get("new_obs"), dtype=np.float64)
         if obs.ndim == 2:
@@ -69,7 +82,8 @@ class SurgeryMetricsCallback(BaseCallback):
             if done and "improvement" in info:
                 self._episodes.append({"reward": info.get("episode", {}).get("r"), "improvement": info["improvement"],
                                        "memory_violation": info["memory_violation"],
-                                       "quality_violation": info["quality_violation"]})
+                                       "quality_violation": info["quality_violation"],
+                                       "power_violation": info.get("power_violation")})
         return True
 
     def _update(self, row: np.ndarray) -> None:
@@ -94,6 +108,9 @@ class SurgeryMetricsCallback(BaseCallback):
             row.update(episodes=len(eps), improvement=float(np.mean([e["improvement"] for e in eps])),
                        budget_violation_rate=float(np.mean([e["memory_violation"] for e in eps])),
                        quality_violation_rate=float(np.mean([e["quality_violation"] for e in eps])))
+            capped = [e["power_violation"] for e in eps if e["power_violation"] is not None]
+            if capped:
+                row["power_violation_rate"] = float(np.mean(capped))
             if rewards:
                 row["mean_reward"] = float(np.mean(rewards))
             self._episodes = []

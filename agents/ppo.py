@@ -11,7 +11,12 @@ model, a preference and a budget from its env's seeded ``np_random``. It trains
   timesteps, the hypervolume of the policy's front on each training model.
 
 The output folder gets ``policy.zip`` and ``policy.json`` (``agents.policy_io``: layout, knobs, device
-fingerprint and class, training models, evaluator, observation statistics, learning history).
+fingerprint and class, training models, evaluator, observation statistics, learning history, and the power
+cap with the power mode trained in under ``power``).
+
+``power_cap_w`` (``--power-cap``) trains under a power cap (``envs.surgery.SurgeryEnv``: a paper profile
+in the fastest power mode within it, a measured one with plans above it penalised); the cap and mode also
+go to TensorBoard as HParams (``SurgeryMetricsCallback``).
 
 Hyperparameters (``PPOSettings``): small MLP (64, 64), ``n_steps`` 128 per env, batch 64, 10 epochs, lr
 3e-4, gamma 0.99, GAE 0.95, entropy 0.01 — episodes are tens of steps with one terminal reward.
@@ -75,7 +80,7 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: Sequence[str], sensitivity: bool,
-                 n_envs: int, seed: int) -> Any:
+                 n_envs: int, seed: int, power_cap_w: float | None = None) -> Any:
     """``n_envs`` Monitor-wrapped SurgeryEnvs in a DummyVecEnv, env ``r`` seeded ``seed + r``."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -84,7 +89,8 @@ def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: 
 
     def make(rank: int) -> Any:
         def _init() -> Any:
-            env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity)
+            env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
+                             power_cap_w=power_cap_w)
             env.reset(seed=seed + rank)
             return Monitor(env)
         return _init
@@ -117,13 +123,14 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           knobs: Sequence[str] = ("precision", "placement"), settings: PPOSettings | None = None,
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
           sensitivity: bool = False, max_seconds: float | None = None,
-          warm_start: Any = None, runtime_every: int = 0) -> TrainResult:
+          warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``max_seconds`` stops learning early after that much wall time (the policy is saved as it is).
     ``warm_start``: a callable taking the fresh model before learning (e.g. ``agents.warm_start.markov_warm_start``;
     ignored on resume); what it returns is saved in policy.json under ``warm_start``. ``runtime_every``: run
     the policy's plan on the runtime every that many timesteps (``SurgeryMetricsCallback``; this machine only).
+    ``power_cap_w``: train under a power cap in watts (module docstring).
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
@@ -145,10 +152,14 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     if resume and ckpt is None:
         raise InvalidArgumentError(f"`--resume`: no checkpoint under {out / 'checkpoints'}; train without --resume.")
     profile = resolve_profile(device)
+    if power_cap_w is not None:
+        from autosurgeon.power import resolve_power_cap
+
+        resolve_power_cap(profile, power_cap_w)  # a cap below every mode fails here, before anything is built
     started = time.perf_counter()
 
     vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
-                       n_envs=n_envs, seed=seed)
+                       n_envs=n_envs, seed=seed, power_cap_w=power_cap_w)
     tb = str(out / "tb")
     if ckpt is not None:
         model = MaskablePPO.load(ckpt, env=vec, device="cpu", tensorboard_log=tb)
@@ -156,12 +167,17 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     else:
         model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     warm_info = warm_start(model) if warm_start is not None and ckpt is None else None
-    front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity)
+    front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
+                           power_cap_w=power_cap_w)
+    power = None if front_env.power_cap is None else front_env.power_cap.to_dict()
     if runtime_every and not (profile.measured and profile.fingerprint == resolve_profile("local").fingerprint):
         raise InvalidArgumentError(f"`--runtime-every` runs plans on this machine; `--device` {profile.name!r} is "
                                    "not this machine's profile (use --device local or drop --runtime-every).")
     metrics_cb = SurgeryMetricsCallback(front_env=front_env, hv_every=hv_every, hv_preferences=hv_preferences,
-                                        runtime_every=runtime_every)
+                                        runtime_every=runtime_every,
+                                        hparams={"device": profile.name, "evaluator": evaluator, "seed": seed,
+                                                 "power_cap_w": "none" if power is None else power["power_cap_w"],
+                                                 "power_mode": front_env.power_mode_name})
     callbacks = CallbackList([CheckpointCallback(save_freq=max(checkpoint_every // n_envs, 1),
                                                  save_path=str(out / "checkpoints"), name_prefix="policy"),
                               metrics_cb, *([StopAfterSeconds(max_seconds)] if max_seconds else [])])
@@ -180,6 +196,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
         "reward": asdict(front_env.reward_config), "budget_range": list(front_env.budget_range),
         "obs_stats": metrics_cb.obs_stats(), "warm_start": warm_info, "history": metrics_cb.history,
         "budget_shield": front_env.budget_shield,
+        "power": power, "power_mode": front_env.power_mode_name,
         "train_seconds": seconds,
         "spaces": {ctx.spec: ctx.space.digest() for ctx in front_env.contexts}})
     logger.info("policy saved to %s after %d timesteps (%.1f s)", out, model.num_timesteps, seconds)

@@ -64,7 +64,10 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
 
     if evaluator not in EVALUATORS:
         raise InvalidArgumentError(f"`evaluator` must be one of {', '.join(EVALUATORS)}, got {evaluator!r}.")
-    key = (spec, profile.fingerprint, evaluator, tuple(knobs), bool(sensitivity))
+    from autosurgeon.power import mode_key
+
+    # A profile moved to another power mode keeps its fingerprint, not its rates: the mode is in the key.
+    key = (spec, profile.fingerprint, mode_key(profile), evaluator, tuple(knobs), bool(sensitivity))
     if cache and key in _CACHE:
         return _CACHE[key]
     real = evaluator != "analytic" or sensitivity

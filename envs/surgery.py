@@ -64,8 +64,18 @@ class SurgeryEnv(gym.Env):
     ## Rewards
 
     0 on every step but the last; on the last, the evaluated plan's preference-weighted improvement over
-    the unmodified model minus penalties for exceeding the memory budget or the quality-loss bound
-    (``envs.reward``). With a measuring evaluator the reward is measured, hence ``nondeterministic=True``.
+    the unmodified model minus penalties for exceeding the memory budget, the quality-loss bound or the
+    power cap (``envs.reward``). With a measuring evaluator the reward is measured, hence
+    ``nondeterministic=True``.
+
+    ## Power cap
+
+    ``power_cap_w`` (watts, ``autosurgeon.power.resolve_power_cap``): on a paper profile the env works on the
+    profile in the fastest power mode within the cap (``self.profile``; its rates and energy are that
+    mode's, so every plan's mean power is within the cap); on a measured profile (clocks and power limits
+    are never changed) a finished plan whose mean power (energy / latency) exceeds the cap is penalised like
+    a plan over the memory budget (``info["power_violation"]``, ``info["power_w"]``). ``self.power_cap``
+    holds the resolved cap (None without one).
 
     ## Starting State
 
@@ -82,7 +92,7 @@ class SurgeryEnv(gym.Env):
     ## Version History
 
     * v0: initial version (knobs precision + placement by default; analytic evaluator by default; budget
-      shield on by default).
+      shield on by default). Later additions that change no space: the ``power_cap_w`` option.
     """
 
     metadata = {"render_modes": []}
@@ -91,8 +101,10 @@ class SurgeryEnv(gym.Env):
                  evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
                  budget_range: tuple[float, float] = (0.1, 1.0), memory_budget: float | None = None,
                  preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
-                 budget_shield: bool = True, render_mode: str | None = None) -> None:
+                 budget_shield: bool = True, render_mode: str | None = None,
+                 power_cap_w: float | None = None) -> None:
         from autosurgeon.hardware import resolve_profile
+        from autosurgeon.power import resolve_power_cap
 
         if render_mode is not None:
             raise InvalidArgumentError(f"`render_mode` must be None (SurgeryEnv does not render), got {render_mode!r}.")
@@ -102,7 +114,10 @@ class SurgeryEnv(gym.Env):
         lo, hi = budget_range
         if not 0.0 <= lo <= hi <= 1.0:
             raise InvalidArgumentError(f"`budget_range` must satisfy 0 <= low <= high <= 1, got {budget_range!r}.")
-        self.profile = resolve_profile(device)
+        profile = resolve_profile(device)
+        self.power_cap = (None if power_cap_w is None else
+                          resolve_power_cap(profile, power_cap_w, argument="power_cap_w"))
+        self.profile = profile if self.power_cap is None else self.power_cap.profile
         self.contexts: list[ModelContext] = [build_context(s, self.profile, evaluator=evaluator, knobs=knobs,
                                                            sensitivity=sensitivity) for s in specs]
         self.specs = specs
@@ -125,6 +140,13 @@ class SurgeryEnv(gym.Env):
         self.previous: np.ndarray | None = None
         self.preference = np.full(len(OBJECTIVES), 1.0 / len(OBJECTIVES))
         self.budget = float(self.ctx.base.objective("memory"))
+
+    @property
+    def power_mode_name(self) -> str:
+        """The power mode the env's profile is in (the cap's mode, or the profile's own)."""
+        from autosurgeon.hw_power import current_mode
+
+        return current_mode(self.profile).name
 
     # ------------------------------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None
@@ -185,7 +207,8 @@ class SurgeryEnv(gym.Env):
         if terminated:
             metrics = self.ctx.evaluator.evaluate(self.x)
             reward, rinfo = episode_reward(metrics, self.ctx.base, self.preference, objectives=OBJECTIVES,
-                                           memory_budget=self.budget, config=self.reward_config)
+                                           memory_budget=self.budget, config=self.reward_config,
+                                           power_cap_w=None if self.power_cap is None else self.power_cap.watts)
             info.update(rinfo, model=self.ctx.spec, plan_vector=self.x.tolist(), latency_s=metrics.latency_s,
                         energy_j=metrics.energy_j, evaluator=metrics.evaluator)
         return self._observation(), float(reward), terminated, False, info

@@ -36,6 +36,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--evaluator", choices=("analytic", "profiled", "runtime"), default=None,
                         help="how to measure the plan (default: runtime, end to end, when --device is this machine; "
                         "analytic on a paper profile)")
+    parser.add_argument("--power-cap", type=float, default=None, metavar="W",
+                        help="power cap in watts: a paper profile is planned in its fastest power mode within W; on "
+                        "a measured profile a plan drawing more than W on average is flagged (clocks and power "
+                        "limits are never changed)")
     parser.add_argument("--force", action="store_true", help="apply a policy trained for another device class")
     parser.add_argument("--out", required=True, help="plan JSON to write")
     parser.set_defaults(func=run)
@@ -53,8 +57,12 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_size(args.budget_memory, what="--budget-memory") if args.budget_memory is not None else None
     if args.front is not None and args.front < 1:
         raise InvalidArgumentError(f"`--front` must be >= 1, got {args.front}.")
+    if args.power_cap is not None:
+        from autosurgeon.power import check_power_cap
+
+        check_power_cap(args.power_cap, argument="--power-cap")
     result = apply_policy(args.policy, args.model, device=args.device, preference=preference, memory_budget=budget,
-                          front=args.front, evaluator=args.evaluator, force=args.force)
+                          front=args.front, evaluator=args.evaluator, force=args.force, power_cap_w=args.power_cap)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.plan.save(out)
@@ -71,9 +79,13 @@ def run(args: argparse.Namespace) -> int:
               + (f" (unmodified {base.energy_j * 1e3:.4f} mJ)" if base.energy_j else ""))
     if m.quality_loss is not None:
         print(f"  quality loss {m.quality_loss * 100:+.3f}% [{m.labels.get('quality_loss')}]")
+    if result.power is not None:
+        p = result.power
+        print(f"  power cap {p['power_cap_w']:g} W: mode {p['power_mode']!r} ({p['mode_watts']:g} W); plan draws "
+              f"{p['plan_power_w']:.4g} W on average ({'within' if p['within_cap'] else 'OVER'} the cap)")
     if result.front is not None:
         path = out.with_suffix(".front.json")
-        write_front(path, result.front, result.space)
+        write_front(path, result.front, result.space, power=result.power)
         print(f"front of {len(result.front.preferences)} preferences ({result.front.evaluations} distinct plans): "
               f"hypervolume {result.front.hypervolume:.4f} -> {path}")
     return 0

@@ -30,6 +30,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--n-envs", type=int, default=2, help="vectorised environments (default 2)")
     parser.add_argument("--knobs", default="precision,placement", help="knob kinds the policy decides")
     parser.add_argument("--hv-every", type=int, default=4096, help="timesteps between front hypervolume logs")
+    parser.add_argument("--power-cap", type=float, default=None, metavar="W",
+                        help="train under a power cap in watts: a paper profile in its fastest power mode within W; "
+                        "on a measured profile plans drawing more than W on average are penalised (clocks and power "
+                        "limits are never changed)")
     parser.add_argument("--runtime-every", type=int, default=0, metavar="STEPS",
                         help="every STEPS timesteps also run the policy's plan end to end on the runtime (this "
                         "machine only; 0 = never, default)")
@@ -43,12 +47,22 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"`--timesteps` must be >= 1, got {args.timesteps}.")
     if args.n_envs < 1:
         raise InvalidArgumentError(f"`--n-envs` must be >= 1, got {args.n_envs}.")
+    if args.power_cap is not None:
+        from autosurgeon.power import check_power_cap
+
+        check_power_cap(args.power_cap, argument="--power-cap")
     result = train(device=args.device, models=args.models.split(","), timesteps=args.timesteps, out=args.out,
                    resume=args.resume, evaluator=args.evaluator, seed=args.seed, n_envs=args.n_envs,
                    knobs=tuple(k.strip() for k in args.knobs.split(",") if k.strip()), hv_every=args.hv_every,
-                   runtime_every=args.runtime_every)
+                   runtime_every=args.runtime_every, power_cap_w=args.power_cap)
     last = result.history[-1] if result.history else {}
     print(f"policy saved to {result.out} ({result.timesteps} timesteps, {result.seconds:.1f} s)")
+    if args.power_cap is not None:
+        from agents.policy_io import read_meta
+
+        power = read_meta(result.out).get("power") or {}
+        if power:
+            print(f"  power cap {power['power_cap_w']:g} W: mode {power['power_mode']!r} ({power['how']})")
     for key in ("mean_reward", "improvement", "budget_violation_rate"):
         if key in last:
             print(f"  last rollout {key}: {last[key]:.4f}")
