@@ -108,7 +108,7 @@ def in_mode(profile: HardwareProfile, mode: PowerMode) -> HardwareProfile:
     if mode.name not in {m.name for m in modes}:
         modes = (*modes, mode)
     note = (f"Rates are for power mode {mode.name!r} ({mode.watts:g} W), scaled by autosurgeon.power from "
-            f"{current.name!r}: {mode.source or 'no source given'}")
+            f"{current.name!r} (the factors and their source: power_modes).")
     notes = tuple(n for n in profile.notes if not n.startswith("Rates are for power mode ")) + (note,)
     return dataclasses.replace(profile, units=tuple(units), power_modes=tuple(modes), power_mode=mode.name,
                                notes=notes)

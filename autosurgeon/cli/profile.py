@@ -1,13 +1,16 @@
 """``autosurgeon profile``: measure this machine (or show a preset / profile file) and print it.
 
 Without ``--device`` (or with ``--device local``) the machine is measured now and its cache file
-rewritten; with a preset name or a JSON path, that profile is shown as it is.
+rewritten; with a preset name or a JSON path, that profile is shown as it is. The table lists the
+profile's power modes (how its rates scale in each) and its power-limit model; ``--power-cap W`` shows a
+paper profile in the fastest mode within ``W`` (``autosurgeon.power.at_power_cap``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware import (
     HardwareProfile,
     list_presets,
@@ -34,17 +37,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="local",
         help=f"'local' (default: measure now), a preset ({', '.join(list_presets())}) or a profile .json",
     )
+    parser.add_argument("--power-cap", type=float, default=None, metavar="W",
+                        help="show a paper profile in its fastest power mode within W watts (rates derated)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     local = args.device == "local"
+    if args.power_cap is not None:
+        from autosurgeon.power import check_power_cap
+
+        check_power_cap(args.power_cap, argument="--power-cap")
+        if local:
+            raise InvalidArgumentError("`--power-cap` derates a profile on paper; this machine's profile is measured "
+                                       "as it runs (AutoSurgeon never changes clocks or power limits). Give "
+                                       "`--device PRESET_OR_PATH`, or use --power-cap with sweep/train/apply, where it "
+                                       "constrains plans on a measured profile.")
     if local:
         how = "quick" if args.quick else "full, up to about a minute"
         print(f"measuring this machine ({how}) ...", file=sys.stderr)
         profile = profile_local(quick=args.quick)
     else:
         profile = resolve_profile(args.device)
+        if args.power_cap is not None:
+            profile = profile.at_power_cap(args.power_cap)
     if args.json:
         print(profile.to_json())
     else:
@@ -118,6 +134,7 @@ def format_profile(profile: HardwareProfile) -> str:
         lines.append(f"disk      {disk.get('directory')} ({disk.get('filesystem') or '?'}, {dropped})")
     if profile.power:
         lines.append("power     " + ", ".join(f"{k} {v:g} W" for k, v in profile.power.items()))
+    lines += format_power_modes(profile)
     if profile.measured:
         cfg = profile.method.get("config", {})
         lines.append(
@@ -132,6 +149,32 @@ def format_profile(profile: HardwareProfile) -> str:
     if profile.sources:
         lines.append("sources   see `--json` (field -> datasheet citation)")
     return "\n".join(lines)
+
+
+def format_power_modes(profile: HardwareProfile) -> list[str]:
+    """Lines for the power modes: watts, idle, rate factors per unit kind, online cores; '*' marks the mode the
+    rates are for; then the power-limit model, if any. Modes derived from ``power`` are labelled so."""
+    from autosurgeon.hw_power import current_mode, profile_modes
+
+    modes = profile_modes(profile)
+    now = current_mode(profile)
+    kinds = [k for k in ("cpu", "gpu", "dla") if any(u.kind == k for u in profile.units)]
+    origin = "" if profile.power_modes else " (derived from `power`: the profile lists no power_modes)"
+    lines = ["", f"power modes{origin}; factors on the reference rates, compute/memory per unit kind; * = the "
+             "mode these rates are for:"]
+    header = f"  {'mode':<24} {'watts':>7} {'idle':>7}" + "".join(f" {k + ' c/m':>13}" for k in kinds) + "  cores"
+    lines += [header, "  " + "-" * (len(header) - 2)]
+    for mode in sorted(modes, key=lambda m: -m.watts):
+        mark = "*" if mode.name == now.name else " "
+        cells = "".join(f" {mode.compute(k):>6.3f}/{mode.memory(k):<6.3f}" for k in kinds)
+        cores = ", ".join(f"{k} {v}" for k, v in mode.cores.items()) or "-"
+        lines.append(f"{mark} {mode.name:<24} {mode.watts:>7.4g} {mode.idle:>7.4g}{cells}  {cores}")
+    model = profile.power_derating
+    if model is not None:
+        lines.append(f"power limit model: caps from {model.min_watts:g} W up to {model.mode!r} by DVFS (clock ~ "
+                     f"((cap - static) / ({model.mode} - static))^(1/{model.exponent:g}) on {', '.join(model.kinds)}; "
+                     "a model, labelled DERIVED/ASSUMED in the sources)")
+    return lines
 
 
 def _dtype_order(name: str) -> tuple[int, str]:

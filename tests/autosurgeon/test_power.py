@@ -135,3 +135,29 @@ def test_analytic_evaluator_is_slower_and_draws_less_at_15w() -> None:
     assert "15W" in b.method and fast.key(x) != slow.key(x)  # the mode is part of the cache key
     cap = PowerCap(watts=15.0, profile=slow.profile, mode=current_mode(slow.profile), derated=True)
     assert cap.excess(b) == pytest.approx(mean_power_w(b) - 15.0) and cap.excess(b) < 0
+
+
+def _profile_cli(argv: list[str]) -> int:
+    import argparse
+
+    from autosurgeon.cli.profile import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_profile_command_lists_modes_and_derates_on_request(capsys) -> None:
+    assert _profile_cli(["profile", "--device", ORIN]) == 0
+    out = capsys.readouterr().out
+    assert "power modes" in out and "* MAXN" in out and "  15W" in out and "cpu 4, gpu 6" in out
+    assert _profile_cli(["profile", "--device", ORIN, "--power-cap", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "* 15W" in out and "136.5 GB/s" in out  # EMC capped at 2133 of 3200 MHz
+    assert _profile_cli(["profile", "--device", "h100-80gb", "--power-cap", "350"]) == 0
+    assert "* cap 350 W (DVFS model)" in capsys.readouterr().out
+    with pytest.raises(InvalidArgumentError, match="never changes clocks"):
+        _profile_cli(["profile", "--power-cap", "20"])
+    with pytest.raises(InvalidArgumentError, match="`--power-cap` must be a power in watts > 0"):
+        _profile_cli(["profile", "--device", ORIN, "--power-cap", "-1"])
