@@ -11,6 +11,7 @@ import torch
 
 from autosurgeon._logging import get_logger
 from autosurgeon.hw_detect import detect_board, detect_cpu, detect_gpus
+from autosurgeon.hw_power import measured_modes
 from autosurgeon.hw_measure import (
     GEMM_DTYPES,
     MeasureConfig,
@@ -111,6 +112,8 @@ def measure_local(
             notes.append(f"disk_read may be served from the page cache (filesystem {fstype!r}).")
     method["load_average_1m_after"] = _load_average()
     method["seconds"] = round(time.perf_counter() - started, 3)
+    # The mode the machine runs in as measured (a GPU's enforced limit); without one, derived from `power`.
+    modes = measured_modes(gpus)
     return HardwareProfile(
         name="local",
         measured=True,
@@ -119,6 +122,8 @@ def measure_local(
         units=tuple(units),
         links=links,
         power=power,
+        power_modes=modes,
+        power_mode=modes[0].name if modes else None,
         board=board,
         method=method,
         notes=tuple(notes),

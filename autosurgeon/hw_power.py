@@ -177,6 +177,19 @@ def derived_modes(profile: HardwareProfile) -> tuple[PowerMode, ...]:
                       source="ASSUMED: the profile lists no power figure (DEFAULT_WATTS_PER_CORE per CPU core)"),)
 
 
+def measured_modes(gpus: Any) -> tuple[PowerMode, ...]:
+    """The power mode a measured machine runs in, from what NVML read: the first GPU's enforced power limit
+    (the card runs under it now; AutoSurgeon reads it and never changes it). Empty without such a reading."""
+    for gpu in gpus:
+        if gpu.power_limit_w:
+            default = f", default {gpu.default_power_limit_w:g} W" if gpu.default_power_limit_w else ""
+            return (PowerMode(name=f"cuda:{gpu.index} enforced limit", watts=gpu.power_limit_w,
+                              source=f"NVML enforced power limit of GPU {gpu.index} ({gpu.name}{default}), read-only: "
+                              "the limit the card runs under when profiled; never changed by AutoSurgeon. Idle "
+                              "power ASSUMED 20% of it."),)
+    return ()
+
+
 def profile_modes(profile: HardwareProfile) -> tuple[PowerMode, ...]:
     """The profile's power modes: its ``power_modes``, else :func:`derived_modes`."""
     return tuple(profile.power_modes) or derived_modes(profile)
@@ -193,4 +206,4 @@ def current_mode(profile: HardwareProfile) -> PowerMode:
 
 
 __all__ = ["DEFAULT_WATTS_PER_CORE", "IDLE_POWER_FRACTION", "PowerDerating", "PowerMode", "current_mode",
-           "derating_from_dict", "derived_modes", "mode_from_dict", "profile_modes"]
+           "derating_from_dict", "derived_modes", "measured_modes", "mode_from_dict", "profile_modes"]

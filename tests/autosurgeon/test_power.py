@@ -161,3 +161,17 @@ def test_profile_command_lists_modes_and_derates_on_request(capsys) -> None:
         _profile_cli(["profile", "--power-cap", "20"])
     with pytest.raises(InvalidArgumentError, match="`--power-cap` must be a power in watts > 0"):
         _profile_cli(["profile", "--device", ORIN, "--power-cap", "-1"])
+
+
+def test_a_measured_gpu_runs_in_its_enforced_limit() -> None:
+    from autosurgeon.hw_power import measured_modes
+    from autosurgeon.hw_profile import GpuInfo
+
+    gpus = (GpuInfo(index=0, name="NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, power_limit_w=500.0,
+                    default_power_limit_w=700.0),)
+    (mode,) = measured_modes(gpus)
+    assert mode.watts == 500 and mode.name == "cuda:0 enforced limit" and "never changed" in mode.source
+    assert measured_modes((dataclasses.replace(gpus[0], power_limit_w=None),)) == ()
+    profile = dataclasses.replace(load_preset("h100-80gb"), measured=True, power_modes=(mode,),
+                                  power_mode=mode.name, power_derating=None)
+    assert cost.power_envelope(profile)[:2] == (100.0, 500.0)  # not the 700 W default limit
