@@ -72,9 +72,14 @@ logger = get_logger(__name__)
 
 # ---------------------------------------------------------------------------------------------- cache
 def plan_hash(plan: Plan) -> str:
-    """sha256 (16 hex) of a plan's decisions (rules and default; metadata and fingerprints left out)."""
+    """sha256 (16 hex) of a plan's decisions (rules, default and session; metadata and fingerprints left out).
+
+    A plan without session decisions hashes as it did before session knobs existed."""
     data = plan.to_dict()["_data"]
-    blob = json.dumps({"default": data["default"], "rules": data["rules"]}, sort_keys=True)
+    decisions = {"default": data["default"], "rules": data["rules"]}
+    if plan.session:
+        decisions["session"] = dict(plan.session)
+    blob = json.dumps(decisions, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -139,7 +139,7 @@ def parse_kv_budget(value: Any, *, where: str = "session") -> tuple[str, float |
     from runtime.sizes import parse_bytes
 
     try:
-        n = parse_bytes(text, what="`kv_budget`")
+        n = parse_bytes(text, what="kv_budget")
     except JalapenoError as exc:
         raise InvalidArgumentError(f"{where}: {exc} ({fix}).") from None
     if n <= 0:

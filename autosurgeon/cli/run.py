@@ -4,6 +4,13 @@
     autosurgeon run tiny-llama --memory-budget cpu=2MiB --json      # streams blocks from the disk tier
     autosurgeon run ./my-hf-dir --memory-budget gpu=3GiB,cpu=20GiB --weight-format int4
     autosurgeon run tiny-moe --prefetch markov --expert-cache 0.25 --kv-precision int8 --kv-window 256 --json
+    autosurgeon run tiny-llama --plan plan.json --kv-precision int8 --kv-budget 50% --json
+
+Session flags (``--kv-precision``, ``--kv-budget``, ``--kv-tier``, ``--kv-window``, ``--prefetch``,
+``--lookahead``) spell the plan's session knobs (``autosurgeon.knobs.SESSION_KNOBS``). With ``--plan`` they
+override the plan's session decisions knob by knob (``--lookahead`` is ``prefetch_depth``), the merged plan is
+checked as a whole, and the report says which decision came from the plan and which from a flag. A
+``--kv-budget`` share (``50%``) is of the KV bytes the whole run (prompt + new tokens) would store.
 
 Placement without a plan: blocks stay resident on the execution device while its budget lasts (after the
 embeddings, head and the staging slots streaming needs), the rest stream from the next slower tier
@@ -37,16 +44,20 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--weight-format", choices=FORMATS, default=None,
                         help="cast (float formats) or weight-only quantize the blocks' linears (int8/int4)")
-    parser.add_argument("--lookahead", type=int, default=2, help="streamed units fetched ahead (default 2)")
+    parser.add_argument("--lookahead", type=int, default=None,
+                        help="streamed units fetched ahead (default 2; with --plan it overrides the plan's "
+                        "prefetch_depth, 0..4)")
     parser.add_argument("--watts", type=float, default=None,
                         help="power figure for the energy estimate where no counter (NVML/RAPL) is readable")
     parser.add_argument("--offload-dir", default=None, help="directory for the disk tier (default: a temporary one)")
     parser.add_argument("--cache-dir", default=None, help="zoo cache folder")
     parser.add_argument("--kv-precision", choices=("float", "int8", "fp8"), default=None,
                         help="store the KV cache paged in this precision (default: Hugging Face's own cache)")
-    parser.add_argument("--kv-budget", default=None, metavar="SIZE",
-                        help="byte budget of the stored KV cache (e.g. 64MiB); oldest pages are evicted past it, "
-                        "keeping the attention sinks")
+    parser.add_argument("--kv-budget", default=None, metavar="SIZE|SHARE",
+                        help="budget of the stored KV cache: a size (64MiB) or a share of what the whole run would "
+                        "store (50%%); oldest pages are evicted past it, keeping the attention sinks")
+    parser.add_argument("--kv-tier", choices=("gpu", "cpu"), default=None,
+                        help="tier the KV pages live on (default: the execution device's)")
     parser.add_argument("--kv-window", type=int, default=None, metavar="N",
                         help="keep only the N most recent tokens (plus 4 attention sinks) in the KV cache")
     parser.add_argument("--prefetch", choices=("markov", "lru", "gate"), default=None,
@@ -133,23 +144,45 @@ def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: i
     return dataclasses.replace(spec, budgets=budgets) if reserve else spec
 
 
-def kv_config(args: argparse.Namespace) -> Any:
-    """The KV cache the flags ask for (None: Hugging Face's own), with flag-named errors."""
-    if args.kv_precision is None and args.kv_budget is None and args.kv_window is None:
-        return None
-    from runtime.errors import JalapenoError
-    from runtime.kvcache import KVCacheConfig
-    from runtime.sizes import parse_bytes
+FLAG_KNOBS = (("kv_precision", "--kv-precision"), ("kv_budget", "--kv-budget"), ("kv_tier", "--kv-tier"),
+              ("kv_window", "--kv-window"), ("prefetch", "--prefetch"), ("prefetch_depth", "--lookahead"))
 
-    if args.kv_window is not None and args.kv_window < 1:
-        raise InvalidArgumentError(f"`--kv-window` must be >= 1, got {args.kv_window}.")
-    try:
-        budget = None if args.kv_budget is None else parse_bytes(args.kv_budget, what="--kv-budget")
-        if budget is not None and budget <= 0:
-            raise InvalidArgumentError(f"`--kv-budget` must be > 0 bytes, got {args.kv_budget!r}.")
-        return KVCacheConfig(precision=args.kv_precision or "float", budget_bytes=budget, window=args.kv_window)
-    except JalapenoError as exc:
-        raise InvalidArgumentError(f"KV cache flags: {exc}") from None
+
+def session_flags(args: argparse.Namespace, *, with_plan: bool) -> dict[str, Any]:
+    """The session knobs the flags set, validated with flag-named errors (``--lookahead`` only with a plan)."""
+    from autosurgeon.knobs import validate_session_decision
+
+    values = {"kv_precision": args.kv_precision, "kv_budget": args.kv_budget, "kv_tier": args.kv_tier,
+              "kv_window": args.kv_window, "prefetch": args.prefetch,
+              "prefetch_depth": args.lookahead if with_plan else None}
+    out = {}
+    for knob, flag in FLAG_KNOBS:
+        value = values[knob]
+        if value is None:
+            continue
+        try:
+            validate_session_decision(knob, value, where=f"`{flag}`")
+        except InvalidArgumentError as exc:
+            if knob != "prefetch_depth":
+                raise
+            raise InvalidArgumentError(f"{str(exc).rstrip('.')} (with --plan, --lookahead sets the plan's "
+                                       "prefetch_depth, 0..4).") from None
+        out[knob] = value
+    return out
+
+
+def kv_config(args: argparse.Namespace, model: Any = None, *, kv_context: int = 31) -> Any:
+    """The KV cache the flags ask for (None: Hugging Face's own), with flag-named errors.
+
+    ``kv_context``: positions a ``--kv-budget`` share is of (the run's prompt + new tokens - 1)."""
+    flags = {k: v for k, v in session_flags(args, with_plan=False).items() if k.startswith("kv_")}
+    if not flags:
+        return None
+    from autosurgeon.transforms.session import session_options
+
+    if model is None:
+        raise InvalidArgumentError("kv_config needs the model for the KV shape (pass `model`).")
+    return session_options(flags, model, exec_device="cpu", kv_context=kv_context).kv
 
 
 def expert_config(args: argparse.Namespace, model: Any, device: str) -> tuple[Any, set[int], int]:
@@ -186,8 +219,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise InvalidArgumentError(f"`--max-new-tokens` must be >= 1, got {args.max_new_tokens}.")
-    if args.lookahead < 0:
+    if args.lookahead is not None and args.lookahead < 0:
         raise InvalidArgumentError(f"`--lookahead` must be >= 0, got {args.lookahead}.")
+    flags = session_flags(args, with_plan=args.plan is not None)  # flag-named errors before any loading
     plan = None
     if args.plan is not None:  # read (and reject) the plan before loading the model
         from autosurgeon.plan import Plan, PlanFormatError
@@ -222,21 +256,29 @@ def run(args: argparse.Namespace) -> int:
     ids = torch.tensor([encode(args.prompt)], dtype=torch.long)
     if ids.numel() == 0:
         raise InvalidArgumentError("`--prompt` is empty; give at least one token of text.")
-    kv = kv_config(args)
-    experts, expert_ids, expert_cache_bytes = expert_config(args, model, device)
-    if plan is not None and (kv is not None or experts is not None or args.adapt):
-        raise InvalidArgumentError("`--plan` with --kv-*/--prefetch/--adapt is not supported yet; the plan decides "
-                                   "placement alone. Drop those flags or the plan.")
+    kv_context = ids.shape[1] + args.max_new_tokens - 1  # a --kv-budget share is of the whole run's tokens
+    sources: dict[str, str] = {}
     if plan is not None:  # checked against this machine's profile, applied in place, placed as planned
         from autosurgeon.transforms import session_from_plan
 
-        session = session_from_plan(loaded, plan, profile="local", budgets=budgets, lookahead=args.lookahead,
-                                    offload_dir=args.offload_dir, energy_watts=args.watts)
+        if args.adapt:
+            raise InvalidArgumentError("`--plan` with --adapt is not supported yet (the plan fixes the session's "
+                                       "decisions); drop --adapt or the plan.")
+        sources = {**{k: "plan" for k in plan.session}, **{k: "flag" for k in flags}}
+        session = session_from_plan(loaded, plan, profile="local", budgets=budgets, lookahead=2,
+                                    offload_dir=args.offload_dir, energy_watts=args.watts, session=flags,
+                                    kv_context=kv_context, expert_capacity=float(args.expert_cache))
         spec, device = session.spec, session.spec.rest_spec.device
+        session_decisions = {**plan.session, **flags}
     else:
-        spec = build_spec(model, device=device, budgets=budgets, lookahead=args.lookahead,
+        kv = kv_config(args, model, kv_context=kv_context)
+        experts, expert_ids, expert_cache_bytes = expert_config(args, model, device)
+        lookahead = 2 if args.lookahead is None else args.lookahead
+        spec = build_spec(model, device=device, budgets=budgets, lookahead=lookahead,
                           offload_dir=args.offload_dir, exclude=expert_ids, reserve=expert_cache_bytes)
         session = Session(model, spec, energy_watts=args.watts, experts=experts, kv=kv, adapt=args.adapt or None)
+        session_decisions = flags
+        sources = {k: "flag" for k in flags}
     with session:
         out = session.generate(ids, max_new_tokens=args.max_new_tokens)
         stats = session.stats()
@@ -254,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
             "energy_source": stats.energy_source,
             "weight_format": fmt or ("per plan" if plan is not None else "as loaded"), "placement": placement,
             "fetches": stats.fetches, "misses": stats.misses,
-            "kv": _kv_report(stats.extra.get("kv")), "experts": stats.extra.get("experts"),
+            "kv": _kv_report(stats.extra.get("kv"), session.kv_config),
+            "session": session_decisions, "session_sources": sources, "experts": stats.extra.get("experts"),
             "prefetch_hit_rate": (stats.extra["experts"]["prefetch_hit_rate"] if "experts" in stats.extra else None),
             "expert_hit_rate": (stats.extra["experts"]["hit_rate"] if "experts" in stats.extra else None),
             "adjustments": stats.extra.get("adjustments"),
@@ -265,6 +308,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"model      {loaded.name} on {device}: {placement['resident_blocks']} blocks resident, "
           f"{placement['streamed_blocks']} streamed" + (f" from {', '.join(placement['streamed_from'])}"
                                                          if placement["streamed_blocks"] else ""))
+    if session_decisions:
+        print("session    " + ", ".join(f"{k}={v} ({sources.get(k, 'flag')})" for k, v in session_decisions.items()))
     print(f"speed      {stats.tokens_per_s:.2f} tokens/s ({stats.tokens} tokens in {stats.seconds:.2f} s, greedy)")
     for tier, peak in stats.peak_bytes.items():
         budget = stats.budgets[tier]
@@ -274,8 +319,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"peak RSS   {format_bytes(stats.peak_rss)} (whole process, sampled)")
     kv_stats = stats.extra.get("kv")
     if kv_stats is not None:
-        print(f"kv cache   {format_bytes(kv_stats['bytes_used'])} stored ({kv.precision}), {kv_stats['tokens_kept']} of "
-              f"{kv_stats['tokens_seen']} tokens kept, {kv_stats['evictions']} evicted")
+        peak = kv_stats.get("peak_bytes")
+        print(f"kv cache   {format_bytes(kv_stats['bytes_used'])} stored ({session.kv_config.precision})"
+              + (f", peak {format_bytes(peak)}" if peak is not None else "")
+              + f", {kv_stats['tokens_kept']} of {kv_stats['tokens_seen']} tokens kept, {kv_stats['evictions']} evicted"
+              + (f", {kv_stats['offloaded_pages']} pages offloaded" if kv_stats.get("offloaded_pages") else ""))
     ex = stats.extra.get("experts")
     if ex is not None:
         print(f"experts    {ex['capacity']} cached slots, prefetch {ex['prefetch']}: hit rate {ex['hit_rate']:.1%}, "
@@ -287,10 +335,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _kv_report(kv: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The KV figures ``--json`` promises: bytes, budget, evictions, tokens kept/seen, waste."""
+def _kv_report(kv: dict[str, Any] | None, config: Any = None) -> dict[str, Any] | None:
+    """The KV figures ``--json`` promises: bytes stored at the end and at peak, budget, evictions, tokens
+    kept/seen, pages (offloaded too), waste, and the cache's precision, window and tier."""
     if kv is None:
         return None
-    keys = ("bytes_used", "bytes_budget", "evictions", "tokens_kept", "tokens_seen", "pages", "waste_fraction",
-            "offloaded_pages")
-    return {k: kv.get(k) for k in keys}
+    keys = ("bytes_used", "peak_bytes", "bytes_budget", "evictions", "tokens_kept", "tokens_seen", "pages",
+            "waste_fraction", "offloaded_pages", "offloaded_bytes")
+    out = {k: kv.get(k) for k in keys}
+    if config is not None:
+        out.update(precision=config.precision, window=config.window, tier=config.tier)
+    return out
