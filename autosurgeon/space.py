@@ -398,6 +398,30 @@ class SearchSpace:
                                    device_fingerprint=self.device_fingerprint, metadata=meta, session=session)
 
     # ------------------------------------------------------------------------------------------ features
+    def unit_summary(self, v: Variable) -> tuple[float, float, float, float, float]:
+        """``(flops, weight bytes, intensity, parallelism, position in [0, 1])`` of the unit ``v`` decides for:
+        a block, a fusion group (its members summed), a leaf, or the whole model for a session variable
+        (position 1.0: decided after every module). What ``features`` scales, for any consumer."""
+        n_leaves = max(1, len(self.leaves) - 1)
+        if v.kind == SESSION_KIND:
+            return (float(sum(b.flops for b in self.blocks)), float(sum(b.weight_bytes for b in self.blocks)),
+                    max((b.intensity for b in self.blocks), default=0.0),
+                    max((b.parallelism for b in self.blocks), default=0.0), 1.0)
+        if v.kind == "block":
+            b = next(b for b in self.blocks if b.name == v.name)
+            members = [self.leaves[n] for n in b.leaves]
+            pos = members[0].position / n_leaves if members else 0.0
+            return float(b.flops), float(b.weight_bytes), b.intensity, b.parallelism, pos
+        if v.kind == "group":
+            group = next(g for g in self.units.groups if g.name == v.name)
+            members = [self.leaves[n] for n in group.members]
+            flops = sum(m.flops for m in members)
+            mem = sum(m.memory_bytes for m in members)
+            return (float(flops), float(sum(m.own_bytes for m in members)), flops / max(mem, 1),
+                    max(m.parallelism for m in members), members[0].position / n_leaves)
+        leaf = self.leaves[v.name]
+        return float(leaf.flops), float(leaf.own_bytes), leaf.intensity, leaf.parallelism, leaf.position / n_leaves
+
     def features(self) -> tuple[np.ndarray, list[str]]:
         """Per-variable features for RL, ``(array (n_vars, n_features) float32, names)``.
 
@@ -411,32 +435,9 @@ class SearchSpace:
         so the features of a space without them are what they always were.
         """
         rows = []
-        n_leaves = max(1, len(self.leaves) - 1)
         session_knobs = [k for k in SESSION_KNOBS if any(v.knob == k for v in self.variables)]
-        whole = (sum(b.flops for b in self.blocks), sum(b.weight_bytes for b in self.blocks),
-                 max((b.intensity for b in self.blocks), default=0.0), max((b.parallelism for b in self.blocks),
-                                                                          default=0.0))
         for v in self.variables:
-            if v.kind == SESSION_KIND:
-                flops, nbytes, inten, par = whole
-                pos = 1.0
-            elif v.kind == "block":
-                b = next(b for b in self.blocks if b.name == v.name)
-                flops, nbytes, inten, par = b.flops, b.weight_bytes, b.intensity, b.parallelism
-                members = [self.leaves[n] for n in b.leaves]
-                pos = members[0].position / n_leaves if members else 0.0
-            elif v.kind == "group":
-                group = next(g for g in self.units.groups if g.name == v.name)
-                members = [self.leaves[n] for n in group.members]
-                flops = sum(m.flops for m in members)
-                nbytes = sum(m.own_bytes for m in members)
-                mem = sum(m.memory_bytes for m in members)
-                inten, par = flops / max(mem, 1), max(m.parallelism for m in members)
-                pos = members[0].position / n_leaves
-            else:
-                leaf = self.leaves[v.name]
-                flops, nbytes, inten, par = leaf.flops, leaf.own_bytes, leaf.intensity, leaf.parallelism
-                pos = leaf.position / n_leaves
+            flops, nbytes, inten, par, pos = self.unit_summary(v)
             rows.append([math.log1p(flops), math.log1p(nbytes), math.log1p(inten), par, pos,
                          *[float(v.kind == k) for k in FEATURE_KINDS],
                          *[float(v.knob == k) for k in (*KNOB_ORDER, *session_knobs)], sum(v.mask) / v.n])
