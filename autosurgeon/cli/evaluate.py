@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
                                    f"{args.device!r} is a profile on paper. Use --device local or --evaluator "
                                    "analytic.")
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
-    space = SearchSpace.build(loaded, profile, knobs=KNOBS)
+    # The plan's session knobs become variables too, so the evaluators see its KV cache and prefetch depth
+    # (their values must be among the space's discretised choices, e.g. a kv_budget of none/75%/50%/25%).
+    space = SearchSpace.build(loaded, profile, knobs=(*KNOBS, *plan.session))
     raise_for_problems(check_plan(loaded, plan, profile, space=space, force=args.force), what=f"plan {args.plan}")
     if args.force:  # checked as warnings above; the evaluators compare fingerprints too
         mismatch = {}
