@@ -141,3 +141,11 @@ def test_front_json_records_the_cap(loaded, measured, tmp_path):
     front = json.loads((res.run_dir / "front.json").read_text())
     text = json.dumps(front)
     assert '"power_cap_w": 100.0' in text and '"power_mode"' in text
+
+
+def test_optuna_gets_both_constraints(loaded, measured, tmp_path):
+    profile, space = measured
+    res = run_sweep(config(algo="optuna-nsga2", budget_evals=8, pop_size=4, power_cap_w=5.0), tmp_path / "o",
+                    evaluator=AnalyticEvaluator(loaded, profile, space=space), outputs=False, tensorboard=False)
+    assert len(res.records) == 8
+    assert all(r["feasible"] == (r["power_w"] <= 5.0) for r in res.records)
