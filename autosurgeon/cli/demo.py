@@ -1,72 +1,168 @@
-"""``autosurgeon demo``: the README's first command, a short tour on this machine.
+"""``autosurgeon demo``: the README's first command — the whole flow on this machine, in a few minutes.
 
-For now (until the full demo exists): profile this machine (quick, cached), load the default zoo model
-``tiny-llama`` (trained on first use, cached) with its quality metrics, and print its block-level
-analysis on the local profile.
+Profile this machine, load the default model (trained on first use), sweep plans with NSGA-II warm-started
+by the Markov model (and a learned policy for this device class, if one exists), pick the fastest plan that
+fits the memory budget at the quality bound, verify it on the runtime, generate with it, and print the
+unmodified model against the plan. The pipeline is ``demo_flow.run_demo``; this module only draws it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from typing import Any
 
-from autosurgeon.analysis import analyze
-from autosurgeon.analysis_format import binary_bytes, format_analysis, seconds, si
-from autosurgeon.cli.analyze import check_sizes, quiet_cache_deprecation, resolve_device
-from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.cli.demo_flow import DemoSettings
 
 DEFAULT_MODEL = "tiny-llama"
-# Quality first, then its baseline and cost; the zoo records more (see `autosurgeon zoo`).
-_KEY_METRICS = ("perplexity", "unigram_perplexity", "accuracy", "train_seconds")
+_DEFAULTS = DemoSettings()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="a short tour: profile this machine, load tiny-llama, analyse it",
-        description="Profile this machine (quick, cached), load the zoo model (trained on first use, "
-        "cached), print its metrics and its block-level analysis on this machine.",
+        help="the whole flow on this machine: profile, sweep, pick a plan under a budget, run it",
+        description="Profile this machine, load the model (trained on first use), run a short Pareto sweep "
+        "warm-started by the Markov model, pick the fastest plan within the memory budget at the quality "
+        "bound, verify it on the runtime, generate with it, and compare it with the unmodified model.",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo model to show (default {DEFAULT_MODEL})")
-    parser.add_argument("--seq-len", type=int, default=128, help="prompt length analysed (default 128)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
+    parser.add_argument("--budget", default=_DEFAULTS.budget,
+                        help="memory budget on GPU+CPU: a share of the unmodified model's (25%%) or a size "
+                        f"(4MiB) (default {_DEFAULTS.budget})")
+    parser.add_argument("--max-quality-loss", type=float, default=_DEFAULTS.max_quality_loss,
+                        help=f"relative quality bound, 0.01 = 1%% (default {_DEFAULTS.max_quality_loss})")
+    parser.add_argument("--evals", type=int, default=_DEFAULTS.evals,
+                        help=f"plans the sweep evaluates (default {_DEFAULTS.evals})")
+    parser.add_argument("--pop-size", type=int, default=_DEFAULTS.pop_size,
+                        help=f"NSGA-II population (default {_DEFAULTS.pop_size})")
+    parser.add_argument("--out", default=_DEFAULTS.out,
+                        help=f"run folder; rerunning with the same folder resumes the sweep (default {_DEFAULTS.out})")
+    parser.add_argument("--warm-start", default=None, metavar="MARKOV_JSON",
+                        help="Markov model for the first population (default: yours for this device class, "
+                        "learned by earlier demos, else the one shipped in experiments/warmstart/)")
+    parser.add_argument("--policy", default=None, metavar="DIR",
+                        help="a policy folder from `autosurgeon train` (default: policies/<device class> if present)")
+    parser.add_argument("--tokens", type=int, default=_DEFAULTS.tokens,
+                        help=f"tokens to generate (default {_DEFAULTS.tokens})")
+    parser.add_argument("--quality-samples", type=int, default=_DEFAULTS.quality_samples,
+                        help=f"held-out windows/images for the measured quality (default {_DEFAULTS.quality_samples})")
+    parser.add_argument("--seed", type=int, default=0, help="sweep seed (default 0)")
     parser.set_defaults(func=run)
 
 
+class _Progress:
+    """Stage lines on stderr; the sweep's counter redrawn in place on a terminal, every 10 % otherwise."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+        self.last_tenth = -1
+
+    def __call__(self, stage: str, message: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        if stage == "sweep-progress":
+            done, total = (int(v) for v in message.split("/"))
+            if self.tty:
+                print(f"\r  [{elapsed:5.0f} s] sweep {done}/{total}", end="", file=sys.stderr, flush=True)
+                if done == total:
+                    print(file=sys.stderr)
+            elif done * 10 // total > self.last_tenth:
+                self.last_tenth = done * 10 // total
+                print(f"  [{elapsed:5.0f} s] sweep {done}/{total}", file=sys.stderr, flush=True)
+            return
+        print(f"[{elapsed:5.0f} s] {stage}: {message}", file=sys.stderr, flush=True)
+
+
+def _bytes(n: float | None) -> str:
+    from autosurgeon.analysis_format import binary_bytes
+
+    return "-" if n is None else binary_bytes(n)
+
+
+def _table(result: Any) -> str:
+    base, plan = result.baseline, result.chosen
+    rows: list[tuple[str, str, str, str]] = []
+
+    def add(name: str, fmt: Any, b: Any, p: Any, better: str = "lower") -> None:
+        ratio = ""
+        if isinstance(b, (int, float)) and isinstance(p, (int, float)) and b and p:
+            ratio = f"{b / p:.2f}x" if better == "lower" else f"{p / b:.2f}x"
+        rows.append((name, fmt(b), fmt(p) if plan is not None else "-", ratio))
+
+    bm, pm = base.metrics, plan.metrics if plan is not None else None
+    add("decode latency (ms/token)", lambda v: f"{v * 1e3:.2f}", bm.latency_s, pm and pm.latency_s)
+    if bm.prefill_s is not None:
+        add("prefill (ms)", lambda v: "-" if v is None else f"{v * 1e3:.1f}", bm.prefill_s, pm and pm.prefill_s)
+    if base.tokens:
+        add("generate tokens/s", lambda v: f"{v:.1f}", base.tokens_per_s, plan and plan.tokens_per_s, "higher")
+    for tier in ("gpu", "cpu", "disk"):
+        b, p = bm.peak_bytes.get(tier, 0), pm.peak_bytes.get(tier, 0) if pm else None
+        if b or p:
+            add(f"peak memory {tier}", _bytes, b, p)
+    add("memory GPU+CPU", _bytes, bm.memory_bytes, pm and pm.memory_bytes)
+    if bm.energy_j is not None:
+        label = bm.labels.get("energy_j", "")
+        add(f"energy (mJ/token, {label})", lambda v: "-" if v is None else f"{v * 1e3:.2f}", bm.energy_j,
+            pm and pm.energy_j)
+    if bm.quality_loss is not None or (pm and pm.quality_loss is not None):
+        rows.append(("quality loss (measured)", f"{bm.quality_loss or 0:+.3%}",
+                     f"{pm.quality_loss:+.3%}" if pm and pm.quality_loss is not None else "-", ""))
+    header = ("", "unmodified", "chosen plan", "ratio")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+             for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _text(tokens: list[int]) -> str:
+    return bytes(t for t in tokens if 0 <= t < 256).decode("utf-8", errors="replace")
+
+
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.zoo import cache_folder, load_model
+    from autosurgeon.analysis_format import si
+    from autosurgeon.cli.demo_flow import run_demo
 
-    check_sizes(1, args.seq_len)
-    print("== 1. this machine", flush=True)
-    profile = resolve_device("local")
-    unit = profile.default_unit()
+    settings = DemoSettings(model=args.model, budget=args.budget, max_quality_loss=args.max_quality_loss,
+                            evals=args.evals, pop_size=args.pop_size, out=args.out, warm_start=args.warm_start,
+                            policy=args.policy, tokens=args.tokens, quality_samples=args.quality_samples,
+                            seed=args.seed)
+    progress = _Progress()
+    result = run_demo(settings, progress=progress)
+
+    unit = result.profile.default_unit()
     rates = ", ".join(f"{k} {si(v)}FLOP/s" for k, v in unit.gemm_flops.items())
-    origin = "measured" if profile.measured else "on paper"
-    print(f"{profile.name} ({origin}); default unit {unit.name}: {binary_bytes(unit.memory_bytes)} memory, "
-          f"{si(unit.memory_bandwidth)}B/s bandwidth; GEMM {rates}")
-    print(f"\n== 2. model {args.model}", flush=True)
-
-    try:
-        trained = (cache_folder(args.model) / "metrics.json").is_file()
-    except InvalidArgumentError:  # a shape has no cache folder (nothing to train); a bad name fails below
-        trained = True
-    if not trained:
-        print(f"training {args.model} on first use (minutes on a small CPU; cached afterwards) ...", file=sys.stderr)
-    loaded = load_model(args.model)
-    params = sum(p.numel() for p in loaded.model.parameters())
-    shown = [k for k in _KEY_METRICS if k in loaded.metrics] or sorted(loaded.metrics)
-    metrics = ", ".join(f"{k} {loaded.metrics[k]:.4g}" for k in shown) or "none recorded"
-    print(f"{type(loaded.model).__name__}, {si(params)} params, task {loaded.task}; metrics: {metrics}")
-
-    print(f"\n== 3. analysis on {profile.name} (batch 1, {args.seq_len} tokens, prefill)")
-    inputs = loaded.example_inputs(1, args.seq_len)
-    with quiet_cache_deprecation():
-        prefill = analyze(loaded.model, inputs, profile=profile)
-    print(format_analysis(prefill))
-    if loaded.task == "causal-lm":
-        decode_inputs = loaded.example_inputs(1, args.seq_len, phase="decode")
-        with quiet_cache_deprecation():
-            decode = analyze(loaded.model, decode_inputs, profile=profile, phase="decode")
-        t = decode.totals
-        print(f"\none decode step after {args.seq_len} tokens: {si(t['flops'])}FLOPs, "
-              f"{binary_bytes(t['memory_bytes'])} moved, roofline {seconds(t['roofline_s'])} ({t['bound']}-bound)")
-    print("\nnext: `autosurgeon analyze llama-70b-shape --device h100-80gb` (any size, on the meta device)")
-    return 0
+    print(f"device: {result.profile.name} ({'measured' if result.profile.measured else 'on paper'}, class "
+          f"{result.device_class}); {unit.name}: {rates}")
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.loaded.metrics.items()
+                        if k in ("perplexity", "unigram_perplexity", "accuracy"))
+    print(f"model: {result.loaded.name} ({si(sum(p.numel() for p in result.loaded.model.parameters()))} params; "
+          f"{metrics or 'no recorded metrics'})")
+    print(f"budget: {_bytes(result.budget_bytes)} on GPU+CPU ({settings.budget} of the unmodified model's "
+          f"{_bytes(result.baseline.metrics.memory_bytes)}), quality loss <= {settings.max_quality_loss:.1%}")
+    print(f"warm start: {result.warm_start or 'none'}; policy: {result.policy or 'none for this device class'}\n")
+    print(_table(result))
+    if result.chosen is not None:
+        print(f"\nchosen: {result.chosen_source}; verified on the runtime (latency, memory and quality measured; "
+              f"energy {result.chosen.metrics.labels.get('energy_j', 'not measured')})")
+        if result.chosen.tokens:
+            same = sum(a == b for a, b in zip(result.chosen.tokens, result.baseline.tokens))
+            print(f"greedy continuation ({same}/{len(result.baseline.tokens)} tokens equal to the unmodified "
+                  f"model's):\n---\n{settings.prompt}{_text(result.chosen.tokens)}\n---")
+    else:
+        print("\nno plan was chosen: " + "; ".join(result.notes or ["see the rejections below"]))
+    for line in result.rejected:
+        print(f"rejected after measuring: {line}")
+    for note in result.notes:
+        print(f"note: {note}")
+    print("\nfiles:")
+    for name, path in result.outputs.items():
+        print(f"  {name:<11} {path}")
+    if result.warm_start_updated is not None:
+        print(f"  {'markov':<11} {result.warm_start_updated} (updated with this front; the next demo starts from it)")
+    print(f"\nnext: `tensorboard --logdir {result.sweep_dir}`; `autosurgeon run {result.loaded.name} --plan "
+          f"{result.plan_path or 'PLAN.json'}`")
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    print(f"time: {time.perf_counter() - progress.started:.0f} s ({timing})")
+    return 0 if result.chosen is not None else 1

@@ -30,6 +30,7 @@ from autosurgeon.models.text_corpus import VOCAB_SIZE, build_corpus, heldout_win
 logger = get_logger(__name__)
 
 ARCHES = ("llama", "mixtral")
+AUTOCAST_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class LMRecipe:
         router_aux_coef: weight of Mixtral's load-balancing loss.
         train_bytes, heldout_bytes: corpus budgets (see ``text_corpus.build_corpus``).
         threads: torch CPU threads while training (restored afterwards).
+        autocast: dtype of the forward/backward arithmetic: ``"float32"``, or ``"bfloat16"`` (CPU autocast;
+            weights, gradients and AdamW state stay float32). bf16 halves the step time on CPUs with
+            AVX-512 BF16 / AMX, which is what brings tiny-llama's training under the demo's time budget.
     """
 
     arch: str = "llama"
@@ -68,6 +72,7 @@ class LMRecipe:
     heldout_bytes: int = 131_072
     seed: int = 0
     threads: int = 2
+    autocast: str = "float32"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
@@ -86,6 +91,9 @@ class LMRecipe:
                 f"mixtral needs 1 <= `experts_per_token` <= `num_experts`, got {self.experts_per_token} and "
                 f"{self.num_experts}."
             )
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise InvalidArgumentError(
+                f"`autocast` must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}.")
         if self.seq_len > self.max_position_embeddings:
             raise InvalidArgumentError(
                 f"`seq_len` ({self.seq_len}) must be <= `max_position_embeddings` ({self.max_position_embeddings})."
@@ -93,7 +101,10 @@ class LMRecipe:
 
     def fingerprint(self) -> str:
         """Short hash of the recipe: a changed recipe gets its own cache folder, never a stale model."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        fields = dataclasses.asdict(self)
+        if fields["autocast"] == "float32":  # recipes from before the field existed keep their cache folder
+            del fields["autocast"]
+        blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def hf_config(self) -> Any:
@@ -207,8 +218,9 @@ def train_lm(recipe: LMRecipe, out_dir: Path) -> dict[str, Any]:
             starts = torch.randint(0, data.numel() - recipe.seq_len - 1, (recipe.batch_size,), generator=generator)
             batch = data[starts[:, None] + offsets]  # (B, T + 1)
             extra = {"output_router_logits": True} if is_moe else {}
-            out = model(input_ids=batch[:, :-1], **extra)
-            loss = F.cross_entropy(out.logits.reshape(-1, VOCAB_SIZE), batch[:, 1:].reshape(-1))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=recipe.autocast == "bfloat16"):
+                out = model(input_ids=batch[:, :-1], **extra)
+            loss = F.cross_entropy(out.logits.float().reshape(-1, VOCAB_SIZE), batch[:, 1:].reshape(-1))
             loss_value = loss.item()
             if is_moe and out.aux_loss is not None:
                 loss = loss + recipe.router_aux_coef * out.aux_loss

@@ -399,3 +399,23 @@ def test_cli_train_reports_cached_model(trained_lm: LoadedModel, capsys: pytest.
     assert args.func(args) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["metrics"]["perplexity"] == pytest.approx(trained_lm.metrics["perplexity"])
+
+
+def test_bf16_autocast_recipe_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
+    import dataclasses
+
+    from autosurgeon.models.registry import ZOO
+    from autosurgeon.models.train_lm import LMRecipe, train_lm
+
+    recipe = dataclasses.replace(ZOO["tiny-llama-test"].recipe, steps=60, autocast="bfloat16")
+    record = train_lm(recipe, tmp_path)
+    metrics = record["metrics"]
+    assert metrics["perplexity"] < 0.8 * metrics["unigram_perplexity"]
+    model = load_model(str(tmp_path)).model
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    # A float32 recipe's cache folder does not move because the field exists; a bf16 one gets its own.
+    plain = ZOO["tiny-llama-test"].recipe
+    assert plain.fingerprint() != recipe.fingerprint()
+    assert plain.fingerprint() == dataclasses.replace(plain, autocast="float32").fingerprint()
+    with pytest.raises(InvalidArgumentError, match="autocast"):
+        LMRecipe(autocast="float16")

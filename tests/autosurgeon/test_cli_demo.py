@@ -1,0 +1,96 @@
+"""`autosurgeon demo` end to end on a tiny budget: the real sweep, pick, runtime check and generation."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from autosurgeon.cli import main
+from autosurgeon.cli.demo_flow import DemoSettings, budget_bytes
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.plan import Plan
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    capture = tmp_path_factory.mktemp("demo-out") / "stdout.txt"
+    import contextlib
+    import io
+
+    import shutil
+
+    # As on a fresh machine: no Markov model of the user's yet (a reused test cache may hold one).
+    shutil.rmtree(Path(os.environ["AUTOSURGEON_CACHE"]) / "markov", ignore_errors=True)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["demo", "--model", "tiny-llama-test", "--evals", "8", "--pop-size", "4", "--tokens", "4",
+                     "--quality-samples", "2", "--budget", "40%", "--out", str(out)])
+    capture.write_text(buf.getvalue())
+    return code, buf.getvalue(), out
+
+
+def test_demo_picks_a_plan_within_budget_and_reports_the_table(demo_run: tuple[int, str, Path]) -> None:
+    code, text, out = demo_run
+    assert code == 0, text
+    for row in ("decode latency (ms/token)", "generate tokens/s", "peak memory cpu", "memory GPU+CPU",
+                "energy (mJ/token, estimated)", "quality loss (measured)"):
+        assert row in text
+    result = json.loads((out / "result.json").read_text())
+    chosen = result["chosen"]["metrics"]["_data"]
+    memory = sum(chosen["peak_bytes"].get(t, 0) for t in ("gpu", "cpu"))
+    assert memory <= result["budget_bytes"]
+    assert chosen["quality_loss"] <= 0.01
+    # The budget is 40% of the unmodified model's measured memory, so the plan must have compressed it.
+    base = result["baseline"]["metrics"]["_data"]
+    assert memory <= 0.4 * sum(base["peak_bytes"].get(t, 0) for t in ("gpu", "cpu")) + 1
+    plan = Plan.load(out / "plan.json")
+    assert plan.metadata["demo_source"] == result["chosen_source"]
+    assert result["chosen"]["generated_tokens"] == 4
+    # The sweep left its TensorBoard events, front and plot where the demo says.
+    assert list((out / "sweep").rglob("events.out.tfevents.*"))
+    assert (out / "sweep" / "front.csv").is_file()
+    assert str(out / "sweep" / "front.csv") in text
+
+
+def test_demo_warm_start_comes_from_the_shipped_model_then_the_users(demo_run: tuple[int, str, Path]) -> None:
+    _, text, out = demo_run
+    result = json.loads((out / "result.json").read_text())
+    assert result["warm_start"].endswith(os.path.join("experiments", "warmstart", "markov-cpu.json"))
+    user_model = Path(os.environ["AUTOSURGEON_CACHE"]) / "markov" / f"{result['device_class']}.json"
+    assert user_model.is_file()
+    assert "updated with this front" in text
+
+
+def test_demo_rerun_resumes_the_sweep_without_new_evaluations(demo_run: tuple[int, str, Path]) -> None:
+    import contextlib
+    import io
+
+    _, _, out = demo_run
+    before = (out / "sweep" / "evals.jsonl").read_text().count("\n")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["demo", "--model", "tiny-llama-test", "--evals", "8", "--pop-size", "4", "--tokens", "4",
+                     "--quality-samples", "2", "--budget", "40%", "--out", str(out)])
+    assert code == 0
+    assert (out / "sweep" / "evals.jsonl").read_text().count("\n") == before
+
+
+@pytest.mark.parametrize("budget", ["0%", "150%", "lots", "-3MiB"])
+def test_bad_budget_is_refused_naming_the_flag(budget: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="--budget"):
+        budget_bytes(budget, 1000)
+
+
+def test_budget_share_and_size() -> None:
+    assert budget_bytes("25%", 1000) == 250
+    assert budget_bytes("1KiB", 1000) == 1024
+
+
+def test_bad_settings_fail_before_any_work(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(InvalidArgumentError, match="--evals"):
+        DemoSettings(evals=0)
+    assert main(["demo", "--budget", "lots"]) == 2
+    assert "--budget" in capsys.readouterr().err
