@@ -1,4 +1,4 @@
-"""The latency a session's KV-cache decisions add to (or save from) one decode step, on paper.
+"""The latency a session's KV-cache and expert-streaming decisions add to (or save from) a decode step, on paper.
 
 The cost models analyse a decode step against Hugging Face's ``DynamicCache`` in the model dtype: the
 attention leaves read the ``context`` cached positions, and the cache's per-step concatenation
@@ -24,6 +24,18 @@ layer (6 for int8/fp8: two scale concatenations, two upcasts and two multiplies;
 non-float32 dtype; read from ``LayerKV.gather``). Bandwidth is the execution unit's ``memory_bandwidth``.
 Everything here is an estimate (it never enters a "measured" figure); prefill's one-off quantization of
 the prompt's states is not modelled.
+
+Streamed experts (``prefetch`` other than "none") are fetched into a bounded cache on a miss. ASSUMED, for
+want of routing statistics on paper: routing is uniform and independent, so an LRU cache of ``C`` slots over
+``N`` experts hits with probability ``C / N``; a step routes each of ``batch`` tokens to ``top_k`` experts
+per MoE layer, ``E (1 - (1 - top_k / E) ** batch)`` distinct ones per layer; every miss is fetched
+synchronously::
+
+    delta_s = misses x (expert bytes x seconds per byte of the link + fetch overhead)
+
+with the link as the streaming model has it (``cost.transfer_seconds_per_byte``) and the per-fetch overhead
+of ``cost.DEFAULT_FETCH_OVERHEAD_S``. The Markov and gate prefetchers are not credited (their hit rate is
+learned at run time), so this is the cost of the LRU-only case: an upper estimate for the others.
 """
 from __future__ import annotations
 
@@ -65,8 +77,30 @@ def kv_step_delta(kv: Mapping[str, Any] | None, *, record: Any, bandwidth: float
     return {"delta_s": delta, "kept_tokens": kept, "bytes": now, "baseline_bytes": base, "ops": ops}
 
 
+def expert_step_delta(experts: Mapping[str, Any] | None, *, record: Any, profile: Any, exec_unit: Any, batch: int,
+                      fetch_overhead_s: float | None = None) -> dict[str, Any] | None:
+    """``{"delta_s", "misses", "hit_rate", "bytes", "link"}`` of expert streaming per decode step (module
+    docstring); None when experts are not streamed (``footprint.expert_footprint`` gave None)."""
+    if experts is None or record is None or not record.moe:
+        return None
+    from autosurgeon.cost import DEFAULT_FETCH_OVERHEAD_S, disk_is_warm, transfer_seconds_per_byte
+
+    layers, per_layer = len(record.experts), record.num_experts
+    total = layers * per_layer
+    hit_rate = min(1.0, experts["slots"] / total) if total else 1.0
+    k = min(record.experts_per_token, per_layer)
+    distinct = per_layer * (1.0 - (1.0 - k / per_layer) ** batch) if per_layer else 0.0
+    misses = layers * distinct * (1.0 - hit_rate)
+    nbytes = misses * sum(record.expert_tensor_bytes)
+    warm = disk_is_warm(profile, experts["home_bytes"], "auto") if experts["home"] == "disk" else True
+    per_byte, link = transfer_seconds_per_byte(profile, exec_unit, experts["home"], warm_disk=warm)
+    fetch = DEFAULT_FETCH_OVERHEAD_S.get(exec_unit.kind, 0.0) if fetch_overhead_s is None else fetch_overhead_s
+    return {"delta_s": nbytes * per_byte + misses * fetch, "misses": misses, "hit_rate": hit_rate,
+            "bytes": nbytes, "link": link}
+
+
 def has_kv_decisions(session: Mapping[str, Any]) -> bool:
     return any(k in session for k in KV_KNOBS)
 
 
-__all__ = ["has_kv_decisions", "kv_step_delta", "kv_traffic_bytes"]
+__all__ = ["expert_step_delta", "has_kv_decisions", "kv_step_delta", "kv_traffic_bytes"]

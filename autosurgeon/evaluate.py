@@ -23,8 +23,11 @@ Session decisions (a space built with session knobs, see ``space_session.py``): 
 at the workload's batch and context and streamed experts' homes and cache (``footprint.py``); the prefetch
 depth sets the streaming lookahead of the footprint and of the analytic pipeline. The cheap evaluators add
 the KV cache's effect on a decode step on paper (``cost_kv.kv_step_delta``: int8/fp8 storage is decoded
-before attention on this runtime, so it costs time; a window or budget keeps fewer tokens to read); the
-profiled latency stays "profiled" with that one term estimated (the method says so). The runtime evaluator
+before attention on this runtime, so it costs time; a window or budget keeps fewer tokens to read) and the
+misses of streamed experts (``cost_kv.expert_step_delta``, an ASSUMED uniform-routing LRU hit rate; the
+profiled evaluator prices them with its measured streaming costs where it has that link); the profiled
+latency stays "profiled" with those terms estimated (the method says so). The prefetch depth does not
+change the profiled latency (its streaming costs were measured at the runtime's default lookahead). The runtime evaluator
 applies the plan's session (``apply_plan``: KV cache, experts, lookahead) and decodes against the session's
 paged cache, which cannot be cropped: each repeat decodes one position further than the last. A Plan whose
 session decides a knob the evaluator's space has no variable for is refused (its vector could not tell
@@ -238,6 +241,49 @@ class Evaluator:
         return kv_step_delta(kv, record=self.space.session, bandwidth=unit.memory_bandwidth,
                              launch_overhead_s=launch_overhead_s, context=self.workload.context)
 
+    def _expert_delta(self, x: np.ndarray, stream: Mapping[str, Mapping[str, Any]] | None = None
+                      ) -> dict[str, Any] | None:
+        """Streamed experts' estimated cost per decode step (``cost_kv.expert_step_delta``), None if not streamed.
+
+        ``stream``: measured streaming costs per placement (``ProfiledTable.stream``); where the experts' link
+        ("cpu<-disk", "gpu<-cpu") was measured, its per-fetch and per-byte costs replace the paper link."""
+        from autosurgeon.cost_kv import expert_step_delta
+        from autosurgeon.footprint import expert_footprint
+
+        if self.workload.phase != "decode":
+            return None
+        experts = expert_footprint(self.space, self.space.values(x), self._session(x))
+        if experts is None:
+            return None
+        unit = next((u for u in self.profile.units if u.kind == experts["tier"]), self.profile.default_unit())
+        out = expert_step_delta(experts, record=self.space.session, profile=self.profile, exec_unit=unit,
+                                batch=self.workload.batch)
+        measured = (stream or {}).get(f"{'gpu' if experts['tier'] == 'gpu' else 'cpu'}<-{experts['home']}")
+        if out is not None and measured:
+            out["delta_s"] = out["misses"] * measured["fetch_s"] + out["bytes"] * measured["s_per_byte"]
+            out["link"] = "measured streaming costs of the profiled table"
+        return out
+
+    def _session_latency(self, x: np.ndarray, parts: dict[str, Any], *, launch_overhead_s: float,
+                         stream: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+        """Add the session's estimated KV and expert terms to ``parts`` (latency_s, busy_s); the method note."""
+        notes = []
+        kv = self._kv_delta(x, launch_overhead_s)
+        if kv is not None:
+            parts["kv_s"] = kv["delta_s"]
+            notes.append(f"KV cache term {kv['delta_s'] * 1e6:+.1f} us")
+        experts = self._expert_delta(x, stream)
+        if experts is not None:
+            parts["experts_s"] = experts["delta_s"]
+            parts["expert_misses"] = experts["misses"]
+            notes.append(f"expert misses {experts['misses']:.2f}/step at ASSUMED LRU hit rate "
+                         f"{experts['hit_rate']:.2f} ({experts['link']}) {experts['delta_s'] * 1e6:+.1f} us")
+        delta = parts.get("kv_s", 0.0) + parts.get("experts_s", 0.0)
+        parts["latency_s"] = max(1e-9, parts["latency_s"] + delta)
+        if "busy_s" in parts:
+            parts["busy_s"] = max(0.0, parts["busy_s"] + parts.get("kv_s", 0.0))
+        return (" + " + "; ".join(notes) + " (estimated, cost_kv)") if notes else ""
+
     def settings(self) -> dict[str, Any]:
         """Everything besides the plan that changes the result (part of the cache key)."""
         return {"workload": [self.workload.task, self.workload.batch, self.workload.context, self.workload.seed],
@@ -355,11 +401,8 @@ class AnalyticEvaluator(Evaluator):
         depth = self._session(x).get("prefetch_depth")
         lookahead = self.lookahead if depth is None else int(depth)
         parts = self._model(self.workload.phase, lookahead).breakdown(x)
-        kv = self._kv_delta(x, self.models[self.workload.phase].launch_overhead_s)
-        if kv is not None:
-            parts["kv_s"] = kv["delta_s"]
-            parts["latency_s"] = max(1e-9, parts["latency_s"] + kv["delta_s"])
-            parts["busy_s"] = max(0.0, parts["busy_s"] + kv["delta_s"])
+        session_note = self._session_latency(x, parts,
+                                             launch_overhead_s=self.models[self.workload.phase].launch_overhead_s)
         latency = parts["latency_s"]
         joules, energy_how = energy_j(self.profile, latency, parts["busy_s"])
         prefill = (self._model("prefill", lookahead).breakdown(x)["latency_s"] if "prefill" in self.models
@@ -376,8 +419,7 @@ class AnalyticEvaluator(Evaluator):
         method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
                   f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
-                  + (f" + KV cache term {kv['delta_s'] * 1e6:+.1f} us (cost_kv)" if kv is not None else "")
-                  + f"; memory: footprint.plan_memory; energy: {energy_how}"
+                  + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + ("; quality: sensitivity proxy" if quality is not None else ""))
         step = self._per_item(latency)
         return Metrics(
@@ -461,10 +503,7 @@ class ProfiledEvaluator(Evaluator):
             parts["composed_s"] = parts["latency_s"]
             parts["latency_s"] = max(1e-9, self.calibration["a"] + self.calibration["b"] * parts["latency_s"])
         launch = (self.profiler.table.launch_overhead_s or {}).get(self.workload.phase, 0.0)
-        kv = self._kv_delta(x, launch)
-        if kv is not None:
-            parts["kv_s"] = kv["delta_s"]
-            parts["latency_s"] = max(1e-9, parts["latency_s"] + kv["delta_s"])
+        session_note = self._session_latency(x, parts, launch_overhead_s=launch, stream=self.profiler.table.stream)
         depth = self._session(x).get("prefetch_depth")
         peak, mem_extra = self._memory(x, self.lookahead if depth is None else int(depth))
         prefill = (self.profiler.compose(x, "prefill")["latency_s"] if self.workload.task == "causal-lm" else None)
@@ -482,8 +521,7 @@ class ProfiledEvaluator(Evaluator):
                   f"costs" + (f", calibrated on {len(self.calibration['points'])} runtime plans (step = "
                               f"{self.calibration['a'] * 1e3:.3f} ms + {self.calibration['b']:.3f} x composed)"
                               if self.calibration["points"] else "")
-                  + (f" + KV cache term {kv['delta_s'] * 1e6:+.1f} us estimated (cost_kv)" if kv is not None else "")
-                  + f"; memory: footprint.plan_memory; energy: {energy_how}"
+                  + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + ("; quality: sensitivity proxy" if quality is not None else ""))
         return Metrics(
             latency_s=self._per_item(latency), prefill_s=prefill,

@@ -70,6 +70,7 @@ class SessionRecord:
         num_experts: experts per MoE layer.
         expert_tensor_bytes: bytes of one expert's (gate_up, down) slices, as the store registers them.
         routers: every experts module has a router (``prefetch="gate"`` needs one).
+        experts_per_token: experts each token is routed to per MoE layer (top-k).
     """
 
     causal_lm: bool
@@ -83,6 +84,7 @@ class SessionRecord:
     num_experts: int = 0
     expert_tensor_bytes: tuple[int, ...] = ()
     routers: bool = False
+    experts_per_token: int = 1
 
     @property
     def has_kv(self) -> bool:
@@ -124,9 +126,12 @@ def build_session_record(model: nn.Module, *, task: str | None = None) -> Sessio
         gu, dn = found[0][1].gate_up_proj, found[0][1].down_proj
         per_expert = (gu[0].numel() * gu.element_size(), dn[0].numel() * dn.element_size())
     routers = bool(found) and all(router is not None for _, _, router in found)
-    common = {"dtype": dtype, "first_leaf": owner, "experts": experts, "num_experts": num_experts,
-              "expert_tensor_bytes": per_expert, "routers": routers}
     cfg = getattr(model, "config", None)
+    top_k = getattr(_text_config(cfg), "num_experts_per_tok", None) if cfg is not None else None
+    if top_k is None and found and found[0][2] is not None:
+        top_k = getattr(found[0][2], "top_k", None)
+    common = {"dtype": dtype, "first_leaf": owner, "experts": experts, "num_experts": num_experts,
+              "expert_tensor_bytes": per_expert, "routers": routers, "experts_per_token": int(top_k or 1)}
     causal = (task == "causal-lm") if task is not None else bool(cfg is not None and hasattr(model, "generate")
                                                                  and not getattr(cfg, "is_encoder_decoder", False))
     if not causal or cfg is None:

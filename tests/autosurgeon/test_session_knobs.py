@@ -272,3 +272,19 @@ def test_analytic_evaluator_sees_session_decisions(llama, cpu, space) -> None:
                                                     "has no variable for"):
         plain.evaluate(Plan(session={"kv_precision": "int8"}))
     assert json.loads(json.dumps(int8.to_dict()))  # extra stays JSON-ready
+
+
+def test_streamed_experts_trade_memory_for_estimated_misses(moe, cpu) -> None:
+    from autosurgeon.cost_kv import kv_traffic_bytes
+
+    space = SearchSpace.build(moe, cpu, knobs=("precision", "prefetch"))
+    ev = AnalyticEvaluator(moe, cpu, space=space)
+    resident, streamed = ev.evaluate(Plan(session={"prefetch": "none"})), ev.evaluate(Plan(session={"prefetch": "lru"}))
+    assert streamed.peak_bytes["cpu"] < resident.peak_bytes["cpu"] and streamed.peak_bytes["disk"] > 0
+    # 2 MoE layers x 4 experts, 4 cache slots (one layer's experts): ASSUMED hit rate 0.5, top-2 routing
+    assert streamed.extra["expert_misses"] == pytest.approx(2 * 2 * 0.5)
+    assert streamed.latency_s == pytest.approx(resident.latency_s + streamed.extra["experts_s"])
+    assert "ASSUMED LRU hit rate 0.50" in streamed.method
+    # KV traffic per element: float32 cat + attention read 12 B; int8: codes cat 2 + decode 13 + read 4 (+ scales)
+    assert kv_traffic_bytes(64, "float", 4, 16) == 64 * 12
+    assert kv_traffic_bytes(64, "int8", 4, 16) == 64 * 19 + 4 * 10
