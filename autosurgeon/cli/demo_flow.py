@@ -233,17 +233,21 @@ def _candidates(result: Any, policy_plans: list[tuple[str, Any, Any]], budget: i
     return out
 
 
-def _policy_plans(policy: str, settings: DemoSettings, budget: int, notes: list[str]) -> list[tuple[str, Any, Any]]:
+def _policy_plans(policy: str, settings: DemoSettings, budget: int, evaluator: Any,
+                  notes: list[str]) -> list[tuple[str, Any, Any]]:
+    """The policy's plan under the budget, priced by the sweep's evaluator so candidates compare like for like."""
     try:
         from agents.apply import apply_policy
 
+        # The policy acts on the observations it trained with; "analytic" only prices its plan, cheaply.
         applied = apply_policy(policy, settings.model, device="local", memory_budget=float(budget),
-                               evaluator="profiled")
+                               evaluator="analytic")
+        metrics = evaluator.evaluate(applied.plan)
     except Exception as exc:  # a stale or foreign policy must not sink the demo; say why it was skipped
         notes.append(f"policy {policy} skipped: {exc}")
         return []
     notes.extend(applied.notes)
-    return [(f"policy {policy}", applied.plan, applied.metrics)]
+    return [(f"policy {policy}", applied.plan, metrics)]
 
 
 def _update_markov(user_model: Path, warm_start: str | None, run_dir: Path, notes: list[str]) -> Path | None:
@@ -356,7 +360,7 @@ def run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> Dem
     policy_plans: list[tuple[str, Any, Any]] = []
     if policy:
         say("policy", f"applying the learned policy {policy}")
-        policy_plans = _policy_plans(policy, settings, budget, notes)
+        policy_plans = _policy_plans(policy, settings, budget, sweep_evaluator, notes)
 
     t = time.perf_counter()
     candidates = _candidates(result, policy_plans, budget)

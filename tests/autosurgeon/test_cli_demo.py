@@ -94,3 +94,17 @@ def test_bad_settings_fail_before_any_work(capsys: pytest.CaptureFixture[str]) -
         DemoSettings(evals=0)
     assert main(["demo", "--budget", "lots"]) == 2
     assert "--budget" in capsys.readouterr().err
+
+
+def test_demo_uses_a_learned_policy_for_this_device_class(tmp_path: Path) -> None:
+    from agents.ppo import PPOSettings, train
+    from autosurgeon.cli.demo_flow import run_demo
+
+    policy = tmp_path / "policy"
+    train(device="local", models=["tiny-llama-test"], timesteps=64, out=policy, n_envs=1, seed=0,
+          settings=PPOSettings(n_steps=64, batch_size=64, n_epochs=1), hv_every=64, hv_preferences=2)
+    result = run_demo(DemoSettings(model="tiny-llama-test", evals=4, pop_size=4, tokens=2, quality_samples=2,
+                                   budget="60%", policy=str(policy), out=str(tmp_path / "demo")))
+    assert result.policy == str(policy)
+    assert not [n for n in result.notes if "skipped" in n], result.notes
+    assert result.chosen is not None
