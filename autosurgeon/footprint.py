@@ -200,8 +200,8 @@ def kv_budget_bytes(value: Any, *, layers: int, token_bytes: int, tokens: int, s
 
 @lru_cache(maxsize=4096)
 def kv_layer_bytes(prefill: int, decode: int, token_bytes: int, budget: int | None, window: int | None, *,
-                   sinks: int = KV_SINKS, page_tokens: int = KV_PAGE_TOKENS) -> tuple[int, int, int]:
-    """``(peak, final, evicted tokens)`` hot bytes of ONE layer after a prefill of ``prefill`` tokens and
+                   sinks: int = KV_SINKS, page_tokens: int = KV_PAGE_TOKENS) -> tuple[int, int, int, int, int]:
+    """``(peak bytes, final bytes, evicted tokens, kept tokens, pages)`` of ONE layer after a prefill of ``prefill`` tokens and
     ``decode`` one-token steps, as ``runtime.kv_pages.LayerKV`` allocates them (policy "sinks-window",
     no offload). ``budget`` is this layer's share."""
     pages: list[list[int]] = []  # [capacity, start, end], oldest first
@@ -273,7 +273,8 @@ def kv_layer_bytes(prefill: int, decode: int, token_bytes: int, budget: int | No
         append(prefill)
     for _ in range(decode):
         append(1)
-    return state["peak"], state["hot"], state["evicted"]
+    kept = min(state["seen"], sinks) + sum(e - s for _, s, e in pages)
+    return state["peak"], state["hot"], state["evicted"], kept, len(pages)
 
 
 def session_values(space: SearchSpace, x: Any) -> dict[str, Any]:
@@ -305,13 +306,13 @@ def kv_footprint(space: SearchSpace, values: Mapping[tuple[str, str], Any], sess
     budget = kv_budget_bytes(session.get("kv_budget", "none"), layers=record.kv_layers, token_bytes=tb,
                              tokens=tokens)
     share = None if budget is None else budget // record.kv_layers
-    peak, final, evicted = kv_layer_bytes(context, 1, tb, share, session.get("kv_window"))
+    peak, final, evicted, kept, pages = kv_layer_bytes(context, 1, tb, share, session.get("kv_window"))
     first = next((b for b in space.blocks if b.is_block and b.runtime_block), None)
     placement = values.get((first.name, "placement"), space.default_placement) if first else space.default_placement
     exec_kind = placement.partition("<-")[0]
     tier = session.get("kv_tier") or ("gpu" if exec_kind in ("gpu", "dla") else "cpu")
     return {"tier": tier, "peak_bytes": peak * record.kv_layers, "bytes": final * record.kv_layers,
-            "budget_bytes": budget, "token_bytes": tb * record.kv_layers, "evicted_tokens": evicted,
+            "budget_bytes": budget, "token_bytes": tb * record.kv_layers, "evicted_tokens": evicted, "kept_tokens": kept, "pages": pages * record.kv_layers,
             "precision": precision, "dtype": dtype, "tokens": tokens, "batch": batch}
 
 
