@@ -27,7 +27,10 @@ before attention on this runtime, so it costs time; a window or budget keeps few
 misses of streamed experts (``cost_kv.expert_step_delta``, an ASSUMED uniform-routing LRU hit rate; the
 profiled evaluator prices them with its measured streaming costs where it has that link); the profiled
 latency stays "profiled" with those terms estimated (the method says so). The prefetch depth does not
-change the profiled latency (its streaming costs were measured at the runtime's default lookahead). The runtime evaluator
+change the profiled latency (its streaming costs were measured at the runtime's default lookahead).
+Quality does not see KV decisions yet: the sensitivity proxy scores weight precisions only, and the
+runtime's quality pass is a full forward without the paged cache, so int8 KV and eviction by window or
+budget score as lossless; ``extra["quality_ignores_kv"]`` marks such evaluations. The runtime evaluator
 applies the plan's session (``apply_plan``: KV cache, experts, lookahead) and decodes against the session's
 paged cache, which cannot be cropped: each repeat decodes one position further than the last. A Plan whose
 session decides a knob the evaluator's space has no variable for is refused (its vector could not tell
@@ -324,6 +327,9 @@ class Evaluator:
         table = self.sensitivity
         if table is None:
             return None, {}
+        from autosurgeon.cost_kv import has_kv_decisions
+
+        ignores = {"quality_ignores_kv": True} if has_kv_decisions(self._session(x)) else {}
         total, unscored = 0.0, 0
         for (name, knob), value in self.space.values(x).items():
             if knob != "precision" or value == "float32":
@@ -333,7 +339,7 @@ class Evaluator:
             else:
                 unscored += 1
         loss = math.expm1(total) if self.workload.task == "causal-lm" else total
-        return loss, {"quality_proxy_kl": total, "quality_unscored": unscored}
+        return loss, {"quality_proxy_kl": total, "quality_unscored": unscored, **ignores}
 
     def _per_item(self, step_s: float) -> float:
         """Step seconds -> seconds per token (decode: each of the batch's sequences gets one per step) or sample."""
@@ -627,6 +633,7 @@ class RuntimeEvaluator(Evaluator):
             labels["energy_j"] = "measured" if source in ("nvml", "rapl") else "estimated"
         if quality is not None:
             labels["quality_loss"] = "measured"
+        ignores = quality is not None and kv_stats is not None
         method = (f"runtime: apply_plan -> Session on {self.profile.name}; median of {t.step_repeats} steps after "
                   f"{t.step_warmup} warm-up ({t.clock} clock); peak bytes from the TensorStore; energy source {source}"
                   + (f"; quality on {self.quality_evaluator.metric} held-out data" if quality is not None else ""))
@@ -639,6 +646,7 @@ class RuntimeEvaluator(Evaluator):
             phase=self.workload.phase,
             extra={**self._base_extra(), "p10_s": stats.p10_s, "p90_s": stats.p90_s, "energy_source": source,
                    **({"kv": kv_stats} if kv_stats is not None else {}),
+                   **({"quality_ignores_kv": True} if ignores else {}),
                    **({"experts": experts} if experts is not None else {})})
 
 

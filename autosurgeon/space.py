@@ -466,7 +466,8 @@ class SearchSpace:
                 for c, ok in zip(v.choices, v.mask):
                     valid[c] = valid.get(c, 0) + int(ok)
             shown = ", ".join(f"{c}:{n}" for c, n in valid.items() if n)
-            lines.append(f"  {knob:<10} {len(vs):>4} var{'s' if len(vs) != 1 else ''}; valid per choice: {shown}")
+            lines.append(f"  {knob:<10} {len(vs):>4} var{'s' if len(vs) != 1 else ''}; valid per choice: {shown}"
+                         if knob in KNOB_ORDER else f"  {knob:<14} session; valid choices: {shown}")
             masked: dict[str, int] = {}
             for v in vs:
                 for c, why in v.reasons.items():
@@ -474,6 +475,9 @@ class SearchSpace:
                     masked[key] = masked.get(key, 0) + 1
             for text, n in sorted(masked.items(), key=lambda t: -t[1])[:6]:
                 lines.append(f"      masked x{n}  {text}")
+        if (self.session is not None and not self.session.has_kv
+                and any(k in self.knobs for k in ("kv_precision", "kv_budget", "kv_tier", "kv_window"))):
+            lines.append(f"  no KV knobs: {self.session.kv_reason}")
         return "\n".join(lines)
 
     def digest(self) -> str:

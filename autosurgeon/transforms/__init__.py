@@ -12,7 +12,8 @@
 Configs (``configs.py``) are validated on construction; ``register_transform(ConfigType)`` binds exactly
 one handler per type, and ``transform`` with an unregistered type raises ``TypeError`` naming the
 registered ones. Handlers are idempotent. ``apply_plan`` (``apply.py``) checks, resolves, applies in the
-order fuse -> prune -> quantize -> kernel -> layout and returns a ``runtime.Session``.
+order fuse -> prune -> quantize -> kernel -> layout and returns a ``runtime.Session`` whose KV cache, expert
+streaming and lookahead follow the plan's session decisions (``session.py``: ``session_options``).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from autosurgeon.transforms.configs import (
     QuantizeConfig,
 )
 from autosurgeon.transforms.place import build_session_spec
+from autosurgeon.transforms.session import SessionOptions, session_options
 from autosurgeon.transforms.registry import (
     TransformContext,
     handler_for,
@@ -50,7 +52,8 @@ from autosurgeon.transforms.registry import (
 )
 
 __all__ = [
-    "STAGES", "FuseConfig", "KernelConfig", "LayoutConfig", "PlaceConfig", "PruneConfig", "QuantizeConfig", "Step",
-    "Surgery", "TransformContext", "apply_plan", "apply_surgery", "build_session_spec", "handler_for",
-    "register_transform", "registered_types", "resolve_surgery", "session_from_plan", "transform",
+    "STAGES", "FuseConfig", "KernelConfig", "LayoutConfig", "PlaceConfig", "PruneConfig", "QuantizeConfig",
+    "SessionOptions", "Step", "Surgery", "TransformContext", "apply_plan", "apply_surgery", "build_session_spec",
+    "handler_for", "register_transform", "registered_types", "resolve_surgery", "session_from_plan",
+    "session_options", "transform",
 ]
