@@ -95,7 +95,8 @@ def _table(result: Any) -> str:
     if bm.prefill_s is not None:
         add("prefill (ms)", lambda v: "-" if v is None else f"{v * 1e3:.1f}", bm.prefill_s, pm and pm.prefill_s)
     if base.tokens:
-        add("generate tokens/s", lambda v: f"{v:.1f}", base.tokens_per_s, plan and plan.tokens_per_s, "higher")
+        add(f"generate tokens/s ({len(base.tokens)} tokens, median of 3)", lambda v: f"{v:.1f}", base.tokens_per_s,
+            plan and plan.tokens_per_s, "higher")
     for tier in ("gpu", "cpu", "disk"):
         b, p = bm.peak_bytes.get(tier, 0), pm.peak_bytes.get(tier, 0) if pm else None
         if b or p:

@@ -35,7 +35,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
 def test_demo_picks_a_plan_within_budget_and_reports_the_table(demo_run: tuple[int, str, Path]) -> None:
     code, text, out = demo_run
     assert code == 0, text
-    for row in ("decode latency (ms/token)", "generate tokens/s", "peak memory cpu", "memory GPU+CPU",
+    for row in ("decode latency (ms/token)", "generate tokens/s (4 tokens, median of 3)", "peak memory cpu", "memory GPU+CPU",
                 "energy (mJ/token, estimated)", "quality loss (measured)"):
         assert row in text
     result = json.loads((out / "result.json").read_text())
