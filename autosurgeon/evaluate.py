@@ -28,9 +28,11 @@ misses of streamed experts (``cost_kv.expert_step_delta``, an ASSUMED uniform-ro
 profiled evaluator prices them with its measured streaming costs where it has that link); the profiled
 latency stays "profiled" with those terms estimated (the method says so). The prefetch depth does not
 change the profiled latency (its streaming costs were measured at the runtime's default lookahead).
-Quality does not see KV decisions yet: the sensitivity proxy scores weight precisions only, and the
-runtime's quality pass is a full forward without the paged cache, so int8 KV and eviction by window or
-budget score as lossless; ``extra["quality_ignores_kv"]`` marks such evaluations. The runtime evaluator
+Quality of KV decisions: the sensitivity proxy scores weight precisions only, so in the cheap evaluators
+int8 KV and eviction by window or budget score as lossless (``extra["quality_ignores_kv"]`` marks such
+evaluations). The runtime evaluator measures them: held-out windows decoded token by token through the
+session's paged cache against Hugging Face's (``quality_kv.kv_quality_loss``), combined with the weights'
+loss as ``(1 + weights) (1 + kv) - 1``. The runtime evaluator
 applies the plan's session (``apply_plan``: KV cache, experts, lookahead) and decodes against the session's
 paged cache, which cannot be cropped: each repeat decodes one position further than the last. A Plan whose
 session decides a knob the evaluator's space has no variable for is refused (its vector could not tell
@@ -625,6 +627,12 @@ class RuntimeEvaluator(Evaluator):
             kv_stats = final.extra.get("kv")
             experts = final.extra.get("experts")
             quality = self.quality_evaluator.loss(session.model) if self.quality_evaluator is not None else None
+            kv_quality = None
+            if quality is not None and kv_stats is not None and self.workload.task == "causal-lm":
+                from autosurgeon.quality_kv import kv_quality_loss
+
+                kv_quality = kv_quality_loss(session, samples=self.quality_samples or 4, kv_batch=self.workload.batch)
+                quality = (1.0 + quality) * (1.0 + kv_quality["kv_quality_loss"]) - 1.0
         latency = stats.median_s
         labels = {"latency_s": "measured", "peak_bytes": "measured"}
         if pre is not None:
@@ -633,10 +641,12 @@ class RuntimeEvaluator(Evaluator):
             labels["energy_j"] = "measured" if source in ("nvml", "rapl") else "estimated"
         if quality is not None:
             labels["quality_loss"] = "measured"
-        ignores = quality is not None and kv_stats is not None
+        ignores = quality is not None and kv_stats is not None and kv_quality is None
         method = (f"runtime: apply_plan -> Session on {self.profile.name}; median of {t.step_repeats} steps after "
                   f"{t.step_warmup} warm-up ({t.clock} clock); peak bytes from the TensorStore; energy source {source}"
-                  + (f"; quality on {self.quality_evaluator.metric} held-out data" if quality is not None else ""))
+                  + (f"; quality on {self.quality_evaluator.metric} held-out data" if quality is not None else "")
+                  + (f" x KV cache's decode loss ({kv_quality['tokens']} tokens teacher-forced through the paged "
+                     "cache vs HF's)" if kv_quality is not None else ""))
         return Metrics(
             latency_s=self._per_item(latency), prefill_s=pre,
             tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
@@ -647,6 +657,7 @@ class RuntimeEvaluator(Evaluator):
             extra={**self._base_extra(), "p10_s": stats.p10_s, "p90_s": stats.p90_s, "energy_source": source,
                    **({"kv": kv_stats} if kv_stats is not None else {}),
                    **({"quality_ignores_kv": True} if ignores else {}),
+                   **({"kv_quality": kv_quality} if kv_quality is not None else {}),
                    **({"experts": experts} if experts is not None else {})})
 
 

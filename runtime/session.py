@@ -327,6 +327,10 @@ class Session:
         self.kv_cache = self._make_kv_cache()
         return self.kv_cache
 
+    def close_kv_cache(self) -> None:
+        """Close the cache ``open_kv_cache`` gave (its pages go back to the store; its stats stay in ``stats()``)."""
+        self._finish_kv()
+
     def _kv_report(self) -> dict[str, Any]:
         meter = getattr(self, "_kv_meter", None)
         stats = dict(self.kv_cache.kv_stats())

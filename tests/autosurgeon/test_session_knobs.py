@@ -291,3 +291,19 @@ def test_streamed_experts_trade_memory_for_estimated_misses(moe, cpu) -> None:
     # KV traffic per element: float32 cat + attention read 12 B; int8: codes cat 2 + decode 13 + read 4 (+ scales)
     assert kv_traffic_bytes(64, "float", 4, 16) == 64 * 12
     assert kv_traffic_bytes(64, "int8", 4, 16) == 64 * 19 + 4 * 10
+
+
+def test_kv_quality_loss_float_paged_cache_is_lossless_and_eviction_is_scored(llama, cpu) -> None:
+    from autosurgeon.quality_kv import kv_quality_loss
+
+    windows = torch.randint(0, 256, (2, 41), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for name, session in (("float", {"kv_precision": "float"}), ("int8", {"kv_precision": "int8"}),
+                          ("window", {"kv_precision": "float", "kv_window": 8})):
+        with apply_plan(llama, Plan(session=session), cpu) as s:
+            r = kv_quality_loss(s, windows=windows, prefix=8)
+            assert s.kv_cache is None and r["tokens"] == 2 * 33
+        losses[name] = r["kv_quality_loss"]
+    assert losses["float"] == pytest.approx(0.0, abs=1e-6)  # the paged float cache is exact
+    assert abs(losses["int8"]) < 0.02 and losses["int8"] != 0.0  # per-token int8: close, not identical
+    assert abs(losses["window"]) > abs(losses["int8"])  # dropping all but 8 + 4 tokens changes predictions more
