@@ -125,8 +125,8 @@ def build_report(*, quick: bool = False, out: str | os.PathLike[str] | None = No
     records.sort(key=lambda r: order[r.claim])  # stable: CPU rows before GPU rows within a claim
     wall = time.perf_counter() - started
     notes = [f"CPU: {os.cpu_count()} cores shared with other jobs while measured (load average "
-             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end): absolute speeds vary run to run; the "
-             "ratios come from one run each.",
+             f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end): absolute speeds vary run to run, so "
+             "the CPU configurations take turns in interleaved rounds and each ratio comes from this one run.",
              f"Raw CPU numbers: `{_rel(cpu_json)}`; raw GPU numbers: `{_rel(gpu_path)}`."]
     meta = {"command": command + (" --quick" if quick else ""), "generated_utc": stamp, "wall_s": wall,
             "cpu_machine": claims_cpu.machine(), "gpu_note": gpu_note, "quick": quick, "notes": notes}
@@ -171,7 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = Path(args.out or DEFAULT_GPU_JSON)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(data, indent=1, default=str))
-        print("\n".join(table(gpu_records(data, where="measured in this run"))))
+        rows = table(gpu_records(data, where="measured in this run"))
+        target.with_suffix(".md").write_text(
+            f"# GPU claims: {data['card']}, {data['date_utc']}\n\nWritten by `python -m experiments.benchmarks.claims "
+            f"--gpu` (raw numbers: `{target.name}`); the full report with methods is `experiments/benchmarks/"
+            "REPORT.md`.\n\n" + "\n".join(rows) + "\n")
+        print("\n".join(rows))
         print(f"errors: {data['errors'] or 'none'}; wall {data['wall_s']:.0f} s; wrote {target}")
         return 0
     path, records = build_report(quick=args.quick, out=args.out, skip_gpu=args.skip_gpu, gpu_json=args.gpu_json,

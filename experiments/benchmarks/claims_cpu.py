@@ -23,6 +23,7 @@ import gc
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -52,14 +53,15 @@ class CpuSettings:
     vocab: int = 8000
     ram_fraction: float = 0.30
     prompt_len: int = 16
-    warmup: int = 3
-    tokens: int = 16
-    accelerate_tokens: int = 8
+    warmup: int = 2
+    tokens: int = 8
+    accelerate_tokens: int = 4
+    rounds: int = 5
     lookahead: int = 2
     seed: int = 0
     lm: str = "tiny-llama"
     max_loss: float = 0.01
-    eval_windows: int = 128
+    eval_windows: int = 256
     chunk: int = 16
     eval_batch: int = 8
     sens_precisions: tuple[str, ...] = ("int8", "int4", "bfloat16")
@@ -67,8 +69,8 @@ class CpuSettings:
     threads: int = 2
 
 
-QUICK = CpuSettings(hidden=128, intermediate=352, layers=4, heads=4, vocab=512, warmup=1, tokens=4,
-                    accelerate_tokens=3, lm="tiny-llama-test", eval_windows=8, chunk=4, eval_batch=8,
+QUICK = CpuSettings(hidden=128, intermediate=352, layers=4, heads=4, vocab=512, warmup=1, tokens=3,
+                    accelerate_tokens=2, rounds=2, lm="tiny-llama-test", eval_windows=8, chunk=4, eval_batch=8,
                     sens_precisions=("int4",))
 
 
@@ -102,7 +104,16 @@ def _watts() -> tuple[float, str]:
 
 # ------------------------------------------------------------------------------------------------- speed
 def measure_speed(s: CpuSettings, progress: Progress) -> dict[str, Any]:
-    """Decode the random Llama under the four configurations; raw numbers (module docstring)."""
+    """Decode the random Llama under the four configurations, interleaved in rounds; raw numbers.
+
+    The machine is shared and its load drifts over minutes, so the configurations take turns: each round
+    runs every configuration once (a fresh Session each time, the order rotated by one per round), and a
+    configuration's figure pools its timed steps over all rounds. accelerate runs on its own copy of the
+    model, dispatched once, so it can take its turn in every round too.
+    """
+    import copy
+    import shutil
+
     from accelerate import dispatch_model, infer_auto_device_map
 
     from experiments.benchmarks.streaming import build_llama, weight_bytes
@@ -122,54 +133,95 @@ def measure_speed(s: CpuSettings, progress: Progress) -> dict[str, Any]:
     prompt = torch.randint(0, s.vocab, (1, s.prompt_len), generator=torch.Generator().manual_seed(s.seed))
     watts, watts_how = _watts()
     res: dict[str, Any] = {"model_bytes": total, "cap_bytes": cap, "block_bytes": block, "rest_bytes": rest,
-                           "watts_estimate": watts, "watts_how": watts_how, "rows": {}}
+                           "watts_estimate": watts, "watts_how": watts_how, "rounds": s.rounds, "rows": {}}
     progress(f"speed: Llama hidden {s.hidden}, {s.layers} layers, vocab {s.vocab}, fp32 {format_bytes(total)}; "
-             f"RAM cap {format_bytes(cap)} ({s.ram_fraction:.0%})")
-
-    def run(name: str, label: str, fn: Callable[[], dict[str, Any]]) -> None:
-        gc.collect()
-        t0 = time.perf_counter()
-        with PeakTracker(interval_s=0.01) as tracker:
-            r = fn()
-        r.pop("last_logits", None)
-        r.update(label=label, peak_rss=tracker.peak_rss_bytes, wall_s=time.perf_counter() - t0)
-        res["rows"][name] = r
-        progress(f"  {label}: {r['tokens_per_s']:.2f} tok/s ({r['n_timed']} timed steps)")
+             f"RAM cap {format_bytes(cap)} ({s.ram_fraction:.0%}); {s.rounds} interleaved rounds")
+    labels = {
+        "eager": "all weights in RAM, Hugging Face eager (over the cap: token reference)",
+        "ours": f"ours: placement at the cap (resident while it lasts, rest on disk, lookahead {s.lookahead})",
+        "one_tier": "everything on one tier: every block on disk, fetched on demand",
+        "accelerate": "accelerate infer_auto_device_map + dispatch_model (disk offload) at the cap",
+    }
+    segments: dict[str, list[dict[str, Any]]] = {name: [] for name in labels}
+    extra: dict[str, dict[str, Any]] = {name: {} for name in labels}
 
     def timed(m: nn.Module, n: int) -> dict[str, Any]:
         return decode_measured(m, prompt, device=dev, warmup=s.warmup, tokens=n, watts=watts)
 
-    run("eager", "all weights in RAM, Hugging Face eager (over the cap: token reference)", lambda: timed(model, s.tokens))
     with tempfile.TemporaryDirectory(prefix="autosurgeon-claims-") as tmp:
-        ours = SessionSpec.fit(n_blocks=len(layers), block_bytes=block, rest_bytes=rest, device="cpu",
-                               budgets={"cpu": cap}, stream_unit_bytes=unit, lookahead=s.lookahead,
-                               offload_dir=os.path.join(tmp, "ours"), disk_io="mmap")
-        one_tier = SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in layers),
-                               rest=BlockSpec(device="cpu"), budgets={"cpu": cap}, lookahead=0,
-                               offload_dir=os.path.join(tmp, "one"), disk_io="mmap")
-        for name, spec, label in (
-                ("ours", ours, "ours: placement at the cap (resident while it lasts, rest on disk, lookahead "
-                               f"{ours.lookahead})"),
-                ("one_tier", one_tier, "everything on one tier: every block on disk, fetched on demand")):
-            with Session(model, spec) as session:
-                run(name, label, lambda: timed(model, s.tokens))
-                st = session.stats()
-                res["rows"][name].update(resident_blocks=sum(1 for b in spec.blocks if not b.streamed),
-                                         lookahead=spec.lookahead, store_peak_cpu=st.peak_bytes.get("cpu"),
-                                         streamed_bytes=st.extra.get("streamed_bytes_per_pass"))
-        device_map = infer_auto_device_map(model, max_memory={"cpu": cap}, no_split_module_classes=["LlamaDecoderLayer"])
-        model = dispatch_model(model, device_map=device_map, main_device="cpu",
-                               offload_dir=os.path.join(tmp, "accelerate"))
-        run("accelerate", "accelerate infer_auto_device_map + dispatch_model (disk offload) at the cap",
-            lambda: timed(model, s.accelerate_tokens))
-        res["rows"]["accelerate"]["disk_entries"] = sum(1 for v in device_map.values() if v == "disk")
-        res["rows"]["accelerate"]["device_map_entries"] = len(device_map)
-    ref = res["rows"]["eager"]["tokens"]
-    for name, r in res["rows"].items():
-        r["tokens_match_reference"] = same_prefix(r["tokens"], ref)
-    model = None  # drop the weights before the next part (the closures above are done with it)
+        acc_model = copy.deepcopy(model)
+        device_map = infer_auto_device_map(acc_model, max_memory={"cpu": cap},
+                                           no_split_module_classes=["LlamaDecoderLayer"])
+        acc_model = dispatch_model(acc_model, device_map=device_map, main_device="cpu",
+                                   offload_dir=os.path.join(tmp, "accelerate"))
+        extra["accelerate"].update(disk_entries=sum(1 for v in device_map.values() if v == "disk"),
+                                   device_map_entries=len(device_map))
+
+        def spec_for(name: str, folder: str) -> SessionSpec:
+            if name == "ours":
+                return SessionSpec.fit(n_blocks=len(layers), block_bytes=block, rest_bytes=rest, device="cpu",
+                                       budgets={"cpu": cap}, stream_unit_bytes=unit, lookahead=s.lookahead,
+                                       offload_dir=folder, disk_io="mmap")
+            return SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in layers),
+                               rest=BlockSpec(device="cpu"), budgets={"cpu": cap}, lookahead=0, offload_dir=folder,
+                               disk_io="mmap")
+
+        def segment(name: str, k: int) -> dict[str, Any]:
+            if name == "eager":
+                return timed(model, s.tokens)
+            if name == "accelerate":
+                return timed(acc_model, s.accelerate_tokens)
+            folder = os.path.join(tmp, f"{name}-{k}")
+            spec = spec_for(name, folder)
+            try:
+                with Session(model, spec) as session:
+                    r = timed(model, s.tokens)
+                    st = session.stats()
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            r.update(resident_blocks=sum(1 for b in spec.blocks if not b.streamed), lookahead=spec.lookahead,
+                     store_peak_cpu=st.peak_bytes.get("cpu"), streamed_bytes=st.extra.get("streamed_bytes_per_pass"))
+            return r
+
+        names = list(labels)
+        for k in range(s.rounds):
+            order = names[k % len(names):] + names[:k % len(names)]
+            for name in order:
+                gc.collect()
+                with PeakTracker(interval_s=0.01) as tracker:
+                    r = segment(name, k)
+                r.pop("last_logits", None)
+                r["peak_rss"] = tracker.peak_rss_bytes
+                segments[name].append(r)
+            progress(f"  round {k + 1}/{s.rounds}: " + ", ".join(
+                f"{n} {segments[n][-1]['tokens_per_s']:.2f}" for n in names) + " tok/s")
+        acc_model = None
+    ref = segments["eager"][0]["tokens"]
+    for name, segs in segments.items():
+        steps = [t for seg in segs for t in seg["step_s"]]
+        med = statistics.median(steps)
+        joules = sum(seg["joules"] for seg in segs)
+        row = {**extra[name], "label": labels[name], "tokens_per_s": 1.0 / med, "median_token_s": med,
+               "n_timed": len(steps), "per_round_tokens_per_s": [seg["tokens_per_s"] for seg in segs],
+               "j_per_token": joules / len(steps), "energy_source": segs[0]["energy_source"],
+               "energy_seconds": sum(seg["energy_seconds"] for seg in segs),
+               "peak_rss": max(seg["peak_rss"] for seg in segs), "step_s": steps, "tokens": segs[0]["tokens"],
+               "tokens_match_reference": all(same_prefix(seg["tokens"], ref) for seg in segs)}
+        for key in ("resident_blocks", "lookahead", "streamed_bytes"):
+            if key in segs[0]:
+                row[key] = segs[0][key]
+        if "store_peak_cpu" in segs[0]:
+            row["store_peak_cpu"] = max(seg["store_peak_cpu"] for seg in segs)
+        res["rows"][name] = row
+        progress(f"  {labels[name]}: {row['tokens_per_s']:.2f} tok/s ({row['n_timed']} timed steps)")
+    model = None  # drop the weights before the next part
     gc.collect()
     return res
+
+
+def _round_ratios(rows: dict[str, Any], a: str, b: str) -> str:
+    ratios = [x / y for x, y in zip(rows[a]["per_round_tokens_per_s"], rows[b]["per_round_tokens_per_s"])]
+    return ", ".join(f"{r:.2f}×" for r in ratios)
 
 
 def speed_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[ClaimRecord]:
@@ -179,8 +231,9 @@ def speed_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[C
                f"heads, vocab {s.vocab}), fp32 random seeded weights ({format_bytes(res['model_bytes'])}), RAM cap "
                f"{format_bytes(res['cap_bytes'])} = {s.ram_fraction:.0%} of the weights, batch 1, {s.prompt_len}-token "
                f"prompt, greedy")
-    timing = (f"tok/s = 1 / median per-token time over the timed decode steps after {s.warmup} warm-up steps, every "
-              "step synchronised; all rows in one process, one after another, same prompt and loop")
+    timing = (f"tok/s = 1 / median per-token time over every timed decode step of {res['rounds']} interleaved rounds "
+              f"(each round runs every configuration once, order rotated; {s.warmup} warm-up steps per run, every "
+              "step synchronised); one process, same prompt and loop")
     ours_text = (f"{ours['tokens_per_s']:.2f} tok/s ({ours['resident_blocks']} of {s.layers} blocks resident, "
                  f"store peak {format_bytes(ours['store_peak_cpu'])} ≤ cap)")
     common = dict(device=machine(), source=source, settings=asdict(s))
@@ -194,7 +247,8 @@ def speed_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[C
                      method=f"{setting}. Ours: `SessionSpec.fit` at the cap (the runtime's placement), disk tier "
                      f"mmap, lookahead {ours['lookahead']}; accelerate: `infer_auto_device_map(max_memory={{'cpu': "
                      f"cap}}, no_split_module_classes=['LlamaDecoderLayer'])` + `dispatch_model(offload_dir=...)`, "
-                     f"its own map at the same cap ({acc['n_timed']} timed steps). {timing}. {match}. Disk-tier "
+                     f"its own map at the same cap, on its own copy of the model ({acc['n_timed']} timed steps). "
+                     f"{timing}. Ratio per round: {_round_ratios(rows, 'ours', 'accelerate')}. {match}. Disk-tier "
                      "files were just written, so they sit in the page cache (a warm second run, not a cold disk).",
                      **common),
         ratio_record("speed", "placement vs everything on one tier (all blocks on disk, same cap)",
@@ -202,7 +256,8 @@ def speed_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[C
                      baseline_text=f"{one['tokens_per_s']:.2f} tok/s (0 resident, lookahead 0)",
                      method=f"{setting}. Baseline: the same runtime with no placement decisions — every block's "
                      "weights on the disk tier, fetched when the block runs (lookahead 0), same mmap I/O and cap. "
-                     f"{timing}. With the files in the page cache a mapped fetch costs little, so this ratio "
+                     f"{timing}. Ratio per round: {_round_ratios(rows, 'ours', 'one_tier')}. With the files in "
+                     "the page cache a mapped fetch costs little, so this ratio "
                      "measures what residency and prefetch add on top of a warm page cache.", **common),
     ]
 

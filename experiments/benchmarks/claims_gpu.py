@@ -352,7 +352,8 @@ def gpu_records(data: dict[str, Any], *, where: str) -> list[ClaimRecord]:
              "no_split_module_classes=['LlamaDecoderLayer'])` + `dispatch_model` (CPU offload: weights of the CPU "
              "entries copied to the GPU per forward)"),
             ("speed_cpu", "cpu_only", f"the whole model on the host CPU ({data.get('host_cores')} cores, bf16, torch "
-             "eager): the one device that holds it"),
+             "eager): the one device that holds it (its bf16 kernels round differently from the GPU's, so greedy "
+             "tokens of these random weights may part from the GPU reference)"),
             ("speed_tier", "one_tier", "the same runtime with every block streamed from pinned host memory (no "
              "resident blocks): placement's residency switched off")):
         if not have("latency", base_name):
