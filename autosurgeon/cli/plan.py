@@ -7,10 +7,16 @@
 The sensitivity table (per unit and precision, ``autosurgeon.sensitivity``) is measured on this machine's
 CPU on first use and cached; ``--group-sizes`` adds int4 options at other group sizes (one table each).
 The plan is checked (``check_plan``) against the model, the device and the budget before it is written.
+
+Session flags (``--kv-precision``, ``--kv-budget``, ``--kv-tier``, ``--kv-window``, ``--prefetch``,
+``--prefetch-depth``) write the plan's session decisions (``Plan.session``), as ``autosurgeon run`` spells
+them. The knapsack budgets the weights; the KV cache (counted at ``--context`` positions) comes on top, and
+the check says so if it no longer fits.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
@@ -42,6 +48,19 @@ def register(subparsers: Any) -> None:
                         "int8, int4, int8-dynamic; those the device lacks are never offered)")
     parser.add_argument("--hessian-samples", type=int, default=0,
                         help="Hutchinson vectors for the table's Hessian traces (not used by the planner; default 0)")
+    parser.add_argument("--kv-precision", choices=("float", "int8", "fp8"), default=None,
+                        help="session: store the KV cache paged in this precision")
+    parser.add_argument("--kv-budget", default=None, metavar="SIZE|SHARE",
+                        help="session: KV cache budget, a size (64MiB) or a share of the full-context KV bytes (50%%)")
+    parser.add_argument("--kv-tier", choices=("gpu", "cpu"), default=None, help="session: tier of the KV pages")
+    parser.add_argument("--kv-window", type=int, default=None, metavar="N",
+                        help="session: keep only the N most recent tokens (plus 4 sinks) in the KV cache")
+    parser.add_argument("--prefetch", choices=("none", "markov", "lru", "gate"), default=None,
+                        help="session: expert prefetcher of a mixture-of-experts model (none: experts resident)")
+    parser.add_argument("--prefetch-depth", type=int, default=None, metavar="N",
+                        help="session: streaming lookahead and expert fetches ahead, 0..4")
+    parser.add_argument("--context", type=int, default=32, metavar="N",
+                        help="positions the KV cache is counted at in the check (default 32)")
     parser.add_argument("--out", required=True, help="where to write the plan JSON")
     parser.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
@@ -109,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     if args.budget_memory is None and args.max_quality_loss is None:
         raise InvalidArgumentError("give `--budget-memory` (e.g. 25% or 2GiB), `--max-quality-loss` (e.g. 0.01), "
                                    "or both.")
+    if args.context < 1:
+        raise InvalidArgumentError(f"`--context` must be >= 1, got {args.context}.")
+    session = session_flags(args)  # flag-named errors before the model loads
     groups = parse_group_sizes(args.group_sizes)
     precisions = parse_precisions(args.precisions)
     if args.budget_memory is not None:
@@ -123,8 +145,14 @@ def run(args: argparse.Namespace) -> int:
                            metadata={"model": loaded.name, "device": profile.name})
     budgets = {result.tier: result.budget} if result.budget is not None else None
     full = SearchSpace.build(loaded, profile, knobs=KNOBS)
-    raise_for_problems(check_plan(loaded, result.plan, profile, space=full, budgets=budgets))
-    path = result.plan.save(args.out)
+    plan = dataclasses.replace(result.plan, session=session) if session else result.plan
+    raise_for_problems(check_plan(loaded, plan, profile, space=full, budgets=budgets, kv_context=args.context))
+    path = plan.save(args.out)
+    kv = None
+    if session:
+        from autosurgeon.footprint import memory_breakdown
+
+        kv = memory_breakdown(full, plan, context=args.context)["kv"]
 
     counts = result.precision_counts()
     if args.json:
@@ -135,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
             "reference_bytes": result.reference_bytes, "predicted_quality_loss": result.predicted_loss,
             "proxy_kl_sum": result.proxy, "estimated_unit_seconds": result.seconds,
             "streamed": dict(result.streamed), "dp_exact": result.exact, "notes": list(result.notes),
+            "session": dict(plan.session),
+            "kv_bytes": None if kv is None else {"tier": kv["tier"], "peak_bytes": kv["peak_bytes"],
+                                                 "context": args.context},
         }))
         return 0
     ratio = result.reference_bytes / max(result.weight_bytes, 1)
@@ -154,6 +185,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"latency    units' estimated time {result.seconds * 1e3:.3f} ms per step (analytic roofline)")
     print(f"solver     multiple-choice knapsack DP, "
           + ("exact" if result.exact else f"rounded bytes (optimal vs plans <= {result.bound_bytes} B)"))
+    if session:
+        print("session    " + ", ".join(f"{k}={v}" for k, v in session.items()))
+    if kv is not None:
+        print(f"kv cache   {format_bytes(kv['peak_bytes'])} on {kv['tier']} at {args.context} positions "
+              f"({kv['precision']}), on top of the weights")
     for note in result.notes:
         print(f"note       {note}")
     return 0
+
+
+def session_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The session decisions the flags set, validated with flag-named errors."""
+    from autosurgeon.knobs import validate_session_decision
+
+    flags = (("kv_precision", "--kv-precision"), ("kv_budget", "--kv-budget"), ("kv_tier", "--kv-tier"),
+             ("kv_window", "--kv-window"), ("prefetch", "--prefetch"), ("prefetch_depth", "--prefetch-depth"))
+    out = {}
+    for knob, flag in flags:
+        value = getattr(args, knob)
+        if value is not None:
+            validate_session_decision(knob, value, where=f"`{flag}`")
+            out[knob] = value
+    return out

@@ -163,3 +163,22 @@ def test_plan_refuses_bad_arguments(workdir: Path, argv: list[str], pattern: str
     with pytest.raises(InvalidArgumentError, match=pattern):
         _run_cli(["plan", *_args(workdir, "--device", "local", *FAST, *argv, "--out", str(workdir / "x.json"))])
     assert not (workdir / "x.json").exists()
+
+
+def test_plan_writes_session_flags_and_evaluate_scores_them(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = workdir / "session.json"
+    assert _run_cli(["plan", *_args(workdir, "--device", "local", "--max-quality-loss", "0.05", *FAST,
+                                     "--kv-precision", "int8", "--kv-budget", "50%", "--prefetch-depth", "1",
+                                     "--out", str(out), "--json")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["session"] == {"kv_precision": "int8", "kv_budget": "50%", "prefetch_depth": 1}
+    assert report["kv_bytes"]["peak_bytes"] > 0 and report["kv_bytes"]["context"] == 32
+    assert Plan.load(out).session == report["session"]
+    # `autosurgeon evaluate` builds its space with the plan's session knobs: the memory counts the KV cache
+    assert _run_cli(["evaluate", *_args(workdir, "--plan", str(out), "--device", "local", "--json")]) == 0
+    metrics = json.loads(capsys.readouterr().out)["_data"]
+    assert metrics["extra"]["kv"]["precision"] == "int8" and metrics["extra"]["kv"]["peak_bytes"] > 0
+    with pytest.raises(InvalidArgumentError, match=r"`--prefetch-depth`: `prefetch_depth` must be one of 0, 1, 2, 3, 4, "
+                                                   "got 9"):
+        _run_cli(["plan", *_args(workdir, "--device", "local", "--budget-memory", "40%", "--prefetch-depth", "9",
+                                 "--out", str(workdir / "bad.json"))])
