@@ -76,6 +76,23 @@ def gpu_part(*, quick: bool, skip_gpu: bool, gpu_json: Path, progress: Progress)
         "nothing is filled in.")
 
 
+def other_gpu_runs(gpu_json: Path) -> list[str]:
+    """One line per other saved full GPU run beside ``gpu_json`` (``claims_gpu_*.json``): its card, date and the
+    GPU rows' figures, so the report shows how much the same measurement moved between runs."""
+    from experiments.benchmarks.claims_gpu import gpu_records
+
+    lines = []
+    for path in sorted(gpu_json.parent.glob("claims_gpu_*.json")):
+        if path == gpu_json or "quick" in path.name:
+            continue
+        data = json.loads(path.read_text())
+        figures = "; ".join(f"{r.title.removeprefix('GPU').lstrip(': ')}: {r.measured}"
+                            for r in gpu_records(data, where=path.name) if r.figure is not None)
+        lines.append(f"Earlier GPU run `{_rel(path)}` ({data.get('card')}, {data.get('date_utc')}; quality model "
+                     f"`{data.get('quality', {}).get('model', '?')}`): {figures}.")
+    return lines
+
+
 def build_report(*, quick: bool = False, out: str | os.PathLike[str] | None = None, skip_gpu: bool = False,
                  gpu_json: str | os.PathLike[str] | None = None, progress: Progress | None = None,
                  command: str = "autosurgeon report") -> tuple[Path, list[ClaimRecord]]:
@@ -127,7 +144,8 @@ def build_report(*, quick: bool = False, out: str | os.PathLike[str] | None = No
     notes = [f"CPU: {os.cpu_count()} cores shared with other jobs while measured (load average "
              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} at the end): absolute speeds vary run to run, so "
              "the CPU configurations take turns in interleaved rounds and each ratio comes from this one run.",
-             f"Raw CPU numbers: `{_rel(cpu_json)}`; raw GPU numbers: `{_rel(gpu_path)}`."]
+             f"Raw CPU numbers: `{_rel(cpu_json)}`; raw GPU numbers: `{_rel(gpu_path)}`.",
+             *other_gpu_runs(gpu_path)]
     meta = {"command": command + (" --quick" if quick else ""), "generated_utc": stamp, "wall_s": wall,
             "cpu_machine": claims_cpu.machine(), "gpu_note": gpu_note, "quick": quick, "notes": notes}
     text = render(records, meta)

@@ -310,7 +310,7 @@ GPU_TITLES = {
     "energy_lat": ("energy", "GPU energy/token: energy plan vs our latency-optimal plan (NVML)"),
     "energy_lat_acc": ("energy", "GPU energy/token: latency-optimal plan vs accelerate (NVML)"),
     "memory_int4": ("memory", "GPU: int4 g128 blocks vs bf16, whole model (7B-16l shape)"),
-    "quality_int4": ("quality", "GPU: held-out perplexity loss, int4 g128 blocks on the CUDA kernel (tiny-llama)"),
+    "quality_int4": ("quality", "GPU: held-out perplexity loss, int4 g128 blocks on the CUDA kernel (trained zoo LM)"),
 }
 
 

@@ -71,7 +71,8 @@ def judge(target: Target, figure: float | None) -> tuple[str, str]:
         if figure >= target.low:
             above = f"; above the stated range (top {target.high:g}×)" if figure > target.high else ""
             return "met", f"{figure / target.low:.2f}× the {target.low:g}× minimum{above}"
-        return "missed", f"{target.low - figure:.2f}× short of {target.low:g}× ({figure / target.low:.0%} of the minimum)"
+        share = f"{figure / target.low:.0%} of the minimum"
+        return "missed", f"{target.low - figure:.2f}× short of {target.low:g}× ({share})"
     if figure >= target.low:
         above = f"; above the stated range (top {target.high * 100:g}%)" if figure > target.high else ""
         return "met", f"{(figure - target.low) * 100:.1f} points past the {target.low * 100:g}% minimum{above}"

@@ -165,3 +165,16 @@ def test_gpu_quick_run_measures_every_configuration() -> None:
         assert data["rows"][name]["cuda_max_allocated"] <= data["cap_bytes"], name
     records = gpu_records(data, where="test")
     assert all(r.status in ("met", "missed") for r in records), [(r.title, r.status, r.gap) for r in records]
+
+
+def test_other_saved_gpu_runs_are_listed(tmp_path) -> None:
+    from experiments.benchmarks.claims import other_gpu_runs
+
+    main = tmp_path / "claims_gpu.json"
+    main.write_text(json.dumps(_saved_gpu_run()))
+    earlier = dict(_saved_gpu_run(), date_utc="2026-11-25 23:00 UTC")
+    (tmp_path / "claims_gpu_run1.json").write_text(json.dumps(earlier))
+    (tmp_path / "claims_gpu_quick.json").write_text(json.dumps(earlier))  # quick runs are not claims
+    lines = other_gpu_runs(main)
+    assert len(lines) == 1 and "2026-11-25 23:00 UTC" in lines[0] and "Test Card 80GB" in lines[0]
+    assert f"{13.0 / 1.8:.2f}×" in lines[0]
