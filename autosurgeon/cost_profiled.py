@@ -262,6 +262,9 @@ class ProfiledTable:
         n_ops: phase -> aten ops per step of the unmodified model.
         settings: workload, timing settings, fingerprints, torch version, threads.
         seconds: wall time spent measuring.
+        kv_op_s: seconds per dispatch of the paged KV cache's gather (``cost_kv.gather_ops``), measured as
+            (paged float cache step - Hugging Face cache step) / the ops the paged cache adds; empty until a
+            plan with KV decisions is composed (``Profiler.kv_op_seconds``).
     """
 
     key: str
@@ -272,6 +275,7 @@ class ProfiledTable:
     n_ops: dict[str, int] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    kv_op_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def launch_overhead_s(self) -> dict[str, float]:
@@ -698,6 +702,47 @@ class Profiler:
         placement = self.space.variables[v.parent]
         kinds = [c.partition("<-")[0] for c, ok in zip(placement.choices, placement.mask) if ok]
         return [k for k in dict.fromkeys(kinds) if k in self.units and k != "dla"]
+
+    def kv_op_seconds(self) -> float:
+        """Seconds per dispatch of the paged KV cache's gather on the default unit, measured once (cached).
+
+        A decode step of the unmodified model at the workload's context through the runtime's paged float
+        cache and through Hugging Face's, each in its own Session (the paged cache cannot be cropped, so its
+        repeats decode at ``context``, ``context + 1``, ...); the difference over the dispatches the paged
+        cache adds (``cost_kv.gather_ops`` minus HF's two) is what one costs here. Falls back to the
+        table's launch overhead where the model has no paged KV cache."""
+        key = "paged-float"
+        if key in self.table.kv_op_s:
+            return self.table.kv_op_s[key]
+        from autosurgeon.cost_kv import gather_ops
+        from autosurgeon.footprint import kv_layer_bytes
+        from runtime.kvcache import KVCacheConfig
+        from runtime.session import Session
+        from runtime.spec import BlockSpec, SessionSpec
+
+        record = getattr(self.space, "session", None)
+        fallback = self.table.launch_overhead_s.get(self.workload.phase, 0.0)
+        if record is None or not record.has_kv or self.workload.task != "causal-lm":
+            return fallback
+        started = time.perf_counter()
+        dev = _exec_device(self.profile.default_unit())
+        t = self.timing
+        medians = []
+        for kv in (None, KVCacheConfig()):
+            with Session(copy.deepcopy(self.module), SessionSpec(default=BlockSpec(device=dev)), kv=kv) as session:
+                step, _, _ = make_steps(session.forward, session.model, self.workload,
+                                        base_inputs(self.loaded, self.workload), cache=session.open_kv_cache())
+                medians.append(timed(step, warmup=t.step_warmup, repeats=t.step_repeats, device=dev,
+                                     clock=t.clock).median_s)
+        tokens = self.workload.context + t.step_warmup + t.step_repeats // 2 + 1  # the median repeat's cache
+        pages = kv_layer_bytes(tokens - 1, 1, 1, None, None)[4]
+        ops = (gather_ops("float", pages, rotated=False) - 2) * record.kv_layers
+        self.table.kv_op_s[key] = max(0.0, (medians[1] - medians[0]) / max(ops, 1))
+        self.table.seconds += time.perf_counter() - started
+        self._dirty = True
+        logger.info("paged KV cache: %.2f us per gather dispatch (step %.3f ms paged vs %.3f ms HF)",
+                    self.table.kv_op_s[key] * 1e6, medians[1] * 1e3, medians[0] * 1e3)
+        return self.table.kv_op_s[key]
 
     # ---- composition
     def compose(self, x: Any, phase: str) -> dict[str, Any]:

@@ -25,7 +25,8 @@ depth sets the streaming lookahead of the footprint and of the analytic pipeline
 the KV cache's effect on a decode step on paper (``cost_kv.kv_step_delta``: int8/fp8 storage is decoded
 before attention on this runtime, so it costs time; a window or budget keeps fewer tokens to read) and the
 misses of streamed experts (``cost_kv.expert_step_delta``, an ASSUMED uniform-routing LRU hit rate; the
-profiled evaluator prices them with its measured streaming costs where it has that link); the profiled
+profiled evaluator prices them with its measured streaming costs where it has that link, and the KV
+cache's dispatches at a cost per dispatch it measures once, ``Profiler.kv_op_seconds``); the profiled
 latency stays "profiled" with those terms estimated (the method says so). The prefetch depth does not
 change the profiled latency (its streaming costs were measured at the runtime's default lookahead).
 Quality of KV decisions: the sensitivity proxy scores weight precisions only, so in the cheap evaluators
@@ -270,13 +271,13 @@ class Evaluator:
         return out
 
     def _session_latency(self, x: np.ndarray, parts: dict[str, Any], *, launch_overhead_s: float,
-                         stream: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+                         stream: Mapping[str, Mapping[str, Any]] | None = None, kv_op: str = "") -> str:
         """Add the session's estimated KV and expert terms to ``parts`` (latency_s, busy_s); the method note."""
         notes = []
         kv = self._kv_delta(x, launch_overhead_s)
         if kv is not None:
             parts["kv_s"] = kv["delta_s"]
-            notes.append(f"KV cache term {kv['delta_s'] * 1e6:+.1f} us")
+            notes.append(f"KV cache term {kv['delta_s'] * 1e6:+.1f} us{kv_op}")
         experts = self._expert_delta(x, stream)
         if experts is not None:
             parts["experts_s"] = experts["delta_s"]
@@ -510,8 +511,13 @@ class ProfiledEvaluator(Evaluator):
         if self.calibration["points"]:
             parts["composed_s"] = parts["latency_s"]
             parts["latency_s"] = max(1e-9, self.calibration["a"] + self.calibration["b"] * parts["latency_s"])
-        launch = (self.profiler.table.launch_overhead_s or {}).get(self.workload.phase, 0.0)
-        session_note = self._session_latency(x, parts, launch_overhead_s=launch, stream=self.profiler.table.stream)
+        from autosurgeon.cost_kv import has_kv_decisions
+
+        # The KV term's dispatch cost is measured (Profiler.kv_op_seconds), its byte traffic estimated.
+        launch = (self.profiler.kv_op_seconds() if has_kv_decisions(self._session(x))
+                  else self.profiler.table.launch_overhead_s.get(self.workload.phase, 0.0))
+        session_note = self._session_latency(x, parts, launch_overhead_s=launch, stream=self.profiler.table.stream,
+                                             kv_op=f" ({launch * 1e6:.2f} us per gather dispatch, measured)")
         depth = self._session(x).get("prefetch_depth")
         peak, mem_extra = self._memory(x, self.lookahead if depth is None else int(depth))
         prefill = (self.profiler.compose(x, "prefill")["latency_s"] if self.workload.task == "causal-lm" else None)

@@ -296,14 +296,28 @@ def test_streamed_experts_trade_memory_for_estimated_misses(moe, cpu) -> None:
 def test_kv_quality_loss_float_paged_cache_is_lossless_and_eviction_is_scored(llama, cpu) -> None:
     from autosurgeon.quality_kv import kv_quality_loss
 
-    windows = torch.randint(0, 256, (2, 41), generator=torch.Generator().manual_seed(0))
+    windows = torch.randint(0, 256, (2, 25), generator=torch.Generator().manual_seed(0))
     losses = {}
     for name, session in (("float", {"kv_precision": "float"}), ("int8", {"kv_precision": "int8"}),
                           ("window", {"kv_precision": "float", "kv_window": 8})):
         with apply_plan(llama, Plan(session=session), cpu) as s:
             r = kv_quality_loss(s, windows=windows, prefix=8)
-            assert s.kv_cache is None and r["tokens"] == 2 * 33
+            assert s.kv_cache is None and r["tokens"] == 2 * 17
         losses[name] = r["kv_quality_loss"]
     assert losses["float"] == pytest.approx(0.0, abs=1e-6)  # the paged float cache is exact
     assert abs(losses["int8"]) < 0.02 and losses["int8"] != 0.0  # per-token int8: close, not identical
     assert abs(losses["window"]) > abs(losses["int8"])  # dropping all but 8 + 4 tokens changes predictions more
+
+
+def test_profiled_evaluator_measures_the_kv_dispatch_cost_once(llama) -> None:
+    from autosurgeon.cost_profiled import TimingSettings
+    from autosurgeon.evaluate import ProfiledEvaluator
+
+    local = resolve_profile("local")
+    space = SearchSpace.build(llama, local, knobs=("precision", "kv_precision"))
+    ev = ProfiledEvaluator(llama, local, space=space, measure_all=False, use_disk_cache=False,
+                           timing=TimingSettings(warmup=0, repeats=1, step_warmup=1, step_repeats=3, clock="cpu"))
+    flt = ev.evaluate(Plan(session={"kv_precision": "float"}))
+    assert ev.profiler.table.kv_op_s["paged-float"] >= 0.0 and "per gather dispatch, measured" in flt.method
+    int8 = ev.evaluate(Plan(session={"kv_precision": "int8"}))
+    assert int8.extra["kv_s"] > flt.extra["kv_s"] and int8.labels["latency_s"] == "profiled"
