@@ -375,7 +375,10 @@ def gpu_records(data: dict[str, Any], *, where: str) -> list[ClaimRecord]:
     energy_how = (f"NVML total-energy counter of the board (`runtime.telemetry.EnergyMeter`, whole board, idle "
                   f"included: idle {idle.get('watts', float('nan')):.0f} W measured first) over each timed window; "
                   f"J/token = window joules / timed steps. Power limit {data.get('power_limit_w', '?')} W as found; "
-                  "clocks and limits never changed")
+                  "clocks and limits never changed. The GPU board only: host CPU and DRAM energy are not in it "
+                  + ("(the host's RAPL counters were not readable on the GPU machine either)"
+                     if rows.get("cpu_only", {}).get("energy_source") == "estimate" else
+                     "(accelerate's host-side copies cost host energy this figure does not see)"))
     en = rows.get("energy")
     for key, a, b in (("energy_acc", "energy", "accelerate"), ("energy_lat", "energy", "latency"),
                       ("energy_lat_acc", "latency", "accelerate")):
@@ -396,9 +399,9 @@ def gpu_records(data: dict[str, Any], *, where: str) -> list[ClaimRecord]:
         out.append(reduction_record(
             GPU_TITLES[key][1], ours=ra["j_per_token"], base=rb["j_per_token"], unit="J/token", ours_text=jt(ra),
             baseline_text=jt(rb),
-            method=f"{model}. Ours: {ra['label']}. Baseline: {rb['label']}. {energy_how}. The energy plan is also "
-            "faster (fewer bytes to stream), so part of the saving is the idle board's power over a shorter "
-            "token.", **common))
+            method=f"{model}. Measured: {ra['label']} ({ra['tokens_per_s']:.2f} tok/s). Baseline: {rb['label']} "
+            f"({rb['tokens_per_s']:.2f} tok/s). {energy_how}. The faster configuration also spends the board's idle "
+            "power over a shorter token, which is part of the saving.", **common))
 
     if en is not None and "model_bytes" in en and data.get("model_bytes"):
         out.append(ratio_record(
