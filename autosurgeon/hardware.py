@@ -3,7 +3,9 @@
 ``resolve_profile`` turns what a user typed (``"local"``, a preset name, a JSON path) into a
 ``HardwareProfile``. ``"local"`` is measured once per machine and cached under
 ``$AUTOSURGEON_CACHE/profiles/<fingerprint>.json`` (default ``~/.cache/autosurgeon``); presets are
-datasheet figures on paper (``measured=False``), each with its source.
+datasheet figures on paper (``measured=False``), each with its source, and with their power modes
+(``PowerMode``: how the rates scale in each; ``profile.at_power_cap(watts)`` gives the profile in the
+fastest mode within a cap, see ``autosurgeon.power``).
 
 Nothing here touches CUDA or NVML at import time; the local machine is probed only when asked.
 """
@@ -18,6 +20,7 @@ from autosurgeon.errors import UnknownDeviceError
 from autosurgeon.hw_detect import detect_board, detect_cpu, detect_gpus
 from autosurgeon.hw_local import measure_local
 from autosurgeon.hw_measure import MeasureConfig
+from autosurgeon.hw_power import PowerDerating, PowerMode
 from autosurgeon.hw_profile import (
     SCHEMA_VERSION,
     ComputeUnit,
@@ -35,6 +38,8 @@ __all__ = [
     "GpuInfo",
     "HardwareProfile",
     "MeasureConfig",
+    "PowerDerating",
+    "PowerMode",
     "ProfileFormatError",
     "cache_dir",
     "list_presets",

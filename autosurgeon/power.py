@@ -95,7 +95,7 @@ def select_mode(profile: HardwareProfile, watts: float, *, argument: str = "--po
 def in_mode(profile: HardwareProfile, mode: PowerMode) -> HardwareProfile:
     """A copy of ``profile`` whose rates are ``mode``'s (rescaled from the current mode's factors)."""
     current = current_mode(profile)
-    if mode == current and profile.power_mode == mode.name:
+    if mode == current:
         return profile
     units = []
     for u in profile.units:
