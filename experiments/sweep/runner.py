@@ -13,7 +13,8 @@ stored study unnecessary, and SQLite cost ~1 s per trial on this shared disk); `
 Power cap (``config.power_cap_w``, ``autosurgeon.power.resolve_power_cap``): on a paper profile the
 evaluator is built on the profile in the fastest power mode within the cap; on a measured one the cap is a
 constraint on each plan's mean power. Either way the cap, the mode evaluated in and how the cap applied go
-into ``summary.json`` (``power``) and the config that ``front.json`` carries.
+into ``summary.json`` (``power``), the config that ``front.json`` carries and, with TensorBoard on, an
+HParams entry under ``tb/power`` (cap, mode, device, evaluator; hypervolume and front size as metrics).
 
 Outputs (CSV/JSON front, plots, TensorBoard) come from ``experiments.reporting`` when it is installed; a
 missing module is noted in the summary, never fatal to a sweep.
@@ -271,6 +272,8 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
             paths = write_run_outputs(store.dir, config={**config.to_dict(), "power": summary["power"]},
                                       records=archive.records, front_idx=front, baselines=baselines or None)
             summary["outputs"] = {k: str(v) for k, v in paths.items()}
+    if cap is not None and tensorboard:
+        _power_hparams(store.dir / "tb" / "power", config, summary, notes)
     summary["wall_s"] = time.perf_counter() - started
     summary["wall_s_total"] = previous_wall + summary["wall_s"]
     summary["notes"] = notes
@@ -298,6 +301,26 @@ def _baselines(config: SweepConfig, evaluator: Any, space: Any, names: tuple[str
             out[family].append(record)
     store.write_json(BASELINES, {"families": out, "notes": skipped})
     return out
+
+
+def _power_hparams(folder: Path, config: SweepConfig, summary: dict[str, Any], notes: list[str]) -> None:
+    """The power cap and mode as a TensorBoard HParams session, so the run says under which cap it was found."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # pragma: no cover - tensorboard is a dependency
+        notes.append(f"power HParams skipped: torch.utils.tensorboard unavailable ({exc})")
+        return
+    power = summary["power"]
+    writer = SummaryWriter(str(folder))
+    try:
+        writer.add_hparams({"power_cap_w": float(power["power_cap_w"]), "power_mode": str(power["power_mode"]),
+                            "mode_watts": float(power["mode_watts"]), "derated": bool(power["derated"]),
+                            "device": str(power["device"]), "evaluator": config.evaluator, "algo": config.algo,
+                            "seed": config.seed},
+                           {"power/hypervolume": float(summary["hypervolume"]),
+                            "power/front_size": float(summary["front_size"])}, run_name=".")
+    finally:
+        writer.close()
 
 
 def _checked_cap(config: SweepConfig, evaluator: Any) -> Any:

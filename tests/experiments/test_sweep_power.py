@@ -133,14 +133,21 @@ def _metrics(record):
     return Metrics.from_dict(record["metrics"])
 
 
-def test_front_json_records_the_cap(loaded, measured, tmp_path):
+def test_front_json_and_tensorboard_record_the_cap(loaded, measured, tmp_path):
     pytest.importorskip("experiments.reporting")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
     profile, space = measured
     res = run_sweep(config(budget_evals=6, power_cap_w=100), tmp_path / "out",
-                    evaluator=AnalyticEvaluator(loaded, profile, space=space), outputs=True, tensorboard=False)
+                    evaluator=AnalyticEvaluator(loaded, profile, space=space), outputs=True, tensorboard=True)
     front = json.loads((res.run_dir / "front.json").read_text())
     text = json.dumps(front)
     assert '"power_cap_w": 100.0' in text and '"power_mode"' in text
+    events = EventAccumulator(str(res.run_dir / "tb" / "power")).Reload()
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hp = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
+    assert hp["power_cap_w"].number_value == 100.0 and hp["power_mode"].string_value == res.summary["power"]["power_mode"]
 
 
 def test_optuna_gets_both_constraints(loaded, measured, tmp_path):
