@@ -414,6 +414,3 @@ def test_cli_analyze_prints_blocks_table_and_json(capsys: pytest.CaptureFixture[
 def test_cli_analyze_refuses_bad_sizes(flag: str, value: str) -> None:
     with pytest.raises(InvalidArgumentError, match=f"`{flag}` must be >= 1, got {value}"):
         _run_cli(["analyze", "tiny-llama", "--device", "none", flag, value])
-
-
-@pytest.mark.slow
