@@ -228,8 +228,12 @@ def _sdpa_qkv(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def _sdpa_flops(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
-    """torch's sdpa formula (QK^T and PV, causal masking not discounted), for any number of batch dims."""
-    if q.dim() == 4 and k.dim() == 4:
+    """torch's sdpa formula (QK^T and PV, causal masking not discounted), for any number of batch dims.
+
+    Grouped-query attention (fewer key/value heads than query heads) is counted per query head with our
+    own copy of the formula: torch 2.11's ``sdpa_flop_count`` rejects those shapes.
+    """
+    if q.dim() == 4 and k.dim() == 4 and q.shape[1] == k.shape[1]:
         return int(sdpa_flop_count(tuple(q.shape), tuple(k.shape), tuple(v.shape)))
     batch = math.prod(q.shape[:-2])
     t, d = q.shape[-2], q.shape[-1]

@@ -10,8 +10,8 @@ evaluation whatever produced the numbers. Each field carries a label in ``labels
 Units: ``latency_s`` is seconds per decode token (causal LMs, batch 1 by default) or per sample
 (classifiers: one forward of the batch, divided by the batch); ``energy_j`` is joules per the same unit.
 ``peak_bytes`` is per memory tier (``"gpu"``, ``"cpu"``, ``"disk"``): the weights, their streaming staging
-slots and the kernels' packed copies, as the runtime's TensorStore charges them (activations and KV cache
-are not in it). ``quality_loss`` is relative to the unmodified model (0.01 = 1 %): perplexity ratio - 1
+slots and the kernels' packed copies, as the runtime's TensorStore charges them, plus the paged KV cache
+and the expert cache whenever the plan decides a session knob (activations are not in it). ``quality_loss`` is relative to the unmodified model (0.01 = 1 %): perplexity ratio - 1
 for LMs, accuracy drop in points / 100 for classifiers.
 """
 from __future__ import annotations
