@@ -10,6 +10,11 @@ propose plans for another:
 * ``intensity``: the analysis' arithmetic intensity (FLOP per byte moved), cut at absolute edges
   (default 4 and 32 FLOP/B: memory-bound, between, compute-bound on common CPUs and GPUs).
 
+Session variables (``"<session>"``, kind ``"session"``: KV cache and prefetch decisions) are contexts like
+any other: the unit is the whole model (its weight bytes, largest block intensity, position 1.0), each
+session knob is its own chain of one variable (``prev`` None), and their values (``"int8"``, ``"50%"``,
+``None``) are matched by value. Adding them to a space leaves the module variables' contexts unchanged.
+
 ``prev`` is the index of the previous variable with the same knob (the Markov chain runs along the units
 in model order, one chain per knob); variables are ordered by knob stage, then position, so it is
 always decided before the variable itself.
@@ -43,18 +48,10 @@ def _bucket(value: float, edges: Sequence[float]) -> int:
 
 
 def _unit_stats(space: Any, v: Any) -> tuple[float, float]:
-    """(weight bytes, intensity) of the unit a variable decides for (block, fusion group or leaf)."""
-    if v.kind == "block":
-        b = next(b for b in space.blocks if b.name == v.name)
-        return float(b.weight_bytes), float(b.intensity)
-    if v.kind == "group":
-        group = next(g for g in space.units.groups if g.name == v.name)
-        members = [space.leaves[n] for n in group.members]
-        flops = sum(m.flops for m in members)
-        mem = sum(m.memory_bytes for m in members)
-        return float(sum(m.own_bytes for m in members)), flops / max(mem, 1)
-    leaf = space.leaves[v.name]
-    return float(leaf.own_bytes), float(leaf.intensity)
+    """(weight bytes, intensity) of the unit a variable decides for, from ``SearchSpace.unit_summary``: a
+    block, a fusion group (members summed), a leaf, or the whole model for a session variable."""
+    _, nbytes, intensity, _, _ = space.unit_summary(v)
+    return float(nbytes), float(intensity)
 
 
 def variable_contexts(space: Any, *, position_bins: int = POSITION_BINS,

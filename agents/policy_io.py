@@ -2,7 +2,8 @@
 
 ``policy.json`` (``{_type, _version, _data}``) carries everything needed to apply the policy elsewhere
 and to refuse it where it does not belong: the observation/action layout (``ObservationLayout``: names,
-knob order, fixed choices per knob), the knob set of the spaces it was trained on, the device's
+knob order, fixed choices per knob; it grows with session knobs, ``envs.observation.layout_for``, and
+:func:`load_policy` refuses a policy whose saved layout is not the one its knobs give), the knob set of the spaces it was trained on, the device's
 fingerprint, name and *device class*, the evaluator, the training models, the reward settings, and the
 observation statistics (mean/std per entry over the last training rollouts: the features are normalised
 by construction — fixed log scales and ratios, see ``envs.observation`` — and the statistics let a user see
@@ -103,20 +104,54 @@ def check_device(meta: Mapping[str, Any], profile: Any, *, force: bool = False) 
     return message + " (--force)"
 
 
+def expected_layout(meta: Mapping[str, Any]) -> Any:
+    """The ``ObservationLayout`` this version's env builds for the policy's knobs (``envs.observation.layout_for``:
+    the default layout unless the knobs name session knobs)."""
+    from envs.observation import layout_for
+
+    knobs = meta.get("knobs")
+    if not isinstance(knobs, list) or not knobs or not all(isinstance(k, str) for k in knobs):
+        raise PolicyError(f"policy.json `knobs` must be a non-empty list of knob names, got {knobs!r}; retrain the "
+                          "policy.")
+    return layout_for(knobs)
+
+
+def check_layout(meta: Mapping[str, Any], *, source: str = "policy") -> Any:
+    """The expected layout (:func:`expected_layout`); PolicyError naming what differs from the saved one."""
+    layout = expected_layout(meta)
+    want = layout.to_dict()
+    saved = meta.get("layout")
+    if not isinstance(saved, Mapping):
+        raise PolicyError(f"{source}: policy.json records no observation/action layout; retrain it with this version.")
+    if dict(saved) != want:
+        diff = sorted(k for k in want if saved.get(k) != want[k])
+        detail = ""
+        if saved.get("action_knobs") != want["action_knobs"]:
+            detail = (f" (saved actions {', '.join(map(str, saved.get('action_knobs') or [])) or 'none'}; "
+                      f"its knobs {', '.join(meta['knobs'])} give {', '.join(want['action_knobs'])})")
+        raise PolicyError(f"{source} was trained with another observation/action layout (differs in "
+                          f"{', '.join(diff) or 'everything'}){detail}; retrain it with this version.")
+    return layout
+
+
 def load_policy(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """(MaskablePPO, meta) from a policy folder; the layout must match this version's environment."""
+    """(MaskablePPO, meta) from a policy folder.
+
+    The layout recorded in policy.json must be the one this version's env builds for the policy's knobs
+    (:func:`check_layout`), and the saved network's spaces must have that layout's sizes: PolicyError
+    otherwise, before any plan is made.
+    """
     from sb3_contrib import MaskablePPO
 
-    from envs.observation import ObservationLayout
-
     meta = read_meta(folder)
-    layout = ObservationLayout().to_dict()
-    saved = meta.get("layout", {})
-    if saved != layout:
-        diff = sorted(k for k in layout if saved.get(k) != layout[k])
-        raise PolicyError(f"policy {str(folder)!r} was trained with another observation/action layout (differs in "
-                          f"{', '.join(diff) or 'everything'}); retrain it with this version.")
+    layout = check_layout(meta, source=f"policy {str(folder)!r}")
     model = MaskablePPO.load(Path(folder) / "policy.zip", device="cpu")
+    obs_shape = tuple(getattr(model.observation_space, "shape", ()) or ())
+    nvec = [int(n) for n in getattr(model.action_space, "nvec", [])]
+    if obs_shape != (layout.size,) or nvec != list(layout.max_choices):
+        raise PolicyError(f"policy {str(folder)!r}: policy.zip's network has observations {obs_shape} and actions "
+                          f"{nvec}, but policy.json's layout says ({layout.size},) and {list(layout.max_choices)}; "
+                          "the two files do not belong together: retrain the policy.")
     return model, meta
 
 
@@ -134,5 +169,5 @@ def parse_size(value: str, *, what: str) -> int:
     return n
 
 
-__all__ = ["POLICY_TYPE", "POLICY_VERSION", "PolicyError", "check_device", "device_class", "load_policy",
-           "parse_size", "read_meta", "write_meta"]
+__all__ = ["POLICY_TYPE", "POLICY_VERSION", "PolicyError", "check_device", "check_layout", "device_class",
+           "expected_layout", "load_policy", "parse_size", "read_meta", "write_meta"]

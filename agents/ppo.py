@@ -10,6 +10,10 @@ model, a preference and a budget from its env's seeded ``np_random``. It trains
 * :class:`agents.callbacks.SurgeryMetricsCallback`: ``surgery/`` metrics and, every ``hv_every``
   timesteps, the hypervolume of the policy's front on each training model.
 
+``knobs`` may name session knobs (``kv_precision``, ``kv_budget``, ``kv_tier``, ``kv_window``, ``prefetch``,
+``prefetch_depth``): the env's layout then grows (``envs.observation.layout_for``) and the policy decides
+them in a last ``"<session>"`` step; without them the layout is the default one.
+
 The output folder gets ``policy.zip`` and ``policy.json`` (``agents.policy_io``: layout, knobs, device
 fingerprint and class, training models, evaluator, observation statistics, learning history, and the power
 cap with the power mode trained in under ``power``).
@@ -138,7 +142,6 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
     from agents.policy_io import device_class, write_meta
     from autosurgeon.hardware import resolve_profile
-    from envs.observation import ObservationLayout
     from envs.surgery import SurgeryEnv
 
     models = model_list(models)
@@ -162,7 +165,11 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
                        n_envs=n_envs, seed=seed, power_cap_w=power_cap_w)
     tb = str(out / "tb")
     if ckpt is not None:
-        model = MaskablePPO.load(ckpt, env=vec, device="cpu", tensorboard_log=tb)
+        try:
+            model = MaskablePPO.load(ckpt, env=vec, device="cpu", tensorboard_log=tb)
+        except ValueError as exc:  # SB3: the checkpoint's spaces differ from the env's (another knob set)
+            raise InvalidArgumentError(f"`--resume`: checkpoint {ckpt} does not fit an env with knobs "
+                                       f"{','.join(knobs)} ({exc}); resume with the knobs it was trained with.") from None
         logger.info("resuming %s at %d timesteps", ckpt, model.num_timesteps)
     else:
         model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
@@ -189,7 +196,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     model.save(out / "policy.zip")
     seconds = time.perf_counter() - started
     write_meta(out, {
-        "layout": ObservationLayout().to_dict(), "knobs": list(knobs), "evaluator": evaluator,
+        "layout": front_env.layout.to_dict(), "knobs": list(knobs), "evaluator": evaluator,
         "models": models, "device_name": profile.name, "device_fingerprint": profile.fingerprint,
         "device_class": device_class(profile), "seed": seed, "n_envs": n_envs,
         "timesteps": int(model.num_timesteps), "settings": asdict(settings),

@@ -17,7 +17,14 @@ import numpy as np
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
-from envs.observation import DecisionUnit, decision_units, hardware_features, unit_feature_table
+from envs.observation import (
+    DecisionUnit,
+    ObservationLayout,
+    decision_units,
+    hardware_features,
+    layout_for,
+    unit_feature_table,
+)
 
 logger = get_logger(__name__)
 
@@ -41,6 +48,7 @@ class ModelContext:
     base: Any
     min_memory: float
     smallest: np.ndarray  # smallest_footprint's vector: the shield's optimistic completion
+    layout: ObservationLayout = ObservationLayout()  # of the knobs (envs.observation.layout_for)
 
 
 def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
@@ -52,7 +60,7 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         profile: a HardwareProfile (resolved by the caller).
         evaluator: "analytic" (model on the meta device: nothing trained or downloaded), "profiled" or
             "runtime" (real weights; zoo models train on first use).
-        knobs: the SearchSpace's knob kinds.
+        knobs: the SearchSpace's knob kinds (session knobs too: ``envs.observation.layout_for``).
         sensitivity: measure a SensitivityTable (real weights) for the quality proxy and the unit feature.
         cache: reuse a context built earlier in this process.
     """
@@ -87,7 +95,8 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     else:
         ev = RuntimeEvaluator(loaded, profile, space=space)
         estimator = AnalyticEvaluator(loaded, profile, space=space, sensitivity=table)
-    units = decision_units(space)
+    layout = layout_for(knobs)
+    units = decision_units(space, layout)
     base = ev.evaluate(space.default_vector())
     tier_by_kind = {"gpu": "gpu", "cpu": "cpu"}
     tier = tier_by_kind.get(profile.default_unit().kind, "cpu")
@@ -95,8 +104,9 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     mem = plan_memory(space, small)
     min_memory = float(mem.get("gpu", 0) + mem.get("cpu", 0))
     ctx = ModelContext(spec=spec, loaded=loaded, profile=profile, space=space, evaluator=ev, estimator=estimator,
-                       units=units, unit_features=unit_feature_table(space, units, table),
-                       hardware=hardware_features(profile), base=base, min_memory=min_memory, smallest=small)
+                       units=units, unit_features=unit_feature_table(space, units, table, layout=layout),
+                       hardware=hardware_features(profile), base=base, min_memory=min_memory, smallest=small,
+                       layout=layout)
     logger.info("surgery context %s on %s (%s): %d units, %d variables, base memory %d B, smallest %d B",
                 spec, profile.name, evaluator, len(units), len(space), base.objective("memory"), min_memory)
     if cache:

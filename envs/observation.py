@@ -9,10 +9,20 @@ The action is one entry per knob of ``ACTION_KNOBS`` with a fixed number of choi
 the same ``MultiDiscrete`` for every model and device, so one policy applies to models it never saw.
 A knob the unit lacks is masked to index 0.
 
+Session knobs (opt-in, ``autosurgeon.knobs.SESSION_KNOBS``: KV precision, budget, tier, window, prefetch,
+prefetch depth) are model-level: the SearchSpace gives them variables of one ``"<session>"`` unit after
+every module variable, so the session unit is the episode's last step. Only when the env's knobs name
+some (:func:`layout_for`) does the layout grow: their action entries follow ``ACTION_KNOBS`` (in
+``SESSION_KNOBS`` order, only those named), with the space's fixed choice counts
+(``SESSION_MAX_CHOICES``), the unit features gain ``kind_session`` and a ``has_*`` flag per session
+knob. Without session knobs the layout is :class:`ObservationLayout`'s default, exactly as before, so
+policies trained before keep loading and acting identically.
+
 Observation (``ObservationLayout``, every entry roughly in [0, 1], clipped to ``[-OBS_CLIP, OBS_CLIP]``):
 
 * unit features (from ``SearchSpace.features()``): log FLOPs, log weight bytes, log intensity (each divided
-  by the largest in the model), parallelism, relative position, unit kind one-hot, which knobs it has,
+  by the largest in the model), parallelism, relative position, unit kind one-hot, which knobs it has
+  (the session unit: the whole model's FLOPs and bytes, position 1, ``kind_session``),
   sensitivity (``log10(1 + 1e4 * KL at int4)/4`` from a SensitivityTable, 0 without one) and a flag saying
   whether sensitivity is known;
 * hardware features of the profile's default unit: log10 of float32 peak FLOP/s / 15, log10 of memory
@@ -26,14 +36,25 @@ Observation (``ObservationLayout``, every entry roughly in [0, 1], clipped to ``
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.knobs import FUSIONS, GROUP_SIZES, LAYOUTS, PLACEMENTS, PRECISIONS
+from autosurgeon.knobs import (
+    FUSIONS,
+    GROUP_SIZES,
+    KV_PRECISIONS,
+    KV_TIERS,
+    LAYOUTS,
+    PLACEMENTS,
+    PRECISIONS,
+    PREFETCHES,
+    SESSION_KNOBS,
+)
+from autosurgeon.space_session import KV_BUDGET_CHOICES, KV_WINDOW_CHOICES, PREFETCH_DEPTH_CHOICES, SESSION_KIND
 from autosurgeon.space_vars import FEATURE_KINDS, KNOB_ORDER
 
 ACTION_KNOBS: tuple[str, ...] = KNOB_ORDER
@@ -42,6 +63,11 @@ ACTION_KNOBS: tuple[str, ...] = KNOB_ORDER
 MAX_CHOICES: dict[str, int] = {"placement": len(PLACEMENTS), "precision": len(PRECISIONS),
                                "group_size": len(GROUP_SIZES), "kernel": 16, "layout": len(LAYOUTS),
                                "fusion": len(FUSIONS)}
+# Session knobs have fixed, discretised choices in every space (autosurgeon.space_session): the counts are
+# exact, not headroom.
+SESSION_MAX_CHOICES: dict[str, int] = {"kv_precision": len(KV_PRECISIONS), "kv_budget": len(KV_BUDGET_CHOICES),
+                                       "kv_tier": len(KV_TIERS), "kv_window": len(KV_WINDOW_CHOICES),
+                                       "prefetch": len(PREFETCHES), "prefetch_depth": len(PREFETCH_DEPTH_CHOICES)}
 OBJECTIVES: tuple[str, ...] = ("latency", "memory", "energy")
 OBS_CLIP = 5.0
 UNIT_FEATURES: tuple[str, ...] = ("log_flops", "log_bytes", "log_intensity", "parallelism", "position",
@@ -61,18 +87,30 @@ class DecisionUnit:
     knobs: tuple[str, ...]
 
 
-def decision_units(space: Any) -> list[DecisionUnit]:
+def decision_units(space: Any, layout: ObservationLayout | None = None) -> list[DecisionUnit]:
     """The space's variables grouped into steps (module docstring: order and why).
 
     Fusion variables form units of their own (key ``(name, "fusion")``): a fusion's group is named after
-    its first member, but it depends on every member, which later leaf units decide.
+    its first member, but it depends on every member, which later leaf units decide. Session variables
+    share one name (``"<session>"``) and come after every module variable: one unit, the last.
+
+    ``layout`` (default: :func:`layout_for` the space's knobs) must have an action entry for every knob of
+    the space with room for its choices; InvalidArgumentError naming the knob otherwise.
     """
+    layout = layout if layout is not None else layout_for(getattr(space, "knobs", ()))
+    limits = dict(zip(layout.action_knobs, layout.max_choices))
     groups: dict[tuple[str, bool], list[int]] = {}
     for i, v in enumerate(space.variables):
-        if v.n > MAX_CHOICES[v.knob]:
+        if v.knob not in limits:
             raise InvalidArgumentError(
-                f"{v.name}: `{v.knob}` has {v.n} choices, more than the policy's fixed {MAX_CHOICES[v.knob]}; "
-                f"raise envs.observation.MAX_CHOICES[{v.knob!r}] (the action space changes: retrain).")
+                f"{v.name}: the space has knob `{v.knob}` but the policy layout's actions are "
+                f"{', '.join(layout.action_knobs)}; build the env with knobs naming {v.knob!r} "
+                "(envs.observation.layout_for) so the layout includes it.")
+        if v.n > limits[v.knob]:
+            table = "MAX_CHOICES" if v.knob in MAX_CHOICES else "SESSION_MAX_CHOICES"
+            raise InvalidArgumentError(
+                f"{v.name}: `{v.knob}` has {v.n} choices, more than the policy's fixed {limits[v.knob]}; "
+                f"raise envs.observation.{table}[{v.knob!r}] (the action space changes: retrain).")
         groups.setdefault((v.name, v.knob == "fusion"), []).append(i)
     units = [DecisionUnit(name=name, variables=tuple(idx), knobs=tuple(space.variables[i].knob for i in idx))
              for (name, _), idx in groups.items()]
@@ -99,29 +137,58 @@ class ObservationLayout:
         prev = [f"prev_{k}_{j}" for k, n in zip(self.action_knobs, self.max_choices) for j in range(n)]
         return [*self.unit, *self.hardware, *self.totals, *prev, *[f"pref_{o}" for o in self.objectives]]
 
+    @property
+    def session_knobs(self) -> tuple[str, ...]:
+        """The session knobs among the actions (empty for the default layout)."""
+        return tuple(k for k in self.action_knobs if k in SESSION_MAX_CHOICES)
+
     def to_dict(self) -> dict[str, Any]:
         return {"unit": list(self.unit), "hardware": list(self.hardware), "totals": list(self.totals),
                 "action_knobs": list(self.action_knobs), "max_choices": list(self.max_choices),
                 "objectives": list(self.objectives), "size": self.size}
 
 
-def unit_feature_table(space: Any, units: Sequence[DecisionUnit], sensitivity: Any = None) -> np.ndarray:
-    """``(len(units), len(UNIT_FEATURES))`` float32: per-unit features (module docstring)."""
+def layout_for(knobs: Iterable[str]) -> ObservationLayout:
+    """The layout of an env deciding ``knobs``: the default one unless they name session knobs.
+
+    With session knobs (module docstring) their actions follow ``ACTION_KNOBS`` in ``SESSION_KNOBS`` order
+    (only those named: a policy decides exactly the knobs it trained on), and the unit features gain
+    ``kind_session`` and their ``has_*`` flags. Unknown knob names are the SearchSpace's to refuse.
+    """
+    wanted = set(knobs)
+    session = tuple(k for k in SESSION_KNOBS if k in wanted)
+    if not session:
+        return ObservationLayout()
+    action = (*ACTION_KNOBS, *session)
+    unit = ("log_flops", "log_bytes", "log_intensity", "parallelism", "position",
+            *[f"kind_{k}" for k in (*FEATURE_KINDS, SESSION_KIND)], *[f"has_{k}" for k in action],
+            "sensitivity", "sensitivity_known")
+    return ObservationLayout(unit=unit, action_knobs=action,
+                             max_choices=tuple(MAX_CHOICES.get(k) or SESSION_MAX_CHOICES[k] for k in action))
+
+
+def unit_feature_table(space: Any, units: Sequence[DecisionUnit], sensitivity: Any = None, *,
+                       layout: ObservationLayout | None = None) -> np.ndarray:
+    """``(len(units), len(layout.unit))`` float32: per-unit features (module docstring), in ``layout.unit``
+    order (default: the default layout's ``UNIT_FEATURES``)."""
+    layout = layout if layout is not None else ObservationLayout()
     feats, names = space.features()
     col = {n: j for j, n in enumerate(names)}
     rows = []
     for u in units:
         f = feats[u.variables[0]]
-        base = [f[col["log_flops"]], f[col["log_bytes"]], f[col["log_intensity"]], f[col["parallelism"]],
-                f[col["position"]], *[f[col[f"kind_{k}"]] for k in FEATURE_KINDS]]
-        has = [float(k in u.knobs) for k in ACTION_KNOBS]
+        values = {n: float(f[col[n]]) for n in ("log_flops", "log_bytes", "log_intensity", "parallelism", "position")}
+        values.update({f"kind_{k}": float(f[col[f"kind_{k}"]]) for k in FEATURE_KINDS})
+        values[f"kind_{SESSION_KIND}"] = float(space.variables[u.variables[0]].kind == SESSION_KIND)
+        values.update({f"has_{k}": float(k in u.knobs) for k in layout.action_knobs})
         sens, known = 0.0, 0.0
         if sensitivity is not None and "precision" in u.knobs:
             div = sensitivity.divergence.get((u.name, "int4"))
             if div is not None:
                 sens, known = min(1.0, math.log10(1.0 + 1e4 * max(float(div), 0.0)) / 4.0), 1.0
-        rows.append([*base, *has, sens, known])
-    return np.asarray(rows, dtype=np.float32).reshape(len(units), len(UNIT_FEATURES))
+        values.update(sensitivity=sens, sensitivity_known=known)
+        rows.append([values[n] for n in layout.unit])
+    return np.asarray(rows, dtype=np.float32).reshape(len(units), len(layout.unit))
 
 
 def hardware_features(profile: Any) -> np.ndarray:
@@ -154,5 +221,6 @@ def assemble(layout: ObservationLayout, *, unit: np.ndarray, hardware: np.ndarra
     return np.clip(np.nan_to_num(obs, nan=0.0, posinf=OBS_CLIP, neginf=-OBS_CLIP), -OBS_CLIP, OBS_CLIP)
 
 
-__all__ = ["ACTION_KNOBS", "MAX_CHOICES", "OBJECTIVES", "OBS_CLIP", "DecisionUnit", "ObservationLayout",
-           "assemble", "decision_units", "hardware_features", "one_hot_action", "unit_feature_table"]
+__all__ = ["ACTION_KNOBS", "MAX_CHOICES", "OBJECTIVES", "OBS_CLIP", "SESSION_MAX_CHOICES", "DecisionUnit",
+           "ObservationLayout", "assemble", "decision_units", "hardware_features", "layout_for", "one_hot_action",
+           "unit_feature_table"]

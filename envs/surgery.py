@@ -11,14 +11,17 @@ from gymnasium import spaces
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 from envs.context import ModelContext, build_context
-from envs.observation import ACTION_KNOBS, MAX_CHOICES, OBJECTIVES, OBS_CLIP, ObservationLayout, assemble
+from autosurgeon.knobs import SESSION_KNOBS
+from envs.observation import OBJECTIVES, OBS_CLIP, assemble, layout_for
 from envs.reward import RewardConfig, episode_reward
 
 logger = get_logger(__name__)
 
 DEFAULT_MODEL = "tiny-llama-test"
-# Knobs whose choice changes the plan's memory: the budget shield filters their masks.
-SHIELDED_KNOBS = ("placement", "precision", "group_size")
+# Knobs whose choice changes the plan's memory: the budget shield filters their masks. Every session knob
+# does (autosurgeon.footprint: the KV cache's precision, budget, window and tier; the prefetch depth's
+# staging and the expert cache).
+SHIELDED_KNOBS = ("placement", "precision", "group_size", *SESSION_KNOBS)
 
 
 class SurgeryEnv(gym.Env):
@@ -41,15 +44,25 @@ class SurgeryEnv(gym.Env):
 
     ``MultiDiscrete([6, 7, 4, 16, 3, 2])``: one entry per knob of ``ACTION_KNOBS`` (placement, precision,
     group_size, kernel, layout, fusion), each over the knob's whole vocabulary in SearchSpace order
-    (index 0 = unmodified). The shape is the same for every model and device. :meth:`action_masks` gives
-    the flat valid-choice mask (sb3-contrib ``MaskablePPO``): knobs the unit lacks allow only index 0;
+    (index 0 = unmodified). The shape is the same for every model and device.
+
+    Session knobs (opt-in: ``knobs`` naming any of ``kv_precision``, ``kv_budget``, ``kv_tier``,
+    ``kv_window``, ``prefetch``, ``prefetch_depth``) append one entry each, in that order, with the space's
+    fixed choice counts (3, 4, 2, 5, 4, 5; ``envs.observation.layout_for``): e.g.
+    ``MultiDiscrete([6, 7, 4, 16, 3, 2, 3, 4])`` for ``precision,placement,kv_precision,kv_budget``. They
+    are decided in one last step, the model-level ``"<session>"`` unit (masks from the space: a dense
+    model allows prefetch "none" only, a CPU-only profile KV tier "cpu" only; :meth:`action_mask_reasons`
+    says why). A model without a KV cache (an image classifier) has no KV variables: those entries stay
+    masked to index 0. ``self.layout`` is the env's :class:`envs.observation.ObservationLayout`.
+
+    :meth:`action_masks` gives the flat valid-choice mask (sb3-contrib ``MaskablePPO``): knobs the unit lacks allow only index 0;
     a knob whose rule depends on another knob of the *same* unit (group_size and kernel on precision, a
     block's layout on its placement) allows every choice valid under *some* valid parent choice, and the
     env moves it to the nearest valid choice after the parent is set (``info["repaired"]`` counts these;
     with the default knobs there are none). Invalid actions are never applied: they are repaired the same way.
 
     Budget shield (``budget_shield=True``, default): the masks of memory knobs (placement, precision,
-    group_size) also drop choices after which the memory budget can no longer be met — judged by completing
+    group_size, and the session knobs) also drop choices after which the memory budget can no longer be met — judged by completing
     the plan with the smallest-footprint choices. Sampled budgets are never below the smallest reachable
     memory, so a masked policy meets them by construction (up to the footprint's non-additive staging
     terms); the policy still learns *where* to spend the budget. ``budget_shield=False`` leaves compliance
@@ -57,7 +70,8 @@ class SurgeryEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(-5, 5, (N,), float32)`` with ``N = ObservationLayout().size``: the unit's model-agnostic features,
+    ``Box(-5, 5, (N,), float32)`` with ``N = self.layout.size`` (``ObservationLayout().size`` without
+    session knobs): the unit's model-agnostic features,
     the device's features, running totals of the plan so far against the budget and the unmodified model,
     the previous action (one-hot) and the preference (see ``envs.observation``).
 
@@ -86,13 +100,14 @@ class SurgeryEnv(gym.Env):
     ## Episode End
 
     Terminated after the model's last decision unit (episode length = number of units: 18 for
-    tiny-llama-test with the default knobs). No truncation: episodes end on their own, so the registration
+    tiny-llama-test with the default knobs, one more with session knobs). No truncation: episodes end on their own, so the registration
     sets no ``max_episode_steps``.
 
     ## Version History
 
     * v0: initial version (knobs precision + placement by default; analytic evaluator by default; budget
-      shield on by default). Later additions that change no space: the ``power_cap_w`` option.
+      shield on by default). Later additions that change no default space: the ``power_cap_w`` option;
+      session knobs (opt-in, their own layout).
     """
 
     metadata = {"render_modes": []}
@@ -130,7 +145,7 @@ class SurgeryEnv(gym.Env):
         self.budget_shield = bool(budget_shield)
         self._mask_cache: tuple[Any, np.ndarray] | None = None
         self._episode = 0
-        self.layout = ObservationLayout()
+        self.layout = layout_for(self.knobs)
         self.action_space = spaces.MultiDiscrete(np.array(self.layout.max_choices, dtype=np.int64))
         self.observation_space = spaces.Box(-OBS_CLIP, OBS_CLIP, shape=(self.layout.size,), dtype=np.float32)
         self.render_mode = None
@@ -188,13 +203,15 @@ class SurgeryEnv(gym.Env):
         if self.t >= len(self.ctx.units):
             raise InvalidArgumentError("step() called after the episode ended; call reset().")
         action = np.asarray(action, dtype=np.int64).reshape(-1)
-        if action.shape != (len(ACTION_KNOBS),):
-            raise InvalidArgumentError(f"`action` must have {len(ACTION_KNOBS)} entries, got shape {action.shape}.")
+        knobs = self.layout.action_knobs
+        if action.shape != (len(knobs),):
+            raise InvalidArgumentError(f"`action` must have {len(knobs)} entries ({', '.join(knobs)}), got shape "
+                                       f"{action.shape}.")
         space = self.ctx.space
         unit = self.ctx.units[self.t]
         for i in unit.variables:
             v = space.variables[i]
-            j = int(np.clip(action[ACTION_KNOBS.index(v.knob)], 0, v.n - 1))
+            j = int(np.clip(action[knobs.index(v.knob)], 0, v.n - 1))
             mask, _ = space.allowed(i, self.x)
             if not mask[j]:
                 j = space._nearest(v, j, mask)
@@ -214,7 +231,7 @@ class SurgeryEnv(gym.Env):
         return self._observation(), float(reward), terminated, False, info
 
     def action_masks(self) -> np.ndarray:
-        """Flat bool mask over ``sum(MAX_CHOICES)`` entries for the current unit (class docstring: rules)."""
+        """Flat bool mask over ``sum(self.layout.max_choices)`` entries for the current unit (class docstring)."""
         if self._mask_cache is not None and self._mask_cache[0] == self._episode_step_key():
             return self._mask_cache[1].copy()
         masks = self._action_masks()
@@ -233,7 +250,7 @@ class SurgeryEnv(gym.Env):
         space = self.ctx.space
         unit = self.ctx.units[self.t]
         by_knob = {space.variables[i].knob: i for i in unit.variables}
-        for knob, n in zip(ACTION_KNOBS, self.layout.max_choices):
+        for knob, n in zip(self.layout.action_knobs, self.layout.max_choices):
             m = np.zeros(n, dtype=bool)
             i = by_knob.get(knob)
             if i is None:
@@ -245,6 +262,27 @@ class SurgeryEnv(gym.Env):
                     m[:v.n] = self._shield(i, m[:v.n])
             out.append(m)
         return np.concatenate(out)
+
+    def action_mask_reasons(self) -> dict[str, dict[str, str]]:
+        """Why choices of the current unit are masked: knob -> {choice: reason} (the space's reasons, and the
+        budget shield's), for the knobs the unit has; empty after the episode ended."""
+        if self.t >= len(self.ctx.units):
+            return {}
+        space, unit = self.ctx.space, self.ctx.units[self.t]
+        flat = self.action_masks()
+        offsets = dict(zip(self.layout.action_knobs, np.cumsum([0, *self.layout.max_choices[:-1]])))
+        out: dict[str, dict[str, str]] = {}
+        for i in unit.variables:
+            v = space.variables[i]
+            mask = flat[offsets[v.knob]:offsets[v.knob] + v.n]
+            _, reasons = space.allowed(i, self.x)
+            why = {}
+            for j, c in enumerate(v.choices):
+                if not mask[j]:
+                    why[str(c)] = reasons.get(str(c), f"the memory budget ({self.budget:.0f} B) cannot be met after "
+                                                      "it (budget shield)")
+            out[v.knob] = why
+        return out
 
     def _shield(self, i: int, mask: np.ndarray) -> np.ndarray:
         """Keep the choices after which the plan can still meet the memory budget.

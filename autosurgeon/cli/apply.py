@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if m.energy_j is not None:
         print(f"  energy {m.energy_j * 1e3:.4f} mJ [{m.labels.get('energy_j')}]"
               + (f" (unmodified {base.energy_j * 1e3:.4f} mJ)" if base.energy_j else ""))
+    if result.plan.session:
+        print("  session: " + ", ".join(f"{k}={v}" for k, v in result.plan.session.items()))
     if m.quality_loss is not None:
         print(f"  quality loss {m.quality_loss * 100:+.3f}% [{m.labels.get('quality_loss')}]")
     if result.power is not None:

@@ -2,6 +2,8 @@
 
     autosurgeon train --device local --models tiny-llama,digits-cnn --timesteps 50000 --out policies/cpu
     autosurgeon train --device local --models tiny-llama,digits-cnn --timesteps 80000 --out policies/cpu --resume
+    autosurgeon train --device local --models tiny-llama --timesteps 50000 --out policies/cpu-kv \\
+        --knobs precision,placement,kv_precision,kv_budget,prefetch_depth
 
 Writes ``policies/NAME/policy.zip`` + ``policy.json``, checkpoints under ``checkpoints/`` and TensorBoard
 logs under ``tb/`` (``tensorboard --logdir policies/NAME/tb``). The agents package loads lazily.
@@ -28,7 +30,10 @@ def register(subparsers: Any) -> None:
                         help="reward evaluator: analytic (roofline, default) or profiled (per-unit runtime measurements)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PPO and the environments (default 0)")
     parser.add_argument("--n-envs", type=int, default=2, help="vectorised environments (default 2)")
-    parser.add_argument("--knobs", default="precision,placement", help="knob kinds the policy decides")
+    parser.add_argument("--knobs", default="precision,placement",
+                        help="knob kinds the policy decides (default precision,placement); session knobs "
+                        "kv_precision, kv_budget, kv_tier, kv_window, prefetch, prefetch_depth add a last, "
+                        "model-level decision step and widen the policy's action")
     parser.add_argument("--hv-every", type=int, default=4096, help="timesteps between front hypervolume logs")
     parser.add_argument("--power-cap", type=float, default=None, metavar="W",
                         help="train under a power cap in watts: a paper profile in its fastest power mode within W; "
