@@ -20,9 +20,10 @@ policies trained before keep loading and acting identically.
 
 Observation (``ObservationLayout``, every entry roughly in [0, 1], clipped to ``[-OBS_CLIP, OBS_CLIP]``):
 
-* unit features (from ``SearchSpace.features()``): log FLOPs, log weight bytes, log intensity (each divided
-  by the largest in the model), parallelism, relative position, unit kind one-hot, which knobs it has
-  (the session unit: the whole model's FLOPs and bytes, position 1, ``kind_session``),
+* unit features (from ``SearchSpace.features()`` / ``unit_summary``): log FLOPs, log weight bytes, log
+  intensity (each divided by the largest module's in the model), parallelism, relative position, unit kind
+  one-hot, which knobs it has (the session unit: the whole model's FLOPs and bytes, so at or a little
+  above 1, position 1, ``kind_session``),
   sensitivity (``log10(1 + 1e4 * KL at int4)/4`` from a SensitivityTable, 0 without one) and a flag saying
   whether sensitivity is known;
 * hardware features of the profile's default unit: log10 of float32 peak FLOP/s / 15, log10 of memory
@@ -174,10 +175,12 @@ def unit_feature_table(space: Any, units: Sequence[DecisionUnit], sensitivity: A
     layout = layout if layout is not None else ObservationLayout()
     feats, names = space.features()
     col = {n: j for j, n in enumerate(names)}
+    logs = _module_scaled_logs(space)
     rows = []
     for u in units:
         f = feats[u.variables[0]]
-        values = {n: float(f[col[n]]) for n in ("log_flops", "log_bytes", "log_intensity", "parallelism", "position")}
+        values = {n: float(f[col[n]]) for n in ("parallelism", "position")}
+        values.update(zip(("log_flops", "log_bytes", "log_intensity"), map(float, logs[u.variables[0]])))
         values.update({f"kind_{k}": float(f[col[f"kind_{k}"]]) for k in FEATURE_KINDS})
         values[f"kind_{SESSION_KIND}"] = float(space.variables[u.variables[0]].kind == SESSION_KIND)
         values.update({f"has_{k}": float(k in u.knobs) for k in layout.action_knobs})
@@ -189,6 +192,25 @@ def unit_feature_table(space: Any, units: Sequence[DecisionUnit], sensitivity: A
         values.update(sensitivity=sens, sensitivity_known=known)
         rows.append([values[n] for n in layout.unit])
     return np.asarray(rows, dtype=np.float32).reshape(len(units), len(layout.unit))
+
+
+def _module_scaled_logs(space: Any) -> np.ndarray:
+    """``(n_vars, 3)`` float32: log1p of each variable's unit FLOPs, weight bytes and intensity, divided by the
+    largest over the *module* variables.
+
+    ``SearchSpace.features()`` scales by the largest over every variable, and a session variable's unit is the
+    whole model: it would shrink every module's value whenever session knobs are present. Scaling by the
+    modules keeps their features what they are without session knobs (bit for bit: the same float64
+    arithmetic as ``features()``), and puts the session unit at or a little above 1.
+    """
+    arr = np.array([[math.log1p(a) for a in space.unit_summary(v)[:3]] for v in space.variables],
+                   dtype=np.float64).reshape(len(space.variables), 3)
+    modules = np.array([v.kind != SESSION_KIND for v in space.variables], dtype=bool)
+    for c in range(3):
+        top = arr[modules, c].max() if modules.any() else 0.0
+        if top > 0:
+            arr[:, c] /= top
+    return arr.astype(np.float32)
 
 
 def hardware_features(profile: Any) -> np.ndarray:
