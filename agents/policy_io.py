@@ -1,13 +1,13 @@
 """A saved surgery policy: ``policy.zip`` (sb3-contrib MaskablePPO) plus ``policy.json`` (what it needs).
 
-``policy.json`` (``{_type, _version, _data}``) carries everything needed to apply the policy elsewhere
-and to refuse it where it does not belong: the observation/action layout (``ObservationLayout``: names,
-knob order, fixed choices per knob; it grows with session knobs, ``envs.observation.layout_for``, and
-:func:`load_policy` refuses a policy whose saved layout is not the one its knobs give), the knob set of the spaces it was trained on, the device's
-fingerprint, name and *device class*, the evaluator, the training models, the reward settings, and the
-observation statistics (mean/std per entry over the last training rollouts: the features are normalised
-by construction — fixed log scales and ratios, see ``envs.observation`` — and the statistics let a user see
-how far a new model's observations fall from the training distribution).
+``policy.json`` (``{_type, _version, _data}``) carries everything needed to apply the policy elsewhere and to
+refuse it where it does not belong: the observation/action layout (``ObservationLayout``: names, knob order,
+fixed choices per knob; it grows with session knobs, ``envs.observation.layout_for``, and :func:`load_policy`
+refuses a policy whose saved layout is not the one its knobs give), the knob set of the spaces it was trained
+on, the device's fingerprint, name and *device class*, the evaluator, the training models, the reward settings,
+and the observation statistics (mean/std per entry over the last training rollouts: the features are normalised
+by construction — fixed log scales and ratios, see ``envs.observation`` — and the statistics let a user see how
+far a new model's observations fall from the training distribution).
 
 Device class (:func:`device_class`): what a policy's decisions transfer across. GPU profiles:
 ``"gpu-sm{major}{minor}"`` of the first GPU (e.g. ``gpu-sm90`` for H100, ``gpu-sm87`` Jetson Orin);

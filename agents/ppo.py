@@ -168,8 +168,9 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
         try:
             model = MaskablePPO.load(ckpt, env=vec, device="cpu", tensorboard_log=tb)
         except ValueError as exc:  # SB3: the checkpoint's spaces differ from the env's (another knob set)
-            raise InvalidArgumentError(f"`--resume`: checkpoint {ckpt} does not fit an env with knobs "
-                                       f"{','.join(knobs)} ({exc}); resume with the knobs it was trained with.") from None
+            raise InvalidArgumentError(
+                f"`--resume`: checkpoint {ckpt} does not fit an env with knobs {','.join(knobs)} ({exc}); "
+                "resume with the knobs it was trained with.") from None
         logger.info("resuming %s at %d timesteps", ckpt, model.num_timesteps)
     else:
         model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)

@@ -55,18 +55,18 @@ class SurgeryEnv(gym.Env):
     says why). A model without a KV cache (an image classifier) has no KV variables: those entries stay
     masked to index 0. ``self.layout`` is the env's :class:`envs.observation.ObservationLayout`.
 
-    :meth:`action_masks` gives the flat valid-choice mask (sb3-contrib ``MaskablePPO``): knobs the unit lacks allow only index 0;
-    a knob whose rule depends on another knob of the *same* unit (group_size and kernel on precision, a
-    block's layout on its placement) allows every choice valid under *some* valid parent choice, and the
-    env moves it to the nearest valid choice after the parent is set (``info["repaired"]`` counts these;
+    :meth:`action_masks` gives the flat valid-choice mask (sb3-contrib ``MaskablePPO``): knobs the unit lacks
+    allow only index 0; a knob whose rule depends on another knob of the *same* unit (group_size and kernel on
+    precision, a block's layout on its placement) allows every choice valid under *some* valid parent choice,
+    and the env moves it to the nearest valid choice after the parent is set (``info["repaired"]`` counts these;
     with the default knobs there are none). Invalid actions are never applied: they are repaired the same way.
 
     Budget shield (``budget_shield=True``, default): the masks of memory knobs (placement, precision,
-    group_size, and the session knobs) also drop choices after which the memory budget can no longer be met — judged by completing
-    the plan with the smallest-footprint choices. Sampled budgets are never below the smallest reachable
-    memory, so a masked policy meets them by construction (up to the footprint's non-additive staging
-    terms); the policy still learns *where* to spend the budget. ``budget_shield=False`` leaves compliance
-    to the reward's penalty alone.
+    group_size, and the session knobs) also drop choices after which the memory budget can no longer be met —
+    judged by completing the plan with the smallest-footprint choices. Sampled budgets are never below the
+    smallest reachable memory, so a masked policy meets them by construction (up to the footprint's non-additive
+    staging terms); the policy still learns *where* to spend the budget. ``budget_shield=False`` leaves
+    compliance to the reward's penalty alone.
 
     ## Observation Space
 
@@ -100,8 +100,8 @@ class SurgeryEnv(gym.Env):
     ## Episode End
 
     Terminated after the model's last decision unit (episode length = number of units: 18 for
-    tiny-llama-test with the default knobs, one more with session knobs). No truncation: episodes end on their own, so the registration
-    sets no ``max_episode_steps``.
+    tiny-llama-test with the default knobs, one more with session knobs). No truncation: episodes end on
+    their own, so the registration sets no ``max_episode_steps``.
 
     ## Version History
 
