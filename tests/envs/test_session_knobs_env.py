@@ -159,7 +159,7 @@ def session_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def default_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("default-policy")
     train(device="local", models=[MODEL], timesteps=64, out=out, n_envs=1, settings=SMALL, hv_every=10_000,
-          checkpoint_every=10_000)
+          checkpoint_every=64)
     return out
 
 
@@ -200,6 +200,15 @@ def test_a_mismatched_layout_is_refused(session_policy: Path, default_policy: Pa
     shutil.copy(default_policy / "policy.zip", swapped / "policy.zip")
     with pytest.raises(PolicyError, match=r"policy.zip's network has observations \(69,\).*do not belong together"):
         load_policy(swapped)
+
+
+def test_resume_with_other_knobs_is_refused(default_policy: Path) -> None:
+    from autosurgeon.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=r"`--resume`: checkpoint .*policy_64_steps.zip does not fit an env "
+                                                   r"with knobs precision,placement,kv_precision"):
+        train(device="local", models=[MODEL], timesteps=128, out=default_policy, resume=True, n_envs=1, knobs=SOME,
+              settings=SMALL, hv_every=10_000)
 
 
 def test_cli_train_and_apply_with_session_knobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
