@@ -18,22 +18,21 @@ from typing import Any
 import numpy as np
 
 from autosurgeon._logging import get_logger
-from envs.observation import ACTION_KNOBS
-
 logger = get_logger(__name__)
 
 
 def demonstrations(markov: Any, env: Any, *, episodes: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(obs (N, D) float32, actions (N, len(ACTION_KNOBS)) int64, masks (N, sum choices) bool)."""
+    """(obs (N, D) float32, actions (N, len(env.layout.action_knobs)) int64, masks (N, sum choices) bool)."""
+    knobs = env.layout.action_knobs  # the env's own layout: session knobs are in it when the env decides them
     rng = np.random.default_rng(seed)
     obs_rows, act_rows, mask_rows = [], [], []
     for e in range(episodes):
         obs, _ = env.reset(seed=seed + e)
         x = markov.sample(env.ctx.space, 1, rng)[0]
         for unit in env.ctx.units:
-            action = np.zeros(len(ACTION_KNOBS), dtype=np.int64)
+            action = np.zeros(len(knobs), dtype=np.int64)
             for i in unit.variables:
-                action[ACTION_KNOBS.index(env.ctx.space.variables[i].knob)] = int(x[i])
+                action[knobs.index(env.ctx.space.variables[i].knob)] = int(x[i])
             mask = env.action_masks()
             offsets = np.cumsum([0, *env.layout.max_choices[:-1]])
             if all(mask[o + a] for o, a in zip(offsets, action)):
@@ -76,12 +75,14 @@ def behaviour_cloning(model: Any, obs: np.ndarray, actions: np.ndarray, masks: n
 
 
 def markov_warm_start(markov: Any, *, models: Sequence[str], device: Any, evaluator: str = "analytic",
-                      episodes: int = 200, epochs: int = 10, seed: int = 0) -> Callable[[Any], dict[str, Any]]:
+                      episodes: int = 200, epochs: int = 10, seed: int = 0,
+                      knobs: Sequence[str] | None = None) -> Callable[[Any], dict[str, Any]]:
     """A ``warm_start`` hook for ``agents.ppo.train``: clone ``markov`` into a fresh model before PPO."""
     from envs.surgery import SurgeryEnv
 
     def hook(model: Any) -> dict[str, Any]:
-        env = SurgeryEnv(models=list(models), device=device, evaluator=evaluator)
+        extra = {"knobs": tuple(knobs)} if knobs is not None else {}  # must match the policy's layout
+        env = SurgeryEnv(models=list(models), device=device, evaluator=evaluator, **extra)
         obs, actions, masks = demonstrations(markov, env, episodes=episodes, seed=seed)
         losses = behaviour_cloning(model, obs, actions, masks, epochs=epochs, seed=seed)
         return {"warm_start": "markov-bc", "demo_steps": len(obs), "episodes": episodes, "nll": losses}

@@ -28,3 +28,19 @@ def test_demonstrations_and_cloning() -> None:
     losses = behaviour_cloning(model, obs, actions, masks, epochs=15, batch_size=64, learning_rate=3e-3)
     # The floor is the prior's own entropy (smoothed Markov samples vary), so ask for a clear drop, not 0.
     assert losses[-1] < 0.75 * losses[0]
+
+
+def test_demonstrations_follow_the_envs_layout_with_session_knobs() -> None:
+    knobs = ("precision", "placement", "kv_precision", "prefetch_depth")
+    env = SurgeryEnv(models=["tiny-llama-test"], device=resolve_profile("h100-80gb"), knobs=knobs)
+    space = env.contexts[0].space
+    target = space.random_vector(np.random.default_rng(1))
+    markov = MarkovPlacementModel().fit([(space, target)] * 20)
+    obs, actions, masks = demonstrations(markov, env, episodes=3, seed=0)
+    assert actions.shape[1] == len(env.layout.action_knobs) > 6
+    offsets = np.cumsum([0, *env.layout.max_choices[:-1]])
+    assert all(m[offsets + a].all() for a, m in zip(actions, masks))
+    # The session step is among the demonstrations: its KV precision column takes the prior's value.
+    col = env.layout.action_knobs.index("kv_precision")
+    kv_var = next(i for i, v in enumerate(space.variables) if v.knob == "kv_precision")
+    assert int(target[kv_var]) in set(actions[:, col].tolist())
