@@ -249,7 +249,11 @@ def speed_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[C
                      f"cap}}, no_split_module_classes=['LlamaDecoderLayer'])` + `dispatch_model(offload_dir=...)`, "
                      f"its own map at the same cap, on its own copy of the model ({acc['n_timed']} timed steps). "
                      f"{timing}. Ratio per round: {_round_ratios(rows, 'ours', 'accelerate')}. {match}. Disk-tier "
-                     "files were just written, so they sit in the page cache (a warm second run, not a cold disk).",
+                     "files were just written, so they sit in the page cache (a warm second run, not a cold disk). "
+                     "The cap binds our store (its measured peak is shown); process RSS cannot be split per "
+                     "configuration here (the in-RAM reference and accelerate's copy share the process), and "
+                     "accelerate's disk offload keeps its weight files memory-mapped, so its resident pages grow "
+                     "past the cap as they are touched (per-process RSS: `results/streaming_cpu.md`).",
                      **common),
         ratio_record("speed", "placement vs everything on one tier (all blocks on disk, same cap)",
                      ours=ours["tokens_per_s"], base=one["tokens_per_s"], unit="tok/s", ours_text=ours_text,
