@@ -77,8 +77,8 @@ def gpu_part(*, quick: bool, skip_gpu: bool, gpu_json: Path, progress: Progress)
 
 
 def other_gpu_runs(gpu_json: Path) -> list[str]:
-    """One line per other saved full GPU run beside ``gpu_json`` (``claims_gpu_*.json``): its card, date and the
-    GPU rows' figures, so the report shows how much the same measurement moved between runs."""
+    """One line per other saved full GPU run (another card or time) beside ``gpu_json`` (``claims_gpu_*.json``):
+    its card, date and the GPU rows' figures, so the report shows how much the same measurement moved between runs."""
     from experiments.benchmarks.claims_gpu import gpu_records
 
     lines = []
@@ -88,7 +88,7 @@ def other_gpu_runs(gpu_json: Path) -> list[str]:
         data = json.loads(path.read_text())
         figures = "; ".join(f"{r.title.removeprefix('GPU').lstrip(': ')}: {r.measured}"
                             for r in gpu_records(data, where=path.name) if r.figure is not None)
-        lines.append(f"Earlier GPU run `{_rel(path)}` ({data.get('card')}, {data.get('date_utc')}; quality model "
+        lines.append(f"Other saved GPU run `{_rel(path)}` ({data.get('card')}, {data.get('date_utc')}; quality model "
                      f"`{data.get('quality', {}).get('model', '?')}`): {figures}.")
     return lines
 

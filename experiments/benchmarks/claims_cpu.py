@@ -275,6 +275,8 @@ def energy_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[
            "the ratio is then the time ratio restated, not a measurement, and is not counted")
     rec = reduction_record("energy per token: placement vs accelerate disk offload (same RAM cap)",
                            ours=ours["j_per_token"], base=acc["j_per_token"], unit="J/token",
+                           ours_text=f"{ours['j_per_token']:.2f} J/token",
+                           baseline_text=f"{acc['j_per_token']:.2f} J/token",
                            method=f"The speed runs above (same process, same cap), each timed window inside "
                            f"`runtime.telemetry.EnergyMeter(device='cpu')`; joules per token = window energy / "
                            f"timed steps. Source: {how}.", device=machine(), source=source,
