@@ -20,6 +20,7 @@ from runtime.errors import JalapenoError
 # Subcommand modules, in the order `autosurgeon --help` lists them.
 COMMANDS = (
     "demo", "profile", "zoo", "analyze", "plan", "evaluate", "run", "sweep", "markov", "train", "apply", "tune",
+    "report",
 )
 
 
