@@ -91,7 +91,9 @@ def _table(result: Any) -> str:
         rows.append((name, fmt(b), fmt(p) if plan is not None else "-", ratio))
 
     bm, pm = base.metrics, plan.metrics if plan is not None else None
-    add("decode latency (ms/token)", lambda v: f"{v * 1e3:.2f}", bm.latency_s, pm and pm.latency_s)
+    per = "token" if bm.phase == "decode" else "sample"  # classifiers are timed per sample
+    add("decode latency (ms/token)" if per == "token" else "latency (ms/sample)", lambda v: f"{v * 1e3:.2f}",
+        bm.latency_s, pm and pm.latency_s)
     if bm.prefill_s is not None:
         add("prefill (ms)", lambda v: "-" if v is None else f"{v * 1e3:.1f}", bm.prefill_s, pm and pm.prefill_s)
     if base.tokens:
@@ -104,7 +106,7 @@ def _table(result: Any) -> str:
     add("memory GPU+CPU", _bytes, bm.memory_bytes, pm and pm.memory_bytes)
     if bm.energy_j is not None:
         label = bm.labels.get("energy_j", "")
-        add(f"energy (mJ/token, {label})", lambda v: "-" if v is None else f"{v * 1e3:.2f}", bm.energy_j,
+        add(f"energy (mJ/{per}, {label})", lambda v: "-" if v is None else f"{v * 1e3:.2f}", bm.energy_j,
             pm and pm.energy_j)
     if bm.quality_loss is not None or (pm and pm.quality_loss is not None):
         rows.append(("quality loss (measured)", f"{bm.quality_loss or 0:+.3%}",
