@@ -42,12 +42,15 @@ def _decode_nll(forward: Any, cache_kw: str, windows: torch.Tensor, prefix: int,
 
 
 def kv_quality_loss(session: Any, *, samples: int = 4, seq_len: int = 64, prefix: int = 16,
-                    windows: torch.Tensor | None = None, kv_batch: int = 1) -> dict[str, float]:
+                    windows: torch.Tensor | None = None, kv_batch: int = 1,
+                    reference_nll: float | None = None) -> dict[str, float]:
     """``{"kv_quality_loss", "nll_paged", "nll_reference", "tokens"}`` of ``session``'s KV cache (module
     docstring); ``session`` is a ``runtime.Session`` built with ``kv=`` (``apply_plan`` of a plan with KV
     decisions). ``windows``: (N, seq_len + 1) token ids (default: ``samples`` held-out byte windows),
     decoded as one batch; the cache's byte budget, made for ``kv_batch`` sequences, is scaled to N so each
-    sequence keeps what it would alone."""
+    sequence keeps what it would alone. ``reference_nll``: the ``nll_reference`` of an earlier call on the
+    same model, windows and prefix (the HF-cache decode does not depend on the session's KV decisions, so a
+    caller scoring several of them — ``sensitivity_kv`` — decodes it once)."""
     import dataclasses
 
     from autosurgeon.cost_profiled import _cache_kw
@@ -70,7 +73,8 @@ def kv_quality_loss(session: Any, *, samples: int = 4, seq_len: int = 64, prefix
     finally:
         session.close_kv_cache()  # give the cache's pages back now
         session.kv_config = config
-    reference = _decode_nll(session.forward, kw, windows, prefix, None)
+    reference = (_decode_nll(session.forward, kw, windows, prefix, None) if reference_nll is None
+                 else float(reference_nll))
     return {"kv_quality_loss": math.expm1(paged - reference), "nll_paged": paged, "nll_reference": reference,
             "tokens": int(windows[:, prefix:].numel())}
 
