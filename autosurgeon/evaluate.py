@@ -29,11 +29,20 @@ profiled evaluator prices them with its measured streaming costs where it has th
 cache's dispatches at a cost per dispatch it measures once, ``Profiler.kv_op_seconds``); the profiled
 latency stays "profiled" with those terms estimated (the method says so). The prefetch depth does not
 change the profiled latency (its streaming costs were measured at the runtime's default lookahead).
-Quality of KV decisions: the sensitivity proxy scores weight precisions only, so in the cheap evaluators
-int8 KV and eviction by window or budget score as lossless (``extra["quality_ignores_kv"]`` marks such
-evaluations). The runtime evaluator measures them: held-out windows decoded token by token through the
-session's paged cache against Hugging Face's (``quality_kv.kv_quality_loss``), combined with the weights'
-loss as ``(1 + weights) (1 + kv) - 1``. The runtime evaluator
+Quality of KV decisions: the runtime evaluator measures them: held-out windows decoded token by token
+through the session's paged cache against Hugging Face's (``quality_kv.kv_quality_loss``), combined with
+the weights' loss as ``(1 + weights) (1 + kv) - 1``. The cheap evaluators estimate them with the KV
+sensitivity table (``sensitivity_kv``: ``kv_quality_loss`` of each kv_precision, kv_budget and kv_window
+choice alone, measured once per model and workload context on this machine's CPU and cached on disk; a
+plan's KV loss adds the choices' NLL rises, an additive approximation like the per-unit proxy) and
+combine it the same way: ``exp(sum KL + sum KV nats) - 1``. ``extra["quality_kv_proxy"]`` says how (the
+table's key, context and decode length, each knob's nats, values the table does not hold). The table is
+used when the evaluator has a weight sensitivity table (quality is asked for) and the plan decides the KV
+cache; ``kv_sensitivity="auto"`` (default) measures or loads it on the first such plan, a
+``KVSensitivityTable`` is used as given (it must be measured at the workload's context), None turns it
+off. Where no table can exist (a model on the meta device) KV decisions still score as lossless, and
+``extra["quality_ignores_kv"]`` marks such evaluations with the reason in ``quality_kv_proxy``. The
+runtime evaluator
 applies the plan's session (``apply_plan``: KV cache, experts, lookahead) and decodes against the session's
 paged cache, which cannot be cropped: each repeat decodes one position further than the last. A Plan whose
 session decides a knob the evaluator's space has no variable for is refused (its vector could not tell
@@ -146,12 +155,16 @@ class Evaluator:
         workload: what one step is (default: batch 1; LMs decode at 32 positions).
         sensitivity: a ``SensitivityTable`` for the quality proxy (cheap evaluators); None: no quality.
         cache: an :class:`EvaluationCache` (shared between evaluators is fine: keys include the evaluator).
+        kv_sensitivity: the cheap evaluators' KV quality proxy (module docstring): "auto" (measure or load
+            ``sensitivity_kv.measure_kv_sensitivity`` at the workload's context on the first plan that
+            decides the KV cache), a ``KVSensitivityTable``, or None (KV decisions score as lossless).
     """
 
     name = "base"
+    kv_proxy = True  # the cheap evaluators estimate KV decisions' quality from a table; the runtime measures
 
     def __init__(self, loaded: Any, profile: Any, *, space: Any = None, workload: Workload | None = None,
-                 sensitivity: Any = None, cache: EvaluationCache | None = None) -> None:
+                 sensitivity: Any = None, cache: EvaluationCache | None = None, kv_sensitivity: Any = "auto") -> None:
         from autosurgeon.hardware import resolve_profile
         from autosurgeon.plan import model_fingerprint
         from autosurgeon.space import SearchSpace
@@ -168,6 +181,9 @@ class Evaluator:
         self.model_fingerprint = model_fingerprint(loaded.model)
         self.workload = workload or Workload(task=loaded.task)
         self.sensitivity = sensitivity
+        self._kv_table: Any = None
+        self._kv_unavailable: str | None = None  # why no KV table can be had (then KV scores as lossless)
+        self.kv_sensitivity = self._check_kv_sensitivity(kv_sensitivity) if self.kv_proxy else None
         self.cache = cache if cache is not None else EvaluationCache()
         self.calls = self.hits = self.evaluated = 0
         self.seconds = 0.0  # wall time of cache-missing evaluate() calls
@@ -292,9 +308,103 @@ class Evaluator:
 
     def settings(self) -> dict[str, Any]:
         """Everything besides the plan that changes the result (part of the cache key)."""
-        return {"workload": [self.workload.task, self.workload.batch, self.workload.context, self.workload.seed],
-                "space": self.space.digest(),
-                "sensitivity": getattr(self.sensitivity, "key", None)}
+        out = {"workload": [self.workload.task, self.workload.batch, self.workload.context, self.workload.seed],
+               "space": self.space.digest(),
+               "sensitivity": getattr(self.sensitivity, "key", None)}
+        if self._kv_quality_applies():  # spaces without KV knobs keep their keys
+            out["kv_sensitivity"] = self._kv_key()
+        return out
+
+    # ---- the KV quality proxy (sensitivity_kv)
+    def _check_kv_sensitivity(self, value: Any) -> Any:
+        from autosurgeon.sensitivity_kv import KVSensitivityTable
+
+        if value is None or value == "auto":
+            return value
+        if not isinstance(value, KVSensitivityTable):
+            raise InvalidArgumentError(f"`kv_sensitivity` must be 'auto', a KVSensitivityTable or None, got "
+                                       f"{type(value).__name__}.")
+        if value.context != self.workload.context:
+            raise InvalidArgumentError(
+                f"`kv_sensitivity` was measured at context {value.context}, but the workload's context is "
+                f"{self.workload.context} (kv_budget shares are of the workload's context); measure it with "
+                f"KVSensitivitySettings(context={self.workload.context}) or pass 'auto'.")
+        self._kv_table = value
+        return value
+
+    def _kv_quality_applies(self) -> bool:
+        """Quality is estimated here, the model is an LM, and the space can decide what its KV cache reads."""
+        from autosurgeon.knobs import SESSION_UNIT
+        from autosurgeon.sensitivity_kv import QUALITY_KNOBS
+
+        return (self.kv_proxy and self.sensitivity is not None and self.workload.task == "causal-lm"
+                and any(self.space.variable(SESSION_UNIT, k) is not None for k in QUALITY_KNOBS))
+
+    def _kv_settings(self) -> Any:
+        from autosurgeon.sensitivity_kv import KVSensitivitySettings
+
+        return KVSensitivitySettings(context=self.workload.context, batch=self.workload.batch)
+
+    def _kv_key(self) -> str | None:
+        """The KV table's key (part of the evaluator's settings), known before the table is measured."""
+        from autosurgeon.sensitivity_kv import kv_table_key
+
+        if self.kv_sensitivity is None:
+            return None
+        if self._kv_table is not None:
+            return self._kv_table.key
+        try:
+            return kv_table_key(self.loaded, self._kv_settings())
+        except InvalidArgumentError as exc:
+            self._kv_unavailable = str(exc)
+            return "unavailable"
+
+    def kv_table(self) -> Any:
+        """The KV sensitivity table this evaluator scores KV decisions with (measured or loaded on first use
+        with ``kv_sensitivity="auto"``); None where there is none (the reason is logged once)."""
+        if self._kv_table is not None or self.kv_sensitivity is None or self._kv_unavailable is not None:
+            return self._kv_table
+        from autosurgeon.sensitivity_kv import measure_kv_sensitivity
+
+        try:
+            self._kv_table = measure_kv_sensitivity(self.loaded, self._kv_settings())
+        except InvalidArgumentError as exc:
+            self._kv_unavailable = str(exc)
+            logger.warning("no KV sensitivity table (%s); KV decisions score as lossless", exc)
+        return self._kv_table
+
+    def _kv_quality(self, session: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
+        """``(nats the plan's KV decisions add to the mean NLL, extra)`` for the cheap evaluators' proxy."""
+        from autosurgeon.cost_kv import has_kv_decisions
+
+        if not has_kv_decisions(session):
+            return 0.0, {}
+        from autosurgeon.sensitivity_kv import QUALITY_KNOBS
+
+        table = self.kv_table() if self._kv_quality_applies() else None
+        if table is None:
+            if all(session.get(k, ref) == ref for k, ref in QUALITY_KNOBS.items()):
+                return 0.0, {}  # float pages, no budget, no window: the paged cache is lossless
+            why = (self._kv_unavailable or ("kv_sensitivity=None" if self.kv_sensitivity is None else
+                                            "the space has no kv_precision/kv_budget/kv_window variable"))
+            return 0.0, {"quality_ignores_kv": True, "quality_kv_proxy": {"method": "none (scored as lossless)",
+                                                                          "reason": why}}
+        pred = table.predict(session)
+        return pred["delta_nll"], {"quality_kv_proxy": {
+            "method": "sensitivity_kv: additive over per-choice kv_quality_loss measurements",
+            "table": table.key, "context": table.context, "seq_len": table.seq_len, "tokens": table.tokens,
+            "kv_quality_loss": pred["kv_quality_loss"], "nats": pred["parts"], "unscored": pred["unscored"]}}
+
+    def _quality_note(self, quality: float | None, qextra: Mapping[str, Any]) -> str:
+        if quality is None:
+            return ""
+        proxy = qextra.get("quality_kv_proxy")
+        if proxy is None:
+            return "; quality: sensitivity proxy"
+        if "table" not in proxy:
+            return "; quality: sensitivity proxy (KV decisions scored as lossless: " + proxy["reason"] + ")"
+        return (f"; quality: sensitivity proxy x KV sensitivity table (additive; context {proxy['context']}, "
+                f"decoded to {proxy['seq_len']} positions)")
 
     def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -330,9 +440,6 @@ class Evaluator:
         table = self.sensitivity
         if table is None:
             return None, {}
-        from autosurgeon.cost_kv import has_kv_decisions
-
-        ignores = {"quality_ignores_kv": True} if has_kv_decisions(self._session(x)) else {}
         total, unscored = 0.0, 0
         for (name, knob), value in self.space.values(x).items():
             if knob != "precision" or value == "float32":
@@ -341,8 +448,9 @@ class Evaluator:
                 total += table.divergence[(name, value)]
             else:
                 unscored += 1
-        loss = math.expm1(total) if self.workload.task == "causal-lm" else total
-        return loss, {"quality_proxy_kl": total, "quality_unscored": unscored, **ignores}
+        kv_nats, kv_extra = self._kv_quality(self._session(x)) if self.workload.task == "causal-lm" else (0.0, {})
+        loss = math.expm1(total + kv_nats) if self.workload.task == "causal-lm" else total
+        return loss, {"quality_proxy_kl": total, "quality_unscored": unscored, **kv_extra}
 
     def _per_item(self, step_s: float) -> float:
         """Step seconds -> seconds per token (decode: each of the batch's sequences gets one per step) or sample."""
@@ -429,7 +537,7 @@ class AnalyticEvaluator(Evaluator):
                   f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
                   + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
-                  + ("; quality: sensitivity proxy" if quality is not None else ""))
+                  + self._quality_note(quality, qextra))
         step = self._per_item(latency)
         return Metrics(
             latency_s=step, prefill_s=prefill,
@@ -536,7 +644,7 @@ class ProfiledEvaluator(Evaluator):
                               f"{self.calibration['a'] * 1e3:.3f} ms + {self.calibration['b']:.3f} x composed)"
                               if self.calibration["points"] else "")
                   + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
-                  + ("; quality: sensitivity proxy" if quality is not None else ""))
+                  + self._quality_note(quality, qextra))
         return Metrics(
             latency_s=self._per_item(latency), prefill_s=prefill,
             tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
@@ -559,6 +667,7 @@ class RuntimeEvaluator(Evaluator):
     """
 
     name = "runtime"
+    kv_proxy = False  # measures KV decisions' quality (quality_kv.kv_quality_loss); no table
 
     def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
                  quality: bool = True, quality_samples: int | None = 4, budgets: Mapping[str, Any] | None = None,
