@@ -157,7 +157,9 @@ class Evaluator:
         cache: an :class:`EvaluationCache` (shared between evaluators is fine: keys include the evaluator).
         kv_sensitivity: the cheap evaluators' KV quality proxy (module docstring): "auto" (measure or load
             ``sensitivity_kv.measure_kv_sensitivity`` at the workload's context on the first plan that
-            decides the KV cache), a ``KVSensitivityTable``, or None (KV decisions score as lossless).
+            decides the KV cache), a ``KVSensitivitySettings`` (the same, measured with those settings: fewer
+            held-out windows for a large model), a ``KVSensitivityTable``, or None (KV decisions score as
+            lossless). Settings and tables must be at the workload's context.
     """
 
     name = "base"
@@ -317,19 +319,20 @@ class Evaluator:
 
     # ---- the KV quality proxy (sensitivity_kv)
     def _check_kv_sensitivity(self, value: Any) -> Any:
-        from autosurgeon.sensitivity_kv import KVSensitivityTable
+        from autosurgeon.sensitivity_kv import KVSensitivitySettings, KVSensitivityTable
 
-        if value is None or value == "auto":
+        if value is None or (isinstance(value, str) and value == "auto"):
             return value
-        if not isinstance(value, KVSensitivityTable):
-            raise InvalidArgumentError(f"`kv_sensitivity` must be 'auto', a KVSensitivityTable or None, got "
-                                       f"{type(value).__name__}.")
+        if not isinstance(value, (KVSensitivitySettings, KVSensitivityTable)):
+            raise InvalidArgumentError(f"`kv_sensitivity` must be 'auto', a KVSensitivitySettings, a "
+                                       f"KVSensitivityTable or None, got {value!r}.")
         if value.context != self.workload.context:
             raise InvalidArgumentError(
-                f"`kv_sensitivity` was measured at context {value.context}, but the workload's context is "
+                f"`kv_sensitivity` is at context {value.context}, but the workload's context is "
                 f"{self.workload.context} (kv_budget shares are of the workload's context); measure it with "
                 f"KVSensitivitySettings(context={self.workload.context}) or pass 'auto'.")
-        self._kv_table = value
+        if isinstance(value, KVSensitivityTable):
+            self._kv_table = value
         return value
 
     def _kv_quality_applies(self) -> bool:
@@ -343,6 +346,8 @@ class Evaluator:
     def _kv_settings(self) -> Any:
         from autosurgeon.sensitivity_kv import KVSensitivitySettings
 
+        if isinstance(self.kv_sensitivity, KVSensitivitySettings):
+            return self.kv_sensitivity
         return KVSensitivitySettings(context=self.workload.context, batch=self.workload.batch)
 
     def _kv_key(self) -> str | None:

@@ -131,9 +131,24 @@ def test_analytic_evaluator_scores_a_small_window_from_the_table(llama, table, w
     assert proxy["kv_quality_loss"] == pytest.approx(table.loss[("kv_window", "16")])
     assert "KV sensitivity table (additive; context 32" in window.method
     assert json.loads(json.dumps(window.to_dict()))  # extra stays JSON-ready (the result cache writes it)
-    with pytest.raises(InvalidArgumentError, match=r"measured at context 32, but the workload's context is 200"):
+    with pytest.raises(InvalidArgumentError, match=r"is at context 32, but the workload's context is 200"):
         AnalyticEvaluator(llama, cpu, space=space, sensitivity=weights, kv_sensitivity=table,
                           workload=Workload(task="causal-lm", context=200))
+    with pytest.raises(InvalidArgumentError, match=r"`kv_sensitivity` must be 'auto', a KVSensitivitySettings"):
+        AnalyticEvaluator(llama, cpu, space=space, sensitivity=weights, kv_sensitivity="always")
+
+
+def test_settings_pick_a_cheaper_auto_table(llama, weights, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOSURGEON_CACHE", str(tmp_path))
+    cpu = paper_cpu_profile()
+    space = SearchSpace.build(llama, cpu, knobs=("precision", "kv_budget"))
+    ev = AnalyticEvaluator(llama, cpu, space=space, sensitivity=weights, kv_sensitivity=KVSensitivitySettings(
+        context=100, samples=2, check_combined=False), workload=Workload(task="causal-lm", context=100))
+    m = ev.evaluate(Plan(session={"kv_budget": "25%"}))
+    table = ev.kv_table()
+    assert table.tokens == 2 * (100 - 16 + 1) and table.context == 100 and table.combined == {}
+    assert (tmp_path / "sensitivity" / f"kv-{table.key}.json").is_file()
+    assert m.extra["quality_kv_proxy"]["seq_len"] == 100  # a workload past 64 positions is decoded in full
 
 
 def test_auto_table_in_the_profiled_evaluator_and_a_sweep_style_ranking(llama, weights) -> None:
