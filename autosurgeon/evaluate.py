@@ -34,8 +34,9 @@ through the session's paged cache against Hugging Face's (``quality_kv.kv_qualit
 the weights' loss as ``(1 + weights) (1 + kv) - 1``. The cheap evaluators estimate them with the KV
 sensitivity table (``sensitivity_kv``: ``kv_quality_loss`` of each kv_precision, kv_budget and kv_window
 choice alone, measured once per model and workload context on this machine's CPU and cached on disk; a
-plan's KV loss adds the choices' NLL rises, an additive approximation like the per-unit proxy) and
-combine it the same way: ``exp(sum KL + sum KV nats) - 1``. ``extra["quality_kv_proxy"]`` says how (the
+plan's KV loss adds the precision's NLL rise to the larger of the budget's and the window's, an
+approximation from single choices like the per-unit proxy) and combine it the same way:
+``exp(sum KL + KV nats) - 1``. ``extra["quality_kv_proxy"]`` says how (the
 table's key, context and decode length, each knob's nats, values the table does not hold). The table is
 used when the evaluator has a weight sensitivity table (quality is asked for) and the plan decides the KV
 cache; ``kv_sensitivity="auto"`` (default) measures or loads it on the first such plan, a
@@ -396,7 +397,7 @@ class Evaluator:
                                                                           "reason": why}}
         pred = table.predict(session)
         return pred["delta_nll"], {"quality_kv_proxy": {
-            "method": "sensitivity_kv: additive over per-choice kv_quality_loss measurements",
+            "method": "sensitivity_kv: per-choice kv_quality_loss measurements, precision + max(budget, window) nats",
             "table": table.key, "context": table.context, "seq_len": table.seq_len, "tokens": table.tokens,
             "kv_quality_loss": pred["kv_quality_loss"], "nats": pred["parts"], "unscored": pred["unscored"]}}
 
@@ -408,8 +409,8 @@ class Evaluator:
             return "; quality: sensitivity proxy"
         if "table" not in proxy:
             return "; quality: sensitivity proxy (KV decisions scored as lossless: " + proxy["reason"] + ")"
-        return (f"; quality: sensitivity proxy x KV sensitivity table (additive; context {proxy['context']}, "
-                f"decoded to {proxy['seq_len']} positions)")
+        return (f"; quality: sensitivity proxy x KV sensitivity table (per-choice, combined; context "
+                f"{proxy['context']}, decoded to {proxy['seq_len']} positions)")
 
     def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -86,12 +86,16 @@ def test_table_is_deterministic_and_cached(llama, table, tmp_path, monkeypatch) 
         measure_kv_sensitivity(llama, other, cache_dir=tmp_path)
 
 
-def test_predict_is_additive_in_nats_and_lists_what_it_cannot_score(table) -> None:
+def test_predict_adds_precision_to_the_tighter_eviction_and_lists_what_it_cannot_score(table) -> None:
     assert table.predict({"kv_precision": "float", "kv_budget": "none", "kv_window": None})["kv_quality_loss"] == 0.0
     w, b = table.loss[("kv_window", "16")], table.loss[("kv_budget", "25%")]
+    p = max(0.0, table.loss[("kv_precision", "fp8")])
     both = table.predict({"kv_window": 16, "kv_budget": "25%", "kv_tier": "cpu"})  # the tier changes no number
-    assert both["kv_quality_loss"] == pytest.approx((1 + w) * (1 + b) - 1)
-    assert both["unscored"] == []
+    assert both["kv_quality_loss"] == pytest.approx(max(w, b))  # both evict the oldest tokens: the tighter counts
+    assert both["unscored"] == [] and set(both["parts"]) == {"kv_window", "kv_budget"}
+    all3 = table.predict({"kv_precision": "fp8", "kv_window": 16, "kv_budget": "25%"})
+    assert all3["kv_quality_loss"] == pytest.approx((1 + p) * (1 + max(w, b)) - 1)
+    assert table.combined["predicted"] == pytest.approx(all3["kv_quality_loss"])  # the worst combination
     odd = table.predict({"kv_budget": "64KiB"})  # a size, not one of the space's shares
     assert odd["kv_quality_loss"] == 0.0 and odd["unscored"] == ["kv_budget=64KiB"]
 
@@ -129,7 +133,7 @@ def test_analytic_evaluator_scores_a_small_window_from_the_table(llama, table, w
     proxy = window.extra["quality_kv_proxy"]
     assert proxy["table"] == table.key and proxy["context"] == 32 and proxy["seq_len"] == 64
     assert proxy["kv_quality_loss"] == pytest.approx(table.loss[("kv_window", "16")])
-    assert "KV sensitivity table (additive; context 32" in window.method
+    assert "KV sensitivity table (per-choice, combined; context 32" in window.method
     assert json.loads(json.dumps(window.to_dict()))  # extra stays JSON-ready (the result cache writes it)
     with pytest.raises(InvalidArgumentError, match=r"is at context 32, but the workload's context is 200"):
         AnalyticEvaluator(llama, cpu, space=space, sensitivity=weights, kv_sensitivity=table,
