@@ -34,6 +34,7 @@ from runtime._log import get_logger
 from runtime.errors import JalapenoError
 from runtime.prefetch import (EXPERT_PREFETCHERS, ExpertPrefetcher, GatePrefetcher, LRUOnlyPrefetcher,
                               MarkovPrefetcher)
+from runtime.prefetch_hybrid import HybridPrefetcher
 from runtime.tensors import TensorStore, tier_of
 
 logger = get_logger(__name__)
@@ -46,8 +47,9 @@ class ExpertConfig:
     Attributes:
         home: tier the experts live on between uses: ``"cpu"`` (pinned next to a GPU) or ``"disk"``.
         capacity: expert slots on the device, as a fraction of all experts (float in (0, 1]) or a count (int).
-        prefetch: ``"markov"`` (learned transitions), ``"lru"`` (no prefetch, cache only) or ``"gate"``
-            (next layer's router on the current hidden state).
+        prefetch: ``"markov"`` (learned transitions), ``"lru"`` (no prefetch, cache only), ``"gate"``
+            (next layer's router on the current hidden state) or ``"hybrid"`` (Markov prior x gate likelihood,
+            :mod:`runtime.prefetch_hybrid`).
         lookahead: fetches started ahead per MoE layer call at most (0: no prefetch).
         depth: MoE layers ahead the prefetcher predicts (``None``: all of them, i.e. the next token's path);
             every predicted expert is kept from eviction, the ``lookahead`` most urgent missing ones fetched.
@@ -407,10 +409,12 @@ class ExpertStreamer:
         routers = []
         for name, _, router in self.modules:
             if router is None:
-                raise JalapenoError(f"`prefetch='gate'` needs each experts module's router; {name!r} has no "
+                raise JalapenoError(f"`prefetch={c.prefetch!r}` needs each experts module's router; {name!r} has no "
                                     f"sibling `gate` with a 2-D weight.")
             routers.append(router.weight)
         top_k = int(getattr(self.modules[0][2], "top_k", 2))
+        if c.prefetch == "hybrid":
+            return HybridPrefetcher(routers, top_k=top_k, order=c.order, depth=depth)
         return GatePrefetcher(routers, top_k=top_k, depth=depth)
 
     def set_prefetcher(self, prefetcher: ExpertPrefetcher) -> None:

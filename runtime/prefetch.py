@@ -401,4 +401,4 @@ def _interleave(per_layer: list[list[int]], k: int, *, width: int) -> list[int]:
     return out
 
 
-EXPERT_PREFETCHERS: tuple[str, ...] = ("markov", "lru", "gate")
+EXPERT_PREFETCHERS: tuple[str, ...] = ("markov", "lru", "gate", "hybrid")  # hybrid: runtime.prefetch_hybrid
