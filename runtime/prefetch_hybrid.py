@@ -65,56 +65,76 @@ class HybridPrefetcher(MarkovPrefetcher):
     # ------------------------------------------------------------ learning
     def _observe_rows(self, layer: int, rows: list[tuple[int, ...]], hidden: Any, *, replace: bool = False) -> None:
         super()._observe_rows(layer, rows, hidden, replace=replace)
-        self._hidden = None if hidden is None else hidden.reshape(-1, hidden.shape[-1])[-self.max_hidden:]
+        if hidden is not None:
+            hidden = hidden.reshape(-1, hidden.shape[-1])
+            if hidden.shape[0] > self.max_hidden:
+                hidden = hidden[-self.max_hidden:]
+        self._hidden = hidden
         self._gate = None
 
     # ------------------------------------------------------------ prediction
-    def prior(self, hist: Sequence, t: int, target: int) -> list[float] | None:
+    def prior(self, hist: Sequence, t: int, target: int, *, marginal: dict[int, float] | None = None
+              ) -> list[float] | None:
         """P(expert used at ``target``) for the ``t``-th token from the end: the longest trusted context's
-        distribution, ``prior_floor`` of the layer's marginal mixed in; None before the layer was seen."""
-        e_count = self.num_experts
-        marginal, _ = self._distribution((), t, target, 0)
-        dist, _ = self._distribution(hist, t, target, self.order)
+        distribution, ``prior_floor`` of the layer's marginal mixed in; None before the layer was seen.
+        ``marginal``: the layer's marginal if the caller has it (it does not depend on the token)."""
+        if marginal is None:
+            marginal, _ = self._distribution((), t, target, 0)
         if not marginal:
             return None
-        f = self.prior_floor
+        dist, _ = self._distribution(hist, t, target, self.order)
+        f, g = self.prior_floor, 1 - self.prior_floor
         # a tiny uniform term keeps an expert never seen at this layer above zero (finite log)
-        return [(1 - f) * dist.get(e, 0.0) + f * marginal.get(e, 0.0) + 1e-6 for e in range(e_count)]
+        return [g * dist.get(e, 0.0) + f * marginal.get(e, 0.0) + 1e-6 for e in range(self.num_experts)]
 
-    def gate_probs(self, target: int) -> list[list[float]] | None:
-        """Softmax of ``target``'s router on the last hidden state, one row per token (None: no hidden state).
+    def gate_logits(self, target: int) -> list[list[float]] | None:
+        """``target``'s router logits on the last hidden state, one row per token (None: no hidden state).
 
-        Every layer's router is applied in one matmul per observed call (host work per predicted layer was
-        a visible share of a small model's decode step); rows are plain lists for the per-expert mixing."""
+        Every layer's router is applied in one matmul per observed call and no softmax is taken: its
+        normaliser cancels in the log-linear mix (host work per predicted layer was a visible share of a
+        small model's decode step)."""
         if self._hidden is None:
             return None
         if self._gate is None:
             import torch
 
             if self._stacked is None:
-                self._stacked = torch.cat([r.detach() for r in self.routers])  # (L * E, H)
+                self._stacked = torch.cat([r.detach() for r in self.routers]).t()  # (H, L * E)
             w = self._stacked
             with torch.no_grad():
-                logits = (self._hidden.to(w.dtype) @ w.T).float().view(-1, self.num_layers, self.num_experts)
-                self._gate = torch.softmax(logits, dim=-1).tolist()  # [token][layer][expert]
-        return [row[target] for row in self._gate]
+                self._gate = torch.mm(self._hidden.to(w.dtype), w).tolist()  # [token][layer * E + expert]
+        e_count = self.num_experts
+        return [row[target * e_count:(target + 1) * e_count] for row in self._gate]
 
-    def _combine(self, prior: list[float] | None, gate: list[float] | None) -> list[float]:
-        """Expected use of each expert by one token: the normalised log-linear mix, scaled to ``top_k`` uses
-        (all zero when neither source knows anything; a uniform prior under the gate before learning)."""
+    def gate_probs(self, target: int) -> list[list[float]] | None:
+        """Softmax of :meth:`gate_logits` (what the router would give; for inspection and tests)."""
+        logits = self.gate_logits(target)
+        if logits is None:
+            return None
+        out = []
+        for row in logits:
+            top = max(row)
+            ex = [math.exp(v - top) for v in row]
+            out.append([v / sum(ex) for v in ex])
+        return out
+
+    def _combine(self, prior: list[float] | None, logits: list[float] | None) -> list[float]:
+        """Expected use of each expert by one token: the normalised log-linear mix of the prior and the gate's
+        softmax (given as logits), scaled to ``top_k`` uses (all zero when neither source knows anything; a
+        uniform prior under the gate before learning)."""
         if prior is None:
-            if gate is None or self.gate_weight == 0:
+            if logits is None or self.gate_weight == 0:
                 return [0.0] * self.num_experts
             prior = [1.0] * self.num_experts
-        if gate is None or self.gate_weight == 0:
+        if logits is None or self.gate_weight == 0:
             q = prior
         else:
             w = self.gate_weight
-            logs = [w * math.log(g + 1e-9) + math.log(p) for g, p in zip(gate, prior)]
+            logs = [w * g + math.log(p) for g, p in zip(logits, prior)]
             top = max(logs)
             q = [math.exp(v - top) for v in logs]
-        total = sum(q)
-        return [min(1.0, self.top_k * v / total) for v in q]
+        scale = self.top_k / sum(q)
+        return [v * scale if v * scale < 1.0 else 1.0 for v in q]
 
     def _predict(self, k: int) -> list[int]:
         if self.layer is None:
@@ -124,24 +144,26 @@ class HybridPrefetcher(MarkovPrefetcher):
         n_tokens = len(hist[-1][1]) if hist else 1
         width = _row_width(self._history)
         per_layer: list[list[int]] = []
+        experts = range(self.num_experts)
         in_token = True  # the gate speaks for the current token's later layers only
         for _ in range(max(1, self.depth)):
             target = self.next_layer(layer)
             in_token = in_token and target > layer
-            gate = self.gate_probs(target) if in_token else None
+            gate = self.gate_logits(target) if in_token else None
             self.gate_predictions += gate is not None
             scores = [0.0] * self.num_experts
             rows: list[tuple[int, ...]] = []
+            marginal, _ = self._distribution((), 1, target, 0)
             for t in range(n_tokens, 0, -1):  # oldest token first: rows keep the history's order
                 g = gate[-t] if gate is not None and t <= len(gate) else None
-                q = self._combine(self.prior(hist, t, target), g)
+                q = self._combine(self.prior(hist, t, target, marginal=marginal), g)
                 for e, v in enumerate(q):
                     scores[e] += v
-                rows.append(tuple(sorted(sorted(range(self.num_experts), key=lambda e: -q[e])[:width])))
+                rows.append(tuple(sorted(sorted(experts, key=q.__getitem__, reverse=True)[:width])))
             # experts expected by less than MIN_USE tokens are not predicted: they would only be fetched
             # and protected from eviction in place of ones that are (Markov predicts only what it has seen)
-            ranked = sorted((e for e in range(self.num_experts) if scores[e] >= MIN_USE),
-                            key=lambda e: (-scores[e], e))
+            # (a stable sort in reverse keeps ties in expert order, as Markov's (-score, expert) key does)
+            ranked = sorted([e for e in experts if scores[e] >= MIN_USE], key=scores.__getitem__, reverse=True)
             per_layer.append([self.expert_id(target, e) for e in ranked])
             hist = [*hist, (target, rows)][-self.order:]  # chain on each token's likeliest row
             layer = target

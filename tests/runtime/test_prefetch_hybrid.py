@@ -36,7 +36,7 @@ def test_prior_times_gate_on_a_scripted_trace() -> None:
     gate = p.gate_probs(1)
     assert gate[0] == pytest.approx([1 / 12, 1 / 12, 1 / 12, 9 / 12], abs=1e-6)
     # q ~ prior * gate: expert 3 0.25 * 9/12 = 0.1875 beats expert 2 0.75 * 1/12 = 0.0625 -> 0.75 / 0.25
-    q = p._combine(prior, gate[0])
+    q = p._combine(prior, p.gate_logits(1)[0])
     assert q[3] == pytest.approx(0.75, abs=1e-4) and q[2] == pytest.approx(0.25, abs=1e-4)
     assert p.predict(2) == [1 * 4 + 3, 1 * 4 + 2]  # the gate flips the Markov order
     markov = MarkovPrefetcher(2, 4, depth=1)
