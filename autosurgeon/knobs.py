@@ -87,9 +87,10 @@ KV_PRECISIONS: tuple[str, ...] = ("float", "int8", "fp8")
 # Hot tier of the KV pages (where the store charges them); a plan that omits it keeps the execution tier.
 KV_TIERS: tuple[str, ...] = ("gpu", "cpu")
 # Expert prefetcher of a mixture-of-experts model: "none" keeps experts resident in their blocks; "markov",
-# "lru" (cache only, no prefetch) and "gate" stream experts through a bounded expert cache
-# (runtime.experts.ExpertConfig). Dense models have no experts: their blocks prefetch sequentially.
-PREFETCHES: tuple[str, ...] = ("none", "markov", "lru", "gate")
+# "lru" (cache only, no prefetch), "gate" and "hybrid" (Markov prior x next-layer gate) stream experts
+# through a bounded expert cache (runtime.experts.ExpertConfig). Dense models have no experts: their
+# blocks prefetch sequentially.
+PREFETCHES: tuple[str, ...] = ("none", "markov", "lru", "gate", "hybrid")
 # Prefetch depth: streamed units fetched ahead (SessionSpec.lookahead) and expert fetches started ahead per
 # MoE layer (ExpertConfig.lookahead). 2 is the runtime's default.
 PREFETCH_DEPTHS: tuple[int, ...] = (0, 1, 2, 3, 4)

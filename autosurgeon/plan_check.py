@@ -265,10 +265,10 @@ def _session_problems(space: Any, plan: Plan, x: np.ndarray, profile: Any, modul
                                    f"{name} has no mixture-of-experts modules (dense): its blocks prefetch "
                                    "sequentially, so there is no expert prefetcher to choose; use prefetch 'none' and "
                                    "set prefetch_depth (the block lookahead)."))
-        elif prefetch == "gate" and not record.routers:
+        elif prefetch in ("gate", "hybrid") and not record.routers:
             out.append(PlanProblem(SESSION_UNIT, "prefetch", prefetch,
-                                   "gate prefetch reads the next layer's router, and some experts module has none; "
-                                   "use 'markov' or 'lru'."))
+                                   f"{prefetch} prefetch reads the next layer's router, and some experts module has "
+                                   "none; use 'markov' or 'lru'."))
         packed = [v.name for i, v in enumerate(space.variables)
                   if v.knob == "layout" and v.kind == "block" and v.choices[int(x[i])] == "packed"]
         if record.moe and packed:

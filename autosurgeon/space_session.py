@@ -205,7 +205,8 @@ def session_variables(record: SessionRecord, profile: Any, knobs: tuple[str, ...
                     reasons[c] = (f"{model_name} has no mixture-of-experts modules (dense): its blocks prefetch "
                                   "sequentially; choose prefetch_depth instead")
             elif not record.routers:
-                reasons["gate"] = "gate prefetch reads the next layer's router, and some experts module has none"
+                for c in ("gate", "hybrid"):
+                    reasons[c] = f"{c} prefetch reads the next layer's router, and some experts module has none"
         else:  # prefetch_depth
             choices = PREFETCH_DEPTH_CHOICES
         out.append(Variable(name=SESSION_UNIT, knob=knob, choices=choices,

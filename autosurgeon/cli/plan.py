@@ -55,7 +55,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--kv-tier", choices=("gpu", "cpu"), default=None, help="session: tier of the KV pages")
     parser.add_argument("--kv-window", type=int, default=None, metavar="N",
                         help="session: keep only the N most recent tokens (plus 4 sinks) in the KV cache")
-    parser.add_argument("--prefetch", choices=("none", "markov", "lru", "gate"), default=None,
+    parser.add_argument("--prefetch", choices=("none", "markov", "lru", "gate", "hybrid"), default=None,
                         help="session: expert prefetcher of a mixture-of-experts model (none: experts resident)")
     parser.add_argument("--prefetch-depth", type=int, default=None, metavar="N",
                         help="session: streaming lookahead and expert fetches ahead, 0..4")

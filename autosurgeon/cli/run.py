@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
                         help="tier the KV pages live on (default: the execution device's)")
     parser.add_argument("--kv-window", type=int, default=None, metavar="N",
                         help="keep only the N most recent tokens (plus 4 attention sinks) in the KV cache")
-    parser.add_argument("--prefetch", choices=("markov", "lru", "gate"), default=None,
+    parser.add_argument("--prefetch", choices=("markov", "lru", "gate", "hybrid"), default=None,
                         help="mixture-of-experts models: stream experts from the slower tier through a bounded expert "
                         "cache, prefetching with a learned Markov model, none (LRU cache only), or the next "
                         "layer's router (gate)")

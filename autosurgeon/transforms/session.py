@@ -99,9 +99,9 @@ def session_options(session: Mapping[str, Any], model: nn.Module, *, exec_device
                 raise InvalidArgumentError(f"plan session `prefetch` {prefetch!r} streams mixture-of-experts weights, "
                                            f"but {type(model).__name__} has none (dense: its blocks prefetch "
                                            "sequentially); use prefetch 'none' and set prefetch_depth.")
-            if prefetch == "gate" and not record.routers:
-                raise InvalidArgumentError("plan session `prefetch` 'gate' needs a router next to every experts module; "
-                                           "use 'markov' or 'lru'.")
+            if prefetch in ("gate", "hybrid") and not record.routers:
+                raise InvalidArgumentError(f"plan session `prefetch` {prefetch!r} needs a router next to every experts "
+                                           "module; use 'markov' or 'lru'.")
             from runtime.experts import ExpertConfig
 
             home = "disk" if str(exec_device).startswith("cpu") else "cpu"

@@ -111,7 +111,8 @@ def test_default_spaces_have_no_session_variables(llama, cpu, space) -> None:
 def test_session_masks_with_reasons(llama, moe, cpu) -> None:
     dense = SearchSpace.build(llama, cpu, knobs=SESSION_SPACE)
     pf = dense.variable(SESSION_UNIT, "prefetch")
-    assert pf.choices == ("none", "markov", "lru", "gate") and pf.mask == (True, False, False, False)
+    assert pf.choices == ("none", "markov", "lru", "gate", "hybrid")
+    assert pf.mask == (True, False, False, False, False)
     assert "no mixture-of-experts modules (dense)" in pf.reasons["markov"]
     tier = dense.variable(SESSION_UNIT, "kv_tier")
     assert tier.choices[0] == "cpu" and not tier.mask[tier.choices.index("gpu")]
@@ -235,6 +236,8 @@ def test_session_options_map_every_knob(moe) -> None:
                                     tier="cpu")
     assert opts.experts == ExpertConfig(home="disk", capacity=0.25, prefetch="gate", lookahead=3)
     assert opts.lookahead == 3 and session_options({}, moe.model, exec_device="cpu").kv is None
+    hybrid = session_options({"prefetch": "hybrid", "prefetch_depth": 2}, moe.model, exec_device="cpu")
+    assert hybrid.experts == ExpertConfig(home="disk", capacity=0.25, prefetch="hybrid", lookahead=2)
 
 
 def test_check_plan_reports_session_problems_before_anything(llama, cpu) -> None:

@@ -69,11 +69,11 @@ def test_default_layout_is_unchanged(env: SurgeryEnv, default_env: SurgeryEnv) -
 
 def test_session_layout_sizes_follow_the_space(env: SurgeryEnv) -> None:
     assert SESSION_MAX_CHOICES == {"kv_precision": 3, "kv_budget": len(KV_BUDGET_CHOICES), "kv_tier": 2,
-                                   "kv_window": len(KV_WINDOW_CHOICES), "prefetch": 4,
+                                   "kv_window": len(KV_WINDOW_CHOICES), "prefetch": 5,
                                    "prefetch_depth": len(PREFETCH_DEPTH_CHOICES)}
-    assert list(env.action_space.nvec) == [6, 7, 4, 16, 3, 2, 3, 4, 2, 5, 4, 5]
+    assert list(env.action_space.nvec) == [6, 7, 4, 16, 3, 2, 3, 4, 2, 5, 5, 5]
     assert env.layout.session_knobs == SESSION_KNOBS
-    assert env.observation_space.shape == (ObservationLayout().size + 1 + 6 + 23,)
+    assert env.observation_space.shape == (ObservationLayout().size + 1 + 6 + 24,)
     space = env.ctx.space
     for v in space.variables:
         if v.name == SESSION_UNIT:
