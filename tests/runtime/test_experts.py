@@ -7,6 +7,7 @@ import torch
 
 from runtime.errors import BudgetExceededError, JalapenoError
 from runtime.experts import ExpertConfig, ExpertStreamer, find_expert_modules
+from runtime.prefetch_hybrid import HybridPrefetcher
 from runtime.tensors import TensorStore
 
 
@@ -90,7 +91,7 @@ def test_token_identical_to_hugging_face_on_tiny_moe_test(tmp_path) -> None:
     ref = greedy()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     total = sum(m.gate_up_proj.numel() + m.down_proj.numel() for _, m, _ in find_expert_modules(model)) * 4
-    for prefetch in ("markov", "lru", "gate"):
+    for prefetch in ("markov", "lru", "gate", "hybrid"):
         store = TensorStore()
         streamer = ExpertStreamer(model, store, ExpertConfig(home="disk", capacity=0.25, prefetch=prefetch,
                                                              lookahead=2)).attach()
@@ -102,6 +103,9 @@ def test_token_identical_to_hugging_face_on_tiny_moe_test(tmp_path) -> None:
             assert torch.equal(greedy(), ref), prefetch
             s = streamer.stats
             assert s.misses > 0 and s.hits + s.misses >= 24 * 2 * 2 and s.layers == 24 * 2  # 1 prefill + 23 decode steps
+            if prefetch == "hybrid":
+                assert isinstance(streamer.prefetcher, HybridPrefetcher) and s.prefetches > 0
+                assert streamer.prefetcher.gate_predictions > 0  # the hooks passed hidden states: the gate took part
         finally:
             streamer.detach()
             store.close()

@@ -85,33 +85,6 @@ def test_cache_statistics_without_hidden_states_equal_markovs(prefetch: str) -> 
         store.close()
 
 
-def test_token_identical_generation_on_tiny_moe_test(tmp_path) -> None:
-    from autosurgeon.zoo import load_model
-
-    model = load_model("tiny-moe-test", cache_dir=tmp_path).model
-    ids = torch.tensor([list(b"def main(argv):\n    ")])
-
-    def greedy() -> torch.Tensor:
-        with torch.no_grad():
-            return model.generate(ids, max_new_tokens=24, do_sample=False, attention_mask=torch.ones_like(ids),
-                                  pad_token_id=0)
-
-    ref = greedy()
-    store = TensorStore()
-    streamer = ExpertStreamer(model, store, ExpertConfig(home="disk", capacity=0.25, prefetch="hybrid",
-                                                         lookahead=2)).attach()
-    try:
-        assert isinstance(streamer.prefetcher, HybridPrefetcher)
-        assert torch.equal(greedy(), ref)
-        s = streamer.stats
-        assert s.misses > 0 and s.prefetches > 0 and s.layers == 24 * 2
-        assert streamer.prefetcher.gate_predictions > 0  # the hooks passed hidden states: the gate took part
-    finally:
-        streamer.detach()
-        store.close()
-    assert not any(m._forward_pre_hooks for m in model.modules())
-
-
 def test_validation_names_the_options() -> None:
     with pytest.raises(JalapenoError, match="`prefetch` must be one of markov, lru, gate, hybrid, got 'oracle'"):
         ExpertConfig(prefetch="oracle")
