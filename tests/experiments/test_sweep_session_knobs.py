@@ -7,11 +7,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from autosurgeon.evaluate import AnalyticEvaluator
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
 from autosurgeon.plan import Plan
 from autosurgeon.space import SearchSpace
 from autosurgeon.zoo import LoadedModel
 from experiments.sweep import SweepConfig, run_sweep
+from tests.autosurgeon._paper_profiles import paper_cpu_profile
 
 KNOBS = ("precision", "placement", "kv_precision", "kv_budget", "prefetch_depth")
 
@@ -29,13 +29,7 @@ def test_random_sweep_plans_carry_session_decisions(tmp_path) -> None:
     cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
     loaded = LoadedModel(name="tiny", model=LlamaForCausalLM(cfg).eval(), task="causal-lm", source="factory")
-    profile = HardwareProfile(
-        name="host", measured=False,
-        cpu=CpuInfo(model="host", arch="x86_64", isa=("avx2",), physical_cores=2, logical_cores=2,
-                    memory_bytes=2**34),
-        units=(ComputeUnit(name="cpu", kind="cpu", memory_bytes=2**34, memory_bandwidth=1e10,
-                           gemm_flops={"float32": 1e11}),),
-        links={"disk_read": 1e9})
+    profile = paper_cpu_profile(name="host", model="host", links={"disk_read": 1e9})
     space = SearchSpace.build(loaded, profile, knobs=KNOBS)
     evaluator = AnalyticEvaluator(loaded, profile, space=space)
     config = SweepConfig(model="tiny", device="host", evaluator="analytic", algo="random", budget_evals=12,
