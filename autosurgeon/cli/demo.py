@@ -14,8 +14,8 @@ from typing import Any
 
 from autosurgeon.cli.demo_flow import DemoSettings
 
-DEFAULT_MODEL = "tiny-llama"
 _DEFAULTS = DemoSettings()
+DEFAULT_MODEL = _DEFAULTS.model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -132,6 +132,7 @@ class DemoResult:
 
 def budget_bytes(text: str, reference: int) -> int:
     """``"25%"`` of ``reference`` bytes, or an absolute size (``"4MiB"``); a clear error otherwise."""
+    from runtime.errors import JalapenoError
     from runtime.sizes import parse_bytes
 
     value = str(text).strip()
@@ -145,7 +146,7 @@ def budget_bytes(text: str, reference: int) -> int:
         return max(1, int(reference * share))
     try:
         size = parse_bytes(value, what="`--budget`")
-    except Exception:  # runtime's own error type; re-raised with the flag's name
+    except JalapenoError:  # re-raised below with the flag's name and the share form
         size = None
     if not size or size <= 0:
         raise InvalidArgumentError(f"`--budget` must be a share like 25% or a size like 4MiB, got {text!r}.")
@@ -274,8 +275,9 @@ def _sweep_evaluator(loaded: Any, profile: Any, config: Any, sweep_dir: Path, se
     What ``experiments.sweep.runner.build_evaluator`` builds for the config, except: the sensitivity table
     skips the Hutchinson Hessian traces (the quality proxy is the measured per-unit KL; the traces only
     rank units) and runs on one thread, and unit timings take fewer repeats. On the 2-core development
-    machine these took the cold start of tiny-llama-test's sweep from ~230 s to a fraction of it; every
-    plan the demo shows is then measured on the runtime anyway.
+    machine under load ~6, building the default evaluator for tiny-llama-test took 233 s (cProfile: 132 s
+    sensitivity, 50 s of it Hessian traces; 72 s unit timings); the demo's whole sweep phase with these
+    settings took 76 s under similar load. Every plan the demo shows is then measured on the runtime anyway.
     """
     from autosurgeon.cost_profiled import TimingSettings
     from autosurgeon.evaluate import EvaluationCache, ProfiledEvaluator
