@@ -289,9 +289,11 @@ def measure_sensitivity(
     return table
 
 
-def _cache_key(module: nn.Module, settings: Mapping[str, Any]) -> str:
+def _cache_key(module: nn.Module, settings: Mapping[str, Any], *, version: int = TABLE_VERSION) -> str:
+    """A measured table's cache key: architecture, weight values, settings, table version and torch (the KV
+    table in ``sensitivity_kv`` shares it with its own version)."""
     blob = json.dumps({"model": model_fingerprint(module), "weights": weights_hash(module), "settings": settings,
-                       "version": TABLE_VERSION, "torch": torch.__version__}, sort_keys=True, default=str)
+                       "version": version, "torch": torch.__version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

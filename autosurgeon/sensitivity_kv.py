@@ -42,7 +42,6 @@ runtime's KV defaults (sinks, page size, policy) and torch's version.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -232,15 +231,11 @@ def _check_model(model: Any) -> torch.nn.Module:
 
 def kv_table_key(model: Any, settings: KVSensitivitySettings | None = None) -> str:
     """The cache key of ``model``'s table at ``settings`` (computed without measuring; hashes the weights)."""
-    from autosurgeon.plan import model_fingerprint
-    from autosurgeon.sensitivity import weights_hash
+    from autosurgeon.sensitivity import _cache_key
 
     module = _check_model(model)
     settings = settings or KVSensitivitySettings()
-    blob = json.dumps({"model": model_fingerprint(module), "weights": weights_hash(module),
-                       "settings": _settings_dict(module, settings), "version": TABLE_VERSION,
-                       "torch": torch.__version__}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return _cache_key(module, _settings_dict(module, settings), version=TABLE_VERSION)
 
 
 def measure_kv_sensitivity(model: Any, settings: KVSensitivitySettings | None = None, *, use_cache: bool = True,
