@@ -151,7 +151,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
             power mode within it; on a measured one a plan whose mean power exceeds it gets a note (clocks and
             power limits are never changed). ``result.power`` records the cap, the mode and the plan's power.
     """
-    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.plan_check import check_plan, raise_for_problems
 
     from agents.policy_io import check_device, load_policy, read_meta
@@ -203,7 +203,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     base = measurer.evaluate(ctx.space.default_vector())
     power = None
     if env.power_cap is not None:
-        from autosurgeon.power import mean_power_w
+        from autosurgeon.hardware.power_cap import mean_power_w
 
         cap = env.power_cap
         watts = mean_power_w(metrics)

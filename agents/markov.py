@@ -272,7 +272,7 @@ def _read_front(path: Path) -> dict[str, Any]:
 def space_for_run(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> Any:
     """The SearchSpace a run searched: ``run_dir/space.json`` if the sweep saved it, else rebuilt on the meta
     device from the config's ``model``, ``device`` and ``knobs`` (default precision + placement)."""
-    from autosurgeon.space import DEFAULT_KNOBS, SearchSpace
+    from autosurgeon.space.search_space import DEFAULT_KNOBS, SearchSpace
 
     run_dir = Path(run_dir)
     saved = (run_dir if run_dir.is_dir() else run_dir.parent) / "space.json"

@@ -141,7 +141,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
 
     from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
     from agents.policy_io import device_class, write_meta
-    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hardware.resolve import resolve_profile
     from envs.surgery import SurgeryEnv
 
     models = model_list(models)
@@ -156,7 +156,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
         raise InvalidArgumentError(f"`--resume`: no checkpoint under {out / 'checkpoints'}; train without --resume.")
     profile = resolve_profile(device)
     if power_cap_w is not None:
-        from autosurgeon.power import resolve_power_cap
+        from autosurgeon.hardware.power_cap import resolve_power_cap
 
         resolve_power_cap(profile, power_cap_w)  # a cap below every mode fails here, before anything is built
     started = time.perf_counter()

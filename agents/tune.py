@@ -67,7 +67,7 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
 
     from agents.apply import policy_front
     from agents.ppo import make_vec_env, model_list, new_model
-    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hardware.resolve import resolve_profile
     from envs.surgery import SurgeryEnv
 
     models = model_list(models)

@@ -1,7 +1,7 @@
 """AutoSurgeon: hardware-aware model surgery for PyTorch models.
 
 Importing this package never touches CUDA or NVML; hardware is probed only when asked
-(see ``autosurgeon.hardware``).
+(see ``autosurgeon.hardware.resolve``).
 """
 from __future__ import annotations
 

@@ -39,10 +39,10 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
-from autosurgeon.footprint import DEFAULT_KV_CONTEXT, TIERS, FootprintTracker, memory_breakdown
+from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, TIERS, FootprintTracker, memory_breakdown
 from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT
 from autosurgeon.plan import Plan, model_fingerprint
-from autosurgeon.space_masks import FLOAT_PRECISIONS
+from autosurgeon.space.masks import FLOAT_PRECISIONS
 
 logger = get_logger(__name__)
 
@@ -150,9 +150,9 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
             session overrides it).
         kv_context, kv_batch: the workload the plan's KV cache is counted at (``footprint.plan_memory``).
     """
-    from autosurgeon.hardware import resolve_profile
-    from autosurgeon.hw_profile import HardwareProfile
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.space.search_space import SearchSpace
 
     if not isinstance(plan, Plan):
         raise InvalidArgumentError(f"`plan` must be an autosurgeon.plan.Plan, got {type(plan).__name__}.")
@@ -223,9 +223,9 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
 def _session_problems(space: Any, plan: Plan, x: np.ndarray, profile: Any, module: nn.Module, model: Any, *,
                       kv_context: int, kv_batch: int) -> list[PlanProblem]:
     """Session decisions this model or device cannot take (module docstring, item 5)."""
-    from autosurgeon.footprint import kv_budget_bytes, kv_token_bytes
-    from autosurgeon.space_masks import placement_units
-    from autosurgeon.space_session import build_session_record, kv_precision_reason
+    from autosurgeon.cost.footprint import kv_budget_bytes, kv_token_bytes
+    from autosurgeon.space.masks import placement_units
+    from autosurgeon.space.session import build_session_record, kv_precision_reason
 
     session = plan.session
     if not session:

@@ -65,14 +65,14 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         cache: reuse a context built earlier in this process.
     """
     from autosurgeon.evaluate import AnalyticEvaluator, ProfiledEvaluator, RuntimeEvaluator
-    from autosurgeon.footprint import plan_memory
+    from autosurgeon.cost.footprint import plan_memory
     from autosurgeon.plan_check import smallest_footprint
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
     if evaluator not in EVALUATORS:
         raise InvalidArgumentError(f"`evaluator` must be one of {', '.join(EVALUATORS)}, got {evaluator!r}.")
-    from autosurgeon.power import mode_key
+    from autosurgeon.hardware.power_cap import mode_key
 
     # A profile moved to another power mode keeps its fingerprint, not its rates: the mode is in the key.
     key = (spec, profile.fingerprint, mode_key(profile), evaluator, tuple(knobs), bool(sensitivity))
@@ -83,7 +83,7 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     space = SearchSpace.build(loaded, profile, knobs=knobs)
     table = None
     if sensitivity:
-        from autosurgeon.sensitivity import measure_sensitivity
+        from autosurgeon.quality.sensitivity import measure_sensitivity
 
         table = measure_sensitivity(loaded)
     if evaluator == "analytic":

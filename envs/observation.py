@@ -55,8 +55,8 @@ from autosurgeon.knobs import (
     PREFETCHES,
     SESSION_KNOBS,
 )
-from autosurgeon.space_session import KV_BUDGET_CHOICES, KV_WINDOW_CHOICES, PREFETCH_DEPTH_CHOICES, SESSION_KIND
-from autosurgeon.space_vars import FEATURE_KINDS, KNOB_ORDER
+from autosurgeon.space.session import KV_BUDGET_CHOICES, KV_WINDOW_CHOICES, PREFETCH_DEPTH_CHOICES, SESSION_KIND
+from autosurgeon.space.variables import FEATURE_KINDS, KNOB_ORDER
 
 ACTION_KNOBS: tuple[str, ...] = KNOB_ORDER
 # Kernel names come from the runtime's registry ("auto" first): 14 on a CPU-only machine today; 16 leaves
@@ -64,7 +64,7 @@ ACTION_KNOBS: tuple[str, ...] = KNOB_ORDER
 MAX_CHOICES: dict[str, int] = {"placement": len(PLACEMENTS), "precision": len(PRECISIONS),
                                "group_size": len(GROUP_SIZES), "kernel": 16, "layout": len(LAYOUTS),
                                "fusion": len(FUSIONS)}
-# Session knobs have fixed, discretised choices in every space (autosurgeon.space_session): the counts are
+# Session knobs have fixed, discretised choices in every space (autosurgeon.space.session): the counts are
 # exact, not headroom.
 SESSION_MAX_CHOICES: dict[str, int] = {"kv_precision": len(KV_PRECISIONS), "kv_budget": len(KV_BUDGET_CHOICES),
                                        "kv_tier": len(KV_TIERS), "kv_window": len(KV_WINDOW_CHOICES),

@@ -75,7 +75,7 @@ def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objective
             "memory_budget": memory_budget, "memory_violation": bool(memory_violation),
             "quality_loss": quality, "quality_violation": bool(quality_violation)}
     if power_cap_w is not None:
-        from autosurgeon.power import mean_power_w
+        from autosurgeon.hardware.power_cap import mean_power_w
 
         watts = mean_power_w(metrics)
         power_violation = watts is not None and watts > power_cap_w

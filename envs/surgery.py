@@ -19,7 +19,7 @@ logger = get_logger(__name__)
 
 DEFAULT_MODEL = "tiny-llama-test"
 # Knobs whose choice changes the plan's memory: the budget shield filters their masks. Every session knob
-# does (autosurgeon.footprint: the KV cache's precision, budget, window and tier; the prefetch depth's
+# does (autosurgeon.cost.footprint: the KV cache's precision, budget, window and tier; the prefetch depth's
 # staging and the expert cache).
 SHIELDED_KNOBS = ("placement", "precision", "group_size", *SESSION_KNOBS)
 
@@ -35,7 +35,7 @@ class SurgeryEnv(gym.Env):
 
     Defaults (``gymnasium.make("AutoSurgeon/Surgery-v0")``): the zoo's ``tiny-llama-test`` built on the
     meta device (no training, no download), this machine's ``"local"`` profile (measured once and cached
-    by ``autosurgeon.hardware``), the analytic evaluator (roofline cost model, ~1 ms per plan), knobs
+    by ``autosurgeon.hardware.resolve``), the analytic evaluator (roofline cost model, ~1 ms per plan), knobs
     precision and placement. That is the fastest honest default: every figure comes from the real cost
     model on the real architecture; pass ``evaluator="profiled"`` (per-unit runtime measurements, real
     weights) or ``"runtime"`` (the plan is applied and run end to end) for measured rewards.
@@ -84,7 +84,7 @@ class SurgeryEnv(gym.Env):
 
     ## Power cap
 
-    ``power_cap_w`` (watts, ``autosurgeon.power.resolve_power_cap``): on a paper profile the env works on the
+    ``power_cap_w`` (watts, ``autosurgeon.hardware.power_cap.resolve_power_cap``): on a paper profile the env works on the
     profile in the fastest power mode within the cap (``self.profile``; its rates and energy are that
     mode's, so every plan's mean power is within the cap); on a measured profile (clocks and power limits
     are never changed) a finished plan whose mean power (energy / latency) exceeds the cap is penalised like
@@ -118,8 +118,8 @@ class SurgeryEnv(gym.Env):
                  preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
                  budget_shield: bool = True, render_mode: str | None = None,
                  power_cap_w: float | None = None) -> None:
-        from autosurgeon.hardware import resolve_profile
-        from autosurgeon.power import resolve_power_cap
+        from autosurgeon.hardware.resolve import resolve_profile
+        from autosurgeon.hardware.power_cap import resolve_power_cap
 
         if render_mode is not None:
             raise InvalidArgumentError(f"`render_mode` must be None (SurgeryEnv does not render), got {render_mode!r}.")
@@ -159,7 +159,7 @@ class SurgeryEnv(gym.Env):
     @property
     def power_mode_name(self) -> str:
         """The power mode the env's profile is in (the cap's mode, or the profile's own)."""
-        from autosurgeon.hw_power import current_mode
+        from autosurgeon.hardware.power_modes import current_mode
 
         return current_mode(self.profile).name
 
@@ -291,7 +291,7 @@ class SurgeryEnv(gym.Env):
         completion (``plan_check.smallest_footprint``'s vector, repaired to validity), fits the budget.
         If no choice is feasible the one with the least memory is kept, so the mask is never empty.
         """
-        from autosurgeon.footprint import plan_memory
+        from autosurgeon.cost.footprint import plan_memory
 
         space, ctx = self.ctx.space, self.ctx
         undecided = [j for u in ctx.units[self.t:] for j in u.variables if j != i]

@@ -14,8 +14,8 @@ import warnings
 
 import torch
 
-from autosurgeon.analysis import PHASES, analyze
-from autosurgeon.analysis_format import format_analysis
+from autosurgeon.analysis.model_analysis import PHASES, analyze
+from autosurgeon.analysis.tables import format_analysis
 from autosurgeon.errors import InvalidArgumentError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,8 +59,7 @@ def check_sizes(batch: int, seq_len: int) -> None:
 
 def resolve_device(device: str):
     """The profile for ``--device`` (None for 'none'); says so on stderr before measuring this machine."""
-    from autosurgeon import hardware
-
+    import autosurgeon.hardware.resolve as hardware
     if device == "none":
         return None
     if device == "local" and not hardware.profile_cache_path(hardware.local_fingerprint()).is_file():

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.front is not None and args.front < 1:
         raise InvalidArgumentError(f"`--front` must be >= 1, got {args.front}.")
     if args.power_cap is not None:
-        from autosurgeon.power import check_power_cap
+        from autosurgeon.hardware.power_cap import check_power_cap
 
         check_power_cap(args.power_cap, argument="--power-cap")
     result = apply_policy(args.policy, args.model, device=args.device, preference=preference, memory_budget=budget,

@@ -3,7 +3,7 @@
 Profile this machine, load the default model (trained on first use), sweep plans with NSGA-II warm-started
 by the Markov model (and a learned policy for this device class, if one exists), pick the fastest plan that
 fits the memory budget at the quality bound, verify it on the runtime, generate with it, and print the
-unmodified model against the plan. The pipeline is ``demo_flow.run_demo``; this module only draws it.
+unmodified model against the plan. The pipeline is ``experiments.demo_flow.run_demo``; this module only draws it.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from autosurgeon.cli.demo_flow import DemoSettings
+from experiments.demo_flow import DemoSettings
 
 _DEFAULTS = DemoSettings()
 DEFAULT_MODEL = _DEFAULTS.model
@@ -75,7 +75,7 @@ class _Progress:
 
 
 def _bytes(n: float | None) -> str:
-    from autosurgeon.analysis_format import binary_bytes
+    from autosurgeon.analysis.tables import binary_bytes
 
     return "-" if n is None else binary_bytes(n)
 
@@ -124,8 +124,8 @@ def _text(tokens: list[int]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.analysis_format import si
-    from autosurgeon.cli.demo_flow import run_demo
+    from autosurgeon.analysis.tables import si
+    from experiments.demo_flow import run_demo
 
     settings = DemoSettings(model=args.model, budget=args.budget, max_quality_loss=args.max_quality_loss,
                             evals=args.evals, pop_size=args.pop_size, out=args.out, warm_start=args.warm_start,

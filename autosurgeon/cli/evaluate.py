@@ -67,12 +67,12 @@ def _fmt_value(name: str, value: Any, phase: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from autosurgeon.evaluate import AnalyticEvaluator, ProfiledEvaluator, RuntimeEvaluator
-    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.knobs import KNOBS
     from autosurgeon.metrics import METRIC_FIELDS
     from autosurgeon.plan import Plan, model_fingerprint
     from autosurgeon.plan_check import check_plan, raise_for_problems
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
     if args.quality_samples < 1:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         plan = dataclasses.replace(plan, **mismatch)
     sensitivity = None
     if args.proxy and args.evaluator != "runtime":
-        from autosurgeon.sensitivity import measure_sensitivity
+        from autosurgeon.quality.sensitivity import measure_sensitivity
 
         sensitivity = measure_sensitivity(loaded, hessian_samples=0, cache_dir=args.cache_dir)
     kinds = {"analytic": AnalyticEvaluator, "profiled": ProfiledEvaluator, "runtime": RuntimeEvaluator}

@@ -59,8 +59,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from agents.markov import MarkovPlacementModel
-    from autosurgeon.hardware import resolve_profile
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
     model = MarkovPlacementModel.load(args.model_file)

@@ -4,7 +4,7 @@
     autosurgeon plan tiny-llama --device h100-80gb --max-quality-loss 0.01 --objective memory --out plan.json
     autosurgeon plan tiny-llama --device local --budget-memory 2MiB --objective latency --out plan.json
 
-The sensitivity table (per unit and precision, ``autosurgeon.sensitivity``) is measured on this machine's
+The sensitivity table (per unit and precision, ``autosurgeon.quality.sensitivity``) is measured on this machine's
 CPU on first use and cached; ``--group-sizes`` adds int4 options at other group sizes (one table each).
 The plan is checked (``check_plan``) against the model, the device and the budget before it is written.
 
@@ -85,7 +85,7 @@ def parse_group_sizes(text: str) -> list[int]:
 
 def parse_precisions(text: str | None) -> tuple[str, ...]:
     """``"int8,int4"`` -> ``("int8", "int4")``, drawn from the precisions the sensitivity table measures."""
-    from autosurgeon.sensitivity import DEFAULT_PRECISIONS
+    from autosurgeon.quality.sensitivity import DEFAULT_PRECISIONS
 
     if text is None:
         return DEFAULT_PRECISIONS
@@ -100,7 +100,7 @@ def parse_precisions(text: str | None) -> tuple[str, ...]:
 def sensitivity_tables(loaded: Any, group_sizes: list[int], *, precisions: tuple[str, ...] | None = None,
                        hessian_samples: int = 0, cache_dir: str | None = None) -> list[Any]:
     """One cached table per int4 group size: ``precisions`` at the first, int4 alone at the others."""
-    from autosurgeon.sensitivity import DEFAULT_PRECISIONS, measure_sensitivity
+    from autosurgeon.quality.sensitivity import DEFAULT_PRECISIONS, measure_sensitivity
 
     precisions = precisions or DEFAULT_PRECISIONS
     tables = []
@@ -113,11 +113,11 @@ def sensitivity_tables(loaded: Any, group_sizes: list[int], *, precisions: tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.hardware import resolve_profile
-    from autosurgeon.knapsack import PLANNER_KNOBS, parse_budget, plan_knapsack
+    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.planners.knapsack import PLANNER_KNOBS, parse_budget, plan_knapsack
     from autosurgeon.knobs import KNOBS
     from autosurgeon.plan_check import check_plan, raise_for_problems
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
     from runtime.sizes import format_bytes
 
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     path = plan.save(args.out)
     kv = None
     if session:
-        from autosurgeon.footprint import memory_breakdown
+        from autosurgeon.cost.footprint import memory_breakdown
 
         kv = memory_breakdown(full, plan, context=args.context)["kv"]
 

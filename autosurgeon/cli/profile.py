@@ -3,7 +3,7 @@
 Without ``--device`` (or with ``--device local``) the machine is measured now and its cache file
 rewritten; with a preset name or a JSON path, that profile is shown as it is. The table lists the
 profile's power modes (how its rates scale in each) and its power-limit model; ``--power-cap W`` shows a
-paper profile in the fastest mode within ``W`` (``autosurgeon.power.at_power_cap``).
+paper profile in the fastest mode within ``W`` (``autosurgeon.hardware.power_cap.at_power_cap``).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware import (
+from autosurgeon.hardware.resolve import (
     HardwareProfile,
     list_presets,
     profile_cache_path,
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     local = args.device == "local"
     if args.power_cap is not None:
-        from autosurgeon.power import check_power_cap
+        from autosurgeon.hardware.power_cap import check_power_cap
 
         check_power_cap(args.power_cap, argument="--power-cap")
         if local:
@@ -154,7 +154,7 @@ def format_profile(profile: HardwareProfile) -> str:
 def format_power_modes(profile: HardwareProfile) -> list[str]:
     """Lines for the power modes: watts, idle, rate factors per unit kind, online cores; '*' marks the mode the
     rates are for; then the power-limit model, if any. Modes derived from ``power`` are labelled so."""
-    from autosurgeon.hw_power import current_mode, profile_modes
+    from autosurgeon.hardware.power_modes import current_mode, profile_modes
 
     modes = profile_modes(profile)
     now = current_mode(profile)

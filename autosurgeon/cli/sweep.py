@@ -105,7 +105,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.max_quality_loss is not None and not args.max_quality_loss >= 0:
         raise InvalidArgumentError(f"`--max-quality-loss` must be >= 0 (0.01 = 1%), got {args.max_quality_loss}.")
     if args.power_cap is not None:
-        from autosurgeon.power import check_power_cap
+        from autosurgeon.hardware.power_cap import check_power_cap
 
         check_power_cap(args.power_cap, argument="--power-cap")
 
@@ -190,7 +190,7 @@ def _precisions(rec: dict[str, Any]) -> str:
 
 
 def run_front(args: argparse.Namespace) -> int:
-    from autosurgeon.knapsack import parse_budget
+    from autosurgeon.planners.knapsack import parse_budget
     from autosurgeon.plan import Plan
     from experiments.sweep import load_run
     from experiments.sweep.front import parse_preference, pick

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.n_envs < 1:
         raise InvalidArgumentError(f"`--n-envs` must be >= 1, got {args.n_envs}.")
     if args.power_cap is not None:
-        from autosurgeon.power import check_power_cap
+        from autosurgeon.hardware.power_cap import check_power_cap
 
         check_power_cap(args.power_cap, argument="--power-cap")
     result = train(device=args.device, models=args.models.split(","), timesteps=args.timesteps, out=args.out,

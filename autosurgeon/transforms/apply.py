@@ -35,7 +35,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
-from autosurgeon.footprint import DEFAULT_KV_CONTEXT
+from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan
 from autosurgeon.transforms.configs import (
@@ -226,10 +226,10 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         UnsupportedTransformError: a decision the runtime cannot carry out here (a DLA placement, a GPU
             placement without CUDA, mixed packed/unpacked streaming); the model is untouched.
     """
-    from autosurgeon.hardware import resolve_profile
-    from autosurgeon.hw_profile import HardwareProfile
+    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.hardware.profile import HardwareProfile
     from autosurgeon.plan_check import check_plan, raise_for_problems
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.space.search_space import SearchSpace
     from runtime.session import Session
 
     if not isinstance(plan, Plan):
@@ -278,7 +278,7 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     applied = sum(1 for *_, what in context.log if what == "applied")
     logger.info("plan applied to %s: %d steps applied, %d already in place", type(target).__name__, applied,
                 len(context.log) - applied)
-    from autosurgeon.footprint import EXPERT_CAPACITY
+    from autosurgeon.cost.footprint import EXPERT_CAPACITY
     from autosurgeon.transforms.session import session_options
 
     exec_device = spec.block(0).device if spec.blocks else spec.rest_spec.device

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.footprint import (
+from autosurgeon.cost.footprint import (
     DEFAULT_KV_CONTEXT,
     EXPERT_CAPACITY,
     kv_budget_bytes,
@@ -64,7 +64,7 @@ def session_options(session: Mapping[str, Any], model: nn.Module, *, exec_device
     Raises:
         InvalidArgumentError: a decision this model cannot take (``check_plan`` reports these first).
     """
-    from autosurgeon.space_session import build_session_record
+    from autosurgeon.space.session import build_session_record
     from runtime.errors import JalapenoError
 
     session = validate_session(session)

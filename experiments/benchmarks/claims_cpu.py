@@ -95,8 +95,8 @@ def _linear_max_bytes(block: nn.Module) -> int:
 
 def _watts() -> tuple[float, str]:
     """Power figure for the energy estimate where no counter is readable: the local profile's power model."""
-    from autosurgeon.cost import mean_watts, power_envelope
-    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.cost.base import mean_watts, power_envelope
+    from autosurgeon.hardware.resolve import resolve_profile
 
     profile = resolve_profile("local")
     return mean_watts(profile, 1.0), power_envelope(profile)[2]
@@ -290,12 +290,12 @@ def energy_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[
 # ------------------------------------------------------------------------------------------------- memory
 def measure_memory(s: CpuSettings, progress: Progress) -> dict[str, Any]:
     """Float32 vs the knapsack memory plan (and uniform int8 for context) on the trained LM, applied for real."""
-    from autosurgeon.hardware import resolve_profile
-    from autosurgeon.knapsack import PLANNER_KNOBS, plan_knapsack
+    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.planners.knapsack import PLANNER_KNOBS, plan_knapsack
     from autosurgeon.knobs import KNOBS
-    from autosurgeon.quality import lm_heldout_windows
-    from autosurgeon.sensitivity import measure_sensitivity
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.quality.measure import lm_heldout_windows
+    from autosurgeon.quality.sensitivity import measure_sensitivity
+    from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.transforms import apply_plan
     from autosurgeon.zoo import cache_folder, load_model
     from experiments.benchmarks.compression import _chunk_nll, uniform_plan, weight_bytes

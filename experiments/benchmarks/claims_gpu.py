@@ -245,7 +245,7 @@ def run_gpu(s: GpuSettings, progress: Progress) -> dict[str, Any]:
 
 def gpu_quality(s: GpuSettings, dev: torch.device, progress: Progress) -> dict[str, Any]:
     """Held-out perplexity of the trained LM on the GPU: float32, bf16, and int4 g128 blocks (CUDA kernel)."""
-    from autosurgeon.quality import lm_heldout_windows
+    from autosurgeon.quality.measure import lm_heldout_windows
     from autosurgeon.zoo import cache_folder, load_model
     from experiments.benchmarks.compression import _chunk_nll
 

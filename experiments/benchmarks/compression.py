@@ -2,14 +2,14 @@
 
 For the zoo's trained ``tiny-llama`` and ``digits-cnn`` on this machine's profile ("local"):
   1. plans: float32 (the reference), uniform int8 and uniform int4 (group 32/64/128) on every unit the
-     space lets take them, and the sensitivity-driven knapsack plan (``autosurgeon.knapsack``, quality
+     space lets take them, and the sensitivity-driven knapsack plan (``autosurgeon.planners.knapsack``, quality
      objective, int4 groups 32/64/128 and int8/bf16/fp16 offered) at several budgets, given as a
      reduction of the float32 model's whole weight bytes (4x ... 6x, i.e. budget = bytes / ratio);
   2. weight memory of each plan = ``footprint.plan_memory`` over all tiers: EVERY tensor of the model
      (linears, embedding, lm_head, norms; quantized layers with their scales, offsets and float32
      biases), and "linear weights only" = the bytes of the linear layers alone;
   3. measured quality: the plan really applied (``transforms.apply_plan`` -> ``runtime.Session``, the
-     runtime's CPU kernels) and scored on held-out data (``autosurgeon.quality``): LM perplexity on
+     runtime's CPU kernels) and scored on held-out data (``autosurgeon.quality.measure``): LM perplexity on
      held-out byte windows (loss = ratio - 1, with a standard error from paired per-chunk NLL
      differences), digits accuracy on the 360-image test split (loss = drop in points / 100).
 
@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from autosurgeon.cli.plan import sensitivity_tables
-from autosurgeon.footprint import memory_breakdown
-from autosurgeon.hardware import resolve_profile
-from autosurgeon.knapsack import PLANNER_KNOBS, plan_knapsack
+from autosurgeon.cost.footprint import memory_breakdown
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.planners.knapsack import PLANNER_KNOBS, plan_knapsack
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan
-from autosurgeon.quality import QualityEvaluator, lm_heldout_windows, perplexity
-from autosurgeon.space import SearchSpace
+from autosurgeon.quality.measure import QualityEvaluator, lm_heldout_windows, perplexity
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.transforms import apply_plan
 from autosurgeon.zoo import load_model
 

@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from autosurgeon.cost_profiled import TimingSettings
+from autosurgeon.cost.profiled import TimingSettings
 from autosurgeon.evaluate import AnalyticEvaluator, EvaluationCache, ProfiledEvaluator, RuntimeEvaluator
-from autosurgeon.hardware import resolve_profile
-from autosurgeon.sensitivity import measure_sensitivity, spearman
-from autosurgeon.space import SearchSpace
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.quality.sensitivity import measure_sensitivity, spearman
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import load_model
 
 

@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from agents.apply import hypervolume, policy_front
     from agents.policy_io import load_policy
     from agents.ppo import PPOSettings, train
-    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hardware.resolve import resolve_profile
     from envs.surgery import SurgeryEnv
 
     torch.set_num_threads(1)

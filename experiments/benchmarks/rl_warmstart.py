@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from agents.policy_io import load_policy
     from agents.ppo import train
     from agents.warm_start import markov_warm_start
-    from autosurgeon.hardware import resolve_profile
+    from autosurgeon.hardware.resolve import resolve_profile
     from envs.surgery import SurgeryEnv
     from experiments.benchmarks.rl import compliance, nsga2_front
 

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from autosurgeon.calibration import lm_calibration, run_model
-from autosurgeon.precision_swap import swapped
-from autosurgeon.quality import lm_heldout_windows, perplexity
-from autosurgeon.sensitivity import measure_sensitivity, spearman
+from autosurgeon.quality.calibration import lm_calibration, run_model
+from autosurgeon.quality.precision_swap import swapped
+from autosurgeon.quality.measure import lm_heldout_windows, perplexity
+from autosurgeon.quality.sensitivity import measure_sensitivity, spearman
 from autosurgeon.zoo import load_model
 
 TITLE = "# Sensitivity proxy vs measured quality loss (Spearman rank correlation over random plans)\n\n"

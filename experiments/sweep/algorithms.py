@@ -11,7 +11,7 @@
   bound, power cap) go through the samplers' ``constraints_func``.
 * Baselines (:func:`baseline_vectors`): uniform precision (every precision unit at one precision, resident),
   accelerate-style greedy fill (float32; blocks resident in model order while a memory budget lasts, the
-  rest streamed), and the sensitivity knapsack (``autosurgeon.knapsack``) at a few budgets.
+  rest streamed), and the sensitivity knapsack (``autosurgeon.planners.knapsack``) at a few budgets.
 
 Each driver stops when the archive's budget of distinct evaluations is spent, or after ``max_stall``
 consecutive rounds that proposed nothing new (a converged population), which is logged.
@@ -196,7 +196,7 @@ def _stream_index(space: Any, i: int) -> int | None:
 
 def greedy_fill_vectors(space: Any, shares: Sequence[float], *, lookahead: int = 2) -> dict[str, np.ndarray]:
     """accelerate-style: float32, blocks resident in model order while ``share`` x the unmodified memory lasts."""
-    from autosurgeon.footprint import plan_memory
+    from autosurgeon.cost.footprint import plan_memory
 
     blocks = [(i, _stream_index(space, i)) for i, v in enumerate(space.variables) if v.knob == "placement"]
     blocks = [(i, j) for i, j in blocks if j is not None]
@@ -229,7 +229,7 @@ def knapsack_vectors(evaluator: Any, budgets: Sequence[str], *, max_quality_loss
                      ) -> tuple[dict[str, np.ndarray], list[str]]:
     """The sensitivity knapsack's plans at ``budgets`` (needs the evaluator's sensitivity table); notes on skips."""
     from autosurgeon.errors import AutoSurgeonError
-    from autosurgeon.knapsack import plan_knapsack
+    from autosurgeon.planners.knapsack import plan_knapsack
 
     if evaluator.sensitivity is None:
         return {}, ["knapsack skipped: the evaluator has no sensitivity table"]

@@ -4,7 +4,7 @@ A config names the model, the device profile, the evaluator, the algorithm, the 
 seed, the objectives and how quality enters (a constraint ``quality - max_quality_loss <= 0``, a fourth
 objective, or not at all), an optional power cap (``power_cap_w``: a paper profile is evaluated in the
 fastest power mode within it; on a measured one ``mean power - power_cap_w <= 0`` is a constraint; see
-``autosurgeon.power``), and the hypervolume's normaliser and reference point. It is saved as
+``autosurgeon.hardware.power_cap``), and the hypervolume's normaliser and reference point. It is saved as
 ``runs/NAME/config.json``; ``--resume`` refuses a config that differs in anything but the budget, because
 replaying a run (see ``runner``) reproduces its evaluations only under the same settings.
 
@@ -62,7 +62,7 @@ class SweepConfig:
         hv_at: evaluation counts at which the HV curve is reported.
         power_cap_w: a power cap in watts (None: none). Paper profiles are evaluated in the fastest power mode
             whose envelope fits it; on measured profiles plans whose mean power (energy / latency) exceeds it
-            are infeasible (``autosurgeon.power.resolve_power_cap``).
+            are infeasible (``autosurgeon.hardware.power_cap.resolve_power_cap``).
         name: a label (the config file's stem).
     """
 

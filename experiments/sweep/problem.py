@@ -112,7 +112,7 @@ class Archive:
                   "metrics": metrics.to_dict(), "objectives": values, "feasible": bool(feasible),
                   "quality_loss": q}
         if self.power_cap_w is not None:
-            from autosurgeon.power import mean_power_w
+            from autosurgeon.hardware.power_cap import mean_power_w
 
             watts = mean_power_w(metrics)
             if watts is None:

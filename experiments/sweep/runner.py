@@ -10,7 +10,7 @@ process died is not measured again either. Optuna studies live in memory by defa
 stored study unnecessary, and SQLite cost ~1 s per trial on this shared disk); ``extra = {"optuna_storage":
 "sqlite"}`` writes them to ``optuna.db``, one study per attempt (``<algo>-attempt<k>``), for inspection.
 
-Power cap (``config.power_cap_w``, ``autosurgeon.power.resolve_power_cap``): on a paper profile the
+Power cap (``config.power_cap_w``, ``autosurgeon.hardware.power_cap.resolve_power_cap``): on a paper profile the
 evaluator is built on the profile in the fastest power mode within the cap; on a measured one the cap is a
 constraint on each plan's mean power. Either way the cap, the mode evaluated in and how the cap applied go
 into ``summary.json`` (``power``), the config that ``front.json`` carries and, with TensorBoard on, an
@@ -52,10 +52,10 @@ class SweepResult:
 
 
 def power_cap_for(config: SweepConfig, profile: Any) -> Any:
-    """The config's power cap resolved on ``profile`` (``autosurgeon.power.PowerCap``), or None without one."""
+    """The config's power cap resolved on ``profile`` (``autosurgeon.hardware.power_cap.PowerCap``), or None without one."""
     if config.power_cap_w is None:
         return None
-    from autosurgeon.power import resolve_power_cap
+    from autosurgeon.hardware.power_cap import resolve_power_cap
 
     return resolve_power_cap(profile, config.power_cap_w, argument="--power-cap")
 
@@ -67,8 +67,8 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
     With ``power_cap_w`` on a paper profile the evaluator is built on the profile in the mode the cap
     selects (``power_cap_for``), so its rates and energy are that mode's."""
     from autosurgeon.evaluate import AnalyticEvaluator, EvaluationCache, ProfiledEvaluator, RuntimeEvaluator
-    from autosurgeon.hardware import resolve_profile
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
     profile = resolve_profile(config.device)
@@ -83,7 +83,7 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
     space = SearchSpace.build(loaded, profile, knobs=config.knobs)
     sensitivity = None
     if config.needs_quality and config.evaluator != "runtime":
-        from autosurgeon.sensitivity import measure_sensitivity
+        from autosurgeon.quality.sensitivity import measure_sensitivity
 
         sensitivity = measure_sensitivity(loaded, cache_dir=cache_dir)
     cache = EvaluationCache(cache_path)
@@ -328,7 +328,7 @@ def _checked_cap(config: SweepConfig, evaluator: Any) -> Any:
     cap = power_cap_for(config, evaluator.profile)
     if cap is None:
         return None
-    from autosurgeon.power import mode_key
+    from autosurgeon.hardware.power_cap import mode_key
 
     if cap.derated and mode_key(cap.profile) != mode_key(evaluator.profile):
         raise InvalidArgumentError(

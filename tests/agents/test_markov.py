@@ -12,8 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from agents.markov import MarkovPlacementModel, fit_from_runs
 from agents.markov_features import variable_contexts
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware import resolve_profile
-from autosurgeon.space import SearchSpace
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.space.search_space import SearchSpace
 
 INPUTS = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
 

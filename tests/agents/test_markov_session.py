@@ -10,11 +10,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from agents.markov import MarkovPlacementModel
 from agents.markov_features import _unit_stats, variable_contexts
-from autosurgeon.hardware import resolve_profile
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, HardwareProfile
 from autosurgeon.knobs import SESSION_KNOBS, SESSION_UNIT
-from autosurgeon.space import SearchSpace
-from autosurgeon.space_session import SESSION_KIND
+from autosurgeon.space.search_space import SearchSpace
+from autosurgeon.space.session import SESSION_KIND
 
 INPUTS = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}
 SESSION = ("precision", "placement", *SESSION_KNOBS)

@@ -9,7 +9,7 @@ import pytest
 from agents.policy_io import POLICY_TYPE, device_class, read_meta
 from agents.ppo import PPOSettings, latest_checkpoint, train
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware import resolve_profile
+from autosurgeon.hardware.resolve import resolve_profile
 from envs.observation import ObservationLayout
 
 SMALL = PPOSettings(n_steps=64, batch_size=64, n_epochs=1)

@@ -6,7 +6,7 @@ import numpy as np
 from agents.markov import MarkovPlacementModel
 from agents.ppo import PPOSettings, make_vec_env, new_model
 from agents.warm_start import behaviour_cloning, demonstrations
-from autosurgeon.hardware import resolve_profile
+from autosurgeon.hardware.resolve import resolve_profile
 from envs.surgery import SurgeryEnv
 
 

@@ -2,7 +2,7 @@
 (measuring the local profile costs seconds)."""
 from __future__ import annotations
 
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, HardwareProfile
 
 
 def paper_cpu_profile(*, name: str = "cpu-x86_64", model: str = "test", arch: str = "x86_64",

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, MixtralConfig, MixtralForCausalLM
 
-from autosurgeon.analysis import ModelAnalysis, analyze, parallelism_score
+from autosurgeon.analysis.model_analysis import ModelAnalysis, analyze, parallelism_score
 from autosurgeon.errors import InvalidArgumentError
 
 DEVICES = ["cpu", "meta"]
@@ -253,7 +253,7 @@ def test_large_prefill_linear_is_compute_bound() -> None:
 
 
 def test_presets_classify_decode_linears_as_memory_bound() -> None:
-    hardware = pytest.importorskip("autosurgeon.hardware")
+    hardware = pytest.importorskip("autosurgeon.hardware.resolve")
     model = _llama("meta", hidden_size=256, intermediate_size=512)
     inputs = _decode_inputs(model, "meta", context=8)
     for name in hardware.list_presets():

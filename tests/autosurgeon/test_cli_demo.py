@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autosurgeon.cli import main
-from autosurgeon.cli.demo_flow import DemoSettings, budget_bytes
+from experiments.demo_flow import DemoSettings, budget_bytes
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.plan import Plan
 
@@ -98,7 +98,7 @@ def test_bad_settings_fail_before_any_work(capsys: pytest.CaptureFixture[str]) -
 
 def test_demo_uses_a_learned_policy_for_this_device_class(tmp_path: Path) -> None:
     from agents.ppo import PPOSettings, train
-    from autosurgeon.cli.demo_flow import run_demo
+    from experiments.demo_flow import run_demo
 
     policy = tmp_path / "policy"
     train(device="local", models=["tiny-llama-test"], timesteps=64, out=policy, n_envs=1, seed=0,

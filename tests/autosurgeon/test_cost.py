@@ -8,12 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from autosurgeon import cost
-from autosurgeon.cost_profiled import Profiler, ProfiledTable, TimingSettings, Workload
+import autosurgeon.cost.base as cost
+from autosurgeon.cost.profiled import Profiler, ProfiledTable, TimingSettings, Workload
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware import resolve_profile
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, GpuInfo, HardwareProfile
-from autosurgeon.space import SearchSpace
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, GpuInfo, HardwareProfile
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import LoadedModel
 
 from _paper_profiles import paper_cpu_profile

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from autosurgeon.cost_profiled import TimingSettings, Workload
+from autosurgeon.cost.profiled import TimingSettings, Workload
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate import (
     AnalyticEvaluator,
@@ -17,8 +17,8 @@ from autosurgeon.evaluate import (
     RuntimeEvaluator,
     plan_hash,
 )
-from autosurgeon.footprint import plan_memory
-from autosurgeon.hw_profile import HardwareProfile
+from autosurgeon.cost.footprint import plan_memory
+from autosurgeon.hardware.profile import HardwareProfile
 from autosurgeon.models.digits import DigitsCNN
 from autosurgeon.plan import Plan
 from autosurgeon.zoo import LoadedModel

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.footprint import memory_breakdown, packed_copy_bytes, plan_memory, weight_bytes
-from autosurgeon.space import SearchSpace
+from autosurgeon.cost.footprint import memory_breakdown, packed_copy_bytes, plan_memory, weight_bytes
+from autosurgeon.space.search_space import SearchSpace
 from runtime.kernels import QuantizedLinear
 from runtime.session import Session
 from runtime.spec import BlockSpec, SessionSpec
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, HardwareProfile
 
 from _paper_profiles import paper_cpu_profile
 
@@ -144,7 +144,7 @@ def test_plan_memory_equals_the_session_of_apply_plan_for_random_plans(arch) -> 
 
 def _local_gpu_profile() -> HardwareProfile:
     """This machine's GPU and host as a profile, from torch alone (no measuring)."""
-    from autosurgeon.hw_profile import GpuInfo
+    from autosurgeon.hardware.profile import GpuInfo
 
     props = torch.cuda.get_device_properties(0)
     cc = f"{props.major}.{props.minor}"

@@ -10,10 +10,11 @@ import types
 import pytest
 import torch
 
-from autosurgeon import hardware, hw_detect
+import autosurgeon.hardware.detect as hw_detect
+import autosurgeon.hardware.resolve as hardware
 from autosurgeon.cli import profile as profile_cli
 from autosurgeon.errors import UnknownDeviceError
-from autosurgeon.hardware import (
+from autosurgeon.hardware.resolve import (
     HardwareProfile,
     MeasureConfig,
     SCHEMA_VERSION,
@@ -25,7 +26,7 @@ from autosurgeon.hardware import (
     resolve_profile,
     save_profile,
 )
-from autosurgeon.hw_measure import measure_disk_read
+from autosurgeon.hardware.measure import measure_disk_read
 
 # Tiny sizes: the real measuring code path in well under a second.
 TINY = MeasureConfig(

@@ -10,12 +10,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.footprint import plan_memory
-from autosurgeon.knapsack import PLANNER_KNOBS, UnitOption, parse_budget, plan_knapsack, solve, unit_options
+from autosurgeon.cost.footprint import plan_memory
+from autosurgeon.planners.knapsack import PLANNER_KNOBS, UnitOption, parse_budget, plan_knapsack, solve, unit_options
 from autosurgeon.plan_check import check_plan
-from autosurgeon.precision_swap import precision_units
-from autosurgeon.sensitivity import SensitivityTable
-from autosurgeon.space import SearchSpace
+from autosurgeon.quality.precision_swap import precision_units
+from autosurgeon.quality.sensitivity import SensitivityTable
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import LoadedModel
 
 INPUTS = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}

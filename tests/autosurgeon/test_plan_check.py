@@ -10,13 +10,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
-from autosurgeon.hardware import resolve_profile
-from autosurgeon.footprint import memory_breakdown
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.cost.footprint import memory_breakdown
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, HardwareProfile
 from autosurgeon.models.digits import DigitsCNN
 from autosurgeon.plan import Plan, PlanFormatError, Rule
 from autosurgeon.plan_check import PlanCheckError, check_plan, raise_for_problems, smallest_footprint
-from autosurgeon.space import SearchSpace
+from autosurgeon.space.search_space import SearchSpace
 
 from _paper_profiles import paper_cpu_profile
 

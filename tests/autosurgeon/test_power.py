@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from autosurgeon import cost
+import autosurgeon.cost.base as cost
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware import HardwareProfile, load_preset, resolve_profile
-from autosurgeon.hw_power import PowerDerating, PowerMode, current_mode, derived_modes
-from autosurgeon.power import (
+from autosurgeon.hardware.resolve import HardwareProfile, load_preset, resolve_profile
+from autosurgeon.hardware.power_modes import PowerDerating, PowerMode, current_mode, derived_modes
+from autosurgeon.hardware.power_cap import (
     PowerCap,
     at_power_cap,
     check_power_cap,
@@ -119,7 +119,7 @@ def test_measured_profiles_are_constrained_not_derated() -> None:
 
 def test_analytic_evaluator_is_slower_and_draws_less_at_15w() -> None:
     from autosurgeon.evaluate import AnalyticEvaluator
-    from autosurgeon.space import SearchSpace
+    from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
     loaded = load_model("tiny-llama-test", device="meta")
@@ -164,8 +164,8 @@ def test_profile_command_lists_modes_and_derates_on_request(capsys) -> None:
 
 
 def test_a_measured_gpu_runs_in_its_enforced_limit() -> None:
-    from autosurgeon.hw_power import measured_modes
-    from autosurgeon.hw_profile import GpuInfo
+    from autosurgeon.hardware.power_modes import measured_modes
+    from autosurgeon.hardware.profile import GpuInfo
 
     gpus = (GpuInfo(index=0, name="NVIDIA H100 80GB HBM3", memory_bytes=80 * 2**30, power_limit_w=500.0,
                     default_power_limit_w=700.0),)

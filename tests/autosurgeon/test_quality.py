@@ -11,8 +11,8 @@ from torch import nn
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.digits import accuracy as digits_accuracy
 from autosurgeon.models.train_lm import heldout_perplexity
-from autosurgeon.precision_swap import swapped
-from autosurgeon.quality import (
+from autosurgeon.quality.precision_swap import swapped
+from autosurgeon.quality.measure import (
     QualityEvaluator,
     QualityResult,
     embedding_fidelity,

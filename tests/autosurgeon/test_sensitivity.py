@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from autosurgeon import sensitivity as sens
-from autosurgeon.calibration import CalibrationData, digits_calibration
+import autosurgeon.quality.sensitivity as sens
+from autosurgeon.quality.calibration import CalibrationData, digits_calibration
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hutchinson import hutchinson_trace, unit_hessian_traces
-from autosurgeon.precision_swap import precision_units, quantized_copy, swapped
-from autosurgeon.sensitivity import SensitivityTable, measure_sensitivity, spearman
+from autosurgeon.quality.hutchinson import hutchinson_trace, unit_hessian_traces
+from autosurgeon.quality.precision_swap import precision_units, quantized_copy, swapped
+from autosurgeon.quality.sensitivity import SensitivityTable, measure_sensitivity, spearman
 
 UNIT = "model.layers.0.mlp.down_proj"
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-import autosurgeon.quality_kv as quality_kv
-from autosurgeon.cost_profiled import TimingSettings, Workload
+import autosurgeon.quality.kv as quality_kv
+from autosurgeon.cost.profiled import TimingSettings, Workload
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate import AnalyticEvaluator, ProfiledEvaluator
-from autosurgeon.hardware import resolve_profile
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import SESSION_KNOBS, SESSION_UNIT
 from autosurgeon.plan import Plan
-from autosurgeon.sensitivity import measure_sensitivity
-from autosurgeon.sensitivity_kv import KVSensitivitySettings, KVSensitivityTable, measure_kv_sensitivity
-from autosurgeon.space import SearchSpace
+from autosurgeon.quality.sensitivity import measure_sensitivity
+from autosurgeon.quality.sensitivity_kv import KVSensitivitySettings, KVSensitivityTable, measure_kv_sensitivity
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import load_model
 
 from _paper_profiles import paper_cpu_profile

@@ -12,13 +12,13 @@ import torch
 
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate import AnalyticEvaluator, plan_hash
-from autosurgeon.footprint import kv_budget_bytes, kv_token_bytes, memory_breakdown, plan_memory
-from autosurgeon.hardware import resolve_profile
+from autosurgeon.cost.footprint import kv_budget_bytes, kv_token_bytes, memory_breakdown, plan_memory
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import KNOBS, SESSION_KNOBS, SESSION_UNIT, parse_kv_budget
 from autosurgeon.models.digits import DigitsCNN
 from autosurgeon.plan import Plan, PlanFormatError
 from autosurgeon.plan_check import check_plan
-from autosurgeon.space import SearchSpace
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.transforms import apply_plan
 from autosurgeon.transforms.session import session_options
 from autosurgeon.zoo import load_model
@@ -263,7 +263,7 @@ def test_check_plan_counts_kv_against_the_budget(llama, cpu) -> None:
 
 # ---------------------------------------------------------------------------------------------- evaluators
 def test_analytic_evaluator_sees_session_decisions(llama, cpu, space) -> None:
-    from autosurgeon.cost_profiled import Workload
+    from autosurgeon.cost.profiled import Workload
 
     ev = AnalyticEvaluator(llama, cpu, space=space, workload=Workload(task="causal-lm", context=200))
     flt, int8, window = (ev.evaluate(Plan(session=s)) for s in (
@@ -281,7 +281,7 @@ def test_analytic_evaluator_sees_session_decisions(llama, cpu, space) -> None:
 
 
 def test_streamed_experts_trade_memory_for_estimated_misses(moe, cpu) -> None:
-    from autosurgeon.cost_kv import kv_traffic_bytes
+    from autosurgeon.cost.kv import kv_traffic_bytes
 
     space = SearchSpace.build(moe, cpu, knobs=("precision", "prefetch"))
     ev = AnalyticEvaluator(moe, cpu, space=space)
@@ -297,7 +297,7 @@ def test_streamed_experts_trade_memory_for_estimated_misses(moe, cpu) -> None:
 
 
 def test_kv_quality_loss_float_paged_cache_is_lossless_and_eviction_is_scored(llama, cpu) -> None:
-    from autosurgeon.quality_kv import kv_quality_loss
+    from autosurgeon.quality.kv import kv_quality_loss
 
     windows = torch.randint(0, 256, (2, 25), generator=torch.Generator().manual_seed(0))
     losses = {}
@@ -313,7 +313,7 @@ def test_kv_quality_loss_float_paged_cache_is_lossless_and_eviction_is_scored(ll
 
 
 def test_profiled_evaluator_measures_the_kv_dispatch_cost_once(llama) -> None:
-    from autosurgeon.cost_profiled import TimingSettings
+    from autosurgeon.cost.profiled import TimingSettings
     from autosurgeon.evaluate import ProfiledEvaluator
 
     local = resolve_profile("local")

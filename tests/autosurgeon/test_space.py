@@ -7,12 +7,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware import resolve_profile
-from autosurgeon.hw_profile import HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.hardware.profile import HardwareProfile
 from autosurgeon.knobs import KNOBS
 from autosurgeon.models.digits import DigitsCNN
 from autosurgeon.plan import Plan, Rule, model_fingerprint
-from autosurgeon.space import SearchSpace
+from autosurgeon.space.search_space import SearchSpace
 
 from _paper_profiles import paper_cpu_profile
 

@@ -14,9 +14,9 @@ import pytest
 from agents.apply import apply_policy
 from agents.policy_io import PolicyError, load_policy, read_meta
 from agents.ppo import PPOSettings, train
-from autosurgeon.hardware import resolve_profile
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import SESSION_KNOBS, SESSION_UNIT
-from autosurgeon.space_session import KV_BUDGET_CHOICES, KV_WINDOW_CHOICES, PREFETCH_DEPTH_CHOICES
+from autosurgeon.space.session import KV_BUDGET_CHOICES, KV_WINDOW_CHOICES, PREFETCH_DEPTH_CHOICES
 from envs.observation import ACTION_KNOBS, MAX_CHOICES, SESSION_MAX_CHOICES, ObservationLayout, layout_for
 from envs.surgery import SurgeryEnv
 

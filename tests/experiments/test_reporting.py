@@ -11,9 +11,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware import resolve_profile
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.metrics import Metrics
-from autosurgeon.space import SearchSpace
+from autosurgeon.space.search_space import SearchSpace
 from experiments.reporting import TensorBoardRecorder, read_front, write_run_outputs
 
 NAMES = ["latency", "memory", "energy"]

@@ -13,8 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate import AnalyticEvaluator
 from autosurgeon.plan import Plan
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
-from autosurgeon.space import SearchSpace
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import LoadedModel
 from experiments.sweep import SweepConfig, load_config, load_run, run_sweep
 from experiments.sweep.front import parse_preference, pick
@@ -304,7 +304,7 @@ def test_config_file_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- baselines, warm start
 def test_uniform_and_greedy_fill_baselines(setup):
-    from autosurgeon.footprint import plan_memory
+    from autosurgeon.cost.footprint import plan_memory
     from experiments.sweep.algorithms import greedy_fill_vectors, uniform_vectors
 
     space = setup.space
@@ -327,7 +327,7 @@ def test_uniform_and_greedy_fill_baselines(setup):
 
 @pytest.mark.slow
 def test_baselines_and_quality_objective(setup, tmp_path):
-    from autosurgeon.sensitivity import measure_sensitivity
+    from autosurgeon.quality.sensitivity import measure_sensitivity
 
     # The knapsack needs a real table (its options come from the table's measured precisions).
     table = measure_sensitivity(setup.loaded, precisions=("int8", "int4"), hessian_samples=0, use_cache=False)

@@ -14,9 +14,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from autosurgeon import cli
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate import AnalyticEvaluator
-from autosurgeon.hardware import load_preset
-from autosurgeon.power import mean_power_w
-from autosurgeon.space import SearchSpace
+from autosurgeon.hardware.resolve import load_preset
+from autosurgeon.hardware.power_cap import mean_power_w
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import LoadedModel
 from experiments.sweep import SweepConfig, run_sweep
 from experiments.sweep.problem import Archive, SurgeryProblem

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from autosurgeon.evaluate import AnalyticEvaluator
 from autosurgeon.plan import Plan
-from autosurgeon.space import SearchSpace
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import LoadedModel
 from experiments.sweep import SweepConfig, run_sweep
 from tests.autosurgeon._paper_profiles import paper_cpu_profile

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, HardwareProfile
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, HardwareProfile
 from autosurgeon.models.digits import DigitsCNN
 
 LM_INPUTS = {"input_ids": torch.zeros(1, 8, dtype=torch.long)}

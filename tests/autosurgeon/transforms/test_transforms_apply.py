@@ -9,11 +9,11 @@ from _transform_models import IMAGE_INPUTS, LM_INPUTS, cpu_profile, digits_cnn, 
 from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
-from autosurgeon.hardware import resolve_profile
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan, Rule, model_fingerprint
 from autosurgeon.plan_check import PlanCheckError
-from autosurgeon.space import SearchSpace
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.transforms import (
     FuseConfig,
     KernelConfig,
@@ -111,7 +111,7 @@ def test_mixed_plan_leaves_the_callers_model_untouched(profile) -> None:
                                              Rule("model.layers.0", {"placement": "cpu<-disk", "layout": "packed"}))),
 ], ids=["mixed-fused-int4-disk", "int8-bf16-embedding-packed"])
 def test_applied_bytes_per_tier_equal_the_footprint_formula(profile, plan) -> None:
-    from autosurgeon.footprint import plan_memory
+    from autosurgeon.cost.footprint import plan_memory
 
     model = tiny_llama()
     space = SearchSpace.build(model, profile, inputs=LM_INPUTS, knobs=KNOBS)

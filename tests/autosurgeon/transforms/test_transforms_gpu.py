@@ -5,7 +5,7 @@ import pytest
 import torch
 from _transform_models import rel_err, tiny_llama
 
-from autosurgeon.hw_profile import ComputeUnit, CpuInfo, GpuInfo, HardwareProfile
+from autosurgeon.hardware.profile import ComputeUnit, CpuInfo, GpuInfo, HardwareProfile
 from autosurgeon.plan import Plan, Rule
 from autosurgeon.transforms import apply_plan
 from runtime.kernels import QuantizedLinear

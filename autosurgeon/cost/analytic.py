@@ -1,0 +1,168 @@
+"""Analytic cost of a plan from a HardwareProfile alone: roofline per unit + transfers + overlap + launches.
+
+Per leaf (analysis of one step: a decode token, or one sample), on its block's execution unit ``U``::
+
+    compute_s = flops / U.peak_flops(compute_dtype(precision))
+    memory_s  = (weight_bytes(precision) + activation_bytes) / U.memory_bandwidth
+    leaf_s    = max(compute_s, memory_s)
+
+``weight_bytes`` comes from ``autosurgeon.cost.footprint`` for the chosen precision and group size (the bytes
+the runtime stores and a kernel reads); an embedding reads only its gathered rows (the analysis'
+``weight_read_bytes``, scaled by the itemsize of the chosen float precision); leaves without a precision
+(norms, attention cores) read what the analysis says. ``activation_bytes`` is the analysis' memory
+traffic minus the weight read (activations in/out and KV cache reads). Elementwise ops between leaves
+(residual adds, rotary) carry no FLOPs in torch's counter; their cost is in the launch term.
+
+A block's ``C_b`` is the sum of its leaves (in a streamed block, plus a repack of every weight whose kernel
+keeps a packed copy — ``footprint.packed_copy_bytes``, read and written once at memory bandwidth — since
+the copy is rebuilt after each fetch); streaming and overlap follow ``cost.pipeline_latency``; the
+step adds ``n_ops x launch_overhead_s`` (ops counted once with a dispatch mode: eager PyTorch pays one
+dispatch/launch per op, which dominates small models and batch-1 decode on GPUs).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from autosurgeon.cost.base import (
+    DEFAULT_FETCH_OVERHEAD_S,
+    DEFAULT_LAUNCH_OVERHEAD_S,
+    LeafChoice,
+    block_stream,
+    compute_dtype,
+    disk_is_warm,
+    pipeline_latency,
+    resolve_blocks,
+    transfer_seconds_per_byte,
+)
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.cost.footprint import FLOAT_ITEMSIZE, packed_copy_bytes, weight_bytes
+from autosurgeon.space.masks import placement_units
+
+
+class AnalyticCostModel:
+    """Latency of a plan on a profile, on paper (module docstring: formulas).
+
+    Args:
+        space: the model's SearchSpace on ``profile``.
+        analysis: ``ModelAnalysis`` of ONE step of the workload (decode phase for LMs, one sample otherwise).
+        profile: the HardwareProfile.
+        n_ops: aten ops per step (``cost.count_ops``).
+        launch_overhead_s: seconds per op; None: ``DEFAULT_LAUNCH_OVERHEAD_S`` of the default unit's kind.
+        fetch_overhead_s: seconds per streamed fetch; None: ``DEFAULT_FETCH_OVERHEAD_S`` per execution kind.
+        lookahead: prefetch lookahead of the runtime (0 disables overlap).
+        disk_cache: "auto" | "warm" | "cold" (``cost.disk_is_warm``).
+    """
+
+    def __init__(self, space: Any, analysis: Any, profile: Any, *, n_ops: int,
+                 launch_overhead_s: float | None = None, fetch_overhead_s: float | None = None,
+                 lookahead: int = 2, disk_cache: str = "auto") -> None:
+        if n_ops < 0:
+            raise InvalidArgumentError(f"`n_ops` must be >= 0, got {n_ops}.")
+        for name, value in (("launch_overhead_s", launch_overhead_s), ("fetch_overhead_s", fetch_overhead_s)):
+            if value is not None and not value >= 0:
+                raise InvalidArgumentError(f"`{name}` must be >= 0 seconds or None, got {value!r}.")
+        self.space, self.profile, self.n_ops = space, profile, n_ops
+        self.info = {u.name: u for u in analysis.leaves}
+        missing = [n for n in space.leaves if n not in self.info]
+        if missing:
+            raise InvalidArgumentError(f"`analysis` lacks leaves {missing[:3]} of the space; analyse the same model.")
+        self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
+        default_kind = profile.default_unit().kind
+        self.launch_overhead_s = (DEFAULT_LAUNCH_OVERHEAD_S.get(default_kind, 0.0)
+                                  if launch_overhead_s is None else launch_overhead_s)
+        self.fetch_overhead_s = fetch_overhead_s
+        self.lookahead, self.disk_cache = lookahead, disk_cache
+        self._leaf_cache: dict[tuple[Any, ...], tuple[float, float]] = {}
+
+    def _unit(self, kind: str) -> Any:
+        unit = self.units.get(kind)
+        if unit is None:
+            raise InvalidArgumentError(f"profile {self.profile.name!r} has no {kind} unit for this placement.")
+        return unit
+
+    def leaf_seconds(self, choice: LeafChoice, exec_kind: str) -> tuple[float, float]:
+        """``(roofline seconds, compute seconds)`` of one leaf under its choice on the ``exec_kind`` unit."""
+        key = (choice.leaf.name, choice.precision, choice.group_size, choice.chosen, exec_kind)
+        hit = self._leaf_cache.get(key)
+        if hit is not None:
+            return hit
+        leaf, info, unit = choice.leaf, self.info[choice.leaf.name], self._unit(exec_kind)
+        if choice.chosen and leaf.weight_numel and leaf.kind != "embedding":
+            wbytes = weight_bytes(leaf.weight_numel, leaf.out_features, choice.precision, choice.group_size,
+                                  bias=leaf.bias) + sum(leaf.other_sizes)
+        elif choice.chosen and leaf.kind == "embedding" and leaf.dtype in FLOAT_ITEMSIZE:
+            wbytes = int(info.weight_read_bytes * FLOAT_ITEMSIZE.get(choice.precision, 4) / FLOAT_ITEMSIZE[leaf.dtype])
+        else:
+            wbytes = info.weight_read_bytes
+        activation = max(0, info.memory_bytes - info.weight_read_bytes)
+        dtype = compute_dtype(choice.precision) if choice.chosen else (leaf.dtype or "float32")
+        peak = unit.peak_flops(dtype) or unit.peak_flops("float16")
+        compute = info.flops / peak if info.flops and peak > 0 else 0.0
+        memory = (wbytes + activation) / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
+        out = (max(compute, memory), compute)
+        self._leaf_cache[key] = out
+        return out
+
+    def _repack_seconds(self, block: Any) -> float:
+        unit = self._unit(block.exec_kind)
+        total = 0
+        for c in block.leaves:
+            if c.chosen and c.leaf.weight_numel and c.precision not in FLOAT_ITEMSIZE:
+                total += packed_copy_bytes(c.leaf.weight_numel, c.leaf.out_features, c.precision, c.group_size,
+                                           kernel=c.kernel, exec_kind=block.exec_kind)
+        return 2.0 * total / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
+
+    def breakdown(self, x: Any) -> dict[str, Any]:
+        """Latency and its parts for vector ``x``: ``latency_s``, ``busy_s``, ``compute_s``, ``transfer_s``,
+        ``fetch_s``, ``overhead_s``, ``streamed_bytes``, ``warm_disk``, ``link_notes``, ``blocks``."""
+        blocks = resolve_blocks(self.space, x)
+        disk_bytes = sum(block_stream(b)[0] for b in blocks if b.home == "disk")
+        warm = disk_is_warm(self.profile, disk_bytes, self.disk_cache)
+        steps, rows, notes = [], [], set()
+        busy = compute_total = transfer_total = fetch_total = 0.0
+        streamed_bytes = 0
+        for block in blocks:
+            c_b = sum(self.leaf_seconds(c, block.exec_kind)[0] for c in block.leaves)
+            if block.streamed:
+                c_b += self._repack_seconds(block)
+            busy += c_b
+            compute_total += c_b
+            x_b = f_b = 0.0
+            if block.streamed:
+                nbytes, fetches = block_stream(block)
+                per_byte, note = transfer_seconds_per_byte(self.profile, self._unit(block.exec_kind), block.home,
+                                                           warm_disk=warm)
+                notes.add(note)
+                x_b = nbytes * per_byte
+                fetch = (DEFAULT_FETCH_OVERHEAD_S.get(block.exec_kind, 0.0) if self.fetch_overhead_s is None
+                         else self.fetch_overhead_s)
+                f_b = fetches * fetch
+                streamed_bytes += nbytes
+            transfer_total += x_b
+            fetch_total += f_b
+            steps.append((c_b, x_b, f_b, block.streamed))
+            rows.append({"name": block.name, "placement": block.placement, "compute_s": c_b, "transfer_s": x_b,
+                         "fetch_s": f_b})
+        overhead = self.n_ops * self.launch_overhead_s
+        latency = overhead + pipeline_latency(steps, lookahead=self.lookahead)
+        return {"latency_s": latency, "busy_s": busy, "compute_s": compute_total, "transfer_s": transfer_total,
+                "fetch_s": fetch_total, "overhead_s": overhead, "streamed_bytes": streamed_bytes, "warm_disk": warm,
+                "link_notes": sorted(n for n in notes if n), "blocks": rows}
+
+    def settings(self) -> Mapping[str, Any]:
+        """What besides the plan changes this model's result (part of the evaluator's cache key). A profile
+        moved to another power mode (``power.at_power_cap``) keeps its fingerprint but not its rates, so its
+        mode is named here; a profile in its reference mode adds nothing (keys as before power modes)."""
+        from autosurgeon.hardware.power_cap import mode_key
+
+        out: dict[str, Any] = {"n_ops": self.n_ops, "launch_overhead_s": self.launch_overhead_s,
+                               "fetch_overhead_s": self.fetch_overhead_s, "lookahead": self.lookahead,
+                               "disk_cache": self.disk_cache}
+        mode = mode_key(self.profile)
+        if mode is not None:
+            out["power_mode"] = mode
+        return out
+
+
+__all__ = ["AnalyticCostModel"]

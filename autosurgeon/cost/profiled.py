@@ -1,0 +1,772 @@
+"""Measured cost of a plan: per-unit times taken once on the runtime, cached on disk, composed per plan.
+
+What is measured (each with warm-up, repeats and the median; wall clock through
+``runtime.telemetry.measure_latency``, or the process CPU clock on shared CPU machines: ``TimingSettings``):
+
+* **unit times** — every linear/conv/embedding leaf, per (precision, group size, kernel, execution unit),
+  as the real module the runtime would run (``runtime.kernels.QuantizedLinear`` with that kernel for
+  int8/int4/int8-dynamic, the layer cast to bf16/fp16 behind an input/output cast for float precisions).
+  Default (``TimingSettings.mode="context"``): inside real forward passes of the model, with that choice
+  on every leaf that can take it, timed by forward pre/post hooks around each leaf (one pass per choice
+  times all leaves: the caches and dispatch are those of a real pass). ``mode="isolated"``: the leaf
+  alone in a loop on the input captured from a forward pass (pre-hook); leaves of one shape then share an
+  entry. Measured on tiny-llama here, isolated loops read the weights hot from L2 and underestimate
+  what the same leaf costs inside a pass; context timing is what the composition needs. In a streamed
+  block a kernel that packs its weight (fbgemm, tinygemm) repacks after each fetch: that repack (isolated,
+  pack + call minus call) is added.
+* **fixed overhead** per step — the unmodified model's step on the runtime (``runtime.Session``, all
+  resident on the default unit) minus the sum of its precision leaves' times at their own dtype: what no
+  plan variable changes (norms, attention cores, elementwise ops, Python and dispatch).
+* **streaming** per streamed placement (``cpu<-disk``, ``gpu<-cpu`` ...) — the same step with every block
+  streamed from that home, against resident, at four weight formats (four byte counts, same fetches); a
+  least-squares line through the exposed costs gives a per-fetch cost and a per-byte cost, i.e. the link as the
+  runtime sees it (overlap with compute already inside), with fetches and bytes counted by the Streamer.
+
+Composition per plan and phase: ``T = overhead + sum_leaves t(leaf choice) + sum_streamed_blocks
+(n_fetch x fetch_s + bytes x s_per_byte)``. A step is one decode token at ``context`` positions (causal
+LMs; plus one prefill of ``context`` tokens) or one forward of ``batch`` samples.
+
+The table is cached as JSON under ``<cache>/profiled/<key>.json``; the key hashes the model's architecture
+fingerprint, the device fingerprint, the workload, the timing settings, torch's version and thread count.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autosurgeon._logging import get_logger
+from autosurgeon.cost.base import LeafChoice, default_group, block_stream, resolve_blocks
+from autosurgeon.envelope import unwrap, wrap
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.cache import cache_root
+from autosurgeon.plan import model_fingerprint
+from autosurgeon.space.masks import placement_units
+
+logger = get_logger(__name__)
+
+TABLE_TYPE = "autosurgeon.ProfiledTable"
+TABLE_VERSION = 1
+FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_COPIES = 64  # cap on the layer copies a cold-cache unit timing rotates through
+STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
+
+
+# ---------------------------------------------------------------------------------------------- workload
+@dataclass(frozen=True)
+class Workload:
+    """What one evaluation step is.
+
+    Attributes:
+        task: "causal-lm" (decode tokens) or "image-classification" (samples).
+        batch: sequences or samples per step.
+        context: causal LMs: positions in the KV cache for a decode step, and the prompt length of prefill.
+        seed: seeds the example inputs.
+    """
+
+    task: str
+    batch: int = 1
+    context: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise InvalidArgumentError(f"`batch` must be >= 1, got {self.batch}.")
+        if self.context < 1:
+            raise InvalidArgumentError(f"`context` must be >= 1, got {self.context}.")
+
+    @property
+    def phase(self) -> str:
+        return "decode" if self.task == "causal-lm" else "sample"
+
+
+def base_inputs(loaded: Any, workload: Workload) -> dict[str, Any]:
+    """Prompt (LMs, ``(batch, context)`` ids) or sample inputs from a zoo ``LoadedModel``."""
+    return loaded.example_inputs(workload.batch, workload.context, phase="prefill", seed=workload.seed)
+
+
+def _cache_kw(module: nn.Module) -> str:
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def make_steps(forward: Callable[..., Any], module: nn.Module, workload: Workload, inputs: Mapping[str, Any], *,
+               cache: Any = None) -> tuple[Callable[[], Any], Callable[[], Any] | None, dict[str, Any]]:
+    """``(step, prefill, step_inputs)``: callables running one step and one prefill (None for classifiers).
+
+    A decode step feeds one token against a KV cache of ``context`` positions built by a prefill through
+    ``forward``, then crops the cache back, so every repeat decodes at the same context. ``cache``: a cache
+    to prefill instead of the model's own (a runtime Session's paged KV cache, ``Session.open_kv_cache``);
+    one that cannot be cropped grows by a position per repeat (the step decodes at ``context``,
+    ``context + 1``, ...).
+    """
+    if workload.task != "causal-lm":
+        return (lambda: forward(**inputs)), None, dict(inputs)
+    ids = inputs["input_ids"]
+    kw = _cache_kw(module)
+    if cache is not None:
+        forward(input_ids=ids, use_cache=True, **{kw: cache})
+        step_inputs = {"input_ids": ids[:, -1:], kw: cache, "use_cache": True}
+        return (lambda: forward(**step_inputs)), (lambda: forward(input_ids=ids, use_cache=False)), step_inputs
+    out = forward(input_ids=ids, use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None:
+        raise InvalidArgumentError(f"{type(module).__name__} returned no KV cache; decode steps need a causal LM "
+                                   "with use_cache support.")
+    step_inputs = {"input_ids": ids[:, -1:], kw: cache, "use_cache": True}
+
+    def step() -> Any:
+        result = forward(**step_inputs)
+        cache.crop(-1)
+        return result
+
+    return step, (lambda: forward(input_ids=ids, use_cache=False)), step_inputs
+
+
+def no_grad_forward(module: nn.Module) -> Callable[..., Any]:
+    def forward(**kwargs: Any) -> Any:
+        with torch.no_grad():
+            return module(**kwargs)
+    return forward
+
+
+def timed(fn: Callable[[], Any], *, warmup: int, repeats: int, device: str, clock: str) -> Any:
+    """``LatencyStats`` of ``fn`` on the wall clock (``measure_latency``) or the process CPU clock."""
+    from runtime.telemetry import LatencyStats, measure_latency
+
+    if clock == "wall":
+        return measure_latency(fn, warmup=warmup, repeats=repeats, device=device)
+    if not str(device).startswith("cpu"):
+        raise InvalidArgumentError(f"`clock`='cpu' times CPU execution only; {device!r} needs clock='wall'.")
+    import statistics
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    s = sorted(times)
+
+    def pct(q: float) -> float:
+        pos = (len(s) - 1) * q
+        lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    return LatencyStats(median_s=statistics.median(s), p10_s=pct(0.1), p90_s=pct(0.9), mean_s=statistics.fmean(s),
+                        min_s=s[0], repeats=repeats, warmup=warmup, synchronised=False, device=str(device))
+
+
+# ---------------------------------------------------------------------------------------------- units
+class _FloatUnit(nn.Module):
+    """A leaf held in a float ``dtype``: input cast in, output cast back (how a bf16 layer runs in fp32)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.dtype = module.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(self.dtype) if x.is_floating_point() else x).to(
+            x.dtype if x.is_floating_point() else torch.float32)
+
+
+def variant(module: nn.Module, precision: str, group_size: int, kernel: str) -> nn.Module:
+    """A copy of ``module`` computing at ``precision`` with ``kernel`` ("auto": the runtime's default)."""
+    from runtime.kernels import QuantizedLinear
+
+    module = copy.deepcopy(module)
+    if precision in FLOAT_DTYPES:
+        return module if precision == "float32" else _FloatUnit(module, FLOAT_DTYPES[precision])
+    if not isinstance(module, nn.Linear):
+        raise InvalidArgumentError(f"precision {precision!r} needs an nn.Linear, got {type(module).__name__}.")
+    fmt = "int8" if precision == "int8-dynamic" else precision
+    name = "int8-dynamic" if precision == "int8-dynamic" else (None if kernel == "auto" else kernel)
+    return QuantizedLinear.from_linear(module, fmt, group_size=group_size, kernel=name)
+
+
+def signature(choice: LeafChoice, exec_device: str, phase: str, shape: tuple[int, ...], dtype: str) -> str:
+    """Table key of one leaf choice (leaves of one shape share it; see the module docstring)."""
+    leaf = choice.leaf
+    q = choice.precision not in FLOAT_DTYPES
+    return (f"{phase}|{exec_device}|{leaf.module_class}|{leaf.weight_numel}x{leaf.out_features}|b{int(leaf.bias)}|"
+            f"in{'x'.join(map(str, shape))}:{dtype}|{choice.precision}|"
+            f"g{choice.group_size if choice.precision == 'int4' else 0}"
+            f"|{choice.kernel if q else 'auto'}")
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How each time is taken: the median of ``repeats`` after ``warmup``, on ``clock``.
+
+    ``clock="wall"`` is ``runtime.telemetry.measure_latency`` (perf_counter, CUDA-synchronised): what a
+    user waits. ``clock="cpu"`` times the process's CPU time instead (``time.process_time``): on a SHARED
+    CPU-only machine, other tenants' load stretches wall time by whenever the scheduler runs us, while CPU
+    time stays the work done; it is valid only for CPU execution (a GPU's work is not the process's CPU
+    time) and counts every thread of the process (streaming workers included).
+
+    ``mode``: "context" times each unit inside real forward passes of the model (hooks around the unit,
+    every unit that can take the choice set to it: the cache and dispatch context of a real pass);
+    "isolated" times the unit alone in a loop on its captured input.
+    ``cold_l2`` (isolated mode): 0 times a unit in a loop (its weights stay in L2); N > 0 rotates through copies of the
+    unit totalling N L2 caches (at most ``MAX_COPIES``), so every call reads its weights from L3/DRAM.
+    Measured on tiny-llama on the CI machine, neither matches the unit inside a pass exactly (hot
+    underestimates, 4 x L2 overestimated ~2x); the fixed overhead absorbs the float model's difference.
+    """
+
+    warmup: int = 3
+    repeats: int = 15
+    step_warmup: int = 3
+    step_repeats: int = 15
+    clock: str = "wall"
+    cold_l2: int = 0
+    mode: str = "context"
+
+    def __post_init__(self) -> None:
+        if self.clock not in ("wall", "cpu"):
+            raise InvalidArgumentError(f"`clock` must be 'wall' or 'cpu', got {self.clock!r}.")
+        for name in ("repeats", "step_repeats"):
+            if getattr(self, name) < 1:
+                raise InvalidArgumentError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        for name in ("warmup", "step_warmup"):
+            if getattr(self, name) < 0:
+                raise InvalidArgumentError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
+        if self.mode not in ("context", "isolated"):
+            raise InvalidArgumentError(f"`mode` must be 'context' or 'isolated', got {self.mode!r}.")
+        if self.cold_l2 < 0:
+            raise InvalidArgumentError(f"`cold_l2` must be >= 0, got {self.cold_l2}.")
+
+
+@dataclass
+class ProfiledTable:
+    """Measured per-unit times, fixed overheads and streaming costs of one model on one device.
+
+    Attributes:
+        key: cache key (see the module docstring).
+        unit_s: signature -> median seconds.
+        overhead_s: phase -> fixed seconds per step.
+        baseline_s: phase -> the unmodified model's step on the runtime.
+        stream: placement -> {"fetch_s", "s_per_byte", "points"} (exposed streaming cost per step).
+        n_ops: phase -> aten ops per step of the unmodified model.
+        settings: workload, timing settings, fingerprints, torch version, threads.
+        seconds: wall time spent measuring.
+        kv_op_s: seconds per dispatch of the paged KV cache's gather (``cost_kv.gather_ops``), measured as
+            (paged float cache step - Hugging Face cache step) / the ops the paged cache adds; empty until a
+            plan with KV decisions is composed (``Profiler.kv_op_seconds``).
+    """
+
+    key: str
+    unit_s: dict[str, float] = field(default_factory=dict)
+    overhead_s: dict[str, float] = field(default_factory=dict)
+    baseline_s: dict[str, float] = field(default_factory=dict)
+    stream: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_ops: dict[str, int] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    kv_op_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def launch_overhead_s(self) -> dict[str, float]:
+        """Fixed overhead per op, per phase: the measured stand-in for the analytic launch term."""
+        return {p: self.overhead_s[p] / self.n_ops[p] for p in self.overhead_s if self.n_ops.get(p)}
+
+    def to_json(self) -> str:
+        return json.dumps(wrap(TABLE_TYPE, TABLE_VERSION, asdict(self)), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ProfiledTable:
+        return cls(**unwrap(text, type_name=TABLE_TYPE, version=TABLE_VERSION, what="profiled table",
+                            fix="it will be measured again"))
+
+
+def _packs(precision: str, kernel: str, device: str) -> bool:
+    """Whether the kernel a quantized leaf runs keeps a packed copy of its weight (rebuilt after a fetch)."""
+    if precision in FLOAT_DTYPES:
+        return False
+    from runtime.kernels import default_kernel, get_kernel
+
+    if precision == "int8-dynamic":
+        name = "int8-dynamic"
+    elif kernel != "auto":
+        name = kernel
+    else:
+        return default_kernel(precision, torch.device(device)).prepare is not None
+    return get_kernel(name).prepare is not None
+
+
+def _exec_device(unit: Any) -> str:
+    return "cpu" if unit.kind == "cpu" else unit.name
+
+
+class Profiler:
+    """Measures and holds a :class:`ProfiledTable` for one model, space and workload; see the module docstring.
+
+    Args:
+        loaded: a zoo ``LoadedModel`` (its module is deep-copied for every runtime measurement, never changed).
+        space: the model's SearchSpace on ``profile``.
+        profile: the HardwareProfile of THIS machine (its units are where the timings run).
+        workload: what a step is.
+        timing: warm-up and repeats.
+        cache_dir: cache root (default ``$AUTOSURGEON_CACHE`` or ``~/.cache/autosurgeon``).
+        use_cache: read and write ``<cache>/profiled/<key>.json``.
+    """
+
+    def __init__(self, loaded: Any, space: Any, profile: Any, workload: Workload, *,
+                 timing: TimingSettings | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                 use_cache: bool = True) -> None:
+        self.loaded, self.module = loaded, loaded.model
+        self.space, self.profile, self.workload = space, profile, workload
+        self.timing = timing or TimingSettings()
+        self.use_cache = use_cache
+        self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
+        settings = {"model": model_fingerprint(self.module), "device": profile.fingerprint,
+                    "workload": asdict(workload), "timing": asdict(self.timing), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "version": TABLE_VERSION, "max_copies": MAX_COPIES}
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+        self.path = cache_root(cache_dir) / "profiled" / f"{key}.json"
+        self.table = self._load(key, settings)
+        self._inputs: dict[str, dict[str, tuple[tuple[Any, ...], dict[str, Any]]]] | None = None
+        self._dirty = False
+
+    def _load(self, key: str, settings: dict[str, Any]) -> ProfiledTable:
+        if self.use_cache and self.path.is_file():
+            try:
+                table = ProfiledTable.from_json(self.path.read_text())
+                logger.info("profiled table from cache %s (%d unit entries)", self.path, len(table.unit_s))
+                return table
+            except InvalidArgumentError as exc:
+                logger.warning("ignoring the cached profiled table %s (%s)", self.path, exc)
+        return ProfiledTable(key=key, settings=settings)
+
+    def save(self) -> Path | None:
+        """Write the table if it changed (atomically); returns the path or None."""
+        if not (self.use_cache and self._dirty):
+            return None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(self.table.to_json())
+        os.replace(tmp, self.path)
+        self._dirty = False
+        return self.path
+
+    # ---- inputs of every leaf, captured from real forwards
+    def _capture(self) -> dict[str, dict[str, tuple[tuple[Any, ...], dict[str, Any]]]]:
+        if self._inputs is not None:
+            return self._inputs
+        model = self.module
+        names = set(self.space.leaves)
+        captured: dict[str, dict[str, tuple[tuple[Any, ...], dict[str, Any]]]] = {}
+        phase_now = [""]
+
+        def hook(name: str) -> Callable[..., None]:
+            def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+                captured.setdefault(phase_now[0], {}).setdefault(name, (
+                    tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs)))
+            return pre
+
+        handles = [m.register_forward_pre_hook(hook(n), with_kwargs=True)
+                   for n, m in model.named_modules() if n in names]
+        try:
+            phase_now[0] = "prefill"
+            step, prefill, _ = make_steps(no_grad_forward(model), model, self.workload,
+                                          base_inputs(self.loaded, self.workload))
+            captured.clear()  # the prefill that built the cache; capture clean passes below
+            if prefill is not None:
+                prefill()
+            phase_now[0] = self.workload.phase
+            step()
+        finally:
+            for h in handles:
+                h.remove()
+        self._inputs = captured
+        return captured
+
+    def _phases(self) -> tuple[str, ...]:
+        return (self.workload.phase, "prefill") if self.workload.task == "causal-lm" else (self.workload.phase,)
+
+    def leaf_seconds(self, choice: LeafChoice, exec_kind: str, phase: str, *, streamed: bool = False) -> float:
+        """Measured median seconds of one leaf choice (measured now if the table lacks it).
+
+        ``TimingSettings.mode="context"``: the leaf's time inside a real forward pass of the model with
+        every leaf that can take this choice set to it (:meth:`_context_run`); ``"isolated"``: the leaf
+        alone in a loop on its captured input. ``streamed``: the weights arrive fresh every pass, so a
+        kernel that packs its weight (fbgemm int8-dynamic, CUDA tinygemm) repacks on every call: the
+        repack (isolated: packing + call minus call) is added.
+        """
+        if self.space.variable(choice.leaf.name, "precision") is None:
+            return 0.0  # norms, attention cores: no plan variable changes them; their time is in the overhead
+        captured = self._capture().get(phase, {}).get(choice.leaf.name)
+        if captured is None:  # a leaf the pass did not call (unused head, tied weight): it costs nothing
+            return 0.0
+        device = _exec_device(self.units[exec_kind])
+        precision = choice.precision if choice.chosen else "float32"
+        if self.timing.mode == "context":
+            key = (f"ctx|{phase}|{device}|{choice.leaf.name}|{precision}|"
+                   f"g{choice.group_size if precision == 'int4' else 0}|"
+                   f"{choice.kernel if precision not in FLOAT_DTYPES else 'auto'}")
+            if key not in self.table.unit_s:
+                self._context_run(precision, choice.group_size, choice.kernel, exec_kind)
+            base = self.table.unit_s.get(key)
+            if base is None:  # the leaf cannot take it in a whole-model pass: time it alone
+                base = self._isolated(choice, exec_kind, phase, repack=False)
+        else:
+            base = self._isolated(choice, exec_kind, phase, repack=False)
+        if streamed and _packs(precision, choice.kernel, device):
+            base += max(0.0, self._isolated(choice, exec_kind, phase, repack=True)
+                        - self._isolated(choice, exec_kind, phase, repack=False))
+        return base
+
+    def _isolated(self, choice: LeafChoice, exec_kind: str, phase: str, *, repack: bool) -> float:
+        """Median seconds of the leaf alone in a loop on its captured input (cached in the table)."""
+        args, kwargs = self._capture()[phase][choice.leaf.name]
+        device = _exec_device(self.units[exec_kind])
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        shape = tuple(first.shape) if first is not None else ()
+        dtype = str(first.dtype).removeprefix("torch.") if first is not None else ""
+        precision = choice.precision if choice.chosen else "float32"
+        key = signature(choice, device, phase, shape, dtype) + ("|repack" if repack else "")
+        hit = self.table.unit_s.get(key)
+        if hit is not None:
+            return hit
+        module = self.module.get_submodule(choice.leaf.name)
+        run = variant(module, precision, choice.group_size, choice.kernel).to(device)
+        dev_args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+        # Optionally (TimingSettings.cold_l2) rotate through copies of the layer that together exceed that
+        # many L2 caches, so each call reads its weights cold rather than from L2 (see TimingSettings).
+        nbytes = max(1, sum(t.numel() * t.element_size() for t in [*run.parameters(), *run.buffers()]))
+        l2 = int(self.profile.cpu.caches.get("l2", 0) or 2**20) if device == "cpu" else 0
+        cold = self.timing.cold_l2 * l2
+        n_copies = min(MAX_COPIES, max(1, -(-cold // nbytes))) if cold else 1
+        runs = [run] + [copy.deepcopy(run) for _ in range(n_copies - 1)]
+        turn = [0]
+
+        def call() -> Any:
+            turn[0] = (turn[0] + 1) % len(runs)
+            r = runs[turn[0]]
+            if repack:
+                r.release_prepared()
+            return r(*dev_args, **kwargs)
+
+        with torch.no_grad():
+            stats = timed(call, warmup=self.timing.warmup, repeats=self.timing.repeats, device=device,
+                          clock=self.timing.clock)
+        self.table.unit_s[key] = stats.median_s
+        self._dirty = True
+        return stats.median_s
+
+    def _accepts(self, name: str, precision: str, group_size: int, kernel: str, exec_kind: str) -> bool:
+        v = self.space.variable(name, "precision")
+        if v is None or precision not in v.choices:
+            return False
+        j = v.choices.index(precision)
+        mask = v.by_exec.get(exec_kind, (v.mask, {}))[0]
+        if not (v.mask[j] and mask[j]):
+            return False
+        if precision == "int4":
+            g = self.space.variable(name, "group_size")
+            if g is not None and (group_size not in g.choices or not g.mask[g.choices.index(group_size)]):
+                return False
+        if precision not in FLOAT_DTYPES and kernel != "auto":
+            return kernel in self.space.kernel_table.get(exec_kind, {}).get(precision, ())
+        return True
+
+    def _context_run(self, precision: str, group_size: int, kernel: str, exec_kind: str) -> None:
+        """Time every leaf that can take (precision, group, kernel) inside real passes of the model.
+
+        A copy of the model gets that choice on every such leaf; forward pre/post hooks on them read the
+        clock around each call during ``repeats`` steps (and prefills) after ``warmup``; each leaf's median
+        goes in the table. The hooks' own cost (two clock reads) is part of every reading, as the
+        runtime's module calls are part of the real pass.
+        """
+        device = _exec_device(self.units[exec_kind])
+        model = copy.deepcopy(self.module).to(device)
+        group = group_size if precision == "int4" else 0
+        kern = kernel if precision not in FLOAT_DTYPES else "auto"
+        names = [n for n in self.space.leaves if self._accepts(n, precision, group_size, kernel, exec_kind)]
+        for name in names:
+            module = model.get_submodule(name)
+            leaf = self.space.leaves[name]
+            if precision == (leaf.dtype or "float32"):
+                continue
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child,
+                    variant(module, precision, group_size, kernel))
+        clock = time.process_time if self.timing.clock == "cpu" else time.perf_counter
+        sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
+        record: list[str | None] = [None]
+        times: dict[str, dict[str, list[float]]] = {}
+        starts: dict[str, float] = {}
+
+        def pre(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any) -> None:
+                if record[0] is not None:
+                    sync()
+                    starts[name] = clock()
+            return hook
+
+        def post(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: Any, out: Any) -> None:
+                if record[0] is not None:
+                    sync()
+                    times.setdefault(record[0], {}).setdefault(name, []).append(clock() - starts[name])
+            return hook
+
+        handles = []
+        for name in names:
+            m = model.get_submodule(name)
+            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
+        inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                  for k, v in base_inputs(self.loaded, self.workload).items()}
+        t = self.timing
+        try:
+            step, prefill, _ = make_steps(no_grad_forward(model), model, self.workload, inputs)
+            runs = [(self.workload.phase, step)] + ([("prefill", prefill)] if prefill is not None else [])
+            for phase, fn in runs:
+                record[0] = None
+                for _ in range(t.step_warmup):
+                    fn()
+                record[0] = phase
+                for _ in range(t.step_repeats if phase != "prefill" else max(3, t.step_repeats // 3)):
+                    fn()
+                record[0] = None
+        finally:
+            for h in handles:
+                h.remove()
+        for phase, per_leaf in times.items():
+            for name, values in per_leaf.items():
+                values.sort()
+                key = f"ctx|{phase}|{device}|{name}|{precision}|g{group}|{kern}"
+                self.table.unit_s[key] = float(np.median(values))
+        for name in names:  # leaves the pass never called cost nothing
+            for phase, _ in ((self.workload.phase, 0), ("prefill", 0)):
+                if phase in times or phase == self.workload.phase:
+                    self.table.unit_s.setdefault(f"ctx|{phase}|{device}|{name}|{precision}|g{group}|{kern}", 0.0)
+        self._dirty = True
+
+    # ---- whole steps on the runtime
+    def _session_step(self, spec: Any) -> tuple[float, float | None, dict[str, float]]:
+        """(step median s, prefill median s or None, streaming counters per step) under a runtime Session."""
+        from runtime.session import Session
+
+        model = copy.deepcopy(self.module)
+        device = spec.default.device
+        if spec.block_path is None:  # as apply_plan does: a model without a ModuleList uses its first Sequential
+            from autosurgeon.transforms.place import block_path
+
+            spec = dataclasses.replace(spec, block_path=block_path(model))
+        with Session(model, spec) as session:
+            step, prefill, _ = make_steps(session.forward, model, self.workload,
+                                          base_inputs(self.loaded, self.workload))
+            before = session.streamer.stats.fetches
+            t = self.timing
+            stats = timed(step, warmup=t.step_warmup, repeats=t.step_repeats, device=device, clock=t.clock)
+            calls = t.step_warmup + t.step_repeats
+            fetches = (session.streamer.stats.fetches - before) / calls
+            nbytes = float(session.streamer.streamed_bytes_per_pass())
+            pre = (timed(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
+                         clock=t.clock).median_s if prefill is not None else None)
+        return stats.median_s, pre, {"fetches": fetches, "bytes": nbytes}
+
+    def ensure_base(self) -> None:
+        """Measure the fixed overhead per phase and the streaming costs (once; cached with the table)."""
+        if self.table.overhead_s:
+            return
+        from autosurgeon.cost.base import count_ops
+        from runtime.spec import BlockSpec, SessionSpec
+
+        started = time.perf_counter()
+        default = self.profile.default_unit()
+        dev = _exec_device(default)
+        base, base_pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)))
+        self.table.baseline_s = {self.workload.phase: base, **({"prefill": base_pre} if base_pre else {})}
+        x0 = self.space.default_vector()
+        for phase in self._phases():
+            leaves = sum(self.leaf_seconds(c, b.exec_kind, phase) for b in resolve_blocks(self.space, x0)
+                         for c in b.leaves)
+            self.table.overhead_s[phase] = max(0.0, self.table.baseline_s[phase] - leaves)
+            model = self.module
+            step, prefill, step_inputs = make_steps(no_grad_forward(model), model, self.workload,
+                                                    base_inputs(self.loaded, self.workload))
+            if phase == "prefill":
+                self.table.n_ops[phase] = count_ops(model, {"input_ids": base_inputs(self.loaded, self.workload)[
+                    "input_ids"], "use_cache": False})
+            else:
+                self.table.n_ops[phase] = count_ops(model, step_inputs)
+        for placement in self._streamed_placements():
+            self.table.stream[placement] = self._measure_stream(placement)
+        self.table.seconds += time.perf_counter() - started
+        self._dirty = True
+
+    def _streamed_placements(self) -> list[str]:
+        found = []
+        for v in self.space.variables:
+            if v.knob == "placement":
+                found += [c for c, ok in zip(v.choices, v.mask) if ok and "<-" in c and c not in found]
+        return found
+
+    def _measure_stream(self, placement: str) -> dict[str, Any]:
+        """Exposed streaming cost per step at several weight formats -> per-fetch and per-byte cost.
+
+        Every block streamed from ``home`` vs resident, at float32, bfloat16, int8 and int4 (same fetches,
+        four byte counts); least squares of ``exposed = fetches x fetch_s + bytes x s_per_byte`` with both
+        coefficients >= 0 (a negative slope from noise falls back to the per-fetch term alone).
+        """
+        from runtime.spec import BlockSpec, SessionSpec
+
+        exec_kind, _, home = placement.partition("<-")
+        dev = _exec_device(self.units[exec_kind])
+        n_blocks = sum(1 for b in self.space.blocks if b.is_block)
+        points = []
+        for fmt in STREAM_FORMATS:
+            resident = SessionSpec(blocks=tuple(BlockSpec(device=dev, weight_format=fmt) for _ in range(n_blocks)),
+                                   rest=BlockSpec(device=dev))
+            streamed = SessionSpec(blocks=tuple(BlockSpec(device=dev, home=home, weight_format=fmt)
+                                                for _ in range(n_blocks)), rest=BlockSpec(device=dev))
+            try:
+                t_res, _, _ = self._session_step(resident)
+                t_str, _, counters = self._session_step(streamed)
+            except Exception as exc:  # noqa: BLE001 - a format the runtime lacks here: fit without it
+                logger.warning("streaming probe %s at %s failed (%s); skipped", placement, fmt, exc)
+                continue
+            points.append({"format": fmt, "exposed_s": t_str - t_res, **counters})
+        if not points:
+            raise InvalidArgumentError(f"placement {placement!r} could not be measured on this machine.")
+        f = np.array([p["fetches"] for p in points])
+        b = np.array([p["bytes"] for p in points])
+        y = np.array([p["exposed_s"] for p in points])
+        fetch_s, per_byte = float(max(0.0, y.mean()) / max(f.mean(), 1e-9)), 0.0
+        if len(points) >= 2 and np.ptp(b) > 0:
+            coef, *_ = np.linalg.lstsq(np.stack([f, b], axis=1), y, rcond=None)
+            if coef[0] >= 0 and coef[1] >= 0:
+                fetch_s, per_byte = float(coef[0]), float(coef[1])
+            elif coef[1] < 0:
+                fetch_s, per_byte = float(max(0.0, y.mean()) / max(f.mean(), 1e-9)), 0.0
+            else:  # per-fetch negative: all of it per byte
+                per_byte = float(max(0.0, (y @ b) / (b @ b)))
+                fetch_s = 0.0
+        logger.info("streaming %s: %.1f us per fetch, %.3f ns per byte", placement, fetch_s * 1e6, per_byte * 1e9)
+        return {"fetch_s": fetch_s, "s_per_byte": per_byte, "points": points}
+
+    def measure_all(self) -> int:
+        """Measure every valid leaf choice of the space (so later evaluations only look up); returns entries."""
+        self.ensure_base()
+        from autosurgeon.space.masks import FLOAT_PRECISIONS
+
+        for v in self.space.variables:
+            if v.knob != "precision":
+                continue
+            leaf = self.space.leaves[v.name]
+            groups = self.space.variable(v.name, "group_size")
+            kernels = self.space.variable(v.name, "kernel")
+            for kind in self._exec_kinds(v):
+                mask, _ = v.by_exec.get(kind, (v.mask, {}))
+                for p, ok, static in zip(v.choices, mask, v.mask):
+                    if not (ok and static):
+                        continue
+                    gs = ([g for g, m in zip(groups.choices, groups.mask) if m] if groups and p == "int4"
+                          else [default_group(leaf)])
+                    ks = (["auto"] if p in FLOAT_PRECISIONS or kernels is None else
+                          list(self.space.kernel_table.get(kind, {}).get(p, ("auto",))))
+                    streams = [False] + ([True] if self._can_stream(v, kind) else [])
+                    for g in gs:
+                        for k in ks:
+                            choice = LeafChoice(leaf, p, g, k, True)
+                            for phase in self._phases():
+                                for streamed in streams:
+                                    self.leaf_seconds(choice, kind, phase, streamed=streamed)
+        self.save()
+        return len(self.table.unit_s)
+
+    def _can_stream(self, v: Any, kind: str) -> bool:
+        """Whether the leaf of precision variable ``v`` can sit in a block streamed to the ``kind`` unit."""
+        if v.parent is None:
+            return False
+        placement = self.space.variables[v.parent]
+        return any(ok and c.startswith(kind + "<-") for c, ok in zip(placement.choices, placement.mask))
+
+    def _exec_kinds(self, v: Any) -> list[str]:
+        if v.parent is None:
+            return [self.space.default_placement.partition("<-")[0]]
+        placement = self.space.variables[v.parent]
+        kinds = [c.partition("<-")[0] for c, ok in zip(placement.choices, placement.mask) if ok]
+        return [k for k in dict.fromkeys(kinds) if k in self.units and k != "dla"]
+
+    def kv_op_seconds(self) -> float:
+        """Seconds per dispatch of the paged KV cache's gather on the default unit, measured once (cached).
+
+        A decode step of the unmodified model at the workload's context through the runtime's paged float
+        cache and through Hugging Face's, each in its own Session (the paged cache cannot be cropped, so its
+        repeats decode at ``context``, ``context + 1``, ...); the difference over the dispatches the paged
+        cache adds (``cost_kv.gather_ops`` minus HF's two) is what one costs here. Falls back to the
+        table's launch overhead where the model has no paged KV cache."""
+        key = "paged-float"
+        if key in self.table.kv_op_s:
+            return self.table.kv_op_s[key]
+        from autosurgeon.cost.kv import gather_ops
+        from autosurgeon.cost.footprint import kv_layer_bytes
+        from runtime.kvcache import KVCacheConfig
+        from runtime.session import Session
+        from runtime.spec import BlockSpec, SessionSpec
+
+        record = getattr(self.space, "session", None)
+        fallback = self.table.launch_overhead_s.get(self.workload.phase, 0.0)
+        if record is None or not record.has_kv or self.workload.task != "causal-lm":
+            return fallback
+        started = time.perf_counter()
+        dev = _exec_device(self.profile.default_unit())
+        t = self.timing
+        medians = []
+        for kv in (None, KVCacheConfig()):
+            with Session(copy.deepcopy(self.module), SessionSpec(default=BlockSpec(device=dev)), kv=kv) as session:
+                step, _, _ = make_steps(session.forward, session.model, self.workload,
+                                        base_inputs(self.loaded, self.workload), cache=session.open_kv_cache())
+                medians.append(timed(step, warmup=t.step_warmup, repeats=t.step_repeats, device=dev,
+                                     clock=t.clock).median_s)
+        tokens = self.workload.context + t.step_warmup + t.step_repeats // 2 + 1  # the median repeat's cache
+        pages = kv_layer_bytes(tokens - 1, 1, 1, None, None)[4]
+        ops = (gather_ops("float", pages, rotated=False) - 2) * record.kv_layers
+        self.table.kv_op_s[key] = max(0.0, (medians[1] - medians[0]) / max(ops, 1))
+        self.table.seconds += time.perf_counter() - started
+        self._dirty = True
+        logger.info("paged KV cache: %.2f us per gather dispatch (step %.3f ms paged vs %.3f ms HF)",
+                    self.table.kv_op_s[key] * 1e6, medians[1] * 1e3, medians[0] * 1e3)
+        return self.table.kv_op_s[key]
+
+    # ---- composition
+    def compose(self, x: Any, phase: str) -> dict[str, Any]:
+        """Latency of vector ``x`` in ``phase`` from the table (module docstring), with its parts."""
+        self.ensure_base()
+        blocks = resolve_blocks(self.space, x)
+        units_s = stream_s = 0.0
+        streamed_bytes = 0
+        for block in blocks:
+            if block.exec_kind not in self.units or block.exec_kind == "dla":
+                raise InvalidArgumentError(f"{block.name}: placement {block.placement!r} cannot be profiled on "
+                                           f"{self.profile.name!r} (no such unit here); use the analytic evaluator.")
+            units_s += sum(self.leaf_seconds(c, block.exec_kind, phase, streamed=block.streamed) for c in block.leaves)
+            if block.streamed:
+                nbytes, fetches = block_stream(block)
+                cost = self.table.stream.get(block.placement)
+                if cost is None:
+                    raise InvalidArgumentError(f"{block.name}: placement {block.placement!r} was not profiled here.")
+                stream_s += fetches * cost["fetch_s"] + nbytes * cost["s_per_byte"]
+                streamed_bytes += nbytes
+        overhead = self.table.overhead_s[phase]
+        return {"latency_s": overhead + units_s + stream_s, "overhead_s": overhead, "units_s": units_s,
+                "stream_s": stream_s, "streamed_bytes": streamed_bytes}
+
+
+__all__ = ["ProfiledTable", "Profiler", "TimingSettings", "Workload", "base_inputs", "make_steps",
+           "no_grad_forward", "signature", "timed", "variant"]

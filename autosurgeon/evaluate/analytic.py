@@ -1,0 +1,103 @@
+"""The analytic evaluator: roofline + transfers + overlap + launches on a HardwareProfile; all estimated."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from autosurgeon.cost.analytic import AnalyticCostModel
+from autosurgeon.cost.base import energy_j
+from autosurgeon.cost.profiled import (
+    base_inputs,
+)
+from autosurgeon.evaluate.base import Evaluator
+from autosurgeon.metrics import Metrics
+from autosurgeon.plan import Plan
+
+
+# ---------------------------------------------------------------------------------------------- analytic
+class AnalyticEvaluator(Evaluator):
+    """Roofline + transfers + overlap + launches on a HardwareProfile (``cost_analytic``); all "estimated".
+
+    Extra args (see ``AnalyticCostModel``): ``launch_overhead_s``, ``fetch_overhead_s`` (None: documented
+    defaults, or pass ``ProfiledTable`` figures to calibrate), ``lookahead``, ``disk_cache``.
+    The model may live on the meta device (large architectures on paper).
+    """
+
+    name = "analytic"
+
+    def __init__(self, loaded: Any, profile: Any, *, launch_overhead_s: float | None = None,
+                 fetch_overhead_s: float | None = None, lookahead: int = 2, disk_cache: str = "auto",
+                 **kwargs: Any) -> None:
+        super().__init__(loaded, profile, **kwargs)
+        from autosurgeon.analysis.model_analysis import analyze
+        from autosurgeon.cost.base import count_ops
+
+        model = self.loaded.model
+        w = self.workload
+        phases = [(w.phase, lambda: base_inputs(self.loaded, w))]
+        if w.task == "causal-lm":
+            # One decode token against ``context`` cached positions (the zoo builds the cache; on meta too).
+            phases = [(w.phase, lambda: self.loaded.example_inputs(w.batch, w.context, phase="decode", seed=w.seed)),
+                      ("prefill", lambda: base_inputs(self.loaded, w))]
+        self.models: dict[str, AnalyticCostModel] = {}
+        for phase, make in phases:
+            n_ops = count_ops(model, make())
+            analysis = analyze(model, make(), phase="decode" if phase == "decode" else "prefill")
+            self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
+                                                   launch_overhead_s=launch_overhead_s,
+                                                   fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
+                                                   disk_cache=disk_cache)
+        self.lookahead = lookahead
+
+    def settings(self) -> dict[str, Any]:
+        main = self.models[self.workload.phase]
+        return {**super().settings(), **main.settings()}
+
+    def _model(self, phase: str, lookahead: int) -> AnalyticCostModel:
+        """The phase's cost model at ``lookahead`` (a plan's prefetch_depth): a shallow copy sharing the
+        per-leaf cache (leaf costs do not depend on the lookahead)."""
+        import copy
+
+        model = self.models[phase]
+        if lookahead == model.lookahead:
+            return model
+        key = f"{phase}@{lookahead}"
+        if key not in self.models:
+            variant = copy.copy(model)
+            variant.lookahead = lookahead
+            self.models[key] = variant
+        return self.models[key]
+
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
+        depth = self._session(x).get("prefetch_depth")
+        lookahead = self.lookahead if depth is None else int(depth)
+        parts = self._model(self.workload.phase, lookahead).breakdown(x)
+        session_note = self._session_latency(x, parts,
+                                             launch_overhead_s=self.models[self.workload.phase].launch_overhead_s)
+        latency = parts["latency_s"]
+        joules, energy_how = energy_j(self.profile, latency, parts["busy_s"])
+        prefill = (self._model("prefill", lookahead).breakdown(x)["latency_s"] if "prefill" in self.models
+                   else None)
+        peak, mem_extra = self._memory(x, lookahead)
+        quality, qextra = self._proxy_quality(x)
+        labels = {"latency_s": "estimated", "peak_bytes": "estimated", "energy_j": "estimated"}
+        if prefill is not None:
+            labels.update(prefill_s="estimated", tokens_per_s="estimated")
+        if quality is not None:
+            labels["quality_loss"] = "estimated"
+        m = self.models[self.workload.phase]
+        kind = "measured" if self.profile.measured else "paper"
+        method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
+                  f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
+                  f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
+                  + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
+                  + self._quality_note(quality, qextra))
+        step = self._per_item(latency)
+        return Metrics(
+            latency_s=step, prefill_s=prefill,
+            tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
+            peak_bytes=peak,
+            energy_j=self._per_item(joules), quality_loss=quality, labels=labels, method=method,
+            device=self.profile.fingerprint, evaluator=self.name, phase=self.workload.phase,
+            extra={**self._base_extra(), **{k: v for k, v in parts.items() if k != "blocks"}, **qextra, **mem_extra})

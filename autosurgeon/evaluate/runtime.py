@@ -1,0 +1,143 @@
+"""The runtime evaluator: the plan applied and run end to end on the Jalapeño runtime; measured."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from autosurgeon.cost.base import mean_watts
+from autosurgeon.cost.profiled import (
+    TimingSettings,
+    base_inputs,
+    make_steps,
+    timed,
+)
+from autosurgeon.errors import AutoSurgeonError
+from autosurgeon.evaluate.base import Evaluator
+from autosurgeon.metrics import Metrics
+from autosurgeon.plan import Plan
+
+
+# ---------------------------------------------------------------------------------------------- runtime
+class RuntimeEvaluator(Evaluator):
+    """Apply the plan, run it on the runtime, measure (see the module docstring for labels).
+
+    Extra args:
+        timing: warm-up and repeats of the step and prefill (``TimingSettings.step_*``).
+        quality: measure quality loss on a fixed held-out set (``autosurgeon.quality.measure.QualityEvaluator``).
+        quality_samples: held-out windows (LMs) or test images (classifiers; None: the whole split).
+        budgets: tier budgets for ``apply_plan`` (None: unbounded).
+        energy: measure energy (NVML/RAPL where readable, else the power-model estimate).
+    """
+
+    name = "runtime"
+    kv_proxy = False  # measures KV decisions' quality (quality_kv.kv_quality_loss); no table
+
+    def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
+                 quality: bool = True, quality_samples: int | None = 4, budgets: Mapping[str, Any] | None = None,
+                 energy: bool = True, lookahead: int = 2, **kwargs: Any) -> None:
+        super().__init__(loaded, profile, **kwargs)
+        self.timing = timing or TimingSettings()
+        self.lookahead = lookahead
+        self._full_space: Any = None
+        self.budgets = dict(budgets) if budgets else None
+        self.energy = energy
+        self.quality_samples = quality_samples
+        self.quality_evaluator = None
+        if quality:
+            from autosurgeon.quality.measure import QualityEvaluator
+
+            samples = quality_samples if loaded.task == "causal-lm" else quality_samples
+            self.quality_evaluator = QualityEvaluator(loaded, max_samples=samples)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "timing": [self.timing.step_warmup, self.timing.step_repeats, self.timing.clock],
+                "quality": self.quality_evaluator is not None, "quality_samples": self.quality_samples,
+                "budgets": self.budgets, "energy": self.energy, "threads": torch.get_num_threads(),
+                "lookahead": self.lookahead}
+
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
+        try:
+            from autosurgeon.transforms import apply_plan
+        except ImportError as exc:
+            raise AutoSurgeonError(f"RuntimeEvaluator needs autosurgeon.transforms.apply_plan ({exc}); use the "
+                                   "profiled or analytic evaluator.") from exc
+        from runtime.telemetry import EnergyMeter
+
+        t = self.timing
+        if self._full_space is None:  # apply_plan wants the space with every knob; build it once
+            from autosurgeon.knobs import KNOBS
+            from autosurgeon.space.search_space import SearchSpace
+
+            self._full_space = (self.space if set(self.space.knobs) == set(KNOBS)
+                                else SearchSpace.build(self.loaded, self.profile, knobs=KNOBS))
+        if self._full_space is not self.space:
+            # Knobs this evaluator's space leaves out take the full space's defaults, repaired where the
+            # default is masked (int4 group 128 on a layer narrower than 128 -> 32), as the cost models assume.
+            full = self._full_space
+            session_decisions = plan.session  # the full (per-module) space has no session variables
+            plan = replace(full.decode(full.repair(full.encode(plan)), metadata=plan.metadata),
+                           session=session_decisions)
+        session = apply_plan(self.loaded, plan, self.profile, inplace=False, budgets=self.budgets,
+                             space=self._full_space, lookahead=self.lookahead,
+                             energy_watts=mean_watts(self.profile, 1.0), kv_context=self.workload.context,
+                             kv_batch=self.workload.batch)
+        with session:
+            step, prefill, _ = make_steps(session.forward, session.model, self.workload,
+                                          base_inputs(self.loaded, self.workload),
+                                          cache=session.open_kv_cache() if plan.session else None)
+            device = next((d for d in getattr(session, "_devices", ["cpu"]) if str(d).startswith("cuda")), "cpu")
+            for _ in range(t.step_warmup):
+                step()
+            joules = source = None
+            if self.energy:
+                # The estimate's power: the profile's envelope at full utilisation (the process is busy
+                # stepping); NVML/RAPL, where readable, replace it with a counter.
+                meter = EnergyMeter(device=device, watts=mean_watts(self.profile, 1.0), min_window_s=0.0)
+                with meter:
+                    stats = timed(step, warmup=0, repeats=t.step_repeats, device=device, clock=t.clock)
+                joules, source = meter.joules / t.step_repeats, meter.source
+            else:
+                stats = timed(step, warmup=0, repeats=t.step_repeats, device=device, clock=t.clock)
+            pre = (timed(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
+                         clock=t.clock).median_s if prefill is not None else None)
+            final = session.stats()
+            peak = final.peak_bytes
+            kv_stats = final.extra.get("kv")
+            experts = final.extra.get("experts")
+            quality = self.quality_evaluator.loss(session.model) if self.quality_evaluator is not None else None
+            kv_quality = None
+            if quality is not None and kv_stats is not None and self.workload.task == "causal-lm":
+                from autosurgeon.quality.kv import kv_quality_loss
+
+                kv_quality = kv_quality_loss(session, samples=self.quality_samples or 4, kv_batch=self.workload.batch)
+                quality = (1.0 + quality) * (1.0 + kv_quality["kv_quality_loss"]) - 1.0
+        latency = stats.median_s
+        labels = {"latency_s": "measured", "peak_bytes": "measured"}
+        if pre is not None:
+            labels.update(prefill_s="measured", tokens_per_s="measured")
+        if joules is not None:
+            labels["energy_j"] = "measured" if source in ("nvml", "rapl") else "estimated"
+        if quality is not None:
+            labels["quality_loss"] = "measured"
+        ignores = quality is not None and kv_stats is not None and kv_quality is None
+        method = (f"runtime: apply_plan -> Session on {self.profile.name}; median of {t.step_repeats} steps after "
+                  f"{t.step_warmup} warm-up ({t.clock} clock); peak bytes from the TensorStore; energy source {source}"
+                  + (f"; quality on {self.quality_evaluator.metric} held-out data" if quality is not None else "")
+                  + (f" x KV cache's decode loss ({kv_quality['tokens']} tokens teacher-forced through the paged "
+                     "cache vs HF's)" if kv_quality is not None else ""))
+        return Metrics(
+            latency_s=self._per_item(latency), prefill_s=pre,
+            tokens_per_s=(self.workload.batch / latency) if self.workload.phase == "decode" else None,
+            peak_bytes={k: int(v) for k, v in peak.items()},
+            energy_j=self._per_item(joules) if joules is not None else None, quality_loss=quality,
+            labels=labels, method=method, device=self.profile.fingerprint, evaluator=self.name,
+            phase=self.workload.phase,
+            extra={**self._base_extra(), "p10_s": stats.p10_s, "p90_s": stats.p90_s, "energy_source": source,
+                   **({"kv": kv_stats} if kv_stats is not None else {}),
+                   **({"quality_ignores_kv": True} if ignores else {}),
+                   **({"kv_quality": kv_quality} if kv_quality is not None else {}),
+                   **({"experts": experts} if experts is not None else {})})

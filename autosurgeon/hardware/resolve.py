@@ -1,0 +1,179 @@
+"""Hardware profiles: the one object that tells AutoSurgeon what a device can do.
+
+``resolve_profile`` turns what a user typed (``"local"``, a preset name, a JSON path) into a
+``HardwareProfile``. ``"local"`` is measured once per machine and cached under
+``$AUTOSURGEON_CACHE/profiles/<fingerprint>.json`` (default ``~/.cache/autosurgeon``); presets are
+datasheet figures on paper (``measured=False``), each with its source, and with their power modes
+(``PowerMode``: how the rates scale in each; ``profile.at_power_cap(watts)`` gives the profile in the
+fastest mode within a cap, see ``autosurgeon.hardware.power_cap``).
+
+Nothing here touches CUDA or NVML at import time; the local machine is probed only when asked.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import UnknownDeviceError
+from autosurgeon.hardware.detect import detect_board, detect_cpu, detect_gpus
+from autosurgeon.hardware.local import measure_local
+from autosurgeon.hardware.measure import MeasureConfig
+from autosurgeon.hardware.power_modes import PowerDerating, PowerMode
+from autosurgeon.hardware.profile import (
+    SCHEMA_VERSION,
+    ComputeUnit,
+    CpuInfo,
+    GpuInfo,
+    HardwareProfile,
+    ProfileFormatError,
+    fingerprint_of,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ComputeUnit",
+    "CpuInfo",
+    "GpuInfo",
+    "HardwareProfile",
+    "MeasureConfig",
+    "PowerDerating",
+    "PowerMode",
+    "ProfileFormatError",
+    "cache_dir",
+    "list_presets",
+    "load_preset",
+    "load_profile",
+    "local_fingerprint",
+    "measure_local",
+    "profile_cache_path",
+    "profile_local",
+    "resolve_profile",
+    "save_profile",
+]
+
+logger = get_logger(__name__)
+
+PRESET_DIR = Path(__file__).parent.parent / "presets"
+
+
+def cache_dir() -> Path:
+    """AutoSurgeon's cache root: ``$AUTOSURGEON_CACHE`` if set, else ``~/.cache/autosurgeon``."""
+    env = os.environ.get("AUTOSURGEON_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "autosurgeon"
+
+
+def profile_cache_path(fingerprint: str) -> Path:
+    """Where the measured profile of the machine with ``fingerprint`` is cached."""
+    return cache_dir() / "profiles" / f"{fingerprint}.json"
+
+
+def local_fingerprint(*, include_gpus: bool = True) -> str:
+    """This machine's fingerprint from detection alone (fast; nothing is timed)."""
+    gpus = detect_gpus() if include_gpus else ()
+    return fingerprint_of(detect_cpu(), gpus, detect_board()[0])
+
+
+def list_presets() -> list[str]:
+    """Names of the paper profiles shipped in ``autosurgeon/presets`` (sorted)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset(name: str) -> HardwareProfile:
+    """Load the paper profile ``name`` (see ``list_presets``)."""
+    key = _preset_key(name)
+    if key not in list_presets():
+        raise UnknownDeviceError(_unknown_message(name))
+    return load_profile(PRESET_DIR / f"{key}.json")
+
+
+def load_profile(path: str | os.PathLike) -> HardwareProfile:
+    """Read a profile JSON file, validating its schema version and fields."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UnknownDeviceError(f"`device` {str(path)!r}: cannot read the profile file ({exc.strerror}).") from exc
+    return HardwareProfile.from_json(text, origin=str(path))
+
+
+def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
+    """Write ``profile`` as JSON to ``path`` atomically (write a sibling, then rename), creating folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(profile.to_json() + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def profile_local(
+    *, quick: bool = True, config: MeasureConfig | None = None, include_gpus: bool = True, write_cache: bool = True
+) -> HardwareProfile:
+    """Measure this machine now and (by default) rewrite its cache file; see ``measure_local``."""
+    profile = measure_local(quick=quick, config=config, include_gpus=include_gpus, disk_dir=cache_dir())
+    if write_cache:
+        path = save_profile(profile, profile_cache_path(profile.fingerprint))
+        logger.info("cached the local profile at %s", path)
+    return profile
+
+
+def resolve_profile(device: str | os.PathLike | HardwareProfile = "local", *, quick: bool = True) -> HardwareProfile:
+    """Turn a device argument into a profile.
+
+    Args:
+        device: ``"local"`` (this machine: the cached measured profile, measured on first use), a preset
+            name from ``list_presets()``, a path to a profile ``.json``, or a ``HardwareProfile`` (returned as is).
+        quick: For ``"local"`` without a cache, measure quickly (seconds) rather than fully. A cached quick
+            profile is re-measured when ``quick=False`` asks for the full one.
+
+    Raises:
+        UnknownDeviceError: ``device`` is none of the accepted forms (the message lists the presets).
+        ProfileFormatError: The JSON file is not a valid profile of a readable schema version.
+    """
+    if isinstance(device, HardwareProfile):
+        return device
+    if isinstance(device, os.PathLike):
+        return load_profile(device)
+    if not isinstance(device, str):
+        raise UnknownDeviceError(_unknown_message(device))
+    if device == "local":
+        return _cached_local(quick=quick)
+    if _preset_key(device) in list_presets():
+        return load_preset(device)
+    if device.endswith(".json") or os.sep in device or Path(device).is_file():
+        if not Path(device).is_file():
+            raise UnknownDeviceError(f"`device` {device!r}: no such profile file. {_accepted_forms()}")
+        return load_profile(device)
+    raise UnknownDeviceError(_unknown_message(device))
+
+
+def _cached_local(*, quick: bool) -> HardwareProfile:
+    path = profile_cache_path(local_fingerprint())
+    if path.is_file():
+        try:
+            cached = load_profile(path)
+        except ProfileFormatError as exc:
+            logger.warning("ignoring the cached local profile (%s); measuring again.", exc)
+        else:
+            if quick or not cached.method.get("quick", False):
+                logger.info("using the cached local profile %s", path)
+                return cached
+            logger.info("cached local profile %s is a quick one; measuring fully.", path)
+    return profile_local(quick=quick)
+
+
+def _preset_key(name: str) -> str:
+    return name.strip().lower().replace("_", "-")
+
+
+def _accepted_forms() -> str:
+    return (
+        f"Give 'local' (measure this machine), a preset name ({', '.join(list_presets())}), "
+        "a path to a profile .json (write one with `autosurgeon profile --out FILE`), or a HardwareProfile."
+    )
+
+
+def _unknown_message(device: object) -> str:
+    return f"`device` {device!r} is not a known device. {_accepted_forms()}"
