@@ -38,6 +38,7 @@ from typing import Any
 
 from torch import nn
 
+from autosurgeon.budget import MemoryBudget
 from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import AutoSurgeonError
 from autosurgeon.knobs import validate_decision, validate_session
@@ -98,6 +99,8 @@ class Plan:
         metadata: free-form provenance (who proposed it, objectives, metrics at proposal time).
         session: model-level session decisions, ``{session knob: value}`` (``autosurgeon.knobs.SESSION_KNOBS``):
             ``kv_precision``, ``kv_budget``, ``kv_tier``, ``kv_window``, ``prefetch``, ``prefetch_depth``.
+        budgets: the memory budget the plan was made for (``autosurgeon.budget.MemoryBudget``: bytes or shares
+            per tier), enforced by ``apply_plan`` unless the caller passes other budgets. Empty: none.
     """
 
     rules: tuple[Rule, ...] = ()
@@ -106,9 +109,11 @@ class Plan:
     device_fingerprint: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     session: Mapping[str, Any] = field(default_factory=dict)
+    budgets: MemoryBudget = field(default_factory=MemoryBudget)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "budgets", MemoryBudget.parse(self.budgets, argument="plan budgets"))
         object.__setattr__(self, "session", validate_session(self.session, where="plan session"))
         for knob, value in dict(self.default).items():
             validate_decision(knob, value, where="plan default")
@@ -167,6 +172,8 @@ class Plan:
         }
         if self.session:  # optional: plans without session decisions stay as version 1 always wrote them
             data["session"] = dict(self.session)
+        if self.budgets:  # optional too: a plan made without a budget is written as before
+            data["budgets"] = self.budgets.to_json()
         data["metadata"] = dict(self.metadata)
         return wrap(PLAN_TYPE, PLAN_VERSION, data)
 
@@ -178,7 +185,7 @@ class Plan:
         data = unwrap(obj, type_name=PLAN_TYPE, version=PLAN_VERSION, what="plan", source=source, error=PlanFormatError,
                       fix="write the plan again with this version")
         version = obj["_version"]
-        known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata", "session"}
+        known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata", "session", "budgets"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PlanFormatError(f"{source}: unknown field(s) {', '.join(unknown)} in `_data` of a version "
@@ -199,6 +206,7 @@ class Plan:
             device_fingerprint=data.get("device_fingerprint"),
             metadata=data.get("metadata") or {},
             session=data.get("session") or {},
+            budgets=MemoryBudget.from_json(data.get("budgets"), source=source),
         )
 
     @classmethod

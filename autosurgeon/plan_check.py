@@ -39,7 +39,8 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
-from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, TIERS, FootprintTracker, memory_breakdown
+from autosurgeon.budget import MemoryBudget
+from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, TIERS, FootprintTracker, memory_breakdown, resolve_budget
 from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space.masks import FLOAT_PRECISIONS
@@ -111,25 +112,13 @@ def _strip(reason: str, fqn: str) -> str:
 
 
 def parse_budgets(budgets: Mapping[str, Any] | None) -> dict[str, int]:
-    """``{tier: bytes}`` from ints or strings such as ``"2GiB"``; InvalidArgumentError names a bad entry."""
-    from runtime.errors import JalapenoError
-    from runtime.sizes import parse_bytes
+    """``{tier: bytes}`` from ints or strings such as ``"2GiB"`` (absolute sizes per tier only; shares and bare
+    sizes need the model: ``cost.footprint.resolve_budget``); InvalidArgumentError names a bad entry."""
+    from autosurgeon.budget import MemoryBudget
 
-    if budgets is None:
-        return {}
-    if not isinstance(budgets, Mapping):
+    if budgets is not None and not isinstance(budgets, (Mapping, MemoryBudget)):
         raise InvalidArgumentError(f"`budgets` must be a mapping of tier -> bytes, got {type(budgets).__name__}.")
-    out = {}
-    for tier, value in budgets.items():
-        if tier not in TIERS:
-            raise InvalidArgumentError(f"`budgets` tier {tier!r} is unknown; use one of {', '.join(TIERS)}.")
-        if value is None:
-            continue
-        try:
-            out[tier] = parse_bytes(value, what=f"budgets[{tier!r}]")
-        except JalapenoError as exc:
-            raise InvalidArgumentError(str(exc)) from None
-    return out
+    return MemoryBudget.parse(budgets, argument="budgets").resolve()
 
 
 def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None,
@@ -143,7 +132,8 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
         plan: the plan to check.
         profile: a ``HardwareProfile`` or anything ``hardware.resolve_profile`` accepts.
         space: the model's SearchSpace on this profile; built with every knob when None.
-        budgets: tier -> bytes (int or ``"2GiB"``); tiers without one are held to the device capacity.
+        budgets: a ``MemoryBudget`` (or its text, or tier -> bytes/``"2GiB"``/``"25%"``); None: the plan's own
+            (``Plan.budgets``). Tiers without one are held to the device capacity.
         force: report model/device fingerprint mismatches as warnings instead of errors.
         inputs: ``model(**inputs)`` for building the space of a bare module.
         lookahead: the runtime's streaming lookahead, for staging bytes (a ``prefetch_depth`` in the plan's
@@ -161,7 +151,10 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
     module = model if isinstance(model, nn.Module) else getattr(model, "model", None)
     if not isinstance(module, nn.Module):
         raise InvalidArgumentError(f"`model` must be an nn.Module or a LoadedModel, got {type(model).__name__}.")
-    limits = parse_budgets(budgets)
+    if budgets is not None and not isinstance(budgets, (Mapping, MemoryBudget, str)):
+        raise InvalidArgumentError(f"`budgets` must be a MemoryBudget or a mapping of tier -> bytes, got "
+                                   f"{type(budgets).__name__}.")
+    budget = MemoryBudget.parse(plan.budgets if budgets is None else budgets, argument="budgets")
     model_fp = model_fingerprint(module)
     if space is None:
         space = SearchSpace.build(model, profile, inputs=inputs, knobs=KNOBS)
@@ -169,6 +162,7 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
         raise InvalidArgumentError(
             f"`space` was built for model {space.model_fingerprint} on device {space.device_fingerprint}, not for "
             f"this model ({model_fp}) on {profile.name} ({profile.fingerprint}); build it from the same model and profile.")
+    limits = resolve_budget(space, budget, lookahead=lookahead)
 
     problems: list[PlanProblem] = []
     severity = "warning" if force else "error"

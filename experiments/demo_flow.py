@@ -132,25 +132,18 @@ class DemoResult:
 
 def budget_bytes(text: str, reference: int) -> int:
     """``"25%"`` of ``reference`` bytes, or an absolute size (``"4MiB"``); a clear error otherwise."""
-    from runtime.errors import JalapenoError
-    from runtime.sizes import parse_bytes
+    from autosurgeon.budget import FLAG, MemoryBudget, Share
 
-    value = str(text).strip()
-    if value.endswith("%"):
-        try:
-            share = float(value[:-1]) / 100.0
-        except ValueError:
-            share = float("nan")
-        if not 0 < share <= 1:
-            raise InvalidArgumentError(f"`--budget` as a share must be in (0%, 100%], got {text!r}; e.g. 25%.")
-        return max(1, int(reference * share))
-    try:
-        size = parse_bytes(value, what="`--budget`")
-    except JalapenoError:  # re-raised below with the flag's name and the share form
-        size = None
-    if not size or size <= 0:
-        raise InvalidArgumentError(f"`--budget` must be a share like 25% or a size like 4MiB, got {text!r}.")
-    return int(size)
+    budget = MemoryBudget.parse(text, argument=FLAG)
+    value = budget.limits.get("fastest")
+    if value is None or len(budget.limits) != 1:
+        raise InvalidArgumentError(f"`{FLAG}` for the demo is one share like 25% or one size like 4MiB (it bounds "
+                                   f"GPU+CPU bytes), got {text!r}.")
+    if isinstance(value, Share) and value.percent > 100:
+        raise InvalidArgumentError(f"`{FLAG}` as a share must be in (0%, 100%], got {text!r}; e.g. 25%.")
+    if value == 0:
+        raise InvalidArgumentError(f"`{FLAG}` must be a share like 25% or a size like 4MiB above 0, got {text!r}.")
+    return max(1, budget.resolve(reference_bytes=reference, fastest="cpu")["cpu"])
 
 
 def _device_class(profile: Any) -> str:

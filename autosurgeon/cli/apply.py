@@ -2,7 +2,7 @@
 
     autosurgeon apply --policy policies/cpu --model tiny-moe --out plan.json
     autosurgeon apply --policy policies/cpu --model ./my-hf-model --preference latency=0.6,memory=0.3,energy=0.1 \\
-        --budget-memory 200MiB --front 8 --evaluator runtime --out plan.json
+        --memory-budget 200MiB --front 8 --evaluator runtime --out plan.json
 
 The plan passes ``check_plan`` (the policy's action masks keep it valid; it is checked anyway) and is
 measured with ``--evaluator`` (default: end to end on the runtime when ``--device`` is this machine,
@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from autosurgeon.cli._budget import add_memory_budget, single_budget
 from autosurgeon.errors import InvalidArgumentError
 
 
@@ -29,8 +30,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--preference", default=None,
                         help="weights over latency,memory,energy summing to 1, e.g. latency=0.6,memory=0.3,energy=0.1 "
                         "(default: equal)")
-    parser.add_argument("--budget-memory", default=None, metavar="SIZE",
-                        help="memory budget on the GPU+CPU tiers, e.g. 200MiB (default: the unmodified model's)")
+    add_memory_budget(parser, "one size bounding the plan's GPU+CPU bytes, e.g. 200MiB (default: the unmodified "
+                      "model's)", old=("--budget-memory",))
     parser.add_argument("--front", type=int, default=None, metavar="K",
                         help="also sweep K evenly spread preferences and write their front JSON next to --out")
     parser.add_argument("--evaluator", choices=("analytic", "profiled", "runtime"), default=None,
@@ -47,14 +48,14 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from agents.apply import apply_policy, write_front
-    from agents.policy_io import parse_size, read_meta
+    from agents.policy_io import read_meta
     from envs.observation import OBJECTIVES
     from envs.surgery import parse_preference
 
     # Cheap checks first: the policy folder, preference and budget, before any model loads.
     read_meta(args.policy)
     preference = parse_preference(args.preference) if args.preference is not None else None
-    budget = parse_size(args.budget_memory, what="--budget-memory") if args.budget_memory is not None else None
+    budget = single_budget(args, reference_bytes=None, meaning="the plan's GPU+CPU bytes")
     if args.front is not None and args.front < 1:
         raise InvalidArgumentError(f"`--front` must be >= 1, got {args.front}.")
     if args.power_cap is not None:

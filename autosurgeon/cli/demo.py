@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from autosurgeon.cli._budget import add_memory_budget
 from experiments.demo_flow import DemoSettings
 
 _DEFAULTS = DemoSettings()
@@ -27,9 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bound, verify it on the runtime, generate with it, and compare it with the unmodified model.",
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
-    parser.add_argument("--budget", default=_DEFAULTS.budget,
-                        help="memory budget on GPU+CPU: a share of the unmodified model's (25%%) or a size "
-                        f"(4MiB) (default {_DEFAULTS.budget})")
+    add_memory_budget(parser, "one share (of the unmodified model's measured memory) or size bounding the chosen "
+                      "plan's GPU+CPU bytes", default=_DEFAULTS.budget, old=("--budget",))
     parser.add_argument("--max-quality-loss", type=float, default=_DEFAULTS.max_quality_loss,
                         help=f"relative quality bound, 0.01 = 1%% (default {_DEFAULTS.max_quality_loss})")
     parser.add_argument("--evals", type=int, default=_DEFAULTS.evals,
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     from autosurgeon.analysis.tables import si
     from experiments.demo_flow import run_demo
 
-    settings = DemoSettings(model=args.model, budget=args.budget, max_quality_loss=args.max_quality_loss,
+    settings = DemoSettings(model=args.model, budget=args.memory_budget, max_quality_loss=args.max_quality_loss,
                             evals=args.evals, pop_size=args.pop_size, out=args.out, warm_start=args.warm_start,
                             policy=args.policy, tokens=args.tokens, quality_samples=args.quality_samples,
                             seed=args.seed)

@@ -1,8 +1,8 @@
 """``autosurgeon plan``: the knapsack baseline — a sensitivity-aware mixed-precision plan under a memory budget.
 
-    autosurgeon plan tiny-llama --device local --budget-memory 16% --out plan.json
+    autosurgeon plan tiny-llama --device local --memory-budget 16% --out plan.json
     autosurgeon plan tiny-llama --device h100-80gb --max-quality-loss 0.01 --objective memory --out plan.json
-    autosurgeon plan tiny-llama --device local --budget-memory 2MiB --objective latency --out plan.json
+    autosurgeon plan tiny-llama --device local --memory-budget 2MiB --objective latency --out plan.json
 
 The sensitivity table (per unit and precision, ``autosurgeon.quality.sensitivity``) is measured on this machine's
 CPU on first use and cached; ``--group-sizes`` adds int4 options at other group sizes (one table each).
@@ -20,6 +20,7 @@ import dataclasses
 import json
 from typing import Any
 
+from autosurgeon.cli._budget import add_memory_budget, memory_budget
 from autosurgeon.errors import InvalidArgumentError
 
 OBJECTIVES = ("auto", "quality", "memory", "latency", "energy")
@@ -34,9 +35,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("model", metavar="MODEL", help="zoo name, Hugging Face model directory, or module:factory")
     parser.add_argument("--device", required=True, metavar="PROFILE",
                         help="hardware profile: local, a preset name (autosurgeon profile --list) or a profile JSON")
-    parser.add_argument("--budget-memory", default=None, metavar="SIZE",
-                        help="bytes on the fastest tier, with units (2GiB, 300MB) or as a share of the unmodified "
-                        "model's weight bytes (25%%)")
+    add_memory_budget(parser, "the plan's memory budget, written into the plan and enforced when it runs; the "
+                      "knapsack fills the device's fastest tier", old=("--budget-memory",))
     parser.add_argument("--max-quality-loss", type=float, default=None, metavar="X",
                         help="bound on the predicted relative quality loss (0.01 = 1%%)")
     parser.add_argument("--objective", choices=OBJECTIVES, default="auto",
@@ -114,7 +114,7 @@ def sensitivity_tables(loaded: Any, group_sizes: list[int], *, precisions: tuple
 
 def run(args: argparse.Namespace) -> int:
     from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.planners.knapsack import PLANNER_KNOBS, parse_budget, plan_knapsack
+    from autosurgeon.planners.knapsack import PLANNER_KNOBS, plan_knapsack
     from autosurgeon.knobs import KNOBS
     from autosurgeon.plan_check import check_plan, raise_for_problems
     from autosurgeon.space.search_space import SearchSpace
@@ -125,22 +125,21 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"`--max-quality-loss` must be >= 0 (0.01 = 1%), got {args.max_quality_loss}.")
     if args.hessian_samples < 0:
         raise InvalidArgumentError(f"`--hessian-samples` must be >= 0, got {args.hessian_samples}.")
-    if args.budget_memory is None and args.max_quality_loss is None:
-        raise InvalidArgumentError("give `--budget-memory` (e.g. 25% or 2GiB), `--max-quality-loss` (e.g. 0.01), "
+    if args.memory_budget is None and args.max_quality_loss is None:
+        raise InvalidArgumentError("give `--memory-budget` (e.g. 25% or 2GiB), `--max-quality-loss` (e.g. 0.01), "
                                    "or both.")
     if args.context < 1:
         raise InvalidArgumentError(f"`--context` must be >= 1, got {args.context}.")
     session = session_flags(args)  # flag-named errors before the model loads
     groups = parse_group_sizes(args.group_sizes)
     precisions = parse_precisions(args.precisions)
-    if args.budget_memory is not None:
-        parse_budget(args.budget_memory, 1)  # refuse a malformed size before the model loads
+    budget = memory_budget(args)  # refuse a malformed size before the model loads
     profile = resolve_profile(args.device)
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=PLANNER_KNOBS)
     tables = sensitivity_tables(loaded, groups, precisions=precisions, hessian_samples=args.hessian_samples,
                                 cache_dir=args.cache_dir)
-    result = plan_knapsack(loaded, profile, tables, budget=args.budget_memory, max_quality_loss=args.max_quality_loss,
+    result = plan_knapsack(loaded, profile, tables, budget=budget or None, max_quality_loss=args.max_quality_loss,
                            objective=args.objective, space=space,
                            metadata={"model": loaded.name, "device": profile.name})
     budgets = {result.tier: result.budget} if result.budget is not None else None
@@ -183,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
           f"{result.proxy:.3g} nats; estimated, not measured)")
     if result.seconds is not None:
         print(f"latency    units' estimated time {result.seconds * 1e3:.3f} ms per step (analytic roofline)")
-    print(f"solver     multiple-choice knapsack DP, "
+    print("solver     multiple-choice knapsack DP, "
           + ("exact" if result.exact else f"rounded bytes (optimal vs plans <= {result.bound_bytes} B)"))
     if session:
         print("session    " + ", ".join(f"{k}={v}" for k, v in session.items()))

@@ -24,6 +24,8 @@ import json
 import math
 from typing import Any
 
+from autosurgeon.budget import FLAG, MemoryBudget
+from autosurgeon.cli._budget import add_memory_budget
 from autosurgeon.errors import InvalidArgumentError
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
@@ -37,8 +39,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("model", metavar="MODEL", help="zoo name, Hugging Face model directory, or module:factory")
     parser.add_argument("--plan", help="a plan JSON (autosurgeon.plan.Plan) for this machine's profile: precision, "
                         "fusion and placement per module, checked before it is applied")
-    parser.add_argument("--memory-budget", default="", metavar="TIER=SIZE,...",
-                        help="per-tier budgets, e.g. gpu=3GiB,cpu=20GiB (tiers: gpu, cpu, disk)")
+    add_memory_budget(parser, "the run's memory budget per tier, streaming what does not fit (with --plan: "
+                      "overrides the plan's own budget)")
     parser.add_argument("--device", default=None, help="execution device: cpu or cuda[:N] (default: cuda:0 if present)")
     parser.add_argument("--prompt", default="def ", help="prompt text (byte-level for the zoo's LMs)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -73,27 +75,13 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def parse_budgets(text: str) -> dict[str, int]:
-    """``"gpu=3GiB,cpu=20GiB"`` -> ``{"gpu": 3221225472, "cpu": 21474836480}`` with precise errors."""
-    from runtime.errors import JalapenoError
-    from runtime.sizes import parse_bytes
-    from runtime.tensors import TIERS
+def parse_budgets(text: str | None, *, reference_bytes: int | None = None, device: str = "cpu") -> dict[str, int]:
+    """``"gpu=3GiB,cpu=20GiB"`` -> ``{"gpu": 3221225472, "cpu": 21474836480}`` with precise errors; shares are of
+    ``reference_bytes`` (the unmodified model's weight bytes), a bare entry is ``device``'s tier."""
+    from runtime.tensors import tier_of
 
-    budgets: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        tier, sep, size = part.partition("=")
-        tier = tier.strip().lower()
-        if not sep or not size.strip():
-            raise InvalidArgumentError(f"`--memory-budget` entries are TIER=SIZE (e.g. gpu=3GiB), got {part!r}.")
-        if tier not in TIERS:
-            raise InvalidArgumentError(f"`--memory-budget` tier {tier!r} is unknown; use one of {', '.join(TIERS)}.")
-        if tier in budgets:
-            raise InvalidArgumentError(f"`--memory-budget` gives tier {tier!r} twice.")
-        try:
-            budgets[tier] = parse_bytes(size.strip(), what=f"--memory-budget {tier}")
-        except JalapenoError as exc:
-            raise InvalidArgumentError(str(exc)) from None
-    return budgets
+    budget = MemoryBudget.parse(text, argument=FLAG)
+    return budget.resolve(reference_bytes=reference_bytes, fastest=tier_of(device))
 
 
 def _tokenizer(loaded: Any) -> tuple[Any, Any]:
@@ -214,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from autosurgeon.zoo import load_model
-    from runtime.session import Session, find_blocks, quantize_linears
+    from runtime.session import Session, find_blocks, module_bytes, quantize_linears
     from runtime.sizes import format_bytes
 
     if args.max_new_tokens < 1:
@@ -233,15 +221,16 @@ def run(args: argparse.Namespace) -> int:
             plan = Plan.load(args.plan)
         except PlanFormatError as exc:
             raise InvalidArgumentError(f"`--plan`: {exc}") from None
-    budgets = parse_budgets(args.memory_budget)
+    budget = MemoryBudget.parse(args.memory_budget, argument=FLAG)  # refused before the model loads
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidArgumentError(f"`--device` {device!r} needs a CUDA GPU; none is visible. Use --device cpu.")
-    if device == "cpu" and "gpu" in budgets:
+    if device == "cpu" and "gpu" in budget.limits:
         raise InvalidArgumentError("`--memory-budget` gives a gpu budget but the device is cpu; drop it or use "
                                    "--device cuda.")
 
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
+    budgets = parse_budgets(args.memory_budget, reference_bytes=module_bytes(loaded.model), device=device)
     if loaded.task != "causal-lm":
         raise InvalidArgumentError(f"`autosurgeon run` generates text; {loaded.name!r} is a {loaded.task} model.")
     encode, decode = _tokenizer(loaded)
@@ -265,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgumentError("`--plan` with --adapt is not supported yet (the plan fixes the session's "
                                        "decisions); drop --adapt or the plan.")
         sources = {**{k: "plan" for k in plan.session}, **{k: "flag" for k in flags}}
-        session = session_from_plan(loaded, plan, profile="local", budgets=budgets, lookahead=2,
+        session = session_from_plan(loaded, plan, profile="local", budgets=budgets if budget else None,
+                                    lookahead=2,
                                     offload_dir=args.offload_dir, energy_watts=args.watts, session=flags,
                                     kv_context=kv_context, expert_capacity=float(args.expert_cache))
         spec, device = session.spec, session.spec.rest_spec.device
@@ -330,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
               f"prefetch hit rate {ex['prefetch_hit_rate']:.1%}, {format_bytes(ex['bytes_moved'])} moved")
     for adj in stats.extra.get("adjustments") or []:
         print(f"adapt      step {adj['step']}: {adj['knob']} {adj['old']} -> {adj['new']} ({adj['reason']})")
-    print(f"energy     " + (f"{energy:.3f} J" if energy is not None else "unknown") + f" (source: {stats.energy_source}"
+    print("energy     " + (f"{energy:.3f} J" if energy is not None else "unknown") + f" (source: {stats.energy_source}"
           + (", no power figure: pass --watts" if energy is None and stats.energy_source == "estimate" else "") + ")")
     return 0
 

@@ -4,7 +4,7 @@
     autosurgeon sweep tiny-llama --config experiments/configs/tiny-llama-h100.json --out runs/h100
     autosurgeon sweep tiny-llama --device local --budget-evals 300 --out runs/a --resume   # continue, more evals
     autosurgeon sweep tiny-llama --device jetson-agx-orin-64gb --evaluator analytic --power-cap 15 --out runs/orin15
-    autosurgeon front runs/a --budget-memory 40% --out plan.json
+    autosurgeon front runs/a --memory-budget 40% --out plan.json
     autosurgeon front runs/a --preference latency=0.6,memory=0.3,energy=0.1 --json
 
 Every finished evaluation is in ``runs/NAME/evals.jsonl`` the moment it is measured; ``--resume`` replays the
@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from autosurgeon.cli._budget import add_memory_budget, single_budget
 from autosurgeon.errors import InvalidArgumentError
 
 ALGOS = ("nsga2", "random", "optuna-nsga2", "optuna-tpe")
@@ -57,11 +58,11 @@ def register(subparsers: Any) -> None:
 
     f = subparsers.add_parser(
         "front", help="print a sweep's Pareto front and pick a plan by memory budget or preference",
-        description="Print the feasible Pareto front of a run folder; with --budget-memory and/or --preference "
+        description="Print the feasible Pareto front of a run folder; with --memory-budget and/or --preference "
         "pick one member (and write its plan with --out).")
     f.add_argument("run_dir", metavar="RUN", help="a folder written by autosurgeon sweep")
-    f.add_argument("--budget-memory", default=None, metavar="SIZE",
-                   help="bytes on GPU+CPU (4MiB, 300MB) or a share of the unmodified model's memory (40%%)")
+    add_memory_budget(f, "pick the front member that fits: one size (4MiB) or share (40%) bounding the memory "
+                      "objective, GPU+CPU bytes", old=("--budget-memory",))
     f.add_argument("--preference", default=None, metavar="W",
                    help="weights over normalised objectives, e.g. latency=0.6,memory=0.3,energy=0.1 (sum 1)")
     f.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -190,7 +191,6 @@ def _precisions(rec: dict[str, Any]) -> str:
 
 
 def run_front(args: argparse.Namespace) -> int:
-    from autosurgeon.planners.knapsack import parse_budget
     from autosurgeon.plan import Plan
     from experiments.sweep import load_run
     from experiments.sweep.front import parse_preference, pick
@@ -200,10 +200,8 @@ def run_front(args: argparse.Namespace) -> int:
     names = list(config.objective_names)
     scales = reference["scales"]
     preference = parse_preference(args.preference, names) if args.preference is not None else None
-    budget = None
-    if args.budget_memory is not None:
-        unmodified = scales[names.index("memory")] if "memory" in names else 0
-        budget = parse_budget(args.budget_memory, int(unmodified))
+    unmodified = scales[names.index("memory")] if "memory" in names else 0
+    budget = single_budget(args, reference_bytes=int(unmodified), meaning="the memory objective (GPU+CPU bytes)")
     front = sorted(front_indices(records), key=lambda i: records[i]["objectives"][0])
     chosen = None
     if budget is not None or preference is not None:

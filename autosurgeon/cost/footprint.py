@@ -148,6 +148,26 @@ def plan_memory(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2, bat
     return memory_breakdown(space, plan, lookahead=lookahead, batch=batch, context=context)["tiers"]
 
 
+def fastest_tier(space: SearchSpace) -> str:
+    """The tier a bare memory budget limits: ``gpu`` where the model executes on a GPU (or DLA), else ``cpu``."""
+    return "gpu" if space.default_placement.partition("<-")[0] in ("gpu", "dla") else "cpu"
+
+
+def resolve_budget(space: SearchSpace | None, budget: Any, *, lookahead: int = 2) -> dict[str, int]:
+    """``{tier: bytes}`` of a memory budget (``MemoryBudget``, its text or a tier mapping) for the model of
+    ``space``: shares are of the unmodified model's bytes (``plan_memory`` of the default vector, all tiers),
+    a bare entry limits :func:`fastest_tier`."""
+    from autosurgeon.budget import MemoryBudget
+
+    parsed = MemoryBudget.parse(budget, argument="budgets")
+    if not parsed:
+        return {}
+    if space is None:  # absolute per-tier sizes need no model
+        return parsed.resolve()
+    reference = sum(plan_memory(space, space.default_vector(), lookahead=lookahead).values())
+    return parsed.resolve(reference_bytes=reference, fastest=fastest_tier(space))
+
+
 def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2, batch: int = 1,
                      context: int = DEFAULT_KV_CONTEXT, session: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``plan_memory`` with detail: ``tiers``, ``by_unit`` {tier: {unit: bytes}}, ``staging`` {tier: bytes},

@@ -11,7 +11,6 @@ Nothing here touches CUDA or NVML at import time; the local machine is probed on
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

@@ -43,6 +43,7 @@ streamed where the space allows it) raises ``InvalidArgumentError`` stating that
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +54,15 @@ import numpy as np
 from torch import nn
 
 from autosurgeon._logging import get_logger
+from autosurgeon.budget import FASTEST, FLAG, MemoryBudget
+from autosurgeon.cost.footprint import (
+    fastest_tier,
+    memory_breakdown,
+    packed_copy_bytes,
+    plan_memory,
+    tensor_bytes,
+)
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.cost.footprint import memory_breakdown, packed_copy_bytes, plan_memory, tensor_bytes
 from autosurgeon.plan import Plan, model_fingerprint
 
 logger = get_logger(__name__)
@@ -127,26 +135,15 @@ class KnapsackResult:
 
 
 # ---------------------------------------------------------------------------------------------- budgets
-def parse_budget(text: str | int | float, reference_bytes: int, *, what: str = "--budget-memory") -> int:
-    """Bytes from ``"2GiB"``, ``"300MB"``, ``1048576`` or a share of ``reference_bytes`` (``"25%"``)."""
-    from runtime.errors import JalapenoError
-    from runtime.sizes import parse_bytes
-
-    if isinstance(text, str) and text.strip().endswith("%"):
-        number = text.strip()[:-1].strip()
-        try:
-            share = float(number)
-        except ValueError:
-            raise InvalidArgumentError(f"`{what}` must be a size such as 2GiB or a share such as 25%, "
-                                       f"got {text!r}.") from None
-        if not (0 < share and math.isfinite(share)):
-            raise InvalidArgumentError(f"`{what}` share must be a positive percentage, got {text!r}.")
-        return int(reference_bytes * share / 100.0)
-    try:
-        return parse_bytes(text, what=what)
-    except JalapenoError as exc:
-        raise InvalidArgumentError(f"{exc} A share of the unmodified model's weight bytes, such as 25%, "
-                                   "works too.") from None
+def parse_budget(text: Any, reference_bytes: int, *, what: str = FLAG, tier: str | None = None) -> int:
+    """Bytes of a one-tier memory budget (``"2GiB"``, ``1048576``, ``"25%"`` of ``reference_bytes``, or
+    ``"gpu=2GiB"`` when ``tier`` is gpu): the planner budgets the fastest tier only (``autosurgeon.budget``)."""
+    budget = MemoryBudget.parse(text, argument=what)
+    limits = budget.resolve(reference_bytes=reference_bytes, fastest=tier or FASTEST)
+    if len(limits) != 1 or (tier is not None and tier not in limits):
+        raise InvalidArgumentError(f"`{what}` {text!r}: the knapsack planner budgets one tier, the execution device's "
+                                   f"fastest ({tier or 'gpu or cpu'}); give one size or share (e.g. 25% or 2GiB).")
+    return next(iter(limits.values()))
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -317,8 +314,8 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         max_cells: largest DP byte axis before costs are rounded (module docstring).
         metadata: extra provenance for the plan.
     """
-    from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.space.search_space import SearchSpace
 
     if objective not in OBJECTIVES:
@@ -340,13 +337,15 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         raise InvalidArgumentError(f"`space` has no precision variables (knobs {list(space.knobs)}); build it with "
                                    f"knobs={PLANNER_KNOBS}.")
     x0 = space.default_vector()
-    fast = "gpu" if space.default_placement.partition("<-")[0] in ("gpu", "dla") else "cpu"
+    fast = fastest_tier(space)
     reference = plan_memory(space, x0, lookahead=lookahead)
     reference_bytes = sum(reference.values())
+    written = MemoryBudget()
     if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, (int, float, str)):
+        if isinstance(budget, bool) or not isinstance(budget, (int, float, str, MemoryBudget)):
             raise InvalidArgumentError(f"`budget` must be bytes, a size string or a percentage, got {budget!r}.")
-        budget = parse_budget(budget, reference_bytes)
+        written = MemoryBudget.parse(budget, argument="budget")
+        budget = parse_budget(written, reference_bytes, what="budget", tier=fast)
     if objective == "auto":
         objective = "quality" if budget is not None else "memory"
     if objective == "memory" and max_quality_loss is None:
@@ -427,7 +426,7 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
             "max_quality_loss": max_quality_loss, "predicted_quality_loss": _relative(proxy, task),
             "proxy_kl_sum": proxy, "dp_exact": axis.exact, "dp_quantum_bytes": axis.quantum,
             "sensitivity": [t.key for t in tables], **dict(metadata or {})}
-    plan = _sparse_plan(space, x, meta)
+    plan = dataclasses.replace(_sparse_plan(space, x, meta), budgets=written)  # run under the budget it was made for
     result = KnapsackResult(plan=plan, vector=x, decisions=decisions, objective=objective, tier=fast, budget=budget,
                             tier_bytes=tiers, weight_bytes=weight, reference_bytes=reference_bytes, proxy=proxy,
                             predicted_loss=_relative(proxy, task), seconds=total_s, streamed=streamed,

@@ -35,7 +35,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
-from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT
+from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, resolve_budget
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan
 from autosurgeon.transforms.configs import (
@@ -199,7 +199,9 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         profile: a ``HardwareProfile`` or anything ``hardware.resolve_profile`` accepts.
         inplace: transform ``model`` itself (no copy: for models too large to copy). Plan problems are
             still found before anything changes.
-        budgets: tier -> bytes (int or ``"2GiB"``) for ``check_plan`` and the Session.
+        budgets: the memory budget for ``check_plan`` and the Session: a ``MemoryBudget``, its text
+            (``"gpu=3GiB"``, ``"25%"``) or tier -> bytes; None (default): the plan's own ``Plan.budgets``, so a
+            plan made under a budget is run under it.
         check: run ``check_plan`` first (default; skipping it is for callers that just checked).
         force: fingerprint mismatches become warnings.
         prune: extra MLP pruning ``{fqn or "re:PATTERN": ratio}`` (see ``transforms/prune.py``).
@@ -251,13 +253,15 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                 f"this {type(model).__name__} was already transformed by another plan (or for another device); "
                 "plans apply to the unmodified model — apply_plan deep-copies it unless inplace=True.")
         surgery = marker["surgery"]  # checked when first applied; every handler now finds its target state
+        limits = marker["budgets"] if budgets is None else resolve_budget(None, budgets)
     else:
         if space is None:
             space = SearchSpace.build(loaded if loaded is not None else model, profile,
                                       inputs=inputs if inputs is not None else default_inputs(model, loaded),
                                       knobs=KNOBS)
+        limits = resolve_budget(space, plan.budgets if budgets is None else budgets, lookahead=lookahead)
         if check:
-            raise_for_problems(check_plan(model, plan, profile, space=space, budgets=budgets, force=force,
+            raise_for_problems(check_plan(model, plan, profile, space=space, budgets=limits, force=force,
                                           lookahead=lookahead, kv_context=kv_context, kv_batch=kv_batch))
         surgery = resolve_surgery(plan, space, prune=prune, model=model)
 
@@ -266,7 +270,7 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     record_only = [s for s in surgery.steps
                    if s.stage == "place" or (s.stage == "layout" and s.config.layout == "packed")]
     apply_surgery(model, Surgery(tuple(record_only)), context)
-    spec = build_session_spec(model, context, budgets=budgets, lookahead=lookahead,
+    spec = build_session_spec(model, context, budgets=limits, lookahead=lookahead,
                               offload_dir=None if offload_dir is None else os.fspath(offload_dir), disk_io=disk_io)
     _check_devices(spec, profile)
 
@@ -274,7 +278,7 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     recorded = {id(s) for s in record_only}
     rest = Surgery(tuple(s for s in surgery.steps if id(s) not in recorded))
     apply_surgery(target, rest, context)
-    setattr(target, MARKER, {"key": key, "surgery": surgery})
+    setattr(target, MARKER, {"key": key, "surgery": surgery, "budgets": limits})
     applied = sum(1 for *_, what in context.log if what == "applied")
     logger.info("plan applied to %s: %d steps applied, %d already in place", type(target).__name__, applied,
                 len(context.log) - applied)

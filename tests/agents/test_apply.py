@@ -51,7 +51,7 @@ def test_cli_apply_writes_plan_and_front(policy: Path, tmp_path: Path, capsys: p
     register(parser.add_subparsers())
     out = tmp_path / "plan.json"
     args = parser.parse_args(["apply", "--policy", str(policy), "--model", "tiny-moe-test", "--device", DEVICE,
-                              "--budget-memory", "1GiB", "--front", "2", "--out", str(out)])
+                              "--memory-budget", "1GiB", "--front", "2", "--out", str(out)])
     assert args.func(args) == 0
     plan = Plan.load(out)
     assert plan.metadata["proposer"] == "agents.apply"
@@ -90,8 +90,8 @@ def test_bad_cli_values(policy: Path, tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     base = ["apply", "--policy", str(policy), "--model", "digits-cnn", "--device", DEVICE, "--out", str(tmp_path / "p")]
-    with pytest.raises(InvalidArgumentError, match="--budget-memory.*'lots'"):
-        args = parser.parse_args([*base, "--budget-memory", "lots"])
+    with pytest.raises(InvalidArgumentError, match="--memory-budget.*'lots'"):
+        args = parser.parse_args([*base, "--memory-budget", "lots"])
         args.func(args)
     with pytest.raises(InvalidArgumentError, match="`--front` must be >= 1, got 0"):
         args = parser.parse_args([*base, "--front", "0"])

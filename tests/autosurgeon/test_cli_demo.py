@@ -27,7 +27,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = main(["demo", "--model", "tiny-llama-test", "--evals", "8", "--pop-size", "4", "--tokens", "4",
-                     "--quality-samples", "2", "--budget", "40%", "--out", str(out)])
+                     "--quality-samples", "2", "--memory-budget", "40%", "--out", str(out)])
     capture.write_text(buf.getvalue())
     return code, buf.getvalue(), out
 
@@ -73,14 +73,14 @@ def test_demo_rerun_resumes_the_sweep_without_new_evaluations(demo_run: tuple[in
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         code = main(["demo", "--model", "tiny-llama-test", "--evals", "8", "--pop-size", "4", "--tokens", "4",
-                     "--quality-samples", "2", "--budget", "40%", "--out", str(out)])
+                     "--quality-samples", "2", "--memory-budget", "40%", "--out", str(out)])
     assert code == 0
     assert (out / "sweep" / "evals.jsonl").read_text().count("\n") == before
 
 
 @pytest.mark.parametrize("budget", ["0%", "150%", "lots", "-3MiB"])
 def test_bad_budget_is_refused_naming_the_flag(budget: str) -> None:
-    with pytest.raises(InvalidArgumentError, match="--budget"):
+    with pytest.raises(InvalidArgumentError, match="--memory-budget"):
         budget_bytes(budget, 1000)
 
 

@@ -49,7 +49,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=256)
     LlamaForCausalLM(config).eval().save_pretrained(root / "model")
-    assert _run_cli(["plan", str(root / "model"), "--device", "local", "--budget-memory", "40%",
+    assert _run_cli(["plan", str(root / "model"), "--device", "local", "--memory-budget", "40%",
                      *FAST, "--cache-dir", str(root / "cache"), "--out", str(root / "plan.json")]) == 0
     return root
 
@@ -69,7 +69,7 @@ def test_plan_writes_a_loadable_plan_within_a_percent_budget(workdir: Path, caps
     assert {d.get("precision") for d in plan.resolve(n for n, _ in loaded.model.named_modules()).values()} <= {
         "int8", "int4"}
     # --json reports the same plan: bytes within 40 % of the unmodified weights.
-    assert _run_cli(["plan", *_args(workdir, "--device", "local", "--budget-memory", "40%", *FAST,
+    assert _run_cli(["plan", *_args(workdir, "--device", "local", "--memory-budget", "40%", *FAST,
                                      "--out", str(workdir / "again.json"), "--json")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["tier_bytes"]["cpu"] <= report["budget_bytes"] == int(report["reference_bytes"] * 0.40)
@@ -144,7 +144,7 @@ def test_bad_inputs_exit_2_with_the_message_and_no_traceback(workdir: Path, monk
           r"model\.layers\.1\.mlp\.down_proj `precision`='fp8': `precision` 'fp8' is not valid for "
           r"model\.layers\.1\.mlp\.down_proj on device 'local'")
     # A budget below the smallest plan: the smallest achievable stated.
-    fails(["plan", *_args(workdir, "--device", "local", "--budget-memory", "1KB", *FAST,
+    fails(["plan", *_args(workdir, "--device", "local", "--memory-budget", "1KB", *FAST,
                           "--out", str(workdir / "never.json"))],
           r"autosurgeon plan: error: `budget` 1000 B .* below the smallest footprint this model can reach on "
           r"'local': \d+ B .* raise the budget to at least that")
@@ -152,12 +152,12 @@ def test_bad_inputs_exit_2_with_the_message_and_no_traceback(workdir: Path, monk
 
 
 @pytest.mark.parametrize(("argv", "pattern"), [
-    (["--budget-memory", "lots"], r"`--budget-memory` must be a byte size such as 3GiB"),
-    (["--budget-memory=-5%"], r"`--budget-memory` share must be a positive percentage, got '-5%'"),
+    (["--memory-budget", "lots"], r"`--memory-budget` must be a byte size such as 3GiB"),
+    (["--memory-budget=-5%"], r"`--memory-budget` share must be a positive percentage, got '-5%'"),
     (["--max-quality-loss", "-0.1"], r"`--max-quality-loss` must be >= 0"),
-    ([], r"give `--budget-memory` .* `--max-quality-loss`"),
-    (["--budget-memory", "40%", "--group-sizes", "48"], r"`--group-sizes` entries must be positive multiples of 32"),
-    (["--budget-memory", "40%", "--precisions", "int3"], r"`--precisions` must be a comma list drawn from"),
+    ([], r"give `--memory-budget` .* `--max-quality-loss`"),
+    (["--memory-budget", "40%", "--group-sizes", "48"], r"`--group-sizes` entries must be positive multiples of 32"),
+    (["--memory-budget", "40%", "--precisions", "int3"], r"`--precisions` must be a comma list drawn from"),
 ])
 def test_plan_refuses_bad_arguments(workdir: Path, argv: list[str], pattern: str) -> None:
     with pytest.raises(InvalidArgumentError, match=pattern):
@@ -180,5 +180,23 @@ def test_plan_writes_session_flags_and_evaluate_scores_them(workdir: Path, capsy
     assert metrics["extra"]["kv"]["precision"] == "int8" and metrics["extra"]["kv"]["peak_bytes"] > 0
     with pytest.raises(InvalidArgumentError, match=r"`--prefetch-depth`: `prefetch_depth` must be one of 0, 1, 2, 3, 4, "
                                                    "got 9"):
-        _run_cli(["plan", *_args(workdir, "--device", "local", "--budget-memory", "40%", "--prefetch-depth", "9",
+        _run_cli(["plan", *_args(workdir, "--device", "local", "--memory-budget", "40%", "--prefetch-depth", "9",
                                  "--out", str(workdir / "bad.json"))])
+
+
+def test_the_plan_carries_its_budget_and_apply_plan_enforces_it(workdir: Path):
+    from autosurgeon.plan_check import PlanCheckError
+    from autosurgeon.transforms import apply_plan
+    from autosurgeon.zoo import load_model
+
+    plan = Plan.load(workdir / "plan.json")
+    assert plan.budgets.to_json() == {"fastest": "40%"}
+    loaded = load_model(str(workdir / "model"), device="cpu", cache_dir=str(workdir / "cache"))
+    with apply_plan(loaded, plan, "local") as session:  # its own budget: the plan was made to fit it
+        fastest = session.spec.budgets["cpu"]
+        assert 0 < fastest < sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    tight = Plan.from_dict({**plan.to_dict(), "_data": {**plan.to_dict()["_data"], "budgets": {"cpu": "1KiB"}}})
+    with pytest.raises(PlanCheckError, match="cpu"):
+        apply_plan(loaded, tight, "local")
+    with apply_plan(loaded, tight, "local", budgets={}) as session:  # the caller's budget wins
+        assert session.spec.budgets.get("cpu") is None

@@ -122,7 +122,7 @@ def test_budget_parsing() -> None:
     assert parse_budget("25%", 1000) == 250 and parse_budget("2.5 %", 1000) == 25
     assert parse_budget("2GiB", 1) == 2 * 2**30 and parse_budget("300MB", 1) == 300_000_000
     assert parse_budget(4096, 1) == 4096
-    with pytest.raises(InvalidArgumentError, match=r"`--budget-memory` must be a size such as 2GiB .* got 'abc%'"):
+    with pytest.raises(InvalidArgumentError, match=r"`--memory-budget` must be a size such as 2GiB .* got 'abc%'"):
         parse_budget("abc%", 1000)
     with pytest.raises(InvalidArgumentError, match="positive percentage, got '0%'"):
         parse_budget("0%", 1000)

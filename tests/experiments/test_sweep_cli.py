@@ -83,7 +83,7 @@ def test_front_table_and_pick(run_dir: Path, tmp_path: Path, monkeypatch, capsys
     plan = Plan.load(tmp_path / "plan.json")
     records = [json.loads(line) for line in (run_dir / "evals.jsonl").read_text().splitlines()]
     assert plan.to_dict()["_data"]["rules"] == records[data["chosen"]]["plan"]["_data"]["rules"]
-    assert _main(["front", str(run_dir), "--budget-memory", "100%", "--json"], monkeypatch) == 0
+    assert _main(["front", str(run_dir), "--memory-budget", "100%", "--json"], monkeypatch) == 0
     assert json.loads(capsys.readouterr().out)["chosen"] is not None
 
 
@@ -101,8 +101,8 @@ def test_front_table_and_pick(run_dir: Path, tmp_path: Path, monkeypatch, capsys
     (["front", "{run}", "--preference", "latency=0.7,memory=0.7"], "must sum to 1, got 1.4"),
     (["front", "{run}", "--preference", "latency=1,power=0"], "unknown objective 'power'"),
     (["front", "{run}", "--preference", "latency=-1,memory=2"], "must be >= 0"),
-    (["front", "{run}", "--budget-memory", "lots"], "budget-memory"),
-    (["front", "{run}", "--budget-memory", "1B"], "no front member fits"),
+    (["front", "{run}", "--memory-budget", "lots"], "memory-budget"),
+    (["front", "{run}", "--memory-budget", "1B"], "no front member fits"),
     (["front", "{tmp}/nope"], "does not exist"),
 ])
 def test_bad_inputs_exit_2_with_message(argv, match, run_dir: Path, tmp_path: Path, monkeypatch, capsys):
