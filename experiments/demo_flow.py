@@ -34,7 +34,7 @@ logger = get_logger(__name__)
 
 # Python source, because the zoo's language models were trained on the standard library's sources.
 DEFAULT_PROMPT = "def read_config(path):\n    \"\"\"Read a configuration file.\"\"\"\n    with open(path) as f:\n"
-COMMITTED_MARKOV = Path(__file__).resolve().parents[2] / "experiments" / "warmstart" / "markov-cpu.json"
+COMMITTED_MARKOV = Path(__file__).resolve().parent / "warmstart" / "markov-cpu.json"
 MAX_VERIFIED = 4  # runtime checks before the demo gives up on the estimates and says so
 GENERATE_REPEATS = 3  # timed generations after one warm-up; the median is shown (shared machines are noisy)
 
