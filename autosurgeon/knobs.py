@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from autosurgeon import precisions as precision_table
 from autosurgeon.errors import InvalidArgumentError
 
 # Precision of a linear/conv's weights. "int8"/"int4" are weight-only (activations stay float);
 # "int8-dynamic" quantizes activations per call too (fbgemm's w8a8 path); "fp8" needs a GPU that has it.
-PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16", "int8", "int4", "int8-dynamic", "fp8")
-QUANTIZED_PRECISIONS: frozenset[str] = frozenset({"int8", "int4", "int8-dynamic", "fp8"})
+# The names and what each is: ``autosurgeon.precisions`` (the one precision table).
+PRECISIONS: tuple[str, ...] = precision_table.NAMES
+QUANTIZED_PRECISIONS: frozenset[str] = precision_table.QUANTIZED_PRECISIONS
 
 # Group size of int4 weights (elements sharing one scale).
 GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)

@@ -39,6 +39,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autosurgeon import precisions as precision_table
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.cost.footprint import tensor_bytes
 from autosurgeon.hardware.power_modes import DEFAULT_WATTS_PER_CORE, IDLE_POWER_FRACTION, current_mode
@@ -254,8 +255,8 @@ def compute_dtype(precision: str) -> str:
     Weight-only int8/int4 dequantize to float32 activations; int8-dynamic multiplies int8 x int8; fp8
     looks up ``float8_e4m3fn`` (``peak_flops`` falls back to float32 where the unit lists no rate).
     """
-    return {"int8": "float32", "int4": "float32", "int8-dynamic": "int8", "fp8": "float8_e4m3fn"}.get(
-        precision, precision)
+    row = precision_table.TABLE.get(precision)
+    return row.compute_dtype if row is not None else precision
 
 
 def count_ops(model: Any, inputs: dict[str, Any]) -> int:

@@ -52,13 +52,14 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from autosurgeon import precisions as precision_table
 from autosurgeon.errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
     from autosurgeon.plan import Plan
     from autosurgeon.space.search_space import SearchSpace
 
-FLOAT_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+FLOAT_ITEMSIZE = precision_table.FLOAT_ITEMSIZE
 _ALIGN = 256  # runtime.tensors.ALIGN
 _TINYGEMM_K_TILE = 128  # runtime.kernels.cuda: tinygemm needs Kp % 128 == 0 and N % 8 == 0
 TIERS = ("gpu", "cpu", "disk")
@@ -85,9 +86,10 @@ def tensor_bytes(numel: int, out_features: int, precision: str, group_size: int 
     if precision in FLOAT_ITEMSIZE:
         size = FLOAT_ITEMSIZE[precision]
         return [numel * size] + ([n * size] if bias else [])
-    if precision in ("int8", "int8-dynamic", "fp8"):
+    row = precision_table.TABLE.get(precision)
+    if row is not None and row.quantized and not row.grouped:  # one byte codes + a float32 scale per channel
         parts = [n * k, 4 * n]
-    elif precision == "int4":
+    elif row is not None and row.grouped:  # 4-bit codes, float32 scale and offset per group
         if not isinstance(group_size, int) or group_size <= 0 or group_size % 32:
             raise InvalidArgumentError(f"`group_size` must be a positive multiple of 32 for int4, got {group_size!r}.")
         kp = -(-k // group_size) * group_size
@@ -95,7 +97,7 @@ def tensor_bytes(numel: int, out_features: int, precision: str, group_size: int 
         parts = [n * kp // 2, 4 * n * groups, 4 * n * groups]
     else:
         raise InvalidArgumentError(
-            f"`precision` must be one of float32, bfloat16, float16, int8, int4, int8-dynamic, fp8; got {precision!r}.")
+            f"`precision` must be one of {', '.join(precision_table.NAMES)}; got {precision!r}.")
     return parts + ([4 * n] if bias else [])
 
 

@@ -27,18 +27,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from autosurgeon.hardware.profile import ComputeUnit, HardwareProfile
+from autosurgeon import precisions as precision_table
 from autosurgeon.knobs import GROUP_SIZES, PLACEMENTS, PRECISIONS
 
-# Precision -> the runtime weight format it is stored in (None: a float dtype).
-PRECISION_FORMAT: dict[str, str | None] = {
-    "float32": None, "bfloat16": None, "float16": None,
-    "int8": "int8", "int4": "int4", "int8-dynamic": "int8", "fp8": "fp8",
-}
-FLOAT_PRECISIONS = ("float32", "bfloat16", "float16")
-# Bits per weight element, the semantic distance ``repair`` uses between precisions.
-PRECISION_BITS: dict[str, int] = {
-    "float32": 32, "bfloat16": 16, "float16": 16, "int8": 8, "int8-dynamic": 8, "fp8": 8, "int4": 4,
-}
+# Precision -> runtime weight format (None: a float dtype); float precisions; bits per weight element (the
+# semantic distance ``repair`` uses between precisions): all from the precision table.
+PRECISION_FORMAT = precision_table.PRECISION_FORMAT
+FLOAT_PRECISIONS = precision_table.FLOAT_PRECISIONS
+PRECISION_BITS = precision_table.PRECISION_BITS
 _FP8_MIN_CC = (8, 9)
 _BF16_MIN_CC = (8, 0)
 _INT4_BLOCK = 32  # runtime.kernels.formats: group sizes are multiples of 32

@@ -37,6 +37,7 @@ from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
 from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, resolve_budget
 from autosurgeon.knobs import KNOBS
+from autosurgeon.precisions import QUANTIZED_PRECISIONS
 from autosurgeon.plan import Plan
 from autosurgeon.transforms.configs import (
     FuseConfig,
@@ -55,7 +56,7 @@ logger = get_logger(__name__)
 
 STAGES: tuple[str, ...] = ("place", "fuse", "prune", "quantize", "kernel", "layout")
 MARKER = "_autosurgeon_applied"
-_QUANTIZED = ("int8", "int4", "int8-dynamic", "fp8")
+_QUANTIZED = QUANTIZED_PRECISIONS
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,21 @@ def test_every_command_spells_the_budget_one_way():
     # the old spellings still parse
     args = parser.parse_args(["plan", "m", "--device", "local", "--budget-memory", "25%", "--out", "p.json"])
     assert args.memory_budget == "25%"
+
+
+def test_the_precision_table_is_what_every_consumer_reads():
+    from autosurgeon import knobs, precisions
+    from autosurgeon.cost import footprint
+    from autosurgeon.cost.base import compute_dtype
+    from autosurgeon.space import masks
+
+    assert knobs.PRECISIONS == precisions.NAMES and masks.PRECISION_BITS is precisions.PRECISION_BITS
+    assert footprint.FLOAT_ITEMSIZE is precisions.FLOAT_ITEMSIZE
+    assert set(masks.FLOAT_PRECISIONS) | precisions.QUANTIZED_PRECISIONS == set(precisions.NAMES)
+    for name, row in precisions.TABLE.items():
+        parts = footprint.tensor_bytes(64 * 256, 64, name, 64)
+        if row.is_float:
+            assert parts == [64 * 256 * row.itemsize]
+        else:  # codes at the row's bits per element, plus float32 scales (and offsets when grouped)
+            assert parts[0] == 64 * 256 * row.bits // 8 and all(p > 0 for p in parts[1:])
+        assert compute_dtype(name) == row.compute_dtype
