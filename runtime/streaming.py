@@ -479,6 +479,16 @@ class Streamer:
             return result[0]
         return result
 
+    # ---------------------------------------------------------------- for a captured decode step (runtime.graph_stream)
+    def quiesce(self) -> None:
+        """Finish every prefetch in flight and leave all staging slots free (call between forwards)."""
+        self._drain()
+
+    def staging(self, device: torch.device) -> tuple[list[torch.Tensor], Any]:
+        """The staging slot buffers reserved on ``device`` and its copy stream (CUDA), for a caller that
+        schedules the copies itself; valid until the slots are re-reserved (lookahead change, demotion)."""
+        return [s.buf for s in self._free.get(device, ())], self._copy_streams.get(device)
+
     # ---------------------------------------------------------------- measurement
     def transfer_seconds(self, *, reset: bool = True) -> float:
         """Total time the copy streams spent copying since the last reset (synchronises; needs

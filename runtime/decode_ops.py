@@ -1,0 +1,216 @@
+"""The elementwise parts of a Llama-family decode step, as torch references and as fused Triton kernels.
+
+A batch-1 decode step on a GPU is a few dozen GEMVs plus hundreds of tiny elementwise kernels (Hugging Face's
+RMSNorm alone is eight); inside a CUDA graph each tiny kernel still costs one to two microseconds, which for a
+7 GB model is as much time as reading the weights. The fused kernels here cut a layer's tiny kernels from ~40 to
+~5 while keeping Hugging Face's rounding: every intermediate that Hugging Face rounds to the model dtype is
+rounded here too, so the only differences left are reduction order (the RMS variance) and ``exp``/``rsqrt``
+approximations — last-place differences that greedy decoding tolerates (checked against eager in the benchmark
+and in the GPU tests).
+
+Two implementations behind one interface (:class:`DecodeOps`): ``TorchOps`` (any device; Hugging Face's own op
+sequence) and ``TritonOps`` (CUDA, needs ``triton``). Shapes: hidden ``(B, 1, H)``; q/k/v projections
+``(B, 1, heads * head_dim)``; the static KV cache ``(B, kv_heads, L, head_dim)`` per layer; ``pos`` a one-element
+int64 tensor on the device (the position being written).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class TorchOps:
+    """Hugging Face's op sequence, op for op (the reference, and the path on the host)."""
+
+    name = "torch"
+
+    @staticmethod
+    def add_rms_norm(delta: torch.Tensor | None, res: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``res + delta`` (the residual stream, in its dtype) and RMSNorm of it, as LlamaRMSNorm computes it."""
+        if delta is not None:
+            res = res + delta
+        x = res.to(torch.float32)
+        var = x.pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(var + eps)
+        return res, weight * x.to(res.dtype)
+
+    @staticmethod
+    def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int,
+                   head_dim: int) -> torch.Tensor:
+        """Rotate q and k at ``pos``, write k and v into the caches there; returns q as (B, heads, 1, head_dim)."""
+        b = q.shape[0]
+        q = q.view(b, 1, heads, head_dim).transpose(1, 2)
+        k = k.view(b, 1, kv_heads, head_dim).transpose(1, 2)
+        v = v.view(b, 1, kv_heads, head_dim).transpose(1, 2)
+        c = cos.index_select(0, pos)[None, None]  # (1, 1, 1, hd)
+        s = sin.index_select(0, pos)[None, None]
+        q = (q * c) + (_rotate_half(q) * s)
+        k = (k * c) + (_rotate_half(k) * s)
+        k_cache.index_copy_(2, pos, k)
+        v_cache.index_copy_(2, pos, v)
+        return q
+
+    @staticmethod
+    def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return F.silu(gate) * up
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+def _kernels() -> dict[str, Any]:
+    """Define the Triton kernels on first use (importing this module never imports triton)."""
+    if _KERNELS:
+        return _KERNELS
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def add_rms_norm_kernel(D, R, W, OUT, RES, H, eps, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        m = offs < H
+        r = tl.load(R + row * H + offs, mask=m, other=0.0)
+        if HAS_D:
+            d = tl.load(D + row * H + offs, mask=m, other=0.0)
+            r = (r.to(tl.float32) + d.to(tl.float32)).to(RES.dtype.element_ty)  # rounded like `res + delta`
+            tl.store(RES + row * H + offs, r, mask=m)
+        x = r.to(tl.float32)
+        var = tl.sum(x * x, axis=0) / H
+        y = (x * tl.math.rsqrt(var + eps)).to(RES.dtype.element_ty)
+        w = tl.load(W + offs, mask=m, other=0.0)
+        tl.store(OUT + row * H + offs, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def rope_cache_kernel(Q, K, V, COS, SIN, POS, QO, KC, VC, L, NH: tl.constexpr, NKV: tl.constexpr,
+                          HALF: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        hd = 2 * HALF
+        pos = tl.load(POS)
+        offs = tl.arange(0, HALF)
+        c1 = tl.load(COS + pos * hd + offs).to(tl.float32)
+        c2 = tl.load(COS + pos * hd + HALF + offs).to(tl.float32)
+        s1 = tl.load(SIN + pos * hd + offs).to(tl.float32)
+        s2 = tl.load(SIN + pos * hd + HALF + offs).to(tl.float32)
+        dt = QO.dtype.element_ty
+        if h < NH:
+            src = Q + (b * NH + h) * hd
+            dst = QO + (b * NH + h) * hd
+        else:
+            kh = h - NH
+            src = K + (b * NKV + kh) * hd
+            dst = KC + ((b * NKV + kh) * L + pos) * hd
+            v1 = tl.load(V + (b * NKV + kh) * hd + offs)
+            v2 = tl.load(V + (b * NKV + kh) * hd + HALF + offs)
+            vdst = VC + ((b * NKV + kh) * L + pos) * hd
+            tl.store(vdst + offs, v1)
+            tl.store(vdst + HALF + offs, v2)
+        x1 = tl.load(src + offs).to(tl.float32)
+        x2 = tl.load(src + HALF + offs).to(tl.float32)
+        # (x * cos) + (rotate_half(x) * sin), each product and the sum rounded to the model dtype
+        o1 = (x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)
+        o2 = (x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)
+        tl.store(dst + offs, o1.to(dt))
+        tl.store(dst + HALF + offs, o2.to(dt))
+
+    @triton.jit
+    def silu_mul_kernel(G, U, OUT, N, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = offs < N
+        g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(U + offs, mask=m, other=0.0).to(tl.float32)
+        dt = OUT.dtype.element_ty
+        s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+        tl.store(OUT + offs, (s * u).to(dt), mask=m)
+
+    _KERNELS.update(add_rms_norm=add_rms_norm_kernel, rope_cache=rope_cache_kernel, silu_mul=silu_mul_kernel)
+    return _KERNELS
+
+
+class TritonOps:
+    """The same three operations as one fused Triton kernel each (CUDA)."""
+
+    name = "triton"
+
+    @staticmethod
+    def add_rms_norm(delta: torch.Tensor | None, res: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        h = res.shape[-1]
+        out = torch.empty(res.shape, dtype=torch.result_type(weight, res), device=res.device)
+        new_res = torch.empty_like(res) if delta is not None else res
+        block = triton_next_pow2(h)
+        _kernels()["add_rms_norm"][(res.numel() // h,)](
+            delta if delta is not None else res, res, weight, out, new_res, h, eps, HAS_D=delta is not None,
+            BLOCK=block, num_warps=8 if block >= 2048 else 4)
+        return new_res, out
+
+    @staticmethod
+    def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int,
+                   head_dim: int) -> torch.Tensor:
+        b = q.shape[0]
+        qo = torch.empty(b, heads, 1, head_dim, dtype=q.dtype, device=q.device)
+        _kernels()["rope_cache"][(b, heads + kv_heads)](
+            q, k, v, cos, sin, pos, qo, k_cache, v_cache, k_cache.shape[2], NH=heads, NKV=kv_heads,
+            HALF=head_dim // 2, num_warps=1)
+        return qo
+
+    @staticmethod
+    def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(gate)
+        n = gate.numel()
+        _kernels()["silu_mul"][(-(-n // 1024),)](gate, up, out, n, BLOCK=1024, num_warps=4)
+        return out
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << (n - 1).bit_length()
+
+
+DecodeOps = type[TorchOps] | type[TritonOps]
+
+
+def pick_ops(kind: str, device: torch.device, *, head_dim: int, dtype: torch.dtype) -> tuple[DecodeOps, str | None]:
+    """The ops for ``kind`` ("auto", "torch" or "triton") on ``device``; with "auto", why Triton was not taken."""
+    if kind not in ("auto", "torch", "triton"):
+        from runtime.errors import JalapenoError
+
+        raise JalapenoError(f"`ops` must be 'auto', 'torch' or 'triton', got {kind!r}.")
+    if kind == "torch":
+        return TorchOps, None
+    why = None
+    if device.type != "cuda":
+        why = "fused kernels run on CUDA only"
+    elif not _pow2(head_dim // 2) or head_dim % 2:
+        why = f"head_dim {head_dim}: the fused RoPE kernel needs head_dim / 2 a power of two"
+    elif dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        why = f"dtype {dtype} not handled by the fused kernels"
+    else:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            why = "triton is not installed"
+    if why is None:
+        return TritonOps, None
+    if kind == "triton":
+        from runtime.errors import JalapenoError
+
+        raise JalapenoError(f"`ops='triton'` is not possible here: {why}; use ops='torch' or 'auto'.")
+    return TorchOps, why
+
+
+__all__ = ["DecodeOps", "TorchOps", "TritonOps", "pick_ops"]
