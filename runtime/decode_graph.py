@@ -37,7 +37,6 @@ from runtime.tensors import tier_of
 
 if TYPE_CHECKING:
     from runtime.session import Session
-    from runtime.streaming import StreamUnit
 
 logger = get_logger(__name__)
 
@@ -377,4 +376,4 @@ def _pad_after_eos(new: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
     return new
 
 
-__all__ = ["GraphDecoder", "SUPPORTED_TYPES", "unsupported_reason"]
+__all__ = ["SUPPORTED_TYPES", "GraphDecoder", "unsupported_reason"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from runtime.errors import JalapenoError
-from runtime.streaming import StreamUnit, Streamer
+from runtime.streaming import Streamer, StreamUnit
 
 
 class StaticStreamSchedule:

@@ -1,0 +1,120 @@
+"""GPU decode through the captured step (runtime.decode_graph), measured the way ``streaming.decode`` measures eager.
+
+Used by ``experiments.benchmarks.streaming gpu``: the resident rows (bf16 and int4, captured step vs Hugging Face
+eager, interleaved rounds in one process) and the captured variants of the 3 GiB streaming rows.
+
+Per-token time: one replay, then the token read on the host (``int(tok)`` synchronises, as the eager loop's
+``.item()`` does); tok/s = 1 / median over the timed tokens after warm-up. Also the back-to-back rate: all
+replays queued, CUDA events around them, no host read between tokens (what ``Session.generate`` does).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from runtime.decode_graph import GraphDecoder
+
+
+def hbm_copy_bandwidth(nbytes: int = 4 * 2**30, repeats: int = 10) -> float:
+    """Device-to-device copy, bytes read + written per second (the anchor's 4.3 TB/s figure), median."""
+    src = torch.empty(nbytes // 2, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(repeats + 2):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return nbytes / statistics.median(times[2:])
+
+
+def graph_decode(dec: GraphDecoder, prompt: torch.Tensor, *, new_tokens: int, warmup: int) -> dict[str, Any]:
+    """Like ``streaming.decode`` through ``dec``: prefill + first token, then ``new_tokens`` timed steps."""
+    dev = dec.device
+    t0 = time.perf_counter()
+    dec.start(prompt, new_tokens + 1)  # captures on the first call for this length bucket
+    torch.cuda.synchronize(dev)
+    first_start_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tok = dec.start(prompt, new_tokens + 1)
+    tokens = [int(tok[0, 0])]
+    prefill_s = time.perf_counter() - t0
+    times = []
+    for _ in range(new_tokens):
+        t0 = time.perf_counter()
+        tok = dec.step()
+        tokens.append(int(tok[0, 0]))
+        times.append(time.perf_counter() - t0)
+    last_logits = dec.logits[0].float().cpu()
+    # back to back: every replay queued, events around them, no host read in between
+    dec.start(prompt, new_tokens + 1)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(new_tokens):
+        dec.step()
+    b.record()
+    b.synchronize()
+    steady = times[warmup:] or times
+    med = statistics.median(steady)
+    return {"tokens": tokens, "last_logits": last_logits, "prefill_s": prefill_s, "median_token_s": med,
+            "tokens_per_s": 1.0 / med, "mean_token_s": statistics.fmean(steady), "n_timed": len(steady),
+            "back_to_back_tok_s": new_tokens / (a.elapsed_time(b) / 1e3), "first_start_with_capture_s": first_start_s,
+            "ops": dec.ops.name, "captured": dec.graph is not None,
+            "streamed_bytes_per_step": dec.schedule.bytes_per_step if dec.schedule else 0}
+
+
+def resident_rounds(model: nn.Module, session: Any, runs: dict[str, Any], prompt: torch.Tensor, *, new_tokens: int,
+                    warmup: int, rounds: int, eager: Any) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds (A B C, B C A, …) of eager and captured decoders on one resident session.
+
+    ``runs``: name -> GraphDecoder, or None for eager (``eager(model, prompt, ...)``). Returns per name the
+    last round's result plus every round's tok/s.
+    """
+    names = list(runs)
+    out: dict[str, dict[str, Any]] = {}
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    b2b: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            dec = runs[name]
+            if dec is None:
+                res = eager(model, prompt, new_tokens=new_tokens, warmup=warmup, device=session.rest_device)
+            else:
+                res = graph_decode(dec, prompt, new_tokens=new_tokens, warmup=warmup)
+                b2b[name].append(res["back_to_back_tok_s"])
+            per_round[name].append(res["tokens_per_s"])
+            out[name] = res
+    for name in names:
+        out[name]["rounds_tok_s"] = per_round[name]
+        out[name]["tokens_per_s"] = statistics.median(per_round[name])
+        if b2b[name]:
+            out[name]["rounds_back_to_back_tok_s"] = b2b[name]
+            out[name]["back_to_back_tok_s"] = statistics.median(b2b[name])
+    return out
+
+
+def energy_per_token(step: Any, *, device: str, min_s: float = 1.5) -> dict[str, Any]:
+    """NVML energy over a window of at least ``min_s`` seconds of ``step()`` calls (each one token)."""
+    from runtime.telemetry import EnergyMeter
+
+    n = 0
+    torch.cuda.synchronize(device)
+    with EnergyMeter(device=device, min_window_s=1.0) as meter:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < min_s:
+            step()
+            n += 1
+        torch.cuda.synchronize(device)
+    return {"tokens": n, "seconds": meter.seconds, "joules": meter.joules, "source": meter.source,
+            "j_per_token": meter.joules / n if n else None, "watts_avg": meter.watts_avg}
+
+
+__all__ = ["energy_per_token", "graph_decode", "hbm_copy_bandwidth", "resident_rounds"]
