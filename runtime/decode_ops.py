@@ -77,6 +77,33 @@ def _kernels() -> dict[str, Any]:
         return _KERNELS
     import triton
     import triton.language as tl
+    from triton.language.extra import (
+        libdevice,  # CUDA's own expf/rsqrtf: the functions torch's kernels call
+    )
+
+    @triton.jit
+    def add_square_kernel(D, R, RES, SQ, H, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        m = offs < H
+        r = tl.load(R + row * H + offs, mask=m, other=0.0)
+        if HAS_D:
+            d = tl.load(D + row * H + offs, mask=m, other=0.0)
+            r = (r.to(tl.float32) + d.to(tl.float32)).to(RES.dtype.element_ty)
+            tl.store(RES + row * H + offs, r, mask=m)
+        x = r.to(tl.float32)
+        tl.store(SQ + row * H + offs, x * x, mask=m)
+
+    @triton.jit
+    def norm_apply_kernel(RES, VAR, W, OUT, H, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        m = offs < H
+        x = tl.load(RES + row * H + offs, mask=m, other=0.0).to(tl.float32)
+        var = tl.load(VAR + row)
+        y = (x * libdevice.rsqrt(var + eps)).to(RES.dtype.element_ty)
+        w = tl.load(W + offs, mask=m, other=0.0)
+        tl.store(OUT + row * H + offs, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=m)
 
     @triton.jit
     def add_rms_norm_kernel(D, R, W, OUT, RES, H, eps, HAS_D: tl.constexpr, BLOCK: tl.constexpr):
@@ -89,8 +116,8 @@ def _kernels() -> dict[str, Any]:
             r = (r.to(tl.float32) + d.to(tl.float32)).to(RES.dtype.element_ty)  # rounded like `res + delta`
             tl.store(RES + row * H + offs, r, mask=m)
         x = r.to(tl.float32)
-        var = tl.sum(x * x, axis=0) / H
-        y = (x * tl.math.rsqrt(var + eps)).to(RES.dtype.element_ty)
+        var = tl.sum(x * x, axis=0) * (1.0 / H)
+        y = (x * libdevice.rsqrt(var + eps)).to(RES.dtype.element_ty)
         w = tl.load(W + offs, mask=m, other=0.0)
         tl.store(OUT + row * H + offs, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=m)
 
@@ -134,17 +161,64 @@ def _kernels() -> dict[str, Any]:
         g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
         u = tl.load(U + offs, mask=m, other=0.0).to(tl.float32)
         dt = OUT.dtype.element_ty
-        s = (g / (1.0 + tl.exp(-g))).to(dt).to(tl.float32)
+        s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g)).to(dt).to(tl.float32)  # as torch's silu: IEEE divide
         tl.store(OUT + offs, (s * u).to(dt), mask=m)
 
-    _KERNELS.update(add_rms_norm=add_rms_norm_kernel, rope_cache=rope_cache_kernel, silu_mul=silu_mul_kernel)
+    _KERNELS.update(add_square=add_square_kernel, norm_apply=norm_apply_kernel, add_rms_norm=add_rms_norm_kernel, rope_cache=rope_cache_kernel, silu_mul=silu_mul_kernel)
     return _KERNELS
 
 
+def _rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int,
+                head_dim: int) -> torch.Tensor:
+    b = q.shape[0]
+    qo = torch.empty(b, heads, 1, head_dim, dtype=q.dtype, device=q.device)
+    _kernels()["rope_cache"][(b, heads + kv_heads)](
+        q, k, v, cos, sin, pos, qo, k_cache, v_cache, k_cache.shape[2], NH=heads, NKV=kv_heads,
+        HALF=head_dim // 2, num_warps=1)
+    return qo
+
+
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(gate)
+    n = gate.numel()
+    _kernels()["silu_mul"][(-(-n // 1024),)](gate, up, out, n, BLOCK=1024, num_warps=4)
+    return out
+
+
 class TritonOps:
-    """The same three operations as one fused Triton kernel each (CUDA)."""
+    """The three operations fused on CUDA, bit for bit Hugging Face's: RMSNorm as three kernels (residual add
+    and square; torch's own ``mean`` for the variance, so its reduction order is the same; normalise and
+    scale), RoPE + cache write and SiLU·up as one kernel each, with CUDA's ``expf``/``rsqrtf`` and IEEE division."""
 
     name = "triton"
+
+    @staticmethod
+    def add_rms_norm(delta: torch.Tensor | None, res: torch.Tensor, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        h = res.shape[-1]
+        rows = res.numel() // h
+        block = triton_next_pow2(h)
+        warps = 8 if block >= 2048 else 4
+        new_res = torch.empty_like(res) if delta is not None else res
+        sq = torch.empty(res.shape, dtype=torch.float32, device=res.device)
+        k = _kernels()
+        k["add_square"][(rows,)](delta if delta is not None else res, res, new_res, sq, h, HAS_D=delta is not None,
+                                 BLOCK=block, num_warps=warps)
+        var = sq.mean(-1, keepdim=True)  # the very reduction LlamaRMSNorm runs
+        out = torch.empty(res.shape, dtype=torch.result_type(weight, res), device=res.device)
+        k["norm_apply"][(rows,)](new_res, var, weight, out, h, eps, BLOCK=block, num_warps=warps)
+        return new_res, out
+
+    rope_cache = staticmethod(_rope_cache)
+    silu_mul = staticmethod(_silu_mul)
+
+
+class TritonFastOps:
+    """As :class:`TritonOps` but RMSNorm in one kernel (its own reduction order: last-place differences in
+    the variance, so greedy tokens can differ from Hugging Face's where two logits are nearly tied)."""
+
+    name = "triton-fast"
 
     @staticmethod
     def add_rms_norm(delta: torch.Tensor | None, res: torch.Tensor, weight: torch.Tensor,
@@ -158,38 +232,24 @@ class TritonOps:
             BLOCK=block, num_warps=8 if block >= 2048 else 4)
         return new_res, out
 
-    @staticmethod
-    def rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                   pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int,
-                   head_dim: int) -> torch.Tensor:
-        b = q.shape[0]
-        qo = torch.empty(b, heads, 1, head_dim, dtype=q.dtype, device=q.device)
-        _kernels()["rope_cache"][(b, heads + kv_heads)](
-            q, k, v, cos, sin, pos, qo, k_cache, v_cache, k_cache.shape[2], NH=heads, NKV=kv_heads,
-            HALF=head_dim // 2, num_warps=1)
-        return qo
-
-    @staticmethod
-    def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(gate)
-        n = gate.numel()
-        _kernels()["silu_mul"][(-(-n // 1024),)](gate, up, out, n, BLOCK=1024, num_warps=4)
-        return out
+    rope_cache = staticmethod(_rope_cache)
+    silu_mul = staticmethod(_silu_mul)
 
 
 def triton_next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-DecodeOps = type[TorchOps] | type[TritonOps]
+DecodeOps = type[TorchOps] | type[TritonOps] | type[TritonFastOps]
 
 
 def pick_ops(kind: str, device: torch.device, *, head_dim: int, dtype: torch.dtype) -> tuple[DecodeOps, str | None]:
-    """The ops for ``kind`` ("auto", "torch" or "triton") on ``device``; with "auto", why Triton was not taken."""
-    if kind not in ("auto", "torch", "triton"):
+    """The ops for ``kind`` on ``device``: "auto" (the exact fused kernels where they can run, else torch),
+    "torch", "triton" or "triton-fast"; with "auto", also why the fused kernels were not taken."""
+    if kind not in ("auto", "torch", "triton", "triton-fast"):
         from runtime.errors import JalapenoError
 
-        raise JalapenoError(f"`ops` must be 'auto', 'torch' or 'triton', got {kind!r}.")
+        raise JalapenoError(f"`ops` must be 'auto', 'torch', 'triton' or 'triton-fast', got {kind!r}.")
     if kind == "torch":
         return TorchOps, None
     why = None
@@ -205,12 +265,12 @@ def pick_ops(kind: str, device: torch.device, *, head_dim: int, dtype: torch.dty
         except ImportError:
             why = "triton is not installed"
     if why is None:
-        return TritonOps, None
-    if kind == "triton":
+        return (TritonFastOps if kind == "triton-fast" else TritonOps), None
+    if kind != "auto":
         from runtime.errors import JalapenoError
 
         raise JalapenoError(f"`ops='triton'` is not possible here: {why}; use ops='torch' or 'auto'.")
     return TorchOps, why
 
 
-__all__ = ["DecodeOps", "TorchOps", "TritonOps", "pick_ops"]
+__all__ = ["DecodeOps", "TorchOps", "TritonFastOps", "TritonOps", "pick_ops"]

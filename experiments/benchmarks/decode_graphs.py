@@ -101,6 +101,64 @@ def resident_rounds(model: nn.Module, session: Any, runs: dict[str, Any], prompt
     return out
 
 
+def gemv_floor(model: nn.Module, *, fused: bool, repeats: int = 20) -> dict[str, Any]:
+    """Time only the step's matrix-vector products (every linear of every layer and the head, batch 1) as one
+    captured graph: the floor the rest of the step sits on. ``fused``: q/k/v and gate/up as one product each
+    (concatenated copies of the weights, made here for the measurement and freed after)."""
+    import torch.nn.functional as F
+
+    dev = next(model.lm_head.parameters()).device
+    h = model.config.hidden_size
+    x = torch.randn(1, 1, h, dtype=torch.bfloat16, device=dev)
+    xi = torch.randn(1, 1, model.config.intermediate_size, dtype=torch.bfloat16, device=dev)
+    plan: list[tuple[torch.Tensor, torch.Tensor]] = []
+    equal = True
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        if fused:
+            qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+            gu = torch.cat([m.gate_proj.weight, m.up_proj.weight])
+            plan += [(qkv, x), (a.o_proj.weight, x), (gu, x), (m.down_proj.weight, xi)]
+            if layer is model.model.layers[0]:  # are the fused products' bits the separate ones'?
+                sep = torch.cat([F.linear(x, w) for w in (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)], -1)
+                equal = bool(torch.equal(F.linear(x, qkv), sep))
+        else:
+            plan += [(a.q_proj.weight, x), (a.k_proj.weight, x), (a.v_proj.weight, x), (a.o_proj.weight, x),
+                     (m.gate_proj.weight, x), (m.up_proj.weight, x), (m.down_proj.weight, xi)]
+    plan.append((model.lm_head.weight, x))
+    nbytes = sum(w.numel() * w.element_size() for w, _ in plan)
+
+    def run() -> None:
+        for w, inp in plan:
+            F.linear(inp, w)
+
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        run()
+        run()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    graph.replay()
+    times = []
+    for _ in range(repeats):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        graph.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    med = statistics.median(times)
+    del graph
+    plan.clear()
+    torch.cuda.empty_cache()
+    return {"fused": fused, "products": 4 * len(model.model.layers) + 1 if fused else 7 * len(model.model.layers) + 1,
+            "bytes": nbytes, "median_s": med, "min_s": min(times), "max_s": max(times), "read_Bps": nbytes / med,
+            "fused_bits_equal_separate": equal if fused else None}
+
+
 def energy_per_token(step: Any, *, device: str, min_s: float = 1.5) -> dict[str, Any]:
     """NVML energy over a window of at least ``min_s`` seconds of ``step()`` calls (each one token)."""
     from runtime.telemetry import EnergyMeter
@@ -117,4 +175,4 @@ def energy_per_token(step: Any, *, device: str, min_s: float = 1.5) -> dict[str,
             "j_per_token": meter.joules / n if n else None, "watts_avg": meter.watts_avg}
 
 
-__all__ = ["energy_per_token", "graph_decode", "hbm_copy_bandwidth", "resident_rounds"]
+__all__ = ["energy_per_token", "gemv_floor", "graph_decode", "hbm_copy_bandwidth", "resident_rounds"]

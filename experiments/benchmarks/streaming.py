@@ -34,6 +34,7 @@ from torch import nn
 
 from experiments.benchmarks.decode_graphs import (
     energy_per_token,
+    gemv_floor,
     graph_decode,
     hbm_copy_bandwidth,
     resident_rounds,
@@ -219,7 +220,8 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         if cfg.pop("graph", False):
             spec = gpu_spec(model, gpu_budget=cap, **cfg)
             r = _graph_row(model, spec, prompt, args, dev, name, ref)
-            r["bound_tok_s"] = bw / r["streamed_bytes"]
+            if "error" not in r:
+                r["bound_tok_s"] = bw / r["streamed_bytes"]
             res["configs"].append(r)
             gc.collect()
             torch.cuda.empty_cache()
@@ -343,7 +345,10 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
     """Every weight on the GPU: HF eager vs the captured step (fused Triton ops, and torch ops), interleaved."""
     with Session(model, _resident_spec(model), graphs=False) as session:
         runs = {"Hugging Face eager (dynamic cache), all weights on the GPU": None,
-                "ours: captured decode step, fused Triton ops": GraphDecoder(session, ops="triton"),
+                "ours: captured decode step, fused Triton ops (exact; the Session's default)":
+                    GraphDecoder(session, ops="triton"),
+                "ours: captured decode step, fused Triton ops with one-kernel RMSNorm (not bit-exact)":
+                    GraphDecoder(session, ops="triton-fast"),
                 "ours: captured decode step, torch ops (Hugging Face's op sequence)": GraphDecoder(session, ops="torch")}
         out = resident_rounds(model, session, runs, prompt, new_tokens=args.new_tokens, warmup=args.warmup,
                               rounds=args.rounds, eager=decode)
@@ -374,7 +379,14 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
             if dec is not None:
                 dec.close()
         ref["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev)
-    return {"rows": rows, "energy": energy, "rounds": args.rounds}
+        floors = []
+        for fused in (False, True):
+            try:
+                floors.append(gemv_floor(model, fused=fused))
+            except Exception as exc:  # noqa: BLE001 - a diagnostic; keep the rows
+                floors.append({"fused": fused, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"GEMV floor: {floors[-1]}", flush=True)
+    return {"rows": rows, "energy": energy, "rounds": args.rounds, "gemv_floor": floors}
 
 
 def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.Namespace,
@@ -602,6 +614,12 @@ def _gpu_markdown(res: dict[str, Any]) -> list[str]:
             lines.append(f"| {r['name']} | {r['tokens_per_s']:.1f} | {', '.join(f'{x:.1f}' for x in r['rounds_tok_s'])} | "
                          f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.0f')}"
                          f"{'%' if frac else ''} | {r['tokens_per_s'] / eager:.1f}× | {match} |")
+        for f in res.get("resident", {}).get("gemv_floor", []):
+            if "error" not in f:
+                lines.append(f"\nMatrix-vector products alone ({f['products']} per token"
+                             f"{', q/k/v and gate/up fused' if f['fused'] else ''}), one captured graph: "
+                             f"{f['median_s'] * 1e3:.3f} ms/token ({f['read_Bps'] / 1e12:.2f} TB/s of weights read"
+                             + (f"; fused bits = separate: {f['fused_bits_equal_separate']}" if f["fused"] else "") + ").")
         for name, e in res.get("resident", {}).get("energy", {}).items():
             lines.append(f"\nEnergy, {name}: {_f(e.get('j_per_token'), '.3f')} J/token ({e['tokens']} tokens over "
                          f"{_f(e['seconds'])} s, {_f(e['watts_avg'], '.0f')} W avg, {e['source']}).")

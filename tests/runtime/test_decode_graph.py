@@ -69,6 +69,21 @@ def test_generate_reasons_name_what_is_not_handled() -> None:
         assert "CUDA" in generate_reason(session, ids, do_sample=False, kwargs={})
 
 
+def test_quiesce_gives_every_staging_slot_back() -> None:
+    model = tiny_llama(layers=3)
+    blocks = tuple(BlockSpec(device="cpu", home="disk" if i else None) for i in range(3))
+    spec = SessionSpec(blocks=blocks, rest=BlockSpec(device="cpu"), lookahead=1)
+    with Session(model, spec, graphs=False) as session:
+        session.forward(input_ids=_prompt())  # leaves the next token's first units prefetched
+        streamer = session.streamer
+        assert any(u.pending is not None for u in streamer.units)
+        streamer.quiesce()
+        assert all(u.pending is None and u.slot is None for u in streamer.units)
+        bufs, stream = streamer.staging(torch.device("cpu"))
+        assert len(bufs) == 2 and stream is None
+        session.forward(input_ids=_prompt())  # the eager path still finds its slots
+
+
 def test_rows_after_eos_are_padded_and_the_call_ends_when_all_finished() -> None:
     new = torch.tensor([[5, 2, 7, 8, 9], [5, 6, 7, 2, 9]])
     assert _pad_after_eos(new, [2], 0).tolist() == [[5, 2, 0, 0], [5, 6, 7, 2]]
