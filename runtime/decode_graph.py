@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime._log import get_logger
-from runtime.decode_ops import DecodeOps, pick_ops
+from runtime.decode_ops import DecodeOps, TritonOps, VerifiedOps, pick_ops
 from runtime.errors import BudgetExceededError, JalapenoError
 from runtime.graph_stream import StaticStreamSchedule, run_unit
 from runtime.tensors import tier_of
@@ -114,7 +114,9 @@ class GraphDecoder:
 
     Args:
         session: an open Session whose :func:`unsupported_reason` is None.
-        ops: "auto" (fused Triton kernels where possible), "torch" or "triton".
+        ops: "auto" (fused Triton kernels where they run and are bit-exact, see
+            :class:`~runtime.decode_ops.VerifiedOps`), "torch", "triton" (the same, required), or "triton-fast"
+            (one-kernel RMSNorm, not bit-exact: faster, greedy tokens may differ at near ties).
         capture: False runs the very same step eagerly (the host path, and for comparisons).
         bucket: the static cache length is ``prompt + new tokens`` rounded up to a multiple of this, so
             nearby lengths reuse one captured graph.
@@ -142,6 +144,10 @@ class GraphDecoder:
         self.ops, why = pick_ops(ops, self.device, head_dim=self.head_dim, dtype=self.dtype)
         if why:
             logger.info("decode graph: fused kernels not used (%s); torch ops", why)
+        if self.ops is TritonOps:  # each fused op checked bit for bit against torch's, per device and shape
+            self.ops = VerifiedOps(self.device, self.dtype, hidden=self.hidden, intermediate=self.cfg.intermediate_size,
+                                   heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, eps=self.eps)
+            logger.info("decode graph ops: %s", self.ops.report)
         session.streamer.quiesce()  # every staging slot free: the schedule takes them all
         self.units = {id(u.module): u for u in session.streamer.units if u.streamed}
         self.embed_on_host = next(self.inner.embed_tokens.parameters()).device.type == "cpu" or any(

@@ -15,6 +15,7 @@ int64 tensor on the device (the position being written).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -95,13 +96,19 @@ def _kernels() -> dict[str, Any]:
         tl.store(SQ + row * H + offs, x * x, mask=m)
 
     @triton.jit
-    def norm_apply_kernel(RES, VAR, W, OUT, H, eps, BLOCK: tl.constexpr):
+    def norm_apply_kernel(RES, VAR, W, OUT, H, eps, RSQRT: tl.constexpr, BLOCK: tl.constexpr):
         row = tl.program_id(0)
         offs = tl.arange(0, BLOCK)
         m = offs < H
         x = tl.load(RES + row * H + offs, mask=m, other=0.0).to(tl.float32)
         var = tl.load(VAR + row)
-        y = (x * libdevice.rsqrt(var + eps)).to(RES.dtype.element_ty)
+        if RSQRT == 0:
+            r = libdevice.rsqrt(var + eps)
+        elif RSQRT == 1:
+            r = tl.math.rsqrt(var + eps)
+        else:
+            r = tl.math.div_rn(1.0, tl.math.sqrt_rn(var + eps))
+        y = (x * r).to(RES.dtype.element_ty)
         w = tl.load(W + offs, mask=m, other=0.0)
         tl.store(OUT + row * H + offs, (w.to(tl.float32) * y.to(tl.float32)).to(OUT.dtype.element_ty), mask=m)
 
@@ -155,13 +162,21 @@ def _kernels() -> dict[str, Any]:
         tl.store(dst + HALF + offs, o2.to(dt))
 
     @triton.jit
-    def silu_mul_kernel(G, U, OUT, N, BLOCK: tl.constexpr):
+    def silu_mul_kernel(G, U, OUT, N, EXP: tl.constexpr, DIV: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         m = offs < N
         g = tl.load(G + offs, mask=m, other=0.0).to(tl.float32)
         u = tl.load(U + offs, mask=m, other=0.0).to(tl.float32)
         dt = OUT.dtype.element_ty
-        s = tl.math.div_rn(g, 1.0 + libdevice.exp(-g)).to(dt).to(tl.float32)  # as torch's silu: IEEE divide
+        if EXP == 0:
+            e = libdevice.exp(-g)
+        else:
+            e = tl.exp(-g)
+        if DIV == 0:
+            s = tl.math.div_rn(g, 1.0 + e)
+        else:
+            s = g / (1.0 + e)
+        s = s.to(dt).to(tl.float32)
         tl.store(OUT + offs, (s * u).to(dt), mask=m)
 
     _KERNELS.update(add_square=add_square_kernel, norm_apply=norm_apply_kernel, add_rms_norm=add_rms_norm_kernel, rope_cache=rope_cache_kernel, silu_mul=silu_mul_kernel)
@@ -179,11 +194,28 @@ def _rope_cache(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Te
     return qo
 
 
-def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor, *, exp: int = 0, div: int = 0) -> torch.Tensor:
     out = torch.empty_like(gate)
     n = gate.numel()
-    _kernels()["silu_mul"][(-(-n // 1024),)](gate, up, out, n, BLOCK=1024, num_warps=4)
+    _kernels()["silu_mul"][(-(-n // 1024),)](gate, up, out, n, EXP=exp, DIV=div, BLOCK=1024, num_warps=4)
     return out
+
+
+def _add_rms_norm3(delta: torch.Tensor | None, res: torch.Tensor, weight: torch.Tensor, eps: float, *,
+                   rsqrt: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    h = res.shape[-1]
+    rows = res.numel() // h
+    block = triton_next_pow2(h)
+    warps = 8 if block >= 2048 else 4
+    new_res = torch.empty_like(res) if delta is not None else res
+    sq = torch.empty(res.shape, dtype=torch.float32, device=res.device)
+    k = _kernels()
+    k["add_square"][(rows,)](delta if delta is not None else res, res, new_res, sq, h, HAS_D=delta is not None,
+                             BLOCK=block, num_warps=warps)
+    var = sq.mean(-1, keepdim=True)  # the very reduction LlamaRMSNorm runs
+    out = torch.empty(res.shape, dtype=torch.result_type(weight, res), device=res.device)
+    k["norm_apply"][(rows,)](new_res, var, weight, out, h, eps, RSQRT=rsqrt, BLOCK=block, num_warps=warps)
+    return new_res, out
 
 
 class TritonOps:
@@ -193,23 +225,7 @@ class TritonOps:
 
     name = "triton"
 
-    @staticmethod
-    def add_rms_norm(delta: torch.Tensor | None, res: torch.Tensor, weight: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        h = res.shape[-1]
-        rows = res.numel() // h
-        block = triton_next_pow2(h)
-        warps = 8 if block >= 2048 else 4
-        new_res = torch.empty_like(res) if delta is not None else res
-        sq = torch.empty(res.shape, dtype=torch.float32, device=res.device)
-        k = _kernels()
-        k["add_square"][(rows,)](delta if delta is not None else res, res, new_res, sq, h, HAS_D=delta is not None,
-                                 BLOCK=block, num_warps=warps)
-        var = sq.mean(-1, keepdim=True)  # the very reduction LlamaRMSNorm runs
-        out = torch.empty(res.shape, dtype=torch.result_type(weight, res), device=res.device)
-        k["norm_apply"][(rows,)](new_res, var, weight, out, h, eps, BLOCK=block, num_warps=warps)
-        return new_res, out
-
+    add_rms_norm = staticmethod(_add_rms_norm3)
     rope_cache = staticmethod(_rope_cache)
     silu_mul = staticmethod(_silu_mul)
 
@@ -240,7 +256,59 @@ def triton_next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-DecodeOps = type[TorchOps] | type[TritonOps] | type[TritonFastOps]
+DecodeOps = Any  # an object with name, add_rms_norm, rope_cache and silu_mul (TorchOps, TritonOps, VerifiedOps)
+
+
+class VerifiedOps:
+    """Each fused op checked bit for bit against :class:`TorchOps` on random inputs of the model's shapes,
+    trying the kernel's variants (CUDA's rsqrtf / the approximate instruction / 1 / sqrt; expf / ex2-based exp;
+    IEEE / approximate divide): the first variant that is bit-exact is used, and an op no variant matches runs
+    as torch ops. So the captured step keeps Hugging Face's greedy tokens whatever the libraries' math does.
+    ``report`` says what was chosen per op."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, *, hidden: int, intermediate: int, heads: int,
+                 kv_heads: int, head_dim: int, eps: float, seed: int = 0) -> None:
+        gen = torch.Generator(device=device).manual_seed(seed)
+
+        def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+            return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
+
+        self.report: dict[str, str] = {}
+        res, delta, w = rnd(2, 1, hidden), rnd(2, 1, hidden), rnd(hidden, scale=0.1) + 1
+        ref = TorchOps.add_rms_norm(delta, res, w, eps)
+        self.add_rms_norm = self._pick("add_rms_norm", TorchOps.add_rms_norm, [
+            (f"rsqrt={name}", functools.partial(_add_rms_norm3, rsqrt=mode))
+            for mode, name in ((0, "CUDA rsqrtf"), (1, "rsqrt.approx"), (2, "1/sqrt"))],
+            lambda f: all(torch.equal(a, b) for a, b in zip(f(delta, res, w, eps), ref))
+            and all(torch.equal(a, b) for a, b in zip(f(None, res, w, eps), TorchOps.add_rms_norm(None, res, w, eps))))
+        g, u = rnd(2, 1, intermediate, scale=2.0), rnd(2, 1, intermediate)
+        ref_s = TorchOps.silu_mul(g, u)
+        self.silu_mul = self._pick("silu_mul", TorchOps.silu_mul, [
+            (f"exp={en}, divide={dn}", functools.partial(_silu_mul, exp=e, div=d))
+            for e, en in ((0, "CUDA expf"), (1, "ex2-based")) for d, dn in ((0, "IEEE"), (1, "approximate"))],
+            lambda f: torch.equal(f(g, u), ref_s))
+        length = 8
+        q, k, v = rnd(2, 1, heads * head_dim), rnd(2, 1, kv_heads * head_dim), rnd(2, 1, kv_heads * head_dim)
+        cos, sin = rnd(length, head_dim).clamp(-1, 1), rnd(length, head_dim).clamp(-1, 1)
+        pos = torch.tensor([5], device=device)
+
+        def rope_ok(f: Any) -> bool:
+            caches = [torch.zeros(2, kv_heads, length, head_dim, dtype=dtype, device=device) for _ in range(4)]
+            a = f(q, k, v, cos, sin, pos, caches[0], caches[1], heads, kv_heads, head_dim)
+            b = TorchOps.rope_cache(q, k, v, cos, sin, pos, caches[2], caches[3], heads, kv_heads, head_dim)
+            return torch.equal(a, b) and torch.equal(caches[0], caches[2]) and torch.equal(caches[1], caches[3])
+
+        self.rope_cache = self._pick("rope_cache", TorchOps.rope_cache, [("fused", _rope_cache)], rope_ok)
+        fused = sum(not v.startswith("torch") for v in self.report.values())
+        self.name = "triton" if fused == 3 else f"triton ({fused} of 3 fused, rest torch)"
+
+    def _pick(self, op: str, fallback: Any, variants: list[tuple[str, Any]], exact: Any) -> Any:
+        for label, f in variants:
+            if exact(f):
+                self.report[op] = f"triton, {label}"
+                return f
+        self.report[op] = "torch (no fused variant was bit-exact here)"
+        return fallback
 
 
 def pick_ops(kind: str, device: torch.device, *, head_dim: int, dtype: torch.dtype) -> tuple[DecodeOps, str | None]:

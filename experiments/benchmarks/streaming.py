@@ -371,7 +371,7 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
             if dec is None:
                 step = _eager_stepper(model, prompt, dev)
             else:
-                big = GraphDecoder(session, ops=dec.ops.name, bucket=1024)
+                big = GraphDecoder(session, ops="triton", bucket=1024)
                 step = _graph_stepper(big, prompt, 1000)
             energy[name] = energy_per_token(step, device=str(dev))
             print(f"energy {name}: {energy[name]}", flush=True)
@@ -614,6 +614,10 @@ def _gpu_markdown(res: dict[str, Any]) -> list[str]:
             lines.append(f"| {r['name']} | {r['tokens_per_s']:.1f} | {', '.join(f'{x:.1f}' for x in r['rounds_tok_s'])} | "
                          f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.0f')}"
                          f"{'%' if frac else ''} | {r['tokens_per_s'] / eager:.1f}× | {match} |")
+        for r in resident:
+            if r.get("ops_report"):
+                lines.append(f"\nOps of '{r['name']}' (each fused op checked bit for bit against torch's on random "
+                             f"inputs, first exact variant kept): {r['ops_report']}.")
         for f in res.get("resident", {}).get("gemv_floor", []):
             if "error" not in f:
                 lines.append(f"\nMatrix-vector products alone ({f['products']} per token"

@@ -123,3 +123,20 @@ def test_session_picks_the_captured_step_on_cuda_and_int4_matches_int4_eager() -
         out = session.generate(ids, max_new_tokens=16)
         assert session.stats().extra["decode"]["path"] == "graph"
     assert torch.equal(out.cpu(), ref.cpu())
+
+
+@pytest.mark.gpu
+def test_verified_ops_equal_torch_ops_bit_for_bit_on_fresh_inputs() -> None:
+    pytest.importorskip("triton")
+    from runtime.decode_ops import TorchOps, VerifiedOps
+
+    dev = torch.device("cuda:0")
+    ops = VerifiedOps(dev, torch.bfloat16, hidden=256, intermediate=512, heads=4, kv_heads=2, head_dim=64, eps=1e-5)
+    assert set(ops.report) == {"add_rms_norm", "rope_cache", "silu_mul"}
+    gen = torch.Generator(device=dev).manual_seed(7)
+    res, delta = (torch.randn(1, 1, 256, generator=gen, device=dev).bfloat16() for _ in range(2))
+    w = torch.rand(256, generator=gen, device=dev).bfloat16()
+    for a, b in zip(ops.add_rms_norm(delta, res, w, 1e-5), TorchOps.add_rms_norm(delta, res, w, 1e-5)):
+        assert torch.equal(a, b)
+    g, u = (torch.randn(1, 1, 512, generator=gen, device=dev).bfloat16() * 3 for _ in range(2))
+    assert torch.equal(ops.silu_mul(g, u), TorchOps.silu_mul(g, u))
