@@ -303,11 +303,17 @@ class VerifiedOps:
         self.name = "triton" if fused == 3 else f"triton ({fused} of 3 fused, rest torch)"
 
     def _pick(self, op: str, fallback: Any, variants: list[tuple[str, Any]], exact: Any) -> Any:
+        errors = []
         for label, f in variants:
-            if exact(f):
+            try:
+                ok = exact(f)
+            except Exception as exc:  # noqa: BLE001 - a variant this Triton cannot build is just not taken
+                errors.append(f"{label}: {type(exc).__name__}")
+                continue
+            if ok:
                 self.report[op] = f"triton, {label}"
                 return f
-        self.report[op] = "torch (no fused variant was bit-exact here)"
+        self.report[op] = "torch (no fused variant was bit-exact here" + (f"; failed: {errors}" if errors else "") + ")"
         return fallback
 
 
