@@ -67,7 +67,8 @@ def graph_decode(dec: GraphDecoder, prompt: torch.Tensor, *, new_tokens: int, wa
     return {"tokens": tokens, "last_logits": last_logits, "prefill_s": prefill_s, "median_token_s": med,
             "tokens_per_s": 1.0 / med, "mean_token_s": statistics.fmean(steady), "n_timed": len(steady),
             "back_to_back_tok_s": new_tokens / (a.elapsed_time(b) / 1e3), "first_start_with_capture_s": first_start_s,
-            "ops": dec.ops.name, "ops_report": getattr(dec.ops, "report", None), "captured": dec.graph is not None,
+            "ops": dec.ops.name, "ops_report": getattr(dec.ops, "report", None),
+            "ops_mismatch": getattr(dec.ops, "mismatch", None), "captured": dec.graph is not None,
             "streamed_bytes_per_step": dec.schedule.bytes_per_step if dec.schedule else 0}
 
 
