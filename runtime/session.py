@@ -330,7 +330,10 @@ class Session:
 
         reason = self._decode.get("failed") or generate_reason(self, input_ids, do_sample=do_sample, kwargs=kwargs)
         if reason is None and self._graph is None:
-            self._graph = GraphDecoder(self)
+            try:
+                self._graph = GraphDecoder(self)
+            except (JalapenoError, RuntimeError) as exc:
+                self._decode["failed"] = reason = f"decoder not built: {type(exc).__name__}: {exc}"
         if reason is not None:
             self._graph_fallback(reason)
             return None

@@ -2,11 +2,13 @@
 
 Two settings (ANCHORS.md):
 
-* ``gpu``: Llama architecture, hidden 4096, 16 layers, vocab 32000, bf16 (~7.0 GB), GPU budget 3 GiB,
-  batch 1 decode. Baselines in the same process: the model all on the GPU (compute-only reference and the
-  token reference) and accelerate ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` +
-  ``dispatch_model``. Also measures pinned host->device bandwidth (the bound) and, with CUDA events on the
-  copy stream, the time the copy engine spends per token.
+* ``gpu``: Llama architecture, hidden 4096, 16 layers, vocab 32000, bf16 (~7.0 GB), batch 1 decode. First every
+  weight on the GPU: Hugging Face eager (the token reference) against our captured decode step
+  (``runtime.decode_graph``: fused ops, torch ops, one-kernel RMSNorm) in interleaved rounds, with the device
+  copy bound, NVML energy per token and the GEMV-only floor. Then a GPU budget of 3 GiB: our streaming eager
+  and captured, int4 likewise (plus int4 all resident, eager vs captured), and accelerate
+  ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` + ``dispatch_model``. Also measures pinned
+  host->device bandwidth (the bound) and, with CUDA events on the copy stream, the copy time per token.
 * ``cpu``: hidden 2048, 8 layers, vocab 32000, fp32 (~2.14 GB), 16-token prompt, RAM budget 30% of the
   weights; ours streams from the disk tier, accelerate uses its disk offload at the same budget.
 
