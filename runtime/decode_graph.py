@@ -3,7 +3,7 @@ weights through fixed staging slots.
 
 Eager decode of a 7 GB model on an H200 runs at 3–4 % of the memory bound: the host cannot launch a step's
 ~700 kernels as fast as the GPU runs them. Here one decode step of a Llama-family model (Llama, Mistral
-without a sliding window below the length, Qwen2) is written out once — the model's own modules for every
+without sliding-window attention, Qwen2) is written out once — the model's own modules for every
 linear (bf16 ``nn.Linear`` or the runtime's ``QuantizedLinear``), :mod:`runtime.decode_ops` for the elementwise
 parts, SDPA over a static KV cache with a position mask — captured as a CUDA graph and replayed per token.
 Inputs (last token, position) and outputs (next token, logits) live in static buffers; the step itself
