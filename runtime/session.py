@@ -132,13 +132,19 @@ class Session:
             window), its pages charged to this session's store; None: Hugging Face's own cache.
         adapt: watch the workload and retune between forward steps (:mod:`runtime.adapt`); ``True`` for the
             default thresholds. Adjustments are logged and listed in ``stats().extra["adjustments"]``.
+        graphs: greedy ``generate`` through a captured decode step (:mod:`runtime.decode_graph`): None picks it
+            by itself where the model runs on CUDA, False never, True wherever possible (else a warning).
+            Where it cannot, ``generate`` runs eagerly and logs why (``stats().extra["decode"]``).
     """
 
     def __init__(self, model: nn.Module, spec: SessionSpec, *, store: TensorStore | None = None,
                  time_transfers: bool = False, energy_watts: float | None = None,
                  experts: ExpertConfig | None = None, kv: KVCacheConfig | None = None,
-                 adapt: AdaptConfig | bool | None = None) -> None:
+                 adapt: AdaptConfig | bool | None = None, graphs: bool | None = None) -> None:
         self.energy_watts = energy_watts
+        self.graphs = graphs
+        self._graph: Any = None
+        self._decode: dict[str, Any] = {}
         self.model = model.eval()
         self.spec = spec
         self.block_path, self.blocks = find_blocks(model, spec.block_path)
@@ -286,12 +292,18 @@ class Session:
 
             name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
             kwargs[name] = self.kv_cache = self._make_kv_cache()
+        graph = self._graph_decoder(input_ids, do_sample, kwargs)
         meter, tracker = self._telemetry()
         self._sync()
         start = time.perf_counter()
         try:
             with meter, tracker:
-                out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
+                out = None
+                if graph is not None:
+                    out = self._graph_generate(graph, input_ids, max_new_tokens, kwargs)
+                if out is None:
+                    out = self.model.generate(input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                              **kwargs)
                 self._sync()
         finally:
             self._finish_kv()  # its pages go back to the store: the request is over
@@ -303,6 +315,57 @@ class Session:
         peak = getattr(tracker, "peak_rss_bytes", None)
         if peak is not None:
             self._peak_rss = max(self._peak_rss or 0, int(peak))
+        return out
+
+    # ---------------------------------------------------------------- captured decode (runtime.decode_graph)
+    def _graph_decoder(self, input_ids: torch.Tensor, do_sample: bool, kwargs: dict[str, Any]) -> Any:
+        """The GraphDecoder for this call, or None (eager) with the reason logged once and kept in stats."""
+        if self.graphs is False:
+            self._decode = {"path": "eager", "reason": "graphs=False"}
+            return None
+        if self.graphs is None and not any(d.startswith("cuda") for d in self._devices):
+            self._decode = {"path": "eager", "reason": "no CUDA device"}
+            return None
+        from runtime.decode_graph import GraphDecoder, generate_reason
+
+        reason = self._decode.get("failed") or generate_reason(self, input_ids, do_sample=do_sample, kwargs=kwargs)
+        if reason is None and self._graph is None:
+            try:
+                self._graph = GraphDecoder(self)
+            except (JalapenoError, RuntimeError) as exc:
+                self._decode["failed"] = reason = f"decoder not built: {type(exc).__name__}: {exc}"
+        if reason is not None:
+            self._graph_fallback(reason)
+            return None
+        return self._graph
+
+    def _graph_fallback(self, reason: str) -> None:
+        if self._decode.get("reason") != reason:
+            log = logger.warning if self.graphs else logger.info
+            log("generate runs eagerly, not through a captured decode step: %s", reason)
+        self._decode = {**self._decode, "path": "eager", "reason": reason}
+
+    def _graph_generate(self, graph: Any, input_ids: torch.Tensor, max_new_tokens: int,
+                        kwargs: dict[str, Any]) -> torch.Tensor | None:
+        from runtime.errors import BudgetExceededError
+
+        eos = kwargs.get("eos_token_id")
+        if eos is None:
+            eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        try:
+            out = graph.generate(input_ids, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                 pad_token_id=kwargs.get("pad_token_id", 0))
+        except BudgetExceededError as exc:
+            self._graph_fallback(f"the static KV cache does not fit: {exc}")
+            return None
+        except RuntimeError as exc:  # capture refused an operation: never try again in this session
+            graph.close()
+            self._graph = None
+            self._decode["failed"] = f"capture failed: {type(exc).__name__}: {exc}"
+            self._graph_fallback(self._decode["failed"])
+            return None
+        self._decode = {"path": "graph", "ops": graph.ops.name, "captured": graph.graph is not None,
+                        "streamed_bytes_per_step": graph.schedule.bytes_per_step if graph.schedule else 0}
         return out
 
     def _make_kv_cache(self) -> Any:
@@ -411,6 +474,9 @@ class Session:
         uids = [u.uid for i in indices for u in self._demotable(i)]
         if lookahead is not None and lookahead < self.streamer.lookahead:
             self.streamer.lookahead = lookahead  # applied by the demotion's re-reservation
+        if self._graph is not None:  # its static schedule knew the old slots
+            self._graph.close()
+            self._graph = None
         freed = self.streamer.demote(uids, home)
         for i in indices:
             self.block_specs[i] = dataclasses.replace(self.block_specs[i], home=home)
@@ -447,6 +513,8 @@ class Session:
             extra["kv"] = self._kv_report()
         elif self._kv_stats is not None:
             extra["kv"] = dict(self._kv_stats)
+        if self._decode:
+            extra["decode"] = {k: v for k, v in self._decode.items() if k != "failed"}
         if self.adapter is not None:
             extra["adjustments"] = [a.as_dict() for a in self.adapter.adjustments]
             extra["workload"] = dict(self.adapter.workload)
@@ -472,6 +540,9 @@ class Session:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if getattr(self, "_graph", None) is not None:
+            self._graph.close()
+            self._graph = None
         self._finish_kv()
         if getattr(self, "experts", None) is not None:
             self.experts.detach()

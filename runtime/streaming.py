@@ -479,6 +479,27 @@ class Streamer:
             return result[0]
         return result
 
+    # ---------------------------------------------------------------- for a captured decode step (runtime.graph_stream)
+    def quiesce(self) -> None:
+        """Finish every prefetch in flight and give its slot back: all staging slots free (between forwards)."""
+        for unit in self.units:
+            if unit.pending is not None and not unit.bound:
+                self._wait(unit)
+                slot = unit.slot
+                unit.slot = unit.pending = None
+                if slot is not None:
+                    if slot.mapping is not None:
+                        self.store.unmap(slot.mapping)
+                        slot.mapping = None
+                    self._free[unit.device].append(slot)
+        for device in self._copy_streams:
+            torch.cuda.synchronize(device)
+
+    def staging(self, device: torch.device) -> tuple[list[torch.Tensor], Any]:
+        """The staging slot buffers reserved on ``device`` and its copy stream (CUDA), for a caller that
+        schedules the copies itself; valid until the slots are re-reserved (lookahead change, demotion)."""
+        return [s.buf for s in self._free.get(device, ())], self._copy_streams.get(device)
+
     # ---------------------------------------------------------------- measurement
     def transfer_seconds(self, *, reset: bool = True) -> float:
         """Total time the copy streams spent copying since the last reset (synchronises; needs

@@ -71,6 +71,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--adapt", action="store_true",
                         help="retune between steps under memory pressure (lookahead, KV window, residency); "
                         "adjustments are reported")
+    parser.add_argument("--no-graphs", action="store_true",
+                        help="decode eagerly (default on CUDA: greedy decode through a captured CUDA-graph step)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a report")
     parser.set_defaults(func=run)
 
@@ -269,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
         session = Session(model, spec, energy_watts=args.watts, experts=experts, kv=kv, adapt=args.adapt or None)
         session_decisions = flags
         sources = {k: "flag" for k in flags}
+    if args.no_graphs:
+        session.graphs = False
     with session:
         out = session.generate(ids, max_new_tokens=args.max_new_tokens)
         stats = session.stats()
@@ -288,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             "fetches": stats.fetches, "misses": stats.misses,
             "kv": _kv_report(stats.extra.get("kv"), session.kv_config),
             "session": session_decisions, "session_sources": sources, "experts": stats.extra.get("experts"),
+            "decode": stats.extra.get("decode"),
             "prefetch_hit_rate": (stats.extra["experts"]["prefetch_hit_rate"] if "experts" in stats.extra else None),
             "expert_hit_rate": (stats.extra["experts"]["hit_rate"] if "experts" in stats.extra else None),
             "adjustments": stats.extra.get("adjustments"),

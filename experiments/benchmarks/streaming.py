@@ -2,11 +2,13 @@
 
 Two settings (ANCHORS.md):
 
-* ``gpu``: Llama architecture, hidden 4096, 16 layers, vocab 32000, bf16 (~7.0 GB), GPU budget 3 GiB,
-  batch 1 decode. Baselines in the same process: the model all on the GPU (compute-only reference and the
-  token reference) and accelerate ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` +
-  ``dispatch_model``. Also measures pinned host->device bandwidth (the bound) and, with CUDA events on the
-  copy stream, the time the copy engine spends per token.
+* ``gpu``: Llama architecture, hidden 4096, 16 layers, vocab 32000, bf16 (~7.0 GB), batch 1 decode. First every
+  weight on the GPU: Hugging Face eager (the token reference) against our captured decode step
+  (``runtime.decode_graph``: fused ops, torch ops, one-kernel RMSNorm) in interleaved rounds, with the device
+  copy bound, NVML energy per token and the GEMV-only floor. Then a GPU budget of 3 GiB: our streaming eager
+  and captured, int4 likewise (plus int4 all resident, eager vs captured), and accelerate
+  ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` + ``dispatch_model``. Also measures pinned
+  host->device bandwidth (the bound) and, with CUDA events on the copy stream, the copy time per token.
 * ``cpu``: hidden 2048, 8 layers, vocab 32000, fp32 (~2.14 GB), 16-token prompt, RAM budget 30% of the
   weights; ours streams from the disk tier, accelerate uses its disk offload at the same budget.
 
@@ -32,9 +34,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from experiments.benchmarks.decode_graphs import (
+    energy_per_token,
+    gemv_floor,
+    graph_decode,
+    hbm_copy_bandwidth,
+    resident_rounds,
+)
+from runtime.decode_graph import GraphDecoder
 from runtime.session import Session
-from runtime.spec import BlockSpec, SessionSpec
 from runtime.sizes import format_bytes, parse_bytes
+from runtime.spec import BlockSpec, SessionSpec
 from runtime.telemetry import PeakTracker, rss_bytes
 
 GIB = 2**30
@@ -183,15 +193,16 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     res["h2d_pinned_Bps"] = bw
     print(f"pinned H2D: {bw / 1e9:.1f} GB/s", flush=True)
 
-    # All on the GPU: compute-only reference (no transfers) and the token reference.
+    # All on the GPU: Hugging Face eager (the token reference) against the captured step, interleaved rounds.
     model.to(dev)
     torch.cuda.reset_peak_memory_stats(dev)
-    ref = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
-    ref["name"] = "all weights on GPU (no cap; compute-only reference)"
-    ref["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev)
+    res["hbm_copy_Bps"] = hbm = hbm_copy_bandwidth()
+    print(f"device copy (read+write): {hbm / 1e12:.2f} TB/s -> bound {hbm / total:.0f} tok/s", flush=True)
+    res["resident"] = _gpu_resident(model, prompt, args, dev, total, hbm)
+    ref = res["resident"]["rows"][0]
     res["reference"] = ref
-    print(f"all-GPU: {ref['tokens_per_s']:.2f} tok/s", flush=True)
     model.to("cpu")
+    gc.collect()
     torch.cuda.empty_cache()
 
     configs = [
@@ -199,9 +210,24 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         dict(name="ours: embed on host, lookahead 1", lookahead=1, embed_on_cpu=True, interleave=False),
         dict(name="ours: embed on host, lookahead 1, interleaved", lookahead=1, embed_on_cpu=True, interleave=True),
         dict(name="ours: embed on host, lookahead 3, interleaved", lookahead=3, embed_on_cpu=True, interleave=True),
+        dict(name="ours graph: embed on host, lookahead 1, interleaved", lookahead=1, embed_on_cpu=True,
+             interleave=True, graph=True),
+        dict(name="ours graph: embed on host, lookahead 3, interleaved", lookahead=3, embed_on_cpu=True,
+             interleave=True, graph=True),
+        dict(name="ours graph: module units, lookahead 2", lookahead=2, embed_on_cpu=False, interleave=False,
+             graph=True),
     ]
     for cfg in configs:
         name = cfg.pop("name")
+        if cfg.pop("graph", False):
+            spec = gpu_spec(model, gpu_budget=cap, **cfg)
+            r = _graph_row(model, spec, prompt, args, dev, name, ref)
+            if "error" not in r:
+                r["bound_tok_s"] = bw / r["streamed_bytes"]
+            res["configs"].append(r)
+            gc.collect()
+            torch.cuda.empty_cache()
+            continue
         spec = gpu_spec(model, gpu_budget=cap, **cfg)
         torch.cuda.reset_peak_memory_stats(dev)
         t0 = time.perf_counter()
@@ -226,7 +252,8 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
         torch.cuda.empty_cache()
 
     for r in res["configs"]:
-        r["max_abs_logit_diff"] = float((r.pop("last_logits") - ref["last_logits"]).abs().max())
+        if "last_logits" in r:
+            r["max_abs_logit_diff"] = float((r.pop("last_logits") - ref["last_logits"]).abs().max())
     if args.int4:
         try:
             res["int4"] = _gpu_int4(model, prompt, cap, args, dev, ref)
@@ -255,6 +282,113 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
     print(f"accelerate: {r['tokens_per_s']:.2f} tok/s, allocator peak {format_bytes(r['cuda_max_allocated'])}, "
           f"match={r['tokens_match_reference']}", flush=True)
     return res
+
+
+def _graph_row(model: nn.Module, spec: SessionSpec, prompt: torch.Tensor, args: argparse.Namespace,
+               dev: torch.device, name: str, ref: dict[str, Any] | None) -> dict[str, Any]:
+    """One streamed configuration decoded through the captured step (copies in the graph)."""
+    torch.cuda.reset_peak_memory_stats(dev)
+    try:
+        with Session(model, spec, graphs=False) as session:
+            dec = GraphDecoder(session)
+            r = graph_decode(dec, prompt, new_tokens=args.new_tokens, warmup=args.warmup)
+            st = session.stats()
+            r.update(name=name, streamed_bytes=st.extra["streamed_bytes_per_pass"],
+                     resident_blocks=sum(1 for b in spec.blocks if not b.streamed), lookahead=spec.lookahead,
+                     gpu_peak_store=st.peak_bytes["gpu"], cuda_max_allocated=torch.cuda.max_memory_allocated(dev),
+                     transfer_s_per_token=float("nan"))
+            dec.close()
+    except Exception as exc:  # noqa: BLE001 - report and keep the other rows
+        print(f"{name}: failed: {type(exc).__name__}: {exc}", flush=True)
+        return {"name": name, "error": f"{type(exc).__name__}: {exc}"}
+    if ref is not None:
+        r["tokens_match_reference"] = r["tokens"] == ref["tokens"]
+        r["max_abs_logit_diff"] = float((r.pop("last_logits") - ref["last_logits"]).abs().max())
+    print(f"{name}: {r['tokens_per_s']:.2f} tok/s (back to back {r['back_to_back_tok_s']:.2f}), resident "
+          f"{r['resident_blocks']}, streamed {format_bytes(r['streamed_bytes'])}/token, store peak "
+          f"{format_bytes(r['gpu_peak_store'])}, allocator peak {format_bytes(r['cuda_max_allocated'])}, "
+          f"match={r.get('tokens_match_reference')}", flush=True)
+    return r
+
+
+def _resident_spec(model: nn.Module) -> SessionSpec:
+    blocks = tuple(BlockSpec(device="cuda:0") for _ in model.model.layers)
+    return SessionSpec(blocks=blocks, rest=BlockSpec(device="cuda:0"))
+
+
+def _eager_stepper(model: nn.Module, prompt: torch.Tensor, dev: torch.device) -> Any:
+    state: dict[str, Any] = {}
+    with torch.no_grad():
+        out = model(input_ids=prompt.to(dev), use_cache=True)
+    state.update(past=out.past_key_values, tok=out.logits[:, -1].argmax(-1, keepdim=True))
+
+    def step() -> None:
+        with torch.no_grad():
+            o = model(input_ids=state["tok"], past_key_values=state["past"], use_cache=True)
+        state.update(past=o.past_key_values, tok=o.logits[:, -1].argmax(-1, keepdim=True))
+        int(state["tok"])
+
+    return step
+
+
+def _graph_stepper(dec: GraphDecoder, prompt: torch.Tensor, tokens: int) -> Any:
+    dec.start(prompt, tokens)
+
+    def step() -> None:
+        if dec.position + 1 >= dec.key[1]:
+            dec.start(prompt, tokens)  # ran out of cache (faster than planned): restart, counted in the window
+        dec.step()
+
+    return step
+
+
+def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespace, dev: torch.device,
+                  total: int, hbm: float) -> dict[str, Any]:
+    """Every weight on the GPU: HF eager vs the captured step (fused Triton ops, and torch ops), interleaved."""
+    with Session(model, _resident_spec(model), graphs=False) as session:
+        runs = {"Hugging Face eager (dynamic cache), all weights on the GPU": None,
+                "ours: captured decode step, fused Triton ops (exact; the Session's default)":
+                    GraphDecoder(session, ops="triton"),
+                "ours: captured decode step, fused Triton ops with one-kernel RMSNorm (not bit-exact)":
+                    GraphDecoder(session, ops="triton-fast"),
+                "ours: captured decode step, torch ops (Hugging Face's op sequence)": GraphDecoder(session, ops="torch")}
+        out = resident_rounds(model, session, runs, prompt, new_tokens=args.new_tokens, warmup=args.warmup,
+                              rounds=args.rounds, eager=decode)
+        rows = []
+        ref = out[next(iter(runs))]
+        for name, r in out.items():
+            r["name"] = name
+            if r is not ref:
+                r["tokens_match_reference"] = r["tokens"] == ref["tokens"]
+                r["max_abs_logit_diff"] = float((r["last_logits"] - ref["last_logits"]).abs().max())
+            r["bound_fraction"] = r["tokens_per_s"] * total / hbm
+            rows.append(r)
+            print(f"{name}: {r['tokens_per_s']:.1f} tok/s (rounds {[round(x, 1) for x in r['rounds_tok_s']]}), "
+                  f"{100 * r['bound_fraction']:.0f}% of the copy bound, match={r.get('tokens_match_reference')}",
+                  flush=True)
+        for r in rows[1:]:
+            r.pop("last_logits")
+        energy = {}
+        for name, dec in list(runs.items())[:2]:
+            if dec is None:
+                step = _eager_stepper(model, prompt, dev)
+            else:
+                big = GraphDecoder(session, ops="triton", bucket=1024)
+                step = _graph_stepper(big, prompt, 1000)
+            energy[name] = energy_per_token(step, device=str(dev))
+            print(f"energy {name}: {energy[name]}", flush=True)
+        for dec in runs.values():
+            if dec is not None:
+                dec.close()
+        ref["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev)
+        floors = []
+        for fused in (False, True):
+            try:
+                floors.append(gemv_floor(model, fused=fused))
+            except Exception as exc:  # noqa: BLE001 - a diagnostic; keep the rows
+                floors.append({"fused": fused, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"GEMV floor: {floors[-1]}", flush=True)
+    return {"rows": rows, "energy": energy, "rounds": args.rounds, "gemv_floor": floors}
 
 
 def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.Namespace,
@@ -295,8 +429,30 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
     gc.collect()
     torch.cuda.empty_cache()
     print(f"int4 kernel check: {check}", flush=True)
+    # All int4 blocks resident (no cap): int4 eager vs the captured step, interleaved rounds.
+    resident = []
+    with Session(qmodel, _resident_spec(qmodel), graphs=False) as session:
+        runs = {"ours int4 g128, all blocks resident, eager": None,
+                "ours int4 g128, all blocks resident, captured decode step": GraphDecoder(session)}
+        rr = resident_rounds(qmodel, session, runs, prompt, new_tokens=args.new_tokens, warmup=args.warmup,
+                             rounds=args.rounds, eager=decode)
+        eager_r = rr[next(iter(runs))]
+        for name, r in rr.items():
+            r["name"] = name
+            r.pop("last_logits")
+            r["tokens_match_int4_eager"] = r["tokens"] == eager_r["tokens"]
+            resident.append(r)
+            print(f"{name}: {r['tokens_per_s']:.1f} tok/s (rounds {[round(x, 1) for x in r['rounds_tok_s']]}), "
+                  f"match int4 eager={r['tokens_match_int4_eager']}", flush=True)
+        for dec in runs.values():
+            if dec is not None:
+                dec.close()
+        resident[0]["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev)
+    gc.collect()
+    torch.cuda.empty_cache()
     # Same placement rule as bf16 (int4 blocks are small enough that they may all be resident), then
-    # every block streamed, which shows the compressed weights travelling.
+    # every block streamed, which shows the compressed weights travelling; each eager, then captured.
+    graphs: list[dict[str, Any]] = []
     for name, max_resident in [("ours int4 g128, placed by the 3 GiB rule (packed copy counted)", None),
                                ("ours int4 g128, every block streamed from host", 0)]:
         spec = gpu_spec(qmodel, gpu_budget=cap, lookahead=1, embed_on_cpu=True, interleave=True,
@@ -317,9 +473,15 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
         print(f"{name}: {r['tokens_per_s']:.2f} tok/s, resident {r['resident_blocks']}, streamed "
               f"{format_bytes(r['streamed_bytes'])}/token, copy {r['transfer_s_per_token'] * 1e3:.1f} ms/token, "
               f"allocator peak {format_bytes(r['cuda_max_allocated'])}", flush=True)
+        g = _graph_row(qmodel, spec, prompt, args, dev, name.replace("ours int4", "ours graph int4"), None)
+        if "error" not in g:
+            g.pop("last_logits")
+            g["tokens_match_int4_eager_same_placement"] = g["tokens"] == r["tokens"]
+            g["tokens_match_reference"] = "— (int4)"
+        graphs.append(g)
     del qmodel
     out[1]["tokens_match_int4_resident"] = out[1]["tokens"] == out[0]["tokens"]
-    return {"runs": out, "kernel_check": check}
+    return {"runs": out, "graph_runs": graphs, "resident": resident, "kernel_check": check}
 
 
 # ------------------------------------------------------------------------------------------- CPU
@@ -425,6 +587,78 @@ def _run_cpu_one(args: argparse.Namespace, which: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- report
+def _f(x: Any, fmt: str = ".2f") -> str:
+    return "—" if x is None or x != x else format(x, fmt)
+
+
+def _gpu_markdown(res: dict[str, Any]) -> list[str]:
+    bw = res["h2d_pinned_Bps"]
+    hbm = res.get("hbm_copy_Bps")
+    ref = res["reference"]
+    lines = [f"Device: {res['device']}, {res['host_cores']} host cores, torch {res['torch']}. Model "
+             f"{res['model_bytes'] / 1e9:.2f} GB bf16; batch 1, {ref['n_timed']} timed decode tokens after warm-up, "
+             f"median; pinned H2D {bw / 1e9:.1f} GB/s"
+             + (f"; device copy (read+write) {hbm / 1e12:.2f} TB/s -> bound {hbm / res['model_bytes']:.0f} tok/s"
+                if hbm else "") + ".", ""]
+    resident = res.get("resident", {}).get("rows", [])
+    int4_res = res.get("int4", {}).get("resident", [])
+    if resident:
+        eager = resident[0]["tokens_per_s"]
+        lines += ["**All weights on the GPU** (interleaved rounds in one process; tok/s = median over rounds of "
+                  "each round's 1 / median per-token time; back to back = replays queued without a host read).", "",
+                  "| configuration | tok/s | rounds | back to back tok/s | % of copy bound | × HF eager | tokens |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in [*resident, *int4_res]:
+            match = r.get("tokens_match_reference", r.get("tokens_match_int4_eager", "(reference)"))
+            if r in int4_res:
+                match = f"= int4 eager: {r['tokens_match_int4_eager']}"
+            frac = r["tokens_per_s"] * res["model_bytes"] / hbm if hbm and r in resident else None
+            lines.append(f"| {r['name']} | {r['tokens_per_s']:.1f} | {', '.join(f'{x:.1f}' for x in r['rounds_tok_s'])} | "
+                         f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.0f')}"
+                         f"{'%' if frac else ''} | {r['tokens_per_s'] / eager:.1f}× | {match} |")
+        for r in resident:
+            if r.get("ops_report"):
+                lines.append(f"\nOps of '{r['name']}' (each fused op checked bit for bit against torch's on random "
+                             f"inputs, first exact variant kept): {r['ops_report']}.")
+        for f in res.get("resident", {}).get("gemv_floor", []):
+            if "error" not in f:
+                lines.append(f"\nMatrix-vector products alone ({f['products']} per token"
+                             f"{', q/k/v and gate/up fused' if f['fused'] else ''}), one captured graph: "
+                             f"{f['median_s'] * 1e3:.3f} ms/token ({f['read_Bps'] / 1e12:.2f} TB/s of weights read"
+                             + (f"; fused bits = separate: {f['fused_bits_equal_separate']}" if f["fused"] else "") + ").")
+        for name, e in res.get("resident", {}).get("energy", {}).items():
+            lines.append(f"\nEnergy, {name}: {_f(e.get('j_per_token'), '.3f')} J/token ({e['tokens']} tokens over "
+                         f"{_f(e['seconds'])} s, {_f(e['watts_avg'], '.0f')} W avg, {e['source']}).")
+        lines.append("")
+    lines += [f"**GPU cap {_gb(res['gpu_cap'])}** (streamed from pinned host memory).", "",
+              "| configuration | tok/s | back to back tok/s | vs accelerate | resident blocks | streamed / token | "
+              "bound (streamed B / H2D) | % of bound | copy ms / token | ms / token | store GPU peak | allocator peak | "
+              "tokens = ref |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    acc = res.get("accelerate", {})
+    acc_tps = acc.get("tokens_per_s")
+    int4 = res.get("int4", {})
+    rows = [*res["configs"], *int4.get("runs", []), *int4.get("graph_runs", [])]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | failed: {r['error']} |" + " |" * 11)
+            continue
+        bound = bw / r["streamed_bytes"] if r.get("streamed_bytes") else None
+        match = r.get("tokens_match_reference", "—")
+        if "tokens_match_int4_eager_same_placement" in r:
+            match = f"= int4 eager: {r['tokens_match_int4_eager_same_placement']}"
+        lines.append(
+            f"| {r['name']} | {r['tokens_per_s']:.2f} | {_f(r.get('back_to_back_tok_s'))} | "
+            f"{_f(r['tokens_per_s'] / acc_tps if acc_tps else None, '.1f')}× | {r['resident_blocks']} | "
+            f"{r['streamed_bytes'] / 1e9:.2f} GB | {_f(bound)} | {_f(100 * r['tokens_per_s'] / bound if bound else None, '.0f')}% | "
+            f"{_f(r.get('transfer_s_per_token', float('nan')) * 1e3, '.1f')} | {r['median_token_s'] * 1e3:.1f} | "
+            f"{_gb(r['gpu_peak_store'])} | {_gb(r['cuda_max_allocated'])} | {match} |")
+    if acc:
+        lines.append(f"| {acc['name']} | {acc_tps:.2f} | — | 1.0× | {acc['device_map_gpu_entries'] - 1} (+ embeddings) | "
+                     f"— | — | — | — | {acc['median_token_s'] * 1e3:.1f} | — | {_gb(acc['cuda_max_allocated'])} | "
+                     f"{acc['tokens_match_reference']} |")
+    return lines
+
+
 def _gb(n: Any) -> str:
     return "—" if n is None else f"{n / 2**30:.2f} GiB"
 
@@ -433,31 +667,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     """The results as markdown tables (the committed result files are made from this)."""
     lines: list[str] = []
     if res["setting"] == "gpu":
-        bw = res["h2d_pinned_Bps"]
-        ref = res["reference"]
-        lines += [f"Device: {res['device']}, {res['host_cores']} host cores, torch {res['torch']}. Model "
-                  f"{res['model_bytes'] / 1e9:.2f} GB bf16; GPU cap {_gb(res['gpu_cap'])}; pinned H2D measured "
-                  f"{bw / 1e9:.1f} GB/s. Batch 1, {ref['n_timed']} timed decode tokens after warm-up, median.", "",
-                  "| configuration | tok/s | vs accelerate | resident blocks | streamed / token | bound (streamed B / "
-                  "H2D) | % of bound | copy ms / token | ms / token | store GPU peak | allocator peak | tokens = ref |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        acc = res.get("accelerate", {})
-        acc_tps = acc.get("tokens_per_s")
-        rows = list(res["configs"]) + list(res.get("int4", {}).get("runs", []))
-        for r in rows:
-            bound = bw / r["streamed_bytes"] if r.get("streamed_bytes") else None
-            lines.append(
-                f"| {r['name']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / acc_tps:.1f}× | {r['resident_blocks']} | "
-                f"{r['streamed_bytes'] / 1e9:.2f} GB | " + (f"{bound:.2f}" if bound else "—") + " | "
-                + (f"{100 * r['tokens_per_s'] / bound:.0f}%" if bound else "—")
-                + f" | {r['transfer_s_per_token'] * 1e3:.1f} | {r['median_token_s'] * 1e3:.1f} | {_gb(r['gpu_peak_store'])} | "
-                f"{_gb(r['cuda_max_allocated'])} | {r.get('tokens_match_reference', '—')} |")
-        if acc:
-            lines.append(f"| {acc['name']} | {acc_tps:.2f} | 1.0× | {acc['device_map_gpu_entries'] - 1} (+ embeddings) | "
-                         f"— | — | — | — | {acc['median_token_s'] * 1e3:.1f} | — | {_gb(acc['cuda_max_allocated'])} | "
-                         f"{acc['tokens_match_reference']} |")
-        lines.append(f"| {ref['name']} | {ref['tokens_per_s']:.2f} | {ref['tokens_per_s'] / acc_tps:.1f}× | 16 | 0 | — | — | 0 | "
-                     f"{ref['median_token_s'] * 1e3:.1f} | — | {_gb(ref['cuda_max_allocated'])} | (reference) |")
+        lines += _gpu_markdown(res)
     else:
         lines += [f"Host: {res['cpu']}, {res['host_cores']} cores (shared machine), torch {res['torch']}. Model "
                   f"{res['model_bytes'] / 1e9:.2f} GB fp32, RAM budget {_gb(res['ram_budget'])} (30%). Each row in its own "
@@ -492,6 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--gpu-budget", default="3GiB")
     g.add_argument("--accelerate-tokens", type=int, default=12)
     g.add_argument("--int4", action="store_true")
+    g.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the resident rows")
     c = sub.choices["cpu"]
     c.add_argument("--ram-fraction", type=float, default=0.30)
     c.add_argument("--lookahead", type=int, default=1)

@@ -108,3 +108,10 @@ def test_run_kv_precision_choice_is_checked_by_argparse(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["run", "tiny-llama-test", "--kv-precision", "int4"])
     assert exc.value.code == 2 and "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "reason"), [([], "no CUDA device"), (["--no-graphs"], "graphs=False")])
+def test_run_reports_the_decode_path_and_no_graphs_turns_graphs_off(capsys, flag, reason) -> None:
+    assert _run(["tiny-llama-test", "--max-new-tokens", "3", "--json", "--device", "cpu", *flag]) == 0
+    decode = json.loads(capsys.readouterr().out)["decode"]
+    assert decode["path"] == "eager" and decode["reason"] == reason
