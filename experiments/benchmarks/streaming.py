@@ -383,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         c.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(d, field))
     c.add_argument("--ram-fraction", type=float, default=d.ram_fraction)
     c.add_argument("--rows", nargs="+", default=list(d.rows), choices=list(ROWS))
+    c.add_argument("--profile", nargs="*", default=list(d.profile), choices=list(ROWS),
+                   help="rows to profile op by op after the rounds (none: skip)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     if args.setting == "cpu":
@@ -392,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             hidden=args.hidden, intermediate=args.intermediate, layers=args.layers, heads=args.heads, vocab=args.vocab,
             ram_fraction=args.ram_fraction, prompt_len=args.prompt_len, warmup=args.warmup, tokens=args.tokens,
             accelerate_tokens=args.accelerate_tokens, rounds=args.rounds, threads=args.threads, seed=args.seed,
-            rows=tuple(args.rows))
+            rows=tuple(args.rows), profile=tuple(args.profile))
         res = streaming_cpu.run(settings, progress=lambda msg: print(msg, flush=True))
         table = streaming_cpu.to_markdown(res)
     else:

@@ -96,6 +96,7 @@ class CpuBenchSettings:
     threads: int = 2
     seed: int = 0
     rows: tuple[str, ...] = DEFAULT_ROWS
+    profile: tuple[str, ...] = ("eager", "ours", "ours-remap")  # op-by-op profile of these, after the rounds
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -138,6 +139,23 @@ def disk_read_bandwidth(folder: str, nbytes: int = 256 * 2**20) -> float:
         os.unlink(path)
 
 
+def _worker_cpu_s() -> float:
+    """CPU seconds used so far by the streamer's I/O worker threads (``jalapeno-io*``), from /proc."""
+    import threading
+
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for t in threading.enumerate():
+        if t.name.startswith("jalapeno-io") and t.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
 def decode_steps(model: nn.Module, prompt: torch.Tensor, *, warmup: int, tokens: int,
                  before_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Greedy decode: prefill, ``warmup`` untimed steps, ``tokens`` timed steps (``before_step`` runs untimed
@@ -156,6 +174,7 @@ def decode_steps(model: nn.Module, prompt: torch.Tensor, *, warmup: int, tokens:
                 before_step()
             if i == warmup:
                 ru0 = resource.getrusage(resource.RUSAGE_SELF)
+                w0 = _worker_cpu_s()
             t0, c0 = time.perf_counter(), time.process_time()
             out = model(input_ids=tok, past_key_values=past, use_cache=True)
             past = out.past_key_values
@@ -165,12 +184,38 @@ def decode_steps(model: nn.Module, prompt: torch.Tensor, *, warmup: int, tokens:
                 wall.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        w1 = _worker_cpu_s()
     n = max(1, tokens)
     assert ru0 is not None
     return {"tokens": ids, "step_s": wall, "cpu_s": cpu, "median_token_s": statistics.median(wall),
             "last_logits": out.logits[0, -1].float().clone(),
             "minflt_per_token": (ru1.ru_minflt - ru0.ru_minflt) / n, "majflt_per_token": (ru1.ru_majflt - ru0.ru_majflt) / n,
+            "worker_cpu_s_per_token": (w1 - w0) / n,
             "vcsw_per_token": (ru1.ru_nvcsw - ru0.ru_nvcsw) / n, "ivcsw_per_token": (ru1.ru_nivcsw - ru0.ru_nivcsw) / n}
+
+
+def op_profile(model: nn.Module, prompt: torch.Tensor, *, warmup: int, tokens: int, top: int = 8) -> dict[str, float]:
+    """Self CPU milliseconds per decode token of the ``top`` most expensive ops (torch.profiler, after warm-up),
+    plus the whole step's wall time under the profiler: where a configuration's time goes, op by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True)
+        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(warmup):
+            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(tokens):
+                out = model(input_ids=tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                int(tok)
+        wall = (time.perf_counter() - t0) / tokens
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    res = {e.key: e.self_cpu_time_total / 1e3 / tokens for e in events}
+    res["(step wall, profiled)"] = wall * 1e3
+    return res
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -210,7 +255,8 @@ def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[st
     res: dict[str, Any] = {"settings": asdict(s), "model_bytes": total, "cap_bytes": cap, "block_bytes": block,
                            "int8_block_bytes": qblock, "rest_bytes": rest, "int8_kernel": int8_kernel,
                            "torch": torch.__version__, "threads": s.threads, "cpu": _cpu_name(),
-                           "cores": os.cpu_count(), "rows": {}, "rounds": []}
+                           "cores": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                           "rows": {}, "rounds": []}
     try:
         res["disk_read_Bps"] = disk_read_bandwidth(tmp)
         progress(f"model {total / 1e9:.2f} GB fp32, cap {cap / 2**20:.0f} MiB; disk read (cold) "
@@ -270,8 +316,24 @@ def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[st
             res["rounds"].append({"order": [r.name for r in order], "load_1min": [load0, os.getloadavg()[0]]})
             progress(f"round {k + 1}/{s.rounds} (load {load0:.1f}): " + ", ".join(
                 f"{r.name} {1 / segs[r.name][-1]['median_token_s']:.2f}" for r in rows) + " tok/s")
-        acc_model = None
         res["rows"] = _summarise(rows, segs, res)
+        if s.profile:  # once, after the timed rounds: per-op self CPU time per token
+            res["op_profile"] = {}
+            for name in s.profile:
+                row = ROWS[name]
+                m = qmodel if row.weights == "int8" else model
+                if row.kind == "eager":
+                    res["op_profile"][name] = op_profile(m, prompt, warmup=s.warmup, tokens=s.tokens)
+                elif row.kind == "accelerate":
+                    res["op_profile"][name] = op_profile(acc_model, prompt, warmup=1, tokens=s.accelerate_tokens)
+                else:
+                    folder = os.path.join(tmp, f"{name}-profile")
+                    with Session(m, spec_for(row, folder, qblock if row.weights == "int8" else block)):
+                        res["op_profile"][name] = op_profile(m, prompt, warmup=s.warmup, tokens=s.tokens)
+                    shutil.rmtree(folder, ignore_errors=True)
+                progress(f"profile {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res["op_profile"][name].items())
+                         + " ms/token")
+        acc_model = None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return res
@@ -288,7 +350,8 @@ def _summarise(rows: list[Row], segs: dict[str, list[dict[str, Any]]], res: dict
                              "per_round_tokens_per_s": [1 / seg["median_token_s"] for seg in ss],
                              "cpu_s_per_token": statistics.median(t for seg in ss for t in seg["cpu_s"]),
                              "tokens": ss[0]["tokens"]}
-        for key in ("minflt_per_token", "majflt_per_token", "vcsw_per_token", "ivcsw_per_token"):
+        for key in ("minflt_per_token", "majflt_per_token", "vcsw_per_token", "ivcsw_per_token",
+                    "worker_cpu_s_per_token"):
             r[key] = statistics.median(seg[key] for seg in ss)
         for key in ("resident_blocks", "lookahead", "streamed_bytes", "misses"):
             if key in ss[0]:
@@ -343,7 +406,8 @@ def _range(d: dict[str, Any] | None) -> str:
 def to_markdown(res: dict[str, Any]) -> str:
     s = res["settings"]
     loads = [x for r in res["rounds"] for x in r["load_1min"]]
-    lines = [f"Host: {res['cpu']}, {res['cores']} cores (shared), torch {res['torch']}, {res['threads']} threads. "
+    lines = [f"Host: {res['cpu']}, {res['cores']} cores (shared), torch {res['torch']}, {res['threads']} threads"
+             f"{', OMP_WAIT_POLICY=' + res['omp_wait_policy'] if res.get('omp_wait_policy') else ''}. "
              f"Llama hidden {s['hidden']}, intermediate {s['intermediate']}, {s['layers']} layers, vocab {s['vocab']}, "
              f"fp32 {res['model_bytes'] / 1e9:.2f} GB; RAM cap {res['cap_bytes'] / 2**20:.0f} MiB "
              f"({s['ram_fraction']:.0%}). {s['rounds']} interleaved rounds in one process, {s['tokens']} timed tokens "
@@ -351,7 +415,7 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"{min(loads):.1f}–{max(loads):.1f}. Disk read (cold, measured): {res['disk_read_Bps'] / 1e9:.2f} GB/s. "
              f"int8 kernel: {res['int8_kernel']}.", "",
              "| configuration | tok/s (pooled median) | × in-RAM fp32, per-round median (min–max) | × accelerate | "
-             "resident blocks | streamed / token | store RAM peak | CPU ms / token | minor faults / token | "
+             "resident blocks | streamed / token | store RAM peak | CPU ms / token (I/O worker) | minor faults / token | "
              "ctx switches / token (vol+invol) | tokens = in-RAM fp32 |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"].values():
@@ -365,6 +429,12 @@ def to_markdown(res: dict[str, Any]) -> str:
         name = r["label"] + (f" (bound {r['cold_bound_tok_s']:.2f} tok/s: {r['tokens_per_s'] / r['cold_bound_tok_s']:.0%})"
                              if r.get("cold_bound_tok_s") else "")
         lines.append(f"| {name} | {r['tokens_per_s']:.2f} | {_range(r.get('vs_ram'))} | {_range(r.get('vs_accelerate'))} "
-                     f"| {r.get('resident_blocks', '—')} | {streamed} | {peak} | {r['cpu_s_per_token'] * 1e3:.0f} | "
+                     f"| {r.get('resident_blocks', '—')} | {streamed} | {peak} | {r['cpu_s_per_token'] * 1e3:.0f} "
+                     f"({r.get('worker_cpu_s_per_token', 0) * 1e3:.1f}) | "
                      f"{r['minflt_per_token']:.0f} | {r['vcsw_per_token']:.0f}+{r['ivcsw_per_token']:.0f} | {match} |")
+    if res.get("op_profile"):
+        lines += ["", "Self CPU ms per token by op (torch.profiler, one profiled run per configuration after the rounds; "
+                  "the profiler's own overhead is included in the step time):", ""]
+        for name, ops in res["op_profile"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in ops.items()))
     return "\n".join(lines) + "\n"
