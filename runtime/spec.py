@@ -12,6 +12,7 @@ import torch
 
 from runtime.errors import JalapenoError
 from runtime.sizes import parse_bytes
+from runtime.streaming import DISK_IO
 from runtime.tensors import TIERS, tier_of
 
 FLOAT_FORMATS: dict[str, torch.dtype] = {
@@ -82,8 +83,9 @@ class SessionSpec:
         block_path: dotted path of the ``nn.ModuleList`` of blocks (``"model.layers"``); ``None`` picks the
             ModuleList holding the most parameters.
         offload_dir: directory for disk-tier files (``None``: a temporary directory removed on close).
-        disk_io: how disk-tier units reach the host: ``"mmap"`` (mapped, no copy) or ``"read"`` (copied
-            into staging slots); see :class:`~runtime.streaming.Streamer`.
+        disk_io: how disk-tier units reach the host: ``"mmap"`` (mapped once, pages populated ahead and
+            dropped after use; no copy), ``"mmap-willneed"``, ``"mmap-sync"``, ``"remap"`` (a fresh mapping
+            per use) or ``"read"`` (copied into staging slots); see :class:`~runtime.streaming.Streamer`.
         modules: per-module overrides for modules outside the blocks, keyed by name (e.g. run
             ``"model.embed_tokens"`` on the host next to GPU blocks: a lookup needs one row, not the table
             on the GPU). Inputs are moved to the module's device and outputs back to ``rest.device``.
@@ -110,8 +112,8 @@ class SessionSpec:
         object.__setattr__(self, "budgets", parsed)
         if self.lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {self.lookahead}.")
-        if self.disk_io not in ("mmap", "read"):
-            raise JalapenoError(f"`disk_io` must be 'mmap' or 'read', got {self.disk_io!r}.")
+        if self.disk_io not in DISK_IO:
+            raise JalapenoError(f"`disk_io` must be one of {', '.join(map(repr, DISK_IO))}, got {self.disk_io!r}.")
         if self.granularity not in ("module", "block"):
             raise JalapenoError(f"`granularity` must be 'module' or 'block', got {self.granularity!r}.")
         for name, bs in [("rest", self.rest), *dict(self.modules).items()]:

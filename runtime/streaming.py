@@ -20,9 +20,14 @@ scales) are swapped the same way in ``module._buffers``.
 Overlap on a GPU: copies run on a dedicated CUDA stream from page-locked host memory. The compute stream
 waits on a per-unit "copy done" event; a slot's next copy waits on its "last use" event recorded on the
 compute stream. Both are device-side waits, so the host never blocks and runs ahead issuing kernels and
-copies. Disk-homed units are brought in by one worker thread, overlapping with compute: for host execution
-mapped (``mmap`` with ``MAP_POPULATE``, unmapped after use; no copy) by default, or read into staging slots
-(``os.preadv``; both release the GIL); for GPU execution read, then copied.
+copies. Disk-homed units executed on the host are mapped, not copied (the page cache is the source): each
+file is mapped once at attach and its views kept (:mod:`runtime.mapped`); a use costs one
+``MADV_POPULATE_READ`` on the unit's pages ahead of time (on one worker thread, GIL released) and one
+``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. ``disk_io`` picks the
+alternatives the CPU benchmark measures against it: readahead hints only (``"mmap-willneed"``: the GEMM faults
+the pages in), populate inline at first use (``"mmap-sync"``: no worker thread), a fresh mapping per use
+(``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped after use), or copies into staging slots
+(``"read"``: ``os.preadv``). For GPU execution disk-homed units are read, then copied.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ from torch import nn
 
 from runtime._log import get_logger
 from runtime.errors import BudgetExceededError, JalapenoError
+from runtime.mapped import MappedFiles, PageRange
 from runtime.prefetch import Prefetcher, SequentialPrefetcher
 from runtime.tensors import TensorStore, tier_of
 
@@ -66,6 +72,8 @@ class StreamUnit:
     pending: Any = None  # Future (disk reads), a finished result, or a callable producing it
     bound: bool = False
     prepared: int = 0  # bytes of a kernel's packed copy charged for this (resident) unit
+    mviews: list[torch.Tensor] | None = None  # persistent-mapping modes: views into the mapped file
+    mrange: PageRange | None = None  # ... and the page range they span (populated before use, dropped after)
 
     @property
     def streamed(self) -> bool:
@@ -98,10 +106,10 @@ class Streamer:
             runs streamed units reserves ``lookahead + 1`` slots as large as its largest streamed unit.
         prefetcher: which units to fetch next; default ``SequentialPrefetcher`` over the streamed units.
         time_transfers: record CUDA events around each host-to-device copy (see ``transfer_seconds``).
-        disk_io: how disk-homed units executed on the host arrive: ``"mmap"`` maps the unit's bytes
-            (populated by the worker thread, unmapped after use: no copy, the kernel's page cache is the
-            source) or ``"read"`` copies them into a staging slot with ``preadv``. Mapped pages count in the
-            process' RSS while mapped, which the reserved ``lookahead + 1`` units account for.
+        disk_io: how disk-tier units executed on the host arrive (see the module docstring): ``"mmap"``
+            (mapped once, populated ahead by the worker thread, dropped after use), ``"mmap-willneed"``,
+            ``"mmap-sync"``, ``"remap"`` or ``"read"``. Mapped pages count in the process' RSS while
+            populated, which the reserved ``lookahead + 1`` units account for.
     """
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
@@ -109,9 +117,11 @@ class Streamer:
                  disk_io: str = "mmap") -> None:
         if lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
-        if disk_io not in ("mmap", "read"):
-            raise JalapenoError(f"`disk_io` must be 'mmap' or 'read', got {disk_io!r}.")
+        if disk_io not in DISK_IO:
+            raise JalapenoError(f"`disk_io` must be one of {', '.join(map(repr, DISK_IO))}, got {disk_io!r}.")
         self.disk_io = disk_io
+        self._persistent = disk_io in PERSISTENT_DISK_IO
+        self._mapped: MappedFiles | None = None
         self._mapped_charge: tuple[int, str, str] | None = None
         self.store = store
         self.units = list(units)
@@ -142,7 +152,7 @@ class Streamer:
         streamed = [u.uid for u in self.units if u.streamed]
         if self._prefetcher is None:
             self._prefetcher = SequentialPrefetcher(streamed, lookahead=self.lookahead)
-        if any(self.units[i].home == "disk" for i in streamed):
+        if self._needs_worker(streamed):
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jalapeno-io")
         self.attached = True
         logger.info("streaming %d of %d units (lookahead %d)", len(streamed), len(self.units), self.lookahead)
@@ -178,6 +188,7 @@ class Streamer:
                                 f"home it on 'cpu' or 'disk'.")
         self.store.register(tensors, unit.home, label=unit.name)
         unit.nbytes = self.store.group_nbytes(unit.keys)
+        self._map_unit(unit)
         for (m, a, is_param), t in zip(unit.members, unit.originals):
             meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
             if is_param:
@@ -199,7 +210,7 @@ class Streamer:
         for device, size in by_device.items():
             tier, label = tier_of(device), f"staging:{device}"
             free: deque[_Slot] = deque()
-            if device.type == "cpu" and self.disk_io == "mmap":
+            if device.type == "cpu" and self.disk_io != "read":
                 # Mapped units need no buffers, but up to lookahead + 1 of them are mapped (resident in
                 # the process) at once: reserve exactly that, so the budget check happens now.
                 self.store.charge(tier, (self.lookahead + 1) * size, label=label)
@@ -226,6 +237,7 @@ class Streamer:
             self._io.shutdown(wait=True)
             self._io = None
         for unit in self.units:
+            unit.mviews = unit.mrange = None
             if not unit.originals:
                 continue
             names = unit.keys
@@ -252,6 +264,9 @@ class Streamer:
             unit.bound = False
         self._release_slots()
         self._copy_streams.clear()
+        if self._mapped is not None:
+            self._mapped.close()
+            self._mapped = None
         self.attached = False
 
     def _release_slots(self) -> None:
@@ -279,9 +294,7 @@ class Streamer:
                 self._wait(unit)
                 slot = unit.slot
                 unit.slot = unit.pending = None
-                if slot is not None and slot.mapping is not None:
-                    self.store.unmap(slot.mapping)
-                    slot.mapping = None
+                self._release_mapping(unit, slot)
         for device in self._copy_streams:
             torch.cuda.synchronize(device)
 
@@ -325,6 +338,7 @@ class Streamer:
             unit.home = home
             self.store.register(tensors, home, label=unit.name)
             unit.nbytes = self.store.group_nbytes(unit.keys)
+            self._map_unit(unit)
             unit.placeholders, unit.live = [], []
             for (m, a, is_param), t in zip(unit.members, tensors.values()):
                 meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
@@ -350,7 +364,7 @@ class Streamer:
         streamed = [u.uid for u in self.units if u.streamed]
         if isinstance(self._prefetcher, SequentialPrefetcher) or self._prefetcher is None:
             self._prefetcher = SequentialPrefetcher(streamed, lookahead=self.lookahead)
-        if self._io is None and any(self.units[i].home == "disk" for i in streamed):
+        if self._io is None and self._needs_worker(streamed):
             self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jalapeno-io")
         freed = sum(before[t] - self.store.used(t) for t in before)
         logger.info("demoted %d units to %r (%d B freed)", len(uids), home, freed)
@@ -383,9 +397,7 @@ class Streamer:
             slot.last_use = event
         unit.slot = unit.pending = None
         unit.bound = False
-        if slot.mapping is not None:
-            self.store.unmap(slot.mapping)  # our views are gone: unbound above, pending dropped
-            slot.mapping = None
+        self._release_mapping(unit, slot)  # our views are unbound above, pending dropped
         self._free[unit.device].append(slot)
         self._prefetch()
 
@@ -430,9 +442,7 @@ class Streamer:
             self._wait(victim)
             victim_slot = victim.slot
             victim.slot = victim.pending = None
-            if victim_slot.mapping is not None:
-                self.store.unmap(victim_slot.mapping)
-                victim_slot.mapping = None
+            self._release_mapping(victim, victim_slot)
             free.append(victim_slot)
         slot = free.popleft()
         unit.slot = slot
@@ -440,6 +450,17 @@ class Streamer:
         self.stats.bytes_fetched += unit.nbytes
         if unit.device.type == "cuda":
             job = lambda: self._copy_to_cuda(unit, slot)  # noqa: E731
+        elif unit.mrange is not None:  # persistent mapping: only the pages' state changes
+            mapped, rng, views = self._mapped, unit.mrange, unit.mviews
+            assert mapped is not None
+            if self.disk_io == "mmap-willneed":
+                mapped.willneed(rng)  # asynchronous in the kernel: nothing to wait for
+                unit.pending = views
+                return
+            job = lambda: (mapped.populate(rng), views)[1]  # noqa: E731
+            if self.disk_io == "mmap-sync":
+                unit.pending = job  # runs at the unit's first wait, on the compute thread
+                return
         elif slot.buf is None:
             job = lambda: self.store.map(unit.keys)  # noqa: E731
         else:
@@ -474,7 +495,9 @@ class Streamer:
             views, done = result
             torch.cuda.current_stream(unit.device).wait_event(done)
             return views
-        if unit.slot is not None and unit.slot.buf is None:  # mapped: (views, mapping)
+        if unit.mrange is not None:  # persistent mapping: the views themselves
+            return result
+        if unit.slot is not None and unit.slot.buf is None:  # mapped per use: (views, mapping)
             unit.slot.mapping = result[1]
             return result[0]
         return result
@@ -500,6 +523,28 @@ class Streamer:
         schedules the copies itself; valid until the slots are re-reserved (lookahead change, demotion)."""
         return [s.buf for s in self._free.get(device, ())], self._copy_streams.get(device)
 
+    def _map_unit(self, unit: StreamUnit) -> None:
+        """Persistent-mapping modes: map a host-executed disk unit's file once and keep its views."""
+        if not (self._persistent and unit.home == "disk" and unit.device.type == "cpu"):
+            return
+        if self._mapped is None:
+            self._mapped = MappedFiles(self.store)
+        unit.mviews, unit.mrange = self._mapped.views(unit.keys)
+
+    def _release_mapping(self, unit: StreamUnit, slot: _Slot | None) -> None:
+        """After a mapped unit ran (or its prefetch was cancelled): drop its pages / unmap its mapping."""
+        if unit.mrange is not None:
+            assert self._mapped is not None
+            self._mapped.drop(unit.mrange)
+        elif slot is not None and slot.mapping is not None:
+            self.store.unmap(slot.mapping)
+            slot.mapping = None
+
+    def _needs_worker(self, streamed: Sequence[int]) -> bool:
+        """A worker thread serves disk reads, except where a persistent mapping is advised inline."""
+        return any(self.units[i].home == "disk" and (self.units[i].mrange is None or self.disk_io == "mmap")
+                   for i in streamed)
+
     # ---------------------------------------------------------------- measurement
     def transfer_seconds(self, *, reset: bool = True) -> float:
         """Total time the copy streams spent copying since the last reset (synchronises; needs
@@ -514,6 +559,10 @@ class Streamer:
     def streamed_bytes_per_pass(self) -> int:
         """Bytes of all streamed units together: what one full pass over the model must move."""
         return sum(self.store.entry(k).nbytes for u in self.units if u.streamed for k in u.keys)
+
+
+DISK_IO: tuple[str, ...] = ("mmap", "mmap-willneed", "mmap-sync", "remap", "read")
+PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-willneed", "mmap-sync")
 
 
 class _EmptyCache:

@@ -9,8 +9,10 @@ Two settings (ANCHORS.md):
   and captured, int4 likewise (plus int4 all resident, eager vs captured), and accelerate
   ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` + ``dispatch_model``. Also measures pinned
   host->device bandwidth (the bound) and, with CUDA events on the copy stream, the copy time per token.
-* ``cpu``: hidden 2048, 8 layers, vocab 32000, fp32 (~2.14 GB), 16-token prompt, RAM budget 30% of the
-  weights; ours streams from the disk tier, accelerate uses its disk offload at the same budget.
+* ``cpu``: :mod:`experiments.benchmarks.streaming_cpu` (issue 20's setting by default: hidden 1024, 12 layers,
+  vocab 8000, fp32, RAM cap 30 %; ``--hidden 2048 --intermediate 5632 --layers 8 --vocab 32000`` is the
+  ANCHORS.md shape): every configuration in one process, interleaved rounds, warm and cold page cache, fp32
+  and int8 on the disk tier, accelerate's disk offload at the same cap.
 
 Every configuration decodes greedily from the same prompt with the same loop (prefill, then one token per
 forward with the KV cache, synchronised per token); tokens/s is 1 / median per-token time after warm-up.
@@ -24,9 +26,7 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -45,7 +45,6 @@ from runtime.decode_graph import GraphDecoder
 from runtime.session import Session
 from runtime.sizes import format_bytes, parse_bytes
 from runtime.spec import BlockSpec, SessionSpec
-from runtime.telemetry import PeakTracker, rss_bytes
 
 GIB = 2**30
 
@@ -484,108 +483,6 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
     return {"runs": out, "graph_runs": graphs, "resident": resident, "kernel_check": check}
 
 
-# ------------------------------------------------------------------------------------------- CPU
-CPU_CONFIGS = ("eager", "mmap", "read", "accelerate")
-
-
-def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
-    """Each configuration in a fresh process (``--only``): RSS is a per-process figure, and an earlier
-    configuration's freed memory (kept by the C allocator) would otherwise inflate the next one's."""
-    import subprocess
-    import sys
-
-    if args.only:
-        return _run_cpu_one(args, args.only)
-    parts: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="jalapeno-bench-parts-") as tmp:
-        for name in args.configs:
-            out = os.path.join(tmp, f"{name}.json")
-            cmd = [sys.executable, "-m", "experiments.benchmarks.streaming", "cpu", "--only", name, "--json", out,
-                   "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--warmup",
-                   str(args.warmup), "--seed", str(args.seed), "--ram-fraction", str(args.ram_fraction),
-                   "--lookahead", str(args.lookahead)]
-            subprocess.run(cmd, check=True)
-            with open(out) as f:
-                parts[name] = json.load(f)
-    first = next(iter(parts.values()))
-    res = {k: first[k] for k in ("setting", "model_bytes", "ram_budget", "host_cores", "torch", "cpu",
-                                 "interpreter_rss")}
-    ref = parts.get("eager", {}).get("result")
-    res["configs"] = []
-    for name, part in parts.items():
-        r = part["result"]
-        r["interpreter_rss"] = part["interpreter_rss"]
-        if ref is not None and name != "eager":
-            r["tokens_match_reference"] = r["tokens"] == ref["tokens"]
-        if name == "eager":
-            res["reference"] = r
-        elif name == "accelerate":
-            res["accelerate"] = r
-        else:
-            res["configs"].append(r)
-    return res
-
-
-def _run_cpu_one(args: argparse.Namespace, which: str) -> dict[str, Any]:
-    from accelerate import dispatch_model, infer_auto_device_map
-
-    dev = torch.device("cpu")
-    interpreter_rss = rss_bytes()  # torch + transformers loaded, no model yet
-    model = build_llama(hidden=2048, intermediate=5632, layers=8, heads=16, vocab=32000, dtype=torch.float32,
-                        seed=args.seed)
-    total = weight_bytes(model)
-    budget = int(total * args.ram_fraction)
-    prompt = torch.randint(0, 32000, (1, args.prompt_len), generator=torch.Generator().manual_seed(args.seed))
-    res: dict[str, Any] = {"setting": "cpu", "model_bytes": total, "ram_budget": budget, "host_cores": os.cpu_count(),
-                           "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                           "interpreter_rss": interpreter_rss}
-    layers = model.model.layers
-    block = weight_bytes(layers[0])
-    unit = max(weight_bytes(m) for m in layers[0].modules() if isinstance(m, nn.Linear))
-    rest = total - len(layers) * block
-    with tempfile.TemporaryDirectory(prefix="jalapeno-bench-") as tmp:
-        if which == "eager":
-            gc.collect()
-            with PeakTracker(interval_s=0.01) as tr:
-                r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
-            r.update(name="all weights in RAM, HF eager", peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes)
-        elif which in ("mmap", "read"):
-            lookahead = args.lookahead
-            room = budget - rest - (lookahead + 1) * unit
-            resident = max(0, min(len(layers), room // block))
-            blocks = tuple(BlockSpec(device="cpu", home=None if i < resident else "disk") for i in range(len(layers)))
-            spec = SessionSpec(blocks=blocks, rest=BlockSpec(device="cpu"), budgets={"cpu": budget},
-                               lookahead=lookahead, offload_dir=os.path.join(tmp, "ours"), disk_io=which)
-            with Session(model, spec) as session:
-                gc.collect()
-                with PeakTracker(interval_s=0.01) as tr:
-                    r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
-                st = session.stats()
-                r.update(name=f"ours: disk tier ({which}), lookahead {lookahead}", resident_blocks=resident,
-                         cpu_peak_store=st.peak_bytes["cpu"], peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes,
-                         streamed_bytes=st.extra["streamed_bytes_per_pass"], misses=st.misses)
-        elif which == "accelerate":
-            t0 = time.perf_counter()
-            device_map = infer_auto_device_map(model, max_memory={"cpu": budget},
-                                               no_split_module_classes=["LlamaDecoderLayer"])
-            model = dispatch_model(model, device_map=device_map, main_device="cpu",
-                                   offload_dir=os.path.join(tmp, "accelerate"))
-            gc.collect()
-            setup_s = time.perf_counter() - t0
-            with PeakTracker(interval_s=0.01) as tr:
-                r = decode(model, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
-            r.update(name="accelerate infer_auto_device_map + dispatch_model (disk offload)", setup_s=setup_s,
-                     peak_rss=tr.peak_rss_bytes, start_rss=tr.start_rss_bytes, device_map=str(device_map),
-                     disk_entries=sum(1 for v in device_map.values() if v == "disk"))
-        else:
-            raise SystemExit(f"--only must be one of {CPU_CONFIGS}, got {which!r}")
-    r.pop("last_logits")
-    print(f"{r['name']}: {r['tokens_per_s']:.2f} tok/s, peak RSS {format_bytes(r['peak_rss'])} "
-          f"(interpreter {format_bytes(interpreter_rss)})", flush=True)
-    res["result"] = r
-    return res
-
-
 # ------------------------------------------------------------------------------------------- report
 def _f(x: Any, fmt: str = ".2f") -> str:
     return "—" if x is None or x != x else format(x, fmt)
@@ -668,21 +565,6 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines: list[str] = []
     if res["setting"] == "gpu":
         lines += _gpu_markdown(res)
-    else:
-        lines += [f"Host: {res['cpu']}, {res['host_cores']} cores (shared machine), torch {res['torch']}. Model "
-                  f"{res['model_bytes'] / 1e9:.2f} GB fp32, RAM budget {_gb(res['ram_budget'])} (30%). Each row in its own "
-                  f"process (interpreter RSS before the model ~{_gb(res['interpreter_rss'])}). Median of the timed "
-                  f"decode tokens.", "",
-                  "| configuration | tok/s | vs accelerate | peak RSS | RSS above interpreter | store RAM peak | "
-                  "tokens = eager |", "| --- | --- | --- | --- | --- | --- | --- |"]
-        acc = res["accelerate"]
-        rows = [r for r in res["configs"] if "error" not in r] + [acc]
-        if "reference" in res:
-            rows.append(res["reference"])
-        for r in rows:
-            lines.append(f"| {r['name']} | {r['tokens_per_s']:.2f} | {r['tokens_per_s'] / acc['tokens_per_s']:.2f}× | "
-                         f"{_gb(r['peak_rss'])} | {_gb(r['peak_rss'] - r.get('interpreter_rss', res['interpreter_rss']))} | "
-                         f"{_gb(r.get('cpu_peak_store'))} | {r.get('tokens_match_reference', '(reference)')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -693,30 +575,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("gpu", "cpu"):
         p = sub.add_parser(name)
         p.add_argument("--prompt-len", type=int, default=16)
-        p.add_argument("--new-tokens", type=int, default=32)
-        p.add_argument("--warmup", type=int, default=4)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--json", help="write the full results here")
         p.add_argument("--md", help="write the markdown tables here")
     g = sub.choices["gpu"]
+    g.add_argument("--new-tokens", type=int, default=32)
+    g.add_argument("--warmup", type=int, default=4)
     g.add_argument("--gpu-budget", default="3GiB")
     g.add_argument("--accelerate-tokens", type=int, default=12)
     g.add_argument("--int4", action="store_true")
     g.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the resident rows")
     c = sub.choices["cpu"]
-    c.add_argument("--ram-fraction", type=float, default=0.30)
-    c.add_argument("--lookahead", type=int, default=1)
-    c.add_argument("--configs", nargs="+", default=list(CPU_CONFIGS), choices=CPU_CONFIGS)
-    c.add_argument("--only", choices=CPU_CONFIGS, help="run one configuration in this process (internal)")
+    from experiments.benchmarks.streaming_cpu import ROWS, CpuBenchSettings
+
+    d = CpuBenchSettings()
+    for field in ("hidden", "intermediate", "layers", "heads", "vocab", "warmup", "tokens", "accelerate_tokens",
+                  "rounds", "threads"):
+        c.add_argument(f"--{field.replace('_', '-')}", type=int, default=getattr(d, field))
+    c.add_argument("--ram-fraction", type=float, default=d.ram_fraction)
+    c.add_argument("--rows", nargs="+", default=list(d.rows), choices=list(ROWS))
+    c.add_argument("--profile", nargs="*", default=list(d.profile), choices=list(ROWS),
+                   help="rows to profile op by op after the rounds (none: skip)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    res = run_gpu(args) if args.setting == "gpu" else run_cpu(args)
+    if args.setting == "cpu":
+        from experiments.benchmarks import streaming_cpu
+
+        settings = streaming_cpu.CpuBenchSettings(
+            hidden=args.hidden, intermediate=args.intermediate, layers=args.layers, heads=args.heads, vocab=args.vocab,
+            ram_fraction=args.ram_fraction, prompt_len=args.prompt_len, warmup=args.warmup, tokens=args.tokens,
+            accelerate_tokens=args.accelerate_tokens, rounds=args.rounds, threads=args.threads, seed=args.seed,
+            rows=tuple(args.rows), profile=tuple(args.profile))
+        res = streaming_cpu.run(settings, progress=lambda msg: print(msg, flush=True))
+        table = streaming_cpu.to_markdown(res)
+    else:
+        res = run_gpu(args)
+        table = to_markdown(res)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
-    if getattr(args, "only", None):
-        return 0
-    table = to_markdown(res)
     print(table)
     if args.md:
         with open(args.md, "w") as f:

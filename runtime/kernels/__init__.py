@@ -20,9 +20,9 @@ for int4, ``bias``); replace them (``module.qweight = t``) or move them and the 
 device. Kernels that pack the weight (``int8-dynamic``, ``cuda-int4-tinygemm``) rebuild the packed copy when
 the buffers change (``release_prepared()`` drops it at once, ``prepared_nbytes`` says how big it is).
 Defaults (``default_kernel``; no benchmark, weight-only numerics): CPU int8/int4 ``cpu-avx512`` (reads the
-buffers as they are, no extra copy); CUDA int8 ``cuda-triton`` (no copy); CUDA int4 ``cuda-int4-tinygemm``
-(packs once per weight on the GPU: a streamed int4 block pays one repack and ~its int4 bytes again while
-resident; call ``release_prepared()`` when releasing it); fp8 ``cuda-fp8`` / ``torch-dequant`` on CPU.
+buffers as they are, no extra copy), int8 ``cpu-avx2`` where the CPU lacks AVX-512; CUDA int8 ``cuda-triton``
+(no copy); CUDA int4 ``cuda-int4-tinygemm`` (packs once per weight on the GPU: a streamed int4 block pays one
+repack and ~its int4 bytes again while resident; call ``release_prepared()`` when releasing it); fp8 ``cuda-fp8`` / ``torch-dequant`` on CPU.
 ``module.to(dtype)`` is harmless for int8/int4 (codes are integers; scales are used as float32).
 Buffer bytes: ``QuantizedWeight.nbytes`` (int8 ~ N*K + 4N; int4 ~ N*K/2 + 8*N*K/group_size).
 
@@ -38,6 +38,7 @@ name                 dev   formats      tolerance notes
 ==================== ===== ============ ========= ======================================================
 cpu-avx512           cpu   int8, int4   1e-4      C++ AVX-512, dequant in registers (compiled lazily)
 cpu-avx512-a16       cpu   int8, int4   1e-3      same library, VNNI: activations rounded to int16 per row
+cpu-avx2             cpu   int8         1e-4      C++ AVX2 (CPUs without AVX-512), dequant in registers
 cpu-avx512-bf16      cpu   int4         1e-2      same library, AVX512-BF16: activations rounded to bf16
 int8-dynamic         cpu   int8         5e-2      fbgemm w8a8: quantizes activations too
 torch-int8pack-cpu   cpu   int8         1e-4      torch stock ``_weight_int8pack_mm`` (baseline)
@@ -54,6 +55,7 @@ dequant-fp16         cuda  all          5e-3      dequantize to fp16 + fp16 matm
 from __future__ import annotations
 
 from runtime.kernels import cpu as _cpu  # noqa: F401  (registers CPU kernels)
+from runtime.kernels import cpu_avx2 as _cpu_avx2  # noqa: F401  (registers the AVX2 int8 kernel)
 from runtime.kernels import cuda as _cuda  # noqa: F401  (registers CUDA kernels; touches no device)
 from runtime.kernels import portable as _portable  # noqa: F401
 from runtime.kernels import triton_cuda as _triton_cuda  # noqa: F401  (imports triton only on first use)

@@ -66,6 +66,29 @@ def avx512_supported() -> bool:
     return all(f in _cpu_flags() for f in _REQUIRED_CPU_FLAGS) and _compiler() is not None
 
 
+def build_library(source: str, flags: list[str], stem: str) -> Path:
+    """Compile ``source`` into a shared library under :func:`cache_dir` (once per source, flags and compiler)."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (set CXX or install g++)")
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([source, " ".join(flags), version]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"{stem}_{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            src = Path(tmp) / "k.cpp"
+            src.write_text(source)
+            tmp_out = Path(tmp) / out.name
+            proc = subprocess.run([cxx, *flags, str(src), "-o", str(tmp_out)], capture_output=True, text=True,
+                                  timeout=300)
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            os.replace(tmp_out, out)  # atomic: concurrent builders never see a half-written library
+        logger.info("compiled %s into %s", stem, out)
+    return out
+
+
 _lib: ctypes.CDLL | None = None
 _lib_failed = False
 
@@ -81,25 +104,8 @@ def load_extension() -> ctypes.CDLL | None:
         if not avx512_supported():
             _lib_failed = True
             return None
-        cxx = _compiler()
-        assert cxx is not None
         try:
-            version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-            key = hashlib.sha256("\0".join([SOURCE, " ".join(_FLAGS), version]).encode()).hexdigest()[:16]
-            out = cache_dir() / f"jalapeno_avx512_{key}.so"
-            if not out.exists():
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-                    src = Path(tmp) / "k.cpp"
-                    src.write_text(SOURCE)
-                    tmp_out = Path(tmp) / out.name
-                    proc = subprocess.run([cxx, *_FLAGS, str(src), "-o", str(tmp_out)],
-                                          capture_output=True, text=True, timeout=300)
-                    if proc.returncode != 0:
-                        raise RuntimeError(proc.stderr[-2000:])
-                    os.replace(tmp_out, out)  # atomic: concurrent builders never see a half-written library
-                logger.info("compiled the AVX-512 kernels into %s", out)
-            lib = ctypes.CDLL(str(out))
+            lib = ctypes.CDLL(str(build_library(SOURCE, _FLAGS, "jalapeno_avx512")))
             i64, vp = ctypes.c_int64, ctypes.c_void_p
             lib.jal_int8_linear.argtypes = [vp, vp, vp, vp, i64, i64, i64, ctypes.c_int]
             lib.jal_int8_linear.restype = None

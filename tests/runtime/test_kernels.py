@@ -113,6 +113,20 @@ def test_avx512_kernel_is_available_here_and_default() -> None:
     assert default_kernel("int4", "cpu").name == "cpu-avx512"
 
 
+def test_avx2_kernel_is_the_int8_default_without_avx512() -> None:
+    # CPUs with AVX2 but no AVX-512 (this project's 2-core AMD Zen 3 machines) must not fall back to the
+    # dequantize-then-matmul path, which is slower than float32.
+    from runtime.kernels.cpu import avx512_supported
+    from runtime.kernels.cpu_avx2 import avx2_supported
+
+    if avx512_supported() or not avx2_supported():
+        pytest.skip("needs AVX2 without AVX-512, and a C++ compiler")
+    assert default_kernel("int8", "cpu").name == "cpu-avx2"
+    qw = quantize_weight(torch.randn(37, 1003, generator=torch.Generator().manual_seed(3)), "int8")
+    for batch in (1, 5):
+        assert kernel_error("cpu-avx2", qw, batch=batch) <= get_kernel("cpu-avx2").tolerance
+
+
 def test_missing_compiler_falls_back_to_torch(tmp_path: os.PathLike) -> None:
     probe = textwrap.dedent(
         """

@@ -1,0 +1,440 @@
+"""CPU streaming decode at a RAM cap, every configuration in one process, in interleaved rounds.
+
+Setting (issue 20): a Llama-architecture model with random seeded weights (default hidden 1024, intermediate 2816,
+12 layers, 16 heads, vocab 8000, fp32: ~0.68 GB), batch-1 greedy decode after a 16-token prompt, a RAM cap of 30 %
+of the fp32 weights, torch on 2 threads. The machine is shared, so configurations take turns: each round runs every
+configuration once (order rotated by one per round), and each figure is reported per round, as the median of the
+per-round ratios to the in-RAM model of the same round, with their min-max and the load average.
+
+Rows: all weights in RAM (Hugging Face eager, over the cap: the token reference); ours at the cap (blocks resident
+while the cap lasts, the rest on the disk tier, ``SessionSpec.fit``) in the disk-I/O modes of
+:mod:`runtime.streaming` and both streaming granularities; int8 (this CPU's own weight-only kernel) in RAM, at the
+cap and with every block on disk; accelerate's disk offload (``infer_auto_device_map(max_memory={"cpu": cap})`` +
+``dispatch_model``) at the same cap. Cold rows drop the page cache of the offloaded files (``posix_fadvise
+DONTNEED`` on exactly those files: nobody else's cache is touched) before every decode step, untimed, so every step
+reads the streamed bytes from disk; their bound is streamed bytes / the disk's read bandwidth measured here the
+same way.
+
+Per configuration and token: wall time, process CPU time, minor/major page faults and voluntary/involuntary context
+switches (``getrusage``): what the host did besides the arithmetic, and how often the threads handed off.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration: what runs and where its weights live."""
+
+    name: str
+    label: str
+    kind: str  # "eager" | "ours" | "accelerate"
+    weights: str = "fp32"  # "fp32" | "int8"
+    disk_io: str = "mmap"
+    granularity: str = "block"
+    lookahead: int = 1
+    all_disk: bool = False  # every block on disk (else: resident while the cap lasts)
+    cold: bool = False
+
+
+ROWS: dict[str, Row] = {r.name: r for r in [
+    Row("eager", "all weights in RAM, HF eager (over the cap: token reference)", "eager"),
+    Row("ours", "ours: block units, persistent mapping, populate ahead on the worker (mmap), lookahead 1", "ours"),
+    Row("ours-sync", "ours: block units, persistent mapping, populate at use (mmap-sync), lookahead 0", "ours",
+        disk_io="mmap-sync", lookahead=0),
+    Row("ours-willneed", "ours: block units, persistent mapping, WILLNEED ahead, GEMM faults (mmap-willneed)",
+        "ours", disk_io="mmap-willneed"),
+    Row("ours-module", "ours: module units, persistent mapping (mmap), lookahead 2", "ours", granularity="module",
+        lookahead=2),
+    Row("ours-remap", "ours: module units, fresh mapping per use (remap: the previous default), lookahead 2", "ours",
+        disk_io="remap", granularity="module", lookahead=2),
+    Row("ours-read", "ours: block units, preadv into staging slots (read), lookahead 1", "ours", disk_io="read"),
+    Row("int8-ram", "int8 weight-only (cpu kernel), all blocks in RAM", "eager", weights="int8"),
+    Row("ours-int8", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap)", "ours",
+        weights="int8"),
+    Row("ours-int8-disk", "ours int8: every block on disk (mmap)", "ours", weights="int8", all_disk=True),
+    Row("accelerate", "accelerate infer_auto_device_map + dispatch_model (disk offload) at the cap", "accelerate"),
+    Row("ours-cold", "ours (mmap, block units), page cache of its files dropped before every step", "ours",
+        cold=True),
+    Row("accelerate-cold", "accelerate disk offload, page cache of its files dropped before every step",
+        "accelerate", cold=True),
+]}
+DEFAULT_ROWS = tuple(ROWS)
+
+
+@dataclass(frozen=True)
+class CpuBenchSettings:
+    """Knobs (defaults: the issue's setting; a few minutes on a shared 2-core machine)."""
+
+    hidden: int = 1024
+    intermediate: int = 2816
+    layers: int = 12
+    heads: int = 16
+    vocab: int = 8000
+    ram_fraction: float = 0.30
+    prompt_len: int = 16
+    warmup: int = 2
+    tokens: int = 6
+    accelerate_tokens: int = 3
+    rounds: int = 4
+    threads: int = 2
+    seed: int = 0
+    rows: tuple[str, ...] = DEFAULT_ROWS
+    profile: tuple[str, ...] = ("eager", "ours", "ours-remap")  # op-by-op profile of these, after the rounds
+
+
+# ------------------------------------------------------------------------------------------- measuring
+def drop_file_cache(folder: str) -> int:
+    """Evict the page cache of every file under ``folder`` (``posix_fadvise DONTNEED``); returns the bytes."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return total
+
+
+def disk_read_bandwidth(folder: str, nbytes: int = 256 * 2**20) -> float:
+    """Cold sequential read bandwidth (bytes/s) of the disk holding ``folder``: a file written there, synced,
+    evicted from the page cache, then read back with 8 MiB ``preadv`` calls."""
+    path = os.path.join(folder, "bandwidth-probe.bin")
+    with open(path, "wb") as fh:
+        fh.write(os.urandom(nbytes))
+        fh.flush()
+        os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        buf = memoryview(bytearray(8 * 2**20))
+        start, done = time.perf_counter(), 0
+        while done < nbytes:
+            n = os.preadv(fd, [buf], done)
+            if n <= 0:
+                break
+            done += n
+        return done / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def _worker_cpu_s() -> float:
+    """CPU seconds used so far by the streamer's I/O worker threads (``jalapeno-io*``), from /proc."""
+    import threading
+
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for t in threading.enumerate():
+        if t.name.startswith("jalapeno-io") and t.native_id is not None:
+            try:
+                with open(f"/proc/self/task/{t.native_id}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
+
+
+def decode_steps(model: nn.Module, prompt: torch.Tensor, *, warmup: int, tokens: int,
+                 before_step: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Greedy decode: prefill, ``warmup`` untimed steps, ``tokens`` timed steps (``before_step`` runs untimed
+    before each step). Per step: wall and process CPU seconds; over the timed steps: getrusage deltas."""
+    ids: list[int] = []
+    wall: list[float] = []
+    cpu: list[float] = []
+    with torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True)
+        past = out.past_key_values
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        ids.append(int(tok))
+        ru0 = None
+        for i in range(warmup + tokens):
+            if before_step is not None:
+                before_step()
+            if i == warmup:
+                ru0 = resource.getrusage(resource.RUSAGE_SELF)
+                w0 = _worker_cpu_s()
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            ids.append(int(tok))
+            if i >= warmup:
+                wall.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        w1 = _worker_cpu_s()
+    n = max(1, tokens)
+    assert ru0 is not None
+    return {"tokens": ids, "step_s": wall, "cpu_s": cpu, "median_token_s": statistics.median(wall),
+            "last_logits": out.logits[0, -1].float().clone(),
+            "minflt_per_token": (ru1.ru_minflt - ru0.ru_minflt) / n, "majflt_per_token": (ru1.ru_majflt - ru0.ru_majflt) / n,
+            "worker_cpu_s_per_token": (w1 - w0) / n,
+            "vcsw_per_token": (ru1.ru_nvcsw - ru0.ru_nvcsw) / n, "ivcsw_per_token": (ru1.ru_nivcsw - ru0.ru_nivcsw) / n}
+
+
+def op_profile(model: nn.Module, prompt: torch.Tensor, *, warmup: int, tokens: int, top: int = 8) -> dict[str, float]:
+    """Self CPU milliseconds per decode token of the ``top`` most expensive ops (torch.profiler, after warm-up),
+    plus the whole step's wall time under the profiler: where a configuration's time goes, op by op."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        out = model(input_ids=prompt, use_cache=True)
+        past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(warmup):
+            out = model(input_ids=tok, past_key_values=past, use_cache=True)
+            past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(tokens):
+                out = model(input_ids=tok, past_key_values=past, use_cache=True)
+                past, tok = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                int(tok)
+        wall = (time.perf_counter() - t0) / tokens
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    res = {e.key: e.self_cpu_time_total / 1e3 / tokens for e in events}
+    res["(step wall, profiled)"] = wall * 1e3
+    return res
+
+
+# ------------------------------------------------------------------------------------------- the run
+def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    from experiments.benchmarks.streaming import build_llama, weight_bytes
+    from runtime.session import Session, quantize_linears
+    from runtime.spec import BlockSpec, SessionSpec
+
+    unknown = sorted(set(s.rows) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    torch.set_num_threads(s.threads)
+    model = build_llama(hidden=s.hidden, intermediate=s.intermediate, layers=s.layers, heads=s.heads, vocab=s.vocab,
+                        dtype=torch.float32, seed=s.seed)
+    total = weight_bytes(model)
+    cap = int(total * s.ram_fraction)
+    layers = model.model.layers
+    block = weight_bytes(layers[0])
+    rest = total - len(layers) * block
+    linear_max = max(m.weight.numel() * 4 for m in layers[0].modules() if isinstance(m, nn.Linear))
+    prompt = torch.randint(0, s.vocab, (1, s.prompt_len), generator=torch.Generator().manual_seed(s.seed))
+    rows = [ROWS[n] for n in s.rows]
+    qmodel = None
+    if any(r.weights == "int8" for r in rows):
+        from runtime.kernels import default_kernel
+
+        qmodel = copy.deepcopy(model)
+        for layer in qmodel.model.layers:
+            quantize_linears(layer, "int8")
+        int8_kernel = default_kernel("int8", "cpu").name
+    else:
+        int8_kernel = None
+    qblock = weight_bytes(qmodel.model.layers[0]) if qmodel is not None else None
+    tmp = tempfile.mkdtemp(prefix="jalapeno-cpu-bench-")
+    res: dict[str, Any] = {"settings": asdict(s), "model_bytes": total, "cap_bytes": cap, "block_bytes": block,
+                           "int8_block_bytes": qblock, "rest_bytes": rest, "int8_kernel": int8_kernel,
+                           "torch": torch.__version__, "threads": s.threads, "cpu": _cpu_name(),
+                           "cores": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                           "rows": {}, "rounds": []}
+    try:
+        res["disk_read_Bps"] = disk_read_bandwidth(tmp)
+        progress(f"model {total / 1e9:.2f} GB fp32, cap {cap / 2**20:.0f} MiB; disk read (cold) "
+                 f"{res['disk_read_Bps'] / 1e9:.2f} GB/s; int8 kernel {int8_kernel}")
+        acc_model = acc_dir = None
+        if any(r.kind == "accelerate" for r in rows):
+            acc_dir = os.path.join(tmp, "accelerate")
+            acc_model = copy.deepcopy(model)
+            device_map = infer_auto_device_map(acc_model, max_memory={"cpu": cap},
+                                               no_split_module_classes=["LlamaDecoderLayer"])
+            acc_model = dispatch_model(acc_model, device_map=device_map, main_device="cpu", offload_dir=acc_dir)
+            res["accelerate_disk_entries"] = sum(1 for v in device_map.values() if v == "disk")
+            res["accelerate_map_entries"] = len(device_map)
+
+        def spec_for(row: Row, folder: str, weights_block: int) -> SessionSpec:
+            unit = weights_block if row.granularity == "block" else linear_max
+            if row.all_disk:  # as many units in flight as the cap holds next to the rest, up to the row's
+                lookahead = max(0, min(row.lookahead, (cap - rest) // unit - 1))
+                return SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in layers),
+                                   rest=BlockSpec(device="cpu"), budgets={"cpu": cap}, lookahead=lookahead,
+                                   offload_dir=folder, disk_io=row.disk_io, granularity=row.granularity)
+            return SessionSpec.fit(n_blocks=len(layers), block_bytes=weights_block, rest_bytes=rest, device="cpu",
+                                   budgets={"cpu": cap}, stream_unit_bytes=unit, lookahead=row.lookahead,
+                                   offload_dir=folder, disk_io=row.disk_io, granularity=row.granularity)
+
+        def segment(row: Row, k: int) -> dict[str, Any]:
+            m = qmodel if row.weights == "int8" else model
+            n_tok = s.accelerate_tokens if row.kind == "accelerate" else s.tokens
+            if row.kind == "eager":
+                return decode_steps(m, prompt, warmup=s.warmup, tokens=n_tok)
+            if row.kind == "accelerate":
+                hook = (lambda: drop_file_cache(acc_dir)) if row.cold else None
+                r = decode_steps(acc_model, prompt, warmup=1, tokens=n_tok, before_step=hook)
+                r["streamed_bytes"] = _dir_bytes(acc_dir)  # its disk entries, read every step
+                return r
+            folder = os.path.join(tmp, f"{row.name}-{k}")
+            spec = spec_for(row, folder, qblock if row.weights == "int8" else block)
+            try:
+                with Session(m, spec) as session:
+                    hook = (lambda: drop_file_cache(folder)) if row.cold else None
+                    r = decode_steps(m, prompt, warmup=s.warmup, tokens=n_tok, before_step=hook)
+                    st = session.stats()
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            r.update(resident_blocks=sum(1 for b in spec.blocks if not b.streamed), lookahead=spec.lookahead,
+                     store_peak_cpu=st.peak_bytes["cpu"], streamed_bytes=st.extra["streamed_bytes_per_pass"],
+                     misses=st.misses)
+            return r
+
+        segs: dict[str, list[dict[str, Any]]] = {r.name: [] for r in rows}
+        for k in range(s.rounds):
+            order = rows[k % len(rows):] + rows[:k % len(rows)]
+            load0 = os.getloadavg()[0]
+            for row in order:
+                gc.collect()
+                segs[row.name].append(segment(row, k))
+            res["rounds"].append({"order": [r.name for r in order], "load_1min": [load0, os.getloadavg()[0]]})
+            progress(f"round {k + 1}/{s.rounds} (load {load0:.1f}): " + ", ".join(
+                f"{r.name} {1 / segs[r.name][-1]['median_token_s']:.2f}" for r in rows) + " tok/s")
+        res["rows"] = _summarise(rows, segs, res)
+        if s.profile:  # once, after the timed rounds: per-op self CPU time per token
+            res["op_profile"] = {}
+            for name in s.profile:
+                row = ROWS[name]
+                m = qmodel if row.weights == "int8" else model
+                if row.kind == "eager":
+                    res["op_profile"][name] = op_profile(m, prompt, warmup=s.warmup, tokens=s.tokens)
+                elif row.kind == "accelerate":
+                    res["op_profile"][name] = op_profile(acc_model, prompt, warmup=1, tokens=s.accelerate_tokens)
+                else:
+                    folder = os.path.join(tmp, f"{name}-profile")
+                    with Session(m, spec_for(row, folder, qblock if row.weights == "int8" else block)):
+                        res["op_profile"][name] = op_profile(m, prompt, warmup=s.warmup, tokens=s.tokens)
+                    shutil.rmtree(folder, ignore_errors=True)
+                progress(f"profile {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in res["op_profile"][name].items())
+                         + " ms/token")
+        acc_model = None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return res
+
+
+def _summarise(rows: list[Row], segs: dict[str, list[dict[str, Any]]], res: dict[str, Any]) -> dict[str, Any]:
+    ref = segs.get("eager")
+    q_ref = segs.get("int8-ram")
+    out: dict[str, Any] = {}
+    for row in rows:
+        ss = segs[row.name]
+        steps = [t for seg in ss for t in seg["step_s"]]
+        r: dict[str, Any] = {**asdict(row), "tokens_per_s": 1 / statistics.median(steps), "n_timed": len(steps),
+                             "per_round_tokens_per_s": [1 / seg["median_token_s"] for seg in ss],
+                             "cpu_s_per_token": statistics.median(t for seg in ss for t in seg["cpu_s"]),
+                             "tokens": ss[0]["tokens"]}
+        for key in ("minflt_per_token", "majflt_per_token", "vcsw_per_token", "ivcsw_per_token",
+                    "worker_cpu_s_per_token"):
+            r[key] = statistics.median(seg[key] for seg in ss)
+        for key in ("resident_blocks", "lookahead", "streamed_bytes", "misses"):
+            if key in ss[0]:
+                r[key] = ss[0][key]
+        if "store_peak_cpu" in ss[0]:
+            r["store_peak_cpu"] = max(seg["store_peak_cpu"] for seg in ss)
+        for base, key in (("eager", "vs_ram"), ("accelerate", "vs_accelerate")):
+            if base in segs and base != row.name:
+                ratios = [b["median_token_s"] / a["median_token_s"] for a, b in zip(ss, segs[base])]
+                r[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                          "per_round": ratios}
+        if ref is not None:
+            n = min(len(ref[0]["tokens"]), len(ss[0]["tokens"]))
+            agree = [a == b for a, b in zip(ss[0]["tokens"][:n], ref[0]["tokens"][:n])]
+            r["tokens_match_ram_fp32"] = all(
+                seg["tokens"][:n] == ref[0]["tokens"][:n] for seg in ss)
+            r["token_agreement_ram_fp32"] = sum(agree) / n
+            a, b = ss[0]["last_logits"], ref[0]["last_logits"]
+            if len(ss[0]["tokens"]) == len(ref[0]["tokens"]):
+                r["rel_logit_err_vs_ram_fp32"] = float((a - b).norm() / b.norm())
+        if row.weights == "int8" and q_ref is not None:
+            n = min(len(q_ref[0]["tokens"]), len(ss[0]["tokens"]))
+            r["tokens_match_int8_ram"] = all(seg["tokens"][:n] == q_ref[0]["tokens"][:n] for seg in ss)
+        if row.cold and r.get("streamed_bytes"):
+            r["cold_bound_tok_s"] = res["disk_read_Bps"] / r["streamed_bytes"]
+        out[row.name] = r
+    return out
+
+
+def _dir_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(folder) for f in files)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+# ------------------------------------------------------------------------------------------- report
+def _range(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "—"
+    return f"{d['median']:.2f}× ({d['min']:.2f}–{d['max']:.2f})"
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    s = res["settings"]
+    loads = [x for r in res["rounds"] for x in r["load_1min"]]
+    lines = [f"Host: {res['cpu']}, {res['cores']} cores (shared), torch {res['torch']}, {res['threads']} threads"
+             f"{', OMP_WAIT_POLICY=' + res['omp_wait_policy'] if res.get('omp_wait_policy') else ''}. "
+             f"Llama hidden {s['hidden']}, intermediate {s['intermediate']}, {s['layers']} layers, vocab {s['vocab']}, "
+             f"fp32 {res['model_bytes'] / 1e9:.2f} GB; RAM cap {res['cap_bytes'] / 2**20:.0f} MiB "
+             f"({s['ram_fraction']:.0%}). {s['rounds']} interleaved rounds in one process, {s['tokens']} timed tokens "
+             f"per configuration and round ({s['accelerate_tokens']} for accelerate); load average (1 min) "
+             f"{min(loads):.1f}–{max(loads):.1f}. Disk read (cold, measured): {res['disk_read_Bps'] / 1e9:.2f} GB/s. "
+             f"int8 kernel: {res['int8_kernel']}.", "",
+             "| configuration | tok/s (pooled median) | × in-RAM fp32, per-round median (min–max) | × accelerate | "
+             "resident blocks | streamed / token | store RAM peak | CPU ms / token (I/O worker) | minor faults / token | "
+             "ctx switches / token (vol+invol) | tokens = in-RAM fp32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in res["rows"].values():
+        streamed = f"{r['streamed_bytes'] / 2**20:.0f} MiB" if r.get("streamed_bytes") else "—"
+        peak = f"{r['store_peak_cpu'] / 2**20:.0f} MiB" if r.get("store_peak_cpu") else "—"
+        match = r.get("tokens_match_ram_fp32")
+        if r["weights"] == "int8":
+            match = (f"{r.get('token_agreement_ram_fp32', 0):.0%} agree; rel. logit err "
+                     f"{r.get('rel_logit_err_vs_ram_fp32', float('nan')):.3f}"
+                     + ("; = int8 in RAM" if r.get("tokens_match_int8_ram") else ""))
+        name = r["label"] + (f" (bound {r['cold_bound_tok_s']:.2f} tok/s: {r['tokens_per_s'] / r['cold_bound_tok_s']:.0%})"
+                             if r.get("cold_bound_tok_s") else "")
+        lines.append(f"| {name} | {r['tokens_per_s']:.2f} | {_range(r.get('vs_ram'))} | {_range(r.get('vs_accelerate'))} "
+                     f"| {r.get('resident_blocks', '—')} | {streamed} | {peak} | {r['cpu_s_per_token'] * 1e3:.0f} "
+                     f"({r.get('worker_cpu_s_per_token', 0) * 1e3:.1f}) | "
+                     f"{r['minflt_per_token']:.0f} | {r['vcsw_per_token']:.0f}+{r['ivcsw_per_token']:.0f} | {match} |")
+    if res.get("op_profile"):
+        lines += ["", "Self CPU ms per token by op (torch.profiler, one profiled run per configuration after the rounds; "
+                  "the profiler's own overhead is included in the step time):", ""]
+        for name, ops in res["op_profile"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in ops.items()))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,143 @@
+"""Persistent read-only mappings of disk-tier files: mapped once, pages populated before use, dropped after.
+
+The disk tier's host path maps a unit's bytes instead of copying them (the page cache is the source). Mapping
+and unmapping per use costs a VMA and fresh tensor views every token; here each file is mapped once, its views
+are built once, and a use costs two ``madvise`` calls on the unit's page range:
+
+* ``populate``: ``MADV_POPULATE_READ`` (Linux >= 5.14) installs the page-table entries (reading from disk on a
+  cold cache), so the GEMM that follows takes no page faults. ``MADV_WILLNEED`` instead only starts readahead
+  into the page cache; the GEMM then maps pages by faulting (measured against populate in
+  ``experiments/benchmarks/streaming.py``).
+* ``drop``: ``MADV_DONTNEED`` removes the entries again. The pages stay in the page cache (clean, shared,
+  reclaimable) but leave this process' resident set, so at most the units in flight count towards RSS.
+
+``madvise`` goes through ctypes, which releases the GIL: a populate that reads from a cold disk does not stall
+the compute thread. Where ``MADV_POPULATE_READ`` is missing (older kernels: ``EINVAL``) the range is touched
+one byte per page instead, which faults the same pages in.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runtime.errors import JalapenoError
+
+MADV_WILLNEED = 3
+MADV_DONTNEED = 4
+MADV_POPULATE_READ = 22
+PAGE = mmap.PAGESIZE
+
+_libc: Any = None
+
+
+def _madvise_fn() -> Any:
+    global _libc
+    if _libc is None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.madvise.restype = ctypes.c_int
+        _libc = libc
+    return _libc.madvise
+
+
+@dataclass(frozen=True)
+class PageRange:
+    """A page-aligned address range inside one mapping (what ``populate``/``drop`` act on)."""
+
+    addr: int
+    length: int
+
+
+class MappedFiles:
+    """Each disk-tier file mapped once (``PROT_READ``, shared); views and page ranges per group of tensors.
+
+    Args:
+        store: the :class:`~runtime.tensors.TensorStore` whose disk-tier entries are mapped.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._maps: dict[str, tuple[mmap.mmap, int, torch.Tensor]] = {}  # path -> (mapping, base address, anchor)
+        self._populate_ok = True
+
+    def views(self, names: Sequence[str]) -> tuple[list[torch.Tensor], PageRange]:
+        """Tensors viewing ``names`` (disk-tier tensors of one file) in place, and the page range they span."""
+        entries = [self.store.entry(n) for n in names]
+        paths = {e.path for e in entries}
+        if len(paths) != 1 or None in paths:
+            raise JalapenoError(f"views() takes disk-tier tensors of one file, got {list(names)}.")
+        path = entries[0].path
+        mapping, base, anchor = self._open(path)
+        views = []
+        for e in entries:
+            numel = e.nbytes // e.dtype.itemsize
+            if numel:
+                views.append(anchor[e.offset:e.offset + e.nbytes].view(e.dtype).view(e.shape))
+            else:
+                views.append(torch.empty(e.shape, dtype=e.dtype))
+        start = min(e.offset for e in entries) // PAGE * PAGE
+        end = -(-max(e.offset + e.nbytes for e in entries) // PAGE) * PAGE
+        end = min(end, -(-len(mapping) // PAGE) * PAGE)
+        return views, PageRange(base + start, end - start)
+
+    def _open(self, path: str) -> tuple[mmap.mmap, int, torch.Tensor]:
+        if path not in self._maps:
+            size = os.path.getsize(path)
+            with open(path, "rb") as fh:
+                mapping = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": weights are only read
+                anchor = torch.frombuffer(mapping, dtype=torch.uint8)
+            self._maps[path] = (mapping, anchor.data_ptr(), anchor)
+            self._advise(PageRange(anchor.data_ptr(), -(-size // PAGE) * PAGE), MADV_DONTNEED)
+        return self._maps[path]
+
+    # ---------------------------------------------------------------- per use
+    def populate(self, rng: PageRange) -> None:
+        """Install the range's page-table entries now (reads from disk where the page cache lacks them)."""
+        if self._populate_ok and self._advise(rng, MADV_POPULATE_READ, check=False) == 0:
+            return
+        self._populate_ok = False
+        _touch(rng)
+
+    def willneed(self, rng: PageRange) -> None:
+        """Start readahead of the range into the page cache and return (no page-table entries)."""
+        self._advise(rng, MADV_WILLNEED)
+
+    def drop(self, rng: PageRange) -> None:
+        """Remove the range's page-table entries (the pages stay cached; RSS goes down)."""
+        self._advise(rng, MADV_DONTNEED)
+
+    @staticmethod
+    def _advise(rng: PageRange, advice: int, *, check: bool = True) -> int:
+        if rng.length <= 0:
+            return 0
+        rc = _madvise_fn()(rng.addr, rng.length, advice)
+        if rc != 0 and check:
+            err = ctypes.get_errno()
+            raise JalapenoError(f"madvise({advice}) on {rng.length} B failed: {os.strerror(err)}.")
+        return rc
+
+    def close(self) -> None:
+        """Unmap every file (views built from them must be gone; a live view keeps its mapping until freed)."""
+        for mapping, _, _ in self._maps.values():
+            try:
+                mapping.close()
+            except BufferError:  # a view escaped: the mapping dies with it
+                pass
+        self._maps.clear()
+
+
+def _touch(rng: PageRange) -> None:
+    """Fault a range in by reading one byte per page (fallback for kernels without MADV_POPULATE_READ)."""
+    buf = (ctypes.c_char * rng.length).from_address(rng.addr)
+    view = memoryview(buf).cast("B")
+    sum(view[::PAGE])
