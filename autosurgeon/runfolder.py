@@ -191,7 +191,7 @@ def run_folder(path: str | os.PathLike[str], *, resume: bool = False, overwrite:
         yield folder
     except BaseException:
         clean_temp_files(folder)
-        if was_empty and not resume and not (keep is not None and keep(folder)):
+        if was_empty and not (keep is not None and keep(folder)):
             _remove(contents(folder))
             lock.release()
             if created:
