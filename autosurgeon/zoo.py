@@ -193,6 +193,8 @@ def load_model(
     """
     device = _check_device(device)
     text = os.fspath(spec)
+    if not text.strip():  # Path("") is the current directory: never load it by accident
+        raise UnknownModelError(f"MODEL must not be empty, got {text!r}; MODEL may be {ACCEPTED_FORMS}.")
     if text in _ZOO:
         return _load_zoo(text, device=device, dtype=dtype, cache_dir=cache_dir)
     path = Path(text).expanduser()
@@ -325,11 +327,16 @@ def _load_factory(spec: str, *, device: torch.device, dtype: torch.dtype | None)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UnknownModelError(f"MODEL {spec!r}: module {module_name!r} has no callable {attr!r}.")
-    if device.type == "meta":
-        with torch.device("meta"):
+    try:
+        if device.type == "meta":
+            with torch.device("meta"):
+                built = factory()
+        else:
             built = factory()
-    else:
-        built = factory()
+    except Exception as exc:  # the user's code failed: say so in one line, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UnknownModelError(f"MODEL {spec!r}: the factory raised {type(exc).__name__}: {first}; fix the factory "
+                                "or pass another MODEL.") from None
     if isinstance(built, LoadedModel):
         loaded = built
     elif isinstance(built, nn.Module):
