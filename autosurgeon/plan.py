@@ -211,12 +211,9 @@ class Plan:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a crash never leaves half a plan)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
-        return path
+        from autosurgeon.atomic import write_text_atomic
+
+        return write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Plan:

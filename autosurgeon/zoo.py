@@ -33,7 +33,7 @@ from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError, ModelDirectoryError, UnknownModelError
 from autosurgeon.models.cache import build_once, cache_root, is_complete
 from autosurgeon.models.digits import IMAGE_SHAPE, DigitsCNN, DigitsRecipe, load_digits_dir, train_digits
-from autosurgeon.models.hf_dir import check_model_dir, is_digits_dir, load_hf_dir
+from autosurgeon.models.hf_dir import check_model_dir, is_digits_dir, load_hf_dir, read_config
 from autosurgeon.models.inputs import (
     TokenSource,
     causal_lm_inputs,
@@ -296,7 +296,7 @@ def _load_dir(spec: str, folder: Path, *, device: torch.device, dtype: torch.dty
     if device.type == "meta":
         if not (folder / "config.json").is_file():
             check_model_dir(folder)  # raises, naming config.json
-        config = json.loads((folder / "config.json").read_text())
+        config = read_config(folder)
     else:
         config = check_model_dir(folder)
     metrics = _read_metrics(folder) if (folder / "metrics.json").is_file() else {}

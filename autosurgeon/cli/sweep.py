@@ -203,6 +203,9 @@ def _precisions(rec: dict[str, Any]) -> str:
 
 
 def run_front(args: argparse.Namespace) -> int:
+    from autosurgeon.atomic import check_out_file
+
+    check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from autosurgeon.knapsack import parse_budget
     from autosurgeon.plan import Plan
     from experiments.sweep import load_run
