@@ -181,7 +181,7 @@ class Plan:
         known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata", "session"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PlanFormatError(f"{source}: unknown field(s) {', '.join(unknown)} in `_data` of a version "
+            raise PlanFormatError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))} in `_data` of a version "
                                   f"{version} plan; known fields are {', '.join(sorted(known))}.")
         rules = data.get("rules", [])
         if not isinstance(rules, list):
@@ -207,6 +207,8 @@ class Plan:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanFormatError(f"{source}: not valid JSON ({exc}).") from None
+        except RecursionError:
+            raise PlanFormatError(f"{source}: JSON nested too deeply to be a plan.") from None
         return cls.from_dict(obj, source=source)
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -55,11 +55,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _configure_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe (`| head`) shows here, inside the handlers below, not at exit
+        return code
     except (AutoSurgeonError, JalapenoError) as exc:
         if args.debug:
             raise
-        print(f"autosurgeon {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever a value quoted in it holds
+        print(f"autosurgeon {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"autosurgeon {args.command}: interrupted", file=sys.stderr)
