@@ -96,6 +96,8 @@ class RunStore:
             return json.loads(path.read_text())
         except ValueError as exc:
             raise InvalidArgumentError(f"{str(path)!r} is not valid JSON ({exc}).") from None
+        except RecursionError:
+            raise InvalidArgumentError(f"{str(path)!r} is JSON nested too deeply to be a run's file.") from None
 
     # ---- records
     def append(self, record: Mapping[str, Any]) -> None:
@@ -110,14 +112,18 @@ class RunStore:
         if not path.is_file():
             return []
         out = []
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().splitlines()
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
-            except ValueError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("x"), list)):
                 logger.warning("%s line %d unreadable (torn write?); skipped", path, n)
+                continue
+            out.append(record)
         return out
 
     def rewrite_records(self, records: list[Mapping[str, Any]]) -> None:
