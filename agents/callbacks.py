@@ -94,6 +94,20 @@ class SurgeryMetricsCallback(BaseCallback):
         self._mean += delta / self._n
         self._m2 += delta * (row - self._mean)
 
+    def state_dict(self) -> dict[str, Any]:
+        """History, observation statistics and schedule as JSON data (training checkpoints)."""
+        return {"history": self.history, "episodes": self._episodes, "n": self._n, "next_hv": int(self._next_hv),
+                "next_runtime": int(self._next_runtime),
+                "mean": None if self._mean is None else self._mean.tolist(),
+                "m2": None if self._m2 is None else self._m2.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state["history"]]
+        self._episodes = [dict(e) for e in state["episodes"]]
+        self._n, self._next_hv, self._next_runtime = int(state["n"]), int(state["next_hv"]), int(state["next_runtime"])
+        self._mean = None if state["mean"] is None else np.asarray(state["mean"], dtype=np.float64)
+        self._m2 = None if state["m2"] is None else np.asarray(state["m2"], dtype=np.float64)
+
     def obs_stats(self) -> dict[str, Any]:
         if self._mean is None:
             return {"count": 0}
@@ -139,6 +153,7 @@ class StopAfterSeconds(BaseCallback):
         super().__init__(verbose)
         self.seconds = seconds
         self._start = 0.0
+        self.stopped = False
 
     def _on_training_start(self) -> None:
         import time
@@ -150,6 +165,7 @@ class StopAfterSeconds(BaseCallback):
 
         if time.perf_counter() - self._start > self.seconds:
             logger.info("time budget of %.0f s reached at %d timesteps; stopping", self.seconds, self.num_timesteps)
+            self.stopped = True
             return False
         return True
 

@@ -236,12 +236,9 @@ class MarkovPlacementModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically as JSON; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        from autosurgeon.atomic import write_text_atomic
+
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MarkovPlacementModel:

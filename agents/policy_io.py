@@ -1,4 +1,7 @@
-"""A saved surgery policy: ``policy.zip`` (sb3-contrib MaskablePPO) plus ``policy.json`` (what it needs).
+"""A saved surgery policy: ``policy.safetensors`` (the network's weights) plus ``policy.json`` (what it needs).
+
+Loading never unpickles: the network is rebuilt from the architecture recorded under ``network`` in
+policy.json (``agents.policy_store``); an old pickled ``policy.zip`` is refused with the way out.
 
 ``policy.json`` (``{_type, _version, _data}``) carries everything needed to apply the policy elsewhere and to
 refuse it where it does not belong: the observation/action layout (``ObservationLayout``: names, knob order,
@@ -24,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agents.policy_store import PICKLED, WEIGHTS, load_network, refuse_pickled
 from autosurgeon.envelope import unwrap
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
 
@@ -62,8 +66,14 @@ def device_class(profile: Any) -> str:
 def write_meta(folder: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
     path = Path(folder) / "policy.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"_type": POLICY_TYPE, "_version": POLICY_VERSION, "_data": dict(data)}, indent=2,
-                               default=_default))
+    text = json.dumps({"_type": POLICY_TYPE, "_version": POLICY_VERSION, "_data": dict(data)}, indent=2,
+                      default=_default)
+    tmp = path.with_name(f".policy.json.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a reader sees the old file or the new one, never half
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -82,13 +92,22 @@ def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(folder)
     if not folder.is_dir():
         raise PolicyError(f"`--policy` {str(folder)!r} is not a folder; pass the folder `autosurgeon train --out` "
-                          "wrote (holding policy.zip and policy.json).")
+                          "wrote (holding policy.safetensors and policy.json).")
     path = folder / "policy.json"
-    if not path.is_file() or not (folder / "policy.zip").is_file():
-        raise PolicyError(f"`--policy` {str(folder)!r} holds no policy.zip + policy.json; train one with "
+    if not (folder / WEIGHTS).is_file() and (folder / PICKLED).is_file():
+        refuse_pickled(folder, error=PolicyError)
+    if not path.is_file() or not (folder / WEIGHTS).is_file():
+        raise PolicyError(f"`--policy` {str(folder)!r} holds no policy.safetensors + policy.json; train one with "
                           "`autosurgeon train --out` (a run stopped early leaves only checkpoints/: resume it).")
-    return unwrap(path.read_text(), type_name=POLICY_TYPE, version=POLICY_VERSION, what="policy", source=str(path),
-                  fix="retrain the policy", error=PolicyError)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"`--policy` {str(folder)!r}: policy.json is unreadable ({exc}); retrain the policy.") from None
+    try:
+        return unwrap(text, type_name=POLICY_TYPE, version=POLICY_VERSION, what="policy", source=str(path),
+                      fix="retrain the policy", error=PolicyError)
+    except RecursionError:
+        raise PolicyError(f"{str(path)!r}: JSON nested too deeply to be a policy; retrain the policy.") from None
 
 
 def check_device(meta: Mapping[str, Any], profile: Any, *, force: bool = False) -> str | None:
@@ -135,21 +154,20 @@ def check_layout(meta: Mapping[str, Any], *, source: str = "policy") -> Any:
 
 
 def load_policy(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """(MaskablePPO, meta) from a policy folder.
+    """(policy network, meta) from a policy folder; the network answers ``predict(obs, action_masks=...)``.
 
     The layout recorded in policy.json must be the one this version's env builds for the policy's knobs
     (:func:`check_layout`), and the saved network's spaces must have that layout's sizes: PolicyError
     otherwise, before any plan is made.
     """
-    from sb3_contrib import MaskablePPO
-
     meta = read_meta(folder)
-    layout = check_layout(meta, source=f"policy {str(folder)!r}")
-    model = MaskablePPO.load(Path(folder) / "policy.zip", device="cpu")
+    source = f"policy {str(folder)!r}"
+    layout = check_layout(meta, source=source)
+    model = load_network(folder, meta.get("network"), source=source, error=PolicyError)
     obs_shape = tuple(getattr(model.observation_space, "shape", ()) or ())
     nvec = [int(n) for n in getattr(model.action_space, "nvec", [])]
     if obs_shape != (layout.size,) or nvec != list(layout.max_choices):
-        raise PolicyError(f"policy {str(folder)!r}: policy.zip's network has observations {obs_shape} and actions "
+        raise PolicyError(f"policy {str(folder)!r}: policy.safetensors' network has observations {obs_shape} and actions "
                           f"{nvec}, but policy.json's layout says ({layout.size},) and {list(layout.max_choices)}; "
                           "the two files do not belong together: retrain the policy.")
     return model, meta

@@ -5,8 +5,10 @@ all sharing the models' contexts (one SearchSpace and evaluator per model), so e
 model, a preference and a budget from its env's seeded ``np_random``. It trains
 ``MaskablePPO("MlpPolicy", vec_env, seed=seed, tensorboard_log=out/tb)`` with:
 
-* ``CheckpointCallback`` every ``checkpoint_every`` timesteps into ``out/checkpoints/`` (``--resume``
-  loads the newest and continues up to ``timesteps`` total, appending to the same TensorBoard run);
+* a checkpoint (``agents.train_state``: safetensors + JSON, never pickled) at the first rollout boundary past
+  every ``checkpoint_every`` timesteps and at the end into ``out/checkpoints/step_<N>/`` (``--resume`` loads
+  the newest valid one and continues up to ``timesteps`` total, bit for bit as if never stopped, appending
+  to the same TensorBoard run);
 * :class:`agents.callbacks.SurgeryMetricsCallback`: ``surgery/`` metrics and, every ``hv_every``
   timesteps, the hypervolume of the policy's front on each training model.
 
@@ -14,7 +16,8 @@ model, a preference and a budget from its env's seeded ``np_random``. It trains
 ``prefetch_depth``): the env's layout then grows (``envs.observation.layout_for``) and the policy decides
 them in a last ``"<session>"`` step; without them the layout is the default one.
 
-The output folder gets ``policy.zip`` and ``policy.json`` (``agents.policy_io``: layout, knobs, device
+The output folder gets ``policy.safetensors`` and ``policy.json`` (``agents.policy_io``: network architecture,
+layout, knobs, device
 fingerprint and class, training models, evaluator, observation statistics, learning history, and the power
 cap with the power mode trained in under ``power``).
 
@@ -28,7 +31,6 @@ Hyperparameters (``PPOSettings``): small MLP (64, 64), ``n_steps`` 128 per env, 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,14 +75,11 @@ class TrainResult:
 
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
-    """The newest ``policy_<N>_steps.zip`` under ``folder/checkpoints`` (largest N), or None."""
-    ckpts = Path(folder) / "checkpoints"
-    best, best_n = None, -1
-    for p in ckpts.glob("policy_*_steps.zip") if ckpts.is_dir() else ():
-        m = re.fullmatch(r"policy_(\d+)_steps\.zip", p.name)
-        if m and int(m.group(1)) > best_n:
-            best, best_n = p, int(m.group(1))
-    return best
+    """The newest ``checkpoints/step_<N>`` folder under ``folder`` (largest N; ``agents.train_state``), or None."""
+    from agents.train_state import checkpoints
+
+    found = checkpoints(folder)
+    return found[0][1] if found else None
 
 
 def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: Sequence[str], sensitivity: bool,
@@ -127,54 +126,89 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           knobs: Sequence[str] = ("precision", "placement"), settings: PPOSettings | None = None,
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
           sensitivity: bool = False, max_seconds: float | None = None,
-          warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None) -> TrainResult:
+          warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None,
+          overwrite: bool = False) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
+    ``out`` is locked for the run (``autosurgeon.runfolder``); a folder that already holds a policy or
+    checkpoints is refused unless ``resume`` (continue from its newest valid checkpoint, with the settings
+    recorded there) or ``overwrite`` (empty it first).
     ``max_seconds`` stops learning early after that much wall time (the policy is saved as it is).
     ``warm_start``: a callable taking the fresh model before learning (e.g. ``agents.warm_start.markov_warm_start``;
     ignored on resume); what it returns is saved in policy.json under ``warm_start``. ``runtime_every``: run
     the policy's plan on the runtime every that many timesteps (``SurgeryMetricsCallback``; this machine only).
     ``power_cap_w``: train under a power cap in watts (module docstring).
     """
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.callbacks import CallbackList, CheckpointCallback
-
-    from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
-    from agents.policy_io import device_class, write_meta
-    from autosurgeon.hardware.resolve import resolve_profile
-    from envs.surgery import SurgeryEnv
+    from autosurgeon.runfolder import run_folder
 
     models = model_list(models)
     if timesteps < 1:
         raise InvalidArgumentError(f"`--timesteps` must be >= 1, got {timesteps}.")
     if n_envs < 1:
         raise InvalidArgumentError(f"`--n-envs` must be >= 1, got {n_envs}.")
-    settings = settings or PPOSettings()
-    out = Path(out)
-    ckpt = latest_checkpoint(out) if resume else None
-    if resume and ckpt is None:
-        raise InvalidArgumentError(f"`--resume`: no checkpoint under {out / 'checkpoints'}; train without --resume.")
+    if resume and latest_checkpoint(out) is None:
+        raise InvalidArgumentError(f"`--resume`: no checkpoint under {Path(out) / 'checkpoints'}; train without "
+                                   "--resume.")
+
+    def keep(folder: Path) -> bool:
+        return latest_checkpoint(folder) is not None or (folder / "policy.safetensors").is_file()
+
+    with run_folder(out, resume=resume, overwrite=overwrite, keep=keep, what="policy or training checkpoints"):
+        return _train(device=device, models=models, timesteps=timesteps, out=Path(out), resume=resume,
+                      evaluator=evaluator, seed=seed, n_envs=n_envs, knobs=tuple(knobs),
+                      settings=settings or PPOSettings(), checkpoint_every=checkpoint_every, hv_every=hv_every,
+                      hv_preferences=hv_preferences, sensitivity=sensitivity, max_seconds=max_seconds,
+                      warm_start=warm_start, runtime_every=runtime_every, power_cap_w=power_cap_w)
+
+
+def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The newest valid checkpoint of ``out``; InvalidArgumentError if none, or if its run settings differ."""
+    from agents.train_state import latest_valid
+
+    found = latest_valid(out)
+    if found is None:
+        raise InvalidArgumentError(f"`--resume`: no readable checkpoint under {out / 'checkpoints'} (each was torn "
+                                   "or altered); train again with --overwrite.")
+    path, tensors, state = found
+    saved = state.get("run", {})
+    diff = [k for k in ("models", "knobs", "seed", "n_envs", "evaluator", "settings", "device_fingerprint",
+                        "power_cap_w", "sensitivity") if saved.get(k) != run.get(k)]
+    if diff:
+        k = diff[0]
+        raise InvalidArgumentError(f"`--resume`: {k} {run.get(k)!r} differs from the checkpoint's {saved.get(k)!r} "
+                                   f"({path}); resume with the settings it was trained with (differing: "
+                                   f"{', '.join(diff)}), or train anew with --overwrite.")
+    return path, tensors, state
+
+
+def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume: bool, evaluator: str, seed: int,
+           n_envs: int, knobs: tuple[str, ...], settings: PPOSettings, checkpoint_every: int, hv_every: int,
+           hv_preferences: int, sensitivity: bool, max_seconds: float | None, warm_start: Any, runtime_every: int,
+           power_cap_w: float | None) -> TrainResult:
+    from stable_baselines3.common.callbacks import CallbackList
+
+    from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
+    from agents.policy_io import device_class, write_meta
+    from agents.policy_store import save_network
+    from agents.train_state import RolloutCheckpoint, restore, save_checkpoint
+    from autosurgeon.hardware.resolve import resolve_profile
+    from envs.surgery import SurgeryEnv
+
     profile = resolve_profile(device)
     if power_cap_w is not None:
         from autosurgeon.hardware.power_cap import resolve_power_cap
 
         resolve_power_cap(profile, power_cap_w)  # a cap below every mode fails here, before anything is built
+    run = {"models": list(models), "knobs": list(knobs), "seed": seed, "n_envs": n_envs, "evaluator": evaluator,
+           "settings": json_settings(settings), "device_fingerprint": profile.fingerprint, "power_cap_w": power_cap_w,
+           "sensitivity": bool(sensitivity)}
+    ckpt = _resume_state(out, run) if resume else None
     started = time.perf_counter()
 
     vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
                        n_envs=n_envs, seed=seed, power_cap_w=power_cap_w)
     tb = str(out / "tb")
-    if ckpt is not None:
-        try:
-            model = MaskablePPO.load(ckpt, env=vec, device="cpu", tensorboard_log=tb)
-        except ValueError as exc:  # SB3: the checkpoint's spaces differ from the env's (another knob set)
-            raise InvalidArgumentError(
-                f"`--resume`: checkpoint {ckpt} does not fit an env with knobs {','.join(knobs)} ({exc}); "
-                "resume with the knobs it was trained with.") from None
-        logger.info("resuming %s at %d timesteps", ckpt, model.num_timesteps)
-    else:
-        model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
-    warm_info = warm_start(model) if warm_start is not None and ckpt is None else None
+    model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
                            power_cap_w=power_cap_w)
     power = None if front_env.power_cap is None else front_env.power_cap.to_dict()
@@ -186,21 +220,36 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
                                         hparams={"device": profile.name, "evaluator": evaluator, "seed": seed,
                                                  "power_cap_w": "none" if power is None else power["power_cap_w"],
                                                  "power_mode": front_env.power_mode_name})
-    callbacks = CallbackList([CheckpointCallback(save_freq=max(checkpoint_every // n_envs, 1),
-                                                 save_path=str(out / "checkpoints"), name_prefix="policy"),
-                              metrics_cb, *([StopAfterSeconds(max_seconds)] if max_seconds else [])])
+    warm_info = None
+    if ckpt is not None:
+        path, tensors, state = ckpt
+        try:
+            restore(model, tensors, state, metrics=metrics_cb)
+        except (KeyError, ValueError, RuntimeError, IndexError, TypeError) as exc:
+            raise InvalidArgumentError(f"`--resume`: checkpoint {path} does not fit this run ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''}); train anew with "
+                                       "--overwrite.") from None
+        warm_info = state["run"].get("warm_start")
+        logger.info("resuming %s at %d timesteps", path, model.num_timesteps)
+    elif warm_start is not None:
+        warm_info = warm_start(model)
+    run_record = {**run, "warm_start": warm_info}
+    stopper = StopAfterSeconds(max_seconds) if max_seconds else None
+    callbacks = CallbackList([RolloutCheckpoint(out, every=checkpoint_every, metrics=metrics_cb, run=run_record),
+                              metrics_cb, *([stopper] if stopper else [])])
     remaining = timesteps - model.num_timesteps
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=callbacks, reset_num_timesteps=ckpt is None,
                     tb_log_name="ppo")
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "policy.zip")
+        if stopper is None or not stopper.stopped:  # at a rollout boundary: a resumable state
+            save_checkpoint(out, model, metrics=metrics_cb, run=run_record)
+    _, network = save_network(out, model.policy)
     seconds = time.perf_counter() - started
     write_meta(out, {
         "layout": front_env.layout.to_dict(), "knobs": list(knobs), "evaluator": evaluator,
         "models": models, "device_name": profile.name, "device_fingerprint": profile.fingerprint,
         "device_class": device_class(profile), "seed": seed, "n_envs": n_envs,
-        "timesteps": int(model.num_timesteps), "settings": asdict(settings),
+        "timesteps": int(model.num_timesteps), "settings": asdict(settings), "network": network,
         "reward": asdict(front_env.reward_config), "budget_range": list(front_env.budget_range),
         "obs_stats": metrics_cb.obs_stats(), "warm_start": warm_info, "history": metrics_cb.history,
         "budget_shield": front_env.budget_shield,
@@ -211,4 +260,9 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     return TrainResult(out=out, timesteps=int(model.num_timesteps), seconds=seconds, history=metrics_cb.history)
 
 
-__all__ = ["PPOSettings", "TrainResult", "latest_checkpoint", "make_vec_env", "new_model", "train"]
+def json_settings(settings: PPOSettings) -> dict[str, Any]:
+    """``settings`` as JSON data (tuples as lists), as checkpoints record and compare them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+
+
+__all__ = ["PPOSettings", "TrainResult", "json_settings", "latest_checkpoint", "make_vec_env", "new_model", "train"]

@@ -188,7 +188,7 @@ class Plan:
         known = {"model_fingerprint", "device_fingerprint", "default", "rules", "metadata", "session", "budgets"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise PlanFormatError(f"{source}: unknown field(s) {', '.join(unknown)} in `_data` of a version "
+            raise PlanFormatError(f"{source}: unknown field(s) {', '.join(map(repr, unknown))} in `_data` of a version "
                                   f"{version} plan; known fields are {', '.join(sorted(known))}.")
         rules = data.get("rules", [])
         if not isinstance(rules, list):
@@ -215,16 +215,15 @@ class Plan:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanFormatError(f"{source}: not valid JSON ({exc}).") from None
+        except RecursionError:
+            raise PlanFormatError(f"{source}: JSON nested too deeply to be a plan.") from None
         return cls.from_dict(obj, source=source)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a crash never leaves half a plan)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)
-        return path
+        from autosurgeon.atomic import write_text_atomic
+
+        return write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Plan:

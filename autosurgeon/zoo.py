@@ -33,7 +33,7 @@ from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError, ModelDirectoryError, UnknownModelError
 from autosurgeon.models.cache import build_once, cache_root, is_complete
 from autosurgeon.models.digits import IMAGE_SHAPE, DigitsCNN, DigitsRecipe, load_digits_dir, train_digits
-from autosurgeon.models.hf_dir import check_model_dir, is_digits_dir, load_hf_dir
+from autosurgeon.models.hf_dir import check_model_dir, is_digits_dir, load_hf_dir, read_config
 from autosurgeon.models.inputs import (
     TokenSource,
     causal_lm_inputs,
@@ -193,6 +193,8 @@ def load_model(
     """
     device = _check_device(device)
     text = os.fspath(spec)
+    if not text.strip():  # Path("") is the current directory: never load it by accident
+        raise UnknownModelError(f"MODEL must not be empty, got {text!r}; MODEL may be {ACCEPTED_FORMS}.")
     if text in _ZOO:
         return _load_zoo(text, device=device, dtype=dtype, cache_dir=cache_dir)
     path = Path(text).expanduser()
@@ -294,7 +296,7 @@ def _load_dir(spec: str, folder: Path, *, device: torch.device, dtype: torch.dty
     if device.type == "meta":
         if not (folder / "config.json").is_file():
             check_model_dir(folder)  # raises, naming config.json
-        config = json.loads((folder / "config.json").read_text())
+        config = read_config(folder)
     else:
         config = check_model_dir(folder)
     metrics = _read_metrics(folder) if (folder / "metrics.json").is_file() else {}
@@ -325,11 +327,16 @@ def _load_factory(spec: str, *, device: torch.device, dtype: torch.dtype | None)
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UnknownModelError(f"MODEL {spec!r}: module {module_name!r} has no callable {attr!r}.")
-    if device.type == "meta":
-        with torch.device("meta"):
+    try:
+        if device.type == "meta":
+            with torch.device("meta"):
+                built = factory()
+        else:
             built = factory()
-    else:
-        built = factory()
+    except Exception as exc:  # the user's code failed: say so in one line, not a traceback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UnknownModelError(f"MODEL {spec!r}: the factory raised {type(exc).__name__}: {first}; fix the factory "
+                                "or pass another MODEL.") from None
     if isinstance(built, LoadedModel):
         loaded = built
     elif isinstance(built, nn.Module):

@@ -199,6 +199,29 @@ class SurgeryEnv(gym.Env):
         return self._observation(), {"model": self.ctx.spec, "memory_budget": self.budget,
                                      "preference": self.preference.tolist()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The episode in progress and ``np_random``, as JSON data (training checkpoints, ``agents.train_state``)."""
+        return {"context": self.contexts.index(self.ctx), "preference": self.preference.tolist(),
+                "budget": float(self.budget), "x": [int(v) for v in self.x], "t": int(self.t),
+                "previous": None if self.previous is None else [int(v) for v in self.previous],
+                "repaired": int(self.repaired), "episode": int(self._episode),
+                "np_random": self.np_random.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the episode ``state`` (from :meth:`state_dict`) recorded."""
+        self.ctx = self.contexts[int(state["context"])]
+        self.preference = np.asarray(state["preference"], dtype=np.float64)
+        self.budget = float(state["budget"])
+        self.x = np.asarray(state["x"], dtype=self.ctx.space.default_vector().dtype)
+        self.t = int(state["t"])
+        self.previous = None if state["previous"] is None else np.asarray(state["previous"], dtype=np.int64)
+        self.repaired = int(state["repaired"])
+        self._episode = int(state["episode"])
+        self._mask_cache = None
+        rng = np.random.Generator(np.random.PCG64())
+        rng.bit_generator.state = dict(state["np_random"])
+        self._np_random = rng
+
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.t >= len(self.ctx.units):
             raise InvalidArgumentError("step() called after the episode ended; call reset().")

@@ -13,6 +13,7 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,  # the shorthand accelerate and docker accept
 }
+MAX_BYTES = 2**63 - 1  # the largest size a byte count can hold (int64); anything above is a typo or 1e999
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
@@ -41,8 +42,11 @@ def parse_bytes(text: str | int | float, *, what: str = "size") -> int:
         raise JalapenoError(
             f"`{what}` has an unknown unit {unit!r} in {text!r}; use B, kB, MB, GB, TB, KiB, MiB, GiB or TiB."
         )
-    if value < 0:
+    if value != value or value < 0:  # NaN, or negative
         raise JalapenoError(f"`{what}` must be >= 0 bytes, got {text!r}.")
+    if value * _UNITS[unit] > MAX_BYTES:  # inf (1e999) included
+        raise JalapenoError(f"`{what}` must be at most {MAX_BYTES} bytes (8 EiB), got {text!r}; give a real size "
+                            "such as 3GiB.")
     return int(round(value * _UNITS[unit]))
 
 

@@ -55,12 +55,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _configure_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe (`| head`) shows here, inside the handlers below, not at exit
+        return code
     except (AutoSurgeonError, JalapenoError) as exc:
         if args.debug:
             raise
-        print(f"autosurgeon {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever a value quoted in it holds
+        print(f"autosurgeon {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"autosurgeon {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `--json | head`: the reader left; nothing more to say, and no traceback
+        _quiet_stdout()
+        return 2
+    except RecursionError:
+        if args.debug:
+            raise
+        print(f"autosurgeon {args.command}: error: an input file is nested too deeply to be read (JSON "
+              "depth beyond Python's recursion limit); give a file written by autosurgeon.", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user named cannot be read or written: one line naming it
+        if args.debug:
+            raise
+        where = f" {exc.filename!r}" if exc.filename is not None else ""
+        print(f"autosurgeon {args.command}: error: cannot use{where}: {exc.strerror or exc}; check the path and its "
+              "permissions, or choose another.", file=sys.stderr)
+        return 2
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

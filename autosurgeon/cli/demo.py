@@ -1,7 +1,7 @@
 """``autosurgeon demo``: the README's first command — the whole flow on this machine, in a few minutes.
 
 Profile this machine, load the default model (trained on first use), sweep plans with NSGA-II warm-started
-by the Markov model (and a learned policy for this device class, if one exists), pick the fastest plan that
+by the Markov model (and a learned policy, if named with --policy), pick the fastest plan that
 fits the memory budget at the quality bound, verify it on the runtime, generate with it, and print the
 unmodified model against the plan. The pipeline is ``experiments.demo_flow.run_demo``; this module only draws it.
 """
@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="Markov model for the first population (default: yours for this device class, "
                         "learned by earlier demos, else the one shipped in experiments/warmstart/)")
     parser.add_argument("--policy", default=None, metavar="DIR",
-                        help="a policy folder from `autosurgeon train` (default: policies/<device class> if present)")
+                        help="a policy folder from `autosurgeon train` (e.g. policies/<device class>); none is loaded "
+                        "unless named here")
     parser.add_argument("--tokens", type=int, default=_DEFAULTS.tokens,
                         help=f"tokens to generate (default {_DEFAULTS.tokens})")
     parser.add_argument("--quality-samples", type=int, default=_DEFAULTS.quality_samples,
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
           f"{metrics or 'no recorded metrics'})")
     print(f"budget: {_bytes(result.budget_bytes)} on GPU+CPU ({settings.budget} of the unmodified model's "
           f"{_bytes(result.baseline.metrics.memory_bytes)}), quality loss <= {settings.max_quality_loss:.1%}")
-    print(f"warm start: {result.warm_start or 'none'}; policy: {result.policy or 'none for this device class'}\n")
+    print(f"warm start: {result.warm_start or 'none'}; policy: {result.policy or 'none (name one with --policy)'}\n")
     print(_table(result))
     if result.chosen is not None:
         print(f"\nchosen: {result.chosen_source}; verified on the runtime (latency, memory and quality measured; "

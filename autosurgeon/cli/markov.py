@@ -42,6 +42,9 @@ def register(subparsers: Any) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    from autosurgeon.atomic import check_out_file
+
+    check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from agents.markov import fit_from_runs
 
     if not args.alpha > 0:
@@ -58,6 +61,9 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from autosurgeon.atomic import check_out_file
+
+    check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from agents.markov import MarkovPlacementModel
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.space.search_space import SearchSpace

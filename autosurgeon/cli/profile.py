@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autosurgeon.atomic import check_out_file
+
+    check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     local = args.device == "local"
     if args.power_cap is not None:
         from autosurgeon.hardware.power_cap import check_power_cap
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print(profile.to_json())
     else:
         print(format_profile(profile))
-    if args.out:
+    if args.out is not None:
         path = save_profile(profile, args.out)
         print(f"wrote {path}", file=sys.stderr)
     if local:

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 from typing import Any
 
 from autosurgeon.budget import FLAG, MemoryBudget
@@ -200,6 +201,22 @@ def expert_config(args: argparse.Namespace, model: Any, device: str) -> tuple[An
     return config, {id(m) for _, m, _ in found}, slots * per_expert
 
 
+def check_limits(model: Any, *, prompt_tokens: int, max_new_tokens: int, lookahead: int | None) -> None:
+    """The run's token count within the model's positions, and ``--lookahead`` within its blocks."""
+    from runtime.session import find_blocks
+
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(positions, int) and prompt_tokens + max_new_tokens > positions:
+        raise InvalidArgumentError(
+            f"`--max-new-tokens` {max_new_tokens} with a {prompt_tokens}-token prompt exceeds the model's "
+            f"{positions} positions; give at most {max(positions - prompt_tokens, 0)}.")
+    if lookahead is not None:
+        _, blocks = find_blocks(model)
+        if lookahead > len(blocks):
+            raise InvalidArgumentError(f"`--lookahead` {lookahead} exceeds the model's {len(blocks)} blocks; give "
+                                       f"0..{len(blocks)}.")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -224,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
         except PlanFormatError as exc:
             raise InvalidArgumentError(f"`--plan`: {exc}") from None
     budget = MemoryBudget.parse(args.memory_budget, argument=FLAG)  # refused before the model loads
+    if args.device is not None and not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise InvalidArgumentError(f"`--device` must be cpu, cuda or cuda:N, got {args.device!r}.")
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidArgumentError(f"`--device` {device!r} needs a CUDA GPU; none is visible. Use --device cpu.")
@@ -247,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     ids = torch.tensor([encode(args.prompt)], dtype=torch.long)
     if ids.numel() == 0:
         raise InvalidArgumentError("`--prompt` is empty; give at least one token of text.")
+    check_limits(model, prompt_tokens=ids.shape[1], max_new_tokens=args.max_new_tokens, lookahead=args.lookahead)
     kv_context = ids.shape[1] + args.max_new_tokens - 1  # a --kv-budget share is of the whole run's tokens
     sources: dict[str, str] = {}
     if plan is not None:  # checked against this machine's profile, applied in place, placed as planned

@@ -9,7 +9,9 @@
 
 Every finished evaluation is in ``runs/NAME/evals.jsonl`` the moment it is measured; ``--resume`` replays the
 seeded algorithm against those records (nothing is measured twice) and continues to ``--budget-evals``.
-The sweep code lives in ``experiments.sweep`` (imported inside the commands).
+The sweep code lives in ``experiments.sweep`` (imported inside the commands). A ``module:factory`` MODEL
+imports and runs code: accepted as typed on the command line, from ``--config`` or a run's ``config.json``
+only with ``--allow-code`` (``autosurgeon.trust``). ``--out`` is locked while a sweep runs.
 """
 from __future__ import annotations
 
@@ -51,6 +53,10 @@ def register(subparsers: Any) -> None:
                    "infeasible (clocks and power limits are never changed)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder, e.g. runs/NAME (must be empty)")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (default: refuse)")
+    p.add_argument("--allow-code", action="store_true",
+                   help="let --config or the run's config.json name a module:factory MODEL (imports and runs that "
+                   "code: only for files you trust)")
     p.add_argument("--no-baselines", action="store_true", help="skip the uniform/greedy/knapsack baselines")
     p.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
     p.add_argument("--json", action="store_true", help="print summary.json instead of a summary")
@@ -119,10 +125,16 @@ def run(args: argparse.Namespace) -> int:
     from experiments.sweep.store import CONFIG, RunStore
 
     store = RunStore(args.out)
+    from autosurgeon.trust import check_code_spec
+
     if args.resume and (store.path(CONFIG)).is_file():
         base = SweepConfig.from_dict(store.read_json(CONFIG))
+        if args.model is None:
+            check_code_spec(base.model, source=str(store.path(CONFIG)), allow=args.allow_code)
     elif args.config is not None:
         base = load_config(args.config)
+        if args.model is None:
+            check_code_spec(base.model, source=f"--config {args.config}", allow=args.allow_code)
     elif args.model is None:
         raise InvalidArgumentError("give MODEL (e.g. tiny-llama) or `--config` (experiments/configs/*.json).")
     else:
@@ -136,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
                           max_quality_loss=args.max_quality_loss, power_cap_w=args.power_cap,
                           baselines=False if args.no_baselines else None)
     progress = _Progress(enabled=not args.json)
-    result = run_sweep(config, args.out, resume=args.resume, progress=progress, cache_dir=args.cache_dir)
+    result = run_sweep(config, args.out, resume=args.resume, progress=progress, cache_dir=args.cache_dir,
+                       overwrite=args.overwrite)
     s = result.summary
     if args.json:
         print(json.dumps(s, default=str))
@@ -191,6 +204,9 @@ def _precisions(rec: dict[str, Any]) -> str:
 
 
 def run_front(args: argparse.Namespace) -> int:
+    from autosurgeon.atomic import check_out_file
+
+    check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from autosurgeon.plan import Plan
     from experiments.sweep import load_run
     from experiments.sweep.front import parse_preference, pick

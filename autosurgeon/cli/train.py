@@ -5,7 +5,7 @@
     autosurgeon train --device local --models tiny-llama --timesteps 50000 --out policies/cpu-kv \\
         --knobs precision,placement,kv_precision,kv_budget,prefetch_depth
 
-Writes ``policies/NAME/policy.zip`` + ``policy.json``, checkpoints under ``checkpoints/`` and TensorBoard
+Writes ``policies/NAME/policy.safetensors`` + ``policy.json``, checkpoints under ``checkpoints/`` and TensorBoard
 logs under ``tb/`` (``tensorboard --logdir policies/NAME/tb``). The agents package loads lazily.
 """
 from __future__ import annotations
@@ -26,6 +26,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--timesteps", type=int, required=True, help="total environment steps to train to")
     parser.add_argument("--out", required=True, help="policy folder, e.g. policies/NAME")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint up to --timesteps")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the policy and checkpoints --out holds (default: refuse)")
     parser.add_argument("--evaluator", choices=("analytic", "profiled"), default="analytic",
                         help="reward evaluator: analytic (roofline, default) or profiled (per-unit runtime measurements)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PPO and the environments (default 0)")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(device=args.device, models=args.models.split(","), timesteps=args.timesteps, out=args.out,
                    resume=args.resume, evaluator=args.evaluator, seed=args.seed, n_envs=args.n_envs,
                    knobs=tuple(k.strip() for k in args.knobs.split(",") if k.strip()), hv_every=args.hv_every,
-                   runtime_every=args.runtime_every, power_cap_w=args.power_cap)
+                   runtime_every=args.runtime_every, power_cap_w=args.power_cap, overwrite=args.overwrite)
     last = result.history[-1] if result.history else {}
     print(f"policy saved to {result.out} ({result.timesteps} timesteps, {result.seconds:.1f} s)")
     if args.power_cap is not None:

@@ -288,7 +288,7 @@ class HardwareProfile:
         if unknown:
             raise ProfileFormatError(f"{origin}: unknown field(s) {unknown}; known: {sorted(known)}.")
         try:
-            return cls(
+            profile = cls(
                 schema_version=version,
                 name=_required(data, "name", origin),
                 measured=bool(_required(data, "measured", origin)),
@@ -312,8 +312,16 @@ class HardwareProfile:
             )
         except ProfileFormatError:
             raise
-        except (InvalidArgumentError, TypeError, ValueError) as exc:
+        except (InvalidArgumentError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileFormatError(f"{origin}: invalid hardware profile: {exc}") from exc
+        from autosurgeon.hw_validate import profile_problems
+
+        problems = profile_problems(profile)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ProfileFormatError(f"{origin}: {problems[0]}{more}; fix the profile or re-create it with "
+                                     "`autosurgeon profile`.")
+        return profile
 
     @classmethod
     def from_json(cls, text: str, *, origin: str = "profile") -> HardwareProfile:
@@ -322,6 +330,8 @@ class HardwareProfile:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ProfileFormatError(f"{origin}: not valid JSON ({exc}).") from exc
+        except RecursionError:
+            raise ProfileFormatError(f"{origin}: JSON nested too deeply to be a hardware profile.") from None
         return cls.from_dict(data, origin=origin)
 
 

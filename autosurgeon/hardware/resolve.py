@@ -99,12 +99,9 @@ def load_profile(path: str | os.PathLike) -> HardwareProfile:
 
 def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
     """Write ``profile`` as JSON to ``path`` atomically (write a sibling, then rename), creating folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(profile.to_json() + "\n")
-    os.replace(tmp, path)
-    return path
+    from autosurgeon.atomic import write_text_atomic
+
+    return write_text_atomic(path, profile.to_json() + "\n")
 
 
 def profile_local(

@@ -23,11 +23,16 @@ CACHE_ENV = "AUTOSURGEON_CACHE"
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the cache folder: ``cache_dir`` if given, else ``$AUTOSURGEON_CACHE``, else ``~/.cache/autosurgeon``."""
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "autosurgeon"
+        root, named = Path(cache_dir).expanduser(), "`--cache-dir`"
+    elif os.environ.get(CACHE_ENV):
+        root, named = Path(os.environ[CACHE_ENV]).expanduser(), f"${CACHE_ENV}"
+    else:
+        root, named = Path.home() / ".cache" / "autosurgeon", "the cache folder"
+    if root.exists() and not root.is_dir():
+        from autosurgeon.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"{named} {str(root)!r} is a file; give a folder (it is created if missing).")
+    return root
 
 
 @contextlib.contextmanager
@@ -49,8 +54,45 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 
 def is_complete(folder: Path, required: tuple[str, ...]) -> bool:
-    """Whether ``folder`` holds every file in ``required`` (a finished build)."""
-    return folder.is_dir() and all((folder / name).is_file() for name in required)
+    """Whether ``folder`` holds every file in ``required`` (a finished build), each ``.safetensors`` one whole."""
+    if not (folder.is_dir() and all((folder / name).is_file() for name in required)):
+        return False
+    torn = [name for name in required if name.endswith(".safetensors") and not safetensors_whole(folder / name)]
+    if torn:
+        logger.warning("cache entry %s has a truncated or corrupt %s; it will be rebuilt", folder, ", ".join(torn))
+    return not torn
+
+
+def safetensors_whole(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file whose header parses and whose tensors end exactly at its end.
+
+    Reads the header only (8 bytes + a JSON object), so checking a cache entry costs microseconds."""
+    import json
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                return False
+            (n,) = struct.unpack("<Q", raw)
+            if n > min(size - 8, 100 * 2**20):
+                return False
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError, RecursionError):
+        return False
+    if not isinstance(header, dict):
+        return False
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            return False
+        end = max(end, offsets[1])
+    return 8 + n + end == size
 
 
 def _publish_permissions(folder: Path) -> None:

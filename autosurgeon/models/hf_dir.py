@@ -32,10 +32,22 @@ def check_model_dir(folder: Path) -> dict[str, Any]:
             f"model directory {str(folder)!r} has no *.safetensors weights (found {found}); save them with "
             "model.save_pretrained(path), or pass device=\"meta\" to build the architecture alone."
         )
+    return read_config(folder)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """``folder/config.json`` as a dict; ModelDirectoryError in one line when it is unreadable or not an object."""
+    config_path = folder / "config.json"
     try:
-        return json.loads(config_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelDirectoryError(f"cannot read {str(config_path)!r} as JSON: {exc}") from exc
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ModelDirectoryError(f"cannot read {str(config_path)!r} as JSON ({reason}); re-save the model with "
+                                  "model.save_pretrained(path).") from None
+    if not isinstance(config, dict):
+        raise ModelDirectoryError(f"{str(config_path)!r} must hold a JSON object, got {type(config).__name__}; "
+                                  "re-save the model with model.save_pretrained(path).")
+    return config
 
 
 def is_digits_dir(config: dict[str, Any]) -> bool:
@@ -89,7 +101,11 @@ def load_hf_dir(
         check_model_dir(folder)  # raises the missing-config error
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:  # a torn or foreign config.json (transformers and hf_hub raise many kinds)
+        raise ModelDirectoryError(f"model directory {str(folder)!r}: config.json is not a readable model config "
+                                  f"({_first_line(exc)}); re-save it with model.save_pretrained(path).") from None
     cls, task = _model_class(config)
     if device.type == "meta":
         from autosurgeon.models.shapes import meta_build_kwargs
@@ -104,6 +120,16 @@ def load_hf_dir(
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    with _no_progress_bar():
-        model = cls.from_pretrained(str(folder), **kwargs)
+    try:
+        with _no_progress_bar():
+            model = cls.from_pretrained(str(folder), **kwargs)
+    except Exception as exc:  # truncated/garbage safetensors, shapes that do not fit the config ...
+        raise ModelDirectoryError(f"model directory {str(folder)!r}: its weights do not load ({type(exc).__name__}: "
+                                  f"{_first_line(exc)}); the *.safetensors files are truncated or do not belong to "
+                                  "config.json: re-save the model with model.save_pretrained(path).") from None
     return model.to(device).eval(), task
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

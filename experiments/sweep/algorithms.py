@@ -14,7 +14,9 @@
   rest streamed), and the sensitivity knapsack (``autosurgeon.planners.knapsack``) at a few budgets.
 
 Each driver stops when the archive's budget of distinct evaluations is spent, or after ``max_stall``
-consecutive rounds that proposed nothing new (a converged population), which is logged.
+consecutive rounds that proposed nothing new (a converged population), which is logged. A round answered
+from a resumed run's records (``Archive.replayed`` grew) is progress, not a stall: replaying a long run
+must reach the point where it stopped, then go on to the (possibly extended) budget.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def run_nsga2(archive: Archive, *, pop_size: int, seed: int, initial: Sequence[n
     gen = stall = 0
     while not archive.exhausted:
         problem.generation = gen
-        before = len(archive)
+        before, replayed = len(archive), archive.replayed
         pop = algorithm.ask()
         try:
             algorithm.evaluator.eval(problem, pop)
@@ -72,7 +74,8 @@ def run_nsga2(archive: Archive, *, pop_size: int, seed: int, initial: Sequence[n
         algorithm.tell(infills=pop)
         new = len(archive) - before
         on_generation(gen, archive, new)
-        stall = 0 if new else stall + 1
+        # A generation answered from a resumed run's records is progress too (it replays the interrupted run).
+        stall = 0 if new or archive.replayed > replayed else stall + 1
         gen += 1
         if stall >= max_stall:
             logger.warning("nsga2: %d generations proposed no new plan; stopping at %d of %d evaluations",
@@ -87,8 +90,11 @@ def run_random(archive: Archive, *, seed: int, batch: int, on_generation: OnGene
     rng = np.random.default_rng(seed)
     stall = n_new = 0
     while not archive.exhausted:
-        before = len(archive)
+        before, replayed = len(archive), archive.replayed
         archive.evaluate(archive.space.random_vector(rng), algo="random", generation=before // batch)
+        if archive.replayed > replayed:  # a resumed run's record, replayed: progress, not a repeat
+            stall = 0
+            continue
         if len(archive) == before:
             stall += 1
             if stall >= max_stall:
@@ -132,7 +138,7 @@ def run_optuna(archive: Archive, *, kind: str, pop_size: int, seed: int, storage
     while not archive.exhausted:
         trial = study.ask(dists)
         x = np.array([trial.params[f"x{i}"] for i in range(len(dists))], dtype=np.int64)
-        before = len(archive)
+        before, replayed = len(archive), archive.replayed
         try:
             record = archive.evaluate(x, algo=algo, generation=trial.number // pop_size)
         except BudgetReached:  # pragma: no cover - exhausted is checked first
@@ -145,7 +151,7 @@ def run_optuna(archive: Archive, *, kind: str, pop_size: int, seed: int, storage
         study.tell(trial, [float(v) for v in archive.F(record)])
         grew = len(archive) > before
         n_new += grew
-        stall = 0 if grew else stall + 1
+        stall = 0 if grew or archive.replayed > replayed else stall + 1
         if (trial.number + 1) % pop_size == 0:
             on_generation(gen, archive, n_new)
             gen, n_new = gen + 1, 0

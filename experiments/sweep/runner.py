@@ -142,19 +142,34 @@ def _tensorboard(run_dir: Path) -> tuple[Any, str | None]:
 
 def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, evaluator: Any = None,
               progress: Callable[[int, int, dict[str, Any]], None] | None = None, outputs: bool = True,
-              tensorboard: bool = True, cache_dir: str | None = None) -> SweepResult:
+              tensorboard: bool = True, cache_dir: str | None = None, overwrite: bool = False) -> SweepResult:
     """Run (or continue) the sweep ``config`` into the folder ``out`` (module docstring: files, resume).
+
+    ``out`` is locked for the run (``autosurgeon.runfolder``: a second sweep on it fails at once, naming the
+    first); a sweep that fails before its first record leaves the folder as it found it.
 
     Args:
         config: the sweep.
-        out: the run folder; must be empty (or absent) unless ``resume``.
+        out: the run folder; must be empty (or absent) unless ``resume`` or ``overwrite``.
         resume: continue the sweep in ``out`` (its config must match ``config`` except for the budget).
+        overwrite: empty ``out`` first (under the lock).
         evaluator: an evaluator to use instead of building one from the config (tests; its space is the sweep's).
         progress: called after each new evaluation with ``(done, budget, record)``.
         outputs: write the reporting outputs (front CSV/JSON, plots) at the end.
         tensorboard: per-generation TensorBoard scalars.
         cache_dir: zoo and sensitivity cache folder.
     """
+    from autosurgeon.runfolder import run_folder
+
+    with run_folder(out, resume=resume, overwrite=overwrite, what="sweep",
+                    keep=lambda folder: bool(RunStore(folder).records())):
+        return _run_sweep(config, out, resume=resume, evaluator=evaluator, progress=progress, outputs=outputs,
+                          tensorboard=tensorboard, cache_dir=cache_dir)
+
+
+def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator: Any,
+               progress: Callable[[int, int, dict[str, Any]], None] | None, outputs: bool,
+               tensorboard: bool, cache_dir: str | None) -> SweepResult:
     started = time.perf_counter()
     store = RunStore(out)
     store.open(resume=resume)

@@ -61,7 +61,7 @@ class RunStore:
         return self.dir / name
 
     def is_empty(self) -> bool:
-        return not self.dir.exists() or not any(self.dir.iterdir())
+        return not self.dir.exists() or not any(p.name != ".lock" for p in self.dir.iterdir())  # runfolder's lock
 
     def open(self, *, resume: bool) -> None:
         """Create the folder; refuse a non-empty one unless resuming, and a missing/foreign one when resuming."""
@@ -79,9 +79,12 @@ class RunStore:
     # ---- json files
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.path(name)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one, never half
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(dumps(obj, indent=2) + "\n")
+            os.replace(tmp, path)  # atomic: a crash leaves the old file or the new one, never half
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def read_json(self, name: str) -> Any:
@@ -93,6 +96,8 @@ class RunStore:
             return json.loads(path.read_text())
         except ValueError as exc:
             raise InvalidArgumentError(f"{str(path)!r} is not valid JSON ({exc}).") from None
+        except RecursionError:
+            raise InvalidArgumentError(f"{str(path)!r} is JSON nested too deeply to be a run's file.") from None
 
     # ---- records
     def append(self, record: Mapping[str, Any]) -> None:
@@ -107,22 +112,29 @@ class RunStore:
         if not path.is_file():
             return []
         out = []
-        lines = path.read_text().splitlines()
+        lines = path.read_bytes().splitlines()
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
-            except ValueError:
+                record = json.loads(line)
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+                record = None
+            if not (isinstance(record, dict) and isinstance(record.get("x"), list)):
                 logger.warning("%s line %d unreadable (torn write?); skipped", path, n)
+                continue
+            out.append(record)
         return out
 
     def rewrite_records(self, records: list[Mapping[str, Any]]) -> None:
         """Replace ``evals.jsonl`` (used on resume to drop a torn line before appending)."""
         path = self.path(EVALS)
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(dumps(r) + "\n" for r in records))
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text("".join(dumps(r) + "\n" for r in records))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 __all__ = ["BASELINES", "CONFIG", "EVALS", "EVAL_CACHE", "REFERENCE", "SUMMARY", "RunStore", "dumps"]

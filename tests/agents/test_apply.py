@@ -63,7 +63,7 @@ def test_cli_apply_writes_plan_and_front(policy: Path, tmp_path: Path, capsys: p
 def test_unknown_policy_path(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="is not a folder"):
         apply_policy(tmp_path / "missing", "digits-cnn", device=DEVICE)
-    with pytest.raises(PolicyError, match="holds no policy.zip"):
+    with pytest.raises(PolicyError, match="holds no policy.safetensors"):
         apply_policy(tmp_path, "digits-cnn", device=DEVICE)
 
 

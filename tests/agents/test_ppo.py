@@ -26,7 +26,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_training_writes_policy_checkpoints_and_logs(trained: Path) -> None:
-    assert (trained / "policy.zip").is_file()
+    assert (trained / "policy.safetensors").is_file() and not (trained / "policy.zip").exists()
     meta = read_meta(trained)
     assert meta["device_class"] == "gpu-sm90" and meta["models"] == ["tiny-llama-test", "digits-cnn"]
     assert meta["layout"] == ObservationLayout().to_dict() and meta["knobs"] == ["precision", "placement"]
@@ -38,7 +38,7 @@ def test_training_writes_policy_checkpoints_and_logs(trained: Path) -> None:
     assert history and all("budget_violation_rate" in h for h in history if "episodes" in h)
     hv = [h for h in history if "hv/tiny-llama-test" in h]
     assert hv and all(0.0 <= h["hv/tiny-llama-test"] <= 8.0 for h in hv)
-    assert latest_checkpoint(trained).name == "policy_256_steps.zip"
+    assert latest_checkpoint(trained).name == "step_256"
     events = list((trained / "tb").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
 
@@ -47,7 +47,7 @@ def test_resume_continues_to_the_total(trained: Path) -> None:
     result = train(device="h100-80gb", models=["tiny-llama-test", "digits-cnn"], timesteps=384, out=trained,
                    resume=True, n_envs=2, settings=SMALL, checkpoint_every=128, hv_every=10_000)
     assert result.timesteps == 384
-    assert latest_checkpoint(trained).name == "policy_384_steps.zip"
+    assert latest_checkpoint(trained).name == "step_384"
 
 
 def test_bad_training_inputs(tmp_path: Path) -> None:

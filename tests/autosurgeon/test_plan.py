@@ -61,7 +61,7 @@ def test_unmatched_targets_find_typos() -> None:
         (lambda d: d.update(_version=2), "newer than this AutoSurgeon reads"),
         (lambda d: d.update(_version="1"), "`_version` must be a positive integer"),
         (lambda d: d.update(_type="other"), "`_type` must be 'autosurgeon.Plan'"),
-        (lambda d: d["_data"].update(extra=1), "unknown field\\(s\\) extra"),
+        (lambda d: d["_data"].update(extra=1), "unknown field\\(s\\) 'extra'"),
         (lambda d: d["_data"].update(rules={}), "`rules` must be a list"),
         (lambda d: d["_data"]["rules"].append({"target": "x"}), "`rules\\[4\\]` must be an object"),
         (lambda d: d["_data"]["rules"].append({"target": "re:(", "decisions": {"precision": "int8"}}),

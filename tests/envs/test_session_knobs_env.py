@@ -197,16 +197,16 @@ def test_a_mismatched_layout_is_refused(session_policy: Path, default_policy: Pa
     # Layout and knobs consistent, but the network is another one's: refused before any plan is made.
     swapped = tmp_path / "swapped"
     shutil.copytree(session_policy, swapped)
-    shutil.copy(default_policy / "policy.zip", swapped / "policy.zip")
-    with pytest.raises(PolicyError, match=r"policy.zip's network has observations \(69,\).*do not belong together"):
+    shutil.copy(default_policy / "policy.safetensors", swapped / "policy.safetensors")
+    with pytest.raises(PolicyError, match=r"policy.safetensors does not fit the architecture.*do not belong together"):
         load_policy(swapped)
 
 
 def test_resume_with_other_knobs_is_refused(default_policy: Path) -> None:
     from autosurgeon.errors import InvalidArgumentError
 
-    with pytest.raises(InvalidArgumentError, match=r"`--resume`: checkpoint .*policy_64_steps.zip does not fit an env "
-                                                   r"with knobs precision,placement,kv_precision"):
+    with pytest.raises(InvalidArgumentError, match=r"`--resume`: knobs \['precision', 'placement', 'kv_precision', .*"
+                                                   r"differs from the checkpoint's \['precision', 'placement'\]"):
         train(device="local", models=[MODEL], timesteps=128, out=default_policy, resume=True, n_envs=1, knobs=SOME,
               settings=SMALL, hv_every=10_000)
 

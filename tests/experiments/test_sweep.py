@@ -68,9 +68,10 @@ def config(**kw) -> SweepConfig:
     return SweepConfig(**base)
 
 
-def sweep(setup, tmp_path, name, *, ev=None, quality=False, **kw):
+def sweep(setup, tmp_path, name, *, ev=None, quality=False, overwrite=False, **kw):
     ev = ev if ev is not None else evaluator(setup, quality=quality)
-    return run_sweep(config(**kw), tmp_path / name, evaluator=ev, outputs=False, tensorboard=False)
+    return run_sweep(config(**kw), tmp_path / name, evaluator=ev, outputs=False, tensorboard=False,
+                     overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------- problem
@@ -183,9 +184,43 @@ def test_resume_after_crash_loses_nothing(setup, tmp_path, algo):
     assert len(more.records) == 30 and [r["x"] for r in more.records[:24]] == [r["x"] for r in full.records]
 
 
+@pytest.mark.parametrize("algo", ["nsga2", "random", "optuna-nsga2"])
+def test_long_resume_and_extension_reach_the_budget_and_equal_one_run(setup, tmp_path, algo):
+    # More replayed generations than max_stall (20): they count as progress, so the resumed run finishes.
+    kw = dict(algo=algo, seed=2, pop_size=2)
+    full = sweep(setup, tmp_path, "full", budget_evals=90, **kw)
+    assert len(full.records) == 90
+    first = counting(evaluator(setup), crash_after=1 + 70)
+    with pytest.raises(Crash):
+        sweep(setup, tmp_path, "run", ev=first, budget_evals=90, **kw)
+    res = run_sweep(config(budget_evals=90, **kw), tmp_path / "run", resume=True, evaluator=evaluator(setup),
+                    outputs=False, tensorboard=False)
+    assert res.summary["status"] == "complete" and res.summary["replayed"] == 70
+    assert [r["x"] for r in res.records] == [r["x"] for r in full.records]
+    assert [r["eval"] for r in res.records] == list(range(90))  # none lost, none duplicated
+    # A finished shorter run extended with a larger budget equals the longer run from the start.
+    sweep(setup, tmp_path, "short", budget_evals=45, **kw)
+    ext = run_sweep(config(budget_evals=90, **kw), tmp_path / "short", resume=True, evaluator=evaluator(setup),
+                    outputs=False, tensorboard=False)
+    assert len(ext.records) == 90 and [r["x"] for r in ext.records] == [r["x"] for r in full.records]
+
+
+def test_a_second_sweep_on_a_locked_folder_is_refused_and_a_failed_setup_leaves_nothing(setup, tmp_path):
+    from autosurgeon.runfolder import RunFolderBusyError, RunFolderLock
+
+    with RunFolderLock(tmp_path / "busy"):
+        with pytest.raises(RunFolderBusyError, match=r"`--out` .*busy' is in use by pid \d+ on host"):
+            sweep(setup, tmp_path, "busy", algo="random", budget_evals=3)
+    assert sweep(setup, tmp_path, "busy", algo="random", budget_evals=3).records  # the lock went with its holder
+    with pytest.raises(InvalidArgumentError, match="`init_population` 'uniform' seeds NSGA-II"):
+        sweep(setup, tmp_path, "refused", algo="random", init_population="uniform", budget_evals=3)
+    assert not (tmp_path / "refused").exists()  # refused after set-up: no half-made folder refused for ever
+    assert sweep(setup, tmp_path, "busy", algo="random", budget_evals=3, overwrite=True).records
+
+
 def test_resume_refuses_changed_settings_and_empty_run_refused(setup, tmp_path):
     sweep(setup, tmp_path, "run", algo="random", budget_evals=5)
-    with pytest.raises(InvalidArgumentError, match="not empty; pass --resume"):
+    with pytest.raises(InvalidArgumentError, match="already holds a sweep; pass --resume to continue it, --overwrite"):
         sweep(setup, tmp_path, "run", algo="random", budget_evals=5)
     with pytest.raises(InvalidArgumentError, match=r"settings \['seed'\] differ"):
         run_sweep(config(algo="random", budget_evals=5, seed=9), tmp_path / "run", resume=True,
