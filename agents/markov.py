@@ -236,7 +236,7 @@ class MarkovPlacementModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically as JSON; returns the path."""
-        from autosurgeon.atomic import write_text_atomic
+        from autosurgeon.files.atomic import write_text_atomic
 
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 

@@ -130,7 +130,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           overwrite: bool = False) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
-    ``out`` is locked for the run (``autosurgeon.runfolder``); a folder that already holds a policy or
+    ``out`` is locked for the run (``autosurgeon.files.runfolder``); a folder that already holds a policy or
     checkpoints is refused unless ``resume`` (continue from its newest valid checkpoint, with the settings
     recorded there) or ``overwrite`` (empty it first).
     ``max_seconds`` stops learning early after that much wall time (the policy is saved as it is).
@@ -139,7 +139,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     the policy's plan on the runtime every that many timesteps (``SurgeryMetricsCallback``; this machine only).
     ``power_cap_w``: train under a power cap in watts (module docstring).
     """
-    from autosurgeon.runfolder import run_folder
+    from autosurgeon.files.runfolder import run_folder
 
     models = model_list(models)
     if timesteps < 1:

@@ -221,7 +221,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a crash never leaves half a plan)."""
-        from autosurgeon.atomic import write_text_atomic
+        from autosurgeon.files.atomic import write_text_atomic
 
         return write_text_atomic(path, self.to_json() + "\n")
 

@@ -289,9 +289,9 @@ def _sweep_evaluator(loaded: Any, profile: Any, config: Any, sweep_dir: Path, se
 def run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> DemoResult:
     """Run the demo (module docstring); ``progress(stage, message)`` is told what happens as it happens.
 
-    ``settings.out`` is locked for the run (``autosurgeon.runfolder``): a second demo on it fails at once
+    ``settings.out`` is locked for the run (``autosurgeon.files.runfolder``): a second demo on it fails at once
     naming the first; a first demo that fails before its sweep recorded anything leaves no folder behind."""
-    from autosurgeon.runfolder import check_out_path, contents, run_folder
+    from autosurgeon.files.runfolder import check_out_path, contents, run_folder
 
     existing = bool(contents(check_out_path(settings.out)))
     with run_folder(settings.out, resume=existing, what="demo",

@@ -125,7 +125,7 @@ def test_model_directories(config: bytes, weights: bytes) -> None:
                       max_size=4, unique=True), fresh=st.booleans(), error=st.sampled_from([ValueError,
                                                                                             KeyboardInterrupt]))
 def test_a_failed_command_leaves_no_partial_run_folder(names: list[str], fresh: bool, error: type) -> None:
-    from autosurgeon.runfolder import run_folder
+    from autosurgeon.files.runfolder import run_folder
 
     root = _tmp()
     out = root / "run"

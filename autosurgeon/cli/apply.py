@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.atomic import check_out_file
+    from autosurgeon.files.atomic import check_out_file
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from agents.apply import apply_policy, write_front

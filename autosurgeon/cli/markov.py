@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from autosurgeon.atomic import check_out_file
+    from autosurgeon.files.atomic import check_out_file
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from agents.markov import fit_from_runs
@@ -61,7 +61,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from autosurgeon.atomic import check_out_file
+    from autosurgeon.files.atomic import check_out_file
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from agents.markov import MarkovPlacementModel

@@ -113,7 +113,7 @@ def sensitivity_tables(loaded: Any, group_sizes: list[int], *, precisions: tuple
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.atomic import check_out_file
+    from autosurgeon.files.atomic import check_out_file
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from autosurgeon.hardware.resolve import resolve_profile

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.atomic import check_out_file
+    from autosurgeon.files.atomic import check_out_file
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     local = args.device == "local"

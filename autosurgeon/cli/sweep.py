@@ -11,7 +11,7 @@ Every finished evaluation is in ``runs/NAME/evals.jsonl`` the moment it is measu
 seeded algorithm against those records (nothing is measured twice) and continues to ``--budget-evals``.
 The sweep code lives in ``experiments.sweep`` (imported inside the commands). A ``module:factory`` MODEL
 imports and runs code: accepted as typed on the command line, from ``--config`` or a run's ``config.json``
-only with ``--allow-code`` (``autosurgeon.trust``). ``--out`` is locked while a sweep runs.
+only with ``--allow-code`` (``autosurgeon.files.trust``). ``--out`` is locked while a sweep runs.
 """
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from experiments.sweep.store import CONFIG, RunStore
 
     store = RunStore(args.out)
-    from autosurgeon.trust import check_code_spec
+    from autosurgeon.files.trust import check_code_spec
 
     if args.resume and (store.path(CONFIG)).is_file():
         base = SweepConfig.from_dict(store.read_json(CONFIG))
@@ -204,7 +204,7 @@ def _precisions(rec: dict[str, Any]) -> str:
 
 
 def run_front(args: argparse.Namespace) -> int:
-    from autosurgeon.atomic import check_out_file
+    from autosurgeon.files.atomic import check_out_file
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from autosurgeon.plan import Plan

@@ -314,7 +314,7 @@ class HardwareProfile:
             raise
         except (InvalidArgumentError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileFormatError(f"{origin}: invalid hardware profile: {exc}") from exc
-        from autosurgeon.hw_validate import profile_problems
+        from autosurgeon.hardware.validate import profile_problems
 
         problems = profile_problems(profile)
         if problems:

@@ -99,7 +99,7 @@ def load_profile(path: str | os.PathLike) -> HardwareProfile:
 
 def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
     """Write ``profile`` as JSON to ``path`` atomically (write a sibling, then rename), creating folders."""
-    from autosurgeon.atomic import write_text_atomic
+    from autosurgeon.files.atomic import write_text_atomic
 
     return write_text_atomic(path, profile.to_json() + "\n")
 

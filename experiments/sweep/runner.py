@@ -145,7 +145,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
               tensorboard: bool = True, cache_dir: str | None = None, overwrite: bool = False) -> SweepResult:
     """Run (or continue) the sweep ``config`` into the folder ``out`` (module docstring: files, resume).
 
-    ``out`` is locked for the run (``autosurgeon.runfolder``: a second sweep on it fails at once, naming the
+    ``out`` is locked for the run (``autosurgeon.files.runfolder``: a second sweep on it fails at once, naming the
     first); a sweep that fails before its first record leaves the folder as it found it.
 
     Args:
@@ -159,7 +159,7 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
         tensorboard: per-generation TensorBoard scalars.
         cache_dir: zoo and sensitivity cache folder.
     """
-    from autosurgeon.runfolder import run_folder
+    from autosurgeon.files.runfolder import run_folder
 
     with run_folder(out, resume=resume, overwrite=overwrite, what="sweep",
                     keep=lambda folder: bool(RunStore(folder).records())):

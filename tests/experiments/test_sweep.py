@@ -206,7 +206,7 @@ def test_long_resume_and_extension_reach_the_budget_and_equal_one_run(setup, tmp
 
 
 def test_a_second_sweep_on_a_locked_folder_is_refused_and_a_failed_setup_leaves_nothing(setup, tmp_path):
-    from autosurgeon.runfolder import RunFolderBusyError, RunFolderLock
+    from autosurgeon.files.runfolder import RunFolderBusyError, RunFolderLock
 
     with RunFolderLock(tmp_path / "busy"):
         with pytest.raises(RunFolderBusyError, match=r"`--out` .*busy' is in use by pid \d+ on host"):
