@@ -69,7 +69,7 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, pro
     with dask.config.set({"distributed.scheduler.allowed-failures": int(allowed_failures)}):
         if workers is not None:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                                   resources={RESOURCE: 1}, dashboard_address=None, silence_logs=logging.ERROR)
+                                   resources={RESOURCE: 1}, dashboard_address=":0", silence_logs=logging.ERROR)
             client = Client(cluster, timeout=timeout_s)
         else:
             try:
@@ -88,6 +88,26 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, pro
                 cluster.close()
 
 
+@contextmanager
+def sweep_cluster(*, workers: int | None = None, scheduler: str | None = None, gpus: str | None = None,
+                  processes: bool = True) -> Iterator[Any]:
+    """A ``dask_eval.SweepCluster`` for the CLI's ``--workers`` / ``--scheduler`` / ``--worker-gpus``; None without."""
+    check_cluster_args(workers, scheduler)
+    if gpus is not None and workers is None:
+        raise InvalidArgumentError(f"`--worker-gpus` {gpus!r} spreads a local cluster's workers over GPUs; give "
+                                   "`--workers N` too (on an existing cluster set CUDA_VISIBLE_DEVICES per worker).")
+    if workers is None and scheduler is None:
+        yield None
+        return
+    ids = [g.strip() for g in gpus.split(",") if g.strip()] if gpus else None
+    with dask_client(workers=workers, scheduler=scheduler, processes=processes) as client:
+        from experiments.sweep.dask_eval import SweepCluster
+
+        # Local CPU workers share the cores; GPU workers and remote ones keep their own thread setting.
+        threads = local_threads(workers) if workers is not None and not ids else None
+        yield SweepCluster(client, threads=threads, gpus=ids)
+
+
 def check_resources(client: Any) -> None:
     """Refuse a cluster none of whose workers declares the ``device`` resource (its tasks would never run)."""
     workers = client.scheduler_info().get("workers", {})
@@ -100,4 +120,4 @@ def check_resources(client: Any) -> None:
 
 
 __all__ = ["RESOURCE", "check_cluster_args", "check_resources", "dask_client", "local_threads",
-           "require_distributed"]
+           "require_distributed", "sweep_cluster"]

@@ -148,8 +148,14 @@ class DaskEvaluator:
         self.resource = resource
         sig = local.key(local.space.default_vector())  # model, device, evaluator settings, space
         self.plugin_name = f"autosurgeon-evaluator-{hashlib.sha256(sig.encode()).hexdigest()[:12]}"
-        client.register_plugin(EvaluatorPlugin(factory, name=self.plugin_name, space_digest=local.space.digest(),
-                                      threads=threads, gpus=gpus), name=self.plugin_name)
+        plugin = EvaluatorPlugin(factory, name=self.plugin_name, space_digest=local.space.digest(), threads=threads,
+                                 gpus=gpus)
+        try:
+            client.register_plugin(plugin, name=self.plugin_name)
+        except OSError as exc:  # CommClosedError: a worker died while it was told; the scheduler keeps the
+            # plugin and gives it to every worker that joins, the dead one's replacement included
+            logger.warning("registering %s: a worker went away (%s); it gets the plugin when it returns",
+                           self.plugin_name, exc)
         self.calls = self.hits = self.evaluated = 0
         self.seconds = 0.0  # coordinator wall time of batches with misses
         self.worker_seconds = 0.0  # summed time inside the workers' evaluate calls
