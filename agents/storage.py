@@ -2,12 +2,14 @@
 
 Several processes (or machines) join one study by giving the same storage URL and study name; Optuna's
 ``RDBStorage`` keeps the trials in the database, so each process's sampler sees every finished trial.
-``postgresql://user:password@host:5432/db`` uses the psycopg2 driver (``psycopg2-binary``, a dependency);
-``postgresql+psycopg://`` psycopg 3, ``mysql+pymysql://`` etc. work where their driver is installed.
+``postgresql://user:password@host:5432/db`` uses SQLAlchemy's default PostgreSQL driver, psycopg 3
+(``psycopg[binary]``, a dependency); ``postgresql+psycopg2://``, ``mysql+pymysql://`` etc. work where their
+driver is installed.
 The password never reaches a log line or a summary (:func:`redact`).
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
@@ -43,7 +45,7 @@ def check_storage_url(url: str, *, argument: str = "--storage") -> str:
                                    f"{parsed.drivername!r}; use postgresql://, sqlite:/// or mysql+pymysql://.") from None
     except ImportError as exc:
         raise AutoSurgeonError(f"`{argument}` {redact(url)!r} needs the {parsed.drivername!r} driver ({exc}); for "
-                               "PostgreSQL `pip install psycopg2-binary` (installed with autosurgeon).") from None
+                               "PostgreSQL `pip install 'psycopg[binary]'` (installed with autosurgeon).") from None
     return url
 
 
@@ -58,7 +60,7 @@ def optuna_storage(url: str, *, heartbeat_s: int | None = None, argument: str = 
         argument: the option named in errors.
     """
     import optuna
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     check_storage_url(url, argument=argument)
     kwargs: dict[str, Any] = {}
@@ -67,12 +69,20 @@ def optuna_storage(url: str, *, heartbeat_s: int | None = None, argument: str = 
     if heartbeat_s is not None:
         kwargs.update(heartbeat_interval=int(heartbeat_s), grace_period=4 * int(heartbeat_s),
                       failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
-    try:
-        return optuna.storages.RDBStorage(url, **kwargs)
-    except OperationalError as exc:
-        raise AutoSurgeonError(f"`{argument}` {redact(url)!r}: the database did not answer "
-                               f"({str(exc.orig).strip() or exc}); check host, port, user and that it is running."
-                               ) from None
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except OperationalError as exc:
+            raise AutoSurgeonError(f"`{argument}` {redact(url)!r}: the database did not answer "
+                                   f"({str(exc.orig).strip() or exc}); check host, port, user and that it is "
+                                   "running.") from None
+        except (IntegrityError, ProgrammingError):
+            # Two processes creating Optuna's tables in a fresh database at once: one wins, the other
+            # finds them made on its next try.
+            if attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 __all__ = ["check_storage_url", "optuna_storage", "redact"]
