@@ -3,7 +3,7 @@
 Several processes (or machines) join one study by giving the same storage URL and study name; Optuna's
 ``RDBStorage`` keeps the trials in the database, so each process's sampler sees every finished trial.
 ``postgresql://user:password@host:5432/db`` uses SQLAlchemy's default PostgreSQL driver, psycopg 3
-(``psycopg[binary]``, a dependency); ``postgresql+psycopg2://``, ``mysql+pymysql://`` etc. work where their
+(``psycopg[binary]``, in the ``scale`` extra); ``postgresql+psycopg2://``, ``mysql+pymysql://`` etc. work where their
 driver is installed.
 The password never reaches a log line or a summary (:func:`redact`).
 """
@@ -45,7 +45,7 @@ def check_storage_url(url: str, *, argument: str = "--storage") -> str:
                                    f"{parsed.drivername!r}; use postgresql://, sqlite:/// or mysql+pymysql://.") from None
     except ImportError as exc:
         raise AutoSurgeonError(f"`{argument}` {redact(url)!r} needs the {parsed.drivername!r} driver ({exc}); for "
-                               "PostgreSQL `pip install 'psycopg[binary]'` (installed with autosurgeon).") from None
+                               "PostgreSQL `pip install 'autosurgeon[scale]'` (psycopg 3).") from None
     return url
 
 
@@ -67,8 +67,12 @@ def optuna_storage(url: str, *, heartbeat_s: int | None = None, argument: str = 
     if not url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}  # a server may drop idle connections between trials
     if heartbeat_s is not None:
-        kwargs.update(heartbeat_interval=int(heartbeat_s), grace_period=4 * int(heartbeat_s),
-                      failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        kwargs.update(heartbeat_interval=int(heartbeat_s), grace_period=4 * int(heartbeat_s))
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
+        if retry is not None:
+            kwargs["heartbeat_stale_trial_callback"] = retry(max_retry=1)
+        else:  # pragma: no cover - older optuna
+            kwargs["failed_trial_callback"] = optuna.storages.RetryFailedTrialCallback(max_retry=1)
     for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(url, **kwargs)
