@@ -101,20 +101,38 @@ class EvaluatorPlugin(WorkerPlugin):
             return ev
 
 
-def evaluate_on_worker(plugin_name: str, x: list[int]) -> dict[str, Any]:
-    """The task: ``x``'s metrics from this worker's evaluator, as plain data (with the worker and its device)."""
-    from distributed import get_worker
-
-    worker = get_worker()
+def _plugin(worker: Any, plugin_name: str) -> EvaluatorPlugin:
     plugin = worker.plugins.get(plugin_name)
     if plugin is None:
         raise RuntimeError(f"worker {worker.address} has no plugin {plugin_name!r}; register it with "
                            "client.register_plugin (DaskEvaluator does).")
-    ev = plugin.evaluator(worker.address)
-    started = time.perf_counter()
-    metrics = ev.evaluate(np.asarray(x, dtype=np.int64))
-    return {"metrics": metrics.to_dict(), "worker": worker.address, "device": ev.profile.fingerprint,
-            "seconds": time.perf_counter() - started}
+    return plugin
+
+
+def evaluate_on_worker(plugin_name: str, xs: list[list[int]]) -> list[dict[str, Any]]:
+    """The task: each vector's metrics from this worker's evaluator, as plain data (with the worker and device)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    ev = _plugin(worker, plugin_name).evaluator(worker.address)
+    out = []
+    for x in xs:
+        started = time.perf_counter()
+        metrics = ev.evaluate(np.asarray(x, dtype=np.int64))
+        out.append({"metrics": metrics.to_dict(), "worker": worker.address, "device": ev.profile.fingerprint,
+                    "seconds": time.perf_counter() - started})
+    return out
+
+
+def _task_key(keys: Sequence[str]) -> str:
+    """A task's Dask key: ``autosurgeon-eval-`` + the plan's cache key (or a hash of a chunk's keys)."""
+    tail = keys[0] if len(keys) == 1 else hashlib.sha256("|".join(keys).encode()).hexdigest()[:24]
+    return f"autosurgeon-eval-{tail}"
+
+
+def _warm_worker(plugin_name: str, dask_worker: Any = None) -> str:
+    """Build this worker's evaluator now (``client.run``); returns its device fingerprint."""
+    return _plugin(dask_worker, plugin_name).evaluator(dask_worker.address).profile.fingerprint
 
 
 def sweep_evaluator_factory(config: Mapping[str, Any], cache_dir: str | None = None) -> Callable[[], Any]:
@@ -139,10 +157,16 @@ class DaskEvaluator:
         threads: torch threads per worker (None: the worker's own setting).
         gpus: CUDA device ids to spread a local cluster's workers over (see :class:`EvaluatorPlugin`).
         resource: the Dask resource each evaluation holds (a worker declares ``{resource: 1}``).
+        chunk: plans per task: 1 (default; a slow evaluator balances best, a killed worker loses one plan) or
+            ``"auto"`` (a batch split into two tasks per worker: cheap evaluators, where a task's ~ms of Dask
+            overhead would otherwise outweigh the plan).
     """
 
     def __init__(self, local: Any, client: Any, *, factory: Callable[[], Any], threads: int | None = None,
-                 gpus: Sequence[str] | None = None, resource: str = RESOURCE) -> None:
+                 gpus: Sequence[str] | None = None, resource: str = RESOURCE, chunk: int | str = 1) -> None:
+        if chunk != "auto" and not (isinstance(chunk, int) and chunk >= 1):
+            raise InvalidArgumentError(f"`chunk` must be an integer >= 1 or 'auto', got {chunk!r}.")
+        self.chunk = chunk
         self.local = local
         self.client = client
         self.resource = resource
@@ -167,6 +191,17 @@ class DaskEvaluator:
             raise AttributeError(name)
         return getattr(self.local, name)
 
+    def warm(self) -> dict[str, str]:
+        """Build the evaluator on every current worker now (model, tables); ``{worker: device fingerprint}``."""
+        return self.client.run(_warm_worker, self.plugin_name)
+
+    def _chunks(self, items: list[tuple[str, np.ndarray]]) -> list[list[tuple[str, np.ndarray]]]:
+        size = self.chunk
+        if size == "auto":
+            slots = max(1, len(self.client.scheduler_info().get("workers", {})))
+            size = max(1, -(-len(items) // (2 * slots)))
+        return [items[i:i + size] for i in range(0, len(items), size)]
+
     def evaluate(self, plan: Any) -> Any:
         """Metrics of one plan (a Plan or a vector), from the cache or the cluster."""
         return self.evaluate_many([plan])[0]
@@ -186,11 +221,12 @@ class DaskEvaluator:
         self.hits += len(vectors) - sum(1 for m in out if m is None)
         if misses:
             started = time.perf_counter()
-            futures = [self.client.submit(evaluate_on_worker, self.plugin_name, [int(v) for v in x],
-                                          key=f"autosurgeon-eval-{k}", pure=False,
-                                          resources={self.resource: 1}) for k, x in misses.items()]
+            chunks = self._chunks(list(misses.items()))
+            futures = [self.client.submit(evaluate_on_worker, self.plugin_name,
+                                          [[int(v) for v in x] for _, x in part],
+                                          key=_task_key([k for k, _ in part]), pure=False, resources={self.resource: 1}) for part in chunks]
             try:
-                results = self.client.gather(futures)
+                results = [r for rs in self.client.gather(futures) for r in rs]
             finally:
                 for f in futures:
                     f.release()
@@ -236,7 +272,10 @@ class SweepCluster:
     def wrap(self, local: Any, config: Any, *, cache_dir: str | None = None) -> DaskEvaluator:
         """``local`` measuring on the cluster."""
         factory = self.factory or sweep_evaluator_factory(config.to_dict(), cache_dir)
-        return DaskEvaluator(local, self.client, factory=factory, threads=self.threads, gpus=self.gpus)
+        # A real run takes long enough to go one plan per task; the cheap evaluators go in chunks.
+        chunk = 1 if getattr(config, "evaluator", None) == "runtime" else "auto"
+        return DaskEvaluator(local, self.client, factory=factory, threads=self.threads, gpus=self.gpus,
+                             chunk=chunk)
 
 
 __all__ = ["DaskEvaluator", "SweepCluster", "EvaluatorPlugin", "RESOURCE", "evaluate_on_worker", "sweep_evaluator_factory"]
