@@ -16,6 +16,9 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                        help="evaluate on an existing Dask cluster; start each worker with `dask worker ADDR "
                        "--nthreads 1 --resources device=1`, one per execution device")
+    group.add_argument("--worker-threads", type=int, default=None, metavar="T",
+                       help="torch threads per worker (default with --workers: cores // N). Records equal a serial "
+                       "run's when the threads do: an evaluator notes them, and a measured one depends on them")
     group.add_argument("--worker-gpus", default=None, metavar="0,1,..",
                        help="with --workers: CUDA device ids, one per worker in turn (worker k sees gpus[k %% n])")
 

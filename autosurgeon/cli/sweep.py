@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
                           max_quality_loss=args.max_quality_loss, power_cap_w=args.power_cap,
                           baselines=False if args.no_baselines else None)
     progress = _Progress(enabled=not args.json)
-    with sweep_cluster(workers=args.workers, scheduler=args.scheduler, gpus=args.worker_gpus) as cluster:
+    with sweep_cluster(workers=args.workers, scheduler=args.scheduler, gpus=args.worker_gpus,
+                       threads=args.worker_threads) as cluster:
         result = run_sweep(config, args.out, resume=args.resume, progress=progress, cache_dir=args.cache_dir,
                            cluster=cluster, optuna_storage=args.storage, study_name=args.study_name)
     s = result.summary

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
         from agents.tune_dask import tune_on_cluster
         from experiments.sweep.cluster import dask_client
 
-        if args.worker_gpus is not None:
-            raise InvalidArgumentError("`--worker-gpus` is for sweeps; for tune set CUDA_VISIBLE_DEVICES per worker.")
+        if args.worker_gpus is not None or args.worker_threads is not None:
+            raise InvalidArgumentError("`--worker-gpus` / `--worker-threads` are for sweeps; for tune set "
+                                       "CUDA_VISIBLE_DEVICES / OMP_NUM_THREADS in each worker's environment.")
         with dask_client(workers=args.workers, scheduler=args.scheduler) as client:
             tasks = args.workers or len(client.scheduler_info()["workers"])
             result = tune_on_cluster(client, tasks=tasks, local=args.workers is not None, **kwargs)

@@ -26,7 +26,7 @@ def require_distributed() -> None:
         import distributed  # noqa: F401
     except ImportError as exc:
         raise AutoSurgeonError(f"`--workers` / `--scheduler` need Dask distributed ({exc}); install it with "
-                               "`pip install 'dask[distributed]'` (or `pip install -e .`).") from None
+                               "`pip install 'autosurgeon[scale]'` (or `pip install 'dask[distributed]'`).") from None
 
 
 def check_cluster_args(workers: int | None, scheduler: str | None) -> None:
@@ -90,9 +90,12 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, pro
 
 @contextmanager
 def sweep_cluster(*, workers: int | None = None, scheduler: str | None = None, gpus: str | None = None,
-                  processes: bool = True) -> Iterator[Any]:
-    """A ``dask_eval.SweepCluster`` for the CLI's ``--workers`` / ``--scheduler`` / ``--worker-gpus``; None without."""
+                  threads: int | None = None, processes: bool = True) -> Iterator[Any]:
+    """A ``dask_eval.SweepCluster`` for the CLI's ``--workers`` / ``--scheduler`` / ``--worker-gpus`` /
+    ``--worker-threads``; None without a cluster."""
     check_cluster_args(workers, scheduler)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InvalidArgumentError(f"`--worker-threads` must be an integer >= 1, got {threads!r}.")
     if gpus is not None and workers is None:
         raise InvalidArgumentError(f"`--worker-gpus` {gpus!r} spreads a local cluster's workers over GPUs; give "
                                    "`--workers N` too (on an existing cluster set CUDA_VISIBLE_DEVICES per worker).")
@@ -104,7 +107,8 @@ def sweep_cluster(*, workers: int | None = None, scheduler: str | None = None, g
         from experiments.sweep.dask_eval import SweepCluster
 
         # Local CPU workers share the cores; GPU workers and remote ones keep their own thread setting.
-        threads = local_threads(workers) if workers is not None and not ids else None
+        if threads is None and workers is not None and not ids:
+            threads = local_threads(workers)
         yield SweepCluster(client, threads=threads, gpus=ids)
 
 
