@@ -11,6 +11,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 PREFIX = "autosurgeon-eval-"
@@ -19,18 +20,20 @@ PREFIX = "autosurgeon-eval-"
 class WorkerKiller(threading.Thread):
     """Kill up to ``kills`` busy workers of ``client``'s local cluster, each after a delay in ``delay_s``.
 
-    ``killed`` lists ``(worker address, evaluation keys it was processing, seconds since start)``.
+    ``killed`` lists ``(worker address, evaluation keys it was processing, seconds since start, probe())``;
+    ``probe`` (optional) is called at each kill, e.g. to note how far the sweep had got.
     """
 
     def __init__(self, client: Any, *, kills: int = 1, seed: int = 0, delay_s: tuple[float, float] = (0.0, 1.0),
-                 poll_s: float = 0.005) -> None:
+                 poll_s: float = 0.005, probe: Callable[[], Any] | None = None) -> None:
         super().__init__(daemon=True)
         self.client = client
         self.kills = int(kills)
         self.rng = random.Random(seed)
         self.delay_s = delay_s
         self.poll_s = poll_s
-        self.killed: list[tuple[str, list[str], float]] = []
+        self.probe = probe
+        self.killed: list[tuple[str, list[str], float, Any]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -53,7 +56,8 @@ class WorkerKiller(threading.Thread):
             except Exception:  # noqa: BLE001 - it finished or died meanwhile: try another moment
                 continue
             os.kill(pid, signal.SIGKILL)
-            self.killed.append((address, busy[address], time.perf_counter() - started))
+            self.killed.append((address, busy[address], time.perf_counter() - started,
+                                None if self.probe is None else self.probe()))
 
 
 __all__ = ["PREFIX", "WorkerKiller"]
