@@ -158,9 +158,9 @@ class SurgeryProblem(ElementwiseProblem):
     """
 
     def __init__(self, archive: Archive, *, algo: str = "nsga2") -> None:
-        space = archive.space
         from experiments.sweep.distributed import PrefetchRunner
 
+        space = archive.space
         # The runner measures a population at once where the evaluator can (a Dask cluster); records stay serial.
         super().__init__(n_var=len(space), n_obj=len(archive.objectives),
                          n_ieq_constr=archive.n_constraints,

@@ -16,6 +16,11 @@ constraint on each plan's mean power. Either way the cap, the mode evaluated in 
 into ``summary.json`` (``power``), the config that ``front.json`` carries and, with TensorBoard on, an
 HParams entry under ``tb/power`` (cap, mode, device, evaluator; hypervolume and front size as metrics).
 
+Scale-out (``cluster``: ``experiments.sweep.dask_eval.SweepCluster``): plans are measured on Dask workers
+and recorded here, by this process alone, in the order a serial sweep records them
+(``experiments.sweep.distributed``); ``summary.json`` gets a ``cluster`` entry (plans per worker, devices).
+``optuna_storage`` puts the Optuna algorithms' study in a database that other processes may join.
+
 Outputs (CSV/JSON front, plots, TensorBoard) come from ``experiments.reporting`` when it is installed; a
 missing module is noted in the summary, never fatal to a sweep.
 """
