@@ -8,9 +8,11 @@ its budget-violation rate on the last rollout — one number to maximise. After 
 the mean episode reward of that rollout (Optuna's intermediate value) and a ``MedianPruner`` stops trials
 that fall behind the median of earlier trials at the same step.
 
-Resumable: the study lives in ``storage`` (default ``sqlite:///<out>/study.db``) under ``study_name`` and is
-loaded if it exists; ``tune`` runs until the study holds ``trials`` finished (complete or pruned) trials, so
-an interrupted run picks up where it stopped. The sampler is TPE seeded with ``seed``; the best settings go to
+Resumable and shareable: the study lives in ``storage`` (default ``sqlite:///<out>/study.db``; PostgreSQL or
+any SQLAlchemy URL, ``agents.storage``) under ``study_name`` and is loaded if it exists, so several processes
+or machines can run ``tune`` on one study (``agents.tune_dask`` starts them on a Dask cluster); ``tune`` runs
+until the study holds ``trials`` finished (complete or pruned) trials, so an interrupted run picks up where
+it stopped. The sampler is TPE seeded with ``seed``; the best settings go to
 ``<out>/best.json``.
 """
 from __future__ import annotations
@@ -79,7 +81,11 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     profile = resolve_profile(device)
-    study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+    from agents.storage import optuna_storage, redact
+
+    # A heartbeat marks a trial whose process died failed (and retries it): processes may share the study.
+    study = optuna.create_study(study_name=study_name, storage=optuna_storage(storage, heartbeat_s=30),
+                                load_if_exists=True, direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs)
@@ -131,6 +137,7 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
     pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
     best_value = study.best_value if complete else None
     best = dict(study.best_params) if complete else {}
+    storage = redact(storage)  # best.json and the result never carry the database password
     (out / "best.json").write_text(json.dumps({"study": study_name, "storage": storage, "best_value": best_value,
                                                "best_params": best, "finished": finished(), "pruned": pruned,
                                                "timesteps_per_trial": timesteps, "models": models,

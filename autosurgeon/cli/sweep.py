@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from autosurgeon.cli._budget import add_memory_budget, single_budget
+from autosurgeon.cli.scaleout_args import add_cluster_args, add_storage_args
 from autosurgeon.errors import InvalidArgumentError
 
 ALGOS = ("nsga2", "random", "optuna-nsga2", "optuna-tpe")
@@ -60,6 +61,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the uniform/greedy/knapsack baselines")
     p.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
     p.add_argument("--json", action="store_true", help="print summary.json instead of a summary")
+    add_cluster_args(p)
+    add_storage_args(p)
     p.set_defaults(func=run)
 
     f = subparsers.add_parser(
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from experiments.sweep import SweepConfig, load_config, run_sweep
+    from experiments.sweep.cluster import sweep_cluster
     from experiments.sweep.store import CONFIG, RunStore
 
     store = RunStore(args.out)
@@ -148,8 +152,11 @@ def run(args: argparse.Namespace) -> int:
                           max_quality_loss=args.max_quality_loss, power_cap_w=args.power_cap,
                           baselines=False if args.no_baselines else None)
     progress = _Progress(enabled=not args.json)
-    result = run_sweep(config, args.out, resume=args.resume, progress=progress, cache_dir=args.cache_dir,
-                       overwrite=args.overwrite)
+    with sweep_cluster(workers=args.workers, scheduler=args.scheduler, gpus=args.worker_gpus,
+                       threads=args.worker_threads) as cluster:
+        result = run_sweep(config, args.out, resume=args.resume, progress=progress, cache_dir=args.cache_dir,
+                           cluster=cluster, optuna_storage=args.storage, study_name=args.study_name,
+                           overwrite=args.overwrite)
     s = result.summary
     if args.json:
         print(json.dumps(s, default=str))
@@ -167,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"hv curve   {curve}")
     for fam, b in s.get("baselines", {}).items():
         print(f"baseline   {fam}: {b['n']} plans, hypervolume {b['hypervolume']:.4f}")
+    if s.get("cluster"):
+        c = s["cluster"]
+        print(f"cluster    {c['evaluated']} plans on {len(c['by_worker'])} worker(s), "
+              f"{c['evaluations_per_s']:.2f} evals/s while waiting on them")
     for note in s.get("notes", []):
         print(f"note       {note}")
     print(f"next       autosurgeon front {result.run_dir} --preference latency=0.5,memory=0.5")

@@ -2,14 +2,19 @@
 
     autosurgeon tune --device local --models tiny-llama,digits-cnn --trials 20 --timesteps 8192 --out policies/tune
 
-The study is stored in SQLite (``--storage``, default ``sqlite:///OUT/study.db``); running the same command
-again continues it until it holds ``--trials`` finished trials. Trials that fall behind the median are
+The study is stored in SQLite (``--storage``, default ``sqlite:///OUT/study.db``) or any database
+(``--storage postgresql://...``); running the same command again, or in several processes or machines at
+once, continues it until it holds ``--trials`` finished trials. ``--workers N`` / ``--scheduler ADDR`` run
+one such process per Dask worker. Trials that fall behind the median are
 pruned. The best settings are written to ``OUT/best.json``.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from autosurgeon.cli.scaleout_args import add_cluster_args
+from autosurgeon.errors import InvalidArgumentError
 
 
 def register(subparsers: Any) -> None:
@@ -27,15 +32,28 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--evaluator", choices=("analytic", "profiled"), default="analytic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-envs", type=int, default=2)
+    add_cluster_args(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from agents.tune import tune
 
-    result = tune(device=args.device, models=args.models.split(","), trials=args.trials, timesteps=args.timesteps,
+    kwargs = dict(device=args.device, models=args.models.split(","), trials=args.trials, timesteps=args.timesteps,
                   out=args.out, storage=args.storage, study_name=args.study, evaluator=args.evaluator,
                   seed=args.seed, n_envs=args.n_envs)
+    if args.workers is None and args.scheduler is None:
+        result = tune(**kwargs)
+    else:  # every worker joins the study through its database (agents.tune_dask)
+        from agents.tune_dask import tune_on_cluster
+        from experiments.sweep.cluster import dask_client
+
+        if args.worker_gpus is not None or args.worker_threads is not None:
+            raise InvalidArgumentError("`--worker-gpus` / `--worker-threads` are for sweeps; for tune set "
+                                       "CUDA_VISIBLE_DEVICES / OMP_NUM_THREADS in each worker's environment.")
+        with dask_client(workers=args.workers, scheduler=args.scheduler) as client:
+            tasks = args.workers or len(client.scheduler_info()["workers"])
+            result = tune_on_cluster(client, tasks=tasks, local=args.workers is not None, **kwargs)
     print(f"study {result.study_name} ({result.storage}): {result.finished} finished trials, {result.pruned} pruned")
     if result.best_value is not None:
         print(f"  best value {result.best_value:.4f} with {result.best_params}")

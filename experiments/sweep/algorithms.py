@@ -87,11 +87,14 @@ def run_nsga2(archive: Archive, *, pop_size: int, seed: int, initial: Sequence[n
 def run_random(archive: Archive, *, seed: int, batch: int, on_generation: OnGeneration = _noop,
                max_stall: int = 1000) -> int:
     """Uniform random valid plans until the budget is spent; every ``batch`` evaluations make one 'generation'."""
+    from experiments.sweep.distributed import batched_draws
+
     rng = np.random.default_rng(seed)
+    draws = batched_draws(archive, lambda: archive.space.random_vector(rng), batch)  # the serial draw sequence
     stall = n_new = 0
     while not archive.exhausted:
         before, replayed = len(archive), archive.replayed
-        archive.evaluate(archive.space.random_vector(rng), algo="random", generation=before // batch)
+        archive.evaluate(next(draws), algo="random", generation=before // batch)
         if archive.replayed > replayed:  # a resumed run's record, replayed: progress, not a repeat
             stall = 0
             continue
@@ -110,11 +113,19 @@ def run_random(archive: Archive, *, seed: int, batch: int, on_generation: OnGene
     return -(-len(archive) // batch)
 
 
-def run_optuna(archive: Archive, *, kind: str, pop_size: int, seed: int, storage: str | None = None,
-               study_name: str = "sweep", on_generation: OnGeneration = _noop, max_stall: int | None = None) -> int:
-    """Optuna NSGAIISampler (``kind="nsga2"``) or TPESampler (``"tpe"``) by ask/tell; returns 'generations'."""
+def run_optuna(archive: Archive, *, kind: str, pop_size: int, seed: int, storage: Any = None,
+               study_name: str = "sweep", on_generation: OnGeneration = _noop, max_stall: int | None = None,
+               load_if_exists: bool = False) -> int:
+    """Optuna NSGAIISampler (``kind="nsga2"``) or TPESampler (``"tpe"``) by ask/tell; returns 'generations'.
+
+    ``storage`` (a URL or an Optuna storage) with ``load_if_exists`` joins a study other processes share.
+    Where the archive's evaluator measures batches (a Dask cluster), ``pop_size`` trials are asked at once
+    (at most the budget left), measured together and told in order: the records then depend on the batch,
+    not on the number of workers (a serial evaluator asks one trial at a time, as before)."""
     import optuna
     from optuna.distributions import IntDistribution
+
+    from experiments.sweep.distributed import can_batch, prefetch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     constrained = archive.n_constraints > 0
@@ -130,31 +141,35 @@ def run_optuna(archive: Archive, *, kind: str, pop_size: int, seed: int, storage
     else:
         raise InvalidArgumentError(f"optuna `kind` must be 'nsga2' or 'tpe', got {kind!r}.")
     study = optuna.create_study(directions=["minimize"] * len(archive.objectives), sampler=sampler,
-                                storage=storage, study_name=study_name, load_if_exists=False)
+                                storage=storage, study_name=study_name, load_if_exists=load_if_exists)
     dists = {f"x{i}": IntDistribution(0, int(n) - 1) for i, n in enumerate(archive.space.nvec)}
     algo = f"optuna-{kind}"
     max_stall = max_stall if max_stall is not None else 10 * pop_size
     gen, stall, n_new = 0, 0, 0
+    batch = pop_size if can_batch(archive) else 1
     while not archive.exhausted:
-        trial = study.ask(dists)
-        x = np.array([trial.params[f"x{i}"] for i in range(len(dists))], dtype=np.int64)
-        before, replayed = len(archive), archive.replayed
-        try:
-            record = archive.evaluate(x, algo=algo, generation=trial.number // pop_size)
-        except BudgetReached:  # pragma: no cover - exhausted is checked first
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            break
-        trial.set_user_attr("x_repaired", record["x"])
-        trial.set_user_attr("eval", record["eval"])
-        if constrained:
-            trial.set_user_attr("constraints", archive.constraints(record))
-        study.tell(trial, [float(v) for v in archive.F(record)])
-        grew = len(archive) > before
-        n_new += grew
-        stall = 0 if grew or archive.replayed > replayed else stall + 1
-        if (trial.number + 1) % pop_size == 0:
-            on_generation(gen, archive, n_new)
-            gen, n_new = gen + 1, 0
+        # At most the budget left: each trial adds at most one record, so none is left asked and untold.
+        asked = [study.ask(dists) for _ in range(max(1, min(batch, archive.budget - len(archive))))]
+        xs = [np.array([t.params[f"x{i}"] for i in range(len(dists))], dtype=np.int64) for t in asked]
+        prefetch(archive, xs)
+        for trial, x in zip(asked, xs):
+            before, replayed = len(archive), archive.replayed
+            try:
+                record = archive.evaluate(x, algo=algo, generation=trial.number // pop_size)
+            except BudgetReached:  # pragma: no cover - exhausted is checked first
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            trial.set_user_attr("x_repaired", record["x"])
+            trial.set_user_attr("eval", record["eval"])
+            if constrained:
+                trial.set_user_attr("constraints", archive.constraints(record))
+            study.tell(trial, [float(v) for v in archive.F(record)])
+            grew = len(archive) > before
+            n_new += grew
+            stall = 0 if grew or archive.replayed > replayed else stall + 1
+            if (trial.number + 1) % pop_size == 0:
+                on_generation(gen, archive, n_new)
+                gen, n_new = gen + 1, 0
         if stall >= max_stall:
             logger.warning("%s: %d trials in a row proposed plans seen before; stopping at %d of %d evaluations",
                            algo, stall, len(archive), archive.budget)

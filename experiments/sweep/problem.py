@@ -158,10 +158,14 @@ class SurgeryProblem(ElementwiseProblem):
     """
 
     def __init__(self, archive: Archive, *, algo: str = "nsga2") -> None:
+        from experiments.sweep.distributed import PrefetchRunner
+
         space = archive.space
+        # The runner measures a population at once where the evaluator can (a Dask cluster); records stay serial.
         super().__init__(n_var=len(space), n_obj=len(archive.objectives),
                          n_ieq_constr=archive.n_constraints,
-                         xl=np.zeros(len(space), dtype=np.int64), xu=space.nvec - 1, vtype=int)
+                         xl=np.zeros(len(space), dtype=np.int64), xu=space.nvec - 1, vtype=int,
+                         elementwise_runner=PrefetchRunner(archive))
         self.archive = archive
         self.algo = algo
         self.generation = 0

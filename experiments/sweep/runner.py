@@ -16,6 +16,11 @@ constraint on each plan's mean power. Either way the cap, the mode evaluated in 
 into ``summary.json`` (``power``), the config that ``front.json`` carries and, with TensorBoard on, an
 HParams entry under ``tb/power`` (cap, mode, device, evaluator; hypervolume and front size as metrics).
 
+Scale-out (``cluster``: ``experiments.sweep.dask_eval.SweepCluster``): plans are measured on Dask workers
+and recorded here, by this process alone, in the order a serial sweep records them
+(``experiments.sweep.distributed``); ``summary.json`` gets a ``cluster`` entry (plans per worker, devices).
+``optuna_storage`` puts the Optuna algorithms' study in a database that other processes may join.
+
 Outputs (CSV/JSON front, plots, TensorBoard) come from ``experiments.reporting`` when it is installed; a
 missing module is noted in the summary, never fatal to a sweep.
 """
@@ -142,7 +147,8 @@ def _tensorboard(run_dir: Path) -> tuple[Any, str | None]:
 
 def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, evaluator: Any = None,
               progress: Callable[[int, int, dict[str, Any]], None] | None = None, outputs: bool = True,
-              tensorboard: bool = True, cache_dir: str | None = None, overwrite: bool = False) -> SweepResult:
+              tensorboard: bool = True, cache_dir: str | None = None, overwrite: bool = False, cluster: Any = None,
+              optuna_storage: str | None = None, study_name: str | None = None) -> SweepResult:
     """Run (or continue) the sweep ``config`` into the folder ``out`` (module docstring: files, resume).
 
     ``out`` is locked for the run (``autosurgeon.files.runfolder``: a second sweep on it fails at once, naming the
@@ -158,19 +164,28 @@ def run_sweep(config: SweepConfig, out: str | Path, *, resume: bool = False, eva
         outputs: write the reporting outputs (front CSV/JSON, plots) at the end.
         tensorboard: per-generation TensorBoard scalars.
         cache_dir: zoo and sensitivity cache folder.
+        cluster: a ``dask_eval.SweepCluster``: plans are measured on its Dask workers, recorded here.
+        optuna_storage: a database URL for the Optuna algorithms' study (PostgreSQL, any SQLAlchemy URL); with
+            it the study ``study_name`` (default ``<out folder name>-<algo>``) is joined if it exists.
+        study_name: the shared study's name (with ``optuna_storage``).
     """
     from autosurgeon.files.runfolder import run_folder
 
     with run_folder(out, resume=resume, overwrite=overwrite, what="sweep",
                     keep=lambda folder: bool(RunStore(folder).records())):
         return _run_sweep(config, out, resume=resume, evaluator=evaluator, progress=progress, outputs=outputs,
-                          tensorboard=tensorboard, cache_dir=cache_dir)
+                          tensorboard=tensorboard, cache_dir=cache_dir, cluster=cluster,
+                          optuna_storage=optuna_storage, study_name=study_name)
 
 
 def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator: Any,
                progress: Callable[[int, int, dict[str, Any]], None] | None, outputs: bool,
-               tensorboard: bool, cache_dir: str | None) -> SweepResult:
+               tensorboard: bool, cache_dir: str | None, cluster: Any, optuna_storage: str | None,
+               study_name: str | None) -> SweepResult:
     started = time.perf_counter()
+    if optuna_storage is not None and not config.algo.startswith("optuna"):
+        raise InvalidArgumentError(f"`--storage` holds an Optuna study; `--algo {config.algo}` uses none. Use "
+                                   "--algo optuna-nsga2 or optuna-tpe, or drop --storage.")
     store = RunStore(out)
     store.open(resume=resume)
     attempts = 1
@@ -189,6 +204,8 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
             previous_wall = float(prev.get("wall_s_total", 0.0))
     if evaluator is None:
         evaluator = build_evaluator(config, cache_path=store.path(EVAL_CACHE), cache_dir=cache_dir)
+    if cluster is not None:
+        evaluator = cluster.wrap(evaluator, config, cache_dir=cache_dir)
     cap = _checked_cap(config, evaluator)
     store.write_json(CONFIG, config.to_dict())  # after the evaluator: a refused setup leaves the folder empty
     space = evaluator.space
@@ -257,9 +274,15 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
         else:
             storage = None if config.extra.get("optuna_storage", "memory") == "memory" else \
                 f"sqlite:///{(store.dir / 'optuna.db').resolve()}"
+            name = f"{config.algo}-attempt{attempts}"
+            if optuna_storage is not None:  # a shared study: joined, not replaced (see agents.storage)
+                from agents.storage import optuna_storage as open_storage, redact
+
+                storage, name = open_storage(optuna_storage), study_name or f"{store.dir.name}-{config.algo}"
+                notes.append(f"optuna study {name!r} in {redact(optuna_storage)} (shared: joined if it existed)")
             algorithms.run_optuna(archive, kind=config.algo.split("-", 1)[1], pop_size=config.pop_size,
-                                  seed=config.seed, storage=storage, study_name=f"{config.algo}-attempt{attempts}",
-                                  on_generation=on_generation)
+                                  seed=config.seed, storage=storage, study_name=name,
+                                  on_generation=on_generation, load_if_exists=optuna_storage is not None)
         status = "complete" if archive.exhausted else "stalled"
     finally:
         if recorder is not None:
@@ -292,6 +315,8 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
     summary["wall_s"] = time.perf_counter() - started
     summary["wall_s_total"] = previous_wall + summary["wall_s"]
     summary["notes"] = notes
+    if cluster is not None:
+        summary["cluster"] = evaluator.summary()
     store.write_json(SUMMARY, summary)
     return SweepResult(run_dir=store.dir, records=archive.records, front=front, summary=summary, baselines=baselines)
 
@@ -308,6 +333,9 @@ def _baselines(config: SweepConfig, evaluator: Any, space: Any, names: tuple[str
     # Their own archive: baselines are a handful of fixed plans, not part of the search's budget.
     arch = Archive(space, evaluator, objectives=names, scales=scales, budget=10**9, quality=config.quality,
                    max_quality_loss=config.max_quality_loss, power_cap_w=config.power_cap_w)
+    from experiments.sweep.distributed import prefetch
+
+    prefetch(arch, [x for vectors in families.values() for x in vectors.values()])  # a cluster measures them at once
     for family, vectors in families.items():
         out[family] = []
         for label, x in vectors.items():
