@@ -112,6 +112,7 @@ def sensitivity_tables(loaded: Any, group_sizes: list[int], *, precisions: tuple
     return tables
 
 
+# long: argument checks, the plan, and the report it prints; the report is most of it
 def run(args: argparse.Namespace) -> int:
     from autosurgeon.files.atomic import check_out_file
 

@@ -25,6 +25,7 @@ from autosurgeon.hardware.profile import ComputeUnit, HardwareProfile
 logger = get_logger(__name__)
 
 
+# long: a flat list of measurements, each a few lines with its own fallback; splitting would only scatter them
 def measure_local(
     *,
     quick: bool = True,

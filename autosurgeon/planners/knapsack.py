@@ -294,6 +294,7 @@ def solve(options: Sequence[Sequence[UnitOption]], capacity: int | None, *, obje
 
 
 # ---------------------------------------------------------------------------------------------- planner
+# long: one pass from checked options through the DP to placement; each step feeds the next and is named inline
 def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | str | None = None,
                   max_quality_loss: float | None = None, objective: str = "auto", space: Any = None,
                   inputs: Mapping[str, Any] | None = None, task: str | None = None, lookahead: int = 2,

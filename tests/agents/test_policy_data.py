@@ -80,7 +80,7 @@ def test_a_pickle_payload_in_a_policy_folder_never_runs(policy: Path, tmp_path: 
         train(device=DEVICE, models=["digits-cnn"], timesteps=64, out=mixed, resume=True, n_envs=1,
               settings=PPOSettings(n_steps=32, batch_size=32, n_epochs=1), hv_every=10_000, checkpoint_every=32)
     # 3. The demo does not pick a policy up from the current directory.
-    from autosurgeon.cli.demo_flow import DemoSettings, _policy_dir
+    from experiments.demo_flow import DemoSettings, _policy_dir
 
     assert _policy_dir(DemoSettings(), "gpu-sm90") is None
     assert not marker.exists(), "a pickle payload in a policy folder was executed"
