@@ -15,6 +15,7 @@ import dataclasses
 import json
 from typing import Any
 
+from autosurgeon.cli._quality import add_quality_arguments, quality_settings
 from autosurgeon.errors import InvalidArgumentError
 
 EVALUATORS = ("analytic", "profiled", "runtime")
@@ -37,8 +38,7 @@ def register(subparsers: Any) -> None:
                         "are still valid here)")
     parser.add_argument("--proxy", action="store_true",
                         help="analytic/profiled: add the sensitivity proxy's quality loss (measures the table once)")
-    parser.add_argument("--quality-samples", type=int, default=4,
-                        help="runtime: held-out windows (LMs) or test images scored for quality (default 4)")
+    add_quality_arguments(parser, default_samples=4)
     parser.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
     parser.add_argument("--json", action="store_true", help="print the Metrics record as JSON")
     parser.set_defaults(func=run)
@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
-    if args.quality_samples < 1:
-        raise InvalidArgumentError(f"`--quality-samples` must be >= 1, got {args.quality_samples}.")
+    quality = quality_settings(args)  # one-line errors for a bad --data / --quality-samples, before any load
     plan = Plan.load(args.plan)  # PlanFormatError names the field and version, before the model loads
     profile = resolve_profile(args.device)
     if args.evaluator in ("profiled", "runtime") and args.device != "local" and not profile.measured:
@@ -101,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
 
         sensitivity = measure_sensitivity(loaded, hessian_samples=0, cache_dir=args.cache_dir)
     kinds = {"analytic": AnalyticEvaluator, "profiled": ProfiledEvaluator, "runtime": RuntimeEvaluator}
-    extra: dict[str, Any] = {"quality_samples": args.quality_samples} if args.evaluator == "runtime" else {}
+    extra: dict[str, Any] = ({"quality_samples": args.quality_samples, "quality_settings": quality}
+                             if args.evaluator == "runtime" else {})
     evaluator = kinds[args.evaluator](loaded, profile, space=space, sensitivity=sensitivity, **extra)
     metrics = evaluator.evaluate(plan)
 
@@ -113,6 +113,16 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(metrics, name)
         label = metrics.labels.get(name, "-")
         print(f"{name:<13} {_fmt_value(name, value, metrics.phase):<40} [{label}]")
+    report = metrics.extra.get("quality")
+    if report is not None:
+        ref, cand = report["reference"], report.get("candidate") or {}
+        interval = report.get("loss_interval")
+        print(f"quality    {cand.get('metric')} {cand.get('value', float('nan')):.4g} vs reference "
+              f"{ref['value']:.4g} on {cand.get('n_samples')} samples"
+              + (f"; loss 95% [{interval[0] * 100:+.3f}%, {interval[1] * 100:+.3f}%]" if interval else "")
+              + "".join(f"; {k} {v:.3f}" for k, v in (cand.get("details") or {}).items() if "agreement" in k
+                        and not k.endswith(("_low", "_high")))
+              + (" -- REFERENCE AT CHANCE LEVEL" if ref.get("at_chance") else ""))
     print(f"method     {metrics.method}")
     return 0
 

@@ -29,6 +29,9 @@ class RuntimeEvaluator(Evaluator):
         timing: warm-up and repeats of the step and prefill (``TimingSettings.step_*``).
         quality: measure quality loss on a fixed held-out set (``autosurgeon.quality.measure.QualityEvaluator``).
         quality_samples: held-out windows (LMs) or test images (classifiers; None: the whole split).
+        quality_settings: a ``quality.settings.QualitySettings`` (``--data``, ``--quality-method``; its
+            ``samples`` replace ``quality_samples`` when set). The Metrics' ``extra["quality"]`` then holds the
+            method, sample count, reference and candidate values and the loss's 95 % interval.
         budgets: tier budgets for ``apply_plan`` (None: unbounded).
         energy: measure energy (NVML/RAPL where readable, else the power-model estimate).
     """
@@ -38,24 +41,28 @@ class RuntimeEvaluator(Evaluator):
 
     def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
                  quality: bool = True, quality_samples: int | None = 4, budgets: Mapping[str, Any] | None = None,
-                 energy: bool = True, lookahead: int = 2, **kwargs: Any) -> None:
+                 energy: bool = True, lookahead: int = 2, quality_settings: Any = None, **kwargs: Any) -> None:
         super().__init__(loaded, profile, **kwargs)
         self.timing = timing or TimingSettings()
         self.lookahead = lookahead
         self._full_space: Any = None
         self.budgets = dict(budgets) if budgets else None
         self.energy = energy
+        from autosurgeon.quality.settings import QualitySettings
+
+        self.quality_settings = quality_settings or QualitySettings()
+        if self.quality_settings.samples is not None:
+            quality_samples = self.quality_settings.samples
         self.quality_samples = quality_samples
         self.quality_evaluator = None
         if quality:
-            from autosurgeon.quality.measure import QualityEvaluator
-
-            samples = quality_samples if loaded.task == "causal-lm" else quality_samples
-            self.quality_evaluator = QualityEvaluator(loaded, max_samples=samples)
+            self.quality_evaluator = self.quality_settings.evaluator(loaded, default_samples=quality_samples)
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "timing": [self.timing.step_warmup, self.timing.step_repeats, self.timing.clock],
                 "quality": self.quality_evaluator is not None, "quality_samples": self.quality_samples,
+                **({"quality_settings": self.quality_settings.to_dict()}
+                   if self.quality_settings.to_dict() != {"data": None, "samples": None, "method": "auto"} else {}),
                 "budgets": self.budgets, "energy": self.energy, "threads": torch.get_num_threads(),
                 "lookahead": self.lookahead}
 
@@ -109,6 +116,7 @@ class RuntimeEvaluator(Evaluator):
             kv_stats = final.extra.get("kv")
             experts = final.extra.get("experts")
             quality = self.quality_evaluator.loss(session.model) if self.quality_evaluator is not None else None
+            quality_report = self.quality_evaluator.report() if self.quality_evaluator is not None else None
             kv_quality = None
             if quality is not None and kv_stats is not None and self.workload.task == "causal-lm":
                 from autosurgeon.quality.kv import kv_quality_loss
@@ -126,7 +134,7 @@ class RuntimeEvaluator(Evaluator):
         ignores = quality is not None and kv_stats is not None and kv_quality is None
         method = (f"runtime: apply_plan -> Session on {self.profile.name}; median of {t.step_repeats} steps after "
                   f"{t.step_warmup} warm-up ({t.clock} clock); peak bytes from the TensorStore; energy source {source}"
-                  + (f"; quality on {self.quality_evaluator.metric} held-out data" if quality is not None else "")
+                  + (f"; quality: {self.quality_evaluator.reference.method}" if quality is not None else "")
                   + (f" x KV cache's decode loss ({kv_quality['tokens']} tokens teacher-forced through the paged "
                      "cache vs HF's)" if kv_quality is not None else ""))
         return Metrics(
@@ -138,6 +146,7 @@ class RuntimeEvaluator(Evaluator):
             phase=self.workload.phase,
             extra={**self._base_extra(), "p10_s": stats.p10_s, "p90_s": stats.p90_s, "energy_source": source,
                    **({"kv": kv_stats} if kv_stats is not None else {}),
+                   **({"quality": quality_report} if quality_report is not None else {}),
                    **({"quality_ignores_kv": True} if ignores else {}),
                    **({"kv_quality": kv_quality} if kv_quality is not None else {}),
                    **({"experts": experts} if experts is not None else {})})

@@ -59,11 +59,14 @@ def _model_class(config: Any) -> tuple[Any, str]:
     """The class to instantiate for ``config`` and the task it serves."""
     import transformers
 
+    from transformers import AutoModel, AutoModelForCausalLM
+
     for arch in config.architectures or ():
         cls = getattr(transformers, arch, None)
         if cls is not None:
-            return cls, "causal-lm" if arch.endswith("ForCausalLM") else "feature-extraction"
-    from transformers import AutoModel, AutoModelForCausalLM
+            # GPT-2's causal LM class is "GPT2LMHeadModel": ask transformers' own mapping, not the name's suffix.
+            causal = arch.endswith("ForCausalLM") or AutoModelForCausalLM._model_mapping.get(type(config), None) is cls
+            return cls, "causal-lm" if causal else "feature-extraction"
 
     try:
         AutoModelForCausalLM._model_mapping[type(config)]

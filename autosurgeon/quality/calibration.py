@@ -18,7 +18,7 @@ from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError
 
-KINDS = ("tokens", "images")
+KINDS = ("tokens", "images", "embeddings")  # embeddings: token ids in, mean-pooled hidden state compared
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class CalibrationData:
     """Model inputs plus the targets a loss needs (Hutchinson), split into batches on demand.
 
     Attributes:
-        kind: ``"tokens"`` (``inputs`` (N, T) int64 ids, ``targets`` (N, T) next ids) or ``"images"``
-            (``inputs`` (N, C, H, W) float, ``targets`` (N,) labels).
+        kind: ``"tokens"`` (``inputs`` (N, T) int64 ids, ``targets`` (N, T) next ids), ``"images"``
+            (``inputs`` (N, C, H, W) float, ``targets`` (N,) labels) or ``"embeddings"`` (an encoder's
+            ``inputs`` (N, T) ids; ``targets`` unused, the same ids).
         inputs: what the model's forward takes (ids as ``input_ids=``; images positionally).
         targets: next-token ids or class labels; the divergence needs none, the Hessian's loss does.
         settings: how the data was made (goes into the fingerprint and reports).
@@ -91,6 +92,10 @@ def run_model(model: nn.Module, kind: str, inputs: torch.Tensor) -> torch.Tensor
 
     Hugging Face outputs are unwrapped (``.logits``); plain modules may return the tensor itself.
     """
+    if kind == "embeddings":  # (B, T, H) -> (B, H): what encoder quality compares (measure.embed)
+        out = model(input_ids=inputs, output_hidden_states=True)
+        hidden = getattr(out, "last_hidden_state", None)
+        return (hidden if hidden is not None else out.hidden_states[-1]).float().mean(dim=1)
     out = model(input_ids=inputs) if kind == "tokens" else model(inputs)
     logits = getattr(out, "logits", out)
     if not isinstance(logits, torch.Tensor):
@@ -154,3 +159,46 @@ def default_calibration(task: str, **kwargs: Any) -> CalibrationData:
         f"no default calibration data for task {task!r}; pass `calibration=CalibrationData(...)` "
         "(tokens or images with targets)."
     )
+
+
+def calibration_for(loaded: Any, *, n_samples: int = 8, seq_len: int = 128, seed: int = 1) -> CalibrationData:
+    """Calibration data any model understands, in its own vocabulary (the quality's inputs, other samples).
+
+    Zoo models: their training data (:func:`default_calibration`). Causal LMs from a directory with a
+    tokenizer: TRAINING text of the local corpus encoded with it; without one: sequences sampled from the
+    model itself (``seed`` differs from quality's seed 0, so the proxy is never graded on its own inputs).
+    Encoders (``feature-extraction``): tokenized training text, else seeded random ids; kind ``"embeddings"``.
+    """
+    from autosurgeon.quality import fidelity
+    from autosurgeon.models.text_corpus import build_corpus, decode
+
+    task = getattr(loaded, "task", None)
+    if getattr(loaded, "source", None) == "zoo" or task == "image-classification":
+        return default_calibration(task or "custom")
+    module = module_of(loaded)
+    path = getattr(loaded, "path", None)
+    config = getattr(module, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    seq_len = min(seq_len if task == "causal-lm" else 32, int(limit) - 1) if limit else seq_len
+    vocab = fidelity.vocab_size(module)
+    settings: dict[str, Any] = {"n_samples": n_samples, "seq_len": seq_len, "seed": seed}
+    if fidelity.has_tokenizer(path):
+        text = decode(build_corpus(train_bytes=131_072, heldout_bytes=0, seed=0).train)
+        ids = torch.tensor(fidelity.load_tokenizer(path)(text)["input_ids"], dtype=torch.long)
+        ids = ids[ids < vocab]
+        generator = torch.Generator().manual_seed(seed)
+        starts = torch.randint(0, ids.numel() - seq_len - 1, (n_samples,), generator=generator)
+        windows = ids[starts[:, None] + torch.arange(seq_len + 1)]  # (N, T + 1)
+        settings["source"] = "stdlib-text-train, model tokenizer"
+    elif task == "causal-lm":
+        windows = fidelity.sampled_sequences(module, n_samples=n_samples, seq_len=seq_len + 1, seed=seed)
+        settings["source"] = "sampled from the unmodified model"
+    elif task == "feature-extraction":
+        generator = torch.Generator().manual_seed(seed)
+        windows = torch.randint(0, vocab, (n_samples, seq_len + 1), generator=generator)
+        settings["source"] = "seeded random ids"
+    else:
+        return default_calibration(task or "custom")
+    if task == "feature-extraction":
+        return CalibrationData("embeddings", windows[:, :-1].contiguous(), windows[:, :-1].contiguous(), settings)
+    return CalibrationData("tokens", windows[:, :-1].contiguous(), windows[:, 1:].contiguous(), settings)

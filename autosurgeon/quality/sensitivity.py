@@ -34,7 +34,13 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.quality.calibration import CalibrationData, default_calibration, module_of, run_model
+from autosurgeon.quality.calibration import (
+    CalibrationData,
+    calibration_for,
+    default_calibration,
+    module_of,
+    run_model,
+)
 from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.quality.hutchinson import unit_hessian_traces
@@ -172,6 +178,9 @@ def _divergences(model: nn.Module, calibration: CalibrationData, units: Sequence
     device = next(model.parameters()).device
     batches = list(calibration.batches(batch_size, device))
     started = time.perf_counter()
+    if calibration.kind == "embeddings":
+        return _embedding_divergences(model, calibration, units, precisions, group_size=group_size,
+                                      batch_size=batch_size)
     refs = [torch.log_softmax(run_model(model, calibration.kind, x).float(), dim=-1) for x, _ in batches]
     reference_s = time.perf_counter() - started
     ref_nll = sum(float(-r.gather(-1, y.unsqueeze(-1)).sum()) for r, (_, y) in zip(refs, batches))
@@ -188,6 +197,27 @@ def _divergences(model: nn.Module, calibration: CalibrationData, units: Sequence
             kls[(fqn, precision)] = max(0.0, kl / positions)  # clamp float rounding below zero
             deltas[(fqn, precision)] = (nll - ref_nll) / positions
     return kls, deltas, reference_s
+
+
+@torch.no_grad()
+def _embedding_divergences(model: nn.Module, calibration: CalibrationData, units: Sequence[str],
+                           precisions: Mapping[str, Sequence[str]], *, group_size: int, batch_size: int
+                           ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float], float]:
+    """Encoders: ``1 - mean cosine`` of mean-pooled embeddings per (unit, precision): encoder quality's own loss."""
+    device = next(model.parameters()).device
+    batches = list(calibration.batches(batch_size, device))
+    started = time.perf_counter()
+    refs = [run_model(model, "embeddings", x) for x, _ in batches]  # (B, H) each
+    reference_s = time.perf_counter() - started
+    out: dict[tuple[str, str], float] = {}
+    for fqn in units:
+        for precision in precisions[fqn]:
+            with swapped(model, {fqn: precision}, group_size=group_size):
+                cos = torch.cat([torch.nn.functional.cosine_similarity(ref.double(),
+                                                                       run_model(model, "embeddings", x).double(),
+                                                                       dim=1) for ref, (x, _) in zip(refs, batches)])
+            out[(fqn, precision)] = max(0.0, 1.0 - float(cos.mean()))
+    return out, dict(out), reference_s
 
 
 def measure_sensitivity(
@@ -226,7 +256,11 @@ def measure_sensitivity(
         task = getattr(model, "task", None)
         if task is None and type(module).__name__.endswith("ForCausalLM"):
             task = "causal-lm"
-        calibration = default_calibration(task or "custom")
+        # A LoadedModel gets data in its own vocabulary (zoo models: their training data, as before).
+        calibration = calibration_for(model) if task is not None and not isinstance(model, nn.Module) \
+            else default_calibration(task or "custom")
+    if calibration.kind == "embeddings":
+        hessian_samples = 0  # no loss to take a Hessian of: the divergence (1 - cosine) is the whole proxy
     if hessian_samples < 0:
         raise InvalidArgumentError(f"`hessian_samples` must be >= 0, got {hessian_samples}.")
     if threads is not None and threads < 1:
@@ -278,7 +312,7 @@ def measure_sensitivity(
         params={u: module.get_submodule(u).weight.numel() for u in units},
         perturbation={(u, p): weight_perturbation(module.get_submodule(u), p, group_size=group_size)
                       for u in units for p in per_unit[u]},
-        metric="kl_next_token" if calibration.kind == "tokens" else "kl_logits",
+        metric={"tokens": "kl_next_token", "embeddings": "embedding_cosine_loss"}.get(calibration.kind, "kl_logits"),
         key=key, settings=settings,
         seconds={"reference": reference_s, "divergence": divergence_s, "hessian": hessian_s},
     )

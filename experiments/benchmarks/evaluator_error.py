@@ -15,7 +15,14 @@ Timing clock: ``--clock cpu`` (default) times process CPU time, because this CI-
 (load average reported); ``--clock wall`` times wall time. Threads: ``--threads`` (default 1: the zoo
 pins tiny models to one thread on shared 2-core machines, where two threads stall each other).
 
+Unseen set (``--unseen``, issue 13): every model of ``experiments.benchmarks.unseen`` in turn, with ``--plans``
+random plans each plus a uniform plan of every precision the space allows (ranked against the runtime's
+order), and for uniform int4 / int8 / bfloat16 the quality measured on the runtime (model-agnostic quality:
+fidelity in the model's own vocabulary, or embedding fidelity) next to the sensitivity proxy's estimate, with
+the measured figure's 95 % interval. ``--device cuda`` runs the same on a GPU (not run here: no GPU).
+
 Run: ``python -m experiments.benchmarks.evaluator_error --out experiments/benchmarks/results/evaluator_error.md``
+or ``python -m experiments.benchmarks.evaluator_error --unseen --out experiments/benchmarks/results/evaluator_error_unseen.md``
 """
 from __future__ import annotations
 
@@ -43,15 +50,29 @@ def ape(est: float, ref: float) -> float:
     return abs(est - ref) / abs(ref) if ref else (0.0 if est == ref else float("inf"))
 
 
+def uniform_vector(space: Any, precision: str) -> np.ndarray | None:
+    """Every precision variable at ``precision`` where allowed (else left as is), repaired; None if none took it."""
+    x = space.default_vector()
+    took = 0
+    for i, v in enumerate(space.variables):
+        if v.knob == "precision" and precision in v.choices:
+            j = v.choices.index(precision)
+            if space.allowed(i, x)[0][j]:
+                x[i] = j
+                took += 1
+    return space.repair(x) if took else None
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, device=args.device)
     profile = resolve_profile("local")
     knobs = tuple(args.knobs.split(","))
     space = SearchSpace.build(loaded, profile, knobs=knobs)
-    sensitivity = measure_sensitivity(loaded) if loaded.task == "causal-lm" or args.sensitivity else None
+    sensitivity = (measure_sensitivity(loaded, hessian_samples=0, threads=args.threads)
+                   if loaded.task in ("causal-lm", "feature-extraction") or args.sensitivity else None)
     timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats)
 
     runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing,
@@ -64,31 +85,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phase = profiled.workload.phase
     launch = table.launch_overhead_s[phase]
     fetches = [v["fetch_s"] for v in table.stream.values()]
-    t0 = time.perf_counter()
-    calibrated = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
-                                   use_disk_cache=False, cache=EvaluationCache(), calibrate_with=runtime,
-                                   calibration_plans=args.calibration_plans, calibration_seed=args.seed + 1000)
-    calibration_s = time.perf_counter() - t0
-    evaluators: dict[str, Any] = {
-        "profiled": profiled,
-        f"profiled (calibrated, {args.calibration_plans} plans)": calibrated,
+    evaluators: dict[str, Any] = {"profiled": profiled}
+    calibration_s = 0.0
+    calibrated = None
+    if args.calibration_plans:
+        t0 = time.perf_counter()
+        calibrated = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
+                                       use_disk_cache=False, cache=EvaluationCache(), calibrate_with=runtime,
+                                       calibration_plans=args.calibration_plans, calibration_seed=args.seed + 1000)
+        calibration_s = time.perf_counter() - t0
+        evaluators[f"profiled (calibrated, {args.calibration_plans} plans)"] = calibrated
+    evaluators.update({
         "analytic (paper defaults)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
                                                        cache=EvaluationCache()),
         "analytic (calibrated)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
                                                    launch_overhead_s=launch,
                                                    fetch_overhead_s=(statistics.fmean(fetches) if fetches else None),
                                                    cache=EvaluationCache()),
-    }
+    })
 
     rng = np.random.default_rng(args.seed)
     vectors = [space.default_vector()] + [space.random_vector(rng) for _ in range(args.plans)]
-    rows = []
-    for i, x in enumerate(vectors):
+    kinds = ["unmodified"] + ["random"] * args.plans
+    formats = sorted({c for v in space.variables if v.knob == "precision" for c in v.choices} - {"float32"})
+    for fmt in formats:
+        x = uniform_vector(space, fmt)
+        if x is not None:
+            vectors.append(x)
+            kinds.append(f"uniform {fmt}")
+    # Interleave: the runtime measures plans in a shuffled order (seeded), so load drift does not line up
+    # with plan index or kind.
+    order = list(range(len(vectors)))
+    np.random.default_rng(args.seed + 7).shuffle(order)
+    rows: list[dict[str, Any]] = [{} for _ in vectors]
+    for i in order:
+        x = vectors[i]
         ref = runtime.evaluate(x)
-        row = {"plan": i, "runtime": ref.to_dict()["_data"]}
+        row = {"plan": i, "kind": kinds[i], "runtime": ref.to_dict()["_data"]}
         for name, ev in evaluators.items():
             row[name] = ev.evaluate(x).to_dict()["_data"]
-        rows.append(row)
+        rows[i] = row
         print(f"plan {i:2d}: runtime {ref.latency_s * 1e3:7.3f} ms  "
               + "  ".join(f"{n.split()[0]}{'*' if 'calib' in n else ''} {row[n]['latency_s'] * 1e3:7.3f}"
                           for n in evaluators), file=sys.stderr)
@@ -97,8 +133,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def mem(m: dict[str, Any], tiers: tuple[str, ...]) -> int:
         return sum(m["peak_bytes"].get(t, 0) for t in tiers)
 
-    summary = {}
+    summary: dict[str, Any] = {}
     ref_lat = [r["runtime"]["latency_s"] for r in rows]
+    uniform = [r for r in rows if r["kind"].startswith("uniform") or r["kind"] == "unmodified"]
+    runtime_order = [r["kind"] for r in sorted(uniform, key=lambda r: r["runtime"]["latency_s"])]
     for name, ev in evaluators.items():
         lat = [r[name]["latency_s"] for r in rows]
         lat_err = [ape(e, g) for e, g in zip(lat, ref_lat)]
@@ -111,14 +149,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "memory_mape": statistics.median(mem_err), "memory_max_ape": max(mem_err),
             "disk_mape": statistics.median(disk_err) if disk_err else None,
             "evals_per_s": ev.evaluations_per_second, "evaluated": ev.evaluated,
+            "uniform_order": [r["kind"] for r in sorted(uniform, key=lambda r: r[name]["latency_s"])],
         }
+        entry["uniform_order_matches_runtime"] = entry["uniform_order"] == runtime_order
+        if len(uniform) > 1:
+            entry["uniform_spearman"] = spearman([r[name]["latency_s"] for r in uniform],
+                                                 [r["runtime"]["latency_s"] for r in uniform])
         if rows[0][name].get("quality_loss") is not None and rows[0]["runtime"].get("quality_loss") is not None:
             entry["quality_spearman"] = spearman([r[name]["quality_loss"] for r in rows],
                                                  [r["runtime"]["quality_loss"] for r in rows])
         summary[name] = entry
-    summary["runtime"] = {"evals_per_s": runtime.evaluations_per_second, "evaluated": runtime.evaluated}
+    summary["runtime"] = {"evals_per_s": runtime.evaluations_per_second, "evaluated": runtime.evaluated,
+                          "uniform_order": runtime_order,
+                          "median_dispersion": statistics.median(
+                              (r["runtime"]["extra"]["p90_s"] - r["runtime"]["extra"]["p10_s"])
+                              / r["runtime"]["latency_s"] for r in rows)}
+    quality_rows = []
+    for r in rows:
+        if r["kind"] in ("uniform int4", "uniform int8", "uniform bfloat16"):
+            q = r["runtime"]["extra"].get("quality") or {}
+            est = r["profiled"].get("quality_loss")
+            measured = r["runtime"].get("quality_loss")
+            quality_rows.append({"plan": r["kind"], "measured": measured, "interval": q.get("loss_interval"),
+                                 "estimated": est, "error": (None if est is None or measured is None
+                                                             else est - measured),
+                                 "method": (q.get("candidate") or {}).get("method"),
+                                 "top1_agreement": ((q.get("candidate") or {}).get("details") or {}).get(
+                                     "top1_agreement"),
+                                 "reference": q.get("reference")})
     return {
-        "model": args.model, "plans": len(vectors),
+        "model": args.model, "plans": len(vectors), "quality": quality_rows,
         "step": ("decode step at 32 positions, batch 1" if loaded.task == "causal-lm" else "one forward of 1 sample"),
         "seed": args.seed, "knobs": list(knobs), "clock": args.clock,
         "threads": args.threads, "repeats": args.repeats, "quality_samples": args.quality_samples,
@@ -126,8 +186,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "cores": profile.cpu.physical_cores, "python": platform.python_version(),
                    "torch": torch.__version__},
         "load_average_before": load_before, "load_average_after": load_after,
-        "calibration": {"plans": args.calibration_plans, "seed": args.seed + 1000, "seconds": calibration_s,
-                        "a_s": calibrated.calibration["a"], "b": calibrated.calibration["b"]},
+        "calibration": ({"plans": args.calibration_plans, "seed": args.seed + 1000, "seconds": calibration_s,
+                         "a_s": calibrated.calibration["a"], "b": calibrated.calibration["b"]}
+                        if calibrated is not None else None),
         "table": {"seconds": table_s, "entries": len(table.unit_s), "overhead_s": table.overhead_s,
                   "baseline_s": table.baseline_s, "n_ops": table.n_ops, "launch_overhead_s": table.launch_overhead_s,
                   "stream": {k: {"fetch_s": v["fetch_s"], "s_per_byte": v["s_per_byte"]}
@@ -211,6 +272,56 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unseen_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """One table per figure over the unseen models (the per-plan rows are in the JSON)."""
+    lines = ["# Evaluator error vs the runtime on the unseen set (this CPU)", "",
+             "Models: `experiments/benchmarks/unseen.py` (architectures never tuned on; benchmarks only). Per model: "
+             f"{args.plans} random valid plans (seed {args.seed}, knobs {args.knobs}) + the unmodified model + a "
+             "uniform plan of every precision, runtime measurements in a seeded shuffled order. Reference: "
+             f"RuntimeEvaluator, median of {args.repeats} decode steps (batch 1, 32 cached positions; encoders: one "
+             f"forward) on the {args.clock} clock, {args.threads} thread(s). Profiled: its table measured fresh in "
+             "the same process. Quality measured with the model-agnostic default (fidelity in the model's own "
+             f"vocabulary: KL + top-1 agreement; encoders: embedding cosine), {args.quality_samples} samples, vs the "
+             "sensitivity proxy's estimate.", "",
+             "| model | plans | load avg before -> after | runtime p10-p90 spread (median) | evaluator | latency "
+             "median APE | Spearman | uniform order = runtime's | uniform Spearman |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for res in results:
+        s = res["summary"]
+        name = os.path.basename(res["model"].rstrip("/")).rsplit("-", 1)[0]
+        load = f"{res['load_average_before'][0]:.1f} -> {res['load_average_after'][0]:.1f}"
+        spread = f"{s['runtime']['median_dispersion'] * 100:.0f}%"
+        for ev, e in s.items():
+            if ev == "runtime":
+                continue
+            lines.append(f"| {name} | {res['plans']} | {load} | {spread} | {ev} | {e['latency_mape'] * 100:.1f}% | "
+                         f"{e['latency_spearman']:.2f} | {'yes' if e['uniform_order_matches_runtime'] else 'no'} | "
+                         f"{e.get('uniform_spearman', float('nan')):.2f} |")
+    lines += ["", "Uniform plans, fastest first (runtime vs each evaluator):", ""]
+    for res in results:
+        s = res["summary"]
+        name = os.path.basename(res["model"].rstrip("/")).rsplit("-", 1)[0]
+        lines.append(f"- {name}: runtime {' < '.join(s['runtime']['uniform_order'])}; "
+                     + "; ".join(f"{ev} {' < '.join(e['uniform_order'])}" for ev, e in s.items() if ev != "runtime"))
+    lines += ["", "Quality of uniform plans: measured on the runtime (95 % interval) vs the proxy's estimate:", "",
+              "| model | plan | measured loss | 95% interval | top-1 agreement | estimated (proxy) | error (est - "
+              "measured) | measured > 1% but estimated <= 1% |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for res in results:
+        name = os.path.basename(res["model"].rstrip("/")).rsplit("-", 1)[0]
+        for q in res["quality"]:
+            m, e, ci = q["measured"], q["estimated"], q["interval"]
+            miss = m is not None and e is not None and m > 0.01 and e <= 0.01
+
+            def pct(v: Any) -> str:
+                return "-" if v is None else f"{v * 100:+.3f}%"
+
+            lines.append(f"| {name} | {q['plan']} | {pct(m)} | "
+                         f"{'-' if not ci else f'[{pct(ci[0])}, {pct(ci[1])}]'} | "
+                         f"{'-' if q['top1_agreement'] is None else format(q['top1_agreement'], '.3f')} | {pct(e)} | "
+                         f"{pct(q['error'])} | {'MISS' if miss else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny-llama")
@@ -226,7 +337,24 @@ def main(argv: list[str] | None = None) -> int:
                         "evaluator fits on")
     p.add_argument("--sensitivity", action="store_true", help="measure the sensitivity proxy for classifiers too")
     p.add_argument("--out", default=None, help="markdown results file (a .json with rows is written beside it)")
+    p.add_argument("--unseen", action="store_true", help="run every model of the unseen set (see the docstring)")
+    p.add_argument("--models", default=None, help="with --unseen: a comma list of unseen names (default all)")
+    p.add_argument("--device", default="cpu", help="where the model runs (cpu; cuda on a GPU machine)")
     args = p.parse_args(argv)
+    if args.unseen:
+        from experiments.benchmarks.unseen import build_unseen, unseen_names
+
+        results = []
+        for name in (args.models.split(",") if args.models else unseen_names()):
+            args.model = str(build_unseen(name))
+            results.append(run(args))
+            if args.out:  # after every model: a partial run still leaves its results
+                with open(os.path.splitext(args.out)[0] + ".json", "w") as fh:
+                    json.dump(results, fh, indent=1, default=str)
+                with open(args.out, "w") as fh:
+                    fh.write(unseen_markdown(results, args))
+        print(unseen_markdown(results, args))
+        return 0
     res = run(args)
     text = markdown(res)
     if args.out:

@@ -166,15 +166,18 @@ def test_encoder_fidelity_llama_mean_pooled_hidden_state():
         assert evaluator.loss(model) > 0.0
 
 
-def test_lm_reference_cached_once_and_default_heldout_windows():
+def test_lm_reference_cached_once_and_perplexity_when_data_is_given():
     table = torch.randn(256, 256, generator=torch.Generator().manual_seed(1))
     model = TableLM(table)
-    evaluator = QualityEvaluator(model, task="causal-lm", max_samples=2, batch_size=1)
+    windows = lm_heldout_windows(seq_len=256, max_windows=2)
+    evaluator = QualityEvaluator(model, task="causal-lm", data=windows, batch_size=1)
+    assert evaluator.method == "perplexity"  # data given: perplexity, whatever the model
     calls = model.calls
     first = evaluator.reference
     assert evaluator.reference is first and model.calls == calls  # computed once, at construction
     assert first.n_samples == 2 * 256
-    windows = lm_heldout_windows(seq_len=256, max_windows=2)
+    lo, hi = first.interval
+    assert lo <= first.value <= hi and first.chance == 256.0
     assert first.value == pytest.approx(heldout_perplexity(model, windows))
     assert evaluator.loss(model) == pytest.approx(0.0)
 
@@ -182,7 +185,7 @@ def test_lm_reference_cached_once_and_default_heldout_windows():
 def test_bad_arguments_are_named():
     with pytest.raises(InvalidArgumentError, match="`task` must be one of"):
         evaluate_quality(nn.Linear(2, 2))
-    with pytest.raises(InvalidArgumentError, match="`max_samples` must be >= 1"):
+    with pytest.raises(InvalidArgumentError, match=r"`max_samples` \(`--quality-samples`\) must be >= 1"):
         QualityEvaluator(SignClassifier(), task="image-classification", max_samples=0)
     with pytest.raises(InvalidArgumentError, match="use QualityEvaluator"):
         evaluate_quality(_tiny_bert(), task="feature-extraction")
