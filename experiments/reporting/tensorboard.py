@@ -2,8 +2,9 @@
 
 Layout under a sweep's ``runs/NAME/tb/`` (``tensorboard --logdir runs`` shows every sweep side by side):
 
-* ``tb/`` — :class:`TensorBoardRecorder`: ``front/hypervolume``, ``front/best_<objective>`` and
-  ``front/evaluations`` per generation (step = generation);
+* ``tb/`` — :class:`TensorBoardRecorder`: ``front/hypervolume`` per evaluation (step = evaluations done,
+  the baselines evaluated first included), ``front/best_<objective>`` and ``front/evaluations`` per
+  generation (step = generation);
 * ``tb/front/`` — written whole by :func:`write_front_events` (it removes and rewrites the folder, so a
   resumed sweep's last call is the one shown, never duplicates): the front figure as an image summary
   (``front/figure``), the objective vectors in the Projector (``projector_config.pbtxt`` with a
@@ -52,12 +53,21 @@ class TensorBoardRecorder:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
-    def on_generation(self, gen: int, *, hypervolume: float, best: Mapping[str, float], n_evals: int) -> None:
-        """Log ``front/hypervolume``, ``front/best_<objective>`` (minimised values) and ``front/evaluations``."""
+    def on_evaluation(self, n_evals: int, *, hypervolume: float) -> None:
+        """Log ``front/hypervolume`` at step ``n_evals`` (evaluations done, seeds included): one point per evaluation."""
+        if not isinstance(n_evals, (int, np.integer)) or n_evals < 1:
+            raise InvalidArgumentError(f"`n_evals` must be an integer >= 1, got {n_evals!r}.")
+        self._writer.add_scalar("front/hypervolume", float(hypervolume), int(n_evals))
+
+    def on_generation(self, gen: int, *, best: Mapping[str, float], n_evals: int,
+                      hypervolume: float | None = None) -> None:
+        """Log ``front/best_<objective>`` (minimised values) and ``front/evaluations`` at step ``gen``;
+        ``hypervolume`` (given) as ``front/hypervolume_by_generation`` (``front/hypervolume`` is per evaluation)."""
         if not isinstance(gen, (int, np.integer)) or gen < 0:
             raise InvalidArgumentError(f"`gen` must be an integer >= 0, got {gen!r}.")
         w = self._writer
-        w.add_scalar("front/hypervolume", float(hypervolume), int(gen))
+        if hypervolume is not None:
+            w.add_scalar("front/hypervolume_by_generation", float(hypervolume), int(gen))
         for name, value in best.items():
             w.add_scalar(f"front/best_{name}", float(value), int(gen))
         w.add_scalar("front/evaluations", float(n_evals), int(gen))
