@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from autosurgeon._logging import get_logger
-from experiments.sweep.problem import BudgetReached, ResetMutation, SpaceRepair, SpaceSampling, SurgeryProblem
 from experiments.sweep.registry import SearchContext, register
 
 logger = get_logger(__name__)
@@ -23,6 +22,8 @@ def run(archive: Any, context: SearchContext, *, max_stall: int = 20) -> int:
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.termination import NoTermination
     from pymoo.operators.crossover.ux import UX
+
+    from experiments.sweep.problem import BudgetReached, ResetMutation, SpaceRepair, SpaceSampling, SurgeryProblem
 
     space = archive.space
     problem = SurgeryProblem(archive, algo=context.label or "nsga2")

@@ -11,7 +11,6 @@ from typing import Any
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
-from experiments.sweep.problem import BudgetReached
 from experiments.sweep.registry import SearchContext, register
 
 logger = get_logger(__name__)
@@ -21,6 +20,8 @@ def run_optuna(archive: Any, context: SearchContext, *, kind: str, max_stall: in
     """Optuna NSGAIISampler (``kind="nsga2"``) or TPESampler (``"tpe"``); returns 'generations'."""
     import optuna
     from optuna.distributions import IntDistribution
+
+    from experiments.sweep.problem import BudgetReached
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     constrained = archive.n_constraints > 0
