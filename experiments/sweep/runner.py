@@ -353,21 +353,17 @@ class _HvTracker:
 def _power_hparams(folder: Path, config: SweepConfig, summary: dict[str, Any], notes: list[str]) -> None:
     """The power cap and mode as a TensorBoard HParams session, so the run says under which cap it was found."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:  # pragma: no cover - tensorboard is a dependency
-        notes.append(f"power HParams skipped: torch.utils.tensorboard unavailable ({exc})")
+        from experiments.reporting.hparams import write_power_session
+    except ImportError as exc:  # pragma: no cover - reporting ships with the sweep
+        notes.append(f"power HParams skipped: experiments.reporting unavailable ({exc})")
         return
     power = summary["power"]
-    writer = SummaryWriter(str(folder))
-    try:
-        writer.add_hparams({"power_cap_w": float(power["power_cap_w"]), "power_mode": str(power["power_mode"]),
-                            "mode_watts": float(power["mode_watts"]), "derated": bool(power["derated"]),
-                            "device": str(power["device"]), "evaluator": config.evaluator, "algo": config.algo,
-                            "seed": config.seed},
-                           {"power/hypervolume": float(summary["hypervolume"]),
-                            "power/front_size": float(summary["front_size"])}, run_name=".")
-    finally:
-        writer.close()
+    write_power_session(folder, {"power_cap_w": float(power["power_cap_w"]), "power_mode": str(power["power_mode"]),
+                                 "mode_watts": float(power["mode_watts"]), "derated": bool(power["derated"]),
+                                 "device": str(power["device"]), "evaluator": config.evaluator, "algo": config.algo,
+                                 "seed": config.seed, "Sweep": config.name or folder.parent.parent.name},
+                        {"power/hypervolume": float(summary["hypervolume"]),
+                         "power/front_size": float(summary["front_size"])})
 
 
 def _checked_cap(config: SweepConfig, evaluator: Any) -> Any:
