@@ -6,6 +6,7 @@
     autosurgeon sweep tiny-llama --device jetson-agx-orin-64gb --evaluator analytic --power-cap 15 --out runs/orin15
     autosurgeon front runs/a --memory-budget 40% --out plan.json
     autosurgeon front runs/a --preference latency=0.6,memory=0.3,energy=0.1 --json
+    autosurgeon front runs/a --plan 3fa2c1d0 --out plan.json          # any plan by its id
 
 Every finished evaluation is in ``runs/NAME/evals.jsonl`` the moment it is measured; ``--resume`` replays the
 seeded algorithm against those records (nothing is measured twice) and continues to ``--budget-evals``.
@@ -25,8 +26,16 @@ from autosurgeon.cli._budget import add_memory_budget, single_budget
 from autosurgeon.cli.scaleout_args import add_cluster_args, add_storage_args
 from autosurgeon.errors import InvalidArgumentError
 
-ALGOS = ("nsga2", "random", "optuna-nsga2", "optuna-tpe")
+# The names of autosurgeon.evaluate.registry (importing it loads the evaluators and torch; a test checks
+# that the two agree).
 EVALUATORS = ("runtime", "profiled", "analytic")
+
+
+def algorithm_names() -> tuple[str, ...]:
+    """The registered search algorithms (``experiments.sweep.registry``: cheap to import, no pymoo/optuna)."""
+    from experiments.sweep.registry import names
+
+    return names()
 
 
 def register(subparsers: Any) -> None:
@@ -39,8 +48,11 @@ def register(subparsers: Any) -> None:
                    help="zoo name, Hugging Face model directory, or module:factory (optional with --config/--resume)")
     p.add_argument("--device", default=None, metavar="PROFILE", help="local, a preset name, or a profile JSON")
     p.add_argument("--evaluator", choices=EVALUATORS, default=None, help="how plans are scored (default profiled)")
-    p.add_argument("--budget-evals", type=int, default=None, metavar="N", help="distinct plans to evaluate")
-    p.add_argument("--algo", choices=ALGOS, default=None, help="search algorithm (default nsga2)")
+    p.add_argument("--budget-evals", type=int, default=None, metavar="N",
+                   help="distinct plans to evaluate, the baselines included (default: from the evaluator's speed, "
+                   "40-400)")
+    p.add_argument("--algo", choices=algorithm_names(), default=None,
+                   help="search algorithm (default nsga2); each starts from the baselines' plans")
     p.add_argument("--config", default=None, metavar="FILE", help="a sweep config (experiments/configs/*.json|toml)")
     p.add_argument("--warm-start", default=None, metavar="MARKOV.json",
                    help="seed NSGA-II's initial population from a Markov placement model (agents.markov)")
@@ -58,9 +70,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-code", action="store_true",
                    help="let --config or the run's config.json name a module:factory MODEL (imports and runs that "
                    "code: only for files you trust)")
-    p.add_argument("--no-baselines", action="store_true", help="skip the uniform/greedy/knapsack baselines")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="do not evaluate the unmodified model and the uniform/greedy/knapsack baselines first (nor "
+                   "seed the search with them)")
     p.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
-    p.add_argument("--json", action="store_true", help="print summary.json instead of a summary")
+    p.add_argument("--json", action="store_true",
+                   help="print summary.json (front with ids and origins, hypervolume, the baselines' hypervolume)")
     add_cluster_args(p)
     add_storage_args(p)
     p.set_defaults(func=run)
@@ -74,6 +89,8 @@ def register(subparsers: Any) -> None:
                       "objective, GPU+CPU bytes", old=("--budget-memory",))
     f.add_argument("--preference", default=None, metavar="W",
                    help="weights over normalised objectives, e.g. latency=0.6,memory=0.3,energy=0.1 (sum 1)")
+    f.add_argument("--plan", default=None, metavar="ID",
+                   help="pick the plan with this id (or a unique prefix; any evaluated plan, not only the front's)")
     f.add_argument("--json", action="store_true", help="print JSON instead of a table")
     f.add_argument("--out", default=None, metavar="PLAN.json", help="write the picked plan")
     f.set_defaults(func=run_front)
@@ -167,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
           f"{s['measured_this_attempt']} measured now, {s['replayed']} replayed), {s['wall_s']:.1f} s")
     print(f"front      {s['front_size']} plans; hypervolume {s['hypervolume']:.4f} (reference point "
           f"{s['reference_point']} in units of the unmodified model's {', '.join(s['objectives'])})")
+    if "hypervolume_baselines" in s:
+        origins = ", ".join(f"{k} x{v}" for k, v in sorted(s.get("front_origins", {}).items()))
+        print(f"baselines  hypervolume {s['hypervolume_baselines']:.4f} of the baselines alone; front members by "
+              f"origin: {origins or '-'}")
     if s.get("power"):
         p = s["power"]
         print(f"power cap  {p['power_cap_w']:g} W: mode {p['power_mode']!r} ({p['mode_watts']:g} W); {p['how']}")
@@ -180,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
               f"{c['evaluations_per_s']:.2f} evals/s while waiting on them")
     for note in s.get("notes", []):
         print(f"note       {note}")
-    print(f"next       autosurgeon front {result.run_dir} --preference latency=0.5,memory=0.5")
+    print(f"next       autosurgeon front {result.run_dir} --preference latency=0.5,memory=0.5  (or --plan ID)")
     return 0
 
 
@@ -222,6 +243,7 @@ def run_front(args: argparse.Namespace) -> int:
     from experiments.sweep import load_run
     from experiments.sweep.front import parse_preference, pick
     from experiments.sweep.hypervolume import front_indices
+    from experiments.sweep.ids import find_by_id, origin, record_id
 
     config, records, reference, _ = load_run(args.run_dir)
     names = list(config.objective_names)
@@ -231,28 +253,38 @@ def run_front(args: argparse.Namespace) -> int:
     budget = single_budget(args, reference_bytes=int(unmodified), meaning="the memory objective (GPU+CPU bytes)")
     front = sorted(front_indices(records), key=lambda i: records[i]["objectives"][0])
     chosen = None
-    if budget is not None or preference is not None:
+    if args.plan is not None:
+        if budget is not None or preference is not None:
+            raise InvalidArgumentError("`--plan` picks one plan by id; drop `--memory-budget`/`--preference`, or "
+                                       "drop `--plan` to pick by budget or preference.")
+        chosen = find_by_id(records, args.plan)
+    elif budget is not None or preference is not None:
         chosen = pick(records, front, names, scales, budget_memory=budget, preference=preference)
     path = None
     if chosen is not None and args.out:
         path = Plan.from_dict(records[chosen]["plan"]).save(args.out)
     if args.json:
         print(json.dumps({"run": str(args.run_dir), "objectives": names, "scales": scales,
-                          "front": [{"eval": records[i]["eval"], "objectives": records[i]["objectives"],
+                          "front": [{"id": record_id(records[i]), "origin": origin(records[i]),
+                                     "eval": records[i]["eval"], "objectives": records[i]["objectives"],
                                      "quality_loss": records[i].get("quality_loss"), "x": records[i]["x"]}
                                     for i in front],
                           "chosen": None if chosen is None else records[chosen]["eval"],
+                          "chosen_id": None if chosen is None else record_id(records[chosen]),
                           "plan_out": None if path is None else str(path)}))
         return 0
     units = {"latency": "ms", "energy": "mJ", "memory": "MiB"}
-    header = ["eval"] + [f"{n} ({units.get(n.split(':')[0], '')})" for n in names] + ["quality %", "plan"]
-    rows = [[("*" if i == chosen else "") + str(records[i]["eval"])] + _fmt_row(records[i], names)
-            + [_precisions(records[i])] for i in front]
+    header = ["id", "origin"] + [f"{n} ({units.get(n.split(':')[0], '')})" for n in names] + ["quality %", "plan"]
+    shown = front + ([chosen] if chosen is not None and chosen not in front else [])
+    rows = [[("*" if i == chosen else "") + record_id(records[i]), origin(records[i]) + ("" if i in front else
+                                                                                        " (not on front)")]
+            + _fmt_row(records[i], names) + [_precisions(records[i])] for i in shown]
     widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h) for k, h in enumerate(header)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     print(f"{len(front)} front plans of {len(records)} evaluations ({config.algo}, {config.evaluator} evaluator)")
     if chosen is not None:
-        print(f"picked     eval {records[chosen]['eval']} (*)" + (f" -> {path}" if path else ""))
+        print(f"picked     {record_id(records[chosen])} (eval {records[chosen]['eval']}, *)"
+              + (f" -> {path}" if path else ""))
     return 0

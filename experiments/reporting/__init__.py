@@ -11,7 +11,7 @@ Contract (the sweep engine calls exactly this):
     ``"model"``, ``"device"`` (``"knobs"`` too: ``agents.markov.fit_from_runs`` rebuilds the space from them);
     ``baselines``: name -> records of that baseline (marked on the plots, kept in front.json).
     Writes ``run_dir/front.csv``, ``run_dir/front.json``, ``run_dir/plots/front.png`` (+ one PNG per pair of
-    objectives) and ``run_dir/tb/front/`` (image, projector, one HParams run per member; see
+    objectives) and ``run_dir/tb/front/`` (image, projector, one HParams session per front member and baseline, named by plan id; see
     ``experiments.reporting.tensorboard``). Safe to call again (each call rewrites these outputs).
     Returns ``{"front_csv", "front_json", "front_png", "plot:<a>_vs_<b>"..., "tb_front", "projector_config"}``.
 
@@ -41,7 +41,8 @@ def write_run_outputs(run_dir: Path, *, config: dict, records: list[dict], front
     out.update(plot_front(run_dir / "plots", names=names, records=records, front_idx=front_idx,
                           baselines=baselines, title=title))
     out.update(write_front_events(run_dir / "tb", names=names, records=records, front_idx=front_idx,
-                                  figure_png=out["front_png"]))
+                                  figure_png=out["front_png"], sweep=str(config.get("name") or run_dir.name),
+                                  power=config.get("power")))
     return out
 
 

@@ -23,6 +23,7 @@ FRONT_TYPE = "autosurgeon.Front"
 FRONT_VERSION = 1
 METRIC_COLUMNS = ("latency_s", "prefill_s", "tokens_per_s", "energy_j", "quality_loss")
 TIERS = ("gpu", "cpu", "disk")
+KNOB_ORDER = ("precision", "group_size", "placement")  # the rest follow by name
 
 
 def plan_decisions(plan: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -37,14 +38,17 @@ def plan_decisions(plan: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def plan_summary(plan: Mapping[str, Any], metrics: Mapping[str, Any] | None = None) -> dict[str, float | int | str]:
     """Counts of each precision and placement over the plan's rules, and the bytes the plan holds.
 
-    Keys: ``precision:<value>`` and ``placement:<value>`` (number of rules setting that value; a plan from
+    Keys: ``<knob>:<value>`` for every knob the plan decides (precision, group_size, placement, then the
+    rest by name): the number of rules setting that value (a plan from
     ``SearchSpace.decode`` has one exact rule per module, so these are module counts), ``n_rules``, and
     from the metrics ``weight_bytes`` (sum of ``peak_bytes`` over tiers: weights + staging + packed copies,
     as the runtime's TensorStore charges them; activations are not in it) and ``bytes:<tier>``.
     """
     decisions = plan_decisions(plan)
     out: dict[str, float | int | str] = {"n_rules": len(decisions)}
-    for knob in ("precision", "placement"):
+    knobs = sorted({k for d in decisions.values() for k in d}, key=lambda k: (k not in KNOB_ORDER, KNOB_ORDER.index(k)
+                                                                             if k in KNOB_ORDER else 0, k))
+    for knob in knobs:
         counts = Counter(str(d[knob]) for d in decisions.values() if knob in d)
         for value, n in sorted(counts.items()):
             out[f"{knob}:{value}"] = n
@@ -94,7 +98,10 @@ def check_inputs(config: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
 
 def member_row(rank: int, rec: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """One CSV row: identity, objectives, headline metrics and the plan summary."""
-    row: dict[str, Any] = {"member": rank, "eval": rec.get("eval"), "algo": rec.get("algo", ""),
+    from experiments.sweep.ids import record_id
+
+    row: dict[str, Any] = {"id": record_id(rec), "origin": rec.get("algo", ""), "member": rank,
+                           "eval": rec.get("eval"), "algo": rec.get("algo", ""),
                            "generation": rec.get("generation", ""), "feasible": bool(rec.get("feasible", True))}
     for name, value in zip(names, rec["objectives"]):
         row[f"obj:{name}"] = float(value)
@@ -111,6 +118,8 @@ def write_front_files(run_dir: Path, *, config: Mapping[str, Any], records: Sequ
                       front_idx: Sequence[int],
                       baselines: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Path]:
     """Write ``run_dir/front.csv`` and ``run_dir/front.json`` (atomically); return ``{"front_csv", "front_json"}``."""
+    from experiments.sweep.ids import record_id
+
     names = check_inputs(config, records, front_idx)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +130,7 @@ def write_front_files(run_dir: Path, *, config: Mapping[str, Any], records: Sequ
     seen: list[str] = []
     for row in rows:
         seen.extend(c for c in row if c not in seen)
-    counts = sorted(c for c in seen if c.startswith(("precision:", "placement:")))
+    counts = sorted(c for c in seen if _is_count(c))
     head = [c for c in seen if c not in counts and c != "x"]
     at = head.index("n_rules") + 1 if "n_rules" in head else len(head)
     columns = [*head[:at], *counts, *head[at:], *(["x"] if "x" in seen else [])]
@@ -131,13 +140,14 @@ def write_front_files(run_dir: Path, *, config: Mapping[str, Any], records: Sequ
         writer = csv.DictWriter(fh, fieldnames=columns or ["member"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: row.get(c, 0 if c.startswith(("precision:", "placement:")) else "") for c in columns})
+            writer.writerow({c: row.get(c, 0 if _is_count(c) else "") for c in columns})
     os.replace(tmp, csv_path)
 
     doc = {"_type": FRONT_TYPE, "_version": FRONT_VERSION, "_data": {
         "config": dict(config), "objectives": names, "reference_point": config.get("reference_point"),
         "n_evals": len(records), "front_idx": [int(i) for i in front_idx],
-        "members": [{**_jsonable(rec), "member": rank, "summary": plan_summary(rec["plan"], rec["metrics"])}
+        "members": [{**_jsonable(rec), "id": record_id(rec), "origin": rec.get("algo", ""), "member": rank,
+                     "summary": plan_summary(rec["plan"], rec["metrics"])}
                     for rank, rec in enumerate(members)],
         "baselines": {name: [_jsonable(r) for r in recs] for name, recs in (baselines or {}).items()}}}
     json_path = run_dir / "front.json"
@@ -145,6 +155,11 @@ def write_front_files(run_dir: Path, *, config: Mapping[str, Any], records: Sequ
     tmp.write_text(json.dumps(doc, indent=1, default=_default) + "\n")
     os.replace(tmp, json_path)
     return {"front_csv": csv_path, "front_json": json_path}
+
+
+def _is_count(column: str) -> bool:
+    """A knob-value count column of :func:`plan_summary` (``precision:int8``), not ``bytes:gpu`` or ``obj:latency``."""
+    return ":" in column and not column.startswith(("bytes:", "obj:"))
 
 
 def read_front(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -2,15 +2,17 @@
 
 Layout under a sweep's ``runs/NAME/tb/`` (``tensorboard --logdir runs`` shows every sweep side by side):
 
-* ``tb/`` — :class:`TensorBoardRecorder`: ``front/hypervolume``, ``front/best_<objective>`` and
-  ``front/evaluations`` per generation (step = generation);
+* ``tb/`` — :class:`TensorBoardRecorder`: ``front/hypervolume`` per evaluation (step = evaluations done,
+  the baselines evaluated first included), ``front/best_<objective>`` and ``front/evaluations`` per
+  generation (step = generation);
 * ``tb/front/`` — written whole by :func:`write_front_events` (it removes and rewrites the folder, so a
   resumed sweep's last call is the one shown, never duplicates): the front figure as an image summary
   (``front/figure``), the objective vectors in the Projector (``projector_config.pbtxt`` with a
   ``tensor_path`` TSV and a metadata TSV, via ``SummaryWriter.add_embedding``: no checkpoint needed);
-* ``tb/front/member_NNN/`` — one HParams run per front member (``SummaryWriter.add_hparams``): the plan
-  summary as hparams (module counts per precision and per placement, bytes) and the objectives as
-  metrics ``objective/<name>``: the HParams tab's parallel-coordinates view is how a front is inspected.
+* ``tb/front/<plan id>/`` — one HParams session per front member and per baseline (the unmodified model
+  included), named by the plan's id, with an ``Origin`` column, the knobs as the leading columns and the
+  objectives in ms / MiB / mJ labelled ``[measured]``/``[estimated]`` (``experiments.reporting.hparams``);
+  no experiment summary, so sweeps sharing a logdir keep their own columns.
 
 ``torch.utils.tensorboard`` is imported inside the functions: importing this module stays cheap.
 """
@@ -52,12 +54,21 @@ class TensorBoardRecorder:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
-    def on_generation(self, gen: int, *, hypervolume: float, best: Mapping[str, float], n_evals: int) -> None:
-        """Log ``front/hypervolume``, ``front/best_<objective>`` (minimised values) and ``front/evaluations``."""
+    def on_evaluation(self, n_evals: int, *, hypervolume: float) -> None:
+        """Log ``front/hypervolume`` at step ``n_evals`` (evaluations done, seeds included): one point per evaluation."""
+        if not isinstance(n_evals, (int, np.integer)) or n_evals < 1:
+            raise InvalidArgumentError(f"`n_evals` must be an integer >= 1, got {n_evals!r}.")
+        self._writer.add_scalar("front/hypervolume", float(hypervolume), int(n_evals))
+
+    def on_generation(self, gen: int, *, best: Mapping[str, float], n_evals: int,
+                      hypervolume: float | None = None) -> None:
+        """Log ``front/best_<objective>`` (minimised values) and ``front/evaluations`` at step ``gen``;
+        ``hypervolume`` (given) as ``front/hypervolume_by_generation`` (``front/hypervolume`` is per evaluation)."""
         if not isinstance(gen, (int, np.integer)) or gen < 0:
             raise InvalidArgumentError(f"`gen` must be an integer >= 0, got {gen!r}.")
         w = self._writer
-        w.add_scalar("front/hypervolume", float(hypervolume), int(gen))
+        if hypervolume is not None:
+            w.add_scalar("front/hypervolume_by_generation", float(hypervolume), int(gen))
         for name, value in best.items():
             w.add_scalar(f"front/best_{name}", float(value), int(gen))
         w.add_scalar("front/evaluations", float(n_evals), int(gen))
@@ -84,25 +95,14 @@ def png_summary(tag: str, png: bytes) -> Any:
     return Summary(value=[Summary.Value(tag=tag, image=image)])
 
 
-def member_hparams(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Hparams per member: the same keys for all (a missing count is 0), so the parallel axes line up."""
-    summaries = [plan_summary(r["plan"], r["metrics"]) for r in records]
-    keys: list[str] = []
-    for s in summaries:
-        keys.extend(k for k in s if k not in keys)
-    out = []
-    for r, s in zip(records, summaries):
-        hp: dict[str, Any] = {"algo": str(r.get("algo", "")), "eval": int(r.get("eval", -1)),
-                              "generation": int(r.get("generation", -1) if r.get("generation") is not None else -1)}
-        hp.update({k: s.get(k, 0) for k in keys})
-        out.append(hp)
-    return out
-
-
 def write_front_events(tb_dir: Path, *, names: Sequence[str], records: Sequence[Mapping[str, Any]],
-                       front_idx: Sequence[int], figure_png: Path | None = None) -> dict[str, Path]:
-    """(Re)write ``tb_dir/front``: image, projector and one HParams run per front member (module docstring)."""
+                       front_idx: Sequence[int], figure_png: Path | None = None, sweep: str = "",
+                       power: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """(Re)write ``tb_dir/front``: image, projector and one HParams session per front member and baseline."""
     from torch.utils.tensorboard import SummaryWriter
+
+    from experiments.reporting.hparams import write_sessions
+    from experiments.sweep.ids import origin, record_id
 
     front_dir = Path(tb_dir) / FRONT_SUBDIR
     if front_dir.exists():
@@ -118,20 +118,17 @@ def write_front_events(tb_dir: Path, *, names: Sequence[str], records: Sequence[
             # would show the memory axis only. The raw values travel in the metadata.
             lo, hi = raw.min(axis=0), raw.max(axis=0)
             scaled = (raw - lo) / np.where(hi > lo, hi - lo, 1.0)
-            header = ["member", "eval", "algo", *names]
-            meta = [[f"member_{k:03d}", r.get("eval", ""), r.get("algo", ""), *[f"{v:.6g}" for v in row]]
-                    for k, (r, row) in enumerate(zip(members, raw))]
+            header = ["id", "eval", "origin", *names]
+            meta = [[record_id(r), r.get("eval", ""), origin(r), *[f"{v:.6g}" for v in row]]
+                    for r, row in zip(members, raw)]
             writer.add_embedding(scaled.astype(np.float32), metadata=meta, metadata_header=header,
                                  tag=EMBEDDING_TAG, global_step=0)
             out["projector_config"] = front_dir / "projector_config.pbtxt"
-            discrete = sorted({hp["algo"] for hp in member_hparams(members)})
-            for k, (r, hp) in enumerate(zip(members, member_hparams(members))):
-                metrics = {f"objective/{n}": float(v) for n, v in zip(names, r["objectives"])}
-                writer.add_hparams(hp, metrics, hparam_domain_discrete={"algo": discrete},
-                                   run_name=f"member_{k:03d}", global_step=0)
-    logger.info("tensorboard: front of %d members in %s", len(members), front_dir)
+    runs = write_sessions(front_dir, names=names, records=records, front_idx=front_idx,
+                          sweep=sweep or Path(tb_dir).parent.name, power=power)
+    logger.info("tensorboard: front of %d members, %d HParams sessions in %s", len(members), len(runs), front_dir)
     return out
 
 
-__all__ = ["EMBEDDING_TAG", "FIGURE_TAG", "FRONT_SUBDIR", "TensorBoardRecorder", "member_hparams", "png_summary",
+__all__ = ["EMBEDDING_TAG", "FIGURE_TAG", "FRONT_SUBDIR", "TensorBoardRecorder", "png_summary",
            "write_front_events"]

@@ -26,13 +26,14 @@ from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
 
-ALGORITHMS = ("nsga2", "random", "optuna-nsga2", "optuna-tpe")
-EVALUATORS = ("analytic", "profiled", "runtime")
+from autosurgeon.evaluate.registry import names as _evaluator_names
+from experiments.sweep.registry import names as _algorithm_names
+
 QUALITY_MODES = ("constraint", "objective", "none")
 INIT_POPULATIONS = ("random", "uniform")
 BASE_OBJECTIVES = ("latency", "memory", "energy")
 # Settings a resumed run may change without invalidating the replay of its finished evaluations.
-RESUMABLE_CHANGES = ("budget_evals", "name", "baselines")
+RESUMABLE_CHANGES = ("budget_evals", "name")
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,11 @@ class SweepConfig:
         model: zoo name, HF directory or ``module:factory``.
         device: hardware profile (``local``, a preset such as ``h100-80gb``, or a profile JSON).
         evaluator: ``analytic`` | ``profiled`` | ``runtime``.
-        algo: ``nsga2`` | ``random`` | ``optuna-nsga2`` | ``optuna-tpe``.
-        budget_evals: distinct plans evaluated (re-proposed plans are answered from the archive, uncounted).
+        algo: a registered search algorithm (``experiments.sweep.registry``: ``nsga2``, ``random``,
+            ``optuna-nsga2``, ``optuna-tpe``).
+        budget_evals: distinct plans evaluated, the baselines included (re-proposed plans are answered from the
+            archive, uncounted); None: from the evaluator's speed (``runner.default_budget``), resolved when the
+            sweep starts and saved in the run's config.json.
         seed: every random choice of the sweep derives from it.
         pop_size: NSGA-II population (pymoo and Optuna).
         objectives: minimised objectives (``Metrics.objective`` names) besides quality.
@@ -54,10 +58,12 @@ class SweepConfig:
         knobs: SearchSpace knob kinds that get variables.
         reference_point: HV reference point in normalised space, one per objective (quality last if it is one).
         normaliser: ``reference`` (unmodified model's metrics) — the only one so far, stated for the record.
-        warm_start: a Markov placement model JSON for NSGA-II's initial population (None: random).
+        warm_start: a Markov placement model JSON whose plans (origin ``markov``) are evaluated first and
+            seed the search (None: none).
         init_population: ``random`` or ``uniform`` (NSGA-II's first population starts with the uniform-precision
             plans — every unit at one precision, resident — then the warm start's or random plans).
-        baselines: also evaluate the deterministic baselines (uniform, greedy fill, knapsack).
+        baselines: evaluate the unmodified model and the deterministic baselines (uniform, greedy fill,
+            knapsack) first, in the search's archive and budget, and seed the search with them.
         knapsack_budgets: memory budgets for the knapsack baseline (shares of the unmodified weights).
         hv_at: evaluation counts at which the HV curve is reported.
         power_cap_w: a power cap in watts (None: none). Paper profiles are evaluated in the fastest power mode
@@ -70,7 +76,7 @@ class SweepConfig:
     device: str = "local"
     evaluator: str = "profiled"
     algo: str = "nsga2"
-    budget_evals: int = 200
+    budget_evals: int | None = None
     seed: int = 0
     pop_size: int = 20
     objectives: tuple[str, ...] = BASE_OBJECTIVES
@@ -100,18 +106,19 @@ class SweepConfig:
         if not isinstance(self.model, str) or not self.model:
             raise InvalidArgumentError(f"`model` must be a zoo name, model directory or module:factory, "
                                        f"got {self.model!r}.")
-        if self.evaluator not in EVALUATORS:
-            raise InvalidArgumentError(f"`evaluator` must be one of {', '.join(EVALUATORS)}, got {self.evaluator!r}.")
-        if self.algo not in ALGORITHMS:
-            raise InvalidArgumentError(f"`algo` must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}.")
+        if self.evaluator not in _evaluator_names():
+            raise InvalidArgumentError(f"`evaluator` must be one of {', '.join(_evaluator_names())}, got "
+                                       f"{self.evaluator!r}.")
+        if self.algo not in _algorithm_names():
+            raise InvalidArgumentError(f"`algo` must be one of {', '.join(_algorithm_names())}, got {self.algo!r}.")
         if self.init_population not in INIT_POPULATIONS:
             raise InvalidArgumentError(f"`init_population` must be one of {', '.join(INIT_POPULATIONS)}, got "
                                        f"{self.init_population!r}.")
         if self.quality not in QUALITY_MODES:
             raise InvalidArgumentError(f"`quality` must be one of {', '.join(QUALITY_MODES)}, got {self.quality!r}.")
-        if not (isinstance(self.budget_evals, int) and self.budget_evals >= 1):
-            raise InvalidArgumentError(f"`budget_evals` (--budget-evals) must be an integer >= 1, "
-                                       f"got {self.budget_evals!r}.")
+        if self.budget_evals is not None and not (isinstance(self.budget_evals, int) and self.budget_evals >= 1):
+            raise InvalidArgumentError(f"`budget_evals` (--budget-evals) must be an integer >= 1, or None for a "
+                                       f"budget from the evaluator's speed, got {self.budget_evals!r}.")
         if not (isinstance(self.pop_size, int) and self.pop_size >= 2):
             raise InvalidArgumentError(f"`pop_size` (--pop-size) must be an integer >= 2, got {self.pop_size!r}.")
         if not (isinstance(self.seed, int) and self.seed >= 0):
@@ -203,4 +210,4 @@ def load_config(path: str | Path) -> SweepConfig:
     return SweepConfig.from_dict(obj)
 
 
-__all__ = ["ALGORITHMS", "EVALUATORS", "QUALITY_MODES", "SweepConfig", "load_config"]
+__all__ = ["QUALITY_MODES", "SweepConfig", "load_config"]

@@ -26,6 +26,7 @@ from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
 from autosurgeon._logging import get_logger
+from experiments.sweep.ids import plan_id
 
 logger = get_logger(__name__)
 
@@ -86,8 +87,11 @@ class Archive:
     def lookup(self, x: Any) -> dict[str, Any] | None:
         return self._by_key.get(np.asarray(x, dtype=np.int64).tobytes())
 
-    def evaluate(self, x: Any, *, algo: str, generation: int = 0) -> dict[str, Any]:
-        """The record of ``repair(x)``: from memory if seen, else evaluated, persisted and counted."""
+    def evaluate(self, x: Any, *, algo: str, generation: int = 0,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The record of ``repair(x)``: from memory if seen, else evaluated, persisted and counted.
+
+        ``extra`` keys (a baseline's ``family`` and ``label``) are stored in a new record."""
         xr = self.space.repair(x)
         key = xr.tobytes()
         hit = self._by_key.get(key)
@@ -107,10 +111,11 @@ class Archive:
                 raise ValueError("the quality constraint needs the evaluator's quality_loss (give it a "
                                  "sensitivity table, or set quality = 'none')")
             feasible = q <= self.max_quality_loss
-        record = {"eval": len(self.records), "algo": algo, "generation": int(generation),
-                  "x": [int(v) for v in xr], "plan": self.space.decode(xr).to_dict(),
+        plan = self.space.decode(xr)
+        record = {"eval": len(self.records), "id": plan_id(plan), "algo": algo, "generation": int(generation),
+                  "x": [int(v) for v in xr], "plan": plan.to_dict(),
                   "metrics": metrics.to_dict(), "objectives": values, "feasible": bool(feasible),
-                  "quality_loss": q}
+                  "quality_loss": q, **(extra or {})}
         if self.power_cap_w is not None:
             from autosurgeon.hardware.power_cap import mean_power_w
 

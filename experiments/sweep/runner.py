@@ -26,6 +26,8 @@ missing module is noted in the summary, never fatal to a sweep.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,10 +38,14 @@ import numpy as np
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
-from experiments.sweep import algorithms
+from experiments.sweep import registry
 from experiments.sweep.config import SweepConfig
 from experiments.sweep.hypervolume import front_indices, hv_curve, hypervolume
+from experiments.sweep.ids import is_baseline
+from experiments.sweep.outcome import front_outcome
 from experiments.sweep.problem import Archive
+from experiments.sweep.registry import SearchContext
+from experiments.sweep.seeds import Seed, baseline_seeds, evaluate_seeds, initial_vectors, markov_seeds
 from experiments.sweep.store import BASELINES, CONFIG, EVAL_CACHE, REFERENCE, SUMMARY, RunStore
 
 logger = get_logger(__name__)
@@ -198,6 +204,8 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
                 f"`--resume`: settings {diff} differ from the run in {str(store.dir)!r} (e.g. {diff[0]} "
                 f"{old.to_dict()[diff[0]]!r} there, {config.to_dict()[diff[0]]!r} now); only the budget may change. "
                 "Drop those options or start a new --out.")
+        if config.budget_evals is None:  # the budget the first attempt resolved
+            config = config.replace(budget_evals=old.budget_evals)
         if store.path(SUMMARY).is_file():
             prev = store.read_json(SUMMARY)
             attempts = int(prev.get("attempts", 1)) + 1
@@ -229,60 +237,66 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
     store.rewrite_records(records)  # drops a torn last line before new appends
     preloaded = len(records)
     done = {"n": preloaded}
-
-    def on_record(record: dict[str, Any]) -> None:
-        done["n"] += 1
-        if progress is not None:
-            progress(done["n"], config.budget_evals, record)
-
-    archive = Archive(space, evaluator, objectives=names, scales=scales, budget=config.budget_evals,
-                      quality=config.quality, max_quality_loss=config.max_quality_loss, store=store,
-                      records=records, on_record=on_record, power_cap_w=config.power_cap_w)
+    auto_budget = config.budget_evals is None
     notes: list[str] = []
     recorder, note = _tensorboard(store.dir) if tensorboard else (None, None)
     if note:
         notes.append(note)
         logger.warning("%s", note)
+    hv_tracker = _HvTracker(config.reference_point, scales)
+
+    def on_record(record: dict[str, Any]) -> None:
+        done["n"] += 1
+        hv = hv_tracker.add(record)
+        if recorder is not None:
+            recorder.on_evaluation(done["n"], hypervolume=hv)
+        if progress is not None:
+            progress(done["n"], archive.budget if archive.budget < 10**9 else 0, record)
+
+    archive = Archive(space, evaluator, objectives=names, scales=scales,
+                      budget=10**9 if auto_budget else config.budget_evals,
+                      quality=config.quality, max_quality_loss=config.max_quality_loss, store=store,
+                      records=records, on_record=on_record, power_cap_w=config.power_cap_w)
+    for r in archive.records:
+        hv_tracker.add(r)
 
     def on_generation(gen: int, arch: Archive, new: int) -> None:
         if recorder is None or not new:  # replayed generations were logged by the attempt that measured them
             return
-        feasible = [r["objectives"] for r in arch.records if r["feasible"]]
-        recorder.on_generation(gen, hypervolume=hypervolume(feasible, config.reference_point, scales=scales),
-                               best=_best(arch.records, names), n_evals=len(arch))
+        recorder.on_generation(gen, best=_best(arch.records, names), n_evals=len(arch))
 
     status = "interrupted"
-    initial: list[np.ndarray] = []
+    algorithm = registry.get(config.algo)
     try:
-        if config.warm_start:
-            if config.algo != "nsga2":
-                raise InvalidArgumentError(f"`--warm-start` seeds NSGA-II's population; `--algo {config.algo}` "
-                                           "cannot use it. Use --algo nsga2 or drop --warm-start.")
-            initial = warm_start_vectors(config.warm_start, space, config.pop_size, config.seed)
-        if config.init_population == "uniform":
-            if config.algo != "nsga2":
-                raise InvalidArgumentError(f"`init_population` 'uniform' seeds NSGA-II's population; `--algo "
-                                           f"{config.algo}` cannot use it. Use --algo nsga2 or 'random'.")
-            initial = list(algorithms.uniform_vectors(space).values()) + initial
-        if config.algo == "nsga2":
-            label = "nsga2" + ("-uniform" if config.init_population == "uniform" else "") + \
-                ("-warm" if config.warm_start else "")
-            algorithms.run_nsga2(archive, pop_size=config.pop_size, seed=config.seed, initial=initial,
-                                 on_generation=on_generation, label=label)
-        elif config.algo == "random":
-            algorithms.run_random(archive, seed=config.seed, batch=config.pop_size, on_generation=on_generation)
-        else:
-            storage = None if config.extra.get("optuna_storage", "memory") == "memory" else \
-                f"sqlite:///{(store.dir / 'optuna.db').resolve()}"
-            name = f"{config.algo}-attempt{attempts}"
-            if optuna_storage is not None:  # a shared study: joined, not replaced (see agents.storage)
-                from agents.storage import optuna_storage as open_storage, redact
+        seed_list, skipped = _seeds(config, evaluator, space)
+        notes.extend(skipped)
+        t0, n0 = evaluator.seconds, evaluator.evaluated
+        seed_records, seed_notes = evaluate_seeds(archive, seed_list)
+        notes.extend(seed_notes)
+        if auto_budget:
+            n = evaluator.evaluated - n0
+            rate = n / (evaluator.seconds - t0) if n and evaluator.seconds > t0 else evaluator.evaluations_per_second
+            archive.budget = default_budget(rate, floor=len(archive) + config.pop_size)
+            config = config.replace(budget_evals=archive.budget)
+            store.write_json(CONFIG, config.to_dict())
+            notes.append(f"budget: {archive.budget} evaluations, from the evaluator's speed "
+                         f"({rate:.3g} evaluations/s on the seed plans; default_budget aims at "
+                         f"{DEFAULT_BUDGET_SECONDS:g} s); --budget-evals N sets it")
+        context = SearchContext(seed=config.seed, pop_size=config.pop_size,
+                                initial=initial_vectors(archive, seed_records), on_generation=on_generation,
+                                extra=config.extra, storage=None if config.extra.get("optuna_storage", "memory")
+                                == "memory" else f"sqlite:///{(store.dir / 'optuna.db').resolve()}",
+                                study_name=f"{config.algo}-attempt{attempts}")
+        if optuna_storage is not None:  # a shared study: joined, not replaced (see agents.storage)
+            from agents.storage import optuna_storage as open_storage
+            from agents.storage import redact
 
-                storage, name = open_storage(optuna_storage), study_name or f"{store.dir.name}-{config.algo}"
-                notes.append(f"optuna study {name!r} in {redact(optuna_storage)} (shared: joined if it existed)")
-            algorithms.run_optuna(archive, kind=config.algo.split("-", 1)[1], pop_size=config.pop_size,
-                                  seed=config.seed, storage=storage, study_name=name,
-                                  on_generation=on_generation, load_if_exists=optuna_storage is not None)
+            name = study_name or f"{store.dir.name}-{config.algo}"
+            context = dataclasses.replace(context, storage=open_storage(optuna_storage), study_name=name,
+                                          load_if_exists=True)
+            notes.append(f"optuna study {name!r} in {redact(optuna_storage)} (shared: joined if it existed)")
+        if not archive.exhausted:
+            algorithm.run(archive, context)
         status = "complete" if archive.exhausted else "stalled"
     finally:
         if recorder is not None:
@@ -293,13 +307,15 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
                            power=None if cap is None else cap.to_dict())
         store.write_json(SUMMARY, summary)
 
-    baselines: dict[str, list[dict[str, Any]]] = {}
-    if config.baselines:
-        baselines = _baselines(config, evaluator, space, names, scales, store, notes)
-        summary["baselines"] = {fam: {"n": len(rs), "hypervolume": hypervolume(
-            [r["objectives"] for r in rs if r["feasible"]], config.reference_point, scales=scales)}
-            for fam, rs in baselines.items()}
     front = front_indices(archive.records)
+    outcome, outcome_notes = front_outcome(archive.records, front, reference_point=config.reference_point,
+                                           scales=scales)
+    summary.update(outcome)
+    for n in outcome_notes:
+        logger.warning("%s", n)
+    notes.extend(outcome_notes)
+    baselines = _baseline_families(archive.records)
+    store.write_json(BASELINES, {"families": baselines, "notes": [n for n in notes if "skipped" in n]})
     if outputs:
         try:
             from experiments.reporting import write_run_outputs
@@ -321,49 +337,77 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
     return SweepResult(run_dir=store.dir, records=archive.records, front=front, summary=summary, baselines=baselines)
 
 
-def _baselines(config: SweepConfig, evaluator: Any, space: Any, names: tuple[str, ...], scales: list[float],
-               store: RunStore, notes: list[str]) -> dict[str, list[dict[str, Any]]]:
-    if store.path(BASELINES).is_file():
-        return store.read_json(BASELINES)["families"]
-    families, skipped = algorithms.baseline_vectors(
-        evaluator, knapsack_budgets=config.knapsack_budgets,
-        max_quality_loss=config.max_quality_loss if config.quality == "constraint" else None)
-    notes.extend(skipped)
-    out: dict[str, list[dict[str, Any]]] = {}
-    # Their own archive: baselines are a handful of fixed plans, not part of the search's budget.
-    arch = Archive(space, evaluator, objectives=names, scales=scales, budget=10**9, quality=config.quality,
-                   max_quality_loss=config.max_quality_loss, power_cap_w=config.power_cap_w)
-    from experiments.sweep.distributed import prefetch
+DEFAULT_BUDGET_SECONDS = 120.0
 
-    prefetch(arch, [x for vectors in families.values() for x in vectors.values()])  # a cluster measures them at once
-    for family, vectors in families.items():
-        out[family] = []
-        for label, x in vectors.items():
-            record = dict(arch.evaluate(x, algo=f"baseline:{label}"))
-            record["label"] = label
-            out[family].append(record)
-    store.write_json(BASELINES, {"families": out, "notes": skipped})
+
+def default_budget(evals_per_s: float, *, seconds: float = DEFAULT_BUDGET_SECONDS, floor: int = 40,
+                   ceiling: int = 400) -> int:
+    """Evaluations worth ``seconds`` at ``evals_per_s``, in [floor, ceiling], rounded down to tens.
+
+    A fast evaluator (analytic: hundreds per second) gets the ceiling, a runtime evaluator on a large
+    model the floor; an unknown speed (nan) the floor."""
+    floor = max(1, int(floor))
+    if not (evals_per_s > 0):
+        return floor
+    n = int(evals_per_s * seconds) // 10 * 10
+    return int(min(max(n, floor), max(ceiling, floor)))
+
+
+def _seeds(config: SweepConfig, evaluator: Any, space: Any) -> tuple[list[Seed], list[str]]:
+    """The plans evaluated before the search (``seeds``): baselines (or only the uniform ones), a warm start."""
+    out: list[Seed] = []
+    notes: list[str] = []
+    if config.baselines or config.init_population == "uniform":
+        out, notes = baseline_seeds(evaluator, knapsack_budgets=config.knapsack_budgets,
+                                    max_quality_loss=config.max_quality_loss if config.quality == "constraint"
+                                    else None, uniform_only=not config.baselines)
+    if config.warm_start:
+        out += markov_seeds(warm_start_vectors(config.warm_start, space, config.pop_size, config.seed))
+    return out, notes
+
+
+def _baseline_families(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """``{family: [records]}`` of the baseline records (what the plots mark and front.json keeps)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if is_baseline(r):
+            out.setdefault(str(r.get("family") or "baseline"), []).append(r)
+        for other in r.get("also", ()):  # a baseline whose plan an earlier seed had (uniform-float32 = unmodified)
+            out.setdefault(other["family"], []).append({**r, "label": other["label"], "family": other["family"]})
     return out
+
+
+class _HvTracker:
+    """The hypervolume of the feasible records seen so far, recomputed only when a record joins the front."""
+
+    def __init__(self, reference_point: Any, scales: Any) -> None:
+        self.reference_point, self.scales = reference_point, scales
+        self.points: list[list[float]] = []
+        self.value = 0.0
+
+    def add(self, record: dict[str, Any]) -> float:
+        if record["feasible"]:
+            p = [float(v) for v in record["objectives"]]
+            if not any(all(a <= b for a, b in zip(q, p)) for q in self.points):
+                self.points = [q for q in self.points if not all(a <= b for a, b in zip(p, q))] + [p]
+                self.value = hypervolume(self.points, self.reference_point, scales=self.scales)
+        return self.value
 
 
 def _power_hparams(folder: Path, config: SweepConfig, summary: dict[str, Any], notes: list[str]) -> None:
     """The power cap and mode as a TensorBoard HParams session, so the run says under which cap it was found."""
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as exc:  # pragma: no cover - tensorboard is a dependency
-        notes.append(f"power HParams skipped: torch.utils.tensorboard unavailable ({exc})")
+        from experiments.reporting.hparams import write_power_session
+    except ImportError as exc:  # pragma: no cover - reporting ships with the sweep
+        notes.append(f"power HParams skipped: experiments.reporting unavailable ({exc})")
         return
     power = summary["power"]
-    writer = SummaryWriter(str(folder))
-    try:
-        writer.add_hparams({"power_cap_w": float(power["power_cap_w"]), "power_mode": str(power["power_mode"]),
-                            "mode_watts": float(power["mode_watts"]), "derated": bool(power["derated"]),
-                            "device": str(power["device"]), "evaluator": config.evaluator, "algo": config.algo,
-                            "seed": config.seed},
-                           {"power/hypervolume": float(summary["hypervolume"]),
-                            "power/front_size": float(summary["front_size"])}, run_name=".")
-    finally:
-        writer.close()
+    write_power_session(folder, {"power_cap_w": float(power["power_cap_w"]), "power_mode": str(power["power_mode"]),
+                                 "mode_watts": float(power["mode_watts"]), "derated": bool(power["derated"]),
+                                 "device": str(power["device"]), "evaluator": config.evaluator, "algo": config.algo,
+                                 "seed": config.seed, "Sweep": config.name or folder.parent.parent.name},
+                        {"power/hypervolume": float(summary["hypervolume"]),
+                         "power/front_size": float(summary["front_size"])})
 
 
 def _checked_cap(config: SweepConfig, evaluator: Any) -> Any:

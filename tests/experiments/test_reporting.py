@@ -57,10 +57,12 @@ def run(tmp_path_factory, space):
     baselines = {"random": make_records(space, 4, algo="random", seed=1),
                  "knapsack": make_records(space, 1, algo="knapsack", seed=2)}
     config = {"objectives": NAMES, "reference_point": [1.1, 1.1, 1.1], "model": "tiny", "device": "h100-80gb"}
+    records[3]["algo"] = "baseline:unmodified"  # a baseline among the records, as a sweep has them
     with TensorBoardRecorder(run_dir / "tb") as rec:
         for gen in range(5):
-            rec.on_generation(gen, hypervolume=0.1 * gen, best={"latency": 1e-3 / (gen + 1), "memory": 1e5},
-                              n_evals=8 * (gen + 1))
+            rec.on_generation(gen, best={"latency": 1e-3 / (gen + 1), "memory": 1e5}, n_evals=8 * (gen + 1))
+            for n in range(8 * gen + 1, 8 * gen + 9):
+                rec.on_evaluation(n, hypervolume=0.01 * n)
     # Called twice, as a sweep does when it resumes: the second call replaces the first's outputs.
     write_run_outputs(run_dir, config=config, records=records, front_idx=front[:2], baselines=baselines)
     paths = write_run_outputs(run_dir, config=config, records=records, front_idx=front, baselines=baselines)
@@ -110,9 +112,9 @@ def test_tensorboard_scalars_hparams_image(run) -> None:
     acc.Reload()
     assert set(acc.Tags()["scalars"]) == {"front/hypervolume", "front/best_latency", "front/best_memory",
                                           "front/evaluations"}
-    hv = acc.Scalars("front/hypervolume")
-    assert [e.step for e in hv] == [0, 1, 2, 3, 4]
-    assert [e.value for e in hv] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4], rel=1e-6)
+    hv = acc.Scalars("front/hypervolume")  # one point per evaluation
+    assert [e.step for e in hv] == list(range(1, 41))
+    assert [e.value for e in hv] == pytest.approx([0.01 * n for n in range(1, 41)], rel=1e-6)
     assert [e.value for e in acc.Scalars("front/evaluations")] == [8, 16, 24, 32, 40]
 
     front = EventAccumulator(str(tb / "front"))
@@ -125,18 +127,25 @@ def test_tensorboard_scalars_hparams_image(run) -> None:
     mux.AddRunsFromDirectory(str(tb))
     mux.Reload()
     hparams = mux.PluginRunToTagToContent("hparams")
-    members = sorted(r for r in hparams if r.startswith("front/member_"))
-    assert len(members) == len(run["front"])
-    first = plugin_data_pb2.HParamsPluginData.FromString(hparams[members[0]]["_hparams_/session_start_info"])
-    hp = first.session_start_info.hparams
+    from experiments.sweep.ids import record_id
+
+    sessions = {r for r in hparams if r.startswith("front/") and "_hparams_/session_start_info" in hparams[r]}
+    expected = {f"front/{record_id(run['records'][i])}" for i in set(run["front"]) | {3}}
+    assert sessions == expected  # every front member and every baseline, named by plan id
+    assert not any("_hparams_/experiment" in tags for tags in hparams.values())  # columns from all sessions
     rec = run["records"][run["front"][0]]
-    assert hp["eval"].number_value == rec["eval"] and hp["algo"].string_value == "nsga2"
-    assert hp["weight_bytes"].number_value == sum(rec["metrics"]["_data"]["peak_bytes"].values())
-    assert any(k.startswith("precision:") for k in hp)
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(hparams[members[0]]["_hparams_/experiment"]).experiment
-    assert {m.name.tag for m in experiment.metric_infos} == {f"objective/{n}" for n in NAMES}
-    tensors = mux.Tensors(members[0], "objective/latency")
-    assert float(tensors[0].tensor_proto.float_val[0]) == pytest.approx(rec["objectives"][0], rel=1e-6)
+    first = plugin_data_pb2.HParamsPluginData.FromString(
+        hparams[f"front/{record_id(rec)}"]["_hparams_/session_start_info"])
+    hp = first.session_start_info.hparams
+    assert hp["~eval"].number_value == rec["eval"] and hp["Origin"].string_value == rec["algo"]
+    assert hp["Plan id"].string_value == record_id(rec) and hp["Pareto front"].bool_value is True
+    assert hp["~weight_bytes"].number_value == sum(rec["metrics"]["_data"]["peak_bytes"].values())
+    assert any(k.startswith("precision=") for k in hp) and any(k.startswith("placement=") for k in hp)
+    base = plugin_data_pb2.HParamsPluginData.FromString(
+        hparams[f"front/{record_id(run['records'][3])}"]["_hparams_/session_start_info"]).session_start_info.hparams
+    assert base["Origin"].string_value == "baseline:unmodified"
+    tensors = mux.Tensors(f"front/{record_id(rec)}", "latency ms [estimated]")
+    assert float(tensors[0].tensor_proto.float_val[0]) == pytest.approx(rec["objectives"][0] * 1e3, rel=1e-6)
 
 
 def test_projector_served_by_tensorboard_plugin(run) -> None:
@@ -162,7 +171,7 @@ def test_projector_served_by_tensorboard_plugin(run) -> None:
     assert points.min() == pytest.approx(0.0) and points.max() == pytest.approx(1.0)  # min-max per objective
     meta = Client(apps["/metadata"]).get(f"/metadata?run=front&name={embedding['tensorName']}").data.decode()
     lines = meta.strip().split("\n")
-    assert lines[0].split("\t") == ["member", "eval", "algo", *NAMES] and len(lines) == n + 1
+    assert lines[0].split("\t") == ["id", "eval", "origin", *NAMES] and len(lines) == n + 1
 
 
 def test_markov_fits_on_written_run(run, space) -> None:
@@ -220,15 +229,24 @@ def test_hparams_plugin_serves_the_front_as_session_groups(run) -> None:
     reply = Client(apps["/experiment"]).post("/experiment", data=json.dumps({"experimentName": ""}),
                                              content_type="application/json")
     experiment = json.loads(reply.data)
-    assert {"algo", "eval", "weight_bytes", "precision:float32"} <= {h["name"] for h in experiment["hparamInfos"]}
-    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [f"objective/{n}" for n in NAMES]
+    columns = [h["name"] for h in experiment["hparamInfos"]]
+    assert {"Origin", "Plan id", "Sweep", "~eval", "~weight_bytes", "precision=float32"} <= set(columns)
+    # TensorBoard orders the columns that differ by name: origin and id first, knobs next, bookkeeping last.
+    differing = [h["name"] for h in experiment["hparamInfos"] if h.get("differs")]
+    assert differing[0] == "Origin" and "Plan id" in differing[:3] and differing[-1].startswith("~")
+    assert sorted(m["name"]["tag"] for m in experiment["metricInfos"]) == sorted(
+        ["latency ms [estimated]", "memory MiB [estimated]", "energy mJ [estimated]"])
     request = {"experimentName": "", "startIndex": 0, "sliceSize": 1000,
                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}
     reply = Client(apps["/session_groups"]).post("/session_groups", data=json.dumps(request),
                                                  content_type="application/json")
     groups = json.loads(reply.data)
-    assert groups["totalSize"] == len(run["front"])
+    assert groups["totalSize"] == len(set(run["front"]) | {3})
+    from experiments.sweep.ids import record_id
+
+    rec = run["records"][run["front"][0]]
     by_name = {g["name"]: g for g in groups["sessionGroups"]}
-    values = {m["name"]["tag"]: m["value"] for m in by_name["front/member_000"]["metricValues"]}
-    assert [values[f"objective/{n}"] for n in NAMES] == pytest.approx(run["records"][run["front"][0]]["objectives"],
-                                                                       rel=1e-6)
+    values = {m["name"]["tag"]: m["value"] for m in by_name[f"sweep/{record_id(rec)}"]["metricValues"]}
+    tags = ["latency ms [estimated]", "memory MiB [estimated]", "energy mJ [estimated]"]
+    assert [values[t] for t in tags] == pytest.approx([rec["objectives"][0] * 1e3, rec["objectives"][1] / 2**20,
+                                                       rec["objectives"][2] * 1e3], rel=1e-6)

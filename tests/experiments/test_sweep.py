@@ -367,7 +367,7 @@ def test_baselines_and_quality_objective(setup, tmp_path):
     # The knapsack needs a real table (its options come from the table's measured precisions).
     table = measure_sensitivity(setup.loaded, precisions=("int8", "int4"), hessian_samples=0, use_cache=False)
     ev = AnalyticEvaluator(setup.loaded, setup.profile, space=setup.space, sensitivity=table)
-    res = run_sweep(config(algo="random", budget_evals=10, baselines=True, quality="objective",
+    res = run_sweep(config(algo="random", budget_evals=30, baselines=True, quality="objective",
                            reference_point=[3.0, 1.1, 3.5, 2.0]),
                     tmp_path / "b", evaluator=ev, outputs=False, tensorboard=False)
     fams = res.baselines
@@ -379,7 +379,11 @@ def test_baselines_and_quality_objective(setup, tmp_path):
             assert setup.space.is_valid(r["x"]) and len(r["objectives"]) == 4
     greedy = fams["greedy-fill"][0]
     assert any("<-" in str(setup.space.variables[i].choices[v]) for i, v in enumerate(greedy["x"]))
-    assert len(res.records) == 10  # baselines are outside the search budget
+    assert len(res.records) == 30  # baselines are inside the search's budget, evaluated first
+    n_base = sum(r["algo"].startswith("baseline:") for r in res.records)
+    assert n_base >= 5 and all(r["algo"].startswith("baseline:") for r in res.records[:n_base])
+    assert res.records[0]["algo"] == "baseline:unmodified"
+    assert res.summary["hypervolume"] >= res.summary["hypervolume_baselines"] > 0
     assert res.summary["objectives"] == ["latency", "memory", "energy", "quality"]
 
 
@@ -390,17 +394,25 @@ def test_warm_start_seeds_the_first_generation(setup, tmp_path):
     model = markov.MarkovPlacementModel().fit([(space, space.random_vector(rng)) for _ in range(5)])
     path = model.save(tmp_path / "m.json")
     res = sweep(setup, tmp_path, "w", algo="nsga2", warm_start=str(path), budget_evals=16)
-    assert [r["algo"] for r in res.records] == ["nsga2-warm"] * 16
-    with pytest.raises(InvalidArgumentError, match="seeds NSGA-II"):
-        sweep(setup, tmp_path, "w2", algo="random", warm_start=str(path), budget_evals=4)
+    origins = [r["algo"] for r in res.records]
+    n = origins.count("markov")
+    assert n >= 1 and origins[:n] == ["markov"] * n and set(origins[n:]) == {"nsga2"}
+    # Every algorithm starts from the seeds: random search too.
+    res = sweep(setup, tmp_path, "w2", algo="random", warm_start=str(path), budget_evals=n + 2)
+    assert [r["algo"] for r in res.records] == ["markov"] * n + ["random"] * 2
 
 
 def test_uniform_init_population_opens_with_the_uniform_plans(setup, tmp_path):
     from experiments.sweep.algorithms import uniform_vectors
 
     res = sweep(setup, tmp_path, "u", algo="nsga2", init_population="uniform", budget_evals=12)
-    uni = [x.tolist() for x in uniform_vectors(setup.space).values()]
-    assert [r["x"] for r in res.records[:len(uni)]] == uni
-    assert {r["algo"] for r in res.records} == {"nsga2-uniform"}
+    seeds = [setup.space.default_vector().tolist()]
+    for x in uniform_vectors(setup.space).values():
+        if x.tolist() not in seeds:
+            seeds.append(x.tolist())
+    assert [r["x"] for r in res.records[:len(seeds)]] == seeds
+    assert {r["algo"] for r in res.records[:len(seeds)]} <= {"baseline:unmodified"} | {
+        f"baseline:{k}" for k in uniform_vectors(setup.space)}
+    assert {r["algo"] for r in res.records[len(seeds):]} == {"nsga2"}
     with pytest.raises(InvalidArgumentError, match="`init_population` must be one of"):
         config(init_population="best")

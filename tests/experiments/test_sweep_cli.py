@@ -32,7 +32,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     LlamaForCausalLM(config).eval().save_pretrained(root / "model")
     (root / "cfg.json").write_text(json.dumps({
         "model": str(root / "model"), "device": "h100-80gb", "evaluator": "analytic", "algo": "nsga2",
-        "budget_evals": 12, "pop_size": 6, "quality": "none", "baselines": False,
+        "budget_evals": 12, "pop_size": 6, "quality": "none", "baselines": True,
         "reference_point": [3.0, 1.1, 3.5]}))
     return root
 
@@ -56,6 +56,10 @@ def test_sweep_writes_summary_and_resume_extends(run_dir: Path, workdir: Path, m
     assert s["device"] == "h100-80gb" and s["evaluator"] == "analytic" and s["seed"] == 0
     assert set(s["normaliser"]["scales"]) == {"latency", "memory", "energy"} and s["wall_s"] > 0
     assert len((run_dir / "evals.jsonl").read_text().splitlines()) == 12
+    # The front as --json prints it: ids, origins, the baselines' hypervolume beside the front's.
+    assert s["front"] and all(len(m["id"]) == 8 and m["origin"] for m in s["front"])
+    assert s["origins"]["baseline:unmodified"] == 1 and 0 < s["hypervolume_baselines"] <= s["hypervolume"]
+    assert set(s["baselines"]) >= {"unmodified", "uniform"}
     # The reporting outputs (experiments.reporting) and per-generation TensorBoard scalars.
     assert s["outputs"] and all(Path(p).exists() for p in s["outputs"].values())
     assert list(run_dir.glob("**/events.out.tfevents.*"))
@@ -85,6 +89,23 @@ def test_front_table_and_pick(run_dir: Path, tmp_path: Path, monkeypatch, capsys
     assert plan.to_dict()["_data"]["rules"] == records[data["chosen"]]["plan"]["_data"]["rules"]
     assert _main(["front", str(run_dir), "--memory-budget", "100%", "--json"], monkeypatch) == 0
     assert json.loads(capsys.readouterr().out)["chosen"] is not None
+    # Any evaluated plan by its id (a prefix does): the same plan comes back out.
+    last = records[-1]
+    assert _main(["front", str(run_dir), "--plan", last["id"][:6], "--out", str(tmp_path / "by_id.json")],
+                 monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert f"picked     {last['id']}" in out
+    assert Plan.load(tmp_path / "by_id.json").to_dict()["_data"]["rules"] == last["plan"]["_data"]["rules"]
+    assert "baseline:unmodified" in out or "baseline:" in out or "nsga2" in out
+
+
+def test_cli_choices_come_from_the_registries():
+    from autosurgeon.cli.sweep import EVALUATORS, algorithm_names
+    from autosurgeon.evaluate.registry import names as evaluator_names
+    from experiments.sweep.registry import names
+
+    assert algorithm_names() == names() and {"nsga2", "random", "optuna-nsga2", "optuna-tpe"} <= set(names())
+    assert set(EVALUATORS) == set(evaluator_names())
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -104,6 +125,8 @@ def test_front_table_and_pick(run_dir: Path, tmp_path: Path, monkeypatch, capsys
     (["front", "{run}", "--memory-budget", "lots"], "memory-budget"),
     (["front", "{run}", "--memory-budget", "1B"], "no front member fits"),
     (["front", "{tmp}/nope"], "does not exist"),
+    (["front", "{run}", "--plan", "zzzz"], "matches no plan"),
+    (["front", "{run}", "--plan", "0", "--preference", "latency=1"], "picks one plan by id"),
 ])
 def test_bad_inputs_exit_2_with_message(argv, match, run_dir: Path, tmp_path: Path, monkeypatch, capsys):
     import re

@@ -1,0 +1,1 @@
+"""Search algorithms, one per file; each registers itself with ``experiments.sweep.registry.register``."""

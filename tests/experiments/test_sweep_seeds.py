@@ -1,0 +1,97 @@
+"""Baselines inside every search: seeded, eligible for the front, labelled; ids; outcome notes; budgets; registry."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from autosurgeon.errors import InvalidArgumentError
+from experiments.sweep import registry, run_sweep
+from experiments.sweep.hypervolume import front_indices, hypervolume
+from experiments.sweep.ids import find_by_id, plan_id
+from experiments.sweep.outcome import front_outcome
+from experiments.sweep.runner import default_budget
+from tests.experiments.test_sweep import config, evaluator, one_thread, setup  # noqa: F401  (fixtures)
+
+
+@pytest.mark.parametrize("algo", ["nsga2", "random", "optuna-tpe"])
+def test_every_algorithm_starts_from_the_baselines_and_keeps_them_eligible(setup, tmp_path, algo):
+    res = run_sweep(config(algo=algo, budget_evals=24, baselines=True), tmp_path / algo,
+                    evaluator=evaluator(setup), outputs=False, tensorboard=False)
+    origins = [r["algo"] for r in res.records]
+    n_base = sum(o.startswith("baseline:") for o in origins)
+    assert origins[0] == "baseline:unmodified" and n_base >= 3
+    assert all(o.startswith("baseline:") for o in origins[:n_base]) and set(origins[n_base:]) == {algo}
+    s = res.summary
+    # The front is everything's non-dominated set, so it never falls below the baselines'.
+    assert res.front == front_indices(res.records)
+    assert s["hypervolume"] >= s["hypervolume_baselines"] - 1e-12 > 0
+    assert s["origins"][algo] == 24 - n_base and sum(s["front_origins"].values()) == len(res.front)
+    assert [m["id"] for m in s["front"]] == [res.records[i]["id"] for i in res.front]
+    on_disk = json.loads((tmp_path / algo / "baselines.json").read_text())["families"]
+    assert "uniform" in on_disk and "unmodified" in on_disk
+
+
+def test_nsga2_first_population_is_the_seeds(setup, tmp_path):
+    """Generation 0 of NSGA-II re-proposes the seeds (free) instead of drawing as many random plans."""
+    from experiments.sweep.seeds import baseline_seeds
+
+    ev = evaluator(setup)
+    seeds, _ = baseline_seeds(ev, knapsack_budgets=(), max_quality_loss=None)
+    res = run_sweep(config(algo="nsga2", budget_evals=20, baselines=True, pop_size=8), tmp_path / "n",
+                    evaluator=ev, outputs=False, tensorboard=False)
+    n_unique = len({setup.space.repair(s.x).tobytes() for s in seeds})
+    gen0 = [r for r in res.records if r["generation"] == 0]
+    assert len(gen0) == max(0, 8 - n_unique)  # the rest of the first population only
+
+
+def test_plan_ids_are_stable_hashes_and_find_by_prefix(setup, tmp_path):
+    res = run_sweep(config(algo="random", budget_evals=10, baselines=True), tmp_path / "r",
+                    evaluator=evaluator(setup), outputs=False, tensorboard=False)
+    for r in res.records:
+        assert r["id"] == plan_id(r["plan"]) == plan_id(setup.space.decode(np.asarray(r["x"])))
+    assert len({r["id"] for r in res.records}) == len(res.records)
+    target = res.records[5]
+    assert find_by_id(res.records, target["id"][:7]) == 5
+    with pytest.raises(InvalidArgumentError, match="matches no plan"):
+        find_by_id(res.records, "not-an-id")
+
+
+def _rec(algo: str, obj: list[float], feasible: bool = True) -> dict:
+    return {"algo": algo, "objectives": obj, "feasible": feasible, "id": f"{abs(hash((algo, *obj))):08x}"[:8],
+            "eval": 0, "quality_loss": None, "family": algo.split(":")[-1].split("-")[0]}
+
+
+def test_outcome_says_when_every_search_member_is_dominated():
+    records = [_rec("baseline:unmodified", [1.0, 1.0]), _rec("baseline:uniform-int8", [0.5, 0.4]),
+               _rec("nsga2", [0.6, 0.5]), _rec("nsga2", [0.9, 0.45])]
+    front = front_indices(records)
+    out, notes = front_outcome(records, front, reference_point=[2.0, 2.0], scales=[1.0, 1.0])
+    assert out["search_dominated"] is True and out["search_on_front"] == 0
+    assert notes and "dominated" in notes[0] and "added nothing" in notes[0]
+    assert out["hypervolume_baselines"] == pytest.approx(hypervolume([[0.5, 0.4]], [2.0, 2.0]))
+    records.append(_rec("nsga2", [0.3, 0.9]))  # a trade-off no baseline has
+    out, notes = front_outcome(records, front_indices(records), reference_point=[2.0, 2.0], scales=[1.0, 1.0])
+    assert out["search_dominated"] is False and out["search_on_front"] == 1 and not notes
+    assert out["front_origins"] == {"baseline:uniform-int8": 1, "nsga2": 1}
+
+
+def test_default_budget_scales_with_the_evaluators_speed(setup, tmp_path):
+    assert default_budget(1000.0) == 400 and default_budget(0.05) == 40 and default_budget(float("nan")) == 40
+    assert default_budget(1.0, seconds=120) == 120 and default_budget(1.0, floor=150) == 150
+    res = run_sweep(config(algo="random", budget_evals=None, baselines=True), tmp_path / "auto",
+                    evaluator=evaluator(setup), outputs=False, tensorboard=False)
+    saved = json.loads((tmp_path / "auto" / "config.json").read_text())["budget_evals"]
+    assert isinstance(saved, int) and 40 <= saved <= 400 and res.summary["budget_evals"] == saved
+    assert any("from the evaluator's speed" in n for n in res.summary["notes"])
+
+
+def test_registry_lists_algorithms_and_refuses_unknown_ones():
+    assert {"nsga2", "random", "optuna-nsga2", "optuna-tpe"} <= set(registry.names())
+    with pytest.raises(InvalidArgumentError, match="`algo` must be one of .*nsga2.*experiments/sweep/algos"):
+        registry.get("simulated-annealing")
+    with pytest.raises(InvalidArgumentError, match="'baseline'"):
+        registry.register("baseline-x")
+    with pytest.raises(InvalidArgumentError, match="`algo` must be one of"):
+        config(algo="simulated-annealing")
