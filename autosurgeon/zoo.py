@@ -44,6 +44,7 @@ from autosurgeon.models.inputs import (
 )
 from autosurgeon.models.registry import ZOO as _ZOO
 from autosurgeon.models.registry import ZooRecipe
+from autosurgeon.models.shipped import shipped_folder
 from autosurgeon.models.shapes import SHAPES, build_config_model
 from autosurgeon.models.text_corpus import HeldoutTokens
 from autosurgeon.models.train_lm import LMRecipe, train_lm
@@ -155,20 +156,60 @@ def cache_folder(name: str, *, cache_dir: str | os.PathLike[str] | None = None) 
     return cache_root(cache_dir) / "zoo" / f"{name}-{entry.recipe.fingerprint()}"
 
 
-def ensure_trained(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Train and cache the zoo model ``name`` unless it is cached already; return its folder.
+def shipped_path(name: str) -> Path | None:
+    """The packaged folder of the trained zoo model ``name``, if one ships for its current recipe (else None)."""
+    entry = _zoo_entry(name)
+    if entry.recipe is None:
+        return None
+    return shipped_folder(name, entry.recipe.fingerprint())
 
+
+def ensure_trained(name: str, *, cache_dir: str | os.PathLike[str] | None = None, shipped: bool = True) -> Path:
+    """Return the folder of the trained zoo model ``name``: the shipped one, else the cache, training it first.
+
+    With ``shipped=True`` (the default) the weights packaged with AutoSurgeon are used when they were made
+    by the current recipe (see ``models.shipped``); ``shipped=False`` uses the cache (``zoo train``).
     Concurrent callers train it once (a file lock), and readers never see a half-written folder.
     """
     entry = _zoo_entry(name)
-    folder = cache_folder(name, cache_dir=cache_dir)
     recipe = entry.recipe
+    if recipe is None:
+        raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
+    if shipped:
+        packaged = shipped_folder(name, recipe.fingerprint())
+        if packaged is not None:
+            return packaged
+    folder = cache_folder(name, cache_dir=cache_dir)
     if not is_complete(folder, CACHED_FILES):
-        logger.info("training %s into %s (first use)", name, folder)
+        logger.warning("training %s into %s (no shipped weights for this recipe; progress with -v)", name, folder)
+    return build_once(folder, CACHED_FILES, lambda tmp: _train(recipe, tmp))
+
+
+def train_to(name: str, out_dir: str | os.PathLike[str], *, dtype: str = "bfloat16", tolerance: float = 0.01) -> Path:
+    """Train zoo model ``name`` by its recipe and write it to ``out_dir`` as shippable weights (see ``ship_export``).
+
+    This is how the weights under ``autosurgeon/models/weights/`` are made: ``autosurgeon zoo train NAME --out
+    autosurgeon/models/weights/NAME``.
+    """
+    import tempfile
+
+    from autosurgeon.models.ship_export import export_folder
+
+    entry = _zoo_entry(name)
+    if entry.recipe is None:
+        raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix=f"autosurgeon-train-{name}-") as tmp:
+        _train(entry.recipe, Path(tmp))
+        export_folder(Path(tmp), out, entry.recipe, dtype=dtype, tolerance=tolerance)
+    return out
+
+
+def _train(recipe: LMRecipe | DigitsRecipe, out: Path) -> None:
     if isinstance(recipe, LMRecipe):
-        return build_once(folder, CACHED_FILES, lambda tmp: train_lm(recipe, tmp))
-    assert isinstance(recipe, DigitsRecipe)  # internal invariant: only two kinds of recipe
-    return build_once(folder, CACHED_FILES, lambda tmp: train_digits(recipe, tmp))
+        train_lm(recipe, out)
+    else:
+        train_digits(recipe, out)
 
 
 def load_model(
@@ -217,9 +258,9 @@ def list_models(*, cache_dir: str | os.PathLike[str] | None = None) -> list[ZooE
         params = sum(p.numel() for p in model.parameters())
         trained, metrics, path = False, {}, None
         if entry.recipe is not None:
-            folder = cache_folder(name, cache_dir=cache_dir)
-            trained = is_complete(folder, CACHED_FILES)
-            if trained:
+            folder = _trained_folder(name, cache_dir, verify=False)
+            trained = folder is not None
+            if folder is not None:
                 metrics, path = _read_metrics(folder), str(folder)
         entries.append(ZooEntry(name=name, task=entry.task, description=entry.description, params=params,
                                 trained=trained, metrics=metrics, kind="shape" if entry.recipe is None else "trained",
@@ -254,6 +295,17 @@ def _read_metrics(folder: Path) -> dict[str, float]:
     return {k: float(v) for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
 
 
+def _trained_folder(name: str, cache_dir: Any, *, verify: bool = True) -> Path | None:
+    """Where trained ``name`` is already (shipped first, then the cache), without training; None if nowhere."""
+    recipe = _ZOO[name].recipe
+    assert recipe is not None  # internal invariant: called for trained entries only
+    packaged = shipped_folder(name, recipe.fingerprint(), verify=verify)
+    if packaged is not None:
+        return packaged
+    folder = cache_folder(name, cache_dir=cache_dir)
+    return folder if is_complete(folder, CACHED_FILES) else None
+
+
 def _meta_model(name: str, dtype: torch.dtype | None = None) -> nn.Module:
     """The architecture of zoo model ``name`` on meta: no weights, no training."""
     recipe = _ZOO[name].recipe
@@ -277,11 +329,12 @@ def _load_zoo(name: str, *, device: torch.device, dtype: torch.dtype | None, cac
         model = build_config_model(SHAPES[name].hf_config(), device=device, dtype=dtype, name=name)
         return LoadedModel(name=name, model=model, task=entry.task, source="zoo")
     if device.type == "meta":
-        folder = cache_folder(name, cache_dir=cache_dir)
-        metrics = _read_metrics(folder) if is_complete(folder, CACHED_FILES) else {}
+        folder = _trained_folder(name, cache_dir)
+        metrics = _read_metrics(folder) if folder is not None else {}
         return LoadedModel(name=name, model=_meta_model(name, dtype), task=entry.task, source="zoo", metrics=metrics,
                            image_shape=image[0], input_name=image[1], token_source=tokens)
     folder = ensure_trained(name, cache_dir=cache_dir)
+    dtype = dtype or torch.float32  # shipped weights may be stored in bfloat16; zoo models load as float32
     if isinstance(recipe, DigitsRecipe):
         model = load_digits_dir(folder, device=device, dtype=dtype)
     else:
