@@ -30,9 +30,20 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.errors import InvalidArgumentError, ModelDirectoryError, UnknownModelError
-from autosurgeon.models.cache import build_once, cache_root, is_complete
-from autosurgeon.models.digits import IMAGE_SHAPE, DigitsCNN, DigitsRecipe, load_digits_dir, train_digits
+from autosurgeon.errors import (
+    InvalidArgumentError,
+    ModelDirectoryError,
+    UnknownModelError,
+)
+from autosurgeon.models import listing as _listing
+from autosurgeon.models.cache import build_once, is_complete
+from autosurgeon.models.digits import (
+    IMAGE_SHAPE,
+    DigitsCNN,
+    DigitsRecipe,
+    load_digits_dir,
+    train_digits,
+)
 from autosurgeon.models.hf_dir import check_model_dir, is_digits_dir, load_hf_dir
 from autosurgeon.models.inputs import (
     TokenSource,
@@ -42,10 +53,11 @@ from autosurgeon.models.inputs import (
     model_device_dtype,
     random_tokens,
 )
+from autosurgeon.models.listing import ZooEntry
 from autosurgeon.models.registry import ZOO as _ZOO
 from autosurgeon.models.registry import ZooRecipe
-from autosurgeon.models.shipped import shipped_folder
 from autosurgeon.models.shapes import SHAPES, build_config_model
+from autosurgeon.models.shipped import shipped_folder
 from autosurgeon.models.text_corpus import HeldoutTokens
 from autosurgeon.models.train_lm import LMRecipe, train_lm
 
@@ -118,20 +130,6 @@ class LoadedModel:
         )
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    """One named model: what it is, how big, and (if trained and cached) how good."""
-
-    name: str
-    task: str
-    description: str
-    params: int
-    trained: bool  # for trainable models: cached already; shapes are never trained
-    metrics: dict[str, float] = field(default_factory=dict)
-    kind: str = "trained"  # "trained" (small, trained on local data) or "shape" (random weights)
-    path: str | None = None  # the cache folder of a trained model
-
-
 ACCEPTED_FORMS = (
     "a zoo name, a Hugging Face model directory (config.json + *.safetensors), "
     "or 'package.module:factory' (factory() returns an nn.Module or a LoadedModel)"
@@ -153,7 +151,7 @@ def cache_folder(name: str, *, cache_dir: str | os.PathLike[str] | None = None) 
     entry = _zoo_entry(name)
     if entry.recipe is None:
         raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
-    return cache_root(cache_dir) / "zoo" / f"{name}-{entry.recipe.fingerprint()}"
+    return _listing.cache_folder(name, cache_dir)
 
 
 def shipped_path(name: str) -> Path | None:
@@ -251,21 +249,8 @@ def load_model(
 
 
 def list_models(*, cache_dir: str | os.PathLike[str] | None = None) -> list[ZooEntry]:
-    """Every zoo name with its task, description, parameter count (from a meta build), and cached metrics."""
-    entries = []
-    for name, entry in _ZOO.items():
-        model = _meta_model(name)
-        params = sum(p.numel() for p in model.parameters())
-        trained, metrics, path = False, {}, None
-        if entry.recipe is not None:
-            folder = _trained_folder(name, cache_dir, verify=False)
-            trained = folder is not None
-            if folder is not None:
-                metrics, path = _read_metrics(folder), str(folder)
-        entries.append(ZooEntry(name=name, task=entry.task, description=entry.description, params=params,
-                                trained=trained, metrics=metrics, kind="shape" if entry.recipe is None else "trained",
-                                path=path))
-    return entries
+    """Every zoo name with its task, description, parameter count (by formula: nothing is built), and metrics."""
+    return _listing.list_entries(cache_dir)
 
 
 # --- resolution helpers -------------------------------------------------------------------------
@@ -288,22 +273,13 @@ def _check_device(device: str | torch.device) -> torch.device:
 
 
 def _read_metrics(folder: Path) -> dict[str, float]:
-    try:
-        record = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: float(v) for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
+    return _listing.read_metrics(folder)
 
 
 def _trained_folder(name: str, cache_dir: Any, *, verify: bool = True) -> Path | None:
     """Where trained ``name`` is already (shipped first, then the cache), without training; None if nowhere."""
-    recipe = _ZOO[name].recipe
-    assert recipe is not None  # internal invariant: called for trained entries only
-    packaged = shipped_folder(name, recipe.fingerprint(), verify=verify)
-    if packaged is not None:
-        return packaged
-    folder = cache_folder(name, cache_dir=cache_dir)
-    return folder if is_complete(folder, CACHED_FILES) else None
+    found = _listing.trained_folder(name, cache_dir, verify=verify)
+    return found[0] if found is not None else None
 
 
 def _meta_model(name: str, dtype: torch.dtype | None = None) -> nn.Module:

@@ -41,18 +41,26 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon import zoo  # imported here: `autosurgeon --help` stays fast
+    # Listing imports neither torch nor transformers and builds nothing (autosurgeon.models.listing);
+    # only `train` loads the zoo proper.
+    from autosurgeon.models import listing
+    from autosurgeon.models.registry import ZOO
 
     name = args.train_name or (args.name if args.action == "train" else None)
     if args.action == "train" and not name:
-        raise InvalidArgumentError(f"`zoo train` needs a NAME; trainable names: {', '.join(_trainable(zoo))}.")
+        trainable = [n for n, e in ZOO.items() if e.recipe is not None]
+        raise InvalidArgumentError(f"`zoo train` needs a NAME; trainable names: {', '.join(trainable)}.")
     if args.action == "list" and args.name:
         raise InvalidArgumentError(
             f"unexpected argument {args.name!r}; did you mean `autosurgeon zoo train {args.name}`?"
         )
+    if args.out and not name:
+        raise InvalidArgumentError("`--out` goes with `zoo train NAME`; to list the zoo, leave it out.")
     if name:
+        from autosurgeon import zoo
+
         return _train(zoo, name, args)
-    entries = zoo.list_models(cache_dir=args.cache_dir)
+    entries = listing.list_entries(args.cache_dir)
     if args.json:
         rows = [dict(asdict(e), bytes_fp32=4 * e.params) for e in entries]
         print(json.dumps(rows, indent=2))
@@ -131,7 +139,7 @@ def _table(entries: list[Any]) -> str:
     header = ("NAME", "TASK", "PARAMS", "FP32", "STATUS", "METRICS")
     rows = []
     for e in entries:
-        status = "shape" if e.kind == "shape" else ("cached" if e.trained else "not trained")
+        status = "shape" if e.kind == "shape" else (e.source if e.trained else "not trained")
         rows.append((e.name, e.task, _human_count(e.params), _human_bytes(4 * e.params), status,
                      _metrics_text(e.metrics)))
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]

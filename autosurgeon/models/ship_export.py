@@ -17,7 +17,12 @@ import torch
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.models.digits import DigitsRecipe, accuracy, load_digits_dir, load_split
+from autosurgeon.models.digits import (
+    DigitsRecipe,
+    accuracy,
+    load_digits_dir,
+    load_split,
+)
 from autosurgeon.models.shipped import SHIPPED_FILES, file_sha256, read_record
 from autosurgeon.models.train_lm import LMRecipe, heldout_perplexity
 
