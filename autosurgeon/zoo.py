@@ -20,7 +20,6 @@ in ``zoo/<name>-<recipe hash>/`` (a Hugging Face directory plus ``metrics.json``
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,20 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.errors import InvalidArgumentError, ModelDirectoryError, UnknownModelError
-from autosurgeon.models.cache import build_once, cache_root, is_complete
-from autosurgeon.models.digits import IMAGE_SHAPE, DigitsCNN, DigitsRecipe, load_digits_dir, train_digits
+from autosurgeon.errors import (
+    InvalidArgumentError,
+    ModelDirectoryError,
+    UnknownModelError,
+)
+from autosurgeon.models import listing as _listing
+from autosurgeon.models.cache import build_once, is_complete
+from autosurgeon.models.digits import (
+    IMAGE_SHAPE,
+    DigitsCNN,
+    DigitsRecipe,
+    load_digits_dir,
+    train_digits,
+)
 from autosurgeon.models.hf_dir import check_model_dir, is_digits_dir, load_hf_dir, read_config
 from autosurgeon.models.inputs import (
     TokenSource,
@@ -42,9 +52,11 @@ from autosurgeon.models.inputs import (
     model_device_dtype,
     random_tokens,
 )
+from autosurgeon.models.listing import ZooEntry
 from autosurgeon.models.registry import ZOO as _ZOO
 from autosurgeon.models.registry import ZooRecipe
 from autosurgeon.models.shapes import SHAPES, build_config_model
+from autosurgeon.models.shipped import shipped_folder
 from autosurgeon.models.text_corpus import HeldoutTokens
 from autosurgeon.models.train_lm import LMRecipe, train_lm
 
@@ -117,20 +129,6 @@ class LoadedModel:
         )
 
 
-@dataclass(frozen=True)
-class ZooEntry:
-    """One named model: what it is, how big, and (if trained and cached) how good."""
-
-    name: str
-    task: str
-    description: str
-    params: int
-    trained: bool  # for trainable models: cached already; shapes are never trained
-    metrics: dict[str, float] = field(default_factory=dict)
-    kind: str = "trained"  # "trained" (small, trained on local data) or "shape" (random weights)
-    path: str | None = None  # the cache folder of a trained model
-
-
 ACCEPTED_FORMS = (
     "a zoo name, a Hugging Face model directory (config.json + *.safetensors), "
     "or 'package.module:factory' (factory() returns an nn.Module or a LoadedModel)"
@@ -152,23 +150,63 @@ def cache_folder(name: str, *, cache_dir: str | os.PathLike[str] | None = None) 
     entry = _zoo_entry(name)
     if entry.recipe is None:
         raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
-    return cache_root(cache_dir) / "zoo" / f"{name}-{entry.recipe.fingerprint()}"
+    return _listing.cache_folder(name, cache_dir)
 
 
-def ensure_trained(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Train and cache the zoo model ``name`` unless it is cached already; return its folder.
+def shipped_path(name: str) -> Path | None:
+    """The packaged folder of the trained zoo model ``name``, if one ships for its current recipe (else None)."""
+    entry = _zoo_entry(name)
+    if entry.recipe is None:
+        return None
+    return shipped_folder(name, entry.recipe.fingerprint())
 
+
+def ensure_trained(name: str, *, cache_dir: str | os.PathLike[str] | None = None, shipped: bool = True) -> Path:
+    """Return the folder of the trained zoo model ``name``: the shipped one, else the cache, training it first.
+
+    With ``shipped=True`` (the default) the weights packaged with AutoSurgeon are used when they were made
+    by the current recipe (see ``models.shipped``); ``shipped=False`` uses the cache (``zoo train``).
     Concurrent callers train it once (a file lock), and readers never see a half-written folder.
     """
     entry = _zoo_entry(name)
-    folder = cache_folder(name, cache_dir=cache_dir)
     recipe = entry.recipe
+    if recipe is None:
+        raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
+    if shipped:
+        packaged = shipped_folder(name, recipe.fingerprint())
+        if packaged is not None:
+            return packaged
+    folder = cache_folder(name, cache_dir=cache_dir)
     if not is_complete(folder, CACHED_FILES):
-        logger.info("training %s into %s (first use)", name, folder)
+        logger.warning("training %s into %s (no shipped weights for this recipe; progress with -v)", name, folder)
+    return build_once(folder, CACHED_FILES, lambda tmp: _train(recipe, tmp))
+
+
+def train_to(name: str, out_dir: str | os.PathLike[str], *, dtype: str = "bfloat16", tolerance: float = 0.01) -> Path:
+    """Train zoo model ``name`` by its recipe and write it to ``out_dir`` as shippable weights (see ``ship_export``).
+
+    This is how the weights under ``autosurgeon/models/weights/`` are made: ``autosurgeon zoo train NAME --out
+    autosurgeon/models/weights/NAME``.
+    """
+    import tempfile
+
+    from autosurgeon.models.ship_export import export_folder
+
+    entry = _zoo_entry(name)
+    if entry.recipe is None:
+        raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
+    out = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix=f"autosurgeon-train-{name}-") as tmp:
+        _train(entry.recipe, Path(tmp))
+        export_folder(Path(tmp), out, entry.recipe, dtype=dtype, tolerance=tolerance)
+    return out
+
+
+def _train(recipe: LMRecipe | DigitsRecipe, out: Path) -> None:
     if isinstance(recipe, LMRecipe):
-        return build_once(folder, CACHED_FILES, lambda tmp: train_lm(recipe, tmp))
-    assert isinstance(recipe, DigitsRecipe)  # internal invariant: only two kinds of recipe
-    return build_once(folder, CACHED_FILES, lambda tmp: train_digits(recipe, tmp))
+        train_lm(recipe, out)
+    else:
+        train_digits(recipe, out)
 
 
 def load_model(
@@ -212,21 +250,8 @@ def load_model(
 
 
 def list_models(*, cache_dir: str | os.PathLike[str] | None = None) -> list[ZooEntry]:
-    """Every zoo name with its task, description, parameter count (from a meta build), and cached metrics."""
-    entries = []
-    for name, entry in _ZOO.items():
-        model = _meta_model(name)
-        params = sum(p.numel() for p in model.parameters())
-        trained, metrics, path = False, {}, None
-        if entry.recipe is not None:
-            folder = cache_folder(name, cache_dir=cache_dir)
-            trained = is_complete(folder, CACHED_FILES)
-            if trained:
-                metrics, path = _read_metrics(folder), str(folder)
-        entries.append(ZooEntry(name=name, task=entry.task, description=entry.description, params=params,
-                                trained=trained, metrics=metrics, kind="shape" if entry.recipe is None else "trained",
-                                path=path))
-    return entries
+    """Every zoo name with its task, description, parameter count (by formula: nothing is built), and metrics."""
+    return _listing.list_entries(cache_dir)
 
 
 # --- resolution helpers -------------------------------------------------------------------------
@@ -249,11 +274,13 @@ def _check_device(device: str | torch.device) -> torch.device:
 
 
 def _read_metrics(folder: Path) -> dict[str, float]:
-    try:
-        record = json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {k: float(v) for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
+    return _listing.read_metrics(folder)
+
+
+def _trained_folder(name: str, cache_dir: Any, *, verify: bool = True) -> Path | None:
+    """Where trained ``name`` is already (shipped first, then the cache), without training; None if nowhere."""
+    found = _listing.trained_folder(name, cache_dir, verify=verify)
+    return found[0] if found is not None else None
 
 
 def _meta_model(name: str, dtype: torch.dtype | None = None) -> nn.Module:
@@ -279,11 +306,12 @@ def _load_zoo(name: str, *, device: torch.device, dtype: torch.dtype | None, cac
         model = build_config_model(SHAPES[name].hf_config(), device=device, dtype=dtype, name=name)
         return LoadedModel(name=name, model=model, task=entry.task, source="zoo")
     if device.type == "meta":
-        folder = cache_folder(name, cache_dir=cache_dir)
-        metrics = _read_metrics(folder) if is_complete(folder, CACHED_FILES) else {}
+        folder = _trained_folder(name, cache_dir)
+        metrics = _read_metrics(folder) if folder is not None else {}
         return LoadedModel(name=name, model=_meta_model(name, dtype), task=entry.task, source="zoo", metrics=metrics,
                            image_shape=image[0], input_name=image[1], token_source=tokens)
     folder = ensure_trained(name, cache_dir=cache_dir)
+    dtype = dtype or torch.float32  # shipped weights may be stored in bfloat16; zoo models load as float32
     if isinstance(recipe, DigitsRecipe):
         model = load_digits_dir(folder, device=device, dtype=dtype)
     else:

@@ -12,13 +12,12 @@ import contextlib
 import sys
 import warnings
 
-import torch
-
-from autosurgeon.analysis.model_analysis import PHASES, analyze
-from autosurgeon.analysis.tables import format_analysis
 from autosurgeon.errors import InvalidArgumentError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Plain names here (torch and the analysis are imported by `run`): `autosurgeon --help` imports no torch.
+# tests/autosurgeon/cli/test_help.py checks these equal the analysis's PHASES and real torch dtypes.
+PHASES = ("prefill", "decode")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--seq-len", type=int, default=128, help="prompt length for prefill, cached context for decode (default 128)"
     )
     parser.add_argument("--phase", choices=PHASES, default="prefill", help="prefill (default) or one decode step")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="weight dtype (default: the model's)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="weight dtype (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print the analysis as JSON (schema_version 1)")
     parser.add_argument("--leaves", action="store_true", help="one row per leaf instead of per block")
     parser.set_defaults(func=run)
@@ -77,11 +76,15 @@ def quiet_cache_deprecation():
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from autosurgeon.analysis.model_analysis import analyze
+    from autosurgeon.analysis.tables import format_analysis
     from autosurgeon.zoo import load_model
 
     check_sizes(args.batch, args.seq_len)
     # The model first: a bad MODEL fails at once, before this machine is measured on first use.
-    loaded = load_model(args.model, device="meta", dtype=DTYPES[args.dtype] if args.dtype else None)
+    loaded = load_model(args.model, device="meta", dtype=getattr(torch, args.dtype) if args.dtype else None)
     inputs = loaded.example_inputs(args.batch, args.seq_len, phase=args.phase)
     profile = resolve_device(args.device)
     with quiet_cache_deprecation():

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.hardware.resolve import (
-    HardwareProfile,
-    list_presets,
-    profile_cache_path,
-    profile_local,
-    resolve_profile,
-    save_profile,
-)
+
+if TYPE_CHECKING:  # the hardware modules import torch: `autosurgeon --help` does not
+    from autosurgeon.hardware.resolve import HardwareProfile
+
+
+def _preset_names() -> list[str]:
+    # The same listing as hardware.resolve.list_presets (tested equal), without importing torch for --help.
+    return sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "presets").glob("*.json"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--device",
         metavar="PRESET_OR_PATH",
         default="local",
-        help=f"'local' (default: measure now), a preset ({', '.join(list_presets())}) or a profile .json",
+        help=f"'local' (default: measure now), a preset ({', '.join(_preset_names())}) or a profile .json",
     )
     parser.add_argument("--power-cap", type=float, default=None, metavar="W",
                         help="show a paper profile in its fastest power mode within W watts (rates derated)")
@@ -46,6 +48,13 @@ def run(args: argparse.Namespace) -> int:
     from autosurgeon.files.atomic import check_out_file
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
+    from autosurgeon.hardware.resolve import (
+        profile_cache_path,
+        profile_local,
+        resolve_profile,
+        save_profile,
+    )
+
     local = args.device == "local"
     if args.power_cap is not None:
         from autosurgeon.hardware.power_cap import check_power_cap

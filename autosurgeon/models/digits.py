@@ -6,10 +6,8 @@ residual block, a strided downsampling conv, global pooling and a linear classif
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.recipes import DigitsRecipe
 
 logger = get_logger(__name__)
 
@@ -68,33 +66,6 @@ class DigitsCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.down(self.block(self.stem(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
-
-
-@dataclass(frozen=True)
-class DigitsRecipe:
-    """Data split and schedule of the digits CNN (all randomness from ``seed``)."""
-
-    width: int = 32
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    test_fraction: float = 0.2
-    seed: int = 0
-    # One thread: 8x8 convolutions are tiny parallel regions; on a shared 2-core machine two threads took
-    # 2.5x the wall time of one (5 epochs: 14.7 s against 6.0 s, measured with other jobs running).
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("width", "epochs", "batch_size", "threads"):
-            if getattr(self, name) < 1:
-                raise InvalidArgumentError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise InvalidArgumentError(f"`test_fraction` must be in (0, 1), got {self.test_fraction}.")
-
-    def fingerprint(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def load_split(recipe: DigitsRecipe) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

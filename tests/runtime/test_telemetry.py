@@ -21,8 +21,7 @@ def test_measure_latency_counts_and_orders() -> None:
     stats = measure_latency(fn, warmup=2, repeats=5)
     assert len(calls) == 7
     assert stats.repeats == 5 and stats.warmup == 2 and not stats.synchronised and stats.device == "cpu"
-    assert 0.002 <= stats.min_s <= stats.p10_s <= stats.median_s <= stats.p90_s
-    assert stats.median_s < 0.5
+    assert 0.002 <= stats.min_s <= stats.p10_s <= stats.median_s <= stats.p90_s  # a sleep lasts at least its time
 
 
 def test_measure_latency_rejects_bad_repeats() -> None:
