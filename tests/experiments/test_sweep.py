@@ -212,8 +212,9 @@ def test_a_second_sweep_on_a_locked_folder_is_refused_and_a_failed_setup_leaves_
         with pytest.raises(RunFolderBusyError, match=r"`--out` .*busy' is in use by pid \d+ on host"):
             sweep(setup, tmp_path, "busy", algo="random", budget_evals=3)
     assert sweep(setup, tmp_path, "busy", algo="random", budget_evals=3).records  # the lock went with its holder
-    with pytest.raises(InvalidArgumentError, match="`init_population` 'uniform' seeds NSGA-II"):
-        sweep(setup, tmp_path, "refused", algo="random", init_population="uniform", budget_evals=3)
+    with pytest.raises(InvalidArgumentError, match="`--storage` holds an Optuna study"):
+        run_sweep(config(algo="random", budget_evals=3), tmp_path / "refused", evaluator=evaluator(setup),
+                  outputs=False, tensorboard=False, optuna_storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert not (tmp_path / "refused").exists()  # refused after set-up: no half-made folder refused for ever
     assert sweep(setup, tmp_path, "busy", algo="random", budget_evals=3, overwrite=True).records
 
