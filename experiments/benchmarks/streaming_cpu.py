@@ -72,6 +72,8 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("accelerate", "accelerate infer_auto_device_map + dispatch_model (disk offload) at the cap", "accelerate"),
     Row("ours-cold", "ours (mmap, block units), page cache of its files dropped before every step", "ours",
         cold=True),
+    Row("ours-willneed-cold", "ours (mmap-willneed, block units), page cache of its files dropped before every step",
+        "ours", disk_io="mmap-willneed", cold=True),
     Row("accelerate-cold", "accelerate disk offload, page cache of its files dropped before every step",
         "accelerate", cold=True),
 ]}
@@ -377,6 +379,10 @@ def _summarise(rows: list[Row], segs: dict[str, list[dict[str, Any]]], res: dict
             r["tokens_match_int8_ram"] = all(seg["tokens"][:n] == q_ref[0]["tokens"][:n] for seg in ss)
         if row.cold and r.get("streamed_bytes"):
             r["cold_bound_tok_s"] = res["disk_read_Bps"] / r["streamed_bytes"]
+            if row.name != "accelerate-cold" and "accelerate-cold" in segs:
+                ratios = [b["median_token_s"] / a["median_token_s"] for a, b in zip(ss, segs["accelerate-cold"])]
+                r["vs_accelerate_cold"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                           "max": max(ratios), "per_round": ratios}
         out[row.name] = r
     return out
 
@@ -428,6 +434,8 @@ def to_markdown(res: dict[str, Any]) -> str:
                      + ("; = int8 in RAM" if r.get("tokens_match_int8_ram") else ""))
         name = r["label"] + (f" (bound {r['cold_bound_tok_s']:.2f} tok/s: {r['tokens_per_s'] / r['cold_bound_tok_s']:.0%})"
                              if r.get("cold_bound_tok_s") else "")
+        if r.get("vs_accelerate_cold"):
+            name += f"; × accelerate cold {_range(r['vs_accelerate_cold'])}"
         lines.append(f"| {name} | {r['tokens_per_s']:.2f} | {_range(r.get('vs_ram'))} | {_range(r.get('vs_accelerate'))} "
                      f"| {r.get('resident_blocks', '—')} | {streamed} | {peak} | {r['cpu_s_per_token'] * 1e3:.0f} "
                      f"({r.get('worker_cpu_s_per_token', 0) * 1e3:.1f}) | "
