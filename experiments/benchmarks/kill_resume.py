@@ -2,12 +2,13 @@
 
     python -m experiments.benchmarks.kill_resume --trials 20 --out experiments/benchmarks/results/kill_resume
 
-For each kind (``sweep``, ``train``) one uninterrupted run is made first (its wall time sets the range of kill
-points), then ``--trials`` runs are each started as a separate process, sent SIGKILL after a delay drawn
-uniformly from (0, wall time of the uninterrupted run + start-up) by a seeded generator, and restarted the way
-a user would — ``--resume`` when the folder holds a started run, ``--overwrite`` when the kill came before
-anything was recorded — until they finish (a restart may be killed again: ``--kills`` per trial). The result
-is compared with the uninterrupted one:
+For each kind (``sweep``, ``train``) one uninterrupted run is made first (after a warm-up run that trains and
+caches the zoo model), then ``--trials`` runs, each a process forked from this one (which imported everything
+once, so a run costs no start-up), sent SIGKILL at a random point — after a uniformly drawn number of units on
+disk (sweep records, or training checkpoints; 0 means during set-up) plus a uniform delay of up to two units'
+time, by a seeded generator — and restarted the way a user would: ``--resume`` when the folder holds a
+started run, ``--overwrite`` when the kill came before anything was recorded (a restart may be killed again:
+``--kills`` per trial), then once more to completion. The result is compared with the uninterrupted one:
 
 * sweep (``autosurgeon sweep`` through the CLI, NSGA-II, analytic evaluator on a paper H100): every record's
   ``eval``, ``x``, ``objectives``, ``feasible``, ``algo`` and ``generation`` equal, eval ids 0..N-1 each once
@@ -27,7 +28,6 @@ import platform
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,22 +42,82 @@ RECORD_KEYS = ("eval", "x", "objectives", "feasible", "algo", "generation")
 
 
 def _env(cache: Path) -> dict[str, str]:
-    root = str(Path(__file__).resolve().parents[2])
-    return {**os.environ, "AUTOSURGEON_CACHE": str(cache),
-            "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    """The environment the children run in: the shared zoo/sensitivity cache (trained once, then reused)."""
+    return {**os.environ, "AUTOSURGEON_CACHE": str(cache)}
 
 
-def sweep_cmd(out: Path, budget: int, mode: str | None) -> list[str]:
+def sweep_job(out: Path, budget: int, mode: str | None) -> Any:
+    """The sweep as a user types it (CLI, in the forked child)."""
     extra = {"resume": ["--resume"], "overwrite": ["--overwrite"], None: []}[mode]
-    return [sys.executable, "-m", "autosurgeon", "sweep", *SWEEP, "--budget-evals", str(budget), "--out", str(out),
-            "--json", *extra]
+    argv = ["sweep", *SWEEP, "--budget-evals", str(budget), "--out", str(out), "--json", *extra]
+
+    def job() -> int:
+        from autosurgeon.cli import main as cli
+
+        return cli(argv)
+    return job
 
 
-def train_cmd(out: Path, timesteps: int, mode: str | None) -> list[str]:
-    code = ("import sys; from agents.ppo import PPOSettings, train; from experiments.benchmarks.kill_resume import TRAIN; "
-            f"train(timesteps={timesteps}, out={str(out)!r}, resume={mode == 'resume'}, overwrite={mode == 'overwrite'}, "
-            "settings=PPOSettings(n_steps=32, batch_size=32, n_epochs=1), **TRAIN)")
-    return [sys.executable, "-c", code]
+def train_job(out: Path, timesteps: int, mode: str | None) -> Any:
+    def job() -> int:
+        from agents.ppo import PPOSettings, train
+
+        train(timesteps=timesteps, out=out, resume=mode == "resume", overwrite=mode == "overwrite",
+              settings=PPOSettings(n_steps=32, batch_size=32, n_epochs=1), **TRAIN)
+        return 0
+    return job
+
+
+def _progress(kind: str, out: Path) -> int:
+    """Units done on disk: sweep records, or training checkpoints."""
+    if kind == "sweep":
+        evals = out / "evals.jsonl"
+        return len(evals.read_bytes().splitlines()) if evals.is_file() else 0
+    ckpts = out / "checkpoints"
+    return sum(p.name.startswith("step_") for p in ckpts.iterdir()) if ckpts.is_dir() else 0
+
+
+def run_child(job: Any, *, kill_at: tuple[str, Path, int, float] | None = None) -> tuple[int, float]:
+    """Run ``job`` in a forked child (the parent has imported everything: no start-up cost per run).
+
+    ``kill_at = (kind, folder, units, delay)``: SIGKILL the child ``delay`` s after ``units`` units of progress
+    are on disk (None: let it finish; a failure raises). Returns (exit status, seconds); -9 when killed."""
+    started = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            code = int(job() or 0)
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    reached: float | None = None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            break
+        if kill_at is not None:
+            kind, folder, units, delay = kill_at
+            now = time.perf_counter()
+            if reached is None and _progress(kind, folder) >= units:
+                reached = now
+            if reached is not None and now - reached >= delay:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                break
+        time.sleep(0.01)
+    if kill_at is None and code != 0:
+        raise RuntimeError(f"the uninterrupted child exited with {code}")
+    return code, time.perf_counter() - started
 
 
 def _started(kind: str, out: Path) -> bool:
@@ -81,28 +141,6 @@ def _temps(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob("*.tmp")) if out.exists() else []
 
 
-def run_child(cmd: list[str], env: dict[str, str], *, kill_after: float | None) -> tuple[int, float]:
-    """Run ``cmd``; SIGKILL it after ``kill_after`` s (None: let it finish). Returns (return code, seconds)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        if kill_after is None:
-            _, err = proc.communicate(timeout=1800)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): {err.decode()[-800:]}")
-        else:
-            try:
-                proc.wait(timeout=kill_after)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, time.perf_counter() - started
-
-
 def _sweep_result(out: Path) -> tuple[list[dict[str, Any]], str]:
     records = [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines() if line.strip()]
     status = json.loads((out / "summary.json").read_text())["status"]
@@ -123,22 +161,21 @@ def same_training(a: tuple[dict[str, Any], Any], b: tuple[dict[str, Any], Any]) 
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa) and ma == mb
 
 
-def trial(kind: str, out: Path, env: dict[str, str], size: int, rng: random.Random, span: float, kills: int,
+def trial(kind: str, out: Path, size: int, rng: random.Random, units: int, per_unit: float, kills: int,
           reference: Any) -> dict[str, Any]:
-    cmd = sweep_cmd if kind == "sweep" else train_cmd
+    job = sweep_job if kind == "sweep" else train_job
     events: list[dict[str, Any]] = []
     mode: str | None = None
-    for k in range(kills):
-        delay = rng.uniform(0.0, span)
-        code, seconds = run_child(cmd(out, size, mode), env, kill_after=delay)
-        finished = code == 0
-        events.append({"kill_after_s": round(delay, 3), "ran_s": round(seconds, 3), "finished_first": finished,
-                       "on_disk": _on_disk(kind, out), "temps_left": _temps(out)})
-        if finished:
+    for _ in range(kills):
+        target, delay = rng.randrange(units), rng.uniform(0.0, 2 * per_unit)
+        code, seconds = run_child(job(out, size, mode), kill_at=(kind, out, target, delay))
+        events.append({"kill_after_units": target, "then_s": round(delay, 3), "ran_s": round(seconds, 2),
+                       "exit": code, "on_disk": _on_disk(kind, out), "temps_left": _temps(out)})
+        if code != -signal.SIGKILL:
             break
         mode = "resume" if _started(kind, out) else ("overwrite" if out.exists() else None)
-    code, seconds = run_child(cmd(out, size, "resume" if _started(kind, out) else
-                                  ("overwrite" if out.exists() else None)), env, kill_after=None)
+    final = "resume" if _started(kind, out) else ("overwrite" if out.exists() else None)
+    code, seconds = run_child(job(out, size, final))
     temps = _temps(out)
     if kind == "sweep":
         records, status = _sweep_result(out)
@@ -154,20 +191,20 @@ def trial(kind: str, out: Path, env: dict[str, str], size: int, rng: random.Rand
             "temps_left_at_end": temps, **detail}
 
 
-def run_kind(kind: str, root: Path, env: dict[str, str], *, trials: int, size: int, seed: int, kills: int
-             ) -> dict[str, Any]:
-    cmd = sweep_cmd if kind == "sweep" else train_cmd
-    run_child(cmd(root / f"{kind}-warm", size, None), env, kill_after=None)  # trains/caches the zoo model first
+def run_kind(kind: str, root: Path, *, trials: int, size: int, seed: int, kills: int) -> dict[str, Any]:
+    job = sweep_job if kind == "sweep" else train_job
+    run_child(job(root / f"{kind}-warm", size, None))  # trains/caches the zoo model and tables first
     ref_dir = root / f"{kind}-uninterrupted"
-    _, wall = run_child(cmd(ref_dir, size, None), env, kill_after=None)
+    _, wall = run_child(job(ref_dir, size, None))
     reference = _sweep_result(ref_dir) if kind == "sweep" else _train_result(ref_dir)
+    units = _progress(kind, ref_dir)
     rng = random.Random(seed)
     rows = []
     for t in range(trials):
         out = root / f"{kind}-{t:02d}"
-        rows.append(trial(kind, out, env, size, rng, wall, kills, reference))
+        rows.append(trial(kind, out, size, rng, units, wall / max(units, 1), kills, reference))
         shutil.rmtree(out, ignore_errors=True)
-    return {"kind": kind, "size": size, "uninterrupted_s": round(wall, 2), "trials": rows,
+    return {"kind": kind, "size": size, "units": units, "uninterrupted_s": round(wall, 2), "trials": rows,
             "equal": sum(r["equal"] for r in rows), "n": len(rows)}
 
 
@@ -182,13 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="kill-resume-"))
-    env = _env(root / "cache")
+    os.environ.update(_env(root / "cache"))
+    import agents.ppo  # noqa: F401  (imported once here; each forked child starts warm)
+    import autosurgeon.cli  # noqa: F401
+    import experiments.sweep  # noqa: F401
     load = os.getloadavg()
     results = {}
     try:
         for kind in args.kinds.split(","):
             size = args.sweep_evals if kind == "sweep" else args.train_steps
-            results[kind] = run_kind(kind, root, env, trials=args.trials, size=size, seed=args.seed, kills=args.kills)
+            results[kind] = run_kind(kind, root, trials=args.trials, size=size, seed=args.seed, kills=args.kills)
             r = results[kind]
             print(f"{kind}: {r['equal']}/{r['n']} killed-and-resumed runs equal the uninterrupted one "
                   f"(uninterrupted {r['uninterrupted_s']} s)")
@@ -209,12 +249,14 @@ def render(report: dict[str, Any]) -> str:
     lines = [f"# kill -9 and resume ({report['date']})", "",
              f"{report['platform']}, {report['cpus']} CPUs, load average {report['loadavg_start'][0]:.2f} at the "
              f"start and {report['loadavg_end'][0]:.2f} at the end. Method: `experiments/benchmarks/kill_resume.py` "
-             "(module docstring); kill delays uniform in (0, the uninterrupted run's wall time), seeded "
-             f"{report['settings']['seed']}, up to {report['settings']['kills']} kills per trial.", "",
+             "(module docstring); each kill after a uniformly drawn number of units on disk (records or "
+             "checkpoints, 0 = during set-up) plus a uniform delay of up to two units' time, seeded "
+             f"{report['settings']['seed']}, up to {report['settings']['kills']} kills per trial; runs are forked "
+             "from one warm parent process.", "",
              "| run | size | trials | equal to uninterrupted | kills that hit mid-run | uninterrupted wall |",
              "| --- | --- | --- | --- | --- | --- |"]
     for kind, r in report["results"].items():
-        hits = sum(not e["finished_first"] for t in r["trials"] for e in t["events"])
+        hits = sum(e["exit"] == -9 for t in r["trials"] for e in t["events"])
         unit = "evaluations" if kind == "sweep" else "timesteps"
         lines.append(f"| {kind} | {r['size']} {unit} | {r['n']} | {r['equal']}/{r['n']} | {hits} | "
                      f"{r['uninterrupted_s']} s |")
