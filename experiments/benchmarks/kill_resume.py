@@ -191,7 +191,8 @@ def trial(kind: str, out: Path, size: int, rng: random.Random, units: int, per_u
             "temps_left_at_end": temps, **detail}
 
 
-def run_kind(kind: str, root: Path, *, trials: int, size: int, seed: int, kills: int) -> dict[str, Any]:
+def run_kind(kind: str, root: Path, *, trials: int, size: int, seed: int, kills: int,
+             on_trial: Any = None) -> dict[str, Any]:
     job = sweep_job if kind == "sweep" else train_job
     run_child(job(root / f"{kind}-warm", size, None))  # trains/caches the zoo model and tables first
     ref_dir = root / f"{kind}-uninterrupted"
@@ -204,8 +205,11 @@ def run_kind(kind: str, root: Path, *, trials: int, size: int, seed: int, kills:
         out = root / f"{kind}-{t:02d}"
         rows.append(trial(kind, out, size, rng, units, wall / max(units, 1), kills, reference))
         shutil.rmtree(out, ignore_errors=True)
-    return {"kind": kind, "size": size, "units": units, "uninterrupted_s": round(wall, 2), "trials": rows,
-            "equal": sum(r["equal"] for r in rows), "n": len(rows)}
+        result = {"kind": kind, "size": size, "units": units, "uninterrupted_s": round(wall, 2), "trials": rows,
+                  "equal": sum(r["equal"] for r in rows), "n": len(rows)}
+        if on_trial is not None:  # results so far on disk after every trial: a long run stopped early keeps them
+            on_trial(result)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,32 +220,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-steps", type=int, default=512)
     p.add_argument("--kills", type=int, default=2, help="kills per trial before the final uninterrupted restart")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write <out>.json and <out>.md")
+    p.add_argument("--out", default=None, help="write <out>.json and <out>.md (after every trial)")
+    p.add_argument("--cache", default=None, help="zoo/sensitivity cache to reuse (default: a fresh one)")
     args = p.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="kill-resume-"))
-    os.environ.update(_env(root / "cache"))
+    os.environ.update(_env(Path(args.cache) if args.cache else root / "cache"))
     import agents.ppo  # noqa: F401  (imported once here; each forked child starts warm)
     import autosurgeon.cli  # noqa: F401
     import experiments.sweep  # noqa: F401
     load = os.getloadavg()
-    results = {}
+    results: dict[str, Any] = {}
+
+    def write(partial: dict[str, Any] | None = None) -> None:
+        if not args.out:
+            return
+        snapshot = {**results, **({partial["kind"]: partial} if partial else {})}
+        report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "platform": platform.platform(),
+                  "cpus": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg(),
+                  "settings": vars(args), "results": snapshot}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+        out.with_suffix(".md").write_text(render(report))
+
     try:
         for kind in args.kinds.split(","):
             size = args.sweep_evals if kind == "sweep" else args.train_steps
-            results[kind] = run_kind(kind, root, trials=args.trials, size=size, seed=args.seed, kills=args.kills)
+            results[kind] = run_kind(kind, root, trials=args.trials, size=size, seed=args.seed, kills=args.kills,
+                                     on_trial=write)
             r = results[kind]
             print(f"{kind}: {r['equal']}/{r['n']} killed-and-resumed runs equal the uninterrupted one "
                   f"(uninterrupted {r['uninterrupted_s']} s)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "platform": platform.platform(),
-              "cpus": os.cpu_count(), "loadavg_start": load, "loadavg_end": os.getloadavg(),
-              "settings": vars(args), "results": results}
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        out.with_suffix(".md").write_text(render(report))
+    write()
     return 0 if all(r["equal"] == r["n"] for r in results.values()) else 1
 
 
@@ -258,6 +270,9 @@ def render(report: dict[str, Any]) -> str:
     for kind, r in report["results"].items():
         hits = sum(e["exit"] == -9 for t in r["trials"] for e in t["events"])
         unit = "evaluations" if kind == "sweep" else "timesteps"
+        planned = report["settings"]["trials"]
+        if r["n"] < planned:
+            lines.insert(4, f"**Partial: {kind} stopped after {r['n']} of {planned} trials.**\n")
         lines.append(f"| {kind} | {r['size']} {unit} | {r['n']} | {r['equal']}/{r['n']} | {hits} | "
                      f"{r['uninterrupted_s']} s |")
     lines += ["", "What was on disk at each kill (sweep: records written; train: checkpoints), per trial, is in the "
