@@ -93,7 +93,7 @@ def test_front_table_and_pick(run_dir: Path, tmp_path: Path, monkeypatch, capsys
     (["sweep", "tiny-llama", "--max-quality-loss", "-0.1", "--out", "{tmp}/x"], "`--max-quality-loss` must be >= 0"),
     (["sweep", "--out", "{tmp}/x"], "give MODEL"),
     (["sweep", "--config", "{tmp}/missing.json", "--out", "{tmp}/x"], "is not a file"),
-    (["sweep", "tiny-llama", "--out", "{run}"], "not empty; pass --resume"),
+    (["sweep", "tiny-llama", "--out", "{run}"], "already holds a sweep; pass --resume"),
     (["sweep", "tiny-llama", "--out", "{tmp}/empty", "--resume"], "holds no sweep"),
     (["sweep", "--out", "{run}", "--resume", "--seed", "5"], r"settings \['seed'\] differ"),
     (["sweep", "tiny-llama", "--device", "h100-80gb", "--evaluator", "profiled", "--out", "{tmp}/p"],
