@@ -7,7 +7,8 @@ old holder); a live holder makes the second process fail at once with an error n
 
 :func:`run_folder` is the one way a command opens its ``--out``: it refuses ``''`` and a path that is a file,
 takes the lock, refuses a folder that already holds something unless ``resume`` (continue it) or
-``overwrite`` (empty it first, under the lock), and on every exit path removes its own temp files
+``overwrite`` (empty it first, under the lock), removes temp files a killed writer left (under the lock
+they can be no one else's), and on every exit path removes its own temp files
 (``*.<pid>.tmp``) and the lock. If the command fails before the folder holds anything worth keeping (the
 caller's ``keep``), the folder goes back to how it was: removed when this call created it, emptied when it
 was empty before. So a refused or crashed set-up never leaves a half-made run that is then refused for ever.
@@ -159,6 +160,18 @@ def _remove(paths: list[Path]) -> None:
                 p.unlink()
 
 
+def clean_stale_temp_files(folder: str | os.PathLike[str]) -> int:
+    """Remove every ``.NAME.<pid>.tmp`` under ``folder`` — call it holding the folder's lock, when any such
+    temp file or folder belongs to a process that died mid-write (kill -9 leaves them)."""
+    import re
+
+    folder = Path(folder)
+    pattern = re.compile(r"\..+\.\d+\.tmp")
+    found = [p for p in folder.rglob("*.tmp") if pattern.fullmatch(p.name)] if folder.is_dir() else []
+    _remove(found)
+    return len(found)
+
+
 def clean_temp_files(folder: str | os.PathLike[str], pid: int | None = None) -> int:
     """Remove ``*.<pid>.tmp`` files and folders (this process's by default) anywhere under ``folder``."""
     pid = os.getpid() if pid is None else pid
@@ -180,6 +193,9 @@ def run_folder(path: str | os.PathLike[str], *, resume: bool = False, overwrite:
     was_empty = created or not contents(folder)
     lock = RunFolderLock(folder, argument=argument).acquire()
     try:
+        stale = clean_stale_temp_files(folder)  # we hold the lock: any temp file here is a dead writer's
+        if stale:
+            logger.info("removed %d temp file(s) a killed run left in %s", stale, folder)
         held = contents(folder)
         if overwrite and held:
             logger.warning("--overwrite: removing the %d entries of %s", len(held), folder)
@@ -203,5 +219,5 @@ def run_folder(path: str | os.PathLike[str], *, resume: bool = False, overwrite:
         lock.release()
 
 
-__all__ = ["LOCK", "RunFolderBusyError", "RunFolderLock", "check_out_path", "clean_temp_files", "contents",
-           "run_folder"]
+__all__ = ["LOCK", "RunFolderBusyError", "RunFolderLock", "check_out_path", "clean_stale_temp_files",
+           "clean_temp_files", "contents", "run_folder"]

@@ -247,6 +247,7 @@ def measure_disk_read(directory: Path, config: MeasureConfig) -> tuple[float, di
     # Random bytes so compressing filesystems store (and read) every byte.
     chunk = np.random.default_rng(0).bytes(chunk_size)
     chunks = max(1, config.disk_bytes // chunk_size)
+    _remove_dead_probes(directory)  # a profile killed mid-probe left up to disk_bytes behind
     path = directory / f".disk-probe-{os.getpid()}.tmp"
     fstype = filesystem_type(directory)
     can_drop = hasattr(os, "posix_fadvise") and fstype not in ("tmpfs", "ramfs")
@@ -286,3 +287,17 @@ def measure_disk_read(directory: Path, config: MeasureConfig) -> tuple[float, di
         "page_cache_dropped": dropped,
         "drop_method": "posix_fadvise(POSIX_FADV_DONTNEED) after fsync" if dropped else None,
     }
+
+
+def _remove_dead_probes(directory: Path) -> None:
+    """Delete ``.disk-probe-<pid>.tmp`` files whose process is gone (this host's pids; others' are left)."""
+    for probe in directory.glob(".disk-probe-*.tmp"):
+        try:
+            pid = int(probe.name[len(".disk-probe-"):-len(".tmp")])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            probe.unlink(missing_ok=True)
+        except PermissionError:
+            continue

@@ -69,8 +69,9 @@ class RunStore:
             raise InvalidArgumentError(f"`--out` {str(self.dir)!r} is a file; give a folder such as runs/NAME.")
         if resume:
             if not self.path(CONFIG).is_file():
-                raise InvalidArgumentError(f"`--resume`: {str(self.dir)!r} holds no sweep ({CONFIG} missing); "
-                                           "drop --resume to start a new sweep there.")
+                raise InvalidArgumentError(f"`--resume`: {str(self.dir)!r} holds no sweep to continue ({CONFIG} "
+                                           "missing: none was started, or it was stopped during set-up before "
+                                           "recording anything); start it anew with --overwrite instead of --resume.")
         elif not self.is_empty():
             raise InvalidArgumentError(f"`--out` {str(self.dir)!r} is not empty; pass --resume to continue that "
                                        "sweep, or choose another folder (a run is never overwritten).")
