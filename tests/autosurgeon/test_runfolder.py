@@ -1,4 +1,4 @@
-"""Run-folder locks, --out checks, atomic writes and stale temp files (autosurgeon.runfolder / atomic)."""
+"""Run-folder locks, --out checks, atomic writes and stale temp files (autosurgeon.files.runfolder / atomic)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from autosurgeon.atomic import check_out_file, write_text_atomic
+from autosurgeon.files.atomic import check_out_file, write_text_atomic
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.runfolder import LOCK, RunFolderBusyError, RunFolderLock, run_folder
+from autosurgeon.files.runfolder import LOCK, RunFolderBusyError, RunFolderLock, run_folder
 
 
 def _dead_pid() -> int:
@@ -22,7 +22,7 @@ def _dead_pid() -> int:
 
 def test_lock_names_its_live_holder_and_a_dead_holders_lock_is_taken_over(tmp_path: Path) -> None:
     held = tmp_path / "run"
-    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from autosurgeon.runfolder import RunFolderLock; "
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from autosurgeon.files.runfolder import RunFolderLock; "
             "RunFolderLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(held), str(Path(__file__).parents[2])],
                             stdout=subprocess.PIPE, text=True)
@@ -75,7 +75,7 @@ def test_out_files_are_checked_and_written_whole(tmp_path: Path) -> None:
 
 
 def test_stale_disk_probe_and_torn_cache_entries(tmp_path: Path) -> None:
-    from autosurgeon.hw_measure import _remove_dead_probes
+    from autosurgeon.hardware.measure import _remove_dead_probes
     from autosurgeon.models.cache import cache_root, safetensors_whole
 
     dead = tmp_path / f".disk-probe-{_dead_pid()}.tmp"
