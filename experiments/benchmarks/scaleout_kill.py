@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -42,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="experiments/benchmarks/results/scaleout_kill")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    # The nannies live in this process: their restarts of killed workers go to stderr, for the record.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("distributed.nanny", "distributed.scheduler"):
+        logging.getLogger(name).addHandler(handler)
     started, load0 = time.perf_counter(), os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="autosurgeon-kill-"))
     config = SweepConfig(model=args.model, device="local", evaluator=args.evaluator, quality="none",
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     with sweep_cluster(workers=args.workers, threads=1) as cluster:
         k = 0
         while sum(len(r["killed"]) for r in runs) < args.kills and k < 3 * args.kills:
+            for name in ("distributed.nanny", "distributed.scheduler"):  # after the cluster's own log setup
+                logging.getLogger(name).setLevel(logging.INFO)
             cluster.client.wait_for_workers(args.workers, timeout=300)  # the last run's victim is back
 
             def recorded(path: Path = root / f"run{k}" / "evals.jsonl") -> int:
