@@ -53,7 +53,6 @@ def bench_evaluator(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from experiments.sweep.dask_eval import DaskEvaluator, sweep_evaluator_factory
 
     config = SweepConfig(model=args.model, device="local", evaluator=name, quality="none", baselines=False)
-    cores = os.cpu_count() or 1
     threads = args.threads
     torch.set_num_threads(threads)
     t = time.perf_counter()
@@ -171,13 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.evaluators.split(","):
         results.append(bench_evaluator(name, args))
         print(json.dumps({k: results[-1][k] for k in ("evaluator", "configs")}, indent=1))
+        _report(args, argv, results, started, load0)  # after each evaluator: an interrupted run keeps its figures
+    return 0
+
+
+def _report(args: argparse.Namespace, argv: list[str] | None, results: list[dict[str, Any]], started: float,
+            load0: float) -> None:
     meta = {"command": "python -m experiments.benchmarks.scaleout " + " ".join(sys.argv[1:] if argv is None else argv),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": time.perf_counter() - started,
             "machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
             "load_before": load0, "load_after": os.getloadavg()[0], "model": args.model, "rounds": args.rounds,
             "threads": args.threads}
     write_report(Path(args.out), results, meta)
-    return 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Every worker declares its execution device as one unit of the Dask resource ``de
 tcp://HOST:PORT --nthreads 1 --resources device=1`` on an existing cluster; a local cluster does it for
 its workers), and every evaluation holds one unit, so a worker runs one evaluation at a time on its device.
 A local cluster raises ``distributed.scheduler.allowed-failures`` to ``allowed_failures`` so that an evaluation
-whose workers keep dying is re-run that many times before the sweep fails (an existing scheduler keeps its
+whose workers keep dying is re-run that many times before the sweep fails, and waits up to
+``restart_timeout_s`` for a killed worker's nanny to start its replacement (an existing scheduler keeps its
 own setting: start it with ``DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=10`` for the same).
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ def local_threads(workers: int) -> int:
 
 @contextmanager
 def dask_client(*, workers: int | None = None, scheduler: str | None = None, processes: bool = True,
-                allowed_failures: int = 10, timeout_s: float = 60.0) -> Iterator[Any]:
+                allowed_failures: int = 10, timeout_s: float = 60.0, restart_timeout_s: float = 600.0
+                ) -> Iterator[Any]:
     """A ``distributed.Client`` on a local cluster of ``workers`` processes, or on ``scheduler``; closed after.
 
     Args:
@@ -57,6 +59,8 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, pro
         processes: local workers as processes (True) or threads of this process (False).
         allowed_failures: worker deaths one task may survive on a local cluster.
         timeout_s: how long to wait for the scheduler and for a first worker.
+        restart_timeout_s: how long a local cluster waits for a killed worker's replacement before it gives
+            that worker up.
     """
     check_cluster_args(workers, scheduler)
     if workers is None and scheduler is None:
@@ -66,7 +70,10 @@ def dask_client(*, workers: int | None = None, scheduler: str | None = None, pro
     from distributed import Client, LocalCluster
 
     cluster = None
-    with dask.config.set({"distributed.scheduler.allowed-failures": int(allowed_failures)}):
+    # A killed local worker is restarted by its nanny; under load that can take well over Dask's default 15 s
+    # lost-worker-timeout, after which the cluster would close the nanny and run on one worker fewer.
+    with dask.config.set({"distributed.scheduler.allowed-failures": int(allowed_failures),
+                          "distributed.deploy.lost-worker-timeout": f"{restart_timeout_s:g}s"}):
         if workers is not None:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
                                    resources={RESOURCE: 1}, dashboard_address=":0", silence_logs=logging.ERROR)
