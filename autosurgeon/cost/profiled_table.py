@@ -29,8 +29,9 @@ class _FloatUnit(nn.Module):
         super().__init__()
         self.inner, self.dtype = module.to(dtype), dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(self.dtype) if x.is_floating_point() else x).to(
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # Extra arguments pass through (OPT's learned position embedding takes ``position_ids``).
+        return self.inner(x.to(self.dtype) if x.is_floating_point() else x, *args, **kwargs).to(
             x.dtype if x.is_floating_point() else torch.float32)
 
 
