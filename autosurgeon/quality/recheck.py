@@ -102,19 +102,21 @@ def calibrate(space: Any, estimate: Callable[[Any], float], measure: Callable[[A
     return ProxyCalibration.from_pairs(pairs, method=f"{n} random plans (seed {seed}), measured vs proxy")
 
 
-def recheck(plan: Any, *, estimate: float, bound: float, calibration: ProxyCalibration,
+def recheck(plan: Any, *, estimate: float, bound: float, calibration: ProxyCalibration | None,
             measure: Callable[[Any], tuple[float, Any]]) -> RecheckResult:
-    """Keep a plan admitted at ``estimate <= bound`` only if it holds: measured when near the bound (docstring)."""
+    """Keep a plan admitted at ``estimate <= bound`` only if it holds: measured when near the bound (docstring).
+
+    ``calibration=None`` (no stated error yet, e.g. one plan from ``autosurgeon plan``): always measured."""
     if bound < 0:
         raise InvalidArgumentError(f"`bound` (--max-quality-loss) must be >= 0, got {bound}.")
     if estimate > bound:
         return RecheckResult(False, estimate, bound, reason=f"estimate {estimate:.4%} is above the bound")
-    if not calibration.needs_recheck(estimate, bound):
+    if calibration is not None and not calibration.needs_recheck(estimate, bound):
         return RecheckResult(True, estimate, bound, reason=(
             f"estimate {estimate:.4%} x {calibration.scale:.3g} + proxy error {calibration.error:.4%} is below the "
             "bound: admitted on the estimate"))
     measured, interval = measure(plan)
     ok = measured <= bound
+    why = "within the proxy's error of the bound" if calibration is not None else "the proxy's error is unknown"
     return RecheckResult(ok, estimate, bound, measured=measured, interval=interval, reason=(
-        f"within the proxy's error of the bound: measured {measured:.4%} "
-        f"{'<=' if ok else '>'} {bound:.4%}"))
+        f"{why}: measured {measured:.4%} {'<=' if ok else '>'} {bound:.4%}"))
