@@ -347,9 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.benchmarks.unseen import build_unseen, unseen_names
 
         results = []
-        # unseen-gpt2 is left out by default: its Conv1D layers are precision units of the space but
-        # transforms.quantize refuses to cast them (UnsupportedTransformError), so random plans crash apply_plan.
-        default = [n for n in unseen_names() if n != "unseen-gpt2"]
+        # Left out by default, as they crash apply_plan (bugs outside the evaluators, reported):
+        # unseen-gpt2: its Conv1D layers are precision units of the space but transforms.quantize refuses to
+        # cast them (UnsupportedTransformError); unseen-opt: its learned position embedding (an nn.Embedding
+        # subclass with its own forward(position_ids)) is replaced by SurgeryEmbedding, which takes no position_ids.
+        default = [n for n in unseen_names() if n not in ("unseen-gpt2", "unseen-opt")]
         for name in (args.models.split(",") if args.models else default):
             args.model = str(build_unseen(name))
             results.append(run(args))
