@@ -21,6 +21,7 @@ import json
 from typing import Any
 
 from autosurgeon.cli._budget import add_memory_budget, memory_budget
+from autosurgeon.cli._quality import add_quality_arguments, quality_settings
 from autosurgeon.errors import InvalidArgumentError
 
 OBJECTIVES = ("auto", "quality", "memory", "latency", "energy")
@@ -64,6 +65,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="where to write the plan JSON")
     parser.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    add_quality_arguments(parser, default_samples=4)
+    parser.add_argument("--no-recheck", action="store_true",
+                        help="with --max-quality-loss: skip measuring the plan's quality on this machine's runtime "
+                             "(the bound then rests on the proxy's estimate alone)")
     parser.set_defaults(func=run)
 
 
@@ -135,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if args.context < 1:
         raise InvalidArgumentError(f"`--context` must be >= 1, got {args.context}.")
     session = session_flags(args)  # flag-named errors before the model loads
+    quality = quality_settings(args)
     groups = parse_group_sizes(args.group_sizes)
     precisions = parse_precisions(args.precisions)
     budget = memory_budget(args)  # refuse a malformed size before the model loads
@@ -150,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
     full = SearchSpace.build(loaded, profile, knobs=KNOBS)
     plan = dataclasses.replace(result.plan, session=session) if session else result.plan
     raise_for_problems(check_plan(loaded, plan, profile, space=full, budgets=budgets, kv_context=args.context))
+    checked = None
+    if args.max_quality_loss is not None and not args.no_recheck:
+        checked = _recheck(loaded, plan, profile, quality, result.predicted_loss, args.max_quality_loss)
     path = plan.save(args.out)
     kv = None
     if session:
@@ -167,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
             "proxy_kl_sum": result.proxy, "estimated_unit_seconds": result.seconds,
             "streamed": dict(result.streamed), "dp_exact": result.exact, "notes": list(result.notes),
             "session": dict(plan.session),
+            "measured_quality_loss": None if checked is None else checked.measured,
+            "measured_quality_interval": None if checked is None else checked.interval,
             "kv_bytes": None if kv is None else {"tier": kv["tier"], "peak_bytes": kv["peak_bytes"],
                                                  "context": args.context},
         }))
@@ -184,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(sorted(set(result.streamed.values())))}")
     print(f"quality    predicted loss {result.predicted_loss * 100:.3f}% (sensitivity proxy, sum of per-unit KL "
           f"{result.proxy:.3g} nats; estimated, not measured)")
+    if checked is not None:
+        ci = checked.interval
+        print(f"quality    measured loss {checked.measured * 100:.3f}%"
+              + (f" [95% {ci[0] * 100:.3f}%, {ci[1] * 100:.3f}%]" if ci else "")
+              + f" on this machine's runtime ({quality.method} method): holds the bound {args.max_quality_loss:g}")
     if result.seconds is not None:
         print(f"latency    units' estimated time {result.seconds * 1e3:.3f} ms per step (analytic roofline)")
     print("solver     multiple-choice knapsack DP, "
@@ -196,6 +212,28 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note       {note}")
     return 0
+
+
+def _recheck(loaded: Any, plan: Any, profile: Any, quality: Any, estimate: float, bound: float) -> Any:
+    """Measure the plan's quality before it is handed over; refuse a plan that measures above the bound."""
+    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.quality.recheck import measure_loss_with, recheck
+
+    from autosurgeon.knobs import KNOBS
+    from autosurgeon.space.search_space import SearchSpace
+
+    here = profile if profile.measured else resolve_profile("local")  # quality is numerics: run it here
+    # The plan's own knobs (group sizes, kernels, session) must be variables, as `evaluate` builds it.
+    measure_space = SearchSpace.build(loaded, here, knobs=(*KNOBS, *plan.session))
+    target = plan if here is profile else dataclasses.replace(plan, device_fingerprint=None)
+    result = recheck(target, estimate=estimate, bound=bound, calibration=None,
+                     measure=measure_loss_with(loaded, here, settings=quality, space=measure_space))
+    if not result.admitted:
+        raise InvalidArgumentError(
+            f"the plan measures a quality loss of {result.measured:.4%} on this machine, above "
+            f"`--max-quality-loss` {bound:g} (the proxy estimated {estimate:.4%}); lower the bound's reliance on "
+            "the proxy: tighten --max-quality-loss, or give --memory-budget room.")
+    return result
 
 
 def session_flags(args: argparse.Namespace) -> dict[str, Any]:

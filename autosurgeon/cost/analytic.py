@@ -13,6 +13,11 @@ the runtime stores and a kernel reads); an embedding reads only its gathered row
 traffic minus the weight read (activations in/out and KV cache reads). Elementwise ops between leaves
 (residual adds, rotary) carry no FLOPs in torch's counter; their cost is in the launch term.
 
+Decode on a measured CPU (``gemv=`` a ``cost.gemv.GemvTable``): a linear leaf's seconds are instead the MEASURED
+GEMV time of its format and kernel at its own ``batch x in -> out`` shape (small decode GEMVs are bound by kernel
+and dispatch work, not bytes: a roofline ranked int4 fastest where it is slowest), and the launch term uses the
+table's measured per-op cost unless one is passed.
+
 A block's ``C_b`` is the sum of its leaves (in a streamed block, plus a repack of every weight whose kernel
 keeps a packed copy — ``footprint.packed_copy_bytes``, read and written once at memory bandwidth — since
 the copy is rebuilt after each fetch); streaming and overlap follow ``cost.pipeline_latency``; the
@@ -56,7 +61,7 @@ class AnalyticCostModel:
 
     def __init__(self, space: Any, analysis: Any, profile: Any, *, n_ops: int,
                  launch_overhead_s: float | None = None, fetch_overhead_s: float | None = None,
-                 lookahead: int = 2, disk_cache: str = "auto") -> None:
+                 lookahead: int = 2, disk_cache: str = "auto", gemv: Any = None, batch: int = 1) -> None:
         if n_ops < 0:
             raise InvalidArgumentError(f"`n_ops` must be >= 0, got {n_ops}.")
         for name, value in (("launch_overhead_s", launch_overhead_s), ("fetch_overhead_s", fetch_overhead_s)):
@@ -69,6 +74,9 @@ class AnalyticCostModel:
             raise InvalidArgumentError(f"`analysis` lacks leaves {missing[:3]} of the space; analyse the same model.")
         self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
         default_kind = profile.default_unit().kind
+        self.gemv, self.batch = gemv, batch
+        if launch_overhead_s is None and gemv is not None and gemv.launch_s > 0:
+            launch_overhead_s = gemv.launch_s
         self.launch_overhead_s = (DEFAULT_LAUNCH_OVERHEAD_S.get(default_kind, 0.0)
                                   if launch_overhead_s is None else launch_overhead_s)
         self.fetch_overhead_s = fetch_overhead_s
@@ -88,6 +96,16 @@ class AnalyticCostModel:
         if hit is not None:
             return hit
         leaf, info, unit = choice.leaf, self.info[choice.leaf.name], self._unit(exec_kind)
+        if self.gemv is not None and exec_kind == "cpu" and leaf.kind == "linear" and leaf.out_features:
+            precision = choice.precision if choice.chosen else (leaf.dtype or "float32")
+            try:
+                seconds = self.gemv.seconds(precision, choice.kernel if choice.chosen else "auto",
+                                            leaf.weight_numel // leaf.out_features, leaf.out_features, self.batch)
+            except KeyError:
+                seconds = None  # a shape or format the table lacks: the roofline below
+            if seconds is not None:
+                self._leaf_cache[key] = (seconds, seconds)
+                return seconds, seconds
         if choice.chosen and leaf.weight_numel and leaf.kind != "embedding":
             wbytes = weight_bytes(leaf.weight_numel, leaf.out_features, choice.precision, choice.group_size,
                                   bias=leaf.bias) + sum(leaf.other_sizes)
@@ -159,6 +177,8 @@ class AnalyticCostModel:
         out: dict[str, Any] = {"n_ops": self.n_ops, "launch_overhead_s": self.launch_overhead_s,
                                "fetch_overhead_s": self.fetch_overhead_s, "lookahead": self.lookahead,
                                "disk_cache": self.disk_cache}
+        if self.gemv is not None:  # measured rates change results: the table's identity keys the cache
+            out["gemv"] = [self.gemv.device, self.gemv.threads, self.gemv.measured_at, self.batch]
         mode = mode_key(self.profile)
         if mode is not None:
             out["power_mode"] = mode

@@ -34,12 +34,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,6 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.cost.base import LeafChoice, default_group, block_stream, resolve_blocks
-from autosurgeon.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
 from autosurgeon.plan import model_fingerprint
@@ -57,257 +55,32 @@ from autosurgeon.space.masks import placement_units
 
 logger = get_logger(__name__)
 
-TABLE_TYPE = "autosurgeon.ProfiledTable"
-TABLE_VERSION = 1
-FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-MAX_COPIES = 64  # cap on the layer copies a cold-cache unit timing rotates through
 STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
 
 
-# ---------------------------------------------------------------------------------------------- workload
-@dataclass(frozen=True)
-class Workload:
-    """What one evaluation step is.
-
-    Attributes:
-        task: "causal-lm" (decode tokens) or "image-classification" (samples).
-        batch: sequences or samples per step.
-        context: causal LMs: positions in the KV cache for a decode step, and the prompt length of prefill.
-        seed: seeds the example inputs.
-    """
-
-    task: str
-    batch: int = 1
-    context: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise InvalidArgumentError(f"`batch` must be >= 1, got {self.batch}.")
-        if self.context < 1:
-            raise InvalidArgumentError(f"`context` must be >= 1, got {self.context}.")
-
-    @property
-    def phase(self) -> str:
-        return "decode" if self.task == "causal-lm" else "sample"
+from autosurgeon.cost.workload import (  # noqa: F401  (re-exported: the workload moved there)
+    Workload,
+    _cache_kw,
+    base_inputs,
+    make_steps,
+    no_grad_forward,
+    timed,
+)
 
 
-def base_inputs(loaded: Any, workload: Workload) -> dict[str, Any]:
-    """Prompt (LMs, ``(batch, context)`` ids) or sample inputs from a zoo ``LoadedModel``."""
-    return loaded.example_inputs(workload.batch, workload.context, phase="prefill", seed=workload.seed)
-
-
-def _cache_kw(module: nn.Module) -> str:
-    params = inspect.signature(module.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def make_steps(forward: Callable[..., Any], module: nn.Module, workload: Workload, inputs: Mapping[str, Any], *,
-               cache: Any = None) -> tuple[Callable[[], Any], Callable[[], Any] | None, dict[str, Any]]:
-    """``(step, prefill, step_inputs)``: callables running one step and one prefill (None for classifiers).
-
-    A decode step feeds one token against a KV cache of ``context`` positions built by a prefill through
-    ``forward``, then crops the cache back, so every repeat decodes at the same context. ``cache``: a cache
-    to prefill instead of the model's own (a runtime Session's paged KV cache, ``Session.open_kv_cache``);
-    one that cannot be cropped grows by a position per repeat (the step decodes at ``context``,
-    ``context + 1``, ...).
-    """
-    if workload.task != "causal-lm":
-        return (lambda: forward(**inputs)), None, dict(inputs)
-    ids = inputs["input_ids"]
-    kw = _cache_kw(module)
-    if cache is not None:
-        forward(input_ids=ids, use_cache=True, **{kw: cache})
-        step_inputs = {"input_ids": ids[:, -1:], kw: cache, "use_cache": True}
-        return (lambda: forward(**step_inputs)), (lambda: forward(input_ids=ids, use_cache=False)), step_inputs
-    out = forward(input_ids=ids, use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None:
-        raise InvalidArgumentError(f"{type(module).__name__} returned no KV cache; decode steps need a causal LM "
-                                   "with use_cache support.")
-    step_inputs = {"input_ids": ids[:, -1:], kw: cache, "use_cache": True}
-
-    def step() -> Any:
-        result = forward(**step_inputs)
-        cache.crop(-1)
-        return result
-
-    return step, (lambda: forward(input_ids=ids, use_cache=False)), step_inputs
-
-
-def no_grad_forward(module: nn.Module) -> Callable[..., Any]:
-    def forward(**kwargs: Any) -> Any:
-        with torch.no_grad():
-            return module(**kwargs)
-    return forward
-
-
-def timed(fn: Callable[[], Any], *, warmup: int, repeats: int, device: str, clock: str) -> Any:
-    """``LatencyStats`` of ``fn`` on the wall clock (``measure_latency``) or the process CPU clock."""
-    from runtime.telemetry import LatencyStats, measure_latency
-
-    if clock == "wall":
-        return measure_latency(fn, warmup=warmup, repeats=repeats, device=device)
-    if not str(device).startswith("cpu"):
-        raise InvalidArgumentError(f"`clock`='cpu' times CPU execution only; {device!r} needs clock='wall'.")
-    import statistics
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.process_time()
-        fn()
-        times.append(time.process_time() - t0)
-    s = sorted(times)
-
-    def pct(q: float) -> float:
-        pos = (len(s) - 1) * q
-        lo, hi = int(pos), min(int(pos) + 1, len(s) - 1)
-        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
-    return LatencyStats(median_s=statistics.median(s), p10_s=pct(0.1), p90_s=pct(0.9), mean_s=statistics.fmean(s),
-                        min_s=s[0], repeats=repeats, warmup=warmup, synchronised=False, device=str(device))
-
-
-# ---------------------------------------------------------------------------------------------- units
-class _FloatUnit(nn.Module):
-    """A leaf held in a float ``dtype``: input cast in, output cast back (how a bf16 layer runs in fp32)."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.inner, self.dtype = module.to(dtype), dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(x.to(self.dtype) if x.is_floating_point() else x).to(
-            x.dtype if x.is_floating_point() else torch.float32)
-
-
-def variant(module: nn.Module, precision: str, group_size: int, kernel: str) -> nn.Module:
-    """A copy of ``module`` computing at ``precision`` with ``kernel`` ("auto": the runtime's default)."""
-    from runtime.kernels import QuantizedLinear
-
-    module = copy.deepcopy(module)
-    if precision in FLOAT_DTYPES:
-        return module if precision == "float32" else _FloatUnit(module, FLOAT_DTYPES[precision])
-    if not isinstance(module, nn.Linear):
-        raise InvalidArgumentError(f"precision {precision!r} needs an nn.Linear, got {type(module).__name__}.")
-    fmt = "int8" if precision == "int8-dynamic" else precision
-    name = "int8-dynamic" if precision == "int8-dynamic" else (None if kernel == "auto" else kernel)
-    return QuantizedLinear.from_linear(module, fmt, group_size=group_size, kernel=name)
-
-
-def signature(choice: LeafChoice, exec_device: str, phase: str, shape: tuple[int, ...], dtype: str) -> str:
-    """Table key of one leaf choice (leaves of one shape share it; see the module docstring)."""
-    leaf = choice.leaf
-    q = choice.precision not in FLOAT_DTYPES
-    return (f"{phase}|{exec_device}|{leaf.module_class}|{leaf.weight_numel}x{leaf.out_features}|b{int(leaf.bias)}|"
-            f"in{'x'.join(map(str, shape))}:{dtype}|{choice.precision}|"
-            f"g{choice.group_size if choice.precision == 'int4' else 0}"
-            f"|{choice.kernel if q else 'auto'}")
-
-
-@dataclass(frozen=True)
-class TimingSettings:
-    """How each time is taken: the median of ``repeats`` after ``warmup``, on ``clock``.
-
-    ``clock="wall"`` is ``runtime.telemetry.measure_latency`` (perf_counter, CUDA-synchronised): what a
-    user waits. ``clock="cpu"`` times the process's CPU time instead (``time.process_time``): on a SHARED
-    CPU-only machine, other tenants' load stretches wall time by whenever the scheduler runs us, while CPU
-    time stays the work done; it is valid only for CPU execution (a GPU's work is not the process's CPU
-    time) and counts every thread of the process (streaming workers included).
-
-    ``mode``: "context" times each unit inside real forward passes of the model (hooks around the unit,
-    every unit that can take the choice set to it: the cache and dispatch context of a real pass);
-    "isolated" times the unit alone in a loop on its captured input.
-    ``cold_l2`` (isolated mode): 0 times a unit in a loop (its weights stay in L2); N > 0 rotates through copies of the
-    unit totalling N L2 caches (at most ``MAX_COPIES``), so every call reads its weights from L3/DRAM.
-    Measured on tiny-llama on the CI machine, neither matches the unit inside a pass exactly (hot
-    underestimates, 4 x L2 overestimated ~2x); the fixed overhead absorbs the float model's difference.
-    """
-
-    warmup: int = 3
-    repeats: int = 15
-    step_warmup: int = 3
-    step_repeats: int = 15
-    clock: str = "wall"
-    cold_l2: int = 0
-    mode: str = "context"
-
-    def __post_init__(self) -> None:
-        if self.clock not in ("wall", "cpu"):
-            raise InvalidArgumentError(f"`clock` must be 'wall' or 'cpu', got {self.clock!r}.")
-        for name in ("repeats", "step_repeats"):
-            if getattr(self, name) < 1:
-                raise InvalidArgumentError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
-        for name in ("warmup", "step_warmup"):
-            if getattr(self, name) < 0:
-                raise InvalidArgumentError(f"`{name}` must be >= 0, got {getattr(self, name)}.")
-        if self.mode not in ("context", "isolated"):
-            raise InvalidArgumentError(f"`mode` must be 'context' or 'isolated', got {self.mode!r}.")
-        if self.cold_l2 < 0:
-            raise InvalidArgumentError(f"`cold_l2` must be >= 0, got {self.cold_l2}.")
-
-
-@dataclass
-class ProfiledTable:
-    """Measured per-unit times, fixed overheads and streaming costs of one model on one device.
-
-    Attributes:
-        key: cache key (see the module docstring).
-        unit_s: signature -> median seconds.
-        overhead_s: phase -> fixed seconds per step.
-        baseline_s: phase -> the unmodified model's step on the runtime.
-        stream: placement -> {"fetch_s", "s_per_byte", "points"} (exposed streaming cost per step).
-        n_ops: phase -> aten ops per step of the unmodified model.
-        settings: workload, timing settings, fingerprints, torch version, threads.
-        seconds: wall time spent measuring.
-        kv_op_s: seconds per dispatch of the paged KV cache's gather (``cost_kv.gather_ops``), measured as
-            (paged float cache step - Hugging Face cache step) / the ops the paged cache adds; empty until a
-            plan with KV decisions is composed (``Profiler.kv_op_seconds``).
-    """
-
-    key: str
-    unit_s: dict[str, float] = field(default_factory=dict)
-    overhead_s: dict[str, float] = field(default_factory=dict)
-    baseline_s: dict[str, float] = field(default_factory=dict)
-    stream: dict[str, dict[str, Any]] = field(default_factory=dict)
-    n_ops: dict[str, int] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    kv_op_s: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def launch_overhead_s(self) -> dict[str, float]:
-        """Fixed overhead per op, per phase: the measured stand-in for the analytic launch term."""
-        return {p: self.overhead_s[p] / self.n_ops[p] for p in self.overhead_s if self.n_ops.get(p)}
-
-    def to_json(self) -> str:
-        return json.dumps(wrap(TABLE_TYPE, TABLE_VERSION, asdict(self)), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> ProfiledTable:
-        return cls(**unwrap(text, type_name=TABLE_TYPE, version=TABLE_VERSION, what="profiled table",
-                            fix="it will be measured again"))
-
-
-def _packs(precision: str, kernel: str, device: str) -> bool:
-    """Whether the kernel a quantized leaf runs keeps a packed copy of its weight (rebuilt after a fetch)."""
-    if precision in FLOAT_DTYPES:
-        return False
-    from runtime.kernels import default_kernel, get_kernel
-
-    if precision == "int8-dynamic":
-        name = "int8-dynamic"
-    elif kernel != "auto":
-        name = kernel
-    else:
-        return default_kernel(precision, torch.device(device)).prepare is not None
-    return get_kernel(name).prepare is not None
-
-
-def _exec_device(unit: Any) -> str:
-    return "cpu" if unit.kind == "cpu" else unit.name
+from autosurgeon.cost.profiled_table import (  # noqa: F401  (re-exported)
+    FLOAT_DTYPES,
+    MAX_COPIES,
+    TABLE_TYPE,
+    TABLE_VERSION,
+    _exec_device,
+    _FloatUnit,
+    _packs,
+    ProfiledTable,
+    signature,
+    TimingSettings,
+    variant,
+)
 
 
 class Profiler:

@@ -10,6 +10,7 @@ from autosurgeon.cost.base import energy_j
 from autosurgeon.cost.profiled import (
     base_inputs,
 )
+from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan
@@ -22,13 +23,16 @@ class AnalyticEvaluator(Evaluator):
     Extra args (see ``AnalyticCostModel``): ``launch_overhead_s``, ``fetch_overhead_s`` (None: documented
     defaults, or pass ``ProfiledTable`` figures to calibrate), ``lookahead``, ``disk_cache``.
     The model may live on the meta device (large architectures on paper).
+    ``gemv``: decode-shaped rates (``cost.gemv``): "auto" measures (or loads, after a spot check) the GEMV
+    table of this model's linear shapes when the profile is a MEASURED CPU-only machine and the workload
+    decodes; a ``GemvTable``; or None (the roofline alone, as on paper profiles).
     """
 
     name = "analytic"
 
     def __init__(self, loaded: Any, profile: Any, *, launch_overhead_s: float | None = None,
                  fetch_overhead_s: float | None = None, lookahead: int = 2, disk_cache: str = "auto",
-                 **kwargs: Any) -> None:
+                 gemv: Any = "auto", **kwargs: Any) -> None:
         super().__init__(loaded, profile, **kwargs)
         from autosurgeon.analysis.model_analysis import analyze
         from autosurgeon.cost.base import count_ops
@@ -40,6 +44,11 @@ class AnalyticEvaluator(Evaluator):
             # One decode token against ``context`` cached positions (the zoo builds the cache; on meta too).
             phases = [(w.phase, lambda: self.loaded.example_inputs(w.batch, w.context, phase="decode", seed=w.seed)),
                       ("prefill", lambda: base_inputs(self.loaded, w))]
+        if isinstance(gemv, str):
+            if gemv != "auto":
+                raise InvalidArgumentError(f"`gemv` must be 'auto', a GemvTable or None, got {gemv!r}.")
+            gemv = self._gemv_table() if self._gemv_applies() else None
+        self.gemv = gemv
         self.models: dict[str, AnalyticCostModel] = {}
         for phase, make in phases:
             n_ops = count_ops(model, make())
@@ -47,8 +56,23 @@ class AnalyticEvaluator(Evaluator):
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
-                                                   disk_cache=disk_cache)
+                                                   disk_cache=disk_cache,
+                                                   gemv=gemv if phase == "decode" else None, batch=w.batch)
         self.lookahead = lookahead
+
+    def _gemv_applies(self) -> bool:
+        p = self.profile
+        on_meta = any(t.is_meta for t in self.loaded.model.parameters())
+        return (bool(p.measured) and not p.gpus and p.default_unit().kind == "cpu" and not on_meta
+                and self.workload.phase == "decode")
+
+    def _gemv_table(self) -> Any:
+        from autosurgeon.cost.gemv import gemv_table
+
+        leaves = [leaf for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features]
+        shapes = {(leaf.weight_numel // leaf.out_features, leaf.out_features) for leaf in leaves}
+        precisions = {c for v in self.space.variables if v.knob == "precision" for c in v.choices} | {"float32"}
+        return gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=self.workload.batch)
 
     def settings(self) -> dict[str, Any]:
         main = self.models[self.workload.phase]
@@ -88,10 +112,13 @@ class AnalyticEvaluator(Evaluator):
             labels["quality_loss"] = "estimated"
         m = self.models[self.workload.phase]
         kind = "measured" if self.profile.measured else "paper"
+        gemv_note = (f"; linears at decode priced by measured GEMV times ({len(self.gemv.entries)} entries, "
+                     f"{self.gemv.noisy_share():.0%} noisy, load {self.gemv.load_average[:1]})"
+                     if self.gemv is not None else "")
         method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
                   f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
-                  + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
+                  + gemv_note + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + self._quality_note(quality, qextra))
         step = self._per_item(latency)
         return Metrics(

@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calibration_s = time.perf_counter() - t0
         evaluators[f"profiled (calibrated, {args.calibration_plans} plans)"] = calibrated
     evaluators.update({
+        "analytic (roofline only, before GEMV rates)": AnalyticEvaluator(
+            loaded, profile, space=space, sensitivity=sensitivity, cache=EvaluationCache(), gemv=None),
         "analytic (paper defaults)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
                                                        cache=EvaluationCache()),
         "analytic (calibrated)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
@@ -345,7 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.benchmarks.unseen import build_unseen, unseen_names
 
         results = []
-        for name in (args.models.split(",") if args.models else unseen_names()):
+        # Left out by default, as they crash apply_plan (bugs outside the evaluators, reported):
+        # unseen-gpt2: its Conv1D layers are precision units of the space but transforms.quantize refuses to
+        # cast them (UnsupportedTransformError); unseen-opt: its learned position embedding (an nn.Embedding
+        # subclass with its own forward(position_ids)) is replaced by SurgeryEmbedding, which takes no position_ids.
+        default = [n for n in unseen_names() if n not in ("unseen-gpt2", "unseen-opt")]
+        for name in (args.models.split(",") if args.models else default):
             args.model = str(build_unseen(name))
             results.append(run(args))
             if args.out:  # after every model: a partial run still leaves its results

@@ -16,6 +16,7 @@ purpose: quality must work both ways.
 | unseen-qwen2 | Qwen2 (GQA, RoPE, SwiGLU) | causal-lm | yes |
 | unseen-neox | GPT-NeoX (parallel residual, fused QKV) | causal-lm | no |
 | unseen-phi | Phi (partial rotary, dense MLP) | causal-lm | no |
+| unseen-gemma | Gemma (MQA, GeGLU, scaled embeddings, (1 + w) RMSNorm) | causal-lm | yes |
 | unseen-bert | BERT encoder (post-LN) | feature-extraction | yes |
 
 Usage: ``build_unseen("unseen-opt")`` -> the directory (built once, then cached; concurrent callers build it
@@ -101,6 +102,14 @@ def _phi() -> Any:
                      architectures=["PhiForCausalLM"])
 
 
+def _gemma() -> Any:
+    from transformers import GemmaConfig
+
+    return GemmaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+                       num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
+                       architectures=["GemmaForCausalLM"])
+
+
 def _bert() -> Any:
     from transformers import BertConfig
 
@@ -115,6 +124,7 @@ UNSEEN: dict[str, UnseenSpec] = {
         UnseenSpec("unseen-qwen2", _qwen2, "causal-lm", with_tokenizer=True),
         UnseenSpec("unseen-neox", _neox, "causal-lm", with_tokenizer=False),
         UnseenSpec("unseen-phi", _phi, "causal-lm", with_tokenizer=False),
+        UnseenSpec("unseen-gemma", _gemma, "causal-lm", with_tokenizer=True),
         UnseenSpec("unseen-bert", _bert, "feature-extraction", with_tokenizer=True, train_steps=0),
     )
 }
