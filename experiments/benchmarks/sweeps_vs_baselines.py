@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True)
     none = [m for m in args.quality_none.split(",") if m]
     models = [m for m in args.models.split(",") if m] + none
-    meta = {"command": "python -m experiments.benchmarks.sweeps_vs_baselines " + " ".join(argv or []),
+    meta = {"command": "python -m experiments.benchmarks.sweeps_vs_baselines " + " ".join(sys.argv[1:] if argv is None else argv),
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch 1 thread",
             "load_before": [round(v, 1) for v in os.getloadavg()], "budget": args.budget}
     rows: list[dict[str, Any]] = []
