@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from agents.apply_baselines import dominates
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 from envs.observation import OBJECTIVES
-from agents.apply_baselines import dominates
 from envs.reward import normalised
 
 logger = get_logger(__name__)
@@ -166,10 +166,9 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
             (the CLI passes the uniform plans and the unmodified model); a baseline that dominates the policy's
             plan within the budget is noted and offered as ``result.dominated_by`` (``agents.apply_baselines``).
     """
+    from agents.policy_io import check_device, load_policy, read_meta
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.plan_check import check_plan, raise_for_problems
-
-    from agents.policy_io import check_device, load_policy, read_meta
     from envs.surgery import SurgeryEnv, parse_preference
 
     meta = read_meta(policy)  # clear error before anything loads
@@ -229,7 +228,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     result = ApplyResult(plan=plan, metrics=metrics, base=base, preference=pref, memory_budget=memory_budget,
                          notes=notes, space=ctx.space, power=power)
     if baselines is not None:
-        from agents.apply_baselines import dominating_baseline, evaluate_baselines  # noqa: I001
+        from agents.apply_baselines import dominating_baseline, evaluate_baselines
 
         result.baselines = evaluate_baselines({"unmodified": ctx.space.default_vector(), **baselines(ctx.space)},
                                               measurer, base)
@@ -245,7 +244,8 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer)
         if result.baselines:
             pts = np.vstack([result.front.normalised, *[b.normalised for b in result.baselines]])
-            result.front.extra["baselines_hypervolume"] = hypervolume(np.array([b.normalised for b in result.baselines]))
+            base_pts = np.array([b.normalised for b in result.baselines])
+            result.front.extra["baselines_hypervolume"] = hypervolume(base_pts)
             result.front.extra["with_baselines_hypervolume"] = hypervolume(pts)
             result.front.extra["dominated_by_a_baseline"] = [
                 next((b.label for b in result.baselines if dominates(b.normalised, n)), None)

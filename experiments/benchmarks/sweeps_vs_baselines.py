@@ -65,7 +65,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            "HV: hypervolume of normalised objectives (latency, memory, energy / the unmodified model's), "
            "reference point [3.0, 1.1, 3.5].".format(b=meta["budget"]), "",
            "| model | device | quality | algo | HV front | HV baselines (all) | best family (HV) | HV search only | "
-           "front (search members) | front >= baselines | NSGA-II / random |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "front (search members) | front >= baselines | NSGA-II / random |", "|---" * 11 + "|"]
     by = {(r["model"], r["device"], r["algo"]): r for r in rows}
     for r in rows:
         ratio = ""
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True)
     none = [m for m in args.quality_none.split(",") if m]
     models = [m for m in args.models.split(",") if m] + none
-    meta = {"command": "python -m experiments.benchmarks.sweeps_vs_baselines " + " ".join(sys.argv[1:] if argv is None else argv),
+    args_text = " ".join(sys.argv[1:] if argv is None else argv)
+    meta = {"command": f"python -m experiments.benchmarks.sweeps_vs_baselines {args_text}",
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch 1 thread",
             "load_before": [round(v, 1) for v in os.getloadavg()], "budget": args.budget}
     rows: list[dict[str, Any]] = []
