@@ -16,13 +16,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agents.apply_baselines import dominates
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 from envs.observation import OBJECTIVES
@@ -82,7 +83,15 @@ def run_policy(model: Any, env: Any, *, preference: np.ndarray, memory_budget: f
     while not done:
         action, _ = model.predict(obs, action_masks=env.action_masks(), deterministic=True)
         obs, _, done, _, _ = env.step(action)
-    return env.x.copy()
+    # Masks hold at every step, but a later step (the budget shield lowering a precision) can leave an
+    # earlier dependent choice stale (a group size that only int4 can take on that layer): the finished
+    # vector goes through the space's repair so no invalid decision ever leaves here.
+    space = env.contexts[context].space
+    x = space.repair(env.x)
+    if not np.array_equal(x, env.x):
+        logger.info("apply: the space's masks changed %d decision(s) of the policy's finished plan",
+                    int(np.sum(x != env.x)))
+    return x
 
 
 @dataclass
@@ -129,11 +138,14 @@ class ApplyResult:
     space: Any = None
     front: FrontResult | None = None
     power: dict[str, Any] | None = None  # the cap, the mode and the plan's mean power, with --power-cap
+    baselines: list[Any] = field(default_factory=list)  # agents.apply_baselines.BaselinePlan, evaluated alike
+    dominated_by: Any = None  # the BaselinePlan that dominates the policy's plan, offered instead (None: none)
 
 
 def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any = "local",
                  preference: Any = None, memory_budget: float | None = None, front: int | None = None,
-                 evaluator: str | None = None, force: bool = False, power_cap_w: float | None = None) -> ApplyResult:
+                 evaluator: str | None = None, force: bool = False, power_cap_w: float | None = None,
+                 baselines: Callable[[Any], Mapping[str, np.ndarray]] | None = None) -> ApplyResult:
     """Apply a saved policy to ``model_spec`` on ``device`` (module docstring).
 
     Args:
@@ -150,11 +162,13 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         power_cap_w: a power cap in watts: on a paper profile the plan is chosen and evaluated in the fastest
             power mode within it; on a measured one a plan whose mean power exceeds it gets a note (clocks and
             power limits are never changed). ``result.power`` records the cap, the mode and the plan's power.
+        baselines: ``space -> {label: vector}``: plans evaluated next to the policy's with the same evaluator
+            (the CLI passes the uniform plans and the unmodified model); a baseline that dominates the policy's
+            plan within the budget is noted and offered as ``result.dominated_by`` (``agents.apply_baselines``).
     """
+    from agents.policy_io import check_device, load_policy, read_meta
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.plan_check import check_plan, raise_for_problems
-
-    from agents.policy_io import check_device, load_policy, read_meta
     from envs.surgery import SurgeryEnv, parse_preference
 
     meta = read_meta(policy)  # clear error before anything loads
@@ -213,8 +227,29 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
                          f"({metrics.labels.get('energy_j')} energy)")
     result = ApplyResult(plan=plan, metrics=metrics, base=base, preference=pref, memory_budget=memory_budget,
                          notes=notes, space=ctx.space, power=power)
+    if baselines is not None:
+        from agents.apply_baselines import dominating_baseline, evaluate_baselines
+
+        result.baselines = evaluate_baselines({"unmodified": ctx.space.default_vector(), **baselines(ctx.space)},
+                                              measurer, base)
+        plan_norm = normalised(metrics, base, OBJECTIVES)
+        result.dominated_by = dominating_baseline(plan_norm, result.baselines, preference=pref,
+                                                  memory_budget=memory_budget)
+        if result.dominated_by is not None:
+            b = result.dominated_by
+            notes.append(f"the policy's plan is dominated by the baseline {b.label!r} (normalised latency/memory/"
+                         f"energy {', '.join(f'{v:.3g}' for v in b.normalised)} vs the policy's "
+                         f"{', '.join(f'{v:.3g}' for v in plan_norm)}); that plan is offered instead")
     if front:
         result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer)
+        if result.baselines:
+            pts = np.vstack([result.front.normalised, *[b.normalised for b in result.baselines]])
+            base_pts = np.array([b.normalised for b in result.baselines])
+            result.front.extra["baselines_hypervolume"] = hypervolume(base_pts)
+            result.front.extra["with_baselines_hypervolume"] = hypervolume(pts)
+            result.front.extra["dominated_by_a_baseline"] = [
+                next((b.label for b in result.baselines if dominates(b.normalised, n)), None)
+                for n in result.front.normalised]
     return result
 
 

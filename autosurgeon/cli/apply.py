@@ -13,6 +13,7 @@ trained for another device class is refused unless ``--force``.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ def register(subparsers: Any) -> None:
                         "a measured profile a plan drawing more than W on average is flagged (clocks and power "
                         "limits are never changed)")
     parser.add_argument("--force", action="store_true", help="apply a policy trained for another device class")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="do not evaluate the uniform plans and the unmodified model next to the policy's plan")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: the plan and (with --front) the front with ids, origins, hypervolume and "
+                        "the baselines' hypervolume")
     parser.add_argument("--out", required=True, help="plan JSON to write")
     parser.set_defaults(func=run)
 
@@ -65,15 +71,33 @@ def run(args: argparse.Namespace) -> int:
         from autosurgeon.hardware.power_cap import check_power_cap
 
         check_power_cap(args.power_cap, argument="--power-cap")
+    from experiments.sweep.baselines import uniform_vectors
+    from experiments.sweep.ids import plan_id
+
     result = apply_policy(args.policy, args.model, device=args.device, preference=preference, memory_budget=budget,
-                          front=args.front, evaluator=args.evaluator, force=args.force, power_cap_w=args.power_cap)
+                          front=args.front, evaluator=args.evaluator, force=args.force, power_cap_w=args.power_cap,
+                          baselines=None if args.no_baselines else uniform_vectors)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.plan.save(out)
+    offered = None
+    if result.dominated_by is not None:  # never hand over a dominated plan silently: offer the better one
+        offered = out.with_suffix(".baseline.json")
+        result.space.decode(result.dominated_by.vector, metadata={"proposer": f"baseline:{result.dominated_by.label}"}
+                            ).save(offered)
+    if args.json:
+        print(json.dumps(_json(result, out, offered, plan_id), default=str))
+        if result.front is not None:
+            write_front(out.with_suffix(".front.json"), result.front, result.space, power=result.power)
+        return 0
     m, base = result.metrics, result.base
-    print(f"plan written to {out} (preference {dict(zip(OBJECTIVES, result.preference.round(4).tolist()))})")
+    print(f"plan {plan_id(result.plan)} written to {out} (preference "
+          f"{dict(zip(OBJECTIVES, result.preference.round(4).tolist()))})")
     for note in result.notes:
         print(f"note: {note}")
+    if offered is not None:
+        print(f"offered: the dominating baseline's plan {plan_id(result.space.decode(result.dominated_by.vector))} "
+              f"({result.dominated_by.label}) written to {offered}")
     print(f"  evaluator {m.evaluator}: latency {m.latency_s * 1e3:.4f} ms [{m.labels.get('latency_s')}] "
           f"(unmodified {base.latency_s * 1e3:.4f} ms)")
     print(f"  memory {m.memory_bytes} B [{m.labels.get('peak_bytes')}] (unmodified {base.memory_bytes} B"
@@ -94,5 +118,39 @@ def run(args: argparse.Namespace) -> int:
         write_front(path, result.front, result.space, power=result.power)
         print(f"front of {len(result.front.preferences)} preferences ({result.front.evaluations} distinct plans): "
               f"hypervolume {result.front.hypervolume:.4f} -> {path}")
+        extra = result.front.extra
+        if "baselines_hypervolume" in extra:
+            dominated = sum(1 for d in extra["dominated_by_a_baseline"] if d)
+            print(f"  baselines' hypervolume {extra['baselines_hypervolume']:.4f}; policy + baselines "
+                  f"{extra['with_baselines_hypervolume']:.4f}; {dominated} of {len(result.front.preferences)} policy "
+                  "plans dominated by a baseline")
     return 0
+
+
+def _json(result: Any, out: Path, offered: Path | None, plan_id: Any) -> dict[str, Any]:
+    """What ``--json`` prints: the plan, its normalised objectives, the baselines and the front (ids, origins, HV)."""
+    from agents.apply import hypervolume
+    from envs.observation import OBJECTIVES
+    from envs.reward import normalised
+
+    def row(origin: str, x: Any, metrics: Any) -> dict[str, Any]:
+        return {"id": plan_id(result.space.decode(x)), "origin": origin,
+                "normalised": dict(zip(OBJECTIVES, (float(v) for v in normalised(metrics, result.base, OBJECTIVES)))),
+                "metrics": metrics.summary() if hasattr(metrics, "summary") else None}
+
+    data: dict[str, Any] = {
+        "plan": {**row("policy", result.space.encode(result.plan), result.metrics), "path": str(out)},
+        "notes": result.notes,
+        "baselines": [row(f"baseline:{b.label}", b.vector, b.metrics) for b in result.baselines],
+        "baselines_hypervolume": hypervolume([b.normalised for b in result.baselines]) if result.baselines else None,
+        "offered": None if offered is None else {**row(f"baseline:{result.dominated_by.label}",
+                                                       result.dominated_by.vector, result.dominated_by.metrics),
+                                                 "path": str(offered)}}
+    if result.front is not None:
+        f = result.front
+        data["front"] = [{**row("policy", x, m), "preference": dict(zip(OBJECTIVES, w.tolist()))}
+                         for w, x, m in zip(f.preferences, f.vectors, f.metrics)]
+        data["hypervolume"] = f.hypervolume
+        data.update({k: v for k, v in f.extra.items()})
+    return data
 

@@ -11,7 +11,8 @@ Contract (the sweep engine calls exactly this):
     ``"model"``, ``"device"`` (``"knobs"`` too: ``agents.markov.fit_from_runs`` rebuilds the space from them);
     ``baselines``: name -> records of that baseline (marked on the plots, kept in front.json).
     Writes ``run_dir/front.csv``, ``run_dir/front.json``, ``run_dir/plots/front.png`` (+ one PNG per pair of
-    objectives) and ``run_dir/tb/front/`` (image, projector, one HParams session per front member and baseline, named by plan id; see
+    objectives) and ``run_dir/tb/front/`` (image, projector, one HParams session per front member and baseline,
+    named by plan id; see
     ``experiments.reporting.tensorboard``). Safe to call again (each call rewrites these outputs).
     Returns ``{"front_csv", "front_json", "front_png", "plot:<a>_vs_<b>"..., "tb_front", "projector_config"}``.
 

@@ -29,8 +29,6 @@ import numpy as np
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 
-from experiments.reporting.front_files import plan_summary
-
 logger = get_logger(__name__)
 
 FRONT_SUBDIR = "front"
@@ -55,7 +53,7 @@ class TensorBoardRecorder:
         self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=purge_step)
 
     def on_evaluation(self, n_evals: int, *, hypervolume: float) -> None:
-        """Log ``front/hypervolume`` at step ``n_evals`` (evaluations done, seeds included): one point per evaluation."""
+        """Log ``front/hypervolume`` at step ``n_evals`` (evaluations done, seeds included): one point each."""
         if not isinstance(n_evals, (int, np.integer)) or n_evals < 1:
             raise InvalidArgumentError(f"`n_evals` must be an integer >= 1, got {n_evals!r}.")
         self._writer.add_scalar("front/hypervolume", float(hypervolume), int(n_evals))

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from experiments.sweep.hypervolume import front_indices, hypervolume
+from experiments.sweep.hypervolume import hypervolume
 from experiments.sweep.ids import is_baseline, origin, record_id
 
 

@@ -53,7 +53,8 @@ def evaluate_seeds(archive: Archive, seeds: list[Seed]) -> tuple[list[dict[str, 
     """Evaluate ``seeds`` in order through ``archive``; ``(records, notes)`` (a note when the budget ran out).
 
     A seed whose plan an earlier seed already evaluated (two baselines that repair to the same plan) keeps
-    the first record's origin; its own origin, family and label are listed in the record's ``also`` (memory only; recomputed on resume)."""
+    the first record's origin; its own origin, family and label are listed in the record's ``also`` (memory
+    only; recomputed on resume)."""
     from experiments.sweep.distributed import prefetch
 
     records: list[dict[str, Any]] = []

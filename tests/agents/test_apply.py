@@ -57,7 +57,36 @@ def test_cli_apply_writes_plan_and_front(policy: Path, tmp_path: Path, capsys: p
     assert plan.metadata["proposer"] == "agents.apply"
     front = json.loads(out.with_suffix(".front.json").read_text())
     assert len(front["points"]) == 2 and front["reference"] == [2.0, 2.0, 2.0]
-    assert "plan written to" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert " written to " in text and "baselines' hypervolume" in text
+    # --json: the plan and the front with ids and origins, the baselines and their hypervolume.
+    args = parser.parse_args(["apply", "--policy", str(policy), "--model", "tiny-moe-test", "--device", DEVICE,
+                              "--front", "2", "--json", "--out", str(tmp_path / "p2.json")])
+    assert args.func(args) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["plan"]["id"]) == 8 and data["plan"]["origin"] == "policy"
+    assert {b["origin"] for b in data["baselines"]} >= {"baseline:unmodified", "baseline:uniform-int8"}
+    assert data["baselines_hypervolume"] > 0 and len(data["front"]) == 2 and "hypervolume" in data
+    if data["offered"] is not None:  # a dominated plan is never handed over silently
+        assert Path(data["offered"]["path"]).is_file() and any("dominated by the baseline" in n for n in data["notes"])
+
+
+def test_dominating_baseline_is_the_cheapest_that_dominates_within_budget() -> None:
+    from types import SimpleNamespace
+
+    from agents.apply_baselines import BaselinePlan, dominates, dominating_baseline
+
+    def b(label, norm, mem):
+        return BaselinePlan(label, np.zeros(1, dtype=np.int64), SimpleNamespace(memory_bytes=mem), np.array(norm))
+
+    plan = [1.0, 0.5, 1.0]
+    base = [b("uniform-int8", [0.9, 0.5, 0.9], 100), b("uniform-int4", [0.8, 0.3, 0.8], 60),
+            b("uniform-float32", [1.0, 1.0, 1.0], 200)]
+    assert dominates([0.9, 0.5, 0.9], plan) and not dominates(plan, plan)
+    assert dominating_baseline(plan, base, preference=[1 / 3] * 3).label == "uniform-int4"
+    assert dominating_baseline(plan, base, preference=[1 / 3] * 3, memory_budget=80).label == "uniform-int4"
+    assert dominating_baseline(plan, base, preference=[1 / 3] * 3, memory_budget=50) is None
+    assert dominating_baseline([0.1, 0.1, 0.1], base, preference=[1 / 3] * 3) is None
 
 
 def test_unknown_policy_path(tmp_path: Path) -> None:

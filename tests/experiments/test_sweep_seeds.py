@@ -95,3 +95,29 @@ def test_registry_lists_algorithms_and_refuses_unknown_ones():
         registry.register("baseline-x")
     with pytest.raises(InvalidArgumentError, match="`algo` must be one of"):
         config(algo="simulated-annealing")
+
+
+def test_uniform_repair_keeps_valid_vectors_and_redraws_invalid_entries_without_bias(setup):
+    from experiments.sweep.operators import repair_uniform
+
+    space = setup.space
+    rng = np.random.default_rng(0)
+    x = space.random_vector(rng)
+    assert np.array_equal(repair_uniform(space, x, rng), x)  # valid: unchanged
+    # A group-size variable whose precision is not int4 admits only its canonical choice; make its precision int4
+    # and an out-of-mask group choice: the re-draws spread over every valid choice, not only the nearest.
+    # A precision variable whose exec unit masks some choices, or any variable with a masked choice.
+    gs = next((i for i in range(len(space.variables)) if not space.allowed(i, x)[0].all()
+               and space.allowed(i, x)[0].sum() > 1), None)
+    if gs is None:
+        pytest.skip("no variable with both masked and several valid choices in this space")
+    mask = space.allowed(gs, x)[0]
+    valid, invalid = np.nonzero(mask)[0], np.nonzero(~mask)[0]
+    seen = set()
+    for _ in range(60):
+        y = x.copy()
+        y[gs] = invalid[0]
+        z = repair_uniform(space, y, rng)
+        assert space.is_valid(z)
+        seen.add(int(z[gs]))
+    assert seen <= set(valid.tolist()) and len(seen) > 1  # spread, where the nearest rule always picks one
