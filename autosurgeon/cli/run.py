@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"`--max-new-tokens` must be >= 1, got {args.max_new_tokens}.")
     if args.lookahead is not None and args.lookahead < 0:
         raise InvalidArgumentError(f"`--lookahead` must be >= 0, got {args.lookahead}.")
-    from autosurgeon.cli.run_inputs import check_before_build, parse_prompt_ids
+    from autosurgeon.models.prompt import check_before_build, parse_prompt_ids
 
     prompt_ids = parse_prompt_ids(args.prompt_ids)
     check_before_build(args.model, prompt_ids)  # a shape without --prompt-ids fails now, not after its build
@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         for block in blocks:
             quantize_linears(block, fmt)
     if prompt_ids is not None:
-        from autosurgeon.cli.run_inputs import prompt_ids_tensor
+        from autosurgeon.models.prompt import prompt_ids_tensor
 
         ids = prompt_ids_tensor(loaded, prompt_ids)
     else:
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _encode_decode(loaded: Any, prompt_ids: Any) -> tuple[Any, Any]:
     """The tokenizer's (encode, decode); with --prompt-ids and no tokenizer, ids are shown as ids."""
-    from autosurgeon.cli.run_inputs import tokenizer
+    from autosurgeon.models.prompt import tokenizer
 
     try:
         return tokenizer(loaded)
@@ -338,7 +338,7 @@ def _run_forward(args: argparse.Namespace, loaded: Any, budgets: dict[str, int],
     import torch
 
     from autosurgeon.cli.run_forward import forward_inputs, run_forward
-    from autosurgeon.cli.run_inputs import prompt_ids_tensor, tokenizer
+    from autosurgeon.models.prompt import prompt_ids_tensor, tokenizer
     from runtime.errors import JalapenoError
     from runtime.session import Session, find_blocks
 

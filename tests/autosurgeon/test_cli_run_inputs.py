@@ -8,7 +8,7 @@ import pytest
 import torch
 from autosurgeon import zoo
 from autosurgeon.cli import main
-from autosurgeon.cli.run_inputs import PromptIds, check_before_build, parse_prompt_ids, prompt_ids_tensor
+from autosurgeon.models.prompt import PromptIds, check_before_build, parse_prompt_ids, prompt_ids_tensor
 from autosurgeon.errors import InvalidArgumentError
 
 

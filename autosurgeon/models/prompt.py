@@ -1,4 +1,4 @@
-"""What ``autosurgeon run`` feeds the model: ``--prompt`` text or ``--prompt-ids``, checked before any build.
+"""Prompt inputs for `autosurgeon run` and the API: `--prompt` text or `--prompt-ids`, checked before any build.
 
 ``--prompt-ids 1,2,3`` gives token ids; ``--prompt-ids random:16`` draws 16 seeded random ids from the
 model's vocabulary. That is how shapes with random weights and directories without a tokenizer run.
