@@ -8,4 +8,14 @@ from __future__ import annotations
 from autosurgeon._logging import get_logger
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "get_logger"]
+# The Python API (autosurgeon/api.py), imported on first use so that `import autosurgeon` stays light.
+_API = ("load", "plan", "apply", "prompt")
+__all__ = ["__version__", "get_logger", *_API]
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from autosurgeon import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'autosurgeon' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """``autosurgeon demo``: the README's first command — the whole flow on this machine, in a few minutes.
 
-Profile this machine, load the default model (trained on first use), sweep plans with NSGA-II warm-started
+Profile this machine, load the default model (its trained weights ship with the package), sweep plans with NSGA-II warm-started
 by the Markov model (and a learned policy, if named with --policy), pick the fastest plan that
 fits the memory budget at the quality bound, verify it on the runtime, generate with it, and print the
 unmodified model against the plan. The pipeline is ``experiments.demo_flow.run_demo``; this module only draws it.
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="the whole flow on this machine: profile, sweep, pick a plan under a budget, run it",
-        description="Profile this machine, load the model (trained on first use), run a short Pareto sweep "
+        description="Profile this machine, load the model (shipped trained weights), run a short Pareto sweep "
         "warm-started by the Markov model, pick the fastest plan within the memory budget at the quality "
         "bound, verify it on the runtime, generate with it, and compare it with the unmodified model.",
     )

@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="local",
         help=f"'local' (default: measure now), a preset ({', '.join(_preset_names())}) or a profile .json",
     )
+    parser.add_argument("--list", action="store_true", help="list the presets (profiles on paper) and exit")
     parser.add_argument("--power-cap", type=float, default=None, metavar="W",
                         help="show a paper profile in its fastest power mode within W watts (rates derated)")
     parser.set_defaults(func=run)
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         save_profile,
     )
 
+    if args.list:
+        print("\n".join(_preset_names()))
+        return 0
     local = args.device == "local"
     if args.power_cap is not None:
         from autosurgeon.hardware.power_cap import check_power_cap

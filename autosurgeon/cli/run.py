@@ -5,6 +5,8 @@
     autosurgeon run ./my-hf-dir --memory-budget gpu=3GiB,cpu=20GiB --weight-format int4
     autosurgeon run tiny-moe --prefetch markov --expert-cache 0.25 --kv-precision int8 --kv-window 256 --json
     autosurgeon run tiny-llama --plan plan.json --kv-precision int8 --kv-budget 50% --json
+    autosurgeon run llama-7b-16l-shape --prompt-ids random:16 --memory-budget gpu=3GiB --json   # no tokenizer
+    autosurgeon run digits-cnn           # classifiers and encoders: one forward, class scores / embeddings
 
 Session flags (``--kv-precision``, ``--kv-budget``, ``--kv-tier``, ``--kv-window``, ``--prefetch``,
 ``--lookahead``) spell the plan's session knobs (``autosurgeon.knobs.SESSION_KNOBS``). With ``--plan`` they
@@ -44,6 +46,9 @@ def register(subparsers: Any) -> None:
                       "overrides the plan's own budget)")
     parser.add_argument("--device", default=None, help="execution device: cpu or cuda[:N] (default: cuda:0 if present)")
     parser.add_argument("--prompt", default="def ", help="prompt text (byte-level for the zoo's LMs)")
+    parser.add_argument("--prompt-ids", default=None, metavar="IDS|random:N",
+                        help="token ids instead of --prompt text: 1,2,3 or random:16 (seeded random ids from the "
+                        "vocabulary); for shapes and directories without a tokenizer")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--weight-format", choices=FORMATS, default=None,
                         help="cast (float formats) or weight-only quantize the blocks' linears (int8/int4)")
@@ -85,26 +90,6 @@ def parse_budgets(text: str | None, *, reference_bytes: int | None = None, devic
 
     budget = MemoryBudget.parse(text, argument=FLAG)
     return budget.resolve(reference_bytes=reference_bytes, fastest=tier_of(device))
-
-
-def _tokenizer(loaded: Any) -> tuple[Any, Any]:
-    """(encode, decode) for the model: byte-level for 256-token vocabularies (the zoo's LMs), else the
-    Hugging Face tokenizer saved in the model directory."""
-    vocab = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
-    if vocab == 256:
-        from autosurgeon.models.text_corpus import decode, encode
-
-        return encode, decode
-    if loaded.source == "hf-dir":
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(loaded.name, local_files_only=True)
-            return (lambda text: tok(text)["input_ids"]), (lambda ids: tok.decode(ids))
-        except (OSError, ValueError):
-            pass
-    raise InvalidArgumentError(f"no tokenizer for {loaded.name!r} (vocabulary {vocab}): only byte-level models and "
-                               f"Hugging Face directories with a saved tokenizer can take `--prompt` text.")
 
 
 def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: int, offload_dir: str | None,
@@ -228,6 +213,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"`--max-new-tokens` must be >= 1, got {args.max_new_tokens}.")
     if args.lookahead is not None and args.lookahead < 0:
         raise InvalidArgumentError(f"`--lookahead` must be >= 0, got {args.lookahead}.")
+    from autosurgeon.models.prompt import check_before_build, parse_prompt_ids
+
+    prompt_ids = parse_prompt_ids(args.prompt_ids)
+    check_before_build(args.model, prompt_ids)  # a shape without --prompt-ids fails now, not after its build
     flags = session_flags(args, with_plan=args.plan is not None)  # flag-named errors before any loading
     plan = None
     if args.plan is not None:  # read (and reject) the plan before loading the model
@@ -253,8 +242,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.model, device="cpu", cache_dir=args.cache_dir)
     budgets = parse_budgets(args.memory_budget, reference_bytes=module_bytes(loaded.model), device=device)
     if loaded.task != "causal-lm":
-        raise InvalidArgumentError(f"`autosurgeon run` generates text; {loaded.name!r} is a {loaded.task} model.")
-    encode, decode = _tokenizer(loaded)
+        return _run_forward(args, loaded, budgets, device, prompt_ids)
+    encode, decode = _encode_decode(loaded, prompt_ids)
     model = loaded.model
     fmt = args.weight_format
     if fmt in ("float32", "bfloat16", "float16"):
@@ -263,9 +252,15 @@ def run(args: argparse.Namespace) -> int:
         _, blocks = find_blocks(model)
         for block in blocks:
             quantize_linears(block, fmt)
-    ids = torch.tensor([encode(args.prompt)], dtype=torch.long)
+    if prompt_ids is not None:
+        from autosurgeon.models.prompt import prompt_ids_tensor
+
+        ids = prompt_ids_tensor(loaded, prompt_ids)
+    else:
+        ids = torch.tensor([encode(args.prompt)], dtype=torch.long)
     if ids.numel() == 0:
-        raise InvalidArgumentError("`--prompt` is empty; give at least one token of text.")
+        raise InvalidArgumentError(f"`--prompt` {args.prompt!r} gave no token ids with {loaded.name!r}'s tokenizer; give "
+                                   "non-empty text, or --prompt-ids random:16.")
     check_limits(model, prompt_tokens=ids.shape[1], max_new_tokens=args.max_new_tokens, lookahead=args.lookahead)
     kv_context = ids.shape[1] + args.max_new_tokens - 1  # a --kv-budget share is of the whole run's tokens
     sources: dict[str, str] = {}
@@ -303,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
                  "streamed_from": sorted({b.tier for b in spec.blocks if b.streamed})}
     if args.json:
         print(json.dumps({
-            "model": loaded.name, "token_ids": new_ids, "text": decode(new_ids), "prompt": args.prompt,
+            "model": loaded.name, "token_ids": new_ids, "text": decode(new_ids),
+            "prompt": args.prompt if prompt_ids is None else None, "prompt_ids": ids[0].tolist(),
             "tokens_per_s": stats.tokens_per_s, "seconds": stats.seconds, "new_tokens": stats.tokens,
             "peak_bytes": stats.peak_bytes, "budgets": stats.budgets, "peak_rss_bytes": stats.peak_rss,
             "cuda_max_allocated_bytes": stats.cuda_max_allocated, "energy_j": energy,
@@ -318,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
             "adjustments": stats.extra.get("adjustments"),
         }))
         return 0
-    print(f"{args.prompt}{decode(new_ids)}")
+    print(f"{args.prompt}{decode(new_ids)}" if prompt_ids is None else f"prompt ids {ids[0].tolist()} -> {new_ids}")
     print()
     print(f"model      {loaded.name} on {device}: {placement['resident_blocks']} blocks resident, "
           f"{placement['streamed_blocks']} streamed" + (f" from {', '.join(placement['streamed_from'])}"
@@ -347,6 +343,89 @@ def run(args: argparse.Namespace) -> int:
         print(f"adapt      step {adj['step']}: {adj['knob']} {adj['old']} -> {adj['new']} ({adj['reason']})")
     print("energy     " + (f"{energy:.3f} J" if energy is not None else "unknown") + f" (source: {stats.energy_source}"
           + (", no power figure: pass --watts" if energy is None and stats.energy_source == "estimate" else "") + ")")
+    return 0
+
+
+def _encode_decode(loaded: Any, prompt_ids: Any) -> tuple[Any, Any]:
+    """The tokenizer's (encode, decode); with --prompt-ids and no tokenizer, ids are shown as ids."""
+    from autosurgeon.models.prompt import tokenizer
+
+    try:
+        return tokenizer(loaded)
+    except InvalidArgumentError:
+        if prompt_ids is None:
+            raise
+        return (lambda text: []), (lambda ids: " ".join(str(i) for i in ids))
+
+
+def _run_forward(args: argparse.Namespace, loaded: Any, budgets: dict[str, int], device: str, prompt_ids: Any) -> int:
+    """Encoders and classifiers: one forward on the runtime (or as is, without a block list), reported."""
+    import torch
+
+    from autosurgeon.cli.run_forward import forward_inputs, run_forward
+    from autosurgeon.models.prompt import prompt_ids_tensor, tokenizer
+    from runtime.errors import JalapenoError
+    from runtime.session import Session, find_blocks
+
+    if args.plan is not None or args.prefetch is not None or any(
+            v is not None for v in (args.kv_precision, args.kv_budget, args.kv_tier, args.kv_window)):
+        raise InvalidArgumentError(f"{loaded.name!r} is a {loaded.task} model: one forward, no generation; drop "
+                                   "--plan, --prefetch and the --kv-* flags.")
+    ids = None
+    if loaded.task == "feature-extraction":
+        if prompt_ids is not None:
+            ids = prompt_ids_tensor(loaded, prompt_ids)
+        else:
+            ids = torch.tensor([tokenizer(loaded)[0](args.prompt)], dtype=torch.long)
+    inputs = forward_inputs(loaded, ids)
+    if args.weight_format in ("float32", "bfloat16", "float16"):
+        loaded.model.to(getattr(torch, args.weight_format))
+        inputs = {k: v.to(getattr(torch, args.weight_format)) if v.is_floating_point() else v
+                  for k, v in inputs.items()}
+    try:
+        find_blocks(loaded.model)
+        has_blocks = True
+    except JalapenoError:
+        has_blocks = False
+    session = None
+    if has_blocks:
+        spec = build_spec(loaded.model, device=device, budgets=budgets, lookahead=args.lookahead or 2,
+                          offload_dir=args.offload_dir)
+        session = Session(loaded.model, spec, energy_watts=args.watts)
+    else:
+        loaded.model.to(device)
+    try:
+        result = run_forward(loaded, inputs, session=session, watts=args.watts, device=device)
+        stats = session.stats() if session is not None else None
+    finally:
+        if session is not None:
+            session.close()
+    result.update(model=loaded.name, task=loaded.task, device=device,
+                  runtime="session" if session is not None else "as is (no block list to stream)",
+                  peak_bytes=stats.peak_bytes if stats else None, budgets=stats.budgets if stats else None)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    from runtime.sizes import format_bytes
+
+    if result["output"] == "embeddings":
+        print(f"embeddings {result['shape']}: L2 norm per position mean {result['mean_norm']:.4g} "
+              f"(min {result['min_norm']:.4g}, max {result['max_norm']:.4g})")
+    else:
+        print("class scores (top 5): " + ", ".join(f"{c}: {p:.3f}" for c, p in result["top_classes"]))
+    print(f"model      {loaded.name} ({loaded.task}) on {device}, {result['runtime']}")
+    print(f"speed      {result['latency_s'] * 1e3:.3f} ms/forward (median of {result['repeats']}, min "
+          f"{result['latency_min_s'] * 1e3:.3f}, max {result['latency_max_s'] * 1e3:.3f})")
+    for tier, peak in (result["peak_bytes"] or {}).items():
+        budget = result["budgets"][tier]
+        if peak or budget is not None:
+            print(f"peak {tier:<5} {format_bytes(peak)}" + (f" of {format_bytes(budget)} budget" if budget else ""))
+    if result["peak_rss_bytes"] is not None:
+        print(f"peak RSS   {format_bytes(result['peak_rss_bytes'])} (whole process, sampled)")
+    energy = result["energy_j_per_forward"]
+    print("energy     " + (f"{energy * 1e3:.4g} mJ/forward" if energy is not None else "unknown")
+          + f" (source: {result['energy_source']}, over {result['energy_window_s']:.2f} s"
+          + (", no power figure: pass --watts" if energy is None else "") + ")")
     return 0
 
 

@@ -1,0 +1,86 @@
+"""`autosurgeon run` inputs: --prompt-ids, checks before any build, empty tokenizers, encoders and classifiers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from autosurgeon import zoo
+from autosurgeon.cli import main
+from autosurgeon.models.prompt import PromptIds, check_before_build, parse_prompt_ids, prompt_ids_tensor
+from autosurgeon.errors import InvalidArgumentError
+
+
+def test_prompt_ids_parse() -> None:
+    assert parse_prompt_ids(None) is None
+    assert parse_prompt_ids("1,2,3") == PromptIds(ids=(1, 2, 3))
+    assert parse_prompt_ids("random:16") == PromptIds(random=16)
+
+
+@pytest.mark.parametrize("text", ["", "1,,2", "a,b", "-1", "random:0", "random:x", "1.5"])
+def test_bad_prompt_ids_are_one_line_errors(text: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"`--prompt-ids`") as info:
+        parse_prompt_ids(text)
+    assert "\n" not in str(info.value)
+
+
+def test_shape_without_ids_is_refused_before_it_is_built(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(zoo, "load_model", refuse)
+    assert main(["run", "llama-7b-16l-shape", "--memory-budget", "cpu=1GiB"]) == 2
+    assert "--prompt-ids random:16" in capsys.readouterr().err
+    assert main(["run", "tiny-llama", "--prompt-ids", "1,x"]) == 2
+    assert "`--prompt-ids` must be" in capsys.readouterr().err
+
+
+def _encoder_dir(tmp_path: Path, *, tokenizer: bool) -> Path:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(tmp_path)
+    if tokenizer:
+        (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "def", "x"]))
+    return tmp_path
+
+
+def test_directory_without_tokenizer_needs_ids(tmp_path: Path) -> None:
+    folder = _encoder_dir(tmp_path, tokenizer=False)
+    with pytest.raises(InvalidArgumentError, match="no tokenizer files .*--prompt-ids random:16"):
+        check_before_build(str(folder), None)
+    check_before_build(str(folder), PromptIds(random=4))  # ids given: fine
+
+
+def test_ids_are_checked_against_the_vocabulary() -> None:
+    loaded = zoo.load_model("tiny-llama", device="meta")
+    assert prompt_ids_tensor(loaded, PromptIds(random=8)).shape == (1, 8)
+    assert prompt_ids_tensor(loaded, PromptIds(random=8)).max() < 256
+    with pytest.raises(InvalidArgumentError, match="256 is out of 'tiny-llama''s vocabulary of 256"):
+        prompt_ids_tensor(loaded, PromptIds(ids=(1, 256)))
+
+
+def test_encoder_runs_and_reports_embeddings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _encoder_dir(tmp_path, tokenizer=False)
+    assert main(["run", str(folder), "--prompt-ids", "random:6", "--json", "--watts", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] == "embeddings" and report["shape"] == [1, 6, 16] and report["mean_norm"] > 0
+    assert report["repeats"] >= 3 and report["energy_source"] in ("rapl", "estimate", "nvml")
+    assert report["energy_j_per_forward"] > 0 and report["energy_window_s"] >= 1.0
+
+
+def test_classifier_runs_and_reports_class_scores(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "digits-cnn", "--json", "--watts", "5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] == "class_scores" and len(report["top_classes"]) == 5
+    assert sum(p for _, p in report["top_classes"]) <= 1.0 + 1e-6
+
+
+def test_generation_from_prompt_ids(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "tiny-llama", "--prompt-ids", "100,101,102", "--max-new-tokens", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["prompt_ids"] == [100, 101, 102] and len(report["token_ids"]) == 2
