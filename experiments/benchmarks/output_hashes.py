@@ -31,7 +31,12 @@ def _volatile(key: str) -> bool:
     return any(v in k for v in _VOLATILE)
 
 
+_WORK = ""  # the run's temporary folder, replaced by "<work>" in strings (paths differ between runs)
+
+
 def _clean(obj: Any) -> Any:
+    if isinstance(obj, str) and _WORK:
+        return obj.replace(_WORK, "<work>")
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in sorted(obj.items()) if not _volatile(str(k))}
     if isinstance(obj, list):
@@ -57,6 +62,8 @@ def _json_lines(path: Path) -> list[Any]:
 
 
 def collect(work: Path) -> dict[str, str]:
+    global _WORK
+    _WORK = str(work)
     out: dict[str, str] = {}
     plans = {
         "plan/digits-cnn/h100/70%": ("digits-cnn", "h100-80gb", ["--budget-memory", "70%"]),
