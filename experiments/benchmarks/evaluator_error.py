@@ -363,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-json", default=None, metavar="A.json,B.json",
                    help="with --unseen: render --out from saved result files (e.g. two processes' parts)")
     args = p.parse_args(argv)
+    if args.device.startswith("cuda") and args.clock == "cpu":
+        p.error("`--device cuda` needs `--clock wall` (the CPU clock does not see GPU work).")
     if args.unseen and args.from_json:
         results = [r for f in args.from_json.split(",") for r in json.load(open(f))]
         text = unseen_markdown(results, args)
