@@ -74,6 +74,8 @@ class DemoSettings:
     seed: int = 0
     quality_samples: int = 8
     cache_dir: str | None = None
+    quality_data: str | None = None  # --data: perplexity on this file instead of the default quality
+    quality_method: str = "auto"  # --quality-method (autosurgeon.quality.settings.QualitySettings)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.evals, int) and self.evals >= 1):
@@ -88,6 +90,13 @@ class DemoSettings:
         if not (isinstance(self.quality_samples, int) and self.quality_samples >= 1):
             raise InvalidArgumentError(f"`--quality-samples` must be an integer >= 1, got {self.quality_samples!r}.")
         budget_bytes(self.budget, 1)  # a malformed budget fails before minutes of work
+        self.quality_settings()  # a bad --data / --quality-method fails here too
+
+    def quality_settings(self) -> Any:
+        """The QualitySettings every measured quality of the demo uses."""
+        from autosurgeon.quality.settings import QualitySettings
+
+        return QualitySettings(data=self.quality_data, samples=self.quality_samples, method=self.quality_method)
 
 
 @dataclass
@@ -327,7 +336,8 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
 
     t = time.perf_counter()
     say("baseline", "running the unmodified model on the runtime")
-    evaluator = RuntimeEvaluator(loaded, profile, quality_samples=settings.quality_samples)
+    evaluator = RuntimeEvaluator(loaded, profile, quality_samples=settings.quality_samples,
+                                 quality_settings=settings.quality_settings())
     unmodified = evaluator.space.decode(evaluator.space.default_vector(), metadata={"proposer": "unmodified"})
     baseline = _measure("unmodified", unmodified, evaluator, loaded, profile, settings)
     budget = budget_bytes(settings.budget, baseline.metrics.memory_bytes)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from autosurgeon.cli._budget import add_memory_budget
+from autosurgeon.cli._quality import add_quality_arguments
 from experiments.demo_flow import DemoSettings
 
 _DEFAULTS = DemoSettings()
@@ -46,8 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "unless named here")
     parser.add_argument("--tokens", type=int, default=_DEFAULTS.tokens,
                         help=f"tokens to generate (default {_DEFAULTS.tokens})")
-    parser.add_argument("--quality-samples", type=int, default=_DEFAULTS.quality_samples,
-                        help=f"held-out windows/images for the measured quality (default {_DEFAULTS.quality_samples})")
+    add_quality_arguments(parser, default_samples=_DEFAULTS.quality_samples)
     parser.add_argument("--seed", type=int, default=0, help="sweep seed (default 0)")
     parser.set_defaults(func=run)
 
@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     settings = DemoSettings(model=args.model, budget=args.memory_budget, max_quality_loss=args.max_quality_loss,
                             evals=args.evals, pop_size=args.pop_size, out=args.out, warm_start=args.warm_start,
                             policy=args.policy, tokens=args.tokens, quality_samples=args.quality_samples,
-                            seed=args.seed)
+                            seed=args.seed, quality_data=args.data, quality_method=args.quality_method)
     progress = _Progress()
     result = run_demo(settings, progress=progress)
 

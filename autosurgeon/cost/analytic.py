@@ -13,8 +13,8 @@ the runtime stores and a kernel reads); an embedding reads only its gathered row
 traffic minus the weight read (activations in/out and KV cache reads). Elementwise ops between leaves
 (residual adds, rotary) carry no FLOPs in torch's counter; their cost is in the launch term.
 
-Decode on a measured CPU (``gemv=`` a ``cost.gemv.GemvTable``): a linear leaf's seconds are instead the MEASURED
-GEMV time of its format and kernel at its own ``batch x in -> out`` shape (small decode GEMVs are bound by kernel
+On a measured CPU (``gemv=`` a ``cost.gemv.GemvTable`` at the phase's token rows): a linear leaf's seconds are
+instead the MEASURED time of its format and kernel at its own ``rows x in -> out`` shape (small decode GEMVs are bound by kernel
 and dispatch work, not bytes: a roofline ranked int4 fastest where it is slowest), and the launch term uses the
 table's measured per-op cost unless one is passed.
 

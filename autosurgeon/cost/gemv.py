@@ -72,7 +72,7 @@ def measure_entries(specs: Sequence[tuple[str, str, int, int]], *, batch: int = 
     for precision, kernel, in_f, out_f in specs:
         g = group_size if in_f % group_size == 0 else 32
         module = _module(precision, kernel, in_f, out_f, g)
-        x = torch.randn(batch, 1, in_f)
+        x = torch.randn(1, batch, in_f)  # (1, rows, in): batch x 1 at decode, the prompt's tokens otherwise
         for _ in range(3):  # warm: the first call of a shape can select or pack
             module(x)
         prepared.append((entry_key(precision, kernel, in_f, out_f, batch), module, x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from autosurgeon.cost.analytic import AnalyticCostModel
 from autosurgeon.cost.base import energy_j
@@ -23,9 +24,10 @@ class AnalyticEvaluator(Evaluator):
     Extra args (see ``AnalyticCostModel``): ``launch_overhead_s``, ``fetch_overhead_s`` (None: documented
     defaults, or pass ``ProfiledTable`` figures to calibrate), ``lookahead``, ``disk_cache``.
     The model may live on the meta device (large architectures on paper).
-    ``gemv``: decode-shaped rates (``cost.gemv``): "auto" measures (or loads, after a spot check) the GEMV
-    table of this model's linear shapes when the profile is a MEASURED CPU-only machine and the workload
-    decodes; a ``GemvTable``; or None (the roofline alone, as on paper profiles).
+    ``gemv``: rates at the workload's real shapes (``cost.gemv``): "auto" measures (or loads, after a spot check)
+    the table of this model's linear shapes at each phase's token rows (decode: batch x 1; prefill and encoders:
+    batch x prompt) when the profile is a MEASURED CPU-only machine; a ``GemvTable`` (decode rows); or None
+    (the roofline alone, as on paper profiles).
     """
 
     name = "analytic"
@@ -44,35 +46,43 @@ class AnalyticEvaluator(Evaluator):
             # One decode token against ``context`` cached positions (the zoo builds the cache; on meta too).
             phases = [(w.phase, lambda: self.loaded.example_inputs(w.batch, w.context, phase="decode", seed=w.seed)),
                       ("prefill", lambda: base_inputs(self.loaded, w))]
-        if isinstance(gemv, str):
-            if gemv != "auto":
-                raise InvalidArgumentError(f"`gemv` must be 'auto', a GemvTable or None, got {gemv!r}.")
-            gemv = self._gemv_table() if self._gemv_applies() else None
-        self.gemv = gemv
+        if isinstance(gemv, str) and gemv != "auto":
+            raise InvalidArgumentError(f"`gemv` must be 'auto', a GemvTable or None, got {gemv!r}.")
+        self.gemv = None
         self.models: dict[str, AnalyticCostModel] = {}
         for phase, make in phases:
-            n_ops = count_ops(model, make())
+            inputs = make()
+            n_ops = count_ops(model, inputs)
             analysis = analyze(model, make(), phase="decode" if phase == "decode" else "prefill")
+            # Token rows each linear multiplies in this phase: batch x 1 at decode, batch x prompt otherwise.
+            ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+            rows = int(ids.numel()) if isinstance(ids, torch.Tensor) else None
+            table = gemv
+            if gemv == "auto":
+                table = self._gemv_table(rows) if rows is not None and self._gemv_applies() else None
+            elif gemv is not None and phase != "decode":
+                table = None  # a table passed in is for decode rows
+            if phase == w.phase:
+                self.gemv = table
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
-                                                   disk_cache=disk_cache,
-                                                   gemv=gemv if phase == "decode" else None, batch=w.batch)
+                                                   disk_cache=disk_cache, gemv=table,
+                                                   batch=rows if table is not None and rows else w.batch)
         self.lookahead = lookahead
 
     def _gemv_applies(self) -> bool:
         p = self.profile
         on_meta = any(t.is_meta for t in self.loaded.model.parameters())
-        return (bool(p.measured) and not p.gpus and p.default_unit().kind == "cpu" and not on_meta
-                and self.workload.phase == "decode")
+        return bool(p.measured) and not p.gpus and p.default_unit().kind == "cpu" and not on_meta
 
-    def _gemv_table(self) -> Any:
+    def _gemv_table(self, rows: int) -> Any:
         from autosurgeon.cost.gemv import gemv_table
 
         leaves = [leaf for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features]
         shapes = {(leaf.weight_numel // leaf.out_features, leaf.out_features) for leaf in leaves}
         precisions = {c for v in self.space.variables if v.knob == "precision" for c in v.choices} | {"float32"}
-        return gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=self.workload.batch)
+        return gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=rows)
 
     def settings(self) -> dict[str, Any]:
         main = self.models[self.workload.phase]

@@ -305,6 +305,29 @@ def unseen_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> 
         name = os.path.basename(res["model"].rstrip("/")).rsplit("-", 1)[0]
         lines.append(f"- {name}: runtime {' < '.join(s['runtime']['uniform_order'])}; "
                      + "; ".join(f"{ev} {' < '.join(e['uniform_order'])}" for ev, e in s.items() if ev != "runtime"))
+    lines += ["", "The proxy's stated error per model (``quality.recheck.ProxyCalibration`` fitted on every plan of the "
+              "run: estimated = profiled evaluator's sensitivity proxy, measured = runtime), and the plans the bound "
+              "would mis-admit:", "",
+              "| model | plans with both | scale (median measured/estimated) | error (p90 residual) | measured > 1% "
+              "but estimated <= 1% | same, after recheck() (scale + error; unscored plans measured) |", "| --- | --- | --- | --- | --- | --- |"]
+    from autosurgeon.quality.recheck import ProxyCalibration
+
+    for res in results:
+        name = os.path.basename(res["model"].rstrip("/")).rsplit("-", 1)[0]
+        both = [r for r in res["rows"]
+                if r["profiled"].get("quality_loss") is not None and r["runtime"].get("quality_loss") is not None]
+        pairs = [(r["profiled"]["quality_loss"], r["runtime"]["quality_loss"]) for r in both]
+        unscored = [int(r["profiled"].get("extra", {}).get("quality_unscored", 0)) for r in both]
+        if len(pairs) < 3:
+            lines.append(f"| {name} | {len(pairs)} | - | - | - | - |")
+            continue
+        cal = ProxyCalibration.from_pairs(pairs)
+        miss = sum(m > 0.01 and e <= 0.01 for e, m in pairs)
+        # recheck(): measured when near the bound by the stated error, or when the proxy left decisions unscored.
+        miss_after = sum(m > 0.01 and u == 0 and not cal.needs_recheck(e, 0.01) for (e, m), u in zip(pairs, unscored))
+        unscored_plans = sum(u > 0 for u in unscored)
+        lines.append(f"| {name} | {len(pairs)} ({unscored_plans} with unscored decisions) | {cal.scale:.3g} | "
+                     f"{cal.error * 100:.4f}% | {miss} | {miss_after} |")
     lines += ["", "Quality of uniform plans: measured on the runtime (95 % interval) vs the proxy's estimate:", "",
               "| model | plan | measured loss | 95% interval | top-1 agreement | estimated (proxy) | error (est - "
               "measured) | measured > 1% but estimated <= 1% |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -342,7 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unseen", action="store_true", help="run every model of the unseen set (see the docstring)")
     p.add_argument("--models", default=None, help="with --unseen: a comma list of unseen names (default all)")
     p.add_argument("--device", default="cpu", help="where the model runs (cpu; cuda on a GPU machine)")
+    p.add_argument("--from-json", default=None, metavar="A.json,B.json",
+                   help="with --unseen: render --out from saved result files (e.g. two processes' parts)")
     args = p.parse_args(argv)
+    if args.device.startswith("cuda") and args.clock == "cpu":
+        p.error("`--device cuda` needs `--clock wall` (the CPU clock does not see GPU work).")
+    if args.unseen and args.from_json:
+        results = [r for f in args.from_json.split(",") for r in json.load(open(f))]
+        text = unseen_markdown(results, args)
+        if args.out:
+            with open(args.out, "w") as fh:
+                fh.write(text)
+        print(text)
+        return 0
     if args.unseen:
         from experiments.benchmarks.unseen import build_unseen, unseen_names
 

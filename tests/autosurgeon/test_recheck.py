@@ -44,3 +44,9 @@ def test_calibrate_on_random_plans_of_a_space():
     cal = calibrate(Space(), lambda x: float(x.sum()) * 1e-3, lambda x: (float(x.sum()) * 2e-3, None), n=5)
     assert cal.scale == pytest.approx(2.0) and cal.error == pytest.approx(0.0, abs=1e-12)
     assert len(cal.pairs) == 5 and np.isfinite(cal.error)
+
+
+def test_unscored_decisions_are_always_measured():
+    cal = ProxyCalibration(scale=1.0, error=0.0)
+    r = recheck("p", estimate=0.0, bound=0.01, calibration=cal, measure=lambda plan: (1.08, None), unscored=1)
+    assert not r.admitted and r.measured == 1.08 and "cannot score" in r.reason
