@@ -72,9 +72,19 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
     from runtime.session import module_bytes
 
     budget = MemoryBudget.parse(memory_budget, argument="memory_budget")
-    budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=_fastest(device)) if budget else None
-    return session_from_plan(model, plan if plan is not None else Plan(), profile=device, budgets=budgets,
-                             energy_watts=watts, offload_dir=offload_dir)
+    fastest = _fastest(device)
+    budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=fastest) if budget else None
+    if plan is None:  # unmodified: the default placement within the budgets, as `autosurgeon run` without --plan
+        from autosurgeon.placement import build_spec
+        from runtime.session import Session
+
+        exec_device = "cuda:0" if fastest == "gpu" else "cpu"
+        spec = build_spec(model.model, device=exec_device, budgets=budgets or {}, lookahead=2, offload_dir=offload_dir)
+        return Session(model.model, spec, energy_watts=watts)
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    return session_from_plan(model, plan, profile=device, budgets=budgets, energy_watts=watts,
+                             offload_dir=offload_dir)
 
 
 def prompt(model: Any, text: str | None = None, *, ids: str | None = None) -> Any:
