@@ -46,7 +46,8 @@ def plan(model: Any, *, device: Any = "local", memory_budget: str | int | None =
     from autosurgeon.space.search_space import SearchSpace
 
     if memory_budget is None and max_quality_loss is None:
-        raise InvalidArgumentError("give `memory_budget` (e.g. '25%' or '2GiB'), `max_quality_loss` (e.g. 0.01), or both.")
+        raise InvalidArgumentError("give `memory_budget` (e.g. '25%' or '2GiB'), `max_quality_loss` (e.g. 0.01), "
+                                   "or both.")
     if not group_sizes:
         raise InvalidArgumentError("`group_sizes` must name at least one int4 group size, e.g. (128,).")
     profile = resolve_profile(device)

@@ -107,7 +107,8 @@ class LoadedModel:
 
         Causal LMs: prefill -> ``{"input_ids": (B, T)}``; decode -> ``{"input_ids": (B, 1), "cache": DynamicCache
         holding seq_len positions, "use_cache": True}`` (``"past_key_values"`` where the model's forward still
-        takes that name: ``models.inputs.cache_argument``; cache keys and values are seeded random numbers, or empty on meta; see ``models.inputs``). Image classifiers:
+        takes that name: ``models.inputs.cache_argument``; cache keys and values are seeded random numbers, or
+        empty on meta; see ``models.inputs``). Image classifiers:
         ``{input_name: (B, C, H, W)}``; ``seq_len`` is ignored and ``phase`` must be ``"prefill"``.
         """
         check_sizes(batch, seq_len, phase)
