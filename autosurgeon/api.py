@@ -46,7 +46,8 @@ def plan(model: Any, *, device: Any = "local", memory_budget: str | int | None =
     from autosurgeon.space.search_space import SearchSpace
 
     if memory_budget is None and max_quality_loss is None:
-        raise InvalidArgumentError("give `memory_budget` (e.g. '25%' or '2GiB'), `max_quality_loss` (e.g. 0.01), or both.")
+        raise InvalidArgumentError("give `memory_budget` (e.g. '25%' or '2GiB'), `max_quality_loss` (e.g. 0.01), "
+                                   "or both.")
     if not group_sizes:
         raise InvalidArgumentError("`group_sizes` must name at least one int4 group size, e.g. (128,).")
     profile = resolve_profile(device)
@@ -72,9 +73,19 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
     from runtime.session import module_bytes
 
     budget = MemoryBudget.parse(memory_budget, argument="memory_budget")
-    budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=_fastest(device)) if budget else None
-    return session_from_plan(model, plan if plan is not None else Plan(), profile=device, budgets=budgets,
-                             energy_watts=watts, offload_dir=offload_dir)
+    fastest = _fastest(device)
+    budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=fastest) if budget else None
+    if plan is None:  # unmodified: the default placement within the budgets, as `autosurgeon run` without --plan
+        from autosurgeon.placement import build_spec
+        from runtime.session import Session
+
+        exec_device = "cuda:0" if fastest == "gpu" else "cpu"
+        spec = build_spec(model.model, device=exec_device, budgets=budgets or {}, lookahead=2, offload_dir=offload_dir)
+        return Session(model.model, spec, energy_watts=watts)
+    if not isinstance(plan, Plan):
+        plan = Plan.load(plan)
+    return session_from_plan(model, plan, profile=device, budgets=budgets, energy_watts=watts,
+                             offload_dir=offload_dir)
 
 
 def prompt(model: Any, text: str | None = None, *, ids: str | None = None) -> Any:

@@ -104,9 +104,10 @@ class LoadedModel:
     ) -> dict[str, Any]:
         """Keyword arguments for ``model(**inputs)``, on ``device`` (default: the model's device).
 
-        Causal LMs: prefill -> ``{"input_ids": (B, T)}``; decode -> ``{"input_ids": (B, 1),
-        "past_key_values": DynamicCache holding seq_len positions, "use_cache": True}`` (cache keys and
-        values are seeded random numbers, or empty on meta; see ``models.inputs``). Image classifiers:
+        Causal LMs: prefill -> ``{"input_ids": (B, T)}``; decode -> ``{"input_ids": (B, 1), "cache": DynamicCache
+        holding seq_len positions, "use_cache": True}`` (``"past_key_values"`` where the model's forward still
+        takes that name: ``models.inputs.cache_argument``; cache keys and values are seeded random numbers, or
+        empty on meta; see ``models.inputs``). Image classifiers:
         ``{input_name: (B, C, H, W)}``; ``seq_len`` is ignored and ``phase`` must be ``"prefill"``.
         """
         check_sizes(batch, seq_len, phase)

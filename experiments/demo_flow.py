@@ -19,6 +19,7 @@ How the plan is chosen:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import statistics
 import time
@@ -138,6 +139,28 @@ class DemoResult:
         if self.plan_path is not None:
             out["plan"] = self.plan_path
         return {k: v for k, v in out.items() if v.exists()}
+
+
+def smallest_memory(space: Any, profile: Any) -> int:
+    """A lower bound of any plan's GPU+CPU bytes in ``space``: each tier's smallest reachable footprint, summed."""
+    from autosurgeon.plan_check import smallest_footprint
+
+    tiers = ["cpu"] + (["gpu"] if any(u.kind == "gpu" for u in profile.units) else [])
+    return sum(smallest_footprint(space, tier)[0] for tier in tiers)
+
+
+def check_budget_feasible(space: Any, profile: Any, budget: int, reference: int, text: str) -> None:
+    """Refuse, before any search, a budget below what every plan needs; name the smallest budget that can work."""
+    from autosurgeon.budget import FLAG
+    from runtime.sizes import format_bytes
+
+    floor = smallest_memory(space, profile)
+    if budget < floor:
+        share = math.ceil(100 * floor / reference)
+        raise InvalidArgumentError(
+            f"`{FLAG}` {text} ({format_bytes(budget)}) is below the smallest GPU+CPU footprint any plan of this model "
+            f"reaches here, {format_bytes(floor)} ({share}% of the unmodified {format_bytes(reference)}); rerun with "
+            f"{FLAG} {share}% or more.")
 
 
 def budget_bytes(text: str, reference: int) -> int:
@@ -330,7 +353,7 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     seconds["profile"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say("model", f"loading {settings.model} (trained on first use, then cached)")
+    say("model", f"loading {settings.model} (shipped trained weights, else trained once and cached)")
     loaded = load_model(settings.model, cache_dir=settings.cache_dir)
     seconds["model"] = time.perf_counter() - t
 
@@ -341,6 +364,7 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     unmodified = evaluator.space.decode(evaluator.space.default_vector(), metadata={"proposer": "unmodified"})
     baseline = _measure("unmodified", unmodified, evaluator, loaded, profile, settings)
     budget = budget_bytes(settings.budget, baseline.metrics.memory_bytes)
+    check_budget_feasible(evaluator.space, profile, budget, baseline.metrics.memory_bytes, settings.budget)
     seconds["baseline"] = time.perf_counter() - t
 
     user_markov = cache_root(settings.cache_dir) / "markov" / f"{device_class}.json"

@@ -21,7 +21,6 @@ embeddings, head and the staging slots streaming needs), the rest stream from th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import re
@@ -30,6 +29,7 @@ from typing import Any
 from autosurgeon.budget import FLAG, MemoryBudget
 from autosurgeon.cli._budget import add_memory_budget
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.placement import build_spec  # noqa: F401  (the default placement; was defined here)
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
 
@@ -90,34 +90,6 @@ def parse_budgets(text: str | None, *, reference_bytes: int | None = None, devic
 
     budget = MemoryBudget.parse(text, argument=FLAG)
     return budget.resolve(reference_bytes=reference_bytes, fastest=tier_of(device))
-
-
-def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: int, offload_dir: str | None,
-               exclude: set[int] | None = None, reserve: int = 0) -> Any:
-    """The default placement (see the module docstring), from the exact bytes of the (formatted) model.
-
-    ``exclude``: ids of modules managed elsewhere (streamed experts), left out of the block sizes;
-    ``reserve``: bytes of the execution tier's budget already spoken for (the expert cache)."""
-    from runtime.session import find_blocks, module_bytes, own_bytes
-    from runtime.spec import SessionSpec
-    from runtime.tensors import tier_of
-
-    exclude = exclude or set()
-
-    def size(module: Any) -> int:
-        return sum(own_bytes(m) for m in module.modules() if id(m) not in exclude)
-
-    _, blocks = find_blocks(model)
-    block_bytes = max(size(b) for b in blocks)
-    rest_bytes = module_bytes(model) - sum(module_bytes(b) for b in blocks)
-    unit = max(own_bytes(m) for b in blocks for m in b.modules() if id(m) not in exclude)
-    tier = tier_of(device)
-    fit_budgets = dict(budgets)
-    if reserve and budgets.get(tier) is not None:  # place blocks in what the expert cache leaves
-        fit_budgets[tier] = max(0, budgets[tier] - reserve)
-    spec = SessionSpec.fit(n_blocks=len(blocks), block_bytes=block_bytes, rest_bytes=rest_bytes, device=device,
-                           budgets=fit_budgets, stream_unit_bytes=unit, lookahead=lookahead, offload_dir=offload_dir)
-    return dataclasses.replace(spec, budgets=budgets) if reserve else spec
 
 
 FLAG_KNOBS = (("kv_precision", "--kv-precision"), ("kv_budget", "--kv-budget"), ("kv_tier", "--kv-tier"),

@@ -77,7 +77,8 @@ def _train(zoo: Any, name: str, args: argparse.Namespace) -> int:
     if name not in zoo.model_names():
         raise InvalidArgumentError(f"unknown zoo name {name!r}; trainable names: {', '.join(_trainable(zoo))}.")
     if name not in _trainable(zoo):
-        raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights: nothing to train; trainable names: "
+        raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights: nothing to train; "
+                                   "trainable names: "
                                    f"{', '.join(_trainable(zoo))}.")
     _show_progress()
     started = time.perf_counter()

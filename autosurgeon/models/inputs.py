@@ -94,7 +94,16 @@ def causal_lm_inputs(
         return {"input_ids": ids(seq_len)}
     new_token = ids(1)
     cache = filled_cache(model, batch, seq_len, device=device, generator=generator)
-    return {"input_ids": new_token, "past_key_values": cache, "use_cache": True}
+    return {"input_ids": new_token, cache_argument(model): cache, "use_cache": True}
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The forward's name for the KV cache: ``cache`` (transformers 5.2x renamed it, warning on the old name
+    until its removal) or ``past_key_values`` (older transformers and models that keep it)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def image_inputs(

@@ -43,7 +43,7 @@ def lm_params(*, hidden: int, layers: int, heads: int, kv_heads: int, intermedia
 
 
 def digits_params(width: int, classes: int = 10) -> int:
-    """Parameters of ``DigitsCNN(width)``: three 3x3 convs of the residual block and stem, BN scales/shifts, the head."""
+    """Parameters of ``DigitsCNN(width)``: four 3x3 convs (stem, residual block, down), BN affine, the head."""
     convs = 1 * width * 9 + 2 * width * width * 9 + width * 2 * width * 9
     norms = 2 * width + 2 * 2 * width + 2 * 2 * width
     return convs + norms + 2 * width * classes + classes

@@ -13,7 +13,8 @@ from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model")
 _IDS = re.compile(r"^\d+(,\d+)*$")
 _RANDOM = re.compile(r"^random:(\d+)$")
 MAX_RANDOM = 1_000_000
@@ -36,7 +37,8 @@ def parse_prompt_ids(text: str | None) -> PromptIds | None:
     if match:
         n = int(match.group(1))
         if not 1 <= n <= MAX_RANDOM:
-            raise InvalidArgumentError(f"`--prompt-ids` random:{n}: the length must be 1..{MAX_RANDOM}, e.g. random:16.")
+            raise InvalidArgumentError(f"`--prompt-ids` random:{n}: the length must be 1..{MAX_RANDOM}, "
+                                       "e.g. random:16.")
         return PromptIds(random=n)
     if not _IDS.match(value):
         raise InvalidArgumentError(f"`--prompt-ids` must be comma-separated token ids (1,2,3) or random:N "
@@ -58,7 +60,8 @@ def check_before_build(spec: str, prompt_ids: PromptIds | None) -> None:
     entry = ZOO.get(spec)
     if entry is not None:
         if entry.recipe is None:
-            raise InvalidArgumentError(f"{spec!r} is an architecture shape with random weights and no tokenizer; {hint}.")
+            raise InvalidArgumentError(f"{spec!r} is an architecture shape with random weights and no tokenizer; "
+                                       f"{hint}.")
         return
     folder = Path(spec).expanduser()
     config_path = folder / "config.json"

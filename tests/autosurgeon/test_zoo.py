@@ -15,6 +15,7 @@ from autosurgeon.errors import InvalidArgumentError, ModelDirectoryError, Unknow
 from autosurgeon.models import shapes
 from autosurgeon.models.cache import build_once
 from autosurgeon.models.digits import DigitsRecipe, train_digits
+from autosurgeon.models.inputs import cache_argument
 from autosurgeon.models.text_corpus import (
     build_corpus,
     decode,
@@ -86,7 +87,7 @@ def test_prefill_inputs_of_byte_lm_are_heldout_text(trained_lm: LoadedModel) -> 
 def test_decode_inputs_hold_a_cache_of_seq_len(trained_lm: LoadedModel) -> None:
     inputs = trained_lm.example_inputs(3, 17, phase="decode")
     assert inputs["input_ids"].shape == (3, 1) and inputs["use_cache"] is True
-    cache = inputs["past_key_values"]
+    cache = inputs[cache_argument(trained_lm.model)]
     assert cache.get_seq_length() == 17
     with torch.no_grad():
         out = trained_lm.model(**inputs)
@@ -148,7 +149,7 @@ def test_shapes_build_on_meta_with_documented_param_counts(name: str, expected: 
 def test_meta_decode_inputs_run_forward_on_meta() -> None:
     loaded = load_model("mixtral-8x7b-shape", device="meta")
     inputs = loaded.example_inputs(2, 40, phase="decode")
-    cache = inputs["past_key_values"]
+    cache = inputs[cache_argument(loaded.model)]
     assert cache.get_seq_length() == 40 and inputs["input_ids"].device.type == "meta"
     key = cache.layers[0].keys
     assert key.shape == (2, 8, 40, 128)  # (B, kv heads, T, head dim) from the config
@@ -198,7 +199,7 @@ def test_hf_dir_round_trip(tmp_path: Path) -> None:
     assert {p.device.type for p in meta.model.parameters()} == {"meta"}
     assert {p.dtype for p in meta.model.parameters()} == {torch.bfloat16}
     decode_inputs = meta.example_inputs(1, 5, phase="decode")
-    assert decode_inputs["past_key_values"].layers[0].keys.dtype == torch.bfloat16
+    assert decode_inputs[cache_argument(meta.model)].layers[0].keys.dtype == torch.bfloat16
 
 
 def test_dir_missing_config(tmp_path: Path) -> None:

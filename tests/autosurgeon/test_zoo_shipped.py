@@ -18,7 +18,7 @@ SHIPPED = sorted(p.name for p in SHIPPED_DIR.iterdir() if p.is_dir())
 
 
 def test_the_default_models_ship() -> None:
-    assert {"tiny-llama", "digits-cnn"} <= set(SHIPPED)
+    assert {"tiny-llama", "tiny-moe", "digits-cnn"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
