@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from autosurgeon._logging import get_logger
-from autosurgeon.envelope import unwrap
+from autosurgeon.files.envelope import unwrap
 from autosurgeon.errors import InvalidArgumentError
 from agents.markov_features import (
     INTENSITY_EDGES,

@@ -22,7 +22,7 @@ def convert(folder: str | Path, *, trust_pickle: bool = False) -> Path:
     from sb3_contrib import MaskablePPO
 
     from agents.policy_io import POLICY_TYPE, POLICY_VERSION
-    from autosurgeon.envelope import unwrap
+    from autosurgeon.files.envelope import unwrap
 
     folder = Path(folder)
     if not trust_pickle:

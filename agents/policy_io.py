@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.policy_store import PICKLED, WEIGHTS, load_network, refuse_pickled
-from autosurgeon.envelope import unwrap
+from autosurgeon.files.envelope import unwrap
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
 
 POLICY_TYPE = "autosurgeon.SurgeryPolicy"

@@ -175,7 +175,7 @@ def checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensors, state)`` of one checkpoint; InvalidArgumentError naming what is wrong with it."""
-    from autosurgeon.envelope import unwrap
+    from autosurgeon.files.envelope import unwrap
 
     path = Path(path)
     source = f"checkpoint {str(path)!r}"

@@ -76,7 +76,7 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
     fastest = _fastest(device)
     budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=fastest) if budget else None
     if plan is None:  # unmodified: the default placement within the budgets, as `autosurgeon run` without --plan
-        from autosurgeon.placement import build_spec
+        from autosurgeon.planners.default_placement import build_spec
         from runtime.session import Session
 
         exec_device = "cuda:0" if fastest == "gpu" else "cpu"

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from autosurgeon.envelope import unwrap, wrap
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 
 LABELS = ("measured", "profiled", "estimated")

@@ -39,7 +39,7 @@ from typing import Any
 from torch import nn
 
 from autosurgeon.budget import MemoryBudget
-from autosurgeon.envelope import unwrap, wrap
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import AutoSurgeonError
 from autosurgeon.knobs import validate_decision, validate_session
 

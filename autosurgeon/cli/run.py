@@ -29,7 +29,7 @@ from typing import Any
 from autosurgeon.budget import FLAG, MemoryBudget
 from autosurgeon.cli._budget import add_memory_budget
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.placement import build_spec  # noqa: F401  (the default placement; was defined here)
+from autosurgeon.planners.default_placement import build_spec  # noqa: F401  (the default placement; was defined here)
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from autosurgeon.cost.base import LeafChoice
-from autosurgeon.envelope import unwrap, wrap
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 
 TABLE_TYPE = "autosurgeon.ProfiledTable"

@@ -41,7 +41,7 @@ from autosurgeon.quality.calibration import (
     module_of,
     run_model,
 )
-from autosurgeon.envelope import unwrap, wrap
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.quality.hutchinson import unit_hessian_traces
 from autosurgeon.models.cache import cache_root

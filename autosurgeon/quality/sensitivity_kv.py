@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from autosurgeon._logging import get_logger
-from autosurgeon.envelope import unwrap, wrap
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT
 from autosurgeon.knobs import KV_BUDGET_NONE, KV_PRECISIONS

@@ -50,7 +50,7 @@ import numpy as np
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.envelope import unwrap, wrap
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.knobs import ALL_KNOBS, KNOBS, SESSION_KNOBS, SESSION_UNIT
 from autosurgeon.plan import Plan, model_fingerprint

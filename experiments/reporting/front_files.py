@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autosurgeon.envelope import unwrap
+from autosurgeon.files.envelope import unwrap
 from autosurgeon.errors import InvalidArgumentError
 
 FRONT_TYPE = "autosurgeon.Front"
