@@ -174,6 +174,7 @@ def check_limits(model: Any, *, prompt_tokens: int, max_new_tokens: int, lookahe
                                        f"0..{len(blocks)}.")
 
 
+# long: argument checks before any load, the run, and the report it prints in two forms (text and --json)
 def run(args: argparse.Namespace) -> int:
     import torch
 

@@ -73,6 +73,7 @@ class RuntimeEvaluator(Evaluator):
                 "budgets": self.budgets, "energy": self.energy, "threads": torch.get_num_threads(),
                 "lookahead": self.lookahead}
 
+    # long: apply, time, measure memory/energy/quality, combine with the KV term and label each figure, in order
     def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
         try:
             from autosurgeon.transforms import apply_plan

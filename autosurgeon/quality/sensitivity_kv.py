@@ -238,6 +238,7 @@ def kv_table_key(model: Any, settings: KVSensitivitySettings | None = None) -> s
     return _cache_key(module, _settings_dict(module, settings), version=TABLE_VERSION)
 
 
+# long: one measurement loop (cache lookup, reference decode, one decode per choice, atomic write); its steps share state
 def measure_kv_sensitivity(model: Any, settings: KVSensitivitySettings | None = None, *, use_cache: bool = True,
                            cache_dir: str | os.PathLike[str] | None = None,
                            threads: int | None = None) -> KVSensitivityTable:
