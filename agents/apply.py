@@ -203,6 +203,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     plan = ctx.space.decode(x, metadata={"proposer": "agents.apply", "policy": str(policy),
                                          "preference": dict(zip(OBJECTIVES, pref.tolist())),
                                          "memory_budget": memory_budget})
+    plan = _with_valid_group_sizes(plan, ctx, env.profile, tuple(meta["knobs"]))
     budgets = None
     if memory_budget is not None:
         tier = "gpu" if profile.default_unit().kind == "gpu" else "cpu"
@@ -251,6 +252,22 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
                 next((b.label for b in result.baselines if dominates(b.normalised, n)), None)
                 for n in result.front.normalised]
     return result
+
+
+def _with_valid_group_sizes(plan: Any, ctx: Any, profile: Any, knobs: tuple[str, ...]) -> Any:
+    """``plan`` with an explicit, valid group size on every int4 layer when the policy's space has no
+    ``group_size`` knob: left implicit, the runtime's default group (128) would be taken, which layers with
+    fewer input features cannot take — a space with that knob (the sweep's, the demo's) then refuses the plan.
+    The plan is encoded into the space with ``group_size`` added, repaired there (masks) and decoded back."""
+    if "group_size" in knobs or not any(d.get("precision") == "int4" for d in
+                                        (r.get("decisions", {}) for r in plan.to_dict()["_data"]["rules"])):
+        return plan
+    from autosurgeon.space.search_space import SearchSpace
+
+    full = SearchSpace.build(ctx.loaded, profile, knobs=(*knobs, "group_size"),
+                             analysis=getattr(ctx.space, "analysis", None))
+    x = full.repair(full.encode(plan))
+    return full.decode(x, metadata=dict(plan.metadata))
 
 
 def write_front(path: str | os.PathLike[str], front: FrontResult, space: Any,
