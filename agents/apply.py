@@ -208,7 +208,10 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     if memory_budget is not None:
         tier = "gpu" if profile.default_unit().kind == "gpu" else "cpu"
         budgets = {tier: int(memory_budget)}
-    problems = check_plan(ctx.loaded, plan, profile, space=ctx.space, budgets=budgets)
+    # The plan may now decide group sizes the policy's space has no variable for: check it in a space that has.
+    decides_groups = any("group_size" in r.decisions for r in plan.rules)
+    space = ctx.space if "group_size" in ctx.space.knobs or not decides_groups else None
+    problems = check_plan(ctx.loaded, plan, profile, space=space, budgets=budgets)
     errors = [p for p in problems if getattr(p, "severity", "error") == "error"]
     if errors and all(p.knob == "budget" for p in errors):
         notes.append("the policy's plan exceeds the memory budget: " + "; ".join(map(str, errors[:2])))
