@@ -2,7 +2,7 @@
 
     import autosurgeon as asg
     model = asg.load("tiny-llama")                                  # zoo name, HF directory or module:factory
-    plan = asg.plan(model, memory_budget="50%", max_quality_loss=0.02)   # sensitivity-aware knapsack plan
+    plan = asg.make_plan(model, memory_budget="50%", max_quality_loss=0.02)   # sensitivity-aware knapsack plan
     with asg.apply(model, plan, memory_budget="cpu=8MiB") as session:     # a runtime Session within budgets
         out = session.generate(asg.prompt(model, "def "), max_new_tokens=16)
         print(session.stats())                                      # tokens/s, peak bytes per tier, energy
@@ -27,7 +27,7 @@ def load(spec: str | os.PathLike[str], *, device: str = "cpu", dtype: Any = None
     return load_model(spec, device=device, dtype=dtype, cache_dir=cache_dir)
 
 
-def plan(model: Any, *, device: Any = "local", memory_budget: str | int | None = None,
+def make_plan(model: Any, *, device: Any = "local", memory_budget: str | int | None = None,
          max_quality_loss: float | None = None, objective: str = "auto", group_sizes: tuple[int, ...] = (128,),
          cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """The knapsack plan (``autosurgeon plan``) of ``model`` on ``device`` under the budget and quality bound.

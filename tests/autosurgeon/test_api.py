@@ -46,6 +46,7 @@ def test_unmodified_apply_within_a_budget_matches_plain_greedy(tmp_path: Path) -
 
 def test_prompt_ids_and_argument_errors() -> None:
     import autosurgeon as asg
+    import autosurgeon.plan  # noqa: F401  (the Plan module, once imported, must not shadow an API name)
     from autosurgeon.errors import InvalidArgumentError
 
     model = asg.load("tiny-llama", device="meta")
@@ -53,7 +54,7 @@ def test_prompt_ids_and_argument_errors() -> None:
     with pytest.raises(InvalidArgumentError, match="exactly one of `text` and `ids`"):
         asg.prompt(model)
     with pytest.raises(InvalidArgumentError, match="give `memory_budget`"):
-        asg.plan(model)
+        asg.make_plan(model)
 
 
 @pytest.mark.slow
@@ -61,7 +62,7 @@ def test_plan_then_apply_in_three_lines() -> None:
     import autosurgeon as asg
 
     model = asg.load("tiny-llama")
-    plan = asg.plan(model, memory_budget="50%", max_quality_loss=0.05)
+    plan = asg.make_plan(model, memory_budget="50%", max_quality_loss=0.05)
     with asg.apply(model, plan, watts=5.0) as session:
         out = session.generate(asg.prompt(model, "def "), max_new_tokens=4)
     assert out.shape == (1, 8) and session.stats().tokens == 4
