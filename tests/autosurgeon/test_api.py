@@ -46,6 +46,7 @@ def test_unmodified_apply_within_a_budget_matches_plain_greedy(tmp_path: Path) -
 
 def test_prompt_ids_and_argument_errors() -> None:
     import autosurgeon as asg
+    import autosurgeon.plan  # noqa: F401  (the Plan module, once imported, must not shadow an API name)
     from autosurgeon.errors import InvalidArgumentError
 
     model = asg.load("tiny-llama", device="meta")

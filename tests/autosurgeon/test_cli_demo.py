@@ -93,7 +93,7 @@ def test_bad_settings_fail_before_any_work(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(InvalidArgumentError, match="--evals"):
         DemoSettings(evals=0)
     assert main(["demo", "--budget", "lots"]) == 2
-    assert "--budget" in capsys.readouterr().err
+    assert "--memory-budget" in capsys.readouterr().err  # the flag was --budget before one MemoryBudget
 
 
 def test_demo_uses_a_learned_policy_for_this_device_class(tmp_path: Path) -> None:

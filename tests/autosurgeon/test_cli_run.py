@@ -23,7 +23,7 @@ def test_parse_budgets() -> None:
 
 
 @pytest.mark.parametrize(("text", "match"), [
-    ("gpu3GiB", "entries are TIER=SIZE"), ("ram=1GiB", "tier 'ram' is unknown"),
+    ("gpu3GiB", "must be a byte size such as 3GiB"), ("ram=1GiB", "tier 'ram' is unknown"),
     ("cpu=1GiB,cpu=2GiB", "twice"), ("cpu=lots", "must be a byte size"), ("cpu=3 parsecs", "unknown unit"),
 ])
 def test_parse_budgets_errors(text: str, match: str) -> None:
