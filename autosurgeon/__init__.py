@@ -9,12 +9,8 @@ from autosurgeon._logging import get_logger
 
 __version__ = "0.1.0"
 # The Python API (autosurgeon/api.py), imported on first use so that `import autosurgeon` stays light.
-<<<<<<< HEAD
 # `make_plan`, not `plan`: `autosurgeon.plan` is the Plan module, and importing it would shadow a `plan` here.
 _API = ("load", "make_plan", "apply", "prompt")
-=======
-_API = ("load", "make_plan", "apply", "prompt")  # not `plan`: autosurgeon.plan is the Plan module
->>>>>>> mainjob
 __all__ = ["__version__", "get_logger", *_API]
 
 

@@ -14,8 +14,8 @@ def add_cluster_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=None, metavar="N",
                        help="evaluate on a local Dask cluster of N worker processes (each loads the model once)")
     group.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                       help="evaluate on an existing Dask cluster; start each worker with `dask worker ADDR "
-                       "--nthreads 1 --resources device=1`, one per execution device")
+                       help="evaluate on an existing Dask cluster: one `dask worker` per execution device, each with one "
+                       "thread and the resource device=1 (README: Scale-out)")
     group.add_argument("--worker-threads", type=int, default=None, metavar="T",
                        help="torch threads per worker (default with --workers: cores // N). Records equal a serial "
                        "run's when the threads do: an evaluator notes them, and a measured one depends on them")
