@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from autosurgeon.quality.measure import METHODS
+from autosurgeon.quality.methods import METHODS
 
 
 def add_quality_arguments(parser: Any, *, default_samples: int | None = None) -> None:

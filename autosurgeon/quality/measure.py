@@ -39,7 +39,7 @@ from autosurgeon.quality.calibration import module_of
 from autosurgeon.errors import InvalidArgumentError
 
 TASKS = ("causal-lm", "image-classification", "feature-extraction")
-METHODS = ("auto", "fidelity", "perplexity")  # the causal-LM choice; other tasks have one method each
+from autosurgeon.quality.methods import METHODS  # noqa: E402  (plain data, shared with the CLI)
 _METRICS = {"perplexity": ("perplexity", False), "fidelity": ("next_token_kl", False),
             "accuracy": ("accuracy", True), "embedding": ("embedding_cosine", True)}
 FIDELITY_SEQ_LEN = 128

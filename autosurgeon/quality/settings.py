@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.quality.measure import METHODS
+from autosurgeon.quality.methods import METHODS
 
 
 @dataclass(frozen=True)

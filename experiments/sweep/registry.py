@@ -14,11 +14,13 @@ import importlib
 import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from autosurgeon.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # numpy only for annotations: the registry stays cheap to import (`--help`)
+    import numpy as np
 
 OnGeneration = Callable[[int, Any, int], None]  # (generation, archive, new records this generation)
 

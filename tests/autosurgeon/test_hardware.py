@@ -286,7 +286,7 @@ def test_cli_local_prints_table_and_cache_path(cache, capsys, monkeypatch, local
         asked.append(quick)
         return local_profile
 
-    monkeypatch.setattr(profile_cli, "profile_local", fake_profile_local)
+    monkeypatch.setattr(hardware, "profile_local", fake_profile_local)  # the CLI imports it from there on use
     assert _cli(["profile", "--quick"]) == 0 and asked == [True]
     captured = capsys.readouterr()
     assert "GEMM rate" in captured.out and "float32" in captured.out and local_profile.fingerprint in captured.out

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from autosurgeon._logging import get_logger
 from experiments.sweep.registry import SearchContext, register
 
@@ -18,6 +16,8 @@ logger = get_logger(__name__)
 @register("random", description="uniform random valid plans (conditional masks)")
 def run(archive: Any, context: SearchContext, *, max_stall: int = 1000) -> int:
     """Random plans until the budget is spent; returns the 'generations' (batches of ``pop_size``)."""
+    import numpy as np  # here, not at import: the registry loads every algorithm for `--help`
+
     from experiments.sweep.distributed import batched_draws
 
     rng = np.random.default_rng(context.seed)
