@@ -75,13 +75,11 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
     budget = MemoryBudget.parse(memory_budget, argument="memory_budget")
     fastest = _fastest(device)
     budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=fastest) if budget else None
-    if plan is None:  # unmodified: the default placement within the budgets, as `autosurgeon run` without --plan
-        from autosurgeon.planners.default_placement import build_spec
-        from runtime.session import Session
+    if plan is None:  # unmodified: an empty plan placed within the budgets, as `autosurgeon run` without --plan
+        from autosurgeon.transforms.apply import apply_plan
 
-        exec_device = "cuda:0" if fastest == "gpu" else "cpu"
-        spec = build_spec(model.model, device=exec_device, budgets=budgets or {}, lookahead=2, offload_dir=offload_dir)
-        return Session(model.model, spec, energy_watts=watts)
+        return apply_plan(model, Plan(), device, inplace=True, budgets=budgets or {}, offload_dir=offload_dir,
+                          energy_watts=watts, placement="fit", device="cuda:0" if fastest == "gpu" else "cpu")
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
     return session_from_plan(model, plan, profile=device, budgets=budgets, energy_watts=watts,

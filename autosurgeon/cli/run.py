@@ -14,13 +14,16 @@ override the plan's session decisions knob by knob (``--lookahead`` is ``prefetc
 checked as a whole, and the report says which decision came from the plan and which from a flag. A
 ``--kv-budget`` share (``50%``) is of the KV bytes the whole run (prompt + new tokens) would store.
 
-Placement without a plan: blocks stay resident on the execution device while its budget lasts (after the
-embeddings, head and the staging slots streaming needs), the rest stream from the next slower tier
-(pinned host memory next to a GPU; the disk tier on a CPU-only machine). Decoding is greedy.
+One road: without ``--plan`` the flags are a plan too (``run_plan.flags_plan``: ``--weight-format int8|int4``
+for the blocks' linears, the session flags as session knobs), applied by ``apply_plan`` like a ``--plan`` file.
+Its placement is fitted (``apply_plan(placement="fit")``): blocks stay resident on the execution device while
+its budget lasts (after the embeddings, head and the staging slots streaming needs), the rest stream from the
+next slower tier (pinned host memory next to a GPU; the disk tier on a CPU-only machine). Decoding is greedy.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -28,8 +31,8 @@ from typing import Any
 
 from autosurgeon.budget import FLAG, MemoryBudget
 from autosurgeon.cli._budget import add_memory_budget
+from autosurgeon.cli.run_plan import flags_plan
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.planners.default_placement import build_spec  # noqa: F401  (the default placement; was defined here)
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
 
@@ -119,43 +122,17 @@ def session_flags(args: argparse.Namespace, *, with_plan: bool) -> dict[str, Any
     return out
 
 
-def kv_config(args: argparse.Namespace, model: Any = None, *, kv_context: int = 31) -> Any:
-    """The KV cache the flags ask for (None: Hugging Face's own), with flag-named errors.
-
-    ``kv_context``: positions a ``--kv-budget`` share is of (the run's prompt + new tokens - 1)."""
-    flags = {k: v for k, v in session_flags(args, with_plan=False).items() if k.startswith("kv_")}
-    if not flags:
-        return None
-    from autosurgeon.transforms.session import session_options
-
-    if model is None:
-        raise InvalidArgumentError("kv_config needs the model for the KV shape (pass `model`).")
-    return session_options(flags, model, exec_device="cpu", kv_context=kv_context).kv
-
-
-def expert_config(args: argparse.Namespace, model: Any, device: str) -> tuple[Any, set[int], int]:
-    """(ExpertConfig or None, ids of the experts modules, bytes of the expert cache) for ``--prefetch``."""
+def expert_check(args: argparse.Namespace, model: Any) -> None:
+    """``--prefetch``/``--expert-cache`` errors named after the flags, before the plan is applied."""
     if args.prefetch is None:
-        return None, set(), 0
-    from runtime.errors import JalapenoError
-    from runtime.experts import ExpertConfig, find_expert_modules
+        return
+    from runtime.experts import find_expert_modules
 
-    found = find_expert_modules(model)
-    if not found:
+    if not find_expert_modules(model):
         raise InvalidArgumentError(f"`--prefetch {args.prefetch}` streams mixture-of-experts weights, but this model "
                                    f"has no experts modules; drop --prefetch.")
     if not 0 < args.expert_cache <= 1:
         raise InvalidArgumentError(f"`--expert-cache` must be a fraction in (0, 1], got {args.expert_cache}.")
-    try:
-        config = ExpertConfig(home="disk" if device == "cpu" else "cpu", capacity=float(args.expert_cache),
-                              prefetch=args.prefetch)
-    except JalapenoError as exc:
-        raise InvalidArgumentError(str(exc)) from None
-    first = found[0][1]
-    per_expert = (first.gate_up_proj[0].numel() + first.down_proj[0].numel()) * first.gate_up_proj.element_size()
-    total = len(found) * int(first.num_experts)
-    slots = max(int(first.num_experts), int(round(args.expert_cache * total)))
-    return config, {id(m) for _, m, _ in found}, slots * per_expert
 
 
 def check_limits(model: Any, *, prompt_tokens: int, max_new_tokens: int, lookahead: int | None) -> None:
@@ -178,8 +155,9 @@ def check_limits(model: Any, *, prompt_tokens: int, max_new_tokens: int, lookahe
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from autosurgeon.transforms.apply import apply_plan
     from autosurgeon.zoo import load_model
-    from runtime.session import Session, find_blocks, module_bytes, quantize_linears
+    from runtime.session import module_bytes
     from runtime.sizes import format_bytes
 
     if args.max_new_tokens < 1:
@@ -220,11 +198,7 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model
     fmt = args.weight_format
     if fmt in ("float32", "bfloat16", "float16"):
-        model.to(getattr(torch, fmt))
-    elif fmt in ("int8", "int4"):
-        _, blocks = find_blocks(model)
-        for block in blocks:
-            quantize_linears(block, fmt)
+        model.to(getattr(torch, fmt))  # the dtype the model runs in, not a per-layer decision (run_plan.py)
     if prompt_ids is not None:
         from autosurgeon.models.prompt import prompt_ids_tensor
 
@@ -236,29 +210,25 @@ def run(args: argparse.Namespace) -> int:
                                    "non-empty text, or --prompt-ids random:16.")
     check_limits(model, prompt_tokens=ids.shape[1], max_new_tokens=args.max_new_tokens, lookahead=args.lookahead)
     kv_context = ids.shape[1] + args.max_new_tokens - 1  # a --kv-budget share is of the whole run's tokens
-    sources: dict[str, str] = {}
     if plan is not None:  # checked against this machine's profile, applied in place, placed as planned
-        from autosurgeon.transforms import session_from_plan
-
         if args.adapt:
             raise InvalidArgumentError("`--plan` with --adapt is not supported yet (the plan fixes the session's "
                                        "decisions); drop --adapt or the plan.")
         sources = {**{k: "plan" for k in plan.session}, **{k: "flag" for k in flags}}
-        session = session_from_plan(loaded, plan, profile="local", budgets=budgets if budget else None,
-                                    lookahead=2,
-                                    offload_dir=args.offload_dir, energy_watts=args.watts, session=flags,
-                                    kv_context=kv_context, expert_capacity=float(args.expert_cache))
-        spec, device = session.spec, session.spec.rest_spec.device
         session_decisions = {**plan.session, **flags}
-    else:
-        kv = kv_config(args, model, kv_context=kv_context)
-        experts, expert_ids, expert_cache_bytes = expert_config(args, model, device)
-        lookahead = 2 if args.lookahead is None else args.lookahead
-        spec = build_spec(model, device=device, budgets=budgets, lookahead=lookahead,
-                          offload_dir=args.offload_dir, exclude=expert_ids, reserve=expert_cache_bytes)
-        session = Session(model, spec, energy_watts=args.watts, experts=experts, kv=kv, adapt=args.adapt or None)
-        session_decisions = flags
+        plan = dataclasses.replace(plan, session=session_decisions)
+        lookahead, placement = 2, "plan"
+    else:  # the flags are a plan too, whose placement the runtime fits into the budget (run_plan.py)
+        expert_check(args, model)
         sources = {k: "flag" for k in flags}
+        session_decisions = flags
+        plan = flags_plan(model, weight_format=fmt, session=flags)
+        lookahead, placement = (2 if args.lookahead is None else args.lookahead), "fit"
+    session = apply_plan(loaded, plan, "local", inplace=True, budgets=budgets if (budget or placement == "fit")
+                         else None, lookahead=lookahead, offload_dir=args.offload_dir, energy_watts=args.watts,
+                         kv_context=kv_context, expert_capacity=float(args.expert_cache), placement=placement,
+                         device=device, adapt=args.adapt or None)
+    spec, device = session.spec, session.spec.rest_spec.device
     if args.no_graphs:
         session.graphs = False
     with session:
@@ -277,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
             "peak_bytes": stats.peak_bytes, "budgets": stats.budgets, "peak_rss_bytes": stats.peak_rss,
             "cuda_max_allocated_bytes": stats.cuda_max_allocated, "energy_j": energy,
             "energy_source": stats.energy_source,
-            "weight_format": fmt or ("per plan" if plan is not None else "as loaded"), "placement": placement,
+            "weight_format": fmt or ("per plan" if args.plan is not None else "as loaded"), "placement": placement,
             "fetches": stats.fetches, "misses": stats.misses,
             "kv": _kv_report(stats.extra.get("kv"), session.kv_config),
             "session": session_decisions, "session_sources": sources, "experts": stats.extra.get("experts"),
@@ -338,7 +308,7 @@ def _run_forward(args: argparse.Namespace, loaded: Any, budgets: dict[str, int],
     from autosurgeon.cli.run_forward import forward_inputs, run_forward
     from autosurgeon.models.prompt import prompt_ids_tensor, tokenizer
     from runtime.errors import JalapenoError
-    from runtime.session import Session, find_blocks
+    from runtime.session import find_blocks
 
     if args.plan is not None or args.prefetch is not None or any(
             v is not None for v in (args.kv_precision, args.kv_budget, args.kv_tier, args.kv_window)):
@@ -361,10 +331,12 @@ def _run_forward(args: argparse.Namespace, loaded: Any, budgets: dict[str, int],
     except JalapenoError:
         has_blocks = False
     session = None
-    if has_blocks:
-        spec = build_spec(loaded.model, device=device, budgets=budgets, lookahead=args.lookahead or 2,
-                          offload_dir=args.offload_dir)
-        session = Session(loaded.model, spec, energy_watts=args.watts)
+    if has_blocks:  # an empty plan whose placement the runtime fits into the budget, as for a language model
+        from autosurgeon.plan import Plan
+        from autosurgeon.transforms.apply import apply_plan
+
+        session = apply_plan(loaded, Plan(), "local", inplace=True, budgets=budgets, lookahead=args.lookahead or 2,
+                             offload_dir=args.offload_dir, energy_watts=args.watts, placement="fit", device=device)
     else:
         loaded.model.to(device)
     try:

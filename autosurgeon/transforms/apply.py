@@ -17,9 +17,14 @@ Steps (each finishes before the next starts, and nothing touches the model until
    layout last (it changes only memory format). Every handler skips a module already in its target state,
    so applying the same plan again to the transformed model changes nothing (the model carries the
    resolved steps in ``_autosurgeon_applied``; a different plan on a transformed model is refused).
-5. ``runtime.Session(model, spec, kv=..., experts=...)`` places (resident or streamed) the weights as
-   planned, with the plan's session decisions (``Plan.session``: KV cache, expert prefetcher, prefetch
-   depth) turned into runtime options by ``transforms/session.py``.
+5. ``open_session`` (``transforms/open_session.py``) builds the ``runtime.Session`` that places (resident or
+   streamed) the weights as planned, with the plan's session decisions (``Plan.session``: KV cache, expert
+   prefetcher, prefetch depth) turned into runtime options by ``transforms/session.py``. Steps 1-4 are
+   ``prepare_plan``, which returns the transformed model, its spec and the options without opening it.
+
+``placement="fit"`` is for plans that leave placement open (``autosurgeon run`` without ``--plan``,
+``api.apply`` without a plan): step 3 is skipped and, after step 4, the runtime's default placement fits the
+transformed model's exact bytes into the budget (``transforms/fit_placement.py``).
 """
 from __future__ import annotations
 
@@ -34,11 +39,11 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
 from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, resolve_budget
+from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
 from autosurgeon.knobs import KNOBS
-from autosurgeon.precisions import QUANTIZED_PRECISIONS
 from autosurgeon.plan import Plan
+from autosurgeon.precisions import QUANTIZED_PRECISIONS
 from autosurgeon.transforms.configs import (
     FuseConfig,
     KernelConfig,
@@ -191,8 +196,47 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
                disk_io: str = "mmap", energy_watts: float | None = None, autotune_kernels: bool = False,
                batch: int = 1, kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
-               expert_capacity: float | int | None = None) -> Any:
+               expert_capacity: float | None = None, placement: str = "plan", device: str | None = None,
+               adapt: bool | None = None) -> Any:
     """Apply ``plan`` to ``model`` for ``profile`` and return a ready ``runtime.Session`` (module docstring).
+
+    ``prepare_plan`` (every argument but ``energy_watts``, ``autotune_kernels``, ``batch`` and ``adapt``)
+    checks and transforms; ``open_session`` builds the Session. See ``prepare_plan`` for the arguments.
+
+    Args:
+        energy_watts: power figure for the Session's energy estimate where no counter is readable.
+        autotune_kernels: give each *resident* quantized layer whose plan kernel is ``"auto"`` the fastest
+            weight-only kernel by micro-benchmark on its execution device at ``batch`` rows
+            (``runtime.kernels.KernelSelector(allow_activation_quant=False)``). Without it (default, no
+            benchmark at apply time) ``"auto"`` is the runtime's per-device default; streamed layers always
+            keep that default (their weights are not on the device until they run).
+        batch: rows per call the kernels are tuned for (``autotune_kernels`` only).
+        adapt: retune between steps under memory pressure (``runtime.adapt``); None: the runtime's default.
+
+    Returns:
+        A ``runtime.Session`` over the transformed model (``session.model``); close it when done.
+    """
+    from autosurgeon.transforms.open_session import open_session
+
+    prepared = prepare_plan(model, plan, profile, inplace=inplace, budgets=budgets, check=check, force=force,
+                            prune=prune, inputs=inputs, space=space, lookahead=lookahead, offload_dir=offload_dir,
+                            disk_io=disk_io, kv_context=kv_context, kv_batch=kv_batch,
+                            expert_capacity=expert_capacity, placement=placement, device=device)
+    session = open_session(prepared, energy_watts=energy_watts, adapt=adapt)
+    if autotune_kernels:
+        _autotune(session.model, batch=batch)
+    return session
+
+
+# long: the five steps of the module docstring in order, each needing the state of the one before
+def prepare_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
+                 budgets: Mapping[str, Any] | None = None, check: bool = True, force: bool = False,
+                 prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
+                 space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
+                 disk_io: str = "mmap", kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
+                 expert_capacity: float | None = None, placement: str = "plan",
+                 device: str | None = None) -> Any:
+    """Check ``plan``, transform ``model`` and return a ``PreparedPlan`` (model, spec, session options).
 
     Args:
         model: an ``nn.Module`` or a ``zoo.LoadedModel``; left untouched unless ``inplace=True``.
@@ -210,33 +254,34 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         space: the model's SearchSpace on ``profile`` built with every knob (built when None).
         lookahead, offload_dir, disk_io: the Session's streaming options (``runtime.spec.SessionSpec``); a
             ``prefetch_depth`` in the plan's session overrides ``lookahead``.
-        energy_watts: power figure for the Session's energy estimate where no counter is readable.
-        autotune_kernels: give each *resident* quantized layer whose plan kernel is ``"auto"`` the fastest
-            weight-only kernel by micro-benchmark on its execution device at ``batch`` rows
-            (``runtime.kernels.KernelSelector(allow_activation_quant=False)``). Without it (default, no
-            benchmark at apply time) ``"auto"`` is the runtime's per-device default; streamed layers always
-            keep that default (their weights are not on the device until they run).
-        batch: rows per call the kernels are tuned for (``autotune_kernels`` only).
         kv_context, kv_batch: the workload a ``kv_budget`` share in the plan's session is of (positions cached
             at a decode step, sequences); see ``transforms/session.py``.
         expert_capacity: expert cache slots when the plan streams experts (share or count; None: 0.25).
-
-    Returns:
-        A ``runtime.Session`` over the transformed model (``session.model``); close it when done.
+        placement: ``"plan"`` (default): blocks run where the plan places them; ``"fit"``: the plan leaves
+            placement open and the runtime's default placement fits the transformed model's exact bytes into
+            the budget (``transforms/fit_placement.py``: what ``autosurgeon run`` without ``--plan`` does).
+        device: with ``placement="fit"``, the execution device (``"cpu"``, ``"cuda:N"``; default: the
+            profile's default unit).
 
     Raises:
         PlanCheckError: the plan has problems (all listed); the model is untouched.
         UnsupportedTransformError: a decision the runtime cannot carry out here (a DLA placement, a GPU
             placement without CUDA, mixed packed/unpacked streaming); the model is untouched.
     """
-    from autosurgeon.hardware.resolve import resolve_profile
+    from autosurgeon.cost.footprint import EXPERT_CAPACITY
     from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.plan_check import check_plan, raise_for_problems
     from autosurgeon.space.search_space import SearchSpace
-    from runtime.session import Session
+    from autosurgeon.transforms.fit_placement import fit_spec
+    from autosurgeon.transforms.open_session import PreparedPlan
+    from autosurgeon.transforms.place import default_device
+    from autosurgeon.transforms.session import session_options
 
     if not isinstance(plan, Plan):
         raise InvalidArgumentError(f"`plan` must be an autosurgeon.plan.Plan, got {type(plan).__name__}.")
+    if placement not in ("plan", "fit"):
+        raise InvalidArgumentError(f"`placement` must be 'plan' or 'fit', got {placement!r}.")
     if not isinstance(profile, HardwareProfile):
         profile = resolve_profile(profile)
     loaded = None
@@ -244,7 +289,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         if not isinstance(getattr(model, "model", None), nn.Module):
             raise InvalidArgumentError(f"`model` must be an nn.Module or a LoadedModel, got {type(model).__name__}.")
         loaded, model = model, model.model
-    key = _marker_key(plan, profile, prune)
+    fit = placement == "fit"
+    key = _marker_key(plan, profile, prune) + ("|fit" if fit else "")
     marker = getattr(model, MARKER, None)
     if plan.session.get("prefetch_depth") is not None:
         lookahead = int(plan.session["prefetch_depth"])  # the plan decides the streaming lookahead
@@ -261,19 +307,28 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                                       inputs=inputs if inputs is not None else default_inputs(model, loaded),
                                       knobs=KNOBS)
         limits = resolve_budget(space, plan.budgets if budgets is None else budgets, lookahead=lookahead)
-        if check:
-            raise_for_problems(check_plan(model, plan, profile, space=space, budgets=limits, force=force,
-                                          lookahead=lookahead, kv_context=kv_context, kv_batch=kv_batch))
+        if check:  # a fitted placement is within the budget by construction (exact bytes), so not priced here
+            raise_for_problems(check_plan(model, plan, profile, space=space, budgets=None if fit else limits,
+                                          force=force, lookahead=lookahead, kv_context=kv_context,
+                                          kv_batch=kv_batch))
         surgery = resolve_surgery(plan, space, prune=prune, model=model)
+        if fit:
+            surgery = Surgery(tuple(s for s in surgery.steps if s.stage != "place"))
 
     # Record placements and packed layouts, and build the spec: all before the model is touched.
     context = TransformContext(profile=profile)
     record_only = [s for s in surgery.steps
                    if s.stage == "place" or (s.stage == "layout" and s.config.layout == "packed")]
     apply_surgery(model, Surgery(tuple(record_only)), context)
-    spec = build_session_spec(model, context, budgets=limits, lookahead=lookahead,
-                              offload_dir=None if offload_dir is None else os.fspath(offload_dir), disk_io=disk_io)
-    _check_devices(spec, profile)
+    offload = None if offload_dir is None else os.fspath(offload_dir)
+    spec = None
+    if not fit:
+        spec = build_session_spec(model, context, budgets=limits, lookahead=lookahead, offload_dir=offload,
+                                  disk_io=disk_io)
+        _check_devices(spec, profile)
+        exec_device = spec.block(0).device if spec.blocks else spec.rest_spec.device
+    else:
+        exec_device = device or default_device(profile)
 
     target = model if inplace else copy.deepcopy(model)
     recorded = {id(s) for s in record_only}
@@ -283,19 +338,15 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     applied = sum(1 for *_, what in context.log if what == "applied")
     logger.info("plan applied to %s: %d steps applied, %d already in place", type(target).__name__, applied,
                 len(context.log) - applied)
-    from autosurgeon.cost.footprint import EXPERT_CAPACITY
-    from autosurgeon.transforms.session import session_options
-
-    exec_device = spec.block(0).device if spec.blocks else spec.rest_spec.device
     options = session_options(plan.session, target, exec_device=exec_device, kv_context=kv_context,
                               kv_batch=kv_batch, task=getattr(loaded, "task", None),
                               expert_capacity=EXPERT_CAPACITY if expert_capacity is None else expert_capacity)
     for note in options.notes:
         logger.info("plan session: %s", note)
-    session = Session(target.eval(), spec, energy_watts=energy_watts, kv=options.kv, experts=options.experts)
-    if autotune_kernels:
-        _autotune(session.model, batch=batch)
-    return session
+    if fit:
+        spec = fit_spec(target, options, device=exec_device, budgets=limits or {}, lookahead=lookahead,
+                        offload_dir=offload, disk_io=disk_io)
+    return PreparedPlan(target.eval(), spec, options)
 
 
 def _autotune(model: nn.Module, *, batch: int) -> dict[str, str]:
@@ -333,7 +384,7 @@ def session_from_plan(model: Any, plan: Plan | str | os.PathLike[str], *, profil
                       budgets: Mapping[str, Any] | None = None, force: bool = False, lookahead: int = 2,
                       offload_dir: str | None = None, energy_watts: float | None = None,
                       session: Mapping[str, Any] | None = None, kv_context: int = DEFAULT_KV_CONTEXT,
-                      kv_batch: int = 1, expert_capacity: float | int | None = None) -> Any:
+                      kv_batch: int = 1, expert_capacity: float | None = None) -> Any:
     """What ``autosurgeon run --plan FILE`` calls: load the plan, apply it in place, return the Session.
 
     In place because the CLI loaded the model for this run only (no second copy of the weights).
@@ -353,4 +404,4 @@ def session_from_plan(model: Any, plan: Plan | str | os.PathLike[str], *, profil
 
 
 __all__ = ["MARKER", "STAGES", "Step", "Surgery", "apply_plan", "apply_surgery", "default_inputs",
-           "resolve_surgery", "session_from_plan"]
+           "prepare_plan", "resolve_surgery", "session_from_plan"]
