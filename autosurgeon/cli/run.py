@@ -31,7 +31,6 @@ from typing import Any
 
 from autosurgeon.budget import FLAG, MemoryBudget
 from autosurgeon.cli._budget import add_memory_budget
-from autosurgeon.cli.run_plan import flags_plan
 from autosurgeon.errors import InvalidArgumentError
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
@@ -155,6 +154,7 @@ def check_limits(model: Any, *, prompt_tokens: int, max_new_tokens: int, lookahe
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from autosurgeon.cli.run_plan import flags_plan
     from autosurgeon.transforms.apply import apply_plan
     from autosurgeon.zoo import load_model
     from runtime.session import module_bytes
