@@ -17,6 +17,7 @@ import numpy as np
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate.registry import names as evaluator_names
 from envs.observation import (
     DecisionUnit,
     ObservationLayout,
@@ -28,7 +29,7 @@ from envs.observation import (
 
 logger = get_logger(__name__)
 
-EVALUATORS: tuple[str, ...] = ("analytic", "profiled", "runtime")
+EVALUATORS: tuple[str, ...] = evaluator_names()
 _CACHE: dict[tuple[Any, ...], ModelContext] = {}
 
 
@@ -64,8 +65,12 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         sensitivity: measure a SensitivityTable (real weights) for the quality proxy and the unit feature.
         cache: reuse a context built earlier in this process.
     """
-    from autosurgeon.evaluate import AnalyticEvaluator, ProfiledEvaluator, RuntimeEvaluator
     from autosurgeon.cost.footprint import plan_memory
+    from autosurgeon.evaluate import (
+        AnalyticEvaluator,
+        ProfiledEvaluator,
+        RuntimeEvaluator,
+    )
     from autosurgeon.plan_check import smallest_footprint
     from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model

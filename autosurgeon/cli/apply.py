@@ -19,6 +19,7 @@ from typing import Any
 
 from autosurgeon.cli._budget import add_memory_budget, single_budget
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate.registry import names as evaluator_names
 
 
 def register(subparsers: Any) -> None:
@@ -35,7 +36,7 @@ def register(subparsers: Any) -> None:
                       "model's)", old=("--budget-memory",))
     parser.add_argument("--front", type=int, default=None, metavar="K",
                         help="also sweep K evenly spread preferences and write their front JSON next to --out")
-    parser.add_argument("--evaluator", choices=("analytic", "profiled", "runtime"), default=None,
+    parser.add_argument("--evaluator", choices=evaluator_names(), default=None,
                         help="how to measure the plan (default: runtime, end to end, when --device is this machine; "
                         "analytic on a paper profile)")
     parser.add_argument("--power-cap", type=float, default=None, metavar="W",

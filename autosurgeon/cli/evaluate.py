@@ -17,8 +17,9 @@ from typing import Any
 
 from autosurgeon.cli._quality import add_quality_arguments, quality_settings
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate.registry import names as evaluator_names
 
-EVALUATORS = ("analytic", "profiled", "runtime")
+EVALUATORS = evaluator_names()
 
 
 def register(subparsers: Any) -> None:
@@ -66,7 +67,11 @@ def _fmt_value(name: str, value: Any, phase: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.evaluate import AnalyticEvaluator, ProfiledEvaluator, RuntimeEvaluator
+    from autosurgeon.evaluate import (
+        AnalyticEvaluator,
+        ProfiledEvaluator,
+        RuntimeEvaluator,
+    )
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.knobs import KNOBS
     from autosurgeon.metrics import METRIC_FIELDS

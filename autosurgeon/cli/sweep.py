@@ -25,10 +25,9 @@ from typing import Any
 from autosurgeon.cli._budget import add_memory_budget, single_budget
 from autosurgeon.cli.scaleout_args import add_cluster_args, add_storage_args
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate.registry import names as evaluator_names
 
-# The names of autosurgeon.evaluate.registry (importing it loads the evaluators and torch; a test checks
-# that the two agree).
-EVALUATORS = ("runtime", "profiled", "analytic")
+EVALUATORS = evaluator_names()  # the registry is light to import (no torch): --help reads it
 
 
 def algorithm_names() -> tuple[str, ...]:

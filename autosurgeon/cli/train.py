@@ -14,6 +14,7 @@ import argparse
 from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate.registry import names as evaluator_names
 
 
 def register(subparsers: Any) -> None:
@@ -28,7 +29,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint up to --timesteps")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the policy and checkpoints --out holds (default: refuse)")
-    parser.add_argument("--evaluator", choices=("analytic", "profiled"), default="analytic",
+    parser.add_argument("--evaluator", choices=evaluator_names(cheap=True), default="analytic",
                         help="reward evaluator: analytic (roofline, default) or profiled (per-unit runtime measurements)")
     parser.add_argument("--seed", type=int, default=0, help="seed of PPO and the environments (default 0)")
     parser.add_argument("--n-envs", type=int, default=2, help="vectorised environments (default 2)")

@@ -15,6 +15,7 @@ from typing import Any
 
 from autosurgeon.cli.scaleout_args import add_cluster_args
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate.registry import names as evaluator_names
 
 
 def register(subparsers: Any) -> None:
@@ -29,7 +30,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, help="folder for study.db and best.json")
     parser.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
     parser.add_argument("--study", default="surgery-ppo", help="study name (default surgery-ppo)")
-    parser.add_argument("--evaluator", choices=("analytic", "profiled"), default="analytic")
+    parser.add_argument("--evaluator", choices=evaluator_names(cheap=True), default="analytic")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-envs", type=int, default=2)
     add_cluster_args(parser)

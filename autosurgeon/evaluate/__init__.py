@@ -58,10 +58,26 @@ resumes where it stopped.
 """
 from __future__ import annotations
 
-from autosurgeon.evaluate.analytic import AnalyticEvaluator
-from autosurgeon.evaluate.base import Evaluator
-from autosurgeon.evaluate.cache import EvaluationCache, plan_hash
-from autosurgeon.evaluate.profiled import ProfiledEvaluator
-from autosurgeon.evaluate.runtime import RuntimeEvaluator
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from autosurgeon.evaluate.analytic import AnalyticEvaluator
+    from autosurgeon.evaluate.base import Evaluator
+    from autosurgeon.evaluate.cache import EvaluationCache, plan_hash
+    from autosurgeon.evaluate.profiled import ProfiledEvaluator
+    from autosurgeon.evaluate.runtime import RuntimeEvaluator
+
+# Loaded on first use (PEP 562), so `autosurgeon.evaluate.registry` — what the CLI's `--evaluator` choices come
+# from — can be imported by `--help` without importing torch.
+_LAZY = {"AnalyticEvaluator": "analytic", "Evaluator": "base", "EvaluationCache": "cache", "plan_hash": "cache",
+         "ProfiledEvaluator": "profiled", "RuntimeEvaluator": "runtime"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"autosurgeon.evaluate.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["AnalyticEvaluator", "EvaluationCache", "Evaluator", "ProfiledEvaluator", "RuntimeEvaluator", "plan_hash"]
