@@ -80,7 +80,8 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
         from runtime.session import Session
 
         exec_device = "cuda:0" if fastest == "gpu" else "cpu"
-        spec = build_spec(model.model, device=exec_device, budgets=budgets or {}, lookahead=2, offload_dir=offload_dir)
+        spec = build_spec(model.model, device=exec_device, budgets=budgets or {}, lookahead=2, offload_dir=offload_dir,
+                          argument="budget")
         return Session(model.model, spec, energy_watts=watts)
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)

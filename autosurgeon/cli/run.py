@@ -219,6 +219,12 @@ def run(args: argparse.Namespace) -> int:
     encode, decode = _encode_decode(loaded, prompt_ids)
     model = loaded.model
     fmt = args.weight_format
+    if plan is None:  # the least budget that can work, named (with the least over formats) before formatting
+        from autosurgeon.planners.least_budget import check_budget_floor
+
+        _, expert_ids, expert_cache_bytes = expert_config(args, model, device)
+        check_budget_floor(model, device=device, budgets=budgets, weight_format=fmt, exclude=expert_ids,
+                           reserve=expert_cache_bytes, name=loaded.name, argument=FLAG)
     if fmt in ("float32", "bfloat16", "float16"):
         model.to(getattr(torch, fmt))
     elif fmt in ("int8", "int4"):
@@ -255,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         experts, expert_ids, expert_cache_bytes = expert_config(args, model, device)
         lookahead = 2 if args.lookahead is None else args.lookahead
         spec = build_spec(model, device=device, budgets=budgets, lookahead=lookahead,
-                          offload_dir=args.offload_dir, exclude=expert_ids, reserve=expert_cache_bytes)
+                          offload_dir=args.offload_dir, exclude=expert_ids, reserve=expert_cache_bytes, argument=FLAG)
         session = Session(model, spec, energy_watts=args.watts, experts=experts, kv=kv, adapt=args.adapt or None)
         session_decisions = flags
         sources = {k: "flag" for k in flags}
