@@ -12,7 +12,9 @@ ends with the same policy and history as a serial one for the same seed, whateve
 
 Each worker builds the env's evaluator once from plain data (model spec, the profile as JSON, evaluator name,
 knobs, sensitivity: :func:`env_evaluator_factory`) and checks its SearchSpace digest against the
-coordinator's, as a sweep's workers do.
+coordinator's, as a sweep's workers do. A profile on paper is used as sent; a measured one stands for the
+worker's own device (``local``, from the shared cache root on one machine), so a worker on another kind of
+device refuses to evaluate rather than measure there under the coordinator's profile.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ def _build_env_evaluator(spec: str, profile_json: str, evaluator: str, knobs: tu
     from envs.context import build_context
 
     profile = HardwareProfile.from_json(profile_json, origin="coordinator's profile")
+    if profile.measured:  # a measured device is this worker's own: another device gives another space, refused
+        from autosurgeon.hardware.resolve import resolve_profile
+
+        profile = resolve_profile("local")
     return build_context(spec, profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity).evaluator
 
 
