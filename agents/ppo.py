@@ -72,6 +72,7 @@ class TrainResult:
     timesteps: int
     seconds: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    cluster: dict[str, Any] | None = None  # with a cluster: what its workers evaluated (DaskEvalVecEnv.summary)
 
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
@@ -83,8 +84,9 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: Sequence[str], sensitivity: bool,
-                 n_envs: int, seed: int, power_cap_w: float | None = None) -> Any:
-    """``n_envs`` Monitor-wrapped SurgeryEnvs in a DummyVecEnv, env ``r`` seeded ``seed + r``."""
+                 n_envs: int, seed: int, power_cap_w: float | None = None, cluster: Any = None) -> Any:
+    """``n_envs`` Monitor-wrapped SurgeryEnvs in a DummyVecEnv, env ``r`` seeded ``seed + r``; with ``cluster``
+    (``experiments.sweep.dask_eval.SweepCluster``) a ``DaskEvalVecEnv`` measuring finished plans on it."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -98,7 +100,13 @@ def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: 
             return Monitor(env)
         return _init
 
-    vec = DummyVecEnv([make(r) for r in range(n_envs)])
+    if cluster is None:
+        vec = DummyVecEnv([make(r) for r in range(n_envs)])
+    else:
+        from agents.dask_vec_env import DaskEvalVecEnv
+
+        vec = DaskEvalVecEnv([make(r) for r in range(n_envs)], client=cluster.client, threads=cluster.threads,
+                             gpus=cluster.gpus)
     vec.seed(seed)
     return vec
 
@@ -127,7 +135,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
           sensitivity: bool = False, max_seconds: float | None = None,
           warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, cluster: Any = None) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``out`` is locked for the run (``autosurgeon.files.runfolder``); a folder that already holds a policy or
@@ -138,6 +146,9 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     ignored on resume); what it returns is saved in policy.json under ``warm_start``. ``runtime_every``: run
     the policy's plan on the runtime every that many timesteps (``SurgeryMetricsCallback``; this machine only).
     ``power_cap_w``: train under a power cap in watts (module docstring).
+    ``cluster``: a ``SweepCluster`` (``experiments.sweep.cluster.sweep_cluster``): the envs' finished plans are
+    measured on its Dask workers (``agents.dask_vec_env``); the policy and history equal a serial run's for a
+    deterministic evaluator.
     """
     from autosurgeon.files.runfolder import run_folder
 
@@ -158,7 +169,8 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
                       evaluator=evaluator, seed=seed, n_envs=n_envs, knobs=tuple(knobs),
                       settings=settings or PPOSettings(), checkpoint_every=checkpoint_every, hv_every=hv_every,
                       hv_preferences=hv_preferences, sensitivity=sensitivity, max_seconds=max_seconds,
-                      warm_start=warm_start, runtime_every=runtime_every, power_cap_w=power_cap_w)
+                      warm_start=warm_start, runtime_every=runtime_every, power_cap_w=power_cap_w,
+                      cluster=cluster)
 
 
 def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
@@ -184,7 +196,7 @@ def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any],
 def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume: bool, evaluator: str, seed: int,
            n_envs: int, knobs: tuple[str, ...], settings: PPOSettings, checkpoint_every: int, hv_every: int,
            hv_preferences: int, sensitivity: bool, max_seconds: float | None, warm_start: Any, runtime_every: int,
-           power_cap_w: float | None) -> TrainResult:
+           power_cap_w: float | None, cluster: Any = None) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
     from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
@@ -206,7 +218,7 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
     started = time.perf_counter()
 
     vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
-                       n_envs=n_envs, seed=seed, power_cap_w=power_cap_w)
+                       n_envs=n_envs, seed=seed, power_cap_w=power_cap_w, cluster=cluster)
     tb = str(out / "tb")
     model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
@@ -257,7 +269,8 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
         "train_seconds": seconds,
         "spaces": {ctx.spec: ctx.space.digest() for ctx in front_env.contexts}})
     logger.info("policy saved to %s after %d timesteps (%.1f s)", out, model.num_timesteps, seconds)
-    return TrainResult(out=out, timesteps=int(model.num_timesteps), seconds=seconds, history=metrics_cb.history)
+    return TrainResult(out=out, timesteps=int(model.num_timesteps), seconds=seconds, history=metrics_cb.history,
+                       cluster=vec.summary() if cluster is not None else None)
 
 
 def json_settings(settings: PPOSettings) -> dict[str, Any]:

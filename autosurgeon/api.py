@@ -14,6 +14,7 @@ again for another plan. Nothing here is imported by ``import autosurgeon`` until
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
@@ -65,21 +66,27 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
 
     The plan is checked first (``check_plan``: every problem, before the model is touched). ``memory_budget``
     bounds each tier as ``autosurgeon run --memory-budget`` does, streaming what does not fit.
-    ``watts``: a power figure for the energy estimate where no counter is readable.
+    ``device``: a profile (``"local"``, a preset, a path, a ``HardwareProfile``), or ``"cpu"`` / ``"cuda[:N]"``
+    for this machine's profile executing there. ``watts``: a power figure for the energy estimate where no
+    counter is readable.
     """
     from autosurgeon.budget import MemoryBudget
     from autosurgeon.plan import Plan
     from autosurgeon.transforms.apply import session_from_plan
     from runtime.session import module_bytes
 
+    exec_device = None
+    if isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", device):  # this machine, run there
+        exec_device, device = device, "local"
     budget = MemoryBudget.parse(memory_budget, argument="memory_budget")
-    fastest = _fastest(device)
+    fastest = _fastest(device) if exec_device is None else ("gpu" if exec_device.startswith("cuda") else "cpu")
     budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=fastest) if budget else None
     if plan is None:  # unmodified: an empty plan placed within the budgets, as `autosurgeon run` without --plan
         from autosurgeon.transforms.apply import apply_plan
 
         return apply_plan(model, Plan(), device, inplace=True, budgets=budgets or {}, offload_dir=offload_dir,
-                          energy_watts=watts, placement="fit", device="cuda:0" if fastest == "gpu" else "cpu")
+                          energy_watts=watts, placement="fit",
+                          device=exec_device or ("cuda:0" if fastest == "gpu" else "cpu"))
     if not isinstance(plan, Plan):
         plan = Plan.load(plan)
     return session_from_plan(model, plan, profile=device, budgets=budgets, energy_watts=watts,

@@ -121,6 +121,11 @@ def parse_budgets(budgets: Mapping[str, Any] | None) -> dict[str, int]:
     return MemoryBudget.parse(budgets, argument="budgets").resolve()
 
 
+SUGGEST_FOR = 20  # unmatched rule targets that get "did you mean" suggestions
+LIST_UNMATCHED = 100  # unmatched rule targets listed one per problem; the rest are counted in one
+
+
+# long: every kind of problem (fingerprints, targets, masks, session, budgets) collected in one pass, in order
 def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None,
                budgets: Mapping[str, Any] | None = None, force: bool = False,
                inputs: Mapping[str, Any] | None = None, lookahead: int = 2,
@@ -177,11 +182,20 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
                                     f"{profile.name!r} has device fingerprint {profile.fingerprint}{hint}.", severity))
 
     names = [n for n, _ in module.named_modules() if n]
-    for target in plan.unmatched_targets(names):
-        close = difflib.get_close_matches(target.removeprefix("re:"), names, n=3)
+    unmatched = plan.unmatched_targets(names)
+    for k, target in enumerate(unmatched[:LIST_UNMATCHED]):
+        # Suggestions cost a string comparison with every module name: only the first few get them, so a
+        # plan for another (much larger) model is still checked in moments.
+        close = difflib.get_close_matches(target.removeprefix("re:"), names, n=3) if k < SUGGEST_FOR else []
         did = f"; did you mean {', '.join(close)}?" if close else ""
         problems.append(PlanProblem(target, None, None,
                                     f"rule target names no module of {type(module).__name__}{did}"))
+    if len(unmatched) > LIST_UNMATCHED:  # one line for the rest: the plan is likely for another model
+        rest = unmatched[LIST_UNMATCHED:]
+        problems.append(PlanProblem(rest[0], None, None,
+                                    f"and {len(rest)} more rule targets name no module of {type(module).__name__} "
+                                    f"({', '.join(rest[:3])}, ...): {len(unmatched)} of the plan's "
+                                    f"{len(plan.rules)} rules in all; is the plan for another model?"))
 
     known = set(names)
     for rule in plan.rules:
@@ -318,7 +332,7 @@ def _notes(space: Any, plan: Plan, x: np.ndarray) -> list[PlanProblem]:
     """Warnings: exact rules whose group_size/kernel has no effect, and placements the runtime cannot run."""
     out = []
     for rule in plan.rules:
-        if rule.is_pattern:
+        if rule.is_pattern or ("group_size" not in rule.decisions and "kernel" not in rule.decisions):
             continue
         for knob in ("group_size", "kernel"):
             i = space.index_of(rule.target, knob)

@@ -196,7 +196,9 @@ def train_to(name: str, out_dir: str | os.PathLike[str], *, dtype: str = "bfloat
     entry = _zoo_entry(name)
     if entry.recipe is None:
         raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
-    out = Path(out_dir)
+    from autosurgeon.files.runfolder import check_out_path
+
+    out = check_out_path(out_dir, argument="out_dir")  # before training, not after
     with tempfile.TemporaryDirectory(prefix=f"autosurgeon-train-{name}-") as tmp:
         _train(entry.recipe, Path(tmp))
         export_folder(Path(tmp), out, entry.recipe, dtype=dtype, tolerance=tolerance)

@@ -225,21 +225,9 @@ class SurgeryEnv(gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self.t >= len(self.ctx.units):
             raise InvalidArgumentError("step() called after the episode ended; call reset().")
-        action = np.asarray(action, dtype=np.int64).reshape(-1)
-        knobs = self.layout.action_knobs
-        if action.shape != (len(knobs),):
-            raise InvalidArgumentError(f"`action` must have {len(knobs)} entries ({', '.join(knobs)}), got shape "
-                                       f"{action.shape}.")
-        space = self.ctx.space
-        unit = self.ctx.units[self.t]
-        for i in unit.variables:
-            v = space.variables[i]
-            j = int(np.clip(action[knobs.index(v.knob)], 0, v.n - 1))
-            mask, _ = space.allowed(i, self.x)
-            if not mask[j]:
-                j = space._nearest(v, j, mask)
-                self.repaired += 1
-            self.x[i] = j
+        action = self._checked_action(action)
+        self.x, repaired = self._decided(action)
+        self.repaired += repaired
         self.previous = np.clip(action, 0, np.array(self.layout.max_choices) - 1)
         self.t += 1
         terminated = self.t == len(self.ctx.units)
@@ -252,6 +240,38 @@ class SurgeryEnv(gym.Env):
             info.update(rinfo, model=self.ctx.spec, plan_vector=self.x.tolist(), latency_s=metrics.latency_s,
                         energy_j=metrics.energy_j, evaluator=metrics.evaluator)
         return self._observation(), float(reward), terminated, False, info
+
+    def pending_plan(self, action: Any) -> np.ndarray | None:
+        """The plan vector ``step(action)`` would evaluate (it ends the episode), else None; changes nothing.
+
+        Lets a vectorised env measure the plans of all its envs' finishing steps as one batch, in parallel
+        (``agents.dask_vec_env``), before stepping them one by one from the evaluator's cache."""
+        if self.t != len(self.ctx.units) - 1:
+            return None
+        return self._decided(self._checked_action(action))[0]
+
+    def _checked_action(self, action: Any) -> np.ndarray:
+        action = np.asarray(action, dtype=np.int64).reshape(-1)
+        knobs = self.layout.action_knobs
+        if action.shape != (len(knobs),):
+            raise InvalidArgumentError(f"`action` must have {len(knobs)} entries ({', '.join(knobs)}), got shape "
+                                       f"{action.shape}.")
+        return action
+
+    def _decided(self, action: np.ndarray) -> tuple[np.ndarray, int]:
+        """(the plan vector with the current unit decided by ``action``, choices repaired to valid ones)."""
+        knobs = self.layout.action_knobs
+        space = self.ctx.space
+        x, repaired = self.x.copy(), 0
+        for i in self.ctx.units[self.t].variables:
+            v = space.variables[i]
+            j = int(np.clip(action[knobs.index(v.knob)], 0, v.n - 1))
+            mask, _ = space.allowed(i, x)
+            if not mask[j]:
+                j = space._nearest(v, j, mask)
+                repaired += 1
+            x[i] = j
+        return x, repaired
 
     def action_masks(self) -> np.ndarray:
         """Flat bool mask over ``sum(self.layout.max_choices)`` entries for the current unit (class docstring)."""

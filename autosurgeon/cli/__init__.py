@@ -7,10 +7,12 @@ of ``autosurgeon`` that may reach up into ``agents`` or ``experiments`` (lazily,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from autosurgeon import __version__
 from autosurgeon._logging import LIBRARY_LOGGER
@@ -22,6 +24,10 @@ COMMANDS = (
     "demo", "profile", "zoo", "analyze", "plan", "evaluate", "run", "sweep", "markov", "train", "apply", "tune",
     "report",
 )
+
+CACHE_DIR_HELP = ("cache root for every cache this command reads or writes: the local profile, zoo models, "
+                  "sensitivity, GEMV and profiled tables, the Markov model (default $AUTOSURGEON_CACHE or "
+                  "~/.cache/autosurgeon)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +41,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"autosurgeon.cli.{name}").register(sub)
+    for command in sub.choices.values():  # every command reads or writes some cache: each takes --cache-dir
+        own = [a for a in command._actions if "--cache-dir" in a.option_strings]
+        if own:  # declared by the command itself: one help text for all (what cache_root_for does)
+            own[0].help, own[0].metavar = CACHE_DIR_HELP, "DIR"
+        else:
+            command.add_argument("--cache-dir", default=None, metavar="DIR", help=CACHE_DIR_HELP)
     return parser
+
+
+@contextlib.contextmanager
+def cache_root_for(args: argparse.Namespace) -> Iterator[None]:
+    """``--cache-dir`` as the process's cache root while the command runs.
+
+    Every cache (the local profile, zoo models, sensitivity, GEMV and profiled tables, the user's Markov model)
+    resolves its folder from ``$AUTOSURGEON_CACHE`` when no folder is passed down to it, and so do the worker
+    processes a command starts (Dask workers inherit the environment): setting it here moves them all, however
+    deep the call that opens the cache. Restored afterwards, so an in-process caller (tests) sees no change."""
+    from autosurgeon.models.cache import CACHE_ENV, cache_root
+
+    given = getattr(args, "cache_dir", None)
+    if given is None:
+        yield
+        return
+    if not str(given).strip():
+        from autosurgeon.errors import InvalidArgumentError
+
+        raise InvalidArgumentError("`--cache-dir` is empty; give a folder (it is created if missing), or leave "
+                                   "the flag out for $AUTOSURGEON_CACHE or ~/.cache/autosurgeon.")
+    root = cache_root(given).resolve()  # refuses a file, naming the flag
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(root)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -55,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _configure_logging(args.verbose)
     try:
-        code = int(args.func(args) or 0)
+        with cache_root_for(args):
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe (`| head`) shows here, inside the handlers below, not at exit
         return code
     except (AutoSurgeonError, JalapenoError) as exc:

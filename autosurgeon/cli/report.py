@@ -39,6 +39,10 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autosurgeon.files.atomic import check_out_file
+
+    check_out_file(args.out, argument="--out")  # before minutes of measuring: '', a folder, a bad parent
+    check_out_file(args.gpu_json, argument="--gpu-json")
     from experiments.benchmarks.claims import build_report
     from experiments.benchmarks.claims_report import table
 

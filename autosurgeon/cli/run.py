@@ -197,6 +197,15 @@ def run(args: argparse.Namespace) -> int:
     encode, decode = _encode_decode(loaded, prompt_ids)
     model = loaded.model
     fmt = args.weight_format
+    if plan is None:  # the least budget that can work, named (with the least over formats) before formatting
+        from autosurgeon.planners.least_budget import check_budget_floor
+        from autosurgeon.transforms.fit_placement import expert_cache_bytes
+
+        expert_check(args, model)
+        expert_ids, cache_bytes = (expert_cache_bytes(model, float(args.expert_cache)) if args.prefetch is not None
+                                   else (set(), 0))
+        check_budget_floor(model, device=device, budgets=budgets, weight_format=fmt, exclude=expert_ids,
+                           reserve=cache_bytes, name=loaded.name, argument=FLAG)
     if fmt in ("float32", "bfloat16", "float16"):
         model.to(getattr(torch, fmt))  # the dtype the model runs in, not a per-layer decision (run_plan.py)
     if prompt_ids is not None:
@@ -219,7 +228,6 @@ def run(args: argparse.Namespace) -> int:
         plan = dataclasses.replace(plan, session=session_decisions)
         lookahead, placement = 2, "plan"
     else:  # the flags are a plan too, whose placement the runtime fits into the budget (run_plan.py)
-        expert_check(args, model)
         sources = {k: "flag" for k in flags}
         session_decisions = flags
         plan = flags_plan(model, weight_format=fmt, session=flags)

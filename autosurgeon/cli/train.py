@@ -2,6 +2,8 @@
 
     autosurgeon train --device local --models tiny-llama,digits-cnn --timesteps 50000 --out policies/cpu
     autosurgeon train --device local --models tiny-llama,digits-cnn --timesteps 80000 --out policies/cpu --resume
+    autosurgeon train --device local --models tiny-llama --evaluator profiled --timesteps 50000 --out policies/cpu \\
+        --workers 4          # the envs' finished plans measured on a local Dask cluster of 4 workers
     autosurgeon train --device local --models tiny-llama --timesteps 50000 --out policies/cpu-kv \\
         --knobs precision,placement,kv_precision,kv_budget,prefetch_depth
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from autosurgeon.cli.scaleout_args import add_cluster_args
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.registry import names as evaluator_names
 
@@ -45,6 +48,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--runtime-every", type=int, default=0, metavar="STEPS",
                         help="every STEPS timesteps also run the policy's plan end to end on the runtime (this "
                         "machine only; 0 = never, default)")
+    add_cluster_args(parser)
     parser.set_defaults(func=run)
 
 
@@ -59,12 +63,24 @@ def run(args: argparse.Namespace) -> int:
         from autosurgeon.hardware.power_cap import check_power_cap
 
         check_power_cap(args.power_cap, argument="--power-cap")
-    result = train(device=args.device, models=args.models.split(","), timesteps=args.timesteps, out=args.out,
-                   resume=args.resume, evaluator=args.evaluator, seed=args.seed, n_envs=args.n_envs,
-                   knobs=tuple(k.strip() for k in args.knobs.split(",") if k.strip()), hv_every=args.hv_every,
-                   runtime_every=args.runtime_every, power_cap_w=args.power_cap, overwrite=args.overwrite)
+    from autosurgeon.files.runfolder import check_out_path
+    from experiments.sweep.cluster import check_cluster_args, sweep_cluster
+
+    check_out_path(args.out, argument="--out")  # before a cluster starts: one line for a bad value
+    check_cluster_args(args.workers, args.scheduler)
+    # The envs' finished plans are measured on the cluster's workers (agents.dask_vec_env); same policy as serial.
+    with sweep_cluster(workers=args.workers, scheduler=args.scheduler, gpus=args.worker_gpus,
+                       threads=args.worker_threads) as cluster:
+        result = train(device=args.device, models=args.models.split(","), timesteps=args.timesteps, out=args.out,
+                       resume=args.resume, evaluator=args.evaluator, seed=args.seed, n_envs=args.n_envs,
+                       knobs=tuple(k.strip() for k in args.knobs.split(",") if k.strip()), hv_every=args.hv_every,
+                       runtime_every=args.runtime_every, power_cap_w=args.power_cap, overwrite=args.overwrite,
+                       cluster=cluster)
     last = result.history[-1] if result.history else {}
     print(f"policy saved to {result.out} ({result.timesteps} timesteps, {result.seconds:.1f} s)")
+    for digest, done in (result.cluster or {}).items():
+        print(f"  cluster: {done['evaluated']} plans measured on {len(done['by_worker'])} worker(s) "
+              f"({done['evaluations_per_s']:.2f} evaluations/s of waiting)")
     if args.power_cap is not None:
         from agents.policy_io import read_meta
 

@@ -38,6 +38,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from autosurgeon.files.runfolder import check_out_path
+
+    check_out_path(args.out, argument="--out")  # before any work: one line for '', a file, an unwritable parent
     from agents.tune import tune
 
     kwargs = dict(device=args.device, models=args.models.split(","), trials=args.trials, timesteps=args.timesteps,

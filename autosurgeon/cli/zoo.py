@@ -80,6 +80,10 @@ def _train(zoo: Any, name: str, args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights: nothing to train; "
                                    "trainable names: "
                                    f"{', '.join(_trainable(zoo))}.")
+    if args.out is not None:  # before minutes of training: one line for '', a file, an unwritable parent
+        from autosurgeon.files.runfolder import check_out_path
+
+        check_out_path(args.out, argument="--out")
     _show_progress()
     started = time.perf_counter()
     if args.out:

@@ -2,7 +2,8 @@
 
 ``resolve_profile`` turns what a user typed (``"local"``, a preset name, a JSON path) into a
 ``HardwareProfile``. ``"local"`` is measured once per machine and cached under
-``$AUTOSURGEON_CACHE/profiles/<fingerprint>.json`` (default ``~/.cache/autosurgeon``); presets are
+``<cache root>/profiles/<fingerprint>.json`` (``cache_dir=``, else ``$AUTOSURGEON_CACHE``, else
+``~/.cache/autosurgeon``; the CLI's ``--cache-dir`` sets the root for its whole process); presets are
 datasheet figures on paper (``measured=False``), each with its source, and with their power modes
 (``PowerMode``: how the rates scale in each; ``profile.at_power_cap(watts)`` gives the profile in the
 fastest mode within a cap, see ``autosurgeon.hardware.power_cap``).
@@ -20,6 +21,7 @@ from autosurgeon.hardware.detect import detect_board, detect_cpu, detect_gpus
 from autosurgeon.hardware.local import measure_local
 from autosurgeon.hardware.measure import MeasureConfig
 from autosurgeon.hardware.power_modes import PowerDerating, PowerMode
+from autosurgeon.models.cache import cache_root
 from autosurgeon.hardware.profile import (
     SCHEMA_VERSION,
     ComputeUnit,
@@ -57,15 +59,17 @@ logger = get_logger(__name__)
 PRESET_DIR = Path(__file__).parent.parent / "presets"
 
 
-def cache_dir() -> Path:
-    """AutoSurgeon's cache root: ``$AUTOSURGEON_CACHE`` if set, else ``~/.cache/autosurgeon``."""
-    env = os.environ.get("AUTOSURGEON_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "autosurgeon"
+def cache_dir(root: str | os.PathLike[str] | None = None) -> Path:
+    """AutoSurgeon's cache root: ``root`` if given, else ``$AUTOSURGEON_CACHE``, else ``~/.cache/autosurgeon``.
+
+    The one rule every cache follows (``autosurgeon.models.cache.cache_root``), so ``--cache-dir`` moves
+    the profile cache with the zoo, sensitivity, GEMV and profiled tables."""
+    return cache_root(root)
 
 
-def profile_cache_path(fingerprint: str) -> Path:
-    """Where the measured profile of the machine with ``fingerprint`` is cached."""
-    return cache_dir() / "profiles" / f"{fingerprint}.json"
+def profile_cache_path(fingerprint: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the measured profile of the machine with ``fingerprint`` is cached (under ``cache_dir``)."""
+    return cache_root(cache_dir) / "profiles" / f"{fingerprint}.json"
 
 
 def local_fingerprint(*, include_gpus: bool = True) -> str:
@@ -105,17 +109,21 @@ def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
 
 
 def profile_local(
-    *, quick: bool = True, config: MeasureConfig | None = None, include_gpus: bool = True, write_cache: bool = True
+    *, quick: bool = True, config: MeasureConfig | None = None, include_gpus: bool = True, write_cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> HardwareProfile:
-    """Measure this machine now and (by default) rewrite its cache file; see ``measure_local``."""
-    profile = measure_local(quick=quick, config=config, include_gpus=include_gpus, disk_dir=cache_dir())
+    """Measure this machine now and (by default) rewrite its cache file under ``cache_dir`` (default: the
+    cache root, see ``cache_dir()``); the disk test reads a temporary file there too. See ``measure_local``."""
+    root = cache_root(cache_dir)
+    profile = measure_local(quick=quick, config=config, include_gpus=include_gpus, disk_dir=root)
     if write_cache:
-        path = save_profile(profile, profile_cache_path(profile.fingerprint))
+        path = save_profile(profile, profile_cache_path(profile.fingerprint, cache_dir=root))
         logger.info("cached the local profile at %s", path)
     return profile
 
 
-def resolve_profile(device: str | os.PathLike | HardwareProfile = "local", *, quick: bool = True) -> HardwareProfile:
+def resolve_profile(device: str | os.PathLike | HardwareProfile = "local", *, quick: bool = True,
+                    cache_dir: str | os.PathLike[str] | None = None) -> HardwareProfile:
     """Turn a device argument into a profile.
 
     Args:
@@ -123,6 +131,7 @@ def resolve_profile(device: str | os.PathLike | HardwareProfile = "local", *, qu
             name from ``list_presets()``, a path to a profile ``.json``, or a ``HardwareProfile`` (returned as is).
         quick: For ``"local"`` without a cache, measure quickly (seconds) rather than fully. A cached quick
             profile is re-measured when ``quick=False`` asks for the full one.
+        cache_dir: Cache root for ``"local"`` (default ``$AUTOSURGEON_CACHE``, else ``~/.cache/autosurgeon``).
 
     Raises:
         UnknownDeviceError: ``device`` is none of the accepted forms (the message lists the presets).
@@ -135,7 +144,7 @@ def resolve_profile(device: str | os.PathLike | HardwareProfile = "local", *, qu
     if not isinstance(device, str):
         raise UnknownDeviceError(_unknown_message(device))
     if device == "local":
-        return _cached_local(quick=quick)
+        return _cached_local(quick=quick, cache_dir=cache_dir)
     if _preset_key(device) in list_presets():
         return load_preset(device)
     if device.endswith(".json") or os.sep in device or Path(device).is_file():
@@ -145,8 +154,8 @@ def resolve_profile(device: str | os.PathLike | HardwareProfile = "local", *, qu
     raise UnknownDeviceError(_unknown_message(device))
 
 
-def _cached_local(*, quick: bool) -> HardwareProfile:
-    path = profile_cache_path(local_fingerprint())
+def _cached_local(*, quick: bool, cache_dir: str | os.PathLike[str] | None) -> HardwareProfile:
+    path = profile_cache_path(local_fingerprint(), cache_dir=cache_dir)
     if path.is_file():
         try:
             cached = load_profile(path)
@@ -157,7 +166,7 @@ def _cached_local(*, quick: bool) -> HardwareProfile:
                 logger.info("using the cached local profile %s", path)
                 return cached
             logger.info("cached local profile %s is a quick one; measuring fully.", path)
-    return profile_local(quick=quick)
+    return profile_local(quick=quick, cache_dir=cache_dir)
 
 
 def _preset_key(name: str) -> str:

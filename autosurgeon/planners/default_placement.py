@@ -11,16 +11,23 @@ from typing import Any
 
 
 def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: int, offload_dir: str | None,
-               exclude: set[int] | None = None, reserve: int = 0) -> Any:
+               exclude: set[int] | None = None, reserve: int = 0, argument: str = "budget") -> Any:
     """The default placement (see the module docstring), from the exact bytes of the (formatted) model.
 
     ``exclude``: ids of modules managed elsewhere (streamed experts), left out of the block sizes;
-    ``reserve``: bytes of the execution tier's budget already spoken for (the expert cache)."""
+    ``reserve``: bytes of the execution tier's budget already spoken for (the expert cache).
+
+    Raises:
+        InvalidArgumentError: the execution tier's budget is below the least the model can run in
+            (``least_budget``), named in the message (``argument``: the flag or argument to name)."""
+    from autosurgeon.planners.least_budget import check_budget_floor
     from runtime.session import find_blocks, module_bytes, own_bytes
     from runtime.spec import SessionSpec
     from runtime.tensors import tier_of
 
     exclude = exclude or set()
+    check_budget_floor(model, device=device, budgets=budgets, exclude=exclude, reserve=reserve, argument=argument,
+                       format_argument=None)
 
     def size(module: Any) -> int:
         return sum(own_bytes(m) for m in module.modules() if id(m) not in exclude)

@@ -117,6 +117,13 @@ def group_size_reason(group_size: int, in_features: int) -> str | None:
     return f"group {group_size} exceeds in_features {in_features} (rounded to {row}): the group would be mostly padding"
 
 
+def default_group_size(in_features: int, preferred: int = 128) -> int:
+    """The int4 group a layer gets when nothing chose one: ``preferred`` unless it would be masked as mostly
+    padding, else the largest valid group below it (``run --weight-format int4``, the least-budget formula)."""
+    valid = [g for g in sorted(GROUP_SIZES, reverse=True) if g <= preferred and group_size_reason(g, in_features) is None]
+    return valid[0] if valid else min(GROUP_SIZES)
+
+
 def placement_units(profile: HardwareProfile) -> dict[str, ComputeUnit | None]:
     """Execution-unit kind -> the unit a placement of that kind runs on (first of its kind) or None."""
     out: dict[str, ComputeUnit | None] = {"gpu": None, "cpu": None, "dla": None}
