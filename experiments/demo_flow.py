@@ -37,7 +37,8 @@ logger = get_logger(__name__)
 DEFAULT_PROMPT = "def read_config(path):\n    \"\"\"Read a configuration file.\"\"\"\n    with open(path) as f:\n"
 COMMITTED_MARKOV = Path(__file__).resolve().parent / "warmstart" / "markov-cpu.json"
 MAX_VERIFIED = 4  # runtime checks before the demo gives up on the estimates and says so
-GENERATE_REPEATS = 3  # timed generations after one warm-up; the median is shown (shared machines are noisy)
+GENERATE_REPEATS = 3  # interleaved rounds of the race after one warm-up; medians are shown (shared machines are noisy)
+RACE_BUDGET_S = 20.0  # the race cuts its token count so that its rounds fit this, by the warm-up's speed
 
 Progress = Callable[[str, str], None]
 
@@ -131,6 +132,9 @@ class DemoResult:
     policy: str | None
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    comparison: Any = None  # experiments.demo_compare.Comparison: every row raced in one harness
+    standings: list[str] = field(default_factory=list)  # the chosen plan against each other row
+    search_pick: str = ""  # the source of the search's verified pick ("" if none held)
 
     @property
     def outputs(self) -> dict[str, Path]:
@@ -205,34 +209,104 @@ def _policy_dir(settings: DemoSettings, device_class: str) -> str | None:
     return None  # never picked up from the cwd unnamed (issue 17): `--policy policies/<device class>` names it
 
 
-def _generate(session: Any, loaded: Any, settings: DemoSettings) -> tuple[list[int], float]:
+def _prompt_ids(settings: DemoSettings) -> Any:
     import torch
 
-    ids = torch.tensor([list(settings.prompt.encode("utf-8"))], dtype=torch.long)
-    started = time.perf_counter()
-    out = session.generate(ids, max_new_tokens=settings.tokens)
-    seconds = time.perf_counter() - started
-    return out[0, ids.shape[1]:].tolist(), seconds
+    return torch.tensor([list(settings.prompt.encode("utf-8"))], dtype=torch.long)
 
 
-def _measure(label: str, plan: Any, evaluator: Any, loaded: Any, profile: Any, settings: DemoSettings) -> Measured:
-    """Metrics from the runtime evaluator, then a greedy generation on a Session built from the same plan."""
+def _measured(row: Any, metrics: Any) -> Measured:
+    """A race row as the table's Measured: its generation figures, the runtime evaluator's metrics."""
+    return Measured(label=row.label, plan=row.plan, metrics=metrics, tokens=row.tokens,
+                    generate_s=statistics.median(row.seconds), tokens_per_s=row.tokens_per_s)
+
+
+def _verify(candidates: list[tuple[str, Any, Any]], evaluator: Any, budget: int, settings: DemoSettings,
+            say: Progress) -> tuple[Any, str, Any, list[str]]:
+    """The first candidate (fastest estimate first) whose *measured* memory and quality hold: plan, source, metrics."""
+    rejected: list[str] = []
+    for source, plan, estimate in candidates[:MAX_VERIFIED]:
+        m = evaluator.evaluate(plan)
+        if m.memory_bytes > budget:
+            rejected.append(f"{source}: measured memory {m.memory_bytes} B over the budget {budget} B "
+                            f"(estimated {estimate.memory_bytes} B)")
+        elif m.quality_loss is not None and m.quality_loss > settings.max_quality_loss:
+            rejected.append(f"{source}: measured quality loss {m.quality_loss:.2%} over the bound "
+                            f"{settings.max_quality_loss:.2%} (estimated {estimate.quality_loss or 0:.2%})")
+        else:
+            return plan, source, m, rejected
+        say("verify", rejected[-1])
+    return None, "", None, rejected
+
+
+# long: builds every contender (each may be skipped with its reason), races them, judges and closes them
+def _race(settings: DemoSettings, loaded: Any, profile: Any, evaluator: Any, space: Any, result: Any,
+          unmodified: Any, search_pick: tuple[Any, str] | None, budget: int, notes: list[str],
+          say: Progress) -> tuple[Any, list[str], str | None]:
+    """Unmodified, accelerate, uniform int8/int4, knapsack and the search's pick, raced in one harness."""
     from autosurgeon.cost.base import mean_watts
-    from autosurgeon.transforms import apply_plan
+    from experiments.demo_alternatives import knapsack_from_sweep, uniform_at_budget
+    from experiments.demo_compare import judge, race, standing
+    from experiments.demo_compare import pick as pick_row
+    from experiments.demo_contenders import (
+        AccelerateContender,
+        PlanContender,
+        accelerate_available,
+    )
 
-    metrics = evaluator.evaluate(plan)
-    tokens: list[int] = []
-    seconds = 0.0
-    if loaded.task == "causal-lm":
-        session = apply_plan(loaded, plan, profile, inplace=False, space=getattr(evaluator, "_full_space", None),
-                             energy_watts=mean_watts(profile, 1.0))
-        with session:
-            _generate(session, loaded, settings)  # warm-up: first calls pay for kernel selection and caches
-            runs = [_generate(session, loaded, settings) for _ in range(GENERATE_REPEATS)]
-            tokens = runs[0][0]
-            seconds = statistics.median(s for _, s in runs)
-    return Measured(label=label, plan=plan, metrics=metrics, tokens=tokens, generate_s=seconds,
-                    tokens_per_s=(len(tokens) / seconds) if seconds > 0 else 0.0)
+    tiers = ("gpu", "cpu")
+    watts = mean_watts(profile, 1.0)
+    full = evaluator._full_space if evaluator._full_space is not None else None
+    contenders: list[Any] = []
+
+    def add_plan(label: str, plan: Any, source: str) -> None:
+        try:
+            contenders.append(PlanContender(label, plan, loaded, profile, full_space=full, source=source,
+                                            energy_watts=watts))
+        except Exception as exc:  # noqa: BLE001 - a row that cannot be built says why; the race goes on
+            notes.append(f"{label} not raced: {type(exc).__name__}: {exc}")
+
+    say("race", "building the same-budget alternatives: accelerate offload, uniform int8, uniform int4, knapsack")
+    add_plan("unmodified", unmodified, "unmodified")
+    reason = accelerate_available()
+    if reason is None:
+        try:
+            contenders.append(AccelerateContender("accelerate offload", loaded.model,
+                                                  max_memory={"cpu": budget}, main_device="cpu"))
+        except Exception as exc:  # noqa: BLE001 - accelerate's own failure names the row it cost
+            notes.append(f"accelerate offload not raced: {type(exc).__name__}: {exc}")
+    else:
+        notes.append(f"accelerate offload not raced: {reason}")
+    seen: dict[str, str] = {}  # plan JSON -> row label
+    alternatives = [*uniform_at_budget(space, budget, tiers), knapsack_from_sweep(result)]
+    for alt in alternatives:
+        if alt.plan is None:
+            notes.append(f"{alt.label} not raced: {alt.skipped}")
+            continue
+        seen[alt.plan.to_json(indent=None)] = alt.label
+        add_plan(alt.label, alt.plan, f"baseline {alt.label} at the budget")
+    pick_label = None
+    if search_pick is not None:
+        plan, source = search_pick
+        pick_label = seen.get(plan.to_json(indent=None))
+        if pick_label is not None:
+            notes.append(f"the search's pick ({source}) is the same plan as the {pick_label} baseline; raced once")
+        else:
+            pick_label = "search's pick"
+            add_plan(pick_label, plan, source)
+    try:
+        say("race", f"{len(contenders)} contenders, {GENERATE_REPEATS} interleaved rounds of {settings.tokens} tokens")
+        comparison = race(contenders, _prompt_ids(settings), tokens=settings.tokens, rounds=GENERATE_REPEATS,
+                          watts=watts, quality=evaluator.quality_evaluator, budget_s=RACE_BUDGET_S,
+                          progress=lambda message: say("race", message))
+    finally:
+        for c in contenders:
+            c.close()
+    judge(comparison, budget=budget, tiers=tiers, max_quality_loss=settings.max_quality_loss)
+    chosen = pick_row(comparison)
+    standings = ([standing(comparison, chosen, r) for r in comparison.rows if r is not chosen]
+                 if chosen is not None else [])
+    return comparison, standings, pick_label
 
 
 def _candidates(result: Any, policy_plans: list[tuple[str, Any, Any]], budget: int) -> list[tuple[str, Any, Any]]:
@@ -336,6 +410,7 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.models.cache import cache_root
     from autosurgeon.zoo import load_model
+    from experiments.demo_compare import pick
     from experiments.sweep.config import SweepConfig
     from experiments.sweep.runner import run_sweep
 
@@ -362,13 +437,13 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     evaluator = RuntimeEvaluator(loaded, profile, quality_samples=settings.quality_samples,
                                  quality_settings=settings.quality_settings())
     unmodified = evaluator.space.decode(evaluator.space.default_vector(), metadata={"proposer": "unmodified"})
-    baseline = _measure("unmodified", unmodified, evaluator, loaded, profile, settings)
-    budget = budget_bytes(settings.budget, baseline.metrics.memory_bytes)
-    check_budget_feasible(evaluator.space, profile, budget, baseline.metrics.memory_bytes, settings.budget)
+    baseline_metrics = evaluator.evaluate(unmodified)
+    budget = budget_bytes(settings.budget, baseline_metrics.memory_bytes)
+    check_budget_feasible(evaluator.space, profile, budget, baseline_metrics.memory_bytes, settings.budget)
     seconds["baseline"] = time.perf_counter() - t
 
     user_markov = cache_root(settings.cache_dir) / "markov" / f"{device_class}.json"
-    share = f"{budget / baseline.metrics.memory_bytes:.0%}"
+    share = f"{budget / baseline_metrics.memory_bytes:.0%}"
     if resume:
         # Continue the sweep as it was started (its warm start, knapsack budget ...); only the budget may grow.
         import json
@@ -410,26 +485,34 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     t = time.perf_counter()
     candidates = _candidates(result, policy_plans, budget)
     say("verify", f"{len(candidates)} plans fit {share} of the memory by estimate; verifying the fastest on the runtime")
-    chosen: Measured | None = None
-    chosen_source = ""
-    rejected: list[str] = []
-    for source, plan, estimate in candidates[:MAX_VERIFIED]:
-        measured = _measure("plan", plan, evaluator, loaded, profile, settings)
-        m = measured.metrics
-        if m.memory_bytes > budget:
-            rejected.append(f"{source}: measured memory {m.memory_bytes} B over the budget {budget} B "
-                            f"(estimated {estimate.memory_bytes} B)")
-        elif m.quality_loss is not None and m.quality_loss > settings.max_quality_loss:
-            rejected.append(f"{source}: measured quality loss {m.quality_loss:.2%} over the bound "
-                            f"{settings.max_quality_loss:.2%} (estimated {estimate.quality_loss or 0:.2%})")
-        else:
-            chosen, chosen_source = measured, source
-            break
-        say("verify", rejected[-1])
+    pick_plan, pick_source, pick_metrics, rejected = _verify(candidates, evaluator, budget, settings, say)
     seconds["verify"] = time.perf_counter() - t
     if not candidates:
         notes.append(f"no evaluated plan fits the budget {settings.budget} ({budget} B) at <= "
-                     f"{settings.max_quality_loss:.1%} estimated loss; raise --budget or --evals.")
+                     f"{settings.max_quality_loss:.1%} estimated loss; the same-budget baselines still race.")
+
+    t = time.perf_counter()
+    comparison, standings, pick_label = None, [], None
+    chosen: Measured | None = None
+    chosen_source = ""
+    if loaded.task == "causal-lm":
+        comparison, standings, pick_label = _race(
+            settings, loaded, profile, evaluator, sweep_evaluator.space, result, unmodified,
+            (pick_plan, pick_source) if pick_plan is not None else None, budget, notes, say)
+        baseline = _measured(comparison.row("unmodified"), baseline_metrics)
+        row = pick(comparison)
+        if row is not None:
+            is_pick = row.label == pick_label
+            chosen_source = pick_source if is_pick else row.source
+            chosen = _measured(row, pick_metrics if is_pick else evaluator.evaluate(row.plan))
+            if not is_pick:
+                notes.append(f"the chosen plan is a same-budget baseline ({row.label}), not the search's pick"
+                             + (f" ({pick_source}): it measured faster in the race" if pick_source else ""))
+    else:  # classifiers: no generation to race; the verified pick stands (measured by the runtime evaluator)
+        baseline = Measured("unmodified", unmodified, baseline_metrics, [], 0.0, 0.0)
+        if pick_plan is not None:
+            chosen, chosen_source = Measured("plan", pick_plan, pick_metrics, [], 0.0, 0.0), pick_source
+    seconds["race"] = time.perf_counter() - t
 
     plan_path = None
     if chosen is not None:
@@ -442,7 +525,8 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     result_obj = DemoResult(profile=profile, loaded=loaded, device_class=device_class, budget_bytes=budget,
                             baseline=baseline, chosen=chosen, chosen_source=chosen_source, rejected=rejected,
                             sweep_dir=sweep_dir, plan_path=plan_path, warm_start=warm_start,
-                            warm_start_updated=updated, policy=policy, notes=notes, seconds=seconds)
+                            warm_start_updated=updated, policy=policy, notes=notes, seconds=seconds,
+                            comparison=comparison, standings=standings, search_pick=pick_source)
     _save_result(result_obj, out)
     return result_obj
 
@@ -460,7 +544,9 @@ def _save_result(result: DemoResult, out: Path) -> None:
     data = {"model": result.loaded.name, "device": result.profile.name, "device_class": result.device_class,
             "budget_bytes": result.budget_bytes, "baseline": row(result.baseline), "chosen": row(result.chosen),
             "chosen_source": result.chosen_source, "rejected": result.rejected, "warm_start": result.warm_start,
-            "policy": result.policy, "notes": result.notes, "seconds": result.seconds}
+            "policy": result.policy, "notes": result.notes, "seconds": result.seconds,
+            "search_pick": result.search_pick, "standings": result.standings,
+            "comparison": result.comparison.to_dict() if result.comparison is not None else None}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".result.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")

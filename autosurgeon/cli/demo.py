@@ -98,7 +98,7 @@ def _table(result: Any) -> str:
     if bm.prefill_s is not None:
         add("prefill (ms)", lambda v: "-" if v is None else f"{v * 1e3:.1f}", bm.prefill_s, pm and pm.prefill_s)
     if base.tokens:
-        add(f"generate tokens/s ({len(base.tokens)} tokens, median of 3)", lambda v: f"{v:.1f}", base.tokens_per_s,
+        add(f"generate tokens/s ({len(base.tokens)} tokens, median of 3 interleaved)", lambda v: f"{v:.1f}", base.tokens_per_s,
             plan and plan.tokens_per_s, "higher")
     for tier in ("gpu", "cpu", "disk"):
         b, p = bm.peak_bytes.get(tier, 0), pm.peak_bytes.get(tier, 0) if pm else None
@@ -146,6 +146,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"budget: {_bytes(result.budget_bytes)} on GPU+CPU ({settings.budget} of the unmodified model's "
           f"{_bytes(result.baseline.metrics.memory_bytes)}), quality loss <= {settings.max_quality_loss:.1%}")
     print(f"warm start: {result.warm_start or 'none'}; policy: {result.policy or 'none (name one with --policy)'}\n")
+    if result.comparison is not None:
+        from autosurgeon.cli.demo_table import race_table, standings_text
+
+        print("what this budget buys, against what you would do otherwise (same budget, same run):\n")
+        print(race_table(result))
+        print("\nthe chosen plan" + (f" ({result.chosen.label})" if result.chosen is not None else "") + ":")
+        print(standings_text(result))
+        print("\nunmodified vs chosen, step by step (runtime evaluator: decode step, prefill, memory, quality):\n")
     print(_table(result))
     if result.chosen is not None:
         print(f"\nchosen: {result.chosen_source}; verified on the runtime (latency, memory and quality measured; "
