@@ -31,17 +31,19 @@ def race_table(result: Any) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     energy_labels = sorted({r.energy_label for r in comparison.rows})
     methods = sorted({r.quality_method for r in comparison.rows if r.quality_method})
-    lines += ["",
-              f"measured in one process, interleaved: {comparison.rounds} rounds of {len(comparison.rows[0].tokens)} "
-              f"greedy tokens per contender after a warm-up, median (spread = (max-min)/median of the rounds); load "
-              f"average {comparison.load_before:.1f} -> {comparison.load_after:.1f}",
-              *(["noisy: a spread above 15 % means the machine was busy; the per-round ratios below are the "
-                  "figures to trust (both sides of a ratio ran in the same round)"]
-                if any(r.spread > NOISY for r in comparison.rows) else []),
-              "memory: " + "; ".join(sorted({f"{'accelerate' if r.kind == 'accelerate' else 'plans'}: "
-                                             f"{r.memory_method}" for r in comparison.rows})),
-              "energy: " + "; ".join(energy_labels),
-              "quality: " + "; ".join(methods) if methods else "quality: not measured"]
+    tokens = len(comparison.rows[0].tokens) if comparison.rows else 0
+    lines.append("")
+    lines.append(f"measured in one process, interleaved: {comparison.rounds} rounds of {tokens} greedy tokens per "
+                 "contender after a warm-up, median (spread = (max-min)/median of the rounds); load average "
+                 f"{comparison.load_before:.1f} -> {comparison.load_after:.1f}")
+    if any(r.spread > NOISY for r in comparison.rows):
+        lines.append("noisy: a spread above 15 % means the machine was busy; trust the per-round ratios below "
+                     "(both sides of a ratio ran in the same round)")
+    memory = sorted({f"{'accelerate' if r.kind == 'accelerate' else 'plans'}: {r.memory_method}"
+                     for r in comparison.rows})
+    lines.append("memory: " + "; ".join(memory))
+    lines.append("energy: " + "; ".join(energy_labels))
+    lines.append("quality: " + ("; ".join(methods) if methods else "not measured"))
     for r in comparison.rows:
         if r.why_not:
             lines.append(f"does not fit: {r.label}: " + "; ".join(r.why_not))
