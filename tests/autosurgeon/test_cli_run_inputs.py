@@ -106,3 +106,19 @@ def test_an_empty_tokenizer_from_transformers_is_detected(tmp_path: Path) -> Non
     with pytest.raises(InvalidArgumentError, match=r"is empty \(no vocabulary\); pass --prompt-ids random:16") as info:
         tokenizer(loaded)
     assert "\n" not in str(info.value)
+
+
+def test_the_gpu_shape_command_is_checked_before_the_build_on_a_cpu_machine(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's GPU command, on a machine without one: one line naming the fix, and no 57 s build first."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the command runs (demo_gpu.sh measures it)")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(zoo, "load_model", refuse)
+    code = main(["run", "llama-7b-16l-shape", "--prompt-ids", "random:16", "--memory-budget", "gpu=3GiB", "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "gpu budget but the device is cpu" in err[0] and "--device cuda" in err[0]
