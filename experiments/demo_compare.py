@@ -176,16 +176,17 @@ def pick(comparison: Comparison) -> Row | None:
     return max(plans, key=lambda r: r.tokens_per_s, default=None)
 
 
-def standing(comparison: Comparison, chosen: Row, other: Row) -> str:
-    """One line: how ``chosen`` stands against ``other`` (speed per-round median, memory, energy, quality)."""
+def standing(comparison: Comparison, chosen: Row, other: Row, tiers: Sequence[str] = ("gpu", "cpu")) -> str:
+    """One line: how ``chosen`` stands against ``other`` (speed per-round median, bytes on ``tiers``, energy, quality)."""
     speed, lo, hi = comparison.ratio(chosen, other)
     parts = [f"{speed:.2f}x its speed ({lo:.2f}-{hi:.2f} over {comparison.rounds} rounds)"]
     mine, theirs = chosen.tier_bytes, other.tier_bytes
-    fast = sum(mine.get(t, 0) for t in ("gpu", "cpu")), sum(theirs.get(t, 0) for t in ("gpu", "cpu"))
+    where = "+".join(t.upper() for t in tiers)
+    fast = sum(mine.get(t, 0) for t in tiers), sum(theirs.get(t, 0) for t in tiers)
     if fast[0] and fast[1]:
-        parts.append(f"{fast[0] / fast[1]:.2f}x its GPU+CPU bytes")
+        parts.append(f"{fast[0] / fast[1]:.2f}x its {where} bytes")
     elif fast[0] and not fast[1]:
-        parts.append("it holds 0 B on GPU+CPU (every weight on disk, read back at every step)")
+        parts.append(f"it holds 0 B on {where} (its weights sit on a slower tier, read back at every step)")
     if chosen.energy_j_per_token and other.energy_j_per_token:
         parts.append(f"{chosen.energy_j_per_token / other.energy_j_per_token:.2f}x its energy/token")
     if chosen.quality_loss is not None and other.quality_loss is not None:
