@@ -72,13 +72,30 @@ class StreamingResult:
                 "notes": self.notes, "seconds": self.seconds, "comparison": self.comparison.to_dict()}
 
 
-def _gpu_budget(text: str, reference: int) -> int:
+def _tier_budget(text: str, reference: int, tier: str) -> int:
+    """Bytes of a one-tier budget on ``tier`` (the machine's fastest); a clear error otherwise."""
     from autosurgeon.budget import FLAG, MemoryBudget
 
-    limits = MemoryBudget.parse(text, argument=FLAG).resolve(reference_bytes=reference, fastest="gpu")
-    if set(limits) != {"gpu"}:
-        raise InvalidArgumentError(f"`{FLAG}` for the streaming demo bounds the GPU only, like gpu=3GiB; got {text!r}.")
-    return limits["gpu"]
+    limits = MemoryBudget.parse(text, argument=FLAG).resolve(reference_bytes=reference, fastest=tier)
+    if set(limits) != {tier}:
+        raise InvalidArgumentError(f"`{FLAG}` for the streaming demo bounds this machine's fastest tier only, like "
+                                   f"{tier}=3GiB; got {text!r}.")
+    return limits[tier]
+
+
+def _machine_tier(budget: str) -> str:
+    """``gpu`` where CUDA is visible, else ``cpu`` (a CPU run streams from disk); a gpu budget needs a GPU."""
+    import torch
+
+    from autosurgeon.budget import FLAG, MemoryBudget
+
+    if torch.cuda.is_available():
+        return "gpu"
+    if "gpu" in MemoryBudget.parse(budget, argument=FLAG).limits:
+        raise InvalidArgumentError(f"the streaming demo's budget {budget} needs a CUDA GPU; none is visible. On this "
+                                   "machine run `autosurgeon demo` (the search scenario), or give a cpu budget "
+                                   "(--memory-budget cpu=25%) to stream from disk.")
+    return "cpu"
 
 
 def _precision_of(label: str) -> str | None:
@@ -127,27 +144,30 @@ def run_streaming_demo(settings: StreamingSettings, *, progress: Progress | None
     from autosurgeon.zoo import load_model
     from experiments.demo_alternatives import fill_within, uniform_at_budget
     from experiments.demo_compare import judge, pick, race, standing
-    from experiments.demo_contenders import AccelerateContender, PlanContender, accelerate_available
+    from experiments.demo_contenders import (
+        AccelerateContender,
+        PlanContender,
+        accelerate_available,
+    )
     from runtime.session import module_bytes
 
     say = progress or (lambda stage, message: None)
-    if not torch.cuda.is_available():
-        raise InvalidArgumentError("`--scenario streaming` needs a CUDA GPU; none is visible. On this machine run "
-                                   "`autosurgeon demo` (the search scenario).")
+    tier = _machine_tier(settings.budget)
     seconds: dict[str, float] = {}
-    notes = ["no sweep or knapsack here: both need a sensitivity table, which a model of random weights cannot give; "
-             "`autosurgeon demo --scenario search` runs them on a trained model"]
+    notes = [("no sweep or knapsack here: both need a sensitivity table, which a model of random weights cannot "
+              "give; `autosurgeon demo --scenario search` runs them on a trained model")]
     t = time.perf_counter()
     say("profile", "measuring this machine (quick; cached afterwards)")
     profile = resolve_profile("local")
     seconds["profile"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say("model", f"building {settings.model} in bfloat16 (random weights: an architecture, not a trained model)")
-    loaded = load_model(settings.model, device="cpu", dtype=torch.bfloat16, cache_dir=settings.cache_dir)
+    dtype = torch.bfloat16 if tier == "gpu" else None  # bf16 on a GPU; on a CPU the model's own (bf16 GEMV is slow)
+    say("model", f"loading {settings.model}" + (" in bfloat16" if dtype is not None else ""))
+    loaded = load_model(settings.model, device="cpu", dtype=dtype, cache_dir=settings.cache_dir)
     total = module_bytes(loaded.model)
-    budget = _gpu_budget(settings.budget, total)
-    tiers = ("gpu",)
+    budget = _tier_budget(settings.budget, total, tier)
+    tiers = (tier,)
     space = SearchSpace.build(loaded, profile, knobs=KNOBS)
     seconds["model"] = time.perf_counter() - t
 
@@ -167,20 +187,25 @@ def run_streaming_demo(settings: StreamingSettings, *, progress: Progress | None
                                             energy_watts=watts))
     reason = accelerate_available()
     if reason is None:
-        host = int(torch.cuda.get_device_properties(0).total_memory) * 4  # unbounded host memory in practice
-        add("accelerate offload", lambda: AccelerateContender("accelerate offload", loaded.model,
-                                                              max_memory={0: budget, "cpu": host},
-                                                              main_device="cuda:0"))
+        if tier == "gpu":  # CPU offload: the rest in host memory (unbounded in practice), copied per forward
+            host = int(torch.cuda.get_device_properties(0).total_memory) * 4
+            memory, main = {0: budget, "cpu": host}, "cuda:0"
+        else:  # disk offload: the rest on disk, read per forward
+            memory, main = {"cpu": budget}, "cpu"
+        add("accelerate offload", lambda: AccelerateContender("accelerate offload", loaded.model, max_memory=memory,
+                                                              main_device=main))
     else:
         notes.append(f"accelerate offload not raced: {reason}")
+    float_name = str(next(loaded.model.parameters()).dtype).removeprefix("torch.")
+    streamed_label = f"streamed {float_name}"
     streamed = fill_within(space, space.default_vector(), budget, tiers)
     if streamed is None:
-        notes.append(f"streamed bfloat16 not raced: does not fit {budget} B even with every block streamed")
+        notes.append(f"{streamed_label} not raced: does not fit {budget} B even with every block streamed")
     else:
         plan = space.decode(streamed, metadata={"proposer": "demo:streamed-float-at-budget"})
-        add("streamed bfloat16", lambda: PlanContender("streamed bfloat16", plan, loaded, profile, full_space=space,
-                                                       source="the runtime's streaming, weights unchanged",
-                                                       energy_watts=watts))
+        add(streamed_label, lambda: PlanContender(streamed_label, plan, loaded, profile, full_space=space,
+                                                  source="the runtime's streaming, weights unchanged",
+                                                  energy_watts=watts))
     for alt in uniform_at_budget(space, budget, tiers):
         if alt.plan is None:
             notes.append(f"{alt.label} not raced: {alt.skipped}")

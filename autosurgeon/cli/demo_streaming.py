@@ -24,8 +24,9 @@ def run_streaming(args: argparse.Namespace, progress: Any) -> int:
                                  quality_samples=args.quality_samples, seed=args.seed)
     result = run_streaming_demo(settings, progress=progress)
     print(f"device: {result.profile.name} ({', '.join(u.name for u in result.profile.units)})")
-    print(f"model: {result.model} ({binary_bytes(result.model_bytes)} in bfloat16, random weights) under "
-          f"{settings.budget} ({binary_bytes(result.budget_bytes)} on the GPU): it does not fit; quality loss <= "
+    tier = result.tiers[0].upper()
+    print(f"model: {result.model} ({binary_bytes(result.model_bytes)}) under {settings.budget} "
+          f"({binary_bytes(result.budget_bytes)} on the {tier}): it does not fit; quality loss <= "
           f"{settings.max_quality_loss:.1%}\n")
     print("what this budget buys, against what you would do otherwise (same budget, same run):\n")
     print(race_table(result))
