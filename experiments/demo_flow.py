@@ -38,7 +38,7 @@ DEFAULT_PROMPT = "def read_config(path):\n    \"\"\"Read a configuration file.\"
 COMMITTED_MARKOV = Path(__file__).resolve().parent / "warmstart" / "markov-cpu.json"
 MAX_VERIFIED = 4  # runtime checks before the demo gives up on the estimates and says so
 GENERATE_REPEATS = 3  # interleaved rounds of the race after one warm-up; medians are shown (shared machines are noisy)
-RACE_BUDGET_S = 20.0  # the race cuts its token count so that its rounds fit this, by the warm-up's speed
+RACE_BUDGET_S = 15.0  # the race cuts its token count so that its rounds fit this, by the warm-up's speed
 
 Progress = Callable[[str, str], None]
 
