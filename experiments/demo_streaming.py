@@ -117,8 +117,9 @@ def proxy_quality(rows: list[Any], settings: StreamingSettings, profile: Any) ->
     quality = QualitySettings(samples=settings.quality_samples).evaluator(tiny, default_samples=settings.quality_samples)
     vectors = {"float": space.default_vector(), **{k.removeprefix("uniform-"): v
                                                     for k, v in uniform_vectors(space).items()}}
+    why = "its weights are random" if settings.model.endswith("-shape") else "scored by proxy in this scenario"
     label = (f"{quality.reference.method}, measured on {settings.quality_model} (trained) under the row's precision "
-             f"rule; {settings.model}'s weights are random")
+             f"rule, not on {settings.model} ({why})")
     losses: dict[str, float] = {}
     for row in rows:
         rule = _precision_of(row.label) or "float"

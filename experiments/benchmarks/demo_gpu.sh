@@ -8,9 +8,12 @@
 # Writes into $OUT (7 files, no sub-folders): gpu.txt (nvidia-smi), load.txt (uptime before/after),
 # demo_gpu.txt / demo_gpu.err (the demo's table / its progress), demo_gpu_result.json (every figure with its
 # label and method), run_7b_gpu.json / run_7b_gpu.err. An empty AUTOSURGEON_CACHE: nothing is reused.
-# Python packages it imports beyond torch: transformers, tokenizers, safetensors, accelerate, numpy, psutil,
-# nvidia-ml-py (pynvml), packaging, pyyaml, tqdm (all in the lent H200 image); not pymoo, optuna, gymnasium or
-# stable-baselines3 (the streaming scenario runs no sweep).
+# Python packages it imports beyond torch (sys.modules after the same flow on a CPU): transformers with its
+# dependencies (tokenizers, huggingface_hub, safetensors, regex, pyyaml, tqdm, packaging, filelock, the hub's HTTP
+# client), accelerate (+ psutil), nvidia-ml-py (pynvml, for NVML energy), numpy, scipy, pillow (pulled by
+# transformers); all are in the lent H200 image (KINDS.md). Not imported: pymoo, optuna, gymnasium,
+# stable-baselines3, dask, tensorboard (the streaming scenario runs no sweep). It runs from the source tree with
+# `python3 -m autosurgeon` (no pip install needed).
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder for the results}
 PY=${PYTHON:-python3}

@@ -48,7 +48,7 @@ def test_streaming_scenario_races_every_row_on_this_machine(tmp_path: object) ->
     assert not rows["unmodified"].fits and result.tiers == ("cpu",)
     assert rows["accelerate offload"].tier_bytes["disk"] > 0
     assert rows["accelerate offload"].quality_loss == rows["unmodified"].quality_loss  # same weights, same rule
-    assert "measured on tiny-llama-test" in str(rows["uniform int8"].quality_method)
+    assert "measured on tiny-llama-test (trained) under the row's precision rule" in str(rows["uniform int8"].quality_method)
     assert result.chosen is not None and result.chosen.fits and result.chosen.kind == "plan"
     assert len(result.standings) == len(rows) - 1
     assert result.to_dict()["comparison"]["rows"]
