@@ -103,9 +103,12 @@ def _energy(joules: float, seconds: float, tokens: int, source: str | None, watt
 
 
 def race(contenders: Sequence[Any], ids: torch.Tensor, *, tokens: int, rounds: int, watts: float,
-         quality: Any = None, budget_s: float | None = None,
+         quality: Any = None, budget_s: float | None = None, known_quality: dict[str, float] | None = None,
          progress: Callable[[str], None] | None = None) -> Comparison:
-    """Measure every contender with the same harness (module docstring); ``quality``: a QualityEvaluator."""
+    """Measure every contender with the same harness (module docstring); ``quality``: a QualityEvaluator.
+
+    ``known_quality``: losses this same evaluator already measured on a row's exact plan (the runtime
+    evaluator's, on the unmodified model and the search's pick), reused rather than measured twice."""
     import os
 
     from runtime.telemetry import EnergyMeter
@@ -144,7 +147,8 @@ def race(contenders: Sequence[Any], ids: torch.Tensor, *, tokens: int, rounds: i
                                    sources.get(c.label), watts)
         q = qm = None
         if quality is not None:
-            q = float(quality.loss(c.model))
+            known = (known_quality or {}).get(c.label)
+            q = float(known) if known is not None else float(quality.loss(c.model))
             reference = getattr(quality, "reference", None)
             qm = str(getattr(reference, "method", None) or quality.method)
         rows.append(Row(label=c.label, kind=c.kind, source=c.source, tokens=outputs[c.label],

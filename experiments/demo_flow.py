@@ -38,7 +38,7 @@ DEFAULT_PROMPT = "def read_config(path):\n    \"\"\"Read a configuration file.\"
 COMMITTED_MARKOV = Path(__file__).resolve().parent / "warmstart" / "markov-cpu.json"
 MAX_VERIFIED = 4  # runtime checks before the demo gives up on the estimates and says so
 GENERATE_REPEATS = 3  # interleaved rounds of the race after one warm-up; medians are shown (shared machines are noisy)
-RACE_BUDGET_S = 15.0  # the race cuts its token count so that its rounds fit this, by the warm-up's speed
+RACE_BUDGET_S = 10.0  # the race cuts its token count so that its rounds fit this, by the warm-up's speed
 
 Progress = Callable[[str, str], None]
 
@@ -242,7 +242,7 @@ def _verify(candidates: list[tuple[str, Any, Any]], evaluator: Any, budget: int,
 # long: builds every contender (each may be skipped with its reason), races them, judges and closes them
 def _race(settings: DemoSettings, loaded: Any, profile: Any, evaluator: Any, space: Any, result: Any,
           unmodified: Any, search_pick: tuple[Any, str] | None, budget: int, notes: list[str],
-          say: Progress) -> tuple[Any, list[str], str | None]:
+          say: Progress, known_quality: dict[str, float] | None = None) -> tuple[Any, list[str], str | None]:
     """Unmodified, accelerate, uniform int8/int4, knapsack and the search's pick, raced in one harness."""
     from autosurgeon.cost.base import mean_watts
     from experiments.demo_alternatives import knapsack_from_sweep, uniform_at_budget
@@ -298,6 +298,8 @@ def _race(settings: DemoSettings, loaded: Any, profile: Any, evaluator: Any, spa
         say("race", f"{len(contenders)} contenders, {GENERATE_REPEATS} interleaved rounds of {settings.tokens} tokens")
         comparison = race(contenders, _prompt_ids(settings), tokens=settings.tokens, rounds=GENERATE_REPEATS,
                           watts=watts, quality=evaluator.quality_evaluator, budget_s=RACE_BUDGET_S,
+                          known_quality={k: v for k, v in (known_quality or {}).items()
+                                         if k in {"unmodified", pick_label}},
                           progress=lambda message: say("race", message))
     finally:
         for c in contenders:
@@ -498,7 +500,10 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     if loaded.task == "causal-lm":
         comparison, standings, pick_label = _race(
             settings, loaded, profile, evaluator, sweep_evaluator.space, result, unmodified,
-            (pick_plan, pick_source) if pick_plan is not None else None, budget, notes, say)
+            (pick_plan, pick_source) if pick_plan is not None else None, budget, notes, say,
+            known_quality={k: m.quality_loss for k, m in (("unmodified", baseline_metrics),
+                                                          ("search's pick", pick_metrics))
+                           if m is not None and m.quality_loss is not None})
         baseline = _measured(comparison.row("unmodified"), baseline_metrics)
         row = pick(comparison)
         if row is not None:
