@@ -270,9 +270,14 @@ def _race(settings: DemoSettings, loaded: Any, profile: Any, evaluator: Any, spa
     add_plan("unmodified", unmodified, "unmodified")
     reason = accelerate_available()
     if reason is None:
+        import torch
+
+        # The budget bounds GPU+CPU bytes: on a GPU, accelerate gets it on the GPU and the rest goes to disk.
+        gpu = any(u.kind == "gpu" for u in profile.units) and torch.cuda.is_available()
+        memory, main = ({0: budget, "cpu": 0}, "cuda:0") if gpu else ({"cpu": budget}, "cpu")
         try:
-            contenders.append(AccelerateContender("accelerate offload", loaded.model,
-                                                  max_memory={"cpu": budget}, main_device="cpu"))
+            contenders.append(AccelerateContender("accelerate offload", loaded.model, max_memory=memory,
+                                                  main_device=main))
         except Exception as exc:  # noqa: BLE001 - accelerate's own failure names the row it cost
             notes.append(f"accelerate offload not raced: {type(exc).__name__}: {exc}")
     else:

@@ -3,7 +3,7 @@
 # llama-7b-16l-shape, bf16 7.0 GB, under gpu=3GiB, raced against accelerate offload and uniform int8/int4 in one
 # process), then `autosurgeon run llama-7b-16l-shape --prompt-ids random:16 --memory-budget gpu=3GiB --json`.
 #
-#   OUT=/some/folder bash experiments/benchmarks/demo_gpu.sh        (from the repository root; ~5-7 min on an H200)
+#   OUT=/some/folder bash experiments/benchmarks/demo_gpu.sh        (from the repository root; at most 330 s + 120 s by its own timeouts)
 #
 # Writes into $OUT (7 files, no sub-folders): gpu.txt (nvidia-smi), load.txt (uptime before/after),
 # demo_gpu.txt / demo_gpu.err (the demo's table / its progress), demo_gpu_result.json (every figure with its
@@ -27,12 +27,12 @@ nvidia-smi --query-gpu=name,memory.total,power.limit,driver_version --format=csv
 echo "host cores: $(nproc)" >> "$OUT/gpu.txt"
 echo "before: $(uptime)" > "$OUT/load.txt"
 start=$(date +%s)
-timeout 450 "$PY" -m autosurgeon demo --out "$RUN_DIR/demo" > "$OUT/demo_gpu.txt" 2> "$OUT/demo_gpu.err"
+timeout 330 "$PY" -m autosurgeon demo --out "$RUN_DIR/demo" > "$OUT/demo_gpu.txt" 2> "$OUT/demo_gpu.err"
 echo "demo exit $? after $(( $(date +%s) - start )) s wall" >> "$OUT/demo_gpu.txt"
 cp "$RUN_DIR/demo/result.json" "$OUT/demo_gpu_result.json" 2>> "$OUT/demo_gpu.err"
 echo "after demo: $(uptime)" >> "$OUT/load.txt"
 start=$(date +%s)
-timeout 150 "$PY" -m autosurgeon run llama-7b-16l-shape --prompt-ids random:16 --memory-budget gpu=3GiB --json \
+timeout 120 "$PY" -m autosurgeon run llama-7b-16l-shape --prompt-ids random:16 --memory-budget gpu=3GiB --json \
     > "$OUT/run_7b_gpu.json" 2> "$OUT/run_7b_gpu.err"
 echo "run exit $? after $(( $(date +%s) - start )) s wall" >> "$OUT/run_7b_gpu.err"
 echo "after run: $(uptime)" >> "$OUT/load.txt"
