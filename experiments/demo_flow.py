@@ -12,8 +12,12 @@ How the plan is chosen:
   2. a learned policy, when named with ``--policy``, adds its plan;
   3. candidates whose *estimated* memory fits the budget and whose *estimated* quality loss is within the
      bound are tried fastest first: each is run for real on the runtime, and the first whose *measured*
-     memory and quality hold is chosen (a proxy that misjudged is caught here, never shown as a result);
-  4. the demo's own front then updates the user's Markov model, so the next demo on this device class
+     memory and quality hold is the search's pick (a proxy that misjudged is caught here, never shown);
+  4. the race (``experiments.demo_race``): the search's pick against what a user would do otherwise at the
+     same budget (accelerate offload, uniform int8, uniform int4, knapsack) and the unmodified model, all
+     measured by one harness in one process; the fastest plan that fits the budget at the bound is chosen,
+     a baseline included (the notes then say so);
+  5. the demo's own front then updates the user's Markov model, so the next demo on this device class
      starts from what this one learned.
 """
 from __future__ import annotations
@@ -37,8 +41,6 @@ logger = get_logger(__name__)
 DEFAULT_PROMPT = "def read_config(path):\n    \"\"\"Read a configuration file.\"\"\"\n    with open(path) as f:\n"
 COMMITTED_MARKOV = Path(__file__).resolve().parent / "warmstart" / "markov-cpu.json"
 MAX_VERIFIED = 4  # runtime checks before the demo gives up on the estimates and says so
-GENERATE_REPEATS = 3  # interleaved rounds of the race after one warm-up; medians are shown (shared machines are noisy)
-RACE_BUDGET_S = 10.0  # the race cuts its token count so that its rounds fit this, by the warm-up's speed
 
 Progress = Callable[[str, str], None]
 
@@ -209,12 +211,6 @@ def _policy_dir(settings: DemoSettings, device_class: str) -> str | None:
     return None  # never picked up from the cwd unnamed (issue 17): `--policy policies/<device class>` names it
 
 
-def _prompt_ids(settings: DemoSettings) -> Any:
-    import torch
-
-    return torch.tensor([list(settings.prompt.encode("utf-8"))], dtype=torch.long)
-
-
 def _measured(row: Any, metrics: Any) -> Measured:
     """A race row as the table's Measured: its generation figures, the runtime evaluator's metrics."""
     return Measured(label=row.label, plan=row.plan, metrics=metrics, tokens=row.tokens,
@@ -237,83 +233,6 @@ def _verify(candidates: list[tuple[str, Any, Any]], evaluator: Any, budget: int,
             return plan, source, m, rejected
         say("verify", rejected[-1])
     return None, "", None, rejected
-
-
-# long: builds every contender (each may be skipped with its reason), races them, judges and closes them
-def _race(settings: DemoSettings, loaded: Any, profile: Any, evaluator: Any, space: Any, result: Any,
-          unmodified: Any, search_pick: tuple[Any, str] | None, budget: int, notes: list[str],
-          say: Progress, known_quality: dict[str, float] | None = None) -> tuple[Any, list[str], str | None]:
-    """Unmodified, accelerate, uniform int8/int4, knapsack and the search's pick, raced in one harness."""
-    from autosurgeon.cost.base import mean_watts
-    from experiments.demo_alternatives import knapsack_from_sweep, uniform_at_budget
-    from experiments.demo_compare import judge, race, standing
-    from experiments.demo_compare import pick as pick_row
-    from experiments.demo_contenders import (
-        AccelerateContender,
-        PlanContender,
-        accelerate_available,
-    )
-
-    tiers = ("gpu", "cpu")
-    watts = mean_watts(profile, 1.0)
-    full = evaluator._full_space if evaluator._full_space is not None else None
-    contenders: list[Any] = []
-
-    def add_plan(label: str, plan: Any, source: str) -> None:
-        try:
-            contenders.append(PlanContender(label, plan, loaded, profile, full_space=full, source=source,
-                                            energy_watts=watts))
-        except Exception as exc:  # noqa: BLE001 - a row that cannot be built says why; the race goes on
-            notes.append(f"{label} not raced: {type(exc).__name__}: {exc}")
-
-    say("race", "building the same-budget alternatives: accelerate offload, uniform int8, uniform int4, knapsack")
-    add_plan("unmodified", unmodified, "unmodified")
-    reason = accelerate_available()
-    if reason is None:
-        import torch
-
-        # The budget bounds GPU+CPU bytes: on a GPU, accelerate gets it on the GPU and the rest goes to disk.
-        gpu = any(u.kind == "gpu" for u in profile.units) and torch.cuda.is_available()
-        memory, main = ({0: budget, "cpu": 0}, "cuda:0") if gpu else ({"cpu": budget}, "cpu")
-        try:
-            contenders.append(AccelerateContender("accelerate offload", loaded.model, max_memory=memory,
-                                                  main_device=main))
-        except Exception as exc:  # noqa: BLE001 - accelerate's own failure names the row it cost
-            notes.append(f"accelerate offload not raced: {type(exc).__name__}: {exc}")
-    else:
-        notes.append(f"accelerate offload not raced: {reason}")
-    seen: dict[str, str] = {}  # plan JSON -> row label
-    alternatives = [*uniform_at_budget(space, budget, tiers), knapsack_from_sweep(result)]
-    for alt in alternatives:
-        if alt.plan is None:
-            notes.append(f"{alt.label} not raced: {alt.skipped}")
-            continue
-        seen[alt.plan.to_json(indent=None)] = alt.label
-        add_plan(alt.label, alt.plan, f"baseline {alt.label} at the budget")
-    pick_label = None
-    if search_pick is not None:
-        plan, source = search_pick
-        pick_label = seen.get(plan.to_json(indent=None))
-        if pick_label is not None:
-            notes.append(f"the search's pick ({source}) is the same plan as the {pick_label} baseline; raced once")
-        else:
-            pick_label = "search's pick"
-            add_plan(pick_label, plan, source)
-    try:
-        say("race", f"{len(contenders)} contenders, {GENERATE_REPEATS} interleaved rounds of {settings.tokens} tokens")
-        comparison = race(contenders, _prompt_ids(settings), tokens=settings.tokens, rounds=GENERATE_REPEATS,
-                          watts=watts, quality=evaluator.quality_evaluator, budget_s=RACE_BUDGET_S,
-                          known_quality={k: v for k, v in (known_quality or {}).items()
-                                         if k in {"unmodified", pick_label}},
-                          progress=lambda message: say("race", message))
-    finally:
-        for c in contenders:
-            c.close()
-    judge(comparison, budget=budget, tiers=tiers, max_quality_loss=settings.max_quality_loss)
-    chosen = pick_row(comparison)
-    standings = ([standing(comparison, chosen, r) for r in comparison.rows if r is not chosen]
-                 if chosen is not None else [])
-    return comparison, standings, pick_label
 
 
 def _candidates(result: Any, policy_plans: list[tuple[str, Any, Any]], budget: int) -> list[tuple[str, Any, Any]]:
@@ -503,7 +422,9 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     chosen: Measured | None = None
     chosen_source = ""
     if loaded.task == "causal-lm":
-        comparison, standings, pick_label = _race(
+        from experiments.demo_race import race_at_budget
+
+        comparison, standings, pick_label = race_at_budget(
             settings, loaded, profile, evaluator, sweep_evaluator.space, result, unmodified,
             (pick_plan, pick_source) if pick_plan is not None else None, budget, notes, say,
             known_quality={k: m.quality_loss for k, m in (("unmodified", baseline_metrics),
