@@ -12,8 +12,12 @@ How the plan is chosen:
   2. a learned policy, when named with ``--policy``, adds its plan;
   3. candidates whose *estimated* memory fits the budget and whose *estimated* quality loss is within the
      bound are tried fastest first: each is run for real on the runtime, and the first whose *measured*
-     memory and quality hold is chosen (a proxy that misjudged is caught here, never shown as a result);
-  4. the demo's own front then updates the user's Markov model, so the next demo on this device class
+     memory and quality hold is the search's pick (a proxy that misjudged is caught here, never shown);
+  4. the race (``experiments.demo_race``): the search's pick against what a user would do otherwise at the
+     same budget (accelerate offload, uniform int8, uniform int4, knapsack) and the unmodified model, all
+     measured by one harness in one process; the fastest plan that fits the budget at the bound is chosen,
+     a baseline included (the notes then say so);
+  5. the demo's own front then updates the user's Markov model, so the next demo on this device class
      starts from what this one learned.
 """
 from __future__ import annotations
@@ -37,7 +41,6 @@ logger = get_logger(__name__)
 DEFAULT_PROMPT = "def read_config(path):\n    \"\"\"Read a configuration file.\"\"\"\n    with open(path) as f:\n"
 COMMITTED_MARKOV = Path(__file__).resolve().parent / "warmstart" / "markov-cpu.json"
 MAX_VERIFIED = 4  # runtime checks before the demo gives up on the estimates and says so
-GENERATE_REPEATS = 3  # timed generations after one warm-up; the median is shown (shared machines are noisy)
 
 Progress = Callable[[str, str], None]
 
@@ -131,6 +134,9 @@ class DemoResult:
     policy: str | None
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    comparison: Any = None  # experiments.demo_compare.Comparison: every row raced in one harness
+    standings: list[str] = field(default_factory=list)  # the chosen plan against each other row
+    search_pick: str = ""  # the source of the search's verified pick ("" if none held)
 
     @property
     def outputs(self) -> dict[str, Path]:
@@ -205,34 +211,28 @@ def _policy_dir(settings: DemoSettings, device_class: str) -> str | None:
     return None  # never picked up from the cwd unnamed (issue 17): `--policy policies/<device class>` names it
 
 
-def _generate(session: Any, loaded: Any, settings: DemoSettings) -> tuple[list[int], float]:
-    import torch
-
-    ids = torch.tensor([list(settings.prompt.encode("utf-8"))], dtype=torch.long)
-    started = time.perf_counter()
-    out = session.generate(ids, max_new_tokens=settings.tokens)
-    seconds = time.perf_counter() - started
-    return out[0, ids.shape[1]:].tolist(), seconds
+def _measured(row: Any, metrics: Any) -> Measured:
+    """A race row as the table's Measured: its generation figures, the runtime evaluator's metrics."""
+    return Measured(label=row.label, plan=row.plan, metrics=metrics, tokens=row.tokens,
+                    generate_s=statistics.median(row.seconds), tokens_per_s=row.tokens_per_s)
 
 
-def _measure(label: str, plan: Any, evaluator: Any, loaded: Any, profile: Any, settings: DemoSettings) -> Measured:
-    """Metrics from the runtime evaluator, then a greedy generation on a Session built from the same plan."""
-    from autosurgeon.cost.base import mean_watts
-    from autosurgeon.transforms import apply_plan
-
-    metrics = evaluator.evaluate(plan)
-    tokens: list[int] = []
-    seconds = 0.0
-    if loaded.task == "causal-lm":
-        session = apply_plan(loaded, plan, profile, inplace=False, space=getattr(evaluator, "_full_space", None),
-                             energy_watts=mean_watts(profile, 1.0))
-        with session:
-            _generate(session, loaded, settings)  # warm-up: first calls pay for kernel selection and caches
-            runs = [_generate(session, loaded, settings) for _ in range(GENERATE_REPEATS)]
-            tokens = runs[0][0]
-            seconds = statistics.median(s for _, s in runs)
-    return Measured(label=label, plan=plan, metrics=metrics, tokens=tokens, generate_s=seconds,
-                    tokens_per_s=(len(tokens) / seconds) if seconds > 0 else 0.0)
+def _verify(candidates: list[tuple[str, Any, Any]], evaluator: Any, budget: int, settings: DemoSettings,
+            say: Progress) -> tuple[Any, str, Any, list[str]]:
+    """The first candidate (fastest estimate first) whose *measured* memory and quality hold: plan, source, metrics."""
+    rejected: list[str] = []
+    for source, plan, estimate in candidates[:MAX_VERIFIED]:
+        m = evaluator.evaluate(plan)
+        if m.memory_bytes > budget:
+            rejected.append(f"{source}: measured memory {m.memory_bytes} B over the budget {budget} B "
+                            f"(estimated {estimate.memory_bytes} B)")
+        elif m.quality_loss is not None and m.quality_loss > settings.max_quality_loss:
+            rejected.append(f"{source}: measured quality loss {m.quality_loss:.2%} over the bound "
+                            f"{settings.max_quality_loss:.2%} (estimated {estimate.quality_loss or 0:.2%})")
+        else:
+            return plan, source, m, rejected
+        say("verify", rejected[-1])
+    return None, "", None, rejected
 
 
 def _candidates(result: Any, policy_plans: list[tuple[str, Any, Any]], budget: int) -> list[tuple[str, Any, Any]]:
@@ -336,6 +336,7 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.models.cache import cache_root
     from autosurgeon.zoo import load_model
+    from experiments.demo_compare import pick
     from experiments.sweep.config import SweepConfig
     from experiments.sweep.runner import run_sweep
 
@@ -362,13 +363,13 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     evaluator = RuntimeEvaluator(loaded, profile, quality_samples=settings.quality_samples,
                                  quality_settings=settings.quality_settings())
     unmodified = evaluator.space.decode(evaluator.space.default_vector(), metadata={"proposer": "unmodified"})
-    baseline = _measure("unmodified", unmodified, evaluator, loaded, profile, settings)
-    budget = budget_bytes(settings.budget, baseline.metrics.memory_bytes)
-    check_budget_feasible(evaluator.space, profile, budget, baseline.metrics.memory_bytes, settings.budget)
+    baseline_metrics = evaluator.evaluate(unmodified)
+    budget = budget_bytes(settings.budget, baseline_metrics.memory_bytes)
+    check_budget_feasible(evaluator.space, profile, budget, baseline_metrics.memory_bytes, settings.budget)
     seconds["baseline"] = time.perf_counter() - t
 
     user_markov = cache_root(settings.cache_dir) / "markov" / f"{device_class}.json"
-    share = f"{budget / baseline.metrics.memory_bytes:.0%}"
+    share = f"{budget / baseline_metrics.memory_bytes:.0%}"
     if resume:
         # Continue the sweep as it was started (its warm start, knapsack budget ...); only the budget may grow.
         import json
@@ -410,26 +411,39 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     t = time.perf_counter()
     candidates = _candidates(result, policy_plans, budget)
     say("verify", f"{len(candidates)} plans fit {share} of the memory by estimate; verifying the fastest on the runtime")
-    chosen: Measured | None = None
-    chosen_source = ""
-    rejected: list[str] = []
-    for source, plan, estimate in candidates[:MAX_VERIFIED]:
-        measured = _measure("plan", plan, evaluator, loaded, profile, settings)
-        m = measured.metrics
-        if m.memory_bytes > budget:
-            rejected.append(f"{source}: measured memory {m.memory_bytes} B over the budget {budget} B "
-                            f"(estimated {estimate.memory_bytes} B)")
-        elif m.quality_loss is not None and m.quality_loss > settings.max_quality_loss:
-            rejected.append(f"{source}: measured quality loss {m.quality_loss:.2%} over the bound "
-                            f"{settings.max_quality_loss:.2%} (estimated {estimate.quality_loss or 0:.2%})")
-        else:
-            chosen, chosen_source = measured, source
-            break
-        say("verify", rejected[-1])
+    pick_plan, pick_source, pick_metrics, rejected = _verify(candidates, evaluator, budget, settings, say)
     seconds["verify"] = time.perf_counter() - t
     if not candidates:
         notes.append(f"no evaluated plan fits the budget {settings.budget} ({budget} B) at <= "
-                     f"{settings.max_quality_loss:.1%} estimated loss; raise --budget or --evals.")
+                     f"{settings.max_quality_loss:.1%} estimated loss; the same-budget baselines still race.")
+
+    t = time.perf_counter()
+    comparison, standings, pick_label = None, [], None
+    chosen: Measured | None = None
+    chosen_source = ""
+    if loaded.task == "causal-lm":
+        from experiments.demo_race import race_at_budget
+
+        comparison, standings, pick_label = race_at_budget(
+            settings, loaded, profile, evaluator, sweep_evaluator.space, result, unmodified,
+            (pick_plan, pick_source) if pick_plan is not None else None, budget, notes, say,
+            known_quality={k: m.quality_loss for k, m in (("unmodified", baseline_metrics),
+                                                          ("search's pick", pick_metrics))
+                           if m is not None and m.quality_loss is not None})
+        baseline = _measured(comparison.row("unmodified"), baseline_metrics)
+        row = pick(comparison)
+        if row is not None:
+            is_pick = row.label == pick_label
+            chosen_source = pick_source if is_pick else row.source
+            chosen = _measured(row, pick_metrics if is_pick else evaluator.evaluate(row.plan))
+            if not is_pick:
+                notes.append(f"the chosen plan is a same-budget baseline ({row.label}), not the search's pick"
+                             + (f" ({pick_source}): it measured faster in the race" if pick_source else ""))
+    else:  # classifiers: no generation to race; the verified pick stands (measured by the runtime evaluator)
+        baseline = Measured("unmodified", unmodified, baseline_metrics, [], 0.0, 0.0)
+        if pick_plan is not None:
+            chosen, chosen_source = Measured("plan", pick_plan, pick_metrics, [], 0.0, 0.0), pick_source
+    seconds["race"] = time.perf_counter() - t
 
     plan_path = None
     if chosen is not None:
@@ -442,7 +456,8 @@ def _run_demo(settings: DemoSettings, *, progress: Progress | None = None) -> De
     result_obj = DemoResult(profile=profile, loaded=loaded, device_class=device_class, budget_bytes=budget,
                             baseline=baseline, chosen=chosen, chosen_source=chosen_source, rejected=rejected,
                             sweep_dir=sweep_dir, plan_path=plan_path, warm_start=warm_start,
-                            warm_start_updated=updated, policy=policy, notes=notes, seconds=seconds)
+                            warm_start_updated=updated, policy=policy, notes=notes, seconds=seconds,
+                            comparison=comparison, standings=standings, search_pick=pick_source)
     _save_result(result_obj, out)
     return result_obj
 
@@ -460,7 +475,9 @@ def _save_result(result: DemoResult, out: Path) -> None:
     data = {"model": result.loaded.name, "device": result.profile.name, "device_class": result.device_class,
             "budget_bytes": result.budget_bytes, "baseline": row(result.baseline), "chosen": row(result.chosen),
             "chosen_source": result.chosen_source, "rejected": result.rejected, "warm_start": result.warm_start,
-            "policy": result.policy, "notes": result.notes, "seconds": result.seconds}
+            "policy": result.policy, "notes": result.notes, "seconds": result.seconds,
+            "search_pick": result.search_pick, "standings": result.standings,
+            "comparison": result.comparison.to_dict() if result.comparison is not None else None}
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".result.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")

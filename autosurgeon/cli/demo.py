@@ -18,6 +18,9 @@ from experiments.demo_flow import DemoSettings
 
 _DEFAULTS = DemoSettings()
 DEFAULT_MODEL = _DEFAULTS.model
+SCENARIOS = ("auto", "search", "streaming")
+STREAMING_MODEL = "llama-7b-16l-shape"  # experiments.demo_streaming.MODEL (not imported: --help stays light)
+STREAMING_BUDGET = "gpu=3GiB"  # experiments.demo_streaming.BUDGET
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,12 +28,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="the whole flow on this machine: profile, sweep, pick a plan under a budget, run it",
         description="Profile this machine, load the model (shipped trained weights), run a short Pareto sweep "
-        "warm-started by the Markov model, pick the fastest plan within the memory budget at the quality "
-        "bound, verify it on the runtime, generate with it, and compare it with the unmodified model.",
+        "warm-started by the Markov model, verify the fastest plan within the memory budget at the quality "
+        "bound on the runtime, then race it against what a user would do otherwise at the same budget "
+        "(accelerate offload, uniform int8, uniform int4, knapsack) and the unmodified model, in one interleaved "
+        "harness, and choose the fastest that fits (a baseline may win; the table says so). On a CUDA machine the "
+        "default is the streaming scenario (--scenario).",
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model spec (default {DEFAULT_MODEL})")
-    add_memory_budget(parser, "one share (of the unmodified model's measured memory) or size bounding the chosen "
-                      "plan's GPU+CPU bytes", default=_DEFAULTS.budget, old=("--budget",))
+    parser.add_argument("--scenario", choices=SCENARIOS, default="auto",
+                        help="search: sweep plans for a trained model under a share of its memory (the CPU default); "
+                        f"streaming: {STREAMING_MODEL} under {STREAMING_BUDGET} on the GPU, which it does not fit, raced "
+                        "against accelerate offload and uniform int8/int4 (the default where CUDA is visible and "
+                        "--model is not given); auto: as said (default)")
+    parser.add_argument("--model", default=None,
+                        help=f"model spec (default {DEFAULT_MODEL}; the streaming scenario: {STREAMING_MODEL})")
+    add_memory_budget(parser, "search: one share (of the unmodified model's measured memory) or size bounding the "
+                      f"chosen plan's GPU+CPU bytes (default {_DEFAULTS.budget}); streaming: the GPU's (default "
+                      f"{STREAMING_BUDGET})", old=("--budget",))
     parser.add_argument("--max-quality-loss", type=float, default=_DEFAULTS.max_quality_loss,
                         help=f"relative quality bound, 0.01 = 1%% (default {_DEFAULTS.max_quality_loss})")
     parser.add_argument("--evals", type=int, default=_DEFAULTS.evals,
@@ -98,7 +111,7 @@ def _table(result: Any) -> str:
     if bm.prefill_s is not None:
         add("prefill (ms)", lambda v: "-" if v is None else f"{v * 1e3:.1f}", bm.prefill_s, pm and pm.prefill_s)
     if base.tokens:
-        add(f"generate tokens/s ({len(base.tokens)} tokens, median of 3)", lambda v: f"{v:.1f}", base.tokens_per_s,
+        add(f"generate tokens/s ({len(base.tokens)} tokens, median of 3 interleaved)", lambda v: f"{v:.1f}", base.tokens_per_s,
             plan and plan.tokens_per_s, "higher")
     for tier in ("gpu", "cpu", "disk"):
         b, p = bm.peak_bytes.get(tier, 0), pm.peak_bytes.get(tier, 0) if pm else None
@@ -124,11 +137,26 @@ def _text(tokens: list[int]) -> str:
     return bytes(t for t in tokens if 0 <= t < 256).decode("utf-8", errors="replace")
 
 
+def _scenario(args: argparse.Namespace) -> str:
+    if args.scenario != "auto":
+        return args.scenario
+    if args.model is not None:
+        return "search"
+    import torch
+
+    return "streaming" if torch.cuda.is_available() else "search"
+
+
 def run(args: argparse.Namespace) -> int:
     from autosurgeon.analysis.tables import si
     from experiments.demo_flow import run_demo
 
-    settings = DemoSettings(model=args.model, budget=args.memory_budget, max_quality_loss=args.max_quality_loss,
+    if _scenario(args) == "streaming":
+        from autosurgeon.cli.demo_streaming import run_streaming
+
+        return run_streaming(args, _Progress())
+    settings = DemoSettings(model=args.model or DEFAULT_MODEL, budget=args.memory_budget or _DEFAULTS.budget,
+                            max_quality_loss=args.max_quality_loss,
                             evals=args.evals, pop_size=args.pop_size, out=args.out, warm_start=args.warm_start,
                             policy=args.policy, tokens=args.tokens, quality_samples=args.quality_samples,
                             seed=args.seed, quality_data=args.data, quality_method=args.quality_method)
@@ -146,6 +174,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"budget: {_bytes(result.budget_bytes)} on GPU+CPU ({settings.budget} of the unmodified model's "
           f"{_bytes(result.baseline.metrics.memory_bytes)}), quality loss <= {settings.max_quality_loss:.1%}")
     print(f"warm start: {result.warm_start or 'none'}; policy: {result.policy or 'none (name one with --policy)'}\n")
+    if result.comparison is not None:
+        from autosurgeon.cli.demo_table import race_table, standings_text
+
+        print("what this budget buys, against what you would do otherwise (same budget, same run):\n")
+        print(race_table(result))
+        print("\nthe chosen plan" + (f" ({result.chosen.label})" if result.chosen is not None else "") + ":")
+        print(standings_text(result))
+        print("\nunmodified vs chosen, step by step (runtime evaluator: decode step, prefill, memory, quality):\n")
     print(_table(result))
     if result.chosen is not None:
         print(f"\nchosen: {result.chosen_source}; verified on the runtime (latency, memory and quality measured; "

@@ -140,8 +140,10 @@ def encoder_inputs(*, vocab_size: int, n_items: int = 64, seq_len: int = 32, see
 
 
 def _device(model: nn.Module) -> torch.device:
+    """Where inputs go: the first parameter's device, skipping meta ones (offloaded by accelerate's hooks)."""
     for p in model.parameters():
-        return p.device
+        if p.device.type != "meta":
+            return p.device
     return torch.device("cpu")
 
 

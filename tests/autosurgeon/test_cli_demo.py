@@ -35,10 +35,28 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
 def test_demo_picks_a_plan_within_budget_and_reports_the_table(demo_run: tuple[int, str, Path]) -> None:
     code, text, out = demo_run
     assert code == 0, text
-    for row in ("decode latency (ms/token)", "generate tokens/s (4 tokens, median of 3)", "peak memory cpu", "memory GPU+CPU",
-                "energy (mJ/token, estimated)", "quality loss (measured)"):
+    for row in ("decode latency (ms/token)", "generate tokens/s (4 tokens, median of 3 interleaved)", "peak memory cpu",
+                "memory GPU+CPU", "energy (mJ/token, estimated)", "quality loss (measured)"):
         assert row in text
     result = json.loads((out / "result.json").read_text())
+    # The same-budget alternatives raced in the same run, each with speed, memory per tier, energy, quality.
+    rows = {r["label"]: r for r in result["comparison"]["rows"]}
+    assert {"unmodified", "accelerate offload", "uniform int8", "knapsack"} <= set(rows), sorted(rows)
+    assert "uniform int4" in rows or any("uniform int4 not raced" in n for n in result["notes"])
+    for r in rows.values():
+        assert len(r["seconds_per_round"]) == 3 and r["tokens_per_s"] > 0
+        assert r["energy_j_per_token"] > 0 and r["energy_label"].startswith(("measured", "estimated"))
+        assert r["quality_loss"] is not None and r["quality_method"]
+        assert r["tier_bytes"]
+    assert not rows["unmodified"]["fits"]  # 40 % of its own memory: the reference does not fit
+    chosen_row = next(r for r in rows.values() if r["label"] == result["chosen"]["label"])
+    assert chosen_row["fits"] and chosen_row["kind"] == "plan"
+    fitting = [r for r in rows.values() if r["fits"] and r["kind"] == "plan"]
+    assert chosen_row["tokens_per_s"] == max(r["tokens_per_s"] for r in fitting)  # the pick rule, not a timing
+    assert len(result["standings"]) == len(rows) - 1
+    for label in rows:
+        assert label in text
+    assert "the chosen plan" in text and "vs accelerate offload:" in text
     chosen = result["chosen"]["metrics"]["_data"]
     memory = sum(chosen["peak_bytes"].get(t, 0) for t in ("gpu", "cpu"))
     assert memory <= result["budget_bytes"]

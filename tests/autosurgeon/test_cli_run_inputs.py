@@ -84,3 +84,41 @@ def test_generation_from_prompt_ids(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "tiny-llama", "--prompt-ids", "100,101,102", "--max-new-tokens", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["prompt_ids"] == [100, 101, 102] and len(report["token_ids"]) == 2
+
+
+def test_an_empty_tokenizer_from_transformers_is_detected(tmp_path: Path) -> None:
+    """transformers loads a tokenizer with no vocabulary without complaint; `run` refuses it, naming the fix."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from autosurgeon.models.prompt import tokenizer
+
+    Tokenizer(WordLevel(vocab={}, unk_token=None)).save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)) == 0  # what transformers gives
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    loaded = zoo.LoadedModel(name=str(tmp_path), model=LlamaForCausalLM(config), task="causal-lm", source="hf-dir",
+                             path=tmp_path)
+    with pytest.raises(InvalidArgumentError, match=r"is empty \(no vocabulary\); pass --prompt-ids random:16") as info:
+        tokenizer(loaded)
+    assert "\n" not in str(info.value)
+
+
+def test_the_gpu_shape_command_is_checked_before_the_build_on_a_cpu_machine(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's GPU command, on a machine without one: one line naming the fix, and no 57 s build first."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the command runs (demo_gpu.sh measures it)")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(zoo, "load_model", refuse)
+    code = main(["run", "llama-7b-16l-shape", "--prompt-ids", "random:16", "--memory-budget", "gpu=3GiB", "--json"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "gpu budget but the device is cpu" in err[0] and "--device cuda" in err[0]
