@@ -109,6 +109,24 @@ def generate_reason(session: Session, input_ids: torch.Tensor, *, do_sample: boo
     return unsupported_reason(session)
 
 
+
+def static_kv_nbytes(model: nn.Module, *, batch: int, tokens: int, bucket: int = 64) -> int:
+    """Bytes the captured decode's static KV cache charges to the execution tier for ``tokens`` positions
+    (prompt + new tokens, rounded up to ``bucket``) of ``batch`` sequences; 0 for a model it cannot capture.
+
+    A placement fitted to a budget leaves this much free so the graph path has room (``autosurgeon run``)."""
+    cfg = getattr(model, "config", None)
+    try:
+        layers = list(model.model.layers)
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        dtype = layers[0].input_layernorm.weight.dtype
+    except (AttributeError, IndexError, TypeError):
+        return 0
+    length = -(-tokens // bucket) * bucket
+    return 2 * len(layers) * batch * kv_heads * length * head_dim * torch.finfo(dtype).bits // 8
+
 class GraphDecoder:
     """Greedy decode of ``session``'s model through one captured step (see the module docstring).
 
@@ -217,6 +235,7 @@ class GraphDecoder:
         self._release_state()
         dev, dt = self.device, self.dtype
         nbytes = 2 * len(self.layers) * batch * self.kv_heads * length * self.head_dim * torch.finfo(dt).bits // 8
+        # (static_kv_nbytes above is the same formula, for placements made before the session exists)
         self.session.store.charge(tier_of(dev), nbytes, label="kv:static-graph")
         self._charged = nbytes
         shape = (batch, self.kv_heads, length, self.head_dim)
@@ -382,4 +401,4 @@ def _pad_after_eos(new: torch.Tensor, eos: list[int], pad: int) -> torch.Tensor:
     return new
 
 
-__all__ = ["SUPPORTED_TYPES", "GraphDecoder", "unsupported_reason"]
+__all__ = ["SUPPORTED_TYPES", "GraphDecoder", "static_kv_nbytes", "unsupported_reason"]

@@ -232,10 +232,15 @@ def run(args: argparse.Namespace) -> int:
         session_decisions = flags
         plan = flags_plan(model, weight_format=fmt, session=flags)
         lookahead, placement = (2 if args.lookahead is None else args.lookahead), "fit"
+    reserve = 0
+    if placement == "fit" and device.startswith("cuda") and not args.no_graphs and not session_decisions:
+        from runtime.decode_graph import static_kv_nbytes  # the graph decode's KV cache needs room too
+
+        reserve = static_kv_nbytes(model, batch=1, tokens=ids.shape[1] + args.max_new_tokens)
     session = apply_plan(loaded, plan, "local", inplace=True, budgets=budgets if (budget or placement == "fit")
                          else None, lookahead=lookahead, offload_dir=args.offload_dir, energy_watts=args.watts,
                          kv_context=kv_context, expert_capacity=float(args.expert_cache), placement=placement,
-                         device=device, adapt=args.adapt or None)
+                         device=device, reserve_bytes=reserve, adapt=args.adapt or None)
     spec, device = session.spec, session.spec.rest_spec.device
     if args.no_graphs:
         session.graphs = False

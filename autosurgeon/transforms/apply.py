@@ -197,7 +197,7 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                disk_io: str = "mmap", energy_watts: float | None = None, autotune_kernels: bool = False,
                batch: int = 1, kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
                expert_capacity: float | None = None, placement: str = "plan", device: str | None = None,
-               adapt: bool | None = None) -> Any:
+               reserve_bytes: int = 0, adapt: bool | None = None) -> Any:
     """Apply ``plan`` to ``model`` for ``profile`` and return a ready ``runtime.Session`` (module docstring).
 
     ``prepare_plan`` (every argument but ``energy_watts``, ``autotune_kernels``, ``batch`` and ``adapt``)
@@ -221,7 +221,8 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     prepared = prepare_plan(model, plan, profile, inplace=inplace, budgets=budgets, check=check, force=force,
                             prune=prune, inputs=inputs, space=space, lookahead=lookahead, offload_dir=offload_dir,
                             disk_io=disk_io, kv_context=kv_context, kv_batch=kv_batch,
-                            expert_capacity=expert_capacity, placement=placement, device=device)
+                            expert_capacity=expert_capacity, placement=placement, device=device,
+                            reserve_bytes=reserve_bytes)
     session = open_session(prepared, energy_watts=energy_watts, adapt=adapt)
     if autotune_kernels:
         _autotune(session.model, batch=batch)
@@ -235,7 +236,7 @@ def prepare_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
                  space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
                  disk_io: str = "mmap", kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
                  expert_capacity: float | None = None, placement: str = "plan",
-                 device: str | None = None) -> Any:
+                 device: str | None = None, reserve_bytes: int = 0) -> Any:
     """Check ``plan``, transform ``model`` and return a ``PreparedPlan`` (model, spec, session options).
 
     Args:
@@ -262,6 +263,8 @@ def prepare_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
             the budget (``transforms/fit_placement.py``: what ``autosurgeon run`` without ``--plan`` does).
         device: with ``placement="fit"``, the execution device (``"cpu"``, ``"cuda:N"``; default: the
             profile's default unit).
+        reserve_bytes: with ``placement="fit"``, bytes of the execution tier the fitted placement leaves free
+            (``autosurgeon run``: the captured decode's static KV cache, ``runtime.decode_graph.static_kv_nbytes``).
 
     Raises:
         PlanCheckError: the plan has problems (all listed); the model is untouched.
@@ -345,7 +348,7 @@ def prepare_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         logger.info("plan session: %s", note)
     if fit:
         spec = fit_spec(target, options, device=exec_device, budgets=limits or {}, lookahead=lookahead,
-                        offload_dir=offload, disk_io=disk_io)
+                        offload_dir=offload, disk_io=disk_io, reserve=reserve_bytes)
     return PreparedPlan(target.eval(), spec, options)
 
 

@@ -34,14 +34,15 @@ def expert_cache_bytes(model: nn.Module, capacity: float | int) -> tuple[set[int
 
 
 def fit_spec(model: nn.Module, options: SessionOptions, *, device: str, budgets: Mapping[str, int],
-             lookahead: int, offload_dir: str | None, disk_io: str = "mmap") -> SessionSpec:
-    """The default placement of ``model`` (as transformed) on ``device`` within ``budgets`` (module docstring)."""
+             lookahead: int, offload_dir: str | None, disk_io: str = "mmap", reserve: int = 0) -> SessionSpec:
+    """The default placement of ``model`` (as transformed) on ``device`` within ``budgets`` (module docstring);
+    ``reserve`` bytes of the execution tier are left free (the decode's static KV cache on CUDA)."""
     import dataclasses
 
     exclude: set[int] = set()
-    reserve = 0
     if options.experts is not None:
-        exclude, reserve = expert_cache_bytes(model, options.experts.capacity)
+        exclude, cache = expert_cache_bytes(model, options.experts.capacity)
+        reserve += cache
     spec = build_spec(model, device=device, budgets=dict(budgets), lookahead=lookahead, offload_dir=offload_dir,
                       exclude=exclude, reserve=reserve)
     return spec if disk_io == spec.disk_io else dataclasses.replace(spec, disk_io=disk_io)

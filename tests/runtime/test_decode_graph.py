@@ -140,3 +140,16 @@ def test_verified_ops_equal_torch_ops_bit_for_bit_on_fresh_inputs() -> None:
         assert torch.equal(a, b)
     g, u = (torch.randn(1, 1, 512, generator=gen, device=dev).bfloat16() * 3 for _ in range(2))
     assert torch.equal(ops.silu_mul(g, u), TorchOps.silu_mul(g, u))
+
+
+def test_static_kv_nbytes_is_what_the_decoder_charges() -> None:
+    from runtime.decode_graph import static_kv_nbytes
+
+    model = tiny_llama(layers=3)
+    ids = _prompt(batch=2)
+    with Session(model, _spec("cpu", 3), graphs=False) as session:
+        dec = GraphDecoder(session, capture=False, ops="torch", bucket=8)
+        dec.start(ids, max_new_tokens=20)
+        assert dec._charged == static_kv_nbytes(model, batch=2, tokens=7 + 20, bucket=8)
+        dec.close()
+    assert static_kv_nbytes(torch.nn.Linear(2, 2), batch=1, tokens=8) == 0  # nothing it could capture

@@ -72,3 +72,15 @@ def test_fitted_placement_equals_the_default_placement_of_the_same_model(tmp_pat
                     offload_dir=tmp_path, placement="fit", device="cpu") as session:
         assert session.spec == expected
         assert torch.equal(session.generate(ids, max_new_tokens=4), fitted)
+
+
+def test_a_reserve_is_left_free_by_the_fitted_placement(tmp_path) -> None:
+    profile = cpu_profile()
+    budgets = {"cpu": 230_000}
+    plan = flags_plan(tiny_llama(layers=4), weight_format="int8", session={})
+    kwargs = dict(budgets=budgets, inputs=LM_INPUTS, lookahead=1, offload_dir=tmp_path, placement="fit", device="cpu")
+    free = prepare_plan(tiny_llama(layers=4), plan, profile, **kwargs).spec
+    held = prepare_plan(tiny_llama(layers=4), plan, profile, reserve_bytes=40_000, **kwargs).spec
+    resident = [sum(not b.streamed for b in s.blocks) for s in (free, held)]
+    assert resident[1] < resident[0]
+    assert held.budgets == free.budgets  # the budget itself is unchanged; the placement leaves room in it
