@@ -63,6 +63,14 @@ class _CastUnit(nn.Module):
         super().__init__()
         self.unit, self.dtype = unit, dtype
 
+    @property
+    def weight(self) -> torch.Tensor:  # models read it (ViT casts its pixels to the projection's dtype)
+        return self.unit.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.unit.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.unit.weight.detach().to(self.dtype)
         b = None if self.unit.bias is None else self.unit.bias.detach().to(self.dtype)
@@ -80,6 +88,10 @@ class _DequantConv(nn.Module):
         super().__init__()
         self.conv = conv
         self.register_buffer("weight_q", quantized_copy(conv.weight, fmt, group_size=group_size))
+
+    @property
+    def weight(self) -> torch.Tensor:  # as _CastUnit: the model may read its conv's weight
+        return self.conv.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv._conv_forward(x, self.weight_q.to(x.dtype), self.conv.bias)
