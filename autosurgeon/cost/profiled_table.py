@@ -29,6 +29,10 @@ class _FloatUnit(nn.Module):
         super().__init__()
         self.inner, self.dtype = module.to(dtype), dtype
 
+    @property
+    def weight(self) -> torch.Tensor:  # models read it (ViT casts its pixels to the projection's dtype)
+        return self.inner.weight
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Extra arguments pass through (OPT's learned position embedding takes ``position_ids``).
         return self.inner(x.to(self.dtype) if x.is_floating_point() else x, *args, **kwargs).to(

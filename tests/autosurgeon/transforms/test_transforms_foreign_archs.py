@@ -98,3 +98,18 @@ def test_sensitivity_units_include_conv1d() -> None:
         back = model(input_ids=IDS).logits
     assert not torch.equal(changed, reference) and torch.equal(back, reference)
     assert float((changed - reference).norm() / reference.norm()) < 0.05
+
+
+def test_profiled_variants_of_conv1d_and_a_read_weight() -> None:
+    """The profiled table times a quantized Conv1D as the Linear it deploys as, and its float wrapper exposes the
+    weight (ViT reads ``projection.weight.dtype`` to cast its pixels)."""
+    from autosurgeon.cost.profiled_table import variant
+
+    torch.manual_seed(0)
+    conv = Conv1D(24, 16)
+    q = variant(conv, "int8", 128, "auto")
+    assert isinstance(q, QuantizedLinear) and (q.out_features, q.in_features) == (24, 16)
+    x = torch.randn(2, 16)
+    assert float((q(x) - conv(x)).norm() / conv(x).norm()) < 0.05
+    patch = torch.nn.Conv2d(3, 8, 4, stride=4)
+    assert variant(patch, "bfloat16", 128, "auto").weight.dtype == torch.bfloat16
