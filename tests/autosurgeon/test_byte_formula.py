@@ -125,3 +125,34 @@ def test_streamed_experts_make_a_small_budget_reachable(cpu) -> None:
     assert result.tier_bytes["cpu"] <= budget and result.plan.session == {"prefetch": "markov"}
     with pytest.raises(InvalidArgumentError, match="smallest footprint"):
         plan_knapsack(loaded, cpu, table, budget=budget, space=space)
+
+
+SHAPES = ("llama-7b-16l-shape", "mixtral-8x7b-shape")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHAPES)
+def test_architecture_shapes_on_a_gpu_preset_agree_on_meta(name) -> None:
+    """The zoo's architectures on paper (meta tensors, no runtime run possible): on a GPU preset, the planner's
+    bytes equal plan_memory and the analytic evaluator's, with and without session knobs; a Mixtral decode
+    step reads exactly 2 of its 8 experts per layer."""
+    from autosurgeon.analysis.model_analysis import analyze
+    from autosurgeon.hardware.resolve import resolve_profile
+
+    loaded = load_model(name, device="meta")
+    gpu = resolve_profile("a100-80gb")
+    moe = "mixtral" in name
+    for session in ({}, {"kv_precision": "int8"}, *([{"prefetch": "markov"}] if moe else [])):
+        space = SearchSpace.build(loaded, gpu, knobs=(*PLANNER_KNOBS, *session))
+        table = _table(loaded)
+        floor = smallest_footprint(space, unit_options(space, [table]), "gpu", session=session, context=CONTEXT)
+        result = plan_knapsack(loaded, gpu, table, budget=int(floor * 1.02), space=space, session=session,
+                               context=CONTEXT)
+        formula = plan_memory(space, result.plan, context=CONTEXT)
+        assert result.tier_bytes == formula and formula["gpu"] <= result.budget
+        evaluator = AnalyticEvaluator(loaded, gpu, space=space, workload=Workload(task="causal-lm", context=CONTEXT))
+        assert evaluator.evaluate(result.plan).peak_bytes == formula
+    if moe:
+        inputs = loaded.example_inputs(seq_len=8, phase="decode")
+        experts = next(u for u in analyze(loaded.model, inputs, phase="decode").leaves if u.kind == "experts")
+        assert experts.weight_read_bytes == pytest.approx(experts.weight_bytes * 2 / 8, rel=1e-9)
