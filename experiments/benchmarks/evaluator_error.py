@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     knobs = tuple(args.knobs.split(","))
     space = SearchSpace.build(loaded, profile, knobs=knobs)
     sensitivity = (measure_sensitivity(loaded, hessian_samples=0, threads=args.threads)
-                   if loaded.task in ("causal-lm", "feature-extraction") or args.sensitivity else None)
+                   if loaded.task in ("causal-lm", "feature-extraction") or args.sensitivity
+                   or (args.unseen and loaded.task == "image-classification") else None)  # unseen-vit: a proxy too
     timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats)
 
     runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing,
