@@ -145,7 +145,8 @@ class ApplyResult:
 def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any = "local",
                  preference: Any = None, memory_budget: float | None = None, front: int | None = None,
                  evaluator: str | None = None, force: bool = False, power_cap_w: float | None = None,
-                 baselines: Callable[[Any], Mapping[str, np.ndarray]] | None = None) -> ApplyResult:
+                 baselines: Callable[[Any], Mapping[str, np.ndarray]] | None = None,
+                 quality: Any = None) -> ApplyResult:
     """Apply a saved policy to ``model_spec`` on ``device`` (module docstring).
 
     Args:
@@ -165,6 +166,8 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         baselines: ``space -> {label: vector}``: plans evaluated next to the policy's with the same evaluator
             (the CLI passes the uniform plans and the unmodified model); a baseline that dominates the policy's
             plan within the budget is noted and offered as ``result.dominated_by`` (``agents.apply_baselines``).
+        quality: a ``QualitySettings`` (``--data``, ``--quality-samples``, ``--quality-method``) for the
+            measured quality of the plan and the baselines (runtime evaluator); None: each task's default.
     """
     from agents.policy_io import check_device, load_policy, read_meta
     from autosurgeon.hardware.resolve import resolve_profile
@@ -187,14 +190,15 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     act_with = meta.get("evaluator", "analytic") if local else "analytic"
     measure_with = evaluator or ("runtime" if local else act_with)
     env = SurgeryEnv(models=[model_spec], device=profile, evaluator=act_with, knobs=tuple(meta["knobs"]),
-                     budget_shield=bool(meta.get("budget_shield", True)), power_cap_w=power_cap_w)
+                     budget_shield=bool(meta.get("budget_shield", True)), power_cap_w=power_cap_w, quality=quality)
     ctx = env.contexts[0]
     measurer = ctx.evaluator
     if measure_with != act_with:
         from envs.context import build_context
 
         # env.profile: the profile in the power cap's mode on paper (the profile itself otherwise).
-        mctx = build_context(model_spec, env.profile, evaluator=measure_with, knobs=tuple(meta["knobs"]))
+        mctx = build_context(model_spec, env.profile, evaluator=measure_with, knobs=tuple(meta["knobs"]),
+                             quality=env.quality)
         if mctx.space.digest() != ctx.space.digest():
             raise InvalidArgumentError(f"the {measure_with} evaluator's search space of {model_spec!r} differs from "
                                        f"the {act_with} one; measure with --evaluator {act_with}.")

@@ -341,6 +341,12 @@ def _load_dir(spec: str, folder: Path, *, device: torch.device, dtype: torch.dty
         if isinstance(exc, ModelDirectoryError):
             raise
         raise ModelDirectoryError(f"transformers could not load {spec!r}: {exc}") from exc
+    if task == "image-classification":  # a Hugging Face classifier: pixel_values at its config's shape
+        size = getattr(model.config, "image_size", 224)
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        shape = (int(getattr(model.config, "num_channels", 3)), int(h), int(w))
+        return LoadedModel(name=spec, model=model, task=task, source="hf-dir", metrics=metrics, path=folder,
+                           image_shape=shape, input_name="pixel_values")
     return LoadedModel(name=spec, model=model, task=task, source="hf-dir", metrics=metrics, path=folder)
 
 

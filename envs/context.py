@@ -53,7 +53,7 @@ class ModelContext:
 
 
 def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
-                  sensitivity: bool = False, cache: bool = True) -> ModelContext:
+                  sensitivity: bool = False, cache: bool = True, quality: Any = None) -> ModelContext:
     """Load ``spec`` and build (or fetch from the in-process cache) its context.
 
     Args:
@@ -64,6 +64,7 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         knobs: the SearchSpace's knob kinds (session knobs too: ``envs.observation.layout_for``).
         sensitivity: measure a SensitivityTable (real weights) for the quality proxy and the unit feature.
         cache: reuse a context built earlier in this process.
+        quality: a ``QualitySettings`` for the runtime evaluator's measured quality (None: the defaults).
     """
     from autosurgeon.cost.footprint import plan_memory
     from autosurgeon.evaluate import (
@@ -80,7 +81,8 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     from autosurgeon.hardware.power_cap import mode_key
 
     # A profile moved to another power mode keeps its fingerprint, not its rates: the mode is in the key.
-    key = (spec, profile.fingerprint, mode_key(profile), evaluator, tuple(knobs), bool(sensitivity))
+    quality_key = tuple(sorted(quality.to_dict().items())) if quality is not None else ()
+    key = (spec, profile.fingerprint, mode_key(profile), evaluator, tuple(knobs), bool(sensitivity), quality_key)
     if cache and key in _CACHE:
         return _CACHE[key]
     real = evaluator != "analytic" or sensitivity
@@ -98,7 +100,7 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         ev = ProfiledEvaluator(loaded, profile, space=space, sensitivity=table)
         estimator = ev
     else:
-        ev = RuntimeEvaluator(loaded, profile, space=space)
+        ev = RuntimeEvaluator(loaded, profile, space=space, quality_settings=quality)
         estimator = AnalyticEvaluator(loaded, profile, space=space, sensitivity=table)
     layout = layout_for(knobs)
     units = decision_units(space, layout)

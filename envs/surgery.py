@@ -91,6 +91,12 @@ class SurgeryEnv(gym.Env):
     a plan over the memory budget (``info["power_violation"]``, ``info["power_w"]``). ``self.power_cap``
     holds the resolved cap (None without one).
 
+    ## Quality
+
+    ``quality`` (``autosurgeon.quality.settings.QualitySettings``, or a mapping with ``data``, ``samples``,
+    ``method``: the ``--data``, ``--quality-samples``, ``--quality-method`` every command takes) sets how a
+    measuring (runtime) evaluator scores a finished plan's quality; default: each task's default method.
+
     ## Starting State
 
     No decision taken: the plan is the unmodified model. ``reset(options=...)`` may fix ``model`` (a spec
@@ -107,7 +113,7 @@ class SurgeryEnv(gym.Env):
 
     * v0: initial version (knobs precision + placement by default; analytic evaluator by default; budget
       shield on by default). Later additions that change no default space: the ``power_cap_w`` option;
-      session knobs (opt-in, their own layout).
+      session knobs (opt-in, their own layout); the ``quality`` option.
     """
 
     metadata = {"render_modes": []}
@@ -117,8 +123,9 @@ class SurgeryEnv(gym.Env):
                  budget_range: tuple[float, float] = (0.1, 1.0), memory_budget: float | None = None,
                  preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
                  budget_shield: bool = True, render_mode: str | None = None,
-                 power_cap_w: float | None = None) -> None:
+                 power_cap_w: float | None = None, quality: Any = None) -> None:
         from autosurgeon.hardware.resolve import resolve_profile
+        from autosurgeon.quality.settings import QualitySettings
         from autosurgeon.hardware.power_cap import resolve_power_cap
 
         if render_mode is not None:
@@ -133,8 +140,19 @@ class SurgeryEnv(gym.Env):
         self.power_cap = (None if power_cap_w is None else
                           resolve_power_cap(profile, power_cap_w, argument="power_cap_w"))
         self.profile = profile if self.power_cap is None else self.power_cap.profile
+        if quality is None or isinstance(quality, QualitySettings):
+            self.quality = quality or QualitySettings()
+        elif isinstance(quality, Mapping):
+            unknown = sorted(set(quality) - {"data", "samples", "method"})
+            if unknown:
+                raise InvalidArgumentError(f"`quality` has unknown key(s) {unknown}; use data, samples, method.")
+            self.quality = QualitySettings(**quality)
+        else:
+            raise InvalidArgumentError(f"`quality` must be a QualitySettings or a mapping with data/samples/method, "
+                                       f"got {quality!r}.")
         self.contexts: list[ModelContext] = [build_context(s, self.profile, evaluator=evaluator, knobs=knobs,
-                                                           sensitivity=sensitivity) for s in specs]
+                                                           sensitivity=sensitivity, quality=self.quality)
+                                             for s in specs]
         self.specs = specs
         self.evaluator_name = evaluator
         self.knobs = tuple(knobs)

@@ -40,6 +40,20 @@ from runtime.tensors import TensorStore, tier_of
 logger = get_logger(__name__)
 
 
+def expected_experts_read(num_experts: int, top_k: int, tokens: int | float) -> float:
+    """Distinct experts one MoE layer reads (and this runtime makes resident) for ``tokens`` tokens, each
+    routed to ``top_k`` DISTINCT experts, expected under uniform routing: ``E (1 - (1 - k/E) ** T)``.
+
+    The one formula for expert bytes per step: exactly ``top_k`` for one token (batch-1 decode reads
+    exactly k experts), all ``E`` as ``T`` grows. The analysis (meta tensors), the cost models and the
+    planner read it from here. ``tokens`` may be fractional (an average).
+    """
+    if num_experts <= 0 or tokens <= 0:
+        return 0.0
+    k = min(max(int(top_k), 1), num_experts)
+    return num_experts * (1.0 - (1.0 - k / num_experts) ** tokens)
+
+
 @dataclass(frozen=True)
 class ExpertConfig:
     """How experts are streamed.

@@ -131,6 +131,10 @@ class TensorStore:
         self.budgets: dict[str, int | None] = {tier: budgets.get(tier) for tier in TIERS}
         self._entries: dict[str, Entry] = {}
         self._home: dict[str, torch.Tensor] = {}  # gpu/cpu tiers: the home copy
+        # Tensors registered in place (copy=False) that share memory (a head tied to its embedding): one
+        # charge per (tier, address, bytes), held while any of the names sharing it stays registered.
+        self._sharers: dict[tuple[str, int, int], list[str]] = {}
+        self._shared_key: dict[str, tuple[str, int, int]] = {}
         self._holders: dict[str, dict[str, int]] = {tier: {} for tier in TIERS}  # tier -> label -> bytes
         self._used = dict.fromkeys(TIERS, 0)
         self._peak = dict.fromkeys(TIERS, 0)
@@ -213,7 +217,8 @@ class TensorStore:
         ``gpu``/``cpu``: with ``copy`` the tensors are copied into one fresh arena on that tier (page-locked
         for ``cpu`` when pinning is on), else the given tensors themselves become the home copies (they must
         already be on that tier). ``disk``: written to one new safetensors file. The group is charged to the
-        tier under ``label`` (default: the first name) and checked against its budget first.
+        tier under ``label`` (default: the first name) and checked against its budget first. In place
+        (``copy=False``), a tensor whose memory is already registered (a tied weight) is charged once.
         """
         if tier not in TIERS:
             raise JalapenoError(f"tier {tier!r} is unknown; use one of {', '.join(TIERS)}.")
@@ -228,9 +233,17 @@ class TensorStore:
             self._charge(tier, total, label)
             self._write_disk(tensors)
             return
-        total = sum(aligned(tensor_nbytes(t)) for t in tensors.values()) if copy else sum(
-            tensor_nbytes(t) for t in tensors.values())
+        if copy:
+            total = sum(aligned(tensor_nbytes(t)) for t in tensors.values())
+        else:
+            keys = {name: (tier, t.data_ptr(), tensor_nbytes(t)) for name, t in tensors.items()}
+            new = {key for key in keys.values() if key not in self._sharers}  # each address once
+            total = sum(key[2] for key in new)
         self._charge(tier, total, label)
+        if not copy:
+            for name, key in keys.items():
+                self._sharers.setdefault(key, []).append(name)
+                self._shared_key[name] = key
         if copy:
             device = torch.device("cuda") if tier == "gpu" else torch.device("cpu")
             arena = torch.empty(total, dtype=torch.uint8, device=device)
@@ -404,6 +417,14 @@ class TensorStore:
             entry = self._entries.pop(name)
             home = self._home.pop(name, None)
             nbytes = entry.nbytes if entry.tier == "disk" or home is None else aligned(entry.nbytes)
+            key = self._shared_key.pop(name, None)
+            if key is not None:
+                sharers = self._sharers[key]
+                sharers.remove(name)
+                if sharers:  # still held under another name (tied): its one charge stays
+                    continue
+                del self._sharers[key]
+                nbytes = entry.nbytes  # in place: charged exact, not aligned (was over-returned before)
             self._uncharge(entry.tier, nbytes, label)
 
     def _unpin(self, buf: torch.Tensor) -> None:

@@ -72,7 +72,8 @@ class OpStats:
     top_op_flops: int = 0  # the largest single op, for the parallelism score
     top_op_out_elements: int = 0
     # Expert (3-D weight) reads, for the experts' weight traffic. Real tensors: the expert indices read,
-    # per weight storage. Meta: the expected share read by each call under uniform routing.
+    # per weight storage. Meta: the expected share read by each call under uniform routing, from the
+    # runtime's formula (``runtime.experts.expected_experts_read``: top-k distinct experts per token).
     expert_hits: dict[int, tuple[int, set[int]]] = field(default_factory=dict)
     expert_expected: list[float] = field(default_factory=list)
 
@@ -85,13 +86,18 @@ class OpStats:
             return min(1.0, sum(self.expert_expected) / len(self.expert_expected))
         return None
 
-    def add_expert_read(self, weight: torch.Tensor, groups: int, indices: torch.Tensor | None, rows: int) -> None:
+    def add_expert_read(self, weight: torch.Tensor, groups: int, indices: torch.Tensor | None, rows: int,
+                        top_k: int = 1) -> None:
+        """One read of a 3-D expert weight by ``rows`` routed rows (tokens x ``top_k``)."""
         if weight.device.type != "meta" and indices is not None:
             key = weight.untyped_storage().data_ptr()
             _, hit = self.expert_hits.setdefault(key, (groups, set()))
             hit.update(int(i) for i in torch.unique(indices.reshape(-1)).tolist() if 0 <= i < groups)
         elif groups > 0:
-            self.expert_expected.append(1.0 - (1.0 - 1.0 / groups) ** rows)
+            from runtime.experts import expected_experts_read
+
+            k = max(1, min(int(top_k), groups))
+            self.expert_expected.append(expected_experts_read(groups, k, max(rows, 1) / k) / groups)
 
     def add_op(self, flops: int, dtype: torch.dtype, out_elements: int) -> None:
         self.flops += flops
@@ -144,6 +150,14 @@ class Trace:
         self.boundaries: dict[str, Boundary] = defaultdict(Boundary)
         self.stack: list[str] = [""]
         self.suspended = 0  # > 0 while a function-level count runs the function itself
+        # top-k of a module called with a routing index (an integer (tokens, k) tensor: transformers'
+        # experts(hidden, top_k_index, top_k_weights)); its expert reads are per token, k distinct each.
+        self.routing_top_k: dict[str, int] = {}
+
+    @property
+    def top_k(self) -> int:
+        """Experts per token of the running module's routing (1 when it was called without one)."""
+        return self.routing_top_k.get(self.stack[-1], 1)
 
     @property
     def current(self) -> OpStats:
@@ -172,6 +186,10 @@ class Trace:
             boundary = self.boundaries[name]
             boundary.calls += 1
             boundary.in_bytes += tensor_bytes((args, kwargs))
+            routing = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor) and t.dim() == 2
+                       and not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool]
+            if routing:
+                self.routing_top_k[name] = int(routing[0].shape[-1])
             self.stack.append(name)
 
         return hook
@@ -296,7 +314,7 @@ class _DispatchCounter(TorchDispatchMode):
         stats = self.trace.current
         stats.add_op(int(flops), a.dtype, out.numel())
         if a.dim() == 2 and b.dim() == 3:
-            stats.add_expert_read(b, b.shape[0], _group_ids(offs), a.shape[0])
+            stats.add_expert_read(b, b.shape[0], _group_ids(offs), a.shape[0], self.trace.top_k)
         return out
 
     def _gather(self, packet, args) -> None:
@@ -313,7 +331,8 @@ class _DispatchCounter(TorchDispatchMode):
         else:  # index_select(source, 0, index)
             indices = args[2]
         if isinstance(indices, torch.Tensor) and indices.dtype != torch.bool:
-            self.trace.current.add_expert_read(source, source.shape[0], indices, max(indices.numel(), 1))
+            self.trace.current.add_expert_read(source, source.shape[0], indices, max(indices.numel(), 1),
+                                               self.trace.top_k)
 
 
 def _group_ids(offs: torch.Tensor | None) -> torch.Tensor | None:

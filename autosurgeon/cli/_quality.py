@@ -7,8 +7,9 @@ from typing import Any
 from autosurgeon.quality.methods import METHODS
 
 
-def add_quality_arguments(parser: Any, *, default_samples: int | None = None) -> None:
-    """Add the three quality flags to ``parser`` (an argparse parser or group)."""
+def add_quality_arguments(parser: Any, *, default_samples: int | None = None, default_method: str | None = "auto") -> None:
+    """Add the three quality flags to ``parser`` (an argparse parser or group); ``default_method=None`` leaves
+    an unset ``--quality-method`` as None (a sweep then keeps its config's method, else "auto")."""
     group = parser.add_argument_group("quality") if hasattr(parser, "add_argument_group") else parser
     group.add_argument("--data", default=None, metavar="FILE",
                        help="score perplexity on this file (UTF-8 text, encoded with the model's tokenizer or as "
@@ -16,7 +17,7 @@ def add_quality_arguments(parser: Any, *, default_samples: int | None = None) ->
     group.add_argument("--quality-samples", type=int, default=default_samples, metavar="N",
                        help="sequences / windows / items / images scored for quality"
                             + (f" (default {default_samples})" if default_samples else " (default: per method)"))
-    group.add_argument("--quality-method", choices=METHODS, default="auto",
+    group.add_argument("--quality-method", choices=METHODS, default=default_method,
                        help="causal LMs: auto (perplexity with --data or for zoo LMs, else fidelity: KL + top-1 "
                             "agreement vs the unmodified model in its own vocabulary), fidelity, perplexity")
 
@@ -26,4 +27,4 @@ def quality_settings(args: argparse.Namespace) -> Any:
     from autosurgeon.quality.settings import QualitySettings
 
     return QualitySettings(data=getattr(args, "data", None), samples=getattr(args, "quality_samples", None),
-                           method=getattr(args, "quality_method", "auto"))
+                           method=getattr(args, "quality_method", None) or "auto")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autosurgeon.cli._budget import add_memory_budget, single_budget
+from autosurgeon.cli._quality import add_quality_arguments, quality_settings
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.registry import names as evaluator_names
 
@@ -50,6 +51,7 @@ def register(subparsers: Any) -> None:
                         help="print JSON: the plan and (with --front) the front with ids, origins, hypervolume and "
                         "the baselines' hypervolume")
     parser.add_argument("--out", required=True, help="plan JSON to write")
+    add_quality_arguments(parser)  # the measured quality of the plan and the baselines, as every command
     parser.set_defaults(func=run)
 
 
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from envs.surgery import parse_preference
 
     # Cheap checks first: the policy folder, preference and budget, before any model loads.
+    quality = quality_settings(args)  # a bad --data / --quality-samples: one line naming the flag
     read_meta(args.policy)
     preference = parse_preference(args.preference) if args.preference is not None else None
     budget = single_budget(args, reference_bytes=None, meaning="the plan's GPU+CPU bytes")
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = apply_policy(args.policy, args.model, device=args.device, preference=preference, memory_budget=budget,
                           front=args.front, evaluator=args.evaluator, force=args.force, power_cap_w=args.power_cap,
-                          baselines=None if args.no_baselines else uniform_vectors)
+                          baselines=None if args.no_baselines else uniform_vectors, quality=quality)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.plan.save(out)

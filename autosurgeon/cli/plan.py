@@ -10,8 +10,9 @@ The plan is checked (``check_plan``) against the model, the device and the budge
 
 Session flags (``--kv-precision``, ``--kv-budget``, ``--kv-tier``, ``--kv-window``, ``--prefetch``,
 ``--prefetch-depth``) write the plan's session decisions (``Plan.session``), as ``autosurgeon run`` spells
-them. The knapsack budgets the weights; the KV cache (counted at ``--context`` positions) comes on top, and
-the check says so if it no longer fits.
+them. The knapsack counts them as ``apply_plan`` builds them (``footprint.plan_memory``: streamed experts homed
+on the slower tier with their expert cache; the KV cache at ``--context`` positions), so the memory it prints
+is what ``evaluate --evaluator analytic`` says and what the runtime charges.
 """
 from __future__ import annotations
 
@@ -150,11 +151,11 @@ def run(args: argparse.Namespace) -> int:
     tables = sensitivity_tables(loaded, groups, precisions=precisions, hessian_samples=args.hessian_samples,
                                 cache_dir=args.cache_dir)
     result = plan_knapsack(loaded, profile, tables, budget=budget or None, max_quality_loss=args.max_quality_loss,
-                           objective=args.objective, space=space,
+                           objective=args.objective, space=space, session=session, context=args.context,
                            metadata={"model": loaded.name, "device": profile.name})
     budgets = {result.tier: result.budget} if result.budget is not None else None
     full = SearchSpace.build(loaded, profile, knobs=KNOBS)
-    plan = dataclasses.replace(result.plan, session=session) if session else result.plan
+    plan = result.plan  # its session is the one the knapsack counted
     raise_for_problems(check_plan(loaded, plan, profile, space=full, budgets=budgets, kv_context=args.context))
     checked = None
     if args.max_quality_loss is not None and not args.no_recheck:

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from autosurgeon.cli._budget import add_memory_budget, single_budget
+from autosurgeon.cli._quality import add_quality_arguments, quality_settings
 from autosurgeon.cli.scaleout_args import add_cluster_args, add_storage_args
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.registry import names as evaluator_names
@@ -75,6 +76,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
     p.add_argument("--json", action="store_true",
                    help="print summary.json (front with ids and origins, hypervolume, the baselines' hypervolume)")
+    add_quality_arguments(p, default_method=None)  # measured quality (runtime evaluator), as every command
     add_cluster_args(p)
     add_storage_args(p)
     p.set_defaults(func=run)
@@ -130,6 +132,7 @@ def _check(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(f"`--seed` must be >= 0, got {args.seed}.")
     if args.max_quality_loss is not None and not args.max_quality_loss >= 0:
         raise InvalidArgumentError(f"`--max-quality-loss` must be >= 0 (0.01 = 1%), got {args.max_quality_loss}.")
+    quality_settings(args)  # a bad --data / --quality-samples: one line naming the flag, before any work
     if args.power_cap is not None:
         from autosurgeon.hardware.power_cap import check_power_cap
 
@@ -166,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     config = base.replace(device=args.device, evaluator=args.evaluator, budget_evals=args.budget_evals,
                           algo=args.algo, warm_start=args.warm_start, seed=args.seed, pop_size=args.pop_size,
                           max_quality_loss=args.max_quality_loss, power_cap_w=args.power_cap,
-                          baselines=False if args.no_baselines else None)
+                          baselines=False if args.no_baselines else None, quality_data=args.data,
+                          quality_samples=args.quality_samples, quality_method=args.quality_method)
     progress = _Progress(enabled=not args.json)
     with sweep_cluster(workers=args.workers, scheduler=args.scheduler, gpus=args.worker_gpus,
                        threads=args.worker_threads) as cluster:

@@ -95,8 +95,9 @@ def expert_step_delta(experts: Mapping[str, Any] | None, *, record: Any, profile
     layers, per_layer = len(record.experts), record.num_experts
     total = layers * per_layer
     hit_rate = min(1.0, experts["slots"] / total) if total else 1.0
-    k = min(record.experts_per_token, per_layer)
-    distinct = per_layer * (1.0 - (1.0 - k / per_layer) ** batch) if per_layer else 0.0
+    from runtime.experts import expected_experts_read
+
+    distinct = expected_experts_read(per_layer, record.experts_per_token, batch)
     misses = layers * distinct * (1.0 - hit_rate)
     nbytes = misses * sum(record.expert_tensor_bytes)
     warm = disk_is_warm(profile, experts["home_bytes"], "auto") if experts["home"] == "disk" else True

@@ -28,6 +28,14 @@ LMs; plus one prefill of ``context`` tokens) or one forward of ``batch`` samples
 
 The table is cached as JSON under ``<cache>/profiled/<key>.json``; the key hashes the model's architecture
 fingerprint, the device fingerprint, the workload, the timing settings, torch's version and thread count.
+
+Robustness (MEASURING.md, ``cost/dispersion.py``): every entry keeps its spread (IQR/median of its repeats);
+an entry above ``NOISY`` is re-measured once and, if it stays, labelled noisy in ``table.noisy`` (the
+evaluator's method says how many); the load average is recorded with the table. On load, a cheap spot check
+re-times the unmodified step: a cached table slower than now by more than ``STALE`` (measured under load,
+or stale) or mostly noisy is re-measured, not trusted; one faster than now is kept (the machine is loaded
+NOW) and the check is recorded. Unit entries are timed per choice in their own passes, not interleaved
+across choices.
 """
 from __future__ import annotations
 
@@ -48,6 +56,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.cost.base import LeafChoice, default_group, block_stream, resolve_blocks
+from autosurgeon.cost.dispersion import NOISY, STALE, iqr_ratio, load_average, timed_samples
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
 from autosurgeon.plan import model_fingerprint
@@ -117,11 +126,44 @@ class Profiler:
         if self.use_cache and self.path.is_file():
             try:
                 table = ProfiledTable.from_json(self.path.read_text())
-                logger.info("profiled table from cache %s (%d unit entries)", self.path, len(table.unit_s))
-                return table
             except InvalidArgumentError as exc:
                 logger.warning("ignoring the cached profiled table %s (%s)", self.path, exc)
-        return ProfiledTable(key=key, settings=settings)
+            else:
+                logger.info("profiled table from cache %s (%d unit entries)", self.path, len(table.unit_s))
+                if self._trust(table):
+                    return table
+        return ProfiledTable(key=key, settings={**settings, "load_1m": load_average()})
+
+    def _trust(self, table: ProfiledTable) -> bool:
+        """Spot check of a cached table (module docstring): re-time the unmodified step a few times."""
+        if table.noisy_share() > 0.5:
+            logger.warning("cached profiled table %s: %d of %d entries noisy; measuring again.", self.path,
+                           len(table.noisy), len(table.spread))
+            return False
+        phase = self.workload.phase
+        cached = table.baseline_s.get(phase)
+        if not cached:
+            return True
+        from runtime.spec import BlockSpec, SessionSpec
+
+        dev = _exec_device(self.profile.default_unit())
+        now, _, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)), warmup=2, repeats=5,
+                                       prefill=False)
+        verdict = "kept"
+        if cached > now * (1 + STALE):
+            verdict = "re-measured"
+        elif now > cached * (1 + STALE):
+            verdict = "kept (slower now: the machine is loaded now)"
+        check = {"phase": phase, "cached_s": cached, "now_s": now, "load_1m": load_average(),
+                 "table_load_1m": table.settings.get("load_1m"), "verdict": verdict}
+        logger.info("profiled table spot check: cached %.3f ms vs now %.3f ms per step: %s", cached * 1e3,
+                    now * 1e3, verdict)
+        if verdict == "re-measured":
+            logger.warning("cached profiled table %s prices the unmodified step at %.3f ms, now %.3f ms (load %s): "
+                           "measuring it again.", self.path, cached * 1e3, now * 1e3, check["load_1m"])
+            return False
+        table.checks = [*table.checks[-4:], check]
+        return True
 
     def save(self) -> Path | None:
         """Write the table if it changed (atomically); returns the path or None."""
@@ -233,11 +275,18 @@ class Profiler:
             return r(*dev_args, **kwargs)
 
         with torch.no_grad():
-            stats = timed(call, warmup=self.timing.warmup, repeats=self.timing.repeats, device=device,
-                          clock=self.timing.clock)
-        self.table.unit_s[key] = stats.median_s
+            for attempt in range(2):  # a noisy entry is measured once more, then labelled
+                values = timed_samples(call, warmup=self.timing.warmup, repeats=self.timing.repeats,
+                                       device=device, clock=self.timing.clock)
+                spread = iqr_ratio(values)
+                if key not in self.table.spread or spread < self.table.spread[key]:
+                    self.table.unit_s[key], self.table.spread[key] = float(np.median(values)), spread
+                if self.table.spread[key] <= NOISY:
+                    break
+            if self.table.spread[key] > NOISY and key not in self.table.noisy:
+                self.table.noisy.append(key)
         self._dirty = True
-        return stats.median_s
+        return self.table.unit_s[key]
 
     def _accepts(self, name: str, precision: str, group_size: int, kernel: str, exec_kind: str) -> bool:
         v = self.space.variable(name, "precision")
@@ -255,7 +304,8 @@ class Profiler:
             return kernel in self.space.kernel_table.get(exec_kind, {}).get(precision, ())
         return True
 
-    def _context_run(self, precision: str, group_size: int, kernel: str, exec_kind: str) -> None:
+    def _context_run(self, precision: str, group_size: int, kernel: str, exec_kind: str, *,
+                     retry: bool = True) -> None:
         """Time every leaf that can take (precision, group, kernel) inside real passes of the model.
 
         A copy of the model gets that choice on every such leaf; forward pre/post hooks on them read the
@@ -317,11 +367,25 @@ class Profiler:
         finally:
             for h in handles:
                 h.remove()
+        touched = []
         for phase, per_leaf in times.items():
             for name, values in per_leaf.items():
-                values.sort()
                 key = f"ctx|{phase}|{device}|{name}|{precision}|g{group}|{kern}"
+                touched.append(key)
+                spread = iqr_ratio(values)
+                if key in self.table.spread and self.table.spread[key] <= spread:
+                    continue  # a re-measure that came out noisier: the first one stays
                 self.table.unit_s[key] = float(np.median(values))
+                self.table.spread[key] = spread
+                if spread <= NOISY and key in self.table.noisy:
+                    self.table.noisy.remove(key)
+        noisy = [k for k in touched if self.table.spread[k] > NOISY]
+        if noisy and retry:
+            logger.info("%d of the %s entries noisy (IQR/median > %.2f); measuring them again", len(noisy),
+                        precision, NOISY)
+            self._context_run(precision, group_size, kernel, exec_kind, retry=False)
+        elif noisy:
+            self.table.noisy.extend(k for k in noisy if k not in self.table.noisy)
         for name in names:  # leaves the pass never called cost nothing
             for phase, _ in ((self.workload.phase, 0), ("prefill", 0)):
                 if phase in times or phase == self.workload.phase:
@@ -329,8 +393,10 @@ class Profiler:
         self._dirty = True
 
     # ---- whole steps on the runtime
-    def _session_step(self, spec: Any) -> tuple[float, float | None, dict[str, float]]:
-        """(step median s, prefill median s or None, streaming counters per step) under a runtime Session."""
+    def _session_step(self, spec: Any, *, warmup: int | None = None, repeats: int | None = None,
+                      prefill: bool = True, spread_key: str | None = None) -> tuple[float, float | None, dict[str, float]]:
+        """(step median s, prefill median s or None, streaming counters per step) under a runtime Session;
+        ``spread_key``: record the step's IQR/median (re-measured once when noisy) under that key."""
         from runtime.session import Session
 
         model = copy.deepcopy(self.module)
@@ -340,17 +406,30 @@ class Profiler:
 
             spec = dataclasses.replace(spec, block_path=block_path(model))
         with Session(model, spec) as session:
-            step, prefill, _ = make_steps(session.forward, model, self.workload,
-                                          base_inputs(self.loaded, self.workload))
+            step, prefill_fn, _ = make_steps(session.forward, model, self.workload,
+                                             base_inputs(self.loaded, self.workload))
             before = session.streamer.stats.fetches
             t = self.timing
-            stats = timed(step, warmup=t.step_warmup, repeats=t.step_repeats, device=device, clock=t.clock)
-            calls = t.step_warmup + t.step_repeats
+            warm = t.step_warmup if warmup is None else warmup
+            reps = t.step_repeats if repeats is None else repeats
+            calls = 0
+            for _attempt in range(2 if spread_key else 1):
+                values = timed_samples(step, warmup=warm, repeats=reps, device=device, clock=t.clock)
+                calls += warm + reps
+                spread = iqr_ratio(values)
+                if spread_key is None or spread_key not in self.table.spread or spread < self.table.spread[spread_key]:
+                    median = float(np.median(values))
+                    if spread_key is not None:
+                        self.table.spread[spread_key] = spread
+                if spread_key is None or self.table.spread[spread_key] <= NOISY:
+                    break
+            if spread_key is not None and self.table.spread[spread_key] > NOISY and spread_key not in self.table.noisy:
+                self.table.noisy.append(spread_key)
             fetches = (session.streamer.stats.fetches - before) / calls
             nbytes = float(session.streamer.streamed_bytes_per_pass())
-            pre = (timed(prefill, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
-                         clock=t.clock).median_s if prefill is not None else None)
-        return stats.median_s, pre, {"fetches": fetches, "bytes": nbytes}
+            pre = (timed(prefill_fn, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
+                         clock=t.clock).median_s if prefill and prefill_fn is not None else None)
+        return median, pre, {"fetches": fetches, "bytes": nbytes}
 
     def ensure_base(self) -> None:
         """Measure the fixed overhead per phase and the streaming costs (once; cached with the table)."""
@@ -362,7 +441,9 @@ class Profiler:
         started = time.perf_counter()
         default = self.profile.default_unit()
         dev = _exec_device(default)
-        base, base_pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)))
+        self.table.settings["load_1m"] = load_average()
+        base, base_pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)),
+                                               spread_key=f"baseline|{self.workload.phase}")
         self.table.baseline_s = {self.workload.phase: base, **({"prefill": base_pre} if base_pre else {})}
         x0 = self.space.default_vector()
         for phase in self._phases():

@@ -17,7 +17,7 @@ from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
 
 TABLE_TYPE = "autosurgeon.ProfiledTable"
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: every entry carries its spread (IQR/median); noisy entries labelled
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_COPIES = 64  # cap on the layer copies a cold-cache unit timing rotates through
 
@@ -29,6 +29,10 @@ class _FloatUnit(nn.Module):
         super().__init__()
         self.inner, self.dtype = module.to(dtype), dtype
 
+    @property
+    def weight(self) -> torch.Tensor:  # models read it (ViT casts its pixels to the projection's dtype)
+        return self.inner.weight
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         # Extra arguments pass through (OPT's learned position embedding takes ``position_ids``).
         return self.inner(x.to(self.dtype) if x.is_floating_point() else x, *args, **kwargs).to(
@@ -39,7 +43,11 @@ def variant(module: nn.Module, precision: str, group_size: int, kernel: str) -> 
     """A copy of ``module`` computing at ``precision`` with ``kernel`` ("auto": the runtime's default)."""
     from runtime.kernels import QuantizedLinear
 
+    from autosurgeon.transforms.modules import is_conv1d, linear_from_conv1d
+
     module = copy.deepcopy(module)
+    if is_conv1d(module) and precision != "float32":  # as the quantize transform deploys it
+        module = linear_from_conv1d(module)
     if precision in FLOAT_DTYPES:
         return module if precision == "float32" else _FloatUnit(module, FLOAT_DTYPES[precision])
     if not isinstance(module, nn.Linear):
@@ -117,6 +125,9 @@ class ProfiledTable:
         kv_op_s: seconds per dispatch of the paged KV cache's gather (``cost_kv.gather_ops``), measured as
             (paged float cache step - Hugging Face cache step) / the ops the paged cache adds; empty until a
             plan with KV decisions is composed (``Profiler.kv_op_seconds``).
+        spread: key -> IQR/median of its repeats, for every measured entry (unit keys, ``baseline|PHASE``).
+        noisy: keys whose spread stayed above ``cost.dispersion.NOISY`` after one re-measure (kept, labelled).
+        checks: spot checks made when the table was loaded (cached vs now, load average, verdict).
     """
 
     key: str
@@ -128,6 +139,13 @@ class ProfiledTable:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     kv_op_s: dict[str, float] = field(default_factory=dict)
+    spread: dict[str, float] = field(default_factory=dict)
+    noisy: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+
+    def noisy_share(self) -> float:
+        """Share of the measured entries labelled noisy."""
+        return len(self.noisy) / max(1, len(self.spread))
 
     @property
     def launch_overhead_s(self) -> dict[str, float]:

@@ -111,8 +111,12 @@ class ProfiledEvaluator(Evaluator):
             labels.update(prefill_s="profiled", tokens_per_s="profiled")
         if quality is not None:
             labels["quality_loss"] = "estimated"
-        method = (f"profiled: unit medians measured on this machine's runtime (table {self.profiler.table.key}, "
-                  f"{len(self.profiler.table.unit_s)} entries) + measured fixed overhead + measured streaming "
+        table = self.profiler.table
+        method = (f"profiled: unit medians measured on this machine's runtime (table {table.key}, "
+                  f"{len(table.unit_s)} entries, {len(table.noisy)} of {len(table.spread)} labelled noisy "
+                  f"(IQR/median > 0.15 after a re-measure), measured at load {table.settings.get('load_1m')}"
+                  + (f", spot check {table.checks[-1]['verdict']}" if table.checks else "")
+                  + ") + measured fixed overhead + measured streaming "
                   f"costs" + (f", calibrated on {len(self.calibration['points'])} runtime plans (step = "
                               f"{self.calibration['a'] * 1e3:.3f} ms + {self.calibration['b']:.3f} x composed)"
                               if self.calibration["points"] else "")

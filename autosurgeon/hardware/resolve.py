@@ -3,7 +3,9 @@
 ``resolve_profile`` turns what a user typed (``"local"``, a preset name, a JSON path) into a
 ``HardwareProfile``. ``"local"`` is measured once per machine and cached under
 ``<cache root>/profiles/<fingerprint>.json`` (``cache_dir=``, else ``$AUTOSURGEON_CACHE``, else
-``~/.cache/autosurgeon``; the CLI's ``--cache-dir`` sets the root for its whole process); presets are
+``~/.cache/autosurgeon``; the CLI's ``--cache-dir`` sets the root for its whole process), reused only while
+its rates are plausible and a cheap spot check does not find it far slower than now (``spot_check.py``:
+a profile measured under load is measured again, not trusted); presets are
 datasheet figures on paper (``measured=False``), each with its source, and with their power modes
 (``PowerMode``: how the rates scale in each; ``profile.at_power_cap(watts)`` gives the profile in the
 fastest mode within a cap, see ``autosurgeon.hardware.power_cap``).
@@ -162,10 +164,17 @@ def _cached_local(*, quick: bool, cache_dir: str | os.PathLike[str] | None) -> H
         except ProfileFormatError as exc:
             logger.warning("ignoring the cached local profile (%s); measuring again.", exc)
         else:
-            if quick or not cached.method.get("quick", False):
+            from autosurgeon.hardware.spot_check import trust_problems
+
+            problems = trust_problems(cached)
+            if problems:  # measured under load (or a starved process): never reused as truth
+                logger.warning("the cached local profile %s is not trusted (%s); measuring again.", path,
+                               "; ".join(problems))
+            elif quick or not cached.method.get("quick", False):
                 logger.info("using the cached local profile %s", path)
                 return cached
-            logger.info("cached local profile %s is a quick one; measuring fully.", path)
+            else:
+                logger.info("cached local profile %s is a quick one; measuring fully.", path)
     return profile_local(quick=quick, cache_dir=cache_dir)
 
 

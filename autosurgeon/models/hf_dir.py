@@ -66,6 +66,8 @@ def _model_class(config: Any) -> tuple[Any, str]:
         if cls is not None:
             # GPT-2's causal LM class is "GPT2LMHeadModel": ask transformers' own mapping, not the name's suffix.
             causal = arch.endswith("ForCausalLM") or AutoModelForCausalLM._model_mapping.get(type(config), None) is cls
+            if arch.endswith("ForImageClassification"):
+                return cls, "image-classification"
             return cls, "causal-lm" if causal else "feature-extraction"
 
     try:

@@ -56,6 +56,8 @@ from torch import nn
 from autosurgeon._logging import get_logger
 from autosurgeon.budget import FASTEST, FLAG, MemoryBudget
 from autosurgeon.cost.footprint import (
+    DEFAULT_KV_CONTEXT,
+    TIERS,
     fastest_tier,
     memory_breakdown,
     packed_copy_bytes,
@@ -298,7 +300,8 @@ def solve(options: Sequence[Sequence[UnitOption]], capacity: int | None, *, obje
 def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | str | None = None,
                   max_quality_loss: float | None = None, objective: str = "auto", space: Any = None,
                   inputs: Mapping[str, Any] | None = None, task: str | None = None, lookahead: int = 2,
-                  max_cells: int = DEFAULT_MAX_CELLS, metadata: Mapping[str, Any] | None = None) -> KnapsackResult:
+                  max_cells: int = DEFAULT_MAX_CELLS, metadata: Mapping[str, Any] | None = None,
+                  session: Mapping[str, Any] | None = None, context: int = DEFAULT_KV_CONTEXT) -> KnapsackResult:
     """The knapsack plan of ``model`` on ``profile`` (module docstring: objectives, solver, placement).
 
     Args:
@@ -314,6 +317,10 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         lookahead: the runtime's streaming lookahead (staging slots in the footprint).
         max_cells: largest DP byte axis before costs are rounded (module docstring).
         metadata: extra provenance for the plan.
+        session: the plan's session decisions (``Plan.session``: KV cache, streamed experts, prefetch depth),
+            counted in every footprint the planner compares with the budget, as ``apply_plan`` builds them
+            (streamed experts leave the blocks; the KV cache at ``context`` positions comes on top).
+        context: positions the KV cache is counted at (``footprint.plan_memory``).
     """
     from autosurgeon.hardware.profile import HardwareProfile
     from autosurgeon.hardware.resolve import resolve_profile
@@ -339,8 +346,11 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
                                    f"knobs={PLANNER_KNOBS}.")
     x0 = space.default_vector()
     fast = fastest_tier(space)
-    reference = plan_memory(space, x0, lookahead=lookahead)
-    reference_bytes = sum(reference.values())
+    session = dict(session or {})
+    memory = _Memory(space, lookahead, session, context)
+    # Shares of a budget are of the unmodified model (no session), as every command's --memory-budget is.
+    reference_bytes = sum(plan_memory(space, x0, lookahead=lookahead).values())
+    reference = memory.tiers(x0)
     written = MemoryBudget()
     if budget is not None:
         if isinstance(budget, bool) or not isinstance(budget, (int, float, str, MemoryBudget)):
@@ -372,7 +382,7 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         opts = [[UnitOption(o.precision, o.group_size, o.nbytes, o.loss, s, o.kernel) for o, s in zip(row, srow)]
                 for row, srow in zip(opts, seconds)]
     own = sum(row[0].nbytes for row in opts)
-    constant = reference[fast] - own  # everything that is not a precision unit (norms, ...), all resident
+    constant = reference[fast] - own  # what is not a precision unit (norms, session holdings, ...), as placed
     span = sum(max(o.nbytes for o in row) - min(o.nbytes for o in row) for row in opts)
     axis = _axis(opts, max(span, 1), max_cells)
     full = int(sum(int(c.max()) for c in axis.cells))
@@ -404,30 +414,32 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
         assert picks is not None  # internal invariant: every unit's own precision (loss 0) meets any bound
     x = _assign(space, x0, names, opts, picks)
     try:
-        x, streamed = _place(space, x, fast, budget, lookahead, opts, profile)
+        x, streamed = _place(space, x, fast, budget, memory, opts, profile)
     except InvalidArgumentError:
         if not fell_back:
             raise
         # The streamed blocks' staging slots did not fit with those precisions: retry with every unit at
         # its smallest option (ties: the smaller loss); _place raises with the floor if even that fails.
         picks = [min(range(len(row)), key=lambda j, row=row: (row[j].nbytes, row[j].loss)) for row in opts]
-        x, streamed = _place(space, _assign(space, x0, names, opts, picks), fast, budget, lookahead, opts, profile)
+        x, streamed = _place(space, _assign(space, x0, names, opts, picks), fast, budget, memory, opts, profile)
         notes.append("streaming fits only with every unit at its smallest option")
     decisions = {name: (row[j].precision, row[j].group_size, row[j].kernel)
                  for name, row, j in zip(names, opts, picks)}
     if streamed:
         notes.append(f"{len(streamed)} block(s) stream to fit the {fast} budget")
-    detail = memory_breakdown(space, x, lookahead=lookahead)
+    detail = memory.breakdown(x)
     tiers = detail["tiers"]
     proxy = float(sum(row[j].loss for row, j in zip(opts, picks)))
     total_s = float(sum(row[j].seconds for row, j in zip(opts, picks))) if seconds is not None else None
     bound_bytes = None if axis.exact else (budget - len(names) * axis.quantum if budget is not None else None)
-    weight = sum(tiers.values()) - sum(detail["staging"].values())
+    session_bytes = sum(detail["by_unit"].get(t, {}).get(k, 0) for t in TIERS for k in ("kv_cache", "expert_cache"))
+    weight = sum(tiers.values()) - sum(detail["staging"].values()) - session_bytes
     meta = {"proposer": "knapsack", "objective": objective, "budget_bytes": budget, "budget_tier": fast,
             "max_quality_loss": max_quality_loss, "predicted_quality_loss": _relative(proxy, task),
             "proxy_kl_sum": proxy, "dp_exact": axis.exact, "dp_quantum_bytes": axis.quantum,
             "sensitivity": [t.key for t in tables], **dict(metadata or {})}
-    plan = dataclasses.replace(_sparse_plan(space, x, meta), budgets=written)  # run under the budget it was made for
+    # run under the budget it was made for, with the session it was counted with
+    plan = dataclasses.replace(_sparse_plan(space, x, meta), budgets=written, session=session)
     result = KnapsackResult(plan=plan, vector=x, decisions=decisions, objective=objective, tier=fast, budget=budget,
                             tier_bytes=tiers, weight_bytes=weight, reference_bytes=reference_bytes, proxy=proxy,
                             predicted_loss=_relative(proxy, task), seconds=total_s, streamed=streamed,
@@ -540,10 +552,10 @@ def _assign(space: Any, x0: np.ndarray, names: list[str], opts: list[list[UnitOp
     return x
 
 
-def _place(space: Any, x: np.ndarray, tier: str, budget: int | None, lookahead: int, opts: list[list[UnitOption]],
+def _place(space: Any, x: np.ndarray, tier: str, budget: int | None, memory: _Memory, opts: list[list[UnitOption]],
            profile: Any) -> tuple[np.ndarray, dict[str, str]]:
     """Keep blocks resident in model order while the budget lasts; stream the rest (module docstring)."""
-    if budget is None or plan_memory(space, x, lookahead=lookahead)[tier] <= budget:
+    if budget is None or memory.tiers(x)[tier] <= budget:
         return x, {}
     movable = [(b.name, c) for b in space.blocks if b.is_block and (c := _stream_choice(space, b.name))]
     for keep in range(len(movable) - 1, -1, -1):
@@ -551,9 +563,10 @@ def _place(space: Any, x: np.ndarray, tier: str, budget: int | None, lookahead: 
         for name, choice in movable[keep:]:
             i = space.index_of(name, "placement")
             y[i] = space.variables[i].index(choice)
-        if plan_memory(space, y, lookahead=lookahead)[tier] <= budget:
+        if memory.tiers(y)[tier] <= budget:
             return y, dict(movable[keep:])
-    floor = smallest_footprint(space, opts, tier, lookahead=lookahead)
+    floor = smallest_footprint(space, opts, tier, lookahead=memory.lookahead, session=memory.session,
+                               context=memory.context)
     raise InvalidArgumentError(
         f"`budget` {budget} B ({_fmt(budget)}) on the {tier} tier is below the smallest footprint this model can "
         f"reach on {profile.name!r}: {floor} B ({_fmt(floor)}) with every unit at its smallest option"
@@ -561,14 +574,17 @@ def _place(space: Any, x: np.ndarray, tier: str, budget: int | None, lookahead: 
 
 
 def smallest_footprint(space: Any, options: Sequence[Sequence[UnitOption]] | Mapping[str, Sequence[UnitOption]],
-                       tier: str, *, lookahead: int = 2) -> int:
-    """Least bytes on ``tier``: every unit at its smallest option, all blocks resident or all streamed."""
+                       tier: str, *, lookahead: int = 2, session: Mapping[str, Any] | None = None,
+                       context: int = DEFAULT_KV_CONTEXT) -> int:
+    """Least bytes on ``tier``: every unit at its smallest option, all blocks resident or all streamed
+    (``session``: the plan's session decisions, counted as ``plan_memory`` counts them)."""
+    memory = _Memory(space, lookahead, dict(session or {}), context)
     rows = options.items() if isinstance(options, Mapping) else zip(
         [v.name for v in space.variables if v.knob == "precision"], options)
     rows = list(rows)
     x = _assign(space, space.default_vector(), [n for n, _ in rows], [list(r) for _, r in rows],
                 [min(range(len(r)), key=lambda j, r=r: r[j].nbytes) for _, r in rows])
-    best = plan_memory(space, x, lookahead=lookahead)[tier]
+    best = memory.tiers(x)[tier]
     y = x.copy()
     streamed = False
     for b in space.blocks:
@@ -578,8 +594,24 @@ def smallest_footprint(space: Any, options: Sequence[Sequence[UnitOption]] | Map
             y[i] = space.variables[i].index(choice)
             streamed = True
     if streamed:
-        best = min(best, plan_memory(space, y, lookahead=lookahead)[tier])
+        best = min(best, memory.tiers(y)[tier])
     return int(best)
+
+
+@dataclass(frozen=True)
+class _Memory:
+    """The one byte formula (``footprint.memory_breakdown``) with the plan's session and workload held."""
+
+    space: Any
+    lookahead: int
+    session: dict[str, Any]
+    context: int
+
+    def breakdown(self, x: np.ndarray) -> dict[str, Any]:
+        return memory_breakdown(self.space, x, lookahead=self.lookahead, context=self.context, session=self.session)
+
+    def tiers(self, x: np.ndarray) -> dict[str, int]:
+        return self.breakdown(x)["tiers"]
 
 
 def _fmt(n: int) -> str:

@@ -173,6 +173,11 @@ def calibration_for(loaded: Any, *, n_samples: int = 8, seq_len: int = 128, seed
     from autosurgeon.models.text_corpus import build_corpus, decode
 
     task = getattr(loaded, "task", None)
+    from autosurgeon.quality.model_images import SOURCE, is_foreign_classifier, model_images
+
+    if is_foreign_classifier(loaded):
+        x, y = model_images(loaded, n_samples=max(n_samples, 16), seed=seed)
+        return CalibrationData("images", x, y, {"source": SOURCE, "n_samples": int(x.shape[0]), "seed": seed})
     if getattr(loaded, "source", None) == "zoo" or task == "image-classification":
         return default_calibration(task or "custom")
     module = module_of(loaded)

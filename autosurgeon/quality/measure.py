@@ -25,6 +25,8 @@ its embeddings) in the object the caller holds.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -355,6 +357,11 @@ class QualityEvaluator:
                                            f"compares items), got {n}.")
             self.top_k = max(1, min(top_k, n - 1))
         else:
+            from autosurgeon.quality.model_images import SOURCE, is_foreign_classifier, model_images
+
+            if data is None and is_foreign_classifier(reference_model):
+                data = model_images(reference_model, n_samples=max_samples or 64, seed=self.seed)
+                self._source = SOURCE
             if data is None:
                 data = digits_test_split()
             self.data = _limit(self.task, data, max_samples)
@@ -442,6 +449,8 @@ class QualityEvaluator:
             x, y = self.data
             result = accuracy(module, x, y, batch_size=max(self.batch_size, 256),
                               reference_predictions=self._reference_out)
+            if getattr(self, "_source", None):  # not the digits test split: say what the labels are
+                result = dataclasses.replace(result, method=f"{result.method}, on {self._source}")
         else:
             candidate = embed(module, self.data, batch_size=self.batch_size)
             result = embedding_fidelity(self._reference_out, candidate, top_k=self.top_k)

@@ -6,6 +6,8 @@ put back afterwards, untouched, so the model's ``state_dict`` is bit-identical a
 
 Numerics per precision:
   * ``bfloat16`` / ``float16``: cast input, weight and bias, compute, cast the output back;
+  * Hugging Face's ``Conv1D`` (GPT-2) is measured as the ``nn.Linear`` it equals
+    (``transforms.modules.linear_from_conv1d``), as the quantize transform deploys it;
   * ``int8`` / ``int4`` on ``nn.Linear``: ``runtime.kernels.QuantizedLinear.from_linear`` with the
     device's default weight-only kernel (the exact module a plan deploys);
   * ``int8-dynamic`` on ``nn.Linear``: the same module with the fbgemm w8a8 kernel ``"int8-dynamic"``
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.transforms.modules import is_conv1d, linear_from_conv1d
 from runtime.kernels import QuantizedLinear, available_kernels, dequantize, quantize_weight
 
 FLOAT_CASTS: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,8 +36,8 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def is_unit(module: nn.Module) -> bool:
-    """Whether ``module`` is a precision unit: an ``nn.Linear`` or an ``nn.Conv{1,2,3}d`` leaf."""
-    return isinstance(module, (nn.Linear, *_CONVS))
+    """Whether ``module`` is a precision unit: an ``nn.Linear`` (or a ``Conv1D``) or an ``nn.Conv{1,2,3}d`` leaf."""
+    return isinstance(module, (nn.Linear, *_CONVS)) or is_conv1d(module)
 
 
 def precision_units(model: nn.Module) -> list[str]:
@@ -48,7 +51,7 @@ def supported_precisions(module: nn.Module) -> tuple[str, ...]:
         return ()
     base = ("float32", "bfloat16", "float16", "int8", "int4")
     device = module.weight.device
-    if isinstance(module, nn.Linear) and "int8-dynamic" in available_kernels("int8", device):
+    if (isinstance(module, nn.Linear) or is_conv1d(module)) and "int8-dynamic" in available_kernels("int8", device):
         return (*base, "int8-dynamic")
     return base
 
@@ -59,6 +62,14 @@ class _CastUnit(nn.Module):
     def __init__(self, unit: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.unit, self.dtype = unit, dtype
+
+    @property
+    def weight(self) -> torch.Tensor:  # models read it (ViT casts its pixels to the projection's dtype)
+        return self.unit.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.unit.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.unit.weight.detach().to(self.dtype)
@@ -77,6 +88,10 @@ class _DequantConv(nn.Module):
         super().__init__()
         self.conv = conv
         self.register_buffer("weight_q", quantized_copy(conv.weight, fmt, group_size=group_size))
+
+    @property
+    def weight(self) -> torch.Tensor:  # as _CastUnit: the model may read its conv's weight
+        return self.conv.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv._conv_forward(x, self.weight_q.to(x.dtype), self.conv.bias)
@@ -104,6 +119,8 @@ def quantized_copy(weight: torch.Tensor, precision: str, *, group_size: int = 12
 def weight_perturbation(module: nn.Module, precision: str, *, group_size: int = 128) -> float:
     """``||Q(W) - W||^2`` (squared Frobenius norm) of ``module``'s weight under ``precision``."""
     w = module.weight.detach()
+    if is_conv1d(module):
+        w = w.t()  # (out, in): quantized per output channel, as the deployed linear is
     return float((quantized_copy(w, precision, group_size=group_size).double() - w.double()).pow(2).sum())
 
 
@@ -117,6 +134,8 @@ def replacement(module: nn.Module, precision: str, *, group_size: int = 128, nam
         )
     if precision == "float32":
         return module
+    if is_conv1d(module):
+        module = linear_from_conv1d(module)
     if precision in FLOAT_CASTS:
         return _CastUnit(module, FLOAT_CASTS[precision])
     if isinstance(module, nn.Linear):

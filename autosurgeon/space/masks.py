@@ -13,8 +13,9 @@ Decisions (each documented where it is made):
   AVX512-BF16/AMX and by conversion elsewhere, so the choice still halves the weight bytes (the cost
   model's ``peak_flops`` falls back to the float32 rate where no bf16 rate is listed).
 * **float16** everywhere (a DLA included).
-* **int8 / int4** weight-only: linear layers (``nn.Linear``) only — ``runtime.kernels`` has
-  ``QuantizedLinear`` and no quantized conv or embedding. Any in_features is allowed: int4 zero-pads K up
+* **int8 / int4** weight-only: linear layers only (``nn.Linear``, and Hugging Face's ``Conv1D``: a transposed
+  linear that the transform turns into one) — ``runtime.kernels`` has ``QuantizedLinear`` and no quantized
+  conv or embedding. Any in_features is allowed: int4 zero-pads K up
   to whole groups (``runtime/kernels/formats.py``), which is exact. int4 is masked on a DLA (no int4).
 * **int8-dynamic** (fbgemm w8a8): a CPU unit on an x86-64 host with AVX2 (fbgemm's requirement); masked
   on GPUs, DLAs and Arm CPUs (there the quantized engine is qnnpack and the runtime has no kernel for it).
@@ -101,7 +102,7 @@ def layer_precision_reason(precision: str, kind: str, module_class: str, *, tied
         return "runtime.kernels has no quantized conv kernel (QuantizedLinear only); use a float precision"
     if kind == "embedding":
         return "runtime.kernels has no quantized embedding (QuantizedLinear only); use a float precision"
-    if module_class != "Linear":
+    if module_class not in ("Linear", "Conv1D"):  # Conv1D: a transposed linear, made one by the transform
         return f"QuantizedLinear.from_linear needs an nn.Linear, this is a {module_class}"
     if tied_to is not None:
         return (f"its weight is tied to {tied_to!r}; quantizing it would untie and duplicate the weight "

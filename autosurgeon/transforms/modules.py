@@ -63,6 +63,31 @@ class SurgeryEmbedding(nn.Embedding):
         return super().forward(ids).to(self.output_dtype)
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2 and kin): a linear whose weight is stored transposed, ``(in, out)``."""
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
+            and getattr(module, "nf", None) == weight.shape[1])
+
+
+def linear_from_conv1d(module: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` that computes what a ``Conv1D`` does (``x @ W + b`` = ``F.linear(x, W.T, b)``), holding a
+    contiguous transposed copy of its weight, so every linear transform (casts, quantized kernels) applies."""
+    weight = module.weight.detach().t().contiguous()  # (out, in)
+    bias = getattr(module, "bias", None)
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    new.weight = _param(weight, module.weight)
+    if bias is not None:
+        new.bias = _param(bias.detach(), module.weight)
+    return new.train(module.training)
+
+
+def cast_output(module: nn.Module, args: Any, output: Any, *, dtype: torch.dtype) -> Any:
+    """Forward hook: hand a cast embedding subclass's output on in the model's float ``dtype`` (the boundary
+    ``SurgeryEmbedding`` keeps, for a subclass whose own forward cannot be rebuilt, e.g. OPT's learned positions)."""
+    return output.to(dtype) if isinstance(output, torch.Tensor) and output.is_floating_point() else output
+
+
 def _param(t: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=like.requires_grad)
 
@@ -199,4 +224,5 @@ class LinearAct(nn.Module):
 
 
 __all__ = ["ConcatLinear", "FusedAway", "LinearAct", "SURGERY_CONV", "SplitOutput", "SurgeryConv1d", "SurgeryConv2d",
-           "SurgeryConv3d", "SurgeryEmbedding", "SurgeryLinear", "conv_base", "rebuild_conv", "rebuild_linear"]
+           "SurgeryConv3d", "SurgeryEmbedding", "SurgeryLinear", "cast_output", "conv_base", "is_conv1d",
+           "linear_from_conv1d", "rebuild_conv", "rebuild_linear"]

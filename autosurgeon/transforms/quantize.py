@@ -12,9 +12,17 @@
   ``int8-dynamic`` is int8 weights with fbgemm's activation-quantizing ``int8-dynamic`` kernel, where the
   runtime has it on the layer's execution device.
 * Convs and embeddings take float precisions only: the runtime has no quantized conv or embedding kernel.
+  An embedding subclass with its own forward (OPT's learned positions take ``(mask, past, position_ids)``)
+  cannot be rebuilt as a ``SurgeryEmbedding``: it keeps its class, its weight is cast in place and a forward
+  hook (``modules.cast_output``) hands its output on in the model's dtype.
+* Hugging Face's ``Conv1D`` (GPT-2: a linear with its weight stored ``(in, out)``) becomes the equivalent
+  ``nn.Linear`` (``modules.linear_from_conv1d``) before any cast or quantization, so it takes every
+  precision a linear does; at its own precision it is left as it is.
 A fused linear (``ConcatLinear``) quantizes as one matrix, which is why fusion runs before quantization.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -28,7 +36,10 @@ from autosurgeon.transforms.modules import (
     LinearAct,
     SurgeryEmbedding,
     SurgeryLinear,
+    cast_output,
     conv_base,
+    is_conv1d,
+    linear_from_conv1d,
     rebuild_conv,
     rebuild_linear,
 )
@@ -50,6 +61,15 @@ def quantize(module: nn.Module, config: QuantizeConfig, *, fqn: str, context: Tr
         return module
     if isinstance(module, QuantizedLinear):
         return _requantize(module, config, fqn=fqn, context=context)
+    if is_conv1d(module):
+        if config.precision in FLOAT_DTYPES and module.weight.dtype == FLOAT_DTYPES[config.precision]:
+            context.skipped(fqn, config)
+            return module
+        if _shared(module.weight, module, context):
+            raise UnsupportedTransformError(
+                f"{fqn}: its Conv1D weight is shared with another module (tied); turning it into a linear would "
+                "untie it. Keep its own precision.")
+        module = linear_from_conv1d(module)
     if config.precision in FLOAT_DTYPES:
         return _cast(module, FLOAT_DTYPES[config.precision], config, fqn=fqn, context=context)
     if type(module) is not nn.Linear and not isinstance(module, SurgeryLinear):
@@ -133,6 +153,13 @@ def _cast_one(module: nn.Module, weight: nn.Parameter, dtype: torch.dtype, *, fq
         return _with_weight(rebuild_linear(module, weight.detach(), bias, cls=SurgeryLinear), weight)
     if isinstance(module, _CONVS):
         return _with_weight(rebuild_conv(module, weight.detach(), bias, cls=SURGERY_CONV[conv_base(module)]), weight)
+    if isinstance(module, nn.Embedding) and type(module).forward is not nn.Embedding.forward and not isinstance(
+            module, SurgeryEmbedding):
+        out_dtype = getattr(module, "output_dtype", module.weight.dtype)
+        module.weight = weight  # cast in place: its own forward stays (module docstring)
+        if not any(getattr(h, "func", None) is cast_output for h in module._forward_hooks.values()):
+            module.register_forward_hook(functools.partial(cast_output, dtype=out_dtype))
+        return module
     if isinstance(module, nn.Embedding):
         new = SurgeryEmbedding(module.num_embeddings, module.embedding_dim, padding_idx=module.padding_idx,
                                max_norm=module.max_norm, norm_type=module.norm_type,

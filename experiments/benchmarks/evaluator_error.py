@@ -19,7 +19,8 @@ Unseen set (``--unseen``, issue 13): every model of ``experiments.benchmarks.uns
 random plans each plus a uniform plan of every precision the space allows (ranked against the runtime's
 order), and for uniform int4 / int8 / bfloat16 the quality measured on the runtime (model-agnostic quality:
 fidelity in the model's own vocabulary, or embedding fidelity) next to the sensitivity proxy's estimate, with
-the measured figure's 95 % interval. ``--device cuda`` runs the same on a GPU (not run here: no GPU).
+the measured figure's 95 % interval. ``--device cuda`` runs the same on a GPU
+(``experiments/benchmarks/evaluator_error_gpu.sh``: one lent H200, results into ``$OUT``).
 
 Run: ``python -m experiments.benchmarks.evaluator_error --out experiments/benchmarks/results/evaluator_error.md``
 or ``python -m experiments.benchmarks.evaluator_error --unseen --out experiments/benchmarks/results/evaluator_error_unseen.md``
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     knobs = tuple(args.knobs.split(","))
     space = SearchSpace.build(loaded, profile, knobs=knobs)
     sensitivity = (measure_sensitivity(loaded, hessian_samples=0, threads=args.threads)
-                   if loaded.task in ("causal-lm", "feature-extraction") or args.sensitivity else None)
+                   if loaded.task in ("causal-lm", "feature-extraction") or args.sensitivity
+                   or (args.unseen and loaded.task == "image-classification") else None)  # unseen-vit: a proxy too
     timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats)
 
     runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing,
@@ -382,11 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         from experiments.benchmarks.unseen import build_unseen, unseen_names
 
         results = []
-        # Left out by default, as they crash apply_plan (bugs outside the evaluators, reported):
-        # unseen-gpt2: its Conv1D layers are precision units of the space but transforms.quantize refuses to
-        # cast them (UnsupportedTransformError); unseen-opt: its learned position embedding (an nn.Embedding
-        # subclass with its own forward(position_ids)) is replaced by SurgeryEmbedding, which takes no position_ids.
-        default = [n for n in unseen_names() if n not in ("unseen-gpt2", "unseen-opt")]
+        # Every model of the set (GPT-2's Conv1D and OPT's learned positions apply since the quantize fix).
+        default = unseen_names()
         for name in (args.models.split(",") if args.models else default):
             args.model = str(build_unseen(name))
             results.append(run(args))

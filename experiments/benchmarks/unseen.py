@@ -18,6 +18,7 @@ purpose: quality must work both ways.
 | unseen-phi | Phi (partial rotary, dense MLP) | causal-lm | no |
 | unseen-gemma | Gemma (MQA, GeGLU, scaled embeddings, (1 + w) RMSNorm) | causal-lm | yes |
 | unseen-bert | BERT encoder (post-LN) | feature-extraction | yes |
+| unseen-vit | ViT image classifier (patch conv, pre-LN), random init, 3x32x32 | image-classification | no |
 
 Usage: ``build_unseen("unseen-opt")`` -> the directory (built once, then cached; concurrent callers build it
 once); ``python -m experiments.benchmarks.unseen`` builds all and prints their folders.
@@ -117,6 +118,14 @@ def _bert() -> Any:
                       intermediate_size=384, max_position_embeddings=256, architectures=["BertModel"])
 
 
+def _vit() -> Any:
+    from transformers import ViTConfig
+
+    return ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=128, num_hidden_layers=3,
+                     num_attention_heads=4, intermediate_size=384, num_labels=10,
+                     architectures=["ViTForImageClassification"])
+
+
 UNSEEN: dict[str, UnseenSpec] = {
     s.name: s for s in (
         UnseenSpec("unseen-gpt2", _gpt2, "causal-lm", with_tokenizer=True),
@@ -126,6 +135,8 @@ UNSEEN: dict[str, UnseenSpec] = {
         UnseenSpec("unseen-phi", _phi, "causal-lm", with_tokenizer=False),
         UnseenSpec("unseen-gemma", _gemma, "causal-lm", with_tokenizer=True),
         UnseenSpec("unseen-bert", _bert, "feature-extraction", with_tokenizer=True, train_steps=0),
+        # quality: top-1 agreement with the unmodified model on seeded images (quality/model_images.py)
+        UnseenSpec("unseen-vit", _vit, "image-classification", with_tokenizer=False, train_steps=0),
     )
 }
 
@@ -188,8 +199,8 @@ def _build(spec: UnseenSpec, tmp: Path) -> None:
                               "train_steps": spec.train_steps, "tokenizer": spec.with_tokenizer,
                               "params": sum(p.numel() for p in model.parameters()),
                               "note": "unseen set: benchmarks and tests only, never used to tune defaults"}
-    text = _training_text()
-    tokenizer = build_tokenizer(text)
+    text = _training_text() if spec.task != "image-classification" else ""
+    tokenizer = build_tokenizer(text) if text else None
     if spec.train_steps:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)

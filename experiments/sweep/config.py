@@ -70,6 +70,9 @@ class SweepConfig:
             whose envelope fits it; on measured profiles plans whose mean power (energy / latency) exceeds it
             are infeasible (``autosurgeon.hardware.power_cap.resolve_power_cap``).
         name: a label (the config file's stem).
+        quality_data / quality_samples / quality_method: how MEASURED quality is taken (``--data``,
+            ``--quality-samples``, ``--quality-method``; ``autosurgeon.quality.settings.QualitySettings``, as
+            every command takes them): the runtime evaluator's quality of each plan.
     """
 
     model: str
@@ -92,6 +95,9 @@ class SweepConfig:
     knapsack_budgets: tuple[str, ...] = ("25%", "40%", "60%")
     hv_at: tuple[int, ...] = (50, 100, 200)
     power_cap_w: float | None = None
+    quality_data: str | None = None
+    quality_samples: int | None = None
+    quality_method: str = "auto"
     name: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -133,6 +139,7 @@ class SweepConfig:
                 raise InvalidArgumentError(f"`power_cap_w` (--power-cap) must be a power in watts > 0, got "
                                            f"{self.power_cap_w!r}; e.g. 15 for a Jetson's 15 W mode.")
             object.__setattr__(self, "power_cap_w", float(self.power_cap_w))
+        self.quality_settings()  # one-line errors naming --data / --quality-samples / --quality-method
         if self.quality_scale is not None and not self.quality_scale > 0:
             raise InvalidArgumentError(f"`quality_scale` must be > 0, got {self.quality_scale!r}.")
         if not self.objectives or len(set(self.objectives)) != len(self.objectives) or "quality" in self.objectives:
@@ -149,6 +156,12 @@ class SweepConfig:
     def objective_names(self) -> tuple[str, ...]:
         """The minimised objectives, quality last when it is one."""
         return self.objectives + (("quality",) if self.quality == "objective" else ())
+
+    def quality_settings(self) -> Any:
+        """The :class:`~autosurgeon.quality.settings.QualitySettings` of this sweep."""
+        from autosurgeon.quality.settings import QualitySettings
+
+        return QualitySettings(data=self.quality_data, samples=self.quality_samples, method=self.quality_method)
 
     @property
     def needs_quality(self) -> bool:

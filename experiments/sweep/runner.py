@@ -102,7 +102,8 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
         return AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity, cache=cache)
     if config.evaluator == "profiled":
         return ProfiledEvaluator(loaded, profile, space=space, sensitivity=sensitivity, cache=cache)
-    return RuntimeEvaluator(loaded, profile, space=space, cache=cache, quality=config.needs_quality)
+    return RuntimeEvaluator(loaded, profile, space=space, cache=cache, quality=config.needs_quality,
+                            quality_settings=config.quality_settings())
 
 
 def warm_start_vectors(path: str, space: Any, n: int, seed: int) -> list[np.ndarray]:

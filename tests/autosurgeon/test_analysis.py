@@ -283,12 +283,28 @@ def test_mixtral_router_and_experts_are_leaves(device: str, implementation: str)
     routed = tokens * 2
     assert experts.flops == 2 * routed * 64 * 256 + 2 * routed * 128 * 64
     assert router.flops == 2 * tokens * 64 * 4
-    if device == "meta":  # uniform routing: 8 draws over 4 experts hit 1 - (3/4)**8 of them in expectation
-        assert experts.weight_read_bytes == pytest.approx(experts.weight_bytes * (1 - 0.75**8), rel=1e-6)
+    if device == "meta":  # uniform routing, 2 distinct of 4 experts per token: 4 tokens hit 1 - (2/4)**4 of them
+        assert experts.weight_read_bytes == pytest.approx(experts.weight_bytes * (1 - 0.5**4), rel=1e-6)
     else:  # identical tokens route identically: exactly top-k = 2 of the 4 experts are read
         assert experts.weight_read_bytes == experts.weight_bytes // 2
     assert sum(u.params for u in result.leaves) == sum(p.numel() for p in model.parameters())
     assert result.totals["unattributed_leaf_flops"] == 0
+
+
+@pytest.mark.parametrize("implementation", ["batched_mm", "grouped_mm"])
+def test_one_token_reads_exactly_top_k_experts_on_meta(implementation: str) -> None:
+    """Batch-1 decode reads exactly k experts (not the 1.875 of 8 draws with replacement): the analysis
+    uses the runtime's formula, and its FLOPs and bytes count the same 2 experts."""
+    from runtime.experts import expected_experts_read
+
+    model = _mixtral("meta", implementation)
+    result = analyze(model, {"input_ids": torch.zeros(1, 1, dtype=torch.long, device="meta")})
+    experts = _leaf(result, "model.layers.0.mlp.experts")
+    assert experts.weight_read_bytes == pytest.approx(experts.weight_bytes * 2 / 4, rel=1e-9)
+    assert experts.flops == 2 * 2 * 64 * 256 + 2 * 2 * 128 * 64  # 2 routed rows: the same 2 experts
+    assert expected_experts_read(8, 2, 1) == pytest.approx(2.0)
+    assert expected_experts_read(8, 2, 3) == pytest.approx(8 * (1 - 0.75**3))
+    assert expected_experts_read(8, 2, 10_000) == pytest.approx(8.0)
 
 
 def test_data_dependent_model_on_meta_names_the_fix() -> None:

@@ -1,4 +1,5 @@
-"""`plan` and `evaluate` with default flags on an encoder and on a causal-LM directory without a tokenizer."""
+"""`plan` and `evaluate` with default flags on an encoder, a causal-LM directory without a tokenizer and a
+Hugging Face image classifier (ViT: no data of its own, scored by agreement with the unmodified model)."""
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,37 @@ def _neox(folder: Path) -> Path:
     return folder
 
 
+def _vit(folder: Path) -> Path:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                        num_labels=5, architectures=["ViTForImageClassification"])
+                              ).save_pretrained(str(folder))
+    return folder
+
+
+def test_an_image_classifier_directory_loads_with_its_inputs_and_model_labelled_quality(tmp_path: Path) -> None:
+    from autosurgeon.quality.calibration import calibration_for
+    from autosurgeon.quality.measure import QualityEvaluator
+    from autosurgeon.zoo import load_model
+
+    loaded = load_model(str(_vit(tmp_path / "vit")))
+    assert (loaded.task, loaded.image_shape, loaded.input_name) == ("image-classification", (3, 16, 16),
+                                                                    "pixel_values")
+    assert loaded.example_inputs()["pixel_values"].shape == (1, 3, 16, 16)
+    calib = calibration_for(loaded)
+    assert calib.kind == "images" and calib.inputs.shape[1:] == (3, 16, 16) and "unmodified model" in \
+        calib.settings["source"]
+    meter = QualityEvaluator(loaded, max_samples=6)
+    assert meter.reference.value == 1.0 and meter.reference.n_samples == 6
+    assert "labelled by the unmodified model" in meter.reference.method
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("make", [_bert, _neox], ids=["encoder", "causal-lm-without-tokenizer"])
+@pytest.mark.parametrize("make", [_bert, _neox, _vit], ids=["encoder", "causal-lm-without-tokenizer",
+                                                          "image-classifier"])
 def test_plan_and_evaluate_with_default_flags(make, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = make(tmp_path / "model")
     cache = ["--cache-dir", str(tmp_path / "cache")]

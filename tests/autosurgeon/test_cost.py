@@ -128,21 +128,68 @@ def test_profiled_table_is_cached_on_disk_and_reused(tmp_path, monkeypatch) -> N
     assert set(table.overhead_s) == {"decode", "prefill"} and all(v >= 0 for v in table.overhead_s.values())
     assert table.n_ops["decode"] > 0 and "cpu<-disk" in table.stream
     assert all(math.isfinite(v) and v >= 0 for v in table.unit_s.values())
-    # A second profiler with the same settings reads the file and measures nothing.
+    assert set(table.spread) >= set(table.unit_s) and f"baseline|decode" in table.spread  # every entry's spread
+    assert table.settings["load_1m"] is None or table.settings["load_1m"] >= 0
+    # A second profiler with the same settings reads the file and measures nothing but its spot check.
     calls = []
-    monkeypatch.setattr(Profiler, "_context_run", lambda self, *a: calls.append(a))
-    monkeypatch.setattr(Profiler, "_session_step", lambda self, *a: calls.append(a))
+    monkeypatch.setattr(Profiler, "_context_run", lambda self, *a, **k: calls.append(a))
+    monkeypatch.setattr(Profiler, "_session_step",
+                        lambda self, *a, **k: calls.append(k) or (table.baseline_s["decode"], None, {}))
     again = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path)
     assert again.table.unit_s == table.unit_s and again.table.stream == table.stream
     x = space.random_vector(np.random.default_rng(0))
     assert again.compose(x, "decode")["latency_s"] == pytest.approx(first.compose(x, "decode")["latency_s"])
-    assert calls == []
+    assert calls == [{"warmup": 2, "repeats": 5, "prefill": False}] and again.table.checks[-1]["verdict"] == "kept"
     # Other settings: another key, another file.
     other = Profiler(lm, space, profile, work, timing=TimingSettings(repeats=3), cache_dir=tmp_path)
     assert other.path != first.path and not other.table.unit_s
     assert ProfiledTable.from_json(table.to_json()) == table
     with pytest.raises(InvalidArgumentError, match="_version"):
-        ProfiledTable.from_json(table.to_json().replace('"_version": 1', '"_version": 7'))
+        ProfiledTable.from_json(table.to_json().replace('"_version": 2', '"_version": 7'))
+
+
+def test_a_poisoned_or_noisy_cached_table_is_measured_again(tmp_path, monkeypatch) -> None:
+    """A table whose unmodified step is far slower than a spot check now (measured under load) is re-measured;
+    one faster than now is kept (the machine is loaded now) and the check recorded; noisy entries are
+    re-measured once, then labelled, and a mostly noisy table is not trusted."""
+    import json
+
+    import autosurgeon.cost.profiled as profiled
+
+    lm = tiny_lm()
+    profile = host_profile()
+    space = SearchSpace.build(lm, profile)
+    timing = TimingSettings(warmup=0, repeats=3, step_warmup=1, step_repeats=3, clock="cpu")
+    work = Workload("causal-lm", context=8)
+    first = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path)
+    first.ensure_base()
+    first.save()
+    truth = first.table.baseline_s["decode"]
+
+    def cached_baseline(factor: float) -> None:
+        data = json.loads(first.path.read_text())
+        data["_data"]["baseline_s"]["decode"] = truth * factor
+        data["_data"]["noisy"], data["_data"]["spread"] = [], {"baseline|decode": 0.0}
+        first.path.write_text(json.dumps(data))
+
+    cached_baseline(50.0)  # poisoned: measured under heavy load
+    assert not Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path).table.baseline_s
+    cached_baseline(0.02)  # faster than anything now: kept, the check says why
+    kept = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path)
+    assert kept.table.baseline_s["decode"] == pytest.approx(truth * 0.02)
+    assert kept.table.checks[-1]["verdict"].startswith("kept (slower now")
+    # Noisy: every spread reads 0.5; each choice is timed twice, then its entries are labelled noisy.
+    runs = []
+    original = Profiler._context_run
+    monkeypatch.setattr(profiled, "iqr_ratio", lambda values: 0.5)
+    monkeypatch.setattr(Profiler, "_context_run", lambda self, *a, **k: runs.append(k) or original(self, *a, **k))
+    noisy = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path / "n")
+    noisy.measure_all()
+    assert runs[:2] == [{}, {"retry": False}]
+    assert noisy.table.noisy and set(noisy.table.noisy) <= set(noisy.table.spread)
+    assert noisy.table.noisy_share() > 0.5
+    monkeypatch.setattr(Profiler, "_context_run", original)
+    assert not Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path / "n").table.unit_s
 
 
 def test_timing_settings_are_checked() -> None:

@@ -159,9 +159,24 @@ def test_json_path_and_profile_pass_through(local_profile: HardwareProfile, tmp_
     assert resolve_profile(local_profile) is local_profile
 
 
+def _plausible(profile: HardwareProfile) -> HardwareProfile:
+    """The tiny test measurement with rates a spot check accepts (TINY's n=32 GEMMs under load can measure
+    a few MFLOP/s, which the plausibility floor rightly refuses). The float32 rate is set 10x above a spot
+    check now: a cached rate faster than now is always kept, so the load changing between this spot check
+    and the one inside ``resolve_profile`` cannot make the test measure again."""
+    from autosurgeon.hardware.spot_check import spot_check
+
+    now = spot_check(profile)["now"]
+    units = tuple(dataclasses.replace(u, gemm_flops={k: max(v, 1e9) for k, v in u.gemm_flops.items()} | (
+        {"float32": max(now * 10, 1e9)} if u.kind == "cpu" else {}), memory_bandwidth=max(u.memory_bandwidth, 1e9))
+        for u in profile.units)
+    return dataclasses.replace(profile, units=units)
+
+
 def test_local_reuses_cache_and_remeasures_for_full(local_profile, cache, monkeypatch) -> None:
     monkeypatch.setattr(hw_detect, "detect_gpus", lambda: ())
     monkeypatch.setattr(hardware, "detect_gpus", lambda: ())
+    local_profile = _plausible(local_profile)
     path = save_profile(local_profile, profile_cache_path(hardware.local_fingerprint()))
     assert path.parent == cache / "profiles"
 
@@ -175,6 +190,37 @@ def test_local_reuses_cache_and_remeasures_for_full(local_profile, cache, monkey
     monkeypatch.setattr(hardware, "measure_local", lambda **kwargs: full)
     assert resolve_profile("local", quick=False) is full
     assert HardwareProfile.from_json(path.read_text()) == full
+
+
+def _with_cpu_rate(profile: HardwareProfile, rate: float) -> HardwareProfile:
+    units = tuple(dataclasses.replace(u, gemm_flops={**u.gemm_flops, "float32": rate}) if u.kind == "cpu" else u
+                  for u in profile.units)
+    return dataclasses.replace(profile, units=units)
+
+
+def test_a_poisoned_cached_local_profile_is_measured_again(local_profile, cache, monkeypatch) -> None:
+    """The shared machine once cached float32 at 4.85 MFLOP/s: implausible rates and a cached rate far below
+    a spot check now are measured again; a cached rate far ABOVE now is kept (the machine is loaded now)."""
+    from autosurgeon.hardware.spot_check import implausible, spot_check
+
+    monkeypatch.setattr(hw_detect, "detect_gpus", lambda: ())
+    monkeypatch.setattr(hardware, "detect_gpus", lambda: ())
+    path = profile_cache_path(hardware.local_fingerprint())
+    fresh = dataclasses.replace(local_profile, name="re-measured")
+    monkeypatch.setattr(hardware, "measure_local", lambda **kwargs: fresh)
+    local_profile = _plausible(local_profile)
+    poisoned = _with_cpu_rate(local_profile, 4.85e6)
+    assert implausible(poisoned) and not implausible(local_profile)
+    save_profile(poisoned, path)
+    assert resolve_profile("local").name == "re-measured"
+    now = spot_check(local_profile)["now"]
+    stale = _with_cpu_rate(local_profile, now / 1000)  # plausible, but 1000x slower than a GEMM now
+    assert spot_check(stale)["verdict"] == "re-measure"
+    save_profile(stale, path)
+    assert resolve_profile("local").name == "re-measured"
+    fast = _with_cpu_rate(local_profile, now * 1000)
+    save_profile(fast, path)
+    assert resolve_profile("local") == fast and spot_check(fast)["verdict"] == "kept (slower now)"
 
 
 def test_cpu_only_measurement_touches_neither_nvml_nor_cuda(monkeypatch, tmp_path) -> None:

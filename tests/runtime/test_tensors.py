@@ -96,3 +96,17 @@ def test_parse_bytes_errors(text, match) -> None:
 
 def test_format_bytes() -> None:
     assert format_bytes(512) == "512 B" and format_bytes(3 * 2**30) == "3.00 GiB"
+
+
+def test_a_tied_tensor_registered_in_place_twice_is_charged_once() -> None:
+    """A head tied to its embedding is one tensor held by two modules: one charge, kept while either holds it."""
+    store = TensorStore()
+    shared, other = torch.zeros(64, 16), torch.zeros(8)
+    store.register({"embed.weight": shared}, "cpu", label="embed", copy=False)
+    store.register({"head.weight": shared, "head.bias": other}, "cpu", label="head", copy=False)
+    assert store.used("cpu") == shared.numel() * 4 + other.numel() * 4
+    store.unregister(["embed.weight"], label="embed")
+    assert store.used("cpu") == shared.numel() * 4 + other.numel() * 4  # still held by the head
+    store.unregister(["head.weight", "head.bias"], label="head")
+    assert store.used("cpu") == 0  # in-place entries give back what they were charged (exact, not aligned)
+    store.close()

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU column of experiments/benchmarks/evaluator_error on the unseen set (issue 13), for ONE lent H200.
+#
+#   OUT=/some/dir bash experiments/benchmarks/evaluator_error_gpu.sh      (run from the repository root)
+#
+# What it does, in at most ~6 minutes of device time (a hard `timeout` inside; partial results survive):
+#   * prints the machine (nvidia-smi, torch, CUDA, load average) into $OUT/machine.txt;
+#   * builds the unseen models (experiments/benchmarks/unseen.py: random init + a few seconds of CPU
+#     training, cached under $AUTOSURGEON_CACHE, default /tmp/autosurgeon-cache: NOT under $OUT);
+#   * runs `python -m experiments.benchmarks.evaluator_error --unseen --device cuda --clock wall` with
+#     $PLANS random plans per model (default 30, the issue's minimum) plus the uniform plans, writing
+#     $OUT/evaluator_error_unseen_gpu.md and .json after EVERY model (a timeout keeps what was done);
+#   * the local profile is measured on that machine (its GPU included) on first use.
+# Models, in order (cheapest first, so a timeout loses the expensive ones): $MODELS, default all of the set.
+#
+# Packages it imports besides torch (all in this project's pyproject): numpy, transformers, tokenizers
+# (the unseen set's BPE tokenizer), safetensors, psutil, and where present nvidia-ml-py (pynvml: GPU
+# detection and the NVML energy counter; without it energy is an estimate that says so) and triton (the
+# runtime's CUDA int4/int8 kernels; without it those kernels fall back to torch's).
+# It reaches nothing outside the machine (no hub, no package index).
+set -euo pipefail
+: "${OUT:?set OUT to the folder results go to}"
+PY="${PYTHON:-python3}"
+PLANS="${PLANS:-30}"
+LIMIT_S="${LIMIT_S:-330}"
+MODELS="${MODELS:-unseen-vit,unseen-bert,unseen-opt,unseen-gpt2,unseen-qwen2,unseen-neox,unseen-phi,unseen-gemma}"
+export AUTOSURGEON_CACHE="${AUTOSURGEON_CACHE:-/tmp/autosurgeon-cache}"
+export PYTHONPATH="${PWD}${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$OUT"
+{
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  uptime
+  nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv || true
+  "$PY" - <<'PYEOF'
+import importlib, platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE")
+for name in ("numpy", "transformers", "tokenizers", "safetensors", "psutil", "pynvml", "triton"):
+    try:
+        m = importlib.import_module(name)
+        print(name, getattr(m, "__version__", "?"))
+    except ImportError as exc:
+        print(name, "MISSING", exc)
+PYEOF
+} | tee "$OUT/machine.txt"
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA GPU visible: nothing to measure')"
+# One process, one card: the runtime measurements and every evaluator's run share it (MEASURING.md).
+set +e
+CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}" timeout --signal=INT "$LIMIT_S" \
+  "$PY" -m experiments.benchmarks.evaluator_error --unseen --models "$MODELS" --device cuda --clock wall \
+  --threads 4 --plans "$PLANS" --out "$OUT/evaluator_error_unseen_gpu.md" 2>&1 | tail -n 200 > "$OUT/log.txt"
+rc=${PIPESTATUS[0]}
+set -e
+uptime >> "$OUT/machine.txt"
+echo "exit status $rc (124/130: the time limit cut it; the .md/.json hold every model finished before)" | tee -a "$OUT/machine.txt"
+ls -l "$OUT"
