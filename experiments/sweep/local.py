@@ -18,7 +18,7 @@ from experiments.sweep.hypervolume import front_indices
 def front_neighbours(archive: Any, mutation: Any, rng: np.random.Generator, n: int, *,
                      exclude: set[bytes] | None = None, tries: int = 20) -> list[np.ndarray]:
     """Up to ``n`` new vectors, each one move from a feasible non-dominated record (module docstring)."""
-    records = archive.records
+    records = archive.current_records()  # on a resume, what the first attempt had seen at this point
     front = front_indices(records)
     if not front or n <= 0:
         return []
@@ -30,7 +30,7 @@ def front_neighbours(archive: Any, mutation: Any, rng: np.random.Generator, n: i
         base = np.asarray(records[front[int(rng.integers(len(front)))]]["x"], dtype=np.int64)
         x = mutation.mutate(base, rng, moves=1)
         key = x.tobytes()
-        if key in seen or archive.lookup(x) is not None:
+        if key in seen or archive.proposed_before(x):
             continue
         seen.add(key)
         out.append(x)

@@ -10,7 +10,8 @@
   of layers at another precision, are one move away, as the baselines' neighbourhoods are where fronts grow.
 * :class:`ArchiveDuplicates`: an offspring the archive has already evaluated is a duplicate like one in the
   population, so pymoo draws again and every slot of a generation is a new plan (re-proposals cost no
-  budget but would waste the generation).
+  budget but would waste the generation). On ``--resume`` the records not yet replayed do not count
+  (``Archive.proposed_before``), so the replay follows the first attempt's draws.
 
 Every draw comes from pymoo's seeded ``random_state``; anything a move leaves invalid (a placement change
 that a layer's precision no longer fits) goes through ``operators.UniformRepair`` afterwards, without bias.
@@ -27,7 +28,7 @@ from pymoo.core.mutation import Mutation
 
 from autosurgeon.precisions import PRECISION_BITS
 from experiments.sweep.operators import repair_uniform
-from experiments.sweep.units import UnitStructure, redraw_followers
+from experiments.sweep.units import UnitStructure, followers_free, redraw_followers
 
 
 class UnitCrossover(Crossover):
@@ -91,9 +92,14 @@ class UnitMutation(Mutation):
         current = int(x[head])
         mask[current] = False
         options = np.nonzero(mask)[0]
-        if options.size == 0:  # only its followers can change (an int4 layer's group size)
-            redraw_followers(self.space, self.structure, x, head, rng)
-            return
+        if options.size == 0 or (followers_free(self.space, self.structure, x, head) and rng.random() < 0.5):
+            before = x.copy()  # the followers alone (an int4 layer's group size): a different combination
+            for _ in range(8):
+                redraw_followers(self.space, self.structure, x, head, rng)
+                if not np.array_equal(x, before):
+                    return
+            if options.size == 0:
+                return
         v = self.space.variables[head]
         if v.knob == "precision" and rng.random() < 0.5:
             x[head] = self._neighbour(v, current, options, rng)
@@ -114,19 +120,31 @@ class UnitMutation(Mutation):
         return int(rng.choice(pick))
 
     def _segment(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        """A contiguous run of layers (or of blocks, a third of the time) set to one choice where each allows it;
+        the layers' followers take one common draw (one group size for the run) where valid."""
         heads = self.structure.precision_heads
+        if len(self.structure.placement_heads) > 1 and (len(heads) < 2 or rng.random() < 1 / 3):
+            heads = self.structure.placement_heads
         a, b = sorted(rng.choice(len(heads) + 1, size=2, replace=False))
         anchor = self.space.variables[heads[int(rng.integers(a, b))]]
         valid = [c for c, ok in zip(anchor.choices, anchor.mask) if ok]
-        precision = valid[int(rng.integers(len(valid)))]
+        value = valid[int(rng.integers(len(valid)))]
+        common: dict[str, Any] = {}  # follower knob -> the run's one value
         for h in heads[a:b]:
             v = self.space.variables[h]
-            if precision not in v.choices:
+            if value not in v.choices:
                 continue
-            j = v.choices.index(precision)
-            if self.space.allowed(h, x)[0][j] and x[h] != j:
-                x[h] = j
-                redraw_followers(self.space, self.structure, x, h, rng)
+            j = v.choices.index(value)
+            if not self.space.allowed(h, x)[0][j]:
+                continue
+            x[h] = j
+            for f in self.structure.followers.get(h, ()):
+                fv = self.space.variables[f]
+                ok = self.space.allowed(f, x)[0]
+                if fv.knob not in common:
+                    common[fv.knob] = fv.choices[int(rng.choice(np.nonzero(ok)[0]))]
+                k = fv.choices.index(common[fv.knob]) if common[fv.knob] in fv.choices else -1
+                x[f] = k if k >= 0 and ok[k] else int(rng.choice(np.nonzero(ok)[0]))
 
 
 class ArchiveDuplicates(DuplicateElimination):
@@ -150,7 +168,7 @@ class ArchiveDuplicates(DuplicateElimination):
             return is_duplicate
         others = {x.tobytes() for x in np.asarray(other.get("X"), dtype=np.int64)}
         for i, x in enumerate(X):
-            if x.tobytes() in others or self.archive.lookup(x) is not None:
+            if x.tobytes() in others or self.archive.proposed_before(x):
                 is_duplicate[i] = True
         return is_duplicate
 

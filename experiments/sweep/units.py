@@ -28,6 +28,7 @@ class UnitStructure:
     genes: tuple[tuple[int, ...], ...]
     precision_heads: tuple[int, ...]
     mutable_heads: tuple[int, ...]
+    placement_heads: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, space: Any) -> UnitStructure:
@@ -46,8 +47,9 @@ class UnitStructure:
         precision = tuple(h for h in heads if variables[h].knob == "precision")
         mutable = tuple(h for h in heads if int(np.count_nonzero(variables[h].mask)) > 1
                         or any(int(np.count_nonzero(variables[f].mask)) > 1 for f in followers.get(h, ())))
+        placement = tuple(h for h in heads if variables[h].knob == "placement")
         return cls(heads=tuple(heads), followers={h: tuple(f) for h, f in followers.items()}, genes=genes,
-                   precision_heads=precision, mutable_heads=mutable)
+                   precision_heads=precision, mutable_heads=mutable, placement_heads=placement)
 
 
 def redraw_followers(space: Any, structure: UnitStructure, x: np.ndarray, head: int,
@@ -58,4 +60,9 @@ def redraw_followers(space: Any, structure: UnitStructure, x: np.ndarray, head: 
         x[f] = int(rng.choice(valid))
 
 
-__all__ = ["FOLLOWER_KNOBS", "UnitStructure", "redraw_followers"]
+def followers_free(space: Any, structure: UnitStructure, x: np.ndarray, head: int) -> bool:
+    """Whether some follower of ``head`` has more than one valid choice under ``x`` (an int4 layer's group size)."""
+    return any(int(np.count_nonzero(space.allowed(f, x)[0])) > 1 for f in structure.followers.get(head, ()))
+
+
+__all__ = ["FOLLOWER_KNOBS", "UnitStructure", "followers_free", "redraw_followers"]

@@ -111,3 +111,29 @@ def test_a_shape_model_sweeps_on_the_meta_device_and_refuses_a_quality_constrain
     with pytest.raises(InvalidArgumentError, match="quality = 'none'"):
         build_evaluator(SweepConfig(model="llama-7b-16l-shape", device="rtx-4090", evaluator="analytic",
                                     quality="constraint"))
+
+
+def test_nsga2_with_local_moves_resumes_as_if_never_interrupted(setup, tmp_path):
+    """The front the local moves start from, and the duplicates, are what the first attempt saw at that point."""
+    from experiments.sweep import load_run, run_sweep
+    from tests.experiments.test_sweep import Crash, config, counting
+
+    kw = dict(algo="nsga2", seed=1, budget_evals=40, extra={"nsga2_local_share": 0.5})
+    full = run_sweep(config(**kw), tmp_path / "full", evaluator=evaluator(setup), outputs=False, tensorboard=False)
+    assert len({tuple(r["x"]) for r in full.records}) == 40
+    with pytest.raises(Crash):
+        run_sweep(config(**kw), tmp_path / "run", evaluator=counting(evaluator(setup), crash_after=25),
+                  outputs=False, tensorboard=False)
+    assert len(load_run(tmp_path / "run")[1]) == 24
+    res = run_sweep(config(**kw), tmp_path / "run", resume=True, evaluator=evaluator(setup), outputs=False,
+                    tensorboard=False)
+    assert [r["x"] for r in res.records] == [r["x"] for r in full.records]
+
+
+def test_local_share_out_of_range_is_refused(setup, tmp_path):
+    from experiments.sweep import run_sweep
+    from tests.experiments.test_sweep import config
+
+    with pytest.raises(InvalidArgumentError, match="nsga2_local_share"):
+        run_sweep(config(algo="nsga2", extra={"nsga2_local_share": 1.5}), tmp_path / "x", evaluator=evaluator(setup),
+                  outputs=False, tensorboard=False)
