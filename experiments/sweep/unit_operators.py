@@ -60,7 +60,7 @@ class UnitCrossover(Crossover):
 class UnitMutation(Mutation):
     """Unit and segment moves (module docstring); ``segment_prob`` the share of segment moves."""
 
-    def __init__(self, space: Any, *, segment_prob: float = 0.3, extra_moves: float = 0.5) -> None:
+    def __init__(self, space: Any, *, segment_prob: float = 0.5, extra_moves: float = 0.5) -> None:
         super().__init__(prob=1.0)
         self.space = space
         self.structure = UnitStructure.of(space)
