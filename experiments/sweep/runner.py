@@ -97,7 +97,8 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
     on_meta = config.evaluator == "analytic" and config.model in SHAPES
     if on_meta and config.needs_quality:
         raise InvalidArgumentError(f"{config.model} is an architecture without trained weights: its quality cannot be "
-                                   "measured; sweep it with quality = 'none'.")
+                                   "measured; sweep it with quality = 'none' (in a `--config` file: "
+                                   "{\"quality\": \"none\"}).")
     loaded = load_model(config.model, device="meta" if on_meta else "cpu", cache_dir=cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=config.knobs)
     sensitivity = None
