@@ -35,12 +35,12 @@ def one(model: str, device: str, quality: str, budget: int, seed: int, root: Pat
     label = Path(model).name if os.sep in model else model
     rows = []
     cfg0 = SweepConfig(model=model, device=device, evaluator="analytic", budget_evals=budget, seed=seed,
-                       quality=quality, name=f"{label}-{device}")
+                       quality=quality, name=f"{label}-{device}-s{seed}")
     t0 = time.perf_counter()
     ev = build_evaluator(cfg0)
     setup_s = time.perf_counter() - t0
     for algo in ALGOS:
-        cfg = cfg0.replace(algo=algo, name=f"{label}-{device}-{algo}")
+        cfg = cfg0.replace(algo=algo, name=f"{label}-{device}-{algo}-s{seed}")
         t1 = time.perf_counter()
         res = run_sweep(cfg, root / cfg.name, evaluator=ev, outputs=False, tensorboard=False)
         s = res.summary
@@ -64,18 +64,27 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            "greedy fill, knapsack where a sensitivity table exists), evaluated first and seeding the search. "
            "HV: hypervolume of normalised objectives (latency, memory, energy / the unmodified model's), "
            "reference point [3.0, 1.1, 3.5].".format(b=meta["budget"]), "",
-           "| model | device | quality | algo | HV front | HV baselines (all) | best family (HV) | HV search only | "
-           "front (search members) | front >= baselines | NSGA-II / random |", "|---" * 11 + "|"]
-    by = {(r["model"], r["device"], r["algo"]): r for r in rows}
+           "| model | device | seed | quality | algo | HV front | HV baselines (all) | best family (HV) | HV search only | "
+           "front (search members) | front >= baselines | NSGA-II / random |", "|---" * 12 + "|"]
+    by = {(r["model"], r["device"], r["algo"], r["seed"]): r for r in rows}
+    pairs: dict[tuple[str, str], list[float]] = {}
     for r in rows:
         ratio = ""
-        if r["algo"] == "nsga2" and (r["model"], r["device"], "random") in by:
-            rnd = by[(r["model"], r["device"], "random")]
+        if r["algo"] == "nsga2" and (r["model"], r["device"], "random", r["seed"]) in by:
+            rnd = by[(r["model"], r["device"], "random", r["seed"])]
             ratio = f"{r['hv_front'] / rnd['hv_front']:.4f}" if rnd["hv_front"] > 0 else "-"
-        out.append(f"| {r['model']} | {r['device']} | {r['quality']} | {r['algo']} | {r['hv_front']:.4f} | "
+            if rnd["hv_front"] > 0:
+                pairs.setdefault((r["model"], r["device"]), []).append(r["hv_front"] / rnd["hv_front"])
+        out.append(f"| {r['model']} | {r['device']} | {r['seed']} | {r['quality']} | {r['algo']} | {r['hv_front']:.4f} | "
                    f"{r['hv_baselines_all']:.4f} | {r['best_family']} ({r['hv_best_family']:.4f}) | "
                    f"{r['hv_search_only']:.4f} | {r['front_size']} ({r['search_on_front']}) | "
                    f"{'yes' if r['hv_front'] >= r['hv_baselines_all'] - 1e-12 else 'NO'} | {ratio} |")
+    out += ["", "NSGA-II / random per model and device (one ratio per seed, both searches seeded alike):", "",
+            "| model | device | ratios | mean | min | mean >= 1.1 |", "|---" * 6 + "|"]
+    for (model, device), ratios in pairs.items():
+        mean = sum(ratios) / len(ratios)
+        out.append(f"| {model} | {device} | {', '.join(f'{v:.4f}' for v in ratios)} | {mean:.4f} | {min(ratios):.4f} | "
+                   f"{'yes' if mean >= 1.1 else 'no'} |")
     return "\n".join(out) + "\n"
 
 
@@ -85,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quality-none", default="", help="models (comma list) swept without the quality constraint")
     ap.add_argument("--devices", default=",".join(DEVICES))
     ap.add_argument("--budget", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="seeds (comma list): every model x device runs once per seed")
     ap.add_argument("--root", default="runs/bench-sweeps-vs-baselines")
     ap.add_argument("--out", default="experiments/benchmarks/results/sweeps_vs_baselines")
     args = ap.parse_args(argv)
@@ -98,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     args_text = " ".join(sys.argv[1:] if argv is None else argv)
     meta = {"command": f"python -m experiments.benchmarks.sweeps_vs_baselines {args_text}",
             "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch 1 thread",
-            "load_before": [round(v, 1) for v in os.getloadavg()], "budget": args.budget}
+            "load_before": [round(v, 1) for v in os.getloadavg()], "budget": args.budget,
+            "seeds": [int(v) for v in args.seeds.split(",")]}
     rows: list[dict[str, Any]] = []
     out = Path(args.out)
     for model in models:
         for device in args.devices.split(","):
             try:
-                rows += one(model, device, "none" if model in none else "constraint", args.budget, args.seed, root)
+                for seed in meta["seeds"]:
+                    rows += one(model, device, "none" if model in none else "constraint", args.budget, seed, root)
             except Exception as exc:  # one model's failure is a row, not the end of the benchmark
                 rows.append({"model": Path(model).name, "device": device, "error": f"{type(exc).__name__}: {exc}"})
             meta["load_after"] = [round(v, 1) for v in os.getloadavg()]

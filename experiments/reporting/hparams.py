@@ -10,7 +10,10 @@ Columns (hparams): ``Origin`` (``baseline:…``, ``nsga2``, ``markov`` …), ``P
 front RUN --plan ID`` takes), ``Sweep``, ``Pareto front``, ``Power`` (cap and mode, when the sweep had one), then
 one column per knob value (``precision=int8`` = the number of modules at int8, ``placement=cpu<-disk`` …);
 bookkeeping columns (eval, generation, bytes per tier) start with ``~``. TensorBoard orders the columns
-that differ by name (capitals first, ``~`` last), so the origin and the knobs lead and fill the default view.
+that differ by name (capitals first, ``~`` last) and ticks only the first five by default (its HParams
+dashboard: ``Math.min(5, …)``; seen in a headless browser, ``TENSORBOARD_CHECK.md``): ``Origin``,
+``Pareto front``, ``Plan id``, ``Sweep`` and the first knob column; the other knob columns and ``Power`` must be
+ticked in the dashboard's list.
 Metrics: each objective in display units with how it was obtained, e.g. ``latency ms [estimated]``,
 ``memory MiB [measured]``, ``energy mJ [estimated]``.
 """

@@ -87,6 +87,19 @@ class Archive:
     def lookup(self, x: Any) -> dict[str, Any] | None:
         return self._by_key.get(np.asarray(x, dtype=np.int64).tobytes())
 
+    def proposed_before(self, x: Any) -> bool:
+        """Whether this run has already proposed ``x`` (and so holds its record). A resumed run's records that the
+        algorithm has not asked for again yet do not count: the replay must see what the first attempt saw."""
+        key = np.asarray(x, dtype=np.int64).tobytes()
+        return key in self._by_key and key not in self._preloaded
+
+    def current_records(self) -> list[dict[str, Any]]:
+        """The records this run has reached so far (``proposed_before``), in order: on a resume, the preloaded
+        records the replay has not reached yet are left out."""
+        if not self._preloaded:
+            return self.records
+        return [r for r in self.records if np.asarray(r["x"], dtype=np.int64).tobytes() not in self._preloaded]
+
     def evaluate(self, x: Any, *, algo: str, generation: int = 0,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The record of ``repair(x)``: from memory if seen, else evaluated, persisted and counted.

@@ -90,7 +90,16 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
     cap = power_cap_for(config, profile)
     if cap is not None:
         profile = cap.profile
-    loaded = load_model(config.model, device="cpu", cache_dir=cache_dir)
+    from autosurgeon.models.shape_specs import SHAPES
+
+    # A shape model (7B/70B/Mixtral) has no weights to read and may not fit this host: the analytic evaluator
+    # prices it from its architecture alone, on the meta device.
+    on_meta = config.evaluator == "analytic" and config.model in SHAPES
+    if on_meta and config.needs_quality:
+        raise InvalidArgumentError(f"{config.model} is an architecture without trained weights: its quality cannot be "
+                                   "measured; sweep it with quality = 'none' (in a `--config` file: "
+                                   "{\"quality\": \"none\"}).")
+    loaded = load_model(config.model, device="meta" if on_meta else "cpu", cache_dir=cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=config.knobs)
     sensitivity = None
     if config.needs_quality and config.evaluator != "runtime":
