@@ -67,12 +67,10 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         quality: a ``QualitySettings`` for the runtime evaluator's measured quality (None: the defaults).
     """
     from autosurgeon.cost.footprint import plan_memory
-    from autosurgeon.evaluate import (
-        AnalyticEvaluator,
-        ProfiledEvaluator,
-        RuntimeEvaluator,
-    )
+    from autosurgeon.evaluate import AnalyticEvaluator
+    from autosurgeon.evaluate.registry import get as evaluator_kind
     from autosurgeon.plan_check import smallest_footprint
+    from autosurgeon.quality.settings import QualitySettings
     from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
@@ -93,15 +91,10 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         from autosurgeon.quality.sensitivity import measure_sensitivity
 
         table = measure_sensitivity(loaded)
-    if evaluator == "analytic":
-        ev = AnalyticEvaluator(loaded, profile, space=space, sensitivity=table)
-        estimator = ev
-    elif evaluator == "profiled":
-        ev = ProfiledEvaluator(loaded, profile, space=space, sensitivity=table)
-        estimator = ev
-    else:
-        ev = RuntimeEvaluator(loaded, profile, space=space, quality_settings=quality)
-        estimator = AnalyticEvaluator(loaded, profile, space=space, sensitivity=table)
+    kind = evaluator_kind(evaluator)
+    ev = kind.build(loaded, profile, space=space, sensitivity=table, quality=quality or QualitySettings())
+    # A measuring evaluator is too slow to price every step's masks and hints: the analytic one does that.
+    estimator = ev if kind.cheap else AnalyticEvaluator(loaded, profile, space=space, sensitivity=table)
     layout = layout_for(knobs)
     units = decision_units(space, layout)
     base = ev.evaluate(space.default_vector())

@@ -67,11 +67,7 @@ def _fmt_value(name: str, value: Any, phase: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from autosurgeon.evaluate import (
-        AnalyticEvaluator,
-        ProfiledEvaluator,
-        RuntimeEvaluator,
-    )
+    from autosurgeon.evaluate.registry import get as evaluator_kind
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.knobs import KNOBS
     from autosurgeon.metrics import METRIC_FIELDS
@@ -83,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     quality = quality_settings(args)  # one-line errors for a bad --data / --quality-samples, before any load
     plan = Plan.load(args.plan)  # PlanFormatError names the field and version, before the model loads
     profile = resolve_profile(args.device)
-    if args.evaluator in ("profiled", "runtime") and args.device != "local" and not profile.measured:
+    if evaluator_kind(args.evaluator).measures_here and args.device != "local" and not profile.measured:
         raise InvalidArgumentError(f"`--evaluator {args.evaluator}` measures this machine; `--device` "
                                    f"{args.device!r} is a profile on paper. Use --device local or --evaluator "
                                    "analytic.")
@@ -100,14 +96,12 @@ def run(args: argparse.Namespace) -> int:
             mismatch["device_fingerprint"] = None
         plan = dataclasses.replace(plan, **mismatch)
     sensitivity = None
-    if args.proxy and args.evaluator != "runtime":
+    if args.proxy and evaluator_kind(args.evaluator).cheap:
         from autosurgeon.quality.sensitivity import measure_sensitivity
 
         sensitivity = measure_sensitivity(loaded, hessian_samples=0, cache_dir=args.cache_dir)
-    kinds = {"analytic": AnalyticEvaluator, "profiled": ProfiledEvaluator, "runtime": RuntimeEvaluator}
-    extra: dict[str, Any] = ({"quality_samples": args.quality_samples, "quality_settings": quality}
-                             if args.evaluator == "runtime" else {})
-    evaluator = kinds[args.evaluator](loaded, profile, space=space, sensitivity=sensitivity, **extra)
+    evaluator = evaluator_kind(args.evaluator).build(loaded, profile, space=space, sensitivity=sensitivity,
+                                                     quality=quality, quality_samples=args.quality_samples)
     metrics = evaluator.evaluate(plan)
 
     if args.json:

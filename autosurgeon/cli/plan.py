@@ -124,9 +124,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_out_file(getattr(args, "out", None))  # before any work: one line for '', a folder, a bad parent
     from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.planners.knapsack import PLANNER_KNOBS, plan_knapsack
     from autosurgeon.knobs import KNOBS
     from autosurgeon.plan_check import check_plan, raise_for_problems
+    from autosurgeon.planners.knapsack import PLANNER_KNOBS, plan_knapsack
     from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
     from runtime.sizes import format_bytes
@@ -218,9 +218,8 @@ def run(args: argparse.Namespace) -> int:
 def _recheck(loaded: Any, plan: Any, profile: Any, quality: Any, estimate: float, bound: float) -> Any:
     """Measure the plan's quality before it is handed over; refuse a plan that measures above the bound."""
     from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.quality.recheck import measure_loss_with, recheck
-
     from autosurgeon.knobs import KNOBS
+    from autosurgeon.quality.recheck import measure_loss_with, recheck
     from autosurgeon.space.search_space import SearchSpace
 
     here = profile if profile.measured else resolve_profile("local")  # quality is numerics: run it here

@@ -37,8 +37,8 @@ def run_forward(loaded: Any, inputs: dict[str, Any], *, session: Any | None, wat
     """Warm up once, then repeat the forward for at least ``MIN_WINDOW_S``; return the output summary and report."""
     import torch
 
-    from runtime.telemetry import EnergyMeter, PeakTracker
     from runtime.streaming import move_to
+    from runtime.telemetry import EnergyMeter, PeakTracker
 
     def once() -> Any:
         if session is not None:

@@ -69,6 +69,16 @@ class Evaluator(SessionTerms, KVQualityProxy):
         self._settings_json: str | None = None
 
     # ---- the protocol
+    @classmethod
+    def build(cls, loaded: Any, profile: Any, *, space: Any = None, cache: EvaluationCache | None = None,
+              sensitivity: Any = None, quality: Any = None, quality_samples: int | None = 4) -> Evaluator:
+        """This evaluator from what every command has (``registry.build`` calls it, so a new evaluator needs
+        no change where evaluators are made). ``sensitivity`` is the table the cheap evaluators' quality proxy
+        reads; ``quality`` (``QualitySettings``, or None when quality is not asked for) and ``quality_samples``
+        (samples when the settings name none; None: all) are for evaluators that measure it
+        (``RuntimeEvaluator.build``)."""
+        return cls(loaded, profile, space=space, sensitivity=sensitivity, cache=cache)
+
     def evaluate(self, plan: Plan | Any) -> Metrics:
         """Metrics of ``plan`` (a Plan or a vector of this evaluator's space); cached."""
         started = time.perf_counter()

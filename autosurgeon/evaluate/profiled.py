@@ -117,7 +117,7 @@ class ProfiledEvaluator(Evaluator):
                   f"(IQR/median > 0.15 after a re-measure), measured at load {table.settings.get('load_1m')}"
                   + (f", spot check {table.checks[-1]['verdict']}" if table.checks else "")
                   + ") + measured fixed overhead + measured streaming "
-                  f"costs" + (f", calibrated on {len(self.calibration['points'])} runtime plans (step = "
+                  "costs" + (f", calibrated on {len(self.calibration['points'])} runtime plans (step = "
                               f"{self.calibration['a'] * 1e3:.3f} ms + {self.calibration['b']:.3f} x composed)"
                               if self.calibration["points"] else "")
                   + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
 
@@ -27,6 +28,10 @@ class EvaluatorKind:
     def cls(self) -> type:
         module, _, attr = self.target.partition(":")
         return getattr(importlib.import_module(module), attr)
+
+    def build(self, loaded: Any, profile: Any, **kwargs: Any) -> Any:
+        """The evaluator, built by its class's ``build`` (``Evaluator.build``: space, cache, sensitivity, quality)."""
+        return self.cls().build(loaded, profile, **kwargs)
 
 
 _KINDS: dict[str, EvaluatorKind] = {}

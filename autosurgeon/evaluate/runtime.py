@@ -17,9 +17,9 @@ from autosurgeon.cost.profiled import (
 )
 from autosurgeon.errors import AutoSurgeonError
 from autosurgeon.evaluate.base import Evaluator
+from autosurgeon.evaluate.cache import EvaluationCache
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan
-
 
 NOISY = 0.15  # (p90 - p10) / median above which a step time is re-measured, then labelled noisy
 
@@ -45,6 +45,13 @@ class RuntimeEvaluator(Evaluator):
 
     name = "runtime"
     kv_proxy = False  # measures KV decisions' quality (quality_kv.kv_quality_loss); no table
+
+    @classmethod
+    def build(cls, loaded: Any, profile: Any, *, space: Any = None, cache: EvaluationCache | None = None,
+              sensitivity: Any = None, quality: Any = None, quality_samples: int | None = 4) -> RuntimeEvaluator:
+        """As ``Evaluator.build``; quality is measured (``quality`` settings) rather than read from ``sensitivity``."""
+        return cls(loaded, profile, space=space, cache=cache, quality=quality is not None, quality_settings=quality,
+                   quality_samples=quality_samples)
 
     def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
                  quality: bool = True, quality_samples: int | None = 4, budgets: Mapping[str, Any] | None = None,

@@ -27,7 +27,6 @@ missing module is noted in the summary, never fatal to a sweep.
 from __future__ import annotations
 
 import dataclasses
-
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,13 +76,15 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
 
     With ``power_cap_w`` on a paper profile the evaluator is built on the profile in the mode the cap
     selects (``power_cap_for``), so its rates and energy are that mode's."""
-    from autosurgeon.evaluate import AnalyticEvaluator, EvaluationCache, ProfiledEvaluator, RuntimeEvaluator
+    from autosurgeon.evaluate import EvaluationCache
+    from autosurgeon.evaluate.registry import get as evaluator_kind
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import load_model
 
     profile = resolve_profile(config.device)
-    if config.evaluator in ("profiled", "runtime") and not profile.measured:
+    kind = evaluator_kind(config.evaluator)
+    if kind.measures_here and not profile.measured:
         raise InvalidArgumentError(
             f"`--evaluator {config.evaluator}` measures on this machine, but `--device {config.device}` is a "
             "profile on paper; use `--device local`, or `--evaluator analytic` for a preset.")
@@ -102,17 +103,13 @@ def build_evaluator(config: SweepConfig, *, cache_path: str | Path | None = None
     loaded = load_model(config.model, device="meta" if on_meta else "cpu", cache_dir=cache_dir)
     space = SearchSpace.build(loaded, profile, knobs=config.knobs)
     sensitivity = None
-    if config.needs_quality and config.evaluator != "runtime":
+    if config.needs_quality and kind.cheap:  # the cheap evaluators' quality proxy reads a sensitivity table
         from autosurgeon.quality.sensitivity import measure_sensitivity
 
         sensitivity = measure_sensitivity(loaded, cache_dir=cache_dir)
     cache = EvaluationCache(cache_path)
-    if config.evaluator == "analytic":
-        return AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity, cache=cache)
-    if config.evaluator == "profiled":
-        return ProfiledEvaluator(loaded, profile, space=space, sensitivity=sensitivity, cache=cache)
-    return RuntimeEvaluator(loaded, profile, space=space, cache=cache, quality=config.needs_quality,
-                            quality_settings=config.quality_settings())
+    return kind.build(loaded, profile, space=space, cache=cache, sensitivity=sensitivity,
+                      quality=config.quality_settings() if config.needs_quality else None)
 
 
 def warm_start_vectors(path: str, space: Any, n: int, seed: int) -> list[np.ndarray]:
