@@ -23,11 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from agents.apply_baselines import dominates
+from agents.apply_baselines import dominates, dominating_baseline, evaluate_baselines
+from agents.policy_io import check_device, load_policy, read_meta
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hardware.power_cap import mean_power_w
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.plan_check import check_plan, raise_for_problems
+from autosurgeon.space.search_space import SearchSpace
+from envs.context import build_context
 from envs.observation import OBJECTIVES
 from envs.reward import normalised
+from envs.surgery import SurgeryEnv, parse_preference
 
 logger = get_logger(__name__)
 
@@ -169,10 +176,6 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         quality: a ``QualitySettings`` (``--data``, ``--quality-samples``, ``--quality-method``) for the
             measured quality of the plan and the baselines (runtime evaluator); None: each task's default.
     """
-    from agents.policy_io import check_device, load_policy, read_meta
-    from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.plan_check import check_plan, raise_for_problems
-    from envs.surgery import SurgeryEnv, parse_preference
 
     meta = read_meta(policy)  # clear error before anything loads
     pref = parse_preference(preference) if preference is not None else np.full(len(OBJECTIVES), 1 / len(OBJECTIVES))
@@ -194,7 +197,6 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     ctx = env.contexts[0]
     measurer = ctx.evaluator
     if measure_with != act_with:
-        from envs.context import build_context
 
         # env.profile: the profile in the power cap's mode on paper (the profile itself otherwise).
         mctx = build_context(model_spec, env.profile, evaluator=measure_with, knobs=tuple(meta["knobs"]),
@@ -225,7 +227,6 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     base = measurer.evaluate(ctx.space.default_vector())
     power = None
     if env.power_cap is not None:
-        from autosurgeon.hardware.power_cap import mean_power_w
 
         cap = env.power_cap
         watts = mean_power_w(metrics)
@@ -236,7 +237,6 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     result = ApplyResult(plan=plan, metrics=metrics, base=base, preference=pref, memory_budget=memory_budget,
                          notes=notes, space=ctx.space, power=power)
     if baselines is not None:
-        from agents.apply_baselines import dominating_baseline, evaluate_baselines
 
         result.baselines = evaluate_baselines({"unmodified": ctx.space.default_vector(), **baselines(ctx.space)},
                                               measurer, base)
@@ -269,7 +269,6 @@ def _with_valid_group_sizes(plan: Any, ctx: Any, profile: Any, knobs: tuple[str,
     if "group_size" in knobs or not any(d.get("precision") == "int4" for d in
                                         (r.get("decisions", {}) for r in plan.to_dict()["_data"]["rules"])):
         return plan
-    from autosurgeon.space.search_space import SearchSpace
 
     full = SearchSpace.build(ctx.loaded, profile, knobs=(*knobs, "group_size"),
                              analysis=getattr(ctx.space, "analysis", None))

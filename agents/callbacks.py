@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.apply import policy_front, run_policy
 from autosurgeon._logging import get_logger
+from envs.context import build_context
 
 logger = get_logger(__name__)
 
@@ -50,8 +52,6 @@ class SurgeryMetricsCallback(BaseCallback):
         self._m2: np.ndarray | None = None
 
     def _runtime_check(self) -> dict[str, float]:
-        from agents.apply import run_policy
-        from envs.context import build_context
 
         env, out = self.front_env, {}
         for i, ctx in enumerate(env.contexts):
@@ -130,7 +130,6 @@ class SurgeryMetricsCallback(BaseCallback):
             self._episodes = []
         if self.front_env is not None and self.num_timesteps >= self._next_hv:
             self._next_hv = self.num_timesteps + self.hv_every
-            from agents.apply import policy_front
 
             for i, spec in enumerate(self.front_env.specs):
                 front = policy_front(self.model, self.front_env, k=self.hv_preferences, context=i)

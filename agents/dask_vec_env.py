@@ -25,6 +25,10 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from autosurgeon.hardware.profile import HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
+from envs.context import build_context
+
 
 def env_evaluator_factory(spec: str, profile_json: str, *, evaluator: str, knobs: Sequence[str],
                           sensitivity: bool) -> Callable[[], Any]:
@@ -34,12 +38,9 @@ def env_evaluator_factory(spec: str, profile_json: str, *, evaluator: str, knobs
 
 def _build_env_evaluator(spec: str, profile_json: str, evaluator: str, knobs: tuple[str, ...],
                          sensitivity: bool) -> Any:
-    from autosurgeon.hardware.profile import HardwareProfile
-    from envs.context import build_context
 
     profile = HardwareProfile.from_json(profile_json, origin="coordinator's profile")
     if profile.measured:  # a measured device is this worker's own: another device gives another space, refused
-        from autosurgeon.hardware.resolve import resolve_profile
 
         profile = resolve_profile("local")
     return build_context(spec, profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity).evaluator
@@ -64,7 +65,7 @@ class DaskEvalVecEnv(DummyVecEnv):
         self._remote: dict[int, Any] = {}  # id(local evaluator) -> its DaskEvaluator
 
     def _remote_for(self, env: Any) -> Any:
-        from experiments.sweep.dask_eval import DaskEvaluator
+        from experiments.sweep.dask_eval import DaskEvaluator  # lazy: a layer above, and it needs the optional dask
 
         local = env.ctx.evaluator
         remote = self._remote.get(id(local))

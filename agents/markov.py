@@ -30,9 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from autosurgeon._logging import get_logger
-from autosurgeon.files.envelope import unwrap
-from autosurgeon.errors import InvalidArgumentError
 from agents.markov_features import (
     INTENSITY_EDGES,
     POSITION_BINS,
@@ -40,6 +37,13 @@ from agents.markov_features import (
     VarContext,
     variable_contexts,
 )
+from autosurgeon._logging import get_logger
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.files.atomic import write_text_atomic
+from autosurgeon.files.envelope import unwrap
+from autosurgeon.plan import Plan
+from autosurgeon.space.search_space import DEFAULT_KNOBS, SearchSpace
+from autosurgeon.zoo import load_model
 
 logger = get_logger(__name__)
 
@@ -236,7 +240,6 @@ class MarkovPlacementModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically as JSON; returns the path."""
-        from autosurgeon.files.atomic import write_text_atomic
 
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
@@ -269,7 +272,6 @@ def _read_front(path: Path) -> dict[str, Any]:
 def space_for_run(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) -> Any:
     """The SearchSpace a run searched: ``run_dir/space.json`` if the sweep saved it, else rebuilt on the meta
     device from the config's ``model``, ``device`` and ``knobs`` (default precision + placement)."""
-    from autosurgeon.space.search_space import DEFAULT_KNOBS, SearchSpace
 
     run_dir = Path(run_dir)
     saved = (run_dir if run_dir.is_dir() else run_dir.parent) / "space.json"
@@ -279,7 +281,6 @@ def space_for_run(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) ->
     if missing:
         raise InvalidArgumentError(f"{run_dir}: no space.json and the front's config lacks {missing}; the Markov "
                                    "model needs the run's search space to read its plans.")
-    from autosurgeon.zoo import load_model
 
     loaded = load_model(str(config["model"]), device="meta")
     return SearchSpace.build(loaded, config["device"], knobs=config.get("knobs") or DEFAULT_KNOBS)
@@ -287,7 +288,6 @@ def space_for_run(run_dir: str | os.PathLike[str], config: Mapping[str, Any]) ->
 
 def front_pairs(run_dir: str | os.PathLike[str]) -> list[tuple[Any, np.ndarray]]:
     """``(space, x)`` for every front member of a run (its plan encoded in the run's space)."""
-    from autosurgeon.plan import Plan
 
     data = _read_front(Path(run_dir))
     space = space_for_run(run_dir, data.get("config") or {})

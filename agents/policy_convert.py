@@ -13,16 +13,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.policy_io import PolicyError, write_meta
+from agents.policy_io import POLICY_TYPE, POLICY_VERSION, PolicyError, write_meta
 from agents.policy_store import PICKLED, save_network
+from autosurgeon.files.envelope import unwrap
 
 
 def convert(folder: str | Path, *, trust_pickle: bool = False) -> Path:
     """Write ``policy.safetensors`` and the ``network`` entry of policy.json from ``folder/policy.zip``."""
     from sb3_contrib import MaskablePPO
 
-    from agents.policy_io import POLICY_TYPE, POLICY_VERSION
-    from autosurgeon.files.envelope import unwrap
 
     folder = Path(folder)
     if not trust_pickle:

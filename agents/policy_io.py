@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from agents.policy_store import PICKLED, WEIGHTS, load_network, refuse_pickled
-from autosurgeon.files.envelope import unwrap
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
+from autosurgeon.files.envelope import unwrap
+from envs.observation import layout_for
+from runtime.errors import JalapenoError
+from runtime.sizes import parse_bytes
 
 POLICY_TYPE = "autosurgeon.SurgeryPolicy"
 POLICY_VERSION = 1
@@ -126,7 +129,6 @@ def check_device(meta: Mapping[str, Any], profile: Any, *, force: bool = False) 
 def expected_layout(meta: Mapping[str, Any]) -> Any:
     """The ``ObservationLayout`` this version's env builds for the policy's knobs (``envs.observation.layout_for``:
     the default layout unless the knobs name session knobs)."""
-    from envs.observation import layout_for
 
     knobs = meta.get("knobs")
     if not isinstance(knobs, list) or not knobs or not all(isinstance(k, str) for k in knobs):
@@ -175,8 +177,6 @@ def load_policy(folder: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
 
 def parse_size(value: str, *, what: str) -> int:
     """Bytes from ``"512MiB"`` / ``"2GB"`` / ``"1000"``; InvalidArgumentError naming ``what``."""
-    from runtime.errors import JalapenoError
-    from runtime.sizes import parse_bytes
 
     try:
         n = parse_bytes(value, what=what)

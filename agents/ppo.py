@@ -37,8 +37,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
+from agents.dask_vec_env import DaskEvalVecEnv
+from agents.policy_io import device_class, write_meta
+from agents.policy_store import save_network
+from agents.train_state import RolloutCheckpoint, checkpoints, latest_valid, restore, save_checkpoint
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.files.runfolder import run_folder
+from autosurgeon.hardware.power_cap import resolve_power_cap
+from autosurgeon.hardware.resolve import resolve_profile
+from envs.surgery import SurgeryEnv
 
 logger = get_logger(__name__)
 
@@ -77,7 +86,6 @@ class TrainResult:
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     """The newest ``checkpoints/step_<N>`` folder under ``folder`` (largest N; ``agents.train_state``), or None."""
-    from agents.train_state import checkpoints
 
     found = checkpoints(folder)
     return found[0][1] if found else None
@@ -90,7 +98,6 @@ def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: 
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from envs.surgery import SurgeryEnv
 
     def make(rank: int) -> Any:
         def _init() -> Any:
@@ -103,7 +110,6 @@ def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: 
     if cluster is None:
         vec = DummyVecEnv([make(r) for r in range(n_envs)])
     else:
-        from agents.dask_vec_env import DaskEvalVecEnv
 
         vec = DaskEvalVecEnv([make(r) for r in range(n_envs)], client=cluster.client, threads=cluster.threads,
                              gpus=cluster.gpus)
@@ -150,7 +156,6 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     measured on its Dask workers (``agents.dask_vec_env``); the policy and history equal a serial run's for a
     deterministic evaluator.
     """
-    from autosurgeon.files.runfolder import run_folder
 
     models = model_list(models)
     if timesteps < 1:
@@ -175,7 +180,6 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
 
 def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """The newest valid checkpoint of ``out``; InvalidArgumentError if none, or if its run settings differ."""
-    from agents.train_state import latest_valid
 
     found = latest_valid(out)
     if found is None:
@@ -199,16 +203,9 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
            power_cap_w: float | None, cluster: Any = None) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
-    from agents.callbacks import StopAfterSeconds, SurgeryMetricsCallback
-    from agents.policy_io import device_class, write_meta
-    from agents.policy_store import save_network
-    from agents.train_state import RolloutCheckpoint, restore, save_checkpoint
-    from autosurgeon.hardware.resolve import resolve_profile
-    from envs.surgery import SurgeryEnv
 
     profile = resolve_profile(device)
     if power_cap_w is not None:
-        from autosurgeon.hardware.power_cap import resolve_power_cap
 
         resolve_power_cap(profile, power_cap_w)  # a cap below every mode fails here, before anything is built
     run = {"models": list(models), "knobs": list(knobs), "seed": seed, "n_envs": n_envs, "evaluator": evaluator,

@@ -33,6 +33,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from agents.policy_store import file_digest, network_spec, read_tensors, write_tensors
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.files.envelope import unwrap
 
 logger = get_logger(__name__)
 
@@ -175,7 +176,6 @@ def checkpoints(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(tensors, state)`` of one checkpoint; InvalidArgumentError naming what is wrong with it."""
-    from autosurgeon.files.envelope import unwrap
 
     path = Path(path)
     source = f"checkpoint {str(path)!r}"

@@ -26,15 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from agents.apply import policy_front
+from agents.ppo import PPOSettings, make_vec_env, model_list, new_model
+from agents.storage import optuna_storage, redact
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hardware.resolve import resolve_profile
+from envs.surgery import SurgeryEnv
 
 logger = get_logger(__name__)
 
 
 def suggest_settings(trial: Any) -> Any:
     """PPOSettings drawn from ``trial`` (the search space)."""
-    from agents.ppo import PPOSettings
 
     width = trial.suggest_categorical("width", [32, 64, 128])
     return PPOSettings(
@@ -67,10 +71,6 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
     import optuna
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from agents.apply import policy_front
-    from agents.ppo import make_vec_env, model_list, new_model
-    from autosurgeon.hardware.resolve import resolve_profile
-    from envs.surgery import SurgeryEnv
 
     models = model_list(models)
     if trials < 1:
@@ -81,7 +81,6 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
     out.mkdir(parents=True, exist_ok=True)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     profile = resolve_profile(device)
-    from agents.storage import optuna_storage, redact
 
     # A heartbeat marks a trial whose process died failed (and retries it): processes may share the study.
     study = optuna.create_study(study_name=study_name, storage=optuna_storage(storage, heartbeat_s=30),
@@ -149,7 +148,6 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
 
 def settings_from_params(params: dict[str, Any]) -> Any:
     """PPOSettings from a study's ``best_params`` (``best.json``)."""
-    from agents.ppo import PPOSettings
 
     p = dict(params)
     width = int(p.pop("width", 64))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from agents.tune import tune
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 
@@ -31,10 +32,9 @@ def tune_on_cluster(client: Any, *, tasks: int, local: bool, **kwargs: Any) -> A
         local: the cluster is on this machine (SQLite storage allowed).
         kwargs: ``tune`` arguments; ``storage`` is required for a remote cluster.
     """
-    from agents.tune import tune
-    from experiments.sweep.cluster import RESOURCE
-
     from pathlib import Path
+
+    from experiments.sweep.cluster import RESOURCE  # lazy: a layer above, and it needs the optional dask
 
     storage = kwargs.get("storage") or f"sqlite:///{(Path(kwargs['out']) / 'study.db').resolve()}"
     if storage.startswith("sqlite") and not local:

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from autosurgeon._logging import get_logger
+from envs.surgery import SurgeryEnv
+
 logger = get_logger(__name__)
 
 
@@ -78,7 +80,6 @@ def markov_warm_start(markov: Any, *, models: Sequence[str], device: Any, evalua
                       episodes: int = 200, epochs: int = 10, seed: int = 0,
                       knobs: Sequence[str] | None = None) -> Callable[[Any], dict[str, Any]]:
     """A ``warm_start`` hook for ``agents.ppo.train``: clone ``markov`` into a fresh model before PPO."""
-    from envs.surgery import SurgeryEnv
 
     def hook(model: Any) -> dict[str, Any]:
         extra = {"knobs": tuple(knobs)} if knobs is not None else {}  # must match the policy's layout

@@ -17,13 +17,22 @@ import os
 import re
 from typing import Any
 
+from autosurgeon.budget import MemoryBudget
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.models.prompt import parse_prompt_ids, prompt_ids_tensor, tokenizer
+from autosurgeon.plan import Plan
+from autosurgeon.planners.knapsack import PLANNER_KNOBS, plan_knapsack
+from autosurgeon.quality.sensitivity import DEFAULT_PRECISIONS, measure_sensitivity
+from autosurgeon.space.search_space import SearchSpace
+from autosurgeon.transforms.apply import apply_plan, session_from_plan
+from autosurgeon.zoo import load_model
+from runtime.session import module_bytes
 
 
 def load(spec: str | os.PathLike[str], *, device: str = "cpu", dtype: Any = None,
          cache_dir: str | os.PathLike[str] | None = None) -> Any:
     """A ``LoadedModel`` (``.model``, ``.task``, ``.metrics``): see ``autosurgeon.zoo.load_model``."""
-    from autosurgeon.zoo import load_model
 
     return load_model(spec, device=device, dtype=dtype, cache_dir=cache_dir)
 
@@ -41,10 +50,6 @@ def make_plan(model: Any, *, device: Any = "local", memory_budget: str | int | N
         objective: ``"auto"``, ``"quality"``, ``"memory"``, ``"latency"`` or ``"energy"``.
         group_sizes: int4 group sizes the planner may choose between.
     """
-    from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.planners.knapsack import PLANNER_KNOBS, plan_knapsack
-    from autosurgeon.quality.sensitivity import DEFAULT_PRECISIONS, measure_sensitivity
-    from autosurgeon.space.search_space import SearchSpace
 
     if memory_budget is None and max_quality_loss is None:
         raise InvalidArgumentError("give `memory_budget` (e.g. '25%' or '2GiB'), `max_quality_loss` (e.g. 0.01), "
@@ -60,7 +65,7 @@ def make_plan(model: Any, *, device: Any = "local", memory_budget: str | int | N
     return result.plan
 
 
-def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget: Any = None,
+def apply(model: Any, plan: Plan | None = None, *, device: Any = "local", memory_budget: Any = None,
           watts: float | None = None, offload_dir: str | None = None) -> Any:
     """Apply ``plan`` (a ``Plan``, a plan JSON path, or None: unmodified) in place; return a runtime ``Session``.
 
@@ -70,10 +75,6 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
     for this machine's profile executing there. ``watts``: a power figure for the energy estimate where no
     counter is readable.
     """
-    from autosurgeon.budget import MemoryBudget
-    from autosurgeon.plan import Plan
-    from autosurgeon.transforms.apply import session_from_plan
-    from runtime.session import module_bytes
 
     exec_device = None
     if isinstance(device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", device):  # this machine, run there
@@ -82,7 +83,6 @@ def apply(model: Any, plan: Any = None, *, device: Any = "local", memory_budget:
     fastest = _fastest(device) if exec_device is None else ("gpu" if exec_device.startswith("cuda") else "cpu")
     budgets = budget.resolve(reference_bytes=module_bytes(model.model), fastest=fastest) if budget else None
     if plan is None:  # unmodified: an empty plan placed within the budgets, as `autosurgeon run` without --plan
-        from autosurgeon.transforms.apply import apply_plan
 
         return apply_plan(model, Plan(), device, inplace=True, budgets=budgets or {}, offload_dir=offload_dir,
                           energy_watts=watts, placement="fit",
@@ -98,7 +98,6 @@ def prompt(model: Any, text: str | None = None, *, ids: str | None = None) -> An
     ``ids`` in ``--prompt-ids`` form (``"1,2,3"`` or ``"random:16"``)."""
     import torch
 
-    from autosurgeon.models.prompt import parse_prompt_ids, prompt_ids_tensor, tokenizer
 
     if (text is None) == (ids is None):
         raise InvalidArgumentError("give exactly one of `text` and `ids` (e.g. ids='random:16').")

@@ -12,6 +12,8 @@ from typing import Any
 
 from autosurgeon import precisions as precision_table
 from autosurgeon.errors import InvalidArgumentError
+from runtime.errors import JalapenoError
+from runtime.sizes import parse_bytes
 
 # Precision of a linear/conv's weights. "int8"/"int4" are weight-only (activations stay float);
 # "int8-dynamic" quantizes activations per call too (fbgemm's w8a8 path); "fp8" needs a GPU that has it.
@@ -138,8 +140,6 @@ def parse_kv_budget(value: Any, *, where: str = "session") -> tuple[str, float |
         if not 0 < pct <= 100:
             raise InvalidArgumentError(f"{where}: `kv_budget` share must be in (0%, 100%], got {value!r}; {fix}.")
         return "share", pct / 100.0
-    from runtime.errors import JalapenoError
-    from runtime.sizes import parse_bytes
 
     try:
         n = parse_bytes(text, what="kv_budget")

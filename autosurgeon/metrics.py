@@ -21,8 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.files.envelope import unwrap, wrap
 
 LABELS = ("measured", "profiled", "estimated")
 TIERS = ("gpu", "cpu", "disk")

@@ -42,8 +42,9 @@ from typing import Any
 from torch import nn
 
 from autosurgeon.budget import MemoryBudget
-from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import AutoSurgeonError
+from autosurgeon.files.atomic import write_text_atomic
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.knobs import validate_decision, validate_session
 
 PLAN_TYPE = "autosurgeon.Plan"
@@ -243,7 +244,6 @@ class Plan:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a crash never leaves half a plan)."""
-        from autosurgeon.files.atomic import write_text_atomic
 
         return write_text_atomic(path, self.to_json() + "\n")
 

@@ -38,12 +38,25 @@ import numpy as np
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
 from autosurgeon.budget import MemoryBudget
-from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, TIERS, FootprintTracker, memory_breakdown, resolve_budget
-from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT
+from autosurgeon.cost.footprint import (
+    DEFAULT_KV_CONTEXT,
+    TIERS,
+    FootprintTracker,
+    kv_budget_bytes,
+    kv_token_bytes,
+    memory_breakdown,
+    resolve_budget,
+)
+from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
+from autosurgeon.hardware.profile import HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT, parse_kv_budget
 from autosurgeon.plan import Plan, model_fingerprint
-from autosurgeon.space.masks import FLOAT_PRECISIONS
+from autosurgeon.space.masks import FLOAT_PRECISIONS, placement_units
+from autosurgeon.space.search_space import SearchSpace
+from autosurgeon.space.session import build_session_record, kv_precision_reason
+from runtime.sizes import format_bytes
 
 logger = get_logger(__name__)
 
@@ -94,7 +107,6 @@ def raise_for_problems(problems: list[PlanProblem], *, what: str = "plan") -> No
 
 def _fmt(n: float) -> str:
     """``"1.50 GiB (1610612736 B)"``: readable, and exact for scripts and tests."""
-    from runtime.sizes import format_bytes
 
     text = format_bytes(n)
     return text if text.endswith(" B") else f"{text} ({int(n)} B)"
@@ -114,7 +126,6 @@ def _strip(reason: str, fqn: str) -> str:
 def parse_budgets(budgets: Mapping[str, Any] | None) -> dict[str, int]:
     """``{tier: bytes}`` from ints or strings such as ``"2GiB"`` (absolute sizes per tier only; shares and bare
     sizes need the model: ``cost.footprint.resolve_budget``); InvalidArgumentError names a bad entry."""
-    from autosurgeon.budget import MemoryBudget
 
     if budgets is not None and not isinstance(budgets, (Mapping, MemoryBudget)):
         raise InvalidArgumentError(f"`budgets` must be a mapping of tier -> bytes, got {type(budgets).__name__}.")
@@ -126,7 +137,7 @@ LIST_UNMATCHED = 100  # unmatched rule targets listed one per problem; the rest 
 
 
 # long: every kind of problem (fingerprints, targets, masks, session, budgets) collected in one pass, in order
-def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None,
+def check_plan(model: Any, plan: Plan, profile: HardwareProfile | str, *, space: Any | None = None,
                budgets: Mapping[str, Any] | None = None, force: bool = False,
                inputs: Mapping[str, Any] | None = None, lookahead: int = 2,
                kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1) -> list[PlanProblem]:
@@ -145,9 +156,6 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
             session overrides it).
         kv_context, kv_batch: the workload the plan's KV cache is counted at (``footprint.plan_memory``).
     """
-    from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.hardware.profile import HardwareProfile
-    from autosurgeon.space.search_space import SearchSpace
 
     if not isinstance(plan, Plan):
         raise InvalidArgumentError(f"`plan` must be an autosurgeon.plan.Plan, got {type(plan).__name__}.")
@@ -228,12 +236,10 @@ def check_plan(model: Any, plan: Plan, profile: Any, *, space: Any | None = None
     return problems
 
 
-def _session_problems(space: Any, plan: Plan, x: np.ndarray, profile: Any, module: nn.Module, model: Any, *,
+def _session_problems(space: SearchSpace, plan: Plan, x: np.ndarray, profile: HardwareProfile, module: nn.Module,
+                      model: Any, *,
                       kv_context: int, kv_batch: int) -> list[PlanProblem]:
     """Session decisions this model or device cannot take (module docstring, item 5)."""
-    from autosurgeon.cost.footprint import kv_budget_bytes, kv_token_bytes
-    from autosurgeon.space.masks import placement_units
-    from autosurgeon.space.session import build_session_record, kv_precision_reason
 
     session = plan.session
     if not session:
@@ -255,7 +261,6 @@ def _session_problems(space: Any, plan: Plan, x: np.ndarray, profile: Any, modul
                                f"device {profile.name!r} has no GPU for the KV pages; use kv_tier 'cpu' or drop it."))
     if "kv_budget" in session and record.has_kv:
         tb = kv_token_bytes(record.kv_heads, record.head_dim, precision or "float", record.dtype, batch=kv_batch)
-        from autosurgeon.knobs import parse_kv_budget
 
         kind, amount = parse_kv_budget(session["kv_budget"])
         budget = kv_budget_bytes(session["kv_budget"], layers=record.kv_layers, token_bytes=tb, tokens=kv_context + 1)
@@ -286,7 +291,7 @@ def _session_problems(space: Any, plan: Plan, x: np.ndarray, profile: Any, modul
     return out
 
 
-def _not_applicable(space: Any, fqn: str, knob: str, module: nn.Module) -> str:
+def _not_applicable(space: SearchSpace, fqn: str, knob: str, module: nn.Module) -> str:
     leaf = space.leaves.get(fqn)
     block = next((b for b in space.blocks if b.name == fqn), None)
     what = leaf.kind if leaf is not None else ("block" if block is not None and block.is_block else
@@ -298,7 +303,7 @@ def _not_applicable(space: Any, fqn: str, knob: str, module: nn.Module) -> str:
             "units of this model.")
 
 
-def _encode_checked(space: Any, plan: Plan) -> tuple[np.ndarray, list[PlanProblem]]:
+def _encode_checked(space: SearchSpace, plan: Plan) -> tuple[np.ndarray, list[PlanProblem]]:
     """Like ``space.encode`` but collects values that are no choice instead of raising on the first."""
     x = space.default_vector()
     problems = []
@@ -328,7 +333,7 @@ def _encode_checked(space: Any, plan: Plan) -> tuple[np.ndarray, list[PlanProble
     return x, problems
 
 
-def _notes(space: Any, plan: Plan, x: np.ndarray) -> list[PlanProblem]:
+def _notes(space: SearchSpace, plan: Plan, x: np.ndarray) -> list[PlanProblem]:
     """Warnings: exact rules whose group_size/kernel has no effect, and placements the runtime cannot run."""
     out = []
     for rule in plan.rules:
@@ -355,7 +360,7 @@ def _notes(space: Any, plan: Plan, x: np.ndarray) -> list[PlanProblem]:
     return out
 
 
-def _capacities(profile: Any) -> dict[str, tuple[int, str]]:
+def _capacities(profile: HardwareProfile) -> dict[str, tuple[int, str]]:
     """Tier -> (bytes, label) of what the device itself holds (when the profile knows it)."""
     out: dict[str, tuple[int, str]] = {}
     for unit in profile.units:
@@ -368,7 +373,7 @@ def _capacities(profile: Any) -> dict[str, tuple[int, str]]:
     return out
 
 
-def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2, session: Mapping[str, Any] | None = None,
+def smallest_footprint(space: SearchSpace, tier: str, *, lookahead: int = 2, session: Mapping[str, Any] | None = None,
                        kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1) -> tuple[int, np.ndarray]:
     """(bytes on ``tier``, vector) of a small valid plan: greedy per variable, see the module docstring.
 
@@ -394,7 +399,8 @@ def smallest_footprint(space: Any, tier: str, *, lookahead: int = 2, session: Ma
     return tracker.tiers()[tier], tracker.x.copy()
 
 
-def _budget_problems(space: Any, x: np.ndarray, profile: Any, limits: dict[str, int], lookahead: int, *,
+def _budget_problems(space: SearchSpace, x: np.ndarray, profile: HardwareProfile, limits: dict[str, int],
+                     lookahead: int, *,
                      session: Mapping[str, Any] | None = None, kv_context: int = DEFAULT_KV_CONTEXT,
                      kv_batch: int = 1) -> list[PlanProblem]:
     limits_all: dict[str, tuple[int, str]] = dict(_capacities(profile))

@@ -34,6 +34,7 @@ from autosurgeon.errors import (
     ModelDirectoryError,
     UnknownModelError,
 )
+from autosurgeon.files.runfolder import check_out_path
 from autosurgeon.models import listing as _listing
 from autosurgeon.models.cache import build_once, is_complete
 from autosurgeon.models.digits import (
@@ -56,6 +57,7 @@ from autosurgeon.models.listing import ZooEntry
 from autosurgeon.models.registry import ZOO as _ZOO
 from autosurgeon.models.registry import ZooRecipe
 from autosurgeon.models.shapes import SHAPES, build_config_model
+from autosurgeon.models.ship_export import export_folder
 from autosurgeon.models.shipped import shipped_folder
 from autosurgeon.models.text_corpus import HeldoutTokens
 from autosurgeon.models.train_lm import LMRecipe, train_lm
@@ -191,12 +193,10 @@ def train_to(name: str, out_dir: str | os.PathLike[str], *, dtype: str = "bfloat
     """
     import tempfile
 
-    from autosurgeon.models.ship_export import export_folder
 
     entry = _zoo_entry(name)
     if entry.recipe is None:
         raise InvalidArgumentError(f"{name!r} is an architecture shape with random weights; there is nothing to train.")
-    from autosurgeon.files.runfolder import check_out_path
 
     out = check_out_path(out_dir, argument="out_dir")  # before training, not after
     with tempfile.TemporaryDirectory(prefix=f"autosurgeon-train-{name}-") as tmp:

@@ -16,8 +16,17 @@ from typing import Any
 import numpy as np
 
 from autosurgeon._logging import get_logger
+from autosurgeon.cost.footprint import plan_memory
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate import AnalyticEvaluator
+from autosurgeon.evaluate.registry import get as evaluator_kind
 from autosurgeon.evaluate.registry import names as evaluator_names
+from autosurgeon.hardware.power_cap import mode_key
+from autosurgeon.plan_check import smallest_footprint
+from autosurgeon.quality.sensitivity import measure_sensitivity
+from autosurgeon.quality.settings import QualitySettings
+from autosurgeon.space.search_space import SearchSpace
+from autosurgeon.zoo import load_model
 from envs.observation import (
     DecisionUnit,
     ObservationLayout,
@@ -66,17 +75,9 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
         cache: reuse a context built earlier in this process.
         quality: a ``QualitySettings`` for the runtime evaluator's measured quality (None: the defaults).
     """
-    from autosurgeon.cost.footprint import plan_memory
-    from autosurgeon.evaluate import AnalyticEvaluator
-    from autosurgeon.evaluate.registry import get as evaluator_kind
-    from autosurgeon.plan_check import smallest_footprint
-    from autosurgeon.quality.settings import QualitySettings
-    from autosurgeon.space.search_space import SearchSpace
-    from autosurgeon.zoo import load_model
 
     if evaluator not in EVALUATORS:
         raise InvalidArgumentError(f"`evaluator` must be one of {', '.join(EVALUATORS)}, got {evaluator!r}.")
-    from autosurgeon.hardware.power_cap import mode_key
 
     # A profile moved to another power mode keeps its fingerprint, not its rates: the mode is in the key.
     quality_key = tuple(sorted(quality.to_dict().items())) if quality is not None else ()
@@ -88,7 +89,6 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     space = SearchSpace.build(loaded, profile, knobs=knobs)
     table = None
     if sensitivity:
-        from autosurgeon.quality.sensitivity import measure_sensitivity
 
         table = measure_sensitivity(loaded)
     kind = evaluator_kind(evaluator)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hardware.power_cap import mean_power_w
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,6 @@ def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objective
             "memory_budget": memory_budget, "memory_violation": bool(memory_violation),
             "quality_loss": quality, "quality_violation": bool(quality_violation)}
     if power_cap_w is not None:
-        from autosurgeon.hardware.power_cap import mean_power_w
 
         watts = mean_power_w(metrics)
         power_violation = watts is not None and watts > power_cap_w

@@ -9,9 +9,14 @@ import numpy as np
 from gymnasium import spaces
 
 from autosurgeon._logging import get_logger
+from autosurgeon.cost.footprint import plan_memory
 from autosurgeon.errors import InvalidArgumentError
-from envs.context import ModelContext, build_context
+from autosurgeon.hardware.power_cap import resolve_power_cap
+from autosurgeon.hardware.power_modes import current_mode
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import SESSION_KNOBS
+from autosurgeon.quality.settings import QualitySettings
+from envs.context import ModelContext, build_context
 from envs.observation import OBJECTIVES, OBS_CLIP, assemble, layout_for
 from envs.reward import RewardConfig, episode_reward
 
@@ -124,9 +129,6 @@ class SurgeryEnv(gym.Env):
                  preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
                  budget_shield: bool = True, render_mode: str | None = None,
                  power_cap_w: float | None = None, quality: Any = None) -> None:
-        from autosurgeon.hardware.resolve import resolve_profile
-        from autosurgeon.quality.settings import QualitySettings
-        from autosurgeon.hardware.power_cap import resolve_power_cap
 
         if render_mode is not None:
             raise InvalidArgumentError(f"`render_mode` must be None (SurgeryEnv does not render), got {render_mode!r}.")
@@ -177,7 +179,6 @@ class SurgeryEnv(gym.Env):
     @property
     def power_mode_name(self) -> str:
         """The power mode the env's profile is in (the cap's mode, or the profile's own)."""
-        from autosurgeon.hardware.power_modes import current_mode
 
         return current_mode(self.profile).name
 
@@ -352,7 +353,6 @@ class SurgeryEnv(gym.Env):
         completion (``plan_check.smallest_footprint``'s vector, repaired to validity), fits the budget.
         If no choice is feasible the one with the least memory is kept, so the mask is never empty.
         """
-        from autosurgeon.cost.footprint import plan_memory
 
         space, ctx = self.ctx.space, self.ctx
         undecided = [j for u in ctx.units[self.t:] for j in u.variables if j != i]

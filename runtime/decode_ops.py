@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from runtime.errors import JalapenoError
+
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
@@ -344,7 +346,6 @@ def pick_ops(kind: str, device: torch.device, *, head_dim: int, dtype: torch.dty
     """The ops for ``kind`` on ``device``: "auto" (the exact fused kernels where they can run, else torch),
     "torch", "triton" or "triton-fast"; with "auto", also why the fused kernels were not taken."""
     if kind not in ("auto", "torch", "triton", "triton-fast"):
-        from runtime.errors import JalapenoError
 
         raise JalapenoError(f"`ops` must be 'auto', 'torch', 'triton' or 'triton-fast', got {kind!r}.")
     if kind == "torch":
@@ -364,7 +365,6 @@ def pick_ops(kind: str, device: torch.device, *, head_dim: int, dtype: torch.dty
     if why is None:
         return (TritonFastOps if kind == "triton-fast" else TritonOps), None
     if kind != "auto":
-        from runtime.errors import JalapenoError
 
         raise JalapenoError(f"`ops='triton'` is not possible here: {why}; use ops='torch' or 'auto'.")
     return TorchOps, why

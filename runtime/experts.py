@@ -32,8 +32,7 @@ from torch import nn
 
 from runtime._log import get_logger
 from runtime.errors import JalapenoError
-from runtime.prefetch import (EXPERT_PREFETCHERS, ExpertPrefetcher, GatePrefetcher, LRUOnlyPrefetcher,
-                              MarkovPrefetcher)
+from runtime.prefetch import EXPERT_PREFETCHERS, ExpertPrefetcher, GatePrefetcher, LRUOnlyPrefetcher, MarkovPrefetcher
 from runtime.prefetch_hybrid import HybridPrefetcher
 from runtime.tensors import TensorStore, tier_of
 

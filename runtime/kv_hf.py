@@ -11,6 +11,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from runtime._log import get_logger
+from runtime.errors import JalapenoError
 from runtime.kv_pages import LayerKV, RopeRotator
 from runtime.kv_policies import get_policy
 from runtime.kv_quant import KVCodec
@@ -63,7 +64,6 @@ class PagedKVLayer(CacheLayerMixin):
         self.kv.reorder(beam_idx)
 
     def crop(self, tokens_to_remove: int) -> None:
-        from runtime.errors import JalapenoError
 
         raise JalapenoError("PagedKVCache cannot be cropped (assisted decoding); use DynamicCache for that.")
 

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from runtime.errors import JalapenoError
+from runtime.kv_hf import PagedKVCache
 from runtime.kv_policies import get_policy, known_policies
 from runtime.kv_quant import PRECISIONS, fp8_dtype
 from runtime.sizes import parse_bytes
@@ -148,7 +149,6 @@ def make_kv_cache(config: KVCacheConfig, model_config: Any, *, device: str | tor
         JalapenoError: the model has non-full-attention layers (sliding window, linear attention), or the
             config asks for something this device cannot do.
     """
-    from runtime.kv_hf import PagedKVCache  # transformers is imported only when a cache is made
 
     if not isinstance(config, KVCacheConfig):
         raise JalapenoError(f"`config` must be a KVCacheConfig, got {type(config).__name__}.")
@@ -170,7 +170,6 @@ def make_kv_cache(config: KVCacheConfig, model_config: Any, *, device: str | tor
 
 def __getattr__(name: str) -> Any:  # PagedKVCache without importing transformers at `import runtime.kvcache`
     if name == "PagedKVCache":
-        from runtime.kv_hf import PagedKVCache
         return PagedKVCache
     raise AttributeError(name)
 

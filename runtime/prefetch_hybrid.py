@@ -25,7 +25,6 @@ from typing import Any
 from runtime.errors import JalapenoError
 from runtime.prefetch import MarkovPrefetcher, _interleave, _row_width
 
-
 MIN_USE = 1e-3  # expected tokens using an expert below which it is not predicted
 
 

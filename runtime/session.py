@@ -23,10 +23,14 @@ import torch
 from torch import nn
 
 from runtime._log import get_logger
-from runtime.errors import JalapenoError
+from runtime.adapt import AdaptConfig, Adapter
+from runtime.decode_graph import GraphDecoder, generate_reason
+from runtime.errors import BudgetExceededError, JalapenoError
+from runtime.experts import find_expert_modules
+from runtime.kvcache import make_kv_cache
 from runtime.spec import FLOAT_FORMATS, QUANT_FORMATS, BlockSpec, SessionSpec
-from runtime.streaming import StreamUnit, Streamer, attach_device_hooks
-from runtime.tensors import TIERS, TensorStore, tier_of
+from runtime.streaming import Streamer, StreamUnit, attach_device_hooks, move_to
+from runtime.tensors import TIERS, TensorStore, aligned, tier_of
 
 if TYPE_CHECKING:
     from runtime.adapt import AdaptConfig, Adapter
@@ -91,7 +95,7 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.Modu
 def quantize_linears(block: nn.Module, fmt: str, group_size: int = 128) -> int:
     """Replace each nn.Linear in ``block`` by a QuantizedLinear; returns how many were replaced."""
     try:
-        from runtime.kernels import QuantizedLinear
+        from runtime.kernels import QuantizedLinear  # lazy: the kernels package is optional at this layer's import
     except ImportError as exc:  # the kernels package is optional at this layer's import time
         raise JalapenoError(f"weight_format {fmt!r} needs runtime.kernels.QuantizedLinear: {exc}") from exc
     count = 0
@@ -160,7 +164,6 @@ class Session:
         self.adapter: Adapter | None = None
         self._expert_names: set[str] = set()
         if experts is not None:
-            from runtime.experts import find_expert_modules
 
             if spec.granularity == "block":
                 raise JalapenoError("`experts` streaming needs `granularity='module'` (a whole-block unit would "
@@ -180,7 +183,7 @@ class Session:
         try:
             self.streamer.attach()
             if experts is not None:
-                from runtime.experts import ExpertStreamer
+                from runtime.experts import ExpertStreamer  # lazy: only mixture-of-experts sessions stream experts
 
                 self.experts = ExpertStreamer(model, self.store, experts,
                                               device=torch.device(self.block_specs[0].device)).attach()
@@ -211,7 +214,6 @@ class Session:
         self._devices = sorted({str(bs.device) for bs in self.block_specs} | {str(self.rest_device)})
         self.closed = False
         if adapt:
-            from runtime.adapt import AdaptConfig, Adapter
 
             self.adapter = Adapter(self, adapt if isinstance(adapt, AdaptConfig) else AdaptConfig())
             self._handles.append(self.model.register_forward_pre_hook(self._step_start, with_kwargs=True))
@@ -270,7 +272,6 @@ class Session:
     def forward(self, **inputs: Any) -> Any:
         """``model(**inputs)`` with tensors moved to the rest device, under ``torch.no_grad``."""
         self._check_open()
-        from runtime.streaming import move_to
 
         with torch.no_grad():
             return self.model(**move_to(inputs, self.rest_device))
@@ -326,7 +327,6 @@ class Session:
         if self.graphs is None and not any(d.startswith("cuda") for d in self._devices):
             self._decode = {"path": "eager", "reason": "no CUDA device"}
             return None
-        from runtime.decode_graph import GraphDecoder, generate_reason
 
         reason = self._decode.get("failed") or generate_reason(self, input_ids, do_sample=do_sample, kwargs=kwargs)
         if reason is None and self._graph is None:
@@ -347,7 +347,6 @@ class Session:
 
     def _graph_generate(self, graph: Any, input_ids: torch.Tensor, max_new_tokens: int,
                         kwargs: dict[str, Any]) -> torch.Tensor | None:
-        from runtime.errors import BudgetExceededError
 
         eos = kwargs.get("eos_token_id")
         if eos is None:
@@ -369,7 +368,6 @@ class Session:
         return out
 
     def _make_kv_cache(self) -> Any:
-        from runtime.kvcache import make_kv_cache
 
         config = self.kv_config
         if self.adapter is not None and self.adapter.next_kv_precision and config.precision == "float":
@@ -445,7 +443,6 @@ class Session:
         """The fewest resident blocks (last first) whose demotion brings the execution tier's usage to at most
         ``target_bytes``, with the lookahead to use (the spec's, lowered if the staging would not fit);
         None if even demoting every resident block at lookahead 0 would not."""
-        from runtime.tensors import aligned
 
         used = self.store.used(self.exec_tier)
         streamer = self.streamer
@@ -484,7 +481,7 @@ class Session:
 
     def _telemetry(self) -> tuple[Any, Any]:
         try:
-            from runtime import telemetry  # local: telemetry may touch NVML, and only when measuring
+            from runtime import telemetry  # lazy: telemetry may touch NVML, and only when measuring
         except ImportError:  # telemetry not installed alongside: time only
             return _NoMeter(), _NoMeter()
         device = next((d for d in self._devices if d.startswith("cuda")), "cpu")

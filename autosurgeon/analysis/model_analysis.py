@@ -46,7 +46,7 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
@@ -55,6 +55,9 @@ from autosurgeon._logging import get_logger
 from autosurgeon.analysis.trace import Boundary, OpStats, Trace, tensor_bytes
 from autosurgeon.analysis.units import UnitLayout, discover
 from autosurgeon.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
 
 logger = get_logger(__name__)
 
@@ -205,7 +208,7 @@ def _on_meta(model: nn.Module, inputs: dict[str, Any]) -> bool:
     return any(isinstance(v, torch.Tensor) and v.device.type == "meta" for v in inputs.values())
 
 
-def _validate(model: Any, inputs: Any, phase: str, profile: Any) -> None:
+def _validate(model: Any, inputs: Any, phase: str, profile: HardwareProfile) -> None:
     if not isinstance(model, nn.Module):
         raise InvalidArgumentError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
     if not isinstance(inputs, dict) or not inputs:

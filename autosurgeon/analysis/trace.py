@@ -32,6 +32,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
+from runtime.experts import expected_experts_read
+
 aten = torch.ops.aten
 
 # Metadata queries that must not be decomposed or counted (the same set FlopCounterMode passes through).
@@ -94,7 +96,6 @@ class OpStats:
             _, hit = self.expert_hits.setdefault(key, (groups, set()))
             hit.update(int(i) for i in torch.unique(indices.reshape(-1)).tolist() if 0 <= i < groups)
         elif groups > 0:
-            from runtime.experts import expected_experts_read
 
             k = max(1, min(int(top_k), groups))
             self.expert_expected.append(expected_experts_read(groups, k, max(rows, 1) / k) / groups)

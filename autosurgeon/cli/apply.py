@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.cli._budget import add_memory_budget, single_budget
 from autosurgeon.cli._quality import add_quality_arguments, quality_settings
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.registry import names as evaluator_names
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.metrics import Metrics
 
 
 def register(subparsers: Any) -> None:
@@ -137,7 +140,7 @@ def _json(result: Any, out: Path, offered: Path | None, plan_id: Any) -> dict[st
     from envs.observation import OBJECTIVES
     from envs.reward import normalised
 
-    def row(origin: str, x: Any, metrics: Any) -> dict[str, Any]:
+    def row(origin: str, x: Any, metrics: Metrics) -> dict[str, Any]:
         return {"id": plan_id(result.space.decode(x)), "origin": origin,
                 "normalised": dict(zip(OBJECTIVES, (float(v) for v in normalised(metrics, result.base, OBJECTIVES)))),
                 "metrics": metrics.summary() if hasattr(metrics, "summary") else None}

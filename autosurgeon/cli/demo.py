@@ -14,16 +14,16 @@ from typing import Any
 
 from autosurgeon.cli._budget import add_memory_budget
 from autosurgeon.cli._quality import add_quality_arguments
-from experiments.demo_flow import DemoSettings
 
-_DEFAULTS = DemoSettings()
-DEFAULT_MODEL = _DEFAULTS.model
 SCENARIOS = ("auto", "search", "streaming")
 STREAMING_MODEL = "llama-7b-16l-shape"  # experiments.demo_streaming.MODEL (not imported: --help stays light)
 STREAMING_BUDGET = "gpu=3GiB"  # experiments.demo_streaming.BUDGET
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from experiments.demo_flow import DemoSettings  # the CLI imports the layers above it inside functions
+
+    defaults = DemoSettings()
     parser = subparsers.add_parser(
         "demo",
         help="the whole flow on this machine: profile, sweep, pick a plan under a budget, run it",
@@ -40,27 +40,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "against accelerate offload and uniform int8/int4 (the default where CUDA is visible and "
                         "--model is not given); auto: as said (default)")
     parser.add_argument("--model", default=None,
-                        help=f"model spec (default {DEFAULT_MODEL}; the streaming scenario: {STREAMING_MODEL})")
+                        help=f"model spec (default {defaults.model}; the streaming scenario: {STREAMING_MODEL})")
     add_memory_budget(parser, "search: one share (of the unmodified model's measured memory) or size bounding the "
-                      f"chosen plan's GPU+CPU bytes (default {_DEFAULTS.budget}); streaming: the GPU's (default "
+                      f"chosen plan's GPU+CPU bytes (default {defaults.budget}); streaming: the GPU's (default "
                       f"{STREAMING_BUDGET})", old=("--budget",))
-    parser.add_argument("--max-quality-loss", type=float, default=_DEFAULTS.max_quality_loss,
-                        help=f"relative quality bound, 0.01 = 1%% (default {_DEFAULTS.max_quality_loss})")
-    parser.add_argument("--evals", type=int, default=_DEFAULTS.evals,
-                        help=f"plans the sweep evaluates (default {_DEFAULTS.evals})")
-    parser.add_argument("--pop-size", type=int, default=_DEFAULTS.pop_size,
-                        help=f"NSGA-II population (default {_DEFAULTS.pop_size})")
-    parser.add_argument("--out", default=_DEFAULTS.out,
-                        help=f"run folder; rerunning with the same folder resumes the sweep (default {_DEFAULTS.out})")
+    parser.add_argument("--max-quality-loss", type=float, default=defaults.max_quality_loss,
+                        help=f"relative quality bound, 0.01 = 1%% (default {defaults.max_quality_loss})")
+    parser.add_argument("--evals", type=int, default=defaults.evals,
+                        help=f"plans the sweep evaluates (default {defaults.evals})")
+    parser.add_argument("--pop-size", type=int, default=defaults.pop_size,
+                        help=f"NSGA-II population (default {defaults.pop_size})")
+    parser.add_argument("--out", default=defaults.out,
+                        help=f"run folder; rerunning with the same folder resumes the sweep (default {defaults.out})")
     parser.add_argument("--warm-start", default=None, metavar="MARKOV_JSON",
                         help="Markov model for the first population (default: yours for this device class, "
                         "learned by earlier demos, else the one shipped in experiments/warmstart/)")
     parser.add_argument("--policy", default=None, metavar="DIR",
                         help="a policy folder from `autosurgeon train` (e.g. policies/<device class>); none is loaded "
                         "unless named here")
-    parser.add_argument("--tokens", type=int, default=_DEFAULTS.tokens,
-                        help=f"tokens to generate (default {_DEFAULTS.tokens})")
-    add_quality_arguments(parser, default_samples=_DEFAULTS.quality_samples)
+    parser.add_argument("--tokens", type=int, default=defaults.tokens,
+                        help=f"tokens to generate (default {defaults.tokens})")
+    add_quality_arguments(parser, default_samples=defaults.quality_samples)
     parser.add_argument("--seed", type=int, default=0, help="sweep seed (default 0)")
     parser.set_defaults(func=run)
 
@@ -149,13 +149,14 @@ def _scenario(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from autosurgeon.analysis.tables import si
-    from experiments.demo_flow import run_demo
+    from experiments.demo_flow import DemoSettings, run_demo
 
     if _scenario(args) == "streaming":
         from autosurgeon.cli.demo_streaming import run_streaming
 
         return run_streaming(args, _Progress())
-    settings = DemoSettings(model=args.model or DEFAULT_MODEL, budget=args.memory_budget or _DEFAULTS.budget,
+    defaults = DemoSettings()
+    settings = DemoSettings(model=args.model or defaults.model, budget=args.memory_budget or defaults.budget,
                             max_quality_loss=args.max_quality_loss,
                             evals=args.evals, pop_size=args.pop_size, out=args.out, warm_start=args.warm_start,
                             policy=args.policy, tokens=args.tokens, quality_samples=args.quality_samples,

@@ -19,11 +19,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.cli._budget import add_memory_budget, memory_budget
 from autosurgeon.cli._quality import add_quality_arguments, quality_settings
 from autosurgeon.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.plan import Plan
+    from autosurgeon.zoo import LoadedModel
 
 OBJECTIVES = ("auto", "quality", "memory", "latency", "energy")
 
@@ -103,7 +108,7 @@ def parse_precisions(text: str | None) -> tuple[str, ...]:
     return out
 
 
-def sensitivity_tables(loaded: Any, group_sizes: list[int], *, precisions: tuple[str, ...] | None = None,
+def sensitivity_tables(loaded: LoadedModel, group_sizes: list[int], *, precisions: tuple[str, ...] | None = None,
                        hessian_samples: int = 0, cache_dir: str | None = None) -> list[Any]:
     """One cached table per int4 group size: ``precisions`` at the first, int4 alone at the others."""
     from autosurgeon.quality.sensitivity import DEFAULT_PRECISIONS, measure_sensitivity
@@ -215,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recheck(loaded: Any, plan: Any, profile: Any, quality: Any, estimate: float, bound: float) -> Any:
+def _recheck(loaded: LoadedModel, plan: Plan, profile: HardwareProfile, quality: Any, estimate: float,
+             bound: float) -> Any:
     """Measure the plan's quality before it is handed over; refuse a plan that measures above the bound."""
     from autosurgeon.hardware.resolve import resolve_profile
     from autosurgeon.knobs import KNOBS

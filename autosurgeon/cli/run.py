@@ -27,11 +27,14 @@ import dataclasses
 import json
 import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.budget import FLAG, MemoryBudget
 from autosurgeon.cli._budget import add_memory_budget
 from autosurgeon.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")
 
@@ -302,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode_decode(loaded: Any, prompt_ids: Any) -> tuple[Any, Any]:
+def _encode_decode(loaded: LoadedModel, prompt_ids: Any) -> tuple[Any, Any]:
     """The tokenizer's (encode, decode); with --prompt-ids and no tokenizer, ids are shown as ids."""
     from autosurgeon.models.prompt import tokenizer
 
@@ -314,7 +317,8 @@ def _encode_decode(loaded: Any, prompt_ids: Any) -> tuple[Any, Any]:
         return (lambda text: []), (lambda ids: " ".join(str(i) for i in ids))
 
 
-def _run_forward(args: argparse.Namespace, loaded: Any, budgets: dict[str, int], device: str, prompt_ids: Any) -> int:
+def _run_forward(args: argparse.Namespace, loaded: LoadedModel, budgets: dict[str, int], device: str,
+                 prompt_ids: Any) -> int:
     """Encoders and classifiers: one forward on the runtime (or as is, without a block list), reported."""
     import torch
 

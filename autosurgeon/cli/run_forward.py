@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
 
 MIN_WINDOW_S = 1.0  # energy counters resolve windows of about a second: repeat the forward that long
 MAX_REPEATS = 1000
 
 
-def forward_inputs(loaded: Any, ids: Any | None) -> dict[str, Any]:
+def forward_inputs(loaded: LoadedModel, ids: Any | None) -> dict[str, Any]:
     """The forward's keyword arguments: token ids for encoders, a seeded example image for classifiers."""
     if loaded.task == "feature-extraction":
         if ids is None:
@@ -32,7 +35,7 @@ def forward_inputs(loaded: Any, ids: Any | None) -> dict[str, Any]:
                                f"or use a causal LM or an encoder directory.")
 
 
-def run_forward(loaded: Any, inputs: dict[str, Any], *, session: Any | None, watts: float | None,
+def run_forward(loaded: LoadedModel, inputs: dict[str, Any], *, session: Any | None, watts: float | None,
                 device: str) -> dict[str, Any]:
     """Warm up once, then repeat the forward for at least ``MIN_WINDOW_S``; return the output summary and report."""
     import torch
@@ -66,7 +69,7 @@ def run_forward(loaded: Any, inputs: dict[str, Any], *, session: Any | None, wat
     return {**summarise(loaded, out), **report}
 
 
-def summarise(loaded: Any, out: Any) -> dict[str, Any]:
+def summarise(loaded: LoadedModel, out: Any) -> dict[str, Any]:
     """Embeddings: shape and mean L2 norm per position; classifier: top-5 (class, probability)."""
     import torch
 

@@ -27,7 +27,7 @@ dispatch/launch per op, which dominates small models and batch-1 decode on GPUs)
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.cost.base import (
     DEFAULT_FETCH_OVERHEAD_S,
@@ -40,9 +40,14 @@ from autosurgeon.cost.base import (
     resolve_blocks,
     transfer_seconds_per_byte,
 )
-from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.cost.footprint import FLOAT_ITEMSIZE, packed_copy_bytes, weight_bytes
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hardware.power_cap import mode_key
 from autosurgeon.space.masks import placement_units
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.space.search_space import SearchSpace
 
 
 class AnalyticCostModel:
@@ -59,7 +64,7 @@ class AnalyticCostModel:
         disk_cache: "auto" | "warm" | "cold" (``cost.disk_is_warm``).
     """
 
-    def __init__(self, space: Any, analysis: Any, profile: Any, *, n_ops: int,
+    def __init__(self, space: SearchSpace, analysis: Any, profile: HardwareProfile, *, n_ops: int,
                  launch_overhead_s: float | None = None, fetch_overhead_s: float | None = None,
                  lookahead: int = 2, disk_cache: str = "auto", gemv: Any = None, batch: int = 1) -> None:
         if n_ops < 0:
@@ -172,7 +177,6 @@ class AnalyticCostModel:
         """What besides the plan changes this model's result (part of the evaluator's cache key). A profile
         moved to another power mode (``power.at_power_cap``) keeps its fingerprint but not its rates, so its
         mode is named here; a profile in its reference mode adds nothing (keys as before power modes)."""
-        from autosurgeon.hardware.power_cap import mode_key
 
         out: dict[str, Any] = {"n_ops": self.n_ops, "launch_overhead_s": self.launch_overhead_s,
                                "fetch_overhead_s": self.fetch_overhead_s, "lookahead": self.lookahead,

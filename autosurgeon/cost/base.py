@@ -40,9 +40,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autosurgeon import precisions as precision_table
-from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.cost.footprint import tensor_bytes
+from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_modes import DEFAULT_WATTS_PER_CORE, IDLE_POWER_FRACTION, current_mode
+from autosurgeon.space.masks import group_size_reason
 
 if TYPE_CHECKING:  # pragma: no cover
     from autosurgeon.hardware.profile import ComputeUnit, HardwareProfile
@@ -120,7 +121,6 @@ def resolve_blocks(space: SearchSpace, x: Any) -> list[BlockChoice]:
 def default_group(leaf: Any) -> int:
     """int4 group of a leaf whose space has no group_size variable: 128, or 32 where 128 is masked (a row
     narrower than 128), which is what ``SearchSpace.repair`` makes of the default there."""
-    from autosurgeon.space.masks import group_size_reason
 
     return 128 if not leaf.in_features or group_size_reason(128, leaf.in_features) is None else 32
 

@@ -53,7 +53,10 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from autosurgeon import precisions as precision_table
+from autosurgeon.budget import MemoryBudget
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.knobs import KV_KNOBS, SESSION_UNIT, parse_kv_budget
+from autosurgeon.plan import Plan
 
 if TYPE_CHECKING:  # pragma: no cover
     from autosurgeon.plan import Plan
@@ -159,7 +162,6 @@ def resolve_budget(space: SearchSpace | None, budget: Any, *, lookahead: int = 2
     """``{tier: bytes}`` of a memory budget (``MemoryBudget``, its text or a tier mapping) for the model of
     ``space``: shares are of the unmodified model's bytes (``plan_memory`` of the default vector, all tiers),
     a bare entry limits :func:`fastest_tier`."""
-    from autosurgeon.budget import MemoryBudget
 
     parsed = MemoryBudget.parse(budget, argument="budgets")
     if not parsed:
@@ -181,7 +183,6 @@ def memory_breakdown(space: SearchSpace, plan: Plan | Any, *, lookahead: int = 2
     """
     from dataclasses import replace
 
-    from autosurgeon.plan import Plan
 
     if isinstance(plan, Plan):
         return FootprintTracker(space, space.encode(replace(plan, session={})), lookahead=lookahead, batch=batch,
@@ -210,7 +211,6 @@ def kv_budget_bytes(value: Any, *, layers: int, token_bytes: int, tokens: int, s
     budget is raised to the floor the runtime needs (each layer's sinks and one page) rather than failing
     at the first token, and rounded down to a multiple of ``layers`` (the runtime splits it evenly).
     """
-    from autosurgeon.knobs import parse_kv_budget
 
     kind, amount = parse_kv_budget(value, where="kv_budget")
     if kind == "none":
@@ -301,7 +301,6 @@ def kv_layer_bytes(prefill: int, decode: int, token_bytes: int, budget: int | No
 
 def session_values(space: SearchSpace, x: Any) -> dict[str, Any]:
     """Session decisions of vector ``x``: the values of the space's session variables."""
-    from autosurgeon.knobs import SESSION_UNIT
 
     return {v.knob: v.choices[int(x[i])] for i, v in enumerate(space.variables) if v.name == SESSION_UNIT}
 
@@ -309,7 +308,6 @@ def session_values(space: SearchSpace, x: Any) -> dict[str, Any]:
 def kv_footprint(space: SearchSpace, values: Mapping[tuple[str, str], Any], session: Mapping[str, Any], *,
                  batch: int, context: int) -> dict[str, Any] | None:
     """The KV cache of the session (module docstring): tier, bytes (peak, final), settings; None without one."""
-    from autosurgeon.knobs import KV_KNOBS
 
     record = getattr(space, "session", None)
     if not any(k in session for k in KV_KNOBS):

@@ -32,7 +32,10 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
+from autosurgeon.cost.profiled import variant
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.cache import cache_root
+from runtime.kernels import available_kernels
 
 logger = get_logger(__name__)
 
@@ -47,7 +50,6 @@ def entry_key(precision: str, kernel: str, in_features: int, out_features: int, 
 
 
 def _module(precision: str, kernel: str, in_f: int, out_f: int, group_size: int) -> nn.Module:
-    from autosurgeon.cost.profiled import variant
 
     torch.manual_seed(0)
     return variant(nn.Linear(in_f, out_f), precision, group_size, kernel).eval()
@@ -57,7 +59,6 @@ def kernels_for(precision: str) -> list[str]:
     """Kernel names that run ``precision`` here ("auto" for floats; the runtime's CPU kernels otherwise)."""
     if precision in FLOATS or precision == "int8-dynamic":
         return ["auto"]
-    from runtime.kernels import available_kernels
 
     return [k for k in available_kernels(precision, "cpu") if k != "int8-dynamic"]
 
@@ -160,7 +161,6 @@ class GemvTable:
 
 
 def table_path(device: str, threads: int, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    from autosurgeon.models.cache import cache_root
 
     torch_tag = torch.__version__.replace("+", "_")
     return cache_root(cache_dir) / "gemv" / f"{device}-torch{torch_tag}-t{threads}.json"

@@ -48,9 +48,15 @@ learned at run time), so this is the cost of the LRU-only case: an upper estimat
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from autosurgeon.cost.base import DEFAULT_FETCH_OVERHEAD_S, disk_is_warm, transfer_seconds_per_byte
+from autosurgeon.cost.footprint import FLOAT_ITEMSIZE
 from autosurgeon.knobs import KV_KNOBS
+from runtime.experts import expected_experts_read
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
 
 _HF_OPS_PER_LAYER = 2  # DynamicCache: cat(keys), cat(values)
 _ROTATE_OPS = 12  # RopeRotator.rotate of the sinks' keys (runtime.kv_pages)
@@ -71,7 +77,6 @@ def kv_step_delta(kv: Mapping[str, Any] | None, *, record: Any, bandwidth: float
     output) against HF's float cache at ``context + 1`` tokens; None without a paged cache."""
     if kv is None or record is None or not record.has_kv:
         return None
-    from autosurgeon.cost.footprint import FLOAT_ITEMSIZE
 
     itemsize = FLOAT_ITEMSIZE.get(kv["dtype"], 4)
     per_token = 2 * kv["batch"] * record.kv_heads * record.head_dim * record.kv_layers  # K and V elements
@@ -84,18 +89,17 @@ def kv_step_delta(kv: Mapping[str, Any] | None, *, record: Any, bandwidth: float
     return {"delta_s": delta, "kept_tokens": kept, "bytes": now, "baseline_bytes": base, "ops": ops}
 
 
-def expert_step_delta(experts: Mapping[str, Any] | None, *, record: Any, profile: Any, exec_unit: Any, batch: int,
+def expert_step_delta(experts: Mapping[str, Any] | None, *, record: Any, profile: HardwareProfile, exec_unit: Any,
+                      batch: int,
                       fetch_overhead_s: float | None = None) -> dict[str, Any] | None:
     """``{"delta_s", "misses", "hit_rate", "bytes", "link"}`` of expert streaming per decode step (module
     docstring); None when experts are not streamed (``footprint.expert_footprint`` gave None)."""
     if experts is None or record is None or not record.moe:
         return None
-    from autosurgeon.cost.base import DEFAULT_FETCH_OVERHEAD_S, disk_is_warm, transfer_seconds_per_byte
 
     layers, per_layer = len(record.experts), record.num_experts
     total = layers * per_layer
     hit_rate = min(1.0, experts["slots"] / total) if total else 1.0
-    from runtime.experts import expected_experts_read
 
     distinct = expected_experts_read(per_layer, record.experts_per_token, batch)
     misses = layers * distinct * (1.0 - hit_rate)

@@ -48,25 +48,29 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.cost.base import LeafChoice, default_group, block_stream, resolve_blocks
+from autosurgeon.cost.base import LeafChoice, block_stream, count_ops, default_group, resolve_blocks
 from autosurgeon.cost.dispersion import NOISY, STALE, iqr_ratio, load_average, timed_samples
-from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.models.cache import cache_root
-from autosurgeon.plan import model_fingerprint
-from autosurgeon.space.masks import placement_units
-
-logger = get_logger(__name__)
-
-STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
-
-
+from autosurgeon.cost.profiled_kv import measure_kv_op_seconds
+from autosurgeon.cost.profiled_table import (  # noqa: F401  (re-exported)
+    FLOAT_DTYPES,
+    MAX_COPIES,
+    TABLE_TYPE,
+    TABLE_VERSION,
+    ProfiledTable,
+    TimingSettings,
+    _exec_device,
+    _FloatUnit,
+    _packs,
+    signature,
+    variant,
+)
 from autosurgeon.cost.workload import (  # noqa: F401  (re-exported: the workload moved there)
     Workload,
     _cache_kw,
@@ -75,21 +79,22 @@ from autosurgeon.cost.workload import (  # noqa: F401  (re-exported: the workloa
     no_grad_forward,
     timed,
 )
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.cache import cache_root
+from autosurgeon.plan import model_fingerprint
+from autosurgeon.space.masks import FLOAT_PRECISIONS, placement_units
+from autosurgeon.transforms.place import block_path
+from runtime.session import Session
+from runtime.spec import BlockSpec, SessionSpec
 
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.space.search_space import SearchSpace
+    from autosurgeon.zoo import LoadedModel
 
-from autosurgeon.cost.profiled_table import (  # noqa: F401  (re-exported)
-    FLOAT_DTYPES,
-    MAX_COPIES,
-    TABLE_TYPE,
-    TABLE_VERSION,
-    _exec_device,
-    _FloatUnit,
-    _packs,
-    ProfiledTable,
-    signature,
-    TimingSettings,
-    variant,
-)
+logger = get_logger(__name__)
+
+STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
 
 
 class Profiler:
@@ -105,7 +110,7 @@ class Profiler:
         use_cache: read and write ``<cache>/profiled/<key>.json``.
     """
 
-    def __init__(self, loaded: Any, space: Any, profile: Any, workload: Workload, *,
+    def __init__(self, loaded: LoadedModel, space: SearchSpace, profile: HardwareProfile, workload: Workload, *,
                  timing: TimingSettings | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  use_cache: bool = True) -> None:
         self.loaded, self.module = loaded, loaded.model
@@ -144,7 +149,6 @@ class Profiler:
         cached = table.baseline_s.get(phase)
         if not cached:
             return True
-        from runtime.spec import BlockSpec, SessionSpec
 
         dev = _exec_device(self.profile.default_unit())
         now, _, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)), warmup=2, repeats=5,
@@ -393,16 +397,14 @@ class Profiler:
         self._dirty = True
 
     # ---- whole steps on the runtime
-    def _session_step(self, spec: Any, *, warmup: int | None = None, repeats: int | None = None,
+    def _session_step(self, spec: SessionSpec, *, warmup: int | None = None, repeats: int | None = None,
                       prefill: bool = True, spread_key: str | None = None) -> tuple[float, float | None, dict[str, float]]:
         """(step median s, prefill median s or None, streaming counters per step) under a runtime Session;
         ``spread_key``: record the step's IQR/median (re-measured once when noisy) under that key."""
-        from runtime.session import Session
 
         model = copy.deepcopy(self.module)
         device = spec.default.device
         if spec.block_path is None:  # as apply_plan does: a model without a ModuleList uses its first Sequential
-            from autosurgeon.transforms.place import block_path
 
             spec = dataclasses.replace(spec, block_path=block_path(model))
         with Session(model, spec) as session:
@@ -435,8 +437,6 @@ class Profiler:
         """Measure the fixed overhead per phase and the streaming costs (once; cached with the table)."""
         if self.table.overhead_s:
             return
-        from autosurgeon.cost.base import count_ops
-        from runtime.spec import BlockSpec, SessionSpec
 
         started = time.perf_counter()
         default = self.profile.default_unit()
@@ -477,7 +477,6 @@ class Profiler:
         four byte counts); least squares of ``exposed = fetches x fetch_s + bytes x s_per_byte`` with both
         coefficients >= 0 (a negative slope from noise falls back to the per-fetch term alone).
         """
-        from runtime.spec import BlockSpec, SessionSpec
 
         exec_kind, _, home = placement.partition("<-")
         dev = _exec_device(self.units[exec_kind])
@@ -516,7 +515,6 @@ class Profiler:
     def measure_all(self) -> int:
         """Measure every valid leaf choice of the space (so later evaluations only look up); returns entries."""
         self.ensure_base()
-        from autosurgeon.space.masks import FLOAT_PRECISIONS
 
         for v in self.space.variables:
             if v.knob != "precision":
@@ -565,38 +563,7 @@ class Profiler:
         repeats decode at ``context``, ``context + 1``, ...); the difference over the dispatches the paged
         cache adds (``cost_kv.gather_ops`` minus HF's two) is what one costs here. Falls back to the
         table's launch overhead where the model has no paged KV cache."""
-        key = "paged-float"
-        if key in self.table.kv_op_s:
-            return self.table.kv_op_s[key]
-        from autosurgeon.cost.kv import gather_ops
-        from autosurgeon.cost.footprint import kv_layer_bytes
-        from runtime.kvcache import KVCacheConfig
-        from runtime.session import Session
-        from runtime.spec import BlockSpec, SessionSpec
-
-        record = getattr(self.space, "session", None)
-        fallback = self.table.launch_overhead_s.get(self.workload.phase, 0.0)
-        if record is None or not record.has_kv or self.workload.task != "causal-lm":
-            return fallback
-        started = time.perf_counter()
-        dev = _exec_device(self.profile.default_unit())
-        t = self.timing
-        medians = []
-        for kv in (None, KVCacheConfig()):
-            with Session(copy.deepcopy(self.module), SessionSpec(default=BlockSpec(device=dev)), kv=kv) as session:
-                step, _, _ = make_steps(session.forward, session.model, self.workload,
-                                        base_inputs(self.loaded, self.workload), cache=session.open_kv_cache())
-                medians.append(timed(step, warmup=t.step_warmup, repeats=t.step_repeats, device=dev,
-                                     clock=t.clock).median_s)
-        tokens = self.workload.context + t.step_warmup + t.step_repeats // 2 + 1  # the median repeat's cache
-        pages = kv_layer_bytes(tokens - 1, 1, 1, None, None)[4]
-        ops = (gather_ops("float", pages, rotated=False) - 2) * record.kv_layers
-        self.table.kv_op_s[key] = max(0.0, (medians[1] - medians[0]) / max(ops, 1))
-        self.table.seconds += time.perf_counter() - started
-        self._dirty = True
-        logger.info("paged KV cache: %.2f us per gather dispatch (step %.3f ms paged vs %.3f ms HF)",
-                    self.table.kv_op_s[key] * 1e6, medians[1] * 1e3, medians[0] * 1e3)
-        return self.table.kv_op_s[key]
+        return measure_kv_op_seconds(self)
 
     # ---- composition
     def compose(self, x: Any, phase: str) -> dict[str, Any]:

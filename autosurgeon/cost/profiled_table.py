@@ -13,8 +13,10 @@ import torch
 from torch import nn
 
 from autosurgeon.cost.base import LeafChoice
-from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.files.envelope import unwrap, wrap
+from autosurgeon.transforms.modules import is_conv1d, linear_from_conv1d
+from runtime.kernels import QuantizedLinear, default_kernel, get_kernel
 
 TABLE_TYPE = "autosurgeon.ProfiledTable"
 TABLE_VERSION = 2  # 2: every entry carries its spread (IQR/median); noisy entries labelled
@@ -41,9 +43,7 @@ class _FloatUnit(nn.Module):
 
 def variant(module: nn.Module, precision: str, group_size: int, kernel: str) -> nn.Module:
     """A copy of ``module`` computing at ``precision`` with ``kernel`` ("auto": the runtime's default)."""
-    from runtime.kernels import QuantizedLinear
 
-    from autosurgeon.transforms.modules import is_conv1d, linear_from_conv1d
 
     module = copy.deepcopy(module)
     if is_conv1d(module) and precision != "float32":  # as the quantize transform deploys it
@@ -165,7 +165,6 @@ def _packs(precision: str, kernel: str, device: str) -> bool:
     """Whether the kernel a quantized leaf runs keeps a packed copy of its weight (rebuilt after a fetch)."""
     if precision in FLOAT_DTYPES:
         return False
-    from runtime.kernels import default_kernel, get_kernel
 
     if precision == "int8-dynamic":
         name = "int8-dynamic"

@@ -11,12 +11,17 @@ import inspect
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError
+from runtime.telemetry import LatencyStats, measure_latency
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
+
 
 # ---------------------------------------------------------------------------------------------- workload
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Workload:
         return "decode" if self.task == "causal-lm" else "sample"
 
 
-def base_inputs(loaded: Any, workload: Workload) -> dict[str, Any]:
+def base_inputs(loaded: LoadedModel, workload: Workload) -> dict[str, Any]:
     """Prompt (LMs, ``(batch, context)`` ids) or sample inputs from a zoo ``LoadedModel``."""
     return loaded.example_inputs(workload.batch, workload.context, phase="prefill", seed=workload.seed)
 
@@ -98,7 +103,6 @@ def no_grad_forward(module: nn.Module) -> Callable[..., Any]:
 
 def timed(fn: Callable[[], Any], *, warmup: int, repeats: int, device: str, clock: str) -> Any:
     """``LatencyStats`` of ``fn`` on the wall clock (``measure_latency``) or the process CPU clock."""
-    from runtime.telemetry import LatencyStats, measure_latency
 
     if clock == "wall":
         return measure_latency(fn, warmup=warmup, repeats=repeats, device=device)

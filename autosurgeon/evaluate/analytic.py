@@ -1,13 +1,15 @@
 """The analytic evaluator: roofline + transfers + overlap + launches on a HardwareProfile; all estimated."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from autosurgeon.analysis.model_analysis import analyze
 from autosurgeon.cost.analytic import AnalyticCostModel
-from autosurgeon.cost.base import energy_j
+from autosurgeon.cost.base import count_ops, energy_j
+from autosurgeon.cost.gemv import gemv_table
 from autosurgeon.cost.profiled import (
     base_inputs,
 )
@@ -15,6 +17,10 @@ from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.zoo import LoadedModel
 
 
 # ---------------------------------------------------------------------------------------------- analytic
@@ -32,12 +38,10 @@ class AnalyticEvaluator(Evaluator):
 
     name = "analytic"
 
-    def __init__(self, loaded: Any, profile: Any, *, launch_overhead_s: float | None = None,
+    def __init__(self, loaded: LoadedModel, profile: HardwareProfile, *, launch_overhead_s: float | None = None,
                  fetch_overhead_s: float | None = None, lookahead: int = 2, disk_cache: str = "auto",
                  gemv: Any = "auto", **kwargs: Any) -> None:
         super().__init__(loaded, profile, **kwargs)
-        from autosurgeon.analysis.model_analysis import analyze
-        from autosurgeon.cost.base import count_ops
 
         model = self.loaded.model
         w = self.workload
@@ -77,7 +81,6 @@ class AnalyticEvaluator(Evaluator):
         return bool(p.measured) and not p.gpus and p.default_unit().kind == "cpu" and not on_meta
 
     def _gemv_table(self, rows: int) -> Any:
-        from autosurgeon.cost.gemv import gemv_table
 
         leaves = [leaf for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features]
         shapes = {(leaf.weight_numel // leaf.out_features, leaf.out_features) for leaf in leaves}

@@ -5,7 +5,7 @@ import hashlib
 import json
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,8 +17,14 @@ from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.cache import EvaluationCache
 from autosurgeon.evaluate.kv_proxy import KVQualityProxy
 from autosurgeon.evaluate.session_terms import SessionTerms
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.metrics import Metrics
-from autosurgeon.plan import Plan
+from autosurgeon.plan import Plan, model_fingerprint
+from autosurgeon.space.search_space import SearchSpace
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.zoo import LoadedModel
 
 
 # ---------------------------------------------------------------------------------------------- base
@@ -42,11 +48,9 @@ class Evaluator(SessionTerms, KVQualityProxy):
     name = "base"
     kv_proxy = True  # the cheap evaluators estimate KV decisions' quality from a table; the runtime measures
 
-    def __init__(self, loaded: Any, profile: Any, *, space: Any = None, workload: Workload | None = None,
+    def __init__(self, loaded: LoadedModel, profile: HardwareProfile | str, *, space: SearchSpace | None = None,
+                 workload: Workload | None = None,
                  sensitivity: Any = None, cache: EvaluationCache | None = None, kv_sensitivity: Any = "auto") -> None:
-        from autosurgeon.hardware.resolve import resolve_profile
-        from autosurgeon.plan import model_fingerprint
-        from autosurgeon.space.search_space import SearchSpace
 
         if not isinstance(getattr(loaded, "model", None), torch.nn.Module) or not hasattr(loaded, "example_inputs"):
             raise InvalidArgumentError(f"`loaded` must be a zoo LoadedModel (autosurgeon.zoo.load_model), got "
@@ -70,7 +74,8 @@ class Evaluator(SessionTerms, KVQualityProxy):
 
     # ---- the protocol
     @classmethod
-    def build(cls, loaded: Any, profile: Any, *, space: Any = None, cache: EvaluationCache | None = None,
+    def build(cls, loaded: LoadedModel, profile: HardwareProfile, *, space: SearchSpace | None = None,
+              cache: EvaluationCache | None = None,
               sensitivity: Any = None, quality: Any = None, quality_samples: int | None = 4) -> Evaluator:
         """This evaluator from what every command has (``registry.build`` calls it, so a new evaluator needs
         no change where evaluators are made). ``sensitivity`` is the table the cheap evaluators' quality proxy

@@ -5,7 +5,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from autosurgeon._logging import get_logger
+from autosurgeon.cost.kv import has_kv_decisions
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.knobs import SESSION_UNIT
+from autosurgeon.quality.sensitivity_kv import (
+    QUALITY_KNOBS,
+    KVSensitivitySettings,
+    KVSensitivityTable,
+    kv_table_key,
+    measure_kv_sensitivity,
+)
 
 logger = get_logger(__name__)
 
@@ -16,10 +25,6 @@ class KVQualityProxy:
 
     # ---- the KV quality proxy (sensitivity_kv)
     def _check_kv_sensitivity(self, value: Any) -> Any:
-        from autosurgeon.quality.sensitivity_kv import (
-            KVSensitivitySettings,
-            KVSensitivityTable,
-        )
 
         if value is None or (isinstance(value, str) and value == "auto"):
             return value
@@ -37,14 +42,11 @@ class KVQualityProxy:
 
     def _kv_quality_applies(self) -> bool:
         """Quality is estimated here, the model is an LM, and the space can decide what its KV cache reads."""
-        from autosurgeon.knobs import SESSION_UNIT
-        from autosurgeon.quality.sensitivity_kv import QUALITY_KNOBS
 
         return (self.kv_proxy and self.sensitivity is not None and self.workload.task == "causal-lm"
                 and any(self.space.variable(SESSION_UNIT, k) is not None for k in QUALITY_KNOBS))
 
     def _kv_settings(self) -> Any:
-        from autosurgeon.quality.sensitivity_kv import KVSensitivitySettings
 
         if isinstance(self.kv_sensitivity, KVSensitivitySettings):
             return self.kv_sensitivity
@@ -52,7 +54,6 @@ class KVQualityProxy:
 
     def _kv_key(self) -> str | None:
         """The KV table's key (part of the evaluator's settings), known before the table is measured."""
-        from autosurgeon.quality.sensitivity_kv import kv_table_key
 
         if self.kv_sensitivity is None:
             return None
@@ -69,7 +70,6 @@ class KVQualityProxy:
         with ``kv_sensitivity="auto"``); None where there is none (the reason is logged once)."""
         if self._kv_table is not None or self.kv_sensitivity is None or self._kv_unavailable is not None:
             return self._kv_table
-        from autosurgeon.quality.sensitivity_kv import measure_kv_sensitivity
 
         try:
             self._kv_table = measure_kv_sensitivity(self.loaded, self._kv_settings())
@@ -80,11 +80,9 @@ class KVQualityProxy:
 
     def _kv_quality(self, session: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
         """``(nats the plan's KV decisions add to the mean NLL, extra)`` for the cheap evaluators' proxy."""
-        from autosurgeon.cost.kv import has_kv_decisions
 
         if not has_kv_decisions(session):
             return 0.0, {}
-        from autosurgeon.quality.sensitivity_kv import QUALITY_KNOBS
 
         table = self.kv_table() if self._kv_quality_applies() else None
         if table is None:

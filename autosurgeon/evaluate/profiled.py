@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from autosurgeon._logging import get_logger
 from autosurgeon.cost.base import energy_j
+from autosurgeon.cost.kv import has_kv_decisions
 from autosurgeon.cost.profiled import (
     Profiler,
     TimingSettings,
@@ -17,6 +18,9 @@ from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
 
 logger = get_logger(__name__)
 
@@ -39,7 +43,7 @@ class ProfiledEvaluator(Evaluator):
 
     name = "profiled"
 
-    def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
+    def __init__(self, loaded: LoadedModel, profile: Any = "local", *, timing: TimingSettings | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, use_disk_cache: bool = True,
                  measure_all: bool = True, lookahead: int = 2, calibrate_with: Any = None,
                  calibration_plans: int = 0, calibration_seed: int = 12345, **kwargs: Any) -> None:
@@ -92,7 +96,6 @@ class ProfiledEvaluator(Evaluator):
         if self.calibration["points"]:
             parts["composed_s"] = parts["latency_s"]
             parts["latency_s"] = max(1e-9, self.calibration["a"] + self.calibration["b"] * parts["latency_s"])
-        from autosurgeon.cost.kv import has_kv_decisions
 
         # The KV term's dispatch cost is measured (Profiler.kv_op_seconds), its byte traffic estimated.
         launch = (self.profiler.kv_op_seconds() if has_kv_decisions(self._session(x))

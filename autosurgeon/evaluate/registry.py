@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.zoo import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class EvaluatorKind:
         module, _, attr = self.target.partition(":")
         return getattr(importlib.import_module(module), attr)
 
-    def build(self, loaded: Any, profile: Any, **kwargs: Any) -> Any:
+    def build(self, loaded: LoadedModel, profile: HardwareProfile, **kwargs: Any) -> Any:
         """The evaluator, built by its class's ``build`` (``Evaluator.build``: space, cache, sensitivity, quality)."""
         return self.cls().build(loaded, profile, **kwargs)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,11 +15,20 @@ from autosurgeon.cost.profiled import (
     make_steps,
     timed,
 )
-from autosurgeon.errors import AutoSurgeonError
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.evaluate.cache import EvaluationCache
+from autosurgeon.knobs import KNOBS
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan
+from autosurgeon.quality.kv import kv_quality_loss
+from autosurgeon.quality.settings import QualitySettings
+from autosurgeon.space.search_space import SearchSpace
+from autosurgeon.transforms import apply_plan
+from runtime.telemetry import EnergyMeter
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.zoo import LoadedModel
 
 NOISY = 0.15  # (p90 - p10) / median above which a step time is re-measured, then labelled noisy
 
@@ -47,13 +56,14 @@ class RuntimeEvaluator(Evaluator):
     kv_proxy = False  # measures KV decisions' quality (quality_kv.kv_quality_loss); no table
 
     @classmethod
-    def build(cls, loaded: Any, profile: Any, *, space: Any = None, cache: EvaluationCache | None = None,
+    def build(cls, loaded: LoadedModel, profile: HardwareProfile, *, space: SearchSpace | None = None,
+              cache: EvaluationCache | None = None,
               sensitivity: Any = None, quality: Any = None, quality_samples: int | None = 4) -> RuntimeEvaluator:
         """As ``Evaluator.build``; quality is measured (``quality`` settings) rather than read from ``sensitivity``."""
         return cls(loaded, profile, space=space, cache=cache, quality=quality is not None, quality_settings=quality,
                    quality_samples=quality_samples)
 
-    def __init__(self, loaded: Any, profile: Any = "local", *, timing: TimingSettings | None = None,
+    def __init__(self, loaded: LoadedModel, profile: Any = "local", *, timing: TimingSettings | None = None,
                  quality: bool = True, quality_samples: int | None = 4, budgets: Mapping[str, Any] | None = None,
                  energy: bool = True, lookahead: int = 2, quality_settings: Any = None, **kwargs: Any) -> None:
         super().__init__(loaded, profile, **kwargs)
@@ -62,7 +72,6 @@ class RuntimeEvaluator(Evaluator):
         self._full_space: Any = None
         self.budgets = dict(budgets) if budgets else None
         self.energy = energy
-        from autosurgeon.quality.settings import QualitySettings
 
         self.quality_settings = quality_settings or QualitySettings()
         if self.quality_settings.samples is not None:
@@ -82,17 +91,9 @@ class RuntimeEvaluator(Evaluator):
 
     # long: apply, time, measure memory/energy/quality, combine with the KV term and label each figure, in order
     def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
-        try:
-            from autosurgeon.transforms import apply_plan
-        except ImportError as exc:
-            raise AutoSurgeonError(f"RuntimeEvaluator needs autosurgeon.transforms.apply_plan ({exc}); use the "
-                                   "profiled or analytic evaluator.") from exc
-        from runtime.telemetry import EnergyMeter
 
         t = self.timing
         if self._full_space is None:  # apply_plan wants the space with every knob; build it once
-            from autosurgeon.knobs import KNOBS
-            from autosurgeon.space.search_space import SearchSpace
 
             self._full_space = (self.space if set(self.space.knobs) == set(KNOBS)
                                 else SearchSpace.build(self.loaded, self.profile, knobs=KNOBS))
@@ -140,7 +141,6 @@ class RuntimeEvaluator(Evaluator):
             quality_report = self.quality_evaluator.report() if self.quality_evaluator is not None else None
             kv_quality = None
             if quality is not None and kv_stats is not None and self.workload.task == "causal-lm":
-                from autosurgeon.quality.kv import kv_quality_loss
 
                 kv_quality = kv_quality_loss(session, samples=self.quality_samples or 4, kv_batch=self.workload.batch)
                 quality = (1.0 + quality) * (1.0 + kv_quality["kv_quality_loss"]) - 1.0

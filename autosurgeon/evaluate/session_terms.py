@@ -6,6 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from autosurgeon.cost.footprint import expert_footprint, kv_footprint, memory_breakdown, session_values
+from autosurgeon.cost.kv import expert_step_delta, kv_step_delta
+
 
 class SessionTerms:
     """Mixed into :class:`~autosurgeon.evaluate.base.Evaluator`: the plan's session (KV cache, streamed experts)
@@ -13,13 +16,11 @@ class SessionTerms:
 
     def _session(self, x: np.ndarray) -> dict[str, Any]:
         """The session decisions of vector ``x`` (its session variables' values; {} in spaces without them)."""
-        from autosurgeon.cost.footprint import session_values
 
         return session_values(self.space, x)
 
     def _memory(self, x: np.ndarray, lookahead: int) -> tuple[dict[str, int], dict[str, Any]]:
         """``(peak bytes per tier, extra)``: footprint at the workload's batch and context, with KV/experts detail."""
-        from autosurgeon.cost.footprint import memory_breakdown
 
         detail = memory_breakdown(self.space, x, lookahead=lookahead, batch=self.workload.batch,
                                   context=self.workload.context)
@@ -33,8 +34,6 @@ class SessionTerms:
 
     def _kv_delta(self, x: np.ndarray, launch_overhead_s: float) -> dict[str, Any] | None:
         """The KV cache's estimated change to one decode step (``cost_kv``), None without a paged cache."""
-        from autosurgeon.cost.footprint import kv_footprint
-        from autosurgeon.cost.kv import kv_step_delta
 
         if self.workload.phase != "decode":
             return None
@@ -54,8 +53,6 @@ class SessionTerms:
 
         ``stream``: measured streaming costs per placement (``ProfiledTable.stream``); where the experts' link
         ("cpu<-disk", "gpu<-cpu") was measured, its per-fetch and per-byte costs replace the paper link."""
-        from autosurgeon.cost.footprint import expert_footprint
-        from autosurgeon.cost.kv import expert_step_delta
 
         if self.workload.phase != "decode":
             return None

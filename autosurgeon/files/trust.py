@@ -11,11 +11,11 @@ import os
 from pathlib import Path
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.registry import ZOO
 
 
 def is_code_spec(spec: str | os.PathLike[str]) -> bool:
     """Whether ``spec`` would load as ``module:factory`` (not a zoo name, not an existing path)."""
-    from autosurgeon.models.registry import ZOO
 
     text = os.fspath(spec)
     return ":" in text and text not in ZOO and not Path(text).expanduser().exists()

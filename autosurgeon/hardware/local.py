@@ -11,7 +11,6 @@ import torch
 
 from autosurgeon._logging import get_logger
 from autosurgeon.hardware.detect import detect_board, detect_cpu, detect_gpus
-from autosurgeon.hardware.power_modes import measured_modes
 from autosurgeon.hardware.measure import (
     GEMM_DTYPES,
     MeasureConfig,
@@ -20,6 +19,7 @@ from autosurgeon.hardware.measure import (
     measure_memory_bandwidth,
     measure_transfers,
 )
+from autosurgeon.hardware.power_modes import measured_modes
 from autosurgeon.hardware.profile import ComputeUnit, HardwareProfile
 
 logger = get_logger(__name__)

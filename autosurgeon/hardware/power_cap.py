@@ -21,12 +21,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_modes import PowerDerating, PowerMode, current_mode, profile_modes
 from autosurgeon.hardware.profile import HardwareProfile
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.metrics import Metrics
 
 logger = get_logger(__name__)
 
@@ -131,7 +134,7 @@ def at_power_cap(profile: HardwareProfile, watts: float, *, argument: str = "--p
     return in_mode(profile, mode)
 
 
-def mean_power_w(metrics: Any) -> float | None:
+def mean_power_w(metrics: Metrics) -> float | None:
     """A plan's mean power in watts: ``energy_j / latency_s`` (both per token or sample); None without energy."""
     energy = getattr(metrics, "energy_j", None)
     if energy is None:
@@ -163,7 +166,7 @@ class PowerCap:
         return ("measured profile: clocks and power limit left as they are (never changed); plans whose mean power "
                 "(energy / latency) exceeds the cap are infeasible")
 
-    def excess(self, metrics: Any) -> float:
+    def excess(self, metrics: Metrics) -> float:
         """Mean power minus the cap, in watts (<= 0: within the cap)."""
         watts = mean_power_w(metrics)
         if watts is None:

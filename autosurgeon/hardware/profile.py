@@ -15,6 +15,7 @@ from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_modes import PowerDerating, PowerMode, derating_from_dict, mode_from_dict
+from autosurgeon.hardware.validate import profile_problems
 
 # v2: power_modes, power_mode and power_derating (v1 files load: their modes derive from `power`).
 SCHEMA_VERSION = 2
@@ -248,7 +249,9 @@ class HardwareProfile:
 
     def at_power_cap(self, watts: float) -> HardwareProfile:
         """This profile in the fastest mode whose envelope fits ``watts`` (``autosurgeon.hardware.power_cap.at_power_cap``)."""
-        from autosurgeon.hardware.power_cap import at_power_cap
+        from autosurgeon.hardware.power_cap import (
+            at_power_cap,  # lazy: import cycle (power_cap imports profile at its top)
+        )
 
         return at_power_cap(self, watts)
 
@@ -314,7 +317,6 @@ class HardwareProfile:
             raise
         except (InvalidArgumentError, TypeError, ValueError, AttributeError) as exc:
             raise ProfileFormatError(f"{origin}: invalid hardware profile: {exc}") from exc
-        from autosurgeon.hardware.validate import profile_problems
 
         problems = profile_problems(profile)
         if problems:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import UnknownDeviceError
+from autosurgeon.files.atomic import write_text_atomic
 from autosurgeon.hardware.detect import detect_board, detect_cpu, detect_gpus
 from autosurgeon.hardware.local import measure_local
 from autosurgeon.hardware.measure import MeasureConfig
 from autosurgeon.hardware.power_modes import PowerDerating, PowerMode
-from autosurgeon.models.cache import cache_root
 from autosurgeon.hardware.profile import (
     SCHEMA_VERSION,
     ComputeUnit,
@@ -33,6 +33,8 @@ from autosurgeon.hardware.profile import (
     ProfileFormatError,
     fingerprint_of,
 )
+from autosurgeon.hardware.spot_check import trust_problems
+from autosurgeon.models.cache import cache_root
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -105,7 +107,6 @@ def load_profile(path: str | os.PathLike) -> HardwareProfile:
 
 def save_profile(profile: HardwareProfile, path: str | os.PathLike) -> Path:
     """Write ``profile`` as JSON to ``path`` atomically (write a sibling, then rename), creating folders."""
-    from autosurgeon.files.atomic import write_text_atomic
 
     return write_text_atomic(path, profile.to_json() + "\n")
 
@@ -164,8 +165,6 @@ def _cached_local(*, quick: bool, cache_dir: str | os.PathLike[str] | None) -> H
         except ProfileFormatError as exc:
             logger.warning("ignoring the cached local profile (%s); measuring again.", exc)
         else:
-            from autosurgeon.hardware.spot_check import trust_problems
-
             problems = trust_problems(cached)
             if problems:  # measured under load (or a starved process): never reused as truth
                 logger.warning("the cached local profile %s is not trusted (%s); measuring again.", path,

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon._logging import get_logger
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
 
 logger = get_logger(__name__)
 
@@ -27,7 +30,7 @@ SLOWER = 3.0  # cached vs spot check: beyond this factor slower, the cached prof
 MAX_SPOT_N = 1024  # the spot check's GEMM size at most (a few ms on a small CPU)
 
 
-def implausible(profile: Any) -> list[str]:
+def implausible(profile: HardwareProfile) -> list[str]:
     """Each measured rate of ``profile`` below the floor, as ``"cpu gemm_flops['float32'] = 4.85e+06 ..."``."""
     out = []
     for unit in profile.units:
@@ -41,7 +44,7 @@ def implausible(profile: Any) -> list[str]:
     return out
 
 
-def spot_check(profile: Any, *, repeats: int = 5) -> dict[str, Any] | None:
+def spot_check(profile: HardwareProfile, *, repeats: int = 5) -> dict[str, Any] | None:
     """Re-time the CPU unit's float32 GEMM now; ``{"cached", "now", "n", "verdict"}`` or None (nothing to check).
 
     ``verdict``: ``"re-measure"`` (cached far slower than now), ``"kept"`` or ``"kept (slower now)"``.
@@ -71,7 +74,7 @@ def spot_check(profile: Any, *, repeats: int = 5) -> dict[str, Any] | None:
     return {"cached": cached, "now": now, "n": n, "verdict": verdict}
 
 
-def trust_problems(profile: Any) -> list[str]:
+def trust_problems(profile: HardwareProfile) -> list[str]:
     """Why the cached local ``profile`` must be measured again (empty: use it); logs the spot check."""
     problems = implausible(profile)
     if problems:

@@ -9,7 +9,10 @@ links (host<->device, disk) are finite non-negative rates. Bounds are generous (
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
 
 MAX_RATE = 1e21  # FLOP/s; far above any device
 MAX_BANDWIDTH = 1e18  # B/s
@@ -20,7 +23,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def profile_problems(profile: Any) -> list[str]:
+def profile_problems(profile: HardwareProfile) -> list[str]:
     """Each out-of-range number of ``profile`` as ``"units[0].memory_bandwidth must be ..."``; empty if none."""
     out: list[str] = []
     for i, unit in enumerate(profile.units):

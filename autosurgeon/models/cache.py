@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from autosurgeon._logging import get_logger
+from autosurgeon.errors import InvalidArgumentError
 
 logger = get_logger(__name__)
 
@@ -29,7 +30,6 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     else:
         root, named = Path.home() / ".cache" / "autosurgeon", "the cache folder"
     if root.exists() and not root.is_dir():
-        from autosurgeon.errors import InvalidArgumentError
 
         raise InvalidArgumentError(f"{named} {str(root)!r} is a file; give a folder (it is created if missing).")
     return root

@@ -12,6 +12,7 @@ from torch import nn
 
 from autosurgeon.errors import ModelDirectoryError
 from autosurgeon.models.digits import ARCH_TAG as DIGITS_TAG
+from autosurgeon.models.shapes import meta_build_kwargs
 
 
 def check_model_dir(folder: Path) -> dict[str, Any]:
@@ -58,7 +59,6 @@ def is_digits_dir(config: dict[str, Any]) -> bool:
 def _model_class(config: Any) -> tuple[Any, str]:
     """The class to instantiate for ``config`` and the task it serves."""
     import transformers
-
     from transformers import AutoModel, AutoModelForCausalLM
 
     for arch in config.architectures or ():
@@ -113,7 +113,6 @@ def load_hf_dir(
                                   f"({_first_line(exc)}); re-save it with model.save_pretrained(path).") from None
     cls, task = _model_class(config)
     if device.type == "meta":
-        from autosurgeon.models.shapes import meta_build_kwargs
 
         kwargs = meta_build_kwargs(config)
         if dtype is not None:

@@ -9,9 +9,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.registry import ZOO
+from autosurgeon.models.text_corpus import decode, encode
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
                    "sentencepiece.bpe.model")
@@ -54,7 +59,6 @@ def check_before_build(spec: str, prompt_ids: PromptIds | None) -> None:
     """
     if prompt_ids is not None:
         return
-    from autosurgeon.models.registry import ZOO
 
     hint = "pass --prompt-ids random:16 (or explicit ids: --prompt-ids 1,2,3)"
     entry = ZOO.get(spec)
@@ -87,7 +91,7 @@ def vocab_size(model: Any) -> int | None:
     return int(size) if size else None
 
 
-def prompt_ids_tensor(loaded: Any, prompt_ids: PromptIds, *, seed: int = 0) -> Any:
+def prompt_ids_tensor(loaded: LoadedModel, prompt_ids: PromptIds, *, seed: int = 0) -> Any:
     """The ``(1, T)`` int64 ids ``prompt_ids`` asks for, checked against the model's vocabulary."""
     import torch
 
@@ -105,14 +109,13 @@ def prompt_ids_tensor(loaded: Any, prompt_ids: PromptIds, *, seed: int = 0) -> A
     return torch.tensor([list(prompt_ids.ids)], dtype=torch.long)
 
 
-def tokenizer(loaded: Any) -> tuple[Any, Any]:
+def tokenizer(loaded: LoadedModel) -> tuple[Any, Any]:
     """``(encode, decode)``: byte-level for 256-token vocabularies (the zoo's LMs), else the directory's tokenizer.
 
     An empty tokenizer (transformers loads one from a config that names no vocabulary) is refused.
     """
     vocab = vocab_size(loaded.model)
     if vocab == 256:
-        from autosurgeon.models.text_corpus import decode, encode
 
         return encode, decode
     hint = "pass --prompt-ids random:16 (or explicit ids)"

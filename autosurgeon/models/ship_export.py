@@ -23,7 +23,9 @@ from autosurgeon.models.digits import (
     load_digits_dir,
     load_split,
 )
+from autosurgeon.models.hf_dir import load_hf_dir
 from autosurgeon.models.shipped import SHIPPED_FILES, file_sha256, read_record
+from autosurgeon.models.text_corpus import build_corpus, heldout_windows
 from autosurgeon.models.train_lm import LMRecipe, heldout_perplexity
 
 logger = get_logger(__name__)
@@ -36,8 +38,6 @@ def measure_folder(folder: Path, recipe: LMRecipe | DigitsRecipe) -> tuple[str, 
     if isinstance(recipe, DigitsRecipe):
         _, _, x_test, y_test = load_split(recipe)
         return "accuracy", accuracy(load_digits_dir(folder, dtype=torch.float32), x_test, y_test)
-    from autosurgeon.models.hf_dir import load_hf_dir
-    from autosurgeon.models.text_corpus import build_corpus, heldout_windows
 
     corpus = build_corpus(train_bytes=0, heldout_bytes=recipe.heldout_bytes, seed=recipe.seed)
     model, _ = load_hf_dir(folder, dtype=torch.float32)

@@ -9,6 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from autosurgeon.planners.least_budget import check_budget_floor
+from runtime.session import find_blocks, module_bytes, own_bytes
+from runtime.spec import SessionSpec
+from runtime.tensors import tier_of
+
 
 def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: int, offload_dir: str | None,
                exclude: set[int] | None = None, reserve: int = 0, argument: str = "budget") -> Any:
@@ -20,10 +25,6 @@ def build_spec(model: Any, *, device: str, budgets: dict[str, int], lookahead: i
     Raises:
         InvalidArgumentError: the execution tier's budget is below the least the model can run in
             (``least_budget``), named in the message (``argument``: the flag or argument to name)."""
-    from autosurgeon.planners.least_budget import check_budget_floor
-    from runtime.session import find_blocks, module_bytes, own_bytes
-    from runtime.spec import SessionSpec
-    from runtime.tensors import tier_of
 
     exclude = exclude or set()
     check_budget_floor(model, device=device, budgets=budgets, exclude=exclude, reserve=reserve, argument=argument,

@@ -47,7 +47,6 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -55,6 +54,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.budget import FASTEST, FLAG, MemoryBudget
+from autosurgeon.cost.base import LeafChoice
 from autosurgeon.cost.footprint import (
     DEFAULT_KV_CONTEXT,
     TIERS,
@@ -65,7 +65,13 @@ from autosurgeon.cost.footprint import (
     tensor_bytes,
 )
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate import AnalyticEvaluator
+from autosurgeon.hardware.profile import HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.plan import Plan, model_fingerprint
+from autosurgeon.planners.knapsack_dp import _Axis, _axis, _solve
+from autosurgeon.space.search_space import SearchSpace
+from runtime.sizes import format_bytes
 
 logger = get_logger(__name__)
 
@@ -161,7 +167,7 @@ def _table_group(table: Any) -> int:
     return int(dict(table.settings).get("group_size", 128))
 
 
-def unit_options(space: Any, sensitivity: Any, *, exec_kind: str | None = None) -> dict[str, list[UnitOption]]:
+def unit_options(space: SearchSpace, sensitivity: Any, *, exec_kind: str | None = None) -> dict[str, list[UnitOption]]:
     """Every precision unit's options: valid in ``space`` on its execution unit AND scored by a table.
 
     Index 0 of each list is the unit's own precision (loss 0). int4 is offered at each group size that a
@@ -209,7 +215,8 @@ def _bytes(leaf: Any, precision: str, group: int, exec_kind: str, kernel: str = 
         leaf.weight_numel, leaf.out_features, precision, group, kernel=kernel, exec_kind=exec_kind))
 
 
-def _copy_free_kernel(space: Any, name: str, leaf: Any, precision: str, group: int, exec_kind: str) -> str | None:
+def _copy_free_kernel(space: SearchSpace, name: str, leaf: Any, precision: str, group: int,
+                      exec_kind: str) -> str | None:
     """A valid kernel keeping no packed copy, where ``"auto"`` keeps one (module docstring); else None."""
     ki = space.index_of(name, "kernel")
     if ki is None or not packed_copy_bytes(leaf.weight_numel, leaf.out_features, precision, group,
@@ -225,51 +232,6 @@ def _copy_free_kernel(space: Any, name: str, leaf: Any, precision: str, group: i
 
 
 # ---------------------------------------------------------------------------------------------- DP
-@dataclass(frozen=True)
-class _Axis:
-    base: int  # sum of each unit's smallest option
-    quantum: int
-    cells: tuple[np.ndarray, ...]  # per unit, per option: discretised extra bytes over the unit's smallest
-    exact: bool
-
-
-def _axis(options: Sequence[Sequence[UnitOption]], span: int, max_cells: int) -> _Axis:
-    base = sum(min(o.nbytes for o in opts) for opts in options)
-    extra = [[o.nbytes - min(p.nbytes for p in opts) for o in opts] for opts in options]
-    g = reduce(math.gcd, (e for row in extra for e in row if e), 0) or 1
-    exact = span // g <= max_cells
-    q = g if exact else -(-span // max_cells)
-    cells = [np.array([-(-e // q) for e in row], dtype=np.int64) for row in extra]
-    return _Axis(base, q, tuple(cells), exact)
-
-
-def _solve(values: Sequence[np.ndarray], cells: Sequence[np.ndarray], capacity: int) -> tuple[np.ndarray, list[int]]:
-    """Multiple-choice knapsack: ``f[c]`` = least total value with total cells <= c, and the argmin choices."""
-    f = np.zeros(capacity + 1)
-    choice = np.zeros((len(values), capacity + 1), dtype=np.int16)
-    for i, (vals, ws) in enumerate(zip(values, cells)):
-        new = np.full(capacity + 1, np.inf)
-        pick = np.zeros(capacity + 1, dtype=np.int16)
-        for j, (v, w) in enumerate(zip(vals, ws)):
-            if w > capacity:
-                continue
-            cand = np.full(capacity + 1, np.inf)
-            cand[w:] = f[: capacity + 1 - w] + v
-            better = cand < new
-            new[better], pick[better] = cand[better], j
-        f, choice[i] = new, pick
-    return f, _backtrack(choice, cells, capacity)
-
-
-def _backtrack(choice: np.ndarray, cells: Sequence[np.ndarray], c: int) -> list[int]:
-    picks = []
-    for i in range(len(cells) - 1, -1, -1):
-        j = int(choice[i, c])
-        picks.append(j)
-        c -= int(cells[i][j])
-    return picks[::-1]
-
-
 def solve(options: Sequence[Sequence[UnitOption]], capacity: int | None, *, objective: str = "quality",
           bound: float | None = None, max_cells: int = DEFAULT_MAX_CELLS) -> list[int] | None:
     """The multiple-choice knapsack on plain options: one option index per unit, or None if infeasible.
@@ -297,8 +259,8 @@ def solve(options: Sequence[Sequence[UnitOption]], capacity: int | None, *, obje
 
 # ---------------------------------------------------------------------------------------------- planner
 # long: one pass from checked options through the DP to placement; each step feeds the next and is named inline
-def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | str | None = None,
-                  max_quality_loss: float | None = None, objective: str = "auto", space: Any = None,
+def plan_knapsack(model: Any, profile: HardwareProfile | str, sensitivity: Any, *, budget: int | str | None = None,
+                  max_quality_loss: float | None = None, objective: str = "auto", space: SearchSpace | None = None,
                   inputs: Mapping[str, Any] | None = None, task: str | None = None, lookahead: int = 2,
                   max_cells: int = DEFAULT_MAX_CELLS, metadata: Mapping[str, Any] | None = None,
                   session: Mapping[str, Any] | None = None, context: int = DEFAULT_KV_CONTEXT) -> KnapsackResult:
@@ -322,9 +284,6 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
             (streamed experts leave the blocks; the KV cache at ``context`` positions comes on top).
         context: positions the KV cache is counted at (``footprint.plan_memory``).
     """
-    from autosurgeon.hardware.profile import HardwareProfile
-    from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.space.search_space import SearchSpace
 
     if objective not in OBJECTIVES:
         raise InvalidArgumentError(f"`objective` must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
@@ -449,7 +408,7 @@ def plan_knapsack(model: Any, profile: Any, sensitivity: Any, *, budget: int | s
     return result
 
 
-def _sparse_plan(space: Any, x: np.ndarray, metadata: Mapping[str, Any]) -> Plan:
+def _sparse_plan(space: SearchSpace, x: np.ndarray, metadata: Mapping[str, Any]) -> Plan:
     """The plan of ``x`` with only the decisions that change the model (index != 0), fingerprints filled.
 
     ``space.encode`` of it gives ``x`` back (unset variables encode as index 0), and leaving the defaults
@@ -507,11 +466,9 @@ def _pick(objective: str, opts: list[list[UnitOption]], losses: list[np.ndarray]
     return _solve([s + hi * l for s, l in zip(secs, losses)], cells, cap)[1]
 
 
-def _unit_seconds(model: Any, profile: Any, space: Any, names: list[str],
+def _unit_seconds(model: Any, profile: HardwareProfile, space: SearchSpace, names: list[str],
                   opts: list[list[UnitOption]]) -> list[list[float]]:
     """Analytic roofline seconds of each unit option on the default execution unit (one workload step)."""
-    from autosurgeon.cost.base import LeafChoice
-    from autosurgeon.evaluate import AnalyticEvaluator
 
     if isinstance(model, nn.Module) or not hasattr(model, "example_inputs"):
         raise InvalidArgumentError("the latency and energy objectives need a zoo LoadedModel (autosurgeon.zoo."
@@ -523,7 +480,7 @@ def _unit_seconds(model: Any, profile: Any, space: Any, names: list[str],
              for o in row] for n, row in zip(names, opts)]
 
 
-def _stream_choice(space: Any, block: str) -> str | None:
+def _stream_choice(space: SearchSpace, block: str) -> str | None:
     """The placement a block streams with (execution unit unchanged, home one tier slower), if valid."""
     i = space.index_of(block, "placement")
     if i is None:
@@ -536,7 +493,8 @@ def _stream_choice(space: Any, block: str) -> str | None:
     return None
 
 
-def _assign(space: Any, x0: np.ndarray, names: list[str], opts: list[list[UnitOption]], picks: list[int]) -> np.ndarray:
+def _assign(space: SearchSpace, x0: np.ndarray, names: list[str], opts: list[list[UnitOption]],
+            picks: list[int]) -> np.ndarray:
     """``x0`` with each unit's precision (and int4 group size) set to its picked option."""
     x = x0.copy()
     for name, row, j in zip(names, opts, picks):
@@ -552,8 +510,9 @@ def _assign(space: Any, x0: np.ndarray, names: list[str], opts: list[list[UnitOp
     return x
 
 
-def _place(space: Any, x: np.ndarray, tier: str, budget: int | None, memory: _Memory, opts: list[list[UnitOption]],
-           profile: Any) -> tuple[np.ndarray, dict[str, str]]:
+def _place(space: SearchSpace, x: np.ndarray, tier: str, budget: int | None, memory: _Memory,
+           opts: list[list[UnitOption]],
+           profile: HardwareProfile) -> tuple[np.ndarray, dict[str, str]]:
     """Keep blocks resident in model order while the budget lasts; stream the rest (module docstring)."""
     if budget is None or memory.tiers(x)[tier] <= budget:
         return x, {}
@@ -573,7 +532,7 @@ def _place(space: Any, x: np.ndarray, tier: str, budget: int | None, memory: _Me
         f"{' and every block streamed' if movable else ''}; raise the budget to at least that.")
 
 
-def smallest_footprint(space: Any, options: Sequence[Sequence[UnitOption]] | Mapping[str, Sequence[UnitOption]],
+def smallest_footprint(space: SearchSpace, options: Sequence[Sequence[UnitOption]] | Mapping[str, Sequence[UnitOption]],
                        tier: str, *, lookahead: int = 2, session: Mapping[str, Any] | None = None,
                        context: int = DEFAULT_KV_CONTEXT) -> int:
     """Least bytes on ``tier``: every unit at its smallest option, all blocks resident or all streamed
@@ -615,7 +574,6 @@ class _Memory:
 
 
 def _fmt(n: int) -> str:
-    from runtime.sizes import format_bytes
 
     return format_bytes(n)
 

@@ -18,7 +18,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from autosurgeon.cost.footprint import FLOAT_ITEMSIZE, tensor_bytes
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.space.masks import default_group_size
+from runtime.session import find_blocks
+from runtime.sizes import format_bytes
+from runtime.tensors import tier_of
 
 FORMATS = ("float32", "bfloat16", "float16", "int8", "int4")  # runtime's weight formats (`run --weight-format`)
 GROUP_SIZE = 128  # runtime.session.quantize_linears' default
@@ -47,7 +52,6 @@ def least_budget(model: Any, *, weight_format: str | None = None, exclude: Itera
     on the execution tier (the expert cache)."""
     from torch import nn
 
-    from runtime.session import find_blocks
 
     if weight_format is not None and weight_format not in FORMATS:
         raise InvalidArgumentError(f"`weight_format` must be one of {', '.join(FORMATS)}, got {weight_format!r}.")
@@ -81,8 +85,6 @@ def check_budget_floor(model: Any, *, device: str, budgets: dict[str, int], weig
     Raises:
         InvalidArgumentError: the budget cannot hold even the floor in the asked format.
     """
-    from runtime.sizes import format_bytes
-    from runtime.tensors import tier_of
 
     tier = tier_of(device)
     budget = budgets.get(tier)
@@ -119,8 +121,6 @@ def _aligned(n: int) -> int:
 
 def _tensor_bytes(weight_format: str | None) -> Callable[[Any, Any, str, bool], list[int]]:
     """Per tensor: its stored parts' bytes once the model is put in ``weight_format`` (None: as it is)."""
-    from autosurgeon.cost.footprint import FLOAT_ITEMSIZE, tensor_bytes
-    from autosurgeon.space.masks import default_group_size
 
     def as_is(t: Any) -> int:
         return t.numel() * t.element_size()

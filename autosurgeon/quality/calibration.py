@@ -11,12 +11,19 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.digits import DigitsRecipe, load_split
+from autosurgeon.models.text_corpus import build_corpus, decode
+from autosurgeon.quality import fidelity
+from autosurgeon.quality.model_images import SOURCE, is_foreign_classifier, model_images
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
 
 KINDS = ("tokens", "images", "embeddings")  # embeddings: token ids in, mean-pooled hidden state compared
 
@@ -117,7 +124,6 @@ def lm_calibration(*, seq_len: int = 128, n_windows: int = 8, seed: int = 0, cor
         corpus_seed: the corpus's file order (``text_corpus.build_corpus``); 0 is what the zoo LMs train on.
         train_bytes: how much training text to draw the windows from.
     """
-    from autosurgeon.models.text_corpus import build_corpus
 
     for name, value in (("seq_len", seq_len), ("n_windows", n_windows), ("train_bytes", train_bytes)):
         if value < 1:
@@ -138,7 +144,6 @@ def lm_calibration(*, seq_len: int = 128, n_windows: int = 8, seed: int = 0, cor
 
 def digits_calibration(*, n_samples: int = 128, seed: int = 0) -> CalibrationData:
     """``n_samples`` images of the digits TRAINING split (``models.digits.load_split``), chosen by ``seed``."""
-    from autosurgeon.models.digits import DigitsRecipe, load_split
 
     if n_samples < 1:
         raise InvalidArgumentError(f"`n_samples` must be >= 1, got {n_samples}.")
@@ -161,7 +166,7 @@ def default_calibration(task: str, **kwargs: Any) -> CalibrationData:
     )
 
 
-def calibration_for(loaded: Any, *, n_samples: int = 8, seq_len: int = 128, seed: int = 1) -> CalibrationData:
+def calibration_for(loaded: LoadedModel, *, n_samples: int = 8, seq_len: int = 128, seed: int = 1) -> CalibrationData:
     """Calibration data any model understands, in its own vocabulary (the quality's inputs, other samples).
 
     Zoo models: their training data (:func:`default_calibration`). Causal LMs from a directory with a
@@ -169,11 +174,8 @@ def calibration_for(loaded: Any, *, n_samples: int = 8, seq_len: int = 128, seed
     model itself (``seed`` differs from quality's seed 0, so the proxy is never graded on its own inputs).
     Encoders (``feature-extraction``): tokenized training text, else seeded random ids; kind ``"embeddings"``.
     """
-    from autosurgeon.quality import fidelity
-    from autosurgeon.models.text_corpus import build_corpus, decode
 
     task = getattr(loaded, "task", None)
-    from autosurgeon.quality.model_images import SOURCE, is_foreign_classifier, model_images
 
     if is_foreign_classifier(loaded):
         x, y = model_images(loaded, n_samples=max(n_samples, 16), seed=seed)

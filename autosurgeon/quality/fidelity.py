@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.inputs import model_device_dtype
+from autosurgeon.models.text_corpus import build_corpus, decode
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 BOOTSTRAP = 400
@@ -54,7 +56,6 @@ def vocab_size(model: nn.Module) -> int:
 def tokenized_heldout(tokenizer: Any, *, n_samples: int, seq_len: int, heldout_bytes: int = 131_072,
                       seed: int = 0) -> torch.Tensor:
     """``(n_samples, seq_len)`` consecutive windows of the held-out corpus encoded with ``tokenizer``."""
-    from autosurgeon.models.text_corpus import build_corpus, decode
 
     corpus = build_corpus(train_bytes=0, heldout_bytes=heldout_bytes, seed=seed)
     ids = torch.tensor(tokenizer(decode(corpus.heldout))["input_ids"], dtype=torch.long)
@@ -68,7 +69,6 @@ def tokenized_heldout(tokenizer: Any, *, n_samples: int, seq_len: int, heldout_b
 def sampled_sequences(model: nn.Module, *, n_samples: int, seq_len: int, seed: int = 0,
                       batch_size: int = 8) -> torch.Tensor:
     """``(n_samples, seq_len)`` ids sampled from ``model`` (temperature 1), seeded, with a KV cache."""
-    from autosurgeon.models.inputs import model_device_dtype
 
     device, _ = model_device_dtype(model)
     vocab = vocab_size(model)
@@ -91,7 +91,6 @@ def sampled_sequences(model: nn.Module, *, n_samples: int, seq_len: int, seed: i
 @torch.no_grad()
 def log_probs(model: nn.Module, ids: torch.Tensor, *, batch_size: int = 8) -> torch.Tensor:
     """``(N, T, V)`` next-token log-probabilities, float32 on the CPU."""
-    from autosurgeon.models.inputs import model_device_dtype
 
     device, _ = model_device_dtype(model)
     model.eval()

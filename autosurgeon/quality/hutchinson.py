@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autosurgeon.quality.calibration import CalibrationData, run_model
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.quality.calibration import CalibrationData, run_model
 
 
 def hutchinson_trace(loss_fns: Sequence[Callable[[], torch.Tensor]], params: Mapping[str, torch.Tensor], *,

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from autosurgeon.cost.profiled import _cache_kw
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.quality.measure import lm_heldout_windows
 
 
 @torch.no_grad()
@@ -53,7 +55,6 @@ def kv_quality_loss(session: Any, *, samples: int = 4, seq_len: int = 64, prefix
     caller scoring several of them — ``sensitivity_kv`` — decodes it once)."""
     import dataclasses
 
-    from autosurgeon.cost.profiled import _cache_kw
 
     if session.kv_config is None:
         raise InvalidArgumentError("kv_quality_loss needs a Session with a paged KV cache (`kv=`); this one uses "
@@ -61,7 +62,6 @@ def kv_quality_loss(session: Any, *, samples: int = 4, seq_len: int = 64, prefix
     if not 1 <= prefix < seq_len:
         raise InvalidArgumentError(f"`prefix` must be in [1, seq_len), got prefix={prefix}, seq_len={seq_len}.")
     if windows is None:
-        from autosurgeon.quality.measure import lm_heldout_windows
 
         windows = lm_heldout_windows(seq_len=seq_len, max_windows=samples)
     kw = _cache_kw(session.model)

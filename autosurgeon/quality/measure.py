@@ -26,22 +26,31 @@ its embeddings) in the object the caller holds.
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autosurgeon.quality.calibration import module_of
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.digits import DigitsRecipe, load_split
+from autosurgeon.models.text_corpus import build_corpus, heldout_windows
+from autosurgeon.quality import fidelity
+from autosurgeon.quality.calibration import module_of
+from autosurgeon.quality.data_file import data_windows
+from autosurgeon.quality.fidelity import bootstrap_ci, compare, log_probs
+from autosurgeon.quality.model_images import SOURCE, is_foreign_classifier, model_images
 
 TASKS = ("causal-lm", "image-classification", "feature-extraction")
 from autosurgeon.quality.methods import METHODS  # noqa: E402  (plain data, shared with the CLI)
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
+
 _METRICS = {"perplexity": ("perplexity", False), "fidelity": ("next_token_kl", False),
             "accuracy": ("accuracy", True), "embedding": ("embedding_cosine", True)}
 FIDELITY_SEQ_LEN = 128
@@ -115,7 +124,6 @@ def quality_loss(reference: QualityResult, candidate: QualityResult) -> float:
 def lm_heldout_windows(*, seq_len: int = 256, max_windows: int | None = 32, heldout_bytes: int = 131_072,
                        seed: int = 0) -> torch.Tensor:
     """``(N, seq_len + 1)`` held-out byte windows: the split the zoo LMs were scored on (seed 0, 131072 bytes)."""
-    from autosurgeon.models.text_corpus import build_corpus, heldout_windows
 
     corpus = build_corpus(train_bytes=0, heldout_bytes=heldout_bytes, seed=seed)
     windows = heldout_windows(corpus.heldout, seq_len, max_windows)
@@ -126,7 +134,6 @@ def lm_heldout_windows(*, seq_len: int = 256, max_windows: int | None = 32, held
 
 def digits_test_split() -> tuple[torch.Tensor, torch.Tensor]:
     """``(x_test, y_test)`` of the digits recipe the zoo's ``digits-cnn`` trained with (never trained on)."""
-    from autosurgeon.models.digits import DigitsRecipe, load_split
 
     _, _, x_test, y_test = load_split(DigitsRecipe())
     return x_test, y_test
@@ -159,7 +166,6 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 16,
     """
     if windows.dim() != 2 or windows.shape[1] < 2:
         raise InvalidArgumentError(f"LM `data` must be (N, T + 1) token windows, got shape {tuple(windows.shape)}.")
-    from autosurgeon.quality.fidelity import bootstrap_ci
 
     model.eval()
     device, nll = _device(model), []
@@ -239,7 +245,6 @@ def embedding_fidelity(reference: torch.Tensor, candidate: torch.Tensor, *, top_
     n = reference.shape[0]
     if not 1 <= top_k < n:
         raise InvalidArgumentError(f"`top_k` must be in [1, {n - 1}] for {n} items, got {top_k}.")
-    from autosurgeon.quality.fidelity import bootstrap_ci
 
     per_item = F.cosine_similarity(reference.double(), candidate.double(), dim=1)
     cosine = per_item.mean().item()
@@ -281,12 +286,12 @@ def default_data(task: str, *, max_samples: int | None = None, seq_len: int = 25
     return encoder_inputs(vocab_size=vocab_size, n_items=max_samples or 64, seed=seed)
 
 
-def _is_zoo_lm(loaded: Any) -> bool:
+def _is_zoo_lm(loaded: LoadedModel) -> bool:
     """A zoo byte LM (its own held-out data set exists): ``source == "zoo"`` with a token source."""
     return getattr(loaded, "source", None) == "zoo" and getattr(loaded, "token_source", None) is not None
 
 
-def resolve_method(loaded: Any, task: str, method: str, data: Any) -> str:
+def resolve_method(loaded: LoadedModel, task: str, method: str, data: Any) -> str:
     """The measurement a task + ``--quality-method`` + ``--data`` gives (see the module docstring)."""
     if method not in METHODS:
         raise InvalidArgumentError(f"`--quality-method` must be one of {METHODS}, got {method!r}.")
@@ -341,7 +346,6 @@ class QualityEvaluator:
         path = getattr(reference_model, "path", None)
         if self.method == "fidelity":
             self.data, self._source = self._fidelity_inputs(reference_model, data, max_samples, path)
-            from autosurgeon.quality.fidelity import log_probs
 
             self._reference_out = log_probs(self._model, self.data, batch_size=self.batch_size)
             self._reference = self.evaluate(self._model)
@@ -357,7 +361,6 @@ class QualityEvaluator:
                                            f"compares items), got {n}.")
             self.top_k = max(1, min(top_k, n - 1))
         else:
-            from autosurgeon.quality.model_images import SOURCE, is_foreign_classifier, model_images
 
             if data is None and is_foreign_classifier(reference_model):
                 data = model_images(reference_model, n_samples=max_samples or 64, seed=self.seed)
@@ -376,8 +379,7 @@ class QualityEvaluator:
             self._reference = self.evaluate(self._model)
 
     # ---- inputs
-    def _fidelity_inputs(self, loaded: Any, data: Any, max_samples: int | None, path: Any) -> tuple[Any, str]:
-        from autosurgeon.quality import fidelity
+    def _fidelity_inputs(self, loaded: LoadedModel, data: Any, max_samples: int | None, path: Any) -> tuple[Any, str]:
 
         n, seq_len = max_samples or 8, _max_len(self._model, FIDELITY_SEQ_LEN)
         if data is not None:
@@ -393,10 +395,8 @@ class QualityEvaluator:
         ids = fidelity.sampled_sequences(self._model, n_samples=n, seq_len=seq_len, seed=self.seed)
         return ids, f"sequences sampled from the unmodified model (seed {self.seed})"
 
-    def _perplexity_windows(self, loaded: Any, data: Any, max_samples: int | None, path: Any) -> torch.Tensor:
+    def _perplexity_windows(self, loaded: LoadedModel, data: Any, max_samples: int | None, path: Any) -> torch.Tensor:
         if isinstance(data, (str, Path)):
-            from autosurgeon.quality import fidelity
-            from autosurgeon.quality.data_file import data_windows
 
             tok = fidelity.load_tokenizer(path) if fidelity.has_tokenizer(path) else None
             return data_windows(data, vocab_size=fidelity.vocab_size(self._model), seq_len=_max_len(self._model, 256),
@@ -410,7 +410,6 @@ class QualityEvaluator:
         return _limit(self.task, data, max_samples)
 
     def _encoder_inputs(self, data: Any, max_samples: int | None, path: Any) -> torch.Tensor:
-        from autosurgeon.quality import fidelity
 
         n = max_samples or 64
         if data is not None:
@@ -434,7 +433,6 @@ class QualityEvaluator:
         if self.method == "perplexity":
             result = perplexity(module, self.data, batch_size=self.batch_size, method=self._source)
         elif self.method == "fidelity":
-            from autosurgeon.quality.fidelity import compare, log_probs
 
             stats = compare(self._reference_out, log_probs(module, self.data, batch_size=self.batch_size))
             result = QualityResult(

@@ -8,22 +8,26 @@ so the figure says how often a plan changes the decision, not how good the decis
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from autosurgeon.errors import InvalidArgumentError
 
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
+
 SOURCE = "seeded random images at the model's shape, labelled by the unmodified model (top-1 agreement)"
 
 
-def is_foreign_classifier(loaded: Any) -> bool:
+def is_foreign_classifier(loaded: LoadedModel) -> bool:
     """A classifier whose inputs are not the zoo digits' (another shape or input name, e.g. ``pixel_values``)."""
     return (getattr(loaded, "task", None) == "image-classification" and getattr(loaded, "source", None) != "zoo"
             and getattr(loaded, "input_name", "x") != "x" and getattr(loaded, "image_shape", None) is not None)
 
 
-def model_images(loaded: Any, *, n_samples: int, seed: int, batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def model_images(loaded: LoadedModel, *, n_samples: int, seed: int, batch_size: int = 16) -> tuple[torch.Tensor,
+                 torch.Tensor]:
     """``(x (N, C, H, W), y (N,))``: seeded images at the model's shape and the unmodified model's top-1 labels."""
     if n_samples < 1:
         raise InvalidArgumentError(f"`--quality-samples` must be >= 1, got {n_samples}.")

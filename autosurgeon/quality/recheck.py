@@ -19,11 +19,18 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from autosurgeon.cost.profiled import TimingSettings
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.evaluate import RuntimeEvaluator
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.plan import Plan
+    from autosurgeon.space.search_space import SearchSpace
+    from autosurgeon.zoo import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -70,17 +77,15 @@ class RecheckResult:
     reason: str = ""
 
 
-def measure_loss_with(loaded: Any, profile: Any = "local", *, settings: Any = None,
-                      space: Any = None) -> Callable[[Any], tuple[float, tuple[float, float] | None]]:
+def measure_loss_with(loaded: LoadedModel, profile: Any = "local", *, settings: Any = None,
+                      space: SearchSpace | None = None) -> Callable[[Any], tuple[float, tuple[float, float] | None]]:
     """A measurer: plan -> (measured loss, its 95 % interval), applying the plan on the runtime (RuntimeEvaluator
     without timing repeats or energy) with ``settings`` (``QualitySettings``; default: the commands' default)."""
-    from autosurgeon.cost.profiled import TimingSettings
-    from autosurgeon.evaluate import RuntimeEvaluator
 
     ev = RuntimeEvaluator(loaded, profile, space=space, energy=False, quality_settings=settings,
                           timing=TimingSettings(step_warmup=0, step_repeats=1, repeats=1))
 
-    def measure(plan: Any) -> tuple[float, tuple[float, float] | None]:
+    def measure(plan: Plan) -> tuple[float, tuple[float, float] | None]:
         m = ev.evaluate(plan)
         report = m.extra.get("quality") or {}
         interval = report.get("loss_interval")
@@ -89,7 +94,7 @@ def measure_loss_with(loaded: Any, profile: Any = "local", *, settings: Any = No
     return measure
 
 
-def calibrate(space: Any, estimate: Callable[[Any], float], measure: Callable[[Any], tuple[float, Any]], *,
+def calibrate(space: SearchSpace, estimate: Callable[[Any], float], measure: Callable[[Any], tuple[float, Any]], *,
               n: int = 8, seed: int = 0) -> ProxyCalibration:
     """The proxy's error on ``n`` seeded random plans of ``space`` (``estimate``/``measure``: plan vector -> loss)."""
     if n < 3:
@@ -102,7 +107,7 @@ def calibrate(space: Any, estimate: Callable[[Any], float], measure: Callable[[A
     return ProxyCalibration.from_pairs(pairs, method=f"{n} random plans (seed {seed}), measured vs proxy")
 
 
-def recheck(plan: Any, *, estimate: float, bound: float, calibration: ProxyCalibration | None,
+def recheck(plan: Plan, *, estimate: float, bound: float, calibration: ProxyCalibration | None,
             measure: Callable[[Any], tuple[float, Any]], unscored: int = 0) -> RecheckResult:
     """Keep a plan admitted at ``estimate <= bound`` only if it holds: measured when near the bound (docstring).
 

@@ -34,6 +34,10 @@ import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.files.envelope import unwrap, wrap
+from autosurgeon.models.cache import cache_root
+from autosurgeon.plan import model_fingerprint
 from autosurgeon.quality.calibration import (
     CalibrationData,
     calibration_for,
@@ -41,11 +45,7 @@ from autosurgeon.quality.calibration import (
     module_of,
     run_model,
 )
-from autosurgeon.files.envelope import unwrap, wrap
-from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.quality.hutchinson import unit_hessian_traces
-from autosurgeon.models.cache import cache_root
-from autosurgeon.plan import model_fingerprint
 from autosurgeon.quality.precision_swap import precision_units, supported_precisions, swapped, weight_perturbation
 from runtime.kernels import default_kernel
 

@@ -53,12 +53,20 @@ from typing import Any
 import torch
 
 from autosurgeon._logging import get_logger
-from autosurgeon.files.envelope import unwrap, wrap
+from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, kv_token_bytes
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT
+from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.knobs import KV_BUDGET_NONE, KV_PRECISIONS
 from autosurgeon.models.cache import cache_root
-from autosurgeon.space.session import KV_BUDGET_CHOICES, KV_WINDOW_CHOICES
+from autosurgeon.quality.calibration import module_of
+from autosurgeon.quality.kv import kv_quality_loss
+from autosurgeon.quality.measure import lm_heldout_windows
+from autosurgeon.quality.sensitivity import _cache_key, _write_atomic
+from autosurgeon.space.session import KV_BUDGET_CHOICES, KV_WINDOW_CHOICES, build_session_record
+from autosurgeon.transforms.session import session_options
+from runtime.kvcache import KVCacheConfig
+from runtime.session import Session
+from runtime.spec import SessionSpec
 
 logger = get_logger(__name__)
 
@@ -205,7 +213,6 @@ def _choices() -> list[tuple[str, Any]]:
 
 
 def _settings_dict(module: torch.nn.Module, settings: KVSensitivitySettings) -> dict[str, Any]:
-    from runtime.kvcache import KVCacheConfig
 
     defaults = KVCacheConfig()
     return {**asdict(settings), "decode_len": settings.decode_len,
@@ -216,8 +223,6 @@ def _settings_dict(module: torch.nn.Module, settings: KVSensitivitySettings) -> 
 
 
 def _check_model(model: Any) -> torch.nn.Module:
-    from autosurgeon.quality.calibration import module_of
-    from autosurgeon.space.session import build_session_record
 
     module = module_of(model)
     if any(p.is_meta for p in module.parameters()):
@@ -231,7 +236,6 @@ def _check_model(model: Any) -> torch.nn.Module:
 
 def kv_table_key(model: Any, settings: KVSensitivitySettings | None = None) -> str:
     """The cache key of ``model``'s table at ``settings`` (computed without measuring; hashes the weights)."""
-    from autosurgeon.quality.sensitivity import _cache_key
 
     module = _check_model(model)
     settings = settings or KVSensitivitySettings()
@@ -252,14 +256,6 @@ def measure_kv_sensitivity(model: Any, settings: KVSensitivitySettings | None = 
         cache_dir: cache root (default ``$AUTOSURGEON_CACHE`` or ``~/.cache/autosurgeon``).
         threads: torch CPU threads during the measurement (restored after); None leaves them.
     """
-    from autosurgeon.quality.measure import lm_heldout_windows
-    from autosurgeon.quality.kv import kv_quality_loss
-    from autosurgeon.quality.sensitivity import _write_atomic
-    from autosurgeon.space.session import build_session_record
-    from autosurgeon.transforms.session import session_options
-    from runtime.kvcache import KVCacheConfig
-    from runtime.session import Session
-    from runtime.spec import SessionSpec
 
     settings = settings or KVSensitivitySettings()
     if threads is not None and threads < 1:
@@ -342,7 +338,6 @@ def measure_kv_sensitivity(model: Any, settings: KVSensitivitySettings | None = 
 
 def _token_bytes_all_layers(record: Any, precision: str, batch: int) -> int:
     """Stored bytes of one token of one sequence in every layer (``footprint.kv_token_bytes`` x layers)."""
-    from autosurgeon.cost.footprint import kv_token_bytes
 
     return record.kv_layers * kv_token_bytes(record.kv_heads, record.head_dim, precision, record.dtype, batch=batch)
 

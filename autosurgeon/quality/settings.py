@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.quality.methods import METHODS
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,11 @@ class QualitySettings:
             raise InvalidArgumentError(f"`--data` {self.data!r} is not a readable file; pass a text file, a .json "
                                        "list of token ids or a .ids file.")
 
-    def evaluator(self, loaded: Any, *, default_samples: int | None = None) -> Any:
+    def evaluator(self, loaded: LoadedModel, *, default_samples: int | None = None) -> Any:
         """A :class:`QualityEvaluator` for ``loaded`` with these settings."""
-        from autosurgeon.quality.measure import QualityEvaluator
+        from autosurgeon.quality.measure import (
+            QualityEvaluator,  # lazy: keeps `autosurgeon --help` and `zoo` free of numpy/torch
+        )
 
         samples = self.samples if self.samples is not None else default_samples
         return QualityEvaluator(loaded, data=self.data, max_samples=samples, method=self.method)

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autosurgeon.hardware.profile import ComputeUnit, HardwareProfile
 from autosurgeon import precisions as precision_table
+from autosurgeon.hardware.profile import ComputeUnit, HardwareProfile
 from autosurgeon.knobs import GROUP_SIZES, PLACEMENTS, PRECISIONS
+from runtime.kernels import all_kernels
 
 # Precision -> runtime weight format (None: a float dtype); float precisions; bits per weight element (the
 # semantic distance ``repair`` uses between precisions): all from the precision table.
@@ -216,7 +217,6 @@ def kernel_reason(kernel: str, precision: str, unit: ComputeUnit, profile: Hardw
 
 def kernel_names() -> tuple[str, ...]:
     """``"auto"`` then every registered runtime kernel, in registration order (the kernel knob's choices)."""
-    from runtime.kernels import all_kernels
 
     return ("auto", *(k.name for k in all_kernels()))
 

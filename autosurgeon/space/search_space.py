@@ -50,8 +50,11 @@ import numpy as np
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.files.envelope import unwrap, wrap
+from autosurgeon.analysis.model_analysis import analyze
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.files.envelope import unwrap, wrap
+from autosurgeon.hardware.profile import HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import ALL_KNOBS, KNOBS, SESSION_KNOBS, SESSION_UNIT
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space.masks import FLOAT_PRECISIONS, PRECISION_BITS, default_placement
@@ -94,7 +97,7 @@ class SearchSpace:
 
     # ------------------------------------------------------------------------------------------ build
     @classmethod
-    def build(cls, model: Any, profile: Any, *, inputs: Mapping[str, Any] | None = None,
+    def build(cls, model: Any, profile: HardwareProfile | str, *, inputs: Mapping[str, Any] | None = None,
               analysis: Any | None = None, knobs: Iterable[str] = DEFAULT_KNOBS,
               phase: str = "prefill") -> SearchSpace:
         """Derive the space of ``model`` on ``profile`` from its analysis.
@@ -110,9 +113,6 @@ class SearchSpace:
                 ``kv_window``, ``prefetch``, ``prefetch_depth``, variables of the ``"<session>"`` unit).
             phase: analysis phase when ``analysis`` is not given.
         """
-        from autosurgeon.analysis.model_analysis import analyze
-        from autosurgeon.hardware.resolve import resolve_profile
-        from autosurgeon.hardware.profile import HardwareProfile
 
         knobs = tuple(dict.fromkeys(knobs))
         unknown = [k for k in knobs if k not in ALL_KNOBS]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -45,6 +45,13 @@ from autosurgeon.knobs import (
     SESSION_KNOBS,
     SESSION_UNIT,
 )
+from autosurgeon.space.masks import placement_units, precision_reason
+from autosurgeon.space.variables import Variable
+from runtime.experts import find_expert_modules
+from runtime.kv_quant import fp8_dtype
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
 
 # Discretised choices (index 0: the runtime's default). Budgets: share of the full-context KV bytes.
 KV_BUDGET_CHOICES: tuple[str, ...] = (KV_BUDGET_NONE, "75%", "50%", "25%")
@@ -113,7 +120,6 @@ def _text_config(config: Any) -> Any:
 
 def build_session_record(model: nn.Module, *, task: str | None = None) -> SessionRecord:
     """The :class:`SessionRecord` of ``model`` (real or meta weights); ``task`` from a LoadedModel if known."""
-    from runtime.experts import find_expert_modules
 
     first = next(((n, p) for n, p in model.named_parameters() if p.is_floating_point()), None)
     dtype = str(first[1].dtype).removeprefix("torch.") if first is not None else "float32"
@@ -157,10 +163,8 @@ def _first(value: Any, values: tuple[Any, ...]) -> tuple[Any, ...]:
     return (value, *(v for v in values if v != value))
 
 
-def kv_precision_reason(precision: str, profile: Any) -> str | None:
+def kv_precision_reason(precision: str, profile: HardwareProfile) -> str | None:
     """Why the KV cache cannot store ``precision`` on ``profile``'s default unit (None: it can)."""
-    from autosurgeon.space.masks import precision_reason
-    from runtime.kv_quant import fp8_dtype
 
     if precision != "fp8":
         return None
@@ -174,11 +178,9 @@ def kv_precision_reason(precision: str, profile: Any) -> str | None:
     return None
 
 
-def session_variables(record: SessionRecord, profile: Any, knobs: tuple[str, ...], *,
+def session_variables(record: SessionRecord, profile: HardwareProfile, knobs: tuple[str, ...], *,
                       model_name: str = "the model") -> list[Any]:
     """The session unit's variables for the requested ``knobs``, in ``SESSION_KNOBS`` order (module docstring)."""
-    from autosurgeon.space.masks import placement_units
-    from autosurgeon.space.variables import Variable
 
     units = placement_units(profile)
     exec_tier = "gpu" if profile.default_unit().kind in ("gpu", "dla") else "cpu"

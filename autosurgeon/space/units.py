@@ -13,6 +13,8 @@ from torch import nn
 
 from autosurgeon.analysis.model_analysis import ModelAnalysis
 from autosurgeon.analysis.units import ABSORBING_KINDS, discover
+from runtime.errors import JalapenoError
+from runtime.session import find_blocks
 
 # Leaf kinds that take a precision variable (linear and conv per surgery.md; embeddings float-only, see space.py).
 PRECISION_KINDS = ("linear", "conv", "embedding")
@@ -176,8 +178,6 @@ def build_units(model: nn.Module, analysis: ModelAnalysis) -> UnitTable:
 
 def _runtime_block_path(model: nn.Module) -> str | None:
     """Dotted path of the ModuleList the runtime places and streams block by block (None: it finds none)."""
-    from runtime.errors import JalapenoError
-    from runtime.session import find_blocks
 
     try:
         return find_blocks(model)[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.knobs import FUSIONS, GROUP_SIZES, LAYOUTS, PLACEMENTS, PRECISIONS
@@ -23,6 +23,9 @@ from autosurgeon.space.masks import (
     precision_reason,
 )
 from autosurgeon.space.units import PRECISION_KINDS, BlockRecord, LeafRecord, UnitTable
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
 
 KNOB_ORDER: tuple[str, ...] = ("placement", "precision", "group_size", "kernel", "layout", "fusion")
 DEFAULT_GROUP_SIZE = 128  # runtime default (QuantizedLinear, BlockSpec)
@@ -90,7 +93,7 @@ def _first(value: Any, values: Sequence[Any]) -> tuple[Any, ...]:
 class VariableBuilder:
     """Makes the variables of one (units, profile, knobs) triple; see the module docstring for the rules."""
 
-    def __init__(self, units: UnitTable, profile: Any, knobs: tuple[str, ...]) -> None:
+    def __init__(self, units: UnitTable, profile: HardwareProfile, knobs: tuple[str, ...]) -> None:
         self.units, self.profile, self.knobs = units, profile, knobs
         self.exec_units = {k: u for k, u in placement_units(profile).items() if u is not None}
         self.default = default_placement(profile)

@@ -42,7 +42,6 @@ from autosurgeon.transforms.configs import (
     QuantizeConfig,
 )
 from autosurgeon.transforms.place import build_session_spec
-from autosurgeon.transforms.session import SessionOptions, session_options
 from autosurgeon.transforms.registry import (
     TransformContext,
     handler_for,
@@ -50,6 +49,7 @@ from autosurgeon.transforms.registry import (
     registered_types,
     transform,
 )
+from autosurgeon.transforms.session import SessionOptions, session_options
 
 __all__ = [
     "STAGES", "FuseConfig", "KernelConfig", "LayoutConfig", "PlaceConfig", "PruneConfig", "QuantizeConfig",

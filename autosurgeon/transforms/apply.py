@@ -33,17 +33,21 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from autosurgeon._logging import get_logger
-from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, resolve_budget
+from autosurgeon.cost.footprint import DEFAULT_KV_CONTEXT, EXPERT_CAPACITY, resolve_budget
 from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
+from autosurgeon.hardware.profile import HardwareProfile
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import KNOBS
 from autosurgeon.plan import Plan
+from autosurgeon.plan_check import check_plan, raise_for_problems
 from autosurgeon.precisions import QUANTIZED_PRECISIONS
+from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.transforms.configs import (
     FuseConfig,
     KernelConfig,
@@ -52,10 +56,18 @@ from autosurgeon.transforms.configs import (
     PruneConfig,
     QuantizeConfig,
 )
+from autosurgeon.transforms.fit_placement import fit_spec
 from autosurgeon.transforms.fuse import CONCAT_GROUPS
-from autosurgeon.transforms.place import build_session_spec
+from autosurgeon.transforms.open_session import PreparedPlan, open_session
+from autosurgeon.transforms.place import build_session_spec, default_device
 from autosurgeon.transforms.prune import is_prunable
 from autosurgeon.transforms.registry import TransformContext, transform
+from autosurgeon.transforms.session import session_options
+from runtime.kernels import KernelSelector, QuantizedLinear
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.zoo import LoadedModel
+    from runtime.spec import SessionSpec
 
 logger = get_logger(__name__)
 
@@ -83,7 +95,7 @@ class Surgery:
         return [s for s in self.steps if s.stage == name]
 
 
-def resolve_surgery(plan: Plan, space: Any, *, prune: Mapping[str, float] | None = None,
+def resolve_surgery(plan: Plan, space: SearchSpace, *, prune: Mapping[str, float] | None = None,
                     model: nn.Module | None = None) -> Surgery:
     """The steps ``plan`` asks for on the model of ``space`` (module docstring, step 2).
 
@@ -176,7 +188,7 @@ def apply_surgery(model: nn.Module, surgery: Surgery, context: TransformContext,
     return context
 
 
-def default_inputs(model: nn.Module, loaded: Any = None) -> dict[str, Any]:
+def default_inputs(model: nn.Module, loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Inputs for building the search space: a LoadedModel's example, or token ids for a language model."""
     if loaded is not None:
         return loaded.example_inputs(1, 16)
@@ -186,14 +198,14 @@ def default_inputs(model: nn.Module, loaded: Any = None) -> dict[str, Any]:
                                f"{type(model).__name__}, or a LoadedModel (which has example_inputs), or `space`.")
 
 
-def _marker_key(plan: Plan, profile: Any, prune: Mapping[str, float] | None) -> str:
+def _marker_key(plan: Plan, profile: HardwareProfile, prune: Mapping[str, float] | None) -> str:
     return f"{plan.to_json(indent=None)}|{profile.fingerprint}|{sorted((prune or {}).items())}"
 
 
-def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
+def apply_plan(model: Any, plan: Plan, profile: HardwareProfile, *, inplace: bool = False,
                budgets: Mapping[str, Any] | None = None, check: bool = True, force: bool = False,
                prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
-               space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
+               space: SearchSpace | None = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
                disk_io: str = "mmap", energy_watts: float | None = None, autotune_kernels: bool = False,
                batch: int = 1, kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
                expert_capacity: float | None = None, placement: str = "plan", device: str | None = None,
@@ -216,7 +228,6 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
     Returns:
         A ``runtime.Session`` over the transformed model (``session.model``); close it when done.
     """
-    from autosurgeon.transforms.open_session import open_session
 
     prepared = prepare_plan(model, plan, profile, inplace=inplace, budgets=budgets, check=check, force=force,
                             prune=prune, inputs=inputs, space=space, lookahead=lookahead, offload_dir=offload_dir,
@@ -230,10 +241,11 @@ def apply_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
 
 
 # long: the five steps of the module docstring in order, each needing the state of the one before
-def prepare_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
+def prepare_plan(model: Any, plan: Plan, profile: HardwareProfile | str, *, inplace: bool = False,
                  budgets: Mapping[str, Any] | None = None, check: bool = True, force: bool = False,
                  prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
-                 space: Any = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
+                 space: SearchSpace | None = None, lookahead: int = 2,
+                     offload_dir: str | os.PathLike[str] | None = None,
                  disk_io: str = "mmap", kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
                  expert_capacity: float | None = None, placement: str = "plan",
                  device: str | None = None, reserve_bytes: int = 0) -> Any:
@@ -271,15 +283,6 @@ def prepare_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
         UnsupportedTransformError: a decision the runtime cannot carry out here (a DLA placement, a GPU
             placement without CUDA, mixed packed/unpacked streaming); the model is untouched.
     """
-    from autosurgeon.cost.footprint import EXPERT_CAPACITY
-    from autosurgeon.hardware.profile import HardwareProfile
-    from autosurgeon.hardware.resolve import resolve_profile
-    from autosurgeon.plan_check import check_plan, raise_for_problems
-    from autosurgeon.space.search_space import SearchSpace
-    from autosurgeon.transforms.fit_placement import fit_spec
-    from autosurgeon.transforms.open_session import PreparedPlan
-    from autosurgeon.transforms.place import default_device
-    from autosurgeon.transforms.session import session_options
 
     if not isinstance(plan, Plan):
         raise InvalidArgumentError(f"`plan` must be an autosurgeon.plan.Plan, got {type(plan).__name__}.")
@@ -354,7 +357,6 @@ def prepare_plan(model: Any, plan: Plan, profile: Any, *, inplace: bool = False,
 
 def _autotune(model: nn.Module, *, batch: int) -> dict[str, str]:
     """Fastest weight-only kernel for every resident QuantizedLinear left on ``"auto"`` (kernel None)."""
-    from runtime.kernels import KernelSelector, QuantizedLinear
 
     selector = KernelSelector(allow_activation_quant=False)
     chosen = {}
@@ -366,7 +368,7 @@ def _autotune(model: nn.Module, *, batch: int) -> dict[str, str]:
     return chosen
 
 
-def _check_devices(spec: Any, profile: Any) -> None:
+def _check_devices(spec: SessionSpec, profile: HardwareProfile) -> None:
     """A plan for a GPU needs one here; say so before anything is touched."""
     devices = {b.device for b in (*spec.blocks, spec.rest_spec)}
     cuda = sorted(d for d in devices if d.startswith("cuda"))

@@ -15,13 +15,13 @@ from torch import nn
 
 from autosurgeon.planners.default_placement import build_spec
 from autosurgeon.transforms.session import SessionOptions
+from runtime.experts import find_expert_modules
 from runtime.spec import SessionSpec
 
 
 def expert_cache_bytes(model: nn.Module, capacity: float | int) -> tuple[set[int], int]:
     """(ids of the streamed experts modules, bytes of their cache) for an expert cache of ``capacity``
     (a share of all experts, or a count of slots); at least one layer's experts fit, as the runtime needs."""
-    from runtime.experts import find_expert_modules
 
     found = find_expert_modules(model)
     if not found:

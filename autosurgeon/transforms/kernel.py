@@ -16,15 +16,14 @@ from autosurgeon.knobs import KERNEL_AUTO
 from autosurgeon.transforms.configs import KernelConfig
 from autosurgeon.transforms.modules import ConcatLinear, LinearAct
 from autosurgeon.transforms.registry import TransformContext, register_transform
-from runtime.kernels import QuantizedLinear
+from runtime.errors import JalapenoError
+from runtime.kernels import QuantizedLinear, all_kernels, get_kernel
 
 DYNAMIC = "int8-dynamic"
 
 
 def check_kernel(name: str | None, fmt: str, device: torch.device, *, fqn: str) -> str | None:
     """``name`` validated for ``fmt`` on ``device`` (None for ``"auto"``/None); raises naming layer and kernel."""
-    from runtime.errors import JalapenoError
-    from runtime.kernels import all_kernels, get_kernel
 
     if name is None or name == KERNEL_AUTO:
         return None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from autosurgeon.transforms.session import SessionOptions
+from runtime.session import Session
 
 if TYPE_CHECKING:  # runtime.session imports torch-heavy modules; only the annotations need them here
     from runtime.session import Session
@@ -42,7 +43,6 @@ def open_session(prepared: PreparedPlan, *, energy_watts: float | None = None,
         energy_watts: power figure for the energy estimate where no counter (NVML/RAPL) is readable.
         adapt: retune between steps under memory pressure (``runtime.adapt``); None: the runtime's default.
     """
-    from runtime.session import Session
 
     return Session(prepared.model.eval(), prepared.spec, energy_watts=energy_watts, kv=prepared.options.kv,
                    experts=prepared.options.experts, adapt=adapt)

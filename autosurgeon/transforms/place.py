@@ -15,7 +15,7 @@ the block list; then every planned block outside that list must be resident on t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -23,10 +23,15 @@ from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
 from autosurgeon.knobs import placement_parts
 from autosurgeon.transforms.configs import PlaceConfig
 from autosurgeon.transforms.registry import TransformContext, register_transform
+from runtime.errors import JalapenoError
+from runtime.session import find_blocks
 from runtime.spec import BlockSpec, SessionSpec
 
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.hardware.profile import HardwareProfile
 
-def gpu_device(profile: Any) -> str:
+
+def gpu_device(profile: HardwareProfile) -> str:
     """``cuda:N`` of the profile's first GPU unit (``cuda:0`` without a profile)."""
     if profile is None:
         return "cuda:0"
@@ -36,14 +41,14 @@ def gpu_device(profile: Any) -> str:
     raise UnsupportedTransformError(f"profile {profile.name!r} has no GPU unit; a 'gpu' placement cannot run on it.")
 
 
-def default_device(profile: Any) -> str:
+def default_device(profile: HardwareProfile) -> str:
     """Execution device of modules no placement names: the profile's default unit."""
     if profile is None:
         return "cpu"
     return gpu_device(profile) if profile.default_unit().kind == "gpu" else "cpu"
 
 
-def block_spec(placement: str, profile: Any, *, fqn: str = "block") -> BlockSpec:
+def block_spec(placement: str, profile: HardwareProfile, *, fqn: str = "block") -> BlockSpec:
     """The BlockSpec a placement means on ``profile``; ``dla`` refused (see the module docstring)."""
     unit, home = placement_parts(placement)
     if unit == "dla":
@@ -66,8 +71,6 @@ def place(module: nn.Module, config: PlaceConfig, *, fqn: str, context: Transfor
 
 def block_path(model: nn.Module) -> str:
     """Dotted path of the list of blocks the Session will use (see the module docstring)."""
-    from runtime.errors import JalapenoError
-    from runtime.session import find_blocks
 
     try:
         return find_blocks(model)[0]
@@ -84,8 +87,6 @@ def build_session_spec(model: nn.Module, context: TransformContext, *, budgets: 
                        lookahead: int = 2, offload_dir: str | None = None, disk_io: str = "mmap",
                        path: str | None = None) -> SessionSpec:
     """The SessionSpec of the placements and packed layouts recorded in ``context`` (module docstring)."""
-    from runtime.errors import JalapenoError
-    from runtime.session import find_blocks
 
     path = path or block_path(model)
     try:

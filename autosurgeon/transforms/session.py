@@ -19,14 +19,18 @@ from typing import Any
 
 from torch import nn
 
-from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.cost.footprint import (
     DEFAULT_KV_CONTEXT,
     EXPERT_CAPACITY,
     kv_budget_bytes,
     kv_token_bytes,
 )
+from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.knobs import KV_KNOBS, validate_session
+from autosurgeon.space.session import build_session_record
+from runtime.errors import JalapenoError
+from runtime.experts import ExpertConfig
+from runtime.kvcache import KVCacheConfig
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,6 @@ def session_options(session: Mapping[str, Any], model: nn.Module, *, exec_device
     Raises:
         InvalidArgumentError: a decision this model cannot take (``check_plan`` reports these first).
     """
-    from autosurgeon.space.session import build_session_record
-    from runtime.errors import JalapenoError
 
     session = validate_session(session)
     if kv_context < 1 or kv_batch < 1:
@@ -80,7 +82,6 @@ def session_options(session: Mapping[str, Any], model: nn.Module, *, exec_device
             if not record.has_kv:
                 raise InvalidArgumentError(f"plan session decides the KV cache, but {record.kv_reason}; drop the "
                                            "kv_* knobs from the plan's session.")
-            from runtime.kvcache import KVCacheConfig
 
             precision = session.get("kv_precision", "float")
             tb = kv_token_bytes(record.kv_heads, record.head_dim, precision, record.dtype, batch=kv_batch)
@@ -102,7 +103,6 @@ def session_options(session: Mapping[str, Any], model: nn.Module, *, exec_device
             if prefetch in ("gate", "hybrid") and not record.routers:
                 raise InvalidArgumentError(f"plan session `prefetch` {prefetch!r} needs a router next to every experts "
                                            "module; use 'markov' or 'lru'.")
-            from runtime.experts import ExpertConfig
 
             home = "disk" if str(exec_device).startswith("cpu") else "cpu"
             experts = ExpertConfig(home=home, capacity=expert_capacity, prefetch=prefetch,

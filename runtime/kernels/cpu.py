@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from runtime._log import get_logger
 from runtime.kernels._avx512_src import SOURCE
 from runtime.kernels._registry import Kernel, register
-from runtime.kernels.formats import QuantizedWeight
+from runtime.kernels.formats import QuantizedWeight, unpack_int4
 from runtime.kernels.portable import torch_dequant_run
 
 logger = get_logger(__name__)
@@ -294,7 +294,6 @@ def int8pack_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any = None) -> 
 
 def int4pack_cpu_prepare(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Repack into torch's CPU int4 layout (w = (q - 8) * s + zero); None when N % 16 != 0 (unsupported)."""
-    from runtime.kernels.formats import unpack_int4
 
     if qw.out_features % 16:
         return None

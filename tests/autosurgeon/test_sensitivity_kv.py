@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import autosurgeon.quality.kv as quality_kv
+import autosurgeon.quality.sensitivity_kv as sensitivity_kv_module
 from autosurgeon.cost.profiled import TimingSettings, Workload
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate import AnalyticEvaluator, ProfiledEvaluator
@@ -77,7 +77,7 @@ def test_table_is_deterministic_and_cached(llama, table, tmp_path, monkeypatch) 
     def no_decoding(*args, **kwargs):
         raise AssertionError("the second call must read the cache")
 
-    monkeypatch.setattr(quality_kv, "kv_quality_loss", no_decoding)
+    monkeypatch.setattr(sensitivity_kv_module, "kv_quality_loss", no_decoding)  # the name the table measures with
     cached = measure_kv_sensitivity(llama, SMALL, cache_dir=tmp_path)
     assert cached == again
     assert KVSensitivityTable.from_json(cached.to_json()) == cached
