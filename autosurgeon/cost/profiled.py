@@ -56,7 +56,7 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.cost.base import LeafChoice, default_group, block_stream, resolve_blocks
-from autosurgeon.cost.dispersion import NOISY, STALE, iqr_ratio, load_average, timed_samples
+from autosurgeon.cost.dispersion import NOISY, iqr_ratio, load_average, timed_samples
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
 from autosurgeon.plan import model_fingerprint
@@ -134,36 +134,10 @@ class Profiler:
                     return table
         return ProfiledTable(key=key, settings={**settings, "load_1m": load_average()})
 
-    def _trust(self, table: ProfiledTable) -> bool:
-        """Spot check of a cached table (module docstring): re-time the unmodified step a few times."""
-        if table.noisy_share() > 0.5:
-            logger.warning("cached profiled table %s: %d of %d entries noisy; measuring again.", self.path,
-                           len(table.noisy), len(table.spread))
-            return False
-        phase = self.workload.phase
-        cached = table.baseline_s.get(phase)
-        if not cached:
-            return True
-        from runtime.spec import BlockSpec, SessionSpec
+    def _trust(self, table: ProfiledTable) -> bool:  # the spot check on load: cost/profiled_trust.py
+        from autosurgeon.cost.profiled_trust import trust_table
 
-        dev = _exec_device(self.profile.default_unit())
-        now, _, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)), warmup=2, repeats=5,
-                                       prefill=False)
-        verdict = "kept"
-        if cached > now * (1 + STALE):
-            verdict = "re-measured"
-        elif now > cached * (1 + STALE):
-            verdict = "kept (slower now: the machine is loaded now)"
-        check = {"phase": phase, "cached_s": cached, "now_s": now, "load_1m": load_average(),
-                 "table_load_1m": table.settings.get("load_1m"), "verdict": verdict}
-        logger.info("profiled table spot check: cached %.3f ms vs now %.3f ms per step: %s", cached * 1e3,
-                    now * 1e3, verdict)
-        if verdict == "re-measured":
-            logger.warning("cached profiled table %s prices the unmodified step at %.3f ms, now %.3f ms (load %s): "
-                           "measuring it again.", self.path, cached * 1e3, now * 1e3, check["load_1m"])
-            return False
-        table.checks = [*table.checks[-4:], check]
-        return True
+        return trust_table(self, table)
 
     def save(self) -> Path | None:
         """Write the table if it changed (atomically); returns the path or None."""
