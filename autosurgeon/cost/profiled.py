@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -56,7 +56,21 @@ from torch import nn
 
 from autosurgeon._logging import get_logger
 from autosurgeon.cost.base import LeafChoice, block_stream, count_ops, default_group, resolve_blocks
-from autosurgeon.cost.dispersion import NOISY, STALE, iqr_ratio, load_average, timed_samples
+from autosurgeon.cost.dispersion import NOISY, iqr_ratio, load_average, timed_samples
+from autosurgeon.cost.profiled_trust import trust_table
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.models.cache import cache_root
+from autosurgeon.plan import model_fingerprint
+from autosurgeon.space.masks import FLOAT_PRECISIONS, placement_units
+from autosurgeon.transforms.place import block_path
+from runtime.session import Session
+from runtime.spec import BlockSpec, SessionSpec
+
+logger = get_logger(__name__)
+
+STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
+
+
 from autosurgeon.cost.profiled_kv import measure_kv_op_seconds
 from autosurgeon.cost.profiled_table import (  # noqa: F401  (re-exported)
     FLOAT_DTYPES,
@@ -79,22 +93,11 @@ from autosurgeon.cost.workload import (  # noqa: F401  (re-exported: the workloa
     no_grad_forward,
     timed,
 )
-from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.models.cache import cache_root
-from autosurgeon.plan import model_fingerprint
-from autosurgeon.space.masks import FLOAT_PRECISIONS, placement_units
-from autosurgeon.transforms.place import block_path
-from runtime.session import Session
-from runtime.spec import BlockSpec, SessionSpec
 
 if TYPE_CHECKING:  # annotations only
     from autosurgeon.hardware.profile import HardwareProfile
     from autosurgeon.space.search_space import SearchSpace
     from autosurgeon.zoo import LoadedModel
-
-logger = get_logger(__name__)
-
-STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
 
 
 class Profiler:
@@ -139,35 +142,9 @@ class Profiler:
                     return table
         return ProfiledTable(key=key, settings={**settings, "load_1m": load_average()})
 
-    def _trust(self, table: ProfiledTable) -> bool:
-        """Spot check of a cached table (module docstring): re-time the unmodified step a few times."""
-        if table.noisy_share() > 0.5:
-            logger.warning("cached profiled table %s: %d of %d entries noisy; measuring again.", self.path,
-                           len(table.noisy), len(table.spread))
-            return False
-        phase = self.workload.phase
-        cached = table.baseline_s.get(phase)
-        if not cached:
-            return True
+    def _trust(self, table: ProfiledTable) -> bool:  # the spot check on load: cost/profiled_trust.py
 
-        dev = _exec_device(self.profile.default_unit())
-        now, _, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)), warmup=2, repeats=5,
-                                       prefill=False)
-        verdict = "kept"
-        if cached > now * (1 + STALE):
-            verdict = "re-measured"
-        elif now > cached * (1 + STALE):
-            verdict = "kept (slower now: the machine is loaded now)"
-        check = {"phase": phase, "cached_s": cached, "now_s": now, "load_1m": load_average(),
-                 "table_load_1m": table.settings.get("load_1m"), "verdict": verdict}
-        logger.info("profiled table spot check: cached %.3f ms vs now %.3f ms per step: %s", cached * 1e3,
-                    now * 1e3, verdict)
-        if verdict == "re-measured":
-            logger.warning("cached profiled table %s prices the unmodified step at %.3f ms, now %.3f ms (load %s): "
-                           "measuring it again.", self.path, cached * 1e3, now * 1e3, check["load_1m"])
-            return False
-        table.checks = [*table.checks[-4:], check]
-        return True
+        return trust_table(self, table)
 
     def save(self) -> Path | None:
         """Write the table if it changed (atomically); returns the path or None."""

@@ -249,9 +249,7 @@ class HardwareProfile:
 
     def at_power_cap(self, watts: float) -> HardwareProfile:
         """This profile in the fastest mode whose envelope fits ``watts`` (``autosurgeon.hardware.power_cap.at_power_cap``)."""
-        from autosurgeon.hardware.power_cap import (
-            at_power_cap,  # lazy: import cycle (power_cap imports profile at its top)
-        )
+        from autosurgeon.hardware.power_cap import at_power_cap  # lazy: import cycle (power_cap imports profile)
 
         return at_power_cap(self, watts)
 

@@ -41,9 +41,7 @@ class QualitySettings:
 
     def evaluator(self, loaded: LoadedModel, *, default_samples: int | None = None) -> Any:
         """A :class:`QualityEvaluator` for ``loaded`` with these settings."""
-        from autosurgeon.quality.measure import (
-            QualityEvaluator,  # lazy: keeps `autosurgeon --help` and `zoo` free of numpy/torch
-        )
+        from autosurgeon.quality.measure import QualityEvaluator  # lazy: keeps --help and zoo free of torch
 
         samples = self.samples if self.samples is not None else default_samples
         return QualityEvaluator(loaded, data=self.data, max_samples=samples, method=self.method)
