@@ -190,20 +190,7 @@ def check_plan(model: Any, plan: Plan, profile: HardwareProfile | str, *, space:
                                     f"{profile.name!r} has device fingerprint {profile.fingerprint}{hint}.", severity))
 
     names = [n for n, _ in module.named_modules() if n]
-    unmatched = plan.unmatched_targets(names)
-    for k, target in enumerate(unmatched[:LIST_UNMATCHED]):
-        # Suggestions cost a string comparison with every module name: only the first few get them, so a
-        # plan for another (much larger) model is still checked in moments.
-        close = difflib.get_close_matches(target.removeprefix("re:"), names, n=3) if k < SUGGEST_FOR else []
-        did = f"; did you mean {', '.join(close)}?" if close else ""
-        problems.append(PlanProblem(target, None, None,
-                                    f"rule target names no module of {type(module).__name__}{did}"))
-    if len(unmatched) > LIST_UNMATCHED:  # one line for the rest: the plan is likely for another model
-        rest = unmatched[LIST_UNMATCHED:]
-        problems.append(PlanProblem(rest[0], None, None,
-                                    f"and {len(rest)} more rule targets name no module of {type(module).__name__} "
-                                    f"({', '.join(rest[:3])}, ...): {len(unmatched)} of the plan's "
-                                    f"{len(plan.rules)} rules in all; is the plan for another model?"))
+    problems += _unmatched_problems(plan, names, type(module).__name__)
 
     known = set(names)
     for rule in plan.rules:
@@ -234,6 +221,25 @@ def check_plan(model: Any, plan: Plan, profile: HardwareProfile | str, *, space:
         problems += _budget_problems(space, x, profile, limits, lookahead, session=plan.session,
                                      kv_context=kv_context, kv_batch=kv_batch)
     return problems
+
+
+def _unmatched_problems(plan: Plan, names: list[str], model_name: str) -> list[PlanProblem]:
+    """Rule targets that name no module: the first ``LIST_UNMATCHED`` one by one, the rest counted in one."""
+    unmatched = plan.unmatched_targets(names)
+    out = []
+    for k, target in enumerate(unmatched[:LIST_UNMATCHED]):
+        # Suggestions cost a string comparison with every module name: only the first few get them, so a
+        # plan for another (much larger) model is still checked in moments.
+        close = difflib.get_close_matches(target.removeprefix("re:"), names, n=3) if k < SUGGEST_FOR else []
+        did = f"; did you mean {', '.join(close)}?" if close else ""
+        out.append(PlanProblem(target, None, None, f"rule target names no module of {model_name}{did}"))
+    if len(unmatched) > LIST_UNMATCHED:  # one line for the rest: the plan is likely for another model
+        rest = unmatched[LIST_UNMATCHED:]
+        out.append(PlanProblem(rest[0], None, None,
+                               f"and {len(rest)} more rule targets name no module of {model_name} "
+                               f"({', '.join(rest[:3])}, ...): {len(unmatched)} of the plan's "
+                               f"{len(plan.rules)} rules in all; is the plan for another model?"))
+    return out
 
 
 def _session_problems(space: SearchSpace, plan: Plan, x: np.ndarray, profile: HardwareProfile, module: nn.Module,

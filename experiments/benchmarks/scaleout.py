@@ -70,7 +70,7 @@ def bench_evaluator(name: str, args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             client = stack.enter_context(dask_client(workers=n))
             ev = DaskEvaluator(build_evaluator(config), client, factory=sweep_evaluator_factory(config.to_dict()),
-                               threads=threads, chunk=1 if name == "runtime" else "auto")
+                               threads=threads, chunk=1 if name == "runtime" else "auto", gpus=args.gpus)
             ev.warm()
             result["setup_s"][f"w{n}"] = time.perf_counter() - t
             result["threads"][f"w{n}"] = threads
@@ -112,6 +112,21 @@ def bench_evaluator(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _gpu_names() -> list[str]:
+    """The visible CUDA devices' names, without initialising CUDA where there is none (NVML, else nothing)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return [str(pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i)))
+                    for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: a CPU machine
+        return []
+
+
 def write_report(out: Path, results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     lines = ["# Scale-out: sweep evaluations per second on local Dask clusters", "",
@@ -125,9 +140,14 @@ def write_report(out: Path, results: list[dict[str, Any]], meta: dict[str, Any])
              f"{meta['rounds']} interleaved rounds (rotated order), each round's own random plans measured by every "
              "configuration; figures are the median over rounds with min-max, ratios are per round against the "
              "serial figure of the same round.", "",
-             f"**A {meta['cores']}-core machine caps the gain**: beyond {meta['cores']} workers, processes share cores "
-             "(and other jobs share them too), so 4 workers cannot beat 2 here; the cluster's purpose is workers on "
-             "other cores, GPUs and machines.", ""]
+             *([f"GPUs: {', '.join(meta['gpu_names'])}; workers placed on CUDA devices {meta['gpus']} in turn"
+                + (" (fewer GPUs than workers: workers share a GPU, and its time)" if meta['gpus'] and
+                   max(meta.get('workers', [1])) > len(meta['gpus']) else "") + ".", ""]
+               if meta.get("gpu_names") else []),
+             *([f"**A {meta['cores']}-core machine caps the gain**: beyond {meta['cores']} workers, processes share "
+                "cores (and other jobs share them too), so 4 workers cannot beat 2 here; the cluster's purpose is "
+                "workers on other cores, GPUs and machines.", ""]
+               if max(meta.get("workers", [4])) * meta["threads"] > meta["cores"] else [])]
     for res in results:
         lines += [f"## {res['evaluator']} evaluator", "",
                   f"{res['plans_per_round']} plans per round; plans per task {res['chunk']}; load (1-min) "
@@ -161,9 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plans-runtime", type=int, default=8, help="plans per round (runtime)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads of the serial evaluator and of every worker: the same device everywhere")
+    ap.add_argument("--gpus", default=None, metavar="0,1,..",
+                    help="CUDA device ids: worker k sees gpus[k %% n] (fewer GPUs than workers: they share; the "
+                    "report says so). Default: leave CUDA_VISIBLE_DEVICES alone")
     ap.add_argument("--out", default="experiments/benchmarks/results/scaleout_cpu")
     args = ap.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
+    args.gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
     started = time.perf_counter()
     load0 = os.getloadavg()[0]
     results = []
@@ -180,7 +204,7 @@ def _report(args: argparse.Namespace, argv: list[str] | None, results: list[dict
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "wall_s": time.perf_counter() - started,
             "machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
             "load_before": load0, "load_after": os.getloadavg()[0], "model": args.model, "rounds": args.rounds,
-            "threads": args.threads}
+            "threads": args.threads, "gpus": args.gpus, "gpu_names": _gpu_names(), "workers": args.workers}
     write_report(Path(args.out), results, meta)
 
 

@@ -21,11 +21,13 @@ class WorkerKiller(threading.Thread):
     """Kill up to ``kills`` busy workers of ``client``'s local cluster, each after a delay in ``delay_s``.
 
     ``killed`` lists ``(worker address, evaluation keys it was processing, seconds since start, probe())``;
-    ``probe`` (optional) is called at each kill, e.g. to note how far the sweep had got.
+    ``probe`` (optional) is called at each kill, e.g. to note how far the sweep had got; ``ready`` (optional) is
+    waited for after the delay, e.g. until the sweep has written a drawn number of records.
     """
 
     def __init__(self, client: Any, *, kills: int = 1, seed: int = 0, delay_s: tuple[float, float] = (0.0, 1.0),
-                 poll_s: float = 0.005, probe: Callable[[], Any] | None = None) -> None:
+                 poll_s: float = 0.005, probe: Callable[[], Any] | None = None,
+                 ready: Callable[[], bool] | None = None) -> None:
         super().__init__(daemon=True)
         self.client = client
         self.kills = int(kills)
@@ -33,6 +35,7 @@ class WorkerKiller(threading.Thread):
         self.delay_s = delay_s
         self.poll_s = poll_s
         self.probe = probe
+        self.ready = ready  # optional: after the delay, also wait until this is true (e.g. N records written)
         self.killed: list[tuple[str, list[str], float, Any]] = []
         self.stop = threading.Event()
 
@@ -41,6 +44,9 @@ class WorkerKiller(threading.Thread):
         while len(self.killed) < self.kills and not self.stop.is_set():
             if self.stop.wait(self.rng.uniform(*self.delay_s)):
                 return
+            while self.ready is not None and not self.ready():
+                if self.stop.wait(self.poll_s):
+                    return
             while not self.stop.is_set():
                 busy = {a: [str(k) for k in keys if str(k).startswith(PREFIX)]
                         for a, keys in self.client.processing().items()}

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--max-delay", type=float, default=15.0, help="seconds: a run's kill comes after U(0, this)")
+    ap.add_argument("--kill-after-records", action="store_true",
+                    help="kill at a random point of the recorded run instead: once the run folder holds a number of "
+                    "records drawn from U{0, budget-1} (seeded by the run number), the next busy worker")
     ap.add_argument("--out", default="experiments/benchmarks/results/scaleout_kill")
     args = ap.parse_args(argv)
     args.command_text = " ".join(sys.argv[1:] if argv is None else argv)
@@ -72,7 +76,14 @@ def main(argv: list[str] | None = None) -> int:
             def recorded(path: Path = root / f"run{k}" / "evals.jsonl") -> int:
                 return len(path.read_text().splitlines()) if path.is_file() else 0
 
-            killer = WorkerKiller(cluster.client, kills=1, seed=k, delay_s=(0.0, args.max_delay), probe=recorded)
+            ready = None
+            if args.kill_after_records:
+                target = random.Random(1000 + k).randrange(args.budget)
+
+                def ready(target: int = target) -> bool:
+                    return recorded() >= target
+            killer = WorkerKiller(cluster.client, kills=1, seed=k, delay_s=(0.0, args.max_delay), probe=recorded,
+                                  ready=ready)
             killer.start()
             t = time.perf_counter()
             try:
@@ -116,8 +127,10 @@ def _write(out: Path, args: argparse.Namespace, runs: list[dict[str, Any]], load
              f"{load0:.1f} before, {meta['load_after']:.1f} after, {meta['cores']} logical CPUs).", "",
              f"`{args.model}` on `--device local`, {args.evaluator} evaluator, NSGA-II seed 0, {args.budget} evaluations, "
              f"quality off; a local Dask cluster of {args.workers} worker processes (1 torch thread each). Each run "
-             f"SIGKILLs one worker that the scheduler reports processing an evaluation, after U(0, {args.max_delay:g}) s "
-             "(seeded by the run number); reference: the same sweep, serial, in the same process.", "",
+             f"SIGKILLs one worker that the scheduler reports processing an evaluation, "
+             + (f"once the run folder holds a number of records drawn from U{{0, {args.budget - 1}}}"
+                if getattr(args, "kill_after_records", False) else f"after U(0, {args.max_delay:g}) s")
+             + " (seeded by the run number); reference: the same sweep, serial, in the same process.", "",
              f"**{kills} kills in {len(runs)} runs; every run lossless and duplicate-free: "
              f"{'yes' if ok else 'NO'}.**", "",
              f"Replacements the benchmark had to start itself because Dask gave a slow-restarting worker up: "
