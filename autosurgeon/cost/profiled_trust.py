@@ -3,9 +3,16 @@
 A cached table slower than now by more than ``STALE`` (measured under load, or stale) or mostly noisy is
 re-measured, not trusted; one faster than now is kept (the machine is loaded NOW, and a table measured now
 would be the poisoned one) and the check is recorded in ``table.checks``.
+
+Inside ``cached_tables_as_is()`` a cached table is used as it is: a sweep's Dask workers load the table the
+coordinator measured and checked, and every evaluator of one sweep must price with that one table (a worker
+that re-measured would price plans differently from the serial evaluator and from the other workers).
 """
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from autosurgeon._logging import get_logger
@@ -16,8 +23,23 @@ from runtime.spec import BlockSpec, SessionSpec
 logger = get_logger("autosurgeon.cost.profiled")
 
 
+_AS_IS = contextvars.ContextVar("autosurgeon_cached_tables_as_is", default=False)
+
+
+@contextmanager
+def cached_tables_as_is() -> Iterator[None]:
+    """Profilers built inside use a cached table without the spot check (module docstring)."""
+    token = _AS_IS.set(True)
+    try:
+        yield
+    finally:
+        _AS_IS.reset(token)
+
+
 def trust_table(profiler: Any, table: Any) -> bool:
     """Whether ``profiler`` may use the cached ``table`` (module docstring); records the check in ``table.checks``."""
+    if _AS_IS.get():
+        return True
     if table.noisy_share() > 0.5:
         logger.warning("cached profiled table %s: %d of %d entries noisy; measuring again.", profiler.path,
                        len(table.noisy), len(table.spread))

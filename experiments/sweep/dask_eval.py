@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from autosurgeon._logging import get_logger
+from autosurgeon.cost.profiled_trust import cached_tables_as_is
 from autosurgeon.errors import InvalidArgumentError
 from experiments.sweep.cluster import RESOURCE, require_distributed
 
@@ -144,7 +145,10 @@ def _build_from_config(config: dict[str, Any], cache_dir: str | None) -> Any:
     from experiments.sweep.config import SweepConfig
     from experiments.sweep.runner import build_evaluator
 
-    return build_evaluator(SweepConfig.from_dict(config), cache_path=None, cache_dir=cache_dir)
+    # The coordinator measured (and spot-checked) the profiled tables the workers load: they take them as they
+    # are, so every worker prices with the coordinator's table and the records do not depend on the worker count.
+    with cached_tables_as_is():
+        return build_evaluator(SweepConfig.from_dict(config), cache_path=None, cache_dir=cache_dir)
 
 
 class DaskEvaluator:

@@ -174,6 +174,12 @@ def test_a_poisoned_or_noisy_cached_table_is_measured_again(tmp_path, monkeypatc
 
     cached_baseline(50.0)  # poisoned: measured under heavy load
     assert not Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path).table.baseline_s
+    from autosurgeon.cost.profiled_trust import cached_tables_as_is
+
+    cached_baseline(50.0)
+    with cached_tables_as_is():  # a sweep's Dask worker: the coordinator's table, as it is, whatever now says
+        taken = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path)
+    assert taken.table.baseline_s["decode"] == pytest.approx(truth * 50.0)
     cached_baseline(0.02)  # faster than anything now: kept, the check says why
     kept = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path)
     assert kept.table.baseline_s["decode"] == pytest.approx(truth * 0.02)
