@@ -61,6 +61,8 @@ ZOO: dict[str, ZooRecipe] = {
         ZooRecipe("llama-7b-shape", "causal-lm", "Llama-2-7B architecture, random weights", None),
         ZooRecipe("llama-7b-16l-shape", "causal-lm", "Llama-2-7B with 16 layers (streaming benchmark), random "
                 "weights", None),
+        ZooRecipe("llama-7b-4l-shape", "causal-lm", "Llama-2-7B with 4 layers (fits a small machine's RAM; disk-tier "
+                "streaming), random weights", None),
         ZooRecipe("llama-70b-shape", "causal-lm", "Llama-2-70B architecture (GQA 64q/8kv), random weights", None),
         ZooRecipe("mixtral-8x7b-shape", "causal-lm", "Mixtral-8x7B architecture (8 experts top-2), random weights",
                 None),

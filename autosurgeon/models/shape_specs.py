@@ -39,6 +39,9 @@ class ShapeSpec:
 SHAPES: dict[str, ShapeSpec] = {
     "llama-7b-shape": ShapeSpec("llama", 4096, 32, 32, 32, 11008),
     "llama-7b-16l-shape": ShapeSpec("llama", 4096, 16, 32, 32, 11008),
+    # 4 of Llama-7B's layers (1.07B parameters, 4.3 GB in float32): a shape a small machine can hold in RAM, to run
+    # with its blocks streamed from the disk tier (`run llama-7b-4l-shape --device cpu --memory-budget cpu=1.5GiB`).
+    "llama-7b-4l-shape": ShapeSpec("llama", 4096, 4, 32, 32, 11008),
     "llama-70b-shape": ShapeSpec("llama", 8192, 80, 64, 8, 28672),
     "mixtral-8x7b-shape": ShapeSpec("mixtral", 4096, 32, 32, 8, 14336, num_experts=8, experts_per_token=2,
                                     max_position_embeddings=32768),
