@@ -278,7 +278,8 @@ def markdown(res: dict[str, Any]) -> str:
 
 def unseen_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """One table per figure over the unseen models (the per-plan rows are in the JSON)."""
-    lines = ["# Evaluator error vs the runtime on the unseen set (this CPU)", "",
+    where = "this CPU" if args.device == "cpu" else f"{args.device} of this machine"
+    lines = [f"# Evaluator error vs the runtime on the unseen set ({where})", "",
              "Models: `experiments/benchmarks/unseen.py` (architectures never tuned on; benchmarks only). Per model: "
              f"{args.plans} random valid plans (seed {args.seed}, knobs {args.knobs}) + the unmodified model + a "
              "uniform plan of every precision, runtime measurements in a seeded shuffled order. Reference: "
