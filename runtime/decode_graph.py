@@ -125,7 +125,12 @@ def static_kv_nbytes(model: nn.Module, *, batch: int, tokens: int, bucket: int =
     except (AttributeError, IndexError, TypeError):
         return 0
     length = -(-tokens // bucket) * bucket
-    return 2 * len(layers) * batch * kv_heads * length * head_dim * torch.finfo(dtype).bits // 8
+    return _kv_nbytes(len(layers), batch, kv_heads, length, head_dim, dtype)
+
+
+def _kv_nbytes(layers: int, batch: int, kv_heads: int, length: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Keys and values of ``layers`` layers at ``length`` positions: what the static cache charges."""
+    return 2 * layers * batch * kv_heads * length * head_dim * torch.finfo(dtype).bits // 8
 
 class GraphDecoder:
     """Greedy decode of ``session``'s model through one captured step (see the module docstring).
@@ -234,8 +239,7 @@ class GraphDecoder:
     def _allocate(self, batch: int, length: int) -> None:
         self._release_state()
         dev, dt = self.device, self.dtype
-        nbytes = 2 * len(self.layers) * batch * self.kv_heads * length * self.head_dim * torch.finfo(dt).bits // 8
-        # (static_kv_nbytes above is the same formula, for placements made before the session exists)
+        nbytes = _kv_nbytes(len(self.layers), batch, self.kv_heads, length, self.head_dim, dt)
         self.session.store.charge(tier_of(dev), nbytes, label="kv:static-graph")
         self._charged = nbytes
         shape = (batch, self.kv_heads, length, self.head_dim)

@@ -317,6 +317,14 @@ class ExpertCache:
             torch.cuda.current_stream(self.device).wait_event(pending)
 
 
+
+def cache_slots(capacity: float | int, *, num_layers: int, num_experts: int) -> int:
+    """Expert slots an expert cache of ``capacity`` (a share of all experts, or a count) holds: at least one
+    layer's experts (a prefill may route to all of them), at most all of them."""
+    total = num_layers * num_experts
+    slots = capacity if isinstance(capacity, int) else int(round(capacity * total))
+    return min(max(slots, num_experts), total)
+
 class ExpertStreamer:
     """Attaches expert streaming to every fused-experts module of ``model``; detaches cleanly.
 
@@ -355,14 +363,12 @@ class ExpertStreamer:
         return self._prefetcher
 
     def capacity_slots(self) -> int:
-        total = self.num_layers * self.num_experts
-        cap = self.config.capacity
-        slots = cap if isinstance(cap, int) else int(round(cap * total))
-        if slots < self.num_experts:
-            logger.info("expert cache: %d slots asked, raised to one layer's %d experts (a prefill may route to "
-                        "all of them)", slots, self.num_experts)
-            slots = self.num_experts
-        return min(slots, total)
+        asked = self.config.capacity
+        slots = cache_slots(asked, num_layers=self.num_layers, num_experts=self.num_experts)
+        if slots > (asked if isinstance(asked, int) else int(round(asked * self.num_layers * self.num_experts))):
+            logger.info("expert cache: raised to one layer's %d experts (a prefill may route to all of them)",
+                        self.num_experts)
+        return slots
 
     def attach(self) -> ExpertStreamer:
         if self.attached:

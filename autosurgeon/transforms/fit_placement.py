@@ -15,7 +15,7 @@ from torch import nn
 
 from autosurgeon.planners.default_placement import build_spec
 from autosurgeon.transforms.session import SessionOptions
-from runtime.experts import find_expert_modules
+from runtime.experts import cache_slots, find_expert_modules
 from runtime.spec import SessionSpec
 
 
@@ -28,9 +28,8 @@ def expert_cache_bytes(model: nn.Module, capacity: float | int) -> tuple[set[int
         return set(), 0
     first = found[0][1]
     per_expert = (first.gate_up_proj[0].numel() + first.down_proj[0].numel()) * first.gate_up_proj.element_size()
-    total = len(found) * int(first.num_experts)
-    slots = int(capacity) if isinstance(capacity, int) else round(float(capacity) * total)
-    return {id(m) for _, m, _ in found}, max(int(first.num_experts), slots) * per_expert
+    slots = cache_slots(capacity, num_layers=len(found), num_experts=int(first.num_experts))  # as the runtime sizes it
+    return {id(m) for _, m, _ in found}, slots * per_expert
 
 
 def fit_spec(model: nn.Module, options: SessionOptions, *, device: str, budgets: Mapping[str, int],
