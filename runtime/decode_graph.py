@@ -43,6 +43,22 @@ logger = get_logger(__name__)
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 _LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# A plan's fusion knob (autosurgeon's fuse transform) puts one concatenated linear here, with ``sizes`` (the
+# members' output widths) and the product itself as ``.linear``; the members become slices of its output.
+_FUSED = {"self_attn": "qkv_proj", "mlp": "gate_up_proj"}
+
+
+def _fused(parent: nn.Module, name: str) -> nn.Module | None:
+    """The fused linear module of ``parent`` (an attention or MLP module) if a fusion made one, else None."""
+    fused = getattr(parent, _FUSED[name], None)
+    if fused is None or not hasattr(fused, "sizes") or not isinstance(getattr(fused, "linear", None), nn.Module):
+        return None
+    return fused
+
+
+def _split(out: torch.Tensor, sizes: tuple[int, ...]) -> list[torch.Tensor]:
+    """The members' outputs as views of the fused product's output (contiguous at batch 1: no copy)."""
+    return [p if p.is_contiguous() else p.contiguous() for p in out.split(list(sizes), dim=-1)]
 
 
 def unsupported_reason(session: Session) -> str | None:
@@ -187,8 +203,16 @@ class GraphDecoder:
         mods: list[nn.Module] = [] if self.embed_on_host else [self.inner.embed_tokens]
         for layer in self.layers:
             mods.append(layer)  # a whole-block unit binds here
-            mods += [layer.get_submodule(n) for n in _LINEARS]
+            mods += self._products(layer)
         return [*mods, self.model.lm_head]
+
+    @staticmethod
+    def _products(layer: nn.Module) -> list[nn.Module]:
+        """The modules whose products one layer's step runs, in call order (a fused linear once)."""
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, gu = _fused(attn, "self_attn"), _fused(mlp, "mlp")
+        return [*([qkv.linear] if qkv is not None else [attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj,
+                *([gu.linear] if gu is not None else [mlp.gate_proj, mlp.up_proj]), mlp.down_proj]
 
     def _lin(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return run_unit(self.units.get(id(module)), self.schedule, module, x)
@@ -210,7 +234,11 @@ class GraphDecoder:
                 sched.bind(block)
             attn, mlp = layer.self_attn, layer.mlp
             res, x = ops.add_rms_norm(delta, res, layer.input_layernorm.weight, self.eps)
-            q, k, v = self._lin(attn.q_proj, x), self._lin(attn.k_proj, x), self._lin(attn.v_proj, x)
+            qkv = _fused(attn, "self_attn")
+            if qkv is not None:  # one product for q, k and v (a plan's fusion), sliced without copies
+                q, k, v = _split(self._lin(qkv.linear, x), qkv.sizes)
+            else:
+                q, k, v = self._lin(attn.q_proj, x), self._lin(attn.k_proj, x), self._lin(attn.v_proj, x)
             kc, vc = self.k_cache[i], self.v_cache[i]
             q = ops.rope_cache(q, k, v, self.cos, self.sin, self.pos, kc, vc, self.heads, self.kv_heads,
                                self.head_dim)
@@ -221,7 +249,12 @@ class GraphDecoder:
             a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self.mask, scale=self.scaling)
             delta = self._lin(attn.o_proj, a.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
             res, x = ops.add_rms_norm(delta, res, layer.post_attention_layernorm.weight, self.eps)
-            delta = self._lin(mlp.down_proj, ops.silu_mul(self._lin(mlp.gate_proj, x), self._lin(mlp.up_proj, x)))
+            gu = _fused(mlp, "mlp")
+            if gu is not None:
+                gate, up = _split(self._lin(gu.linear, x), gu.sizes)
+            else:
+                gate, up = self._lin(mlp.gate_proj, x), self._lin(mlp.up_proj, x)
+            delta = self._lin(mlp.down_proj, ops.silu_mul(gate, up))
             if block is not None and sched is not None:
                 sched.release(block)
         _, x = ops.add_rms_norm(delta, res, self.inner.norm.weight, self.eps)

@@ -160,6 +160,22 @@ def gemv_floor(model: nn.Module, *, fused: bool, repeats: int = 20) -> dict[str,
             "fused_bits_equal_separate": equal if fused else None}
 
 
+def fused_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with q/k/v and gate/up fused by the plan's fusion transform (``fusion=fuse`` on each
+    block's groups): one product per group, the members' outputs as slices of it."""
+    import copy
+
+    from autosurgeon.transforms.configs import FuseConfig
+    from autosurgeon.transforms.registry import TransformContext, transform
+
+    fused = copy.deepcopy(model)
+    ctx = TransformContext()
+    for i, _ in enumerate(fused.model.layers):
+        transform(fused, FuseConfig("qkv"), fqn=f"model.layers.{i}.self_attn", context=ctx)
+        transform(fused, FuseConfig("gate-up"), fqn=f"model.layers.{i}.mlp", context=ctx)
+    return fused
+
+
 def energy_per_token(step: Any, *, device: str, min_s: float = 1.5) -> dict[str, Any]:
     """NVML energy over a window of at least ``min_s`` seconds of ``step()`` calls (each one token)."""
     from runtime.telemetry import EnergyMeter
@@ -176,4 +192,4 @@ def energy_per_token(step: Any, *, device: str, min_s: float = 1.5) -> dict[str,
             "j_per_token": meter.joules / n if n else None, "watts_avg": meter.watts_avg}
 
 
-__all__ = ["energy_per_token", "gemv_floor", "graph_decode", "hbm_copy_bandwidth", "resident_rounds"]
+__all__ = ["energy_per_token", "fused_copy", "gemv_floor", "graph_decode", "hbm_copy_bandwidth", "resident_rounds"]

@@ -36,6 +36,7 @@ from torch import nn
 
 from experiments.benchmarks.decode_graphs import (
     energy_per_token,
+    fused_copy,
     gemv_floor,
     graph_decode,
     hbm_copy_bandwidth,
@@ -344,15 +345,23 @@ def _graph_stepper(dec: GraphDecoder, prompt: torch.Tensor, tokens: int) -> Any:
 def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespace, dev: torch.device,
                   total: int, hbm: float) -> dict[str, Any]:
     """Every weight on the GPU: HF eager vs the captured step (fused Triton ops, and torch ops), interleaved."""
-    with Session(model, _resident_spec(model), graphs=False) as session:
+    fmodel = fused_copy(model)  # the plan with fusion=fuse on every q/k/v and gate/up group
+    fused_name = "ours: plan with q/k/v and gate/up fused, captured decode step, fused Triton ops (exact ops)"
+    with Session(model, _resident_spec(model), graphs=False) as session, \
+            Session(fmodel, _resident_spec(fmodel), graphs=False) as fsession:
         runs = {"Hugging Face eager (dynamic cache), all weights on the GPU": None,
                 "ours: captured decode step, fused Triton ops (exact; the Session's default)":
                     GraphDecoder(session, ops="triton"),
+                fused_name: GraphDecoder(fsession, ops="triton"),
                 "ours: captured decode step, fused Triton ops with one-kernel RMSNorm (not bit-exact)":
                     GraphDecoder(session, ops="triton-fast"),
                 "ours: captured decode step, torch ops (Hugging Face's op sequence)": GraphDecoder(session, ops="torch")}
         out = resident_rounds(model, session, runs, prompt, new_tokens=args.new_tokens, warmup=args.warmup,
                               rounds=args.rounds, eager=decode)
+        # the fused plan's own eager forward (Hugging Face's code over the fused modules): its token reference
+        own = decode(fmodel, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+        out[fused_name]["tokens_match_own_eager"] = out[fused_name]["tokens"] == own["tokens"]
+        out[fused_name]["own_eager_tok_s"] = own["tokens_per_s"]
         rows = []
         ref = out[next(iter(runs))]
         for name, r in out.items():
@@ -368,11 +377,11 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
         for r in rows[1:]:
             r.pop("last_logits")
         energy = {}
-        for name, dec in list(runs.items())[:2]:
+        for name, dec in list(runs.items())[:3]:
             if dec is None:
                 step = _eager_stepper(model, prompt, dev)
             else:
-                big = GraphDecoder(session, ops="triton", bucket=1024)
+                big = GraphDecoder(dec.session, ops="triton", bucket=1024)
                 step = _graph_stepper(big, prompt, 1000)
             energy[name] = energy_per_token(step, device=str(dev))
             print(f"energy {name}: {energy[name]}", flush=True)
@@ -397,13 +406,17 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
 
     from runtime.kernels import QuantizedLinear
 
-    qmodel = copy.deepcopy(model)
-    for layer in qmodel.model.layers:  # quantize on the GPU (fast), keep the result on the host
-        for parent in list(layer.modules()):
-            for cname, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    q = QuantizedLinear.from_linear(child.to(dev), "int4", group_size=128)
-                    setattr(parent, cname, q.to("cpu"))
+    def quantized(m: nn.Module) -> nn.Module:
+        for layer in m.model.layers:  # quantize on the GPU (fast), keep the result on the host
+            for parent in list(layer.modules()):
+                for cname, child in list(parent.named_children()):
+                    if isinstance(child, nn.Linear):
+                        q = QuantizedLinear.from_linear(child.to(dev), "int4", group_size=128)
+                        setattr(parent, cname, q.to("cpu"))
+        return m
+
+    qmodel = quantized(copy.deepcopy(model))
+    fqmodel = quantized(fused_copy(model))  # fusion first, then int4 (the transforms' order)
     out = []
     # Kernel sanity on the real shapes: the CUDA int4 linear against float64 on its own dequantized
     # weight (kernel error) and against the bf16 linear it replaced (quantization error).
@@ -430,16 +443,20 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
     print(f"int4 kernel check: {check}", flush=True)
     # All int4 blocks resident (no cap): int4 eager vs the captured step, interleaved rounds.
     resident = []
-    with Session(qmodel, _resident_spec(qmodel), graphs=False) as session:
+    fused_name = "ours int4 g128, plan with q/k/v and gate/up fused, all blocks resident, captured decode step"
+    with Session(qmodel, _resident_spec(qmodel), graphs=False) as session, \
+            Session(fqmodel, _resident_spec(fqmodel), graphs=False) as fsession:
         runs = {"ours int4 g128, all blocks resident, eager": None,
-                "ours int4 g128, all blocks resident, captured decode step": GraphDecoder(session)}
+                "ours int4 g128, all blocks resident, captured decode step": GraphDecoder(session),
+                fused_name: GraphDecoder(fsession)}
         rr = resident_rounds(qmodel, session, runs, prompt, new_tokens=args.new_tokens, warmup=args.warmup,
                              rounds=args.rounds, eager=decode)
         eager_r = rr[next(iter(runs))]
+        own = decode(fqmodel, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
         for name, r in rr.items():
             r["name"] = name
             r.pop("last_logits")
-            r["tokens_match_int4_eager"] = r["tokens"] == eager_r["tokens"]
+            r["tokens_match_int4_eager"] = r["tokens"] == (own if name == fused_name else eager_r)["tokens"]
             resident.append(r)
             print(f"{name}: {r['tokens_per_s']:.1f} tok/s (rounds {[round(x, 1) for x in r['rounds_tok_s']]}), "
                   f"match int4 eager={r['tokens_match_int4_eager']}", flush=True)
@@ -508,7 +525,10 @@ def _gpu_markdown(res: dict[str, Any]) -> list[str]:
         for r in [*resident, *int4_res]:
             match = r.get("tokens_match_reference", r.get("tokens_match_int4_eager", "(reference)"))
             if r in int4_res:
-                match = f"= int4 eager: {r['tokens_match_int4_eager']}"
+                own = "its own fused " if "fused" in r["name"] else ""
+                match = f"= {own}int4 eager: {r['tokens_match_int4_eager']}"
+            elif "tokens_match_own_eager" in r:
+                match = f"{match}; = its own eager: {r['tokens_match_own_eager']}"
             frac = r["tokens_per_s"] * res["model_bytes"] / hbm if hbm and r in resident else None
             lines.append(f"| {r['name']} | {r['tokens_per_s']:.1f} | {', '.join(f'{x:.1f}' for x in r['rounds_tok_s'])} | "
                          f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.0f')}"

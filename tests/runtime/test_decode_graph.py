@@ -6,6 +6,8 @@ import logging
 import pytest
 import torch
 
+from autosurgeon.transforms.configs import FuseConfig
+from autosurgeon.transforms.registry import TransformContext, transform
 from runtime.decode_graph import GraphDecoder, _pad_after_eos, generate_reason
 from runtime.session import Session
 from runtime.spec import BlockSpec, SessionSpec
@@ -153,3 +155,41 @@ def test_static_kv_nbytes_is_what_the_decoder_charges() -> None:
         assert dec._charged == static_kv_nbytes(model, batch=2, tokens=7 + 20, bucket=8)
         dec.close()
     assert static_kv_nbytes(torch.nn.Linear(2, 2), batch=1, tokens=8) == 0  # nothing it could capture
+
+
+def _fused(model: torch.nn.Module) -> torch.nn.Module:
+    """q/k/v and gate/up fused by the plan's fusion transform (one product each, members as slices)."""
+    ctx = TransformContext()
+    for i, _ in enumerate(model.model.layers):
+        transform(model, FuseConfig("qkv"), fqn=f"model.layers.{i}.self_attn", context=ctx)
+        transform(model, FuseConfig("gate-up"), fqn=f"model.layers.{i}.mlp", context=ctx)
+    return model
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_step_of_a_fused_model_runs_one_product_per_group_and_gives_its_tokens(batch: int) -> None:
+    model = _fused(tiny_llama(layers=3))
+    ids = _prompt(batch=batch)
+    ref = greedy(model, ids, 20)  # the fused model's own forward
+    with Session(model, _spec("cpu", 3), graphs=False) as session:
+        dec = GraphDecoder(session, capture=False, ops="torch", bucket=8)
+        products = dec._products(model.model.layers[0])
+        assert products[0] is model.model.layers[0].self_attn.qkv_proj.linear and len(products) == 4
+        out = dec.generate(ids, max_new_tokens=20, eos_token_id=model.generation_config.eos_token_id)
+        dec.close()
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("streamed", [(), (1, 2)])
+def test_captured_step_of_a_fused_model_gives_its_eager_tokens_on_cuda(streamed: tuple[int, ...]) -> None:
+    pytest.importorskip("triton")
+    model = _fused(_cuda_model())
+    ids = _prompt(batch=1)
+    ref = greedy(model.to("cuda"), ids.to("cuda"), 24).cpu()
+    with Session(model, _spec("cuda:0", 4, streamed), graphs=False) as session:
+        dec = GraphDecoder(session, ops="triton")
+        out = dec.generate(ids, max_new_tokens=24, eos_token_id=model.generation_config.eos_token_id).cpu()
+        assert dec.graph is not None
+        dec.close()
+    assert torch.equal(out, ref)
