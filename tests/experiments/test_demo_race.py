@@ -1,12 +1,15 @@
 """The demo's race: same-budget alternatives, one harness, the pick rule and the standing lines."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 from autosurgeon.knobs import KNOBS
 from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import load_model
 from experiments.demo_alternatives import uniform_at_budget
+from experiments import demo_compare
 from experiments.demo_compare import Comparison, Row, judge, pick, race, standing
 from experiments.demo_contenders import AccelerateContender, PlanContender
 from runtime.session import module_bytes
@@ -80,3 +83,43 @@ def test_race_measures_accelerate_and_a_plan_with_one_harness(tmp_path: object) 
         assert r.energy_j_per_token is not None and r.energy_j_per_token > 0
         assert r.energy_label.startswith(("estimated", "measured"))
     assert unmod.tier_bytes["cpu"] >= total * 0.9
+
+
+class _CounterMeter:
+    """Stands for NVML: a counter that sees joules = 100 W x the window's length."""
+
+    def __init__(self, device: object, watts: float, min_window_s: float) -> None:
+        self.source, self.joules, self.seconds = "nvml", None, 0.0
+
+    def __enter__(self) -> _CounterMeter:
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._t
+        self.joules = 100.0 * self.seconds
+
+
+class _FastContender:
+    label, kind, source, device, memory_method = "fast plan", "plan", "plan", "cuda:0", "m"
+    model = None
+
+    def generate(self, ids: torch.Tensor, tokens: int) -> list[int]:
+        time.sleep(0.002)
+        return [1] * tokens
+
+    def tier_bytes(self) -> dict[str, int]:
+        return {"gpu": 1}
+
+
+def test_energy_of_generations_shorter_than_the_counter_tick_comes_from_one_long_window(monkeypatch) -> None:
+    monkeypatch.setattr("runtime.telemetry.EnergyMeter", _CounterMeter)
+    monkeypatch.setattr(demo_compare, "COUNTER_MIN_S", 0.2)
+    comparison = race([_FastContender()], torch.tensor([[1, 2]]), tokens=4, rounds=2, watts=10.0)
+    row = comparison.rows[0]
+    # the timed generations (~2 ms each) are far below the tick; the window of whole generations is not
+    assert "coarse" not in row.energy_label and "tokens in one" in row.energy_label
+    window = float(row.energy_label.split("in one ")[1].split(" s")[0])
+    generated = int(row.energy_label.split(", ")[-1].split(" tokens")[0])
+    assert window >= 0.2 and generated % 4 == 0 and generated > 8
+    assert abs(row.energy_j_per_token - 100.0 * window / generated) < 0.05 * row.energy_j_per_token
