@@ -87,6 +87,44 @@ def decode_measured(model: nn.Module, prompt: torch.Tensor, *, device: torch.dev
             "last_logits": out.logits[0, -1].float().cpu()}
 
 
+def graph_decode_measured(decoder: Any, prompt: torch.Tensor, *, warmup: int, tokens: int, min_seconds: float = 0.0,
+                          max_tokens: int | None = None, watts: float | None = None) -> dict[str, Any]:
+    """:func:`decode_measured` through a captured decode step (``runtime.decode_graph.GraphDecoder``): the same
+    window, synchronisation per token (``int(token)``) and keys; ``last_logits`` from the decoder's buffer.
+
+    The static cache is sized for every step the window may take, so the graph is captured once, before timing
+    (by a first, untimed start)."""
+    dev = decoder.device
+    cap = max(tokens, max_tokens or tokens)
+    length = warmup + cap + 1
+    decoder.start(prompt, length)  # captures the step for this length bucket
+    torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    ids = [int(decoder.start(prompt, length)[0, 0])]
+    prefill_s = time.perf_counter() - t0
+    times: list[float] = []
+
+    def step() -> None:
+        ids.append(int(decoder.step()[0, 0]))
+
+    for _ in range(warmup):
+        step()
+    meter = EnergyMeter(device=dev, watts=watts, min_window_s=min(1.0, max(min_seconds, 1e-3)))
+    with meter:
+        start = time.perf_counter()
+        while len(times) < cap and (len(times) < tokens or time.perf_counter() - start < min_seconds):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    joules = meter.joules if meter.joules is not None else math.nan
+    return {"tokens": ids, "step_s": times, "median_token_s": med, "tokens_per_s": 1.0 / med, "n_timed": len(times),
+            "mean_token_s": statistics.fmean(times), "prefill_s": prefill_s, "warmup": warmup, "joules": joules,
+            "j_per_token": joules / len(times), "energy_source": meter.source, "energy_seconds": meter.seconds,
+            "watts_avg": meter.watts_avg, "short_window": meter.short_window,
+            "last_logits": decoder.logits[0].float().cpu(), "decode_path": "graph"}
+
+
 def same_prefix(a: list[int], b: list[int]) -> bool:
     """Whether two greedy token lists agree on their common length (runs may time different step counts)."""
     n = min(len(a), len(b))

@@ -384,6 +384,8 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
                 big = GraphDecoder(dec.session, ops="triton", bucket=1024)
                 step = _graph_stepper(big, prompt, 1000)
             energy[name] = energy_per_token(step, device=str(dev))
+            if dec is not None:
+                big.close()
             print(f"energy {name}: {energy[name]}", flush=True)
         for dec in runs.values():
             if dec is not None:
@@ -396,6 +398,7 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
             except Exception as exc:  # noqa: BLE001 - a diagnostic; keep the rows
                 floors.append({"fused": fused, "error": f"{type(exc).__name__}: {exc}"})
             print(f"GEMV floor: {floors[-1]}", flush=True)
+    del fmodel, runs, dec  # nothing of the fused copy may stay on the GPU into the capped rows' allocator peaks
     return {"rows": rows, "energy": energy, "rounds": args.rounds, "gemv_floor": floors}
 
 
@@ -464,6 +467,7 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
             if dec is not None:
                 dec.close()
         resident[0]["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev)
+    del fqmodel, runs, dec  # nothing of the fused copy may stay on the GPU into the capped rows' allocator peaks
     gc.collect()
     torch.cuda.empty_cache()
     # Same placement rule as bf16 (int4 blocks are small enough that they may all be resident), then
