@@ -52,6 +52,7 @@ from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
 from autosurgeon.hardware.profile import HardwareProfile
 from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT, parse_kv_budget
+from autosurgeon.multi.footprint import device_budgets, device_footprint, device_problems
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space.masks import FLOAT_PRECISIONS, placement_units
 from autosurgeon.space.search_space import SearchSpace
@@ -412,13 +413,21 @@ def _budget_problems(space: SearchSpace, x: np.ndarray, profile: HardwareProfile
     limits_all: dict[str, tuple[int, str]] = dict(_capacities(profile))
     for tier, nbytes in limits.items():
         limits_all[tier] = (nbytes, "budget")
+    problems = []
+    if sum(u.kind == "gpu" for u in profile.units) > 1:
+        # Several GPUs: a gpu budget (else each GPU's memory) holds per device, checked device by device.
+        gpu_limit = limits_all.pop("gpu", (None, ""))[0] if "gpu" in limits else None
+        limits_all.pop("gpu", None)
+        per_device = device_budgets(profile, per_gpu=gpu_limit)
+        footprint = device_footprint(space, x, lookahead=lookahead)
+        problems += [PlanProblem("", "budget", per_device[d], message)
+                     for d, message in device_problems(footprint, per_device).items()]
     if not limits_all:
-        return []
+        return problems
     # The plan's session is what apply_plan builds (none: Hugging Face's cache, not counted), whatever
     # session variables the space has.
     fixed = dict(session or {})
     detail = memory_breakdown(space, x, lookahead=lookahead, batch=kv_batch, context=kv_context, session=fixed)
-    problems = []
     for tier in TIERS:
         if tier not in limits_all:
             continue
