@@ -92,7 +92,8 @@ class MultiSpec:
         object.__setattr__(self, "blocks", tuple(self.blocks))
         rest = self.rest_device or next(iter(devices))
         object.__setattr__(self, "rest_device", rest)
-        for where, name in [("rest_device", rest), *((f"blocks[{i}].device", b.device) for i, b in enumerate(self.blocks))]:
+        named = [("rest_device", rest), *((f"blocks[{i}].device", b.device) for i, b in enumerate(self.blocks))]
+        for where, name in named:
             if name not in devices:
                 raise JalapenoError(f"`{where}` {name!r} is not one of `devices` {sorted(devices)}.")
         budgets = {}
@@ -104,8 +105,8 @@ class MultiSpec:
         shared = {}
         for tier, value in dict(self.shared_budgets).items():
             if tier not in ("cpu", "disk"):
-                raise JalapenoError(f"`shared_budgets` tier {tier!r} is not shared; use 'cpu' or 'disk' (a GPU's budget "
-                                    "goes in `budgets` under its logical device).")
+                raise JalapenoError(f"`shared_budgets` tier {tier!r} is not shared; use 'cpu' or 'disk' (a GPU's "
+                                    "budget goes in `budgets` under its logical device).")
             shared[tier] = None if value is None else parse_bytes(value, what=f"shared_budgets[{tier!r}]")
         object.__setattr__(self, "shared_budgets", shared)
         if self.lookahead < 0:
@@ -213,7 +214,8 @@ class MultiSession:
                     out[bs.device].append(StreamUnit(name, module, device, home, recurse=True))
             elif _owns_tensors(module):
                 # Vectors (norms, lone biases) stay resident, as in Session: a fetch each for almost no bytes.
-                small = all(t is None or t.dim() <= 1 for t in [*module._parameters.values(), *module._buffers.values()])
+                tensors = [*module._parameters.values(), *module._buffers.values()]
+                small = all(t is None or t.dim() <= 1 for t in tensors)
                 out[bs.device].append(StreamUnit(name, module, device, tier_of(device) if small else home))
         return out
 

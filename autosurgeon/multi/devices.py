@@ -39,7 +39,8 @@ def device_placements(profile: HardwareProfile) -> tuple[str, ...]:
 
 
 def placement_device(placement: str) -> str:
-    """The device a placement runs on: ``"gpu:1<-cpu"`` -> ``"gpu:1"``, ``"gpu"`` -> ``"gpu:0"``, ``"cpu<-disk"`` -> ``"cpu"``."""
+    """The device a placement runs on: ``"gpu:1<-cpu"`` -> ``"gpu:1"``, ``"gpu"`` -> ``"gpu:0"``,
+    ``"cpu<-disk"`` -> ``"cpu"``."""
     head = placement.partition("<-")[0]
     if head == "gpu":
         return "gpu:0"

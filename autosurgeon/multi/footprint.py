@@ -117,7 +117,8 @@ def device_problems(footprint: DeviceFootprint, budgets: Mapping[str, int]) -> d
         largest = f"; largest block {top!r} ({format_bytes(held[top])})" if top else ""
         staging = footprint.staging.get(device, 0)
         streamed = "gpu<-cpu" if device == "gpu:0" else f"{device}<-disk" if device == "cpu" else f"{device}<-cpu"
-        out[device] = (f"device {device!r} needs {format_bytes(need)} ({need} B) but its budget is {format_bytes(budget)} "
+        out[device] = (f"device {device!r} needs {format_bytes(need)} ({need} B) but its budget is "
+                       f"{format_bytes(budget)} "
                    f"({budget} B): {len(held)} block(s) and {format_bytes(staging)} of staging{largest}. Move blocks "
                    f"to another device, or stream them ('{streamed}').")
     return out
