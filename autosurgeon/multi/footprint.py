@@ -124,6 +124,11 @@ def device_problems(footprint: DeviceFootprint, budgets: Mapping[str, int]) -> d
     return out
 
 
+def multi_gpu_space(space: SearchSpace) -> bool:
+    """Whether ``space`` offers placements on a second GPU (a profile with several GPUs)."""
+    return any(c.startswith("gpu:") for v in space.variables if v.knob == "placement" for c in v.choices)
+
+
 def devices_used(space: SearchSpace, plan: Plan | Any) -> list[str]:
     """The devices a plan's blocks run on, in order of first use."""
     x = space.encode(plan) if isinstance(plan, Plan) else space.check_vector(plan)
@@ -132,4 +137,5 @@ def devices_used(space: SearchSpace, plan: Plan | Any) -> list[str]:
     return list(dict.fromkeys(seen))
 
 
-__all__ = ["DeviceFootprint", "device_budgets", "device_footprint", "device_problems", "devices_used"]
+__all__ = ["DeviceFootprint", "device_budgets", "device_footprint", "device_problems", "devices_used",
+           "multi_gpu_space"]
