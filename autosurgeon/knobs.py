@@ -65,6 +65,13 @@ def placement_parts(placement: str) -> tuple[str, str | None]:
     return unit, (home or None)
 
 
+def canonical_placement(placement: Any) -> Any:
+    """The spelling a search space uses: ``"gpu:0<-cpu"`` -> ``"gpu<-cpu"`` (the first GPU is ``gpu``); else as given."""
+    if isinstance(placement, str) and (placement == "gpu:0" or placement.startswith("gpu:0<-")):
+        return "gpu" + placement[5:]
+    return placement
+
+
 def placement_kind(placement: str) -> str:
     """The execution-unit kind of a placement: ``"gpu:1<-cpu"`` -> ``"gpu"``, ``"cpu<-disk"`` -> ``"cpu"``."""
     return placement.partition("<-")[0].partition(":")[0]

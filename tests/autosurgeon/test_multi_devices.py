@@ -130,3 +130,18 @@ def test_per_device_budgets_and_plan_check_name_the_device_that_overflows() -> N
             if p.knob == "budget"] == []  # the gpu budget holds per device, not for both together
     found = [p for p in check_plan(model, plan, profile, space=space, budgets={"gpu": cap}) if p.knob == "budget"]
     assert len(found) == 1 and "device 'gpu:0'" in found[0].reason and "'gpu<-cpu'" in found[0].reason
+
+
+def test_a_plan_saying_gpu0_encodes_as_gpu_and_a_missing_gpu_is_named() -> None:
+    from autosurgeon.plan import Rule
+
+    model = tiny_llama(layers=2)
+    two = SearchSpace.build(model, "2x-h100-80gb", inputs=LM_INPUTS)
+    plan = Plan(rules=(Rule("model.layers.0", {"placement": "gpu:0<-cpu"}),
+                       Rule("model.layers.1", {"placement": "gpu:1"})))
+    x = two.encode(plan)
+    assert [two.values(x)[(f"model.layers.{i}", "placement")] for i in (0, 1)] == ["gpu<-cpu", "gpu:1"]
+    problems = check_plan(model, plan, "h100-80gb", inputs=LM_INPUTS)
+    errors = [p for p in problems if p.severity == "error"]
+    assert len(errors) == 1 and errors[0].fqn == "model.layers.1" and errors[0].value == "gpu:1"  # gpu:0 is gpu
+    assert "(profile 'h100-80gb' has 1 GPU unit(s), so no gpu:1)" in errors[0].reason
