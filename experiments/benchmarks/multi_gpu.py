@@ -19,7 +19,8 @@ with the KV cache, synchronised per token; tok/s = 1 / median per-token time aft
 6. int4 (group 128, ``runtime.kernels``, quantized on the GPU) on one and on two GPUs at the cap (last: the
    quantization replaces the bf16 linears); tokens compared with the reference and reported, not required equal.
 
-Rows 3-5 repeat ``--rounds`` times in rotated order (ratios per round, medians). Results go to ``OUT/multi_gpu.json``
+They run in the order 1, 4, 5, 3 (rows 3-5 repeated ``--rounds`` times in rotated order: ratios per round, medians),
+then 2 (tokens are compared once the reference exists), then 6. Results go to ``OUT/multi_gpu.json``
 (rewritten after every row, so a run cut short keeps what finished) and ``OUT/multi_gpu.md``.
 
 With fewer than two visible GPUs the script refuses in one line (exit status 2). ``--cpu`` runs the same rows
@@ -169,8 +170,8 @@ def spec_for(model: nn.Module, physical: Sequence[str], *, cap: int, headroom: i
                            budgets=budgets, stream_unit_bytes=unit, lookahead=lookahead)
 
 
-def run_ours(model: nn.Module, prompt: torch.Tensor, physical: Sequence[str], args: argparse.Namespace, name: str,
-             ref: dict[str, Any] | None) -> dict[str, Any]:
+def run_ours(model: nn.Module, prompt: torch.Tensor, physical: Sequence[str], args: argparse.Namespace,
+             name: str) -> dict[str, Any]:
     spec = spec_for(model, physical, cap=args.cap, headroom=args.headroom, lookahead=args.lookahead)
     cuda = physical[0].startswith("cuda")
     for d in sorted(set(physical)):
@@ -195,9 +196,6 @@ def run_ours(model: nn.Module, prompt: torch.Tensor, physical: Sequence[str], ar
              streamed_bytes_per_token=sum(d["streamed_bytes_per_pass"] for d in stats["devices"].values()),
              cuda_max_allocated={d: torch.cuda.max_memory_allocated(d) for d in sorted(set(physical))}
              if cuda else None)
-    if ref is not None:
-        r["tokens_match_reference"] = r["tokens"] == ref["tokens"]
-        r["tokens_agree_with_reference"] = sum(a == b for a, b in zip(r["tokens"], ref["tokens"])) / len(ref["tokens"])
     for d in r["devices"].values():
         d["resident_blocks"] = len(d["blocks"]) - len(d["streamed_blocks"])
         d["blocks"] = f"{d['blocks'][0]}-{d['blocks'][-1]}" if d["blocks"] else ""
@@ -228,8 +226,8 @@ def run_reference(model: nn.Module, prompt: torch.Tensor, physical: Sequence[str
     return {**r, "name": f"reference: Hugging Face eager, all weights on GPUs {gpus} (accelerate, no offload)"}
 
 
-def run_accelerate(model: nn.Module, prompt: torch.Tensor, gpus: Sequence[int], args: argparse.Namespace,
-                   ref: dict[str, Any] | None) -> dict[str, Any]:
+def run_accelerate(model: nn.Module, prompt: torch.Tensor, gpus: Sequence[int], args: argparse.Namespace
+                   ) -> dict[str, Any]:
     from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.hooks import remove_hook_from_submodules
 
@@ -248,8 +246,6 @@ def run_accelerate(model: nn.Module, prompt: torch.Tensor, gpus: Sequence[int], 
     r.update(name=f"accelerate infer_auto_device_map + dispatch_model, GPUs {list(gpus)} (CPU offload)",
              setup_s=setup_s, device_map_entries={**placed, "cpu": sum(1 for v in device_map.values() if v == "cpu")},
              cuda_max_allocated={str(g): torch.cuda.max_memory_allocated(g) for g in gpus})
-    if ref is not None:
-        r["tokens_match_reference"] = r["tokens"] == ref["tokens"][:len(r["tokens"])]
     remove_hook_from_submodules(model)  # offloaded weights come back from accelerate's weights map
     model.to("cpu")
     return r
@@ -288,16 +284,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _say("links: " + ", ".join(f"{d} {v['Bps'] / 1e9:.1f} GB/s alone, {together[d]['Bps'] / 1e9:.1f} together"
                                    for d, v in res["links"]["alone"].items()))
         save()
-    ref = run_reference(model, prompt, physical, args)
-    res["reference"] = ref
-    ref = ref if "tokens" in ref else None
-    save()
-    _cleanup(cuda)
-    rows = [("ours, 1 device", lambda: run_ours(model, prompt, physical[:1], args, "ours, 1 device at the cap", ref)),
-            ("ours, 2 devices",
-             lambda: run_ours(model, prompt, physical, args, "ours, 2 devices at the cap each", ref))]
+    # The timed rows first (a run cut short keeps them), the reference after; tokens are compared at the end.
+    rows = [("ours, 2 devices", lambda: run_ours(model, prompt, physical, args, "ours, 2 devices at the cap each")),
+            ("ours, 1 device", lambda: run_ours(model, prompt, physical[:1], args, "ours, 1 device at the cap"))]
     if cuda:
-        rows.append(("accelerate, 2 GPUs", lambda: run_accelerate(model, prompt, [0, 1], args, ref)))
+        rows.insert(1, ("accelerate, 2 GPUs", lambda: run_accelerate(model, prompt, [0, 1], args)))
     for k in range(args.rounds):
         order = rows[k % len(rows):] + rows[:k % len(rows)]
         got = {}
@@ -306,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row.update(round=k, load_average=os.getloadavg())
             res["rows"].append(row)
             got[key] = row["tokens_per_s"]
-            _say(f"round {k} {row['name']}: {row['tokens_per_s']:.3f} tok/s, match={row.get('tokens_match_reference')}")
+            _say(f"round {k} {row['name']}: {row['tokens_per_s']:.3f} tok/s")
             save()
             _cleanup(cuda)
         ratios = {"2 vs 1 device": got["ours, 2 devices"] / got["ours, 1 device"]}
@@ -315,20 +306,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["rounds"].append(ratios)
     res["ratios_median"] = {k: statistics.median(r[k] for r in res["rounds"]) for k in res["rounds"][0]}
     save()
+    res["reference"] = run_reference(model, prompt, physical, args)
+    _compare(res)
+    save()
+    _cleanup(cuda)
     if args.int4:
         t0 = time.perf_counter()
         res["int4_quantized_linears"] = quantize_int4(model, physical[0])
         res["int4_quantize_s"] = time.perf_counter() - t0
         for n in (1, 2):
-            row = run_ours(model, prompt, physical[:n], args, f"ours int4 (g128), {n} device(s) at the cap", ref)
+            row = run_ours(model, prompt, physical[:n], args, f"ours int4 (g128), {n} device(s) at the cap")
             row.update(load_average=os.getloadavg())
             res.setdefault("int4_rows", []).append(row)
             _say(f"{row['name']}: {row['tokens_per_s']:.3f} tok/s")
+            _compare(res)
             save()
             _cleanup(cuda)
     res["load_average_end"] = os.getloadavg()
     save()
     return res
+
+
+def _compare(res: dict[str, Any]) -> None:
+    """Each row's greedy tokens against the reference's (accelerate decodes fewer: its prefix)."""
+    ref = res.get("reference", {}).get("tokens")
+    if ref is None:
+        return
+    for row in res["rows"] + res.get("int4_rows", []):
+        tokens = row["tokens"]
+        row["tokens_match_reference"] = tokens == ref[:len(tokens)]
+        row["tokens_agree_with_reference"] = sum(a == b for a, b in zip(tokens, ref)) / len(tokens)
 
 
 def _cleanup(cuda: bool) -> None:

@@ -20,13 +20,13 @@ def test_cpu_path_runs_two_logical_devices_with_the_reference_tokens(tmp_path) -
     assert len(res["reference"]["tokens"]) == 4
     rows = res["rows"]
     assert [r["round"] for r in rows] == [0, 0, 1, 1]
-    assert [r["name"].split(" at")[0] for r in rows[:2]] == ["ours, 1 device", "ours, 2 devices"]
-    assert rows[2]["name"].startswith("ours, 2 devices")  # round 1 starts with the other row
+    assert [r["name"].split(" at")[0] for r in rows[:2]] == ["ours, 2 devices", "ours, 1 device"]
+    assert rows[2]["name"].startswith("ours, 1 device")  # round 1 starts with the other row
     assert all(r["tokens_match_reference"] for r in rows)
-    two = rows[1]["devices"]
+    two = rows[0]["devices"]
     assert set(two) == {"host:0", "host:1"} and two["host:0"]["blocks"] == "0-1" and two["host:1"]["blocks"] == "2-3"
     assert all(d["peak_bytes"] <= d["budget"] for r in rows for d in r["devices"].values())
-    assert rows[0]["streamed_bytes_per_token"] > rows[1]["streamed_bytes_per_token"] > 0  # two caps hold more
+    assert rows[1]["streamed_bytes_per_token"] > rows[0]["streamed_bytes_per_token"] > 0  # two caps hold more
     assert len(res["rounds"]) == 2 and "2 vs 1 device" in res["ratios_median"]
     assert [r["name"] for r in res["int4_rows"]] == ["ours int4 (g128), 1 device(s) at the cap",
                                                      "ours int4 (g128), 2 device(s) at the cap"]
