@@ -66,7 +66,8 @@ def placement_parts(placement: str) -> tuple[str, str | None]:
 
 
 def canonical_placement(placement: Any) -> Any:
-    """The spelling a search space uses: ``"gpu:0<-cpu"`` -> ``"gpu<-cpu"`` (the first GPU is ``gpu``); else as given."""
+    """The spelling a search space uses: ``"gpu:0<-cpu"`` -> ``"gpu<-cpu"`` (the first GPU is ``gpu``); else
+    as given."""
     if isinstance(placement, str) and (placement == "gpu:0" or placement.startswith("gpu:0<-")):
         return "gpu" + placement[5:]
     return placement

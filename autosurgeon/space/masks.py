@@ -20,8 +20,8 @@ Decisions (each documented where it is made):
 * **int8-dynamic** (fbgemm w8a8): a CPU unit on an x86-64 host with AVX2 (fbgemm's requirement); masked
   on GPUs, DLAs and Arm CPUs (there the quantized engine is qnnpack and the runtime has no kernel for it).
 * **fp8**: a GPU with compute capability >= 8.9 or a listed float8 rate (``cuda-fp8``/``_scaled_mm``).
-* **placement** "gpu*" needs a GPU unit ("gpu:N" the N-th of several), "cpu*" a CPU unit (GPU-only presets list none), "dla" a DLA
-  unit (on paper: the runtime cannot execute there).
+* **placement** "gpu*" needs a GPU unit ("gpu:N" the N-th of several), "cpu*" a CPU unit (GPU-only presets
+  list none), "dla" a DLA unit (on paper: the runtime cannot execute there).
 """
 from __future__ import annotations
 

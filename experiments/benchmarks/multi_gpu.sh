@@ -20,7 +20,8 @@ ROUNDS=${ROUNDS:-1}
 mkdir -p "$OUT"
 started=$(date +%s)
 {
-    "$PY" -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__)"
+    "$PY" -c "import torch, transformers, accelerate as a; print('torch', torch.__version__,
+'transformers', transformers.__version__, 'accelerate', a.__version__)"
     nvidia-smi --query-gpu=index,name,memory.total,pcie.link.gen.max,pcie.link.width.max --format=csv,noheader || true
     nvidia-smi topo -m || true
     free -g | head -2
@@ -29,6 +30,7 @@ started=$(date +%s)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 left=$(( 470 - ($(date +%s) - started) ))
 timeout --signal=INT "$left" "$PY" -m experiments.benchmarks.multi_gpu --out "$OUT" --cap "$CAP" --layers "$LAYERS" \
-    --rounds "$ROUNDS" 2>"$OUT/multi_gpu.log" || echo "multi_gpu ended early (status $?): multi_gpu.json holds the rows that finished; see multi_gpu.log"
+    --rounds "$ROUNDS" 2>"$OUT/multi_gpu.log" \
+    || echo "multi_gpu ended early (status $?): multi_gpu.json holds the rows that finished; see multi_gpu.log"
 uptime >> "$OUT/environment.txt"
 echo "wall $(( $(date +%s) - started )) s" | tee -a "$OUT/environment.txt"

@@ -8,10 +8,11 @@ from experiments.sweep.config import SweepConfig
 
 
 def test_memory_device_objective_is_the_fullest_device() -> None:
-    m = Metrics(latency_s=1.0, peak_bytes={"gpu": 300, "cpu": 5}, labels={"latency_s": "estimated", "peak_bytes": "estimated"},
+    labels = {"latency_s": "estimated", "peak_bytes": "estimated"}
+    m = Metrics(latency_s=1.0, peak_bytes={"gpu": 300, "cpu": 5}, labels=labels,
                 extra={"device_bytes": {"gpu:0": 120, "gpu:1": 180}})
     assert m.objective("memory:device") == 180.0 and m.objective("memory:gpu") == 300.0
-    single = Metrics(latency_s=1.0, peak_bytes={"gpu": 300}, labels={"latency_s": "estimated", "peak_bytes": "estimated"})
+    single = Metrics(latency_s=1.0, peak_bytes={"gpu": 300}, labels=labels)
     assert single.objective("memory:device") == 300.0
 
 
