@@ -125,25 +125,48 @@ class MultiSpec:
     @classmethod
     def split(cls, *, n_blocks: int, block_bytes: int, rest_bytes: int, devices: Mapping[str, str],
               budgets: Mapping[str, int | str], stream_unit_bytes: int | None = None, weight_format: str | None = None,
-              lookahead: int = 2, **options: Any) -> MultiSpec:
-        """Contiguous, even shares of the blocks per device (pipeline order); on each device resident blocks
-        while its budget lasts and the rest streamed from the host, by :meth:`SessionSpec.fit`'s rule (the
-        first device also holds the ``rest_bytes`` of the modules outside the blocks)."""
+              lookahead: int = 2, layout: str = "contiguous", **options: Any) -> MultiSpec:
+        """Even shares of the blocks per device; on each device as many resident blocks as its budget holds next
+        to its ``lookahead + 1`` staging slots (:meth:`SessionSpec.fit`'s rule; the first device also holds the
+        ``rest_bytes`` of the modules outside the blocks), the rest streamed from the host (GPU) or disk (host).
+
+        ``layout="contiguous"``: device i runs the i-th contiguous share (pipeline order, as accelerate places);
+        its link is busy only while it computes, so the links take turns. ``"interleaved"``: blocks go to the
+        devices round-robin and each device's resident blocks are spread evenly among its streamed ones, so while
+        one device computes, every other device's Streamer prefetches its next streamed units over its own link
+        (``lookahead + 1`` of a block's units in flight: a lookahead of one block's units overlaps the links fully).
+        """
+        if layout not in ("contiguous", "interleaved"):
+            raise JalapenoError(f"`layout` must be 'contiguous' or 'interleaved', got {layout!r}.")
         names = list(devices)
         if n_blocks < len(names):
             raise JalapenoError(f"`n_blocks` {n_blocks} is fewer than the {len(names)} devices; use fewer devices.")
-        blocks: list[DeviceBlock] = []
-        for i, name in enumerate(names):
-            share = n_blocks * (i + 1) // len(names) - n_blocks * i // len(names)
+        if layout == "contiguous":
+            k = len(names)
+            owned = [list(range(n_blocks * i // k, n_blocks * (i + 1) // k)) for i in range(k)]
+        else:
+            owned = [list(range(i, n_blocks, len(names))) for i in range(len(names))]
+        slots: list[DeviceBlock | None] = [None] * n_blocks
+        for i, (name, indices) in enumerate(zip(names, owned)):
             physical = devices[name]
             budget = budgets.get(name)
-            fitted = SessionSpec.fit(n_blocks=share, block_bytes=block_bytes, rest_bytes=rest_bytes if i == 0 else 0,
-                                     device=physical, budgets={} if budget is None else {tier_of(physical): budget},
+            fitted = SessionSpec.fit(n_blocks=len(indices), block_bytes=block_bytes,
+                                     rest_bytes=rest_bytes if i == 0 else 0, device=physical,
+                                     budgets={} if budget is None else {tier_of(physical): budget},
                                      stream_unit_bytes=stream_unit_bytes, weight_format=weight_format,
                                      lookahead=lookahead, slower_tier="disk" if tier_of(physical) == "cpu" else "cpu")
             lookahead = min(lookahead, fitted.lookahead)
-            blocks += [DeviceBlock(name, None if not b.streamed else b.home, weight_format) for b in fitted.blocks]
-        return cls(devices=dict(devices), blocks=tuple(blocks), budgets=dict(budgets), lookahead=lookahead, **options)
+            home = next((b.home for b in fitted.blocks if b.streamed), None)
+            resident = sum(1 for b in fitted.blocks if not b.streamed)
+            if layout == "interleaved" and 0 < resident < len(indices):
+                step = len(indices) / resident  # spread: a streamed block always comes up soon on every device
+                keep = {int(k * step + step / 2) for k in range(resident)}
+            else:
+                keep = set(range(resident))
+            for k, index in enumerate(indices):
+                slots[index] = DeviceBlock(name, None if k in keep else home, weight_format)
+        return cls(devices=dict(devices), blocks=tuple(b for b in slots if b is not None), budgets=dict(budgets),
+                   lookahead=lookahead, **options)
 
 
 class MultiSession:

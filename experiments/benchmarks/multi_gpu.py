@@ -12,8 +12,10 @@ with the KV cache, synchronised per token; tok/s = 1 / median per-token time aft
    eager, whose greedy tokens every bf16 row must equal;
 3. ours on one GPU at the cap (``runtime.multi_device.MultiSession``, one device: resident blocks while the cap
    lasts, the rest streamed over that GPU's link);
-4. ours on two GPUs at the same per-GPU cap (contiguous halves, each GPU streaming its own blocks over its own
-   link on its own copy stream), with the copy bandwidth each link reached during decode;
+4. ours on two GPUs at the same per-GPU cap, blocks interleaved over the GPUs (each GPU streams its own blocks over
+   its own link on its own copy stream, prefetching while the other GPU computes; lookahead 6 = one block's seven
+   linears in flight), with the copy bandwidth each link reached during decode; and the same with contiguous halves
+   (accelerate's layout: the links take turns), which shows what the interleaving buys;
 5. accelerate's multi-GPU offload at the same caps (``infer_auto_device_map(max_memory={0: cap, 1: cap, "cpu":
    ...})`` + ``dispatch_model``: offloaded blocks run on GPU 0, their weights copied per use from host memory);
 6. int4 (group 128, ``runtime.kernels``, quantized on the GPU) on one and on two GPUs at the cap (last: the
@@ -155,9 +157,10 @@ def _spread(values: Sequence[float]) -> float:
 
 
 # ------------------------------------------------------------------------------------------- rows
-def spec_for(model: nn.Module, physical: Sequence[str], *, cap: int, headroom: int, lookahead: int) -> MultiSpec:
-    """Contiguous halves per device, resident blocks while the cap (less ``headroom`` for activations, KV
-    cache and workspaces) lasts, the rest streamed from the host (GPU) or disk (host devices)."""
+def spec_for(model: nn.Module, physical: Sequence[str], *, cap: int, headroom: int, lookahead: int,
+             layout: str = "interleaved") -> MultiSpec:
+    """``MultiSpec.split``: even shares per device (``layout``), resident blocks while the cap (less ``headroom``
+    for activations, KV cache and workspaces) lasts, the rest streamed from the host (GPU) or disk (host)."""
     layers = model.model.layers
     block = module_bytes(layers[0])
     prepared = any(hasattr(m, "prepared_nbytes") for m in layers[0].modules())
@@ -167,12 +170,12 @@ def spec_for(model: nn.Module, physical: Sequence[str], *, cap: int, headroom: i
     devices = {f"gpu:{i}" if d.startswith("cuda") else f"host:{i}": d for i, d in enumerate(physical)}
     budgets = {name: cap - headroom for name in devices}
     return MultiSpec.split(n_blocks=len(layers), block_bytes=resident_block, rest_bytes=rest, devices=devices,
-                           budgets=budgets, stream_unit_bytes=unit, lookahead=lookahead)
+                           budgets=budgets, stream_unit_bytes=unit, lookahead=lookahead, layout=layout)
 
 
 def run_ours(model: nn.Module, prompt: torch.Tensor, physical: Sequence[str], args: argparse.Namespace,
-             name: str) -> dict[str, Any]:
-    spec = spec_for(model, physical, cap=args.cap, headroom=args.headroom, lookahead=args.lookahead)
+             name: str, layout: str = "interleaved") -> dict[str, Any]:
+    spec = spec_for(model, physical, cap=args.cap, headroom=args.headroom, lookahead=args.lookahead, layout=layout)
     cuda = physical[0].startswith("cuda")
     for d in sorted(set(physical)):
         if cuda:
@@ -187,7 +190,8 @@ def run_ours(model: nn.Module, prompt: torch.Tensor, physical: Sequence[str], ar
         stats = session.stats()
         t1 = time.perf_counter()
     r.pop("last_logits", None)
-    r.update(name=name, setup_s=setup_s, teardown_s=time.perf_counter() - t1, cap=args.cap,
+    r.update(name=name, layout=layout, lookahead=spec.lookahead, setup_s=setup_s,
+             teardown_s=time.perf_counter() - t1, cap=args.cap,
              devices={n: {k: d[k] for k in ("physical", "peak_bytes", "budget", "blocks", "streamed_blocks",
                                               "streamed_bytes_per_pass", "misses")}
                       for n, d in stats["devices"].items()},
@@ -198,7 +202,6 @@ def run_ours(model: nn.Module, prompt: torch.Tensor, physical: Sequence[str], ar
              if cuda else None)
     for d in r["devices"].values():
         d["resident_blocks"] = len(d["blocks"]) - len(d["streamed_blocks"])
-        d["blocks"] = f"{d['blocks'][0]}-{d['blocks'][-1]}" if d["blocks"] else ""
         d.pop("streamed_blocks")
     return r
 
@@ -285,8 +288,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    for d, v in res["links"]["alone"].items()))
         save()
     # The timed rows first (a run cut short keeps them), the reference after; tokens are compared at the end.
-    rows = [("ours, 2 devices", lambda: run_ours(model, prompt, physical, args, "ours, 2 devices at the cap each")),
-            ("ours, 1 device", lambda: run_ours(model, prompt, physical[:1], args, "ours, 1 device at the cap"))]
+    rows = [("ours, 2 devices", lambda: run_ours(model, prompt, physical, args,
+                                                 "ours, 2 devices at the cap each, interleaved")),
+            ("ours, 1 device", lambda: run_ours(model, prompt, physical[:1], args, "ours, 1 device at the cap")),
+            ("ours, 2 devices, contiguous", lambda: run_ours(model, prompt, physical, args,
+                                                             "ours, 2 devices at the cap each, contiguous halves",
+                                                             layout="contiguous"))]
     if cuda:
         rows.insert(1, ("accelerate, 2 GPUs", lambda: run_accelerate(model, prompt, [0, 1], args)))
     for k in range(args.rounds):
@@ -300,7 +307,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _say(f"round {k} {row['name']}: {row['tokens_per_s']:.3f} tok/s")
             save()
             _cleanup(cuda)
-        ratios = {"2 vs 1 device": got["ours, 2 devices"] / got["ours, 1 device"]}
+        ratios = {"2 vs 1 device": got["ours, 2 devices"] / got["ours, 1 device"],
+                  "interleaved vs contiguous": got["ours, 2 devices"] / got["ours, 2 devices, contiguous"]}
         if "accelerate, 2 GPUs" in got:
             ratios["2 devices vs accelerate"] = got["ours, 2 devices"] / got["accelerate, 2 GPUs"]
         res["rounds"].append(ratios)
@@ -398,7 +406,7 @@ def main(argv: Sequence[str] | None = None, *, gpus: int | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--rounds", type=int, default=1)
-    p.add_argument("--lookahead", type=int, default=2)
+    p.add_argument("--lookahead", type=int, default=6, help="units in flight per device (6: a Llama block's 7 linears)")
     p.add_argument("--no-int4", dest="int4", action="store_false")
     p.add_argument("--link-bytes", default="1GiB")
     p.add_argument("--link-repeats", type=int, default=8)

@@ -79,6 +79,14 @@ def test_spec_checks_name_the_argument_and_split_fills_each_device_in_turn() -> 
     # g0: 600 - 150 (rest) = 450 -> 4 blocks would leave 50 B, not room for 3 slots of 30 -> 3 resident, 2 streamed;
     # g1: 650 holds its 5 blocks.
     assert [b.home for b in spec.blocks] == [None] * 3 + ["cpu"] * 2 + [None] * 5 and spec.lookahead == 2
+    spread = MultiSpec.split(n_blocks=10, block_bytes=100, rest_bytes=150, devices={"g0": "cuda:0", "g1": "cuda:1"},
+                             budgets={"g0": 600, "g1": 450}, stream_unit_bytes=30, lookahead=2, layout="interleaved")
+    assert [b.device for b in spread.blocks] == ["g0", "g1"] * 5
+    # g0 keeps 3 of its 5 blocks (as above), g1 (450 B) 3 as well, spread among the streamed ones.
+    assert [b.home for b in spread.blocks[0::2]] == [None, "cpu", None, "cpu", None]
+    assert [b.home for b in spread.blocks[1::2]] == [None, "cpu", None, "cpu", None]
+    with pytest.raises(JalapenoError, match="`layout` must be 'contiguous' or 'interleaved', got 'zigzag'"):
+        MultiSpec.split(n_blocks=2, block_bytes=1, rest_bytes=0, devices={"a": "cpu"}, budgets={}, layout="zigzag")
     model = tiny_llama(layers=4)
     with pytest.raises(JalapenoError, match="spec lists 2 blocks but 'model.layers' has 4"):
         MultiSession(model, MultiSpec(devices={"a": "cpu"}, blocks=(DeviceBlock("a"),) * 2))
