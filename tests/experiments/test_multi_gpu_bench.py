@@ -20,7 +20,8 @@ def test_cpu_path_runs_two_logical_devices_with_the_reference_tokens(tmp_path) -
     assert len(res["reference"]["tokens"]) == 4
     rows = res["rows"]
     assert [r["round"] for r in rows] == [0, 0, 0, 1, 1, 1]
-    assert [r["name"] for r in rows[:3]] == ["ours, 2 devices at the cap each, interleaved", "ours, 1 device at the cap",
+    assert [r["name"] for r in rows[:3]] == ["ours, 2 devices at the cap each, interleaved",
+                                            "ours, 1 device at the cap",
                                             "ours, 2 devices at the cap each, contiguous halves"]
     assert [r["name"] for r in rows[3:]] == [r["name"] for r in rows[1:3] + rows[:1]]  # round 1 rotated
     assert all(r["tokens_match_reference"] for r in rows)
