@@ -7,6 +7,7 @@ module only says which values exist at all.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,10 @@ GROUP_SIZES: tuple[int, ...] = (32, 64, 128, 256)
 # Placement of a block, written "EXECUTES<-HOME": where it runs, and the slower tier its weights stream from.
 # A bare "gpu"/"cpu" is resident on the device it runs on. "dla" exists on Jetson profiles (on paper).
 PLACEMENTS: tuple[str, ...] = ("gpu", "gpu<-cpu", "gpu<-disk", "cpu", "cpu<-disk", "dla")
+# On a machine with several GPUs a placement may name the GPU: "gpu:N" (N = the profile's N-th GPU unit,
+# "gpu" meaning "gpu:0"), resident or streamed from its own host link ("gpu:1<-cpu", "gpu:1<-disk").
+# The set is open in N; which N exist is the profile's business (``autosurgeon.multi.devices``).
+DEVICE_PLACEMENT_RE = re.compile(r"gpu:(0|[1-9][0-9]{0,3})(<-(cpu|disk))?")
 
 # Fusion of one fusible group (conv+bn fold, linear+activation, QKV / gate-up concatenation).
 FUSIONS: tuple[str, ...] = ("none", "fuse")
@@ -60,6 +65,19 @@ def placement_parts(placement: str) -> tuple[str, str | None]:
     return unit, (home or None)
 
 
+def canonical_placement(placement: Any) -> Any:
+    """The spelling a search space uses: ``"gpu:0<-cpu"`` -> ``"gpu<-cpu"`` (the first GPU is ``gpu``); else
+    as given."""
+    if isinstance(placement, str) and (placement == "gpu:0" or placement.startswith("gpu:0<-")):
+        return "gpu" + placement[5:]
+    return placement
+
+
+def placement_kind(placement: str) -> str:
+    """The execution-unit kind of a placement: ``"gpu:1<-cpu"`` -> ``"gpu"``, ``"cpu<-disk"`` -> ``"cpu"``."""
+    return placement.partition("<-")[0].partition(":")[0]
+
+
 def validate_decision(knob: str, value: Any, *, where: str = "decision") -> None:
     """Raise ``InvalidArgumentError`` unless ``knob`` exists and ``value`` is one of its values."""
     if knob not in KNOB_VALUES:
@@ -68,14 +86,17 @@ def validate_decision(knob: str, value: Any, *, where: str = "decision") -> None
         raise InvalidArgumentError(
             f"{where}: unknown knob {knob!r}{hint}; known knobs are {', '.join(KNOBS)}.")
     allowed = KNOB_VALUES[knob]
+    if knob == "placement" and isinstance(value, str) and DEVICE_PLACEMENT_RE.fullmatch(value):
+        return
     if allowed is None:
         if not isinstance(value, str) or not value:
             raise InvalidArgumentError(
                 f"{where}: `{knob}` must be a non-empty string ({KERNEL_AUTO!r} or a kernel name), got {value!r}.")
         return
     if value not in allowed:
+        more = " or 'gpu:N[<-cpu|<-disk]' naming one GPU of several" if knob == "placement" else ""
         raise InvalidArgumentError(
-            f"{where}: `{knob}` must be one of {', '.join(map(str, allowed))}, got {value!r}.")
+            f"{where}: `{knob}` must be one of {', '.join(map(str, allowed))}{more}, got {value!r}.")
 
 
 # ---------------------------------------------------------------------------------------------- session knobs

@@ -32,7 +32,7 @@ METRICS_VERSION = 1
 # Tiers summed by the plain "memory" objective: the memory a deployment must hold (disk is not scarce).
 MEMORY_TIERS = ("gpu", "cpu")
 OBJECTIVES = ("latency", "prefill", "throughput", "memory", "memory:gpu", "memory:cpu", "memory:disk",
-              "memory:total", "energy", "quality")
+              "memory:total", "memory:device", "energy", "quality")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,9 @@ class Metrics:
             return float(self.memory_bytes)
         if name == "memory:total":
             return float(sum(self.peak_bytes.values()))
+        if name == "memory:device":  # the fullest execution device (several GPUs: extra["device_bytes"])
+            devices = self.extra.get("device_bytes") or {"gpu": self.peak_bytes.get("gpu", 0)}
+            return float(max(devices.values()))
         if name.startswith("memory:") and name[7:] in TIERS:
             return float(self.peak_bytes.get(name[7:], 0))
         if name == "energy":
@@ -119,6 +122,8 @@ class Metrics:
         ``"latency"`` s/token or s/sample; ``"prefill"`` s; ``"throughput"`` -tokens/s; ``"memory"`` bytes
         on GPU + CPU (disk excluded: a plan that streams from disk is *meant* to use it), or one tier
         (``"memory:gpu"``, ``"memory:cpu"``, ``"memory:disk"``) or all of them (``"memory:total"``);
+        ``"memory:device"`` the bytes of the fullest execution device (on several GPUs, from ``extra["device_bytes"]``;
+        else the gpu tier's);
         ``"energy"`` J/token or J/sample; ``"quality"`` relative loss. A name whose metric was not
         evaluated raises InvalidArgumentError (never a silent NaN in a Pareto sort).
         """

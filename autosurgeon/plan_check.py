@@ -51,7 +51,9 @@ from autosurgeon.cost.footprint import (
 from autosurgeon.errors import AutoSurgeonError, InvalidArgumentError
 from autosurgeon.hardware.profile import HardwareProfile
 from autosurgeon.hardware.resolve import resolve_profile
-from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT, parse_kv_budget
+from autosurgeon.knobs import KNOBS, KV_KNOBS, SESSION_KNOBS, SESSION_UNIT, canonical_placement, parse_kv_budget
+from autosurgeon.multi.devices import device_reason
+from autosurgeon.multi.footprint import device_budgets, device_footprint, device_problems
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space.masks import FLOAT_PRECISIONS, placement_units
 from autosurgeon.space.search_space import SearchSpace
@@ -200,7 +202,7 @@ def check_plan(model: Any, plan: Plan, profile: HardwareProfile | str, *, space:
             if space.variable(rule.target, knob) is None:
                 problems.append(PlanProblem(rule.target, knob, value, _not_applicable(space, rule.target, knob, module)))
 
-    x, value_problems = _encode_checked(space, plan)
+    x, value_problems = _encode_checked(space, plan, profile)
     problems += value_problems
     bad_values = {(p.fqn, p.knob) for p in value_problems}
     for i, reason in space.problems(x):
@@ -309,7 +311,8 @@ def _not_applicable(space: SearchSpace, fqn: str, knob: str, module: nn.Module) 
             "units of this model.")
 
 
-def _encode_checked(space: SearchSpace, plan: Plan) -> tuple[np.ndarray, list[PlanProblem]]:
+def _encode_checked(space: SearchSpace, plan: Plan, profile: HardwareProfile | None = None
+                    ) -> tuple[np.ndarray, list[PlanProblem]]:
     """Like ``space.encode`` but collects values that are no choice instead of raising on the first."""
     x = space.default_vector()
     problems = []
@@ -325,12 +328,14 @@ def _encode_checked(space: SearchSpace, plan: Plan) -> tuple[np.ndarray, list[Pl
         if v.knob not in decisions:
             continue
         value = decisions[v.knob]
-        if value in v.choices:
-            x[i] = v.choices.index(value)
+        canonical = canonical_placement(value) if v.knob == "placement" else value
+        if canonical in v.choices:
+            x[i] = v.choices.index(canonical)
         else:
+            device = device_reason(str(value), profile) if v.knob == "placement" and profile is not None else None
             problems.append(PlanProblem(v.name, v.knob, value,
-                                        f"{value!r} is not a `{v.knob}` choice; choices are "
-                                        f"{', '.join(map(str, v.choices))}."))
+                                        f"{value!r} is not a `{v.knob}` choice{f' ({device})' if device else ''}; "
+                                        f"choices are {', '.join(map(str, v.choices))}."))
     for i, v in enumerate(space.variables):
         if v.knob in ("group_size", "kernel") and v.parent is not None:
             precision = space.variables[v.parent].choices[int(x[v.parent])]
@@ -412,13 +417,21 @@ def _budget_problems(space: SearchSpace, x: np.ndarray, profile: HardwareProfile
     limits_all: dict[str, tuple[int, str]] = dict(_capacities(profile))
     for tier, nbytes in limits.items():
         limits_all[tier] = (nbytes, "budget")
+    problems = []
+    if sum(u.kind == "gpu" for u in profile.units) > 1:
+        # Several GPUs: a gpu budget (else each GPU's memory) holds per device, checked device by device.
+        gpu_limit = limits_all.pop("gpu", (None, ""))[0] if "gpu" in limits else None
+        limits_all.pop("gpu", None)
+        per_device = device_budgets(profile, per_gpu=gpu_limit)
+        footprint = device_footprint(space, x, lookahead=lookahead)
+        problems += [PlanProblem("", "budget", per_device[d], message)
+                     for d, message in device_problems(footprint, per_device).items()]
     if not limits_all:
-        return []
+        return problems
     # The plan's session is what apply_plan builds (none: Hugging Face's cache, not counted), whatever
     # session variables the space has.
     fixed = dict(session or {})
     detail = memory_breakdown(space, x, lookahead=lookahead, batch=kv_batch, context=kv_context, session=fixed)
-    problems = []
     for tier in TIERS:
         if tier not in limits_all:
             continue

@@ -100,7 +100,9 @@ def _pin_in_place(t: torch.Tensor) -> bool:
     """Page-lock an existing host tensor with cudaHostRegister (exact size; torch's pinned allocator
     rounds every block up to a power of two, which would waste up to half the host budget)."""
     try:
-        rc = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), tensor_nbytes(t), 0)
+        # cudaHostRegisterPortable (1): pinned for every GPU's context, so each GPU copies from it at DMA speed
+        # (a model streamed into several GPUs reads one host arena per unit, whichever GPU runs it).
+        rc = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), tensor_nbytes(t), 1)
     except (RuntimeError, AttributeError):  # no CUDA runtime in this build
         return False
     return int(rc) == 0

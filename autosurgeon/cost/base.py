@@ -43,6 +43,7 @@ from autosurgeon import precisions as precision_table
 from autosurgeon.cost.footprint import tensor_bytes
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_modes import DEFAULT_WATTS_PER_CORE, IDLE_POWER_FRACTION, current_mode
+from autosurgeon.knobs import placement_kind
 from autosurgeon.space.masks import group_size_reason
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -100,7 +101,7 @@ def resolve_blocks(space: SearchSpace, x: Any) -> list[BlockChoice]:
     out = []
     for block in space.blocks:
         placement = values.get((block.name, "placement"), default_kind) if block.is_block else default_kind
-        exec_kind, _, home = placement.partition("<-")
+        exec_kind, home = placement_kind(placement), placement.partition("<-")[2]  # "gpu:1<-cpu": gpu, cpu
         exec_tier = "gpu" if exec_kind in ("gpu", "dla") else "cpu"
         home = home or None
         if home == exec_tier:

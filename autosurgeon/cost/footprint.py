@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from autosurgeon import precisions as precision_table
 from autosurgeon.budget import MemoryBudget
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.knobs import KV_KNOBS, SESSION_UNIT, parse_kv_budget
+from autosurgeon.knobs import KV_KNOBS, SESSION_UNIT, parse_kv_budget, placement_kind
 from autosurgeon.plan import Plan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -466,7 +466,7 @@ class FootprintTracker:
         block = space.blocks[k]
         default_kind = space.default_placement
         placement = values.get((block.name, "placement"), default_kind) if block.is_block else default_kind
-        exec_kind, _, home = placement.partition("<-")
+        exec_kind, home = placement_kind(placement), placement.partition("<-")[2]  # "gpu:1<-cpu": gpu, cpu
         exec_tier = "gpu" if exec_kind in ("gpu", "dla") else "cpu"
         home_tier = home or exec_tier
         packed = values.get((block.name, "layout")) == "packed" and home_tier != exec_tier

@@ -8,6 +8,7 @@ import numpy as np
 
 from autosurgeon.cost.footprint import expert_footprint, kv_footprint, memory_breakdown, session_values
 from autosurgeon.cost.kv import expert_step_delta, kv_step_delta
+from autosurgeon.multi.footprint import device_footprint, multi_gpu_space
 
 
 class SessionTerms:
@@ -30,6 +31,8 @@ class SessionTerms:
                                                           "evicted_tokens", "precision")}
         if detail["experts"] is not None:
             extra["experts"] = dict(detail["experts"])
+        if multi_gpu_space(self.space):  # bytes per GPU: what each device must hold (objective "memory:device")
+            extra["device_bytes"] = device_footprint(self.space, x, lookahead=lookahead).devices
         return detail["tiers"], extra
 
     def _kv_delta(self, x: np.ndarray, launch_overhead_s: float) -> dict[str, Any] | None:

@@ -20,8 +20,9 @@ from autosurgeon.hardware.validate import profile_problems
 # v2: power_modes, power_mode and power_derating (v1 files load: their modes derive from `power`).
 SCHEMA_VERSION = 2
 UNIT_KINDS = ("cpu", "gpu", "dla")
-# Keys of HardwareProfile.links, all in bytes/s.
-LINK_KEYS = ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable", "disk_read")
+# Keys of HardwareProfile.links, all in bytes/s. Host<->device links are per GPU (each GPU has its own);
+# "p2p" is GPU<->GPU (NVLink or PCIe peer), per direction, on profiles with several GPUs.
+LINK_KEYS = ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable", "disk_read", "p2p")
 
 
 class ProfileFormatError(InvalidArgumentError):

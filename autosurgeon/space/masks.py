@@ -20,8 +20,8 @@ Decisions (each documented where it is made):
 * **int8-dynamic** (fbgemm w8a8): a CPU unit on an x86-64 host with AVX2 (fbgemm's requirement); masked
   on GPUs, DLAs and Arm CPUs (there the quantized engine is qnnpack and the runtime has no kernel for it).
 * **fp8**: a GPU with compute capability >= 8.9 or a listed float8 rate (``cuda-fp8``/``_scaled_mm``).
-* **placement** "gpu*" needs a GPU unit, "cpu*" a CPU unit (GPU-only presets list none), "dla" a DLA
-  unit (on paper: the runtime cannot execute there).
+* **placement** "gpu*" needs a GPU unit ("gpu:N" the N-th of several), "cpu*" a CPU unit (GPU-only presets
+  list none), "dla" a DLA unit (on paper: the runtime cannot execute there).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from collections.abc import Callable
 
 from autosurgeon import precisions as precision_table
 from autosurgeon.hardware.profile import ComputeUnit, HardwareProfile
-from autosurgeon.knobs import GROUP_SIZES, PLACEMENTS, PRECISIONS
+from autosurgeon.knobs import GROUP_SIZES, PLACEMENTS, PRECISIONS, placement_kind
+from autosurgeon.multi.devices import device_reason
 from runtime.kernels import all_kernels
 
 # Precision -> runtime weight format (None: a float dtype); float precisions; bits per weight element (the
@@ -137,9 +138,9 @@ def placement_units(profile: HardwareProfile) -> dict[str, ComputeUnit | None]:
 
 def placement_reason(placement: str, profile: HardwareProfile) -> str | None:
     """Why a block cannot take ``placement`` on ``profile`` (None: it can)."""
-    exec_kind = placement.partition("<-")[0]
+    exec_kind = placement_kind(placement)
     if placement_units(profile)[exec_kind] is not None:
-        return None
+        return device_reason(placement, profile)  # "gpu:N": the profile needs N + 1 GPUs
     if exec_kind == "gpu":
         return f"profile {profile.name!r} has no GPU unit"
     if exec_kind == "cpu":

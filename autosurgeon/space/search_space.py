@@ -55,7 +55,7 @@ from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.hardware.profile import HardwareProfile
 from autosurgeon.hardware.resolve import resolve_profile
-from autosurgeon.knobs import ALL_KNOBS, KNOBS, SESSION_KNOBS, SESSION_UNIT
+from autosurgeon.knobs import ALL_KNOBS, KNOBS, SESSION_KNOBS, SESSION_UNIT, canonical_placement, placement_kind
 from autosurgeon.plan import Plan, model_fingerprint
 from autosurgeon.space.masks import FLOAT_PRECISIONS, PRECISION_BITS, default_placement
 from autosurgeon.space.session import SESSION_KIND, SessionRecord, build_session_record, session_variables
@@ -222,8 +222,8 @@ class SearchSpace:
         if v.knob in ("group_size", "kernel") and anchor is not None:
             anchor = self.variables[anchor].parent
         if anchor is None or self.variables[anchor].knob != "placement":
-            return self.default_placement.partition("<-")[0]
-        return self.variables[anchor].choices[int(x[anchor])].partition("<-")[0]
+            return placement_kind(self.default_placement)
+        return placement_kind(self.variables[anchor].choices[int(x[anchor])])
 
     def allowed(self, i: int, x: Any) -> tuple[np.ndarray, dict[str, str]]:
         """Mask and reasons of variable ``i`` given the entries of ``x`` it depends on (all before it)."""
@@ -364,7 +364,8 @@ class SearchSpace:
             if decisions is None:
                 decisions = cache[v.name] = plan.decisions_for(v.name)
             if v.knob in decisions:
-                x[i] = v.index(decisions[v.knob])
+                value = decisions[v.knob]
+                x[i] = v.index(canonical_placement(value) if v.knob == "placement" else value)
         for i, v in enumerate(self.variables):
             if v.knob in ("group_size", "kernel") and v.parent is not None:
                 precision = self.variables[v.parent].choices[int(x[v.parent])]

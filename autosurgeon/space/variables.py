@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.knobs import FUSIONS, GROUP_SIZES, LAYOUTS, PLACEMENTS, PRECISIONS
+from autosurgeon.knobs import FUSIONS, GROUP_SIZES, LAYOUTS, PLACEMENTS, PRECISIONS, placement_kind
+from autosurgeon.multi.devices import device_placements
 from autosurgeon.space.masks import (
     default_placement,
     group_size_reason,
@@ -177,12 +178,12 @@ class VariableBuilder:
     def _reachable(self, parent: Variable | None) -> list[str]:
         """Execution-unit kinds a leaf can run on: its block's valid placements, else the default unit."""
         if parent is None:
-            return [self.default.partition("<-")[0]]
-        kinds = [c.partition("<-")[0] for c, ok in zip(parent.choices, parent.mask) if ok]
+            return [placement_kind(self.default)]
+        kinds = [placement_kind(c) for c, ok in zip(parent.choices, parent.mask) if ok]
         return list(dict.fromkeys(kinds))
 
     def _placement(self, block: BlockRecord) -> Variable:
-        choices = _first(self.default, PLACEMENTS)
+        choices = _first(self.default, PLACEMENTS + device_placements(self.profile))  # + gpu:N on several GPUs
         reasons = {c: r for c in choices if (r := placement_reason(c, self.profile)) is not None}
         if not block.runtime_block:
             # The runtime places and streams only the blocks of its block list (one nn.ModuleList, see

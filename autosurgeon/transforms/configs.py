@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autosurgeon.errors import InvalidArgumentError
-from autosurgeon.knobs import KERNEL_AUTO, LAYOUTS, PLACEMENTS, PRECISIONS
+from autosurgeon.knobs import DEVICE_PLACEMENT_RE, KERNEL_AUTO, LAYOUTS, PLACEMENTS, PRECISIONS
 
 FUSION_KINDS: tuple[str, ...] = ("conv-bn", "linear-act", "qkv", "gate-up")
 PRUNE_METHODS: tuple[str, ...] = ("l2",)
@@ -69,9 +69,9 @@ class PlaceConfig:
     placement: str
 
     def __post_init__(self) -> None:
-        if self.placement not in PLACEMENTS:
+        if self.placement not in PLACEMENTS and not DEVICE_PLACEMENT_RE.fullmatch(str(self.placement)):
             raise InvalidArgumentError(
-                f"`placement` must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}.")
+                f"`placement` must be one of {', '.join(PLACEMENTS)} or 'gpu:N[<-cpu|<-disk]', got {self.placement!r}.")
 
 
 @dataclass(frozen=True)

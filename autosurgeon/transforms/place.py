@@ -21,6 +21,7 @@ from torch import nn
 
 from autosurgeon.errors import InvalidArgumentError, UnsupportedTransformError
 from autosurgeon.knobs import placement_parts
+from autosurgeon.multi.devices import runtime_device
 from autosurgeon.transforms.configs import PlaceConfig
 from autosurgeon.transforms.registry import TransformContext, register_transform
 from runtime.errors import JalapenoError
@@ -55,7 +56,13 @@ def block_spec(placement: str, profile: HardwareProfile, *, fqn: str = "block") 
         raise UnsupportedTransformError(
             f"{fqn}: placement 'dla' is plan-on-paper only: the runtime has no DLA backend, so this plan can be "
             "evaluated analytically but not applied. Place the block on 'gpu' or 'cpu' to run it.")
-    device = gpu_device(profile) if unit == "gpu" else "cpu"
+    if unit.startswith("gpu:"):  # one GPU of several (autosurgeon.multi.devices)
+        try:
+            device = runtime_device(profile, unit)
+        except InvalidArgumentError as exc:
+            raise UnsupportedTransformError(f"{fqn}: placement {placement!r}: {exc}") from None
+    else:
+        device = gpu_device(profile) if unit == "gpu" else "cpu"
     return BlockSpec(device=device, home=home)
 
 
