@@ -272,3 +272,16 @@ def test_choose_kernels_sets_every_quantized_linear() -> None:
     assert all(not get_kernel(k).quantizes_activations for k in chosen.values())
     assert model[0].kernel == chosen["0"]
     model(torch.randn(2, 64))
+
+
+def test_quantized_linear_resolves_its_kernel_once_and_follows_a_new_name() -> None:
+    # The default kernel's availability checks are not free; forward resolves once per (name, device) and must
+    # still follow a kernel named later (choose_kernels sets .kernel on live modules).
+    q = QuantizedLinear.from_linear(torch.nn.Linear(32, 8), "int8")
+    first = q.resolve_kernel()
+    assert first.name == default_kernel("int8", "cpu").name
+    assert q.resolve_kernel() is first
+    q.kernel = "torch-dequant"
+    assert q.resolve_kernel().name == "torch-dequant"
+    q.kernel = None
+    assert q.resolve_kernel() is first
