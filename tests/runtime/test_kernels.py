@@ -95,7 +95,7 @@ def test_cpu_kernel_matches_float64_reference(fmt: str, name: str, n: int, k: in
         assert err <= get_kernel(name).tolerance, f"{name} {fmt} {n}x{k} batch {batch}: {err:.2e}"
 
 
-@pytest.mark.parametrize("name", ["cpu-avx512", "cpu-avx512-a16", "cpu-avx512-bf16"])
+@pytest.mark.parametrize("name", ["cpu-avx512", "cpu-avx512-a16", "cpu-avx512-bf16", "cpu-avx2"])
 def test_int4_group_32_is_exact_through_the_fallback(name: str) -> None:
     if name not in available_kernels("int4", "cpu"):
         pytest.skip(f"{name} not available here")
@@ -122,9 +122,11 @@ def test_avx2_kernel_is_the_int8_default_without_avx512() -> None:
     if avx512_supported() or not avx2_supported():
         pytest.skip("needs AVX2 without AVX-512, and a C++ compiler")
     assert default_kernel("int8", "cpu").name == "cpu-avx2"
-    qw = quantize_weight(torch.randn(37, 1003, generator=torch.Generator().manual_seed(3)), "int8")
-    for batch in (1, 5):
-        assert kernel_error("cpu-avx2", qw, batch=batch) <= get_kernel("cpu-avx2").tolerance
+    assert default_kernel("int4", "cpu").name == "cpu-avx2"  # torch-dequant was ~100x slower than fp32 here
+    w = torch.randn(37, 1003, generator=torch.Generator().manual_seed(3))
+    for qw in (quantize_weight(w, "int8"), quantize_weight(w, "int4", group_size=128)):  # int4: K padded to 1024
+        for batch in (1, 5):
+            assert kernel_error("cpu-avx2", qw, batch=batch) <= get_kernel("cpu-avx2").tolerance
 
 
 def test_missing_compiler_falls_back_to_torch(tmp_path: os.PathLike) -> None:
