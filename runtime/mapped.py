@@ -8,6 +8,9 @@ are built once, and a use costs two ``madvise`` calls on the unit's page range:
   cold cache), so the GEMM that follows takes no page faults. ``MADV_WILLNEED`` instead only starts readahead
   into the page cache; the GEMM then maps pages by faulting (measured against populate in
   ``experiments/benchmarks/streaming.py``).
+* ``resident``: ``mincore`` says whether every page of the range is in the page cache (one syscall, ~a byte per
+  page copied out), so a caller can skip the populate handoff when nothing needs reading: warm pages are mapped
+  by the GEMM's own faults, a few per MiB where the cache holds large folios.
 * ``drop``: ``MADV_DONTNEED`` removes the entries again. The pages stay in the page cache (clean, shared,
   reclaimable) but leave this process' resident set, so at most the units in flight count towards RSS.
 
@@ -38,14 +41,20 @@ PAGE = mmap.PAGESIZE
 _libc: Any = None
 
 
-def _madvise_fn() -> Any:
+def _load_libc() -> Any:
     global _libc
     if _libc is None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         libc.madvise.restype = ctypes.c_int
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        libc.mincore.restype = ctypes.c_int
         _libc = libc
-    return _libc.madvise
+    return _libc
+
+
+def _madvise_fn() -> Any:
+    return _load_libc().madvise
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ class MappedFiles:
         self.store = store
         self._maps: dict[str, tuple[mmap.mmap, int, torch.Tensor]] = {}  # path -> (mapping, base address, anchor)
         self._populate_ok = True
+        self._mincore_buf = bytearray()  # mincore's one-byte-per-page answer, reused (grown to the largest range)
 
     def views(self, names: Sequence[str]) -> tuple[list[torch.Tensor], PageRange]:
         """Tensors viewing ``names`` (disk-tier tensors of one file) in place, and the page range they span."""
@@ -111,6 +121,19 @@ class MappedFiles:
     def willneed(self, rng: PageRange) -> None:
         """Start readahead of the range into the page cache and return (no page-table entries)."""
         self._advise(rng, MADV_WILLNEED)
+
+    def resident(self, rng: PageRange) -> bool:
+        """True when every page of the range is in the page cache now (``mincore``); False if any is not, or
+        if the call fails (the caller then reads, which is always correct)."""
+        pages = rng.length // PAGE
+        if pages <= 0:
+            return True
+        if len(self._mincore_buf) < pages:
+            self._mincore_buf = bytearray(pages)
+        buf = (ctypes.c_char * len(self._mincore_buf)).from_buffer(self._mincore_buf)
+        if _load_libc().mincore(rng.addr, rng.length, buf) != 0:
+            return False
+        return self._mincore_buf.find(0, 0, pages) < 0  # bit 0: resident; the other bits are reserved (zero)
 
     def drop(self, rng: PageRange) -> None:
         """Remove the range's page-table entries (the pages stay cached; RSS goes down)."""
