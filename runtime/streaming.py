@@ -25,7 +25,7 @@ file is mapped once at attach and its views kept (:mod:`runtime.mapped`); a use 
 ``MADV_POPULATE_READ`` on the unit's pages ahead of time (on one worker thread, GIL released) and one
 ``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. ``disk_io`` picks the
 alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (a unit whose pages are all in the page cache,
-by ``mincore``, is left to the GEMM's own faults with no handoff; any other is populated on the worker), readahead
+by ``cachestat``, is left to the GEMM's own faults with no handoff; any other is populated on the worker), readahead
 hints only (``"mmap-willneed"``: the GEMM faults the pages in), populate inline at first use (``"mmap-sync"``: no worker thread), a fresh mapping per use
 (``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped after use), or copies into staging slots
 (``"read"``: ``os.preadv``). For GPU execution disk-homed units are read, then copied.
@@ -459,7 +459,8 @@ class Streamer:
                 unit.pending = views
                 return
             if self.disk_io == "mmap-auto" and mapped.resident(rng):
-                unit.pending = views  # all cached: the GEMM's own faults map it, no handoff to the worker
+                # all cached: no handoff; the GEMM's own faults map it, unless evicted by the time it runs
+                unit.pending = lambda: views if mapped.resident(rng) else (mapped.populate(rng), views)[1]
                 return
             job = lambda: (mapped.populate(rng), views)[1]  # noqa: E731
             if self.disk_io == "mmap-sync":
