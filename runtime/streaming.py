@@ -26,9 +26,10 @@ file is mapped once at attach and its views kept (:mod:`runtime.mapped`); a use 
 ``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. ``disk_io`` picks the
 alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (a unit whose pages are all in the page cache,
 by ``cachestat``, is left to the GEMM's own faults with no handoff; any other is populated on the worker), readahead
-hints only (``"mmap-willneed"``: the GEMM faults the pages in), populate inline at first use (``"mmap-sync"``: no worker thread), a fresh mapping per use
-(``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped after use), or copies into staging slots
-(``"read"``: ``os.preadv``). For GPU execution disk-homed units are read, then copied.
+hints only (``"mmap-willneed"``: the GEMM faults the pages in), populate inline at first use (``"mmap-sync"``: no
+worker thread), a fresh mapping per use (``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped
+after use), or copies into staging slots (``"read"``: ``os.preadv``). For GPU execution disk-homed units are read,
+then copied.
 """
 from __future__ import annotations
 

@@ -222,7 +222,7 @@ def _quantize_rows_int16(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def avx512_a16_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any = None) -> torch.Tensor:
     """Integer-dot kernels: int8/int4 weights x int16-quantized activations (vpdpwssd, exact integer MACs)."""
     lib = load_extension()
-    if lib is None or x.device.type != "cpu" or qw.fmt not in ("int8", "int4") or not vnni_supported():
+    if lib is None or x.device.type != "cpu" or qw.fmt not in ("int8", "int4") or "avx512_vnni" not in _cpu_flags():
         return avx512_run(x, qw, prepared)
     if qw.fmt == "int4" and (qw.group_size or 1) % 64:
         return avx512_run(x, qw, prepared)
