@@ -6,6 +6,7 @@ on fresh random inputs); weight-quantization error itself is checked separately 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -287,3 +288,4 @@ def test_quantized_linear_resolves_its_kernel_once_and_follows_a_new_name() -> N
     assert q.resolve_kernel().name == "torch-dequant"
     q.kernel = None
     assert q.resolve_kernel() is first
+    assert pickle.loads(pickle.dumps(q)).resolve_kernel() is first  # the cache holds a name, not the Kernel
