@@ -84,7 +84,8 @@ class SessionSpec:
             ModuleList holding the most parameters.
         offload_dir: directory for disk-tier files (``None``: a temporary directory removed on close).
         disk_io: how disk-tier units reach the host: ``"mmap"`` (mapped once, pages populated ahead and
-            dropped after use; no copy), ``"mmap-willneed"``, ``"mmap-sync"``, ``"remap"`` (a fresh mapping
+            dropped after use; no copy), ``"mmap-auto"`` (the same, but a unit already in the page cache is
+            left to the GEMM's faults, no handoff), ``"mmap-willneed"``, ``"mmap-sync"``, ``"remap"`` (a fresh mapping
             per use) or ``"read"`` (copied into staging slots); see :class:`~runtime.streaming.Streamer`.
         modules: per-module overrides for modules outside the blocks, keyed by name (e.g. run
             ``"model.embed_tokens"`` on the host next to GPU blocks: a lookup needs one row, not the table

@@ -24,10 +24,12 @@ copies. Disk-homed units executed on the host are mapped, not copied (the page c
 file is mapped once at attach and its views kept (:mod:`runtime.mapped`); a use costs one
 ``MADV_POPULATE_READ`` on the unit's pages ahead of time (on one worker thread, GIL released) and one
 ``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. ``disk_io`` picks the
-alternatives the CPU benchmark measures against it: readahead hints only (``"mmap-willneed"``: the GEMM faults
-the pages in), populate inline at first use (``"mmap-sync"``: no worker thread), a fresh mapping per use
-(``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped after use), or copies into staging slots
-(``"read"``: ``os.preadv``). For GPU execution disk-homed units are read, then copied.
+alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (a unit whose pages are all in the page cache,
+by ``cachestat``, is left to the GEMM's own faults with no handoff; any other is populated on the worker), readahead
+hints only (``"mmap-willneed"``: the GEMM faults the pages in), populate inline at first use (``"mmap-sync"``: no
+worker thread), a fresh mapping per use (``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped
+after use), or copies into staging slots (``"read"``: ``os.preadv``). For GPU execution disk-homed units are read,
+then copied.
 """
 from __future__ import annotations
 
@@ -457,6 +459,10 @@ class Streamer:
                 mapped.willneed(rng)  # asynchronous in the kernel: nothing to wait for
                 unit.pending = views
                 return
+            if self.disk_io == "mmap-auto" and mapped.resident(rng):
+                # all cached: no handoff; the GEMM's own faults map it, unless evicted by the time it runs
+                unit.pending = lambda: views if mapped.resident(rng) else (mapped.populate(rng), views)[1]
+                return
             job = lambda: (mapped.populate(rng), views)[1]  # noqa: E731
             if self.disk_io == "mmap-sync":
                 unit.pending = job  # runs at the unit's first wait, on the compute thread
@@ -542,7 +548,8 @@ class Streamer:
 
     def _needs_worker(self, streamed: Sequence[int]) -> bool:
         """A worker thread serves disk reads, except where a persistent mapping is advised inline."""
-        return any(self.units[i].home == "disk" and (self.units[i].mrange is None or self.disk_io == "mmap")
+        return any(self.units[i].home == "disk"
+                   and (self.units[i].mrange is None or self.disk_io in ("mmap", "mmap-auto"))
                    for i in streamed)
 
     # ---------------------------------------------------------------- measurement
@@ -561,8 +568,8 @@ class Streamer:
         return sum(self.store.entry(k).nbytes for u in self.units if u.streamed for k in u.keys)
 
 
-DISK_IO: tuple[str, ...] = ("mmap", "mmap-willneed", "mmap-sync", "remap", "read")
-PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-willneed", "mmap-sync")
+DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync", "remap", "read")
+PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync")
 
 
 class _EmptyCache:

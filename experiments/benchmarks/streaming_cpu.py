@@ -60,6 +60,8 @@ ROWS: dict[str, Row] = {r.name: r for r in [
         disk_io="mmap-sync", lookahead=0),
     Row("ours-willneed", "ours: block units, persistent mapping, WILLNEED ahead, GEMM faults (mmap-willneed)",
         "ours", disk_io="mmap-willneed"),
+    Row("ours-auto", "ours: block units, persistent mapping, cached units left to the GEMM's faults, others populated "
+        "ahead on the worker (mmap-auto)", "ours", disk_io="mmap-auto"),
     Row("ours-module", "ours: module units, persistent mapping (mmap), lookahead 2", "ours", granularity="module",
         lookahead=2),
     Row("ours-remap", "ours: module units, fresh mapping per use (remap: the previous default), lookahead 2", "ours",
@@ -74,6 +76,8 @@ ROWS: dict[str, Row] = {r.name: r for r in [
         cold=True),
     Row("ours-willneed-cold", "ours (mmap-willneed, block units), page cache of its files dropped before every step",
         "ours", disk_io="mmap-willneed", cold=True),
+    Row("ours-auto-cold", "ours (mmap-auto, block units), page cache of its files dropped before every step", "ours",
+        disk_io="mmap-auto", cold=True),
     Row("accelerate-cold", "accelerate disk offload, page cache of its files dropped before every step",
         "accelerate", cold=True),
 ]}

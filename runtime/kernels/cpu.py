@@ -126,6 +126,11 @@ def load_extension() -> ctypes.CDLL | None:
     return _lib
 
 
+def _avx512_available() -> bool:
+    # Asked on every forward that resolves its kernel: once loaded, answer without searching PATH for a compiler.
+    return _lib is not None or (avx512_supported() and load_extension() is not None)
+
+
 def read_bandwidth(nbytes: int = 512 * 2**20, *, repeats: int = 5, best: bool = False) -> float | None:
     """Measured read bandwidth (bytes/s) of a buffer far larger than the caches: median of ``repeats`` passes,
     or the fastest pass with ``best=True`` (the machine's capability when other jobs share it).
@@ -217,7 +222,7 @@ def _quantize_rows_int16(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def avx512_a16_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any = None) -> torch.Tensor:
     """Integer-dot kernels: int8/int4 weights x int16-quantized activations (vpdpwssd, exact integer MACs)."""
     lib = load_extension()
-    if lib is None or x.device.type != "cpu" or qw.fmt not in ("int8", "int4") or not vnni_supported():
+    if lib is None or x.device.type != "cpu" or qw.fmt not in ("int8", "int4") or "avx512_vnni" not in _cpu_flags():
         return avx512_run(x, qw, prepared)
     if qw.fmt == "int4" and (qw.group_size or 1) % 64:
         return avx512_run(x, qw, prepared)
@@ -321,16 +326,16 @@ def int4pack_cpu_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any) -> tor
 
 register(Kernel(
     name="cpu-avx512", formats=("int8", "int4"), device_type="cpu", run=avx512_run,
-    available=lambda: avx512_supported() and load_extension() is not None, tolerance=1e-4,
+    available=_avx512_available, tolerance=1e-4,
     description="C++ AVX-512 weight-only GEMV/GEMM, dequant in registers, fp32 accumulate, OpenMP over rows"))
 register(Kernel(
     name="cpu-avx512-bf16", formats=("int4",), device_type="cpu", run=avx512_bf16_run,
-    available=lambda: bf16_supported() and load_extension() is not None, tolerance=1e-2,
+    available=lambda: "avx512_bf16" in _cpu_flags() and _avx512_available(), tolerance=1e-2,
     quantizes_activations=True,
     description="C++ AVX512-BF16 int4: activations rounded to bf16, codes to bf16 by table, vdpbf16ps (group % 64)"))
 register(Kernel(
     name="cpu-avx512-a16", formats=("int8", "int4"), device_type="cpu", run=avx512_a16_run,
-    available=lambda: vnni_supported() and load_extension() is not None, tolerance=1e-3,
+    available=lambda: "avx512_vnni" in _cpu_flags() and _avx512_available(), tolerance=1e-3,
     quantizes_activations=True,
     description="C++ AVX512-VNNI: activations rounded to int16 per row (~3e-5), exact integer MACs (vpdpwssd)"))
 register(Kernel(

@@ -60,6 +60,7 @@ class QuantizedLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
         self.kernel = kernel
         self._prepared: tuple[tuple[Any, ...], weakref.ref[torch.Tensor], Any] | None = None
+        self._resolved: tuple[tuple[Any, ...], str] | None = None  # (kernel name, device) -> resolved name
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str = "int8", *, group_size: int = 128,
@@ -115,7 +116,16 @@ class QuantizedLinear(nn.Module):
     def resolve_kernel(self, device: torch.device | None = None) -> Kernel:
         """The kernel ``forward`` will use on ``device`` (default: where the buffers are)."""
         device = device or self.qweight.device
-        return get_kernel(self.kernel) if self.kernel is not None else default_kernel(self.fmt, device)
+        # Resolved once per (name, device): the default's availability checks cost ~0.1 ms a call, which a
+        # streamed decode paid on every linear of every token.
+        # Only the name is kept (a module stays picklable; the lookup is a dict access).
+        key = (self.kernel, device.type, device.index)
+        cached = getattr(self, "_resolved", None)  # absent on modules unpickled from before this attribute
+        if cached is not None and cached[0] == key:
+            return get_kernel(cached[1])
+        kernel = get_kernel(self.kernel) if self.kernel is not None else default_kernel(self.fmt, device)
+        self._resolved = (key, kernel.name)
+        return kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:

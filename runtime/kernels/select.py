@@ -26,7 +26,7 @@ logger = get_logger(__name__)
 # keeps weight-only numerics.
 _PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu", "int8"): ("cpu-avx512", "cpu-avx2", "torch-dequant"),
-    ("cpu", "int4"): ("cpu-avx512", "torch-dequant"),
+    ("cpu", "int4"): ("cpu-avx512", "cpu-avx2", "torch-dequant"),
     ("cpu", "fp8"): ("torch-dequant",),
     ("cuda", "int8"): ("cuda-triton", "dequant-bf16", "cuda-int8pack"),
     ("cuda", "int4"): ("cuda-int4-tinygemm", "cuda-triton", "dequant-bf16"),

@@ -6,6 +6,7 @@ on fresh random inputs); weight-quantization error itself is checked separately 
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -95,7 +96,7 @@ def test_cpu_kernel_matches_float64_reference(fmt: str, name: str, n: int, k: in
         assert err <= get_kernel(name).tolerance, f"{name} {fmt} {n}x{k} batch {batch}: {err:.2e}"
 
 
-@pytest.mark.parametrize("name", ["cpu-avx512", "cpu-avx512-a16", "cpu-avx512-bf16"])
+@pytest.mark.parametrize("name", ["cpu-avx512", "cpu-avx512-a16", "cpu-avx512-bf16", "cpu-avx2"])
 def test_int4_group_32_is_exact_through_the_fallback(name: str) -> None:
     if name not in available_kernels("int4", "cpu"):
         pytest.skip(f"{name} not available here")
@@ -122,9 +123,11 @@ def test_avx2_kernel_is_the_int8_default_without_avx512() -> None:
     if avx512_supported() or not avx2_supported():
         pytest.skip("needs AVX2 without AVX-512, and a C++ compiler")
     assert default_kernel("int8", "cpu").name == "cpu-avx2"
-    qw = quantize_weight(torch.randn(37, 1003, generator=torch.Generator().manual_seed(3)), "int8")
-    for batch in (1, 5):
-        assert kernel_error("cpu-avx2", qw, batch=batch) <= get_kernel("cpu-avx2").tolerance
+    assert default_kernel("int4", "cpu").name == "cpu-avx2"  # torch-dequant was ~100x slower than fp32 here
+    w = torch.randn(37, 1003, generator=torch.Generator().manual_seed(3))
+    for qw in (quantize_weight(w, "int8"), quantize_weight(w, "int4", group_size=128)):  # int4: K padded to 1024
+        for batch in (1, 5):
+            assert kernel_error("cpu-avx2", qw, batch=batch) <= get_kernel("cpu-avx2").tolerance
 
 
 def test_missing_compiler_falls_back_to_torch(tmp_path: os.PathLike) -> None:
@@ -272,3 +275,17 @@ def test_choose_kernels_sets_every_quantized_linear() -> None:
     assert all(not get_kernel(k).quantizes_activations for k in chosen.values())
     assert model[0].kernel == chosen["0"]
     model(torch.randn(2, 64))
+
+
+def test_quantized_linear_resolves_its_kernel_once_and_follows_a_new_name() -> None:
+    # The default kernel's availability checks are not free; forward resolves once per (name, device) and must
+    # still follow a kernel named later (choose_kernels sets .kernel on live modules).
+    q = QuantizedLinear.from_linear(torch.nn.Linear(32, 8), "int8")
+    first = q.resolve_kernel()
+    assert first.name == default_kernel("int8", "cpu").name
+    assert q.resolve_kernel() is first
+    q.kernel = "torch-dequant"
+    assert q.resolve_kernel().name == "torch-dequant"
+    q.kernel = None
+    assert q.resolve_kernel() is first
+    assert pickle.loads(pickle.dumps(q)).resolve_kernel() is first  # the cache holds a name, not the Kernel

@@ -53,3 +53,31 @@ def test_views_of_two_files_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(JalapenoError, match="one file"):
         mapped.views(["a", "b"])
     store.close()
+
+
+def test_resident_follows_the_page_cache(tmp_path) -> None:
+    import os
+
+    store = TensorStore(offload_dir=tmp_path)
+    store.register({"w": torch.randn(512, 1024, generator=torch.Generator().manual_seed(1))}, "disk", label="u")
+    mapped = MappedFiles(store)
+    try:
+        (vw,), rng = mapped.views(["w"])
+        mapped.populate(rng)
+        assert mapped.resident(rng)  # just read: every page cached
+        mapped.drop(rng)
+        path = store.entry("w").path
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean, unmapped pages: evicted
+        finally:
+            os.close(fd)
+        if mapped.resident(rng):
+            pytest.skip("this file system kept the pages after POSIX_FADV_DONTNEED")
+        mapped.populate(rng)
+        assert mapped.resident(rng)
+        del vw
+    finally:
+        mapped.close()
+        store.close()

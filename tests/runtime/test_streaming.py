@@ -22,7 +22,7 @@ def model_and_ref() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("granularity", ["module", "block"])
 @pytest.mark.parametrize("homes", [(None, None, None), ("disk", "disk", "disk"), (None, "disk", None)])
 @pytest.mark.parametrize(("lookahead", "disk_io"), [(0, "mmap"), (2, "mmap"), (2, "read"), (1, "mmap-sync"),
-                                                    (1, "mmap-willneed"), (1, "remap")])
+                                                    (1, "mmap-willneed"), (1, "remap"), (1, "mmap-auto")])
 def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead, disk_io) -> None:
     model, ids, ref = model_and_ref
     before = state(model)
@@ -118,7 +118,7 @@ def test_cuda_store_budget_holds_while_streaming() -> None:
         assert session.stats().peak_bytes["gpu"] <= 400 * 1024
 
 
-@pytest.mark.parametrize("disk_io", ["mmap", "mmap-sync"])
+@pytest.mark.parametrize("disk_io", ["mmap", "mmap-sync", "mmap-auto"])
 def test_int8_blocks_on_disk_match_int8_in_ram(model_and_ref, disk_io) -> None:
     import copy
 
