@@ -164,7 +164,7 @@ class SurgeryEnv(gym.Env):
         self.reward_config = reward or RewardConfig()
         self.budget_shield = bool(budget_shield)
         self._mask_cache: tuple[Any, np.ndarray] | None = None
-        self._pricers: dict[int, _Pricer] = {}  # per context: the budget shield's incremental footprint
+        self._pricers: dict[Any, _Pricer] = {}  # per context: the shield's and the observation's incremental repair
         self._episode = 0
         self.layout = layout_for(self.knobs)
         self.action_space = spaces.MultiDiscrete(np.array(self.layout.max_choices, dtype=np.int64))
@@ -396,7 +396,7 @@ class SurgeryEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         ctx = self.ctx
         base = ctx.base
-        current = ctx.estimator.evaluate(ctx.space.repair(self.x)) if self.t else ctx.estimator.evaluate(self.x)
+        current = ctx.estimator.evaluate(self._repaired_x()) if self.t else ctx.estimator.evaluate(self.x)
         base_mem = float(base.objective("memory"))
         mem = float(current.objective("memory"))
         energy_ratio = (current.energy_j / base.energy_j) if current.energy_j and base.energy_j else 1.0
@@ -407,6 +407,13 @@ class SurgeryEnv(gym.Env):
         unit = ctx.unit_features[index] if self.t < len(ctx.units) else np.zeros_like(ctx.unit_features[0])
         return assemble(self.layout, unit=unit, hardware=ctx.hardware, totals=totals, previous=self.previous,
                         preference=self.preference)
+
+    def _repaired_x(self) -> np.ndarray:
+        """``space.repair(self.x)``, repaired from the last step's by the entries that changed."""
+        chain = self._pricers.get((id(self.ctx), "x"))
+        if chain is None:
+            chain = self._pricers[(id(self.ctx), "x")] = _Pricer(self.ctx.space)
+        return chain.repaired(self.x)
 
     def plan(self) -> Any:
         """The current decisions as a Plan (valid: ``space.repair`` leaves a valid vector unchanged)."""
@@ -427,7 +434,7 @@ class _Pricer:
         self.space = space
         self.y = space.default_vector()
         self.z = space.repair(self.y)
-        self.tracker = FootprintTracker(space, self.z)
+        self._tracker: FootprintTracker | None = None
 
     def repaired(self, y: np.ndarray) -> np.ndarray:
         diff = np.nonzero(self.y != y)[0]
@@ -441,9 +448,11 @@ class _Pricer:
 
     def tiers(self, y: np.ndarray) -> dict[str, int]:
         z = self.repaired(y)
-        for j in np.nonzero(self.tracker.x != z)[0]:
-            self.tracker.set(int(j), int(z[j]))
-        return self.tracker.tiers()
+        if self._tracker is None:
+            self._tracker = FootprintTracker(self.space, z)
+        for j in np.nonzero(self._tracker.x != z)[0]:
+            self._tracker.set(int(j), int(z[j]))
+        return self._tracker.tiers()
 
 
 def parse_preference(value: Any) -> np.ndarray:

@@ -1,38 +1,16 @@
-"""The budget shield's incremental pricing gives the masks the from-scratch footprint gives."""
+"""The budget shield's and the observation's incremental pricing give the masks and observations of the
+from-scratch versions (``experiments.benchmarks.env_speed.ScratchShieldEnv``)."""
 from __future__ import annotations
 
 import numpy as np
 
-from autosurgeon.cost.footprint import plan_memory
 from envs.surgery import SurgeryEnv
-
-
-class _ScratchShield(SurgeryEnv):
-    """The shield as it was: every candidate repaired and priced from scratch."""
-
-    def _shield(self, i: int, mask: np.ndarray) -> np.ndarray:
-        space, ctx = self.ctx.space, self.ctx
-        undecided = [j for u in ctx.units[self.t:] for j in u.variables if j != i]
-        y = self.x.copy()
-        y[undecided] = ctx.smallest[undecided]
-        memory = {}
-        for c in np.nonzero(mask)[0]:
-            y[i] = int(c)
-            tiers = plan_memory(space, space.repair(y))
-            memory[int(c)] = tiers.get("gpu", 0) + tiers.get("cpu", 0)
-        if not memory:
-            return mask
-        ok = np.zeros_like(mask)
-        for c, mem in memory.items():
-            ok[c] = mem <= self.budget
-        if not ok.any():
-            ok[min(memory, key=lambda c: (memory[c], c))] = True
-        return ok
+from experiments.benchmarks.env_speed import ScratchShieldEnv as _ScratchShield
 
 
 def test_shield_masks_equal_the_scratch_shield() -> None:
-    kw = dict(models=["tiny-llama-test", "digits-cnn", "tiny-moe-test"], device="jetson-orin-nano-8gb",
-              knobs=("precision", "placement", "group_size"), budget_range=(0.0, 0.6))
+    kw = {"models": ["tiny-llama-test", "digits-cnn", "tiny-moe-test"], "device": "jetson-orin-nano-8gb",
+          "knobs": ("precision", "placement", "group_size"), "budget_range": (0.0, 0.6)}
     fast, slow, bare = SurgeryEnv(**kw), _ScratchShield(**kw), SurgeryEnv(**kw, budget_shield=False)
     rng = np.random.default_rng(0)
     steps = narrowed = 0
@@ -48,8 +26,9 @@ def test_shield_masks_equal_the_scratch_shield() -> None:
             for n in fast.layout.max_choices:
                 action.append(int(rng.choice(np.nonzero(m_fast[off:off + n])[0])))
                 off += n
-            _, r_fast, done, _, _ = fast.step(np.array(action))
-            _, r_slow, _, _, _ = slow.step(np.array(action))
+            o_fast, r_fast, done, _, _ = fast.step(np.array(action))
+            o_slow, r_slow, _, _, _ = slow.step(np.array(action))
+            np.testing.assert_array_equal(o_fast, o_slow)
             bare.step(np.array(action))
             assert r_fast == r_slow
             steps += 1
