@@ -137,6 +137,7 @@ class FrontResult:
     evaluations: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     members: list[FrontMember] = field(default_factory=list)
+    candidates: list[FrontMember] = field(default_factory=list)  # every distinct policy plan evaluated
 
 
 def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluator: Any = None,
@@ -170,6 +171,7 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
     pool = list(seen.values()) + [FrontMember(f"baseline:{b.label}", b.vector, b.metrics, np.asarray(b.normalised))
                                   for b in baselines]
     result.members = [pool[i] for i in _non_dominated([p.normalised for p in pool])]
+    result.candidates = list(seen.values())
     result.extra.update(
         reference_point=list(HV_REFERENCE), budget_fractions=fractions,
         evaluations={"policy": len(seen), "baselines": len(baselines)},
