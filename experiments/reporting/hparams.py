@@ -90,7 +90,7 @@ def write_sessions(front_dir: Path, *, names: Sequence[str], records: Sequence[M
         keys.extend(k for k in s if k not in keys)
     runs = []
     for i, hp in zip(chosen, sessions):
-        full = {k: hp.get(k, 0) for k in keys}
+        full = {k: hp.get(k, "-" if k.startswith(KNOB_COLUMN) else 0) for k in keys}  # "-": the plan lacks the knob
         run = record_id(records[i])
         with SummaryWriter(log_dir=str(Path(front_dir) / run)) as writer:
             writer.file_writer.add_summary(hp_api.hparams_pb(full, trial_id=f"{sweep}/{run}", start_time_secs=0))
