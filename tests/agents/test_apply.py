@@ -178,6 +178,9 @@ def test_bad_cli_values(policy: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="`--front` must be >= 1, got 0"):
         args = parser.parse_args([*base, "--front", "0"])
         args.func(args)
+    with pytest.raises(InvalidArgumentError, match="`--front-budgets` must be an integer >= 1, got 0"):
+        args = parser.parse_args([*base, "--front", "2", "--front-budgets", "0"])
+        args.func(args)
 
 
 def test_simplex_preferences_and_hypervolume() -> None:
