@@ -146,13 +146,17 @@ def test_front_json_and_tensorboard_record_the_cap(loaded, measured, tmp_path):
     text = json.dumps(front)
     assert '"power_cap_w": 100.0' in text and '"power_mode"' in text
     events = EventAccumulator(str(res.run_dir / "tb" / "power")).Reload()
-    assert "hparams" not in events.PluginTagToContent("hparams") or not events.PluginTagToContent("hparams")
+    with pytest.raises(KeyError, match="hparams"):  # no HParams session there: it would be a row without a plan
+        events.PluginTagToContent("hparams")
     (text,) = events.Tensors("power/cap/text_summary")  # the cap and mode, and no HParams row without a plan
     assert f"power cap 100 W, mode {res.summary['power']['power_mode']}" in text.tensor_proto.string_val[0].decode()
     assert events.Scalars("power/front_size")[0].value == res.summary["front_size"]
     # Every plan's row says the cap and mode.
-    front_runs = [p for p in (res.run_dir / "tb" / "front").iterdir() if p.is_dir()]
-    start = EventAccumulator(str(front_runs[0])).Reload().PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    from experiments.sweep.ids import record_id
+
+    member = res.records[res.front[0]]  # every front member has a session
+    start = EventAccumulator(str(res.run_dir / "tb" / "front" / record_id(member))).Reload().PluginTagToContent(
+        "hparams")["_hparams_/session_start_info"]
     hp = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
     assert hp["Power"].string_value.startswith("100 W cap, mode ")
 
