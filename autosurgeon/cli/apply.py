@@ -130,21 +130,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"  power cap {p['power_cap_w']:g} W: mode {p['power_mode']!r} ({p['mode_watts']:g} W); plan draws "
               f"{p['plan_power_w']:.4g} W on average ({'within' if p['within_cap'] else 'OVER'} the cap)")
     if result.front is not None:
-        path = out.with_suffix(".front.json")
-        write_front(path, result.front, result.space, power=result.power, plan_id=plan_id)
-        f, extra = result.front, result.front.extra
-        print(f"front of {len(f.preferences)} preferences x {len(extra['budget_fractions'])} budget(s) "
-              f"({f.evaluations} distinct policy plans evaluated): the policy's plans' hypervolume "
-              f"{extra['policy_candidates_hypervolume']:.4f} (reference {extra['reference_point']}) -> {path}")
-        if "baselines_hypervolume" in extra:
-            dominated = sum(1 for d in extra["dominated_by_a_baseline"] if d)
-            print(f"  baselines' hypervolume {extra['baselines_hypervolume']:.4f}; policy + baselines "
-                  f"{extra['with_baselines_hypervolume']:.4f}; {dominated} of {len(f.preferences)} policy "
-                  "plans at the full budget dominated by a baseline")
-        for m in f.members:
-            print(f"  {plan_id(result.space.decode(m.vector))}  {m.origin:<24} "
-                  + "  ".join(f"{k} {v:.3f}" for k, v in zip(OBJECTIVES, m.normalised)))
+        _print_front(result, out.with_suffix(".front.json"), plan_id)
     return 0
+
+
+def _print_front(result: Any, path: Path, plan_id: Any) -> None:
+    """Write the front JSON to ``path`` and print its members (ids, origins) and hypervolumes."""
+    from agents.apply import write_front
+    from envs.observation import OBJECTIVES
+
+    write_front(path, result.front, result.space, power=result.power, plan_id=plan_id)
+    f, extra = result.front, result.front.extra
+    print(f"front of {len(f.preferences)} preferences x {len(extra['budget_fractions'])} budget(s) "
+          f"({f.evaluations} distinct policy plans evaluated): the policy's plans' hypervolume "
+          f"{extra['policy_candidates_hypervolume']:.4f} (reference {extra['reference_point']}) -> {path}")
+    if "baselines_hypervolume" in extra:
+        dominated = sum(1 for d in extra["dominated_by_a_baseline"] if d)
+        print(f"  baselines' hypervolume {extra['baselines_hypervolume']:.4f}; policy + baselines "
+              f"{extra['with_baselines_hypervolume']:.4f}; {dominated} of {len(f.preferences)} policy "
+              "plans at the full budget dominated by a baseline")
+    for m in f.members:
+        print(f"  {plan_id(result.space.decode(m.vector))}  {m.origin:<24} "
+              + "  ".join(f"{k} {v:.3f}" for k, v in zip(OBJECTIVES, m.normalised)))
 
 
 def _json(result: Any, out: Path, offered: Path | None, plan_id: Any) -> dict[str, Any]:
