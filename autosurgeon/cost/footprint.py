@@ -72,7 +72,7 @@ DEFAULT_KV_CONTEXT = 32  # cost_profiled.Workload's default context (positions c
 # runtime.kvcache.KVCacheConfig defaults the plan does not choose (sinks, page size) and runtime.experts'
 # default expert cache share; test_footprint checks them against the runtime's dataclasses.
 KV_SINKS, KV_PAGE_TOKENS, EXPERT_CAPACITY = 4, 16, 0.25
-_MEMO_LIMIT = 200_000  # FootprintTracker's per-block memo: cleared when it holds this many configurations
+_MEMO_LIMIT = 20_000  # FootprintTracker's per-block memo: cleared at this many configurations (a few KB each)
 
 
 def _aligned(n: int) -> int:
