@@ -6,10 +6,15 @@ is a valid plan by construction (masks + the env's repair), and :func:`apply_pol
 ``check_plan`` on it before measuring it with the chosen evaluator.
 
 Hypervolume (:func:`hypervolume`): objectives (latency, memory, energy) each divided by the unmodified
-model's value under the same evaluator, reference point ``HV_REFERENCE`` = 2.0 per objective (a plan
-counts while it costs less than twice the unmodified model on every objective: on CPUs, low-bit and
-streamed plans trade latency for memory, and a reference near 1 would make that whole trade-off
-invisible), computed exactly by pymoo's ``HV`` indicator. The largest possible HV is 8 (2^3).
+model's value under the same evaluator, against ``HV_REFERENCE`` — the project's one reference point
+(``autosurgeon.metrics.HV_REFERENCE``, the sweep's default too, so ``apply --json`` and ``sweep --json`` give
+comparable figures for the same model, device and objectives), computed exactly by pymoo's ``HV`` indicator.
+
+The front (:func:`policy_front`): the policy's plans for K evenly spread preferences, each at
+``budget_fractions`` of the way between the smallest reachable memory and the unmodified model's (1.0 only by
+default; more fractions are more candidates from the same policy, counted in ``evaluations``), evaluated next to
+the baselines the caller gives; the returned front is the non-dominated set of all of them, each member with its
+origin (``policy`` or ``baseline:<label>``), so a policy plan a baseline dominates never stands in it.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_cap import mean_power_w
 from autosurgeon.hardware.resolve import resolve_profile
+from autosurgeon.metrics import hv_reference
 from autosurgeon.plan_check import check_plan, raise_for_problems
 from autosurgeon.space.search_space import SearchSpace
 from envs.context import build_context
@@ -38,7 +44,7 @@ from envs.surgery import SurgeryEnv, parse_preference
 
 logger = get_logger(__name__)
 
-HV_REFERENCE: tuple[float, ...] = (2.0, 2.0, 2.0)
+HV_REFERENCE: tuple[float, ...] = hv_reference(OBJECTIVES)
 
 
 def simplex_preferences(k: int, n_obj: int = len(OBJECTIVES)) -> np.ndarray:
@@ -78,13 +84,14 @@ def hypervolume(points: np.ndarray, reference: Sequence[float] = HV_REFERENCE) -
 
 
 def run_policy(model: Any, env: Any, *, preference: np.ndarray, memory_budget: float | None = None,
-               context: int = 0) -> np.ndarray:
-    """The plan vector the policy picks (deterministic, masked) for one preference and budget."""
+               context: int = 0, budget_fraction: float = 1.0) -> np.ndarray:
+    """The plan vector the policy picks (deterministic, masked) for one preference and budget (``memory_budget``
+    bytes, else ``budget_fraction`` of the way from the smallest reachable memory to the unmodified model's)."""
     options: dict[str, Any] = {"model": context, "preference": preference}
     if memory_budget is not None:
         options["memory_budget"] = memory_budget
     else:
-        options["budget_fraction"] = 1.0
+        options["budget_fraction"] = float(budget_fraction)
     obs, _ = env.reset(seed=0, options=options)
     done = False
     while not done:
@@ -102,8 +109,25 @@ def run_policy(model: Any, env: Any, *, preference: np.ndarray, memory_budget: f
 
 
 @dataclass
+class FrontMember:
+    """One evaluated plan of a front: origin (``policy`` / ``baseline:<label>``), vector, metrics, normalised
+    objectives; for a policy plan the preference and budget fraction it was asked for."""
+
+    origin: str
+    vector: np.ndarray
+    metrics: Any
+    normalised: np.ndarray
+    preference: np.ndarray | None = None
+    budget_fraction: float | None = None
+
+
+@dataclass
 class FrontResult:
-    """A policy's plans for several preferences, their metrics and the hypervolume of their normalised front."""
+    """A policy's plans for several preferences, their metrics and the hypervolume of their normalised front.
+
+    ``vectors``/``metrics``/``normalised``/``hypervolume``: the K plans at the full budget, one per preference.
+    ``members``: the non-dominated set of every plan evaluated (all the policy's candidates and the baselines),
+    with origins; ``extra`` holds its hypervolume and the policy's and the baselines' alone."""
 
     preferences: np.ndarray
     vectors: list[np.ndarray]
@@ -112,24 +136,65 @@ class FrontResult:
     hypervolume: float
     evaluations: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    members: list[FrontMember] = field(default_factory=list)
+    candidates: list[FrontMember] = field(default_factory=list)  # every distinct policy plan evaluated
 
 
 def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluator: Any = None,
-                 memory_budget: float | None = None) -> FrontResult:
-    """Run the policy for ``k`` evenly spread preferences and evaluate each plan (``k`` evaluations at most)."""
+                 memory_budget: float | None = None, budget_fractions: Sequence[float] = (1.0,),
+                 baselines: Sequence[Any] = ()) -> FrontResult:
+    """Run the policy for ``k`` evenly spread preferences (each at every budget fraction; module docstring),
+    evaluate each distinct plan once, and keep the non-dominated set of those and of ``baselines``
+    (``agents.apply_baselines.BaselinePlan``, evaluated by the caller with the same evaluator)."""
     ctx = env.contexts[context]
     evaluator = evaluator or ctx.evaluator
+    fractions = [float(f) for f in budget_fractions]
+    if not fractions or not all(0.0 <= f <= 1.0 for f in fractions):
+        raise InvalidArgumentError(f"`budget_fractions` must be fractions in [0, 1], got {list(budget_fractions)}.")
     prefs = simplex_preferences(k)
-    vectors, metrics = [], []
     base = evaluator.evaluate(ctx.space.default_vector())
-    for w in prefs:
-        x = run_policy(model, env, preference=w, memory_budget=memory_budget, context=context)
-        vectors.append(x)
-        metrics.append(evaluator.evaluate(x))
-    norm = np.array([normalised(m, base, OBJECTIVES) for m in metrics])
-    distinct = len({tuple(v.tolist()) for v in vectors})
-    return FrontResult(preferences=prefs, vectors=vectors, metrics=metrics, normalised=norm,
-                       hypervolume=hypervolume(norm), evaluations=distinct)
+    candidates: list[FrontMember] = []
+    seen: dict[bytes, FrontMember] = {}
+    for frac in fractions if memory_budget is None else [1.0]:
+        for w in prefs:
+            x = run_policy(model, env, preference=w, memory_budget=memory_budget, context=context,
+                           budget_fraction=frac)
+            known = seen.get(x.tobytes())
+            m = known.metrics if known is not None else evaluator.evaluate(x)
+            member = FrontMember("policy", x, m, np.asarray(normalised(m, base, OBJECTIVES)), w, frac)
+            candidates.append(member)
+            seen.setdefault(x.tobytes(), member)
+    full = candidates[:len(prefs)]
+    norm = np.array([c.normalised for c in full])
+    result = FrontResult(preferences=prefs, vectors=[c.vector for c in full], metrics=[c.metrics for c in full],
+                         normalised=norm, hypervolume=hypervolume(norm), evaluations=len(seen))
+    pool = list(seen.values()) + [FrontMember(f"baseline:{b.label}", b.vector, b.metrics, np.asarray(b.normalised))
+                                  for b in baselines]
+    result.members = [pool[i] for i in _non_dominated([p.normalised for p in pool])]
+    result.candidates = list(seen.values())
+    result.extra.update(
+        reference_point=list(HV_REFERENCE), budget_fractions=fractions,
+        evaluations={"policy": len(seen), "baselines": len(baselines)},
+        policy_candidates_hypervolume=hypervolume(np.array([p.normalised for p in seen.values()])),
+        front_origins=[m.origin for m in result.members])
+    if baselines:
+        base_pts = np.array([b.normalised for b in baselines])
+        result.extra["baselines_hypervolume"] = hypervolume(base_pts)
+        result.extra["with_baselines_hypervolume"] = hypervolume(np.array([p.normalised for p in pool]))
+        result.extra["dominated_by_a_baseline"] = [
+            next((b.label for b in baselines if dominates(b.normalised, n)), None) for n in norm]
+    return result
+
+
+def _non_dominated(points: Sequence[np.ndarray]) -> list[int]:
+    """Indices of the non-dominated points (minimisation); of equal points the first is kept."""
+    pts = np.asarray(points, dtype=np.float64)
+    keep = []
+    for i in range(len(pts)):
+        if not any(dominates(pts[j], pts[i]) or (j < i and np.array_equal(pts[j], pts[i])) for j in range(len(pts))
+                   if j != i):
+            keep.append(i)
+    return keep
 
 
 @dataclass
@@ -153,7 +218,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
                  preference: Any = None, memory_budget: float | None = None, front: int | None = None,
                  evaluator: str | None = None, force: bool = False, power_cap_w: float | None = None,
                  baselines: Callable[[Any], Mapping[str, np.ndarray]] | None = None,
-                 quality: Any = None) -> ApplyResult:
+                 quality: Any = None, budget_fractions: Sequence[float] = (1.0,)) -> ApplyResult:
     """Apply a saved policy to ``model_spec`` on ``device`` (module docstring).
 
     Args:
@@ -162,7 +227,10 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
         device: the target profile; its device class must equal the policy's unless ``force``.
         preference: weights over latency/memory/energy (mapping, sequence or "latency=0.6,..."); default equal.
         memory_budget: bytes on the memory tiers (GPU + CPU); None: the unmodified model's memory.
-        front: sweep this many preferences (evenly spread) and return their front too.
+        front: sweep this many preferences (evenly spread) and return their front too: the non-dominated set of
+            the policy's plans and the baselines, with origins (``policy_front``).
+        budget_fractions: with ``front``, run each preference at each of these budget fractions (``budget_levels``;
+            more candidates from the same policy, each distinct plan evaluated once: ``front.evaluations``).
         evaluator: "analytic", "profiled" or "runtime" for the measurement (default: "runtime" when
             ``device`` is this machine's measured profile, else "analytic"); the policy itself acts on the
             observations of the evaluator it trained with (analytic on paper profiles).
@@ -249,16 +317,16 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
                          f"energy {', '.join(f'{v:.3g}' for v in b.normalised)} vs the policy's "
                          f"{', '.join(f'{v:.3g}' for v in plan_norm)}); that plan is offered instead")
     if front:
-        result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer)
-        if result.baselines:
-            pts = np.vstack([result.front.normalised, *[b.normalised for b in result.baselines]])
-            base_pts = np.array([b.normalised for b in result.baselines])
-            result.front.extra["baselines_hypervolume"] = hypervolume(base_pts)
-            result.front.extra["with_baselines_hypervolume"] = hypervolume(pts)
-            result.front.extra["dominated_by_a_baseline"] = [
-                next((b.label for b in result.baselines if dominates(b.normalised, n)), None)
-                for n in result.front.normalised]
+        result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer,
+                                    budget_fractions=budget_fractions, baselines=result.baselines)
     return result
+
+
+def budget_levels(n: int) -> tuple[float, ...]:
+    """``n`` budget fractions evenly spread from the unmodified model's memory (1.0) to the smallest reachable (0.0)."""
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise InvalidArgumentError(f"`--front-budgets` must be an integer >= 1, got {n!r}.")
+    return (1.0,) if n == 1 else tuple(float(v) for v in np.linspace(1.0, 0.0, int(n)))
 
 
 def _with_valid_group_sizes(plan: Any, ctx: Any, profile: Any, knobs: tuple[str, ...]) -> Any:
@@ -277,19 +345,26 @@ def _with_valid_group_sizes(plan: Any, ctx: Any, profile: Any, knobs: tuple[str,
 
 
 def write_front(path: str | os.PathLike[str], front: FrontResult, space: Any,
-                power: dict[str, Any] | None = None) -> Path:
-    """The front as JSON: per preference its plan vector, metrics and normalised objectives, plus the HV
-    (and ``power``: the power cap and mode the plans were found under, when there was one)."""
+                power: dict[str, Any] | None = None, plan_id: Callable[[Any], str] | None = None) -> Path:
+    """The front as JSON: per preference its plan vector, metrics and normalised objectives (``points``), the
+    non-dominated set of everything evaluated with origins (``front``; ids when ``plan_id`` is given: plan ->
+    id), the hypervolumes and the reference point (and ``power``: the power cap and mode, when there was one)."""
     path = Path(path)
     rows = [{"preference": dict(zip(OBJECTIVES, w.tolist())), "vector": x.tolist(),
              "normalised": dict(zip(OBJECTIVES, n.tolist())), "metrics": m.to_dict()}
             for w, x, m, n in zip(front.preferences, front.vectors, front.metrics, front.normalised)]
+    members = [{**({"id": plan_id(space.decode(m.vector))} if plan_id else {}), "origin": m.origin,
+                "vector": m.vector.tolist(), "normalised": dict(zip(OBJECTIVES, m.normalised.tolist())),
+                "metrics": m.metrics.to_dict(),
+                **({"preference": dict(zip(OBJECTIVES, m.preference.tolist())), "budget_fraction": m.budget_fraction}
+                   if m.preference is not None else {})} for m in front.members]
     path.write_text(json.dumps({"hypervolume": front.hypervolume, "reference": list(HV_REFERENCE),
                                 "objectives": list(OBJECTIVES), "space": space.digest(),
-                                "distinct_plans": front.evaluations, "power": power, "points": rows},
+                                "distinct_plans": front.evaluations, "power": power, "points": rows,
+                                "front": members, **{k: v for k, v in front.extra.items() if k != "reference_point"}},
                                indent=2, default=str))
     return path
 
 
-__all__ = ["HV_REFERENCE", "ApplyResult", "FrontResult", "apply_policy", "hypervolume", "policy_front",
-           "run_policy", "simplex_preferences", "write_front"]
+__all__ = ["HV_REFERENCE", "ApplyResult", "FrontMember", "FrontResult", "apply_policy", "budget_levels", "hypervolume",
+           "policy_front", "run_policy", "simplex_preferences", "write_front"]

@@ -33,6 +33,20 @@ METRICS_VERSION = 1
 MEMORY_TIERS = ("gpu", "cpu")
 OBJECTIVES = ("latency", "prefill", "throughput", "memory", "memory:gpu", "memory:cpu", "memory:disk",
               "memory:total", "memory:device", "energy", "quality")
+# The hypervolume's reference point per objective, in the space where each objective is divided by the
+# unmodified model's value: ONE for every front the project reports (`sweep`, `apply`, benchmarks), so their
+# hypervolumes compare. Latency and energy count up to 3x / 3.5x the unmodified model (streamed and low-bit plans
+# trade them for memory); memory up to 1.1x (a plan holding more than the model itself buys nothing).
+HV_REFERENCE: Mapping[str, float] = {"latency": 3.0, "memory": 1.1, "energy": 3.5}
+
+
+def hv_reference(objectives: Sequence[str]) -> tuple[float, ...]:
+    """The reference point of ``HV_REFERENCE`` for ``objectives``, in their order."""
+    missing = [k for k in objectives if k not in HV_REFERENCE]
+    if missing:
+        raise InvalidArgumentError(f"no default hypervolume reference for objective(s) {missing}; give "
+                                   f"`reference_point` explicitly (one value per objective, normalised space).")
+    return tuple(HV_REFERENCE[k] for k in objectives)
 
 
 @dataclass(frozen=True)
@@ -172,4 +186,4 @@ def _required(value: float | None, name: str, fieldname: str) -> float:
     return float(value)
 
 
-__all__ = ["LABELS", "MEMORY_TIERS", "METRIC_FIELDS", "OBJECTIVES", "TIERS", "Metrics"]
+__all__ = ["HV_REFERENCE", "LABELS", "MEMORY_TIERS", "METRIC_FIELDS", "OBJECTIVES", "TIERS", "Metrics", "hv_reference"]

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from autosurgeon._logging import get_logger
-from autosurgeon.cost.footprint import plan_memory
+from autosurgeon.cost.footprint import FootprintTracker
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_cap import resolve_power_cap
 from autosurgeon.hardware.power_modes import current_mode
@@ -164,6 +164,7 @@ class SurgeryEnv(gym.Env):
         self.reward_config = reward or RewardConfig()
         self.budget_shield = bool(budget_shield)
         self._mask_cache: tuple[Any, np.ndarray] | None = None
+        self._pricers: dict[Any, _Pricer] = {}  # per context: the shield's and the observation's incremental repair
         self._episode = 0
         self.layout = layout_for(self.knobs)
         self.action_space = spaces.MultiDiscrete(np.array(self.layout.max_choices, dtype=np.int64))
@@ -352,19 +353,25 @@ class SurgeryEnv(gym.Env):
         Feasible = the plan with this choice, every undecided variable at the smallest-footprint
         completion (``plan_check.smallest_footprint``'s vector, repaired to validity), fits the budget.
         If no choice is feasible the one with the least memory is kept, so the mask is never empty.
+        Each candidate is repaired from the previous one (``SearchSpace.repair_one``) and priced by a
+        footprint tracker kept per model (``_Pricer``), which recomputes only the blocks that changed.
         """
 
         space, ctx = self.ctx.space, self.ctx
+        candidates = np.nonzero(mask)[0]
+        if not candidates.size:
+            return mask
         undecided = [j for u in ctx.units[self.t:] for j in u.variables if j != i]
         y = self.x.copy()
         y[undecided] = ctx.smallest[undecided]
+        pricer = self._pricers.get(id(ctx))
+        if pricer is None:
+            pricer = self._pricers[id(ctx)] = _Pricer(space)
         memory = {}
-        for c in np.nonzero(mask)[0]:
+        for c in candidates:
             y[i] = int(c)
-            tiers = plan_memory(space, space.repair(y))
+            tiers = pricer.tiers(y)
             memory[int(c)] = tiers.get("gpu", 0) + tiers.get("cpu", 0)
-        if not memory:
-            return mask
         ok = np.zeros_like(mask)
         for c, mem in memory.items():
             ok[c] = mem <= self.budget
@@ -389,7 +396,7 @@ class SurgeryEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         ctx = self.ctx
         base = ctx.base
-        current = ctx.estimator.evaluate(ctx.space.repair(self.x)) if self.t else ctx.estimator.evaluate(self.x)
+        current = ctx.estimator.evaluate(self._repaired_x()) if self.t else ctx.estimator.evaluate(self.x)
         base_mem = float(base.objective("memory"))
         mem = float(current.objective("memory"))
         energy_ratio = (current.energy_j / base.energy_j) if current.energy_j and base.energy_j else 1.0
@@ -401,10 +408,51 @@ class SurgeryEnv(gym.Env):
         return assemble(self.layout, unit=unit, hardware=ctx.hardware, totals=totals, previous=self.previous,
                         preference=self.preference)
 
+    def _repaired_x(self) -> np.ndarray:
+        """``space.repair(self.x)``, repaired from the last step's by the entries that changed."""
+        chain = self._pricers.get((id(self.ctx), "x"))
+        if chain is None:
+            chain = self._pricers[(id(self.ctx), "x")] = _Pricer(self.ctx.space)
+        return chain.repaired(self.x)
+
     def plan(self) -> Any:
         """The current decisions as a Plan (valid: ``space.repair`` leaves a valid vector unchanged)."""
         space = self.ctx.space
         return space.decode(space.repair(self.x), metadata={"proposer": "SurgeryEnv"})
+
+
+class _Pricer:
+    """``plan_memory(space, space.repair(y))`` for a stream of vectors ``y`` that differ in few entries.
+
+    Keeps the last ``y``, its repair and a :class:`FootprintTracker` on it: a new ``y`` is repaired entry by
+    entry from the last (``SearchSpace.repair_one``; a full ``repair`` when many entries differ) and the
+    tracker recomputes only the blocks whose decisions changed (memoised per block configuration)."""
+
+    FULL_REPAIR_AFTER = 16  # differing entries beyond which one full repair is cheaper
+
+    def __init__(self, space: Any) -> None:
+        self.space = space
+        self.y = space.default_vector()
+        self.z = space.repair(self.y)
+        self._tracker: FootprintTracker | None = None
+
+    def repaired(self, y: np.ndarray) -> np.ndarray:
+        diff = np.nonzero(self.y != y)[0]
+        if diff.size > self.FULL_REPAIR_AFTER:
+            self.y, self.z = y.copy(), self.space.repair(y)
+        else:
+            for j in diff:
+                self.y[j] = y[j]
+                self.z = self.space.repair_one(self.y, self.z, int(j))
+        return self.z
+
+    def tiers(self, y: np.ndarray) -> dict[str, int]:
+        z = self.repaired(y)
+        if self._tracker is None:
+            self._tracker = FootprintTracker(self.space, z)
+        for j in np.nonzero(self._tracker.x != z)[0]:
+            self._tracker.set(int(j), int(z[j]))
+        return self._tracker.tiers()
 
 
 def parse_preference(value: Any) -> np.ndarray:

@@ -40,6 +40,10 @@ def register(subparsers: Any) -> None:
                       "model's)", old=("--budget-memory",))
     parser.add_argument("--front", type=int, default=None, metavar="K",
                         help="also sweep K evenly spread preferences and write their front JSON next to --out")
+    parser.add_argument("--front-budgets", type=int, default=1, metavar="N",
+                        help="with --front: run each preference at N memory budgets evenly spread from the unmodified "
+                        "model's memory to the smallest reachable (N x K policy plans, each distinct one evaluated "
+                        "once; default 1: the unmodified model's memory)")
     parser.add_argument("--evaluator", choices=evaluator_names(), default=None,
                         help="how to measure the plan (default: runtime, end to end, when --device is this machine; "
                         "analytic on a paper profile)")
@@ -74,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     budget = single_budget(args, reference_bytes=None, meaning="the plan's GPU+CPU bytes")
     if args.front is not None and args.front < 1:
         raise InvalidArgumentError(f"`--front` must be >= 1, got {args.front}.")
+    from agents.apply import budget_levels
+
+    fractions = budget_levels(args.front_budgets)  # a bad --front-budgets: one line naming it
     if args.power_cap is not None:
         from autosurgeon.hardware.power_cap import check_power_cap
 
@@ -83,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = apply_policy(args.policy, args.model, device=args.device, preference=preference, memory_budget=budget,
                           front=args.front, evaluator=args.evaluator, force=args.force, power_cap_w=args.power_cap,
-                          baselines=None if args.no_baselines else uniform_vectors, quality=quality)
+                          baselines=None if args.no_baselines else uniform_vectors, quality=quality,
+                          budget_fractions=fractions)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.plan.save(out)
@@ -95,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_json(result, out, offered, plan_id), default=str))
         if result.front is not None:
-            write_front(out.with_suffix(".front.json"), result.front, result.space, power=result.power)
+            write_front(out.with_suffix(".front.json"), result.front, result.space, power=result.power,
+                        plan_id=plan_id)
         return 0
     m, base = result.metrics, result.base
     print(f"plan {plan_id(result.plan)} written to {out} (preference "
@@ -121,22 +130,33 @@ def run(args: argparse.Namespace) -> int:
         print(f"  power cap {p['power_cap_w']:g} W: mode {p['power_mode']!r} ({p['mode_watts']:g} W); plan draws "
               f"{p['plan_power_w']:.4g} W on average ({'within' if p['within_cap'] else 'OVER'} the cap)")
     if result.front is not None:
-        path = out.with_suffix(".front.json")
-        write_front(path, result.front, result.space, power=result.power)
-        print(f"front of {len(result.front.preferences)} preferences ({result.front.evaluations} distinct plans): "
-              f"hypervolume {result.front.hypervolume:.4f} -> {path}")
-        extra = result.front.extra
-        if "baselines_hypervolume" in extra:
-            dominated = sum(1 for d in extra["dominated_by_a_baseline"] if d)
-            print(f"  baselines' hypervolume {extra['baselines_hypervolume']:.4f}; policy + baselines "
-                  f"{extra['with_baselines_hypervolume']:.4f}; {dominated} of {len(result.front.preferences)} policy "
-                  "plans dominated by a baseline")
+        _print_front(result, out.with_suffix(".front.json"), plan_id)
     return 0
+
+
+def _print_front(result: Any, path: Path, plan_id: Any) -> None:
+    """Write the front JSON to ``path`` and print its members (ids, origins) and hypervolumes."""
+    from agents.apply import write_front
+    from envs.observation import OBJECTIVES
+
+    write_front(path, result.front, result.space, power=result.power, plan_id=plan_id)
+    f, extra = result.front, result.front.extra
+    print(f"front of {len(f.preferences)} preferences x {len(extra['budget_fractions'])} budget(s) "
+          f"({f.evaluations} distinct policy plans evaluated): the policy's plans' hypervolume "
+          f"{extra['policy_candidates_hypervolume']:.4f} (reference {extra['reference_point']}) -> {path}")
+    if "baselines_hypervolume" in extra:
+        dominated = sum(1 for d in extra["dominated_by_a_baseline"] if d)
+        print(f"  baselines' hypervolume {extra['baselines_hypervolume']:.4f}; policy + baselines "
+              f"{extra['with_baselines_hypervolume']:.4f}; {dominated} of {len(f.preferences)} policy "
+              "plans at the full budget dominated by a baseline")
+    for m in f.members:
+        print(f"  {plan_id(result.space.decode(m.vector))}  {m.origin:<24} "
+              + "  ".join(f"{k} {v:.3f}" for k, v in zip(OBJECTIVES, m.normalised)))
 
 
 def _json(result: Any, out: Path, offered: Path | None, plan_id: Any) -> dict[str, Any]:
     """What ``--json`` prints: the plan, its normalised objectives, the baselines and the front (ids, origins, HV)."""
-    from agents.apply import hypervolume
+    from agents.apply import HV_REFERENCE, hypervolume
     from envs.observation import OBJECTIVES
     from envs.reward import normalised
 
@@ -153,11 +173,18 @@ def _json(result: Any, out: Path, offered: Path | None, plan_id: Any) -> dict[st
         "offered": None if offered is None else {**row(f"baseline:{result.dominated_by.label}",
                                                        result.dominated_by.vector, result.dominated_by.metrics),
                                                  "path": str(offered)}}
+    data["reference_point"] = list(HV_REFERENCE)  # the sweep's default too (autosurgeon.metrics.HV_REFERENCE)
     if result.front is not None:
         f = result.front
-        data["front"] = [{**row("policy", x, m), "preference": dict(zip(OBJECTIVES, w.tolist()))}
-                         for w, x, m in zip(f.preferences, f.vectors, f.metrics)]
-        data["hypervolume"] = f.hypervolume
-        data.update({k: v for k, v in f.extra.items()})
+        data["policy_plans"] = [{**row("policy", x, m), "preference": dict(zip(OBJECTIVES, w.tolist()))}
+                                for w, x, m in zip(f.preferences, f.vectors, f.metrics)]
+        # The front: the non-dominated set of every plan evaluated (the policy's and the baselines'), with origins.
+        data["front"] = [{**row(m.origin, m.vector, m.metrics),
+                          **({"preference": dict(zip(OBJECTIVES, m.preference.tolist())),
+                              "budget_fraction": m.budget_fraction} if m.preference is not None else {})}
+                         for m in f.members]
+        data["hypervolume"] = f.extra.get("with_baselines_hypervolume", f.extra["policy_candidates_hypervolume"])
+        data["policy_hypervolume"] = f.extra["policy_candidates_hypervolume"]
+        data.update({k: v for k, v in f.extra.items() if k != "reference_point"})
     return data
 

@@ -52,6 +52,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from autosurgeon import precisions as precision_table
 from autosurgeon.budget import MemoryBudget
 from autosurgeon.errors import InvalidArgumentError
@@ -70,6 +72,7 @@ DEFAULT_KV_CONTEXT = 32  # cost_profiled.Workload's default context (positions c
 # runtime.kvcache.KVCacheConfig defaults the plan does not choose (sinks, page size) and runtime.experts'
 # default expert cache share; test_footprint checks them against the runtime's dataclasses.
 KV_SINKS, KV_PAGE_TOKENS, EXPERT_CAPACITY = 4, 16, 0.25
+_MEMO_LIMIT = 20_000  # FootprintTracker's per-block memo: cleared at this many configurations (a few KB each)
 
 
 def _aligned(n: int) -> int:
@@ -393,7 +396,16 @@ class FootprintTracker:
             if v.knob == "prefetch":  # streaming experts takes them out of their blocks
                 self.blocks_of_var[i] = expert_blocks
         self.fused = _fusions(space.units.groups, self.values)
-        self.usage = [self._block(k) for k in range(len(space.blocks))]
+        # A block's bytes depend only on the variables touching it (and on whether experts stream): memoised
+        # per (block, those choices), so a tracker that flips entries back and forth (the env's budget shield
+        # trying each choice of a unit) recomputes each block configuration once. Bounded; held by the tracker.
+        touching: list[list[int]] = [[] for _ in space.blocks]
+        for i, ks in enumerate(self.blocks_of_var):
+            for k in ks:
+                touching[k].append(i)
+        self._touching = [np.asarray(t, dtype=np.int64) for t in touching]
+        self._memo: dict[tuple[int, bool, bytes], Any] = {}
+        self.usage = [self._block_memo(k) for k in range(len(space.blocks))]
         self._session_part = self._session_bytes()
 
     @property
@@ -412,7 +424,7 @@ class FootprintTracker:
         if v.kind == "session":
             self.session[v.knob] = v.choices[j]
         for k in self.blocks_of_var[i]:
-            self.usage[k] = self._block(k)
+            self.usage[k] = self._block_memo(k)
         if v.kind == "session" or v.knob in ("placement", "precision"):  # KV tier and dtype follow these
             self._session_part = self._session_bytes()
 
@@ -459,6 +471,16 @@ class FootprintTracker:
         staging = {tier: (self.lookahead + 1) * n for tier, n in slots.items() if n}
         return {"tiers": self.tiers(), "by_unit": {t: dict(v) for t, v in by_unit.items()}, "staging": staging,
                 "kv": self._session_part[2], "experts": self._session_part[3]}
+
+    def _block_memo(self, k: int) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, int]]:
+        """``_block(k)``, memoised on the choices of the variables touching block ``k`` (``__init__``)."""
+        key = (k, self.session.get("prefetch", "none") != "none", self.x[self._touching[k]].tobytes())
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            hit = self._memo[key] = self._block(k)
+        return hit
 
     def _block(self, k: int) -> tuple[dict[str, int], dict[str, dict[str, int]], dict[str, int]]:
         """(bytes per tier, {tier: {unit: bytes}}, {exec tier: largest streamed unit}) of block ``k``."""

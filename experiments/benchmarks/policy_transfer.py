@@ -48,24 +48,36 @@ def train_policy(device: str, models: list[str], minutes: float, out: Path, seed
             "seed": seed}
 
 
-def policy_points(policy: Path, model: str, device: str, sweep_ev: Any) -> dict[str, Any]:
-    """The policy's 8-preference front priced in the sweep's space (module docstring)."""
-    from agents.apply import apply_policy
+def policy_points(policy: Path, model: str, device: str, sweep_ev: Any, budgets: int) -> dict[str, Any]:
+    """The policy's plans priced in the sweep's space (module docstring): its 8 plans at the full budget, all its
+    candidates (8 preferences x ``budgets`` budget levels), and apply's front (those and the uniform baselines)."""
+    from agents.apply import apply_policy, budget_levels
     from experiments.sweep.baselines import uniform_vectors
 
-    res = apply_policy(policy, model, device=device, front=8, evaluator="analytic", baselines=uniform_vectors)
+    res = apply_policy(policy, model, device=device, front=8, evaluator="analytic", baselines=uniform_vectors,
+                       budget_fractions=budget_levels(budgets))
     space = sweep_ev.space
-    vectors = [space.repair(space.encode(res.space.decode(x))) for x in res.front.vectors]
-    objectives = [list(sweep_ev.evaluate(y).objectives(("latency", "memory", "energy"))) for y in vectors]
+
+    def priced(vectors: list[np.ndarray]) -> list[list[float]]:
+        ys = [space.repair(space.encode(res.space.decode(x))) for x in vectors]
+        return [list(sweep_ev.evaluate(y).objectives(("latency", "memory", "energy"))) for y in ys]
+
+    full = priced(res.front.vectors)
     changed = int(np.sum(np.any(np.stack(res.front.vectors) != res.front.vectors[0], axis=0)))
-    return {"vectors": vectors, "objectives": objectives,
-            "distinct": len({y.tobytes() for y in vectors}),
+    front = res.front.members
+    return {"objectives": full, "candidates_objectives": priced([c.vector for c in res.front.candidates]),
+            "apply_front_objectives": priced([m.vector for m in front]),
+            "apply_front_origins": [m.origin for m in front],
+            "distinct": len({tuple(y) for y in full}),
             "distinct_policy_vectors": len({tuple(v.tolist()) for v in res.front.vectors}),
+            "distinct_candidates": len(res.front.candidates), "budget_levels": budgets,
+            "policy_evaluations": res.front.evaluations, "baseline_evaluations": len(res.baselines),
             "decisions_changed_across_preferences": changed, "decisions": len(res.front.vectors[0]),
-            "apply_hv_own_reference": res.front.hypervolume}
+            "apply_hv": res.front.extra.get("with_baselines_hypervolume")}
 
 
-def one(model_dir: str, label: str, device: str, policy: Path, seeds: list[int], root: Path) -> dict[str, Any]:
+def one(model_dir: str, label: str, device: str, policy: Path, seeds: list[int], root: Path,
+        budgets: int) -> dict[str, Any]:
     from experiments.sweep import SweepConfig, build_evaluator, run_sweep
     from experiments.sweep.hypervolume import hypervolume
 
@@ -83,16 +95,20 @@ def one(model_dir: str, label: str, device: str, policy: Path, seeds: list[int],
     best_family, best_hv = max(((k, v["hypervolume"]) for k, v in s0["baselines"].items()), key=lambda kv: kv[1])
     base_points = [m["objectives"] for m in _baseline_records(root / f"{label}-{device}-{seeds[0]}")]
     t0 = time.perf_counter()
-    pol = policy_points(policy, model_dir, device, ev)
+    pol = policy_points(policy, model_dir, device, ev, budgets)
     apply_s = time.perf_counter() - t0
     hv_policy = hypervolume(pol["objectives"], ref, scales=scales)
     hv_with = hypervolume(pol["objectives"] + base_points, ref, scales=scales)
+    hv_candidates = hypervolume(pol["candidates_objectives"], ref, scales=scales)
+    hv_apply = hypervolume(pol["apply_front_objectives"], ref, scales=scales)
     hv_nsga = [s["hypervolume"] for s in sweeps]
     return {"model": label, "device": device, "hv_policy": hv_policy, "hv_policy_with_baselines": hv_with,
+            "hv_candidates": hv_candidates, "hv_apply_front": hv_apply,
             "hv_nsga2": hv_nsga, "hv_nsga2_mean": float(np.mean(hv_nsga)), "nsga2_front_size": [s["front_size"] for s in sweeps],
             "best_family": best_family, "hv_best_family": best_hv, "hv_baselines_all": s0["hypervolume_baselines"],
-            "apply_s": round(apply_s, 1), **{k: v for k, v in pol.items() if k not in ("vectors", "objectives")},
-            "policy_objectives": pol["objectives"], "scales": scales}
+            "apply_s": round(apply_s, 1), **{k: v for k, v in pol.items() if not k.endswith("objectives") and k != "apply_front_origins"},
+            "policy_objectives": pol["objectives"], "scales": scales,
+            "apply_front_objectives": pol["apply_front_objectives"], "apply_front_origins": pol["apply_front_origins"]}
 
 
 def _baseline_records(run_dir: Path) -> list[dict[str, Any]]:
@@ -113,17 +129,25 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            + "; ".join(f"{t['device']}: {t['timesteps']} timesteps in {t['seconds']:.0f} s on {', '.join(t['models'])}, "
                        f"seed {t['seed']}" for t in meta["training"]) + ".", "",
            "HV in the sweep's normalised space (latency, memory, energy / the unmodified model's; reference "
-           "[3.0, 1.1, 3.5]); NSGA-II: 200 evaluations with the baselines, mean over seeds "
-           f"{meta['seeds']}; policy: its 8 plans (`--front 8`), alone and with the baselines' plans.", "",
-           "| model | device | HV policy | HV policy+baselines | HV NSGA-II (mean) | policy / NSGA-II | "
-           "policy / best baseline | best family (HV) | distinct plans / 8 | NSGA-II front sizes | "
-           "decisions changed across preferences |", "|---" * 11 + "|"]
+           "[3.0, 1.1, 3.5], the one `apply --json` uses too); NSGA-II: 200 evaluations with the baselines, mean "
+           f"over seeds {meta['seeds']}. Policy: its 8 plans at the full budget (`--front 8`); its candidates (8 "
+           f"preferences x {meta['budgets']} budget levels, `--front 8 --front-budgets {meta['budgets']}`); apply's "
+           "front = the non-dominated set of those candidates and the uniform baselines (what `apply` returns). "
+           "The best baseline family's HV is the sweep's.", "",
+           "| model | device | HV policy 8 | HV candidates | HV apply front | HV NSGA-II (mean) | policy 8 / NSGA-II "
+           "| candidates / NSGA-II | apply front / NSGA-II | candidates / best baseline | apply front / best baseline "
+           "| best family (HV) | distinct plans / 8 | policy evals (+ baselines) | apply front origins "
+           "| NSGA-II front sizes |", "|---" * 16 + "|"]
     for r in rows:
-        out.append(f"| {r['model']} | {r['device']} | {r['hv_policy']:.4f} | {r['hv_policy_with_baselines']:.4f} | "
-                   f"{r['hv_nsga2_mean']:.4f} | {r['hv_policy'] / r['hv_nsga2_mean']:.3f} | "
-                   f"{r['hv_policy'] / r['hv_best_family']:.3f} | {r['best_family']} ({r['hv_best_family']:.4f}) | "
-                   f"{r['distinct']} | {r['nsga2_front_size']} | {r['decisions_changed_across_preferences']} of "
-                   f"{r['decisions']} |")
+        nsga, best = r["hv_nsga2_mean"], r["hv_best_family"]
+        origins = r["apply_front_origins"]
+        n_pol = sum(1 for o in origins if o == "policy")
+        out.append(f"| {r['model']} | {r['device']} | {r['hv_policy']:.4f} | {r['hv_candidates']:.4f} | "
+                   f"{r['hv_apply_front']:.4f} | {nsga:.4f} | {r['hv_policy'] / nsga:.3f} | "
+                   f"{r['hv_candidates'] / nsga:.3f} | {r['hv_apply_front'] / nsga:.3f} | "
+                   f"{r['hv_candidates'] / best:.3f} | {r['hv_apply_front'] / best:.3f} | {r['best_family']} "
+                   f"({best:.4f}) | {r['distinct']} | {r['policy_evaluations']} (+{r['baseline_evaluations']}) | "
+                   f"{n_pol} policy, {len(origins) - n_pol} baseline | {r['nsga2_front_size']} |")
     return "\n".join(out) + "\n"
 
 
@@ -136,9 +160,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unseen", default=",".join(UNSEEN))
     ap.add_argument("--minutes", type=float, default=3.0, help="training wall time per device")
     ap.add_argument("--seeds", default="0,1,2", help="NSGA-II seeds")
+    ap.add_argument("--budgets", type=int, default=4, help="budget levels per preference (apply --front-budgets)")
     ap.add_argument("--root", default="runs/bench-policy-transfer")
     ap.add_argument("--out", default="experiments/benchmarks/results/policy_transfer")
+    ap.add_argument("--merge", default=None, metavar="A.json,B.json",
+                    help="only render: merge the JSON results of runs made one device each (in parallel) into --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge.split(",")]
+        meta = {**parts[0]["meta"], "command": " + ".join(p["meta"]["command"] for p in parts),
+                "training": [t for p in parts for t in p["meta"]["training"]],
+                "load_before": [p["meta"]["load_before"] for p in parts],
+                "load_after": [p["meta"].get("load_after") for p in parts]}
+        rows = [r for p in parts for r in p["rows"]]
+        out = Path(args.out)
+        out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1, default=str))
+        good = [r for r in rows if "error" not in r]
+        out.with_suffix(".md").write_text(render(good, meta) + "".join(
+            f"\n- {r['model']} on {r['device']}: {r['error']}" for r in rows if "error" in r) + "\n")
+        return 0
     torch.set_num_threads(1)
     root = Path(args.root)
     shutil.rmtree(root, ignore_errors=True)
@@ -147,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "command": "python -m experiments.benchmarks.policy_transfer " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, torch 1 thread",
-        "load_before": [round(v, 1) for v in os.getloadavg()], "seeds": seeds, "training": []}
+        "load_before": [round(v, 1) for v in os.getloadavg()], "seeds": seeds, "training": [],
+        "budgets": args.budgets}
     rows: list[dict[str, Any]] = []
     out = Path(args.out)
     for device in args.devices.split(","):
@@ -155,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["training"].append(train_policy(device, args.train_models.split(","), args.minutes, policy, seed=0))
         for name in args.unseen.split(","):
             try:
-                rows.append(one(str(build_unseen(name)), name, device, policy, seeds, root))
+                rows.append(one(str(build_unseen(name)), name, device, policy, seeds, root, args.budgets))
             except Exception as exc:  # one model's failure is a row, not the end of the benchmark
                 rows.append({"model": name, "device": device, "error": f"{type(exc).__name__}: {exc}"})
             meta["load_after"] = [round(v, 1) for v in os.getloadavg()]

@@ -6,16 +6,19 @@ experiment summary is written: TensorBoard then builds the HParams table from th
 of every run under the logdir, so several sweeps in one logdir all keep their columns (with an
 experiment summary per run, the first one found wins) and a ``Sweep`` column tells them apart.
 
-Columns (hparams): ``Origin`` (``baseline:…``, ``nsga2``, ``markov`` …), ``Plan id`` (what ``autosurgeon
-front RUN --plan ID`` takes), ``Sweep``, ``Pareto front``, ``Power`` (cap and mode, when the sweep had one), then
-one column per knob value (``precision=int8`` = the number of modules at int8, ``placement=cpu<-disk`` …);
-bookkeeping columns (eval, generation, bytes per tier) start with ``~``. TensorBoard orders the columns
-that differ by name (capitals first, ``~`` last) and ticks only the first five by default (its HParams
-dashboard: ``Math.min(5, …)``; seen in a headless browser, ``TENSORBOARD_CHECK.md``): ``Origin``,
-``Pareto front``, ``Plan id``, ``Sweep`` and the first knob column; the other knob columns and ``Power`` must be
-ticked in the dashboard's list.
-Metrics: each objective in display units with how it was obtained, e.g. ``latency ms [estimated]``,
-``memory MiB [measured]``, ``energy mJ [estimated]``.
+Columns (hparams): first one column per knob, ``Knob precision`` = ``int8 x12, bf16 x6`` (the plan's
+choices of that knob and how many modules take each, most first), then ``Origin`` (``baseline:…``, ``nsga2``,
+``markov`` …), ``Pareto front``, ``Plan id`` (what ``autosurgeon front RUN --plan ID`` takes), ``Power`` (cap
+and mode, when the sweep had one), ``Sweep``; then one numeric column per knob value (``precision=int8`` = the
+number of modules at int8, ``placement=cpu<-disk`` …), for the parallel-coordinates view; bookkeeping columns
+(eval, generation, bytes per tier) start with ``~``. TensorBoard orders the columns that differ by name
+(``(not differs, name)`` in its backend) and ticks only the first five by default (its HParams dashboard:
+``Math.min(5, …)``; ``TENSORBOARD_CHECK.md``), so the ``Knob …`` columns, named to sort first, are the ones
+ticked by default (with fewer than five knobs, ``Origin`` and ``Pareto front`` next). The row's name is
+``<sweep>/<plan id>`` whatever is ticked.
+Metrics: each objective in display units with how it was obtained, e.g. ``plan/latency ms [estimated]``,
+``plan/memory MiB [measured]``, ``plan/energy mJ [estimated]``: TensorBoard's HParams read them as scalars, so
+they also appear in the Scalars dashboard, all in one ``plan`` group apart from the sweep's ``front/`` curves.
 """
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ UNITS = {"latency": ("ms", 1e3, "latency_s"), "prefill": ("ms", 1e3, "prefill_s"
          "throughput": ("-tokens/s", 1.0, "tokens_per_s")}
 
 
+METRIC_GROUP = "plan"  # the per-plan metrics' tag prefix: one group in the Scalars dashboard
+KNOB_COLUMN = "Knob "  # sorts before Origin, Pareto front, Plan id, Power, Sweep: the default-ticked columns
+
+
 def metric_tag(name: str, record: Mapping[str, Any]) -> tuple[str, float]:
     """``("latency ms [estimated]", factor)``: the scalar tag of objective ``name`` and its unit factor."""
     labels = (record.get("metrics", {}).get("_data", record.get("metrics", {})) or {}).get("labels", {})
@@ -39,7 +46,7 @@ def metric_tag(name: str, record: Mapping[str, Any]) -> tuple[str, float]:
     else:
         unit, factor, field = UNITS.get(name, ("", 1.0, name))
     how = labels.get(field, "estimated" if not labels else "?")
-    return f"{name} {unit} [{how}]".replace("  ", " "), factor
+    return f"{METRIC_GROUP}/{name} {unit} [{how}]".replace("  ", " "), factor
 
 
 def session_hparams(record: Mapping[str, Any], *, sweep: str, on_front: bool,
@@ -51,12 +58,16 @@ def session_hparams(record: Mapping[str, Any], *, sweep: str, on_front: bool,
                           "Pareto front": bool(on_front)}
     if power:
         hp["Power"] = f"{float(power['power_cap_w']):g} W cap, mode {power.get('power_mode')}"
+    choices: dict[str, list[tuple[str, int]]] = {}
     for key, value in plan_summary(record["plan"], record.get("metrics")).items():
         knob, sep, choice = key.partition(":")
         if sep and knob not in ("bytes",):
             hp[f"{knob}={choice}"] = value
+            choices.setdefault(knob, []).append((choice, int(value)))
         else:
             hp[f"~{key}"] = value
+    for knob, counts in choices.items():
+        hp[f"{KNOB_COLUMN}{knob}"] = ", ".join(f"{c} x{n}" for c, n in sorted(counts, key=lambda cn: (-cn[1], cn[0])))
     hp["~eval"] = int(record.get("eval", -1))
     hp["~generation"] = int(record.get("generation", -1) if record.get("generation") is not None else -1)
     return hp
@@ -79,7 +90,7 @@ def write_sessions(front_dir: Path, *, names: Sequence[str], records: Sequence[M
         keys.extend(k for k in s if k not in keys)
     runs = []
     for i, hp in zip(chosen, sessions):
-        full = {k: hp.get(k, 0) for k in keys}
+        full = {k: hp.get(k, "-" if k.startswith(KNOB_COLUMN) else 0) for k in keys}  # "-": the plan lacks the knob
         run = record_id(records[i])
         with SummaryWriter(log_dir=str(Path(front_dir) / run)) as writer:
             writer.file_writer.add_summary(hp_api.hparams_pb(full, trial_id=f"{sweep}/{run}", start_time_secs=0))
@@ -90,15 +101,16 @@ def write_sessions(front_dir: Path, *, names: Sequence[str], records: Sequence[M
     return runs
 
 
-def write_power_session(folder: Path, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-    """A sweep's power cap and mode as a session of its own (no experiment summary: see the module docstring)."""
-    from tensorboard.plugins.hparams import summary_v2 as hp_api
+def write_power_summary(folder: Path, text: str, metrics: Mapping[str, float]) -> None:
+    """A sweep's power cap and mode as a text summary and its front's figures under the cap as scalars, in
+    ``folder``: no HParams session (a session there would be a table row without a plan; every plan's row has
+    the ``Power`` column instead)."""
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(log_dir=str(folder)) as writer:
-        writer.file_writer.add_summary(hp_api.hparams_pb(dict(hparams), start_time_secs=0))
+        writer.add_text("power/cap", text, 0)
         for tag, value in metrics.items():
             writer.add_scalar(tag, float(value), 0)
 
 
-__all__ = ["metric_tag", "session_hparams", "write_power_session", "write_sessions"]
+__all__ = ["KNOB_COLUMN", "METRIC_GROUP", "metric_tag", "session_hparams", "write_power_summary", "write_sessions"]

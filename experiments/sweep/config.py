@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.metrics import hv_reference
 
 from autosurgeon.evaluate.registry import names as _evaluator_names
 from experiments.sweep.registry import names as _algorithm_names
@@ -87,7 +88,7 @@ class SweepConfig:
     max_quality_loss: float = 0.01
     quality_scale: float | None = None
     knobs: tuple[str, ...] = ("precision", "group_size", "placement")
-    reference_point: tuple[float, ...] = (3.0, 1.1, 3.5)
+    reference_point: tuple[float, ...] = hv_reference(BASE_OBJECTIVES)  # the one default (autosurgeon.metrics)
     normaliser: str = "reference"
     warm_start: str | None = None
     init_population: str = "random"

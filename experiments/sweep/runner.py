@@ -13,8 +13,8 @@ stored study unnecessary, and SQLite cost ~1 s per trial on this shared disk); `
 Power cap (``config.power_cap_w``, ``autosurgeon.hardware.power_cap.resolve_power_cap``): on a paper profile the
 evaluator is built on the profile in the fastest power mode within the cap; on a measured one the cap is a
 constraint on each plan's mean power. Either way the cap, the mode evaluated in and how the cap applied go
-into ``summary.json`` (``power``), the config that ``front.json`` carries and, with TensorBoard on, an
-HParams entry under ``tb/power`` (cap, mode, device, evaluator; hypervolume and front size as metrics).
+into ``summary.json`` (``power``), the config that ``front.json`` carries and, with TensorBoard on, every plan's
+HParams row (``Power``) and ``tb/power`` (the cap and mode as text; hypervolume and front size as scalars).
 
 Scale-out (``cluster``: ``experiments.sweep.dask_eval.SweepCluster``): plans are measured on Dask workers
 and recorded here, by this process alone, in the order a serial sweep records them
@@ -402,19 +402,19 @@ class _HvTracker:
 
 
 def _power_hparams(folder: Path, config: SweepConfig, summary: dict[str, Any], notes: list[str]) -> None:
-    """The power cap and mode as a TensorBoard HParams session, so the run says under which cap it was found."""
+    """The power cap and mode in TensorBoard (text and the front's figures under it), so the run says under which
+    cap it was found; each plan's HParams row carries it too (``Power``)."""
     try:
-        from experiments.reporting.hparams import write_power_session
+        from experiments.reporting.hparams import write_power_summary
     except ImportError as exc:  # pragma: no cover - reporting ships with the sweep
-        notes.append(f"power HParams skipped: experiments.reporting unavailable ({exc})")
+        notes.append(f"power summary skipped: experiments.reporting unavailable ({exc})")
         return
     power = summary["power"]
-    write_power_session(folder, {"power_cap_w": float(power["power_cap_w"]), "power_mode": str(power["power_mode"]),
-                                 "mode_watts": float(power["mode_watts"]), "derated": bool(power["derated"]),
-                                 "device": str(power["device"]), "evaluator": config.evaluator, "algo": config.algo,
-                                 "seed": config.seed, "Sweep": config.name or folder.parent.parent.name},
-                        {"power/hypervolume": float(summary["hypervolume"]),
-                         "power/front_size": float(summary["front_size"])})
+    text = (f"sweep {config.name or folder.parent.parent.name}: power cap {float(power['power_cap_w']):g} W, mode "
+            f"{power['power_mode']} ({float(power['mode_watts']):g} W{', derated' if power['derated'] else ''}) on "
+            f"{power['device']}; evaluator {config.evaluator}, algo {config.algo}, seed {config.seed}")
+    write_power_summary(folder, text, {"power/hypervolume": float(summary["hypervolume"]),
+                                       "power/front_size": float(summary["front_size"])})
 
 
 def _checked_cap(config: SweepConfig, evaluator: Any) -> Any:

@@ -35,7 +35,7 @@ def test_apply_on_unseen_model_gives_a_checked_plan_and_a_front(policy: Path) ->
               if p.severity == "error"]
     assert errors == []
     assert result.metrics.latency_s > 0 and result.metrics.evaluator == "analytic"
-    assert len(result.front.vectors) == 3 and 0.0 <= result.front.hypervolume <= 8.0
+    assert len(result.front.vectors) == 3 and 0.0 <= result.front.hypervolume <= 3.0 * 1.1 * 3.5
 
 
 def _loaded(result):  # the env's loaded model (meta) the plan was made for
@@ -56,7 +56,8 @@ def test_cli_apply_writes_plan_and_front(policy: Path, tmp_path: Path, capsys: p
     plan = Plan.load(out)
     assert plan.metadata["proposer"] == "agents.apply"
     front = json.loads(out.with_suffix(".front.json").read_text())
-    assert len(front["points"]) == 2 and front["reference"] == [2.0, 2.0, 2.0]
+    assert len(front["points"]) == 2 and front["reference"] == [3.0, 1.1, 3.5]
+    assert front["front"] and all(len(m["id"]) == 8 and m["origin"] for m in front["front"])
     text = capsys.readouterr().out
     assert " written to " in text and "baselines' hypervolume" in text
     # --json: the plan and the front with ids and origins, the baselines and their hypervolume.
@@ -66,9 +67,61 @@ def test_cli_apply_writes_plan_and_front(policy: Path, tmp_path: Path, capsys: p
     data = json.loads(capsys.readouterr().out)
     assert len(data["plan"]["id"]) == 8 and data["plan"]["origin"] == "policy"
     assert {b["origin"] for b in data["baselines"]} >= {"baseline:unmodified", "baseline:uniform-int8"}
-    assert data["baselines_hypervolume"] > 0 and len(data["front"]) == 2 and "hypervolume" in data
+    assert data["baselines_hypervolume"] > 0 and len(data["policy_plans"]) == 2 and "hypervolume" in data
+    assert data["reference_point"] == [3.0, 1.1, 3.5]
+    # The front is the non-dominated set of the policy's plans and the baselines: nothing in it is dominated.
+    pts = [list(m["normalised"].values()) for m in data["front"]]
+    assert pts and not any(_dominates(a, b) for a in pts for b in pts)
+    assert {m["origin"] for m in data["front"]} <= {"policy"} | {b["origin"] for b in data["baselines"]}
+    assert data["hypervolume"] == pytest.approx(hypervolume(pts, reference=data["reference_point"]))
+    assert data["hypervolume"] >= data["baselines_hypervolume"] - 1e-12
     if data["offered"] is not None:  # a dominated plan is never handed over silently
         assert Path(data["offered"]["path"]).is_file() and any("dominated by the baseline" in n for n in data["notes"])
+
+
+def _dominates(a, b) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def test_front_budgets_add_candidates_and_keep_the_non_dominated_set(policy: Path) -> None:
+    from agents.apply import budget_levels
+    from experiments.sweep.baselines import uniform_vectors
+
+    one = apply_policy(policy, "tiny-moe-test", device=DEVICE, front=3, baselines=uniform_vectors)
+    three = apply_policy(policy, "tiny-moe-test", device=DEVICE, front=3, baselines=uniform_vectors,
+                         budget_fractions=budget_levels(3))
+    assert budget_levels(3) == (1.0, 0.5, 0.0) and budget_levels(1) == (1.0,)
+    assert three.front.extra["budget_fractions"] == [1.0, 0.5, 0.0]
+    assert three.front.evaluations >= one.front.evaluations  # distinct policy plans, each evaluated once
+    assert three.front.extra["with_baselines_hypervolume"] >= one.front.extra["with_baselines_hypervolume"] - 1e-12
+    for res in (one, three):
+        pts = [m.normalised for m in res.front.members]
+        assert not any(_dominates(a, b) for a in pts for b in pts)
+        assert res.front.extra["with_baselines_hypervolume"] == pytest.approx(hypervolume(np.array(pts)))
+    with pytest.raises(InvalidArgumentError, match="`--front-budgets` must be an integer >= 1, got 0"):
+        budget_levels(0)
+
+
+def test_apply_and_sweep_share_the_reference_point(policy: Path) -> None:
+    """The same model, device and objectives: apply and the sweep measure hypervolume against one reference, in
+    one normalised space, so the same plans give the same hypervolume."""
+    from agents.apply import HV_REFERENCE
+    from experiments.sweep import SweepConfig
+    from experiments.sweep.baselines import uniform_vectors
+    from experiments.sweep.hypervolume import hypervolume as sweep_hypervolume
+
+    cfg = SweepConfig(model="tiny-moe-test", device=DEVICE, evaluator="analytic", quality="none",
+                      knobs=("precision", "placement"))
+    assert tuple(cfg.reference_point) == HV_REFERENCE
+    res = apply_policy(policy, "tiny-moe-test", device=DEVICE, front=2, baselines=uniform_vectors)
+    # The sweep's way: raw objectives, divided by the unmodified model's (its normaliser), against its reference.
+    scales = res.base.objectives(cfg.objectives)
+    raw = [b.metrics.objectives(cfg.objectives) for b in res.baselines]
+    assert sweep_hypervolume(raw, cfg.reference_point, scales=scales) == pytest.approx(
+        res.front.extra["baselines_hypervolume"], rel=1e-12)
+    everything = raw + [m.metrics.objectives(cfg.objectives) for m in res.front.members]
+    assert sweep_hypervolume(everything, cfg.reference_point, scales=scales) == pytest.approx(
+        res.front.extra["with_baselines_hypervolume"], rel=1e-12)
 
 
 def test_dominating_baseline_is_the_cheapest_that_dominates_within_budget() -> None:
@@ -125,6 +178,9 @@ def test_bad_cli_values(policy: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="`--front` must be >= 1, got 0"):
         args = parser.parse_args([*base, "--front", "0"])
         args.func(args)
+    with pytest.raises(InvalidArgumentError, match="`--front-budgets` must be an integer >= 1, got 0"):
+        args = parser.parse_args([*base, "--front", "2", "--front-budgets", "0"])
+        args.func(args)
 
 
 def test_simplex_preferences_and_hypervolume() -> None:
@@ -133,6 +189,9 @@ def test_simplex_preferences_and_hypervolume() -> None:
     assert len({tuple(p) for p in prefs.round(6)}) == 8
     assert np.allclose(prefs[:3], np.eye(3))
     # One point at 1 in each objective under reference 2: a unit cube; two points overlap by inclusion-exclusion.
-    assert hypervolume(np.array([[1.0, 1.0, 1.0]])) == pytest.approx(1.0)
-    assert hypervolume(np.array([[1.0, 1.5, 1.5], [1.5, 1.0, 1.5]])) == pytest.approx(0.25 + 0.25 - 0.125)
-    assert hypervolume(np.array([[2.5, 0.1, 0.1]])) == 0.0
+    ref = (2.0, 2.0, 2.0)
+    assert hypervolume(np.array([[1.0, 1.0, 1.0]]), ref) == pytest.approx(1.0)
+    assert hypervolume(np.array([[1.0, 1.5, 1.5], [1.5, 1.0, 1.5]]), ref) == pytest.approx(0.25 + 0.25 - 0.125)
+    assert hypervolume(np.array([[2.5, 0.1, 0.1]]), ref) == 0.0
+    # The default reference is the project's one (the sweep's): (3.0, 1.1, 3.5).
+    assert hypervolume(np.array([[1.0, 1.0, 1.0]])) == pytest.approx(2.0 * 0.1 * 2.5)

@@ -141,10 +141,14 @@ def test_tensorboard_scalars_hparams_image(run) -> None:
     assert hp["Plan id"].string_value == record_id(rec) and hp["Pareto front"].bool_value is True
     assert hp["~weight_bytes"].number_value == sum(rec["metrics"]["_data"]["peak_bytes"].values())
     assert any(k.startswith("precision=") for k in hp) and any(k.startswith("placement=") for k in hp)
+    counts = {k.partition("=")[2]: int(v.number_value) for k, v in hp.items() if k.startswith("precision=") and
+              v.number_value}
+    assert hp["Knob precision"].string_value == ", ".join(
+        f"{c} x{n}" for c, n in sorted(counts.items(), key=lambda cn: (-cn[1], cn[0])))
     base = plugin_data_pb2.HParamsPluginData.FromString(
         hparams[f"front/{record_id(run['records'][3])}"]["_hparams_/session_start_info"]).session_start_info.hparams
     assert base["Origin"].string_value == "baseline:unmodified"
-    tensors = mux.Tensors(f"front/{record_id(rec)}", "latency ms [estimated]")
+    tensors = mux.Tensors(f"front/{record_id(rec)}", "plan/latency ms [estimated]")
     assert float(tensors[0].tensor_proto.float_val[0]) == pytest.approx(rec["objectives"][0] * 1e3, rel=1e-6)
 
 
@@ -231,11 +235,13 @@ def test_hparams_plugin_serves_the_front_as_session_groups(run) -> None:
     experiment = json.loads(reply.data)
     columns = [h["name"] for h in experiment["hparamInfos"]]
     assert {"Origin", "Plan id", "Sweep", "~eval", "~weight_bytes", "precision=float32"} <= set(columns)
-    # TensorBoard orders the columns that differ by name: origin and id first, knobs next, bookkeeping last.
+    # TensorBoard orders the columns that differ by name and ticks the first five: the knob columns come first.
     differing = [h["name"] for h in experiment["hparamInfos"] if h.get("differs")]
-    assert differing[0] == "Origin" and "Plan id" in differing[:3] and differing[-1].startswith("~")
+    knob_columns = [c for c in differing if c.startswith("Knob ")]
+    assert knob_columns and differing[:len(knob_columns)] == knob_columns and differing[-1].startswith("~")
+    assert "Knob precision" in differing[:5] and "Knob placement" in differing[:5]
     assert sorted(m["name"]["tag"] for m in experiment["metricInfos"]) == sorted(
-        ["latency ms [estimated]", "memory MiB [estimated]", "energy mJ [estimated]"])
+        ["plan/latency ms [estimated]", "plan/memory MiB [estimated]", "plan/energy mJ [estimated]"])
     request = {"experimentName": "", "startIndex": 0, "sliceSize": 1000,
                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}
     reply = Client(apps["/session_groups"]).post("/session_groups", data=json.dumps(request),
@@ -247,6 +253,6 @@ def test_hparams_plugin_serves_the_front_as_session_groups(run) -> None:
     rec = run["records"][run["front"][0]]
     by_name = {g["name"]: g for g in groups["sessionGroups"]}
     values = {m["name"]["tag"]: m["value"] for m in by_name[f"sweep/{record_id(rec)}"]["metricValues"]}
-    tags = ["latency ms [estimated]", "memory MiB [estimated]", "energy mJ [estimated]"]
+    tags = ["plan/latency ms [estimated]", "plan/memory MiB [estimated]", "plan/energy mJ [estimated]"]
     assert [values[t] for t in tags] == pytest.approx([rec["objectives"][0] * 1e3, rec["objectives"][1] / 2**20,
                                                        rec["objectives"][2] * 1e3], rel=1e-6)

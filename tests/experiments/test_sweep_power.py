@@ -146,9 +146,19 @@ def test_front_json_and_tensorboard_record_the_cap(loaded, measured, tmp_path):
     text = json.dumps(front)
     assert '"power_cap_w": 100.0' in text and '"power_mode"' in text
     events = EventAccumulator(str(res.run_dir / "tb" / "power")).Reload()
-    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    with pytest.raises(KeyError, match="hparams"):  # no HParams session there: it would be a row without a plan
+        events.PluginTagToContent("hparams")
+    (text,) = events.Tensors("power/cap/text_summary")  # the cap and mode, and no HParams row without a plan
+    assert f"power cap 100 W, mode {res.summary['power']['power_mode']}" in text.tensor_proto.string_val[0].decode()
+    assert events.Scalars("power/front_size")[0].value == res.summary["front_size"]
+    # Every plan's row says the cap and mode.
+    from experiments.sweep.ids import record_id
+
+    member = res.records[res.front[0]]  # every front member has a session
+    start = EventAccumulator(str(res.run_dir / "tb" / "front" / record_id(member))).Reload().PluginTagToContent(
+        "hparams")["_hparams_/session_start_info"]
     hp = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
-    assert hp["power_cap_w"].number_value == 100.0 and hp["power_mode"].string_value == res.summary["power"]["power_mode"]
+    assert hp["Power"].string_value.startswith("100 W cap, mode ")
 
 
 def test_optuna_gets_both_constraints(loaded, measured, tmp_path):

@@ -1,0 +1,126 @@
+"""SurgeryEnv steps per second: the budget shield priced from scratch (as before) vs incrementally (now).
+
+Both envs take the same seeded episodes and the same random valid actions, in interleaved rounds in one process
+(A B, B A, ...), each run with an empty evaluation cache (the envs share the model's evaluator); CPU time of the process (``time.process_time``) and wall time per round, the per-round ratio
+and its median, and the load average. The scratch env is the shield as it was: every candidate choice repaired
+with ``SearchSpace.repair`` and priced with ``plan_memory`` from nothing (``ScratchShieldEnv``); its masks equal
+the incremental one's (``tests/envs/test_budget_shield_fast.py``).
+
+Run: ``python -m experiments.benchmarks.env_speed --model llama-7b-16l-shape --device h100-80gb --out
+experiments/benchmarks/results/env_speed``
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autosurgeon.cost.footprint import plan_memory
+from autosurgeon.evaluate.cache import EvaluationCache
+from envs.surgery import SurgeryEnv
+
+
+class ScratchShieldEnv(SurgeryEnv):
+    """SurgeryEnv with the budget shield as it was before incremental pricing (every candidate from scratch)."""
+
+    def _shield(self, i: int, mask: np.ndarray) -> np.ndarray:
+        space, ctx = self.ctx.space, self.ctx
+        undecided = [j for u in ctx.units[self.t:] for j in u.variables if j != i]
+        y = self.x.copy()
+        y[undecided] = ctx.smallest[undecided]
+        memory = {}
+        for c in np.nonzero(mask)[0]:
+            y[i] = int(c)
+            tiers = plan_memory(space, space.repair(y))
+            memory[int(c)] = tiers.get("gpu", 0) + tiers.get("cpu", 0)
+        if not memory:
+            return mask
+        ok = np.zeros_like(mask)
+        for c, mem in memory.items():
+            ok[c] = mem <= self.budget
+        if not ok.any():
+            ok[min(memory, key=lambda c: (memory[c], c))] = True
+        return ok
+
+    def _repaired_x(self) -> np.ndarray:  # the observation's repair as it was too: the whole vector each step
+        return self.ctx.space.repair(self.x)
+
+
+def steps(env: SurgeryEnv, n: int, seed: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of ``n`` steps of seeded episodes with seeded random valid actions."""
+    rng = np.random.default_rng(seed)
+    for ctx in env.contexts:  # both envs share the model's context: neither may reuse the other's evaluations
+        ctx.evaluator.cache = EvaluationCache()
+        ctx.estimator.cache = ctx.evaluator.cache if ctx.estimator is ctx.evaluator else EvaluationCache()
+    env.reset(seed=seed)
+    c0, w0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        mask = env.action_masks()
+        action, off = [], 0
+        for k in env.layout.max_choices:
+            action.append(int(rng.choice(np.nonzero(mask[off:off + k])[0])))
+            off += k
+        _, _, done, _, _ = env.step(np.array(action))
+        if done:
+            env.reset()
+    return time.process_time() - c0, time.perf_counter() - w0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="llama-7b-16l-shape")
+    ap.add_argument("--device", default="h100-80gb")
+    ap.add_argument("--steps", type=int, default=200, help="steps per round and env")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default="experiments/benchmarks/results/env_speed")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    envs = {"scratch": ScratchShieldEnv(models=[args.model], device=args.device),
+            "incremental": SurgeryEnv(models=[args.model], device=args.device)}
+    for env in envs.values():  # warm: contexts, caches
+        steps(env, 20, seed=999)
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        order = list(envs) if r % 2 == 0 else list(envs)[::-1]
+        row: dict[str, Any] = {"order": order}
+        for name in order:
+            cpu, wall = steps(envs[name], args.steps, seed=r)
+            row[name] = {"cpu_s": cpu, "wall_s": wall, "steps_per_cpu_s": args.steps / cpu}
+        row["ratio_cpu"] = row["incremental"]["steps_per_cpu_s"] / row["scratch"]["steps_per_cpu_s"]
+        rounds.append(row)
+    load_after = [round(v, 2) for v in os.getloadavg()]
+
+    def spread(vals: list[float]) -> str:
+        return f"median {statistics.median(vals):.1f} (min {min(vals):.1f}, max {max(vals):.1f})"
+
+    sps = {n: [r[n]["steps_per_cpu_s"] for r in rounds] for n in envs}
+    ratios = [r["ratio_cpu"] for r in rounds]
+    units = len(envs["incremental"].ctx.units)
+    md = [f"# SurgeryEnv steps per CPU second: {args.model} on {args.device} ({units} decision units)", "",
+          (f"Generated by `python -m experiments.benchmarks.env_speed --model {args.model} --device {args.device} "
+          f"--steps {args.steps} --rounds {args.rounds}`; analytic evaluator, knobs precision + placement, budget "
+          f"shield on; {args.rounds} interleaved rounds of {args.steps} seeded random valid steps per env, one "
+          f"process, torch 1 thread; load average {load_before} before, {load_after} after."), "",
+          "| env | steps per CPU second |", "|---|---|",
+          f"| shield from scratch (before) | {spread(sps['scratch'])} |",
+          f"| shield incremental (now) | {spread(sps['incremental'])} |", "",
+          (f"Per-round ratio now / before (CPU time): {', '.join(f'{v:.2f}' for v in ratios)}; median "
+           f"**{statistics.median(ratios):.2f}x**."), ""]
+    out = Path(args.out)
+    out.with_suffix(".md").write_text("\n".join(md))
+    out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "load_before": load_before,
+                                                    "load_after": load_after, "rounds": rounds}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
