@@ -66,9 +66,13 @@ class AnalyticCostModel:
 
     def __init__(self, space: SearchSpace, analysis: Any, profile: HardwareProfile, *, n_ops: int,
                  launch_overhead_s: float | None = None, fetch_overhead_s: float | None = None,
-                 lookahead: int = 2, disk_cache: str = "auto", gemv: Any = None, batch: int = 1) -> None:
+                 lookahead: int = 2, disk_cache: str = "auto", gemv: Any = None, batch: int = 1,
+                 rest_s: float | None = None) -> None:
         if n_ops < 0:
             raise InvalidArgumentError(f"`n_ops` must be >= 0, got {n_ops}.")
+        if rest_s is not None and (gemv is None or not rest_s >= 0):
+            raise InvalidArgumentError(f"`rest_s` must be >= 0 seconds and comes with a `gemv` table; got {rest_s!r} "
+                                       f"with gemv={'a table' if gemv is not None else None}.")
         for name, value in (("launch_overhead_s", launch_overhead_s), ("fetch_overhead_s", fetch_overhead_s)):
             if value is not None and not value >= 0:
                 raise InvalidArgumentError(f"`{name}` must be >= 0 seconds or None, got {value!r}.")
@@ -87,6 +91,23 @@ class AnalyticCostModel:
         self.fetch_overhead_s = fetch_overhead_s
         self.lookahead, self.disk_cache = lookahead, disk_cache
         self._leaf_cache: dict[tuple[Any, ...], tuple[float, float]] = {}
+        # A table-priced linear's seconds include the ops its call dispatches: those leave the launch term.
+        self.launched_ops = n_ops - (self._table_linear_ops() if gemv is not None else 0)
+        self.rest_s = rest_s
+
+    def _table_linear_ops(self) -> int:
+        """Aten ops the unmodified model's linears dispatch, per the table (linears it lacks: 0)."""
+        total = 0
+        for leaf in self.space.leaves.values():
+            if leaf.kind != "linear" or not leaf.out_features or not self.info[leaf.name].flops:
+                continue  # a linear the pass did not call (no FLOPs in the analysis) is not in ``n_ops`` either
+            try:
+                ops = self.gemv.ops(leaf.dtype or "float32", "auto", leaf.weight_numel // leaf.out_features,
+                                    leaf.out_features, self.batch)
+            except KeyError:
+                ops = None
+            total += ops or 0
+        return min(total, self.n_ops)
 
     def _unit(self, kind: str) -> Any:
         unit = self.units.get(kind)
@@ -101,6 +122,10 @@ class AnalyticCostModel:
         if hit is not None:
             return hit
         leaf, info, unit = choice.leaf, self.info[choice.leaf.name], self._unit(exec_kind)
+        if self.rest_s is not None and exec_kind == "cpu" and leaf.kind != "linear":
+            out = (0.0, 0.0)  # measured in the rest of the step (cost.step_rest), whatever the plan
+            self._leaf_cache[key] = out
+            return out
         if self.gemv is not None and exec_kind == "cpu" and leaf.kind == "linear" and leaf.out_features:
             precision = choice.precision if choice.chosen else (leaf.dtype or "float32")
             try:
@@ -167,7 +192,7 @@ class AnalyticCostModel:
             steps.append((c_b, x_b, f_b, block.streamed))
             rows.append({"name": block.name, "placement": block.placement, "compute_s": c_b, "transfer_s": x_b,
                          "fetch_s": f_b})
-        overhead = self.n_ops * self.launch_overhead_s
+        overhead = self.launched_ops * self.launch_overhead_s if self.rest_s is None else self.rest_s
         latency = overhead + pipeline_latency(steps, lookahead=self.lookahead)
         return {"latency_s": latency, "busy_s": busy, "compute_s": compute_total, "transfer_s": transfer_total,
                 "fetch_s": fetch_total, "overhead_s": overhead, "streamed_bytes": streamed_bytes, "warm_disk": warm,
@@ -181,6 +206,8 @@ class AnalyticCostModel:
         out: dict[str, Any] = {"n_ops": self.n_ops, "launch_overhead_s": self.launch_overhead_s,
                                "fetch_overhead_s": self.fetch_overhead_s, "lookahead": self.lookahead,
                                "disk_cache": self.disk_cache}
+        if self.rest_s is not None:
+            out["rest_s"] = self.rest_s
         if self.gemv is not None:  # measured rates change results: the table's identity keys the cache
             out["gemv"] = [self.gemv.device, self.gemv.threads, self.gemv.measured_at, self.batch]
         mode = mode_key(self.profile)

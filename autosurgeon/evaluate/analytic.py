@@ -10,9 +10,8 @@ from autosurgeon.analysis.model_analysis import analyze
 from autosurgeon.cost.analytic import AnalyticCostModel
 from autosurgeon.cost.base import count_ops, energy_j
 from autosurgeon.cost.gemv import gemv_table
-from autosurgeon.cost.profiled import (
-    base_inputs,
-)
+from autosurgeon.cost.profiled import base_inputs, make_steps, no_grad_forward
+from autosurgeon.cost.step_rest import rest_of_step
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.metrics import Metrics
@@ -53,6 +52,7 @@ class AnalyticEvaluator(Evaluator):
         if isinstance(gemv, str) and gemv != "auto":
             raise InvalidArgumentError(f"`gemv` must be 'auto', a GemvTable or None, got {gemv!r}.")
         self.gemv = None
+        self.rest: dict[str, dict[str, Any]] = {}  # phase -> cost.step_rest.measure_rest's record
         self.models: dict[str, AnalyticCostModel] = {}
         for phase, make in phases:
             inputs = make()
@@ -68,12 +68,28 @@ class AnalyticEvaluator(Evaluator):
                 table = None  # a table passed in is for decode rows
             if phase == w.phase:
                 self.gemv = table
+            rest = None
+            if gemv == "auto" and table is not None:  # a measured CPU: the step's non-GEMV part, measured
+                rest = self._rest(phase, inputs)
+                self.rest[phase] = rest
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
                                                    disk_cache=disk_cache, gemv=table,
-                                                   batch=rows if table is not None and rows else w.batch)
+                                                   batch=rows if table is not None and rows else w.batch,
+                                                   rest_s=None if rest is None else rest["median_s"])
         self.lookahead = lookahead
+
+    def _rest(self, phase: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The phase's step with the linears nulled, measured (``cost.step_rest``)."""
+        w, loaded = self.workload, self.loaded
+        linears = {leaf.name for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features}
+        index = 1 if phase == "prefill" else 0
+
+        def make_step(module: torch.nn.Module) -> Any:
+            return make_steps(no_grad_forward(module), module, w, base_inputs(loaded, w))[index]
+
+        return rest_of_step(loaded.model, linears, make_step, inputs)
 
     def _gemv_applies(self) -> bool:
         p = self.profile
@@ -85,7 +101,12 @@ class AnalyticEvaluator(Evaluator):
         leaves = [leaf for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features]
         shapes = {(leaf.weight_numel // leaf.out_features, leaf.out_features) for leaf in leaves}
         precisions = {c for v in self.space.variables if v.knob == "precision" for c in v.choices} | {"float32"}
-        return gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=rows)
+        # Layers in a pass are read cold (the other layers between two calls of one evict them; on a shared machine
+        # other tenants share the L3): entries rotate through copies totalling half this CPU's L3 (tiny-llama, 1
+        # thread: its 29 linears cost 3.1-4.2 ms in a pass, 0.7-1.5 ms hot in L2, 1.3-1.7 ms rotating 1 MiB, 2.3-2.8
+        # ms rotating 16 MiB; under load 3.3); 8 MiB where the profile lists no L3.
+        cold = int(self.profile.cpu.caches.get("l3", 0) or 2**24) // 2
+        return gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=rows, cold_bytes=cold)
 
     def settings(self) -> dict[str, Any]:
         main = self.models[self.workload.phase]
@@ -128,8 +149,13 @@ class AnalyticEvaluator(Evaluator):
         gemv_note = (f"; linears at decode priced by measured GEMV times ({len(self.gemv.entries)} entries, "
                      f"{self.gemv.noisy_share():.0%} noisy, load {self.gemv.load_average[:1]})"
                      if self.gemv is not None else "")
+        rest = self.rest.get(self.workload.phase)
+        if rest is not None:
+            gemv_note += (f"; the rest of the step (linears nulled) measured {rest['median_s'] * 1e3:.3f} ms "
+                          f"(IQR/median {rest['dispersion']:.0%}{', NOISY' if rest['noisy'] else ''}) replaces "
+                          "the launch term")
         method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
-                  f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
+                  f" profile) + {m.launched_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
                   + gemv_note + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + self._quality_note(quality, qextra))
