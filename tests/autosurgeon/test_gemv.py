@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
+from test_evaluate import host_profile, tiny_lm, with_all
 
 from autosurgeon.analysis.model_analysis import analyze
 from autosurgeon.cost.analytic import AnalyticCostModel
 from autosurgeon.cost.gemv import GemvTable, entry_key, gemv_table, kernels_for, measure_entries, table_path
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate import AnalyticEvaluator
-
-from test_evaluate import host_profile, tiny_lm, with_all
 
 
 def test_measure_entries_reports_median_and_dispersion():

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_evaluate import tiny_lm
 from torch import nn
 
 from autosurgeon.cost.profiled import base_inputs, make_steps, no_grad_forward
 from autosurgeon.cost.step_rest import measure_rest, null_linears, rest_of_step
 from autosurgeon.cost.workload import Workload
 from autosurgeon.errors import InvalidArgumentError
-
-from test_evaluate import tiny_lm
 
 
 def test_null_linears_keeps_shapes_and_leaves_the_model_alone():
