@@ -67,7 +67,7 @@ class AnalyticCostModel:
     def __init__(self, space: SearchSpace, analysis: Any, profile: HardwareProfile, *, n_ops: int,
                  launch_overhead_s: float | None = None, fetch_overhead_s: float | None = None,
                  lookahead: int = 2, disk_cache: str = "auto", gemv: Any = None, batch: int = 1,
-                 rest_s: float | None = None) -> None:
+                 rest_s: float | None = None, stream: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if n_ops < 0:
             raise InvalidArgumentError(f"`n_ops` must be >= 0, got {n_ops}.")
         if rest_s is not None and (gemv is None or not rest_s >= 0):
@@ -94,6 +94,10 @@ class AnalyticCostModel:
         # A table-priced linear's seconds include the ops its call dispatches: those leave the launch term.
         self.launched_ops = n_ops - (self._table_linear_ops() if gemv is not None else 0)
         self.rest_s = rest_s
+        # Measured exposed streaming cost per placement (``Profiler.stream_costs``: per fetch + per byte, overlap
+        # as the runtime achieves it included): replaces the link roofline and the assumed fetch cost there.
+        self.stream = {k: {"fetch_s": float(v["fetch_s"]), "s_per_byte": float(v["s_per_byte"])}
+                       for k, v in (stream or {}).items()}
 
     def _table_linear_ops(self) -> int:
         """Aten ops the unmodified model's linears dispatch, per the table (linears it lacks: 0)."""
@@ -177,7 +181,14 @@ class AnalyticCostModel:
             busy += c_b
             compute_total += c_b
             x_b = f_b = 0.0
-            if block.streamed:
+            measured = self.stream.get(block.placement) if block.streamed else None
+            if measured is not None:
+                nbytes, fetches = block_stream(block)
+                x_b, f_b = nbytes * measured["s_per_byte"], fetches * measured["fetch_s"]
+                notes.add(f"{block.placement} measured {measured['fetch_s'] * 1e6:.0f} us/fetch + "
+                          f"{measured['s_per_byte'] * 1e9:.3f} ns/byte exposed")
+                streamed_bytes += nbytes
+            elif block.streamed:
                 nbytes, fetches = block_stream(block)
                 per_byte, note = transfer_seconds_per_byte(self.profile, self._unit(block.exec_kind), block.home,
                                                            warm_disk=warm)
@@ -189,7 +200,8 @@ class AnalyticCostModel:
                 streamed_bytes += nbytes
             transfer_total += x_b
             fetch_total += f_b
-            steps.append((c_b, x_b, f_b, block.streamed))
+            # A measured exposed cost adds to the compute (the overlap is in the measurement).
+            steps.append((c_b + x_b + f_b, 0.0, 0.0, False) if measured is not None else (c_b, x_b, f_b, block.streamed))
             rows.append({"name": block.name, "placement": block.placement, "compute_s": c_b, "transfer_s": x_b,
                          "fetch_s": f_b})
         overhead = self.launched_ops * self.launch_overhead_s if self.rest_s is None else self.rest_s
@@ -208,6 +220,8 @@ class AnalyticCostModel:
                                "disk_cache": self.disk_cache}
         if self.rest_s is not None:
             out["rest_s"] = self.rest_s
+        if self.stream:
+            out["stream"] = self.stream
         if self.gemv is not None:  # measured rates change results: the table's identity keys the cache
             out["gemv"] = [self.gemv.device, self.gemv.threads, self.gemv.measured_at, self.batch]
         mode = mode_key(self.profile)

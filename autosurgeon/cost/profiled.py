@@ -440,6 +440,15 @@ class Profiler:
         self.table.seconds += time.perf_counter() - started
         self._dirty = True
 
+    def stream_costs(self) -> dict[str, dict[str, Any]]:
+        """Exposed streaming cost per fetch and per byte of every streamed placement of the space (measured once,
+        kept in the table; ``save`` writes it): the analytic evaluator's streaming rates on a measured CPU."""
+        for placement in self._streamed_placements():
+            if placement not in self.table.stream:
+                self.table.stream[placement] = self._measure_stream(placement)
+                self._dirty = True
+        return {k: dict(v) for k, v in self.table.stream.items()}
+
     def _streamed_placements(self) -> list[str]:
         found = []
         for v in self.space.variables:

@@ -10,7 +10,7 @@ from autosurgeon.analysis.model_analysis import analyze
 from autosurgeon.cost.analytic import AnalyticCostModel
 from autosurgeon.cost.base import count_ops, energy_j
 from autosurgeon.cost.gemv import gemv_table
-from autosurgeon.cost.profiled import base_inputs, make_steps, no_grad_forward
+from autosurgeon.cost.profiled import Profiler, TimingSettings, base_inputs, make_steps, no_grad_forward
 from autosurgeon.cost.step_rest import rest_of_step
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
@@ -20,6 +20,10 @@ from autosurgeon.plan import Plan
 if TYPE_CHECKING:  # annotations only
     from autosurgeon.hardware.profile import HardwareProfile
     from autosurgeon.zoo import LoadedModel
+
+
+# The streaming probe's timing on a measured CPU: the process CPU clock, as the GEMV table and the rest of the step.
+STREAM_TIMING = TimingSettings(clock="cpu", step_warmup=2, step_repeats=10)
 
 
 # ---------------------------------------------------------------------------------------------- analytic
@@ -53,6 +57,7 @@ class AnalyticEvaluator(Evaluator):
             raise InvalidArgumentError(f"`gemv` must be 'auto', a GemvTable or None, got {gemv!r}.")
         self.gemv = None
         self.rest: dict[str, dict[str, Any]] = {}  # phase -> cost.step_rest.measure_rest's record
+        self.stream: dict[str, dict[str, Any]] = {}  # streamed placement -> measured exposed cost
         self.models: dict[str, AnalyticCostModel] = {}
         for phase, make in phases:
             inputs = make()
@@ -68,16 +73,19 @@ class AnalyticEvaluator(Evaluator):
                 table = None  # a table passed in is for decode rows
             if phase == w.phase:
                 self.gemv = table
-            rest = None
+            rest = stream = None
             if gemv == "auto" and table is not None:  # a measured CPU: the step's non-GEMV part, measured
                 rest = self._rest(phase, inputs)
                 self.rest[phase] = rest
+                if phase == w.phase:
+                    stream = self.stream = self._stream_costs()
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
                                                    disk_cache=disk_cache, gemv=table,
                                                    batch=rows if table is not None and rows else w.batch,
-                                                   rest_s=None if rest is None else rest["median_s"])
+                                                   rest_s=None if rest is None else rest["median_s"],
+                                                   stream=stream)
         self.lookahead = lookahead
 
     def _rest(self, phase: str, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +98,16 @@ class AnalyticEvaluator(Evaluator):
             return make_steps(no_grad_forward(module), module, w, base_inputs(loaded, w))[index]
 
         return rest_of_step(loaded.model, linears, make_step, inputs)
+
+    def _stream_costs(self) -> dict[str, dict[str, Any]]:
+        """Streamed placements' exposed cost per fetch and per byte, measured on the runtime at this model's
+        block sizes (``Profiler.stream_costs``; CPU clock, cached with a profiled table of its own settings)."""
+        if not any(v.knob == "placement" and any("<-" in c for c in v.choices) for v in self.space.variables):
+            return {}
+        profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=STREAM_TIMING)
+        costs = profiler.stream_costs()
+        profiler.save()
+        return costs
 
     def _gemv_applies(self) -> bool:
         p = self.profile
