@@ -440,6 +440,15 @@ class Profiler:
         self.table.seconds += time.perf_counter() - started
         self._dirty = True
 
+    def resident_step(self) -> dict[str, Any]:
+        """This model's step (and prefill) all resident on the default unit, run on the runtime: median seconds,
+        IQR/median (re-measured once when noisy, then labelled), prefill median (None for classifiers)."""
+        key = f"resident|{self.workload.phase}"
+        step, pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=_exec_device(
+            self.profile.default_unit()))), spread_key=key)
+        return {"median_s": step, "prefill_s": pre, "dispersion": self.table.spread.get(key, 0.0),
+                "noisy": key in self.table.noisy}
+
     def stream_costs(self) -> dict[str, dict[str, Any]]:
         """Exposed streaming cost per fetch and per byte of every streamed placement of the space (measured once,
         kept in the table; ``save`` writes it): the analytic evaluator's streaming rates on a measured CPU."""

@@ -1,31 +1,37 @@
 """The rest of a step: what a model's step costs on this CPU besides its linears (the analytic model's fixed cost).
 
-Instrumented on tiny-llama (a zoo model; 1 thread, decode at 32 positions): the step with every linear replaced
-by a no-op costs ~16 us per remaining aten op, against 4-8 us for a bare op (``x + 1``) or a synthetic eager
-block — Hugging Face's forward runs ~600 Python calls per decode step (masks, rotary, cache bookkeeping, output
-records) that no op count sees, and that no micro-benchmark of ops can price across architectures. So on a
-measured CPU with the real weights at hand, the analytic model takes that part as measured: one step of the
-UNMODIFIED model at the workload's shapes with its linears nulled (``_Null``: the output shape, no op), warm,
-median of rounds on the process CPU clock with IQR/median, re-measured once when noisy and then labelled so.
-The plan's linears are priced by the GEMV table (``cost.gemv``), whose entries carry their own ops; the plan's
-other leaves (norms, attention) do not change with the plan. No runtime run and no calibration against one.
+Instrumented on zoo models (1 thread, decode at 32 positions, a loaded machine): tiny-llama's step with every
+linear replaced by a no-op cost ~16 us per remaining aten op, against 4-8 us for a bare op (``x + 1``) or a
+synthetic eager block — Hugging Face's forward runs ~600 Python calls per decode step (masks, rotary, cache
+bookkeeping, output records) that no op count sees, and that no micro-benchmark of ops prices across
+architectures; and tiny-moe's step on the runtime cost ~3 ms more than the same model's raw forward (the runtime's
+own per-step work around the experts and blocks). So on a measured CPU with the real weights at hand, the analytic
+model takes that part as measured: one step of the UNMODIFIED model at the workload's shapes with its linears
+nulled (``_Null``: the output shape, no op), run on the runtime all resident (``Profiler.resident_step``: warm,
+median, IQR/median, re-measured once when noisy and then labelled so), CPU clock. The plan's linears are priced by
+the GEMV table (``cost.gemv``), whose entries carry their own ops; the plan's other leaves (norms, attention,
+experts) do not change with the plan. No plan is run and nothing is fitted to the runtime's results.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
-import statistics
-import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from autosurgeon.cost.base import count_ops
-from autosurgeon.cost.dispersion import NOISY
+from autosurgeon.cost.profiled import Profiler, TimingSettings, base_inputs
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.transforms.modules import is_conv1d
+
+if TYPE_CHECKING:  # annotations only
+    from autosurgeon.cost.workload import Workload
+    from autosurgeon.hardware.profile import HardwareProfile
+    from autosurgeon.space.search_space import SearchSpace
+    from autosurgeon.zoo import LoadedModel
 
 
 class _Null(nn.Module):
@@ -61,44 +67,18 @@ def null_linears(model: nn.Module, names: set[str]) -> nn.Module:
     return out
 
 
-def _median_iqr(values: list[float]) -> tuple[float, float]:
-    q = statistics.quantiles(values, n=4)
-    median = statistics.median(values)
-    return median, ((q[2] - q[0]) / median if median > 0 else 0.0)
+def rest_on_runtime(loaded: LoadedModel, space: SearchSpace, profile: HardwareProfile, workload: Workload,
+                    linears: set[str], *, timing: TimingSettings) -> dict[str, Any]:
+    """The step (and prefill) of ``loaded``'s model with ``linears`` nulled, on the runtime all resident on the
+    profile's default unit: ``median_s``, ``prefill_s``, ``dispersion``, ``noisy``, ``ops`` (the step's aten ops),
+    ``load_average``."""
+    nulled = null_linears(loaded.model, linears).eval()
+    stripped = dataclasses.replace(loaded, model=nulled)
+    profiler = Profiler(stripped, space, profile, workload, timing=timing, use_cache=False)
+    record = profiler.resident_step()
+    step_inputs = loaded.example_inputs(workload.batch, workload.context, phase="decode", seed=workload.seed) \
+        if workload.task == "causal-lm" else base_inputs(loaded, workload)
+    return {**record, "ops": count_ops(nulled, step_inputs), "load_average": list(os.getloadavg())}
 
 
-@torch.no_grad()
-def measure_rest(step: Callable[[], Any], *, ops: int, rounds: int = 9, calls: int = 3) -> dict[str, Any]:
-    """Seconds of ``step`` (a model step with its linears nulled): median over rounds of ``calls`` steps on the
-    process CPU clock, with IQR/median; re-measured once above ``NOISY``, then labelled ``noisy``."""
-    if rounds < 3:
-        raise InvalidArgumentError(f"`rounds` must be >= 3 (an IQR needs them), got {rounds}.")
-    for _ in range(3):
-        step()
-    best: tuple[float, float] | None = None
-    for _ in range(2):
-        values = []
-        for _ in range(rounds):
-            t0 = time.process_time()
-            for _ in range(calls):
-                step()
-            values.append((time.process_time() - t0) / calls)
-        found = _median_iqr(values)
-        if best is None or found[1] < best[1]:
-            best = found
-        if best[1] <= NOISY:
-            break
-    median, dispersion = best
-    return {"median_s": median, "dispersion": dispersion, "noisy": dispersion > NOISY, "rounds": rounds,
-            "calls": calls, "ops": ops, "load_average": list(os.getloadavg())}
-
-
-def rest_of_step(model: nn.Module, linears: set[str], make_step: Callable[[nn.Module], Callable[[], Any]],
-                 inputs: dict[str, Any]) -> dict[str, Any]:
-    """Measure the step of ``model`` without the ``linears`` (``make_step(module)`` builds the phase's step;
-    ``inputs`` are that step's inputs, for the op count)."""
-    nulled = null_linears(model, linears).eval()
-    return measure_rest(make_step(nulled), ops=count_ops(nulled, inputs))
-
-
-__all__ = ["measure_rest", "null_linears", "rest_of_step"]
+__all__ = ["null_linears", "rest_on_runtime"]

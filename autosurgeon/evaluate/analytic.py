@@ -10,8 +10,8 @@ from autosurgeon.analysis.model_analysis import analyze
 from autosurgeon.cost.analytic import AnalyticCostModel
 from autosurgeon.cost.base import count_ops, energy_j
 from autosurgeon.cost.gemv import gemv_table
-from autosurgeon.cost.profiled import Profiler, TimingSettings, base_inputs, make_steps, no_grad_forward
-from autosurgeon.cost.step_rest import rest_of_step
+from autosurgeon.cost.profiled import Profiler, TimingSettings, base_inputs
+from autosurgeon.cost.step_rest import rest_on_runtime
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.metrics import Metrics
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # annotations only
     from autosurgeon.zoo import LoadedModel
 
 
-# The streaming probe's timing on a measured CPU: the process CPU clock, as the GEMV table and the rest of the step.
+# The runtime probes' timing on a measured CPU (the step's rest, streaming): the process CPU clock, as the GEMV table.
 STREAM_TIMING = TimingSettings(clock="cpu", step_warmup=2, step_repeats=10)
 
 
@@ -56,8 +56,9 @@ class AnalyticEvaluator(Evaluator):
         if isinstance(gemv, str) and gemv != "auto":
             raise InvalidArgumentError(f"`gemv` must be 'auto', a GemvTable or None, got {gemv!r}.")
         self.gemv = None
-        self.rest: dict[str, dict[str, Any]] = {}  # phase -> cost.step_rest.measure_rest's record
+        self.rest: dict[str, dict[str, Any]] = {}  # phase -> cost.step_rest.rest_on_runtime's record
         self.stream: dict[str, dict[str, Any]] = {}  # streamed placement -> measured exposed cost
+        self._rest_record: dict[str, Any] = {}
         self.models: dict[str, AnalyticCostModel] = {}
         for phase, make in phases:
             inputs = make()
@@ -75,7 +76,7 @@ class AnalyticEvaluator(Evaluator):
                 self.gemv = table
             rest = stream = None
             if gemv == "auto" and table is not None:  # a measured CPU: the step's non-GEMV part, measured
-                rest = self._rest(phase, inputs)
+                rest = self._rest(phase)
                 self.rest[phase] = rest
                 if phase == w.phase:
                     stream = self.stream = self._stream_costs()
@@ -88,16 +89,18 @@ class AnalyticEvaluator(Evaluator):
                                                    stream=stream)
         self.lookahead = lookahead
 
-    def _rest(self, phase: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The phase's step with the linears nulled, measured (``cost.step_rest``)."""
-        w, loaded = self.workload, self.loaded
-        linears = {leaf.name for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features}
-        index = 1 if phase == "prefill" else 0
-
-        def make_step(module: torch.nn.Module) -> Any:
-            return make_steps(no_grad_forward(module), module, w, base_inputs(loaded, w))[index]
-
-        return rest_of_step(loaded.model, linears, make_step, inputs)
+    def _rest(self, phase: str) -> dict[str, Any]:
+        """The phase's step with the linears nulled, on the runtime (``cost.step_rest``; measured once for both
+        phases: the prefill is timed with the step)."""
+        if not self._rest_record:
+            linears = {leaf.name for leaf in self.space.leaves.values()
+                       if leaf.kind == "linear" and leaf.out_features}
+            self._rest_record = rest_on_runtime(self.loaded, self.space, self.profile, self.workload, linears,
+                                                timing=STREAM_TIMING)
+        r = self._rest_record
+        if phase == "prefill":
+            return {**r, "median_s": r["prefill_s"]}
+        return r
 
     def _stream_costs(self) -> dict[str, dict[str, Any]]:
         """Streamed placements' exposed cost per fetch and per byte, measured on the runtime at this model's

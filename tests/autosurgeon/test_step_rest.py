@@ -1,15 +1,16 @@
-"""The rest of a step (linears nulled), measured for the analytic model on a measured CPU."""
+"""The rest of a step (linears nulled), measured on the runtime for the analytic model on a measured CPU."""
 from __future__ import annotations
 
 import pytest
 import torch
-from test_evaluate import tiny_lm
+from test_evaluate import host_profile, tiny_lm
 from torch import nn
 
-from autosurgeon.cost.profiled import base_inputs, make_steps, no_grad_forward
-from autosurgeon.cost.step_rest import measure_rest, null_linears, rest_of_step
+from autosurgeon.cost.profiled import TimingSettings
+from autosurgeon.cost.step_rest import null_linears, rest_on_runtime
 from autosurgeon.cost.workload import Workload
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.space.search_space import SearchSpace
 
 
 def test_null_linears_keeps_shapes_and_leaves_the_model_alone():
@@ -25,18 +26,14 @@ def test_null_linears_keeps_shapes_and_leaves_the_model_alone():
         null_linears(loaded.model, {"model.norm"})
 
 
-def test_rest_of_step_is_measured_with_spread_and_counts_fewer_ops():
-    loaded = tiny_lm()
+def test_rest_is_measured_on_the_runtime_with_spread_and_counts_fewer_ops():
+    loaded, profile = tiny_lm(), host_profile()
+    space = SearchSpace.build(loaded, profile)
     w = Workload(task="causal-lm", batch=1, context=8)
-    inputs = loaded.example_inputs(1, 8, phase="decode", seed=0)
+    timing = TimingSettings(clock="cpu", step_warmup=1, step_repeats=3)
     names = {n for n, m in loaded.model.named_modules() if isinstance(m, nn.Linear)}
-
-    def make_step(module):
-        return make_steps(no_grad_forward(module), module, w, base_inputs(loaded, w))[0]
-
-    rest = rest_of_step(loaded.model, names, make_step, inputs)
-    assert rest["median_s"] > 0 and rest["dispersion"] >= 0 and isinstance(rest["noisy"], bool)
-    full = rest_of_step(loaded.model, set(), make_step, inputs)
+    rest = rest_on_runtime(loaded, space, profile, w, names, timing=timing)
+    assert rest["median_s"] > 0 and rest["prefill_s"] > 0 and rest["dispersion"] >= 0
+    assert isinstance(rest["noisy"], bool) and len(rest["load_average"]) == 3
+    full = rest_on_runtime(loaded, space, profile, w, set(), timing=timing)
     assert rest["ops"] < full["ops"]
-    with pytest.raises(InvalidArgumentError, match="`rounds` must be >= 3"):
-        measure_rest(lambda: None, ops=1, rounds=2)
