@@ -16,7 +16,11 @@ traffic minus the weight read (activations in/out and KV cache reads). Elementwi
 On a measured CPU (``gemv=`` a ``cost.gemv.GemvTable`` at the phase's token rows): a linear leaf's seconds are
 instead the MEASURED time of its format and kernel at its own ``rows x in -> out`` shape (small decode GEMVs are bound by kernel
 and dispatch work, not bytes: a roofline ranked int4 fastest where it is slowest), and the launch term uses the
-table's measured per-op cost unless one is passed.
+table's measured per-op cost unless one is passed, over the step's ops less those the table's linears dispatch.
+With ``rest_s`` (``cost.step_rest``: the unmodified step with its linears nulled, measured on the runtime) that
+measured rest replaces the launch term and every non-linear leaf on the CPU (it holds them: no plan changes them);
+with ``stream`` (``Profiler.stream_costs``) a streamed block adds its measured exposed cost, ``fetches x fetch_s +
+bytes x s_per_byte``, to its compute instead of the link roofline and the assumed per-fetch cost.
 
 A block's ``C_b`` is the sum of its leaves (in a streamed block, plus a repack of every weight whose kernel
 keeps a packed copy — ``footprint.packed_copy_bytes``, read and written once at memory bandwidth — since
