@@ -54,6 +54,13 @@ if TYPE_CHECKING:  # annotations only
     from autosurgeon.space.search_space import SearchSpace
 
 
+def leaf_rows(leaf: Any, info: Any, batch: int) -> int:
+    """Rows one call of a linear leaf multiplies: its FLOPs over 2 x its weights (``batch`` where unknown)."""
+    if info.flops and leaf.weight_numel:
+        return max(1, round(info.flops / (2 * leaf.weight_numel)))
+    return batch
+
+
 class AnalyticCostModel:
     """Latency of a plan on a profile, on paper (module docstring: formulas).
 
@@ -88,6 +95,9 @@ class AnalyticCostModel:
         self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
         default_kind = profile.default_unit().kind
         self.gemv, self.batch = gemv, batch
+        # Token rows each linear multiplies in this step (its FLOPs / 2 x weights: batch x 1 at decode, the tokens or
+        # patches of a forward otherwise), the GEMV table's row count for it.
+        self.rows = {n: leaf_rows(leaf, self.info[n], batch) for n, leaf in space.leaves.items() if leaf.kind == "linear"}
         if launch_overhead_s is None and gemv is not None and gemv.launch_s > 0:
             launch_overhead_s = gemv.launch_s
         self.launch_overhead_s = (DEFAULT_LAUNCH_OVERHEAD_S.get(default_kind, 0.0)
@@ -111,7 +121,7 @@ class AnalyticCostModel:
                 continue  # a linear the pass did not call (no FLOPs in the analysis) is not in ``n_ops`` either
             try:
                 ops = self.gemv.ops(leaf.dtype or "float32", "auto", leaf.weight_numel // leaf.out_features,
-                                    leaf.out_features, self.batch)
+                                    leaf.out_features, self.rows[leaf.name])
             except KeyError:
                 ops = None
             total += ops or 0
@@ -129,21 +139,36 @@ class AnalyticCostModel:
         hit = self._leaf_cache.get(key)
         if hit is not None:
             return hit
-        leaf, info, unit = choice.leaf, self.info[choice.leaf.name], self._unit(exec_kind)
+        leaf = choice.leaf
+        self._unit(exec_kind)  # a placement the profile lacks fails here, naming it
         if self.rest_s is not None and exec_kind == "cpu" and leaf.kind != "linear":
-            out = (0.0, 0.0)  # measured in the rest of the step (cost.step_rest), whatever the plan
+            # In the measured rest of the step (cost.step_rest) at the model's own dtype: a plan that changes the
+            # leaf's precision (a conv, an embedding) adds only the roofline's difference.
+            out = (0.0, 0.0)
+            if choice.chosen and choice.precision != (leaf.dtype or "float32"):
+                mine = self._roofline(choice, exec_kind)
+                own = self._roofline(LeafChoice(leaf, leaf.dtype or "float32", choice.group_size, "auto", False),
+                                     exec_kind)
+                out = (mine[0] - own[0], mine[1] - own[1])
             self._leaf_cache[key] = out
             return out
         if self.gemv is not None and exec_kind == "cpu" and leaf.kind == "linear" and leaf.out_features:
             precision = choice.precision if choice.chosen else (leaf.dtype or "float32")
             try:
                 seconds = self.gemv.seconds(precision, choice.kernel if choice.chosen else "auto",
-                                            leaf.weight_numel // leaf.out_features, leaf.out_features, self.batch)
+                                            leaf.weight_numel // leaf.out_features, leaf.out_features,
+                                            self.rows[leaf.name])
             except KeyError:
                 seconds = None  # a shape or format the table lacks: the roofline below
             if seconds is not None:
                 self._leaf_cache[key] = (seconds, seconds)
                 return seconds, seconds
+        out = self._roofline(choice, exec_kind)
+        self._leaf_cache[key] = out
+        return out
+
+    def _roofline(self, choice: LeafChoice, exec_kind: str) -> tuple[float, float]:
+        leaf, info, unit = choice.leaf, self.info[choice.leaf.name], self._unit(exec_kind)
         if choice.chosen and leaf.weight_numel and leaf.kind != "embedding":
             wbytes = weight_bytes(leaf.weight_numel, leaf.out_features, choice.precision, choice.group_size,
                                   bias=leaf.bias) + sum(leaf.other_sizes)
@@ -156,9 +181,7 @@ class AnalyticCostModel:
         peak = unit.peak_flops(dtype) or unit.peak_flops("float16")
         compute = info.flops / peak if info.flops and peak > 0 else 0.0
         memory = (wbytes + activation) / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
-        out = (max(compute, memory), compute)
-        self._leaf_cache[key] = out
-        return out
+        return max(compute, memory), compute
 
     def _repack_seconds(self, block: Any) -> float:
         unit = self._unit(block.exec_kind)
@@ -234,4 +257,4 @@ class AnalyticCostModel:
         return out
 
 
-__all__ = ["AnalyticCostModel"]
+__all__ = ["AnalyticCostModel", "leaf_rows"]

@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from autosurgeon.analysis.model_analysis import analyze
-from autosurgeon.cost.analytic import AnalyticCostModel
+from autosurgeon.cost.analytic import AnalyticCostModel, leaf_rows
 from autosurgeon.cost.base import count_ops, energy_j
 from autosurgeon.cost.gemv import gemv_table
 from autosurgeon.cost.profiled import Profiler, TimingSettings, base_inputs
@@ -64,12 +63,14 @@ class AnalyticEvaluator(Evaluator):
             inputs = make()
             n_ops = count_ops(model, inputs)
             analysis = analyze(model, make(), phase="decode" if phase == "decode" else "prefill")
-            # Token rows each linear multiplies in this phase: batch x 1 at decode, batch x prompt otherwise.
-            ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
-            rows = int(ids.numel()) if isinstance(ids, torch.Tensor) else None
+            # Token rows each linear multiplies in this phase (batch x 1 at decode, batch x prompt or the patches
+            # of an image otherwise), from the analysis: the GEMV table's rows for it.
+            info = {u.name: u for u in analysis.leaves}
+            rows = {leaf_rows(leaf, info[leaf.name], w.batch) for leaf in self.space.leaves.values()
+                    if leaf.kind == "linear" and leaf.out_features and info[leaf.name].flops}
             table = gemv
             if gemv == "auto":
-                table = self._gemv_table(rows) if rows is not None and self._gemv_applies() else None
+                table = self._gemv_table(rows) if rows and self._gemv_applies() else None
             elif gemv is not None and phase != "decode":
                 table = None  # a table passed in is for decode rows
             if phase == w.phase:
@@ -84,7 +85,7 @@ class AnalyticEvaluator(Evaluator):
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
                                                    disk_cache=disk_cache, gemv=table,
-                                                   batch=rows if table is not None and rows else w.batch,
+                                                   batch=w.batch,
                                                    rest_s=None if rest is None else rest["median_s"],
                                                    stream=stream)
         self.lookahead = lookahead
@@ -117,7 +118,7 @@ class AnalyticEvaluator(Evaluator):
         on_meta = any(t.is_meta for t in self.loaded.model.parameters())
         return bool(p.measured) and not p.gpus and p.default_unit().kind == "cpu" and not on_meta
 
-    def _gemv_table(self, rows: int) -> Any:
+    def _gemv_table(self, rows: set[int]) -> Any:
 
         leaves = [leaf for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features]
         shapes = {(leaf.weight_numel // leaf.out_features, leaf.out_features) for leaf in leaves}
@@ -127,7 +128,10 @@ class AnalyticEvaluator(Evaluator):
         # thread: its 29 linears cost 3.1-4.2 ms in a pass, 0.7-1.5 ms hot in L2, 1.3-1.7 ms rotating 1 MiB, 2.3-2.8
         # ms rotating 16 MiB; under load 3.3); 8 MiB where the profile lists no L3.
         cold = int(self.profile.cpu.caches.get("l3", 0) or 2**24) // 2
-        return gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=rows, cold_bytes=cold)
+        table = None
+        for r in sorted(rows):  # one table file; each call adds its rows' entries (merged on write)
+            table = gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=r, cold_bytes=cold)
+        return table
 
     def settings(self) -> dict[str, Any]:
         main = self.models[self.workload.phase]
