@@ -9,8 +9,9 @@ per-op dispatch cost of the rest of the step is measured apart (``measure_launch
 Measure what will run, found by instrumenting tiny-llama (a zoo model: per leaf, the v1 table against the same
 leaf inside a real pass, and uniform plans on the runtime in interleaved rounds):
 * an entry is the module the runtime calls: for kernel "auto" the ``QuantizedLinear`` with no kernel named, which
-  resolves the runtime's per-device default on every call — v1 took "auto" as the fastest named kernel, 2-3x
-  faster than what the runtime runs for int8 (the default's per-call resolution) and int4 (another kernel);
+  resolves the runtime's per-device default on every call — v1 took "auto" as the fastest named kernel (int8
+  256x256 at load ~2: cpu-avx2 named 41 us, the same kernel as the runtime runs it 122 us; the difference is the
+  default's per-call resolution in ``QuantizedLinear.forward``);
 * each call reads its weights as a pass does, from beyond L2: an entry rotates through copies of the layer
   totalling ``cold_bytes`` (at most ``MAX_COPIES``; a layer alone in a loop reads hot from L2 — up to 3x faster
   for float32 there);

@@ -1,6 +1,6 @@
 """The rest of a step: what a model's step costs on this CPU besides its linears (the analytic model's fixed cost).
 
-Instrumented on zoo models (1 thread, decode at 32 positions, a loaded machine): tiny-llama's step with every
+Instrumented on zoo models (1 thread, decode at 32 positions, process CPU clock, machine load 3-8): tiny-llama's step with every
 linear replaced by a no-op cost ~16 us per remaining aten op, against 4-8 us for a bare op (``x + 1``) or a
 synthetic eager block — Hugging Face's forward runs ~600 Python calls per decode step (masks, rotary, cache
 bookkeeping, output records) that no op count sees, and that no micro-benchmark of ops prices across
