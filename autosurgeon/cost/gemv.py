@@ -58,7 +58,10 @@ logger = get_logger(__name__)
 NOISY = 0.15  # IQR/median above which an entry is re-measured, then labelled noisy
 STALE = 0.5  # spot check off by more than this fraction: the table is re-measured
 VERSION = 2  # v2: "auto" entries as the runtime runs them, cold-cache rotation, op counts, op-mix launch
-MAX_COPIES = 64  # cap on the layer copies an entry rotates through
+# Cap on the layer copies an entry rotates through: bounds a table's first measurement (every copy is called each
+# round); 16 copies of a layer of >= 64 KiB already exceed a 1 MiB L2 (tiny-llama's 29 linears: rotating 4 MiB
+# and 16 MiB priced them alike within that run's noise, 1.9-2.6 vs 2.3-2.8 ms).
+MAX_COPIES = 16
 GROUP = 8  # entries measured (and held in memory) together, interleaved
 FLOATS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

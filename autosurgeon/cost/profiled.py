@@ -440,6 +440,10 @@ class Profiler:
         self.table.seconds += time.perf_counter() - started
         self._dirty = True
 
+    def mark_changed(self) -> None:
+        """The table was changed by its holder (an entry in ``table.settings``): ``save`` writes it."""
+        self._dirty = True
+
     def resident_step(self) -> dict[str, Any]:
         """This model's step (and prefill) all resident on the default unit, run on the runtime: median seconds,
         IQR/median (re-measured once when noisy, then labelled), prefill median (None for classifiers)."""

@@ -10,6 +10,7 @@ from autosurgeon.cost.analytic import AnalyticCostModel, leaf_rows
 from autosurgeon.cost.base import count_ops, energy_j
 from autosurgeon.cost.gemv import gemv_table
 from autosurgeon.cost.profiled import Profiler, TimingSettings, base_inputs
+from autosurgeon.cost.profiled_trust import tables_as_is
 from autosurgeon.cost.step_rest import rest_on_runtime
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
@@ -58,6 +59,7 @@ class AnalyticEvaluator(Evaluator):
         self.rest: dict[str, dict[str, Any]] = {}  # phase -> cost.step_rest.rest_on_runtime's record
         self.stream: dict[str, dict[str, Any]] = {}  # streamed placement -> measured exposed cost
         self._rest_record: dict[str, Any] = {}
+        self._profiler: Profiler | None = None
         self.models: dict[str, AnalyticCostModel] = {}
         for phase, make in phases:
             inputs = make()
@@ -92,23 +94,38 @@ class AnalyticEvaluator(Evaluator):
 
     def _rest(self, phase: str) -> dict[str, Any]:
         """The phase's step with the linears nulled, on the runtime (``cost.step_rest``; measured once for both
-        phases: the prefill is timed with the step)."""
+        phases: the prefill is timed with the step). Measured now and kept with the streaming costs' table; inside
+        ``cached_tables_as_is()`` (a sweep's Dask workers) the kept record is used, so every worker prices alike."""
         if not self._rest_record:
-            linears = {leaf.name for leaf in self.space.leaves.values()
-                       if leaf.kind == "linear" and leaf.out_features}
-            self._rest_record = rest_on_runtime(self.loaded, self.space, self.profile, self.workload, linears,
-                                                timing=STREAM_TIMING)
+            profiler = self._probe_profiler()
+            kept = profiler.table.settings.get("analytic_rest")
+            if kept and tables_as_is():
+                self._rest_record = dict(kept)
+            else:
+                linears = {leaf.name for leaf in self.space.leaves.values()
+                           if leaf.kind == "linear" and leaf.out_features}
+                self._rest_record = rest_on_runtime(self.loaded, self.space, self.profile, self.workload, linears,
+                                                    timing=STREAM_TIMING)
+                profiler.table.settings["analytic_rest"] = self._rest_record
+                profiler.mark_changed()
+                profiler.save()
         r = self._rest_record
         if phase == "prefill":
             return {**r, "median_s": r["prefill_s"]}
         return r
+
+    def _probe_profiler(self) -> Profiler:
+        """The Profiler whose table keeps this evaluator's runtime probes (the step's rest, streaming)."""
+        if self._profiler is None:
+            self._profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=STREAM_TIMING)
+        return self._profiler
 
     def _stream_costs(self) -> dict[str, dict[str, Any]]:
         """Streamed placements' exposed cost per fetch and per byte, measured on the runtime at this model's
         block sizes (``Profiler.stream_costs``; CPU clock, cached with a profiled table of its own settings)."""
         if not any(v.knob == "placement" and any("<-" in c for c in v.choices) for v in self.space.variables):
             return {}
-        profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=STREAM_TIMING)
+        profiler = self._probe_profiler()
         costs = profiler.stream_costs()
         profiler.save()
         return costs

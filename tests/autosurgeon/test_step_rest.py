@@ -10,6 +10,7 @@ from torch import nn
 
 from autosurgeon.cost.base import resolve_blocks
 from autosurgeon.cost.profiled import TimingSettings
+from autosurgeon.cost.profiled_trust import cached_tables_as_is
 from autosurgeon.cost.step_rest import null_linears, rest_on_runtime
 from autosurgeon.cost.workload import Workload
 from autosurgeon.errors import InvalidArgumentError
@@ -75,3 +76,16 @@ def test_analytic_on_a_measured_cpu_prices_from_measured_parts(make):
     assert m.breakdown(x)["latency_s"] == pytest.approx(expected)
     assert all(m.rows[c.leaf.name] >= 1 for c in linears)
     assert "rest of the step (linears nulled) measured" in ev.evaluate(x).method
+
+
+def test_dask_workers_take_the_kept_rest_so_they_price_alike():
+    """Inside ``cached_tables_as_is()`` (a sweep's Dask workers) the rest measured by the coordinator is reused."""
+    loaded = tiny_lm()
+    profile = _measured(host_profile())
+    space = SearchSpace.build(loaded, profile, knobs=("precision",))
+    first = AnalyticEvaluator(loaded, profile, space=space)
+    with cached_tables_as_is():
+        worker = AnalyticEvaluator(loaded, profile, space=space)
+    assert worker.rest == first.rest
+    x = space.default_vector()
+    assert worker.evaluate(x).latency_s == first.evaluate(x).latency_s
