@@ -16,6 +16,7 @@ def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable,
             "AUTOSURGEON_CACHE": str(tmp_path / "cache"), **env}
     return subprocess.run(["bash", str(SCRIPT)], cwd=SCRIPT.parents[2], env=full, capture_output=True, text=True,
+                          check=False,
                           timeout=120)
 
 
