@@ -49,6 +49,7 @@ from torch import nn
 from autosurgeon._logging import get_logger
 from autosurgeon.cost.base import count_ops
 from autosurgeon.cost.profiled import variant
+from autosurgeon.cost.profiled_trust import tables_as_is
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
 from runtime.kernels import available_kernels
@@ -320,7 +321,8 @@ def gemv_table(device: str, shapes: Iterable[tuple[int, int]], precisions: Itera
                 logger.warning("GEMV table %s unreadable (%s): re-measuring", path, exc)
         if (table is not None and table.torch_version == torch.__version__ and table.entries
                 and table.cold_bytes == cold_bytes):
-            table = _spot_check(table, specs, batch)
+            # A sweep's Dask workers (``cached_tables_as_is``) take the coordinator's table as it is.
+            table = table if tables_as_is() else _spot_check(table, specs, batch)
         else:
             table = None
         if table is None:
