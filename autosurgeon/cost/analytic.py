@@ -16,7 +16,11 @@ traffic minus the weight read (activations in/out and KV cache reads). Elementwi
 On a measured CPU (``gemv=`` a ``cost.gemv.GemvTable`` at the phase's token rows): a linear leaf's seconds are
 instead the MEASURED time of its format and kernel at its own ``rows x in -> out`` shape (small decode GEMVs are bound by kernel
 and dispatch work, not bytes: a roofline ranked int4 fastest where it is slowest), and the launch term uses the
-table's measured per-op cost unless one is passed.
+table's measured per-op cost unless one is passed, over the step's ops less those the table's linears dispatch.
+With ``rest_s`` (``cost.step_rest``: the unmodified step with its linears nulled, measured on the runtime) that
+measured rest replaces the launch term and every non-linear leaf on the CPU (it holds them: no plan changes them);
+with ``stream`` (``Profiler.stream_costs``) a streamed block adds its measured exposed cost, ``fetches x fetch_s +
+bytes x s_per_byte``, to its compute instead of the link roofline and the assumed per-fetch cost.
 
 A block's ``C_b`` is the sum of its leaves (in a streamed block, plus a repack of every weight whose kernel
 keeps a packed copy — ``footprint.packed_copy_bytes``, read and written once at memory bandwidth — since
@@ -50,6 +54,13 @@ if TYPE_CHECKING:  # annotations only
     from autosurgeon.space.search_space import SearchSpace
 
 
+def leaf_rows(leaf: Any, info: Any, batch: int) -> int:
+    """Rows one call of a linear leaf multiplies: its FLOPs over 2 x its weights (``batch`` where unknown)."""
+    if info.flops and leaf.weight_numel:
+        return max(1, round(info.flops / (2 * leaf.weight_numel)))
+    return batch
+
+
 class AnalyticCostModel:
     """Latency of a plan on a profile, on paper (module docstring: formulas).
 
@@ -66,9 +77,13 @@ class AnalyticCostModel:
 
     def __init__(self, space: SearchSpace, analysis: Any, profile: HardwareProfile, *, n_ops: int,
                  launch_overhead_s: float | None = None, fetch_overhead_s: float | None = None,
-                 lookahead: int = 2, disk_cache: str = "auto", gemv: Any = None, batch: int = 1) -> None:
+                 lookahead: int = 2, disk_cache: str = "auto", gemv: Any = None, batch: int = 1,
+                 rest_s: float | None = None, stream: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if n_ops < 0:
             raise InvalidArgumentError(f"`n_ops` must be >= 0, got {n_ops}.")
+        if rest_s is not None and (gemv is None or not rest_s >= 0):
+            raise InvalidArgumentError(f"`rest_s` must be >= 0 seconds and comes with a `gemv` table; got {rest_s!r} "
+                                       f"with gemv={'a table' if gemv is not None else None}.")
         for name, value in (("launch_overhead_s", launch_overhead_s), ("fetch_overhead_s", fetch_overhead_s)):
             if value is not None and not value >= 0:
                 raise InvalidArgumentError(f"`{name}` must be >= 0 seconds or None, got {value!r}.")
@@ -80,6 +95,9 @@ class AnalyticCostModel:
         self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
         default_kind = profile.default_unit().kind
         self.gemv, self.batch = gemv, batch
+        # Token rows each linear multiplies in this step (its FLOPs / 2 x weights: batch x 1 at decode, the tokens or
+        # patches of a forward otherwise), the GEMV table's row count for it.
+        self.rows = {n: leaf_rows(leaf, self.info[n], batch) for n, leaf in space.leaves.items() if leaf.kind == "linear"}
         if launch_overhead_s is None and gemv is not None and gemv.launch_s > 0:
             launch_overhead_s = gemv.launch_s
         self.launch_overhead_s = (DEFAULT_LAUNCH_OVERHEAD_S.get(default_kind, 0.0)
@@ -87,6 +105,27 @@ class AnalyticCostModel:
         self.fetch_overhead_s = fetch_overhead_s
         self.lookahead, self.disk_cache = lookahead, disk_cache
         self._leaf_cache: dict[tuple[Any, ...], tuple[float, float]] = {}
+        # A table-priced linear's seconds include the ops its call dispatches: those leave the launch term.
+        self.launched_ops = n_ops - (self._table_linear_ops() if gemv is not None else 0)
+        self.rest_s = rest_s
+        # Measured exposed streaming cost per placement (``Profiler.stream_costs``: per fetch + per byte, overlap
+        # as the runtime achieves it included): replaces the link roofline and the assumed fetch cost there.
+        self.stream = {k: {"fetch_s": float(v["fetch_s"]), "s_per_byte": float(v["s_per_byte"])}
+                       for k, v in (stream or {}).items()}
+
+    def _table_linear_ops(self) -> int:
+        """Aten ops the unmodified model's linears dispatch, per the table (linears it lacks: 0)."""
+        total = 0
+        for leaf in self.space.leaves.values():
+            if leaf.kind != "linear" or not leaf.out_features or not self.info[leaf.name].flops:
+                continue  # a linear the pass did not call (no FLOPs in the analysis) is not in ``n_ops`` either
+            try:
+                ops = self.gemv.ops(leaf.dtype or "float32", "auto", leaf.weight_numel // leaf.out_features,
+                                    leaf.out_features, self.rows[leaf.name])
+            except KeyError:
+                ops = None
+            total += ops or 0
+        return min(total, self.n_ops)
 
     def _unit(self, kind: str) -> Any:
         unit = self.units.get(kind)
@@ -100,17 +139,36 @@ class AnalyticCostModel:
         hit = self._leaf_cache.get(key)
         if hit is not None:
             return hit
-        leaf, info, unit = choice.leaf, self.info[choice.leaf.name], self._unit(exec_kind)
+        leaf = choice.leaf
+        self._unit(exec_kind)  # a placement the profile lacks fails here, naming it
+        if self.rest_s is not None and exec_kind == "cpu" and leaf.kind != "linear":
+            # In the measured rest of the step (cost.step_rest) at the model's own dtype: a plan that changes the
+            # leaf's precision (a conv, an embedding) adds only the roofline's difference.
+            out = (0.0, 0.0)
+            if choice.chosen and choice.precision != (leaf.dtype or "float32"):
+                mine = self._roofline(choice, exec_kind)
+                own = self._roofline(LeafChoice(leaf, leaf.dtype or "float32", choice.group_size, "auto", False),
+                                     exec_kind)
+                out = (mine[0] - own[0], mine[1] - own[1])
+            self._leaf_cache[key] = out
+            return out
         if self.gemv is not None and exec_kind == "cpu" and leaf.kind == "linear" and leaf.out_features:
             precision = choice.precision if choice.chosen else (leaf.dtype or "float32")
             try:
                 seconds = self.gemv.seconds(precision, choice.kernel if choice.chosen else "auto",
-                                            leaf.weight_numel // leaf.out_features, leaf.out_features, self.batch)
+                                            leaf.weight_numel // leaf.out_features, leaf.out_features,
+                                            self.rows[leaf.name])
             except KeyError:
                 seconds = None  # a shape or format the table lacks: the roofline below
             if seconds is not None:
                 self._leaf_cache[key] = (seconds, seconds)
                 return seconds, seconds
+        out = self._roofline(choice, exec_kind)
+        self._leaf_cache[key] = out
+        return out
+
+    def _roofline(self, choice: LeafChoice, exec_kind: str) -> tuple[float, float]:
+        leaf, info, unit = choice.leaf, self.info[choice.leaf.name], self._unit(exec_kind)
         if choice.chosen and leaf.weight_numel and leaf.kind != "embedding":
             wbytes = weight_bytes(leaf.weight_numel, leaf.out_features, choice.precision, choice.group_size,
                                   bias=leaf.bias) + sum(leaf.other_sizes)
@@ -123,9 +181,7 @@ class AnalyticCostModel:
         peak = unit.peak_flops(dtype) or unit.peak_flops("float16")
         compute = info.flops / peak if info.flops and peak > 0 else 0.0
         memory = (wbytes + activation) / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
-        out = (max(compute, memory), compute)
-        self._leaf_cache[key] = out
-        return out
+        return max(compute, memory), compute
 
     def _repack_seconds(self, block: Any) -> float:
         unit = self._unit(block.exec_kind)
@@ -152,7 +208,14 @@ class AnalyticCostModel:
             busy += c_b
             compute_total += c_b
             x_b = f_b = 0.0
-            if block.streamed:
+            measured = self.stream.get(block.placement) if block.streamed else None
+            if measured is not None:
+                nbytes, fetches = block_stream(block)
+                x_b, f_b = nbytes * measured["s_per_byte"], fetches * measured["fetch_s"]
+                notes.add(f"{block.placement} measured {measured['fetch_s'] * 1e6:.0f} us/fetch + "
+                          f"{measured['s_per_byte'] * 1e9:.3f} ns/byte exposed")
+                streamed_bytes += nbytes
+            elif block.streamed:
                 nbytes, fetches = block_stream(block)
                 per_byte, note = transfer_seconds_per_byte(self.profile, self._unit(block.exec_kind), block.home,
                                                            warm_disk=warm)
@@ -164,10 +227,11 @@ class AnalyticCostModel:
                 streamed_bytes += nbytes
             transfer_total += x_b
             fetch_total += f_b
-            steps.append((c_b, x_b, f_b, block.streamed))
+            # A measured exposed cost adds to the compute (the overlap is in the measurement).
+            steps.append((c_b + x_b + f_b, 0.0, 0.0, False) if measured is not None else (c_b, x_b, f_b, block.streamed))
             rows.append({"name": block.name, "placement": block.placement, "compute_s": c_b, "transfer_s": x_b,
                          "fetch_s": f_b})
-        overhead = self.n_ops * self.launch_overhead_s
+        overhead = self.launched_ops * self.launch_overhead_s if self.rest_s is None else self.rest_s
         latency = overhead + pipeline_latency(steps, lookahead=self.lookahead)
         return {"latency_s": latency, "busy_s": busy, "compute_s": compute_total, "transfer_s": transfer_total,
                 "fetch_s": fetch_total, "overhead_s": overhead, "streamed_bytes": streamed_bytes, "warm_disk": warm,
@@ -181,6 +245,10 @@ class AnalyticCostModel:
         out: dict[str, Any] = {"n_ops": self.n_ops, "launch_overhead_s": self.launch_overhead_s,
                                "fetch_overhead_s": self.fetch_overhead_s, "lookahead": self.lookahead,
                                "disk_cache": self.disk_cache}
+        if self.rest_s is not None:
+            out["rest_s"] = self.rest_s
+        if self.stream:
+            out["stream"] = self.stream
         if self.gemv is not None:  # measured rates change results: the table's identity keys the cache
             out["gemv"] = [self.gemv.device, self.gemv.threads, self.gemv.measured_at, self.batch]
         mode = mode_key(self.profile)
@@ -189,4 +257,4 @@ class AnalyticCostModel:
         return out
 
 
-__all__ = ["AnalyticCostModel"]
+__all__ = ["AnalyticCostModel", "leaf_rows"]

@@ -440,6 +440,28 @@ class Profiler:
         self.table.seconds += time.perf_counter() - started
         self._dirty = True
 
+    def mark_changed(self) -> None:
+        """The table was changed by its holder (an entry in ``table.settings``): ``save`` writes it."""
+        self._dirty = True
+
+    def resident_step(self) -> dict[str, Any]:
+        """This model's step (and prefill) all resident on the default unit, run on the runtime: median seconds,
+        IQR/median (re-measured once when noisy, then labelled), prefill median (None for classifiers)."""
+        key = f"resident|{self.workload.phase}"
+        step, pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=_exec_device(
+            self.profile.default_unit()))), spread_key=key)
+        return {"median_s": step, "prefill_s": pre, "dispersion": self.table.spread.get(key, 0.0),
+                "noisy": key in self.table.noisy}
+
+    def stream_costs(self) -> dict[str, dict[str, Any]]:
+        """Exposed streaming cost per fetch and per byte of every streamed placement of the space (measured once,
+        kept in the table; ``save`` writes it): the analytic evaluator's streaming rates on a measured CPU."""
+        for placement in self._streamed_placements():
+            if placement not in self.table.stream:
+                self.table.stream[placement] = self._measure_stream(placement)
+                self._dirty = True
+        return {k: dict(v) for k, v in self.table.stream.items()}
+
     def _streamed_placements(self) -> list[str]:
         found = []
         for v in self.space.variables:

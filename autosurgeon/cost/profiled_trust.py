@@ -36,6 +36,11 @@ def cached_tables_as_is() -> Iterator[None]:
         _AS_IS.reset(token)
 
 
+def tables_as_is() -> bool:
+    """Whether the caller runs inside ``cached_tables_as_is()`` (cached measurements are used as they are)."""
+    return _AS_IS.get()
+
+
 def trust_table(profiler: Any, table: Any) -> bool:
     """Whether ``profiler`` may use the cached ``table`` (module docstring); records the check in ``table.checks``."""
     if _AS_IS.get():
@@ -69,4 +74,4 @@ def trust_table(profiler: Any, table: Any) -> bool:
     return True
 
 
-__all__ = ["trust_table"]
+__all__ = ["cached_tables_as_is", "tables_as_is", "trust_table"]

@@ -4,15 +4,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from autosurgeon.analysis.model_analysis import analyze
-from autosurgeon.cost.analytic import AnalyticCostModel
+from autosurgeon.cost.analytic import AnalyticCostModel, leaf_rows
 from autosurgeon.cost.base import count_ops, energy_j
 from autosurgeon.cost.gemv import gemv_table
-from autosurgeon.cost.profiled import (
-    base_inputs,
-)
+from autosurgeon.cost.profiled import Profiler, TimingSettings, base_inputs
+from autosurgeon.cost.profiled_trust import tables_as_is
+from autosurgeon.cost.step_rest import rest_on_runtime
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.metrics import Metrics
@@ -21,6 +20,10 @@ from autosurgeon.plan import Plan
 if TYPE_CHECKING:  # annotations only
     from autosurgeon.hardware.profile import HardwareProfile
     from autosurgeon.zoo import LoadedModel
+
+
+# The runtime probes' timing on a measured CPU (the step's rest, streaming): the process CPU clock, as the GEMV table.
+STREAM_TIMING = TimingSettings(clock="cpu", step_warmup=2, step_repeats=10)
 
 
 # ---------------------------------------------------------------------------------------------- analytic
@@ -53,39 +56,101 @@ class AnalyticEvaluator(Evaluator):
         if isinstance(gemv, str) and gemv != "auto":
             raise InvalidArgumentError(f"`gemv` must be 'auto', a GemvTable or None, got {gemv!r}.")
         self.gemv = None
+        self.rest: dict[str, dict[str, Any]] = {}  # phase -> cost.step_rest.rest_on_runtime's record
+        self.stream: dict[str, dict[str, Any]] = {}  # streamed placement -> measured exposed cost
+        self._rest_record: dict[str, Any] = {}
+        self._profiler: Profiler | None = None
         self.models: dict[str, AnalyticCostModel] = {}
         for phase, make in phases:
             inputs = make()
             n_ops = count_ops(model, inputs)
             analysis = analyze(model, make(), phase="decode" if phase == "decode" else "prefill")
-            # Token rows each linear multiplies in this phase: batch x 1 at decode, batch x prompt otherwise.
-            ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
-            rows = int(ids.numel()) if isinstance(ids, torch.Tensor) else None
+            # Token rows each linear multiplies in this phase (batch x 1 at decode, batch x prompt or the patches
+            # of an image otherwise), from the analysis: the GEMV table's rows for it.
+            info = {u.name: u for u in analysis.leaves}
+            rows = {leaf_rows(leaf, info[leaf.name], w.batch) for leaf in self.space.leaves.values()
+                    if leaf.kind == "linear" and leaf.out_features and info[leaf.name].flops}
             table = gemv
             if gemv == "auto":
-                table = self._gemv_table(rows) if rows is not None and self._gemv_applies() else None
+                table = self._gemv_table(rows) if rows and self._gemv_applies() else None
             elif gemv is not None and phase != "decode":
                 table = None  # a table passed in is for decode rows
             if phase == w.phase:
                 self.gemv = table
+            rest = stream = None
+            if gemv == "auto" and table is not None:  # a measured CPU: the step's non-GEMV part, measured
+                rest = self._rest(phase)
+                self.rest[phase] = rest
+                if phase == w.phase:
+                    stream = self.stream = self._stream_costs()
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
                                                    disk_cache=disk_cache, gemv=table,
-                                                   batch=rows if table is not None and rows else w.batch)
+                                                   batch=w.batch,
+                                                   rest_s=None if rest is None else rest["median_s"],
+                                                   stream=stream)
         self.lookahead = lookahead
+
+    def _rest(self, phase: str) -> dict[str, Any]:
+        """The phase's step with the linears nulled, on the runtime (``cost.step_rest``; measured once for both
+        phases: the prefill is timed with the step). Measured now and kept with the streaming costs' table; inside
+        ``cached_tables_as_is()`` (a sweep's Dask workers) the kept record is used, so every worker prices alike."""
+        if not self._rest_record:
+            profiler = self._probe_profiler()
+            kept = profiler.table.settings.get("analytic_rest")
+            if kept and tables_as_is():
+                self._rest_record = dict(kept)
+            else:
+                linears = {leaf.name for leaf in self.space.leaves.values()
+                           if leaf.kind == "linear" and leaf.out_features}
+                self._rest_record = rest_on_runtime(self.loaded, self.space, self.profile, self.workload, linears,
+                                                    timing=STREAM_TIMING)
+                profiler.table.settings["analytic_rest"] = self._rest_record
+                profiler.mark_changed()
+                profiler.save()
+        r = self._rest_record
+        if phase == "prefill":
+            return {**r, "median_s": r["prefill_s"]}
+        return r
+
+    def _probe_profiler(self) -> Profiler:
+        """The Profiler whose table keeps this evaluator's runtime probes (the step's rest, streaming)."""
+        if self._profiler is None:
+            self._profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=STREAM_TIMING)
+        return self._profiler
+
+    def _stream_costs(self) -> dict[str, dict[str, Any]]:
+        """Streamed placements' exposed cost per fetch and per byte, measured on the runtime at this model's
+        block sizes (``Profiler.stream_costs``; CPU clock; measured now and kept with the rest, see ``_rest``)."""
+        if not any(v.knob == "placement" and any("<-" in c for c in v.choices) for v in self.space.variables):
+            return {}
+        profiler = self._probe_profiler()
+        if not tables_as_is():  # measured now, as the rest (a kept figure is what Dask workers take)
+            profiler.table.stream.clear()
+        costs = profiler.stream_costs()
+        profiler.save()
+        return costs
 
     def _gemv_applies(self) -> bool:
         p = self.profile
         on_meta = any(t.is_meta for t in self.loaded.model.parameters())
         return bool(p.measured) and not p.gpus and p.default_unit().kind == "cpu" and not on_meta
 
-    def _gemv_table(self, rows: int) -> Any:
+    def _gemv_table(self, rows: set[int]) -> Any:
 
         leaves = [leaf for leaf in self.space.leaves.values() if leaf.kind == "linear" and leaf.out_features]
         shapes = {(leaf.weight_numel // leaf.out_features, leaf.out_features) for leaf in leaves}
         precisions = {c for v in self.space.variables if v.knob == "precision" for c in v.choices} | {"float32"}
-        return gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=rows)
+        # Layers in a pass are read cold (the other layers between two calls of one evict them; on a shared machine
+        # other tenants share the L3): entries rotate through copies totalling half this CPU's L3 (tiny-llama, 1
+        # thread: its 29 linears cost 3.1-4.2 ms in a pass, 0.7-1.5 ms hot in L2, 1.3-1.7 ms rotating 1 MiB, 2.3-2.8
+        # ms rotating 16 MiB; under load 3.3); 8 MiB where the profile lists no L3.
+        cold = int(self.profile.cpu.caches.get("l3", 0) or 2**24) // 2
+        table = None
+        for r in sorted(rows):  # one table file; each call adds its rows' entries (merged on write)
+            table = gemv_table(self.profile.fingerprint, sorted(shapes), sorted(precisions), batch=r, cold_bytes=cold)
+        return table
 
     def settings(self) -> dict[str, Any]:
         main = self.models[self.workload.phase]
@@ -128,8 +193,13 @@ class AnalyticEvaluator(Evaluator):
         gemv_note = (f"; linears at decode priced by measured GEMV times ({len(self.gemv.entries)} entries, "
                      f"{self.gemv.noisy_share():.0%} noisy, load {self.gemv.load_average[:1]})"
                      if self.gemv is not None else "")
+        rest = self.rest.get(self.workload.phase)
+        if rest is not None:
+            gemv_note += (f"; the rest of the step (linears nulled) measured {rest['median_s'] * 1e3:.3f} ms "
+                          f"(IQR/median {rest['dispersion']:.0%}{', NOISY' if rest['noisy'] else ''}) replaces "
+                          "the launch term")
         method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
-                  f" profile) + {m.n_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
+                  f" profile) + {m.launched_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
                   + gemv_note + session_note + f"; memory: footprint.plan_memory; energy: {energy_how}"
                   + self._quality_note(quality, qextra))

@@ -4,9 +4,10 @@ For a zoo model (default the trained ``tiny-llama``) on THIS machine's measured 
   1. draw ``--plans`` random valid plans with ``SearchSpace.random_vector`` (seeded), plus the unmodified one;
   2. evaluate each with the RuntimeEvaluator (apply_plan -> runtime.Session, median of repeated steps,
      TensorStore peak bytes, held-out quality), the ProfiledEvaluator (per-unit table measured fresh in
-     this run, composed), the AnalyticEvaluator with paper defaults (profile + documented default launch
-     and fetch costs), and the AnalyticEvaluator calibrated with the profiled table's measured per-op
-     overhead and per-fetch cost;
+     this run, composed), the AnalyticEvaluator uncalibrated (its defaults: on this measured CPU, GEMV
+     times at the model's shapes as the runtime runs them plus the step's rest measured with the linears
+     nulled, ``cost/step_rest.py``; no runtime run), and the AnalyticEvaluator calibrated with the profiled
+     table's measured per-op overhead and per-fetch cost;
   3. report per evaluator the median absolute percentage error (MAPE) of latency and memory (GPU + CPU
      tiers, the "memory" objective; and disk) against the runtime, Spearman rho of latencies, and
      evaluations per second (cache misses only, from a fresh cache).
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     evaluators.update({
         "analytic (roofline only, before GEMV rates)": AnalyticEvaluator(
             loaded, profile, space=space, sensitivity=sensitivity, cache=EvaluationCache(), gemv=None),
-        "analytic (paper defaults)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
+        "analytic (uncalibrated)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
                                                        cache=EvaluationCache()),
         "analytic (calibrated)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
                                                    launch_overhead_s=launch,
@@ -246,14 +247,16 @@ def markdown(res: dict[str, Any]) -> str:
         + (", ".join(f"{k}: {v['fetch_s'] * 1e6:.0f} us/fetch + {v['s_per_byte'] * 1e9:.3f} ns/byte"
                      for k, v in t["stream"].items()) or "none (no streamed placement in this space)") + ".",
         "",
-        f"Calibrated profiled: its own table measured the same way, plus a line step = a + b x composed fitted on "
-        f"{res['calibration']['plans']} OTHER random plans (seed {res['calibration']['seed']}) run on the runtime "
-        f"at setup ({res['calibration']['seconds']:.1f} s incl. its own table): a = "
-        f"{res['calibration']['a_s'] * 1e3:.3f} ms, b = {res['calibration']['b']:.3f}.",
+        (f"Calibrated profiled: its own table measured the same way, plus a line step = a + b x composed fitted on "
+         f"{res['calibration']['plans']} OTHER random plans (seed {res['calibration']['seed']}) run on the runtime "
+         f"at setup ({res['calibration']['seconds']:.1f} s incl. its own table): a = "
+         f"{res['calibration']['a_s'] * 1e3:.3f} ms, b = {res['calibration']['b']:.3f}."
+         if res["calibration"] else "Calibrated profiled: not run (`--calibration-plans 0`)."),
         "",
         "Evaluations per second count cache misses only (every plan is new to each evaluator); the profiled "
-        "table build is not included (one-off, cached on disk). Analytic (paper defaults) uses only the "
-        "measured profile's rates plus the documented default launch (6 us/op) and fetch (30 us) costs.",
+        "table build is not included (one-off, cached on disk). Analytic (uncalibrated): its defaults, no runtime "
+        "run (on a measured CPU: GEMV times at the model's shapes + the step's rest with the linears nulled; "
+        "on paper profiles: rates + the documented default launch (6 us/op) and fetch (30 us) costs).",
         "",
         "Per plan (latency ms; memory MiB gpu+cpu / disk):",
         "",
@@ -268,10 +271,10 @@ def markdown(res: dict[str, Any]) -> str:
             pb = m["peak_bytes"]
             return f"{(pb['gpu'] + pb['cpu']) / 2**20:.3f} / {pb['disk'] / 2**20:.3f}"
 
-        cal = next(v for k, v in r.items() if k.startswith("profiled (calibrated"))
+        cal = next((v for k, v in r.items() if k.startswith("profiled (calibrated")), None)
         lines.append(f"| {r['plan']} | {rt['latency_s'] * 1e3:.3f} | {r['profiled']['latency_s'] * 1e3:.3f} | "
-                     f"{cal['latency_s'] * 1e3:.3f} | "
-                     f"{r['analytic (paper defaults)']['latency_s'] * 1e3:.3f} | "
+                     f"{'-' if cal is None else format(cal['latency_s'] * 1e3, '.3f')} | "
+                     f"{r['analytic (uncalibrated)']['latency_s'] * 1e3:.3f} | "
                      f"{r['analytic (calibrated)']['latency_s'] * 1e3:.3f} | {mib(rt)} | {mib(r['profiled'])} |")
     return "\n".join(lines) + "\n"
 
