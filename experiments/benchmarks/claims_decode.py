@@ -70,14 +70,8 @@ def decode_measured(model: nn.Module, prompt: torch.Tensor, *, device: torch.dev
 
         for _ in range(warmup):
             step()
-        meter = EnergyMeter(device=energy_device if energy_device is not None else dev, watts=watts,
-                            min_window_s=min(1.0, max(min_seconds, 1e-3)))
-        with meter:
-            start = time.perf_counter()
-            while len(times) < cap and (len(times) < tokens or time.perf_counter() - start < min_seconds):
-                t0 = time.perf_counter()
-                step()
-                times.append(time.perf_counter() - t0)
+        meter = _timed_window(step, times, energy_device=energy_device if energy_device is not None else dev,
+                              watts=watts, tokens=tokens, cap=cap, min_seconds=min_seconds)
     med = statistics.median(times)
     joules = meter.joules if meter.joules is not None else math.nan
     return {"tokens": ids, "step_s": times, "median_token_s": med, "tokens_per_s": 1.0 / med, "n_timed": len(times),
@@ -85,6 +79,19 @@ def decode_measured(model: nn.Module, prompt: torch.Tensor, *, device: torch.dev
             "j_per_token": joules / len(times), "energy_source": meter.source, "energy_seconds": meter.seconds,
             "watts_avg": meter.watts_avg, "short_window": meter.short_window,
             "last_logits": out.logits[0, -1].float().cpu()}
+
+
+def _timed_window(step: Any, times: list[float], *, energy_device: torch.device | str, watts: float | None,
+                  tokens: int, cap: int, min_seconds: float) -> EnergyMeter:
+    """Timed ``step()`` calls inside one energy window (module docstring), each appended to ``times``."""
+    meter = EnergyMeter(device=energy_device, watts=watts, min_window_s=min(1.0, max(min_seconds, 1e-3)))
+    with meter:
+        start = time.perf_counter()
+        while len(times) < cap and (len(times) < tokens or time.perf_counter() - start < min_seconds):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+    return meter
 
 
 def graph_decode_measured(decoder: Any, prompt: torch.Tensor, *, warmup: int, tokens: int, min_seconds: float = 0.0,
@@ -109,13 +116,7 @@ def graph_decode_measured(decoder: Any, prompt: torch.Tensor, *, warmup: int, to
 
     for _ in range(warmup):
         step()
-    meter = EnergyMeter(device=dev, watts=watts, min_window_s=min(1.0, max(min_seconds, 1e-3)))
-    with meter:
-        start = time.perf_counter()
-        while len(times) < cap and (len(times) < tokens or time.perf_counter() - start < min_seconds):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
+    meter = _timed_window(step, times, energy_device=dev, watts=watts, tokens=tokens, cap=cap, min_seconds=min_seconds)
     med = statistics.median(times)
     joules = meter.joules if meter.joules is not None else math.nan
     return {"tokens": ids, "step_s": times, "median_token_s": med, "tokens_per_s": 1.0 / med, "n_timed": len(times),

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from experiments.benchmarks.streaming import decode
+from experiments.benchmarks.streaming import build_llama, decode
 from runtime.multi_device import MultiSession, MultiSpec
 from runtime.session import module_bytes, own_bytes
 from runtime.sizes import format_bytes, parse_bytes
@@ -60,34 +60,10 @@ GIB = 2**30
 
 # ------------------------------------------------------------------------------------------- model
 def build(shape: dict[str, int], *, dtype: torch.dtype, seed: int, fill_device: str) -> nn.Module:
-    """A Llama of ``shape`` with random weights on the host, built without a float32 detour (meta, to_empty)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    cfg = LlamaConfig(hidden_size=shape["hidden"], intermediate_size=shape["intermediate"],
-                      num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
-                      num_key_value_heads=shape["kv_heads"], vocab_size=shape["vocab"], max_position_embeddings=4096,
-                      tie_word_embeddings=False)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(old)
-    model.to_empty(device="cpu")
-    gen = torch.Generator(device=fill_device).manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.fill_(1.0)  # norm weights
-                continue
-            rows = max(1, (1 << 24) // p.shape[1])  # ~16M-element chunks: bounded temporaries
-            for r in range(0, p.shape[0], rows):
-                chunk = torch.randn(p[r:r + rows].shape, generator=gen, device=fill_device, dtype=torch.float32)
-                p[r:r + rows].copy_(chunk.mul_(0.02).to(dtype))
-    model.model.rotary_emb = LlamaRotaryEmbedding(config=cfg)  # to_empty left its buffer uninitialised
-    return model.eval()
+    """A Llama of ``shape`` with random weights on the host (``streaming.build_llama``, grouped-query attention)."""
+    return build_llama(hidden=shape["hidden"], intermediate=shape["intermediate"], layers=shape["layers"],
+                       heads=shape["heads"], kv_heads=shape["kv_heads"], vocab=shape["vocab"], dtype=dtype, seed=seed,
+                       fill_device=fill_device)
 
 
 def quantize_int4(model: nn.Module, device: str) -> int:

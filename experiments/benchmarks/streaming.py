@@ -52,13 +52,14 @@ GIB = 2**30
 
 # ------------------------------------------------------------------------------------------- model
 def build_llama(*, hidden: int, intermediate: int, layers: int, heads: int, vocab: int, dtype: torch.dtype,
-                seed: int = 0, fill_device: str = "cpu") -> nn.Module:
-    """A Llama with random weights on the host, built without a float32 detour (meta, then to_empty)."""
+                seed: int = 0, fill_device: str = "cpu", kv_heads: int | None = None) -> nn.Module:
+    """A Llama with random weights on the host, built without a float32 detour (meta, then to_empty);
+    ``kv_heads`` below ``heads`` gives grouped-query attention (default: one KV head per head)."""
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads or heads, vocab_size=vocab,
                       max_position_embeddings=4096, tie_word_embeddings=False)
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
