@@ -36,66 +36,31 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from runtime._log import get_logger
+from runtime.device_hooks import attach_device_hooks, move_to
 from runtime.errors import BudgetExceededError, JalapenoError
-from runtime.mapped import MappedFiles, PageRange
+from runtime.mapped import MappedFiles
 from runtime.prefetch import Prefetcher, SequentialPrefetcher
+from runtime.stream_unit import (
+    _EMPTY,
+    DISK_IO,
+    PERSISTENT_DISK_IO,
+    StreamStats,
+    StreamUnit,
+    _assign,
+    _Slot,
+)
 from runtime.tensors import TensorStore, tier_of
 
+__all__ = ["DISK_IO", "PERSISTENT_DISK_IO", "StreamStats", "StreamUnit", "Streamer", "attach_device_hooks",
+           "move_to"]
+
 logger = get_logger(__name__)
-
-
-@dataclass(eq=False)
-class StreamUnit:
-    """One module whose own tensors are managed together: where it runs and where its weights live."""
-
-    name: str
-    module: nn.Module
-    device: torch.device
-    home: str
-    recurse: bool = False  # manage the tensors of all submodules too (a whole block as one unit)
-    # filled by attach()
-    uid: int = -1
-    members: tuple[tuple[nn.Module, str, bool], ...] = ()  # (owner module, attribute, is a parameter)
-    keys: tuple[str, ...] = ()
-    nbytes: int = 0
-    originals: list[torch.Tensor] = field(default_factory=list)
-    devices_before: list[torch.device] = field(default_factory=list)
-    placeholders: list[torch.Tensor] = field(default_factory=list)
-    live: list[nn.Parameter | None] = field(default_factory=list)
-    # streaming state
-    slot: _Slot | None = None
-    pending: Any = None  # Future (disk reads), a finished result, or a callable producing it
-    bound: bool = False
-    prepared: int = 0  # bytes of a kernel's packed copy charged for this (resident) unit
-    mviews: list[torch.Tensor] | None = None  # persistent-mapping modes: views into the mapped file
-    mrange: PageRange | None = None  # ... and the page range they span (populated before use, dropped after)
-
-    @property
-    def streamed(self) -> bool:
-        return self.home != tier_of(self.device)
-
-
-@dataclass(eq=False)
-class _Slot:
-    buf: torch.Tensor | None  # None: a mapped-unit token (no buffer; see ``disk_io="mmap"``)
-    last_use: Any = None  # CUDA event recorded on the compute stream after the last unit that used it
-    mapping: Any = None  # the mmap a mapped unit's views live in, until released
-
-
-@dataclass
-class StreamStats:
-    """Counters since attach (or the last ``reset``)."""
-
-    fetches: int = 0
-    misses: int = 0  # a unit started without having been prefetched
-    bytes_fetched: int = 0
 
 
 class Streamer:
@@ -451,7 +416,7 @@ class Streamer:
         self.stats.fetches += 1
         self.stats.bytes_fetched += unit.nbytes
         if unit.device.type == "cuda":
-            job = lambda: self._copy_to_cuda(unit, slot)  # noqa: E731
+            job = lambda: self._copy_to_cuda(unit, slot)
         elif unit.mrange is not None:  # persistent mapping: only the pages' state changes
             mapped, rng, views = self._mapped, unit.mrange, unit.mviews
             assert mapped is not None
@@ -463,14 +428,14 @@ class Streamer:
                 # all cached: no handoff; the GEMM's own faults map it, unless evicted by the time it runs
                 unit.pending = lambda: views if mapped.resident(rng) else (mapped.populate(rng), views)[1]
                 return
-            job = lambda: (mapped.populate(rng), views)[1]  # noqa: E731
+            job = lambda: (mapped.populate(rng), views)[1]
             if self.disk_io == "mmap-sync":
                 unit.pending = job  # runs at the unit's first wait, on the compute thread
                 return
         elif slot.buf is None:
-            job = lambda: self.store.map(unit.keys)  # noqa: E731
+            job = lambda: self.store.map(unit.keys)
         else:
-            job = lambda: self.store.fetch(unit.keys, unit.device, out=slot.buf)  # noqa: E731
+            job = lambda: self.store.fetch(unit.keys, unit.device, out=slot.buf)
         if unit.home == "disk":
             assert self._io is not None
             unit.pending = self._io.submit(job)
@@ -566,65 +531,3 @@ class Streamer:
     def streamed_bytes_per_pass(self) -> int:
         """Bytes of all streamed units together: what one full pass over the model must move."""
         return sum(self.store.entry(k).nbytes for u in self.units if u.streamed for k in u.keys)
-
-
-DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync", "remap", "read")
-PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync")
-
-
-class _EmptyCache:
-    """One zero-element tensor per (device, dtype): what a live Parameter holds between uses."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def get(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        key = (device, dtype)
-        if key not in self._cache:
-            self._cache[key] = torch.empty(0, dtype=dtype, device=device)
-        return self._cache[key]
-
-
-_EMPTY = _EmptyCache()
-
-
-def _assign(module: nn.Module, attr: str, is_param: bool, value: torch.Tensor, *, keep_param: bool) -> None:
-    if is_param and keep_param:
-        module._parameters[attr].data = value
-    elif is_param:
-        module._parameters[attr] = nn.Parameter(value, requires_grad=False)
-    else:
-        module._buffers[attr] = value
-
-
-def move_to(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
-    if isinstance(value, torch.Tensor):
-        if value.device == device:
-            return value
-        # Asynchronous only host->device: a non-blocking device->host copy may land in pinned memory the
-        # host reads before the copy finished.
-        return value.to(device, non_blocking=device.type == "cuda")
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return type(value)(*(move_to(v, device) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(move_to(v, device) for v in value)
-    if isinstance(value, dict):
-        return {k: move_to(v, device) for k, v in value.items()}
-    return value
-
-
-def attach_device_hooks(block: nn.Module, device: torch.device, return_device: torch.device) -> list[Any]:
-    """Run ``block`` on ``device``: move its inputs there and its outputs back to ``return_device``.
-
-    Returns the hook handles (``handle.remove()`` detaches). Used for blocks whose execution device
-    differs from the rest of the model's (e.g. a block computed on the host next to GPU blocks).
-    """
-    def pre(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        return move_to(args, device), move_to(kwargs, device)
-
-    def post(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        return move_to(output, return_device)
-
-    return [block.register_forward_pre_hook(pre, with_kwargs=True),
-            block.register_forward_hook(post, with_kwargs=True)]
