@@ -17,6 +17,15 @@ are built once, and a use costs two ``madvise`` calls on the unit's page range:
 ``madvise`` goes through ctypes, which releases the GIL: a populate that reads from a cold disk does not stall
 the compute thread. Where ``MADV_POPULATE_READ`` is missing (older kernels: ``EINVAL``) the range is touched
 one byte per page instead, which faults the same pages in.
+
+Huge pages: a populate costs one page-table entry per 4 KiB page (~1.1 ms for a 49 MiB block here, most of the
+streamer's per-token CPU work). Each mapping is advised ``MADV_HUGEPAGE``, and a file of at least
+``HUGE_MIN_BYTES`` that the store just wrote is written back and its page cache dropped once at open
+(``fsync`` + ``POSIX_FADV_DONTNEED``; ``refold``): the first populate then reads it into 2 MiB folios, which every
+later populate maps with one PMD entry each (0.14 ms per 49 MiB block here). Where the kernel has no THP
+(``/sys/kernel/mm/transparent_hugepage/enabled`` is ``never`` or missing) nothing changes.
+``file_resident_fraction`` (``mincore`` on a fresh mapping) says how much of a file the page cache holds: what a
+cold measurement checks after dropping it.
 """
 from __future__ import annotations
 
@@ -35,8 +44,10 @@ from runtime.errors import JalapenoError
 
 MADV_WILLNEED = 3
 MADV_DONTNEED = 4
+MADV_HUGEPAGE = 14
 MADV_POPULATE_READ = 22
 PAGE = mmap.PAGESIZE
+HUGE_MIN_BYTES = 4 * 2**20  # smaller files are not refolded into huge folios (at most one 2 MiB folio to gain)
 
 _libc: Any = None
 
@@ -48,6 +59,8 @@ def _load_libc() -> Any:
         libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         libc.madvise.restype = ctypes.c_int
         libc.syscall.restype = ctypes.c_long
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        libc.mincore.restype = ctypes.c_int
         _libc = libc
     return _libc
 
@@ -81,10 +94,13 @@ class MappedFiles:
 
     Args:
         store: the :class:`~runtime.tensors.TensorStore` whose disk-tier entries are mapped.
+        huge_pages: advise each mapping ``MADV_HUGEPAGE`` and refold a large file's page cache into huge folios
+            at open (see the module docstring); ``False`` keeps the kernel's defaults.
     """
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, *, huge_pages: bool = True) -> None:
         self.store = store
+        self.huge_pages = huge_pages and thp_available()
         self._maps: dict[str, tuple[mmap.mmap, int, torch.Tensor]] = {}  # path -> (mapping, base address, anchor)
         self._populate_ok = True
         self._fds: dict[int, int] = {}  # base address -> an open descriptor of its file (for cachestat)
@@ -113,6 +129,9 @@ class MappedFiles:
     def _open(self, path: str) -> tuple[mmap.mmap, int, torch.Tensor]:
         if path not in self._maps:
             size = os.path.getsize(path)
+            huge = self.huge_pages and size >= HUGE_MIN_BYTES
+            if huge:
+                refold(path)
             with open(path, "rb") as fh:
                 mapping = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
             with warnings.catch_warnings():
@@ -120,7 +139,10 @@ class MappedFiles:
                 anchor = torch.frombuffer(mapping, dtype=torch.uint8)
             self._maps[path] = (mapping, anchor.data_ptr(), anchor)
             self._fds[anchor.data_ptr()] = os.open(path, os.O_RDONLY)
-            self._advise(PageRange(anchor.data_ptr(), -(-size // PAGE) * PAGE), MADV_DONTNEED)
+            whole = PageRange(anchor.data_ptr(), -(-size // PAGE) * PAGE)
+            if huge:
+                self._advise(whole, MADV_HUGEPAGE, check=False)  # EINVAL: no THP for this mapping, 4 KiB it is
+            self._advise(whole, MADV_DONTNEED)
         return self._maps[path]
 
     # ---------------------------------------------------------------- per use
@@ -182,6 +204,49 @@ class MappedFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def thp_available() -> bool:
+    """Whether this kernel maps huge pages at all (transparent huge pages not ``never``)."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            return "[never]" not in fh.read()
+    except OSError:
+        return False
+
+
+def refold(path: str) -> None:
+    """Write ``path`` back and drop its page cache (clean, unmapped pages only), so that the next read through a
+    ``MADV_HUGEPAGE`` mapping brings it in as huge folios. Meant for files this process wrote itself."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def file_resident_fraction(path: str) -> float:
+    """Fraction of ``path``'s pages in the page cache now: ``mincore`` over a fresh read-only mapping of the file
+    (which installs no page-table entries of its own, so it reports the page cache, not this mapping)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return 0.0
+    with open(path, "rb") as fh:
+        mapping = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            anchor = torch.frombuffer(mapping, dtype=torch.uint8)
+        pages = -(-size // PAGE)
+        vec = (ctypes.c_ubyte * pages)()
+        rc = _load_libc().mincore(anchor.data_ptr(), size, vec)
+        del anchor
+        if rc != 0:
+            raise JalapenoError(f"mincore on {path!r} failed: {os.strerror(ctypes.get_errno())}.")
+        return sum(b & 1 for b in bytes(vec)) / pages
+    finally:
+        mapping.close()
 
 
 def _touch(rng: PageRange) -> None:

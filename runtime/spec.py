@@ -87,6 +87,9 @@ class SessionSpec:
             dropped after use; no copy), ``"mmap-auto"`` (the same, but a unit already in the page cache is
             left to the GEMM's faults, no handoff), ``"mmap-willneed"``, ``"mmap-sync"``, ``"remap"`` (a fresh mapping
             per use) or ``"read"`` (copied into staging slots); see :class:`~runtime.streaming.Streamer`.
+        huge_pages: the persistent-mapping modes map disk-tier files with huge pages where the kernel has them
+            (:mod:`runtime.mapped`: one page-table entry per 2 MiB instead of per 4 KiB at each populate);
+            ``False`` keeps 4 KiB pages.
         modules: per-module overrides for modules outside the blocks, keyed by name (e.g. run
             ``"model.embed_tokens"`` on the host next to GPU blocks: a lookup needs one row, not the table
             on the GPU). Inputs are moved to the module's device and outputs back to ``rest.device``.
@@ -102,6 +105,7 @@ class SessionSpec:
     offload_dir: str | None = None
     modules: Mapping[str, BlockSpec] = field(default_factory=dict)
     disk_io: str = "mmap"
+    huge_pages: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))

@@ -77,16 +77,18 @@ class Streamer:
             (mapped once, populated ahead by the worker thread, dropped after use), ``"mmap-willneed"``,
             ``"mmap-sync"``, ``"remap"`` or ``"read"``. Mapped pages count in the process' RSS while
             populated, which the reserved ``lookahead + 1`` units account for.
+        huge_pages: map disk-tier files with huge pages where the kernel has them (:class:`~runtime.mapped.MappedFiles`).
     """
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
                  prefetcher: Prefetcher | None = None, time_transfers: bool = False,
-                 disk_io: str = "mmap") -> None:
+                 disk_io: str = "mmap", huge_pages: bool = True) -> None:
         if lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
         if disk_io not in DISK_IO:
             raise JalapenoError(f"`disk_io` must be one of {', '.join(map(repr, DISK_IO))}, got {disk_io!r}.")
         self.disk_io = disk_io
+        self.huge_pages = huge_pages
         self._persistent = disk_io in PERSISTENT_DISK_IO
         self._mapped: MappedFiles | None = None
         self._mapped_charge: tuple[int, str, str] | None = None
@@ -475,16 +477,15 @@ class Streamer:
 
     # ---------------------------------------------------------------- for a captured decode step (runtime.graph_stream)
     def quiesce(self) -> None:
-        """Finish every prefetch in flight and give its slot back: all staging slots free (between forwards)."""
+        """Finish every prefetch in flight and give its slot back: all staging slots free and no mapped unit's pages
+        mapped (between forwards; a cold-cache measurement drops the page cache after this)."""
         for unit in self.units:
             if unit.pending is not None and not unit.bound:
                 self._wait(unit)
                 slot = unit.slot
                 unit.slot = unit.pending = None
+                self._release_mapping(unit, slot)  # mapped units: no page of theirs stays mapped
                 if slot is not None:
-                    if slot.mapping is not None:
-                        self.store.unmap(slot.mapping)
-                        slot.mapping = None
                     self._free[unit.device].append(slot)
         for device in self._copy_streams:
             torch.cuda.synchronize(device)
@@ -499,7 +500,7 @@ class Streamer:
         if not (self._persistent and unit.home == "disk" and unit.device.type == "cpu"):
             return
         if self._mapped is None:
-            self._mapped = MappedFiles(self.store)
+            self._mapped = MappedFiles(self.store, huge_pages=self.huge_pages)
         unit.mviews, unit.mrange = self._mapped.views(unit.keys)
 
     def _release_mapping(self, unit: StreamUnit, slot: _Slot | None) -> None:
