@@ -141,7 +141,7 @@ class MappedFiles:
             self._fds[anchor.data_ptr()] = os.open(path, os.O_RDONLY)
             whole = PageRange(anchor.data_ptr(), -(-size // PAGE) * PAGE)
             if huge:
-                self._advise(whole, MADV_HUGEPAGE, check=False)  # EINVAL: no THP for this mapping, 4 KiB it is
+                advise_huge(whole)
             self._advise(whole, MADV_DONTNEED)
         return self._maps[path]
 
@@ -204,6 +204,12 @@ class MappedFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def advise_huge(rng: PageRange) -> bool:
+    """Ask for huge pages on a mapping's range (``MADV_HUGEPAGE``); False where the kernel refuses (EINVAL: no THP
+    for this mapping, 4 KiB pages it is)."""
+    return MappedFiles._advise(rng, MADV_HUGEPAGE, check=False) == 0
 
 
 def thp_available() -> bool:

@@ -5,7 +5,14 @@ import os
 
 import pytest
 
-from experiments.benchmarks.streaming_cpu import CpuBenchSettings, drop_file_cache, run, to_markdown
+from experiments.benchmarks.streaming_cpu import (
+    CpuBenchSettings,
+    disk_read_bandwidth,
+    drop_file_cache,
+    folder_resident_fraction,
+    run,
+    to_markdown,
+)
 
 
 def test_drop_file_cache_counts_the_files(tmp_path) -> None:
@@ -15,10 +22,30 @@ def test_drop_file_cache_counts_the_files(tmp_path) -> None:
     assert drop_file_cache(str(tmp_path)) == 8000
 
 
+def test_folder_resident_fraction_follows_the_drop(tmp_path) -> None:
+    (tmp_path / "a").write_bytes(os.urandom(64 * 1024))
+    assert folder_resident_fraction(str(tmp_path)) > 0.99  # just written: cached
+    fd = os.open(tmp_path / "a", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    drop_file_cache(str(tmp_path))
+    if folder_resident_fraction(str(tmp_path)) > 0.01:
+        pytest.skip("this file system keeps pages after POSIX_FADV_DONTNEED")
+    (tmp_path / "a").read_bytes()
+    assert folder_resident_fraction(str(tmp_path)) > 0.99
+
+
+def test_disk_read_bandwidth_reads_the_probe_three_ways(tmp_path) -> None:
+    bw = disk_read_bandwidth(str(tmp_path), 4 * 2**20)
+    assert set(bw) == {"preadv", "o_direct", "populate"}
+    assert all(v > 0 or v != v for v in bw.values())  # a figure, or NaN where the drop did not evict
+    assert not os.listdir(tmp_path)  # the probe is removed
+
+
 @pytest.mark.slow
 def test_tiny_run_interleaves_rows_and_checks_tokens() -> None:
     s = CpuBenchSettings(hidden=64, intermediate=128, layers=3, heads=4, vocab=256, ram_fraction=0.7, warmup=1,
-                         tokens=2, accelerate_tokens=1, rounds=2, threads=1,
+                         tokens=2, accelerate_tokens=1, rounds=2, threads=1, disk_probe_mib=8,
                          rows=("eager", "ours", "ours-int8-disk", "ours-cold"), profile=())
     res = run(s, progress=lambda msg: None)
     rows = res["rows"]
@@ -28,5 +55,7 @@ def test_tiny_run_interleaves_rows_and_checks_tokens() -> None:
     assert rows["ours"]["tokens_match_ram_fp32"] and rows["ours-cold"]["tokens_match_ram_fp32"]
     assert len(rows["ours"]["vs_ram"]["per_round"]) == 2
     assert rows["ours-cold"]["cold_bound_tok_s"] > 0
+    assert rows["ours-cold"]["resident_after_drop"] < 0.02  # the drop was real: nothing of its files stayed cached
+    assert set(res["disk_read"]) == {"start", "end"}
     assert rows["ours-int8-disk"]["streamed_bytes"] < rows["ours"]["streamed_bytes"]
     assert "ours" in to_markdown(res)
