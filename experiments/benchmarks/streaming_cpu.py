@@ -79,6 +79,8 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("int8-ram", "int8 weight-only (cpu kernel), all blocks in RAM", "eager", weights="int8"),
     Row("ours-int8", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap)", "ours",
         weights="int8"),
+    Row("ours-int8-auto", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap-auto)", "ours",
+        weights="int8", disk_io="mmap-auto"),
     Row("ours-int8-disk", "ours int8: every block on disk (mmap)", "ours", weights="int8", all_disk=True),
     Row("accelerate", "accelerate infer_auto_device_map + dispatch_model (disk offload) at the cap", "accelerate"),
     Row("ours-cold", "ours (mmap, block units), page cache of its files dropped before every step", "ours",
