@@ -32,7 +32,7 @@ from runtime.errors import JalapenoError
 from runtime.session import find_blocks, quantize_linears
 from runtime.sizes import parse_bytes
 from runtime.spec import FLOAT_FORMATS, QUANT_FORMATS, WEIGHT_FORMATS, SessionSpec
-from runtime.streaming import DISK_IO, Streamer, StreamUnit, attach_device_hooks, move_to
+from runtime.streaming import DEFAULT_DISK_IO, DISK_IO, Streamer, StreamUnit, attach_device_hooks, move_to
 from runtime.tensors import TIERS, tier_of
 
 logger = get_logger(__name__)
@@ -77,7 +77,7 @@ class MultiSpec:
     granularity: str = "module"
     block_path: str | None = None
     offload_dir: str | None = None
-    disk_io: str = "mmap"
+    disk_io: str = DEFAULT_DISK_IO
 
     def __post_init__(self) -> None:
         devices = dict(self.devices)

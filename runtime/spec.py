@@ -12,7 +12,7 @@ import torch
 
 from runtime.errors import JalapenoError
 from runtime.sizes import parse_bytes
-from runtime.streaming import DISK_IO
+from runtime.streaming import DEFAULT_DISK_IO, DISK_IO
 from runtime.tensors import TIERS, tier_of
 
 FLOAT_FORMATS: dict[str, torch.dtype] = {
@@ -83,7 +83,7 @@ class SessionSpec:
         block_path: dotted path of the ``nn.ModuleList`` of blocks (``"model.layers"``); ``None`` picks the
             ModuleList holding the most parameters.
         offload_dir: directory for disk-tier files (``None``: a temporary directory removed on close).
-        disk_io: how disk-tier units reach the host: ``"mmap"`` (mapped once, pages populated ahead and
+        disk_io: how disk-tier units reach the host (default ``"mmap-auto"``): ``"mmap"`` (mapped once, pages populated ahead and
             dropped after use; no copy), ``"mmap-auto"`` (the same, but a unit already in the page cache is
             left to the GEMM's faults, no handoff), ``"mmap-willneed"``, ``"mmap-sync"``, ``"remap"`` (a fresh mapping
             per use) or ``"read"`` (copied into staging slots); see :class:`~runtime.streaming.Streamer`.
@@ -104,7 +104,7 @@ class SessionSpec:
     block_path: str | None = None
     offload_dir: str | None = None
     modules: Mapping[str, BlockSpec] = field(default_factory=dict)
-    disk_io: str = "mmap"
+    disk_io: str = DEFAULT_DISK_IO
     huge_pages: bool = True
 
     def __post_init__(self) -> None:

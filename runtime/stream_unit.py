@@ -65,6 +65,10 @@ class StreamStats:
 
 DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync", "remap", "read")
 PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync")
+# The default: warm units (in the page cache, by cachestat) go to the GEMM with no handoff to the worker (on huge
+# pages their faults are few and cheap); cold ones are populated ahead on the worker. Measured against "mmap" (always
+# the worker) in experiments/benchmarks/streaming_cpu.py: fewer CPU ms and context switches per token.
+DEFAULT_DISK_IO = "mmap-auto"
 
 
 class _EmptyCache:

@@ -48,6 +48,7 @@ from runtime.mapped import MappedFiles
 from runtime.prefetch import Prefetcher, SequentialPrefetcher
 from runtime.stream_unit import (
     _EMPTY,
+    DEFAULT_DISK_IO,
     DISK_IO,
     PERSISTENT_DISK_IO,
     StreamStats,
@@ -57,7 +58,7 @@ from runtime.stream_unit import (
 )
 from runtime.tensors import TensorStore, tier_of
 
-__all__ = ["DISK_IO", "PERSISTENT_DISK_IO", "StreamStats", "StreamUnit", "Streamer", "attach_device_hooks",
+__all__ = ["DEFAULT_DISK_IO", "DISK_IO", "PERSISTENT_DISK_IO", "StreamStats", "StreamUnit", "Streamer", "attach_device_hooks",
            "move_to"]
 
 logger = get_logger(__name__)
@@ -73,7 +74,8 @@ class Streamer:
             runs streamed units reserves ``lookahead + 1`` slots as large as its largest streamed unit.
         prefetcher: which units to fetch next; default ``SequentialPrefetcher`` over the streamed units.
         time_transfers: record CUDA events around each host-to-device copy (see ``transfer_seconds``).
-        disk_io: how disk-tier units executed on the host arrive (see the module docstring): ``"mmap"``
+        disk_io: how disk-tier units executed on the host arrive (see the module docstring; default
+            ``DEFAULT_DISK_IO``, ``"mmap-auto"``): ``"mmap"``
             (mapped once, populated ahead by the worker thread, dropped after use), ``"mmap-willneed"``,
             ``"mmap-sync"``, ``"remap"`` or ``"read"``. Mapped pages count in the process' RSS while
             populated, which the reserved ``lookahead + 1`` units account for.
@@ -82,7 +84,7 @@ class Streamer:
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
                  prefetcher: Prefetcher | None = None, time_transfers: bool = False,
-                 disk_io: str = "mmap", huge_pages: bool = True) -> None:
+                 disk_io: str = DEFAULT_DISK_IO, huge_pages: bool = True) -> None:
         if lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
         if disk_io not in DISK_IO:

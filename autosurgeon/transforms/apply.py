@@ -64,6 +64,7 @@ from autosurgeon.transforms.prune import is_prunable
 from autosurgeon.transforms.registry import TransformContext, transform
 from autosurgeon.transforms.session import session_options
 from runtime.kernels import KernelSelector, QuantizedLinear
+from runtime.streaming import DEFAULT_DISK_IO
 
 if TYPE_CHECKING:  # annotations only
     from autosurgeon.zoo import LoadedModel
@@ -206,7 +207,7 @@ def apply_plan(model: Any, plan: Plan, profile: HardwareProfile, *, inplace: boo
                budgets: Mapping[str, Any] | None = None, check: bool = True, force: bool = False,
                prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
                space: SearchSpace | None = None, lookahead: int = 2, offload_dir: str | os.PathLike[str] | None = None,
-               disk_io: str = "mmap", energy_watts: float | None = None, autotune_kernels: bool = False,
+               disk_io: str = DEFAULT_DISK_IO, energy_watts: float | None = None, autotune_kernels: bool = False,
                batch: int = 1, kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
                expert_capacity: float | None = None, placement: str = "plan", device: str | None = None,
                reserve_bytes: int = 0, adapt: bool | None = None) -> Any:
@@ -246,7 +247,7 @@ def prepare_plan(model: Any, plan: Plan, profile: HardwareProfile | str, *, inpl
                  prune: Mapping[str, float] | None = None, inputs: Mapping[str, Any] | None = None,
                  space: SearchSpace | None = None, lookahead: int = 2,
                      offload_dir: str | os.PathLike[str] | None = None,
-                 disk_io: str = "mmap", kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
+                 disk_io: str = DEFAULT_DISK_IO, kv_context: int = DEFAULT_KV_CONTEXT, kv_batch: int = 1,
                  expert_capacity: float | None = None, placement: str = "plan",
                  device: str | None = None, reserve_bytes: int = 0) -> Any:
     """Check ``plan``, transform ``model`` and return a ``PreparedPlan`` (model, spec, session options).

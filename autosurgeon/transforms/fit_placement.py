@@ -17,6 +17,7 @@ from autosurgeon.planners.default_placement import build_spec
 from autosurgeon.transforms.session import SessionOptions
 from runtime.experts import cache_slots, find_expert_modules
 from runtime.spec import SessionSpec
+from runtime.streaming import DEFAULT_DISK_IO
 
 
 def expert_cache_bytes(model: nn.Module, capacity: float | int) -> tuple[set[int], int]:
@@ -33,7 +34,7 @@ def expert_cache_bytes(model: nn.Module, capacity: float | int) -> tuple[set[int
 
 
 def fit_spec(model: nn.Module, options: SessionOptions, *, device: str, budgets: Mapping[str, int],
-             lookahead: int, offload_dir: str | None, disk_io: str = "mmap", reserve: int = 0) -> SessionSpec:
+             lookahead: int, offload_dir: str | None, disk_io: str = DEFAULT_DISK_IO, reserve: int = 0) -> SessionSpec:
     """The default placement of ``model`` (as transformed) on ``device`` within ``budgets`` (module docstring);
     ``reserve`` bytes of the execution tier are left free (the decode's static KV cache on CUDA)."""
     import dataclasses

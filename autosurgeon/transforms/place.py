@@ -27,6 +27,7 @@ from autosurgeon.transforms.registry import TransformContext, register_transform
 from runtime.errors import JalapenoError
 from runtime.session import find_blocks
 from runtime.spec import BlockSpec, SessionSpec
+from runtime.streaming import DEFAULT_DISK_IO
 
 if TYPE_CHECKING:  # annotations only
     from autosurgeon.hardware.profile import HardwareProfile
@@ -91,7 +92,7 @@ def block_path(model: nn.Module) -> str:
 
 
 def build_session_spec(model: nn.Module, context: TransformContext, *, budgets: Mapping[str, Any] | None = None,
-                       lookahead: int = 2, offload_dir: str | None = None, disk_io: str = "mmap",
+                       lookahead: int = 2, offload_dir: str | None = None, disk_io: str = DEFAULT_DISK_IO,
                        path: str | None = None) -> SessionSpec:
     """The SessionSpec of the placements and packed layouts recorded in ``context`` (module docstring)."""
 

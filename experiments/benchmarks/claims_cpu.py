@@ -161,10 +161,9 @@ def measure_speed(s: CpuSettings, progress: Progress) -> dict[str, Any]:
             if name == "ours":
                 return SessionSpec.fit(n_blocks=len(layers), block_bytes=block, rest_bytes=rest, device="cpu",
                                        budgets={"cpu": cap}, stream_unit_bytes=unit, lookahead=s.lookahead,
-                                       offload_dir=folder, disk_io="mmap")
+                                       offload_dir=folder)
             return SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in layers),
-                               rest=BlockSpec(device="cpu"), budgets={"cpu": cap}, lookahead=0, offload_dir=folder,
-                               disk_io="mmap")
+                               rest=BlockSpec(device="cpu"), budgets={"cpu": cap}, lookahead=0, offload_dir=folder)
 
         def segment(name: str, k: int) -> dict[str, Any]:
             if name == "eager":
@@ -245,7 +244,8 @@ def speed_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[C
                      baseline_text=f"{acc['tokens_per_s']:.2f} tok/s ({acc['disk_entries']} of "
                      f"{acc['device_map_entries']} map entries on disk)",
                      method=f"{setting}. Ours: `SessionSpec.fit` at the cap (the runtime's placement), disk tier "
-                     f"mmap, lookahead {ours['lookahead']}; accelerate: `infer_auto_device_map(max_memory={{'cpu': "
+                     f"mapped on huge pages (mmap-auto, the default), lookahead {ours['lookahead']}; accelerate: "
+                     f"`infer_auto_device_map(max_memory={{'cpu': "
                      f"cap}}, no_split_module_classes=['LlamaDecoderLayer'])` + `dispatch_model(offload_dir=...)`, "
                      f"its own map at the same cap, on its own copy of the model ({acc['n_timed']} timed steps). "
                      f"{timing}. Ratio per round: {_round_ratios(rows, 'ours', 'accelerate')}. {match}. Disk-tier "

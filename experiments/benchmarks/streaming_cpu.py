@@ -50,7 +50,7 @@ class Row:
     name: str
     label: str
     kind: str  # "eager" | "ours" | "accelerate"
-    weights: str = "fp32"  # "fp32" | "int8"
+    weights: str = "fp32"  # "fp32" | "fp32-thp" (in RAM on huge pages) | "int8"
     disk_io: str = "mmap"
     granularity: str = "block"
     lookahead: int = 1
@@ -61,36 +61,37 @@ class Row:
 
 ROWS: dict[str, Row] = {r.name: r for r in [
     Row("eager", "all weights in RAM, HF eager (over the cap: token reference)", "eager"),
-    Row("ours", "ours: block units, persistent mapping on huge pages, populate ahead on the worker (mmap), "
-        "lookahead 1", "ours"),
-    Row("ours-4k", "ours: the same on 4 KiB pages (huge_pages=False: the previous default)", "ours",
+    Row("eager-thp", "all weights in RAM on huge pages (copied into MADV_HUGEPAGE memory), HF eager", "eager",
+        weights="fp32-thp"),
+    Row("ours", "ours (the Session's default): block units, persistent mapping on huge pages, cached units straight "
+        "to the GEMM, others populated ahead on the worker (mmap-auto), lookahead 1", "ours", disk_io="mmap-auto"),
+    Row("ours-mmap", "ours: the same, every unit populated ahead on the worker (mmap)", "ours"),
+    Row("ours-4k", "ours: mmap-auto on 4 KiB pages (huge_pages=False)", "ours", disk_io="mmap-auto",
         huge_pages=False),
+    Row("ours-prev", "ours: mmap on 4 KiB pages (the previous default)", "ours", huge_pages=False),
     Row("ours-sync", "ours: block units, persistent mapping, populate at use (mmap-sync), lookahead 0", "ours",
         disk_io="mmap-sync", lookahead=0),
     Row("ours-willneed", "ours: block units, persistent mapping, WILLNEED ahead, GEMM faults (mmap-willneed)",
         "ours", disk_io="mmap-willneed"),
-    Row("ours-auto", "ours: block units, persistent mapping, cached units left to the GEMM's faults, others populated "
-        "ahead on the worker (mmap-auto)", "ours", disk_io="mmap-auto"),
-    Row("ours-module", "ours: module units, persistent mapping (mmap), lookahead 2", "ours", granularity="module",
-        lookahead=2),
-    Row("ours-remap", "ours: module units, fresh mapping per use (remap: the previous default), lookahead 2", "ours",
+    Row("ours-module", "ours: module units, persistent mapping (mmap-auto), lookahead 2", "ours",
+        disk_io="mmap-auto", granularity="module", lookahead=2),
+    Row("ours-remap", "ours: module units, fresh mapping per use (remap), lookahead 2", "ours",
         disk_io="remap", granularity="module", lookahead=2),
     Row("ours-read", "ours: block units, preadv into staging slots (read), lookahead 1", "ours", disk_io="read"),
     Row("int8-ram", "int8 weight-only (cpu kernel), all blocks in RAM", "eager", weights="int8"),
-    Row("ours-int8", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap)", "ours",
-        weights="int8"),
-    Row("ours-int8-auto", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap-auto)", "ours",
+    Row("ours-int8", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap-auto)", "ours",
         weights="int8", disk_io="mmap-auto"),
-    Row("ours-int8-disk", "ours int8: every block on disk (mmap)", "ours", weights="int8", all_disk=True),
+    Row("ours-int8-mmap", "ours int8: the same, every unit populated ahead on the worker (mmap)", "ours",
+        weights="int8"),
+    Row("ours-int8-disk", "ours int8: every block on disk (mmap-auto)", "ours", weights="int8", all_disk=True,
+        disk_io="mmap-auto"),
     Row("accelerate", "accelerate infer_auto_device_map + dispatch_model (disk offload) at the cap", "accelerate"),
-    Row("ours-cold", "ours (mmap, block units), page cache of its files dropped before every step", "ours",
-        cold=True),
-    Row("ours-4k-cold", "ours (mmap, block units, 4 KiB pages), page cache of its files dropped before every step",
-        "ours", cold=True, huge_pages=False),
+    Row("ours-cold", "ours (mmap-auto, huge pages, block units), page cache of its files dropped before every step",
+        "ours", disk_io="mmap-auto", cold=True),
+    Row("ours-prev-cold", "ours (mmap, 4 KiB pages: the previous default), page cache of its files dropped before "
+        "every step", "ours", cold=True, huge_pages=False),
     Row("ours-willneed-cold", "ours (mmap-willneed, block units), page cache of its files dropped before every step",
         "ours", disk_io="mmap-willneed", cold=True),
-    Row("ours-auto-cold", "ours (mmap-auto, block units), page cache of its files dropped before every step", "ours",
-        disk_io="mmap-auto", cold=True),
     Row("accelerate-cold", "accelerate disk offload, page cache of its files dropped before every step",
         "accelerate", cold=True),
 ]}
@@ -115,7 +116,7 @@ class CpuBenchSettings:
     threads: int = 2
     seed: int = 0
     rows: tuple[str, ...] = DEFAULT_ROWS
-    profile: tuple[str, ...] = ("eager", "ours", "ours-remap")  # op-by-op profile of these, after the rounds
+    profile: tuple[str, ...] = ("eager", "ours")  # op-by-op profile of these, after the rounds
     disk_probe_mib: int = 256  # the cold-read bandwidth probe's file, measured before and after the rounds
 
 
@@ -208,6 +209,44 @@ def _read_probe(path: str, nbytes: int, method: str) -> int:
     finally:
         buf.close()
         os.close(fd)
+
+
+def on_huge_pages(model: nn.Module) -> tuple[nn.Module, float]:
+    """A copy of ``model`` whose parameters and buffers live in one anonymous ``MADV_HUGEPAGE`` arena (the in-RAM
+    baseline on the page size our mapped units get), and the fraction of the arena the kernel backed with huge
+    pages (``AnonHugePages`` in smaps; NaN where unreadable)."""
+    m = copy.deepcopy(model)
+    tensors = [*m.parameters(), *m.buffers()]
+    sizes = [-(-t.numel() * t.element_size() // 64) * 64 for t in tensors]
+    huge = 2 * 2**20
+    arena = mmap.mmap(-1, sum(sizes) + huge)
+    anchor = torch.frombuffer(arena, dtype=torch.uint8)  # the tensors keep the mapping alive
+    off = (-anchor.data_ptr()) % huge
+    advise_huge(PageRange(anchor.data_ptr() + off, len(arena) - off))
+    for t, n in zip(tensors, sizes):
+        view = anchor[off:off + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
+        view.copy_(t.data)
+        t.data = view
+        off += n
+    kb = _smaps_kb(anchor.data_ptr(), "AnonHugePages:")
+    return m, (kb * 1024 / len(arena) if kb is not None else float("nan"))
+
+
+def _smaps_kb(addr: int, field: str) -> int | None:
+    """A field (kB) of the mapping holding ``addr`` in /proc/self/smaps."""
+    try:
+        with open("/proc/self/smaps") as fh:
+            inside = False
+            for line in fh:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside and head == field:
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def _worker_cpu_s() -> float:
@@ -322,12 +361,14 @@ def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[st
     else:
         int8_kernel = None
     qblock = weight_bytes(qmodel.model.layers[0]) if qmodel is not None else None
+    thp_model, thp_fraction = on_huge_pages(model) if any(r.weights == "fp32-thp" for r in rows) else (None, None)
+    models = {"fp32": model, "fp32-thp": thp_model, "int8": qmodel}
     tmp = tempfile.mkdtemp(prefix="jalapeno-cpu-bench-")
     res: dict[str, Any] = {"settings": asdict(s), "model_bytes": total, "cap_bytes": cap, "block_bytes": block,
                            "int8_block_bytes": qblock, "rest_bytes": rest, "int8_kernel": int8_kernel,
                            "torch": torch.__version__, "threads": s.threads, "cpu": _cpu_name(),
                            "cores": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                           "rows": {}, "rounds": []}
+                           "rows": {}, "rounds": [], "eager_thp_huge_fraction": thp_fraction}
     try:
         res["disk_read"] = {"start": disk_read_bandwidth(tmp, s.disk_probe_mib * 2**20)}
         progress(f"model {total / 1e9:.2f} GB fp32, cap {cap / 2**20:.0f} MiB; disk read (cold) "
@@ -356,7 +397,7 @@ def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[st
                                    huge_pages=row.huge_pages)
 
         def segment(row: Row, k: int) -> dict[str, Any]:
-            m = qmodel if row.weights == "int8" else model
+            m = models[row.weights]
             n_tok = s.accelerate_tokens if row.kind == "accelerate" else s.tokens
             if row.kind == "eager":
                 return decode_steps(m, prompt, warmup=s.warmup, tokens=n_tok)
@@ -410,7 +451,7 @@ def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[st
             res["op_profile"] = {}
             for name in s.profile:
                 row = ROWS[name]
-                m = qmodel if row.weights == "int8" else model
+                m = models[row.weights]
                 if row.kind == "eager":
                     res["op_profile"][name] = op_profile(m, prompt, warmup=s.warmup, tokens=s.tokens)
                 elif row.kind == "accelerate":
@@ -447,7 +488,7 @@ def _summarise(rows: list[Row], segs: dict[str, list[dict[str, Any]]], res: dict
                 r[key] = ss[0][key]
         if "store_peak_cpu" in ss[0]:
             r["store_peak_cpu"] = max(seg["store_peak_cpu"] for seg in ss)
-        for base, key in (("eager", "vs_ram"), ("accelerate", "vs_accelerate")):
+        for base, key in (("eager", "vs_ram"), ("eager-thp", "vs_ram_thp"), ("accelerate", "vs_accelerate")):
             if base in segs and base != row.name:
                 ratios = [b["median_token_s"] / a["median_token_s"] for a, b in zip(ss, segs[base])]
                 r[key] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
@@ -514,11 +555,14 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"{min(loads):.1f}–{max(loads):.1f}. Disk read (cold, 256 MiB, measured before / after the rounds): "
              f"{_disk_str(res['disk_read']['start'])} / {_disk_str(res['disk_read']['end'])}; a cold row's bound is "
              f"its streamed bytes / the fastest, {res['disk_read_Bps'] / 1e9:.2f} GB/s. "
-             f"int8 kernel: {res['int8_kernel']}.", "",
-             "| configuration | tok/s (pooled median) | × in-RAM fp32, per-round median (min–max) | × accelerate | "
+             f"int8 kernel: {res['int8_kernel']}."
+             + (f" In-RAM on huge pages: {res['eager_thp_huge_fraction']:.0%} of its arena backed by 2 MiB pages."
+                if res.get("eager_thp_huge_fraction") is not None else ""), "",
+             "| configuration | tok/s (pooled median) | × in-RAM fp32, per-round median (min–max) | "
+             "× in-RAM fp32 on huge pages | × accelerate | "
              "resident blocks | streamed / token | store RAM peak | CPU ms / token (I/O worker) | minor faults / token | "
              "ctx switches / token (vol+invol) | tokens = in-RAM fp32 |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"].values():
         streamed = f"{r['streamed_bytes'] / 2**20:.0f} MiB" if r.get("streamed_bytes") else "—"
         peak = f"{r['store_peak_cpu'] / 2**20:.0f} MiB" if r.get("store_peak_cpu") else "—"
@@ -536,7 +580,8 @@ def to_markdown(res: dict[str, Any]) -> str:
             name += f"; cached after each drop (mincore): at most {frac:.1%}"
             if not frac <= 0.02:
                 name += " — NOT A COLD FIGURE"
-        lines.append(f"| {name} | {r['tokens_per_s']:.2f} | {_range(r.get('vs_ram'))} | {_range(r.get('vs_accelerate'))} "
+        lines.append(f"| {name} | {r['tokens_per_s']:.2f} | {_range(r.get('vs_ram'))} | {_range(r.get('vs_ram_thp'))} "
+                     f"| {_range(r.get('vs_accelerate'))} "
                      f"| {r.get('resident_blocks', '—')} | {streamed} | {peak} | {r['cpu_s_per_token'] * 1e3:.0f} "
                      f"({r.get('worker_cpu_s_per_token', 0) * 1e3:.1f}) | "
                      f"{r['minflt_per_token']:.0f} | {r['vcsw_per_token']:.0f}+{r['ivcsw_per_token']:.0f} | {match} |")

@@ -46,12 +46,14 @@ def test_disk_read_bandwidth_reads_the_probe_three_ways(tmp_path) -> None:
 def test_tiny_run_interleaves_rows_and_checks_tokens() -> None:
     s = CpuBenchSettings(hidden=64, intermediate=128, layers=3, heads=4, vocab=256, ram_fraction=0.7, warmup=1,
                          tokens=2, accelerate_tokens=1, rounds=2, threads=1, disk_probe_mib=8,
-                         rows=("eager", "ours", "ours-int8-disk", "ours-cold"), profile=())
+                         rows=("eager", "ours", "ours-int8-disk", "ours-cold", "eager-thp"), profile=())
     res = run(s, progress=lambda msg: None)
     rows = res["rows"]
-    assert set(rows) == {"eager", "ours", "ours-int8-disk", "ours-cold"}
-    assert [r["order"] for r in res["rounds"]] == [["eager", "ours", "ours-int8-disk", "ours-cold"],
-                                                   ["ours", "ours-int8-disk", "ours-cold", "eager"]]
+    assert set(rows) == {"eager", "ours", "ours-int8-disk", "ours-cold", "eager-thp"}
+    assert [r["order"] for r in res["rounds"]] == [["eager", "ours", "ours-int8-disk", "ours-cold", "eager-thp"],
+                                                   ["ours", "ours-int8-disk", "ours-cold", "eager-thp", "eager"]]
+    assert rows["eager-thp"]["tokens_match_ram_fp32"]  # the same weights, copied onto huge pages
+    assert len(rows["ours"]["vs_ram_thp"]["per_round"]) == 2
     assert rows["ours"]["tokens_match_ram_fp32"] and rows["ours-cold"]["tokens_match_ram_fp32"]
     assert len(rows["ours"]["vs_ram"]["per_round"]) == 2
     assert rows["ours-cold"]["cold_bound_tok_s"] > 0
