@@ -219,7 +219,7 @@ def on_huge_pages(model: nn.Module) -> tuple[nn.Module, float]:
     tensors = [*m.parameters(), *m.buffers()]
     sizes = [-(-t.numel() * t.element_size() // 64) * 64 for t in tensors]
     huge = 2 * 2**20
-    arena = mmap.mmap(-1, sum(sizes) + huge)
+    arena = mmap.mmap(-1, sum(sizes) + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared would be shmem
     anchor = torch.frombuffer(arena, dtype=torch.uint8)  # the tensors keep the mapping alive
     off = (-anchor.data_ptr()) % huge
     advise_huge(PageRange(anchor.data_ptr() + off, len(arena) - off))
@@ -478,6 +478,8 @@ def _summarise(rows: list[Row], segs: dict[str, list[dict[str, Any]]], res: dict
         steps = [t for seg in ss for t in seg["step_s"]]
         r: dict[str, Any] = {**asdict(row), "tokens_per_s": 1 / statistics.median(steps), "n_timed": len(steps),
                              "per_round_tokens_per_s": [1 / seg["median_token_s"] for seg in ss],
+                             "per_round_step_ms": [[round(x * 1e3, 2) for x in seg["step_s"]] for seg in ss],
+                             "per_round_cpu_ms": [[round(x * 1e3, 2) for x in seg["cpu_s"]] for seg in ss],
                              "cpu_s_per_token": statistics.median(t for seg in ss for t in seg["cpu_s"]),
                              "tokens": ss[0]["tokens"]}
         for key in ("minflt_per_token", "majflt_per_token", "vcsw_per_token", "ivcsw_per_token",
