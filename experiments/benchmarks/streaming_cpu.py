@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from runtime.mapped import MappedFiles, PageRange, advise_huge, file_resident_fraction
+from runtime.spec import BlockSpec, SessionSpec
 
 GIB = 2**30
 
@@ -329,12 +330,27 @@ def op_profile(model: nn.Module, prompt: torch.Tensor, *, warmup: int, tokens: i
 
 
 # ------------------------------------------------------------------------------------------- the run
+def session_spec(row: Row, folder: str, *, n_layers: int, block_bytes: int, rest_bytes: int, cap: int,
+                 linear_max: int) -> SessionSpec:
+    """The SessionSpec a row of kind ``ours`` runs under: ``SessionSpec.fit`` at the cap (blocks resident while it
+    lasts, the rest on the disk tier in ``folder``), or every block on disk; the row's disk I/O, page size,
+    granularity and lookahead."""
+    unit = block_bytes if row.granularity == "block" else linear_max
+    options: dict[str, Any] = {"offload_dir": folder, "disk_io": row.disk_io, "granularity": row.granularity,
+                               "huge_pages": row.huge_pages}
+    if row.all_disk:  # as many units in flight as the cap holds next to the rest, up to the row's
+        lookahead = max(0, min(row.lookahead, (cap - rest_bytes) // unit - 1))
+        return SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in range(n_layers)),
+                           rest=BlockSpec(device="cpu"), budgets={"cpu": cap}, lookahead=lookahead, **options)
+    return SessionSpec.fit(n_blocks=n_layers, block_bytes=block_bytes, rest_bytes=rest_bytes, device="cpu",
+                           budgets={"cpu": cap}, stream_unit_bytes=unit, lookahead=row.lookahead, **options)
+
+
 def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[str, Any]:
     from accelerate import dispatch_model, infer_auto_device_map
 
     from experiments.benchmarks.streaming import build_llama, weight_bytes
     from runtime.session import Session, quantize_linears
-    from runtime.spec import BlockSpec, SessionSpec
 
     unknown = sorted(set(s.rows) - set(ROWS))
     if unknown:
@@ -384,17 +400,8 @@ def run(s: CpuBenchSettings, progress: Callable[[str], None] = print) -> dict[st
             res["accelerate_map_entries"] = len(device_map)
 
         def spec_for(row: Row, folder: str, weights_block: int) -> SessionSpec:
-            unit = weights_block if row.granularity == "block" else linear_max
-            if row.all_disk:  # as many units in flight as the cap holds next to the rest, up to the row's
-                lookahead = max(0, min(row.lookahead, (cap - rest) // unit - 1))
-                return SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in layers),
-                                   rest=BlockSpec(device="cpu"), budgets={"cpu": cap}, lookahead=lookahead,
-                                   offload_dir=folder, disk_io=row.disk_io, granularity=row.granularity,
-                                   huge_pages=row.huge_pages)
-            return SessionSpec.fit(n_blocks=len(layers), block_bytes=weights_block, rest_bytes=rest, device="cpu",
-                                   budgets={"cpu": cap}, stream_unit_bytes=unit, lookahead=row.lookahead,
-                                   offload_dir=folder, disk_io=row.disk_io, granularity=row.granularity,
-                                   huge_pages=row.huge_pages)
+            return session_spec(row, folder, n_layers=len(layers), block_bytes=weights_block, rest_bytes=rest,
+                                cap=cap, linear_max=linear_max)
 
         def segment(row: Row, k: int) -> dict[str, Any]:
             m = models[row.weights]

@@ -1,0 +1,21 @@
+"""The token-by-token interleaved CPU streaming comparison on a tiny model: every row steps, tokens compare."""
+from __future__ import annotations
+
+import pytest
+
+from experiments.benchmarks.streaming_cpu_pairs import run, to_markdown
+
+
+def test_pairs_step_every_row_and_match_tokens() -> None:
+    res = run(rows=["eager", "eager-thp", "ours", "ours-prev"], steps=3, warmup=1, threads=1, ram_fraction=0.7,
+              hidden=64, intermediate=128, layers=3, heads=4, vocab=256)
+    assert list(res["rows"]) == ["eager", "eager-thp", "ours", "ours-prev"]
+    assert all(r["tokens_match_ram"] for r in res["rows"].values())
+    assert res["rows"]["eager"]["vs_ram_median"] == 1.0
+    assert all(r["step_ms"] > 0 and r["cpu_ms"] >= 0 for r in res["rows"].values())
+    assert "ours" in to_markdown(res)
+
+
+def test_pairs_refuse_rows_they_cannot_interleave() -> None:
+    with pytest.raises(SystemExit, match="ours-cold"):
+        run(rows=["eager", "ours-cold"], steps=1, warmup=0, threads=1)
