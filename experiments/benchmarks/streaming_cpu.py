@@ -222,15 +222,15 @@ def on_huge_pages(model: nn.Module) -> tuple[nn.Module, float]:
     huge = 2 * 2**20
     arena = mmap.mmap(-1, sum(sizes) + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # shared would be shmem
     anchor = torch.frombuffer(arena, dtype=torch.uint8)  # the tensors keep the mapping alive
-    off = (-anchor.data_ptr()) % huge
-    advise_huge(PageRange(anchor.data_ptr() + off, len(arena) - off))
+    off = start = (-anchor.data_ptr()) % huge
+    advise_huge(PageRange(anchor.data_ptr() + start, len(arena) - start))  # its own VMA from here on
     for t, n in zip(tensors, sizes):
         view = anchor[off:off + t.numel() * t.element_size()].view(t.dtype).view(t.shape)
         view.copy_(t.data)
         t.data = view
         off += n
-    kb = _smaps_kb(anchor.data_ptr(), "AnonHugePages:")
-    return m, (kb * 1024 / len(arena) if kb is not None else float("nan"))
+    kb = _smaps_kb(anchor.data_ptr() + start, "AnonHugePages:")
+    return m, (min(1.0, kb * 1024 / (len(arena) - start)) if kb is not None else float("nan"))
 
 
 def _smaps_kb(addr: int, field: str) -> int | None:

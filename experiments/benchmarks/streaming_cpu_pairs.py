@@ -27,16 +27,16 @@ import torch
 
 from experiments.benchmarks.streaming import build_llama, weight_bytes
 from experiments.benchmarks.streaming_cpu import ROWS, on_huge_pages, session_spec
-from runtime.session import Session
+from runtime.session import Session, quantize_linears
 
 
 def run(*, rows: Sequence[str], steps: int, warmup: int, threads: int, ram_fraction: float = 0.30,
         seed: int = 0, hidden: int = 1024, intermediate: int = 2816, layers: int = 12, heads: int = 16,
         vocab: int = 8000, prompt_len: int = 16) -> dict[str, Any]:
-    """Open every row (fp32 only: eager, eager-thp, and warm ``ours*`` rows), then step them in turns."""
-    bad = [r for r in rows if r not in ROWS or ROWS[r].weights == "int8" or ROWS[r].cold or ROWS[r].kind == "accelerate"]
+    """Open every row (warm rows of ours and the in-RAM ones, fp32 or int8), then step them in turns."""
+    bad = [r for r in rows if r not in ROWS or ROWS[r].cold or ROWS[r].kind == "accelerate"]
     if bad:
-        raise SystemExit(f"--rows: {bad} are not warm fp32 rows of streaming_cpu.ROWS")
+        raise SystemExit(f"--rows: {bad} are not warm rows of streaming_cpu.ROWS (no cold or accelerate rows)")
     torch.set_num_threads(threads)
     model = build_llama(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads, vocab=vocab,
                         dtype=torch.float32, seed=seed)
@@ -46,6 +46,11 @@ def run(*, rows: Sequence[str], steps: int, warmup: int, threads: int, ram_fract
     linear_max = max(m.weight.numel() * 4 for m in model.model.layers[0].modules() if isinstance(m, torch.nn.Linear))
     prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     models: dict[str, Any] = {"eager": model}
+    qmodel = None
+    if any(ROWS[r].weights == "int8" for r in rows):
+        qmodel = copy.deepcopy(model)
+        for layer in qmodel.model.layers:
+            quantize_linears(layer, "int8")
     res: dict[str, Any] = {"rows": {}, "threads": threads, "steps": steps, "warmup": warmup, "cap_bytes": cap,
                            "model_bytes": total, "torch": torch.__version__, "load_1min": [os.getloadavg()[0]]}
     with tempfile.TemporaryDirectory(prefix="jalapeno-pairs-") as tmp, contextlib.ExitStack() as stack:
@@ -56,8 +61,13 @@ def run(*, rows: Sequence[str], steps: int, warmup: int, threads: int, ram_fract
             if row.weights == "fp32-thp":
                 models[name], res["eager_thp_huge_fraction"] = on_huge_pages(model)
                 continue
-            m = copy.deepcopy(model)
-            spec = session_spec(row, os.path.join(tmp, name), n_layers=len(model.model.layers), block_bytes=block,
+            if name == "int8-ram":
+                models[name] = qmodel
+                continue
+            base = qmodel if row.weights == "int8" else model
+            m = copy.deepcopy(base)
+            spec = session_spec(row, os.path.join(tmp, name), n_layers=len(model.model.layers),
+                                block_bytes=weight_bytes(base.model.layers[0]),
                                 rest_bytes=total - len(model.model.layers) * block, cap=cap, linear_max=linear_max)
             stack.enter_context(Session(m, spec))
             models[name] = m
@@ -90,7 +100,9 @@ def run(*, rows: Sequence[str], steps: int, warmup: int, threads: int, ram_fract
         res["rows"][n] = {"label": ROWS[n].label, "vs_ram_median": statistics.median(ratios),
                           "vs_ram_iqr_over_median": (q[2] - q[0]) / statistics.median(ratios),
                           "step_ms": statistics.median(wall[n]) * 1e3, "cpu_ms": statistics.median(cpu[n]) * 1e3,
-                          "tokens_match_ram": tokens[n] == tokens["eager"]}
+                          "tokens_match_ram": tokens[n] == tokens["eager"],
+                          "step_ms_each": [round(x * 1e3, 2) for x in wall[n]],
+                          "cpu_ms_each": [round(x * 1e3, 2) for x in cpu[n]]}
     return res
 
 
