@@ -101,6 +101,10 @@ def run(*, rows: Sequence[str], steps: int, warmup: int, threads: int, ram_fract
                           "vs_ram_iqr_over_median": (q[2] - q[0]) / statistics.median(ratios),
                           "step_ms": statistics.median(wall[n]) * 1e3, "cpu_ms": statistics.median(cpu[n]) * 1e3,
                           "tokens_match_ram": tokens[n] == tokens["eager"],
+                          "token_agreement_ram": sum(a == b for a, b in zip(tokens[n], tokens["eager"]))
+                          / len(tokens["eager"]),
+                          "tokens_match_int8_ram": (tokens[n] == tokens["int8-ram"]
+                                                    if ROWS[n].weights == "int8" and "int8-ram" in tokens else None),
                           "step_ms_each": [round(x * 1e3, 2) for x in wall[n]],
                           "cpu_ms_each": [round(x * 1e3, 2) for x in cpu[n]]}
     return res
@@ -114,10 +118,13 @@ def to_markdown(res: dict[str, Any]) -> str:
              + (f"; in-RAM on huge pages: {res['eager_thp_huge_fraction']:.0%} backed by 2 MiB pages"
                 if "eager_thp_huge_fraction" in res else "") + "."), "",
              ("| configuration | × in-RAM fp32, median of per-cycle ratios | IQR / median | step ms (median) | "
-              "CPU ms / step | tokens = in-RAM |"), "| --- | --- | --- | --- | --- | --- |"]
+              "CPU ms / step | tokens = in-RAM fp32 |"), "| --- | --- | --- | --- | --- | --- |"]
     for r in res["rows"].values():
+        match = str(r["tokens_match_ram"])
+        if r.get("tokens_match_int8_ram") is not None:
+            match = f"{r['token_agreement_ram']:.0%} agree; = int8 in RAM: {r['tokens_match_int8_ram']}"
         lines.append(f"| {r['label']} | {r['vs_ram_median']:.3f}× | {r['vs_ram_iqr_over_median']:.0%} | "
-                     f"{r['step_ms']:.1f} | {r['cpu_ms']:.1f} | {r['tokens_match_ram']} |")
+                     f"{r['step_ms']:.1f} | {r['cpu_ms']:.1f} | {match} |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ def test_pairs_step_every_row_and_match_tokens() -> None:
     assert list(res["rows"]) == rows
     assert all(res["rows"][n]["tokens_match_ram"] for n in rows[:4])  # fp32 rows: the in-RAM model's tokens
     assert res["rows"]["eager"]["vs_ram_median"] == 1.0
+    assert res["rows"]["ours-int8"]["tokens_match_int8_ram"]  # streamed int8 decodes as int8 in RAM does
     assert all(r["step_ms"] > 0 and r["cpu_ms"] >= 0 for r in res["rows"].values())
     assert "ours" in to_markdown(res)
 
