@@ -58,8 +58,8 @@ from runtime.stream_unit import (
 )
 from runtime.tensors import TensorStore, tier_of
 
-__all__ = ["DEFAULT_DISK_IO", "DISK_IO", "PERSISTENT_DISK_IO", "StreamStats", "StreamUnit", "Streamer", "attach_device_hooks",
-           "move_to"]
+__all__ = ["DEFAULT_DISK_IO", "DISK_IO", "PERSISTENT_DISK_IO", "StreamStats", "StreamUnit", "Streamer",
+           "attach_device_hooks", "move_to"]
 
 logger = get_logger(__name__)
 
@@ -79,7 +79,8 @@ class Streamer:
             (mapped once, populated ahead by the worker thread, dropped after use), ``"mmap-willneed"``,
             ``"mmap-sync"``, ``"remap"`` or ``"read"``. Mapped pages count in the process' RSS while
             populated, which the reserved ``lookahead + 1`` units account for.
-        huge_pages: map disk-tier files with huge pages where the kernel has them (:class:`~runtime.mapped.MappedFiles`).
+        huge_pages: map disk-tier files with huge pages where the kernel has them
+            (:class:`~runtime.mapped.MappedFiles`).
     """
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
