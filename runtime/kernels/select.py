@@ -29,7 +29,7 @@ _PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu", "int4"): ("cpu-avx512", "cpu-avx2", "torch-dequant"),
     ("cpu", "fp8"): ("torch-dequant",),
     ("cuda", "int8"): ("cuda-triton", "dequant-bf16", "cuda-int8pack"),
-    ("cuda", "int4"): ("cuda-int4-tinygemm", "cuda-triton", "dequant-bf16"),
+    ("cuda", "int4"): ("cuda-int4-gemv", "cuda-int4-tinygemm", "cuda-triton", "dequant-bf16"),
     ("cuda", "fp8"): ("cuda-fp8", "dequant-bf16"),
 }
 
