@@ -59,8 +59,8 @@ from runtime.kernels import cpu as _cpu  # noqa: F401  (registers CPU kernels)
 from runtime.kernels import cpu_avx2 as _cpu_avx2  # noqa: F401  (registers the AVX2 int8 kernel)
 from runtime.kernels import cuda as _cuda  # noqa: F401  (registers CUDA kernels; touches no device)
 from runtime.kernels import portable as _portable  # noqa: F401
-from runtime.kernels import triton_gemv as _triton_gemv  # noqa: F401  (registers the CUDA int4 GEMV)
 from runtime.kernels import triton_cuda as _triton_cuda  # noqa: F401  (imports triton only on first use)
+from runtime.kernels import triton_gemv as _triton_gemv  # noqa: F401  (registers the CUDA int4 GEMV)
 from runtime.kernels._registry import Kernel, all_kernels, get_kernel
 from runtime.kernels.formats import FORMATS, QuantizedWeight, dequantize, quantize_weight
 from runtime.kernels.linear import QuantizedLinear, choose_kernels, quantized_linear

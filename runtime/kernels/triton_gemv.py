@@ -35,7 +35,7 @@ _MAX_ROWS = 8  # activation rows served by the GEMV; more rows re-read the weigh
 def _triton_ok() -> bool:
     try:
         import triton  # noqa: F401  # lazy: only probing whether the optional package is installed
-    except Exception:
+    except Exception:  # noqa: BLE001  (a broken optional install means: not available)
         return False
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0)
 
@@ -46,60 +46,110 @@ def _build() -> Any:
     import triton.language as tl  # lazy: as above
 
     configs = [
-        triton.Config({"BLOCK_N": bn, "GROUPS": g}, num_warps=w, num_stages=s)
-        for bn, g, w, s in [(4, 2, 2, 3), (8, 1, 2, 4), (8, 2, 4, 3), (16, 1, 4, 4), (16, 2, 4, 3), (32, 1, 4, 3),
-                            (4, 4, 4, 2), (8, 4, 4, 2), (16, 4, 8, 2), (32, 2, 8, 3)]
+        triton.Config({"BLOCK_N": bn, "NB": nb}, num_warps=w, num_stages=st)
+        for bn, nb, w, st in [(4, 32, 4, 2), (4, 64, 4, 2), (8, 32, 4, 2), (8, 64, 8, 2), (16, 16, 4, 2),
+                              (16, 32, 8, 2), (2, 64, 4, 2), (4, 128, 8, 1), (8, 16, 4, 3), (32, 8, 4, 3),
+                              (1, 128, 4, 1), (2, 128, 4, 1), (2, 32, 2, 2), (4, 16, 2, 3), (1, 64, 2, 2)]
     ]
 
-    @triton.autotune(configs=configs, key=["N", "KP", "GS"])
+    def _fits(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+        # a step must hold whole groups: NB blocks of 32 >= one group
+        fit = [c for c in configs if c.kwargs["NB"] * 32 >= kwargs.get("GS", named_args.get("GS", 0))]
+        return fit or [triton.Config({"BLOCK_N": 4, "NB": kwargs.get("GS", 256) // 32}, num_warps=4)]
+
+    @triton.autotune(configs=configs, key=["N", "KP", "GS", "M"], prune_configs_by={"early_config_prune": _fits})
     @triton.jit
-    def int4_gemv(x_ptr, w_ptr, s_ptr, o_ptr, y_ptr, N, K, KP, G, stride_xm, stride_wn, stride_sn, stride_ym,
-                  GS: tl.constexpr, BLOCK_N: tl.constexpr, GROUPS: tl.constexpr):
+    def int4_gemv(x_ptr, w_ptr, s_ptr, o_ptr, y_ptr, M, N, K, KP, G, stride_xm, stride_wn, stride_sn, stride_ym,
+                  GS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr):
+        # A step covers NB blocks of 32 k (16 bytes each) of BLOCK_N rows: one 16-byte load per (row, block),
+        # and the activations' matching runs of 16 contiguous k (low nibbles, then high nibbles).
+        BPG: tl.constexpr = GS // 32  # blocks per group
+        NG: tl.constexpr = NB // BPG  # groups per step
         pid_n = tl.program_id(0)
-        row = tl.program_id(1)
-        HB: tl.constexpr = GS // 2  # bytes per group
-        P: tl.constexpr = GROUPS * HB  # bytes per step
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         nmask = rn < N
-        p = tl.arange(0, P)
-        # byte p of the step -> its two k (low and high nibble) inside the step's GROUPS groups
-        k_lo = (p // 16) * 32 + (p % 16)
-        gi = tl.arange(0, GROUPS)
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for g0 in range(0, G, GROUPS):
-            kbase = g0 * GS
-            kl = kbase + k_lo
-            kh = kl + 16
-            x_lo = tl.load(x_ptr + row * stride_xm + kl, mask=kl < K, other=0.0).to(tl.float32)
-            x_hi = tl.load(x_ptr + row * stride_xm + kh, mask=kh < K, other=0.0).to(tl.float32)
-            bmask = nmask[:, None] & ((g0 * HB + p) < (KP // 2))[None, :]
-            b = tl.load(w_ptr + rn[:, None] * stride_wn + (g0 * HB + p)[None, :], mask=bmask, other=0).to(tl.int32)
-            prod = (b & 15).to(tl.float32) * x_lo[None, :] + (b >> 4).to(tl.float32) * x_hi[None, :]
-            dots = tl.sum(tl.reshape(prod, (BLOCK_N, GROUPS, HB)), axis=2)  # (BLOCK_N, GROUPS)
-            xsum = tl.sum(tl.reshape(x_lo + x_hi, (GROUPS, HB)), axis=1)  # (GROUPS,)
-            g = g0 + gi
+        blk = tl.arange(0, NB)
+        j = tl.arange(0, 16)
+        gi = tl.arange(0, NG)
+        rm = tl.arange(0, BLOCK_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for b0 in range(0, KP // 32, NB):
+            kb = (b0 + blk) * 32  # first k of each block, (NB,)
+            bmask = (b0 + blk) < KP // 32
+            byte = (b0 + blk)[:, None] * 16 + j[None, :]  # (NB, 16)
+            wb = tl.load(w_ptr + rn[:, None, None] * stride_wn + byte[None, :, :],
+                         mask=nmask[:, None, None] & bmask[None, :, None], other=0).to(tl.int32)
+            q_lo = (wb & 15).to(tl.float32)  # (BLOCK_N, NB, 16)
+            q_hi = (wb >> 4).to(tl.float32)
+            g = b0 // BPG + gi
             gmask = nmask[:, None] & (g < G)[None, :]
-            s = tl.load(s_ptr + rn[:, None] * stride_sn + g[None, :], mask=gmask, other=0.0)
+            s = tl.load(s_ptr + rn[:, None] * stride_sn + g[None, :], mask=gmask, other=0.0)  # (BLOCK_N, NG)
             o = tl.load(o_ptr + rn[:, None] * stride_sn + g[None, :], mask=gmask, other=0.0)
-            acc += tl.sum(s * dots + o * xsum[None, :], axis=1)
-        tl.store(y_ptr + row * stride_ym + rn, acc, mask=nmask)
+            for m in tl.static_range(BLOCK_M):
+                k_lo = kb[:, None] + j[None, :]
+                xrow = x_ptr + tl.minimum(M - 1, m) * stride_xm  # rows past M repeat the last one (not stored)
+                x_lo = tl.load(xrow + k_lo, mask=k_lo < K, other=0.0).to(tl.float32)  # (NB, 16)
+                x_hi = tl.load(xrow + k_lo + 16, mask=k_lo + 16 < K, other=0.0).to(tl.float32)
+                part = tl.sum(q_lo * x_lo[None, :, :] + q_hi * x_hi[None, :, :], axis=2)  # (BLOCK_N, NB)
+                dots = tl.sum(tl.reshape(part, (BLOCK_N, NG, BPG)), axis=2)  # (BLOCK_N, NG)
+                xs = tl.sum(tl.reshape(tl.sum(x_lo + x_hi, axis=1), (NG, BPG)), axis=1)  # (NG,)
+                row = tl.sum(s * dots + o * xs[None, :], axis=1)  # (BLOCK_N,)
+                acc += tl.where(rm[:, None] == m, row[None, :], 0.0)
+        tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc, mask=(rm[:, None] < M) & nmask[None, :])
 
-    return triton, int4_gemv
+    @triton.autotune(configs=configs, key=["N", "KP", "GS"], prune_configs_by={"early_config_prune": _fits})
+    @triton.jit
+    def int4_gemv1(x_ptr, w_ptr, s_ptr, o_ptr, y_ptr, N, K, KP, G, stride_wn, stride_sn,
+                   GS: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr):
+        # One activation row (decode at batch 1): dequantize every nibble with its group's scale and offset and
+        # accumulate products element-wise; the only reduction is at the end, so a step is loads and FMAs.
+        BPG: tl.constexpr = GS // 32
+        pid_n = tl.program_id(0)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < N
+        blk = tl.arange(0, NB)
+        j = tl.arange(0, 16)
+        acc = tl.zeros((BLOCK_N, NB, 16), dtype=tl.float32)
+        for b0 in range(0, KP // 32, NB):
+            bb = b0 + blk
+            bmask = bb < KP // 32
+            byte = bb[:, None] * 16 + j[None, :]
+            wb = tl.load(w_ptr + rn[:, None, None] * stride_wn + byte[None, :, :],
+                         mask=nmask[:, None, None] & bmask[None, :, None], other=0).to(tl.int32)
+            so = rn[:, None] * stride_sn + (bb // BPG)[None, :]
+            smask = nmask[:, None] & bmask[None, :]
+            s = tl.load(s_ptr + so, mask=smask, other=0.0)[:, :, None]
+            o = tl.load(o_ptr + so, mask=smask, other=0.0)[:, :, None]
+            k_lo = bb[:, None] * 32 + j[None, :]
+            x_lo = tl.load(x_ptr + k_lo, mask=k_lo < K, other=0.0).to(tl.float32)
+            x_hi = tl.load(x_ptr + k_lo + 16, mask=k_lo + 16 < K, other=0.0).to(tl.float32)
+            w_lo = (wb & 15).to(tl.float32) * s + o
+            w_hi = (wb >> 4).to(tl.float32) * s + o
+            acc += w_lo * x_lo[None, :, :] + w_hi * x_hi[None, :, :]
+        tl.store(y_ptr + rn, tl.sum(tl.sum(acc, axis=2), axis=1), mask=nmask)
+
+    return triton, int4_gemv, int4_gemv1
 
 
 def gemv_int4(x: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     """``x @ dequantize(qw).T`` in fp32 for a 2-D ``x`` of at most ``_MAX_ROWS`` rows (any float dtype)."""
-    triton, kernel = _build()
+    triton, kernel, kernel1 = _build()
     assert qw.offsets is not None and qw.group_size is not None
     x = x.contiguous()
     m, n, kp = x.shape[0], qw.out_features, qw.padded_in_features
     y = torch.empty(m, n, device=x.device, dtype=torch.float32)
+    if m == 1:
+        kernel1[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+            x, qw.qweight, qw.scales, qw.offsets, y, n, qw.in_features, kp, kp // qw.group_size, qw.qweight.stride(0),
+            qw.scales.stride(0), GS=qw.group_size)
+        return y
 
-    def grid(meta: dict[str, int]) -> tuple[int, int]:
-        return triton.cdiv(n, meta["BLOCK_N"]), m
+    def grid(meta: dict[str, int]) -> tuple[int]:
+        return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    kernel[grid](x, qw.qweight, qw.scales, qw.offsets, y, n, qw.in_features, kp, kp // qw.group_size, x.stride(0),
-                 qw.qweight.stride(0), qw.scales.stride(0), y.stride(0), GS=qw.group_size)
+    kernel[grid](x, qw.qweight, qw.scales, qw.offsets, y, m, n, qw.in_features, kp, kp // qw.group_size, x.stride(0),
+                 qw.qweight.stride(0), qw.scales.stride(0), y.stride(0), GS=qw.group_size,
+                 BLOCK_M=triton.next_power_of_2(m))
     return y
 
 

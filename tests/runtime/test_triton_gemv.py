@@ -52,16 +52,23 @@ _INTERPRETED = textwrap.dedent("""
     import torch
     from runtime.kernels.formats import dequantize, quantize_weight
     from runtime.kernels import triton_gemv
-    triton, kernel = triton_gemv._build()
-    for n, k, gs, m, block_n, groups in [(64, 256, 128, 1, 8, 2), (50, 300, 64, 2, 16, 1), (33, 96, 32, 3, 4, 4)]:
+    triton, kernel, kernel1 = triton_gemv._build()
+    for n, k, gs, m, block_n, nb in [(64, 256, 128, 1, 8, 4), (50, 300, 64, 2, 16, 2), (33, 96, 32, 3, 4, 4),
+                                     (40, 1100, 256, 1, 8, 16)]:
         qw = quantize_weight(torch.randn(n, k), "int4", group_size=gs)
         x, y, kp = torch.randn(m, k), torch.empty(m, n), qw.padded_in_features
-        kernel.fn[(triton.cdiv(n, block_n), m)](
-            x, qw.qweight, qw.scales, qw.offsets, y, n, k, kp, kp // gs, x.stride(0), qw.qweight.stride(0),
-            qw.scales.stride(0), y.stride(0), GS=gs, BLOCK_N=block_n, GROUPS=groups)
+        kernel.fn[(triton.cdiv(n, block_n),)](
+            x, qw.qweight, qw.scales, qw.offsets, y, m, n, k, kp, kp // gs, x.stride(0), qw.qweight.stride(0),
+            qw.scales.stride(0), y.stride(0), GS=gs, BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, NB=nb)
         ref = x.double() @ dequantize(qw, torch.float64).t()
         err = float((y.double() - ref).norm() / ref.norm())
         assert err < 1e-5, (n, k, gs, m, err)
+        y1 = torch.empty(1, n)
+        kernel1.fn[(triton.cdiv(n, block_n),)](
+            x, qw.qweight, qw.scales, qw.offsets, y1, n, k, kp, kp // gs, qw.qweight.stride(0), qw.scales.stride(0),
+            GS=gs, BLOCK_N=block_n, NB=nb)
+        err1 = float((y1.double() - ref[:1]).norm() / ref[:1].norm())
+        assert err1 < 1e-5, (n, k, gs, err1)
 """)
 
 
