@@ -16,15 +16,15 @@ from runtime.kernels.triton_gemv import gemv_run
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("group_size", [32, 64, 128, 256, 96])
-@pytest.mark.parametrize(("n", "k"), [(4096, 4096), (1000, 1100), (37, 300)])
+@pytest.mark.parametrize(("n", "k", "group_size"), [(4096, 4096, 128), (1000, 1100, 64), (37, 300, 32),
+                                                  (520, 512, 256), (64, 192, 96)])
 def test_gemv_matches_float64_at_decode_rows(group_size: int, n: int, k: int) -> None:
     kernel = get_kernel("cuda-int4-gemv")
     if not kernel.supports("int4", "cuda"):
         pytest.skip("cuda-int4-gemv does not run here (no CUDA GPU of capability >= 8.0 or no triton)")
     gen = torch.Generator().manual_seed(n * 7 + k)
     qw = quantize_weight(torch.randn(n, k, generator=gen), "int4", group_size=group_size).to("cuda")
-    for batch in (1, 2, 3, 8, 9):
+    for batch in (1, 3, 9):
         for dtype in (torch.float32, torch.bfloat16):
             err = kernel_error(kernel, qw, batch=batch, seed=batch, dtype=dtype)
             assert err <= kernel.tolerance, f"{n}x{k} g{group_size} batch {batch} {dtype}: {err:.2e}"
