@@ -101,6 +101,13 @@ class QuantizedLinear(nn.Module):
         """Drop the packed copy a packing kernel built (streaming calls this when it releases the block)."""
         self._prepared = None
 
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        # ``.to()`` / ``.cuda()`` / ``.cpu()`` give the module new buffers: a packed copy built from the old ones
+        # would otherwise stay alive on the old device (it is only replaced by the next forward of a packing
+        # kernel, so never once the module runs a kernel that does not pack, e.g. after streaming took it over).
+        self._prepared = None
+        return super()._apply(fn, recurse)
+
     @property
     def prepared_nbytes(self) -> int:
         """Bytes held by the packed copy (tensors only; fbgemm's opaque pack counts as the int8 weight size)."""
@@ -175,6 +182,7 @@ def use_unpacked_kernels(module: nn.Module, device: torch.device | str) -> dict[
             kernel = unpacked_kernel(sub.fmt, device)
             if kernel is not None:
                 sub.kernel = chosen[name] = kernel.name
+                sub.release_prepared()
     return chosen
 
 
