@@ -18,25 +18,12 @@ from typing import Any
 
 import torch
 
+from experiments.benchmarks.kernels import _bandwidth
 from runtime.kernels import quantize_weight
 from runtime.kernels.cuda import tinygemm_prepare, tinygemm_run
 from runtime.kernels.triton_gemv import _build, gemv_int4
 
 SHAPES = [(4096, 4096), (12288, 4096), (11008, 4096), (22016, 4096), (4096, 11008), (32000, 4096)]
-
-
-def _bandwidth() -> float:
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    times = []
-    for _ in range(10):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        b.copy_(a)
-        e.record()
-        torch.cuda.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return 2 * a.numel() / statistics.median(times)
 
 
 def _graph_time(calls: list[Callable[[], object]], repeats: int) -> float:
@@ -107,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.manual_seed(0)
     triton, _, kernel = _build()  # the one-row kernel: decode at batch 1
-    bw = _bandwidth()
+    bw, _ = _bandwidth(torch.device("cuda"))  # the kernel benchmark's copy measurement, same method
     title = (f"# int4 GEMV tiles, batch 1 ({torch.cuda.get_device_name()}, torch {torch.__version__}, "
              f"triton {triton.__version__}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
     method = (f"- copy bandwidth (read+write, 1 GiB, median of 10): {bw / 1e9:.1f} GB/s; weights rotated over >= "
