@@ -44,6 +44,7 @@ from torch import nn
 from runtime._log import get_logger
 from runtime.device_hooks import attach_device_hooks, move_to
 from runtime.errors import BudgetExceededError, JalapenoError
+from runtime.kernels.linear import use_unpacked_kernels
 from runtime.mapped import MappedFiles
 from runtime.prefetch import Prefetcher, SequentialPrefetcher
 from runtime.stream_unit import (
@@ -158,6 +159,7 @@ class Streamer:
         if tier == "cpu" and unit.home == "gpu":
             raise JalapenoError(f"unit {unit.name!r}: streaming from the 'gpu' tier to the host is not supported; "
                                 f"home it on 'cpu' or 'disk'.")
+        use_unpacked_kernels(module, unit.device)  # no repack per fetch (tinygemm -> the int4 GEMV on CUDA)
         self.store.register(tensors, unit.home, label=unit.name)
         unit.nbytes = self.store.group_nbytes(unit.keys)
         self._map_unit(unit)

@@ -154,7 +154,7 @@ def run(device: torch.device, shapes: list[tuple[int, int]], batches: list[int],
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
         kernels = {"int8": ["cuda-triton", "cuda-int8pack", "dequant-bf16"],
-                   "int4": ["cuda-triton", "cuda-int4-tinygemm", "dequant-bf16"],
+                   "int4": ["cuda-int4-gemv", "cuda-triton", "cuda-int4-tinygemm", "dequant-bf16"],
                    "fp8": ["cuda-fp8"]}
         floats = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     else:

@@ -46,6 +46,7 @@ torch-int4pack-cpu   cpu   int4         1e-3      torch stock ``_weight_int4pack
 cuda-triton          cuda  int8, int4   1.5e-2    Triton, canonical layout, dequant in registers (bf16 dot)
 cuda-int8pack        cuda  int8         1.5e-2    torch ``_weight_int8pack_mm`` (bf16)
 cuda-int4-tinygemm   cuda  int4         1.5e-2    torch ``_weight_int4pack_mm`` (bf16)
+cuda-int4-gemv       cuda  int4         1.5e-2    Triton GEMV (<= 8 rows), canonical layout, no packed copy
 cuda-fp8             cuda  fp8          8e-2      ``torch._scaled_mm`` row-wise, capability >= 8.9
 torch-dequant        any   all          1e-4      dequantize + F.linear (portable fallback)
 dequant-bf16         any   all          1.5e-2    dequantize to bf16 + bf16 matmul
@@ -59,6 +60,7 @@ from runtime.kernels import cpu_avx2 as _cpu_avx2  # noqa: F401  (registers the 
 from runtime.kernels import cuda as _cuda  # noqa: F401  (registers CUDA kernels; touches no device)
 from runtime.kernels import portable as _portable  # noqa: F401
 from runtime.kernels import triton_cuda as _triton_cuda  # noqa: F401  (imports triton only on first use)
+from runtime.kernels import triton_gemv as _triton_gemv  # noqa: F401  (registers the CUDA int4 GEMV)
 from runtime.kernels._registry import Kernel, all_kernels, get_kernel
 from runtime.kernels.formats import FORMATS, QuantizedWeight, dequantize, quantize_weight
 from runtime.kernels.linear import QuantizedLinear, choose_kernels, quantized_linear

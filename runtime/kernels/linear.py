@@ -19,7 +19,7 @@ from torch import nn
 from runtime.errors import JalapenoError
 from runtime.kernels._registry import Kernel, get_kernel
 from runtime.kernels.formats import FORMATS, QuantizedWeight, check_group_size, quantize_weight
-from runtime.kernels.select import KernelSelector, default_kernel
+from runtime.kernels.select import KernelSelector, default_kernel, unpacked_kernel
 
 
 class QuantizedLinear(nn.Module):
@@ -101,6 +101,13 @@ class QuantizedLinear(nn.Module):
         """Drop the packed copy a packing kernel built (streaming calls this when it releases the block)."""
         self._prepared = None
 
+    def _apply(self, fn: Any, recurse: bool = True) -> QuantizedLinear:
+        # ``.to()`` / ``.cuda()`` / ``.cpu()`` give the module new buffers: a packed copy built from the old ones
+        # would otherwise stay alive on the old device (it is only replaced by the next forward of a packing
+        # kernel, so never once the module runs a kernel that does not pack, e.g. after streaming took it over).
+        self._prepared = None
+        return super()._apply(fn, recurse)
+
     @property
     def prepared_nbytes(self) -> int:
         """Bytes held by the packed copy (tensors only; fbgemm's opaque pack counts as the int8 weight size)."""
@@ -163,6 +170,20 @@ def quantized_linear(x: torch.Tensor, qw: QuantizedWeight, *, bias: torch.Tensor
     if bias is not None:
         y = y + bias.to(y.dtype)
     return y.reshape(*x.shape[:-1], qw.out_features)
+
+
+def use_unpacked_kernels(module: nn.Module, device: torch.device | str) -> dict[str, str]:
+    """Give every QuantizedLinear under ``module`` that has no kernel set and whose default on ``device`` packs
+    its weight the first kernel that reads the codes as they are (the streamed-weight rule, see
+    :func:`runtime.kernels.select.unpacked_kernel`). Returns ``{module name: kernel name}`` of what it set."""
+    chosen: dict[str, str] = {}
+    for name, sub in module.named_modules():
+        if isinstance(sub, QuantizedLinear) and sub.kernel is None and default_kernel(sub.fmt, device).prepare:
+            kernel = unpacked_kernel(sub.fmt, device)
+            if kernel is not None:
+                sub.kernel = chosen[name] = kernel.name
+                sub.release_prepared()
+    return chosen
 
 
 def choose_kernels(model: nn.Module, *, batch: int = 1, dtype: torch.dtype = torch.float32,

@@ -29,7 +29,7 @@ _PREFERENCE: dict[tuple[str, str], tuple[str, ...]] = {
     ("cpu", "int4"): ("cpu-avx512", "cpu-avx2", "torch-dequant"),
     ("cpu", "fp8"): ("torch-dequant",),
     ("cuda", "int8"): ("cuda-triton", "dequant-bf16", "cuda-int8pack"),
-    ("cuda", "int4"): ("cuda-int4-tinygemm", "cuda-triton", "dequant-bf16"),
+    ("cuda", "int4"): ("cuda-int4-tinygemm", "cuda-int4-gemv", "cuda-triton", "dequant-bf16"),
     ("cuda", "fp8"): ("cuda-fp8", "dequant-bf16"),
 }
 
@@ -54,6 +54,22 @@ def default_kernel(fmt: str, device: torch.device | str = "cpu") -> Kernel:
         if kernel.supports(fmt, dev):
             return kernel
     return get_kernel("torch-dequant")
+
+
+def unpacked_kernel(fmt: str, device: torch.device | str) -> Kernel | None:
+    """The first available kernel of the device's preference for ``fmt`` that keeps no packed copy, if any.
+
+    Why: a streamed weight arrives in new buffers on every fetch, so a packing kernel (tinygemm) repacks it on
+    every token and holds a second copy while it is resident; a kernel that reads the canonical codes as they
+    are does neither (measured: ``results/streaming_gpu_gemv.md``).
+    """
+    _check_fmt(fmt)
+    dev = torch.device(device)
+    for name in _PREFERENCE.get((dev.type, fmt), ()):
+        kernel = get_kernel(name)
+        if kernel.prepare is None and not kernel.quantizes_activations and kernel.supports(fmt, dev):
+            return kernel
+    return None
 
 
 def kernel_error(kernel: Kernel | str, qw: QuantizedWeight, *, batch: int = 1, seed: int = 0,

@@ -192,6 +192,17 @@ def test_prepared_weight_is_rebuilt_when_buffers_change() -> None:
     assert not torch.allclose(ya, yb)
 
 
+def test_moving_the_module_drops_its_packed_copy() -> None:
+    # A packed copy built from the old buffers must not outlive a move (it would stay on the old device).
+    if "int8-dynamic" not in available_kernels("int8", "cpu"):
+        pytest.skip("fbgemm not available")
+    q = QuantizedLinear.from_linear(nn.Linear(64, 32), "int8", kernel="int8-dynamic")
+    q(torch.randn(2, 64))
+    assert q.prepared_nbytes > 0
+    q.to("cpu", torch.float32)
+    assert q.prepared_nbytes == 0
+
+
 def test_functional_form_matches_module() -> None:
     lin = nn.Linear(96, 40)
     q = QuantizedLinear.from_linear(lin, "int8")
