@@ -392,18 +392,22 @@ class Profiler:
             warm = t.step_warmup if warmup is None else warmup
             reps = t.step_repeats if repeats is None else repeats
             calls = 0
+            best: tuple[float, float] | None = None  # (spread, median) of the steadier attempt of THIS call
             for _attempt in range(2 if spread_key else 1):
                 values = timed_samples(step, warmup=warm, repeats=reps, device=device, clock=t.clock)
                 calls += warm + reps
                 spread = iqr_ratio(values)
-                if spread_key is None or spread_key not in self.table.spread or spread < self.table.spread[spread_key]:
-                    median = float(np.median(values))
-                    if spread_key is not None:
-                        self.table.spread[spread_key] = spread
-                if spread_key is None or self.table.spread[spread_key] <= NOISY:
+                if best is None or spread < best[0]:
+                    best = (spread, float(np.median(values)))
+                if spread_key is None or best[0] <= NOISY:
                     break
-            if spread_key is not None and self.table.spread[spread_key] > NOISY and spread_key not in self.table.noisy:
-                self.table.noisy.append(spread_key)
+            spread, median = best
+            if spread_key is not None:  # this call's figure and its own spread (an earlier entry is replaced)
+                self.table.spread[spread_key] = spread
+                if spread > NOISY and spread_key not in self.table.noisy:
+                    self.table.noisy.append(spread_key)
+                elif spread <= NOISY and spread_key in self.table.noisy:
+                    self.table.noisy.remove(spread_key)
             fetches = (session.streamer.stats.fetches - before) / calls
             nbytes = float(session.streamer.streamed_bytes_per_pass())
             pre = (timed(prefill_fn, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
