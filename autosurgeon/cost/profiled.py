@@ -34,8 +34,8 @@ an entry above ``NOISY`` is re-measured once and, if it stays, labelled noisy in
 evaluator's method says how many); the load average is recorded with the table. On load, a cheap spot check
 re-times the unmodified step: a cached table slower than now by more than ``STALE`` (measured under load,
 or stale) or mostly noisy is re-measured, not trusted; one faster than now is kept (the machine is loaded
-NOW) and the check is recorded. Unit entries are timed per choice in their own passes, not interleaved
-across choices.
+NOW) and the check is recorded. A fresh table's baseline step and its choices' context runs are timed in interleaved
+rounds (``TimingSettings.rounds``, ``cost/profiled_context.py``), so a load change moves them all alike.
 """
 from __future__ import annotations
 

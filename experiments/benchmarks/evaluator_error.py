@@ -29,6 +29,7 @@ or ``python -m experiments.benchmarks.evaluator_error --unseen --out experiments
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -77,7 +78,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sensitivity = (measure_sensitivity(loaded, hessian_samples=0, threads=args.threads)
                    if loaded.task in ("causal-lm", "feature-extraction") or args.sensitivity
                    or (args.unseen and loaded.task == "image-classification") else None)  # unseen-vit: a proxy too
-    timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats)
+    timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats,
+                            rounds=args.table_rounds)
 
     # With interleaved rounds the runtime's reference latency comes from them (runtime_reference.py); its own
     # evaluate then only needs a short timing (memory, quality and energy are what it still gives).
@@ -94,6 +96,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     launch = table.launch_overhead_s[phase]
     fetches = [v["fetch_s"] for v in table.stream.values()]
     evaluators: dict[str, Any] = {"profiled": profiled}
+    if args.single_block_table:  # the table as before session 6 (each entry in one block), in the same run
+        evaluators["profiled (table entries one after another)"] = ProfiledEvaluator(
+            loaded, profile, space=space, timing=dataclasses.replace(timing, rounds=1), sensitivity=sensitivity,
+            use_disk_cache=False, cache=EvaluationCache())
     calibration_s = 0.0
     calibrated = None
     if args.calibration_plans:
@@ -420,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="interleaved rounds of the runtime reference (runtime_reference.py; 0: one block per plan)")
     p.add_argument("--round-steps", type=int, default=10, help="timed steps per plan per round")
     p.add_argument("--round-warmup", type=int, default=2, help="untimed steps per plan per round")
+    p.add_argument("--table-rounds", type=int, default=3,
+                   help="interleaved rounds of the profiled table's build (TimingSettings.rounds; 1: one block each)")
+    p.add_argument("--single-block-table", action="store_true",
+                   help="also run a profiled evaluator whose table is built one entry after another (rounds=1)")
     p.add_argument("--quality-samples", type=int, default=4, help="held-out windows / test images (0: all)")
     p.add_argument("--calibration-plans", type=int, default=8,
                    help="runtime plans (seed + 1000, apart from the test plans) the calibrated profiled "
