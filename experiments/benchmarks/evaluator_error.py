@@ -312,15 +312,18 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reference_text(args: argparse.Namespace) -> str:
-    """How the runtime reference was taken, and the tie rule (experiments/benchmarks/runtime_reference.py)."""
-    if not getattr(args, "rounds", 0):
+def reference_text(args: argparse.Namespace, ref: dict[str, Any] | None) -> str:
+    """How the runtime reference was taken (``ref``: a result's "reference", else the arguments), and the tie rule
+    (experiments/benchmarks/runtime_reference.py)."""
+    rounds, steps, warmup = ((ref["rounds"], ref["steps"], ref["warmup"]) if ref else
+                             (getattr(args, "rounds", 0), args.round_steps, args.round_warmup))
+    if not rounds:
         return (f"Reference: RuntimeEvaluator, median of {args.repeats} decode steps (batch 1, 32 cached positions; "
                 f"encoders: one forward) in one block per plan, plans in a seeded shuffled order, on the {args.clock} "
                 f"clock, {args.threads} thread(s).")
     return (f"Reference: the runtime (RuntimeEvaluator.open_step: apply_plan -> Session), every plan kept open and timed "
-            f"in {args.rounds} interleaved rounds (a new seeded shuffled plan order each round; per plan and round "
-            f"{args.round_warmup} warm-up + {args.round_steps} timed decode steps at batch 1, 32 cached positions; "
+            f"in {rounds} interleaved rounds (a new seeded shuffled plan order each round; per plan and round "
+            f"{warmup} warm-up + {steps} timed decode steps at batch 1, 32 cached positions; "
             f"encoders: forwards), on the {args.clock} clock, {args.threads} thread(s); a plan's latency is the median "
             "of its round medians, its spread the rounds' (max - min) / median. Tie rule: the runtime orders plan A "
             "before plan B only when A is faster in EVERY round; any other pair is a tie and cannot be mis-ordered. "
@@ -341,7 +344,7 @@ def unseen_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> 
     lines = [f"# Evaluator error vs the runtime on the unseen set ({where})", "",
              "Models: `experiments/benchmarks/unseen.py` (architectures never tuned on; benchmarks only). Per model: "
              f"{args.plans} random valid plans (seed {args.seed}, knobs {args.knobs}) + the unmodified model + a "
-             "uniform plan of every precision. " + reference_text(args) + " Profiled: its table measured fresh in "
+             "uniform plan of every precision. " + reference_text(args, results[0].get("reference") if results else None) + " Profiled: its table measured fresh in "
              "the same process. Quality measured with the model-agnostic default (fidelity in the model's own "
              f"vocabulary: KL + top-1 agreement; encoders: embedding cosine), {args.quality_samples} samples, vs the "
              "sensitivity proxy's estimate.", "",
