@@ -194,6 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary[name] = entry
     summary["runtime"] = {"evals_per_s": runtime.evaluations_per_second, "evaluated": runtime.evaluated,
                           "uniform_order": runtime_order,
+                          # the same plan, the same runtime, two moments: the reference vs the table's own step
+                          "unmodified_over_table": rows[0]["runtime"]["latency_s"] / table.baseline_s[phase],
                           "median_dispersion": statistics.median(
                               r["runtime"]["extra"]["round_dispersion"] if reference is not None else
                               (r["runtime"]["extra"]["p90_s"] - r["runtime"]["extra"]["p10_s"])
@@ -364,6 +366,12 @@ def unseen_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> 
             lines.append(f"| {name} | {res['plans']} | {load} | {spread} | {ev} | {e['latency_mape'] * 100:.1f}% | "
                          f"{e['latency_spearman']:.2f} | {'yes' if e['uniform_order_matches_runtime'] else 'no'} | "
                          f"{pairs_text(e.get('uniform_pairs'))} | {e.get('uniform_spearman', float('nan')):.2f} |")
+    lines += ["", ("Drift check: the unmodified plan's reference latency over the profiled table's own runtime step of "
+                   "the same plan (same process, measured before the reference; 1.00 = no drift between the two "
+                   "moments; the profiled composition of the unmodified plan IS that table step):"), ""]
+    lines += [f"- {os.path.basename(res['model'].rstrip('/')).rsplit('-', 1)[0]}: "
+              f"{res['summary']['runtime']['unmodified_over_table']:.2f}" for res in results
+              if "unmodified_over_table" in res["summary"]["runtime"]]
     lines += ["", "Uniform plans, fastest first (runtime vs each evaluator):", ""]
     for res in results:
         s = res["summary"]
