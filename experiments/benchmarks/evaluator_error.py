@@ -8,6 +8,9 @@ For a zoo model (default the trained ``tiny-llama``) on THIS machine's measured 
      times at the model's shapes as the runtime runs them plus the step's rest measured with the linears
      nulled, ``cost/step_rest.py``; no runtime run), and the AnalyticEvaluator calibrated with the profiled
      table's measured per-op overhead and per-fetch cost;
+     The runtime's latency reference is then taken again with every plan kept open, in ``--rounds`` interleaved
+     rounds (``runtime_reference.py``: median of round medians; a pair of plans is ordered only when one is faster
+     in every round, else a tie); ``--rounds 0`` keeps the single block of steps per plan;
   3. report per evaluator the median absolute percentage error (MAPE) of latency and memory (GPU + CPU
      tiers, the "memory" objective; and disk) against the runtime, Spearman rho of latencies, and
      evaluations per second (cache misses only, from a fresh cache).
