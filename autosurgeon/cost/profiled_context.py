@@ -138,8 +138,8 @@ def _rounds(p: Profiler, combos: list[Combo], step: Callable[[], Any] | None, pr
     pre: list[float] = []
     jobs = ([-1] if step is not None else []) + list(range(len(combos)))  # -1: the baseline
     rng = np.random.default_rng(len(jobs))  # a fixed seed: the same table settings time in the same orders
-    for r in range(t.rounds):
-        warm = t.step_warmup if r == 0 else 1
+    for _ in range(t.rounds):
+        warm = t.step_warmup  # every round: a context run's model copy is built afresh each round
         for j in (int(i) for i in rng.permutation(jobs)):
             if j < 0:
                 base += timed_samples(step, warmup=warm, repeats=per, device=dev, clock=t.clock)
@@ -157,7 +157,7 @@ def measure_in_rounds(p: Profiler, combos: list[Combo]) -> None:
     """The baseline step on the runtime and every combo's context run, in ``p.timing.rounds`` interleaved rounds.
 
     Each round runs the baseline and the combos in a new seeded shuffled order, each with ``step_warmup`` warm-up steps
-    in the first round and one after, and ``ceil(step_repeats / rounds)`` timed steps; the samples of all rounds
+    (every round: a context run's model copy is fresh each round), and ``ceil(step_repeats / rounds)`` timed steps; the samples of all rounds
     make each entry (median, IQR/median). Combos with entries above ``NOISY`` get one more set of rounds (the
     steadier figure of the two stays, as in a single run's re-measure), then stay labelled. Sets
     ``table.baseline_s`` and its spread; ``Profiler.ensure_base`` then keeps them.

@@ -255,6 +255,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"(apply_plan -> runtime.Session; {res['step']}; median of {res['repeats']} steps "
         f"after 3 warm-up on the {res['clock']} clock; TensorStore peak bytes; quality on "
         f"{res['quality_samples'] or 'all'} held-out windows/test images). Total run {res['seconds']:.0f} s.",
+        ("" if not res.get("reference") else
+         f"The latency reference is then retaken: {res['reference']['rounds']} interleaved rounds over the open plans, "
+         f"{res['reference']['warmup']} + {res['reference']['steps']} steps per plan and round, median of round "
+         "medians (runtime_reference.py); the figures below use it."),
         "",
         "| evaluator | latency MAPE | latency p90 APE | latency Spearman | memory (gpu+cpu) MAPE | memory max APE | "
         "disk MAPE | quality Spearman (proxy vs measured) | evaluations/s |",
