@@ -34,8 +34,8 @@ an entry above ``NOISY`` is re-measured once and, if it stays, labelled noisy in
 evaluator's method says how many); the load average is recorded with the table. On load, a cheap spot check
 re-times the unmodified step: a cached table slower than now by more than ``STALE`` (measured under load,
 or stale) or mostly noisy is re-measured, not trusted; one faster than now is kept (the machine is loaded
-NOW) and the check is recorded. Unit entries are timed per choice in their own passes, not interleaved
-across choices.
+NOW) and the check is recorded. A fresh table's baseline step and its choices' context runs are timed in interleaved
+rounds (``TimingSettings.rounds``, ``cost/profiled_context.py``), so a load change moves them all alike.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TYPE_CHECKING
@@ -71,6 +71,7 @@ logger = get_logger(__name__)
 STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
 
 
+from autosurgeon.cost.profiled_context import context_times, measure_in_rounds, store_context
 from autosurgeon.cost.profiled_kv import measure_kv_op_seconds
 from autosurgeon.cost.profiled_table import (  # noqa: F401  (re-exported)
     FLOAT_DTYPES,
@@ -287,91 +288,18 @@ class Profiler:
 
     def _context_run(self, precision: str, group_size: int, kernel: str, exec_kind: str, *,
                      retry: bool = True) -> None:
-        """Time every leaf that can take (precision, group, kernel) inside real passes of the model.
-
-        A copy of the model gets that choice on every such leaf; forward pre/post hooks on them read the
-        clock around each call during ``repeats`` steps (and prefills) after ``warmup``; each leaf's median
-        goes in the table. The hooks' own cost (two clock reads) is part of every reading, as the
-        runtime's module calls are part of the real pass.
-        """
-        device = _exec_device(self.units[exec_kind])
-        model = copy.deepcopy(self.module).to(device)
-        group = group_size if precision == "int4" else 0
-        kern = kernel if precision not in FLOAT_DTYPES else "auto"
-        names = [n for n in self.space.leaves if self._accepts(n, precision, group_size, kernel, exec_kind)]
-        for name in names:
-            module = model.get_submodule(name)
-            leaf = self.space.leaves[name]
-            if precision == (leaf.dtype or "float32"):
-                continue
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child,
-                    variant(module, precision, group_size, kernel))
-        clock = time.process_time if self.timing.clock == "cpu" else time.perf_counter
-        sync = (lambda: torch.cuda.synchronize(device)) if device.startswith("cuda") else (lambda: None)
-        record: list[str | None] = [None]
-        times: dict[str, dict[str, list[float]]] = {}
-        starts: dict[str, float] = {}
-
-        def pre(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any) -> None:
-                if record[0] is not None:
-                    sync()
-                    starts[name] = clock()
-            return hook
-
-        def post(name: str) -> Callable[..., None]:
-            def hook(module: nn.Module, args: Any, out: Any) -> None:
-                if record[0] is not None:
-                    sync()
-                    times.setdefault(record[0], {}).setdefault(name, []).append(clock() - starts[name])
-            return hook
-
-        handles = []
-        for name in names:
-            m = model.get_submodule(name)
-            handles += [m.register_forward_pre_hook(pre(name)), m.register_forward_hook(post(name))]
-        inputs = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                  for k, v in base_inputs(self.loaded, self.workload).items()}
+        """Time every leaf that can take (precision, group, kernel) inside real passes of the model
+        (``cost/profiled_context.py``); each leaf's median goes in the table, noisy entries measured once more."""
+        combo = (precision, group_size, kernel, exec_kind)
         t = self.timing
-        try:
-            step, prefill, _ = make_steps(no_grad_forward(model), model, self.workload, inputs)
-            runs = [(self.workload.phase, step)] + ([("prefill", prefill)] if prefill is not None else [])
-            for phase, fn in runs:
-                record[0] = None
-                for _ in range(t.step_warmup):
-                    fn()
-                record[0] = phase
-                for _ in range(t.step_repeats if phase != "prefill" else max(3, t.step_repeats // 3)):
-                    fn()
-                record[0] = None
-        finally:
-            for h in handles:
-                h.remove()
-        touched = []
-        for phase, per_leaf in times.items():
-            for name, values in per_leaf.items():
-                key = f"ctx|{phase}|{device}|{name}|{precision}|g{group}|{kern}"
-                touched.append(key)
-                spread = iqr_ratio(values)
-                if key in self.table.spread and self.table.spread[key] <= spread:
-                    continue  # a re-measure that came out noisier: the first one stays
-                self.table.unit_s[key] = float(np.median(values))
-                self.table.spread[key] = spread
-                if spread <= NOISY and key in self.table.noisy:
-                    self.table.noisy.remove(key)
-        noisy = [k for k in touched if self.table.spread[k] > NOISY]
+        times, names = context_times(self, combo, warmup=t.step_warmup, repeats=t.step_repeats)
+        noisy = store_context(self, combo, times, names)
         if noisy and retry:
             logger.info("%d of the %s entries noisy (IQR/median > %.2f); measuring them again", len(noisy),
                         precision, NOISY)
             self._context_run(precision, group_size, kernel, exec_kind, retry=False)
         elif noisy:
             self.table.noisy.extend(k for k in noisy if k not in self.table.noisy)
-        for name in names:  # leaves the pass never called cost nothing
-            for phase, _ in ((self.workload.phase, 0), ("prefill", 0)):
-                if phase in times or phase == self.workload.phase:
-                    self.table.unit_s.setdefault(f"ctx|{phase}|{device}|{name}|{precision}|g{group}|{kern}", 0.0)
-        self._dirty = True
 
     # ---- whole steps on the runtime
     def _session_step(self, spec: SessionSpec, *, warmup: int | None = None, repeats: int | None = None,
@@ -392,18 +320,22 @@ class Profiler:
             warm = t.step_warmup if warmup is None else warmup
             reps = t.step_repeats if repeats is None else repeats
             calls = 0
+            best: tuple[float, float] | None = None  # (spread, median) of the steadier attempt of THIS call
             for _attempt in range(2 if spread_key else 1):
                 values = timed_samples(step, warmup=warm, repeats=reps, device=device, clock=t.clock)
                 calls += warm + reps
                 spread = iqr_ratio(values)
-                if spread_key is None or spread_key not in self.table.spread or spread < self.table.spread[spread_key]:
-                    median = float(np.median(values))
-                    if spread_key is not None:
-                        self.table.spread[spread_key] = spread
-                if spread_key is None or self.table.spread[spread_key] <= NOISY:
+                if best is None or spread < best[0]:
+                    best = (spread, float(np.median(values)))
+                if spread_key is None or best[0] <= NOISY:
                     break
-            if spread_key is not None and self.table.spread[spread_key] > NOISY and spread_key not in self.table.noisy:
-                self.table.noisy.append(spread_key)
+            spread, median = best
+            if spread_key is not None:  # this call's figure and its own spread (an earlier entry is replaced)
+                self.table.spread[spread_key] = spread
+                if spread > NOISY and spread_key not in self.table.noisy:
+                    self.table.noisy.append(spread_key)
+                elif spread <= NOISY and spread_key in self.table.noisy:
+                    self.table.noisy.remove(spread_key)
             fetches = (session.streamer.stats.fetches - before) / calls
             nbytes = float(session.streamer.streamed_bytes_per_pass())
             pre = (timed(prefill_fn, warmup=1, repeats=max(3, t.step_repeats // 3), device=device,
@@ -419,9 +351,10 @@ class Profiler:
         default = self.profile.default_unit()
         dev = _exec_device(default)
         self.table.settings["load_1m"] = load_average()
-        base, base_pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)),
-                                               spread_key=f"baseline|{self.workload.phase}")
-        self.table.baseline_s = {self.workload.phase: base, **({"prefill": base_pre} if base_pre else {})}
+        if self.workload.phase not in self.table.baseline_s:  # else measured in rounds (measure_all)
+            base, base_pre, _ = self._session_step(SessionSpec(default=BlockSpec(device=dev)),
+                                                   spread_key=f"baseline|{self.workload.phase}")
+            self.table.baseline_s = {self.workload.phase: base, **({"prefill": base_pre} if base_pre else {})}
         x0 = self.space.default_vector()
         for phase in self._phases():
             leaves = sum(self.leaf_seconds(c, b.exec_kind, phase) for b in resolve_blocks(self.space, x0)
@@ -512,9 +445,31 @@ class Profiler:
         return {"fetch_s": fetch_s, "s_per_byte": per_byte, "points": points}
 
     def measure_all(self) -> int:
-        """Measure every valid leaf choice of the space (so later evaluations only look up); returns entries."""
-        self.ensure_base()
+        """Measure every valid leaf choice of the space (so later evaluations only look up); returns entries.
 
+        With ``timing.rounds`` > 1 a fresh table's baseline and context runs are timed in interleaved rounds
+        (``profiled_context.measure_in_rounds``); the rest (isolated leaves, repacks, streaming) as before."""
+        if self.timing.rounds > 1 and self.timing.mode == "context" and not self.table.overhead_s:
+            combos = list(dict.fromkeys(
+                (p, g, k, kind) for choice, kind, _ in self._choices() for p, g, k in [(
+                    choice.precision, choice.group_size if choice.precision == "int4" else 0,
+                    choice.kernel if choice.precision not in FLOAT_DTYPES else "auto")]))
+            measure_in_rounds(self, [self._combo_args(c) for c in combos])
+        self.ensure_base()
+        for choice, kind, streams in self._choices():
+            for phase in self._phases():
+                for streamed in streams:
+                    self.leaf_seconds(choice, kind, phase, streamed=streamed)
+        self.save()
+        return len(self.table.unit_s)
+
+    def _combo_args(self, combo: tuple[str, int, str, str]) -> tuple[str, int, str, str]:
+        """A deduplicated (precision, group or 0, kernel, kind) as ``_context_run`` takes it (group 0 -> any)."""
+        p, g, k, kind = combo
+        return (p, g if p == "int4" else 128, k, kind)
+
+    def _choices(self) -> Iterator[tuple[LeafChoice, str, list[bool]]]:
+        """Every valid (leaf choice, execution kind, streamed-or-not list) of the space."""
         for v in self.space.variables:
             if v.knob != "precision":
                 continue
@@ -533,12 +488,7 @@ class Profiler:
                     streams = [False] + ([True] if self._can_stream(v, kind) else [])
                     for g in gs:
                         for k in ks:
-                            choice = LeafChoice(leaf, p, g, k, True)
-                            for phase in self._phases():
-                                for streamed in streams:
-                                    self.leaf_seconds(choice, kind, phase, streamed=streamed)
-        self.save()
-        return len(self.table.unit_s)
+                            yield LeafChoice(leaf, p, g, k, True), kind, streams
 
     def _can_stream(self, v: Any, kind: str) -> bool:
         """Whether the leaf of precision variable ``v`` can sit in a block streamed to the ``kind`` unit."""

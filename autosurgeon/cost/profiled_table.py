@@ -84,6 +84,9 @@ class TimingSettings:
     unit totalling N L2 caches (at most ``MAX_COPIES``), so every call reads its weights from L3/DRAM.
     Measured on tiny-llama on the CI machine, neither matches the unit inside a pass exactly (hot
     underestimates, 4 x L2 overestimated ~2x); the fixed overhead absorbs the float model's difference.
+    ``rounds`` (context mode, ``Profiler.measure_all`` on a fresh table): the baseline step and every choice's
+    context run timed in that many interleaved rounds, ``step_repeats`` split among them
+    (``cost/profiled_context.py``); 1 measures each entry in one block, one after another.
     """
 
     warmup: int = 3
@@ -93,11 +96,12 @@ class TimingSettings:
     clock: str = "wall"
     cold_l2: int = 0
     mode: str = "context"
+    rounds: int = 3
 
     def __post_init__(self) -> None:
         if self.clock not in ("wall", "cpu"):
             raise InvalidArgumentError(f"`clock` must be 'wall' or 'cpu', got {self.clock!r}.")
-        for name in ("repeats", "step_repeats"):
+        for name in ("repeats", "step_repeats", "rounds"):
             if getattr(self, name) < 1:
                 raise InvalidArgumentError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         for name in ("warmup", "step_warmup"):

@@ -1,7 +1,8 @@
 """The runtime evaluator: the plan applied and run end to end on the Jalapeño runtime; measured."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # annotations only
     from autosurgeon.hardware.profile import HardwareProfile
     from autosurgeon.zoo import LoadedModel
 
+Step = Callable[[], Any]
 NOISY = 0.15  # (p90 - p10) / median above which a step time is re-measured, then labelled noisy
 
 
@@ -89,21 +91,27 @@ class RuntimeEvaluator(Evaluator):
                 "budgets": self.budgets, "energy": self.energy, "threads": torch.get_num_threads(),
                 "lookahead": self.lookahead}
 
-    # long: apply, time, measure memory/energy/quality, combine with the KV term and label each figure, in order
-    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
-
-        t = self.timing
-        if self._full_space is None:  # apply_plan wants the space with every knob; build it once
-
+    def _full_plan(self, plan: Plan) -> Plan:
+        """``plan`` in the space with every knob (apply_plan wants it); knobs this evaluator's space leaves out take
+        the full space's defaults, repaired where the default is masked (int4 group 128 on a layer narrower than
+        128 -> 32), as the cost models assume."""
+        if self._full_space is None:  # built once
             self._full_space = (self.space if set(self.space.knobs) == set(KNOBS)
                                 else SearchSpace.build(self.loaded, self.profile, knobs=KNOBS))
-        if self._full_space is not self.space:
-            # Knobs this evaluator's space leaves out take the full space's defaults, repaired where the
-            # default is masked (int4 group 128 on a layer narrower than 128 -> 32), as the cost models assume.
-            full = self._full_space
-            session_decisions = plan.session  # the full (per-module) space has no session variables
-            plan = replace(full.decode(full.repair(full.encode(plan)), metadata=plan.metadata),
-                           session=session_decisions)
+        if self._full_space is self.space:
+            return plan
+        full = self._full_space
+        session_decisions = plan.session  # the full (per-module) space has no session variables
+        return replace(full.decode(full.repair(full.encode(plan)), metadata=plan.metadata), session=session_decisions)
+
+    @contextmanager
+    def open_step(self, plan: Plan | np.ndarray) -> Iterator[tuple[Any, Step, Step | None, str]]:
+        """``(session, step, prefill, device)`` of ``plan`` (a Plan or a vector of this space) applied on the
+        runtime, open until the block ends: what ``evaluate`` times. A harness that times several plans in
+        interleaved rounds keeps them open (``experiments/benchmarks/runtime_reference.py``)."""
+        if not isinstance(plan, Plan):
+            plan = self.space.decode(self.space.check_vector(plan))
+        plan = self._full_plan(plan)
         session = apply_plan(self.loaded, plan, self.profile, inplace=False, budgets=self.budgets,
                              space=self._full_space, lookahead=self.lookahead,
                              energy_watts=mean_watts(self.profile, 1.0), kv_context=self.workload.context,
@@ -113,6 +121,13 @@ class RuntimeEvaluator(Evaluator):
                                           base_inputs(self.loaded, self.workload),
                                           cache=session.open_kv_cache() if plan.session else None)
             device = next((d for d in getattr(session, "_devices", ["cpu"]) if str(d).startswith("cuda")), "cpu")
+            yield session, step, prefill, device
+
+    # long: time, measure memory/energy/quality, combine with the KV term and label each figure, in order
+    def _evaluate(self, plan: Plan, x: np.ndarray) -> Metrics:
+
+        t = self.timing
+        with self.open_step(plan) as (session, step, prefill, device):
             for _ in range(t.step_warmup):
                 step()
             joules = source = None

@@ -8,6 +8,9 @@ For a zoo model (default the trained ``tiny-llama``) on THIS machine's measured 
      times at the model's shapes as the runtime runs them plus the step's rest measured with the linears
      nulled, ``cost/step_rest.py``; no runtime run), and the AnalyticEvaluator calibrated with the profiled
      table's measured per-op overhead and per-fetch cost;
+     The runtime's latency reference is then taken again with every plan kept open, in ``--rounds`` interleaved
+     rounds (``runtime_reference.py``: median of round medians; a pair of plans is ordered only when one is faster
+     in every round, else a tie); ``--rounds 0`` keeps the single block of steps per plan;
   3. report per evaluator the median absolute percentage error (MAPE) of latency and memory (GPU + CPU
      tiers, the "memory" objective; and disk) against the runtime, Spearman rho of latencies, and
      evaluations per second (cache misses only, from a fresh cache).
@@ -29,6 +32,7 @@ or ``python -m experiments.benchmarks.evaluator_error --unseen --out experiments
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -46,6 +50,7 @@ from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.quality.sensitivity import measure_sensitivity, spearman
 from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import load_model
+from experiments.benchmarks import runtime_reference
 
 
 def ape(est: float, ref: float) -> float:
@@ -76,9 +81,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sensitivity = (measure_sensitivity(loaded, hessian_samples=0, threads=args.threads)
                    if loaded.task in ("causal-lm", "feature-extraction") or args.sensitivity
                    or (args.unseen and loaded.task == "image-classification") else None)  # unseen-vit: a proxy too
-    timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats)
+    timing = TimingSettings(clock=args.clock, repeats=args.repeats, step_repeats=args.repeats,
+                            rounds=args.table_rounds)
 
-    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=timing,
+    # With interleaved rounds the runtime's reference latency comes from them (runtime_reference.py); its own
+    # evaluate then only needs a short timing (memory, quality and energy are what it still gives).
+    rt_timing = (TimingSettings(clock=args.clock, repeats=args.repeats, step_warmup=1, step_repeats=3)
+                 if args.rounds else timing)
+    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=rt_timing,
                                quality_samples=args.quality_samples or None, cache=EvaluationCache())
     t0 = time.perf_counter()
     profiled = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
@@ -89,6 +99,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     launch = table.launch_overhead_s[phase]
     fetches = [v["fetch_s"] for v in table.stream.values()]
     evaluators: dict[str, Any] = {"profiled": profiled}
+    if args.single_block_table:  # the table as before session 6 (each entry in one block), in the same run
+        evaluators["profiled (table entries one after another)"] = ProfiledEvaluator(
+            loaded, profile, space=space, timing=dataclasses.replace(timing, rounds=1), sensitivity=sensitivity,
+            use_disk_cache=False, cache=EvaluationCache())
     calibration_s = 0.0
     calibrated = None
     if args.calibration_plans:
@@ -133,6 +147,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"plan {i:2d}: runtime {ref.latency_s * 1e3:7.3f} ms  "
               + "  ".join(f"{n.split()[0]}{'*' if 'calib' in n else ''} {row[n]['latency_s'] * 1e3:7.3f}"
                           for n in evaluators), file=sys.stderr)
+    reference = None
+    if args.rounds:
+        t0 = time.perf_counter()
+        reference = runtime_reference.measure(runtime, vectors, rounds=args.rounds, steps=args.round_steps,
+                                              warmup=args.round_warmup, seed=args.seed + 11)
+        for i, row in enumerate(rows):
+            extra = row["runtime"]["extra"]
+            extra["single_block_latency_s"] = row["runtime"]["latency_s"]
+            extra["rounds_s"] = reference.rounds[i]
+            extra["round_dispersion"] = reference.dispersion(i)
+            row["runtime"]["latency_s"] = reference.medians[i]
+        print(f"interleaved reference: {args.rounds} rounds x {args.round_steps} steps in "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
     load_after = os.getloadavg()
 
     def mem(m: dict[str, Any], tiers: tuple[str, ...]) -> int:
@@ -142,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ref_lat = [r["runtime"]["latency_s"] for r in rows]
     uniform = [r for r in rows if r["kind"].startswith("uniform") or r["kind"] == "unmodified"]
     runtime_order = [r["kind"] for r in sorted(uniform, key=lambda r: r["runtime"]["latency_s"])]
+    uniform_idx = [r["plan"] for r in uniform]
     for name, ev in evaluators.items():
         lat = [r[name]["latency_s"] for r in rows]
         lat_err = [ape(e, g) for e, g in zip(lat, ref_lat)]
@@ -157,6 +185,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "uniform_order": [r["kind"] for r in sorted(uniform, key=lambda r: r[name]["latency_s"])],
         }
         entry["uniform_order_matches_runtime"] = entry["uniform_order"] == runtime_order
+        if reference is not None:  # ties allowed: only pairs the runtime resolves in every round count
+            entry["uniform_pairs"] = runtime_reference.order_check(
+                reference, uniform_idx, [r[name]["latency_s"] for r in uniform], [r["kind"] for r in uniform])
         if len(uniform) > 1:
             entry["uniform_spearman"] = spearman([r[name]["latency_s"] for r in uniform],
                                                  [r["runtime"]["latency_s"] for r in uniform])
@@ -166,9 +197,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary[name] = entry
     summary["runtime"] = {"evals_per_s": runtime.evaluations_per_second, "evaluated": runtime.evaluated,
                           "uniform_order": runtime_order,
+                          # the same plan, the same runtime, two moments: the reference vs the table's own step
+                          "unmodified_over_table": rows[0]["runtime"]["latency_s"] / table.baseline_s[phase],
                           "median_dispersion": statistics.median(
+                              r["runtime"]["extra"]["round_dispersion"] if reference is not None else
                               (r["runtime"]["extra"]["p90_s"] - r["runtime"]["extra"]["p10_s"])
-                              / r["runtime"]["latency_s"] for r in rows)}
+                              / r["runtime"]["latency_s"] for r in rows),
+                          "dispersion_kind": ("rounds' min-max / median" if reference is not None
+                                              else "steps' p10-p90 / median")}
     quality_rows = []
     for r in rows:
         if r["kind"] in ("uniform int4", "uniform int8", "uniform bfloat16"):
@@ -187,6 +223,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "step": ("decode step at 32 positions, batch 1" if loaded.task == "causal-lm" else "one forward of 1 sample"),
         "seed": args.seed, "knobs": list(knobs), "clock": args.clock,
         "threads": args.threads, "repeats": args.repeats, "quality_samples": args.quality_samples,
+        "reference": ({"rounds": args.rounds, "steps": args.round_steps, "warmup": args.round_warmup,
+                       "orders": reference.orders} if reference is not None else None),
         "device": {"profile": profile.name, "fingerprint": profile.fingerprint, "cpu": profile.cpu.model,
                    "cores": profile.cpu.physical_cores, "python": platform.python_version(),
                    "torch": torch.__version__},
@@ -217,6 +255,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"(apply_plan -> runtime.Session; {res['step']}; median of {res['repeats']} steps "
         f"after 3 warm-up on the {res['clock']} clock; TensorStore peak bytes; quality on "
         f"{res['quality_samples'] or 'all'} held-out windows/test images). Total run {res['seconds']:.0f} s.",
+        ("" if not res.get("reference") else
+         f"The latency reference is then retaken: {res['reference']['rounds']} interleaved rounds over the open plans, "
+         f"{res['reference']['warmup']} + {res['reference']['steps']} steps per plan and round, median of round "
+         "medians (runtime_reference.py); the figures below use it."),
         "",
         "| evaluator | latency MAPE | latency p90 APE | latency Spearman | memory (gpu+cpu) MAPE | memory max APE | "
         "disk MAPE | quality Spearman (proxy vs measured) | evaluations/s |",
@@ -279,38 +321,74 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reference_text(args: argparse.Namespace, ref: dict[str, Any] | None) -> str:
+    """How the runtime reference was taken (``ref``: a result's "reference", else the arguments), and the tie rule
+    (experiments/benchmarks/runtime_reference.py)."""
+    rounds, steps, warmup = ((ref["rounds"], ref["steps"], ref["warmup"]) if ref else
+                             (getattr(args, "rounds", 0), args.round_steps, args.round_warmup))
+    if not rounds:
+        return (f"Reference: RuntimeEvaluator, median of {args.repeats} decode steps (batch 1, 32 cached positions; "
+                f"encoders: one forward) in one block per plan, plans in a seeded shuffled order, on the {args.clock} "
+                f"clock, {args.threads} thread(s).")
+    return (f"Reference: the runtime (RuntimeEvaluator.open_step: apply_plan -> Session), every plan kept open and timed "
+            f"in {rounds} interleaved rounds (a new seeded shuffled plan order each round; per plan and round "
+            f"{warmup} warm-up + {steps} timed decode steps at batch 1, 32 cached positions; "
+            f"encoders: forwards), on the {args.clock} clock, {args.threads} thread(s); a plan's latency is the median "
+            "of its round medians, its spread the rounds' (max - min) / median. Tie rule: the runtime orders plan A "
+            "before plan B only when A is faster in EVERY round; any other pair is a tie and cannot be mis-ordered. "
+            "'uniform pairs' counts the pairs of uniform plans (and the unmodified one) the runtime resolves and "
+            "those an evaluator orders the other way (mis-ordered, listed below the table); 'strict' compares the "
+            "full order of medians, ties included.")
+
+
+def pairs_text(pairs: dict[str, Any] | None) -> str:
+    if not pairs:
+        return "-"
+    return f"{pairs['resolved']} of {pairs['pairs']} / {len(pairs['misordered'])}"
+
+
 def unseen_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """One table per figure over the unseen models (the per-plan rows are in the JSON)."""
     where = "this CPU" if args.device == "cpu" else f"{args.device} of this machine"
     lines = [f"# Evaluator error vs the runtime on the unseen set ({where})", "",
              "Models: `experiments/benchmarks/unseen.py` (architectures never tuned on; benchmarks only). Per model: "
              f"{args.plans} random valid plans (seed {args.seed}, knobs {args.knobs}) + the unmodified model + a "
-             "uniform plan of every precision, runtime measurements in a seeded shuffled order. Reference: "
-             f"RuntimeEvaluator, median of {args.repeats} decode steps (batch 1, 32 cached positions; encoders: one "
-             f"forward) on the {args.clock} clock, {args.threads} thread(s). Profiled: its table measured fresh in "
+             "uniform plan of every precision. " + reference_text(args, results[0].get("reference") if results else None) + " Profiled: its table measured fresh in "
              "the same process. Quality measured with the model-agnostic default (fidelity in the model's own "
              f"vocabulary: KL + top-1 agreement; encoders: embedding cosine), {args.quality_samples} samples, vs the "
              "sensitivity proxy's estimate.", "",
-             "| model | plans | load avg before -> after | runtime p10-p90 spread (median) | evaluator | latency "
-             "median APE | Spearman | uniform order = runtime's | uniform Spearman |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| model | plans | load avg before -> after | runtime spread (median over plans) | evaluator | latency "
+             "median APE | Spearman | uniform order = runtime's (strict) | uniform pairs: resolved by the runtime / "
+             "mis-ordered | uniform Spearman |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for res in results:
         s = res["summary"]
         name = os.path.basename(res["model"].rstrip("/")).rsplit("-", 1)[0]
         load = f"{res['load_average_before'][0]:.1f} -> {res['load_average_after'][0]:.1f}"
-        spread = f"{s['runtime']['median_dispersion'] * 100:.0f}%"
+        spread = (f"{s['runtime']['median_dispersion'] * 100:.0f}% "
+                  f"({s['runtime'].get('dispersion_kind', 'steps p10-p90 / median')})")
         for ev, e in s.items():
             if ev == "runtime":
                 continue
             lines.append(f"| {name} | {res['plans']} | {load} | {spread} | {ev} | {e['latency_mape'] * 100:.1f}% | "
                          f"{e['latency_spearman']:.2f} | {'yes' if e['uniform_order_matches_runtime'] else 'no'} | "
-                         f"{e.get('uniform_spearman', float('nan')):.2f} |")
+                         f"{pairs_text(e.get('uniform_pairs'))} | {e.get('uniform_spearman', float('nan')):.2f} |")
+    lines += ["", ("Drift check: the unmodified plan's reference latency over the profiled table's own runtime step of "
+                   "the same plan (same process, measured before the reference; 1.00 = no drift between the two "
+                   "moments; the profiled composition of the unmodified plan IS that table step):"), ""]
+    lines += [f"- {os.path.basename(res['model'].rstrip('/')).rsplit('-', 1)[0]}: "
+              f"{res['summary']['runtime']['unmodified_over_table']:.2f}" for res in results
+              if "unmodified_over_table" in res["summary"]["runtime"]]
     lines += ["", "Uniform plans, fastest first (runtime vs each evaluator):", ""]
     for res in results:
         s = res["summary"]
         name = os.path.basename(res["model"].rstrip("/")).rsplit("-", 1)[0]
         lines.append(f"- {name}: runtime {' < '.join(s['runtime']['uniform_order'])}; "
                      + "; ".join(f"{ev} {' < '.join(e['uniform_order'])}" for ev, e in s.items() if ev != "runtime"))
+        for ev, e in s.items():
+            if ev != "runtime" and (e.get("uniform_pairs") or {}).get("misordered"):
+                lines.append(f"  - {ev} mis-orders pairs the runtime resolves: "
+                             f"{'; '.join(e['uniform_pairs']['misordered'])} (runtime order shown)")
     lines += ["", "The proxy's stated error per model (``quality.recheck.ProxyCalibration`` fitted on every plan of the "
               "run: estimated = profiled evaluator's sensitivity proxy, measured = runtime), and the plans the bound "
               "would mis-admit:", "",
@@ -362,6 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds of the runtime reference (runtime_reference.py; 0: one block per plan)")
+    p.add_argument("--round-steps", type=int, default=10, help="timed steps per plan per round")
+    p.add_argument("--round-warmup", type=int, default=2, help="untimed steps per plan per round")
+    p.add_argument("--table-rounds", type=int, default=3,
+                   help="interleaved rounds of the profiled table's build (TimingSettings.rounds; 1: one block each)")
+    p.add_argument("--single-block-table", action="store_true",
+                   help="also run a profiled evaluator whose table is built one entry after another (rounds=1)")
     p.add_argument("--quality-samples", type=int, default=4, help="held-out windows / test images (0: all)")
     p.add_argument("--calibration-plans", type=int, default=8,
                    help="runtime plans (seed + 1000, apart from the test plans) the calibrated profiled "

@@ -119,7 +119,7 @@ def test_profiled_table_is_cached_on_disk_and_reused(tmp_path, monkeypatch) -> N
     lm = tiny_lm()
     profile = host_profile()
     space = SearchSpace.build(lm, profile)
-    timing = TimingSettings(warmup=0, repeats=2, step_warmup=1, step_repeats=2, clock="cpu")
+    timing = TimingSettings(warmup=0, repeats=2, step_warmup=1, step_repeats=2, clock="cpu", rounds=1)  # the cache here
     work = Workload("causal-lm", context=8)
     first = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path)
     n = first.measure_all()
@@ -155,11 +155,13 @@ def test_a_poisoned_or_noisy_cached_table_is_measured_again(tmp_path, monkeypatc
     import json
 
     import autosurgeon.cost.profiled as profiled
+    import autosurgeon.cost.profiled_context as profiled_context
 
     lm = tiny_lm()
     profile = host_profile()
     space = SearchSpace.build(lm, profile)
-    timing = TimingSettings(warmup=0, repeats=3, step_warmup=1, step_repeats=3, clock="cpu")
+    # rounds=1: each choice in its own block, so its re-measure of noisy entries is what is checked here
+    timing = TimingSettings(warmup=0, repeats=3, step_warmup=1, step_repeats=3, clock="cpu", rounds=1)
     work = Workload("causal-lm", context=8)
     first = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path)
     first.ensure_base()
@@ -188,6 +190,7 @@ def test_a_poisoned_or_noisy_cached_table_is_measured_again(tmp_path, monkeypatc
     runs = []
     original = Profiler._context_run
     monkeypatch.setattr(profiled, "iqr_ratio", lambda values: 0.5)
+    monkeypatch.setattr(profiled_context, "iqr_ratio", lambda values: 0.5)  # the context runs' entries
     monkeypatch.setattr(Profiler, "_context_run", lambda self, *a, **k: runs.append(k) or original(self, *a, **k))
     noisy = Profiler(lm, space, profile, work, timing=timing, cache_dir=tmp_path / "n")
     noisy.measure_all()
