@@ -16,7 +16,7 @@ from autosurgeon.cost.base import LeafChoice
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.files.envelope import unwrap, wrap
 from autosurgeon.transforms.modules import is_conv1d, linear_from_conv1d
-from runtime.kernels import QuantizedLinear, default_kernel, get_kernel
+from runtime.kernels import QuantizedLinear, default_kernel, get_kernel, unpacked_kernel
 
 TABLE_TYPE = "autosurgeon.ProfiledTable"
 TABLE_VERSION = 2  # 2: every entry carries its spread (IQR/median); noisy entries labelled
@@ -174,8 +174,9 @@ def _packs(precision: str, kernel: str, device: str) -> bool:
         name = "int8-dynamic"
     elif kernel != "auto":
         name = kernel
-    else:
-        return default_kernel(precision, torch.device(device)).prepare is not None
+    else:  # the Streamer gives a streamed "auto" leaf the first kernel that keeps no packed copy, if any
+        dev = torch.device(device)
+        return default_kernel(precision, dev).prepare is not None and unpacked_kernel(precision, dev) is None
     return get_kernel(name).prepare is not None
 
 

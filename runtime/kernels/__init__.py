@@ -63,7 +63,7 @@ from runtime.kernels import triton_cuda as _triton_cuda  # noqa: F401  (imports 
 from runtime.kernels import triton_gemv as _triton_gemv  # noqa: F401  (registers the CUDA int4 GEMV)
 from runtime.kernels._registry import Kernel, all_kernels, get_kernel
 from runtime.kernels.formats import FORMATS, QuantizedWeight, dequantize, quantize_weight
-from runtime.kernels.linear import QuantizedLinear, choose_kernels, quantized_linear
+from runtime.kernels.linear import QuantizedLinear, choose_kernels, quantized_linear, use_unpacked_kernels
 from runtime.kernels.select import (
     KernelChoice,
     KernelSelector,
@@ -71,6 +71,7 @@ from runtime.kernels.select import (
     choose_kernel,
     default_kernel,
     kernel_error,
+    unpacked_kernel,
 )
 
 __all__ = [
@@ -90,4 +91,6 @@ __all__ = [
     "kernel_error",
     "quantize_weight",
     "quantized_linear",
+    "unpacked_kernel",
+    "use_unpacked_kernels",
 ]
