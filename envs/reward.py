@@ -2,14 +2,23 @@
 
 At the end of an episode the plan is evaluated and
 
-    reward = sum_k w_k * (1 - m_k / m_k_base)                     (k over latency, memory, energy)
+    s_k    = clip((1 - m_k / m_k_base) / max(g_k, gain_floor), -loss_cap, gain_cap)   (k: latency, memory, energy)
+    reward = sum_k w_k * s_k
              - memory_penalty  * [mem > budget]  * (1 + mem / budget - 1)
              - quality_penalty * [q > bound]     * (1 + (q - bound) / bound)
              - power_penalty   * [P > cap]       * (1 + (P - cap) / cap)
 
 ``m_k_base`` is the unmodified model's metric from the same evaluator (so the improvement term is 0 for
-the unmodified model, and at most 1); ``w`` is the episode's preference (on the simplex). The penalties
-have a fixed part (any violation costs more than any improvement can earn) plus a part growing with the
+the unmodified model); ``w`` is the episode's preference (on the simplex). ``g_k`` is objective k's *reachable
+gain* on this model and device (``envs.reward_scale``: the most a few reference plans improve it), so a score of
+1 means "as good as the best reference on this objective", whatever the model or device; ``gain_floor`` keeps an
+objective nothing improves (latency of a small launch-bound model on a big GPU) from dividing by ~0. Each score
+is capped: a plan 16-129x slower (streaming a 7B shape's blocks on a paper H100) costs at most ``loss_cap``
+times its weight instead of 15-128, which had swamped every preference weight (``envs.reward_scale``, and
+``experiments/benchmarks/results/policy_transfer_s6.md`` for the evidence). ``gains=None`` (or
+``RewardConfig(scale="raw")``) gives the uncapped ``1 - m_k / m_k_base`` of version 0. The penalties
+have a fixed part (any violation costs at least what any improvement can earn: scores are at most
+``gain_cap`` = 1 by default) plus a part growing with the
 excess, so the agent learns the boundary's direction. Quality is only penalised when the evaluator reports
 a quality loss (a SensitivityTable for the cheap evaluators, held-out data for the runtime one). The power
 term applies only with a power cap: ``P`` is the plan's mean power (energy / latency); on a paper profile
@@ -37,12 +46,25 @@ class RewardConfig:
     quality_penalty: float = 1.0
     quality_bound: float = 0.05
     power_penalty: float = 1.0
+    scale: str = "reachable"  # "reachable": scores over reachable gains, capped; "raw": 1 - m/m_base (version 0)
+    gain_floor: float = 0.1
+    loss_cap: float = 1.0
+    gain_cap: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("memory_penalty", "quality_penalty", "quality_bound", "power_penalty"):
             value = getattr(self, name)
             if not value >= 0:
                 raise InvalidArgumentError(f"`{name}` must be >= 0, got {value!r}.")
+        if self.scale not in SCALES:
+            raise InvalidArgumentError(f"`scale` must be one of {', '.join(SCALES)}, got {self.scale!r}.")
+        for name in ("gain_floor", "loss_cap", "gain_cap"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise InvalidArgumentError(f"`{name}` must be a finite number > 0, got {value!r}.")
+
+
+SCALES: tuple[str, ...] = ("reachable", "raw")
 
 
 def normalised(metrics: Any, base: Any, objectives: Sequence[str]) -> np.ndarray:
@@ -57,12 +79,24 @@ def normalised(metrics: Any, base: Any, objectives: Sequence[str]) -> np.ndarray
     return np.asarray(out, dtype=np.float64)
 
 
+def objective_scores(ratios: np.ndarray, gains: np.ndarray | None, config: RewardConfig) -> np.ndarray:
+    """Per objective ``s_k`` (module docstring); ``1 - ratio`` uncapped when ``gains`` is None or the config's
+    scale is "raw"."""
+    raw = 1.0 - np.asarray(ratios, dtype=np.float64)
+    if gains is None or config.scale == "raw":
+        return raw
+    scale = np.maximum(np.asarray(gains, dtype=np.float64), config.gain_floor)
+    return np.clip(raw / scale, -config.loss_cap, config.gain_cap)
+
+
 def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objectives: Sequence[str],
                    memory_budget: float | None, config: RewardConfig,
-                   power_cap_w: float | None = None) -> tuple[float, dict[str, Any]]:
-    """(reward, info) of one finished plan (module docstring: formula)."""
+                   power_cap_w: float | None = None, gains: np.ndarray | None = None) -> tuple[float, dict[str, Any]]:
+    """(reward, info) of one finished plan (module docstring: formula); ``gains`` the reachable gain per objective
+    (``envs.reward_scale.reachable_gains``), None for the raw version-0 improvement."""
     ratios = normalised(metrics, base, objectives)
-    improvement = float(np.dot(preference, 1.0 - ratios))
+    scores = objective_scores(ratios, gains, config)
+    improvement = float(np.dot(preference, scores))
     memory = float(metrics.objective("memory"))
     penalty = 0.0
     memory_violation = memory_budget is not None and memory > memory_budget
@@ -72,7 +106,7 @@ def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objective
     quality_violation = quality is not None and quality > config.quality_bound
     if quality_violation:
         penalty += config.quality_penalty * (1.0 + (quality - config.quality_bound) / max(config.quality_bound, 1e-9))
-    info = {"improvement": improvement, "ratios": ratios.tolist(), "memory_bytes": memory,
+    info = {"improvement": improvement, "ratios": ratios.tolist(), "scores": scores.tolist(), "memory_bytes": memory,
             "memory_budget": memory_budget, "memory_violation": bool(memory_violation),
             "quality_loss": quality, "quality_violation": bool(quality_violation)}
     if power_cap_w is not None:
@@ -85,4 +119,4 @@ def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objective
     return improvement - penalty, info
 
 
-__all__ = ["RewardConfig", "episode_reward", "normalised"]
+__all__ = ["SCALES", "RewardConfig", "episode_reward", "normalised", "objective_scores"]

@@ -84,8 +84,9 @@ class SurgeryEnv(gym.Env):
 
     0 on every step but the last; on the last, the evaluated plan's preference-weighted improvement over
     the unmodified model minus penalties for exceeding the memory budget, the quality-loss bound or the
-    power cap (``envs.reward``). With a measuring evaluator the reward is measured, hence
-    ``nondeterministic=True``.
+    power cap (``envs.reward``). Each objective's improvement is divided by what reference plans reach on it
+    for this model and device (``envs.reward_scale``) and capped to [-1, 1], so no objective swamps the
+    preference. With a measuring evaluator the reward is measured, hence ``nondeterministic=True``.
 
     ## Power cap
 
@@ -118,7 +119,8 @@ class SurgeryEnv(gym.Env):
 
     * v0: initial version (knobs precision + placement by default; analytic evaluator by default; budget
       shield on by default). Later additions that change no default space: the ``power_cap_w`` option;
-      session knobs (opt-in, their own layout); the ``quality`` option.
+      session knobs (opt-in, their own layout); the ``quality`` option; per-objective reward scores over
+      reachable gains, capped (``RewardConfig(scale="raw")`` restores the uncapped reward).
     """
 
     metadata = {"render_modes": []}
@@ -256,7 +258,8 @@ class SurgeryEnv(gym.Env):
             metrics = self.ctx.evaluator.evaluate(self.x)
             reward, rinfo = episode_reward(metrics, self.ctx.base, self.preference, objectives=OBJECTIVES,
                                            memory_budget=self.budget, config=self.reward_config,
-                                           power_cap_w=None if self.power_cap is None else self.power_cap.watts)
+                                           power_cap_w=None if self.power_cap is None else self.power_cap.watts,
+                                           gains=self.ctx.gains)
             info.update(rinfo, model=self.ctx.spec, plan_vector=self.x.tolist(), latency_s=metrics.latency_s,
                         energy_j=metrics.energy_j, evaluator=metrics.evaluator)
         return self._observation(), float(reward), terminated, False, info

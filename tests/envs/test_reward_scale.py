@@ -1,0 +1,73 @@
+"""The reward's per-objective scores: divided by the reachable gain, capped, so no objective swamps a preference."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.metrics import Metrics
+from envs.observation import OBJECTIVES
+from envs.reward import RewardConfig, episode_reward, objective_scores
+from envs.reward_scale import reachable_gains, reference_vectors
+from envs.surgery import SurgeryEnv
+
+
+def _metrics(latency: float, memory: int, energy: float) -> Metrics:
+    return Metrics(latency_s=latency, peak_bytes={"gpu": memory}, energy_j=energy,
+                   labels={"latency_s": "estimated", "peak_bytes": "estimated", "energy_j": "estimated"})
+
+
+def test_scores_are_scaled_by_the_reachable_gain_and_capped() -> None:
+    config = RewardConfig()
+    gains = np.array([0.0, 0.8, 0.4])  # latency: nothing improves it; memory up to 80 %; energy up to 40 %
+    # 65x slower, a fifth of the memory, 30x the energy: as streaming a 7B shape's blocks on a paper H100.
+    scores = objective_scores(np.array([65.0, 0.2, 30.0]), gains, config)
+    assert scores.tolist() == pytest.approx([-1.0, 1.0, -1.0])
+    # Within the caps: the gain over the scale (the floor 0.1 where nothing improves the objective).
+    assert objective_scores(np.array([1.05, 0.6, 0.9]), gains, config).tolist() == pytest.approx([-0.5, 0.5, 0.25])
+    raw = objective_scores(np.array([65.0, 0.2, 30.0]), gains, RewardConfig(scale="raw"))
+    assert raw.tolist() == pytest.approx([-64.0, 0.8, -29.0])
+    assert objective_scores(np.array([65.0, 0.2, 30.0]), None, config).tolist() == pytest.approx(raw.tolist())
+
+
+def test_a_memory_preference_prefers_the_memory_plan_despite_a_huge_latency_ratio() -> None:
+    """Under the raw reward a pure-memory weight of 0.9 still chose the resident plan (the session-5 symptom)."""
+    base = _metrics(1.0, 1000, 1.0)
+    streamed, resident = _metrics(65.0, 200, 30.0), _metrics(1.0, 500, 1.0)
+    pref = np.array([0.1, 0.9, 0.0])
+    gains = np.array([0.2, 0.8, 0.5])
+    kw = {"objectives": OBJECTIVES, "memory_budget": None}
+    new = [episode_reward(m, base, pref, config=RewardConfig(), gains=gains, **kw)[0] for m in (streamed, resident)]
+    old = [episode_reward(m, base, pref, config=RewardConfig(scale="raw"), gains=gains, **kw)[0]
+           for m in (streamed, resident)]
+    assert new[0] > new[1] and old[0] < old[1]
+    # and a latency preference still keeps the resident plan
+    lat = np.array([0.9, 0.1, 0.0])
+    assert (episode_reward(streamed, base, lat, config=RewardConfig(), gains=gains, **kw)[0]
+            < episode_reward(resident, base, lat, config=RewardConfig(), gains=gains, **kw)[0])
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"scale": "log"}, "`scale` must be one of reachable, raw"),
+                                               ({"gain_floor": 0.0}, "`gain_floor` must be a finite number > 0"),
+                                               ({"loss_cap": float("inf")}, "`loss_cap` must be a finite")])
+def test_bad_reward_config(kwargs: dict, match: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=match):
+        RewardConfig(**kwargs)
+
+
+def test_reachable_gains_on_a_paper_gpu() -> None:
+    env = SurgeryEnv(models="tiny-llama-test", device="h100-80gb")
+    ctx = env.ctx
+    refs = reference_vectors(ctx.space, ctx.smallest)
+    assert np.array_equal(refs[0], ctx.space.default_vector()) and len({r.tobytes() for r in refs}) == len(refs)
+    gains = ctx.gains
+    assert gains is not None and gains.shape == (len(OBJECTIVES),) and np.all(gains >= 0)
+    # memory: the smallest-footprint plan is a reference, so the gain is exactly 1 - min / base
+    assert gains[1] == pytest.approx(1.0 - ctx.min_memory / ctx.base.objective("memory"), rel=1e-6)
+    assert np.array_equal(gains, reachable_gains(ctx.estimator, ctx.space, ctx.base, ctx.smallest, OBJECTIVES))
+    # a finished episode reports its scores, within the caps
+    env.reset(seed=0, options={"preference": [0.2, 0.5, 0.3]})
+    done = False
+    while not done:
+        _, reward, done, _, info = env.step(env.action_space.sample() * 0)
+    assert len(info["scores"]) == 3 and all(-1.0 <= s <= 1.0 for s in info["scores"])
