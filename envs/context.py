@@ -63,6 +63,7 @@ class ModelContext:
     smallest: np.ndarray  # smallest_footprint's vector: the shield's optimistic completion
     layout: ObservationLayout = ObservationLayout()  # of the knobs (envs.observation.layout_for)
     gains: np.ndarray | None = None  # reachable gain per OBJECTIVES entry (envs.reward_scale), the reward's scale
+    estimate_base: Any = None  # the estimator's metrics of the unmodified model (the shaping potential's normaliser)
 
 
 def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
@@ -107,11 +108,12 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     _, small = smallest_footprint(space, tier)
     mem = plan_memory(space, small)
     min_memory = float(mem.get("gpu", 0) + mem.get("cpu", 0))
-    gains = reachable_gains(estimator, space, estimator.evaluate(space.default_vector()), small, OBJECTIVES)
+    estimate_base = estimator.evaluate(space.default_vector())
+    gains = reachable_gains(estimator, space, estimate_base, small, OBJECTIVES)
     ctx = ModelContext(spec=spec, loaded=loaded, profile=profile, space=space, evaluator=ev, estimator=estimator,
                        units=units, unit_features=unit_feature_table(space, units, table, layout=layout),
                        hardware=hardware_features(profile), base=base, min_memory=min_memory, smallest=small,
-                       layout=layout, gains=gains)
+                       layout=layout, gains=gains, estimate_base=estimate_base)
     logger.info("surgery context %s on %s (%s): %d units, %d variables, base memory %d B, smallest %d B, "
                 "reachable gains %s", spec, profile.name, evaluator, len(units), len(space), base.objective("memory"),
                 min_memory, dict(zip(OBJECTIVES, gains.round(3).tolist())))

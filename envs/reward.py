@@ -24,7 +24,8 @@ a quality loss (a SensitivityTable for the cheap evaluators, held-out data for t
 term applies only with a power cap: ``P`` is the plan's mean power (energy / latency); on a paper profile
 evaluated in the mode the cap selects it never fires (the mode's envelope bounds ``P``), on a measured
 profile it is the cap's constraint, treated like the memory budget's penalty.
-Intermediate steps are rewarded 0: no shaping (episodes are tens of steps, PPO's GAE carries the credit).
+Intermediate steps are rewarded 0 unless the env shapes them (``SurgeryEnv(reward_shaping=True)``, what training
+uses: potential-based, the episode's shaped return telescopes to this reward).
 """
 from __future__ import annotations
 

@@ -69,5 +69,33 @@ def test_reachable_gains_on_a_paper_gpu() -> None:
     env.reset(seed=0, options={"preference": [0.2, 0.5, 0.3]})
     done = False
     while not done:
-        _, reward, done, _, info = env.step(env.action_space.sample() * 0)
+        _, _, done, _, info = env.step(np.zeros(len(env.layout.action_knobs), dtype=np.int64))
     assert len(info["scores"]) == 3 and all(-1.0 <= s <= 1.0 for s in info["scores"])
+
+
+def test_shaped_return_telescopes_to_the_episode_reward() -> None:
+    """Potential-based shaping: with gamma 1 the shaped steps sum to the unshaped episode's reward, and every
+    quantizing step is credited at once (a positive step reward under a memory preference)."""
+    kw = {"models": "tiny-llama-test", "device": "h100-80gb"}
+    plain, shaped = SurgeryEnv(**kw), SurgeryEnv(**kw, reward_shaping=True, shaping_gamma=1.0)
+    options = {"preference": [0.0, 1.0, 0.0], "budget_fraction": 1.0}
+    returns, step_rewards = [], []
+    for env in (plain, shaped):
+        env.reset(seed=0, options=options)
+        total, done, rewards = 0.0, False, []
+        while not done:
+            action = np.zeros(len(env.layout.action_knobs), dtype=np.int64)
+            mask = env.action_masks()
+            p = env.layout.action_knobs.index("precision")
+            offset = sum(env.layout.max_choices[:p])
+            allowed = np.nonzero(mask[offset:offset + env.layout.max_choices[p]])[0]
+            action[p] = allowed[-1]  # the last allowed precision: a quantized one where the unit has the knob
+            _, r, done, _, info = env.step(action)
+            total += r
+            rewards.append(r)
+        returns.append(total)
+        step_rewards.append(rewards)
+    assert returns[1] == pytest.approx(returns[0], abs=1e-9) and info["improvement"] > 0
+    assert all(r == 0.0 for r in step_rewards[0][:-1]) and max(step_rewards[1][:-1]) > 0
+    with pytest.raises(InvalidArgumentError, match="`shaping_gamma` must be in"):
+        SurgeryEnv(**kw, shaping_gamma=0.0)
