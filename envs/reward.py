@@ -2,7 +2,9 @@
 
 At the end of an episode the plan is evaluated and
 
-    s_k    = clip((1 - m_k / m_k_base) / max(g_k, gain_floor), -loss_cap, gain_cap)   (k: latency, memory, energy)
+    r_k    = m_k / m_k_base                                                  (k: latency, memory, energy)
+    s_k    = min((1 - r_k) / max(g_k, gain_floor), gain_cap)     if r_k <= 1  (a gain)
+           = -min(log2(r_k), loss_cap)                          if r_k > 1   (a loss)
     reward = sum_k w_k * s_k
              - memory_penalty  * [mem > budget]  * (1 + mem / budget - 1)
              - quality_penalty * [q > bound]     * (1 + (q - bound) / bound)
@@ -12,10 +14,12 @@ At the end of an episode the plan is evaluated and
 the unmodified model); ``w`` is the episode's preference (on the simplex). ``g_k`` is objective k's *reachable
 gain* on this model and device (``envs.reward_scale``: the most a few reference plans improve it), so a score of
 1 means "as good as the best reference on this objective", whatever the model or device; ``gain_floor`` keeps an
-objective nothing improves (latency of a small launch-bound model on a big GPU) from dividing by ~0. Each score
-is capped: a plan 16-129x slower (streaming a 7B shape's blocks on a paper H100) costs at most ``loss_cap``
-times its weight instead of 15-128, which had swamped every preference weight (``envs.reward_scale``, and
-``experiments/benchmarks/results/policy_transfer_s6.md`` for the evidence). ``gains=None`` (or
+objective nothing improves (latency of a small launch-bound model on a big GPU) from dividing by ~0. A loss is
+counted in doublings: a plan 2x slower scores -1 on latency, 64x slower -6 (at most ``loss_cap``), where the raw
+``1 - r`` gave -63 and swamped every preference weight (streaming a 7B shape's blocks on a paper H100 costs
+16-129x; ``envs.reward_scale`` and ``experiments/benchmarks/results/policy_transfer_s6.md`` for the evidence).
+The loss keeps a slope everywhere: a hard cap at -1 (tried first) made every further streamed block free once the
+first had reached it, and a policy trained on it streamed everything for every preference. ``gains=None`` (or
 ``RewardConfig(scale="raw")``) gives the uncapped ``1 - m_k / m_k_base`` of version 0. The penalties
 have a fixed part (any violation costs at least what any improvement can earn: scores are at most
 ``gain_cap`` = 1 by default) plus a part growing with the
@@ -49,7 +53,7 @@ class RewardConfig:
     power_penalty: float = 1.0
     scale: str = "reachable"  # "reachable": scores over reachable gains, capped; "raw": 1 - m/m_base (version 0)
     gain_floor: float = 0.1
-    loss_cap: float = 1.0
+    loss_cap: float = 8.0  # doublings: a plan 256x worse on one objective counts as 256x
     gain_cap: float = 1.0
 
     def __post_init__(self) -> None:
@@ -86,8 +90,11 @@ def objective_scores(ratios: np.ndarray, gains: np.ndarray | None, config: Rewar
     raw = 1.0 - np.asarray(ratios, dtype=np.float64)
     if gains is None or config.scale == "raw":
         return raw
+    ratios = np.asarray(ratios, dtype=np.float64)
     scale = np.maximum(np.asarray(gains, dtype=np.float64), config.gain_floor)
-    return np.clip(raw / scale, -config.loss_cap, config.gain_cap)
+    gain = np.minimum(raw / scale, config.gain_cap)
+    loss = -np.minimum(np.log2(np.maximum(ratios, 1.0)), config.loss_cap)
+    return np.where(ratios <= 1.0, gain, loss)
 
 
 def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objectives: Sequence[str],

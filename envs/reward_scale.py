@@ -8,8 +8,9 @@ shape's resident plans move latency by at most 22 % while streaming one block co
 policy learned one plan for every preference (``experiments/benchmarks/results/policy_transfer.md``, session 5).
 
 Reference plans (cheap, deterministic, any model): the unmodified model, every *uniform precision* plan (each
-precision unit at one precision where its mask allows it, resident) and the *smallest footprint* plan
-(``plan_check.smallest_footprint``: the least memory reachable). They are priced by the context's estimator (the
+precision unit at one precision where its mask allows it, resident), the *smallest footprint* plan
+(``plan_check.smallest_footprint``: the least memory on the execution tier) and that plan with every block homed
+on disk where its placement allows it (the least host + device memory: the memory objective counts both). They are priced by the context's estimator (the
 evaluator itself when it is cheap, else the analytic one on the same space): a normaliser, not a measurement.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from envs.reward import normalised
 def reference_vectors(space: Any, smallest: np.ndarray) -> list[np.ndarray]:
     """The unmodified plan, each uniform precision plan (repaired: units that cannot take it keep theirs) and
     ``smallest`` (the smallest-footprint vector), deduplicated, in that order."""
-    out = [space.default_vector(), np.asarray(smallest)]
+    out = [space.default_vector(), np.asarray(smallest), space.repair(_on_disk(space, np.asarray(smallest)))]
     precision_vars = [i for i, v in enumerate(space.variables) if v.knob == "precision"]
     choices: list[str] = []
     for i in precision_vars:
@@ -46,6 +47,19 @@ def reference_vectors(space: Any, smallest: np.ndarray) -> list[np.ndarray]:
             seen.add(x.tobytes())
             unique.append(x)
     return unique
+
+
+def _on_disk(space: Any, x: np.ndarray) -> np.ndarray:
+    """``x`` with every placement variable at its first allowed choice streamed from disk (``…<-disk``), if any."""
+    y = x.copy()
+    for i, v in enumerate(space.variables):
+        if v.knob != "placement":
+            continue
+        mask, _ = space.allowed(i, y)
+        disk = [j for j, c in enumerate(v.choices) if mask[j] and str(c).endswith("<-disk")]
+        if disk:
+            y[i] = disk[0]
+    return y
 
 
 def reachable_gains(estimator: Any, space: Any, base: Any, smallest: np.ndarray,
