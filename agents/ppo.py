@@ -93,10 +93,12 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 
 def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: Sequence[str], sensitivity: bool,
                  n_envs: int, seed: int, power_cap_w: float | None = None, cluster: Any = None,
-                 reward_shaping: bool = False, gamma: float = 0.99) -> Any:
+                 reward_shaping: bool = False, gamma: float = 0.99,
+                 preference_alphas: Sequence[float] = (1.0,)) -> Any:
     """``n_envs`` Monitor-wrapped SurgeryEnvs in a DummyVecEnv, env ``r`` seeded ``seed + r``; with ``cluster``
     (``experiments.sweep.dask_eval.SweepCluster``) a ``DaskEvalVecEnv`` measuring finished plans on it;
-    ``reward_shaping``: the envs' potential-based shaping with PPO's ``gamma`` (``envs.surgery.SurgeryEnv``)."""
+    ``reward_shaping``: the envs' potential-based shaping with PPO's ``gamma``; ``preference_alphas``: the Dirichlet
+    concentrations episodes draw their preference from (``envs.surgery.SurgeryEnv``)."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -104,7 +106,8 @@ def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: 
     def make(rank: int) -> Any:
         def _init() -> Any:
             env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
-                             power_cap_w=power_cap_w, reward_shaping=reward_shaping, shaping_gamma=gamma)
+                             power_cap_w=power_cap_w, reward_shaping=reward_shaping, shaping_gamma=gamma,
+                             preference_alphas=preference_alphas)
             env.reset(seed=seed + rank)
             return Monitor(env)
         return _init
@@ -143,7 +146,8 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
           sensitivity: bool = False, max_seconds: float | None = None,
           warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None,
-          overwrite: bool = False, cluster: Any = None, reward_shaping: bool = True) -> TrainResult:
+          overwrite: bool = False, cluster: Any = None, reward_shaping: bool = True,
+          preference_alphas: Sequence[float] = (1.0, 0.3)) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``out`` is locked for the run (``autosurgeon.files.runfolder``); a folder that already holds a policy or
@@ -158,8 +162,10 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     measured on its Dask workers (``agents.dask_vec_env``); the policy and history equal a serial run's for a
     deterministic evaluator.
     ``reward_shaping`` (default on): potential-based shaping of every step's reward (``envs.surgery.SurgeryEnv``;
-    the best policy is unchanged, each decision is credited at once). A checkpoint made before the option existed
-    resumes without it, as it was trained.
+    the best policy is unchanged, each decision is credited at once). ``preference_alphas`` (default a flat
+    Dirichlet half the episodes and alpha 0.3 the other half: preferences near the corners and edges, where
+    ``apply --front K`` asks, are otherwise rare). A checkpoint made before these options existed resumes without
+    them (unshaped, flat Dirichlet), as it was trained.
     """
 
     models = model_list(models)
@@ -180,7 +186,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
                       settings=settings or PPOSettings(), checkpoint_every=checkpoint_every, hv_every=hv_every,
                       hv_preferences=hv_preferences, sensitivity=sensitivity, max_seconds=max_seconds,
                       warm_start=warm_start, runtime_every=runtime_every, power_cap_w=power_cap_w,
-                      cluster=cluster, reward_shaping=reward_shaping)
+                      cluster=cluster, reward_shaping=reward_shaping, preference_alphas=tuple(preference_alphas))
 
 
 def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
@@ -205,7 +211,8 @@ def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any],
 def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume: bool, evaluator: str, seed: int,
            n_envs: int, knobs: tuple[str, ...], settings: PPOSettings, checkpoint_every: int, hv_every: int,
            hv_preferences: int, sensitivity: bool, max_seconds: float | None, warm_start: Any, runtime_every: int,
-           power_cap_w: float | None, cluster: Any = None, reward_shaping: bool = True) -> TrainResult:
+           power_cap_w: float | None, cluster: Any = None, reward_shaping: bool = True,
+           preference_alphas: tuple[float, ...] = (1.0, 0.3)) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
 
@@ -215,15 +222,19 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
         resolve_power_cap(profile, power_cap_w)  # a cap below every mode fails here, before anything is built
     run = {"models": list(models), "knobs": list(knobs), "seed": seed, "n_envs": n_envs, "evaluator": evaluator,
            "settings": json_settings(settings), "device_fingerprint": profile.fingerprint, "power_cap_w": power_cap_w,
-           "sensitivity": bool(sensitivity), "reward_shaping": bool(reward_shaping)}
+           "sensitivity": bool(sensitivity), "reward_shaping": bool(reward_shaping),
+           "preference_alphas": [float(a) for a in preference_alphas]}
     ckpt = _resume_state(out, run) if resume else None
-    if ckpt is not None:
-        run["reward_shaping"] = reward_shaping = bool(ckpt[2].get("run", {}).get("reward_shaping", False))
+    if ckpt is not None:  # resumed as it was trained (checkpoints before these options: unshaped, flat Dirichlet)
+        saved = ckpt[2].get("run", {})
+        run["reward_shaping"] = reward_shaping = bool(saved.get("reward_shaping", False))
+        run["preference_alphas"] = [float(a) for a in saved.get("preference_alphas", [1.0])]
+        preference_alphas = tuple(run["preference_alphas"])
     started = time.perf_counter()
 
     vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
                        n_envs=n_envs, seed=seed, power_cap_w=power_cap_w, cluster=cluster,
-                       reward_shaping=reward_shaping, gamma=settings.gamma)
+                       reward_shaping=reward_shaping, gamma=settings.gamma, preference_alphas=preference_alphas)
     tb = str(out / "tb")
     model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
@@ -267,7 +278,8 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
         "models": models, "device_name": profile.name, "device_fingerprint": profile.fingerprint,
         "device_class": device_class(profile), "seed": seed, "n_envs": n_envs,
         "timesteps": int(model.num_timesteps), "settings": asdict(settings), "network": network,
-        "reward": {**asdict(front_env.reward_config), "shaping": bool(reward_shaping)},
+        "reward": {**asdict(front_env.reward_config), "shaping": bool(reward_shaping),
+                   "preference_alphas": list(preference_alphas)},
         "budget_range": list(front_env.budget_range),
         "obs_stats": metrics_cb.obs_stats(), "warm_start": warm_info, "history": metrics_cb.history,
         "budget_shield": front_env.budget_shield,

@@ -33,7 +33,7 @@ class SurgeryEnv(gym.Env):
     """Choose every surgery decision of a model, unit by unit, for a device, a preference and a budget.
 
     Each episode samples (from ``self.np_random``) one of the env's models, a preference vector over
-    (latency, memory, energy) from a flat Dirichlet, and a memory budget between the smallest reachable
+    (latency, memory, energy) from a flat Dirichlet (``preference_alphas``: a mix of concentrations), and a memory budget between the smallest reachable
     memory and the unmodified model's (``budget_range`` of the way). It then walks the model's decision
     units in SearchSpace order (``envs.observation.decision_units``: block placements first, then leaves,
     then fusion groups): one step decides every knob of one unit. The finished plan is evaluated once.
@@ -138,7 +138,7 @@ class SurgeryEnv(gym.Env):
                  preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
                  budget_shield: bool = True, render_mode: str | None = None,
                  power_cap_w: float | None = None, quality: Any = None, reward_shaping: bool = False,
-                 shaping_gamma: float = 0.99) -> None:
+                 shaping_gamma: float = 0.99, preference_alphas: Sequence[float] = (1.0,)) -> None:
 
         if render_mode is not None:
             raise InvalidArgumentError(f"`render_mode` must be None (SurgeryEnv does not render), got {render_mode!r}.")
@@ -171,6 +171,11 @@ class SurgeryEnv(gym.Env):
         self.budget_range = (float(lo), float(hi))
         self.fixed_budget = memory_budget
         self.fixed_preference = None if preference is None else parse_preference(preference)
+        alphas = tuple(float(a) for a in preference_alphas)
+        if not alphas or not all(np.isfinite(a) and a > 0 for a in alphas):
+            raise InvalidArgumentError(f"`preference_alphas` must be one or more Dirichlet concentrations > 0, got "
+                                       f"{preference_alphas!r}.")
+        self.preference_alphas = alphas
         self.reward_config = reward or RewardConfig()
         if not 0.0 < float(shaping_gamma) <= 1.0:
             raise InvalidArgumentError(f"`shaping_gamma` must be in (0, 1] (PPO's gamma), got {shaping_gamma!r}.")
@@ -213,8 +218,7 @@ class SurgeryEnv(gym.Env):
         else:
             raise InvalidArgumentError(f"options['model'] must be one of {self.specs} or an index, got {model!r}.")
         pref = options.get("preference", self.fixed_preference)
-        self.preference = (parse_preference(pref) if pref is not None
-                           else self.np_random.dirichlet(np.ones(len(OBJECTIVES))))
+        self.preference = parse_preference(pref) if pref is not None else self._sample_preference()
         base_mem = float(self.ctx.base.objective("memory"))
         if options.get("memory_budget") is not None:
             self.budget = float(options["memory_budget"])
@@ -233,6 +237,15 @@ class SurgeryEnv(gym.Env):
         self._episode += 1
         return self._observation(), {"model": self.ctx.spec, "memory_budget": self.budget,
                                      "preference": self.preference.tolist()}
+
+    def _sample_preference(self) -> np.ndarray:
+        """A Dirichlet draw from ``self.np_random``; with several ``preference_alphas`` one is picked first (one
+        alpha: no extra draw, so the stream is version 0's). An alpha below 1 puts the weight near the simplex's
+        corners and edges, where ``apply --front K`` asks too (its preferences start with the pure objectives)."""
+        alpha = self.preference_alphas[0]
+        if len(self.preference_alphas) > 1:
+            alpha = self.preference_alphas[int(self.np_random.integers(len(self.preference_alphas)))]
+        return self.np_random.dirichlet(np.full(len(OBJECTIVES), alpha))
 
     def state_dict(self) -> dict[str, Any]:
         """The episode in progress and ``np_random``, as JSON data (training checkpoints, ``agents.train_state``)."""
