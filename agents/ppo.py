@@ -51,6 +51,10 @@ from envs.surgery import SurgeryEnv
 
 logger = get_logger(__name__)
 
+# Episode preferences in training: a flat Dirichlet and a sparse one (alpha 0.3: near the simplex's corners and
+# edges, where `apply --front K` asks), picked half and half (envs.surgery.SurgeryEnv's preference_alphas).
+TRAIN_PREFERENCE_ALPHAS: tuple[float, ...] = (1.0, 0.3)
+
 
 @dataclass(frozen=True)
 class PPOSettings:
@@ -147,7 +151,7 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           sensitivity: bool = False, max_seconds: float | None = None,
           warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None,
           overwrite: bool = False, cluster: Any = None, reward_shaping: bool = True,
-          preference_alphas: Sequence[float] = (1.0, 0.3)) -> TrainResult:
+          preference_alphas: Sequence[float] = TRAIN_PREFERENCE_ALPHAS) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``out`` is locked for the run (``autosurgeon.files.runfolder``); a folder that already holds a policy or
@@ -212,7 +216,7 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
            n_envs: int, knobs: tuple[str, ...], settings: PPOSettings, checkpoint_every: int, hv_every: int,
            hv_preferences: int, sensitivity: bool, max_seconds: float | None, warm_start: Any, runtime_every: int,
            power_cap_w: float | None, cluster: Any = None, reward_shaping: bool = True,
-           preference_alphas: tuple[float, ...] = (1.0, 0.3)) -> TrainResult:
+           preference_alphas: tuple[float, ...] = TRAIN_PREFERENCE_ALPHAS) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
 
@@ -296,4 +300,5 @@ def json_settings(settings: PPOSettings) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
-__all__ = ["PPOSettings", "TrainResult", "json_settings", "latest_checkpoint", "make_vec_env", "new_model", "train"]
+__all__ = ["TRAIN_PREFERENCE_ALPHAS", "PPOSettings", "TrainResult", "json_settings", "latest_checkpoint", "make_vec_env",
+           "new_model", "train"]
