@@ -5,7 +5,7 @@ At the end of an episode the plan is evaluated and
     r_k    = m_k / m_k_base                                                  (k: latency, memory, energy)
     s_k    = min((1 - r_k) / max(g_k, gain_floor), gain_cap)     if r_k <= 1  (a gain)
            = -min(log2(r_k), loss_cap)                          if r_k > 1   (a loss)
-    reward = sum_k w_k * s_k
+    reward = sum_k w_k * s_k            (scalarisation "weighted-sum"; the default "chebyshev": improvement_of)
              - memory_penalty  * [mem > budget]  * (1 + mem / budget - 1)
              - quality_penalty * [q > bound]     * (1 + (q - bound) / bound)
              - power_penalty   * [P > cap]       * (1 + (P - cap) / cap)
@@ -52,6 +52,8 @@ class RewardConfig:
     quality_bound: float = 0.05
     power_penalty: float = 1.0
     scale: str = "reachable"  # "reachable": scores over reachable gains, capped; "raw": 1 - m/m_base (version 0)
+    scalarisation: str = "chebyshev"  # how the preference weighs the scores: "chebyshev" or "weighted-sum"
+    rho: float = 0.05  # the augmented Chebyshev's small weighted-sum term (breaks ties towards non-dominated plans)
     gain_floor: float = 0.1
     loss_cap: float = 8.0  # doublings: a plan 256x worse on one objective counts as 256x
     gain_cap: float = 1.0
@@ -63,6 +65,11 @@ class RewardConfig:
                 raise InvalidArgumentError(f"`{name}` must be >= 0, got {value!r}.")
         if self.scale not in SCALES:
             raise InvalidArgumentError(f"`scale` must be one of {', '.join(SCALES)}, got {self.scale!r}.")
+        if self.scalarisation not in SCALARISATIONS:
+            raise InvalidArgumentError(f"`scalarisation` must be one of {', '.join(SCALARISATIONS)}, got "
+                                       f"{self.scalarisation!r}.")
+        if not (np.isfinite(self.rho) and self.rho >= 0):
+            raise InvalidArgumentError(f"`rho` must be a finite number >= 0, got {self.rho!r}.")
         for name in ("gain_floor", "loss_cap", "gain_cap"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
@@ -70,6 +77,7 @@ class RewardConfig:
 
 
 SCALES: tuple[str, ...] = ("reachable", "raw")
+SCALARISATIONS: tuple[str, ...] = ("chebyshev", "weighted-sum")
 
 
 def normalised(metrics: Any, base: Any, objectives: Sequence[str]) -> np.ndarray:
@@ -97,14 +105,43 @@ def objective_scores(ratios: np.ndarray, gains: np.ndarray | None, config: Rewar
     return np.where(ratios <= 1.0, gain, loss)
 
 
+def deviations(ratios: np.ndarray, gains: np.ndarray, config: RewardConfig) -> np.ndarray:
+    """Per objective, how far a plan is from the best reachable ratio ``1 - g_k``, in the scores' units: 0 there,
+    1 at the unmodified model's ratio where ``g_k >= gain_floor``, plus one per doubling beyond it."""
+    ratios = np.asarray(ratios, dtype=np.float64)
+    gains = np.asarray(gains, dtype=np.float64)
+    scale = np.maximum(gains, config.gain_floor)
+    near = np.maximum(ratios - (1.0 - gains), 0.0) / scale
+    far = gains / scale + np.minimum(np.log2(np.maximum(ratios, 1.0)), config.loss_cap)
+    return np.where(ratios <= 1.0, near, far)
+
+
+def improvement_of(ratios: np.ndarray, gains: np.ndarray | None, preference: np.ndarray,
+                   config: RewardConfig) -> tuple[float, np.ndarray]:
+    """(the preference-weighted improvement, the per-objective scores) of a plan's ratios (module docstring).
+
+    "weighted-sum": ``sum_k w_k s_k``. "chebyshev" (augmented, the default): ``max_k w_k - max_k w_k d_k +
+    rho (1 - sum_k w_k d_k)`` with ``d_k`` the :func:`deviations` (0 for the unmodified plan, as the weighted sum):
+    a weighted sum of scores only ever picks the front's supported (convex-hull) points, so on a device where
+    resident plans all have the same latency (small models on a big GPU) every preference that is not almost all
+    memory picked one plan; Chebyshev reaches every front point for some preference, so K preferences spread
+    along the front. Without ``gains`` (raw scale) it is always the weighted sum.
+    """
+    w = np.asarray(preference, dtype=np.float64)
+    scores = objective_scores(ratios, gains, config)
+    if gains is None or config.scale == "raw" or config.scalarisation == "weighted-sum":
+        return float(np.dot(w, scores)), scores
+    d = deviations(ratios, gains, config)
+    return float(w.max() - np.max(w * d) + config.rho * (1.0 - np.dot(w, d))), scores
+
+
 def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objectives: Sequence[str],
                    memory_budget: float | None, config: RewardConfig,
                    power_cap_w: float | None = None, gains: np.ndarray | None = None) -> tuple[float, dict[str, Any]]:
     """(reward, info) of one finished plan (module docstring: formula); ``gains`` the reachable gain per objective
     (``envs.reward_scale.reachable_gains``), None for the raw version-0 improvement."""
     ratios = normalised(metrics, base, objectives)
-    scores = objective_scores(ratios, gains, config)
-    improvement = float(np.dot(preference, scores))
+    improvement, scores = improvement_of(ratios, gains, preference, config)
     memory = float(metrics.objective("memory"))
     penalty = 0.0
     memory_violation = memory_budget is not None and memory > memory_budget
@@ -127,4 +164,5 @@ def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objective
     return improvement - penalty, info
 
 
-__all__ = ["SCALES", "RewardConfig", "episode_reward", "normalised", "objective_scores"]
+__all__ = ["SCALARISATIONS", "SCALES", "RewardConfig", "deviations", "episode_reward", "improvement_of", "normalised",
+           "objective_scores"]

@@ -18,7 +18,7 @@ from autosurgeon.knobs import SESSION_KNOBS
 from autosurgeon.quality.settings import QualitySettings
 from envs.context import ModelContext, build_context
 from envs.observation import OBJECTIVES, OBS_CLIP, assemble, layout_for
-from envs.reward import RewardConfig, episode_reward, normalised, objective_scores
+from envs.reward import RewardConfig, episode_reward, improvement_of, normalised
 
 logger = get_logger(__name__)
 
@@ -437,8 +437,8 @@ class SurgeryEnv(gym.Env):
         mem = float(current.objective("memory"))
         energy_ratio = (current.energy_j / base.energy_j) if current.energy_j and base.energy_j else 1.0
         est_base = ctx.estimate_base if ctx.estimate_base is not None else base
-        self.potential = float(np.dot(self.preference, objective_scores(
-            normalised(current, est_base, OBJECTIVES), ctx.gains, self.reward_config)))
+        self.potential = improvement_of(normalised(current, est_base, OBJECTIVES), ctx.gains, self.preference,
+                                        self.reward_config)[0]
         totals = {"memory_vs_budget": mem / self.budget, "memory_vs_base": mem / max(base_mem, 1.0),
                   "latency_vs_base": current.latency_s / base.latency_s, "energy_vs_base": energy_ratio,
                   "budget_vs_base": self.budget / max(base_mem, 1.0), "progress": self.t / len(ctx.units)}
