@@ -132,6 +132,8 @@ def _reward_words(reward: dict[str, Any] | None) -> str:
     words = "raw 1 - ratio, uncapped" if scale == "raw" else (
         f"scores over reachable gains (floor {reward.get('gain_floor')}), capped to [-{reward.get('loss_cap')}, "
         f"{reward.get('gain_cap')}]")
+    if scale != "raw":  # policies trained before the option: a weighted sum
+        words = f"{reward.get('scalarisation', 'weighted-sum')} of " + words
     return words + (", potential-based shaping" if reward.get("shaping") else ", terminal only")
 
 

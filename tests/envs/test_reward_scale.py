@@ -7,7 +7,7 @@ import pytest
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.metrics import Metrics
 from envs.observation import OBJECTIVES
-from envs.reward import RewardConfig, episode_reward, objective_scores
+from envs.reward import RewardConfig, deviations, episode_reward, improvement_of, objective_scores
 from envs.reward_scale import reachable_gains, reference_vectors
 from envs.surgery import SurgeryEnv
 
@@ -51,6 +51,8 @@ def test_a_memory_preference_prefers_the_memory_plan_despite_a_huge_latency_rati
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"scale": "log"}, "`scale` must be one of reachable, raw"),
+                                               ({"scalarisation": "max"}, "`scalarisation` must be one of chebyshev"),
+                                               ({"rho": -1.0}, "`rho` must be a finite number >= 0"),
                                                ({"gain_floor": 0.0}, "`gain_floor` must be a finite number > 0"),
                                                ({"loss_cap": float("inf")}, "`loss_cap` must be a finite")])
 def test_bad_reward_config(kwargs: dict, match: str) -> None:
@@ -103,3 +105,24 @@ def test_shaped_return_telescopes_to_the_episode_reward() -> None:
     assert all(r == 0.0 for r in step_rewards[0][:-1]) and max(step_rewards[1][:-1]) > 0
     with pytest.raises(InvalidArgumentError, match="`shaping_gamma` must be in"):
         SurgeryEnv(**kw, shaping_gamma=0.0)
+
+
+def test_chebyshev_spreads_preferences_along_a_front_the_weighted_sum_reaches_only_at_its_ends() -> None:
+    """Small model on a big GPU: resident plans' latency is flat, streaming trades latency for memory. Three plans
+    on a front (ratios latency, memory, energy): resident, half streamed, all streamed."""
+    gains = np.array([0.0, 0.88, 0.0])
+    plans = {"resident": [1.0, 0.29, 1.0], "half": [1.1, 0.2, 1.1], "all": [1.42, 0.12, 1.42]}
+    prefs = [np.array(w) for w in ([1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.0, 1.0, 0.0])]
+
+    def best(config: RewardConfig) -> list[str]:
+        return [max(plans, key=lambda k: improvement_of(np.array(plans[k]), gains, w, config)[0]) for w in prefs]
+
+    assert best(RewardConfig(scalarisation="weighted-sum")) == ["resident", "resident", "all"]
+    assert best(RewardConfig()) == ["resident", "half", "all"]  # Chebyshev (default): the middle one too
+    # deviations: 0 at the reachable best, 1 at the unmodified ratio (gain above the floor), +1 per doubling
+    d = deviations(np.array([1.0, 0.12, 2.0]), gains, RewardConfig())
+    assert d.tolist() == pytest.approx([0.0, 0.0, 1.0])
+    assert deviations(np.array([1.0, 1.0, 1.0]), np.array([0.5, 0.5, 0.5]), RewardConfig()).tolist() == [1.0] * 3
+    # the unmodified plan improves nothing under either scalarisation
+    for config in (RewardConfig(), RewardConfig(scalarisation="weighted-sum")):
+        assert improvement_of(np.ones(3), np.array([0.3, 0.7, 0.2]), prefs[1], config)[0] == pytest.approx(0.0)
