@@ -120,8 +120,9 @@ def improvement_of(ratios: np.ndarray, gains: np.ndarray | None, preference: np.
                    config: RewardConfig) -> tuple[float, np.ndarray]:
     """(the preference-weighted improvement, the per-objective scores) of a plan's ratios (module docstring).
 
-    "weighted-sum": ``sum_k w_k s_k``. "chebyshev" (augmented, the default): ``max_k w_k - max_k w_k d_k +
-    rho (1 - sum_k w_k d_k)`` with ``d_k`` the :func:`deviations` (0 for the unmodified plan, as the weighted sum):
+    "weighted-sum": ``sum_k w_k s_k``. "chebyshev" (augmented, the default): ``max_k w_k d0_k - max_k w_k d_k +
+    rho (sum_k w_k d0_k - sum_k w_k d_k)`` with ``d_k`` the :func:`deviations` and ``d0_k`` the unmodified plan's
+    (so it improves nothing, as under the weighted sum):
     a weighted sum of scores only ever picks the front's supported (convex-hull) points, so on a device where
     resident plans all have the same latency (small models on a big GPU) every preference that is not almost all
     memory picked one plan; Chebyshev reaches every front point for some preference, so K preferences spread
@@ -132,7 +133,8 @@ def improvement_of(ratios: np.ndarray, gains: np.ndarray | None, preference: np.
     if gains is None or config.scale == "raw" or config.scalarisation == "weighted-sum":
         return float(np.dot(w, scores)), scores
     d = deviations(ratios, gains, config)
-    return float(w.max() - np.max(w * d) + config.rho * (1.0 - np.dot(w, d))), scores
+    d0 = deviations(np.ones_like(d), gains, config)
+    return float(np.max(w * d0) - np.max(w * d) + config.rho * (np.dot(w, d0) - np.dot(w, d))), scores
 
 
 def episode_reward(metrics: Any, base: Any, preference: np.ndarray, *, objectives: Sequence[str],
