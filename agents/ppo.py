@@ -47,13 +47,14 @@ from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.files.runfolder import run_folder
 from autosurgeon.hardware.power_cap import resolve_power_cap
 from autosurgeon.hardware.resolve import resolve_profile
+from envs.reward import RewardConfig
 from envs.surgery import SurgeryEnv
 
 logger = get_logger(__name__)
 
-# Episode preferences in training: a flat Dirichlet and a sparse one (alpha 0.3: near the simplex's corners and
-# edges, where `apply --front K` asks), picked half and half (envs.surgery.SurgeryEnv's preference_alphas).
-TRAIN_PREFERENCE_ALPHAS: tuple[float, ...] = (1.0, 0.3)
+# Episode preferences in training: a flat Dirichlet (version 0). (1.0, 0.3) adds a sparse one (near the simplex's
+# corners and edges, where `apply --front K` asks), opt-in: measured no better (policy_transfer_s6*.md).
+TRAIN_PREFERENCE_ALPHAS: tuple[float, ...] = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: Sequence[str], sensitivity: bool,
                  n_envs: int, seed: int, power_cap_w: float | None = None, cluster: Any = None,
                  reward_shaping: bool = False, gamma: float = 0.99,
-                 preference_alphas: Sequence[float] = (1.0,)) -> Any:
+                 preference_alphas: Sequence[float] = (1.0,), reward: RewardConfig | None = None) -> Any:
     """``n_envs`` Monitor-wrapped SurgeryEnvs in a DummyVecEnv, env ``r`` seeded ``seed + r``; with ``cluster``
     (``experiments.sweep.dask_eval.SweepCluster``) a ``DaskEvalVecEnv`` measuring finished plans on it;
     ``reward_shaping``: the envs' potential-based shaping with PPO's ``gamma``; ``preference_alphas``: the Dirichlet
@@ -111,7 +112,7 @@ def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: 
         def _init() -> Any:
             env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
                              power_cap_w=power_cap_w, reward_shaping=reward_shaping, shaping_gamma=gamma,
-                             preference_alphas=preference_alphas)
+                             preference_alphas=preference_alphas, reward=reward)
             env.reset(seed=seed + rank)
             return Monitor(env)
         return _init
@@ -150,8 +151,9 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
           sensitivity: bool = False, max_seconds: float | None = None,
           warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None,
-          overwrite: bool = False, cluster: Any = None, reward_shaping: bool = True,
-          preference_alphas: Sequence[float] = TRAIN_PREFERENCE_ALPHAS) -> TrainResult:
+          overwrite: bool = False, cluster: Any = None, reward_shaping: bool = False,
+          preference_alphas: Sequence[float] = TRAIN_PREFERENCE_ALPHAS,
+          reward: RewardConfig | None = None) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``out`` is locked for the run (``autosurgeon.files.runfolder``); a folder that already holds a policy or
@@ -165,11 +167,13 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     ``cluster``: a ``SweepCluster`` (``experiments.sweep.cluster.sweep_cluster``): the envs' finished plans are
     measured on its Dask workers (``agents.dask_vec_env``); the policy and history equal a serial run's for a
     deterministic evaluator.
-    ``reward_shaping`` (default on): potential-based shaping of every step's reward (``envs.surgery.SurgeryEnv``;
-    the best policy is unchanged, each decision is credited at once). ``preference_alphas`` (default a flat
-    Dirichlet half the episodes and alpha 0.3 the other half: preferences near the corners and edges, where
-    ``apply --front K`` asks, are otherwise rare). A checkpoint made before these options existed resumes without
-    them (unshaped, flat Dirichlet), as it was trained.
+    ``reward_shaping``: potential-based shaping of every step's reward (``envs.surgery.SurgeryEnv``; the best
+    policy is unchanged, each decision is credited at once). ``preference_alphas``: the Dirichlet concentrations of
+    the episodes' preferences (``TRAIN_PREFERENCE_ALPHAS``: flat). ``reward``: the envs' ``RewardConfig`` (default:
+    version 0's raw reward). Shaping, sparse preferences and ``RewardConfig(scale="reachable")`` are opt-in: in
+    18-minute trainings they gave no more distinct plans on a paper H100 and fewer on a Jetson
+    (``experiments/benchmarks/results/policy_transfer_s6*.md``). A checkpoint made before these options existed
+    resumes without them, as it was trained.
     """
 
     models = model_list(models)
@@ -190,7 +194,8 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
                       settings=settings or PPOSettings(), checkpoint_every=checkpoint_every, hv_every=hv_every,
                       hv_preferences=hv_preferences, sensitivity=sensitivity, max_seconds=max_seconds,
                       warm_start=warm_start, runtime_every=runtime_every, power_cap_w=power_cap_w,
-                      cluster=cluster, reward_shaping=reward_shaping, preference_alphas=tuple(preference_alphas))
+                      cluster=cluster, reward_shaping=reward_shaping, preference_alphas=tuple(preference_alphas),
+                      reward=reward)
 
 
 def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
@@ -215,8 +220,9 @@ def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any],
 def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume: bool, evaluator: str, seed: int,
            n_envs: int, knobs: tuple[str, ...], settings: PPOSettings, checkpoint_every: int, hv_every: int,
            hv_preferences: int, sensitivity: bool, max_seconds: float | None, warm_start: Any, runtime_every: int,
-           power_cap_w: float | None, cluster: Any = None, reward_shaping: bool = True,
-           preference_alphas: tuple[float, ...] = TRAIN_PREFERENCE_ALPHAS) -> TrainResult:
+           power_cap_w: float | None, cluster: Any = None, reward_shaping: bool = False,
+           preference_alphas: tuple[float, ...] = TRAIN_PREFERENCE_ALPHAS,
+           reward: RewardConfig | None = None) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
 
@@ -238,11 +244,12 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
 
     vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
                        n_envs=n_envs, seed=seed, power_cap_w=power_cap_w, cluster=cluster,
-                       reward_shaping=reward_shaping, gamma=settings.gamma, preference_alphas=preference_alphas)
+                       reward_shaping=reward_shaping, gamma=settings.gamma, preference_alphas=preference_alphas,
+                       reward=reward)
     tb = str(out / "tb")
     model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
-                           power_cap_w=power_cap_w)
+                           power_cap_w=power_cap_w, reward=reward)
     power = None if front_env.power_cap is None else front_env.power_cap.to_dict()
     if runtime_every and not (profile.measured and profile.fingerprint == resolve_profile("local").fingerprint):
         raise InvalidArgumentError(f"`--runtime-every` runs plans on this machine; `--device` {profile.name!r} is "

@@ -115,11 +115,9 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
 
     def objective(trial: Any) -> float:
         settings = suggest_settings(trial)
-        # The envs as `train` makes them (shaped reward, flat + sparse preferences), so the tuned settings are the
-        # ones `train` will use.
+        # The envs as `train` makes them by default, so the tuned settings are the ones `train` will use.
         vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=False,
-                           n_envs=n_envs, seed=seed + trial.number, reward_shaping=True, gamma=settings.gamma,
-                           preference_alphas=TRAIN_PREFERENCE_ALPHAS)
+                           n_envs=n_envs, seed=seed + trial.number, preference_alphas=TRAIN_PREFERENCE_ALPHAS)
         model = new_model(vec, settings=settings, seed=seed + trial.number, tensorboard_log=None)
         cb = Report(trial)
         model.learn(total_timesteps=timesteps, callback=cb)

@@ -51,7 +51,10 @@ class RewardConfig:
     quality_penalty: float = 1.0
     quality_bound: float = 0.05
     power_penalty: float = 1.0
-    scale: str = "reachable"  # "reachable": scores over reachable gains, capped; "raw": 1 - m/m_base (version 0)
+    # "raw" (default, version 0): 1 - m/m_base, weighted sum. "reachable": scores over reachable gains, losses in
+    # doublings, scalarised by `scalarisation` -- opt-in: in 18-minute trainings it gave no more distinct plans on a
+    # paper H100 and fewer on a Jetson (experiments/benchmarks/results/policy_transfer_s6*.md).
+    scale: str = "raw"
     scalarisation: str = "chebyshev"  # how the preference weighs the scores: "chebyshev" or "weighted-sum"
     rho: float = 0.05  # the augmented Chebyshev's small weighted-sum term (breaks ties towards non-dominated plans)
     gain_floor: float = 0.1

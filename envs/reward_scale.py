@@ -6,6 +6,8 @@ best reference on this objective". Without it, objectives live on incomparable s
 shape's resident plans move latency by at most 22 % while streaming one block costs 16-129x (a ``1 - ratio`` of
 -15 to -128), and small models' latency does not move at all, so latency swamped the preference weights and a
 policy learned one plan for every preference (``experiments/benchmarks/results/policy_transfer.md``, session 5).
+Opt-in (``RewardConfig(scale="reachable")``): it fixed the swamping but, in 18-minute trainings, not the single
+plan (``experiments/benchmarks/results/policy_transfer_s6.md``).
 
 Reference plans (cheap, deterministic, any model): the unmodified model, every *uniform precision* plan (each
 precision unit at one precision where its mask allows it, resident), the *smallest footprint* plan

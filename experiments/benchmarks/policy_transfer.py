@@ -39,12 +39,25 @@ UNSEEN = ("unseen-gpt2", "unseen-opt", "unseen-qwen2", "unseen-neox", "unseen-ph
 DEVICES = ("h100-80gb", "jetson-orin-nano-8gb")
 
 
-def train_policy(device: str, models: list[str], minutes: float, out: Path, seed: int) -> dict[str, Any]:
+# --reward: how the policy is trained (agents.ppo.train's reward options); "v0" = the defaults
+REWARDS = {"v0": {},
+           "weighted-sum": {"reward_shaping": True, "preference_alphas": (1.0, 0.3),
+                            "reward": {"scale": "reachable", "scalarisation": "weighted-sum"}},
+           "chebyshev": {"reward_shaping": True, "preference_alphas": (1.0, 0.3),
+                         "reward": {"scale": "reachable", "scalarisation": "chebyshev"}}}
+
+
+def train_policy(device: str, models: list[str], minutes: float, out: Path, seed: int,
+                 reward: str = "v0") -> dict[str, Any]:
     from agents.ppo import train
+    from envs.reward import RewardConfig
 
     t0 = time.perf_counter()
+    options = dict(REWARDS[reward])
+    if "reward" in options:
+        options["reward"] = RewardConfig(**options["reward"])
     res = train(device=device, models=models, timesteps=10**8, out=out, evaluator="analytic", seed=seed,
-                max_seconds=minutes * 60, overwrite=True, hv_every=10**9)
+                max_seconds=minutes * 60, overwrite=True, hv_every=10**9, **options)
     from agents.policy_io import read_meta
 
     reward = read_meta(out).get("reward", {})
@@ -177,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=3.0, help="training wall time per device")
     ap.add_argument("--seeds", default="0,1,2", help="NSGA-II seeds")
     ap.add_argument("--budgets", type=int, default=4, help="budget levels per preference (apply --front-budgets)")
+    ap.add_argument("--reward", choices=sorted(REWARDS), default="v0", help="the policy's reward options (REWARDS)")
     ap.add_argument("--root", default="runs/bench-policy-transfer")
     ap.add_argument("--out", default="experiments/benchmarks/results/policy_transfer")
     ap.add_argument("--merge", default=None, metavar="A.json,B.json",
@@ -209,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     for device in args.devices.split(","):
         policy = root / f"policy-{device}"
-        meta["training"].append(train_policy(device, args.train_models.split(","), args.minutes, policy, seed=0))
+        meta["training"].append(train_policy(device, args.train_models.split(","), args.minutes, policy, seed=0,
+                                             reward=args.reward))
         for name in args.unseen.split(","):
             try:
                 rows.append(one(str(build_unseen(name)), name, device, policy, seeds, root, args.budgets))

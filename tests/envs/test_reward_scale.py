@@ -11,6 +11,8 @@ from envs.reward import RewardConfig, deviations, episode_reward, improvement_of
 from envs.reward_scale import reachable_gains, reference_vectors
 from envs.surgery import SurgeryEnv
 
+REACH = RewardConfig(scale="reachable")  # the opt-in reward (the default is version 0's raw one)
+
 
 def _metrics(latency: float, memory: int, energy: float) -> Metrics:
     return Metrics(latency_s=latency, peak_bytes={"gpu": memory}, energy_j=energy,
@@ -18,7 +20,7 @@ def _metrics(latency: float, memory: int, energy: float) -> Metrics:
 
 
 def test_scores_are_scaled_by_the_reachable_gain_and_capped() -> None:
-    config = RewardConfig()
+    config = REACH
     gains = np.array([0.0, 0.8, 0.4])  # latency: nothing improves it; memory up to 80 %; energy up to 40 %
     # 64x slower, a fifth of the memory, 32x the energy: as streaming a 7B shape's blocks on a paper H100.
     scores = objective_scores(np.array([64.0, 0.2, 32.0]), gains, config)
@@ -40,14 +42,14 @@ def test_a_memory_preference_prefers_the_memory_plan_despite_a_huge_latency_rati
     pref = np.array([0.05, 0.95, 0.0])
     gains = np.array([0.2, 0.8, 0.5])
     kw = {"objectives": OBJECTIVES, "memory_budget": None}
-    new = [episode_reward(m, base, pref, config=RewardConfig(), gains=gains, **kw)[0] for m in (streamed, resident)]
+    new = [episode_reward(m, base, pref, config=REACH, gains=gains, **kw)[0] for m in (streamed, resident)]
     old = [episode_reward(m, base, pref, config=RewardConfig(scale="raw"), gains=gains, **kw)[0]
            for m in (streamed, resident)]
     assert new[0] > new[1] and old[0] < old[1]
     # and a latency preference still keeps the resident plan
     lat = np.array([0.9, 0.1, 0.0])
-    assert (episode_reward(streamed, base, lat, config=RewardConfig(), gains=gains, **kw)[0]
-            < episode_reward(resident, base, lat, config=RewardConfig(), gains=gains, **kw)[0])
+    assert (episode_reward(streamed, base, lat, config=REACH, gains=gains, **kw)[0]
+            < episode_reward(resident, base, lat, config=REACH, gains=gains, **kw)[0])
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [({"scale": "log"}, "`scale` must be one of reachable, raw"),
@@ -61,7 +63,7 @@ def test_bad_reward_config(kwargs: dict, match: str) -> None:
 
 
 def test_reachable_gains_on_a_paper_gpu() -> None:
-    env = SurgeryEnv(models="tiny-llama-test", device="h100-80gb")
+    env = SurgeryEnv(models="tiny-llama-test", device="h100-80gb", reward=REACH)
     ctx = env.ctx
     refs = reference_vectors(ctx.space, ctx.smallest)
     assert np.array_equal(refs[0], ctx.space.default_vector()) and len({r.tobytes() for r in refs}) == len(refs)
@@ -82,7 +84,7 @@ def test_reachable_gains_on_a_paper_gpu() -> None:
 def test_shaped_return_telescopes_to_the_episode_reward() -> None:
     """Potential-based shaping: with gamma 1 the shaped steps sum to the unshaped episode's reward, and every
     quantizing step is credited at once (a positive step reward under a memory preference)."""
-    kw = {"models": "tiny-llama-test", "device": "h100-80gb"}
+    kw = {"models": "tiny-llama-test", "device": "h100-80gb", "reward": REACH}
     plain, shaped = SurgeryEnv(**kw), SurgeryEnv(**kw, reward_shaping=True, shaping_gamma=1.0)
     options = {"preference": [0.0, 1.0, 0.0], "budget_fraction": 1.0}
     returns, step_rewards = [], []
@@ -117,12 +119,12 @@ def test_chebyshev_spreads_preferences_along_a_front_the_weighted_sum_reaches_on
     def best(config: RewardConfig) -> list[str]:
         return [max(plans, key=lambda k: improvement_of(np.array(plans[k]), gains, w, config)[0]) for w in prefs]
 
-    assert best(RewardConfig(scalarisation="weighted-sum")) == ["resident", "resident", "all"]
-    assert best(RewardConfig()) == ["resident", "half", "all"]  # Chebyshev (default): the middle one too
+    assert best(RewardConfig(scale="reachable", scalarisation="weighted-sum")) == ["resident", "resident", "all"]
+    assert best(REACH) == ["resident", "half", "all"]  # Chebyshev (default): the middle one too
     # deviations: 0 at the reachable best, 1 at the unmodified ratio (gain above the floor), +1 per doubling
-    d = deviations(np.array([1.0, 0.12, 2.0]), gains, RewardConfig())
+    d = deviations(np.array([1.0, 0.12, 2.0]), gains, REACH)
     assert d.tolist() == pytest.approx([0.0, 0.0, 1.0])
-    assert deviations(np.array([1.0, 1.0, 1.0]), np.array([0.5, 0.5, 0.5]), RewardConfig()).tolist() == [1.0] * 3
+    assert deviations(np.array([1.0, 1.0, 1.0]), np.array([0.5, 0.5, 0.5]), REACH).tolist() == [1.0] * 3
     # the unmodified plan improves nothing under either scalarisation
-    for config in (RewardConfig(), RewardConfig(scalarisation="weighted-sum")):
+    for config in (REACH, RewardConfig(scale="reachable", scalarisation="weighted-sum"), RewardConfig()):
         assert improvement_of(np.ones(3), np.array([0.3, 0.7, 0.2]), prefs[1], config)[0] == pytest.approx(0.0)

@@ -17,4 +17,4 @@ def test_probe_reports_plans_spread_and_entropy(tmp_path) -> None:
     row = data["rows"][0]
     assert len(row["plans"]) == 4 and 1 <= row["distinct_plans"] <= 4 and row["steps"] > 0
     assert 0.0 <= row["prob_spread_median"] <= row["prob_spread_max"] <= 1.0 and row["entropy_min"] >= 0.0
-    assert data["policy"]["reward"]["shaping"] is True and data["policy"]["reward"]["scale"] == "reachable"
+    assert data["policy"]["reward"]["shaping"] is False and data["policy"]["reward"]["scale"] == "raw"  # defaults
