@@ -47,9 +47,14 @@ from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.files.runfolder import run_folder
 from autosurgeon.hardware.power_cap import resolve_power_cap
 from autosurgeon.hardware.resolve import resolve_profile
+from envs.reward import RewardConfig
 from envs.surgery import SurgeryEnv
 
 logger = get_logger(__name__)
+
+# Episode preferences in training: a flat Dirichlet (version 0). (1.0, 0.3) adds a sparse one (near the simplex's
+# corners and edges, where `apply --front K` asks), opt-in: measured no better (policy_transfer_s6*.md).
+TRAIN_PREFERENCE_ALPHAS: tuple[float, ...] = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -92,9 +97,13 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: Sequence[str], sensitivity: bool,
-                 n_envs: int, seed: int, power_cap_w: float | None = None, cluster: Any = None) -> Any:
+                 n_envs: int, seed: int, power_cap_w: float | None = None, cluster: Any = None,
+                 reward_shaping: bool = False, gamma: float = 0.99,
+                 preference_alphas: Sequence[float] = (1.0,), reward: RewardConfig | None = None) -> Any:
     """``n_envs`` Monitor-wrapped SurgeryEnvs in a DummyVecEnv, env ``r`` seeded ``seed + r``; with ``cluster``
-    (``experiments.sweep.dask_eval.SweepCluster``) a ``DaskEvalVecEnv`` measuring finished plans on it."""
+    (``experiments.sweep.dask_eval.SweepCluster``) a ``DaskEvalVecEnv`` measuring finished plans on it;
+    ``reward_shaping``: the envs' potential-based shaping with PPO's ``gamma``; ``preference_alphas``: the Dirichlet
+    concentrations episodes draw their preference from (``envs.surgery.SurgeryEnv``)."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -102,7 +111,8 @@ def make_vec_env(*, models: Sequence[str], profile: Any, evaluator: str, knobs: 
     def make(rank: int) -> Any:
         def _init() -> Any:
             env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
-                             power_cap_w=power_cap_w)
+                             power_cap_w=power_cap_w, reward_shaping=reward_shaping, shaping_gamma=gamma,
+                             preference_alphas=preference_alphas, reward=reward)
             env.reset(seed=seed + rank)
             return Monitor(env)
         return _init
@@ -141,7 +151,9 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
           checkpoint_every: int = 2048, hv_every: int = 4096, hv_preferences: int = 8,
           sensitivity: bool = False, max_seconds: float | None = None,
           warm_start: Any = None, runtime_every: int = 0, power_cap_w: float | None = None,
-          overwrite: bool = False, cluster: Any = None) -> TrainResult:
+          overwrite: bool = False, cluster: Any = None, reward_shaping: bool = False,
+          preference_alphas: Sequence[float] = TRAIN_PREFERENCE_ALPHAS,
+          reward: RewardConfig | None = None) -> TrainResult:
     """Train (or resume) a policy; see the module docstring. Returns where it was saved.
 
     ``out`` is locked for the run (``autosurgeon.files.runfolder``); a folder that already holds a policy or
@@ -155,6 +167,13 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
     ``cluster``: a ``SweepCluster`` (``experiments.sweep.cluster.sweep_cluster``): the envs' finished plans are
     measured on its Dask workers (``agents.dask_vec_env``); the policy and history equal a serial run's for a
     deterministic evaluator.
+    ``reward_shaping``: potential-based shaping of every step's reward (``envs.surgery.SurgeryEnv``; the best
+    policy is unchanged, each decision is credited at once). ``preference_alphas``: the Dirichlet concentrations of
+    the episodes' preferences (``TRAIN_PREFERENCE_ALPHAS``: flat). ``reward``: the envs' ``RewardConfig`` (default:
+    version 0's raw reward). Shaping, sparse preferences and ``RewardConfig(scale="reachable")`` are opt-in: in
+    18-minute trainings they gave no more distinct plans on a paper H100 and fewer on a Jetson
+    (``experiments/benchmarks/results/policy_transfer_s6*.md``). A checkpoint made before these options existed
+    resumes without them, as it was trained.
     """
 
     models = model_list(models)
@@ -175,7 +194,8 @@ def train(*, device: Any = "local", models: Sequence[str], timesteps: int, out: 
                       settings=settings or PPOSettings(), checkpoint_every=checkpoint_every, hv_every=hv_every,
                       hv_preferences=hv_preferences, sensitivity=sensitivity, max_seconds=max_seconds,
                       warm_start=warm_start, runtime_every=runtime_every, power_cap_w=power_cap_w,
-                      cluster=cluster)
+                      cluster=cluster, reward_shaping=reward_shaping, preference_alphas=tuple(preference_alphas),
+                      reward=reward)
 
 
 def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any]]:
@@ -200,7 +220,9 @@ def _resume_state(out: Path, run: dict[str, Any]) -> tuple[Path, dict[str, Any],
 def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume: bool, evaluator: str, seed: int,
            n_envs: int, knobs: tuple[str, ...], settings: PPOSettings, checkpoint_every: int, hv_every: int,
            hv_preferences: int, sensitivity: bool, max_seconds: float | None, warm_start: Any, runtime_every: int,
-           power_cap_w: float | None, cluster: Any = None) -> TrainResult:
+           power_cap_w: float | None, cluster: Any = None, reward_shaping: bool = False,
+           preference_alphas: tuple[float, ...] = TRAIN_PREFERENCE_ALPHAS,
+           reward: RewardConfig | None = None) -> TrainResult:
     from stable_baselines3.common.callbacks import CallbackList
 
 
@@ -210,16 +232,24 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
         resolve_power_cap(profile, power_cap_w)  # a cap below every mode fails here, before anything is built
     run = {"models": list(models), "knobs": list(knobs), "seed": seed, "n_envs": n_envs, "evaluator": evaluator,
            "settings": json_settings(settings), "device_fingerprint": profile.fingerprint, "power_cap_w": power_cap_w,
-           "sensitivity": bool(sensitivity)}
+           "sensitivity": bool(sensitivity), "reward_shaping": bool(reward_shaping),
+           "preference_alphas": [float(a) for a in preference_alphas]}
     ckpt = _resume_state(out, run) if resume else None
+    if ckpt is not None:  # resumed as it was trained (checkpoints before these options: unshaped, flat Dirichlet)
+        saved = ckpt[2].get("run", {})
+        run["reward_shaping"] = reward_shaping = bool(saved.get("reward_shaping", False))
+        run["preference_alphas"] = [float(a) for a in saved.get("preference_alphas", [1.0])]
+        preference_alphas = tuple(run["preference_alphas"])
     started = time.perf_counter()
 
     vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
-                       n_envs=n_envs, seed=seed, power_cap_w=power_cap_w, cluster=cluster)
+                       n_envs=n_envs, seed=seed, power_cap_w=power_cap_w, cluster=cluster,
+                       reward_shaping=reward_shaping, gamma=settings.gamma, preference_alphas=preference_alphas,
+                       reward=reward)
     tb = str(out / "tb")
     model = new_model(vec, settings=settings, seed=seed, tensorboard_log=tb)
     front_env = SurgeryEnv(models=models, device=profile, evaluator=evaluator, knobs=knobs, sensitivity=sensitivity,
-                           power_cap_w=power_cap_w)
+                           power_cap_w=power_cap_w, reward=reward)
     power = None if front_env.power_cap is None else front_env.power_cap.to_dict()
     if runtime_every and not (profile.measured and profile.fingerprint == resolve_profile("local").fingerprint):
         raise InvalidArgumentError(f"`--runtime-every` runs plans on this machine; `--device` {profile.name!r} is "
@@ -259,7 +289,9 @@ def _train(*, device: Any, models: list[str], timesteps: int, out: Path, resume:
         "models": models, "device_name": profile.name, "device_fingerprint": profile.fingerprint,
         "device_class": device_class(profile), "seed": seed, "n_envs": n_envs,
         "timesteps": int(model.num_timesteps), "settings": asdict(settings), "network": network,
-        "reward": asdict(front_env.reward_config), "budget_range": list(front_env.budget_range),
+        "reward": {**asdict(front_env.reward_config), "shaping": bool(reward_shaping),
+                   "preference_alphas": list(preference_alphas)},
+        "budget_range": list(front_env.budget_range),
         "obs_stats": metrics_cb.obs_stats(), "warm_start": warm_info, "history": metrics_cb.history,
         "budget_shield": front_env.budget_shield,
         "power": power, "power_mode": front_env.power_mode_name,
@@ -275,4 +307,5 @@ def json_settings(settings: PPOSettings) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
-__all__ = ["PPOSettings", "TrainResult", "json_settings", "latest_checkpoint", "make_vec_env", "new_model", "train"]
+__all__ = ["TRAIN_PREFERENCE_ALPHAS", "PPOSettings", "TrainResult", "json_settings", "latest_checkpoint", "make_vec_env",
+           "new_model", "train"]

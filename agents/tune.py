@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from agents.apply import policy_front
-from agents.ppo import PPOSettings, make_vec_env, model_list, new_model
+from agents.ppo import TRAIN_PREFERENCE_ALPHAS, PPOSettings, make_vec_env, model_list, new_model
 from agents.storage import optuna_storage, redact
 from autosurgeon._logging import get_logger
 from autosurgeon.errors import InvalidArgumentError
@@ -115,8 +115,9 @@ def tune(*, device: Any = "local", models: Sequence[str], trials: int, timesteps
 
     def objective(trial: Any) -> float:
         settings = suggest_settings(trial)
+        # The envs as `train` makes them by default, so the tuned settings are the ones `train` will use.
         vec = make_vec_env(models=models, profile=profile, evaluator=evaluator, knobs=knobs, sensitivity=False,
-                           n_envs=n_envs, seed=seed + trial.number)
+                           n_envs=n_envs, seed=seed + trial.number, preference_alphas=TRAIN_PREFERENCE_ALPHAS)
         model = new_model(vec, settings=settings, seed=seed + trial.number, tensorboard_log=None)
         cb = Report(trial)
         model.learn(total_timesteps=timesteps, callback=cb)

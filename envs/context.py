@@ -3,7 +3,8 @@
 A :class:`ModelContext` holds the loaded model, its SearchSpace (fixed knob set), the evaluator that
 scores finished plans, the *estimator* that gives the running totals each step (the evaluator itself
 when it is cheap — analytic, profiled — else an analytic one on the same space), the unmodified
-model's metrics (the reward's normaliser), the smallest memory a plan can reach (so sampled budgets are
+model's metrics (the reward's normaliser), each objective's reachable gain (``envs.reward_scale``: the
+reward's per-objective scale), the smallest memory a plan can reach (so sampled budgets are
 feasible), and the per-unit features. Contexts are cached in-process: the vectorised envs of one training
 run share them (and the evaluator's result cache).
 """
@@ -28,6 +29,7 @@ from autosurgeon.quality.settings import QualitySettings
 from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.zoo import load_model
 from envs.observation import (
+    OBJECTIVES,
     DecisionUnit,
     ObservationLayout,
     decision_units,
@@ -35,6 +37,7 @@ from envs.observation import (
     layout_for,
     unit_feature_table,
 )
+from envs.reward_scale import reachable_gains
 
 logger = get_logger(__name__)
 
@@ -59,6 +62,8 @@ class ModelContext:
     min_memory: float
     smallest: np.ndarray  # smallest_footprint's vector: the shield's optimistic completion
     layout: ObservationLayout = ObservationLayout()  # of the knobs (envs.observation.layout_for)
+    gains: np.ndarray | None = None  # reachable gain per OBJECTIVES entry (envs.reward_scale), the reward's scale
+    estimate_base: Any = None  # the estimator's metrics of the unmodified model (the shaping potential's normaliser)
 
 
 def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs: Sequence[str] = ("precision", "placement"),
@@ -103,12 +108,15 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     _, small = smallest_footprint(space, tier)
     mem = plan_memory(space, small)
     min_memory = float(mem.get("gpu", 0) + mem.get("cpu", 0))
+    estimate_base = estimator.evaluate(space.default_vector())
+    gains = reachable_gains(estimator, space, estimate_base, small, OBJECTIVES)
     ctx = ModelContext(spec=spec, loaded=loaded, profile=profile, space=space, evaluator=ev, estimator=estimator,
                        units=units, unit_features=unit_feature_table(space, units, table, layout=layout),
                        hardware=hardware_features(profile), base=base, min_memory=min_memory, smallest=small,
-                       layout=layout)
-    logger.info("surgery context %s on %s (%s): %d units, %d variables, base memory %d B, smallest %d B",
-                spec, profile.name, evaluator, len(units), len(space), base.objective("memory"), min_memory)
+                       layout=layout, gains=gains, estimate_base=estimate_base)
+    logger.info("surgery context %s on %s (%s): %d units, %d variables, base memory %d B, smallest %d B, "
+                "reachable gains %s", spec, profile.name, evaluator, len(units), len(space), base.objective("memory"),
+                min_memory, dict(zip(OBJECTIVES, gains.round(3).tolist())))
     if cache:
         _CACHE[key] = ctx
     return ctx

@@ -18,7 +18,7 @@ from autosurgeon.knobs import SESSION_KNOBS
 from autosurgeon.quality.settings import QualitySettings
 from envs.context import ModelContext, build_context
 from envs.observation import OBJECTIVES, OBS_CLIP, assemble, layout_for
-from envs.reward import RewardConfig, episode_reward
+from envs.reward import RewardConfig, episode_reward, improvement_of, normalised
 
 logger = get_logger(__name__)
 
@@ -33,7 +33,7 @@ class SurgeryEnv(gym.Env):
     """Choose every surgery decision of a model, unit by unit, for a device, a preference and a budget.
 
     Each episode samples (from ``self.np_random``) one of the env's models, a preference vector over
-    (latency, memory, energy) from a flat Dirichlet, and a memory budget between the smallest reachable
+    (latency, memory, energy) from a flat Dirichlet (``preference_alphas``: a mix of concentrations), and a memory budget between the smallest reachable
     memory and the unmodified model's (``budget_range`` of the way). It then walks the model's decision
     units in SearchSpace order (``envs.observation.decision_units``: block placements first, then leaves,
     then fusion groups): one step decides every knob of one unit. The finished plan is evaluated once.
@@ -84,8 +84,16 @@ class SurgeryEnv(gym.Env):
 
     0 on every step but the last; on the last, the evaluated plan's preference-weighted improvement over
     the unmodified model minus penalties for exceeding the memory budget, the quality-loss bound or the
-    power cap (``envs.reward``). With a measuring evaluator the reward is measured, hence
-    ``nondeterministic=True``.
+    power cap (``envs.reward``). Each objective's improvement is divided by what reference plans reach on it
+    for this model and device (``envs.reward_scale``) and capped to [-1, 1], so no objective swamps the
+    preference. With a measuring evaluator the reward is measured, hence ``nondeterministic=True``.
+
+    ``reward_shaping=True`` (what ``agents.ppo.train`` uses) adds potential-based shaping (Ng, Harada & Russell
+    1999): each step earns ``gamma * phi(s') - phi(s)``, ``phi`` the preference-weighted score of the plan so
+    far (undecided units unmodified) as the estimator prices it for the observation anyway, and the last step
+    earns the episode reward minus ``phi`` of the state before it. The best policy is unchanged for the same
+    ``gamma`` (``shaping_gamma``, PPO's), but every decision is credited at once: without it, a 7B shape's 130
+    decisions share one terminal scalar and 15k timesteps taught a policy nothing about precision (session 5).
 
     ## Power cap
 
@@ -118,7 +126,8 @@ class SurgeryEnv(gym.Env):
 
     * v0: initial version (knobs precision + placement by default; analytic evaluator by default; budget
       shield on by default). Later additions that change no default space: the ``power_cap_w`` option;
-      session knobs (opt-in, their own layout); the ``quality`` option.
+      session knobs (opt-in, their own layout); the ``quality`` option; per-objective reward scores over
+      reachable gains, capped (``RewardConfig(scale="raw")`` restores the uncapped reward).
     """
 
     metadata = {"render_modes": []}
@@ -128,7 +137,8 @@ class SurgeryEnv(gym.Env):
                  budget_range: tuple[float, float] = (0.1, 1.0), memory_budget: float | None = None,
                  preference: Any = None, reward: RewardConfig | None = None, sensitivity: bool = False,
                  budget_shield: bool = True, render_mode: str | None = None,
-                 power_cap_w: float | None = None, quality: Any = None) -> None:
+                 power_cap_w: float | None = None, quality: Any = None, reward_shaping: bool = False,
+                 shaping_gamma: float = 0.99, preference_alphas: Sequence[float] = (1.0,)) -> None:
 
         if render_mode is not None:
             raise InvalidArgumentError(f"`render_mode` must be None (SurgeryEnv does not render), got {render_mode!r}.")
@@ -161,7 +171,17 @@ class SurgeryEnv(gym.Env):
         self.budget_range = (float(lo), float(hi))
         self.fixed_budget = memory_budget
         self.fixed_preference = None if preference is None else parse_preference(preference)
+        alphas = tuple(float(a) for a in preference_alphas)
+        if not alphas or not all(np.isfinite(a) and a > 0 for a in alphas):
+            raise InvalidArgumentError(f"`preference_alphas` must be one or more Dirichlet concentrations > 0, got "
+                                       f"{preference_alphas!r}.")
+        self.preference_alphas = alphas
         self.reward_config = reward or RewardConfig()
+        if not 0.0 < float(shaping_gamma) <= 1.0:
+            raise InvalidArgumentError(f"`shaping_gamma` must be in (0, 1] (PPO's gamma), got {shaping_gamma!r}.")
+        self.reward_shaping = bool(reward_shaping)
+        self.shaping_gamma = float(shaping_gamma)
+        self.potential = 0.0  # phi of the current state (reward_shaping; 0 for the unmodified plan)
         self.budget_shield = bool(budget_shield)
         self._mask_cache: tuple[Any, np.ndarray] | None = None
         self._pricers: dict[Any, _Pricer] = {}  # per context: the shield's and the observation's incremental repair
@@ -198,8 +218,7 @@ class SurgeryEnv(gym.Env):
         else:
             raise InvalidArgumentError(f"options['model'] must be one of {self.specs} or an index, got {model!r}.")
         pref = options.get("preference", self.fixed_preference)
-        self.preference = (parse_preference(pref) if pref is not None
-                           else self.np_random.dirichlet(np.ones(len(OBJECTIVES))))
+        self.preference = parse_preference(pref) if pref is not None else self._sample_preference()
         base_mem = float(self.ctx.base.objective("memory"))
         if options.get("memory_budget") is not None:
             self.budget = float(options["memory_budget"])
@@ -219,12 +238,21 @@ class SurgeryEnv(gym.Env):
         return self._observation(), {"model": self.ctx.spec, "memory_budget": self.budget,
                                      "preference": self.preference.tolist()}
 
+    def _sample_preference(self) -> np.ndarray:
+        """A Dirichlet draw from ``self.np_random``; with several ``preference_alphas`` one is picked first (one
+        alpha: no extra draw, so the stream is version 0's). An alpha below 1 puts the weight near the simplex's
+        corners and edges, where ``apply --front K`` asks too (its preferences start with the pure objectives)."""
+        alpha = self.preference_alphas[0]
+        if len(self.preference_alphas) > 1:
+            alpha = self.preference_alphas[int(self.np_random.integers(len(self.preference_alphas)))]
+        return self.np_random.dirichlet(np.full(len(OBJECTIVES), alpha))
+
     def state_dict(self) -> dict[str, Any]:
         """The episode in progress and ``np_random``, as JSON data (training checkpoints, ``agents.train_state``)."""
         return {"context": self.contexts.index(self.ctx), "preference": self.preference.tolist(),
                 "budget": float(self.budget), "x": [int(v) for v in self.x], "t": int(self.t),
                 "previous": None if self.previous is None else [int(v) for v in self.previous],
-                "repaired": int(self.repaired), "episode": int(self._episode),
+                "repaired": int(self.repaired), "episode": int(self._episode), "potential": float(self.potential),
                 "np_random": self.np_random.bit_generator.state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -237,6 +265,7 @@ class SurgeryEnv(gym.Env):
         self.previous = None if state["previous"] is None else np.asarray(state["previous"], dtype=np.int64)
         self.repaired = int(state["repaired"])
         self._episode = int(state["episode"])
+        self.potential = float(state.get("potential", 0.0))  # checkpoints before shaping: unused, 0
         self._mask_cache = None
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = dict(state["np_random"])
@@ -252,14 +281,21 @@ class SurgeryEnv(gym.Env):
         self.t += 1
         terminated = self.t == len(self.ctx.units)
         reward, info = 0.0, {"repaired": self.repaired}
+        before = self.potential
+        obs = self._observation()  # updates self.potential
+        if self.reward_shaping and not terminated:
+            reward = self.shaping_gamma * self.potential - before
         if terminated:
             metrics = self.ctx.evaluator.evaluate(self.x)
             reward, rinfo = episode_reward(metrics, self.ctx.base, self.preference, objectives=OBJECTIVES,
                                            memory_budget=self.budget, config=self.reward_config,
-                                           power_cap_w=None if self.power_cap is None else self.power_cap.watts)
+                                           power_cap_w=None if self.power_cap is None else self.power_cap.watts,
+                                           gains=self.ctx.gains)
             info.update(rinfo, model=self.ctx.spec, plan_vector=self.x.tolist(), latency_s=metrics.latency_s,
                         energy_j=metrics.energy_j, evaluator=metrics.evaluator)
-        return self._observation(), float(reward), terminated, False, info
+            if self.reward_shaping:
+                reward -= before  # phi(terminal) = 0: the episode's shaped return telescopes to its reward
+        return obs, float(reward), terminated, False, info
 
     def pending_plan(self, action: Any) -> np.ndarray | None:
         """The plan vector ``step(action)`` would evaluate (it ends the episode), else None; changes nothing.
@@ -400,6 +436,9 @@ class SurgeryEnv(gym.Env):
         base_mem = float(base.objective("memory"))
         mem = float(current.objective("memory"))
         energy_ratio = (current.energy_j / base.energy_j) if current.energy_j and base.energy_j else 1.0
+        est_base = ctx.estimate_base if ctx.estimate_base is not None else base
+        self.potential = improvement_of(normalised(current, est_base, OBJECTIVES), ctx.gains, self.preference,
+                                        self.reward_config)[0]
         totals = {"memory_vs_budget": mem / self.budget, "memory_vs_base": mem / max(base_mem, 1.0),
                   "latency_vs_base": current.latency_s / base.latency_s, "energy_vs_base": energy_ratio,
                   "budget_vs_base": self.budget / max(base_mem, 1.0), "progress": self.t / len(ctx.units)}

@@ -16,9 +16,13 @@ number of modules at int8, ``placement=cpu<-disk`` …), for the parallel-coordi
 ``Math.min(5, …)``; ``TENSORBOARD_CHECK.md``), so the ``Knob …`` columns, named to sort first, are the ones
 ticked by default (with fewer than five knobs, ``Origin`` and ``Pareto front`` next). The row's name is
 ``<sweep>/<plan id>`` whatever is ticked.
-Metrics: each objective in display units with how it was obtained, e.g. ``plan/latency ms [estimated]``,
-``plan/memory MiB [measured]``, ``plan/energy mJ [estimated]``: TensorBoard's HParams read them as scalars, so
-they also appear in the Scalars dashboard, all in one ``plan`` group apart from the sweep's ``front/`` curves.
+Metrics: each objective in display units with how it was obtained, under a group named after the sweep, e.g.
+``plan a/latency ms [estimated]``, ``plan a/memory MiB [measured]``, ``plan a/energy mJ [estimated]`` for sweep
+``a``: TensorBoard's HParams read them as scalars, so they also appear in the Scalars dashboard, where the part
+before the first ``/`` is the group: each sweep's plans form their own collapsible ``plan <sweep>`` group (three
+charts, one point per plan), apart from every other sweep's and from the sweeps' ``front/`` curves (which share
+their charts on purpose: hypervolume per evaluation, sweep against sweep). The price: sweeps sharing a logdir
+have their own metric columns in the HParams table (a row of sweep ``a`` is blank under ``plan b/…``).
 """
 from __future__ import annotations
 
@@ -38,15 +42,23 @@ METRIC_GROUP = "plan"  # the per-plan metrics' tag prefix: one group in the Scal
 KNOB_COLUMN = "Knob "  # sorts before Origin, Pareto front, Plan id, Power, Sweep: the default-ticked columns
 
 
-def metric_tag(name: str, record: Mapping[str, Any]) -> tuple[str, float]:
-    """``("latency ms [estimated]", factor)``: the scalar tag of objective ``name`` and its unit factor."""
+def metric_group(sweep: str) -> str:
+    """The Scalars group of one sweep's per-plan metrics: ``plan <sweep>`` (``plan`` without a name); a ``/`` in
+    the name would start a group of its own, so it becomes ``_``."""
+    name = " ".join(sweep.replace("/", "_").split())
+    return f"{METRIC_GROUP} {name}" if name else METRIC_GROUP
+
+
+def metric_tag(name: str, record: Mapping[str, Any], sweep: str = "") -> tuple[str, float]:
+    """``("plan <sweep>/latency ms [estimated]", factor)``: the scalar tag of objective ``name`` in ``sweep``'s
+    group (``metric_group``) and its unit factor."""
     labels = (record.get("metrics", {}).get("_data", record.get("metrics", {})) or {}).get("labels", {})
     if name.startswith("memory"):
         unit, factor, field = "MiB", 1.0 / 2**20, "peak_bytes"
     else:
         unit, factor, field = UNITS.get(name, ("", 1.0, name))
     how = labels.get(field, "estimated" if not labels else "?")
-    return f"{METRIC_GROUP}/{name} {unit} [{how}]".replace("  ", " "), factor
+    return f"{metric_group(sweep)}/{name} {unit} [{how}]".replace("  ", " "), factor
 
 
 def session_hparams(record: Mapping[str, Any], *, sweep: str, on_front: bool,
@@ -95,7 +107,7 @@ def write_sessions(front_dir: Path, *, names: Sequence[str], records: Sequence[M
         with SummaryWriter(log_dir=str(Path(front_dir) / run)) as writer:
             writer.file_writer.add_summary(hp_api.hparams_pb(full, trial_id=f"{sweep}/{run}", start_time_secs=0))
             for name, value in zip(names, records[i]["objectives"]):
-                tag, factor = metric_tag(name, records[i])
+                tag, factor = metric_tag(name, records[i], sweep)
                 writer.add_scalar(tag, float(value) * factor, 0)
         runs.append(run)
     return runs
@@ -113,4 +125,4 @@ def write_power_summary(folder: Path, text: str, metrics: Mapping[str, float]) -
             writer.add_scalar(tag, float(value), 0)
 
 
-__all__ = ["KNOB_COLUMN", "METRIC_GROUP", "metric_tag", "session_hparams", "write_power_summary", "write_sessions"]
+__all__ = ["KNOB_COLUMN", "METRIC_GROUP", "metric_group", "metric_tag", "session_hparams", "write_power_summary", "write_sessions"]

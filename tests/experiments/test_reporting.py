@@ -148,7 +148,7 @@ def test_tensorboard_scalars_hparams_image(run) -> None:
     base = plugin_data_pb2.HParamsPluginData.FromString(
         hparams[f"front/{record_id(run['records'][3])}"]["_hparams_/session_start_info"]).session_start_info.hparams
     assert base["Origin"].string_value == "baseline:unmodified"
-    tensors = mux.Tensors(f"front/{record_id(rec)}", "plan/latency ms [estimated]")
+    tensors = mux.Tensors(f"front/{record_id(rec)}", "plan sweep/latency ms [estimated]")
     assert float(tensors[0].tensor_proto.float_val[0]) == pytest.approx(rec["objectives"][0] * 1e3, rel=1e-6)
 
 
@@ -241,7 +241,7 @@ def test_hparams_plugin_serves_the_front_as_session_groups(run) -> None:
     assert knob_columns and differing[:len(knob_columns)] == knob_columns and differing[-1].startswith("~")
     assert "Knob precision" in differing[:5] and "Knob placement" in differing[:5]
     assert sorted(m["name"]["tag"] for m in experiment["metricInfos"]) == sorted(
-        ["plan/latency ms [estimated]", "plan/memory MiB [estimated]", "plan/energy mJ [estimated]"])
+        ["plan sweep/latency ms [estimated]", "plan sweep/memory MiB [estimated]", "plan sweep/energy mJ [estimated]"])
     request = {"experimentName": "", "startIndex": 0, "sliceSize": 1000,
                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}
     reply = Client(apps["/session_groups"]).post("/session_groups", data=json.dumps(request),
@@ -253,6 +253,27 @@ def test_hparams_plugin_serves_the_front_as_session_groups(run) -> None:
     rec = run["records"][run["front"][0]]
     by_name = {g["name"]: g for g in groups["sessionGroups"]}
     values = {m["name"]["tag"]: m["value"] for m in by_name[f"sweep/{record_id(rec)}"]["metricValues"]}
-    tags = ["plan/latency ms [estimated]", "plan/memory MiB [estimated]", "plan/energy mJ [estimated]"]
+    tags = ["plan sweep/latency ms [estimated]", "plan sweep/memory MiB [estimated]", "plan sweep/energy mJ [estimated]"]
     assert [values[t] for t in tags] == pytest.approx([rec["objectives"][0] * 1e3, rec["objectives"][1] / 2**20,
                                                        rec["objectives"][2] * 1e3], rel=1e-6)
+
+
+def test_two_sweeps_in_one_logdir_have_their_own_scalar_groups(tmp_path, space) -> None:
+    """Per-plan metrics are scalars too (HParams reads them): each sweep's land in its own ``plan <sweep>`` group."""
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+
+    from experiments.reporting.hparams import metric_group, write_sessions
+
+    for sweep, seed in (("a", 3), ("b/x", 4)):
+        records = make_records(space, 6, seed=seed)
+        write_sessions(tmp_path / sweep.replace("/", "_") / "tb" / "front", names=NAMES, records=records,
+                       front_idx=pareto(records), sweep=sweep)
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    groups: dict[str, set[str]] = {}
+    for run_name, tags in mux.Runs().items():
+        for tag in (t for t in tags["tensors"] if not t.startswith("_hparams_")):
+            groups.setdefault(tag.partition("/")[0], set()).add(run_name.partition("/")[0])
+    assert groups == {"plan a": {"a"}, "plan b_x": {"b_x"}}  # one group per sweep, each holding only its plans
+    assert metric_group("") == "plan" and metric_group("  my  sweep ") == "plan my sweep"
