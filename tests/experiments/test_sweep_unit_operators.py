@@ -130,6 +130,27 @@ def test_nsga2_with_local_moves_resumes_as_if_never_interrupted(setup, tmp_path)
     assert [r["x"] for r in res.records] == [r["x"] for r in full.records]
 
 
+def test_nsga2_stops_cleanly_when_mating_proposes_nothing(setup, tmp_path, monkeypatch, caplog):
+    """pymoo's ask() returns None once mating finds no unseen offspring (seen on digits-cnn at 2000 evaluations):
+    the sweep ends with what it has and says why, instead of failing on the missing population."""
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+
+    from experiments.sweep import run_sweep
+    from tests.experiments.test_sweep import config
+
+    real_ask, calls = NSGA2.ask, []
+
+    def ask_then_nothing(self):  # noqa: ANN001, ANN202  (pymoo's signature)
+        calls.append(1)
+        return real_ask(self) if len(calls) == 1 else None
+
+    monkeypatch.setattr(NSGA2, "ask", ask_then_nothing)
+    res = run_sweep(config(algo="nsga2", seed=1, budget_evals=40, extra={"nsga2_local_share": 0.5}), tmp_path / "x",
+                    evaluator=evaluator(setup), outputs=False, tensorboard=False)
+    assert 0 < len(res.records) < 40
+    assert "mating proposed no unseen plan" in caplog.text
+
+
 def test_local_share_out_of_range_is_refused(setup, tmp_path):
     from experiments.sweep import run_sweep
     from tests.experiments.test_sweep import config

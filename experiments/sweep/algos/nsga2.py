@@ -56,6 +56,11 @@ def run(archive: Any, context: SearchContext, *, max_stall: int = 20) -> int:
         problem.generation = gen
         before, replayed = len(archive), archive.replayed
         pop = algorithm.ask()
+        if pop is None or len(pop) == 0:
+            # pymoo's mating found no offspring it had not already seen (a small space near exhaustion)
+            logger.warning("nsga2: mating proposed no unseen plan; stopping at %d of %d evaluations", len(archive),
+                           archive.budget)
+            break
         if gen > 0 and local_share > 0:
             keys = {np.asarray(x, dtype=np.int64).tobytes() for x in pop.get("X")}
             near = front_neighbours(archive, mutation, local_rng, int(round(local_share * len(pop))), exclude=keys)
