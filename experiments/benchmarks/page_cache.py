@@ -123,11 +123,11 @@ def on_huge_pages(model: nn.Module) -> tuple[nn.Module, float]:
         view.copy_(t.data)
         t.data = view
         off += n
-    kb = _smaps_kb(anchor.data_ptr() + start, "AnonHugePages:")
+    kb = smaps_kb(anchor.data_ptr() + start, "AnonHugePages:")
     return m, (min(1.0, kb * 1024 / (len(arena) - start)) if kb is not None else float("nan"))
 
 
-def _smaps_kb(addr: int, field: str) -> int | None:
+def smaps_kb(addr: int, field: str) -> int | None:
     """A field (kB) of the mapping holding ``addr`` in /proc/self/smaps."""
     try:
         with open("/proc/self/smaps") as fh:

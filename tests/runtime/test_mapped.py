@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
+from experiments.benchmarks.page_cache import smaps_kb
 from runtime.errors import JalapenoError
-from runtime.mapped import MappedFiles, file_resident_fraction, thp_available
+from runtime.mapped import MappedFiles, file_resident_fraction, refold, thp_available
 from runtime.tensors import TensorStore
 
 
@@ -83,32 +84,6 @@ def test_resident_follows_the_page_cache(tmp_path) -> None:
         store.close()
 
 
-def _file_pmd_kb(addr: int) -> int | None:
-    """``FilePmdMapped`` of the mapping holding ``addr`` (kB), or None where smaps is unreadable."""
-    try:
-        with open("/proc/self/smaps") as fh:
-            inside = False
-            for line in fh:
-                head = line.split()[0]
-                if "-" in head and not head.endswith(":"):
-                    lo, hi = (int(x, 16) for x in head.split("-"))
-                    inside = lo <= addr < hi
-                elif inside and head == "FilePmdMapped:":
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _drop_cache(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def test_huge_pages_map_a_large_unit_with_pmd_entries(tmp_path) -> None:
     if not thp_available():
         pytest.skip("no transparent huge pages on this kernel")
@@ -120,7 +95,7 @@ def test_huge_pages_map_a_large_unit_with_pmd_entries(tmp_path) -> None:
         (vw,), rng = mapped.views(["w"])
         mapped.populate(rng)
         assert torch.equal(vw, w)
-        pmd = _file_pmd_kb(rng.addr)
+        pmd = smaps_kb(rng.addr, "FilePmdMapped:")
         if pmd is None or pmd == 0:
             pytest.skip("this file system does not cache the file in huge folios")
         assert pmd >= 8 * 1024  # at least half the unit mapped by 2 MiB entries
@@ -136,7 +111,7 @@ def _skip_unless_drop_evicts(folder) -> None:
     probe = os.path.join(folder, "probe.bin")
     with open(probe, "wb") as fh:
         fh.write(os.urandom(256 * 1024))
-    _drop_cache(probe)
+    refold(probe)
     kept = file_resident_fraction(probe)
     os.unlink(probe)
     if kept > 0.01:
@@ -154,10 +129,10 @@ def test_file_resident_fraction_sees_the_drop_only_when_nothing_maps_the_pages(t
         (vw,), rng = mapped.views(["w"])
         mapped.populate(rng)
         assert file_resident_fraction(path) > 0.99
-        _drop_cache(path)  # pages mapped by our populate survive POSIX_FADV_DONTNEED
+        refold(path)  # pages mapped by our populate survive POSIX_FADV_DONTNEED
         assert file_resident_fraction(path) > 0.5
         mapped.drop(rng)
-        _drop_cache(path)  # unmapped now: evicted
+        refold(path)  # unmapped now: evicted
         assert file_resident_fraction(path) < 0.01
         assert torch.equal(vw, w)  # read back from the disk
         del vw
@@ -185,7 +160,7 @@ def test_quiesce_leaves_no_streamed_page_mapped(tmp_path) -> None:
         streamer.quiesce()
         paths = sorted(os.path.join(tmp_path, f) for f in os.listdir(tmp_path))
         for path in paths:
-            _drop_cache(path)
+            refold(path)
         fractions = {os.path.basename(p): file_resident_fraction(p) for p in paths}
         assert max(fractions.values()) < 0.01, fractions
         with torch.no_grad():
