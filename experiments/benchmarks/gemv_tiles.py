@@ -10,6 +10,7 @@ HBM, not L2), each timed as a CUDA-graph replay of ``calls`` products (launch co
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from experiments.benchmarks.kernels import _bandwidth
 from runtime.kernels import quantize_weight
 from runtime.kernels.cuda import tinygemm_prepare, tinygemm_run
 from runtime.kernels.triton_gemv import _build, gemv_int4
+from runtime.kernels.triton_gemv_variants import gemv1_variant
 
 SHAPES = [(4096, 4096), (12288, 4096), (11008, 4096), (22016, 4096), (4096, 11008), (32000, 4096)]
 
@@ -48,7 +50,27 @@ def _graph_time(calls: list[Callable[[], object]], repeats: int) -> float:
     return statistics.median(times)
 
 
-def _shape_rows(n: int, k: int, bw: float, rotate_mib: int, repeats: int, triton: Any, kernel: Any) -> list[str]:
+# Candidate one-row kernels (runtime.kernels.triton_gemv_variants): (variant, BLOCK_N, steps, warps, stages)
+CANDIDATES = [("magic", 4, 64, 4, 2), ("magic", 2, 64, 4, 2), ("magic", 4, 32, 4, 2), ("magic", 8, 32, 4, 2),
+              ("group", 4, 1, 4, 2), ("group", 4, 2, 4, 2), ("group", 2, 4, 4, 2), ("group", 8, 1, 4, 3),
+              ("group", 8, 2, 8, 2), ("group", 16, 1, 8, 2)]
+
+
+def _candidate_rows(x: torch.Tensor, qws: list[Any], repeats: int) -> list[tuple[str, float]]:
+    rows = []
+    for variant, bn, steps, warps, stages in CANDIDATES:
+        name = f"{variant} BLOCK_N={bn} steps={steps} warps={warps} stages={stages}"
+        try:
+            calls = [functools.partial(gemv1_variant, x, q, variant, block_n=bn, steps=steps, num_warps=warps,
+                                       num_stages=stages) for q in qws]
+            rows.append((name, _graph_time(calls, repeats)))
+        except Exception as exc:  # noqa: BLE001  (a candidate that does not compile here is reported, not fatal)
+            rows.append((f"{name}: {type(exc).__name__}", float("nan")))
+    return rows
+
+
+def _shape_rows(n: int, k: int, bw: float, rotate_mib: int, repeats: int, triton: Any, kernel: Any,
+                sweep_tiles: bool = True) -> list[str]:
     w = torch.randn(n, k, device="cuda")
     qw0 = quantize_weight(w, "int4", group_size=128)
     copies = max(2, (rotate_mib << 20) // max(qw0.nbytes, 1))
@@ -60,12 +82,19 @@ def _shape_rows(n: int, k: int, bw: float, rotate_mib: int, repeats: int, triton
     wb = [w.to(torch.bfloat16) + 0 for _ in range(max(2, (rotate_mib << 20) // (2 * n * k)))]
     rows.append(("bf16 x@W.t() (bound = int4 bytes)", _graph_time([lambda t=t: x @ t.t() for t in wb], repeats)))
     del wb
-    packed = [tinygemm_prepare(q) for q in qws]
-    rows.append(("tinygemm", _graph_time([lambda q=q, pk=pk: tinygemm_run(x, q, pk) for q, pk in zip(qws, packed)],
-                                         repeats)))
-    del packed
+    for tiles in (8, 4, 2):  # tinygemm's K tiling (8 is the runtime's)
+        packed = [tinygemm_prepare(q, tiles) for q in qws]
+        if any(pk is None for pk in packed):
+            continue
+        rows.append((f"tinygemm inner_k_tiles={tiles}", _graph_time(
+            [lambda q=q, pk=pk: tinygemm_run(x, q, pk) for q, pk in zip(qws, packed)], repeats)))
+        del packed
     rows.append(("gemv autotuned", _graph_time([lambda q=q: gemv_int4(x, q) for q in qws], repeats)))
     best = kernel.best_config
+    rows += _candidate_rows(x, qws, repeats)
+    if not sweep_tiles:
+        out = [f"| {n}x{k} | {name} | {t * 1e6:.1f} | {100 * bound / t:.0f}% |" for name, t in rows]
+        return [*out, f"| {n}x{k} | (autotune picked {best}) | | |"]
 
     def call(q: Any, cfg: Any) -> None:
         kp = q.padded_in_features
@@ -91,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rotate-mib", type=int, default=256)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES), help="comma list of NxK")
+    p.add_argument("--no-tiles", action="store_true", help="skip the per-tile rows of cuda-int4-gemv")
     a = p.parse_args(argv)
     torch.manual_seed(0)
     triton, _, kernel = _build()  # the one-row kernel: decode at batch 1
@@ -102,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [title, "", method, "",
              "| shape | kernel / tile | us | % of bound |", "| --- | --- | ---: | ---: |"]
     for n, k in (tuple(int(v) for v in s.split("x")) for s in a.shapes.split(",")):
-        lines += _shape_rows(n, k, bw, a.rotate_mib, a.repeats, triton, kernel)
+        lines += _shape_rows(n, k, bw, a.rotate_mib, a.repeats, triton, kernel, sweep_tiles=not a.no_tiles)
         torch.cuda.empty_cache()
     a.out.write_text("\n".join(lines) + "\n")
     return 0

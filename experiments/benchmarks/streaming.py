@@ -23,6 +23,7 @@ Run: ``python -m experiments.benchmarks.streaming gpu --out results.md`` (or ``c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -419,8 +420,15 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
                         setattr(parent, cname, q.to("cpu"))
         return m
 
+    def with_head(m: nn.Module) -> nn.Module:
+        # autosurgeon's uniform int4 plan quantizes an untied head too (autosurgeon/space/search_space.py)
+        m.lm_head = QuantizedLinear.from_linear(m.lm_head.to(dev), "int4", group_size=128).to("cpu")
+        return m
+
     qmodel = quantized(copy.deepcopy(model))
     fqmodel = quantized(fused_copy(model))  # fusion first, then int4 (the transforms' order)
+    hmodel = with_head(copy.deepcopy(qmodel)) if args.int4_head else None
+    fhmodel = with_head(copy.deepcopy(fqmodel)) if args.int4_head else None
     out = []
     # Kernel sanity on the real shapes: the CUDA int4 linear against float64 on its own dequantized
     # weight (kernel error) and against the bf16 linear it replaced (quantization error).
@@ -448,19 +456,30 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
     # All int4 blocks resident (no cap): int4 eager vs the captured step, interleaved rounds.
     resident = []
     fused_name = "ours int4 g128, plan with q/k/v and gate/up fused, all blocks resident, captured decode step"
-    with Session(qmodel, _resident_spec(qmodel), graphs=False) as session, \
-            Session(fqmodel, _resident_spec(fqmodel), graphs=False) as fsession:
+    head_name = "ours int4 g128 head included (the uniform int4 plan), all blocks resident, captured decode step"
+    fhead_name = "ours int4 g128 head included, q/k/v and gate/up fused, all blocks resident, captured decode step"
+    with contextlib.ExitStack() as stack:
+        def open_session(m: nn.Module) -> Session:
+            return stack.enter_context(Session(m, _resident_spec(m), graphs=False))
+
+        session, fsession = open_session(qmodel), open_session(fqmodel)
         runs = {"ours int4 g128, all blocks resident, eager": None,
                 "ours int4 g128, all blocks resident, captured decode step": GraphDecoder(session),
                 fused_name: GraphDecoder(fsession)}
+        own_model = {fused_name: fqmodel}
+        if hmodel is not None and fhmodel is not None:
+            runs[head_name] = GraphDecoder(open_session(hmodel))
+            runs[fhead_name] = GraphDecoder(open_session(fhmodel))
+            own_model.update({head_name: hmodel, fhead_name: fhmodel})
         rr = resident_rounds(qmodel, session, runs, prompt, new_tokens=args.new_tokens, warmup=args.warmup,
                              rounds=args.rounds, eager=decode)
         eager_r = rr[next(iter(runs))]
-        own = decode(fqmodel, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+        own = {name: decode(m, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
+               for name, m in own_model.items()}  # each variant's own int4 eager tokens
         for name, r in rr.items():
             r["name"] = name
             r.pop("last_logits")
-            r["tokens_match_int4_eager"] = r["tokens"] == (own if name == fused_name else eager_r)["tokens"]
+            r["tokens_match_int4_eager"] = r["tokens"] == own.get(name, eager_r)["tokens"]
             resident.append(r)
             print(f"{name}: {r['tokens_per_s']:.1f} tok/s (rounds {[round(x, 1) for x in r['rounds_tok_s']]}), "
                   f"match int4 eager={r['tokens_match_int4_eager']}", flush=True)
@@ -468,7 +487,7 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
             if dec is not None:
                 dec.close()
         resident[0]["cuda_max_allocated"] = torch.cuda.max_memory_allocated(dev)
-    del fqmodel, runs, dec  # nothing of the fused copy may stay on the GPU into the capped rows' allocator peaks
+    del fqmodel, hmodel, fhmodel, own_model, runs, dec  # nothing of these may stay on the GPU into the capped rows
     gc.collect()
     torch.cuda.empty_cache()
     # Same placement rule as bf16 (int4 blocks are small enough that they may all be resident), then
@@ -530,7 +549,7 @@ def _gpu_markdown(res: dict[str, Any]) -> list[str]:
         for r in [*resident, *int4_res]:
             match = r.get("tokens_match_reference", r.get("tokens_match_int4_eager", "(reference)"))
             if r in int4_res:
-                own = "its own fused " if "fused" in r["name"] else ""
+                own = "its own " if ("fused" in r["name"] or "head included" in r["name"]) else ""
                 match = f"= {own}int4 eager: {r['tokens_match_int4_eager']}"
             elif "tokens_match_own_eager" in r:
                 match = f"{match}; = its own eager: {r['tokens_match_own_eager']}"
@@ -609,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--gpu-budget", default="3GiB")
     g.add_argument("--accelerate-tokens", type=int, default=12)
     g.add_argument("--int4", action="store_true")
+    g.add_argument("--int4-head", action="store_true",
+                   help="with --int4: also the resident rows with the untied head in int4 (the uniform int4 plan)")
     g.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the resident rows")
     c = sub.choices["cpu"]
     from experiments.benchmarks.streaming_cpu import ROWS, CpuBenchSettings

@@ -37,14 +37,17 @@ def int8pack_cuda_run(x: torch.Tensor, qw: QuantizedWeight, prepared: Any = None
     return y.to(x.dtype)
 
 
-def tinygemm_prepare(qw: QuantizedWeight) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Repack into tinygemm's layout on the weight's device; None when the shape does not fit it."""
+def tinygemm_prepare(qw: QuantizedWeight, inner_k_tiles: int = _TINYGEMM_INNER_K_TILES,
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Repack into tinygemm's layout on the weight's device; None when the shape does not fit it.
+
+    ``inner_k_tiles`` (2, 4 or 8) is tinygemm's K tiling; the kernel benchmark times each on decode shapes."""
     kp = qw.padded_in_features
-    if qw.out_features % 8 or kp % (16 * _TINYGEMM_INNER_K_TILES) or qw.group_size not in (32, 64, 128, 256):
+    if qw.out_features % 8 or kp % (16 * inner_k_tiles) or qw.group_size not in (32, 64, 128, 256):
         return None
     q = unpack_int4(qw.qweight)  # (N, Kp) uint8 codes
     std = (q[:, ::2] << 4) | q[:, 1::2]  # torch's packing: even k in the high nibble
-    packed = torch._convert_weight_to_int4pack(std.contiguous(), _TINYGEMM_INNER_K_TILES)
+    packed = torch._convert_weight_to_int4pack(std.contiguous(), inner_k_tiles)
     assert qw.offsets is not None
     zeros = qw.offsets + 8.0 * qw.scales
     sz = torch.stack([qw.scales, zeros], dim=2).transpose(0, 1).contiguous().to(torch.bfloat16)  # (G, N, 2)
