@@ -498,12 +498,13 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
         spec = gpu_spec(qmodel, gpu_budget=cap, lookahead=1, embed_on_cpu=True, interleave=True,
                         max_resident=max_resident, resident_factor=2.0)
         torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)  # what earlier rows left on the GPU (part of the peak below)
         with Session(qmodel, spec, time_transfers=True) as session:
             r = decode(qmodel, prompt, new_tokens=args.new_tokens, warmup=args.warmup, device=dev)
             st = session.stats()
             r.update(name=name, streamed_bytes=st.extra["streamed_bytes_per_pass"],
                      resident_blocks=sum(1 for b in spec.blocks if not b.streamed), gpu_peak_store=st.peak_bytes["gpu"],
-                     cuda_max_allocated=torch.cuda.max_memory_allocated(dev),
+                     cuda_max_allocated=torch.cuda.max_memory_allocated(dev), cuda_allocated_before=before,
                      transfer_s_per_token=session.streamer.transfer_seconds() / (args.new_tokens + 1))
         logits = r.pop("last_logits")
         ref_logits = reference["last_logits"]
@@ -512,7 +513,8 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
         out.append(r)
         print(f"{name}: {r['tokens_per_s']:.2f} tok/s, resident {r['resident_blocks']}, streamed "
               f"{format_bytes(r['streamed_bytes'])}/token, copy {r['transfer_s_per_token'] * 1e3:.1f} ms/token, "
-              f"allocator peak {format_bytes(r['cuda_max_allocated'])}", flush=True)
+              f"allocator peak {format_bytes(r['cuda_max_allocated'])} (allocated before the row "
+              f"{format_bytes(before)})", flush=True)
         g = _graph_row(qmodel, spec, prompt, args, dev, name.replace("ours int4", "ours graph int4"), None)
         if "error" not in g:
             g.pop("last_logits")
