@@ -230,6 +230,10 @@ class Streamer:
                     m._buffers[a] = value
             if registered:
                 self.store.unregister(names, label=unit.name)
+            for m in {id(m): m for m, _, _ in unit.members}.values():
+                release = getattr(m, "release_prepared", None)  # a packed copy of the placed buffers must not
+                if release is not None:  # outlive them: it would hold their old device's memory (GPU residue)
+                    release()
             if unit.prepared:
                 self.store.uncharge(tier_of(unit.device), unit.prepared, label=f"{unit.name}:prepared")
                 unit.prepared = 0

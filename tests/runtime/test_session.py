@@ -171,3 +171,24 @@ def test_session_kv_budget_and_window_bound_the_cache() -> None:
         session.generate(ids, max_new_tokens=24)
         kv = session.stats().extra["kv"]
     assert kv["tokens_seen"] == 8 + 24 - 1 and kv["evictions"] > 0 and kv["tokens_kept"] <= 16 + 4 + 4
+
+
+def test_closing_a_session_drops_the_kernels_packed_copies() -> None:
+    """A resident QuantizedLinear whose kernel repacked its weight (fbgemm here, tinygemm on CUDA) gives the packed
+    copy up when the Session restores its tensors: the copy would otherwise keep the placement's memory alive."""
+    from runtime.kernels import QuantizedLinear, available_kernels
+
+    if "int8-dynamic" not in available_kernels("int8", "cpu"):
+        pytest.skip("fbgemm not available")
+    model = tiny_llama(layers=2)
+    for layer in model.model.layers:
+        for parent in list(layer.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    setattr(parent, name, QuantizedLinear.from_linear(child, "int8", kernel="int8-dynamic"))
+    qlinears = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(3))
+    with Session(model, SessionSpec(default=BlockSpec(device="cpu"))) as session:
+        session.forward(input_ids=ids)
+        assert any(q.prepared_nbytes > 0 for q in qlinears)
+    assert all(q.prepared_nbytes == 0 for q in qlinears)
