@@ -41,6 +41,8 @@ class StreamUnit:
     prepared: int = 0  # bytes of a kernel's packed copy charged for this (resident) unit
     mviews: list[torch.Tensor] | None = None  # persistent-mapping modes: views into the mapped file
     mrange: PageRange | None = None  # ... and the page range they span (populated before use, dropped after)
+    fixed: bool = False  # bound to ``mviews`` between uses too (Streamer ``keep_bound``): no swap per use
+    releases: tuple[Any, ...] = ()  # the members' ``release_prepared`` (a kernel's packed copy), called after use
 
     @property
     def streamed(self) -> bool:

@@ -82,17 +82,22 @@ class Streamer:
             populated, which the reserved ``lookahead + 1`` units account for.
         huge_pages: map disk-tier files with huge pages where the kernel has them
             (:class:`~runtime.mapped.MappedFiles`).
+        keep_bound: a unit mapped persistently (host-executed, disk-homed, ``mmap*`` modes) stays bound to its
+            mapped views between uses: its pages are still dropped after each use, but no tensors are swapped per
+            use (the swap was ~1/3 of the hooks' host time per token). ``False`` gives it meta placeholders between
+            uses, as every other streamed unit has.
     """
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
                  prefetcher: Prefetcher | None = None, time_transfers: bool = False,
-                 disk_io: str = DEFAULT_DISK_IO, huge_pages: bool = True) -> None:
+                 disk_io: str = DEFAULT_DISK_IO, huge_pages: bool = True, keep_bound: bool = True) -> None:
         if lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
         if disk_io not in DISK_IO:
             raise JalapenoError(f"`disk_io` must be one of {', '.join(map(repr, DISK_IO))}, got {disk_io!r}.")
         self.disk_io = disk_io
         self.huge_pages = huge_pages
+        self.keep_bound = keep_bound
         self._persistent = disk_io in PERSISTENT_DISK_IO
         self._mapped: MappedFiles | None = None
         self._mapped_charge: tuple[int, str, str] | None = None
@@ -172,7 +177,7 @@ class Streamer:
             else:
                 unit.placeholders.append(meta)
                 unit.live.append(None)
-        self._unbind(unit)
+        self._park(unit)
         self._handles.append(module.register_forward_pre_hook(lambda m, a, u=unit: self._pre_forward(u)))
         self._handles.append(module.register_forward_hook(lambda m, a, o, u=unit: self._post_forward(u)))
 
@@ -211,6 +216,9 @@ class Streamer:
             self._io.shutdown(wait=True)
             self._io = None
         for unit in self.units:
+            if unit.fixed:  # drop our live views into the mapping before it closes
+                self._unbind(unit)
+                unit.fixed = False
             unit.mviews = unit.mrange = None
             if not unit.originals:
                 continue
@@ -323,7 +331,7 @@ class Streamer:
                 else:
                     unit.placeholders.append(meta)
                     unit.live.append(None)
-            self._unbind(unit)
+            self._park(unit)
             self._handles.append(unit.module.register_forward_pre_hook(lambda m, a, u=unit: self._pre_forward(u)))
             self._handles.append(unit.module.register_forward_hook(lambda m, a, o, u=unit: self._post_forward(u)))
         try:
@@ -352,17 +360,17 @@ class Streamer:
             self.stats.misses += 1
             self._start(unit)
         views = self._wait(unit)
-        for (m, a, is_param), live, view in zip(unit.members, unit.live, views):
-            if is_param:
-                live.data = view
-                m._parameters[a] = live
-            else:
-                m._buffers[a] = view
+        if not unit.fixed:
+            self._bind(unit, views)
         unit.bound = True
         self._prefetch()
 
     def _post_forward(self, unit: StreamUnit) -> None:
-        self._unbind(unit)
+        if unit.fixed:
+            for release in unit.releases:
+                release()
+        else:
+            self._unbind(unit)
         slot = unit.slot
         assert slot is not None
         if unit.device.type == "cuda":
@@ -385,6 +393,14 @@ class Streamer:
                 self.store.uncharge(tier, unit.prepared - now, label=label)
             unit.prepared = now
 
+    def _bind(self, unit: StreamUnit, views: Sequence[torch.Tensor]) -> None:
+        for (m, a, is_param), live, view in zip(unit.members, unit.live, views):
+            if is_param:
+                live.data = view
+                m._parameters[a] = live
+            else:
+                m._buffers[a] = view
+
     def _unbind(self, unit: StreamUnit) -> None:
         for (m, a, is_param), placeholder, live in zip(unit.members, unit.placeholders, unit.live):
             if is_param:
@@ -392,10 +408,21 @@ class Streamer:
                 live.data = _EMPTY.get(unit.device, live.dtype)
             else:
                 m._buffers[a] = placeholder
-        for m in {id(m): m for m, _, _ in unit.members}.values():
-            release = getattr(m, "release_prepared", None)  # QuantizedLinear: drop a kernel's packed copy
-            if release is not None:
-                release()
+        for release in unit.releases:
+            release()
+
+    def _park(self, unit: StreamUnit) -> None:
+        """Between uses: a persistently mapped unit stays bound to its views (``keep_bound``), any other streamed
+        unit holds placeholders. Also collects the unit's ``release_prepared`` callables once."""
+        owners = {id(m): m for m, _, _ in unit.members}.values()
+        # QuantizedLinear: drop a kernel's packed copy after each use
+        unit.releases = tuple(r for r in (getattr(m, "release_prepared", None) for m in owners) if r is not None)
+        unit.fixed = self.keep_bound and unit.mviews is not None
+        if unit.fixed:
+            assert unit.mviews is not None
+            self._bind(unit, unit.mviews)
+        else:
+            self._unbind(unit)
 
     # ---------------------------------------------------------------- fetch machinery
     def _prefetch(self) -> None:
@@ -432,8 +459,8 @@ class Streamer:
                 unit.pending = views
                 return
             if self.disk_io == "mmap-auto" and mapped.resident(rng):
-                # all cached: no handoff; the GEMM's own faults map it, unless evicted by the time it runs
-                unit.pending = lambda: views if mapped.resident(rng) else (mapped.populate(rng), views)[1]
+                # all cached: no handoff; the GEMM's own faults map it (and read back any page evicted by then)
+                unit.pending = views
                 return
             job = lambda: (mapped.populate(rng), views)[1]
             if self.disk_io == "mmap-sync":

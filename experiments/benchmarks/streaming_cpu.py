@@ -64,6 +64,7 @@ class Row:
     all_disk: bool = False  # every block on disk (else: resident while the cap lasts)
     cold: bool = False
     huge_pages: bool = True  # SessionSpec.huge_pages (mapped files on 2 MiB pages where the kernel has them)
+    keep_bound: bool = True  # SessionSpec.keep_bound (mapped units bound once, no tensor swap per use)
 
 
 ROWS: dict[str, Row] = {r.name: r for r in [
@@ -71,7 +72,10 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("eager-thp", "all weights in RAM on huge pages (copied into MADV_HUGEPAGE memory), HF eager", "eager",
         weights="fp32-thp"),
     Row("ours", "ours (the Session's default): block units, persistent mapping on huge pages, cached units straight "
-        "to the GEMM, others populated ahead on the worker (mmap-auto), lookahead 1", "ours", disk_io="mmap-auto"),
+        "to the GEMM, others populated ahead on the worker (mmap-auto), lookahead 1, bound once (keep_bound)", "ours",
+        disk_io="mmap-auto"),
+    Row("ours-rebind", "ours: the same with placeholders swapped in after every use (keep_bound=False: session 6's "
+        "default)", "ours", disk_io="mmap-auto", keep_bound=False),
     Row("ours-mmap", "ours: the same, every unit populated ahead on the worker (mmap)", "ours"),
     Row("ours-4k", "ours: mmap-auto on 4 KiB pages (huge_pages=False)", "ours", disk_io="mmap-auto",
         huge_pages=False),
@@ -219,7 +223,7 @@ def session_spec(row: Row, folder: str, *, n_layers: int, block_bytes: int, rest
     granularity and lookahead."""
     unit = block_bytes if row.granularity == "block" else linear_max
     options: dict[str, Any] = {"offload_dir": folder, "disk_io": row.disk_io, "granularity": row.granularity,
-                               "huge_pages": row.huge_pages}
+                               "huge_pages": row.huge_pages, "keep_bound": row.keep_bound}
     if row.all_disk:  # as many units in flight as the cap holds next to the rest, up to the row's
         lookahead = max(0, min(row.lookahead, (cap - rest_bytes) // unit - 1))
         return SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in range(n_layers)),

@@ -42,13 +42,20 @@ def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead, d
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_detach_restores_model_and_removes_hooks(model_and_ref) -> None:
+@pytest.mark.parametrize("keep_bound", [True, False])
+def test_detach_restores_model_and_removes_hooks(model_and_ref, keep_bound) -> None:
     model, ids, ref = model_and_ref
     params = {n: id(p) for n, p in model.named_parameters()}
-    spec = SessionSpec(default=BlockSpec(device="cpu", home="disk"))
-    session = Session(model, spec)
+    spec = SessionSpec(default=BlockSpec(device="cpu", home="disk"), keep_bound=keep_bound)
     q = model.model.layers[0].self_attn.q_proj
-    assert q.weight.device.type == "meta"  # not resident between uses
+    q_before = q.weight.detach().clone()
+    session = Session(model, spec)
+    if keep_bound:  # bound to its view of the mapped file between uses (pages dropped), not a placeholder
+        unit = next(u for u in session.streamer.units if u.module is q)
+        assert unit.fixed and q.weight.data_ptr() == unit.mviews[0].data_ptr()
+        assert torch.equal(q.weight, q_before)
+    else:
+        assert q.weight.device.type == "meta"  # not resident between uses
     assert q._forward_pre_hooks and q._forward_hooks
     session.close()
     assert not q._forward_pre_hooks and not q._forward_hooks
