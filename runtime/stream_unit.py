@@ -65,8 +65,8 @@ class StreamStats:
     bytes_fetched: int = 0
 
 
-DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync", "remap", "read")
-PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync")
+DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed", "mmap-sync", "remap", "read")
+PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed", "mmap-sync")
 # The default: warm units (in the page cache, by cachestat) go to the GEMM with no handoff to the worker (on huge
 # pages their faults are few and cheap); cold ones are populated ahead on the worker. Measured against "mmap" (always
 # the worker) in experiments/benchmarks/streaming_cpu.py: fewer CPU ms and context switches per token.

@@ -25,7 +25,8 @@ file is mapped once at attach and its views kept (:mod:`runtime.mapped`); a use 
 ``MADV_POPULATE_READ`` on the unit's pages ahead of time (on one worker thread, GIL released) and one
 ``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. ``disk_io`` picks the
 alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (a unit whose pages are all in the page cache,
-by ``cachestat``, is left to the GEMM's own faults with no handoff; any other is populated on the worker), readahead
+by ``cachestat``, is left to the GEMM's own faults with no handoff; any other is populated on the worker),
+``"mmap-populate"`` (the same, but a cached unit is populated on the compute thread just before it runs), readahead
 hints only (``"mmap-willneed"``: the GEMM faults the pages in), populate inline at first use (``"mmap-sync"``: no
 worker thread), a fresh mapping per use (``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped
 after use), or copies into staging slots (``"read"``: ``os.preadv``). For GPU execution disk-homed units are read,
@@ -458,9 +459,11 @@ class Streamer:
                 mapped.willneed(rng)  # asynchronous in the kernel: nothing to wait for
                 unit.pending = views
                 return
-            if self.disk_io == "mmap-auto" and mapped.resident(rng):
-                # all cached: no handoff; the GEMM's own faults map it (and read back any page evicted by then)
-                unit.pending = views
+            if self.disk_io in ("mmap-auto", "mmap-populate") and mapped.resident(rng):
+                # all cached: no handoff. mmap-auto: the GEMM's own faults map it (and read back any page evicted
+                # by then); mmap-populate: one populate on the compute thread just before it runs, no fault inside
+                # the GEMM's parallel region
+                unit.pending = views if self.disk_io == "mmap-auto" else (lambda: (mapped.populate(rng), views)[1])
                 return
             job = lambda: (mapped.populate(rng), views)[1]
             if self.disk_io == "mmap-sync":
@@ -547,7 +550,7 @@ class Streamer:
     def _needs_worker(self, streamed: Sequence[int]) -> bool:
         """A worker thread serves disk reads, except where a persistent mapping is advised inline."""
         return any(self.units[i].home == "disk"
-                   and (self.units[i].mrange is None or self.disk_io in ("mmap", "mmap-auto"))
+                   and (self.units[i].mrange is None or self.disk_io in ("mmap", "mmap-auto", "mmap-populate"))
                    for i in streamed)
 
     # ---------------------------------------------------------------- measurement

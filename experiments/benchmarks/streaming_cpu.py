@@ -74,6 +74,8 @@ ROWS: dict[str, Row] = {r.name: r for r in [
     Row("ours", "ours (the Session's default): block units, persistent mapping on huge pages, cached units straight "
         "to the GEMM, others populated ahead on the worker (mmap-auto), lookahead 1, bound once (keep_bound)", "ours",
         disk_io="mmap-auto"),
+    Row("ours-populate", "ours: the same, but a cached unit is populated on the compute thread just before it runs "
+        "(mmap-populate): no page fault inside the GEMM", "ours", disk_io="mmap-populate"),
     Row("ours-rebind", "ours: the same with placeholders swapped in after every use (keep_bound=False: session 6's "
         "default)", "ours", disk_io="mmap-auto", keep_bound=False),
     Row("ours-mmap", "ours: the same, every unit populated ahead on the worker (mmap)", "ours"),

@@ -22,7 +22,8 @@ def model_and_ref() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("granularity", ["module", "block"])
 @pytest.mark.parametrize("homes", [(None, None, None), ("disk", "disk", "disk"), (None, "disk", None)])
 @pytest.mark.parametrize(("lookahead", "disk_io"), [(0, "mmap"), (2, "mmap"), (2, "read"), (1, "mmap-sync"),
-                                                    (1, "mmap-willneed"), (1, "remap"), (1, "mmap-auto")])
+                                                    (1, "mmap-willneed"), (1, "remap"), (1, "mmap-auto"),
+                                                    (1, "mmap-populate")])
 def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead, disk_io) -> None:
     model, ids, ref = model_and_ref
     before = state(model)
