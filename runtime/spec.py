@@ -83,9 +83,10 @@ class SessionSpec:
         block_path: dotted path of the ``nn.ModuleList`` of blocks (``"model.layers"``); ``None`` picks the
             ModuleList holding the most parameters.
         offload_dir: directory for disk-tier files (``None``: a temporary directory removed on close).
-        disk_io: how disk-tier units reach the host (default ``"mmap-auto"``): ``"mmap"`` (mapped once, pages
-            populated ahead and dropped after use; no copy), ``"mmap-auto"`` (the same, but a unit already in the
-            page cache is left to the GEMM's faults, no handoff), ``"mmap-willneed"``, ``"mmap-sync"``,
+        disk_io: how disk-tier units reach the host (default ``"mmap-populate"``): ``"mmap"`` (mapped once, pages
+            populated ahead on a worker and dropped after use; no copy), ``"mmap-populate"`` (the same, but a unit
+            already in the page cache is populated on the compute thread right before it runs, no handoff),
+            ``"mmap-auto"`` (such a unit is left to the GEMM's faults), ``"mmap-willneed"``, ``"mmap-sync"``,
             ``"remap"`` (a fresh mapping per use) or ``"read"`` (copied into staging slots); see
             :class:`~runtime.streaming.Streamer`.
         huge_pages: the persistent-mapping modes map disk-tier files with huge pages where the kernel has them

@@ -67,10 +67,12 @@ class StreamStats:
 
 DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed", "mmap-sync", "remap", "read")
 PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed", "mmap-sync")
-# The default: warm units (in the page cache, by cachestat) go to the GEMM with no handoff to the worker (on huge
-# pages their faults are few and cheap); cold ones are populated ahead on the worker. Measured against "mmap" (always
-# the worker) in experiments/benchmarks/streaming_cpu.py: fewer CPU ms and context switches per token.
-DEFAULT_DISK_IO = "mmap-auto"
+# The default: warm units (in the page cache, by cachestat) get no handoff to the worker: one populate on the compute
+# thread right before the unit runs, so its GEMM takes no page fault inside its parallel region (session 7: per
+# block 8.96 vs 9.18 ms with the GEMM faulting, and at least as fast token by token); cold ones are populated ahead
+# on the worker. "mmap-auto" (session 6's default) leaves warm units to the GEMM's faults; "mmap" always hands off.
+# Measured in experiments/benchmarks/streaming_cpu.py and streaming_cpu_pairs.py (rows ours, ours-auto, ours-mmap).
+DEFAULT_DISK_IO = "mmap-populate"
 
 
 class _EmptyCache:

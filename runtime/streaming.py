@@ -23,10 +23,11 @@ compute stream. Both are device-side waits, so the host never blocks and runs ah
 copies. Disk-homed units executed on the host are mapped, not copied (the page cache is the source): each
 file is mapped once at attach and its views kept (:mod:`runtime.mapped`); a use costs one
 ``MADV_POPULATE_READ`` on the unit's pages ahead of time (on one worker thread, GIL released) and one
-``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. ``disk_io`` picks the
-alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (a unit whose pages are all in the page cache,
-by ``cachestat``, is left to the GEMM's own faults with no handoff; any other is populated on the worker),
-``"mmap-populate"`` (the same, but a cached unit is populated on the compute thread just before it runs), readahead
+``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. The default ``disk_io``,
+``"mmap-populate"``, hands a unit whose pages are all in the page cache (by ``cachestat``) to no worker: it is
+populated on the compute thread just before it runs; any other is populated ahead on the worker. ``disk_io`` picks
+the alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (the same, but a cached unit is left to the
+GEMM's own faults), ``"mmap"`` (every unit populated ahead on the worker), readahead
 hints only (``"mmap-willneed"``: the GEMM faults the pages in), populate inline at first use (``"mmap-sync"``: no
 worker thread), a fresh mapping per use (``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped
 after use), or copies into staging slots (``"read"``: ``os.preadv``). For GPU execution disk-homed units are read,
@@ -77,7 +78,7 @@ class Streamer:
         prefetcher: which units to fetch next; default ``SequentialPrefetcher`` over the streamed units.
         time_transfers: record CUDA events around each host-to-device copy (see ``transfer_seconds``).
         disk_io: how disk-tier units executed on the host arrive (see the module docstring; default
-            ``DEFAULT_DISK_IO``, ``"mmap-auto"``): ``"mmap"``
+            ``DEFAULT_DISK_IO``, ``"mmap-populate"``): ``"mmap"``
             (mapped once, populated ahead by the worker thread, dropped after use), ``"mmap-willneed"``,
             ``"mmap-sync"``, ``"remap"`` or ``"read"``. Mapped pages count in the process' RSS while
             populated, which the reserved ``lookahead + 1`` units account for.

@@ -3,7 +3,7 @@
 Per configuration and step: wall, user and system CPU (``getrusage``: the kernel's share is page faults,
 ``madvise`` and TLB shootdowns), minor faults, the time inside the decoder blocks' forwards with the weights
 bound (the GEMMs, measured between the Streamer's hooks) and the time the hooks themselves take. Variants besides
-the Session's default (``ours``; ``ours-rebind`` is :mod:`.streaming_cpu`'s row with ``keep_bound=False``) there is
+the Session's default (``ours``; ``ours-auto`` and ``ours-rebind`` are :mod:`.streaming_cpu`'s rows) there is
 one that is a diagnostic only, never a default:
 
 * ``keep``: the same Session with the Streamer's per-use ``MADV_DONTNEED`` made a no-op on the instance, so every
@@ -33,7 +33,7 @@ from experiments.benchmarks.streaming import build_llama, weight_bytes
 from experiments.benchmarks.streaming_cpu import ROWS, session_spec
 from runtime.session import Session
 
-VARIANTS = ("eager", "ours", "ours-rebind", "keep")
+VARIANTS = ("eager", "ours", "ours-auto", "ours-rebind", "keep")
 
 
 class _BlockClock:

@@ -126,7 +126,7 @@ def test_cuda_store_budget_holds_while_streaming() -> None:
         assert session.stats().peak_bytes["gpu"] <= 400 * 1024
 
 
-@pytest.mark.parametrize("disk_io", ["mmap", "mmap-sync", "mmap-auto"])
+@pytest.mark.parametrize("disk_io", ["mmap", "mmap-sync", "mmap-auto", "mmap-populate"])
 def test_int8_blocks_on_disk_match_int8_in_ram(model_and_ref, disk_io) -> None:
     import copy
 
