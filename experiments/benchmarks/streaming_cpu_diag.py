@@ -80,7 +80,8 @@ def run(*, steps: int = 30, warmup: int = 3, threads: int = 2, variants: Sequenc
     prompt = torch.randint(0, vocab, (1, prompt_len), generator=torch.Generator().manual_seed(seed))
     models: dict[str, nn.Module] = {}
     res: dict[str, Any] = {"threads": threads, "steps": steps, "cap_bytes": cap, "model_bytes": total,
-                           "load_1min": [os.getloadavg()[0]], "rows": {}}
+                           "load_1min": [os.getloadavg()[0]], "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                           "rows": {}}
     with tempfile.TemporaryDirectory(prefix="jalapeno-diag-") as tmp, contextlib.ExitStack() as stack:
         for name in variants:
             if name == "eager":
@@ -130,19 +131,23 @@ def run(*, steps: int = 30, warmup: int = 3, threads: int = 2, variants: Sequenc
     for n in names:
         d = rec[n]
         ratios = [a / b for a, b in zip(rec[names[0]]["wall"], d["wall"])]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         res["rows"][n] = {**{k: statistics.median(v) for k, v in d.items()},
                           "vs_first_median": statistics.median(ratios),
+                          "vs_first_iqr_over_median": (q[2] - q[0]) / statistics.median(ratios),
                           "tokens_match_first": tokens[n] == tokens[names[0]]}
     return res
 
 
 def to_markdown(res: dict[str, Any]) -> str:
     lines = [(f"{res['threads']} threads, {res['steps']} steps each, token by token in turns; load "
-              f"{res['load_1min'][0]:.1f} -> {res['load_1min'][1]:.1f}; medians per step."), "",
-             ("| variant | x first (median ratio) | wall ms | user ms | sys ms | minor faults | blocks bound ms | "
-              "blocks incl. hooks ms | tokens = first |"), "|---|---|---|---|---|---|---|---|---|"]
+              f"{res['load_1min'][0]:.1f} -> {res['load_1min'][1]:.1f}; OMP_WAIT_POLICY "
+              f"{res.get('omp_wait_policy') or 'unset'}; medians per step."), "",
+             ("| variant | x first (median ratio) | IQR / median | wall ms | user ms | sys ms | minor faults | blocks bound ms | "
+              "blocks incl. hooks ms | tokens = first |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for n, r in res["rows"].items():
-        lines.append(f"| {n} | {r['vs_first_median']:.3f} | {r['wall']:.1f} | {r['user']:.1f} | {r['sys']:.1f} | "
+        spread = r.get("vs_first_iqr_over_median")
+        lines.append(f"| {n} | {r['vs_first_median']:.3f} | {'-' if spread is None else f'{spread:.0%}'} | {r['wall']:.1f} | {r['user']:.1f} | {r['sys']:.1f} | "
                      f"{r['minflt']:.0f} | {r['inner']:.1f} | {r['outer']:.1f} | {r['tokens_match_first']} |")
     return "\n".join(lines) + "\n"
 
