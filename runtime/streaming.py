@@ -87,7 +87,8 @@ class Streamer:
         keep_bound: a unit mapped persistently (host-executed, disk-homed, ``mmap*`` modes) stays bound to its
             mapped views between uses: its pages are still dropped after each use, but no tensors are swapped per
             use (the swap was ~1/3 of the hooks' host time per token). ``False`` gives it meta placeholders between
-            uses, as every other streamed unit has.
+            uses, as every other streamed unit has; so does a unit holding a QuantizedLinear (kernel selection
+            recognises streamed layers by their meta weights).
     """
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
@@ -419,7 +420,9 @@ class Streamer:
         owners = {id(m): m for m, _, _ in unit.members}.values()
         # QuantizedLinear: drop a kernel's packed copy after each use
         unit.releases = tuple(r for r in (getattr(m, "release_prepared", None) for m in owners) if r is not None)
-        unit.fixed = self.keep_bound and unit.mviews is not None
+        # Quantized units keep placeholders: kernel selection (choose_kernels, autosurgeon's autotune) tells a
+        # streamed QuantizedLinear by its meta weights, and must not give it a kernel that repacks per use.
+        unit.fixed = self.keep_bound and unit.mviews is not None and not unit.releases
         if unit.fixed:
             assert unit.mviews is not None
             self._bind(unit, unit.mviews)

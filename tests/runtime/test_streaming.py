@@ -142,3 +142,19 @@ def test_int8_blocks_on_disk_match_int8_in_ram(model_and_ref, disk_io) -> None:
     # int8 codes + float32 scales travel: about a quarter of the float32 weights of the linears
     linears = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear))
     assert st.extra["streamed_bytes_per_pass"] < 0.3 * 4 * linears
+
+
+def test_streamed_quantized_units_keep_meta_placeholders_between_uses(model_and_ref) -> None:
+    """keep_bound binds mapped float units once, but a QuantizedLinear stays meta between uses: kernel selection
+    (choose_kernels, autosurgeon's autotune) tells streamed layers by their meta weights."""
+    import copy
+
+    model, ids, _ = model_and_ref
+    spec = SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk", weight_format="int8") for _ in range(3)),
+                       rest=BlockSpec(device="cpu"), lookahead=1)
+    m = copy.deepcopy(model)
+    with Session(m, spec) as session:
+        session.generate(ids, max_new_tokens=2)
+        q = m.model.layers[0].self_attn.q_proj
+        assert q.qweight.device.type == "meta"
+        assert not any(u.fixed for u in session.streamer.units if u.streamed)
