@@ -69,8 +69,8 @@ DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed
 PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed", "mmap-sync")
 # The default: warm units (in the page cache, by cachestat) get no handoff to the worker: one populate on the compute
 # thread right before the unit runs, so its GEMM takes no page fault inside its parallel region (session 7: per
-# block 8.96 vs 9.18 ms with the GEMM faulting, and at least as fast token by token); cold ones are populated ahead
-# on the worker. "mmap-auto" (session 6's default) leaves warm units to the GEMM's faults; "mmap" always hands off.
+# block 8.96 vs 9.18 ms with the GEMM faulting; token by token ahead of mmap-auto in 3 of 3 runs at load 5-7, a tie
+# in 3 runs at load 1-2); cold ones are populated ahead on the worker. "mmap-auto" (session 6's default) leaves warm units to the GEMM's faults; "mmap" always hands off.
 # Measured in experiments/benchmarks/streaming_cpu.py and streaming_cpu_pairs.py (rows ours, ours-auto, ours-mmap).
 DEFAULT_DISK_IO = "mmap-populate"
 
