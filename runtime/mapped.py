@@ -105,6 +105,7 @@ class MappedFiles:
         self._populate_ok = True
         self._fds: dict[int, int] = {}  # base address -> an open descriptor of its file (for cachestat)
         self._cachestat_ok = True
+        self._stat_args: dict[PageRange, tuple[int, _CacheStatRange, int]] = {}  # per range: fd, span, pages
 
     def views(self, names: Sequence[str]) -> tuple[list[torch.Tensor], PageRange]:
         """Tensors viewing ``names`` (disk-tier tensors of one file) in place, and the page range they span."""
@@ -166,18 +167,21 @@ class MappedFiles:
         """
         if not self._cachestat_ok or rng.length <= 0:
             return rng.length <= 0
-        for mapping, base, _ in self._maps.values():
-            if base <= rng.addr < base + len(mapping):
-                fd = self._fds[base]
-                break
-        else:
-            return False
-        span = _CacheStatRange(rng.addr - base, min(rng.length, base + len(mapping) - rng.addr))
+        args = self._stat_args.get(rng)
+        if args is None:  # once per range: which file, and where in it
+            for mapping, base, _ in self._maps.values():
+                if base <= rng.addr < base + len(mapping):
+                    span = _CacheStatRange(rng.addr - base, min(rng.length, base + len(mapping) - rng.addr))
+                    args = self._stat_args[rng] = (self._fds[base], span, -(-span.len // PAGE))
+                    break
+            else:
+                return False
+        fd, span, pages = args
         out = _CacheStat()
         if _load_libc().syscall(_SYS_CACHESTAT, fd, ctypes.byref(span), ctypes.byref(out), 0) != 0:
             self._cachestat_ok = False  # ENOSYS (older kernel) or a seccomp filter: stop asking
             return False
-        return out.nr_cache >= -(-span.len // PAGE)
+        return out.nr_cache >= pages
 
     def drop(self, rng: PageRange) -> None:
         """Remove the range's page-table entries (the pages stay cached; RSS goes down)."""
@@ -201,6 +205,7 @@ class MappedFiles:
             except BufferError:  # a view escaped: the mapping dies with it
                 pass
         self._maps.clear()
+        self._stat_args.clear()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

@@ -143,7 +143,8 @@ class Session:
         if unknown:
             raise JalapenoError(f"`modules` names {unknown} that are not modules of {type(model).__name__}.")
         self.streamer = Streamer(self.store, self._units(), lookahead=spec.lookahead, time_transfers=time_transfers,
-                                 disk_io=spec.disk_io, huge_pages=spec.huge_pages)
+                                 disk_io=spec.disk_io, huge_pages=spec.huge_pages,
+                                 keep_bound=spec.keep_bound)
         try:
             self.streamer.attach()
             if experts is not None:

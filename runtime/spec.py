@@ -83,14 +83,18 @@ class SessionSpec:
         block_path: dotted path of the ``nn.ModuleList`` of blocks (``"model.layers"``); ``None`` picks the
             ModuleList holding the most parameters.
         offload_dir: directory for disk-tier files (``None``: a temporary directory removed on close).
-        disk_io: how disk-tier units reach the host (default ``"mmap-auto"``): ``"mmap"`` (mapped once, pages
-            populated ahead and dropped after use; no copy), ``"mmap-auto"`` (the same, but a unit already in the
-            page cache is left to the GEMM's faults, no handoff), ``"mmap-willneed"``, ``"mmap-sync"``,
+        disk_io: how disk-tier units reach the host (default ``"mmap-populate"``): ``"mmap"`` (mapped once, pages
+            populated ahead on a worker and dropped after use; no copy), ``"mmap-populate"`` (the same, but a unit
+            already in the page cache is populated on the compute thread right before it runs, no handoff),
+            ``"mmap-auto"`` (such a unit is left to the GEMM's faults), ``"mmap-willneed"``, ``"mmap-sync"``,
             ``"remap"`` (a fresh mapping per use) or ``"read"`` (copied into staging slots); see
             :class:`~runtime.streaming.Streamer`.
         huge_pages: the persistent-mapping modes map disk-tier files with huge pages where the kernel has them
             (:mod:`runtime.mapped`: one page-table entry per 2 MiB instead of per 4 KiB at each populate);
             ``False`` keeps 4 KiB pages.
+        keep_bound: a persistently mapped unit stays bound to its mapped views between uses (no tensor swap per
+            use; its pages are still dropped after each); ``False`` swaps meta placeholders in after each use
+            (:class:`~runtime.streaming.Streamer`).
         modules: per-module overrides for modules outside the blocks, keyed by name (e.g. run
             ``"model.embed_tokens"`` on the host next to GPU blocks: a lookup needs one row, not the table
             on the GPU). Inputs are moved to the module's device and outputs back to ``rest.device``.
@@ -107,6 +111,7 @@ class SessionSpec:
     modules: Mapping[str, BlockSpec] = field(default_factory=dict)
     disk_io: str = DEFAULT_DISK_IO
     huge_pages: bool = True
+    keep_bound: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))

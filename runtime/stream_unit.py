@@ -41,6 +41,8 @@ class StreamUnit:
     prepared: int = 0  # bytes of a kernel's packed copy charged for this (resident) unit
     mviews: list[torch.Tensor] | None = None  # persistent-mapping modes: views into the mapped file
     mrange: PageRange | None = None  # ... and the page range they span (populated before use, dropped after)
+    fixed: bool = False  # bound to ``mviews`` between uses too (Streamer ``keep_bound``): no swap per use
+    releases: tuple[Any, ...] = ()  # the members' ``release_prepared`` (a kernel's packed copy), called after use
 
     @property
     def streamed(self) -> bool:
@@ -63,12 +65,14 @@ class StreamStats:
     bytes_fetched: int = 0
 
 
-DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync", "remap", "read")
-PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-willneed", "mmap-sync")
-# The default: warm units (in the page cache, by cachestat) go to the GEMM with no handoff to the worker (on huge
-# pages their faults are few and cheap); cold ones are populated ahead on the worker. Measured against "mmap" (always
-# the worker) in experiments/benchmarks/streaming_cpu.py: fewer CPU ms and context switches per token.
-DEFAULT_DISK_IO = "mmap-auto"
+DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed", "mmap-sync", "remap", "read")
+PERSISTENT_DISK_IO: tuple[str, ...] = ("mmap", "mmap-auto", "mmap-populate", "mmap-willneed", "mmap-sync")
+# The default: warm units (in the page cache, by cachestat) get no handoff to the worker: one populate on the compute
+# thread right before the unit runs, so its GEMM takes no page fault inside its parallel region (session 7: per
+# block 8.96 vs 9.18 ms with the GEMM faulting; token by token ahead of mmap-auto in 3 of 3 runs at load 5-7, a tie
+# in 3 runs at load 1-2); cold ones are populated ahead on the worker. "mmap-auto" (session 6's default) leaves warm units to the GEMM's faults; "mmap" always hands off.
+# Measured in experiments/benchmarks/streaming_cpu.py and streaming_cpu_pairs.py (rows ours, ours-auto, ours-mmap).
+DEFAULT_DISK_IO = "mmap-populate"
 
 
 class _EmptyCache:

@@ -23,9 +23,11 @@ compute stream. Both are device-side waits, so the host never blocks and runs ah
 copies. Disk-homed units executed on the host are mapped, not copied (the page cache is the source): each
 file is mapped once at attach and its views kept (:mod:`runtime.mapped`); a use costs one
 ``MADV_POPULATE_READ`` on the unit's pages ahead of time (on one worker thread, GIL released) and one
-``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. ``disk_io`` picks the
-alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (a unit whose pages are all in the page cache,
-by ``cachestat``, is left to the GEMM's own faults with no handoff; any other is populated on the worker), readahead
+``MADV_DONTNEED`` after it ran, so only the units in flight count in the resident set. The default ``disk_io``,
+``"mmap-populate"``, hands a unit whose pages are all in the page cache (by ``cachestat``) to no worker: it is
+populated on the compute thread just before it runs; any other is populated ahead on the worker. ``disk_io`` picks
+the alternatives the CPU benchmark measures against it: ``"mmap-auto"`` (the same, but a cached unit is left to the
+GEMM's own faults), ``"mmap"`` (every unit populated ahead on the worker), readahead
 hints only (``"mmap-willneed"``: the GEMM faults the pages in), populate inline at first use (``"mmap-sync"``: no
 worker thread), a fresh mapping per use (``"remap"``: ``mmap`` with ``MAP_POPULATE`` on the worker, unmapped
 after use), or copies into staging slots (``"read"``: ``os.preadv``). For GPU execution disk-homed units are read,
@@ -76,23 +78,29 @@ class Streamer:
         prefetcher: which units to fetch next; default ``SequentialPrefetcher`` over the streamed units.
         time_transfers: record CUDA events around each host-to-device copy (see ``transfer_seconds``).
         disk_io: how disk-tier units executed on the host arrive (see the module docstring; default
-            ``DEFAULT_DISK_IO``, ``"mmap-auto"``): ``"mmap"``
+            ``DEFAULT_DISK_IO``, ``"mmap-populate"``): ``"mmap"``
             (mapped once, populated ahead by the worker thread, dropped after use), ``"mmap-willneed"``,
             ``"mmap-sync"``, ``"remap"`` or ``"read"``. Mapped pages count in the process' RSS while
             populated, which the reserved ``lookahead + 1`` units account for.
         huge_pages: map disk-tier files with huge pages where the kernel has them
             (:class:`~runtime.mapped.MappedFiles`).
+        keep_bound: a unit mapped persistently (host-executed, disk-homed, ``mmap*`` modes) stays bound to its
+            mapped views between uses: its pages are still dropped after each use, but no tensors are swapped per
+            use (the swap was ~1/3 of the hooks' host time per token). ``False`` gives it meta placeholders between
+            uses, as every other streamed unit has; so does a unit holding a QuantizedLinear (kernel selection
+            recognises streamed layers by their meta weights).
     """
 
     def __init__(self, store: TensorStore, units: Sequence[StreamUnit], *, lookahead: int = 1,
                  prefetcher: Prefetcher | None = None, time_transfers: bool = False,
-                 disk_io: str = DEFAULT_DISK_IO, huge_pages: bool = True) -> None:
+                 disk_io: str = DEFAULT_DISK_IO, huge_pages: bool = True, keep_bound: bool = True) -> None:
         if lookahead < 0:
             raise JalapenoError(f"`lookahead` must be >= 0, got {lookahead}.")
         if disk_io not in DISK_IO:
             raise JalapenoError(f"`disk_io` must be one of {', '.join(map(repr, DISK_IO))}, got {disk_io!r}.")
         self.disk_io = disk_io
         self.huge_pages = huge_pages
+        self.keep_bound = keep_bound
         self._persistent = disk_io in PERSISTENT_DISK_IO
         self._mapped: MappedFiles | None = None
         self._mapped_charge: tuple[int, str, str] | None = None
@@ -172,7 +180,7 @@ class Streamer:
             else:
                 unit.placeholders.append(meta)
                 unit.live.append(None)
-        self._unbind(unit)
+        self._park(unit)
         self._handles.append(module.register_forward_pre_hook(lambda m, a, u=unit: self._pre_forward(u)))
         self._handles.append(module.register_forward_hook(lambda m, a, o, u=unit: self._post_forward(u)))
 
@@ -211,6 +219,9 @@ class Streamer:
             self._io.shutdown(wait=True)
             self._io = None
         for unit in self.units:
+            if unit.fixed:  # drop our live views into the mapping before it closes
+                self._unbind(unit)
+                unit.fixed = False
             unit.mviews = unit.mrange = None
             if not unit.originals:
                 continue
@@ -327,7 +338,7 @@ class Streamer:
                 else:
                     unit.placeholders.append(meta)
                     unit.live.append(None)
-            self._unbind(unit)
+            self._park(unit)
             self._handles.append(unit.module.register_forward_pre_hook(lambda m, a, u=unit: self._pre_forward(u)))
             self._handles.append(unit.module.register_forward_hook(lambda m, a, o, u=unit: self._post_forward(u)))
         try:
@@ -356,17 +367,17 @@ class Streamer:
             self.stats.misses += 1
             self._start(unit)
         views = self._wait(unit)
-        for (m, a, is_param), live, view in zip(unit.members, unit.live, views):
-            if is_param:
-                live.data = view
-                m._parameters[a] = live
-            else:
-                m._buffers[a] = view
+        if not unit.fixed:
+            self._bind(unit, views)
         unit.bound = True
         self._prefetch()
 
     def _post_forward(self, unit: StreamUnit) -> None:
-        self._unbind(unit)
+        if unit.fixed:
+            for release in unit.releases:
+                release()
+        else:
+            self._unbind(unit)
         slot = unit.slot
         assert slot is not None
         if unit.device.type == "cuda":
@@ -389,6 +400,14 @@ class Streamer:
                 self.store.uncharge(tier, unit.prepared - now, label=label)
             unit.prepared = now
 
+    def _bind(self, unit: StreamUnit, views: Sequence[torch.Tensor]) -> None:
+        for (m, a, is_param), live, view in zip(unit.members, unit.live, views):
+            if is_param:
+                live.data = view
+                m._parameters[a] = live
+            else:
+                m._buffers[a] = view
+
     def _unbind(self, unit: StreamUnit) -> None:
         for (m, a, is_param), placeholder, live in zip(unit.members, unit.placeholders, unit.live):
             if is_param:
@@ -396,10 +415,23 @@ class Streamer:
                 live.data = _EMPTY.get(unit.device, live.dtype)
             else:
                 m._buffers[a] = placeholder
-        for m in {id(m): m for m, _, _ in unit.members}.values():
-            release = getattr(m, "release_prepared", None)  # QuantizedLinear: drop a kernel's packed copy
-            if release is not None:
-                release()
+        for release in unit.releases:
+            release()
+
+    def _park(self, unit: StreamUnit) -> None:
+        """Between uses: a persistently mapped unit stays bound to its views (``keep_bound``), any other streamed
+        unit holds placeholders. Also collects the unit's ``release_prepared`` callables once."""
+        owners = {id(m): m for m, _, _ in unit.members}.values()
+        # QuantizedLinear: drop a kernel's packed copy after each use
+        unit.releases = tuple(r for r in (getattr(m, "release_prepared", None) for m in owners) if r is not None)
+        # Quantized units keep placeholders: kernel selection (choose_kernels, autosurgeon's autotune) tells a
+        # streamed QuantizedLinear by its meta weights, and must not give it a kernel that repacks per use.
+        unit.fixed = self.keep_bound and unit.mviews is not None and not unit.releases
+        if unit.fixed:
+            assert unit.mviews is not None
+            self._bind(unit, unit.mviews)
+        else:
+            self._unbind(unit)
 
     # ---------------------------------------------------------------- fetch machinery
     def _prefetch(self) -> None:
@@ -435,9 +467,11 @@ class Streamer:
                 mapped.willneed(rng)  # asynchronous in the kernel: nothing to wait for
                 unit.pending = views
                 return
-            if self.disk_io == "mmap-auto" and mapped.resident(rng):
-                # all cached: no handoff; the GEMM's own faults map it, unless evicted by the time it runs
-                unit.pending = lambda: views if mapped.resident(rng) else (mapped.populate(rng), views)[1]
+            if self.disk_io in ("mmap-auto", "mmap-populate") and mapped.resident(rng):
+                # all cached: no handoff. mmap-auto: the GEMM's own faults map it (and read back any page evicted
+                # by then); mmap-populate: one populate on the compute thread just before it runs, no fault inside
+                # the GEMM's parallel region
+                unit.pending = views if self.disk_io == "mmap-auto" else (lambda: (mapped.populate(rng), views)[1])
                 return
             job = lambda: (mapped.populate(rng), views)[1]
             if self.disk_io == "mmap-sync":
@@ -524,7 +558,7 @@ class Streamer:
     def _needs_worker(self, streamed: Sequence[int]) -> bool:
         """A worker thread serves disk reads, except where a persistent mapping is advised inline."""
         return any(self.units[i].home == "disk"
-                   and (self.units[i].mrange is None or self.disk_io in ("mmap", "mmap-auto"))
+                   and (self.units[i].mrange is None or self.disk_io in ("mmap", "mmap-auto", "mmap-populate"))
                    for i in streamed)
 
     # ---------------------------------------------------------------- measurement

@@ -277,7 +277,10 @@ class TensorStore:
         self._file_count += 1
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path)
         layout = _safetensors_layout(path)
-        self._fds[path] = os.open(path, os.O_RDONLY)
+        fd = self._fds[path] = os.open(path, os.O_RDONLY)
+        # Written back now, once: clean pages are what a page-cache drop (cold measurement, memory pressure) can
+        # evict and what runtime.mapped refolds into huge pages; dirty ones would stay, and cost a writeback later.
+        os.fsync(fd)
         for name, t in tensors.items():
             offset, nbytes = layout[name]
             self._entries[name] = Entry(name, "disk", tuple(t.shape), t.dtype, nbytes, path, offset)

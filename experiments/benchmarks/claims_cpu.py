@@ -244,7 +244,7 @@ def speed_records(res: dict[str, Any], s: CpuSettings, *, source: str) -> list[C
                      baseline_text=f"{acc['tokens_per_s']:.2f} tok/s ({acc['disk_entries']} of "
                      f"{acc['device_map_entries']} map entries on disk)",
                      method=f"{setting}. Ours: `SessionSpec.fit` at the cap (the runtime's placement), disk tier "
-                     f"mapped on huge pages (mmap-auto, the default), lookahead {ours['lookahead']}; accelerate: "
+                     f"mapped on huge pages (mmap-populate, the default), lookahead {ours['lookahead']}; accelerate: "
                      f"`infer_auto_device_map(max_memory={{'cpu': "
                      f"cap}}, no_split_module_classes=['LlamaDecoderLayer'])` + `dispatch_model(offload_dir=...)`, "
                      f"its own map at the same cap, on its own copy of the model ({acc['n_timed']} timed steps). "

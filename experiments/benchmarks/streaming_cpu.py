@@ -64,14 +64,20 @@ class Row:
     all_disk: bool = False  # every block on disk (else: resident while the cap lasts)
     cold: bool = False
     huge_pages: bool = True  # SessionSpec.huge_pages (mapped files on 2 MiB pages where the kernel has them)
+    keep_bound: bool = True  # SessionSpec.keep_bound (mapped units bound once, no tensor swap per use)
 
 
 ROWS: dict[str, Row] = {r.name: r for r in [
     Row("eager", "all weights in RAM, HF eager (over the cap: token reference)", "eager"),
     Row("eager-thp", "all weights in RAM on huge pages (copied into MADV_HUGEPAGE memory), HF eager", "eager",
         weights="fp32-thp"),
-    Row("ours", "ours (the Session's default): block units, persistent mapping on huge pages, cached units straight "
-        "to the GEMM, others populated ahead on the worker (mmap-auto), lookahead 1", "ours", disk_io="mmap-auto"),
+    Row("ours", "ours (the Session's default): block units, persistent mapping on huge pages, cached units "
+        "populated on the compute thread right before they run, others populated ahead on the worker "
+        "(mmap-populate), lookahead 1, bound once (keep_bound)", "ours", disk_io="mmap-populate"),
+    Row("ours-auto", "ours: the same, but cached units left to the GEMM's own faults (mmap-auto)", "ours",
+        disk_io="mmap-auto"),
+    Row("ours-rebind", "ours: mmap-auto with placeholders swapped in after every use (keep_bound=False): session 6's "
+        "default", "ours", disk_io="mmap-auto", keep_bound=False),
     Row("ours-mmap", "ours: the same, every unit populated ahead on the worker (mmap)", "ours"),
     Row("ours-4k", "ours: mmap-auto on 4 KiB pages (huge_pages=False)", "ours", disk_io="mmap-auto",
         huge_pages=False),
@@ -86,15 +92,15 @@ ROWS: dict[str, Row] = {r.name: r for r in [
         disk_io="remap", granularity="module", lookahead=2),
     Row("ours-read", "ours: block units, preadv into staging slots (read), lookahead 1", "ours", disk_io="read"),
     Row("int8-ram", "int8 weight-only (cpu kernel), all blocks in RAM", "eager", weights="int8"),
-    Row("ours-int8", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap-auto)", "ours",
-        weights="int8", disk_io="mmap-auto"),
+    Row("ours-int8", "ours int8: blocks resident while the cap lasts, the rest on disk (mmap-populate)", "ours",
+        weights="int8", disk_io="mmap-populate"),
     Row("ours-int8-mmap", "ours int8: the same, every unit populated ahead on the worker (mmap)", "ours",
         weights="int8"),
-    Row("ours-int8-disk", "ours int8: every block on disk (mmap-auto)", "ours", weights="int8", all_disk=True,
-        disk_io="mmap-auto"),
+    Row("ours-int8-disk", "ours int8: every block on disk (mmap-populate)", "ours", weights="int8", all_disk=True,
+        disk_io="mmap-populate"),
     Row("accelerate", "accelerate infer_auto_device_map + dispatch_model (disk offload) at the cap", "accelerate"),
-    Row("ours-cold", "ours (mmap-auto, huge pages, block units), page cache of its files dropped before every step",
-        "ours", disk_io="mmap-auto", cold=True),
+    Row("ours-cold", "ours (mmap-populate, huge pages, block units), page cache of its files dropped before every "
+        "step", "ours", disk_io="mmap-populate", cold=True),
     Row("ours-prev-cold", "ours (mmap, 4 KiB pages: the previous default), page cache of its files dropped before "
         "every step", "ours", cold=True, huge_pages=False),
     Row("ours-willneed-cold", "ours (mmap-willneed, block units), page cache of its files dropped before every step",
@@ -219,7 +225,7 @@ def session_spec(row: Row, folder: str, *, n_layers: int, block_bytes: int, rest
     granularity and lookahead."""
     unit = block_bytes if row.granularity == "block" else linear_max
     options: dict[str, Any] = {"offload_dir": folder, "disk_io": row.disk_io, "granularity": row.granularity,
-                               "huge_pages": row.huge_pages}
+                               "huge_pages": row.huge_pages, "keep_bound": row.keep_bound}
     if row.all_disk:  # as many units in flight as the cap holds next to the rest, up to the row's
         lookahead = max(0, min(row.lookahead, (cap - rest_bytes) // unit - 1))
         return SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk") for _ in range(n_layers)),

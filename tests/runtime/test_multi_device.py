@@ -30,7 +30,9 @@ def test_two_logical_host_devices_give_the_one_device_tokens_and_keep_their_own_
         assert session.stores["a"] is not session.stores["b"]
         out = session.generate(IDS, max_new_tokens=12)
         stats = session.stats()
-        assert model.model.layers[3].mlp.up_proj.weight.device.type == "meta"  # streamed from disk, unbound now
+        up = model.model.layers[3].mlp.up_proj  # streamed from disk: bound to its mapped view (pages dropped)
+        unit = next(u for u in session.streamers["b"].units if u.module is up)
+        assert unit.home == "disk" and unit.fixed and up.weight.data_ptr() == unit.mviews[0].data_ptr()
     assert torch.equal(out, ref)
     a, b = stats["devices"]["a"], stats["devices"]["b"]
     assert a["blocks"] == [0, 1] and b["blocks"] == [2, 3]

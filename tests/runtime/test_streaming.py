@@ -22,7 +22,8 @@ def model_and_ref() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("granularity", ["module", "block"])
 @pytest.mark.parametrize("homes", [(None, None, None), ("disk", "disk", "disk"), (None, "disk", None)])
 @pytest.mark.parametrize(("lookahead", "disk_io"), [(0, "mmap"), (2, "mmap"), (2, "read"), (1, "mmap-sync"),
-                                                    (1, "mmap-willneed"), (1, "remap"), (1, "mmap-auto")])
+                                                    (1, "mmap-willneed"), (1, "remap"), (1, "mmap-auto"),
+                                                    (1, "mmap-populate")])
 def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead, disk_io) -> None:
     model, ids, ref = model_and_ref
     before = state(model)
@@ -42,13 +43,20 @@ def test_greedy_tokens_identical(model_and_ref, homes, granularity, lookahead, d
     assert all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_detach_restores_model_and_removes_hooks(model_and_ref) -> None:
+@pytest.mark.parametrize("keep_bound", [True, False])
+def test_detach_restores_model_and_removes_hooks(model_and_ref, keep_bound) -> None:
     model, ids, ref = model_and_ref
     params = {n: id(p) for n, p in model.named_parameters()}
-    spec = SessionSpec(default=BlockSpec(device="cpu", home="disk"))
-    session = Session(model, spec)
+    spec = SessionSpec(default=BlockSpec(device="cpu", home="disk"), keep_bound=keep_bound)
     q = model.model.layers[0].self_attn.q_proj
-    assert q.weight.device.type == "meta"  # not resident between uses
+    q_before = q.weight.detach().clone()
+    session = Session(model, spec)
+    if keep_bound:  # bound to its view of the mapped file between uses (pages dropped), not a placeholder
+        unit = next(u for u in session.streamer.units if u.module is q)
+        assert unit.fixed and q.weight.data_ptr() == unit.mviews[0].data_ptr()
+        assert torch.equal(q.weight, q_before)
+    else:
+        assert q.weight.device.type == "meta"  # not resident between uses
     assert q._forward_pre_hooks and q._forward_hooks
     session.close()
     assert not q._forward_pre_hooks and not q._forward_hooks
@@ -118,7 +126,7 @@ def test_cuda_store_budget_holds_while_streaming() -> None:
         assert session.stats().peak_bytes["gpu"] <= 400 * 1024
 
 
-@pytest.mark.parametrize("disk_io", ["mmap", "mmap-sync", "mmap-auto"])
+@pytest.mark.parametrize("disk_io", ["mmap", "mmap-sync", "mmap-auto", "mmap-populate"])
 def test_int8_blocks_on_disk_match_int8_in_ram(model_and_ref, disk_io) -> None:
     import copy
 
@@ -134,3 +142,19 @@ def test_int8_blocks_on_disk_match_int8_in_ram(model_and_ref, disk_io) -> None:
     # int8 codes + float32 scales travel: about a quarter of the float32 weights of the linears
     linears = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, nn.Linear))
     assert st.extra["streamed_bytes_per_pass"] < 0.3 * 4 * linears
+
+
+def test_streamed_quantized_units_keep_meta_placeholders_between_uses(model_and_ref) -> None:
+    """keep_bound binds mapped float units once, but a QuantizedLinear stays meta between uses: kernel selection
+    (choose_kernels, autosurgeon's autotune) tells streamed layers by their meta weights."""
+    import copy
+
+    model, ids, _ = model_and_ref
+    spec = SessionSpec(blocks=tuple(BlockSpec(device="cpu", home="disk", weight_format="int8") for _ in range(3)),
+                       rest=BlockSpec(device="cpu"), lookahead=1)
+    m = copy.deepcopy(model)
+    with Session(m, spec) as session:
+        session.generate(ids, max_new_tokens=2)
+        q = m.model.layers[0].self_attn.q_proj
+        assert q.qweight.device.type == "meta"
+        assert not any(u.fixed for u in session.streamer.units if u.streamed)

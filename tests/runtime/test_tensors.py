@@ -1,10 +1,13 @@
 """TensorStore: tiers, exact byte accounting, budgets with precise errors, disk round trips."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from runtime.errors import BudgetExceededError, JalapenoError
+from runtime.mapped import file_resident_fraction
 from runtime.sizes import format_bytes, parse_bytes
 from runtime.tensors import ALIGN, TensorStore, aligned, carve, tier_of
 
@@ -110,3 +113,17 @@ def test_a_tied_tensor_registered_in_place_twice_is_charged_once() -> None:
     store.unregister(["head.weight", "head.bias"], label="head")
     assert store.used("cpu") == 0  # in-place entries give back what they were charged (exact, not aligned)
     store.close()
+
+
+def test_disk_tier_files_are_written_back_so_a_cache_drop_evicts_them(tmp_path) -> None:
+    store = TensorStore(offload_dir=str(tmp_path))
+    w = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(0))
+    store.register({"w": w}, "disk")  # 4 MiB, just written
+    path = store.entry("w").path
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # evicts clean pages only
+    finally:
+        os.close(fd)
+    assert file_resident_fraction(path) < 0.05
+    assert torch.equal(store.load("w"), w)  # read back from the disk
