@@ -65,8 +65,18 @@ def train_policy(device: str, models: list[str], minutes: float, out: Path, seed
             "seed": seed, "reward": reward}
 
 
+def trained_record(device: str, policy: Path) -> dict[str, Any]:
+    """The training record of a policy trained earlier (``--policies``), from its policy.json."""
+    from agents.policy_io import read_meta
+
+    meta = read_meta(policy)
+    return {"device": device, "models": list(meta.get("models", [])), "timesteps": meta.get("timesteps"),
+            "seconds": round(float(meta.get("train_seconds", 0.0)), 1), "seed": meta.get("seed"),
+            "reward": meta.get("reward", {}), "policy": str(policy)}
+
+
 def policy_points(policy: Path, model: str, device: str, sweep_ev: Any, budgets: int) -> dict[str, Any]:
-    """The policy's plans priced in the sweep's space (module docstring): its 8 plans at the full budget, all its
+    """The policy's plans priced in the sweep's space (module docstring): its 8 plans (each at its preference's budget), all its
     candidates (8 preferences x ``budgets`` budget levels), and apply's front (those and the uniform baselines)."""
     from agents.apply import apply_policy, budget_levels
     from experiments.sweep.baselines import uniform_vectors
@@ -80,12 +90,18 @@ def policy_points(policy: Path, model: str, device: str, sweep_ev: Any, budgets:
         return [list(sweep_ev.evaluate(y).objectives(("latency", "memory", "energy"))) for y in ys]
 
     full = priced(res.front.vectors)
+    # The same policy without a budget per preference (every preference at the full budget, session 6's apply):
+    # its distinct plans, for comparison in the same run.
+    flat = apply_policy(policy, model, device=device, front=8, evaluator="analytic", baselines=uniform_vectors,
+                        budget_fractions=(1.0,), preference_budgets=False)
+    full_budget = priced(flat.front.vectors)
     changed = int(np.sum(np.any(np.stack(res.front.vectors) != res.front.vectors[0], axis=0)))
     front = res.front.members
     return {"objectives": full, "candidates_objectives": priced([c.vector for c in res.front.candidates]),
             "apply_front_objectives": priced([m.vector for m in front]),
             "apply_front_origins": [m.origin for m in front],
-            "distinct": len({tuple(y) for y in full}),
+            "distinct": len({tuple(y) for y in full}), "distinct_full_budget": len({tuple(y) for y in full_budget}),
+            "preference_budget_fractions": res.front.extra.get("preference_budget_fractions"),
             "distinct_policy_vectors": len({tuple(v.tolist()) for v in res.front.vectors}),
             "distinct_candidates": len(res.front.candidates), "budget_levels": budgets,
             "policy_evaluations": res.front.evaluations, "baseline_evaluations": len(res.baselines),
@@ -157,15 +173,17 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            "Training (per device, analytic evaluator, knobs precision + placement, MaskablePPO defaults): "
            + "; ".join(f"{t['device']}: {t['timesteps']} timesteps in {t['seconds']:.0f} s on {', '.join(t['models'])}, "
                        f"seed {t['seed']}, reward {_reward_words(t.get('reward'))}" for t in meta["training"]) + ".", "",
+           "Policy plans: each of the 8 preferences at the memory budget its memory weight asks for "
+           "(`agents.apply.preference_budget`, apply's default), on the env's floor of GPU + CPU bytes (`envs.smallest`).", "",
            "HV in the sweep's normalised space (latency, memory, energy / the unmodified model's; reference "
            "[3.0, 1.1, 3.5], the one `apply --json` uses too); NSGA-II: 200 evaluations with the baselines, mean "
-           f"over seeds {meta['seeds']}. Policy: its 8 plans at the full budget (`--front 8`); its candidates (8 "
+           f"over seeds {meta['seeds']}. Policy: its 8 plans, each at its preference's budget (`--front 8`); its candidates (8 "
            f"preferences x {meta['budgets']} budget levels, `--front 8 --front-budgets {meta['budgets']}`); apply's "
            "front = the non-dominated set of those candidates and the uniform baselines (what `apply` returns). "
            "The best baseline family's HV is the sweep's.", "",
            "| model | device | HV policy 8 | HV candidates | HV apply front | HV NSGA-II (mean) | policy 8 / NSGA-II "
            "| candidates / NSGA-II | apply front / NSGA-II | candidates / best baseline | apply front / best baseline "
-           "| best family (HV) | distinct plans / 8 | policy evals (+ baselines) | apply front origins "
+           "| best family (HV) | distinct plans / 8 (all at the full budget) | policy evals (+ baselines) | apply front origins "
            "| NSGA-II front sizes |", "|---" * 16 + "|"]
     for r in rows:
         nsga, best = r["hv_nsga2_mean"], r["hv_best_family"]
@@ -175,7 +193,7 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                    f"{r['hv_apply_front']:.4f} | {nsga:.4f} | {r['hv_policy'] / nsga:.3f} | "
                    f"{r['hv_candidates'] / nsga:.3f} | {r['hv_apply_front'] / nsga:.3f} | "
                    f"{r['hv_candidates'] / best:.3f} | {r['hv_apply_front'] / best:.3f} | {r['best_family']} "
-                   f"({best:.4f}) | {r['distinct']} | {r['policy_evaluations']} (+{r['baseline_evaluations']}) | "
+                   f"({best:.4f}) | {r['distinct']} ({r.get('distinct_full_budget', '-')}) | {r['policy_evaluations']} (+{r['baseline_evaluations']}) | "
                    f"{n_pol} policy, {len(origins) - n_pol} baseline | {r['nsga2_front_size']} |")
     return "\n".join(out) + "\n"
 
@@ -191,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0,1,2", help="NSGA-II seeds")
     ap.add_argument("--budgets", type=int, default=4, help="budget levels per preference (apply --front-budgets)")
     ap.add_argument("--reward", choices=sorted(REWARDS), default="v0", help="the policy's reward options (REWARDS)")
+    ap.add_argument("--policies", default=None, metavar="DIR",
+                    help="use the policies DIR/policy-<device> trained earlier (same training models) instead of training")
     ap.add_argument("--root", default="runs/bench-policy-transfer")
     ap.add_argument("--out", default="experiments/benchmarks/results/policy_transfer")
     ap.add_argument("--merge", default=None, metavar="A.json,B.json",
@@ -222,9 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     out = Path(args.out)
     for device in args.devices.split(","):
-        policy = root / f"policy-{device}"
-        meta["training"].append(train_policy(device, args.train_models.split(","), args.minutes, policy, seed=0,
-                                             reward=args.reward))
+        if args.policies:
+            policy = Path(args.policies) / f"policy-{device}"
+            meta["training"].append(trained_record(device, policy))
+        else:
+            policy = root / f"policy-{device}"
+            meta["training"].append(train_policy(device, args.train_models.split(","), args.minutes, policy, seed=0,
+                                                 reward=args.reward))
         for name in args.unseen.split(","):
             try:
                 rows.append(one(str(build_unseen(name)), name, device, policy, seeds, root, args.budgets))
