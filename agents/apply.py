@@ -10,9 +10,11 @@ model's value under the same evaluator, against ``HV_REFERENCE`` — the project
 (``autosurgeon.metrics.HV_REFERENCE``, the sweep's default too, so ``apply --json`` and ``sweep --json`` give
 comparable figures for the same model, device and objectives), computed exactly by pymoo's ``HV`` indicator.
 
-The front (:func:`policy_front`): the policy's plans for K evenly spread preferences, each at
-``budget_fractions`` of the way between the smallest reachable memory and the unmodified model's (1.0 only by
-default; more fractions are more candidates from the same policy, counted in ``evaluations``), evaluated next to
+The front (:func:`policy_front`): the policy's plans for K evenly spread preferences, each at the memory budget
+its memory weight asks for (:func:`preference_budget`, an epsilon constraint: a weighted sum alone reaches only a
+front's supported points) and at ``budget_fractions`` of the way between the smallest reachable memory and the
+unmodified model's (1.0 only by default; more fractions are more candidates from the same policy, counted in
+``evaluations``), evaluated next to
 the baselines the caller gives; the returned front is the non-dominated set of all of them, each member with its
 origin (``policy`` or ``baseline:<label>``), so a policy plan a baseline dominates never stands in it.
 """
@@ -140,12 +142,29 @@ class FrontResult:
     candidates: list[FrontMember] = field(default_factory=list)  # every distinct policy plan evaluated
 
 
+def preference_budget(preference: np.ndarray, base_memory: float, floor: float) -> float:
+    """The memory budget a preference asks for (an epsilon constraint): its memory weight is how far, in log space,
+    the budget lies from the unmodified model's memory (weight 0) towards the floor (weight 1, the least memory a
+    plan reaches, ``envs.smallest``). Log space because memory ratios span orders of magnitude (0.03-1 of the
+    unmodified model here): equal steps of the weight are equal factors of memory."""
+    w = float(np.asarray(preference, dtype=np.float64)[OBJECTIVES.index("memory")])
+    if not (floor > 0 and base_memory > floor):
+        return float(base_memory)
+    return float(base_memory * (floor / base_memory) ** w)
+
+
 def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluator: Any = None,
                  memory_budget: float | None = None, budget_fractions: Sequence[float] = (1.0,),
-                 baselines: Sequence[Any] = ()) -> FrontResult:
+                 baselines: Sequence[Any] = (), preference_budgets: bool = True) -> FrontResult:
     """Run the policy for ``k`` evenly spread preferences (each at every budget fraction; module docstring),
     evaluate each distinct plan once, and keep the non-dominated set of those and of ``baselines``
-    (``agents.apply_baselines.BaselinePlan``, evaluated by the caller with the same evaluator)."""
+    (``agents.apply_baselines.BaselinePlan``, evaluated by the caller with the same evaluator).
+
+    ``preference_budgets`` (default): each preference is also run at the budget its memory weight asks for
+    (:func:`preference_budget`), and that plan is the preference's own (``vectors``, ``metrics``): a weighted sum
+    reaches only the supported points of a front, and on a GPU where every resident plan has the same latency and
+    energy it has two, so K preferences gave one or two plans (session 6); a budget per preference reaches the
+    members between them. Off (or with ``memory_budget``): a preference's own plan is the one at the full budget."""
     ctx = env.contexts[context]
     evaluator = evaluator or ctx.evaluator
     fractions = [float(f) for f in budget_fractions]
@@ -155,25 +174,42 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
     base = evaluator.evaluate(ctx.space.default_vector())
     candidates: list[FrontMember] = []
     seen: dict[bytes, FrontMember] = {}
-    for frac in fractions if memory_budget is None else [1.0]:
+
+    def run(w: np.ndarray, *, frac: float | None = None, budget: float | None = None) -> FrontMember:
+        x = run_policy(model, env, preference=w, memory_budget=budget, context=context,
+                       budget_fraction=1.0 if frac is None else frac)
+        known = seen.get(x.tobytes())
+        m = known.metrics if known is not None else evaluator.evaluate(x)
+        if frac is None:  # the fraction of the way from the floor that ``budget`` is, for the record
+            span = float(ctx.base.objective("memory")) - ctx.min_memory
+            frac = 1.0 if budget is None or span <= 0 else float(np.clip((budget - ctx.min_memory) / span, 0, 1))
+        member = FrontMember("policy", x, m, np.asarray(normalised(m, base, OBJECTIVES)), w, frac)
+        candidates.append(member)
+        seen.setdefault(x.tobytes(), member)
+        return member
+
+    own: list[FrontMember] = []
+    if memory_budget is not None:
+        own = [run(w, budget=memory_budget) for w in prefs]
+    elif preference_budgets:
+        base_mem = float(ctx.base.objective("memory"))
+        own = [run(w, budget=preference_budget(w, base_mem, ctx.min_memory)) for w in prefs]
+    for frac in fractions if memory_budget is None else []:
         for w in prefs:
-            x = run_policy(model, env, preference=w, memory_budget=memory_budget, context=context,
-                           budget_fraction=frac)
-            known = seen.get(x.tobytes())
-            m = known.metrics if known is not None else evaluator.evaluate(x)
-            member = FrontMember("policy", x, m, np.asarray(normalised(m, base, OBJECTIVES)), w, frac)
-            candidates.append(member)
-            seen.setdefault(x.tobytes(), member)
-    full = candidates[:len(prefs)]
-    norm = np.array([c.normalised for c in full])
-    result = FrontResult(preferences=prefs, vectors=[c.vector for c in full], metrics=[c.metrics for c in full],
+            member = run(w, frac=frac)
+            if len(own) < len(prefs) and frac == fractions[0]:
+                own.append(member)  # no budget per preference: its plan at the first fraction (1.0 by default)
+    norm = np.array([c.normalised for c in own])
+    result = FrontResult(preferences=prefs, vectors=[c.vector for c in own], metrics=[c.metrics for c in own],
                          normalised=norm, hypervolume=hypervolume(norm), evaluations=len(seen))
     pool = list(seen.values()) + [FrontMember(f"baseline:{b.label}", b.vector, b.metrics, np.asarray(b.normalised))
                                   for b in baselines]
     result.members = [pool[i] for i in _non_dominated([p.normalised for p in pool])]
     result.candidates = list(seen.values())
     result.extra.update(
-        reference_point=list(HV_REFERENCE), budget_fractions=fractions,
+        reference_point=list(HV_REFERENCE), budget_fractions=fractions, preference_budgets=bool(
+            preference_budgets and memory_budget is None),
+        preference_budget_fractions=[float(c.budget_fraction) for c in own],
         evaluations={"policy": len(seen), "baselines": len(baselines)},
         policy_candidates_hypervolume=hypervolume(np.array([p.normalised for p in seen.values()])),
         front_origins=[m.origin for m in result.members])
@@ -218,7 +254,8 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
                  preference: Any = None, memory_budget: float | None = None, front: int | None = None,
                  evaluator: str | None = None, force: bool = False, power_cap_w: float | None = None,
                  baselines: Callable[[Any], Mapping[str, np.ndarray]] | None = None,
-                 quality: Any = None, budget_fractions: Sequence[float] = (1.0,)) -> ApplyResult:
+                 quality: Any = None, budget_fractions: Sequence[float] = (1.0,),
+                 preference_budgets: bool = True) -> ApplyResult:
     """Apply a saved policy to ``model_spec`` on ``device`` (module docstring).
 
     Args:
@@ -231,6 +268,8 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
             the policy's plans and the baselines, with origins (``policy_front``).
         budget_fractions: with ``front``, run each preference at each of these budget fractions (``budget_levels``;
             more candidates from the same policy, each distinct plan evaluated once: ``front.evaluations``).
+        preference_budgets: with ``front``, also run each preference at the memory budget its memory weight asks
+            for (``preference_budget``), which is then its own plan (``policy_front``).
         evaluator: "analytic", "profiled" or "runtime" for the measurement (default: "runtime" when
             ``device`` is this machine's measured profile, else "analytic"); the policy itself acts on the
             observations of the evaluator it trained with (analytic on paper profiles).
@@ -318,7 +357,8 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
                          f"{', '.join(f'{v:.3g}' for v in plan_norm)}); that plan is offered instead")
     if front:
         result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer,
-                                    budget_fractions=budget_fractions, baselines=result.baselines)
+                                    budget_fractions=budget_fractions, baselines=result.baselines,
+                                    preference_budgets=preference_budgets)
     return result
 
 
@@ -367,4 +407,4 @@ def write_front(path: str | os.PathLike[str], front: FrontResult, space: Any,
 
 
 __all__ = ["HV_REFERENCE", "ApplyResult", "FrontMember", "FrontResult", "apply_policy", "budget_levels", "hypervolume",
-           "policy_front", "run_policy", "simplex_preferences", "write_front"]
+           "policy_front", "preference_budget", "run_policy", "simplex_preferences", "write_front"]

@@ -23,7 +23,6 @@ from autosurgeon.evaluate import AnalyticEvaluator
 from autosurgeon.evaluate.registry import get as evaluator_kind
 from autosurgeon.evaluate.registry import names as evaluator_names
 from autosurgeon.hardware.power_cap import mode_key
-from autosurgeon.plan_check import smallest_footprint
 from autosurgeon.quality.sensitivity import measure_sensitivity
 from autosurgeon.quality.settings import QualitySettings
 from autosurgeon.space.search_space import SearchSpace
@@ -38,6 +37,7 @@ from envs.observation import (
     unit_feature_table,
 )
 from envs.reward_scale import reachable_gains
+from envs.smallest import smallest_budgeted
 
 logger = get_logger(__name__)
 
@@ -60,7 +60,7 @@ class ModelContext:
     hardware: np.ndarray
     base: Any
     min_memory: float
-    smallest: np.ndarray  # smallest_footprint's vector: the shield's optimistic completion
+    smallest: np.ndarray  # envs.smallest's vector (least GPU + CPU bytes): the shield's optimistic completion
     layout: ObservationLayout = ObservationLayout()  # of the knobs (envs.observation.layout_for)
     gains: np.ndarray | None = None  # reachable gain per OBJECTIVES entry (envs.reward_scale), the reward's scale
     estimate_base: Any = None  # the estimator's metrics of the unmodified model (the shaping potential's normaliser)
@@ -105,7 +105,8 @@ def build_context(spec: str, profile: Any, *, evaluator: str = "analytic", knobs
     base = ev.evaluate(space.default_vector())
     tier_by_kind = {"gpu": "gpu", "cpu": "cpu"}
     tier = tier_by_kind.get(profile.default_unit().kind, "cpu")
-    _, small = smallest_footprint(space, tier)
+    # The floor in the measure the budget counts (GPU + CPU), not the execution tier's alone (envs.smallest).
+    _, small = smallest_budgeted(space, execution_tier=tier)
     mem = plan_memory(space, small)
     min_memory = float(mem.get("gpu", 0) + mem.get("cpu", 0))
     estimate_base = estimator.evaluate(space.default_vector())

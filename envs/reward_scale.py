@@ -11,8 +11,8 @@ plan (``experiments/benchmarks/results/policy_transfer_s6.md``).
 
 Reference plans (cheap, deterministic, any model): the unmodified model, every *uniform precision* plan (each
 precision unit at one precision where its mask allows it, resident), the *smallest footprint* plan
-(``plan_check.smallest_footprint``: the least memory on the execution tier) and that plan with every block homed
-on disk where its placement allows it (the least host + device memory: the memory objective counts both). They are priced by the context's estimator (the
+(``envs.smallest``: the least GPU + CPU memory found, which the memory objective counts) and that plan with every
+block homed on disk where its placement allows it (usually the same plan, then deduplicated). They are priced by the context's estimator (the
 evaluator itself when it is cheap, else the analytic one on the same space): a normaliser, not a measurement.
 """
 from __future__ import annotations

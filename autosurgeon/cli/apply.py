@@ -7,7 +7,8 @@
 The plan passes ``check_plan`` (the policy's action masks keep it valid; it is checked anyway) and is
 measured with ``--evaluator`` (default: end to end on the runtime when ``--device`` is this machine,
 the analytic model on a paper profile). ``--front K`` also runs the policy
-for K evenly spread preferences and writes their front next to ``--out`` (``plan.front.json``). A policy
+for K evenly spread preferences, each at the memory budget its memory weight asks for, and writes their front
+next to ``--out`` (``plan.front.json``). A policy
 trained for another device class is refused unless ``--force``.
 """
 from __future__ import annotations
@@ -44,6 +45,10 @@ def register(subparsers: Any) -> None:
                         help="with --front: run each preference at N memory budgets evenly spread from the unmodified "
                         "model's memory to the smallest reachable (N x K policy plans, each distinct one evaluated "
                         "once; default 1: the unmodified model's memory)")
+    parser.add_argument("--no-preference-budgets", action="store_true",
+                        help="with --front: do not also run each preference at the memory budget its memory weight "
+                        "asks for (by default a preference's plan is the one at that budget: weight 0 the unmodified "
+                        "model's memory, 1 the least reachable, log-spaced between)")
     parser.add_argument("--evaluator", choices=evaluator_names(), default=None,
                         help="how to measure the plan (default: runtime, end to end, when --device is this machine; "
                         "analytic on a paper profile)")
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     result = apply_policy(args.policy, args.model, device=args.device, preference=preference, memory_budget=budget,
                           front=args.front, evaluator=args.evaluator, force=args.force, power_cap_w=args.power_cap,
                           baselines=None if args.no_baselines else uniform_vectors, quality=quality,
-                          budget_fractions=fractions)
+                          budget_fractions=fractions, preference_budgets=not args.no_preference_budgets)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.plan.save(out)
@@ -141,14 +146,15 @@ def _print_front(result: Any, path: Path, plan_id: Any) -> None:
 
     write_front(path, result.front, result.space, power=result.power, plan_id=plan_id)
     f, extra = result.front, result.front.extra
-    print(f"front of {len(f.preferences)} preferences x {len(extra['budget_fractions'])} budget(s) "
+    own = " + its own budget" if extra.get("preference_budgets") else ""
+    print(f"front of {len(f.preferences)} preferences x {len(extra['budget_fractions'])} budget(s){own} "
           f"({f.evaluations} distinct policy plans evaluated): the policy's plans' hypervolume "
           f"{extra['policy_candidates_hypervolume']:.4f} (reference {extra['reference_point']}) -> {path}")
     if "baselines_hypervolume" in extra:
         dominated = sum(1 for d in extra["dominated_by_a_baseline"] if d)
         print(f"  baselines' hypervolume {extra['baselines_hypervolume']:.4f}; policy + baselines "
               f"{extra['with_baselines_hypervolume']:.4f}; {dominated} of {len(f.preferences)} policy "
-              "plans at the full budget dominated by a baseline")
+              "plans dominated by a baseline")
     for m in f.members:
         print(f"  {plan_id(result.space.decode(m.vector))}  {m.origin:<24} "
               + "  ".join(f"{k} {v:.3f}" for k, v in zip(OBJECTIVES, m.normalised)))

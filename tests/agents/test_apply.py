@@ -12,8 +12,10 @@ from agents.apply import apply_policy, hypervolume, simplex_preferences
 from agents.policy_io import PolicyError
 from agents.ppo import PPOSettings, train
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.plan import Plan
 from autosurgeon.plan_check import check_plan
+from envs.context import build_context
 
 DEVICE = "h100-80gb"
 
@@ -195,3 +197,36 @@ def test_simplex_preferences_and_hypervolume() -> None:
     assert hypervolume(np.array([[2.5, 0.1, 0.1]]), ref) == 0.0
     # The default reference is the project's one (the sweep's): (3.0, 1.1, 3.5).
     assert hypervolume(np.array([[1.0, 1.0, 1.0]])) == pytest.approx(2.0 * 0.1 * 2.5)
+
+
+def test_preference_budget_spans_the_unmodified_memory_to_the_floor_in_log_space() -> None:
+    from agents.apply import preference_budget
+
+    assert preference_budget(np.array([1.0, 0.0, 0.0]), 100.0, 4.0) == pytest.approx(100.0)
+    assert preference_budget(np.array([0.0, 1.0, 0.0]), 100.0, 4.0) == pytest.approx(4.0)
+    assert preference_budget(np.array([0.5, 0.5, 0.0]), 100.0, 4.0) == pytest.approx(20.0)  # sqrt(100 * 4)
+    assert preference_budget(np.array([0.0, 1.0, 0.0]), 100.0, 0.0) == pytest.approx(100.0)  # no floor: no constraint
+
+
+def test_each_preference_runs_at_its_own_budget_and_the_front_only_gains(policy: Path) -> None:
+    # A budget per preference (epsilon constraint): the pure-memory preference's plan meets the floor's budget,
+    # the pure-latency one the unmodified model's; the candidates are a superset of the full-budget ones, so the
+    # front's hypervolume is never below the one without (same policy, same baselines).
+    from agents.apply import preference_budget
+    from experiments.sweep.baselines import uniform_vectors
+
+    off = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors,
+                       preference_budgets=False)
+    on = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors)
+    assert on.front.extra["preference_budgets"] is True and off.front.extra["preference_budgets"] is False
+    assert off.front.extra["preference_budget_fractions"] == [1.0] * 8
+    fractions = on.front.extra["preference_budget_fractions"]
+    assert fractions[0] == pytest.approx(1.0) and fractions[1] == pytest.approx(0.0)  # latency, memory corners
+    assert on.front.evaluations >= off.front.evaluations
+    assert on.front.extra["with_baselines_hypervolume"] >= off.front.extra["with_baselines_hypervolume"] - 1e-12
+    base_mem = on.base.objective("memory")
+    floor = build_context("tiny-llama-test", resolve_profile(DEVICE)).min_memory
+    for w, m in zip(on.front.preferences, on.front.metrics):
+        assert m.objective("memory") <= preference_budget(w, base_mem, floor) * 1.02  # shield (staging terms)
+    # the memory corner's plan holds far less than the latency corner's: the preferences give different plans
+    assert on.front.metrics[1].objective("memory") < 0.5 * on.front.metrics[0].objective("memory")
