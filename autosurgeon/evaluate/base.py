@@ -19,8 +19,8 @@ from autosurgeon.evaluate.kv_proxy import KVQualityProxy
 from autosurgeon.evaluate.session_terms import SessionTerms
 from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.metrics import Metrics
-from autosurgeon.quality.flip_proxy import expected_flip_loss
 from autosurgeon.plan import Plan, model_fingerprint
+from autosurgeon.quality.flip_proxy import expected_flip_loss
 from autosurgeon.space.search_space import SearchSpace
 
 if TYPE_CHECKING:  # annotations only

@@ -88,8 +88,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # evaluate then only needs a short timing (memory, quality and energy are what it still gives).
     rt_timing = (TimingSettings(clock=args.clock, repeats=args.repeats, step_warmup=1, step_repeats=3)
                  if args.rounds else timing)
+    # A classifier's measured quality is a share of images whose top-1 changes: 4 images give a 95 % interval
+    # 30-95 % wide, so classifiers are scored on --classifier-quality-samples images (default 64).
+    quality_samples = (max(args.quality_samples, args.classifier_quality_samples)
+                       if loaded.task == "image-classification" and args.quality_samples else args.quality_samples)
     runtime = RuntimeEvaluator(loaded, profile, space=space, timing=rt_timing,
-                               quality_samples=args.quality_samples or None, cache=EvaluationCache())
+                               quality_samples=quality_samples or None, cache=EvaluationCache())
     t0 = time.perf_counter()
     profiled = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
                                  use_disk_cache=False, cache=EvaluationCache())
@@ -368,8 +372,9 @@ def unseen_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> 
              f"{args.plans} random valid plans (seed {args.seed}, knobs {args.knobs}) + the unmodified model + a "
              "uniform plan of every precision. " + reference_text(args, results[0].get("reference") if results else None) + " Profiled: its table measured fresh in the same process before the runtime runs; every cheap evaluator prices the plans after the reference, the profiled one re-validating its table on that first use. "
              "Quality measured with the model-agnostic default (fidelity in the model's own "
-             f"vocabulary: KL + top-1 agreement; encoders: embedding cosine), {args.quality_samples} samples, vs the "
-             "sensitivity proxy's estimate.", "",
+             f"vocabulary: KL + top-1 agreement; encoders: embedding cosine; classifiers: top-1 agreement on "
+             f"{args.classifier_quality_samples} images), {args.quality_samples} samples, vs the sensitivity proxy's "
+             "estimate (classifiers: expected top-1 flips, quality/flip_proxy.py).", "",
              "| model | plans | load avg before -> after | runtime spread (median over plans) | evaluator | latency "
              "median APE | Spearman | uniform order = runtime's (strict) | uniform pairs: resolved by the runtime / "
              "mis-ordered | uniform Spearman |",
@@ -464,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single-block-table", action="store_true",
                    help="also run a profiled evaluator whose table is built one entry after another (rounds=1)")
     p.add_argument("--quality-samples", type=int, default=4, help="held-out windows / test images (0: all)")
+    p.add_argument("--classifier-quality-samples", type=int, default=64,
+                   help="images a classifier's quality is measured on (at least --quality-samples)")
     p.add_argument("--calibration-plans", type=int, default=8,
                    help="runtime plans (seed + 1000, apart from the test plans) the calibrated profiled "
                         "evaluator fits on")
