@@ -20,7 +20,7 @@ table's measured per-op cost unless one is passed, over the step's ops less thos
 With ``rest_s`` (``cost.step_rest``: the unmodified step with its linears nulled, measured on the runtime) that
 measured rest replaces the launch term and every non-linear leaf on the CPU (it holds them: no plan changes them);
 with ``stream`` (``Profiler.stream_costs``) a streamed block adds its measured exposed cost, ``fetches x fetch_s +
-bytes x s_per_byte`` (the first of its placement also the measured ``fixed_s`` per streamed step), to its compute instead of the link roofline and the assumed per-fetch cost.
+bytes x s_per_byte``, to its compute instead of the link roofline and the assumed per-fetch cost.
 
 A block's ``C_b`` is the sum of its leaves (in a streamed block, plus a repack of every weight whose kernel
 keeps a packed copy — ``footprint.packed_copy_bytes``, read and written once at memory bandwidth — since
@@ -110,8 +110,8 @@ class AnalyticCostModel:
         self.rest_s = rest_s
         # Measured exposed streaming cost per placement (``Profiler.stream_costs``: per fetch + per byte, overlap
         # as the runtime achieves it included): replaces the link roofline and the assumed fetch cost there.
-        self.stream = {k: {"fetch_s": float(v["fetch_s"]), "s_per_byte": float(v["s_per_byte"]),
-                           "fixed_s": float(v.get("fixed_s", 0.0))} for k, v in (stream or {}).items()}
+        self.stream = {k: {"fetch_s": float(v["fetch_s"]), "s_per_byte": float(v["s_per_byte"])}
+                       for k, v in (stream or {}).items()}
 
     def _table_linear_ops(self) -> int:
         """Aten ops the unmodified model's linears dispatch, per the table (linears it lacks: 0)."""
@@ -201,7 +201,6 @@ class AnalyticCostModel:
         steps, rows, notes = [], [], set()
         busy = compute_total = transfer_total = fetch_total = 0.0
         streamed_bytes = 0
-        charged: set[str] = set()
         for block in blocks:
             c_b = sum(self.leaf_seconds(c, block.exec_kind)[0] for c in block.leaves)
             if block.streamed:
@@ -213,11 +212,7 @@ class AnalyticCostModel:
             if measured is not None:
                 nbytes, fetches = block_stream(block)
                 x_b, f_b = nbytes * measured["s_per_byte"], fetches * measured["fetch_s"]
-                if block.placement not in charged:  # the fixed cost of a step that streams from there, once
-                    f_b += measured["fixed_s"]
-                    charged.add(block.placement)
-                notes.add(f"{block.placement} measured {measured['fixed_s'] * 1e6:.0f} us/step + "
-                          f"{measured['fetch_s'] * 1e6:.0f} us/fetch + "
+                notes.add(f"{block.placement} measured {measured['fetch_s'] * 1e6:.0f} us/fetch + "
                           f"{measured['s_per_byte'] * 1e9:.3f} ns/byte exposed")
                 streamed_bytes += nbytes
             elif block.streamed:

@@ -18,13 +18,12 @@ What is measured (each with warm-up, repeats and the median; wall clock through
   resident on the default unit) minus the sum of its precision leaves' times at their own dtype: what no
   plan variable changes (norms, attention cores, elementwise ops, Python and dispatch).
 * **streaming** per streamed placement (``cpu<-disk``, ``gpu<-cpu`` ...) — the same step with every block
-  streamed from that home, against resident, at four weight formats (four byte counts, same fetches), and with
-  the first block alone streamed; non-negative least squares through the exposed costs gives a fixed cost per
-  streamed step, a per-fetch cost and a per-byte cost, i.e. the link as the runtime sees it (overlap with
-  compute already inside), with fetches and bytes counted by the Streamer.
+  streamed from that home, against resident, at four weight formats (four byte counts, same fetches); a
+  least-squares line through the exposed costs gives a per-fetch cost and a per-byte cost, i.e. the link as the
+  runtime sees it (overlap with compute already inside), with fetches and bytes counted by the Streamer.
 
 Composition per plan and phase: ``T = overhead + sum_leaves t(leaf choice) + sum_streamed_blocks
-(n_fetch x fetch_s + bytes x s_per_byte) + fixed_s`` (once per streamed placement present). A step is one decode token at ``context`` positions (causal
+(n_fetch x fetch_s + bytes x s_per_byte)``. A step is one decode token at ``context`` positions (causal
 LMs; plus one prefill of ``context`` tokens) or one forward of ``batch`` samples.
 
 The table is cached as JSON under ``<cache>/profiled/<key>.json``; the key hashes the model's architecture
@@ -73,12 +72,10 @@ from runtime.spec import BlockSpec, SessionSpec
 logger = get_logger(__name__)
 
 STREAM_FORMATS = ("float32", "bfloat16", "int8", "int4")  # weight formats of the streaming probe
-STREAM_ONE_BLOCK = ("float32", "int4")  # formats of the probe's one-streamed-block points
 
 
 from autosurgeon.cost.profiled_context import context_times, measure_in_rounds, store_context
 from autosurgeon.cost.profiled_kv import measure_kv_op_seconds
-from autosurgeon.cost.stream_fit import fit_stream
 from autosurgeon.cost.profiled_table import (  # noqa: F401  (re-exported)
     FLOAT_DTYPES,
     MAX_COPIES,
@@ -417,40 +414,46 @@ class Profiler:
         return found
 
     def _measure_stream(self, placement: str) -> dict[str, Any]:
-        """Exposed streaming cost per step -> a fixed cost per streamed step, a per-fetch and a per-byte cost.
+        """Exposed streaming cost per step at several weight formats -> per-fetch and per-byte cost.
 
-        Every block streamed from ``home`` vs resident, at float32, bfloat16, int8 and int4 (same fetches, four byte
-        counts), and the FIRST block alone streamed at float32 and int4 (fewer fetches): plans stream a few blocks
-        between resident ones, and on the CPU a lone streamed block cost ~1.8x a block of an all-streamed step
-        (tiny-llama, session 7: the worker's first hand-off of a step is not hidden). Non-negative least squares of
-        ``exposed = fixed_s + fetches x fetch_s + bytes x s_per_byte`` (``fixed_s`` is charged once per step with
-        any block of that placement streamed).
+        Every block streamed from ``home`` vs resident, at float32, bfloat16, int8 and int4 (same fetches,
+        four byte counts); least squares of ``exposed = fetches x fetch_s + bytes x s_per_byte`` with both
+        coefficients >= 0 (a negative slope from noise falls back to the per-fetch term alone).
         """
 
         exec_kind, _, home = placement.partition("<-")
         dev = _exec_device(self.units[exec_kind])
         n_blocks = sum(1 for b in self.space.blocks if b.is_block)
         points = []
-        runs = [(fmt, n_blocks) for fmt in STREAM_FORMATS] + [(fmt, 1) for fmt in STREAM_ONE_BLOCK if n_blocks > 1]
-        for fmt, n_streamed in runs:
+        for fmt in STREAM_FORMATS:
             resident = SessionSpec(blocks=tuple(BlockSpec(device=dev, weight_format=fmt) for _ in range(n_blocks)),
                                    rest=BlockSpec(device=dev))
-            streamed = SessionSpec(blocks=tuple(BlockSpec(device=dev, home=home if i < n_streamed else None,
-                                                          weight_format=fmt) for i in range(n_blocks)),
-                                   rest=BlockSpec(device=dev))
+            streamed = SessionSpec(blocks=tuple(BlockSpec(device=dev, home=home, weight_format=fmt)
+                                                for _ in range(n_blocks)), rest=BlockSpec(device=dev))
             try:
                 t_res, _, _ = self._session_step(resident)
                 t_str, _, counters = self._session_step(streamed)
             except Exception as exc:  # noqa: BLE001 - a format the runtime lacks here: fit without it
                 logger.warning("streaming probe %s at %s failed (%s); skipped", placement, fmt, exc)
                 continue
-            points.append({"format": fmt, "blocks": n_streamed, "exposed_s": t_str - t_res, **counters})
+            points.append({"format": fmt, "exposed_s": t_str - t_res, **counters})
         if not points:
             raise InvalidArgumentError(f"placement {placement!r} could not be measured on this machine.")
-        fixed_s, fetch_s, per_byte = fit_stream(points)
-        logger.info("streaming %s: %.1f us per step + %.1f us per fetch + %.3f ns per byte", placement, fixed_s * 1e6,
-                    fetch_s * 1e6, per_byte * 1e9)
-        return {"fixed_s": fixed_s, "fetch_s": fetch_s, "s_per_byte": per_byte, "points": points}
+        f = np.array([p["fetches"] for p in points])
+        b = np.array([p["bytes"] for p in points])
+        y = np.array([p["exposed_s"] for p in points])
+        fetch_s, per_byte = float(max(0.0, y.mean()) / max(f.mean(), 1e-9)), 0.0
+        if len(points) >= 2 and np.ptp(b) > 0:
+            coef, *_ = np.linalg.lstsq(np.stack([f, b], axis=1), y, rcond=None)
+            if coef[0] >= 0 and coef[1] >= 0:
+                fetch_s, per_byte = float(coef[0]), float(coef[1])
+            elif coef[1] < 0:
+                fetch_s, per_byte = float(max(0.0, y.mean()) / max(f.mean(), 1e-9)), 0.0
+            else:  # per-fetch negative: all of it per byte
+                per_byte = float(max(0.0, (y @ b) / (b @ b)))
+                fetch_s = 0.0
+        logger.info("streaming %s: %.1f us per fetch, %.3f ns per byte", placement, fetch_s * 1e6, per_byte * 1e9)
+        return {"fetch_s": fetch_s, "s_per_byte": per_byte, "points": points}
 
     def measure_all(self) -> int:
         """Measure every valid leaf choice of the space (so later evaluations only look up); returns entries.
@@ -550,7 +553,6 @@ class Profiler:
         blocks = resolve_blocks(self.space, x)
         units_s = stream_s = 0.0
         streamed_bytes = 0
-        charged: set[str] = set()
         for block in blocks:
             if block.exec_kind not in self.units or block.exec_kind == "dla":
                 raise InvalidArgumentError(f"{block.name}: placement {block.placement!r} cannot be profiled on "
@@ -562,9 +564,6 @@ class Profiler:
                 if cost is None:
                     raise InvalidArgumentError(f"{block.name}: placement {block.placement!r} was not profiled here.")
                 stream_s += fetches * cost["fetch_s"] + nbytes * cost["s_per_byte"]
-                if block.placement not in charged:  # once per step with any block of that placement streamed
-                    stream_s += cost.get("fixed_s", 0.0)
-                    charged.add(block.placement)
                 streamed_bytes += nbytes
         overhead = self.table.overhead_s[phase]
         k = self.scale

@@ -19,7 +19,7 @@ from autosurgeon.transforms.modules import is_conv1d, linear_from_conv1d
 from runtime.kernels import QuantizedLinear, default_kernel, get_kernel, unpacked_kernel
 
 TABLE_TYPE = "autosurgeon.ProfiledTable"
-TABLE_VERSION = 3  # 2: every entry carries its spread (IQR/median); 3: the streaming fit's fixed_s per step
+TABLE_VERSION = 2  # 2: every entry carries its spread (IQR/median); noisy entries labelled
 FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_COPIES = 64  # cap on the layer copies a cold-cache unit timing rotates through
 
@@ -122,7 +122,7 @@ class ProfiledTable:
         unit_s: signature -> median seconds.
         overhead_s: phase -> fixed seconds per step.
         baseline_s: phase -> the unmodified model's step on the runtime.
-        stream: placement -> {"fixed_s", "fetch_s", "s_per_byte", "points"} (exposed streaming cost per step).
+        stream: placement -> {"fetch_s", "s_per_byte", "points"} (exposed streaming cost per step).
         n_ops: phase -> aten ops per step of the unmodified model.
         settings: workload, timing settings, fingerprints, torch version, threads.
         seconds: wall time spent measuring.

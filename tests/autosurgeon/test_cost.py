@@ -146,7 +146,7 @@ def test_profiled_table_is_cached_on_disk_and_reused(tmp_path, monkeypatch) -> N
     assert other.path != first.path and not other.table.unit_s
     assert ProfiledTable.from_json(table.to_json()) == table
     with pytest.raises(InvalidArgumentError, match="_version"):
-        ProfiledTable.from_json(table.to_json().replace('"_version": 3', '"_version": 7'))
+        ProfiledTable.from_json(table.to_json().replace('"_version": 2', '"_version": 7'))
 
 
 def test_a_poisoned_or_noisy_cached_table_is_measured_again(tmp_path, monkeypatch) -> None:
