@@ -55,7 +55,7 @@ def test_first_use_times_the_unmodified_step_and_scales_every_time_term_outside_
     calls = _now_reads(monkeypatch, baseline * ratio)
     parts = used.compose(x, "decode")
     used.compose(space.default_vector(), "decode")  # later uses do not time again
-    assert calls == [{"warmup": 2, "repeats": 5, "prefill": False}] + [{"warmup": 1, "repeats": 5, "prefill": False}] * 2
+    assert calls == [{"warmup": 3, "repeats": 5, "prefill": False}] + [{"warmup": 1, "repeats": 5, "prefill": False}] * 2
     k = ratio if scaled else 1.0
     assert parts["table_scale"] == pytest.approx(k) and parts["unscaled_s"] == pytest.approx(table_says["latency_s"])
     for term in ("latency_s", "overhead_s", "units_s", "stream_s"):
@@ -72,12 +72,14 @@ def test_bursts_that_disagree_about_the_band_leave_the_table_as_measured(measure
     loaded, profile, space, cache, first = measured
     used = Profiler(loaded, space, profile, WORK, timing=TIMING, cache_dir=cache, use_cache=False)
     used.table = first.table.__class__.from_json(first.table.to_json())
-    reads = iter([1.6, 1.05, 1.7])
+    reads = iter([1.2, 1.1, 1.18])
     base = first.table.baseline_s["decode"]
     monkeypatch.setattr(Profiler, "_session_step", lambda self, spec, **kw: (base * next(reads), None, {}))
     assert used.revalidate()["scale"] == 1.0 and "disagree" in used.drift["how"]
-    reads = iter([1.6, 1.3, 1.7])  # all outside: scaled by the burst nearest the table
-    assert used.revalidate()["scale"] == pytest.approx(1.3)
+    reads = iter([1.6, 1.5, 1.55])  # all outside, steady: scaled by the burst nearest the table
+    assert used.revalidate()["scale"] == pytest.approx(1.5)
+    reads = iter([1.6, 1.3, 1.7, 1.9, 1.4, 1.6])  # spread twice over the band: recorded, not applied
+    assert used.revalidate()["scale"] == 1.0 and "noisy: not applied" in used.drift["how"]
 
 
 def test_a_sweep_worker_takes_the_coordinators_check_and_times_nothing(measured, monkeypatch):
