@@ -355,7 +355,7 @@ def check_text(runtime_summary: dict[str, Any]) -> str:
     if not c or "ratio" not in c:
         return ""
     return (f"; the profiled evaluator's re-validation on first use, after the reference: unmodified step now / "
-            f"table {c['ratio']:.2f} (load {c.get('load_1m')}) -> time terms x{c['scale']:.2f}")
+            f"table {c['ratio']:.2f} (load {c.get('load_1m')}; {c.get('how')}) -> time terms x{c['scale']:.2f}")
 
 
 def pairs_text(pairs: dict[str, Any] | None) -> str:
