@@ -34,7 +34,9 @@ an entry above ``NOISY`` is re-measured once and, if it stays, labelled noisy in
 evaluator's method says how many); the load average is recorded with the table. On load, a cheap spot check
 re-times the unmodified step: a cached table slower than now by more than ``STALE`` (measured under load,
 or stale) or mostly noisy is re-measured, not trusted; one faster than now is kept (the machine is loaded
-NOW) and the check is recorded. A fresh table's baseline step and its choices' context runs are timed in interleaved
+NOW) and the check is recorded. On first use (``compose``) the table is re-validated against the machine's
+present state (``cost/profiled_drift.py``): the unmodified step timed now against the table's own figure for it,
+and outside a band every time term scaled by that factor, said in the estimate's method. A fresh table's baseline step and its choices' context runs are timed in interleaved
 rounds (``TimingSettings.rounds``, ``cost/profiled_context.py``), so a load change moves them all alike.
 """
 from __future__ import annotations
@@ -57,6 +59,7 @@ from torch import nn
 from autosurgeon._logging import get_logger
 from autosurgeon.cost.base import LeafChoice, block_stream, count_ops, default_group, resolve_blocks
 from autosurgeon.cost.dispersion import NOISY, iqr_ratio, load_average, timed_samples
+from autosurgeon.cost.profiled_drift import describe as describe_drift, revalidate as revalidate_table
 from autosurgeon.cost.profiled_trust import trust_table
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
@@ -112,12 +115,19 @@ class Profiler:
         timing: warm-up and repeats.
         cache_dir: cache root (default ``$AUTOSURGEON_CACHE`` or ``~/.cache/autosurgeon``).
         use_cache: read and write ``<cache>/profiled/<key>.json``.
+        revalidate: on first use (``compose``) time the unmodified step now and, outside
+            ``profiled_drift.DRIFT_BAND`` of the table's own figure, scale every time term by now / table
+            (``cost/profiled_drift.py``; recorded in ``table.checks`` and in ``drift``).
     """
 
     def __init__(self, loaded: LoadedModel, space: SearchSpace, profile: HardwareProfile, workload: Workload, *,
                  timing: TimingSettings | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                 use_cache: bool = True) -> None:
+                 use_cache: bool = True, revalidate: bool = True) -> None:
         self.loaded, self.module = loaded, loaded.model
+        self.revalidate_on_use = revalidate
+        self.load_check: dict[str, Any] | None = None  # the spot check made when a cached table was loaded
+        self.drift: dict[str, Any] | None = None  # the re-validation made on first use (profiled_drift)
+        self.fresh_at: float | None = None  # time.time() when this profiler last measured the table's base
         self.space, self.profile, self.workload = space, profile, workload
         self.timing = timing or TimingSettings()
         self.use_cache = use_cache
@@ -372,6 +382,7 @@ class Profiler:
             self.table.stream[placement] = self._measure_stream(placement)
         self.table.seconds += time.perf_counter() - started
         self._dirty = True
+        self.fresh_at = time.time()
 
     def mark_changed(self) -> None:
         """The table was changed by its holder (an entry in ``table.settings``): ``save`` writes it."""
@@ -460,6 +471,8 @@ class Profiler:
             for phase in self._phases():
                 for streamed in streams:
                     self.leaf_seconds(choice, kind, phase, streamed=streamed)
+        if self.fresh_at is not None:  # measured here: fresh from the end of the build
+            self.fresh_at = time.time()
         self.save()
         return len(self.table.unit_s)
 
@@ -515,9 +528,28 @@ class Profiler:
         return measure_kv_op_seconds(self)
 
     # ---- composition
-    def compose(self, x: Any, phase: str) -> dict[str, Any]:
-        """Latency of vector ``x`` in ``phase`` from the table (module docstring), with its parts."""
+    def revalidate(self) -> dict[str, Any]:
+        """Re-validate the table against the machine now (``cost/profiled_drift.py``); later compositions use the
+        new factor. Called by the first ``compose``; call it again to follow a machine whose state moved."""
         self.ensure_base()
+        self.drift = revalidate_table(self)
+        return self.drift
+
+    @property
+    def scale(self) -> float:
+        """The factor every time term takes (1.0 until re-validated, or inside the band)."""
+        return float(self.drift["scale"]) if self.drift else 1.0
+
+    def drift_note(self) -> str:
+        """The re-validation's clause for an estimate's method ("" when none was made)."""
+        return describe_drift(self.drift)
+
+    def compose(self, x: Any, phase: str) -> dict[str, Any]:
+        """Latency of vector ``x`` in ``phase`` from the table (module docstring), with its parts; every time
+        term scaled by the first use's re-validation (``scale``; ``unscaled_s`` the table's own sum)."""
+        self.ensure_base()
+        if self.drift is None and self.revalidate_on_use:
+            self.revalidate()
         blocks = resolve_blocks(self.space, x)
         units_s = stream_s = 0.0
         streamed_bytes = 0
@@ -534,8 +566,10 @@ class Profiler:
                 stream_s += fetches * cost["fetch_s"] + nbytes * cost["s_per_byte"]
                 streamed_bytes += nbytes
         overhead = self.table.overhead_s[phase]
-        return {"latency_s": overhead + units_s + stream_s, "overhead_s": overhead, "units_s": units_s,
-                "stream_s": stream_s, "streamed_bytes": streamed_bytes}
+        k = self.scale
+        return {"latency_s": k * (overhead + units_s + stream_s), "overhead_s": k * overhead, "units_s": k * units_s,
+                "stream_s": k * stream_s, "streamed_bytes": streamed_bytes, "table_scale": k,
+                "unscaled_s": overhead + units_s + stream_s}
 
 
 __all__ = ["ProfiledTable", "Profiler", "TimingSettings", "Workload", "base_inputs", "make_steps",

@@ -11,6 +11,7 @@ that re-measured would price plans differently from the serial evaluator and fro
 from __future__ import annotations
 
 import contextvars
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -71,6 +72,7 @@ def trust_table(profiler: Any, table: Any) -> bool:
                        "measuring it again.", profiler.path, cached * 1e3, now * 1e3, check["load_1m"])
         return False
     table.checks = [*table.checks[-4:], check]
+    profiler.load_check = {**check, "at": time.time()}  # the first use's re-validation may stand on it (profiled_drift)
     return True
 
 

@@ -15,7 +15,9 @@ seconds so sweeps can report evaluations per second. Three evaluators:
 Memory in the cheap evaluators is ``footprint.plan_memory`` (the runtime's byte formula); quality there is
 the sensitivity proxy (``SensitivityTable.predict_loss``, sum of per-unit KL): for LMs ``exp(sum KL) - 1``
 (KL in nats per token approximates the rise in mean NLL, and perplexity is ``exp(NLL)``); for classifiers
-the KL sum itself (an uncalibrated proxy; it ranks plans, it is not accuracy points). Units absent from
+the expected share of top-1 decisions lost (``quality.flip_proxy``: each unit's noise on the reference's top-1
+margins, summed, against those margins on the calibration images), in accuracy points as measured; a table
+without margins (measured before they were kept) gives the KL sum itself. Units absent from
 the table (an embedding's float cast) and precisions it did not measure (fp8) add 0 and are counted in
 ``extra["quality_unscored"]``.
 

@@ -20,6 +20,7 @@ from autosurgeon.evaluate.session_terms import SessionTerms
 from autosurgeon.hardware.resolve import resolve_profile
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan, model_fingerprint
+from autosurgeon.quality.flip_proxy import expected_flip_loss
 from autosurgeon.space.search_space import SearchSpace
 
 if TYPE_CHECKING:  # annotations only
@@ -163,16 +164,26 @@ class Evaluator(SessionTerms, KVQualityProxy):
         table = self.sensitivity
         if table is None:
             return None, {}
-        total, unscored = 0.0, 0
+        total, unscored, noise = 0.0, 0, 0.0
+        flips = bool(table.margin_mse) and bool(table.margins)  # a classifier: expected top-1 flips (flip_proxy)
         for (name, knob), value in self.space.values(x).items():
             if knob != "precision" or value == "float32":
                 continue
             if name in table.params and (name, value) in table.divergence:
                 total += table.divergence[(name, value)]
+                noise += table.margin_mse.get((name, value), 0.0) if flips else 0.0
             else:
                 unscored += 1
         kv_nats, kv_extra = self._kv_quality(self._session(x)) if self.workload.task == "causal-lm" else (0.0, {})
-        loss = math.expm1(total + kv_nats) if self.workload.task == "causal-lm" else total
+        if self.workload.task == "causal-lm":
+            loss = math.expm1(total + kv_nats)
+        elif flips:
+            loss = expected_flip_loss(table.margins, table.correct, noise)
+            kv_extra = {**kv_extra, "quality_proxy_margin_var": noise, "quality_proxy_method": (
+                f"expected top-1 flips: each unit's margin noise summed, against the reference's margins on "
+                f"{len(table.margins)} calibration images (quality.flip_proxy)")}
+        else:
+            loss = total
         return loss, {"quality_proxy_kl": total, "quality_unscored": unscored, **kv_extra}
 
     def _per_item(self, step_s: float) -> float:

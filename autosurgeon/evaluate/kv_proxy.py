@@ -102,6 +102,8 @@ class KVQualityProxy:
         if quality is None:
             return ""
         proxy = qextra.get("quality_kv_proxy")
+        if qextra.get("quality_proxy_method"):  # a classifier: flips from margin noise
+            return "; quality: sensitivity proxy, " + qextra["quality_proxy_method"]
         if proxy is None:
             return "; quality: sensitivity proxy"
         if "table" not in proxy:

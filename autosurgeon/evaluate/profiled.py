@@ -30,7 +30,9 @@ class ProfiledEvaluator(Evaluator):
     """Per-unit runtime measurements composed per plan (``cost_profiled``); latency "profiled".
 
     Extra args: ``timing`` (TimingSettings), ``cache_dir``/``use_disk_cache`` for the table, ``measure_all``
-    (measure every valid unit choice up front, so evaluations only look up), ``lookahead`` (memory formula).
+    (measure every valid unit choice up front, so evaluations only look up), ``lookahead`` (memory formula),
+    ``revalidate`` (default True: on first use the table is checked against the machine now and, outside a band,
+    its time terms scaled, said in the method: ``cost/profiled_drift.py``).
     ``profile`` must describe THIS machine (default "local"): the table is measured here.
 
     Calibration (optional): ``calibrate_with`` (a RuntimeEvaluator of the same model and space) and
@@ -46,7 +48,8 @@ class ProfiledEvaluator(Evaluator):
     def __init__(self, loaded: LoadedModel, profile: Any = "local", *, timing: TimingSettings | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, use_disk_cache: bool = True,
                  measure_all: bool = True, lookahead: int = 2, calibrate_with: Any = None,
-                 calibration_plans: int = 0, calibration_seed: int = 12345, **kwargs: Any) -> None:
+                 calibration_plans: int = 0, calibration_seed: int = 12345, revalidate: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(loaded, profile, **kwargs)
         self.lookahead = lookahead
         if calibration_plans < 0 or (calibration_plans and calibrate_with is None):
@@ -54,7 +57,7 @@ class ProfiledEvaluator(Evaluator):
                                        "`calibrate_with` (a RuntimeEvaluator of this model and space).")
         self.calibration: dict[str, Any] = {"a": 0.0, "b": 1.0, "points": [], "seed": None}
         self.profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=timing,
-                                 cache_dir=cache_dir, use_cache=use_disk_cache)
+                                 cache_dir=cache_dir, use_cache=use_disk_cache, revalidate=revalidate)
         started = time.perf_counter()
         if measure_all:
             self.profiler.measure_all()
@@ -118,7 +121,8 @@ class ProfiledEvaluator(Evaluator):
         method = (f"profiled: unit medians measured on this machine's runtime (table {table.key}, "
                   f"{len(table.unit_s)} entries, {len(table.noisy)} of {len(table.spread)} labelled noisy "
                   f"(IQR/median > 0.15 after a re-measure), measured at load {table.settings.get('load_1m')}"
-                  + (f", spot check {table.checks[-1]['verdict']}" if table.checks else "")
+                  + (f", spot check on load {self.profiler.load_check['verdict']}" if self.profiler.load_check else "")
+                  + self.profiler.drift_note()
                   + ") + measured fixed overhead + measured streaming "
                   "costs" + (f", calibrated on {len(self.calibration['points'])} runtime plans (step = "
                               f"{self.calibration['a'] * 1e3:.3f} ms + {self.calibration['b']:.3f} x composed)"
@@ -131,4 +135,5 @@ class ProfiledEvaluator(Evaluator):
             peak_bytes=peak,
             energy_j=self._per_item(joules), quality_loss=quality, labels=labels, method=method,
             device=self.profile.fingerprint, evaluator=self.name, phase=self.workload.phase,
-            extra={**self._base_extra(), **parts, **qextra, **mem_extra})
+            extra={**self._base_extra(), **parts, **qextra, **mem_extra,
+                   **({"table_check": dict(self.profiler.drift)} if self.profiler.drift else {})})

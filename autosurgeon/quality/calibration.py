@@ -178,7 +178,8 @@ def calibration_for(loaded: LoadedModel, *, n_samples: int = 8, seq_len: int = 1
     task = getattr(loaded, "task", None)
 
     if is_foreign_classifier(loaded):
-        x, y = model_images(loaded, n_samples=max(n_samples, 16), seed=seed)
+        # 64 images at least: the flip proxy's expected flip rate is a mean over them (quality.flip_proxy)
+        x, y = model_images(loaded, n_samples=max(n_samples, 64), seed=seed)
         return CalibrationData("images", x, y, {"source": SOURCE, "n_samples": int(x.shape[0]), "seed": seed})
     if getattr(loaded, "source", None) == "zoo" or task == "image-classification":
         return default_calibration(task or "custom")

@@ -45,6 +45,7 @@ from autosurgeon.quality.calibration import (
     module_of,
     run_model,
 )
+from autosurgeon.quality.flip_proxy import margin_change_sq, reference_margins
 from autosurgeon.quality.hutchinson import unit_hessian_traces
 from autosurgeon.quality.precision_swap import precision_units, supported_precisions, swapped, weight_perturbation
 from runtime.kernels import default_kernel
@@ -52,7 +53,7 @@ from runtime.kernels import default_kernel
 logger = get_logger(__name__)
 
 TABLE_TYPE = "autosurgeon.SensitivityTable"
-TABLE_VERSION = 2
+TABLE_VERSION = 3  # 3: classifiers keep their reference margins and each unit's margin noise (flip_proxy)
 DEFAULT_PRECISIONS = ("bfloat16", "float16", "int8", "int4", "int8-dynamic")
 PROXIES = ("divergence", "hessian", "loss_delta")
 
@@ -72,6 +73,10 @@ class SensitivityTable:
         loss_delta: ``{(fqn, precision): signed change of the calibration NLL per position}`` (nats), the
             first-order-aware alternative to the KL: quantization noise can also LOWER a loss.
         seconds: wall time of each phase (``reference``, ``divergence``, ``hessian``) when measured.
+        margin_mse: classifiers: ``{(fqn, precision): mean square change of the reference's top-1 margins}``
+            with only that unit changed (``quality.flip_proxy``); empty for other tasks.
+        margins: classifiers: per calibration image, the reference's smallest top-1 margins (log-prob gaps).
+        correct: classifiers: per calibration image, whether the reference's top-1 is the label.
     """
 
     divergence: Mapping[tuple[str, str], float]
@@ -83,6 +88,9 @@ class SensitivityTable:
     key: str = ""
     settings: Mapping[str, Any] = field(default_factory=dict)
     seconds: Mapping[str, float] = field(default_factory=dict)
+    margin_mse: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    margins: Sequence[Sequence[float]] = ()
+    correct: Sequence[bool] = ()
 
     @property
     def units(self) -> list[str]:
@@ -136,6 +144,8 @@ class SensitivityTable:
             "loss_delta": [[f, p, v] for (f, p), v in self.loss_delta.items()],
             "hessian": dict(self.hessian), "params": dict(self.params), "metric": self.metric, "key": self.key,
             "settings": dict(self.settings), "seconds": dict(self.seconds),
+            "margin_mse": [[f, p, v] for (f, p), v in self.margin_mse.items()],
+            "margins": [list(map(float, m)) for m in self.margins], "correct": [bool(c) for c in self.correct],
         }
         return json.dumps(wrap(TABLE_TYPE, TABLE_VERSION, data), indent=1)
 
@@ -149,6 +159,9 @@ class SensitivityTable:
             perturbation={(f, p): float(v) for f, p, v in d["perturbation"]},
             loss_delta={(f, p): float(v) for f, p, v in d["loss_delta"]},
             metric=d["metric"], key=d["key"], settings=d["settings"], seconds=d["seconds"],
+            margin_mse={(f, p): float(v) for f, p, v in d.get("margin_mse", [])},
+            margins=[[float(v) for v in m] for m in d.get("margins", [])],
+            correct=[bool(c) for c in d.get("correct", [])],
         )
 
 
@@ -172,9 +185,13 @@ def _kl_and_nll(ref_logp: torch.Tensor, logits: torch.Tensor, targets: torch.Ten
 
 @torch.no_grad()
 def _divergences(model: nn.Module, calibration: CalibrationData, units: Sequence[str],
-                 precisions: Mapping[str, Sequence[str]], *, group_size: int, batch_size: int
+                 precisions: Mapping[str, Sequence[str]], *, group_size: int, batch_size: int,
+                 flips: dict[str, Any] | None = None
                  ) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float], float]:
-    """``(KL per position, signed NLL change per position, seconds for the reference)`` per (unit, precision)."""
+    """``(KL per position, signed NLL change per position, seconds for the reference)`` per (unit, precision);
+    for images also fills ``flips`` (``margin_mse``, ``margins``, ``correct``: ``quality.flip_proxy``)."""
+    flips = {} if flips is None else flips
+    flips.setdefault("margin_mse", {})
     device = next(model.parameters()).device
     batches = list(calibration.batches(batch_size, device))
     started = time.perf_counter()
@@ -185,17 +202,29 @@ def _divergences(model: nn.Module, calibration: CalibrationData, units: Sequence
     reference_s = time.perf_counter() - started
     ref_nll = sum(float(-r.gather(-1, y.unsqueeze(-1)).sum()) for r, (_, y) in zip(refs, batches))
     positions = sum(r[..., 0].numel() for r in refs)
+    images = calibration.kind == "images"
     kls: dict[tuple[str, str], float] = {}
     deltas: dict[tuple[str, str], float] = {}
     for fqn in units:
         for precision in precisions[fqn]:
-            kl = nll = 0.0
+            kl = nll = msq = 0.0
+            count = 0
             with swapped(model, {fqn: precision}, group_size=group_size):
                 for ref, (x, y) in zip(refs, batches):
-                    k, n = _kl_and_nll(ref, run_model(model, calibration.kind, x), y)
+                    logits = run_model(model, calibration.kind, x)
+                    k, n = _kl_and_nll(ref, logits, y)
                     kl, nll = kl + k, nll + n
+                    if images:  # the classifier's margin noise (quality.flip_proxy)
+                        sq, c = margin_change_sq(ref, torch.log_softmax(logits.float(), dim=-1))
+                        msq, count = msq + sq, count + c
             kls[(fqn, precision)] = max(0.0, kl / positions)  # clamp float rounding below zero
             deltas[(fqn, precision)] = (nll - ref_nll) / positions
+            if images:
+                flips["margin_mse"][(fqn, precision)] = msq / max(1, count)
+    if images:
+        tops, margins = zip(*(reference_margins(r) for r in refs))
+        flips["margins"] = [list(map(float, m)) for m in torch.cat(margins)]
+        flips["correct"] = [bool(c) for c in torch.cat([t.cpu() == y.cpu() for t, (_, y) in zip(tops, batches)])]
     return kls, deltas, reference_s
 
 
@@ -295,8 +324,9 @@ def measure_sensitivity(
     module.eval()
     try:
         started = time.perf_counter()
+        flips: dict[str, Any] = {}
         divergence, loss_delta, reference_s = _divergences(module, calibration, units, per_unit, group_size=group_size,
-                                               batch_size=batch_size)
+                                                           batch_size=batch_size, flips=flips)
         divergence_s = time.perf_counter() - started
         started = time.perf_counter()
         hessian = (unit_hessian_traces(module, calibration, units, n_samples=hessian_samples, seed=seed,
@@ -315,6 +345,7 @@ def measure_sensitivity(
         metric={"tokens": "kl_next_token", "embeddings": "embedding_cosine_loss"}.get(calibration.kind, "kl_logits"),
         key=key, settings=settings,
         seconds={"reference": reference_s, "divergence": divergence_s, "hessian": hessian_s},
+        margin_mse=flips.get("margin_mse", {}), margins=flips.get("margins", []), correct=flips.get("correct", []),
     )
     logger.info("sensitivity of %d units x %d precisions in %.1f s (+ Hessian %.1f s)", len(units),
                 len(precisions), divergence_s, hessian_s)

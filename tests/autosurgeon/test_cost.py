@@ -139,7 +139,8 @@ def test_profiled_table_is_cached_on_disk_and_reused(tmp_path, monkeypatch) -> N
     assert again.table.unit_s == table.unit_s and again.table.stream == table.stream
     x = space.random_vector(np.random.default_rng(0))
     assert again.compose(x, "decode")["latency_s"] == pytest.approx(first.compose(x, "decode")["latency_s"])
-    assert calls == [{"warmup": 2, "repeats": 5, "prefill": False}] and again.table.checks[-1]["verdict"] == "kept"
+    assert calls == [{"warmup": 2, "repeats": 5, "prefill": False}] and again.load_check["verdict"] == "kept"
+    assert again.drift["how"] == "the load-time spot check"  # the first use stands on it (profiled_drift.py)
     # Other settings: another key, another file.
     other = Profiler(lm, space, profile, work, timing=TimingSettings(repeats=3), cache_dir=tmp_path)
     assert other.path != first.path and not other.table.unit_s

@@ -124,7 +124,7 @@ def test_cache_round_trip_and_key(llama, calib, tmp_path, monkeypatch):
     other = type(llama)(llama.config).eval()
     assert sens._cache_key(other, table.settings) != table.key
     with pytest.raises(InvalidArgumentError, match="`_version` 99 is newer than this AutoSurgeon reads"):
-        SensitivityTable.from_json(table.to_json().replace('"_version": 2', '"_version": 99'))
+        SensitivityTable.from_json(table.to_json().replace('"_version": 3', '"_version": 99'))
 
 
 def test_predict_loss_is_additive_and_checks_input():
