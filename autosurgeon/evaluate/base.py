@@ -165,7 +165,9 @@ class Evaluator(SessionTerms, KVQualityProxy):
         if table is None:
             return None, {}
         total, unscored, noise = 0.0, 0, 0.0
-        flips = bool(table.margin_mse) and bool(table.margins)  # a classifier: expected top-1 flips (flip_proxy)
+        # a classifier: expected top-1 flips (flip_proxy); a table without margins (not a classifier's, or a
+        # stand-in with only divergences) is summed as KL
+        flips = bool(getattr(table, "margin_mse", None)) and bool(getattr(table, "margins", None))
         for (name, knob), value in self.space.values(x).items():
             if knob != "precision" or value == "float32":
                 continue
