@@ -67,6 +67,12 @@ __all__ = ["DEFAULT_DISK_IO", "DISK_IO", "PERSISTENT_DISK_IO", "StreamStats", "S
 logger = get_logger(__name__)
 
 
+def _prepared_releases(unit: StreamUnit) -> tuple[Any, ...]:
+    """The ``release_prepared`` callables of the unit's modules (each once): QuantizedLinear's packed copies."""
+    owners = {id(m): m for m, _, _ in unit.members}.values()
+    return tuple(r for r in (getattr(m, "release_prepared", None) for m in owners) if r is not None)
+
+
 class Streamer:
     """Attaches streaming hooks to units, executes fetch/release, detaches cleanly.
 
@@ -241,10 +247,8 @@ class Streamer:
                     m._buffers[a] = value
             if registered:
                 self.store.unregister(names, label=unit.name)
-            for m in {id(m): m for m, _, _ in unit.members}.values():
-                release = getattr(m, "release_prepared", None)  # a packed copy of the placed buffers must not
-                if release is not None:  # outlive them: it would hold their old device's memory (GPU residue)
-                    release()
+            for release in _prepared_releases(unit):  # a packed copy of the placed buffers must not outlive
+                release()  # them: it would hold their old device's memory (the GPU residue of resident int4)
             if unit.prepared:
                 self.store.uncharge(tier_of(unit.device), unit.prepared, label=f"{unit.name}:prepared")
                 unit.prepared = 0
@@ -421,9 +425,7 @@ class Streamer:
     def _park(self, unit: StreamUnit) -> None:
         """Between uses: a persistently mapped unit stays bound to its views (``keep_bound``), any other streamed
         unit holds placeholders. Also collects the unit's ``release_prepared`` callables once."""
-        owners = {id(m): m for m, _, _ in unit.members}.values()
-        # QuantizedLinear: drop a kernel's packed copy after each use
-        unit.releases = tuple(r for r in (getattr(m, "release_prepared", None) for m in owners) if r is not None)
+        unit.releases = _prepared_releases(unit)  # QuantizedLinear: drop a kernel's packed copy after each use
         # Quantized units keep placeholders: kernel selection (choose_kernels, autosurgeon's autotune) tells a
         # streamed QuantizedLinear by its meta weights, and must not give it a kernel that repacks per use.
         unit.fixed = self.keep_bound and unit.mviews is not None and not unit.releases
