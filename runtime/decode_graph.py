@@ -39,7 +39,7 @@ from torch import nn
 from runtime._log import get_logger
 from runtime.decode_ops import DecodeOps, TritonOps, VerifiedOps, pick_ops
 from runtime.errors import BudgetExceededError, JalapenoError
-from runtime.graph_branches import Branches
+from runtime.graph_branches import Branches, L2Prefetch
 from runtime.graph_stream import StaticStreamSchedule, run_unit
 from runtime.tensors import tier_of
 
@@ -189,12 +189,14 @@ class GraphDecoder:
         capture: False runs the very same step eagerly (the host path, and for comparisons).
         branches: run q/k/v and gate/up on parallel CUDA streams where they are not streamed units
             (:mod:`runtime.graph_branches`; same bits as in a row); False runs them in a row.
+        l2_prefetch: read each group's weights into L2 on a side stream while the small kernels before it run
+            (:class:`~runtime.graph_branches.L2Prefetch`; resident bf16 linears only; same bits).
         bucket: the static cache length is ``prompt + new tokens`` rounded up to a multiple of this, so
             nearby lengths reuse one captured graph.
     """
 
     def __init__(self, session: Session, *, ops: str = "auto", capture: bool = True, bucket: int = 64,
-                 branches: bool = True) -> None:
+                 branches: bool = True, l2_prefetch: bool = False) -> None:
         if bucket < 1:
             raise JalapenoError(f"`bucket` must be >= 1, got {bucket}.")
         self.session = session
@@ -227,6 +229,8 @@ class GraphDecoder:
             u.module is self.inner.embed_tokens and u.device.type == "cpu" for u in session.streamer.units)
         order = [u for m in self._call_order() if (u := self.units.get(id(m))) is not None]
         self.schedule = StaticStreamSchedule(session.streamer, self.device, order) if order else None
+        self.prefetch = L2Prefetch(self.device) if l2_prefetch and self.device.type == "cuda" \
+            and self.schedule is None and isinstance(self.ops, VerifiedOps) else None
         self.key: tuple[int, int] | None = None
         self.graph: Any = None
         self.steps = 0
@@ -254,6 +258,10 @@ class GraphDecoder:
     def _lin(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return run_unit(self.units.get(id(module)), self.schedule, module, x)
 
+    def _prefetch(self, modules: list[nn.Module]) -> None:
+        if self.prefetch is not None:
+            self.prefetch.start([m.weight for m in modules if type(m) is nn.Linear and m.weight.is_cuda])
+
     def _group(self, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
         """Independent products of ``x``: side by side where none is a streamed unit (its slot schedule is
         sequential), else one after the other."""
@@ -277,6 +285,9 @@ class GraphDecoder:
             if block is not None and sched is not None:
                 sched.bind(block)
             attn, mlp = layer.self_attn, layer.mlp
+            products = self._products(layer)
+            o_at = products.index(attn.o_proj)
+            self._prefetch(products[:o_at])  # q/k/v (or the fused qkv) while the norm runs
             res, x = ops.add_rms_norm(delta, res, layer.input_layernorm.weight, self.eps)
             qkv = _fused(attn, "self_attn")
             if qkv is not None:  # one product for q, k and v (a plan's fusion), sliced without copies
@@ -290,8 +301,11 @@ class GraphDecoder:
                 rep = self.heads // self.kv_heads
                 kc = kc[:, :, None].expand(b, self.kv_heads, rep, *kc.shape[2:]).reshape(b, self.heads, *kc.shape[2:])
                 vc = vc[:, :, None].expand(b, self.kv_heads, rep, *vc.shape[2:]).reshape(b, self.heads, *vc.shape[2:])
+            self._prefetch([attn.o_proj])  # while RoPE and attention run
             a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self.mask, scale=self.scaling)
             delta = self._lin(attn.o_proj, a.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
+            if not _moe(mlp):
+                self._prefetch(products[o_at + 1:-1])  # gate/up (or the fused gate_up) while the norm runs
             res, x = ops.add_rms_norm(delta, res, layer.post_attention_layernorm.weight, self.eps)
             if _moe(mlp):  # the model's own block: router and experts on the device, no host sync
                 delta = mlp(x)
@@ -304,6 +318,7 @@ class GraphDecoder:
                 delta = self._lin(mlp.down_proj, ops.silu_mul(gate, up))
             if block is not None and sched is not None:
                 sched.release(block)
+        self._prefetch([self.model.lm_head])
         _, x = ops.add_rms_norm(delta, res, self.inner.norm.weight, self.eps)
         logits = self._lin(self.model.lm_head, x)  # (B, 1, V)
         self.logits.copy_(logits[:, -1])
@@ -312,6 +327,8 @@ class GraphDecoder:
         self.ids.copy_(self.next)
         self.pos.add_(1)
         torch.where(self.positions <= self.pos, self.zero, self.ninf, out=self.mask)
+        if self.prefetch is not None:
+            self.prefetch.join()
         if sched is not None:
             sched.end()
 

@@ -264,16 +264,17 @@ def test_branches_off_cuda_run_in_order() -> None:
 
 
 @pytest.mark.gpu
-def test_parallel_branches_give_the_sequential_step_bit_for_bit() -> None:
+def test_parallel_branches_and_l2_prefetch_give_the_sequential_step_bit_for_bit() -> None:
     pytest.importorskip("triton")
     model = _cuda_model(layers=3)
     ids = _prompt(batch=1)
     logits = []
     with Session(model, _spec("cuda:0", 3), graphs=False) as session:
-        for branches in (True, False):
-            dec = GraphDecoder(session, branches=branches)
-            assert (dec.branches is not None) == branches
+        for branches, prefetch in ((True, False), (False, False), (True, True)):
+            dec = GraphDecoder(session, branches=branches, l2_prefetch=prefetch)
+            assert (dec.branches is not None) == branches and (dec.prefetch is not None) == prefetch
             dec.generate(ids, max_new_tokens=12)
+            assert dec.graph is not None
             logits.append(dec.logits.clone())
             dec.close()
-    assert torch.equal(logits[0], logits[1])
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
