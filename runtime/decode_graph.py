@@ -33,10 +33,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from runtime._log import get_logger
+from runtime.decode_attention import FlashDecodeAttention, masked_sdpa
 from runtime.decode_ops import DecodeOps, TritonOps, VerifiedOps, pick_ops
 from runtime.errors import BudgetExceededError, JalapenoError
 from runtime.graph_branches import Branches, L2Prefetch
@@ -189,6 +189,10 @@ class GraphDecoder:
         capture: False runs the very same step eagerly (the host path, and for comparisons).
         branches: run q/k/v and gate/up on parallel CUDA streams where they are not streamed units
             (:mod:`runtime.graph_branches`; same bits as in a row); False runs them in a row.
+        attention: "sdpa" (the whole static cache under a position mask) or "flash" (flash attention over the
+            filled positions, their count read on the device; taken only at batch 1 and where it is bit for bit
+            the unmasked SDPA call Hugging Face's decode makes, else "sdpa" with the reason in
+            ``attention_report``; :mod:`runtime.decode_attention`).
         l2_prefetch: read each group's weights into L2 on a side stream while the small kernels before it run
             (:class:`~runtime.graph_branches.L2Prefetch`; resident bf16 linears only; same bits).
         bucket: the static cache length is ``prompt + new tokens`` rounded up to a multiple of this, so
@@ -196,7 +200,9 @@ class GraphDecoder:
     """
 
     def __init__(self, session: Session, *, ops: str = "auto", capture: bool = True, bucket: int = 64,
-                 branches: bool = True, l2_prefetch: bool = False) -> None:
+                 branches: bool = True, l2_prefetch: bool = False, attention: str = "sdpa") -> None:
+        if attention not in ("sdpa", "flash"):
+            raise JalapenoError(f"`attention` must be 'sdpa' or 'flash', got {attention!r}.")
         if bucket < 1:
             raise JalapenoError(f"`bucket` must be >= 1, got {bucket}.")
         self.session = session
@@ -214,6 +220,15 @@ class GraphDecoder:
         self.eps = float(self.layers[0].input_layernorm.variance_epsilon)
         self.scaling = self.head_dim ** -0.5
         self.branches = Branches(self.device, 3) if branches and self.device.type == "cuda" else None
+        self.use_flash, self.attention_report = False, "sdpa over the static cache with a position mask"
+        if attention == "flash":
+            self.use_flash, note = FlashDecodeAttention.verify(
+                self.device, self.layers[0].input_layernorm.weight.dtype, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                scale=self.scaling)
+            self.attention_report = note if self.use_flash else f"sdpa with a mask ({note})"
+            if not self.use_flash:
+                logger.info("decode graph: %s", self.attention_report)
+        self.flash: FlashDecodeAttention | None = None
         self.dtype = self.layers[0].input_layernorm.weight.dtype
         self.ops: DecodeOps
         self.ops, why = pick_ops(ops, self.device, head_dim=self.head_dim, dtype=self.dtype)
@@ -274,6 +289,8 @@ class GraphDecoder:
         ops, sched = self.ops, self.schedule
         if sched is not None:
             sched.begin()
+        if self.flash is not None:
+            self.flash.set_length(self.pos)
         if self.embed_on_host:
             res = self.x_in
         else:
@@ -297,12 +314,11 @@ class GraphDecoder:
             kc, vc = self.k_cache[i], self.v_cache[i]
             q = ops.rope_cache(q, k, v, self.cos, self.sin, self.pos, kc, vc, self.heads, self.kv_heads,
                                self.head_dim)
-            if self.kv_heads != self.heads:
-                rep = self.heads // self.kv_heads
-                kc = kc[:, :, None].expand(b, self.kv_heads, rep, *kc.shape[2:]).reshape(b, self.heads, *kc.shape[2:])
-                vc = vc[:, :, None].expand(b, self.kv_heads, rep, *vc.shape[2:]).reshape(b, self.heads, *vc.shape[2:])
             self._prefetch([attn.o_proj])  # while RoPE and attention run
-            a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self.mask, scale=self.scaling)
+            if self.flash is not None:
+                a = self.flash(q, kc, vc)
+            else:
+                a = masked_sdpa(q, kc, vc, self.mask, self.scaling, self.heads)
             delta = self._lin(attn.o_proj, a.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
             if not _moe(mlp):
                 self._prefetch(products[o_at + 1:-1])  # gate/up (or the fused gate_up) while the norm runs
@@ -356,6 +372,8 @@ class GraphDecoder:
         self.x_in = torch.zeros(batch, 1, self.hidden, dtype=dt, device=dev)
         self.logits = torch.zeros(batch, self.cfg.vocab_size, dtype=dt, device=dev)
         self.key = (batch, length)
+        self.flash = FlashDecodeAttention(dev, length=length, scale=self.scaling) \
+            if self.use_flash and batch == 1 else None
 
     def _release_state(self) -> None:
         self.graph = None

@@ -52,6 +52,7 @@ GIB = 2**30
 DEFAULT_ROW = ("ours: the Session's default (captured step, exact fused ops, q/k/v and gate/up on parallel "
                "streams)")
 SEQ_ROW = "ours: captured decode step, products one after the other (session 7's default)"
+FLASH_ROW = "ours: the Session's default with attention='flash' (flash attention over the filled positions)"
 FUSED_ROW = "ours: plan with q/k/v and gate/up fused, captured decode step, fused Triton ops (exact ops)"
 INT4_HEAD_ROW = "ours int4 g128 head included (the uniform int4 plan), all blocks resident, captured decode step"
 INT4_HEAD_FUSED_ROW = ("ours int4 g128 head included, q/k/v and gate/up fused, all blocks resident, captured "
@@ -369,6 +370,7 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
         runs = {"Hugging Face eager (dynamic cache), all weights on the GPU": None,
                 default_name: GraphDecoder(session),
                 SEQ_ROW: GraphDecoder(session, branches=False),
+                FLASH_ROW: GraphDecoder(session, attention="flash"),
                 fused_name: GraphDecoder(fsession),
                 "ours: captured decode step, fused Triton ops with one-kernel RMSNorm (not bit-exact)":
                     GraphDecoder(session, ops="triton-fast"),
@@ -383,6 +385,8 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
         ref = out[next(iter(runs))]
         for name, r in out.items():
             r["name"] = name
+            if runs[name] is not None:
+                r["attention"] = runs[name].attention_report
             if r is not ref:
                 r["tokens_match_reference"] = r["tokens"] == ref["tokens"]
                 r["max_abs_logit_diff"] = float((r["last_logits"] - ref["last_logits"]).abs().max())
@@ -574,7 +578,7 @@ def _gpu_markdown(res: dict[str, Any]) -> list[str]:
                 match = f"{match}; = its own eager: {r['tokens_match_own_eager']}"
             frac = r["tokens_per_s"] * res["model_bytes"] / hbm if hbm and r in resident else None
             lines.append(f"| {r['name']} | {r['tokens_per_s']:.1f} | {', '.join(f'{x:.1f}' for x in r['rounds_tok_s'])} | "
-                         f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.0f')}"
+                         f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.1f')}"
                          f"{'%' if frac else ''} | {r['tokens_per_s'] / eager:.1f}× | {match} |")
         by_name = {r["name"]: r["tokens_per_s"] for r in [*resident, *int4_res]}
         for int4_row, bf16_row, alike in INT4_PAIRS:
@@ -582,6 +586,8 @@ def _gpu_markdown(res: dict[str, Any]) -> list[str]:
                 lines.append(f"\nint4 g128 uniform plan / bf16, {alike}: {by_name[int4_row]:.1f} / "
                              f"{by_name[bf16_row]:.1f} = {by_name[int4_row] / by_name[bf16_row]:.2f}x.")
         for r in resident:
+            if r["name"] == FLASH_ROW:
+                lines.append(f"\nAttention of '{r['name']}': {r.get('attention')}.")
             if r.get("ops_report"):
                 lines.append(f"\nOps of '{r['name']}' (each fused op checked bit for bit against torch's on random "
                              f"inputs, first exact variant kept): {r['ops_report']}.")

@@ -278,3 +278,25 @@ def test_parallel_branches_and_l2_prefetch_give_the_sequential_step_bit_for_bit(
             logits.append(dec.logits.clone())
             dec.close()
     assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
+
+# ------------------------------------------------------------------------------------------- attention
+def test_flash_attention_off_cuda_falls_back_to_masked_sdpa_and_says_why() -> None:
+    with Session(tiny_llama(layers=2), _spec("cpu", 2), graphs=False) as session:
+        dec = GraphDecoder(session, capture=False, ops="torch", attention="flash")
+        assert not dec.use_flash and "CUDA only" in dec.attention_report
+        with pytest.raises(Exception, match="`attention` must be 'sdpa' or 'flash', got 'fast'"):
+            GraphDecoder(session, attention="fast")
+
+
+@pytest.mark.gpu
+def test_flash_attention_where_taken_gives_the_sdpa_steps_tokens() -> None:
+    model = _cuda_model(layers=3)
+    ids = _prompt(batch=1)
+    ref = greedy(model.to("cuda"), ids.to("cuda"), 24).cpu()
+    with Session(model, _spec("cuda:0", 3), graphs=False) as session:
+        dec = GraphDecoder(session, attention="flash")
+        out = dec.generate(ids, max_new_tokens=24).cpu()
+        assert (dec.flash is not None) == dec.use_flash, dec.attention_report
+        dec.close()
+    assert torch.equal(out, ref)
