@@ -4,7 +4,9 @@ Two settings (ANCHORS.md):
 
 * ``gpu``: Llama architecture, hidden 4096, 16 layers, vocab 32000, bf16 (~7.0 GB), batch 1 decode. First every
   weight on the GPU: Hugging Face eager (the token reference) against our captured decode step
-  (``runtime.decode_graph``: fused ops, torch ops, one-kernel RMSNorm) in interleaved rounds, with the device
+  (``runtime.decode_graph``: the Session's default ``GraphDecoder(session)`` with q/k/v and gate/up on parallel
+  streams, the same products in a row, ``attention="flash"``, the fused plan, torch ops, one-kernel RMSNorm) in
+  interleaved rounds, with the int4 rows paired like for like (default, fused, in a row), the device
   copy bound, NVML energy per token and the GEMV-only floor. Then a GPU budget of 3 GiB: our streaming eager
   and captured, int4 likewise (plus int4 all resident, eager vs captured), and accelerate
   ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` + ``dispatch_model``. Also measures pinned

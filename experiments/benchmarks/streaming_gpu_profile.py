@@ -1,9 +1,10 @@
 """Where a captured decode step's time goes on a GPU (issue 16): per-kernel device time of graph replays.
 
-The Llama shape of ``streaming gpu`` (hidden 4096, 16 layers, bf16 7.0 GB, batch 1), every weight resident. Three
-steps on one model in one process: the Session's default (``GraphDecoder(session)``: exact fused ops, q/k/v and
-gate/up on parallel streams), the same step with the products one after the other (``branches=False``), and the
-plan with q/k/v and gate/up fused. For each:
+The Llama shape of ``streaming gpu`` (hidden 4096, 16 layers, bf16 7.0 GB, batch 1), every weight resident. Steps on one
+model in one process: the Session's default (``GraphDecoder(session)``: exact fused ops, q/k/v and gate/up on
+parallel streams), the same step with the products one after the other (``branches=False``), the plan with q/k/v
+and gate/up fused, each of the last and the default with ``attention="flash"``, and with ``--all`` the default with
+``l2_prefetch`` and with SDPA's memory-efficient kernel. For each:
 
 - time per token: CUDA events around ``--replays`` back-to-back replays, interleaved rounds, median over rounds,
   against the device copy bound measured in the same run;
@@ -34,13 +35,14 @@ from runtime.decode_graph import GraphDecoder
 from runtime.session import Session
 
 # kernel name -> what it does (first match wins; names as cuBLAS, Triton and torch print them)
+# (session 8's committed profiles ran with an earlier list that counted cuBLAS's splitKreduce_kernel as RMSNorm)
 CATEGORIES = (
-    ("rmsnorm", r"add_square|norm_apply|add_rms_norm|reduce_kernel"),
+    ("products (GEMV)", r"gemv|gemm|nvjet|cutlass|sm90_|splitk|splitK|Kernel2|tinygemm|matmul"),
+    ("rmsnorm", r"add_square|norm_apply|add_rms_norm|MeanOps"),
     ("rope + cache write", r"rope_cache"),
     ("silu*up", r"silu_mul"),
     ("attention", r"fmha|attention|flash|efficient|cudnn|softmax"),
-    ("products (GEMV)", r"gemv|gemm|nvjet|cutlass|sm90_|splitk|splitK|Kernel2|tinygemm|matmul"),
-    ("bookkeeping (argmax, copies, mask)", r"argmax|arg_max|copy|where|fill|add|elementwise|index"),
+    ("bookkeeping (argmax, copies, mask)", r"ArgMax|argmax|arg_max|copy|where|fill|add|elementwise|index"),
 )
 
 
