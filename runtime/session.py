@@ -504,7 +504,7 @@ class Session:
 
     def _energy_unseen(self) -> str | None:
         """Why the counter did not see the generate calls (None: it did, or the figure is an estimate)."""
-        from runtime.telemetry import COUNTER_WINDOW_S
+        from runtime.telemetry import COUNTER_WINDOW_S  # lazy: telemetry is imported only when measuring
 
         if self._energy is None or self._energy_source not in ("nvml", "rapl"):
             return None

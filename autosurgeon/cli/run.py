@@ -248,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     spec, device = session.spec, session.spec.rest_spec.device
     if args.no_graphs:
         session.graphs = False
-    from runtime.telemetry import COUNTER_WINDOW_S
+    from runtime.telemetry import COUNTER_WINDOW_S  # lazy: the CLI imports the runtime only to run
 
     with session:
         out = session.generate(ids, max_new_tokens=args.max_new_tokens)
