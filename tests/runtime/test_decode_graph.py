@@ -231,12 +231,16 @@ def test_experts_that_route_on_the_host_or_stream_as_units_are_named() -> None:
     spec = SessionSpec(blocks=(BlockSpec(device="cpu"), BlockSpec(device="cpu", home="cpu")),
                        rest=BlockSpec(device="cpu"), granularity="module")
     with Session(model, spec, graphs=False) as session:
-        session.rest_device = torch.device("cuda:0")  # past the device check, to the unit check
+        # the check reads only devices: label everything CUDA to get past the device check to the unit check
+        saved = session.rest_device, session.block_specs, [u.device for u in session.streamer.units]
+        session.rest_device = torch.device("cuda:0")
         session.block_specs = [BlockSpec(device="cuda:0")] * 2
         for unit in session.streamer.units:
             unit.device = torch.device("cuda:0")
         reason = unsupported_reason(session)
-        session.rest_device = torch.device("cpu")
+        session.rest_device, session.block_specs = saved[0], saved[1]
+        for unit, device in zip(session.streamer.units, saved[2]):
+            unit.device = device
     assert "streams part of a mixture of experts" in reason
 
 
