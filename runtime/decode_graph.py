@@ -11,6 +11,13 @@ advances the position and feeds its token back, so a replay is the only host wor
 
 - Prefill is the model's own eager forward (it is compute-bound; a graph would not help), its KV copied into
   the static cache; tokens therefore start exactly as eager's.
+- q/k/v and gate/up run side by side on forked streams (:mod:`runtime.graph_branches`): the same kernels on
+  the same bytes as one after the other, so the same bits, with one product filling the GPU while the last
+  finishes (``branches=False`` runs them in a row).
+- A Mixtral block's mixture of experts, its experts resident, runs the model's own router and experts modules:
+  routing stays on the device (top-k, sort, ``histc`` offsets, grouped GEMM over the chosen experts' rows) with no
+  host sync, so it is captured as is, bit for bit Hugging Face's; an experts implementation that synchronises
+  with the host (transformers' ``eager`` loop over ``nonzero``) or streamed experts stay eager, with the reason.
 - Streamed units go through :class:`runtime.graph_stream.StaticStreamSchedule`: their host-to-device copies
   are part of the graph, ordered by events on the Streamer's copy stream.
 - An embedding kept on the host (``modules={"model.embed_tokens": BlockSpec(device="cpu")}``) is looked up on
@@ -26,12 +33,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from runtime._log import get_logger
+from runtime.decode_attention import FlashDecodeAttention, masked_sdpa
 from runtime.decode_ops import DecodeOps, TritonOps, VerifiedOps, pick_ops
 from runtime.errors import BudgetExceededError, JalapenoError
+from runtime.graph_branches import Branches, L2Prefetch
 from runtime.graph_stream import StaticStreamSchedule, run_unit
 from runtime.tensors import tier_of
 
@@ -40,9 +48,13 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
-_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+SUPPORTED_TYPES = ("llama", "mistral", "qwen2", "mixtral")
+_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_LINEARS = (*_ATTN, "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# transformers' experts implementations whose routing never reads a device value on the host: "grouped_mm"
+# (sort, histc offsets, grouped GEMM) and "batched_mm" (gather by index). "eager" loops over ``nonzero``'s
+# result on the host, which a graph cannot record.
+CAPTURABLE_EXPERTS = ("grouped_mm", "batched_mm")
 # A plan's fusion knob (autosurgeon's fuse transform) puts one concatenated linear here, with ``sizes`` (the
 # members' output widths) and the product itself as ``.linear``; the members become slices of its output.
 _FUSED = {"self_attn": "qkv_proj", "mlp": "gate_up_proj"}
@@ -54,6 +66,12 @@ def _fused(parent: nn.Module, name: str) -> nn.Module | None:
     if fused is None or not hasattr(fused, "sizes") or not isinstance(getattr(fused, "linear", None), nn.Module):
         return None
     return fused
+
+
+def _moe(mlp: nn.Module) -> bool:
+    """Whether ``mlp`` is a sparse mixture-of-experts block (a router ``gate`` and an ``experts`` module)."""
+    return isinstance(getattr(mlp, "gate", None), nn.Module) and isinstance(getattr(mlp, "experts", None), nn.Module) \
+        and not hasattr(mlp, "gate_proj")
 
 
 def _split(out: torch.Tensor, sizes: tuple[int, ...]) -> list[torch.Tensor]:
@@ -82,16 +100,24 @@ def unsupported_reason(session: Session) -> str | None:
         attn = getattr(layer, "self_attn", None)
         if attn is None or hasattr(attn, "q_norm") or not hasattr(layer, "mlp"):
             return f"layer {i} is not a plain Llama block (q_norm or a missing mlp)"
-        for name in _LINEARS:
+        moe = _moe(layer.mlp)
+        for name in _ATTN if moe else _LINEARS:
             try:
                 layer.get_submodule(name)
             except AttributeError:
                 return f"layer {i} has no {name}"
+        if moe:
+            impl = getattr(getattr(layer.mlp.experts, "config", cfg), "_experts_implementation", None)
+            if impl not in CAPTURABLE_EXPERTS:
+                return (f"experts implementation {impl!r} routes on the host (capturable: {CAPTURABLE_EXPERTS}; "
+                        f"load the model with experts_implementation='grouped_mm')")
+            if hasattr(layer.mlp, "shared_expert") or hasattr(layer.mlp, "shared_experts"):
+                return f"layer {i}'s mixture of experts has shared experts (the step implements Mixtral's block)"
     window = getattr(cfg, "sliding_window", None)
     if window is not None and getattr(cfg, "use_sliding_window", True):
         return f"sliding-window attention (window {window}) is not implemented by the step"
     if session.experts is not None:
-        return "mixture-of-experts streaming picks experts at run time"
+        return "expert streaming picks cache slots on the host at run time (resident experts are captured)"
     if session.kv_config is not None:
         return "a paged KV cache (kv=) is not static"
     if session.adapter is not None:
@@ -99,11 +125,15 @@ def unsupported_reason(session: Session) -> str | None:
     devices = {torch.device(bs.device) for bs in session.block_specs} | {session.rest_device}
     if any(d.type != "cuda" for d in devices) or len(devices) != 1:
         return f"execution devices {sorted(map(str, devices))}: graphs need every block on one CUDA device"
+    moe_parts = {id(m) for layer in inner.layers if _moe(layer.mlp) for m in layer.mlp.modules()}
     for unit in session.streamer.units:
         if unit.streamed and unit.home == "disk":
             return f"unit {unit.name!r} streams from disk (file reads cannot be captured)"
         if unit.device.type != "cuda" and unit.module is not inner.embed_tokens:
             return f"unit {unit.name!r} runs on {unit.device} (only the embedding may stay on the host)"
+        if unit.streamed and id(unit.module) in moe_parts:
+            return (f"unit {unit.name!r} streams part of a mixture of experts on its own (whole streamed blocks "
+                    f"and resident experts are captured)")
     return None
 
 
@@ -157,11 +187,22 @@ class GraphDecoder:
             :class:`~runtime.decode_ops.VerifiedOps`), "torch", "triton" (the same, required), or "triton-fast"
             (one-kernel RMSNorm, not bit-exact: faster, greedy tokens may differ at near ties).
         capture: False runs the very same step eagerly (the host path, and for comparisons).
+        branches: run q/k/v and gate/up on parallel CUDA streams where they are not streamed units
+            (:mod:`runtime.graph_branches`; same bits as in a row); False runs them in a row.
+        attention: "sdpa" (the whole static cache under a position mask) or "flash" (flash attention over the
+            filled positions, their count read on the device; taken only at batch 1 and where it is bit for bit
+            the unmasked SDPA call Hugging Face's decode makes, else "sdpa" with the reason in
+            ``attention_report``; :mod:`runtime.decode_attention`).
+        l2_prefetch: read each group's weights into L2 on a side stream while the small kernels before it run
+            (:class:`~runtime.graph_branches.L2Prefetch`; resident bf16 linears only; same bits).
         bucket: the static cache length is ``prompt + new tokens`` rounded up to a multiple of this, so
             nearby lengths reuse one captured graph.
     """
 
-    def __init__(self, session: Session, *, ops: str = "auto", capture: bool = True, bucket: int = 64) -> None:
+    def __init__(self, session: Session, *, ops: str = "auto", capture: bool = True, bucket: int = 64,
+                 branches: bool = True, l2_prefetch: bool = False, attention: str = "sdpa") -> None:
+        if attention not in ("sdpa", "flash"):
+            raise JalapenoError(f"`attention` must be 'sdpa' or 'flash', got {attention!r}.")
         if bucket < 1:
             raise JalapenoError(f"`bucket` must be >= 1, got {bucket}.")
         self.session = session
@@ -178,6 +219,16 @@ class GraphDecoder:
         self.hidden = self.cfg.hidden_size
         self.eps = float(self.layers[0].input_layernorm.variance_epsilon)
         self.scaling = self.head_dim ** -0.5
+        self.branches = Branches(self.device, 3) if branches and self.device.type == "cuda" else None
+        self.use_flash, self.attention_report = False, "sdpa over the static cache with a position mask"
+        if attention == "flash":
+            self.use_flash, note = FlashDecodeAttention.verify(
+                self.device, self.layers[0].input_layernorm.weight.dtype, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                scale=self.scaling)
+            self.attention_report = note if self.use_flash else f"sdpa with a mask ({note})"
+            if not self.use_flash:
+                logger.info("decode graph: %s", self.attention_report)
+        self.flash: FlashDecodeAttention | None = None
         self.dtype = self.layers[0].input_layernorm.weight.dtype
         self.ops: DecodeOps
         self.ops, why = pick_ops(ops, self.device, head_dim=self.head_dim, dtype=self.dtype)
@@ -193,6 +244,8 @@ class GraphDecoder:
             u.module is self.inner.embed_tokens and u.device.type == "cpu" for u in session.streamer.units)
         order = [u for m in self._call_order() if (u := self.units.get(id(m))) is not None]
         self.schedule = StaticStreamSchedule(session.streamer, self.device, order) if order else None
+        self.prefetch = L2Prefetch(self.device) if l2_prefetch and self.device.type == "cuda" \
+            and self.schedule is None and isinstance(self.ops, VerifiedOps) else None
         self.key: tuple[int, int] | None = None
         self.graph: Any = None
         self.steps = 0
@@ -210,18 +263,34 @@ class GraphDecoder:
     def _products(layer: nn.Module) -> list[nn.Module]:
         """The modules whose products one layer's step runs, in call order (a fused linear once)."""
         attn, mlp = layer.self_attn, layer.mlp
-        qkv, gu = _fused(attn, "self_attn"), _fused(mlp, "mlp")
-        return [*([qkv.linear] if qkv is not None else [attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj,
-                *([gu.linear] if gu is not None else [mlp.gate_proj, mlp.up_proj]), mlp.down_proj]
+        qkv = _fused(attn, "self_attn")
+        head = [*([qkv.linear] if qkv is not None else [attn.q_proj, attn.k_proj, attn.v_proj]), attn.o_proj]
+        if _moe(mlp):
+            return [*head, mlp.gate, mlp.experts]
+        gu = _fused(mlp, "mlp")
+        return [*head, *([gu.linear] if gu is not None else [mlp.gate_proj, mlp.up_proj]), mlp.down_proj]
 
     def _lin(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return run_unit(self.units.get(id(module)), self.schedule, module, x)
+
+    def _prefetch(self, modules: list[nn.Module]) -> None:
+        if self.prefetch is not None:
+            self.prefetch.start([m.weight for m in modules if type(m) is nn.Linear and m.weight.is_cuda])
+
+    def _group(self, modules: list[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+        """Independent products of ``x``: side by side where none is a streamed unit (its slot schedule is
+        sequential), else one after the other."""
+        if self.branches is None or any(id(m) in self.units for m in modules):
+            return [self._lin(m, x) for m in modules]
+        return self.branches.run([lambda m=m: m(x) for m in modules])
 
     def _step(self) -> None:
         """One decode token from the static buffers into the static buffers (what the graph records)."""
         ops, sched = self.ops, self.schedule
         if sched is not None:
             sched.begin()
+        if self.flash is not None:
+            self.flash.set_length(self.pos)
         if self.embed_on_host:
             res = self.x_in
         else:
@@ -233,30 +302,39 @@ class GraphDecoder:
             if block is not None and sched is not None:
                 sched.bind(block)
             attn, mlp = layer.self_attn, layer.mlp
+            products = self._products(layer)
+            o_at = products.index(attn.o_proj)
+            self._prefetch(products[:o_at])  # q/k/v (or the fused qkv) while the norm runs
             res, x = ops.add_rms_norm(delta, res, layer.input_layernorm.weight, self.eps)
             qkv = _fused(attn, "self_attn")
             if qkv is not None:  # one product for q, k and v (a plan's fusion), sliced without copies
                 q, k, v = _split(self._lin(qkv.linear, x), qkv.sizes)
             else:
-                q, k, v = self._lin(attn.q_proj, x), self._lin(attn.k_proj, x), self._lin(attn.v_proj, x)
+                q, k, v = self._group([attn.q_proj, attn.k_proj, attn.v_proj], x)
             kc, vc = self.k_cache[i], self.v_cache[i]
             q = ops.rope_cache(q, k, v, self.cos, self.sin, self.pos, kc, vc, self.heads, self.kv_heads,
                                self.head_dim)
-            if self.kv_heads != self.heads:
-                rep = self.heads // self.kv_heads
-                kc = kc[:, :, None].expand(b, self.kv_heads, rep, *kc.shape[2:]).reshape(b, self.heads, *kc.shape[2:])
-                vc = vc[:, :, None].expand(b, self.kv_heads, rep, *vc.shape[2:]).reshape(b, self.heads, *vc.shape[2:])
-            a = F.scaled_dot_product_attention(q, kc, vc, attn_mask=self.mask, scale=self.scaling)
-            delta = self._lin(attn.o_proj, a.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
-            res, x = ops.add_rms_norm(delta, res, layer.post_attention_layernorm.weight, self.eps)
-            gu = _fused(mlp, "mlp")
-            if gu is not None:
-                gate, up = _split(self._lin(gu.linear, x), gu.sizes)
+            self._prefetch([attn.o_proj])  # while RoPE and attention run
+            if self.flash is not None:
+                a = self.flash(q, kc, vc)
             else:
-                gate, up = self._lin(mlp.gate_proj, x), self._lin(mlp.up_proj, x)
-            delta = self._lin(mlp.down_proj, ops.silu_mul(gate, up))
+                a = masked_sdpa(q, kc, vc, self.mask, self.scaling, self.heads)
+            delta = self._lin(attn.o_proj, a.transpose(1, 2).reshape(b, 1, self.heads * self.head_dim))
+            if not _moe(mlp):
+                self._prefetch(products[o_at + 1:-1])  # gate/up (or the fused gate_up) while the norm runs
+            res, x = ops.add_rms_norm(delta, res, layer.post_attention_layernorm.weight, self.eps)
+            if _moe(mlp):  # the model's own block: router and experts on the device, no host sync
+                delta = mlp(x)
+            else:
+                gu = _fused(mlp, "mlp")
+                if gu is not None:
+                    gate, up = _split(self._lin(gu.linear, x), gu.sizes)
+                else:
+                    gate, up = self._group([mlp.gate_proj, mlp.up_proj], x)
+                delta = self._lin(mlp.down_proj, ops.silu_mul(gate, up))
             if block is not None and sched is not None:
                 sched.release(block)
+        self._prefetch([self.model.lm_head])
         _, x = ops.add_rms_norm(delta, res, self.inner.norm.weight, self.eps)
         logits = self._lin(self.model.lm_head, x)  # (B, 1, V)
         self.logits.copy_(logits[:, -1])
@@ -265,6 +343,8 @@ class GraphDecoder:
         self.ids.copy_(self.next)
         self.pos.add_(1)
         torch.where(self.positions <= self.pos, self.zero, self.ninf, out=self.mask)
+        if self.prefetch is not None:
+            self.prefetch.join()
         if sched is not None:
             sched.end()
 
@@ -292,6 +372,8 @@ class GraphDecoder:
         self.x_in = torch.zeros(batch, 1, self.hidden, dtype=dt, device=dev)
         self.logits = torch.zeros(batch, self.cfg.vocab_size, dtype=dt, device=dev)
         self.key = (batch, length)
+        self.flash = FlashDecodeAttention(dev, length=length, scale=self.scaling) \
+            if self.use_flash and batch == 1 else None
 
     def _release_state(self) -> None:
         self.graph = None

@@ -53,7 +53,10 @@ class SessionStats:
         budgets: tier -> budget in bytes (None: unbounded).
         cuda_max_allocated: ``torch.cuda.max_memory_allocated`` over the session's devices (None without CUDA).
         peak_rss: peak resident set of the process during generate calls, sampled (None if not sampled).
-        energy_j: energy over the generate calls, and energy_source: "nvml", "rapl" or "estimate".
+        energy_j: energy over the generate calls, and energy_source: "nvml", "rapl" or "estimate". None where
+            the counter did not see the calls: NVML's windows adding up to less than
+            :data:`~runtime.telemetry.COUNTER_WINDOW_S` (its counter ticks every ~0.1-1 s), or a counter that did
+            not move; ``extra["energy"]`` then says why (repeat the work until the window is long enough).
         fetches, misses, bytes_fetched: streaming counters.
     """
 
@@ -175,6 +178,7 @@ class Session:
         self._seconds = 0.0
         self._energy: float | None = None
         self._energy_source: str | None = None
+        self._energy_window = 0.0  # seconds of counter windows behind self._energy
         self._peak_rss: int | None = None
         self._devices = sorted({str(bs.device) for bs in self.block_specs} | {str(self.rest_device)})
         self.closed = False
@@ -278,6 +282,7 @@ class Session:
         self._energy_source = meter.source
         if meter.joules is not None and meter.joules == meter.joules:  # NaN: an estimate with no power figure
             self._energy = (self._energy or 0.0) + meter.joules
+            self._energy_window += meter.seconds
         peak = getattr(tracker, "peak_rss_bytes", None)
         if peak is not None:
             self._peak_rss = max(self._peak_rss or 0, int(peak))
@@ -451,7 +456,8 @@ class Session:
             return _NoMeter(), _NoMeter()
         device = next((d for d in self._devices if d.startswith("cuda")), "cpu")
         cuda = device if device.startswith("cuda") else None
-        return (telemetry.EnergyMeter(device=device, watts=self.energy_watts),
+        # No per-call window check: calls add up, and stats() reports energy only once the counter saw them.
+        return (telemetry.EnergyMeter(device=device, watts=self.energy_watts, min_window_s=0.0),
                 telemetry.PeakTracker(interval_s=0.02, device=cuda))
 
     def _sync(self) -> None:
@@ -480,6 +486,10 @@ class Session:
         if self.adapter is not None:
             extra["adjustments"] = [a.as_dict() for a in self.adapter.adjustments]
             extra["workload"] = dict(self.adapter.workload)
+        energy, unseen = self._energy, self._energy_unseen()
+        if unseen is not None:
+            extra["energy"] = {"window_s": self._energy_window, "joules_read": energy, "reason": unseen}
+            energy = None
         if self.streamer.time_transfers and cuda:
             extra["transfer_seconds"] = self.streamer.transfer_seconds(reset=False)
         return SessionStats(
@@ -488,9 +498,22 @@ class Session:
             peak_bytes={t: self.store.peak(t) for t in TIERS},
             budgets={t: self.store.budgets[t] for t in TIERS},
             cuda_max_allocated=cuda_max, peak_rss=self._peak_rss,
-            energy_j=self._energy, energy_source=self._energy_source,
+            energy_j=energy, energy_source=self._energy_source,
             fetches=s.fetches, misses=s.misses, bytes_fetched=s.bytes_fetched, extra=extra,
         )
+
+    def _energy_unseen(self) -> str | None:
+        """Why the counter did not see the generate calls (None: it did, or the figure is an estimate)."""
+        from runtime.telemetry import COUNTER_WINDOW_S  # lazy: telemetry is imported only when measuring
+
+        if self._energy is None or self._energy_source not in ("nvml", "rapl"):
+            return None
+        if self._energy_source == "nvml" and self._energy_window < COUNTER_WINDOW_S:
+            return (f"NVML windows total {self._energy_window:.3f} s < {COUNTER_WINDOW_S:.0f} s: its counter ticks "
+                    f"every ~0.1-1 s; repeat the work until the window is longer")
+        if self._energy <= 0:
+            return f"the {self._energy_source} counter did not move in {self._energy_window:.3f} s"
+        return None
 
     # ---------------------------------------------------------------- teardown
     def _check_open(self) -> None:

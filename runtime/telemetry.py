@@ -115,6 +115,9 @@ def _read_int(path: str) -> int:
         return int(fh.read())
 
 
+COUNTER_WINDOW_S = 1.0  # NVML's energy counter ticks every ~0.1-1 s: shorter windows are not seen reliably
+
+
 class EnergyMeter:
     """Energy used between ``__enter__`` and ``__exit__``, from the best counter available.
 
@@ -130,7 +133,7 @@ class EnergyMeter:
     """
 
     def __init__(self, *, device: torch.device | str | None = None, watts: float | None = None,
-                 min_window_s: float = 1.0) -> None:
+                 min_window_s: float = COUNTER_WINDOW_S) -> None:
         if watts is not None and not watts >= 0:
             raise JalapenoError(f"`watts` must be >= 0 (the estimate's power figure), got {watts}.")
         self.device = torch.device(device) if device is not None else torch.device("cpu")

@@ -4,7 +4,9 @@ Two settings (ANCHORS.md):
 
 * ``gpu``: Llama architecture, hidden 4096, 16 layers, vocab 32000, bf16 (~7.0 GB), batch 1 decode. First every
   weight on the GPU: Hugging Face eager (the token reference) against our captured decode step
-  (``runtime.decode_graph``: fused ops, torch ops, one-kernel RMSNorm) in interleaved rounds, with the device
+  (``runtime.decode_graph``: the Session's default ``GraphDecoder(session)`` with q/k/v and gate/up on parallel
+  streams, the same products in a row, ``attention="flash"``, the fused plan, torch ops, one-kernel RMSNorm) in
+  interleaved rounds, with the int4 rows paired like for like (default, fused, in a row), the device
   copy bound, NVML energy per token and the GEMV-only floor. Then a GPU budget of 3 GiB: our streaming eager
   and captured, int4 likewise (plus int4 all resident, eager vs captured), and accelerate
   ``infer_auto_device_map(max_memory={0: "3GiB", "cpu": ...})`` + ``dispatch_model``. Also measures pinned
@@ -49,6 +51,20 @@ from runtime.sizes import format_bytes, parse_bytes
 from runtime.spec import BlockSpec, SessionSpec
 
 GIB = 2**30
+DEFAULT_ROW = ("ours: the Session's default (captured step, exact fused ops, q/k/v and gate/up on parallel "
+               "streams)")
+SEQ_ROW = "ours: captured decode step, products one after the other (session 7's default)"
+FLASH_ROW = "ours: the Session's default with attention='flash' (flash attention over the filled positions)"
+FUSED_ROW = "ours: plan with q/k/v and gate/up fused, captured decode step, fused Triton ops (exact ops)"
+INT4_HEAD_ROW = "ours int4 g128 head included (the uniform int4 plan), all blocks resident, captured decode step"
+INT4_HEAD_FUSED_ROW = ("ours int4 g128 head included, q/k/v and gate/up fused, all blocks resident, captured "
+                       "decode step")
+INT4_HEAD_SEQ_ROW = ("ours int4 g128 head included, products one after the other, all blocks resident, captured "
+                     "decode step")
+# int4 against bf16, like for like: (int4 row, bf16 row, what they share)
+INT4_PAIRS = ((INT4_HEAD_ROW, DEFAULT_ROW, "each the Session's default step"),
+              (INT4_HEAD_FUSED_ROW, FUSED_ROW, "both plans fuse q/k/v and gate/up"),
+              (INT4_HEAD_SEQ_ROW, SEQ_ROW, "both products one after the other"))
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -348,13 +364,16 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
                   total: int, hbm: float) -> dict[str, Any]:
     """Every weight on the GPU: HF eager vs the captured step (fused Triton ops, and torch ops), interleaved."""
     fmodel = fused_copy(model)  # the plan with fusion=fuse on every q/k/v and gate/up group
-    fused_name = "ours: plan with q/k/v and gate/up fused, captured decode step, fused Triton ops (exact ops)"
+    fused_name = FUSED_ROW
+    default_name = DEFAULT_ROW
     with Session(model, _resident_spec(model), graphs=False) as session, \
             Session(fmodel, _resident_spec(fmodel), graphs=False) as fsession:
+        # GraphDecoder(session) with no arguments is exactly what Session.generate builds on CUDA
         runs = {"Hugging Face eager (dynamic cache), all weights on the GPU": None,
-                "ours: captured decode step, fused Triton ops (exact; the Session's default)":
-                    GraphDecoder(session, ops="triton"),
-                fused_name: GraphDecoder(fsession, ops="triton"),
+                default_name: GraphDecoder(session),
+                SEQ_ROW: GraphDecoder(session, branches=False),
+                FLASH_ROW: GraphDecoder(session, attention="flash"),
+                fused_name: GraphDecoder(fsession),
                 "ours: captured decode step, fused Triton ops with one-kernel RMSNorm (not bit-exact)":
                     GraphDecoder(session, ops="triton-fast"),
                 "ours: captured decode step, torch ops (Hugging Face's op sequence)": GraphDecoder(session, ops="torch")}
@@ -368,6 +387,8 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
         ref = out[next(iter(runs))]
         for name, r in out.items():
             r["name"] = name
+            if runs[name] is not None:
+                r["attention"] = runs[name].attention_report
             if r is not ref:
                 r["tokens_match_reference"] = r["tokens"] == ref["tokens"]
                 r["max_abs_logit_diff"] = float((r["last_logits"] - ref["last_logits"]).abs().max())
@@ -379,11 +400,12 @@ def _gpu_resident(model: nn.Module, prompt: torch.Tensor, args: argparse.Namespa
         for r in rows[1:]:
             r.pop("last_logits")
         energy = {}
-        for name, dec in list(runs.items())[:3]:
+        for name in ("Hugging Face eager (dynamic cache), all weights on the GPU", default_name, fused_name):
+            dec = runs[name]
             if dec is None:
                 step = _eager_stepper(model, prompt, dev)
             else:
-                big = GraphDecoder(dec.session, ops="triton", bucket=1024)
+                big = GraphDecoder(dec.session, bucket=1024)
                 step = _graph_stepper(big, prompt, 1000)
             energy[name] = energy_per_token(step, device=str(dev))
             if dec is not None:
@@ -456,8 +478,7 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
     # All int4 blocks resident (no cap): int4 eager vs the captured step, interleaved rounds.
     resident = []
     fused_name = "ours int4 g128, plan with q/k/v and gate/up fused, all blocks resident, captured decode step"
-    head_name = "ours int4 g128 head included (the uniform int4 plan), all blocks resident, captured decode step"
-    fhead_name = "ours int4 g128 head included, q/k/v and gate/up fused, all blocks resident, captured decode step"
+    head_name, fhead_name, seq_head_name = INT4_HEAD_ROW, INT4_HEAD_FUSED_ROW, INT4_HEAD_SEQ_ROW
     with contextlib.ExitStack() as stack:
         def open_session(m: nn.Module) -> Session:
             return stack.enter_context(Session(m, _resident_spec(m), graphs=False))
@@ -468,9 +489,11 @@ def _gpu_int4(model: nn.Module, prompt: torch.Tensor, cap: int, args: argparse.N
                 fused_name: GraphDecoder(fsession)}
         own_model = {fused_name: fqmodel}
         if hmodel is not None and fhmodel is not None:
-            runs[head_name] = GraphDecoder(open_session(hmodel))
+            hsession = open_session(hmodel)
+            runs[head_name] = GraphDecoder(hsession)
+            runs[seq_head_name] = GraphDecoder(hsession, branches=False)
             runs[fhead_name] = GraphDecoder(open_session(fhmodel))
-            own_model.update({head_name: hmodel, fhead_name: fhmodel})
+            own_model.update({head_name: hmodel, seq_head_name: hmodel, fhead_name: fhmodel})
         rr = resident_rounds(qmodel, session, runs, prompt, new_tokens=args.new_tokens, warmup=args.warmup,
                              rounds=args.rounds, eager=decode)
         eager_r = rr[next(iter(runs))]
@@ -557,9 +580,16 @@ def _gpu_markdown(res: dict[str, Any]) -> list[str]:
                 match = f"{match}; = its own eager: {r['tokens_match_own_eager']}"
             frac = r["tokens_per_s"] * res["model_bytes"] / hbm if hbm and r in resident else None
             lines.append(f"| {r['name']} | {r['tokens_per_s']:.1f} | {', '.join(f'{x:.1f}' for x in r['rounds_tok_s'])} | "
-                         f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.0f')}"
+                         f"{_f(r.get('back_to_back_tok_s'), '.1f')} | {_f(100 * frac if frac else None, '.1f')}"
                          f"{'%' if frac else ''} | {r['tokens_per_s'] / eager:.1f}× | {match} |")
+        by_name = {r["name"]: r["tokens_per_s"] for r in [*resident, *int4_res]}
+        for int4_row, bf16_row, alike in INT4_PAIRS:
+            if int4_row in by_name and bf16_row in by_name:
+                lines.append(f"\nint4 g128 uniform plan / bf16, {alike}: {by_name[int4_row]:.1f} / "
+                             f"{by_name[bf16_row]:.1f} = {by_name[int4_row] / by_name[bf16_row]:.2f}x.")
         for r in resident:
+            if r["name"] == FLASH_ROW:
+                lines.append(f"\nAttention of '{r['name']}': {r.get('attention')}.")
             if r.get("ops_report"):
                 lines.append(f"\nOps of '{r['name']}' (each fused op checked bit for bit against torch's on random "
                              f"inputs, first exact variant kept): {r['ops_report']}.")

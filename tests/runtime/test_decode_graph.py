@@ -193,3 +193,114 @@ def test_captured_step_of_a_fused_model_gives_its_eager_tokens_on_cuda(streamed:
         assert dec.graph is not None
         dec.close()
     assert torch.equal(out, ref)
+
+
+# ------------------------------------------------------------------------------------------- mixture of experts
+def _tiny_mixtral(layers: int = 2, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, num_local_experts=4,
+                        num_experts_per_tok=2, tie_word_embeddings=False, sliding_window=None)
+    return MixtralForCausalLM(cfg).to(dtype).eval()
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_step_of_a_mixtral_runs_its_own_router_and_experts_and_gives_its_tokens(batch: int) -> None:
+    model = _tiny_mixtral()
+    ids = _prompt(batch=batch)
+    ref = greedy(model, ids, 20)
+    with Session(model, _spec("cpu", 2), graphs=False) as session:
+        dec = GraphDecoder(session, capture=False, ops="torch", bucket=8)
+        mlp = model.model.layers[0].mlp
+        assert dec._products(model.model.layers[0])[-2:] == [mlp.gate, mlp.experts]
+        out = dec.generate(ids, max_new_tokens=20, eos_token_id=model.generation_config.eos_token_id)
+        dec.close()
+    assert torch.equal(out, ref)
+
+
+def test_experts_that_route_on_the_host_or_stream_as_units_are_named() -> None:
+    from runtime.decode_graph import unsupported_reason
+
+    model = _tiny_mixtral()
+    with Session(model, _spec("cpu", 2), graphs=False) as session:
+        model.config._experts_implementation = "eager"  # transformers' loop over nonzero(): a host sync
+        assert "experts implementation 'eager' routes on the host" in unsupported_reason(session)
+    model = _tiny_mixtral()
+    spec = SessionSpec(blocks=(BlockSpec(device="cpu"), BlockSpec(device="cpu", home="cpu")),
+                       rest=BlockSpec(device="cpu"), granularity="module")
+    with Session(model, spec, graphs=False) as session:
+        # the check reads only devices: label everything CUDA to get past the device check to the unit check
+        saved = session.rest_device, session.block_specs, [u.device for u in session.streamer.units]
+        session.rest_device = torch.device("cuda:0")
+        session.block_specs = [BlockSpec(device="cuda:0")] * 2
+        for unit in session.streamer.units:
+            unit.device = torch.device("cuda:0")
+        reason = unsupported_reason(session)
+        session.rest_device, session.block_specs = saved[0], saved[1]
+        for unit, device in zip(session.streamer.units, saved[2]):
+            unit.device = device
+    assert "streams part of a mixture of experts" in reason
+
+
+@pytest.mark.gpu
+def test_session_captures_a_resident_mixtral_with_hugging_face_tokens() -> None:
+    model = _tiny_mixtral(layers=3, dtype=torch.bfloat16)
+    ids = _prompt(batch=1)
+    ref = greedy(model.to("cuda"), ids.to("cuda"), 24).cpu()
+    with Session(model, _spec("cuda:0", 3)) as session:
+        out = session.generate(ids, max_new_tokens=24).cpu()
+        decode = session.stats().extra["decode"]
+    assert decode["path"] == "graph" and decode["captured"], decode
+    assert torch.equal(out, ref)
+
+
+# ------------------------------------------------------------------------------------------- parallel branches
+def test_branches_off_cuda_run_in_order() -> None:
+    from runtime.graph_branches import Branches
+
+    calls: list[int] = []
+    b = Branches(torch.device("cpu"), 3)
+    assert b.streams == []
+    assert b.run([lambda i=i: calls.append(i) or torch.tensor(i) for i in range(3)]) == [0, 1, 2]
+    assert calls == [0, 1, 2]
+
+
+@pytest.mark.gpu
+def test_parallel_branches_and_l2_prefetch_give_the_sequential_step_bit_for_bit() -> None:
+    pytest.importorskip("triton")
+    model = _cuda_model(layers=3)
+    ids = _prompt(batch=1)
+    logits = []
+    with Session(model, _spec("cuda:0", 3), graphs=False) as session:
+        for branches, prefetch in ((True, False), (False, False), (True, True)):
+            dec = GraphDecoder(session, branches=branches, l2_prefetch=prefetch)
+            assert (dec.branches is not None) == branches and (dec.prefetch is not None) == prefetch
+            dec.generate(ids, max_new_tokens=12)
+            assert dec.graph is not None
+            logits.append(dec.logits.clone())
+            dec.close()
+    assert torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[2])
+
+
+# ------------------------------------------------------------------------------------------- attention
+def test_flash_attention_off_cuda_falls_back_to_masked_sdpa_and_says_why() -> None:
+    with Session(tiny_llama(layers=2), _spec("cpu", 2), graphs=False) as session:
+        dec = GraphDecoder(session, capture=False, ops="torch", attention="flash")
+        assert not dec.use_flash and "CUDA only" in dec.attention_report
+        with pytest.raises(Exception, match="`attention` must be 'sdpa' or 'flash', got 'fast'"):
+            GraphDecoder(session, attention="fast")
+
+
+@pytest.mark.gpu
+def test_flash_attention_where_taken_gives_the_sdpa_steps_tokens() -> None:
+    model = _cuda_model(layers=3)
+    ids = _prompt(batch=1)
+    ref = greedy(model.to("cuda"), ids.to("cuda"), 24).cpu()
+    with Session(model, _spec("cuda:0", 3), graphs=False) as session:
+        dec = GraphDecoder(session, attention="flash")
+        out = dec.generate(ids, max_new_tokens=24).cpu()
+        assert (dec.flash is not None) == dec.use_flash, dec.attention_report
+        dec.close()
+    assert torch.equal(out, ref)
