@@ -165,10 +165,10 @@ class Streamer:
             self.store.register(moved, tier, label=unit.name, copy=False)
             for (m, a, is_param), t in zip(unit.members, moved.values()):
                 _assign(m, a, is_param, t, keep_param=True)
-            if hasattr(module, "prepared_nbytes"):
+            if hasattr(module, "on_prepared"):
                 # A kernel that repacks the weight (tinygemm int4) keeps the packed copy next to the
-                # buffers: count it on the tier once it exists, so the budget covers it too.
-                self._handles.append(module.register_forward_hook(lambda m, a, o, u=unit: self._charge_prepared(u)))
+                # buffers: count it on the tier when it is built or dropped, so the budget covers it too.
+                module.on_prepared = lambda u=unit: self._charge_prepared(u)
             return
         if tier == "cpu" and unit.home == "gpu":
             raise JalapenoError(f"unit {unit.name!r}: streaming from the 'gpu' tier to the host is not supported; "
@@ -247,6 +247,8 @@ class Streamer:
                     m._buffers[a] = value
             if registered:
                 self.store.unregister(names, label=unit.name)
+            if getattr(unit.module, "on_prepared", None) is not None:
+                unit.module.on_prepared = None  # the uncharge below settles the unit's packed bytes
             for release in _prepared_releases(unit):  # a packed copy of the placed buffers must not outlive
                 release()  # them: it would hold their old device's memory (the GPU residue of resident int4)
             if unit.prepared:
