@@ -198,6 +198,12 @@ class AnalyticEvaluator(Evaluator):
             gemv_note += (f"; the rest of the step (linears nulled) measured {rest['median_s'] * 1e3:.3f} ms "
                           f"(IQR/median {rest['dispersion']:.0%}{', NOISY' if rest['noisy'] else ''}) replaces "
                           "the launch term")
+        if m.dispatch:
+            gemv_note += ("; on " + ", ".join(sorted(m.dispatch)) + ": measured eager dispatch (per-op launch, "
+                          f"per-step {m.step_fixed_s * 1e6:.1f} us, each linear at least its format's measured "
+                          "per-call floor)")
+        elif self.profile.default_unit().kind != "cpu":
+            gemv_note += "; GPU dispatch costs not in the profile: the documented launch default"
         method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
                   f" profile) + {m.launched_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"
