@@ -18,7 +18,8 @@ instead the MEASURED time of its format and kernel at its own ``rows x in -> out
 and dispatch work, not bytes: a roofline ranked int4 fastest where it is slowest), and the launch term uses the
 table's measured per-op cost unless one is passed, over the step's ops less those the table's linears dispatch.
 With ``rest_s`` (``cost.step_rest``: the unmodified step with its linears nulled, measured on the runtime) that
-measured rest replaces the launch term and every non-linear leaf on the CPU (it holds them: no plan changes them);
+measured rest replaces the launch term and every non-linear leaf on the unit it ran on (it holds them: no plan
+changes them; on a measured CPU with a GEMV table, or a measured GPU with dispatch costs);
 with ``stream`` (``Profiler.stream_costs``) a streamed block adds its measured exposed cost, ``fetches x fetch_s +
 bytes x s_per_byte``, to its compute instead of the link roofline and the assumed per-fetch cost.
 
@@ -88,9 +89,12 @@ class AnalyticCostModel:
                  rest_s: float | None = None, stream: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if n_ops < 0:
             raise InvalidArgumentError(f"`n_ops` must be >= 0, got {n_ops}.")
-        if rest_s is not None and (gemv is None or not rest_s >= 0):
-            raise InvalidArgumentError(f"`rest_s` must be >= 0 seconds and comes with a `gemv` table; got {rest_s!r} "
-                                       f"with gemv={'a table' if gemv is not None else None}.")
+        default_kind = profile.default_unit().kind
+        gpu_dispatch = default_kind != "cpu" and dispatch_costs(profile, profile.default_unit().name) is not None
+        if rest_s is not None and ((gemv is None and not gpu_dispatch) or not rest_s >= 0):
+            raise InvalidArgumentError(f"`rest_s` must be >= 0 seconds and comes with a `gemv` table (or a GPU "
+                                       f"profile's dispatch costs); got {rest_s!r} with "
+                                       f"gemv={'a table' if gemv is not None else None}.")
         for name, value in (("launch_overhead_s", launch_overhead_s), ("fetch_overhead_s", fetch_overhead_s)):
             if value is not None and not value >= 0:
                 raise InvalidArgumentError(f"`{name}` must be >= 0 seconds or None, got {value!r}.")
@@ -100,7 +104,6 @@ class AnalyticCostModel:
         if missing:
             raise InvalidArgumentError(f"`analysis` lacks leaves {missing[:3]} of the space; analyse the same model.")
         self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
-        default_kind = profile.default_unit().kind
         self.gemv, self.batch = gemv, batch
         # Token rows each linear multiplies in this step (its FLOPs / 2 x weights: batch x 1 at decode, the tokens or
         # patches of a forward otherwise), the GEMV table's row count for it.
@@ -123,6 +126,7 @@ class AnalyticCostModel:
         self.launched_ops = n_ops - (self._table_linear_ops() if gemv is not None else
                                      self._dispatch_linear_ops(step_dispatch) if step_dispatch is not None else 0)
         self.rest_s = rest_s
+        self.rest_kind = default_kind  # the unit the rest was measured on (its non-linear leaves are in it)
         # Measured exposed streaming cost per placement (``Profiler.stream_costs``: per fetch + per byte, overlap
         # as the runtime achieves it included): replaces the link roofline and the assumed fetch cost there.
         self.stream = {k: {"fetch_s": float(v["fetch_s"]), "s_per_byte": float(v["s_per_byte"])}
@@ -177,7 +181,7 @@ class AnalyticCostModel:
             return hit
         leaf = choice.leaf
         self._unit(exec_kind)  # a placement the profile lacks fails here, naming it
-        if self.rest_s is not None and exec_kind == "cpu" and leaf.kind != "linear":
+        if self.rest_s is not None and exec_kind == self.rest_kind and leaf.kind != "linear":
             # In the measured rest of the step (cost.step_rest) at the model's own dtype: a plan that changes the
             # leaf's precision (a conv, an embedding) adds only the roofline's difference.
             out = (0.0, 0.0)

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # annotations only
 
 # The runtime probes' timing on a measured CPU (the step's rest, streaming): the process CPU clock, as the GEMV table.
 STREAM_TIMING = TimingSettings(clock="cpu", step_warmup=2, step_repeats=10)
+# On a measured GPU (the step's rest): the wall clock, synchronised, as the runtime's GPU steps are timed.
+GPU_REST_TIMING = TimingSettings(clock="wall", step_warmup=3, step_repeats=20)
 
 
 # ---------------------------------------------------------------------------------------------- analytic
@@ -33,6 +35,9 @@ class AnalyticEvaluator(Evaluator):
     Extra args (see ``AnalyticCostModel``): ``launch_overhead_s``, ``fetch_overhead_s`` (None: documented
     defaults, or pass ``ProfiledTable`` figures to calibrate), ``lookahead``, ``disk_cache``.
     The model may live on the meta device (large architectures on paper).
+    ``gpu_rest``: on a measured GPU profile with dispatch costs (``hardware.dispatch``) and real weights, measure the
+    step's rest (linears nulled) on the runtime there, as on a measured CPU (False: the profile's per-op and per-step
+    costs alone price it).
     ``gemv``: rates at the workload's real shapes (``cost.gemv``): "auto" measures (or loads, after a spot check)
     the table of this model's linear shapes at each phase's token rows (decode: batch x 1; prefill and encoders:
     batch x prompt) when the profile is a MEASURED CPU-only machine; a ``GemvTable`` (decode rows); or None
@@ -43,7 +48,7 @@ class AnalyticEvaluator(Evaluator):
 
     def __init__(self, loaded: LoadedModel, profile: HardwareProfile, *, launch_overhead_s: float | None = None,
                  fetch_overhead_s: float | None = None, lookahead: int = 2, disk_cache: str = "auto",
-                 gemv: Any = "auto", **kwargs: Any) -> None:
+                 gemv: Any = "auto", gpu_rest: bool = True, **kwargs: Any) -> None:
         super().__init__(loaded, profile, **kwargs)
 
         model = self.loaded.model
@@ -83,6 +88,12 @@ class AnalyticEvaluator(Evaluator):
                 self.rest[phase] = rest
                 if phase == w.phase:
                     stream = self.stream = self._stream_costs()
+            elif gpu_rest and gemv == "auto" and self._gpu_rest_applies():
+                # A measured GPU with dispatch costs and the real weights: the step's non-GEMV part (HF's Python,
+                # norms, attention, the runtime's per-step work and the closing synchronise) measured on it, as on
+                # the CPU; the linears then cost their format's measured floor (or roofline).
+                rest = self._rest(phase)
+                self.rest[phase] = rest
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
@@ -105,7 +116,7 @@ class AnalyticEvaluator(Evaluator):
                 linears = {leaf.name for leaf in self.space.leaves.values()
                            if leaf.kind == "linear" and leaf.out_features}
                 self._rest_record = rest_on_runtime(self.loaded, self.space, self.profile, self.workload, linears,
-                                                    timing=STREAM_TIMING)
+                                                    timing=self._probe_timing())
                 profiler.table.settings["analytic_rest"] = self._rest_record
                 profiler.mark_changed()
                 profiler.save()
@@ -117,8 +128,19 @@ class AnalyticEvaluator(Evaluator):
     def _probe_profiler(self) -> Profiler:
         """The Profiler whose table keeps this evaluator's runtime probes (the step's rest, streaming)."""
         if self._profiler is None:
-            self._profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=STREAM_TIMING)
+            self._profiler = Profiler(self.loaded, self.space, self.profile, self.workload,
+                                      timing=self._probe_timing())
         return self._profiler
+
+    def _probe_timing(self) -> TimingSettings:
+        return STREAM_TIMING if self.profile.default_unit().kind == "cpu" else GPU_REST_TIMING
+
+    def _gpu_rest_applies(self) -> bool:
+        """A measured GPU profile with the default unit's dispatch record, and real weights to run."""
+        p = self.profile
+        unit = p.default_unit()
+        on_meta = any(t.is_meta for t in self.loaded.model.parameters())
+        return bool(p.measured) and unit.kind == "gpu" and unit.name in p.dispatch and not on_meta
 
     def _stream_costs(self) -> dict[str, dict[str, Any]]:
         """Streamed placements' exposed cost per fetch and per byte, measured on the runtime at this model's

@@ -69,8 +69,8 @@ def _summary(values: list[float]) -> tuple[float, float]:
 
 
 def linear_formats(device: Any) -> list[tuple[str, str]]:
-    """``(precision, kernel)`` pairs a linear can run in on ``device``: floats and int8-dynamic with "auto", weight-only
-    formats with "auto" and every named kernel of the runtime there."""
+    """``(precision, kernel)`` pairs to time on ``device``: floats and int8-dynamic with "auto", weight-only formats
+    with "auto" and every named kernel of the runtime there."""
     from autosurgeon import precisions
     from runtime.kernels import available_kernels
 
@@ -80,9 +80,8 @@ def linear_formats(device: Any) -> list[tuple[str, str]]:
         if name in ("float32", "bfloat16", "float16", "int8-dynamic"):
             out.append((name, "auto"))
             continue
-        named = [k for k in available_kernels(name, kind) if k != "int8-dynamic"]
-        if named:
-            out += [(name, "auto")] + [(name, k) for k in named]
+        # "auto" always (a format without a named kernel here fails to build and is skipped, named)
+        out += [(name, "auto")] + [(name, k) for k in available_kernels(name, kind) if k != "int8-dynamic"]
     return out
 
 

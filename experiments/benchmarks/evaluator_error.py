@@ -126,6 +126,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                    fetch_overhead_s=(statistics.fmean(fetches) if fetches else None),
                                                    cache=EvaluationCache()),
     })
+    if profile.default_unit().kind == "gpu" and profile.dispatch:
+        # The profile's dispatch costs alone (per-op x ops + per-step), the step's rest not measured on the model.
+        evaluators["analytic (profile dispatch only)"] = AnalyticEvaluator(
+            loaded, profile, space=space, sensitivity=sensitivity, cache=EvaluationCache(), gpu_rest=False)
 
     rng = np.random.default_rng(args.seed)
     vectors = [space.default_vector()] + [space.random_vector(rng) for _ in range(args.plans)]

@@ -116,3 +116,25 @@ def m_analysis(ev):
 
     return analyze(ev.loaded.model, ev.loaded.example_inputs(1, ev.workload.context, phase="decode", seed=0),
                    phase="decode")
+
+
+def test_a_measured_gpu_rest_replaces_the_launch_term_there_and_needs_the_dispatch_record():
+    lm = tiny_lm()
+    ev = AnalyticEvaluator(lm, measured_gpu(record()))
+    space, m = ev.space, ev.models["decode"]
+    model = AnalyticCostModel(space, m_analysis(ev), ev.profile, n_ops=m.n_ops, rest_s=2e-3)
+    base = model.breakdown(space.default_vector())
+    called = [leaf for leaf in space.leaves.values()
+              if leaf.kind == "linear" and leaf.out_features and m.info[leaf.name].flops]
+    # The rest holds the step's non-linear leaves and its per-op/per-step costs; each linear adds its floor.
+    assert base["overhead_s"] == 2e-3
+    assert base["latency_s"] == pytest.approx(2e-3 + 10e-6 * len(called), rel=0.02)
+    with pytest.raises(InvalidArgumentError, match="`rest_s` must be >= 0 seconds and comes with a `gemv` table"):
+        AnalyticCostModel(space, m_analysis(ev), measured_gpu(None), n_ops=m.n_ops, rest_s=1e-3)
+    # The evaluator measures the rest only on a measured GPU profile with the record and real weights.
+    assert not ev._gpu_rest_applies()  # a paper profile
+    measured = dataclasses.replace(ev.profile, measured=True)
+    assert AnalyticEvaluator(lm, measured_gpu(None), space=space)._gpu_rest_applies() is False
+    probe = object.__new__(AnalyticEvaluator)
+    probe.profile, probe.loaded = measured, lm
+    assert probe._gpu_rest_applies() and probe._probe_timing().clock == "wall"
