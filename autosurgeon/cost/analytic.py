@@ -175,7 +175,9 @@ class AnalyticCostModel:
 
     def leaf_seconds(self, choice: LeafChoice, exec_kind: str) -> tuple[float, float]:
         """``(roofline seconds, compute seconds)`` of one leaf under its choice on the ``exec_kind`` unit."""
-        key = (choice.leaf.name, choice.precision, choice.group_size, choice.chosen, exec_kind)
+        # The kernel is part of the key: without it, the first kernel priced for a leaf's format stood for every
+        # other (tiny-llama: random plans' named kernels priced as "auto", or "auto" as a dequant kernel 5x slower).
+        key = (choice.leaf.name, choice.precision, choice.group_size, choice.kernel, choice.chosen, exec_kind)
         hit = self._leaf_cache.get(key)
         if hit is not None:
             return hit

@@ -138,3 +138,27 @@ def test_a_measured_gpu_rest_replaces_the_launch_term_there_and_needs_the_dispat
     probe = object.__new__(AnalyticEvaluator)
     probe.profile, probe.loaded = measured, lm
     assert probe._gpu_rest_applies() and probe._probe_timing().clock == "wall"
+
+
+def test_each_kernel_of_a_format_is_priced_by_its_own_entry():
+    """The per-leaf price cache is keyed by the kernel too: a named kernel priced first must not stand for "auto"."""
+    lm = tiny_lm()
+    ev = AnalyticEvaluator(lm, host_profile(), gemv=None)
+    space, m = ev.space, ev.models["decode"]
+    entries = {}
+    for leaf in space.leaves.values():
+        if leaf.kind == "linear" and leaf.out_features:
+            i, o = leaf.weight_numel // leaf.out_features, leaf.out_features
+            entries[entry_key("float32", "auto", i, o, 1)] = {"median_s": 1e-5, "dispersion": 0.0, "ops": 1}
+            entries[entry_key("int8", "auto", i, o, 1)] = {"median_s": 2e-5, "dispersion": 0.0, "ops": 1}
+            entries[entry_key("int8", "torch-dequant", i, o, 1)] = {"median_s": 9e-5, "dispersion": 0.0, "ops": 1}
+    table = GemvTable(device="d", torch_version=torch.__version__, threads=1, entries=entries,
+                      launch={"median_s": 1e-6})
+    model = AnalyticCostModel(space, m_analysis(ev), ev.profile, n_ops=m.n_ops, gemv=table)
+    from autosurgeon.cost.base import LeafChoice
+
+    leaf = next(leaf for leaf in space.leaves.values() if leaf.kind == "linear" and leaf.out_features)
+    named = LeafChoice(leaf, "int8", 128, "torch-dequant", True)
+    auto = LeafChoice(leaf, "int8", 128, "auto", True)
+    assert model.leaf_seconds(named, "cpu")[0] == 9e-5
+    assert model.leaf_seconds(auto, "cpu")[0] == 2e-5
