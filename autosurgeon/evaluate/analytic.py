@@ -91,9 +91,14 @@ class AnalyticEvaluator(Evaluator):
             elif gpu_rest and gemv == "auto" and self._gpu_rest_applies():
                 # A measured GPU with dispatch costs and the real weights: the step's non-GEMV part (HF's Python,
                 # norms, attention, the runtime's per-step work and the closing synchronise) measured on it, as on
-                # the CPU; the linears then cost their format's measured floor (or roofline).
+                # the CPU; the linears then cost their format's measured floor (or roofline). Streamed placements:
+                # their exposed cost per fetch and per byte measured there too (H200, session 8: the runtime paid
+                # 80-115 us per fetch beyond its work where the documented default assumes 20 us; random plans,
+                # mostly streamed, were priced 49-54 % low with the rest measured and the fetch cost assumed).
                 rest = self._rest(phase)
                 self.rest[phase] = rest
+                if phase == w.phase:
+                    stream = self.stream = self._stream_costs()
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
@@ -144,7 +149,8 @@ class AnalyticEvaluator(Evaluator):
 
     def _stream_costs(self) -> dict[str, dict[str, Any]]:
         """Streamed placements' exposed cost per fetch and per byte, measured on the runtime at this model's
-        block sizes (``Profiler.stream_costs``; CPU clock; measured now and kept with the rest, see ``_rest``)."""
+        block sizes (``Profiler.stream_costs``; CPU clock on a CPU, wall clock on a GPU; measured now and kept with the
+        rest, see ``_rest``)."""
         if not any(v.knob == "placement" and any("<-" in c for c in v.choices) for v in self.space.variables):
             return {}
         profiler = self._probe_profiler()

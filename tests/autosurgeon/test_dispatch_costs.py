@@ -162,3 +162,25 @@ def test_each_kernel_of_a_format_is_priced_by_its_own_entry():
     auto = LeafChoice(leaf, "int8", 128, "auto", True)
     assert model.leaf_seconds(named, "cpu")[0] == 9e-5
     assert model.leaf_seconds(auto, "cpu")[0] == 2e-5
+
+
+def test_a_measured_gpu_takes_the_measured_rest_and_streaming_costs(monkeypatch):
+    """On a measured GPU with dispatch costs (run there: stubbed here, the GPU probes need a GPU) the evaluator
+    prices with the step's measured rest and the measured exposed streaming costs, as on a measured CPU."""
+    lm = tiny_lm()
+    monkeypatch.setattr(AnalyticEvaluator, "_gpu_rest_applies", lambda self: True)
+    monkeypatch.setattr(AnalyticEvaluator, "_rest", lambda self, phase: {
+        "median_s": 2e-3 if phase == "prefill" else 1e-3, "prefill_s": 2e-3, "dispersion": 0.01, "noisy": False})
+    monkeypatch.setattr(AnalyticEvaluator, "_stream_costs", lambda self: {
+        "gpu<-cpu": {"fetch_s": 1e-4, "s_per_byte": 0.0}})
+    ev = AnalyticEvaluator(lm, measured_gpu(record()))
+    m, space = ev.models["decode"], ev.space
+    assert m.rest_s == 1e-3 and ev.models["prefill"].rest_s == 2e-3 and m.stream["gpu<-cpu"]["fetch_s"] == 1e-4
+    x0 = space.default_vector()
+    streamed = with_all(space, "placement", "gpu<-cpu")
+    parts = m.breakdown(streamed)
+    fetches = parts["fetch_s"] / 1e-4  # the measured cost per fetch, a whole number of fetches
+    assert fetches >= 1 and fetches == pytest.approx(round(fetches))
+    assert parts["latency_s"] - m.breakdown(x0)["latency_s"] == pytest.approx(parts["fetch_s"], rel=1e-6)
+    assert "measured 100 us/fetch" in parts["link_notes"][0]
+    assert not AnalyticEvaluator(lm, measured_gpu(record()), gpu_rest=False).models["decode"].rest_s
