@@ -117,8 +117,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calibration_s = time.perf_counter() - t0
         evaluators[f"profiled (calibrated, {args.calibration_plans} plans)"] = calibrated
     evaluators.update({
+        # The baseline as before measured rates: no GEMV table, and a GPU profile's dispatch record left out.
         "analytic (roofline only, before GEMV rates)": AnalyticEvaluator(
-            loaded, profile, space=space, sensitivity=sensitivity, cache=EvaluationCache(), gemv=None),
+            loaded, dataclasses.replace(profile, dispatch={}), space=space, sensitivity=sensitivity,
+            cache=EvaluationCache(), gemv=None),
         "analytic (uncalibrated)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,
                                                        cache=EvaluationCache()),
         "analytic (calibrated)": AnalyticEvaluator(loaded, profile, space=space, sensitivity=sensitivity,

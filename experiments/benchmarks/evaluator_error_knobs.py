@@ -64,6 +64,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if x is not None:
             vectors.append(x)
             labels.append((f"uniform {fmt}", -1))
+    if args.uniform_kernels:  # every uniform int8 / int4 plan with each kernel the space allows, resident
+        kernel_var = next(v for v in space.variables if v.knob == "kernel")
+        for fmt in ("int8", "int4"):
+            base = uniform_vector(space, fmt)
+            for kernel in kernel_var.choices:
+                x, took = base.copy(), 0
+                for i, v in enumerate(space.variables):
+                    if v.knob == "kernel" and kernel in v.choices and space.allowed(i, x)[0][v.choices.index(kernel)]:
+                        x[i] = v.choices.index(kernel)
+                        took += 1
+                if took:
+                    vectors.append(space.repair(x))
+                    labels.append((f"uniform {fmt}, kernel {kernel} on {took} layers", -1))
     for p in range(args.plans):
         x = space.random_vector(rng)
         vectors.append(x)
@@ -111,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plans", type=int, default=6)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--uniform-kernels", action="store_true",
+                   help="add every uniform int8 / int4 plan with each kernel the space allows")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     res = run(args)
