@@ -71,8 +71,8 @@ def _summary(values: list[float]) -> tuple[float, float]:
 def linear_formats(device: Any) -> list[tuple[str, str]]:
     """``(precision, kernel)`` pairs to time on ``device``: floats and int8-dynamic with "auto", weight-only formats
     with "auto" and every named kernel of the runtime there."""
-    from autosurgeon import precisions
-    from runtime.kernels import available_kernels
+    from autosurgeon import precisions  # lazy: profile validation imports this module; keep it light
+    from runtime.kernels import available_kernels  # lazy: the runtime's kernels import torch and compile lazily
 
     kind = getattr(device, "type", str(device))
     out = []
@@ -92,9 +92,9 @@ def measure_dispatch(device: Any, *, rounds: int = 5, calls: int = 20,
     import torch
     from torch import nn
 
-    from autosurgeon.cost.base import count_ops
-    from autosurgeon.cost.gemv import _OpMix
-    from autosurgeon.cost.profiled_table import variant
+    from autosurgeon.cost.base import count_ops  # lazy: cost imports hardware (an import cycle at module level)
+    from autosurgeon.cost.gemv import _OpMix  # lazy: as above
+    from autosurgeon.cost.profiled_table import variant  # lazy: as above
 
     if rounds < 3 or calls < 1:
         raise InvalidArgumentError(f"`rounds` must be >= 3 and `calls` >= 1, got {rounds} and {calls}.")
