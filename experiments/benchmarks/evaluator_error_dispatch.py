@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__,
                            "load_before": os.getloadavg(), "dispatch": profile.dispatch, "models": []}
     for unit, rec in profile.dispatch.items():
-        print(f"{unit}: op {rec['op_s'] * 1e6:.2f} us (IQR/median {rec['op_dispersion']:.0%}), step "
+        mix = f", op mix {rec['op_mix_s'] * 1e6:.2f} us" if "op_mix_s" in rec else ""
+        print(f"{unit}: op {rec['op_s'] * 1e6:.2f} us (IQR/median {rec['op_dispersion']:.0%}){mix}, step "
               f"{rec['step_s'] * 1e6:.1f} us; linear floors at {rec['shape']}:", file=sys.stderr)
         for key, e in sorted(rec["linear"].items()):
             print(f"  {key:32s} {e['s'] * 1e6:8.1f} us  {e['ops']:3d} ops{'  NOISY' if e['noisy'] else ''}",

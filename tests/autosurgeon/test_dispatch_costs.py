@@ -37,7 +37,8 @@ def measured_gpu(dispatch: dict | None) -> HardwareProfile:
 def test_measure_dispatch_times_ops_step_and_each_linear_format_on_the_device():
     out = measure_dispatch(torch.device("cpu"), rounds=3, calls=2,
                            formats=[("float32", "auto"), ("int8", "auto"), ("int4", "no-such-kernel")])
-    assert out["op_s"] > 0 and out["step_s"] > 0 and out["shape"] == [256, 256]
+    assert out["op_s"] > 0 and out["op_mix_s"] > 0 and out["step_s"] > 0 and out["shape"] == [256, 256]
+    assert "HF Llama decode step" in out["method"]
     assert set(out["linear"]) == {"float32|auto", "int8|auto"}
     assert all(e["s"] > 0 and e["ops"] >= 1 and "noisy" in e for e in out["linear"].values())
     assert len(out["skipped"]) == 1 and out["skipped"][0].startswith("int4|no-such-kernel")
