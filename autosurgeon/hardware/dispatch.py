@@ -12,9 +12,10 @@ measures, per GPU (``HardwareProfile.dispatch["cuda:N"]``):
   positions: every op launch-bound), run back to back and synchronised once per round: the host's cost per op of
   a real eager step, its Python around the ops included (the step's non-GEMV ops are priced at it where the step's
   rest is not measured). ``op_mix_s``, the same over a bare op mix (``cost.gemv._OpMix``: norms, rotary-like
-  slicing, attention, activation, residuals), is kept beside it: on this project's CPU the HF step cost 10.0 us
-  per op and the op mix 5.1 (1 thread, load 10), against 8.8 us per op for a real model's step rest (unseen-phi);
-  on the H200 the op mix 4.6 us against 6.7 for phi's rest (session 8's probe, before ``op_s`` was the HF step);
+  slicing, attention, activation, residuals), is kept beside it. On this project's CPU (1 thread, load 11) the zoo's
+  tiny-llama step rest (linears nulled, on the runtime) cost 8.6 us per op, the HF step 11.1 (+29 %), the op mix
+  4.7-5.2 (-40 to -45 %); on the H200 the op mix was 4.6 us against 6.7 per op of a real step's rest (session 8's
+  probe, before ``op_s`` was the HF step: not yet measured there);
 * ``step_s``: one tiny op then a synchronise — what the step's closing synchronise (and the last kernel's drain)
   adds once per step;
 * ``linear``: per ``precision|kernel`` (kernel ``auto``: the runtime's default on this device, resolved as the
