@@ -37,6 +37,7 @@ eager step is. Without that record (paper profiles): the documented ``DEFAULT_LA
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -228,13 +229,23 @@ class AnalyticCostModel:
         memory = (wbytes + activation) / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
         return max(compute, memory), compute
 
-    def _repack_seconds(self, block: Any) -> float:
+    def _as_run(self, choice: LeafChoice, block: Any) -> LeafChoice:
+        """``choice`` with the kernel the runtime runs it with: a streamed weight-only layer left at "auto" on a GPU
+        whose default kernel packs runs the unpacked kernel the profile recorded (``dispatch.streamed_kernels``;
+        the Streamer's ``use_unpacked_kernels``), so it costs that kernel's floor and repacks nothing."""
+        dispatch = self.dispatch.get(block.exec_kind)
+        if dispatch is None or not block.streamed or not choice.chosen or choice.kernel != "auto":
+            return choice
+        kernel = dispatch.streamed_kernels.get(choice.precision)
+        return choice if kernel is None else dataclasses.replace(choice, kernel=kernel)
+
+    def _repack_seconds(self, block: Any, leaves: Any = None) -> float:
         """Seconds a streamed block's packing kernels spend packing again after each fetch: the GEMV table's
         measured ``prepare_s`` where it has the leaf (cost.gemv), else the packed bytes read and written once at
         memory bandwidth (a floor: fbgemm's prepack measured 50-100x that)."""
         unit = self._unit(block.exec_kind)
         total, measured = 0, 0.0
-        for c in block.leaves:
+        for c in (block.leaves if leaves is None else leaves):
             if c.chosen and c.leaf.weight_numel and c.precision not in FLOAT_ITEMSIZE:
                 prepare = self._measured_prepare(c, block.exec_kind)
                 if prepare is not None:
@@ -266,9 +277,10 @@ class AnalyticCostModel:
         busy = compute_total = transfer_total = fetch_total = 0.0
         streamed_bytes = 0
         for block in blocks:
-            c_b = sum(self.leaf_seconds(c, block.exec_kind)[0] for c in block.leaves)
+            leaves = [self._as_run(c, block) for c in block.leaves]
+            c_b = sum(self.leaf_seconds(c, block.exec_kind)[0] for c in leaves)
             if block.streamed:
-                c_b += self._repack_seconds(block)
+                c_b += self._repack_seconds(block, leaves)
             busy += c_b
             compute_total += c_b
             x_b = f_b = 0.0

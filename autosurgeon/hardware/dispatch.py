@@ -18,6 +18,8 @@ measures, per GPU (``HardwareProfile.dispatch["cuda:N"]``):
   probe, before ``op_s`` was the HF step: not yet measured there);
 * ``step_s``: one tiny op then a synchronise — what the step's closing synchronise (and the last kernel's drain)
   adds once per step;
+* ``streamed_kernels``: per weight-only format whose default kernel there packs, the kernel a streamed layer runs
+  instead (the Streamer's rule), whose floor a streamed layer then costs;
 * ``linear``: per ``precision|kernel`` (kernel ``auto``: the runtime's default on this device, resolved as the
   runtime resolves it), the seconds of one call of a ``1 x in -> out`` decode layer at a small width
   (``FLOOR_SHAPE``), back to back and synchronised once per round, and the aten ops of that call: the format's
@@ -30,6 +32,7 @@ documented launch default of ``cost.base`` and says so in the analytic method.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -142,12 +145,31 @@ def measure_dispatch(device: Any, *, rounds: int = 5, calls: int = 20,
         median, disp = _summary(values)
         linear[key] = {"s": median, "ops": int(ops), "dispersion": disp, "noisy": disp > NOISY}
     return {"op_s": op_s, "op_dispersion": op_disp, "op_mix_s": mix_s, "op_mix_dispersion": mix_disp,
+            "streamed_kernels": streamed_kernels(device),
             "step_s": step_s, "step_dispersion": step_disp,
             "linear": linear, "shape": list(FLOOR_SHAPE), "skipped": skipped,
             "method": (f"wall clock, {rounds} interleaved rounds x {calls} back-to-back calls, one synchronise per "
                        f"round, median; op_s: a tiny HF Llama decode step ({hf_ops} ops) / its ops; op_mix_s: "
                        f"_OpMix ({mix_ops} ops) / its ops; step_s: one tiny op + synchronise; "
                        f"linear: 1 x {in_f} -> {out_f} per precision|kernel")}
+
+
+def streamed_kernels(device: Any) -> dict[str, str]:
+    """Per weight-only format whose default kernel on ``device`` packs its weight, the kernel the runtime runs a
+    STREAMED layer of it with instead (``runtime.kernels.linear.use_unpacked_kernels``: packing on every fetch would
+    cost more): on CUDA, int4's tinygemm -> the Triton GEMV on the canonical codes."""
+    from runtime.kernels.select import default_kernel, unpacked_kernel  # lazy: the runtime's kernels import torch
+
+    out = {}
+    for fmt in ("int8", "int4", "fp8"):
+        try:
+            packs = default_kernel(fmt, device).prepare is not None
+            kernel = unpacked_kernel(fmt, device) if packs else None
+        except Exception:  # noqa: BLE001 — a format without a kernel on this device has no streamed kernel either
+            continue
+        if kernel is not None:
+            out[fmt] = kernel.name
+    return out
 
 
 def _hf_decode_step(device: Any) -> tuple[Callable[[], Any], int]:
@@ -185,6 +207,7 @@ class DispatchCosts:
     op_s: float
     step_s: float
     linear: Mapping[str, Mapping[str, float]]
+    streamed_kernels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any], *, where: str) -> DispatchCosts:
@@ -205,8 +228,13 @@ class DispatchCosts:
                 raise InvalidArgumentError(f"{where}.linear[{key!r}].ops must be a count >= 0, got {ops!r}; "
                                            "re-measure the profile with `autosurgeon profile`.")
             linear[str(key)] = {"s": seconds(entry.get("s"), f"linear[{key!r}].s"), "ops": ops}
+        streamed = record.get("streamed_kernels", {})
+        if not isinstance(streamed, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                         for k, v in streamed.items()):
+            raise InvalidArgumentError(f"{where}.streamed_kernels must map formats to kernel names, got {streamed!r}; "
+                                       "re-measure the profile with `autosurgeon profile`.")
         return cls(op_s=seconds(record.get("op_s"), "op_s"), step_s=seconds(record.get("step_s", 0.0), "step_s"),
-                   linear=linear)
+                   linear=linear, streamed_kernels=dict(streamed))
 
     def floor(self, precision: str, kernel: str) -> Mapping[str, float] | None:
         """The linear entry of ``precision`` with ``kernel`` (its "auto" entry when the named one is missing)."""
@@ -221,4 +249,4 @@ def dispatch_costs(profile: Any, unit_name: str) -> DispatchCosts | None:
     return DispatchCosts.from_record(record, where=f"profile {profile.name!r} dispatch[{unit_name!r}]")
 
 
-__all__ = ["FLOOR_SHAPE", "DispatchCosts", "dispatch_costs", "linear_formats", "measure_dispatch"]
+__all__ = ["FLOOR_SHAPE", "DispatchCosts", "dispatch_costs", "linear_formats", "measure_dispatch", "streamed_kernels"]

@@ -185,3 +185,28 @@ def test_a_measured_gpu_takes_the_measured_rest_and_streaming_costs(monkeypatch)
     assert parts["latency_s"] - m.breakdown(x0)["latency_s"] == pytest.approx(parts["fetch_s"], rel=1e-6)
     assert "measured 100 us/fetch" in parts["link_notes"][0]
     assert not AnalyticEvaluator(lm, measured_gpu(record()), gpu_rest=False).models["decode"].rest_s
+
+
+def test_a_streamed_layer_left_at_auto_costs_the_unpacked_kernel_the_profile_recorded():
+    """On a GPU whose default int4 kernel packs (tinygemm), the runtime runs a streamed int4 layer with the unpacked
+    kernel (``use_unpacked_kernels``): priced at that kernel's floor, with no repack."""
+    rec = record()
+    rec["linear"]["int4|auto"] = {"s": 30e-6, "ops": 6}
+    rec["linear"]["int4|cuda-int4-gemv"] = {"s": 50e-6, "ops": 4}
+    rec["streamed_kernels"] = {"int4": "cuda-int4-gemv"}
+    lm = tiny_lm()
+    ev = AnalyticEvaluator(lm, measured_gpu(rec))
+    space, m = ev.space, ev.models["decode"]
+    int4 = with_all(space, "precision", "int4")
+    streamed = with_all(space, "placement", "gpu<-cpu", int4)
+    resident_blocks = {b["name"]: b["compute_s"] for b in m.breakdown(int4)["blocks"]}
+    moved = [b for b in m.breakdown(streamed)["blocks"] if b["placement"] == "gpu<-cpu"]
+    assert moved
+    block = moved[0]
+    called = [leaf for leaf in space.leaves.values() if leaf.name.startswith(block["name"] + ".")
+              and leaf.kind == "linear" and m.info[leaf.name].flops]
+    # 20 us more per layer (the unpacked kernel's floor), and no tinygemm repack on top.
+    assert block["compute_s"] - resident_blocks[block["name"]] == pytest.approx(20e-6 * len(called), rel=0.02)
+    bad = dict(rec, streamed_kernels={"int4": 3})
+    with pytest.raises(InvalidArgumentError, match="streamed_kernels must map formats to kernel names"):
+        DispatchCosts.from_record(bad, where="t")
