@@ -18,18 +18,26 @@ instead the MEASURED time of its format and kernel at its own ``rows x in -> out
 and dispatch work, not bytes: a roofline ranked int4 fastest where it is slowest), and the launch term uses the
 table's measured per-op cost unless one is passed, over the step's ops less those the table's linears dispatch.
 With ``rest_s`` (``cost.step_rest``: the unmodified step with its linears nulled, measured on the runtime) that
-measured rest replaces the launch term and every non-linear leaf on the CPU (it holds them: no plan changes them);
+measured rest replaces the launch term and every non-linear leaf on the unit it ran on (it holds them: no plan
+changes them; on a measured CPU with a GEMV table, or a measured GPU with dispatch costs);
 with ``stream`` (``Profiler.stream_costs``) a streamed block adds its measured exposed cost, ``fetches x fetch_s +
 bytes x s_per_byte``, to its compute instead of the link roofline and the assumed per-fetch cost.
 
 A block's ``C_b`` is the sum of its leaves (in a streamed block, plus a repack of every weight whose kernel
-keeps a packed copy — ``footprint.packed_copy_bytes``, read and written once at memory bandwidth — since
-the copy is rebuilt after each fetch); streaming and overlap follow ``cost.pipeline_latency``; the
+keeps a packed copy, since the copy is rebuilt after each fetch: the GEMV table's measured packing time where it
+has the leaf, else ``footprint.packed_copy_bytes`` read and written once at memory bandwidth); streaming and overlap follow ``cost.pipeline_latency``; the
 step adds ``n_ops x launch_overhead_s`` (ops counted once with a dispatch mode: eager PyTorch pays one
 dispatch/launch per op, which dominates small models and batch-1 decode on GPUs).
+
+On a GPU the profile measured (``HardwareProfile.dispatch``, ``hardware.dispatch``): the per-op cost is the measured
+``op_s``, the step adds the measured ``step_s`` (its closing synchronise) once, and a linear leaf costs at least its
+format and kernel's measured per-call floor (``max(roofline, floor)``; the floors' own ops leave the launch term), so
+a plan whose formats dispatch more ops per call (int8 / int4 / fp8 eager paths) is priced slower, as the runtime's
+eager step is. Without that record (paper profiles): the documented ``DEFAULT_LAUNCH_OVERHEAD_S``, as before.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +54,7 @@ from autosurgeon.cost.base import (
 )
 from autosurgeon.cost.footprint import FLOAT_ITEMSIZE, packed_copy_bytes, weight_bytes
 from autosurgeon.errors import InvalidArgumentError
+from autosurgeon.hardware.dispatch import dispatch_costs
 from autosurgeon.hardware.power_cap import mode_key
 from autosurgeon.space.masks import placement_units
 
@@ -81,9 +90,12 @@ class AnalyticCostModel:
                  rest_s: float | None = None, stream: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         if n_ops < 0:
             raise InvalidArgumentError(f"`n_ops` must be >= 0, got {n_ops}.")
-        if rest_s is not None and (gemv is None or not rest_s >= 0):
-            raise InvalidArgumentError(f"`rest_s` must be >= 0 seconds and comes with a `gemv` table; got {rest_s!r} "
-                                       f"with gemv={'a table' if gemv is not None else None}.")
+        default_kind = profile.default_unit().kind
+        gpu_dispatch = default_kind != "cpu" and dispatch_costs(profile, profile.default_unit().name) is not None
+        if rest_s is not None and ((gemv is None and not gpu_dispatch) or not rest_s >= 0):
+            raise InvalidArgumentError(f"`rest_s` must be >= 0 seconds and comes with a `gemv` table (or a GPU "
+                                       f"profile's dispatch costs); got {rest_s!r} with "
+                                       f"gemv={'a table' if gemv is not None else None}.")
         for name, value in (("launch_overhead_s", launch_overhead_s), ("fetch_overhead_s", fetch_overhead_s)):
             if value is not None and not value >= 0:
                 raise InvalidArgumentError(f"`{name}` must be >= 0 seconds or None, got {value!r}.")
@@ -93,21 +105,29 @@ class AnalyticCostModel:
         if missing:
             raise InvalidArgumentError(f"`analysis` lacks leaves {missing[:3]} of the space; analyse the same model.")
         self.units = {k: u for k, u in placement_units(profile).items() if u is not None}
-        default_kind = profile.default_unit().kind
         self.gemv, self.batch = gemv, batch
         # Token rows each linear multiplies in this step (its FLOPs / 2 x weights: batch x 1 at decode, the tokens or
         # patches of a forward otherwise), the GEMV table's row count for it.
         self.rows = {n: leaf_rows(leaf, self.info[n], batch) for n, leaf in space.leaves.items() if leaf.kind == "linear"}
+        # A GPU the profile measured: its eager per-op, per-step and per-linear-call costs (hardware/dispatch.py).
+        self.dispatch = {kind: d for kind, unit in self.units.items() if kind != "cpu"
+                         for d in [dispatch_costs(profile, unit.name)] if d is not None}
+        step_dispatch = self.dispatch.get(default_kind)
         if launch_overhead_s is None and gemv is not None and gemv.launch_s > 0:
             launch_overhead_s = gemv.launch_s
+        if launch_overhead_s is None and step_dispatch is not None:
+            launch_overhead_s = step_dispatch.op_s
         self.launch_overhead_s = (DEFAULT_LAUNCH_OVERHEAD_S.get(default_kind, 0.0)
                                   if launch_overhead_s is None else launch_overhead_s)
+        self.step_fixed_s = step_dispatch.step_s if step_dispatch is not None else 0.0
         self.fetch_overhead_s = fetch_overhead_s
         self.lookahead, self.disk_cache = lookahead, disk_cache
         self._leaf_cache: dict[tuple[Any, ...], tuple[float, float]] = {}
         # A table-priced linear's seconds include the ops its call dispatches: those leave the launch term.
-        self.launched_ops = n_ops - (self._table_linear_ops() if gemv is not None else 0)
+        self.launched_ops = n_ops - (self._table_linear_ops() if gemv is not None else
+                                     self._dispatch_linear_ops(step_dispatch) if step_dispatch is not None else 0)
         self.rest_s = rest_s
+        self.rest_kind = default_kind  # the unit the rest was measured on (its non-linear leaves are in it)
         # Measured exposed streaming cost per placement (``Profiler.stream_costs``: per fetch + per byte, overlap
         # as the runtime achieves it included): replaces the link roofline and the assumed fetch cost there.
         self.stream = {k: {"fetch_s": float(v["fetch_s"]), "s_per_byte": float(v["s_per_byte"])}
@@ -127,6 +147,27 @@ class AnalyticCostModel:
             total += ops or 0
         return min(total, self.n_ops)
 
+    def _dispatch_linear_ops(self, dispatch: Any) -> int:
+        """Aten ops the unmodified model's linears dispatch, per the profile's linear floors (their own ops leave the
+        launch term: a floor's seconds include them)."""
+        total = 0
+        for leaf in self.space.leaves.values():
+            if leaf.kind != "linear" or not leaf.out_features or not self.info[leaf.name].flops:
+                continue
+            floor = dispatch.floor(leaf.dtype or "float32", "auto")
+            total += int(floor["ops"]) if floor is not None else 0
+        return min(total, self.n_ops)
+
+    def _dispatch_floor(self, choice: LeafChoice, exec_kind: str) -> float | None:
+        """The measured per-call floor of a linear leaf's format and kernel on a GPU the profile measured (None:
+        no record, not a linear, or a linear the pass does not call)."""
+        dispatch, leaf = self.dispatch.get(exec_kind), choice.leaf
+        if dispatch is None or leaf.kind != "linear" or not leaf.out_features or not self.info[leaf.name].flops:
+            return None
+        precision = choice.precision if choice.chosen else (leaf.dtype or "float32")
+        floor = dispatch.floor(precision, choice.kernel if choice.chosen else "auto")
+        return None if floor is None else float(floor["s"])
+
     def _unit(self, kind: str) -> Any:
         unit = self.units.get(kind)
         if unit is None:
@@ -135,13 +176,15 @@ class AnalyticCostModel:
 
     def leaf_seconds(self, choice: LeafChoice, exec_kind: str) -> tuple[float, float]:
         """``(roofline seconds, compute seconds)`` of one leaf under its choice on the ``exec_kind`` unit."""
-        key = (choice.leaf.name, choice.precision, choice.group_size, choice.chosen, exec_kind)
+        # The kernel is part of the key: without it, the first kernel priced for a leaf's format stood for every
+        # other (tiny-llama: random plans' named kernels priced as "auto", or "auto" as a dequant kernel 5x slower).
+        key = (choice.leaf.name, choice.precision, choice.group_size, choice.kernel, choice.chosen, exec_kind)
         hit = self._leaf_cache.get(key)
         if hit is not None:
             return hit
         leaf = choice.leaf
         self._unit(exec_kind)  # a placement the profile lacks fails here, naming it
-        if self.rest_s is not None and exec_kind == "cpu" and leaf.kind != "linear":
+        if self.rest_s is not None and exec_kind == self.rest_kind and leaf.kind != "linear":
             # In the measured rest of the step (cost.step_rest) at the model's own dtype: a plan that changes the
             # leaf's precision (a conv, an embedding) adds only the roofline's difference.
             out = (0.0, 0.0)
@@ -164,6 +207,9 @@ class AnalyticCostModel:
                 self._leaf_cache[key] = (seconds, seconds)
                 return seconds, seconds
         out = self._roofline(choice, exec_kind)
+        floor = self._dispatch_floor(choice, exec_kind)
+        if floor is not None:  # eager on a GPU: a call costs at least its format's host dispatch + launches
+            out = (max(out[0], floor), out[1])
         self._leaf_cache[key] = out
         return out
 
@@ -183,14 +229,43 @@ class AnalyticCostModel:
         memory = (wbytes + activation) / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
         return max(compute, memory), compute
 
-    def _repack_seconds(self, block: Any) -> float:
+    def _as_run(self, choice: LeafChoice, block: Any) -> LeafChoice:
+        """``choice`` with the kernel the runtime runs it with: a streamed weight-only layer left at "auto" on a GPU
+        whose default kernel packs runs the unpacked kernel the profile recorded (``dispatch.streamed_kernels``;
+        the Streamer's ``use_unpacked_kernels``), so it costs that kernel's floor and repacks nothing."""
+        dispatch = self.dispatch.get(block.exec_kind)
+        if dispatch is None or not block.streamed or not choice.chosen or choice.kernel != "auto":
+            return choice
+        kernel = dispatch.streamed_kernels.get(choice.precision)
+        return choice if kernel is None else dataclasses.replace(choice, kernel=kernel)
+
+    def _repack_seconds(self, block: Any, leaves: Any = None) -> float:
+        """Seconds a streamed block's packing kernels spend packing again after each fetch: the GEMV table's
+        measured ``prepare_s`` where it has the leaf (cost.gemv), else the packed bytes read and written once at
+        memory bandwidth (a floor: fbgemm's prepack measured 50-100x that)."""
         unit = self._unit(block.exec_kind)
-        total = 0
-        for c in block.leaves:
+        total, measured = 0, 0.0
+        for c in (block.leaves if leaves is None else leaves):
             if c.chosen and c.leaf.weight_numel and c.precision not in FLOAT_ITEMSIZE:
+                prepare = self._measured_prepare(c, block.exec_kind)
+                if prepare is not None:
+                    measured += prepare
+                    continue
                 total += packed_copy_bytes(c.leaf.weight_numel, c.leaf.out_features, c.precision, c.group_size,
                                            kernel=c.kernel, exec_kind=block.exec_kind)
-        return 2.0 * total / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0
+        return measured + (2.0 * total / unit.memory_bandwidth if unit.memory_bandwidth > 0 else 0.0)
+
+    def _measured_prepare(self, choice: LeafChoice, exec_kind: str) -> float | None:
+        """The GEMV table's packing seconds of ``choice`` (0.0: its kernel does not pack); None: not in a table."""
+        leaf = choice.leaf
+        if self.gemv is None or exec_kind != "cpu" or leaf.kind != "linear" or not leaf.out_features:
+            return None
+        try:
+            value = self.gemv.prepare_seconds(choice.precision, choice.kernel, leaf.weight_numel // leaf.out_features,
+                                              leaf.out_features, self.rows[leaf.name])
+        except KeyError:
+            return None
+        return 0.0 if value is None else value
 
     def breakdown(self, x: Any) -> dict[str, Any]:
         """Latency and its parts for vector ``x``: ``latency_s``, ``busy_s``, ``compute_s``, ``transfer_s``,
@@ -202,9 +277,10 @@ class AnalyticCostModel:
         busy = compute_total = transfer_total = fetch_total = 0.0
         streamed_bytes = 0
         for block in blocks:
-            c_b = sum(self.leaf_seconds(c, block.exec_kind)[0] for c in block.leaves)
+            leaves = [self._as_run(c, block) for c in block.leaves]
+            c_b = sum(self.leaf_seconds(c, block.exec_kind)[0] for c in leaves)
             if block.streamed:
-                c_b += self._repack_seconds(block)
+                c_b += self._repack_seconds(block, leaves)
             busy += c_b
             compute_total += c_b
             x_b = f_b = 0.0
@@ -231,7 +307,8 @@ class AnalyticCostModel:
             steps.append((c_b + x_b + f_b, 0.0, 0.0, False) if measured is not None else (c_b, x_b, f_b, block.streamed))
             rows.append({"name": block.name, "placement": block.placement, "compute_s": c_b, "transfer_s": x_b,
                          "fetch_s": f_b})
-        overhead = self.launched_ops * self.launch_overhead_s if self.rest_s is None else self.rest_s
+        overhead = (self.launched_ops * self.launch_overhead_s + self.step_fixed_s if self.rest_s is None
+                    else self.rest_s)
         latency = overhead + pipeline_latency(steps, lookahead=self.lookahead)
         return {"latency_s": latency, "busy_s": busy, "compute_s": compute_total, "transfer_s": transfer_total,
                 "fetch_s": fetch_total, "overhead_s": overhead, "streamed_bytes": streamed_bytes, "warm_disk": warm,
@@ -251,6 +328,9 @@ class AnalyticCostModel:
             out["stream"] = self.stream
         if self.gemv is not None:  # measured rates change results: the table's identity keys the cache
             out["gemv"] = [self.gemv.device, self.gemv.threads, self.gemv.measured_at, self.batch]
+        if self.dispatch:  # measured dispatch costs change results
+            out["dispatch"] = {k: [d.op_s, d.step_s, sorted((n, e["s"]) for n, e in d.linear.items())]
+                               for k, d in self.dispatch.items()}
         mode = mode_key(self.profile)
         if mode is not None:
             out["power_mode"] = mode

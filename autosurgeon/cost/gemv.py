@@ -16,6 +16,11 @@ leaf inside a real pass, and uniform plans on the runtime in interleaved rounds)
   totalling ``cold_bytes`` (at most ``MAX_COPIES``; a layer alone in a loop reads hot from L2 — up to 3x faster
   for float32 there);
 * the aten ops one call dispatches are counted (``ops``), so the step's op count is not charged twice;
+* a kernel that packs its weight (fbgemm's int8-dynamic, torch's int4 pack) has its packing timed too
+  (``prepare_s``: a call after ``release_prepared`` minus a warm call): a streamed layer gets new tensors on every
+  use and packs again each step. Priced before as the packed bytes read and written once at memory bandwidth, it
+  was 50-100x low (tiny-llama's 256x256 int8-dynamic, 1 thread, load 4.7: prepack 636 us against ~13 us priced),
+  a main reason random plans (streamed quantized layers with named kernels) were priced 20-50 % low;
 * the per-op cost is that of a small eager block at decode widths (``_OpMix``: norm, views, rotary-like
   slicing, softmax attention over a short cache, activation, residual) over its op count — v1 timed ``x + 1``
   on 8 floats, the cheapest op torch has, and priced a real step's ops ~2x low.
@@ -53,12 +58,14 @@ from autosurgeon.cost.profiled_trust import tables_as_is
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.models.cache import cache_root
 from runtime.kernels import available_kernels
+from runtime.kernels.linear import QuantizedLinear
 
 logger = get_logger(__name__)
 
 NOISY = 0.15  # IQR/median above which an entry is re-measured, then labelled noisy
 STALE = 0.5  # spot check off by more than this fraction: the table is re-measured
-VERSION = 2  # v2: "auto" entries as the runtime runs them, cold-cache rotation, op counts, op-mix launch
+VERSION = 3  # v2: "auto" entries as the runtime runs them, cold-cache rotation, op counts, op-mix launch;
+# v3: a packing kernel's prepare cost per entry (``prepare_s``)
 # Cap on the layer copies an entry rotates through: bounds a table's first measurement (every copy is called each
 # round); 16 copies of a layer of >= 64 KiB already exceed a 1 MiB L2 (tiny-llama's 29 linears: rotating 4 MiB
 # and 16 MiB priced them alike within that run's noise, 1.9-2.6 vs 2.3-2.8 ms).
@@ -132,13 +139,33 @@ def _measure_group(specs: Sequence[tuple[str, str, int, int]], batch: int, round
                 copies[i % len(copies)](x)
             samples[key].append((time.process_time() - t0) / n)
     out = {}
-    for (key, copies, _, ops) in prepared:
+    for (key, copies, x, ops) in prepared:
         values = samples[key]
         q = statistics.quantiles(values, n=4)
         median = statistics.median(values)
         out[key] = {"median_s": median, "dispersion": (q[2] - q[0]) / median if median > 0 else 0.0,
                     "rounds": rounds, "calls": calls, "copies": len(copies), "ops": ops}
+        prepare = prepare_seconds(copies[0], x, rounds=rounds)
+        if prepare is not None:
+            out[key]["prepare_s"] = prepare
     return out
+
+
+def prepare_seconds(module: nn.Module, x: torch.Tensor, *, rounds: int) -> float | None:
+    """Seconds a packing kernel spends building its packed copy (a call after ``release_prepared`` minus a warm
+    call, medians over ``rounds``); None when ``module`` runs no packing kernel."""
+    if not isinstance(module, QuantizedLinear) or module.resolve_kernel(x.device).prepare is None:
+        return None
+    cold, warm = [], []
+    for _ in range(rounds):
+        module.release_prepared()
+        t0 = time.process_time()
+        module(x)
+        t1 = time.process_time()
+        module(x)
+        cold.append(t1 - t0)
+        warm.append(time.process_time() - t1)
+    return max(0.0, statistics.median(cold) - statistics.median(warm))
 
 
 class _Norm(nn.Module):
@@ -239,6 +266,13 @@ class GemvTable:
         """Measured seconds of one call of the layer as the runtime runs it (kernel "auto": the runtime's default
         kernel, resolved per call as the runtime does; not the fastest named kernel). KeyError if not measured."""
         return float(self._entry(precision, kernel, in_features, out_features, batch)["median_s"])
+
+    def prepare_seconds(self, precision: str, kernel: str, in_features: int, out_features: int,
+                        batch: int = 1) -> float | None:
+        """Measured seconds the entry's kernel spends packing its weight (paid again on every use of a streamed
+        layer); None for a kernel that does not pack. KeyError if the entry was not measured."""
+        value = self._entry(precision, kernel, in_features, out_features, batch).get("prepare_s")
+        return None if value is None else float(value)
 
     def ops(self, precision: str, kernel: str, in_features: int, out_features: int, batch: int = 1) -> int | None:
         """Aten ops one call dispatches (None in an entry that did not count them)."""

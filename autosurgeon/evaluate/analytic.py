@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # annotations only
 
 # The runtime probes' timing on a measured CPU (the step's rest, streaming): the process CPU clock, as the GEMV table.
 STREAM_TIMING = TimingSettings(clock="cpu", step_warmup=2, step_repeats=10)
+# On a measured GPU (the step's rest): the wall clock, synchronised, as the runtime's GPU steps are timed.
+GPU_REST_TIMING = TimingSettings(clock="wall", step_warmup=3, step_repeats=20)
 
 
 # ---------------------------------------------------------------------------------------------- analytic
@@ -33,6 +35,9 @@ class AnalyticEvaluator(Evaluator):
     Extra args (see ``AnalyticCostModel``): ``launch_overhead_s``, ``fetch_overhead_s`` (None: documented
     defaults, or pass ``ProfiledTable`` figures to calibrate), ``lookahead``, ``disk_cache``.
     The model may live on the meta device (large architectures on paper).
+    ``gpu_rest``: on a measured GPU profile with dispatch costs (``hardware.dispatch``) and real weights, measure the
+    step's rest (linears nulled) on the runtime there, as on a measured CPU (False: the profile's per-op and per-step
+    costs alone price it).
     ``gemv``: rates at the workload's real shapes (``cost.gemv``): "auto" measures (or loads, after a spot check)
     the table of this model's linear shapes at each phase's token rows (decode: batch x 1; prefill and encoders:
     batch x prompt) when the profile is a MEASURED CPU-only machine; a ``GemvTable`` (decode rows); or None
@@ -43,7 +48,7 @@ class AnalyticEvaluator(Evaluator):
 
     def __init__(self, loaded: LoadedModel, profile: HardwareProfile, *, launch_overhead_s: float | None = None,
                  fetch_overhead_s: float | None = None, lookahead: int = 2, disk_cache: str = "auto",
-                 gemv: Any = "auto", **kwargs: Any) -> None:
+                 gemv: Any = "auto", gpu_rest: bool = True, **kwargs: Any) -> None:
         super().__init__(loaded, profile, **kwargs)
 
         model = self.loaded.model
@@ -83,6 +88,17 @@ class AnalyticEvaluator(Evaluator):
                 self.rest[phase] = rest
                 if phase == w.phase:
                     stream = self.stream = self._stream_costs()
+            elif gpu_rest and gemv == "auto" and self._gpu_rest_applies():
+                # A measured GPU with dispatch costs and the real weights: the step's non-GEMV part (HF's Python,
+                # norms, attention, the runtime's per-step work and the closing synchronise) measured on it, as on
+                # the CPU; the linears then cost their format's measured floor (or roofline). Streamed placements:
+                # their exposed cost per fetch and per byte measured there too (H200, session 8: the runtime paid
+                # 80-115 us per fetch beyond its work where the documented default assumes 20 us; random plans,
+                # mostly streamed, were priced 49-54 % low with the rest measured and the fetch cost assumed).
+                rest = self._rest(phase)
+                self.rest[phase] = rest
+                if phase == w.phase:
+                    stream = self.stream = self._stream_costs()
             self.models[phase] = AnalyticCostModel(self.space, analysis, self.profile, n_ops=n_ops,
                                                    launch_overhead_s=launch_overhead_s,
                                                    fetch_overhead_s=fetch_overhead_s, lookahead=lookahead,
@@ -105,7 +121,7 @@ class AnalyticEvaluator(Evaluator):
                 linears = {leaf.name for leaf in self.space.leaves.values()
                            if leaf.kind == "linear" and leaf.out_features}
                 self._rest_record = rest_on_runtime(self.loaded, self.space, self.profile, self.workload, linears,
-                                                    timing=STREAM_TIMING)
+                                                    timing=self._probe_timing())
                 profiler.table.settings["analytic_rest"] = self._rest_record
                 profiler.mark_changed()
                 profiler.save()
@@ -117,12 +133,24 @@ class AnalyticEvaluator(Evaluator):
     def _probe_profiler(self) -> Profiler:
         """The Profiler whose table keeps this evaluator's runtime probes (the step's rest, streaming)."""
         if self._profiler is None:
-            self._profiler = Profiler(self.loaded, self.space, self.profile, self.workload, timing=STREAM_TIMING)
+            self._profiler = Profiler(self.loaded, self.space, self.profile, self.workload,
+                                      timing=self._probe_timing())
         return self._profiler
+
+    def _probe_timing(self) -> TimingSettings:
+        return STREAM_TIMING if self.profile.default_unit().kind == "cpu" else GPU_REST_TIMING
+
+    def _gpu_rest_applies(self) -> bool:
+        """A measured GPU profile with the default unit's dispatch record, and real weights to run."""
+        p = self.profile
+        unit = p.default_unit()
+        on_meta = any(t.is_meta for t in self.loaded.model.parameters())
+        return bool(p.measured) and unit.kind == "gpu" and unit.name in p.dispatch and not on_meta
 
     def _stream_costs(self) -> dict[str, dict[str, Any]]:
         """Streamed placements' exposed cost per fetch and per byte, measured on the runtime at this model's
-        block sizes (``Profiler.stream_costs``; CPU clock; measured now and kept with the rest, see ``_rest``)."""
+        block sizes (``Profiler.stream_costs``; CPU clock on a CPU, wall clock on a GPU; measured now and kept with the
+        rest, see ``_rest``)."""
         if not any(v.knob == "placement" and any("<-" in c for c in v.choices) for v in self.space.variables):
             return {}
         profiler = self._probe_profiler()
@@ -198,6 +226,12 @@ class AnalyticEvaluator(Evaluator):
             gemv_note += (f"; the rest of the step (linears nulled) measured {rest['median_s'] * 1e3:.3f} ms "
                           f"(IQR/median {rest['dispersion']:.0%}{', NOISY' if rest['noisy'] else ''}) replaces "
                           "the launch term")
+        if m.dispatch:
+            gemv_note += ("; on " + ", ".join(sorted(m.dispatch)) + ": measured eager dispatch (per-op launch, "
+                          f"per-step {m.step_fixed_s * 1e6:.1f} us, each linear at least its format's measured "
+                          "per-call floor)")
+        elif self.profile.default_unit().kind != "cpu":
+            gemv_note += "; GPU dispatch costs not in the profile: the documented launch default"
         method = (f"analytic: roofline per leaf on {self.profile.name} ({kind}"
                   f" profile) + {m.launched_ops} ops x {m.launch_overhead_s * 1e6:.1f} us launch + streaming pipeline "
                   f"(lookahead {lookahead}; {', '.join(parts['link_notes']) or 'no streaming'})"

@@ -11,6 +11,7 @@ import torch
 
 from autosurgeon._logging import get_logger
 from autosurgeon.hardware.detect import detect_board, detect_cpu, detect_gpus
+from autosurgeon.hardware.dispatch import measure_dispatch
 from autosurgeon.hardware.measure import (
     GEMM_DTYPES,
     MeasureConfig,
@@ -92,6 +93,12 @@ def measure_local(
                 device, f"cuda:{gpu.index}", gpu.memory_bytes, gpu.sm_count or 0, gpu_copy, config, method, notes
             )
         )
+    dispatch: dict[str, dict] = {}
+    for unit in units[1:]:
+        if unit.kind == "gpu":  # what an eager step pays there besides its work (hardware/dispatch.py)
+            dispatch[unit.name] = measure_dispatch(torch.device(unit.name), rounds=max(3, config.repeats))
+            logger.info("%s dispatch: %.1f us/op, %.1f us/step", unit.name, dispatch[unit.name]["op_s"] * 1e6,
+                        dispatch[unit.name]["step_s"] * 1e6)
     if cuda_count:
         rates, how = measure_transfers(torch.device("cuda", 0), config)
         links.update(rates)
@@ -128,6 +135,7 @@ def measure_local(
         board=board,
         method=method,
         notes=tuple(notes),
+        dispatch=dispatch,
     )
 
 

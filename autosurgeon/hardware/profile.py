@@ -165,6 +165,9 @@ class HardwareProfile:
         method: How the numbers were measured (repeats, statistic, sizes, threads, page cache ...).
         sources: For paper figures: field -> datasheet citation.
         notes: Caveats a reader should see (an omitted dtype, a page cache that could not be dropped).
+        dispatch: Per GPU unit (``"cuda:0"``) what an eager step pays besides its work, measured
+            (``autosurgeon.hardware.dispatch``: per-op launch, per-step fixed cost, each linear format's per-call
+            floor); empty on paper profiles, whose analytic pricing keeps the documented launch default.
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -182,6 +185,7 @@ class HardwareProfile:
     method: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    dispatch: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gpus", tuple(self.gpus))
@@ -191,6 +195,7 @@ class HardwareProfile:
         object.__setattr__(self, "power", {str(k): float(v) for k, v in self.power.items()})
         object.__setattr__(self, "method", dict(self.method))
         object.__setattr__(self, "sources", dict(self.sources))
+        object.__setattr__(self, "dispatch", dict(self.dispatch))
         if not self.units:
             raise InvalidArgumentError(f"profile {self.name!r} has no compute units; give at least one in `units`.")
         names = [u.name for u in self.units]
@@ -311,6 +316,7 @@ class HardwareProfile:
                 method=dict(data.get("method", {})),
                 sources=dict(data.get("sources", {})),
                 notes=tuple(data.get("notes", ())),
+                dispatch=dict(data.get("dispatch", {})),
             )
         except ProfileFormatError:
             raise

@@ -79,6 +79,9 @@ def trust_problems(profile: HardwareProfile) -> list[str]:
     problems = implausible(profile)
     if problems:
         return problems
+    missing = [u.name for u in profile.units if u.kind == "gpu" and u.measured and u.name not in profile.dispatch]
+    if missing:  # measured before per-op dispatch costs were recorded (hardware/dispatch.py)
+        return [f"{', '.join(missing)} measured without dispatch costs (an older profile)"]
     check = spot_check(profile)
     if check is None:
         return []

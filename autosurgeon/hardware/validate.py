@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from autosurgeon.errors import InvalidArgumentError
+
 if TYPE_CHECKING:  # annotations only
     from autosurgeon.hardware.profile import HardwareProfile
 
@@ -42,6 +44,13 @@ def profile_problems(profile: HardwareProfile) -> list[str]:
             if not (_number(rate) and 0 < rate <= MAX_RATE):
                 out.append(f"{where}.gemm_flops[{dtype!r}] must be a number of FLOP/s in (0, {MAX_RATE:g}], "
                            f"got {rate!r}")
+    from autosurgeon.hardware.dispatch import DispatchCosts  # lazy: dispatch imports nothing of this module
+
+    for unit_name, record in dict(getattr(profile, "dispatch", {}) or {}).items():
+        try:
+            DispatchCosts.from_record(record, where=f"dispatch[{unit_name!r}]")
+        except InvalidArgumentError as exc:
+            out.append(str(exc).split(";")[0])
     for name, rate in dict(profile.links).items():
         if not (_number(rate) and 0 <= rate <= MAX_BANDWIDTH):
             out.append(f"links[{name!r}] must be a number of bytes/s in [0, {MAX_BANDWIDTH:g}], got {rate!r}")

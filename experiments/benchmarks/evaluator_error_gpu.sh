@@ -18,7 +18,11 @@
 #   * runs `python -m experiments.benchmarks.evaluator_error --unseen --device cuda --clock wall` with
 #     $PLANS random plans per model (default 30, the issue's minimum) plus the uniform plans, writing
 #     $OUT/evaluator_error_unseen_gpu.md and .json after EVERY model (a timeout keeps what was done);
-#   * the local profile is measured on that machine (its GPU included) on first use.
+#   * the local profile is measured on that machine (its GPU included) on first use, with the GPU's eager dispatch
+#     costs (autosurgeon/hardware/dispatch.py: per-op, per-step, each linear format's per-call floor);
+#   * the uncalibrated analytic evaluator measures each model's step rest (linears nulled) and its streamed
+#     placements' costs on the GPU (their time there not yet measured); the calibrated analytic row is not built there
+#     (it would be the same model measured twice); "analytic (profile dispatch only)" prices from the profile alone.
 # Models, in order (cheapest first, so a timeout loses the expensive ones): $MODELS, default PART's half.
 # Results: $OUT/evaluator_error_unseen_gpu_part$PART.md and .json (render both halves into one table with
 # `python -m experiments.benchmarks.evaluator_error --unseen --device cuda --clock wall --threads 4 --plans 30

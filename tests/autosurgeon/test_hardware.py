@@ -347,4 +347,6 @@ def test_gpu_unit_and_links_are_measured(tmp_path) -> None:
     assert gpu.gemm_flops["float32"] > 0 and gpu.gemm_flops["float16"] > 0 and gpu.memory_bandwidth > 0
     assert all(profile.links[k] > 0 for k in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"))
     assert profile.gpus[0].sm_count and profile.gpus[0].compute_capability
+    dispatch = profile.dispatch["cuda:0"]  # eager per-op / per-step / per-linear-format costs (hardware/dispatch.py)
+    assert dispatch["op_s"] > 0 and dispatch["step_s"] > 0 and dispatch["linear"]["float32|auto"]["s"] > 0
     assert HardwareProfile.from_json(profile.to_json()) == profile
