@@ -18,6 +18,7 @@ from autosurgeon.cost.profiled import (
 )
 from autosurgeon.evaluate.base import Evaluator
 from autosurgeon.evaluate.cache import EvaluationCache
+from autosurgeon.evaluate.energy_window import counter_energy_per_step
 from autosurgeon.knobs import KNOBS
 from autosurgeon.metrics import Metrics
 from autosurgeon.plan import Plan
@@ -25,7 +26,7 @@ from autosurgeon.quality.kv import kv_quality_loss
 from autosurgeon.quality.settings import QualitySettings
 from autosurgeon.space.search_space import SearchSpace
 from autosurgeon.transforms import apply_plan
-from runtime.telemetry import EnergyMeter
+from runtime.telemetry import COUNTER_WINDOW_S, EnergyMeter
 
 if TYPE_CHECKING:  # annotations only
     from autosurgeon.hardware.profile import HardwareProfile
@@ -138,6 +139,14 @@ class RuntimeEvaluator(Evaluator):
                 with meter:
                     stats = timed(step, warmup=0, repeats=t.step_repeats, device=device, clock=t.clock)
                 joules, source = meter.joules / t.step_repeats, meter.source
+                if source in ("nvml", "rapl") and (meter.seconds < COUNTER_WINDOW_S or not meter.joules > 0):
+                    # A window of a few steps is shorter than the counter's tick: measure again over >= 1 s; a
+                    # counter that still did not move leaves the estimate, labelled so, never 0 J "measured".
+                    joules = counter_energy_per_step(step, device, watts=mean_watts(self.profile, 1.0))
+                    if joules is None:
+                        joules = mean_watts(self.profile, 1.0) * stats.median_s
+                        source = (f"estimate ({source} did not tick in a >= {COUNTER_WINDOW_S:g} s window; "
+                                  f"profile watts x step time)")
             else:
                 stats = timed(step, warmup=0, repeats=t.step_repeats, device=device, clock=t.clock)
             remeasured = False
