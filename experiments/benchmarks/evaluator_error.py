@@ -86,14 +86,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             rounds=args.table_rounds)
 
     # With interleaved rounds the runtime's reference latency comes from them (runtime_reference.py); its own
-    # evaluate then only needs a short timing (memory, quality and energy are what it still gives).
+    # evaluate then only needs a short timing (memory and quality are what it still gives; energy is not compared
+    # here, and a counter's energy needs >= 1 s of steps per plan on a GPU: energy=False).
     rt_timing = (TimingSettings(clock=args.clock, repeats=args.repeats, step_warmup=1, step_repeats=3)
                  if args.rounds else timing)
     # A classifier's measured quality is a share of images whose top-1 changes: 4 images give a 95 % interval
     # 30-95 % wide, so classifiers are scored on --classifier-quality-samples images (default 64).
     quality_samples = (max(args.quality_samples, args.classifier_quality_samples)
                        if loaded.task == "image-classification" and args.quality_samples else args.quality_samples)
-    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=rt_timing,
+    runtime = RuntimeEvaluator(loaded, profile, space=space, timing=rt_timing, energy=False,
                                quality_samples=quality_samples or None, cache=EvaluationCache())
     t0 = time.perf_counter()
     profiled = ProfiledEvaluator(loaded, profile, space=space, timing=timing, sensitivity=sensitivity,
