@@ -4,7 +4,7 @@ They go through the sweep's own :class:`~experiments.sweep.problem.Archive` (sam
 so they are eligible for the front like any plan the search finds, and the search starts from them:
 :func:`initial_vectors` orders them non-dominated first for NSGA-II's first population and Optuna's first
 trials. Origins: ``baseline:unmodified``, ``baseline:<label>`` (families ``uniform``, ``greedy-fill``,
-``knapsack``; see ``baselines``), ``markov`` (a warm start's samples).
+``knapsack``, ``least-memory``; see ``baselines``), ``markov`` (a warm start's samples).
 """
 from __future__ import annotations
 

@@ -121,3 +121,22 @@ def test_uniform_repair_keeps_valid_vectors_and_redraws_invalid_entries_without_
         assert space.is_valid(z)
         seen.add(int(z[gs]))
     assert seen <= set(valid.tolist()) and len(seen) > 1  # spread, where the nearest rule always picks one
+
+
+def test_least_memory_baseline_holds_the_fronts_memory_end(setup, tmp_path):
+    """The env's floor (GPU + CPU bytes, envs.smallest) is a baseline: no other baseline and no plan the search
+    evaluates has less memory, and it is labelled by its origin."""
+    from envs.smallest import smallest_budgeted
+    from experiments.sweep.baselines import least_memory_vectors
+
+    ev = evaluator(setup)
+    least = least_memory_vectors(setup.space, setup.profile)
+    floor, x = smallest_budgeted(setup.space, execution_tier="cpu")
+    assert list(least) == ["least-memory"] and np.array_equal(least["least-memory"], setup.space.repair(x))
+    res = run_sweep(config(algo="random", budget_evals=30, baselines=True), tmp_path / "lm", evaluator=ev,
+                    outputs=False, tensorboard=False)
+    rec = next(r for r in res.records if r["algo"] == "baseline:least-memory")
+    assert rec["family"] == "least-memory" and rec["objectives"][1] == floor  # the evaluator's bytes = the floor's
+    mem = [r["objectives"][1] for r in res.records]
+    assert rec["objectives"][1] == min(mem) < res.records[0]["objectives"][1]
+    assert any(m["origin"] == "baseline:least-memory" for m in res.summary["front"])
