@@ -189,6 +189,14 @@ def fill_budget(space: Any, units: Sequence[Any], x: np.ndarray, target: np.ndar
     return x
 
 
+def _budgeted_memory(space: Any, x: np.ndarray, lookahead: int = 2) -> float:
+    """GPU + CPU bytes of plan ``x`` (what the env's budget and the memory objective count)."""
+    from autosurgeon.cost.footprint import plan_memory
+
+    tiers = plan_memory(space, x, lookahead=lookahead)
+    return float(tiers.get("gpu", 0) + tiers.get("cpu", 0))
+
+
 def _block_groups(units: Sequence[Any]) -> list[list[int]]:
     """The variables of each block (a unit with a placement knob, with every unit named under it) and of each
     unit outside every block, in unit order."""
@@ -224,7 +232,9 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
     energy it has two, so K preferences gave one or two plans (session 6); a budget per preference reaches the
     members between them. Off (or with ``memory_budget``): a preference's own plan is the one at the full budget.
 
-    ``budget_fill`` (default, with ``preference_budgets``): the policy's plan at a preference's budget is also
+    ``budget_fill`` (default, with ``preference_budgets``): a preference's budget spans from the memory of the
+    policy's own plan for it at the unmodified model's budget (not the unmodified memory: a budget above the
+    policy's plan cannot change it) to the floor, and the policy's plan at that budget is also
     filled towards the policy's own plan at the full budget for that preference while the budget allows
     (:func:`fill_budget`, origin ``policy+fill``); the preference's own plan is the filled one when it scores
     better on the preference's latency and energy weights (the epsilon constraint's objective), else the policy's.
@@ -261,12 +271,22 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
     elif preference_budgets:
         base_mem = float(ctx.base.objective("memory"))
         for w in prefs:
-            budget = preference_budget(w, base_mem, ctx.min_memory)
+            if budget_fill:
+                # The budgets span the range where they bind: from the memory of the policy's own plan for this
+                # preference at the unmodified model's budget (a budget above it cannot change the plan) to the
+                # floor. Anchored at the unmodified memory, 3 of the 4 distinct budgets of 8 preferences lay above a
+                # policy plan at 0.19 of it (gpt2, Jetson; tiny-llama 2 of 4 at 0.16), so the policy's one plan and
+                # the floor were all there was to return.
+                full = run_policy(model, env, preference=w, memory_budget=base_mem, context=context)
+                budget = preference_budget(w, _budgeted_memory(ctx.space, full), ctx.min_memory)
+            else:
+                budget = preference_budget(w, base_mem, ctx.min_memory)
             raw = run(w, budget=budget)
             own.append(raw)
             if not budget_fill:
                 continue
-            full = run_policy(model, env, preference=w, memory_budget=base_mem, context=context)
+            run(w, budget=preference_budget(w, base_mem, ctx.min_memory))  # session 7's budget: a candidate too,
+            # so the candidates only grow and the front is never below the one without the fill
             filled = fill_budget(ctx.space, ctx.units, raw.vector, full, budget)
             if np.array_equal(filled, raw.vector):
                 continue

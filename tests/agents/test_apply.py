@@ -217,7 +217,9 @@ def test_each_preference_runs_at_its_own_budget_and_the_front_only_gains(policy:
 
     off = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors,
                        preference_budgets=False)
-    on = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors)
+    # budget_fill=False: session 7's budgets, from the unmodified memory (the fill's anchor: the next test)
+    on = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors,
+                      budget_fill=False)
     assert on.front.extra["preference_budgets"] is True and off.front.extra["preference_budgets"] is False
     assert off.front.extra["preference_budget_fractions"] == [1.0] * 8
     fractions = on.front.extra["preference_budget_fractions"]
@@ -265,8 +267,21 @@ def test_budget_fill_only_adds_candidates_and_is_labelled(policy: Path) -> None:
     assert {c.origin for c in on.front.candidates} <= {"policy", "policy+fill"}
     assert on.front.evaluations >= off.front.evaluations
     assert on.front.extra["with_baselines_hypervolume"] >= off.front.extra["with_baselines_hypervolume"] - 1e-12
-    base_mem = on.base.objective("memory")
+    # The budgets span from each preference's own unconstrained plan to the floor: the latency corner's is that
+    # plan (its fraction of the unmodified-to-floor span is its memory's), the memory corner's the floor.
+    from agents.apply import preference_budget, run_policy
+    from agents.policy_io import load_policy
+    from envs.surgery import SurgeryEnv
+
     floor = build_context("tiny-llama-test", resolve_profile(DEVICE)).min_memory
-    from agents.apply import preference_budget
-    for w, m in zip(on.front.preferences, on.front.metrics):  # a filled plan keeps its preference's budget
-        assert m.objective("memory") <= preference_budget(w, base_mem, floor) * 1.02
+    model, meta = load_policy(policy)
+    env = SurgeryEnv(models=["tiny-llama-test"], device=DEVICE, evaluator="analytic", knobs=tuple(meta["knobs"]))
+    base_mem = on.base.objective("memory")
+    fractions = on.front.extra["preference_budget_fractions"]
+    assert fractions[1] == pytest.approx(0.0)
+    for w, m, frac in zip(on.front.preferences, on.front.metrics, fractions):
+        full = run_policy(model, env, preference=w, memory_budget=base_mem)
+        anchor = env.contexts[0].evaluator.evaluate(full).objective("memory")
+        budget = preference_budget(w, anchor, floor)
+        assert frac == pytest.approx((budget - floor) / (base_mem - floor), abs=1e-9)
+        assert m.objective("memory") <= budget * 1.02  # a filled plan keeps its preference's budget
