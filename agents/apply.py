@@ -33,6 +33,7 @@ import numpy as np
 from agents.apply_baselines import dominates, dominating_baseline, evaluate_baselines
 from agents.policy_io import check_device, load_policy, read_meta
 from autosurgeon._logging import get_logger
+from autosurgeon.cost.footprint import plan_memory
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_cap import mean_power_w
 from autosurgeon.hardware.resolve import resolve_profile
@@ -165,8 +166,6 @@ def fill_budget(space: Any, units: Sequence[Any], x: np.ndarray, target: np.ndar
     and this spends the slack the budget leaves on them, so distinct budgets give distinct plans wherever the
     front has members between the floor and the resident plan. A block moves whole: a streamed block's layers
     at the target's (resident) precision would cost no GPU + CPU bytes but more bytes to stream."""
-    from autosurgeon.cost.footprint import plan_memory
-
     def memory(y: np.ndarray) -> float:
         tiers = plan_memory(space, y, lookahead=lookahead)
         return float(tiers.get("gpu", 0) + tiers.get("cpu", 0))
@@ -191,8 +190,6 @@ def fill_budget(space: Any, units: Sequence[Any], x: np.ndarray, target: np.ndar
 
 def _budgeted_memory(space: Any, x: np.ndarray, lookahead: int = 2) -> float:
     """GPU + CPU bytes of plan ``x`` (what the env's budget and the memory objective count)."""
-    from autosurgeon.cost.footprint import plan_memory
-
     tiers = plan_memory(space, x, lookahead=lookahead)
     return float(tiers.get("gpu", 0) + tiers.get("cpu", 0))
 
