@@ -140,3 +140,22 @@ def test_least_memory_baseline_holds_the_fronts_memory_end(setup, tmp_path):
     mem = [r["objectives"][1] for r in res.records]
     assert rec["objectives"][1] == min(mem) < res.records[0]["objectives"][1]
     assert any(m["origin"] == "baseline:least-memory" for m in res.summary["front"])
+
+
+def test_seeds_beyond_the_reference_point_do_not_parent_the_first_population():
+    """A seed outside the hypervolume's reference box adds nothing and stays out of NSGA-II's first population
+    (it stays in the archive); if every seed is outside, all are kept."""
+    from types import SimpleNamespace
+
+    from experiments.sweep.seeds import initial_vectors
+
+    archive = SimpleNamespace(F=lambda r: np.asarray(r["objectives"], dtype=np.float64))
+
+    def rec(x, obj):
+        return {"x": [x], "objectives": obj, "feasible": True}
+
+    records = [rec(0, [1.0, 1.0, 1.0]), rec(1, [0.9, 0.3, 0.9]), rec(2, [28.0, 0.06, 9.0])]
+    assert [v.tolist() for v in initial_vectors(archive, records)] == [[1], [2], [0]]  # non-dominated first
+    assert [v.tolist() for v in initial_vectors(archive, records, [3.0, 1.1, 3.5])] == [[1], [0]]
+    outside = [rec(3, [5.0, 0.5, 5.0]), rec(4, [4.0, 0.6, 4.0])]
+    assert len(initial_vectors(archive, outside, [3.0, 1.1, 3.5])) == 2
