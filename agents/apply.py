@@ -33,6 +33,7 @@ import numpy as np
 from agents.apply_baselines import dominates, dominating_baseline, evaluate_baselines
 from agents.policy_io import check_device, load_policy, read_meta
 from autosurgeon._logging import get_logger
+from autosurgeon.cost.footprint import plan_memory
 from autosurgeon.errors import InvalidArgumentError
 from autosurgeon.hardware.power_cap import mean_power_w
 from autosurgeon.hardware.resolve import resolve_profile
@@ -153,9 +154,71 @@ def preference_budget(preference: np.ndarray, base_memory: float, floor: float) 
     return float(base_memory * (floor / base_memory) ** w)
 
 
+def fill_budget(space: Any, units: Sequence[Any], x: np.ndarray, target: np.ndarray, budget: float, *,
+                lookahead: int = 2) -> np.ndarray:
+    """``x`` with whole blocks (a block's placement and its layers' decisions together; other units alone) moved
+    to ``target``'s decisions while GPU + CPU bytes stay <= ``budget``.
+
+    Moves in order of the bytes they add (least first), each repaired and kept only if the plan still fits;
+    prices footprints only (no evaluation). Why: a policy that has learned to stream every block as soon as the
+    budget is below its resident plan returns the floor for every such budget (session 7, Jetson seed 1: 2
+    distinct plans of 48 candidates); its own unconstrained plan (``target``) says which decisions it prefers,
+    and this spends the slack the budget leaves on them, so distinct budgets give distinct plans wherever the
+    front has members between the floor and the resident plan. A block moves whole: a streamed block's layers
+    at the target's (resident) precision would cost no GPU + CPU bytes but more bytes to stream."""
+    def memory(y: np.ndarray) -> float:
+        tiers = plan_memory(space, y, lookahead=lookahead)
+        return float(tiers.get("gpu", 0) + tiers.get("cpu", 0))
+
+    x = space.repair(np.asarray(x, dtype=np.int64))
+    target = np.asarray(target, dtype=np.int64)
+    moves = []
+    for k, idx in enumerate(_block_groups(units)):
+        if np.array_equal(x[idx], target[idx]):
+            continue
+        y = x.copy()
+        y[idx] = target[idx]
+        moves.append((memory(space.repair(y)), k, idx))
+    for _, _, idx in sorted(moves):
+        y = x.copy()
+        y[idx] = target[idx]
+        y = space.repair(y)
+        if memory(y) <= budget:
+            x = y
+    return x
+
+
+def _budgeted_memory(space: Any, x: np.ndarray, lookahead: int = 2) -> float:
+    """GPU + CPU bytes of plan ``x`` (what the env's budget and the memory objective count)."""
+    tiers = plan_memory(space, x, lookahead=lookahead)
+    return float(tiers.get("gpu", 0) + tiers.get("cpu", 0))
+
+
+def _block_groups(units: Sequence[Any]) -> list[list[int]]:
+    """The variables of each block (a unit with a placement knob, with every unit named under it) and of each
+    unit outside every block, in unit order."""
+    blocks = [u.name for u in units if "placement" in u.knobs]
+    groups: dict[str, list[int]] = {}
+    for u in units:
+        owner = max((b for b in blocks if u.name == b or u.name.startswith(b + ".")), key=len, default=u.name)
+        groups.setdefault(owner, []).extend(u.variables)
+    return list(groups.values())
+
+
+def _non_memory_score(normalised_objectives: np.ndarray, preference: np.ndarray) -> float | None:
+    """The preference's weighted sum of the objectives other than memory (the epsilon constraint's objective, the
+    budget being the constraint); None when those weights are all 0 (a pure memory preference)."""
+    w = np.asarray(preference, dtype=np.float64).copy()
+    w[OBJECTIVES.index("memory")] = 0.0
+    if not w.sum() > 0:
+        return None
+    return float(np.dot(w, np.asarray(normalised_objectives, dtype=np.float64)))
+
+
 def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluator: Any = None,
                  memory_budget: float | None = None, budget_fractions: Sequence[float] = (1.0,),
-                 baselines: Sequence[Any] = (), preference_budgets: bool = True) -> FrontResult:
+                 baselines: Sequence[Any] = (), preference_budgets: bool = True,
+                 budget_fill: bool = True) -> FrontResult:
     """Run the policy for ``k`` evenly spread preferences (each at every budget fraction; module docstring),
     evaluate each distinct plan once, and keep the non-dominated set of those and of ``baselines``
     (``agents.apply_baselines.BaselinePlan``, evaluated by the caller with the same evaluator).
@@ -164,7 +227,15 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
     (:func:`preference_budget`), and that plan is the preference's own (``vectors``, ``metrics``): a weighted sum
     reaches only the supported points of a front, and on a GPU where every resident plan has the same latency and
     energy it has two, so K preferences gave one or two plans (session 6); a budget per preference reaches the
-    members between them. Off (or with ``memory_budget``): a preference's own plan is the one at the full budget."""
+    members between them. Off (or with ``memory_budget``): a preference's own plan is the one at the full budget.
+
+    ``budget_fill`` (default, with ``preference_budgets``): a preference's budget spans from the memory of the
+    policy's own plan for it at the unmodified model's budget (not the unmodified memory: a budget above the
+    policy's plan cannot change it) to the floor, and the policy's plan at that budget is also
+    filled towards the policy's own plan at the full budget for that preference while the budget allows
+    (:func:`fill_budget`, origin ``policy+fill``); the preference's own plan is the filled one when it scores
+    better on the preference's latency and energy weights (the epsilon constraint's objective), else the policy's.
+    Each distinct plan is evaluated once and both stay candidates, so the front is never worse for it."""
     ctx = env.contexts[context]
     evaluator = evaluator or ctx.evaluator
     fractions = [float(f) for f in budget_fractions]
@@ -175,15 +246,18 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
     candidates: list[FrontMember] = []
     seen: dict[bytes, FrontMember] = {}
 
-    def run(w: np.ndarray, *, frac: float | None = None, budget: float | None = None) -> FrontMember:
-        x = run_policy(model, env, preference=w, memory_budget=budget, context=context,
-                       budget_fraction=1.0 if frac is None else frac)
+    def run(w: np.ndarray, *, frac: float | None = None, budget: float | None = None,
+            x: np.ndarray | None = None, origin: str = "policy") -> FrontMember:
+        if x is None:
+            x = run_policy(model, env, preference=w, memory_budget=budget, context=context,
+                           budget_fraction=1.0 if frac is None else frac)
         known = seen.get(x.tobytes())
         m = known.metrics if known is not None else evaluator.evaluate(x)
         if frac is None:  # the fraction of the way from the floor that ``budget`` is, for the record
             span = float(ctx.base.objective("memory")) - ctx.min_memory
             frac = 1.0 if budget is None or span <= 0 else float(np.clip((budget - ctx.min_memory) / span, 0, 1))
-        member = FrontMember("policy", x, m, np.asarray(normalised(m, base, OBJECTIVES)), w, frac)
+        member = FrontMember(origin if known is None else known.origin, x, m,
+                             np.asarray(normalised(m, base, OBJECTIVES)), w, frac)
         candidates.append(member)
         seen.setdefault(x.tobytes(), member)
         return member
@@ -193,7 +267,30 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
         own = [run(w, budget=memory_budget) for w in prefs]
     elif preference_budgets:
         base_mem = float(ctx.base.objective("memory"))
-        own = [run(w, budget=preference_budget(w, base_mem, ctx.min_memory)) for w in prefs]
+        for w in prefs:
+            if budget_fill:
+                # The budgets span the range where they bind: from the memory of the policy's own plan for this
+                # preference at the unmodified model's budget (a budget above it cannot change the plan) to the
+                # floor. Anchored at the unmodified memory, 3 of the 4 distinct budgets of 8 preferences lay above a
+                # policy plan at 0.19 of it (gpt2, Jetson; tiny-llama 2 of 4 at 0.16), so the policy's one plan and
+                # the floor were all there was to return.
+                full = run_policy(model, env, preference=w, memory_budget=base_mem, context=context)
+                budget = preference_budget(w, _budgeted_memory(ctx.space, full), ctx.min_memory)
+            else:
+                budget = preference_budget(w, base_mem, ctx.min_memory)
+            raw = run(w, budget=budget)
+            own.append(raw)
+            if not budget_fill:
+                continue
+            run(w, budget=preference_budget(w, base_mem, ctx.min_memory))  # session 7's budget: a candidate too,
+            # so the candidates only grow and the front is never below the one without the fill
+            filled = fill_budget(ctx.space, ctx.units, raw.vector, full, budget)
+            if np.array_equal(filled, raw.vector):
+                continue
+            fill = run(w, budget=budget, x=filled, origin="policy+fill")
+            score_raw, score_fill = (_non_memory_score(m.normalised, w) for m in (raw, fill))
+            if score_raw is not None and score_fill < score_raw:
+                own[-1] = fill
     for frac in fractions if memory_budget is None else []:
         for w in prefs:
             member = run(w, frac=frac)
@@ -208,7 +305,8 @@ def policy_front(model: Any, env: Any, *, k: int = 8, context: int = 0, evaluato
     result.candidates = list(seen.values())
     result.extra.update(
         reference_point=list(HV_REFERENCE), budget_fractions=fractions, preference_budgets=bool(
-            preference_budgets and memory_budget is None),
+            preference_budgets and memory_budget is None), budget_fill=bool(
+            budget_fill and preference_budgets and memory_budget is None),
         preference_budget_fractions=[float(c.budget_fraction) for c in own],
         evaluations={"policy": len(seen), "baselines": len(baselines)},
         policy_candidates_hypervolume=hypervolume(np.array([p.normalised for p in seen.values()])),
@@ -255,7 +353,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
                  evaluator: str | None = None, force: bool = False, power_cap_w: float | None = None,
                  baselines: Callable[[Any], Mapping[str, np.ndarray]] | None = None,
                  quality: Any = None, budget_fractions: Sequence[float] = (1.0,),
-                 preference_budgets: bool = True) -> ApplyResult:
+                 preference_budgets: bool = True, budget_fill: bool = True) -> ApplyResult:
     """Apply a saved policy to ``model_spec`` on ``device`` (module docstring).
 
     Args:
@@ -270,6 +368,8 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
             more candidates from the same policy, each distinct plan evaluated once: ``front.evaluations``).
         preference_budgets: with ``front``, also run each preference at the memory budget its memory weight asks
             for (``preference_budget``), which is then its own plan (``policy_front``).
+        budget_fill: with ``front`` and ``preference_budgets``, also fill each preference's plan towards the policy's
+            full-budget plan while its budget allows (``fill_budget``; ``policy_front``).
         evaluator: "analytic", "profiled" or "runtime" for the measurement (default: "runtime" when
             ``device`` is this machine's measured profile, else "analytic"); the policy itself acts on the
             observations of the evaluator it trained with (analytic on paper profiles).
@@ -358,7 +458,7 @@ def apply_policy(policy: str | os.PathLike[str], model_spec: str, *, device: Any
     if front:
         result.front = policy_front(model, env, k=front, memory_budget=None, evaluator=measurer,
                                     budget_fractions=budget_fractions, baselines=result.baselines,
-                                    preference_budgets=preference_budgets)
+                                    preference_budgets=preference_budgets, budget_fill=budget_fill)
     return result
 
 
@@ -407,4 +507,4 @@ def write_front(path: str | os.PathLike[str], front: FrontResult, space: Any,
 
 
 __all__ = ["HV_REFERENCE", "ApplyResult", "FrontMember", "FrontResult", "apply_policy", "budget_levels", "hypervolume",
-           "policy_front", "preference_budget", "run_policy", "simplex_preferences", "write_front"]
+           "fill_budget", "policy_front", "preference_budget", "run_policy", "simplex_preferences", "write_front"]

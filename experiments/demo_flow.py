@@ -148,11 +148,14 @@ class DemoResult:
 
 
 def smallest_memory(space: Any, profile: Any) -> int:
-    """A lower bound of any plan's GPU+CPU bytes in ``space``: each tier's smallest reachable footprint, summed."""
-    from autosurgeon.plan_check import smallest_footprint
+    """The least GPU+CPU bytes a plan in ``space`` reaches (``envs.smallest``, the env's and the sweep's floor).
 
-    tiers = ["cpu"] + (["gpu"] if any(u.kind == "gpu" for u in profile.units) else [])
-    return sum(smallest_footprint(space, tier)[0] for tier in tiers)
+    Not each tier's smallest footprint summed (the earlier floor): those are different plans, so their sum lay
+    below what any one plan reaches and let through budgets no search could meet."""
+    from envs.smallest import smallest_budgeted
+
+    tier = "gpu" if profile.default_unit().kind == "gpu" else "cpu"
+    return int(smallest_budgeted(space, execution_tier=tier)[0])
 
 
 def check_budget_feasible(space: Any, profile: Any, budget: int, reference: int, text: str) -> None:
@@ -164,7 +167,7 @@ def check_budget_feasible(space: Any, profile: Any, budget: int, reference: int,
     if budget < floor:
         share = math.ceil(100 * floor / reference)
         raise InvalidArgumentError(
-            f"`{FLAG}` {text} ({format_bytes(budget)}) is below the smallest GPU+CPU footprint any plan of this model "
+            f"`{FLAG}` {text} ({format_bytes(budget)}) is below the smallest GPU+CPU footprint a plan of this model "
             f"reaches here, {format_bytes(floor)} ({share}% of the unmodified {format_bytes(reference)}); rerun with "
             f"{FLAG} {share}% or more.")
 

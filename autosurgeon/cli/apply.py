@@ -49,6 +49,9 @@ def register(subparsers: Any) -> None:
                         help="with --front: do not also run each preference at the memory budget its memory weight "
                         "asks for (by default a preference's plan is the one at that budget: weight 0 the unmodified "
                         "model's memory, 1 the least reachable, log-spaced between)")
+    parser.add_argument("--no-budget-fill", action="store_true",
+                        help="with --front: do not also move each preference's plan towards the policy's own "
+                        "full-budget plan while its budget allows (origin policy+fill; agents.apply.fill_budget)")
     parser.add_argument("--evaluator", choices=evaluator_names(), default=None,
                         help="how to measure the plan (default: runtime, end to end, when --device is this machine; "
                         "analytic on a paper profile)")
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     result = apply_policy(args.policy, args.model, device=args.device, preference=preference, memory_budget=budget,
                           front=args.front, evaluator=args.evaluator, force=args.force, power_cap_w=args.power_cap,
                           baselines=None if args.no_baselines else uniform_vectors, quality=quality,
-                          budget_fractions=fractions, preference_budgets=not args.no_preference_budgets)
+                          budget_fractions=fractions, preference_budgets=not args.no_preference_budgets,
+                          budget_fill=not args.no_budget_fill)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result.plan.save(out)

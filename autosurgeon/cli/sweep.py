@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
                    help="let --config or the run's config.json name a module:factory MODEL (imports and runs that "
                    "code: only for files you trust)")
     p.add_argument("--no-baselines", action="store_true",
-                   help="do not evaluate the unmodified model and the uniform/greedy/knapsack baselines first (nor "
+                   help="do not evaluate the unmodified model and the uniform/greedy/knapsack/least-memory baselines first (nor "
                    "seed the search with them)")
     p.add_argument("--cache-dir", default=None, help="zoo and sensitivity cache folder")
     p.add_argument("--json", action="store_true",

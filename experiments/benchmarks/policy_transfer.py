@@ -95,18 +95,33 @@ def policy_points(policy: Path, model: str, device: str, sweep_ev: Any, budgets:
     flat = apply_policy(policy, model, device=device, front=8, evaluator="analytic", baselines=uniform_vectors,
                         budget_fractions=(1.0,), preference_budgets=False)
     full_budget = priced(flat.front.vectors)
+    # The same policy without the budget fill (agents.apply.fill_budget; session 7's apply): the policy's plans alone.
+    raw = apply_policy(policy, model, device=device, front=8, evaluator="analytic", baselines=uniform_vectors,
+                       budget_fractions=budget_levels(budgets), budget_fill=False)
+    no_fill = priced(raw.front.vectors)
     changed = int(np.sum(np.any(np.stack(res.front.vectors) != res.front.vectors[0], axis=0)))
     front = res.front.members
     return {"objectives": full, "candidates_objectives": priced([c.vector for c in res.front.candidates]),
             "apply_front_objectives": priced([m.vector for m in front]),
             "apply_front_origins": [m.origin for m in front],
             "distinct": len({tuple(y) for y in full}), "distinct_full_budget": len({tuple(y) for y in full_budget}),
+            "distinct_no_fill": len({tuple(y) for y in no_fill}),
+            "own_origins": [m.origin for m in _own_members(res.front)],
+            "apply_front_no_fill_objectives": priced([m.vector for m in raw.front.members]),
             "preference_budget_fractions": res.front.extra.get("preference_budget_fractions"),
             "distinct_policy_vectors": len({tuple(v.tolist()) for v in res.front.vectors}),
             "distinct_candidates": len(res.front.candidates), "budget_levels": budgets,
             "policy_evaluations": res.front.evaluations, "baseline_evaluations": len(res.baselines),
             "decisions_changed_across_preferences": changed, "decisions": len(res.front.vectors[0]),
             "apply_hv": res.front.extra.get("with_baselines_hypervolume")}
+
+
+def _own_members(front: Any) -> list[Any]:
+    """The candidates that are the preferences' own plans (``front.vectors``), in preference order."""
+    by_vector = {}
+    for c in front.candidates:
+        by_vector.setdefault(c.vector.tobytes(), c)
+    return [by_vector[v.tobytes()] for v in front.vectors]
 
 
 def one(model_dir: str, label: str, device: str, policy: Path, seeds: list[int], root: Path,
@@ -134,9 +149,10 @@ def one(model_dir: str, label: str, device: str, policy: Path, seeds: list[int],
     hv_with = hypervolume(pol["objectives"] + base_points, ref, scales=scales)
     hv_candidates = hypervolume(pol["candidates_objectives"], ref, scales=scales)
     hv_apply = hypervolume(pol["apply_front_objectives"], ref, scales=scales)
+    hv_apply_no_fill = hypervolume(pol["apply_front_no_fill_objectives"], ref, scales=scales)
     hv_nsga = [s["hypervolume"] for s in sweeps]
     return {"model": label, "device": device, "hv_policy": hv_policy, "hv_policy_with_baselines": hv_with,
-            "hv_candidates": hv_candidates, "hv_apply_front": hv_apply,
+            "hv_candidates": hv_candidates, "hv_apply_front": hv_apply, "hv_apply_front_no_fill": hv_apply_no_fill,
             "hv_nsga2": hv_nsga, "hv_nsga2_mean": float(np.mean(hv_nsga)), "nsga2_front_size": [s["front_size"] for s in sweeps],
             "best_family": best_family, "hv_best_family": best_hv, "hv_baselines_all": s0["hypervolume_baselines"],
             "apply_s": round(apply_s, 1), **{k: v for k, v in pol.items() if not k.endswith("objectives") and k != "apply_front_origins"},
@@ -181,8 +197,11 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                        f"seed {t['seed']}, reward {_reward_words(t.get('reward'))}" for t in meta["training"]) + ".", "",
            ("Policy plans: each of the 8 preferences at the memory budget its memory weight asks for "
             "(`agents.apply.preference_budget`, apply's default), on the env's floor of GPU + CPU bytes "
-            "(`envs.smallest`); distinct plans: how many differ in objectives (how many of those no other "
-            "dominates; the same policy's 8 plans all at the full budget, session 6's apply)."), "",
+            "(`envs.smallest`), filled towards the policy's own full-budget plan while that budget allows "
+            "(`agents.apply.fill_budget`, origin `policy+fill`; apply's default); distinct plans: how many differ in "
+            "objectives (how many of those no other dominates; the policy's own plans without the fill, session 7's "
+            "apply; the same policy's 8 plans all at the full budget, session 6's apply). NSGA-II's baselines include "
+            "the least-memory plan (`experiments.sweep.baselines.least_memory_vectors`)."), "",
            "HV in the sweep's normalised space (latency, memory, energy / the unmodified model's; reference "
            "[3.0, 1.1, 3.5], the one `apply --json` uses too); NSGA-II: 200 evaluations with the baselines, mean "
            f"over seeds {meta['seeds']}. Policy: its 8 plans, each at its preference's budget (`--front 8`); its candidates (8 "
@@ -191,19 +210,25 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            "The best baseline family's HV is the sweep's.", "",
            "| model | device | HV policy 8 | HV candidates | HV apply front | HV NSGA-II (mean) | policy 8 / NSGA-II "
            "| candidates / NSGA-II | apply front / NSGA-II | candidates / best baseline | apply front / best baseline "
-           "| best family (HV) | distinct plans / 8 (non-dominated; all at the full budget) | policy evals (+ baselines) | apply front origins "
-           "| NSGA-II front sizes |", "|---" * 16 + "|"]
+           "| best family (HV) | distinct plans / 8 (non-dominated; without the fill; all at the full budget) "
+           "| apply front without the fill / NSGA-II | policy evals (+ baselines) | apply front origins "
+           "| NSGA-II front sizes |", "|---" * 17 + "|"]
     for r in rows:
         nsga, best = r["hv_nsga2_mean"], r["hv_best_family"]
         origins = r["apply_front_origins"]
         n_pol = sum(1 for o in origins if o == "policy")
+        n_fill = sum(1 for o in origins if o == "policy+fill")
+        no_fill = r.get("hv_apply_front_no_fill")
         out.append(f"| {r['model']} | {r['device']} | {r['hv_policy']:.4f} | {r['hv_candidates']:.4f} | "
                    f"{r['hv_apply_front']:.4f} | {nsga:.4f} | {r['hv_policy'] / nsga:.3f} | "
                    f"{r['hv_candidates'] / nsga:.3f} | {r['hv_apply_front'] / nsga:.3f} | "
                    f"{r['hv_candidates'] / best:.3f} | {r['hv_apply_front'] / best:.3f} | {r['best_family']} "
                    f"({best:.4f}) | {r['distinct']} ({nondominated_count(r['policy_objectives'])}; "
-                   f"{r.get('distinct_full_budget', '-')}) | {r['policy_evaluations']} (+{r['baseline_evaluations']}) | "
-                   f"{n_pol} policy, {len(origins) - n_pol} baseline | {r['nsga2_front_size']} |")
+                   f"{r.get('distinct_no_fill', '-')}; {r.get('distinct_full_budget', '-')}) | "
+                   f"{'-' if no_fill is None else f'{no_fill / nsga:.3f}'} | "
+                   f"{r['policy_evaluations']} (+{r['baseline_evaluations']}) | "
+                   f"{n_pol} policy, {n_fill} policy+fill, {len(origins) - n_pol - n_fill} baseline | "
+                   f"{r['nsga2_front_size']} |")
     return "\n".join(out) + "\n"
 
 
@@ -217,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=3.0, help="training wall time per device")
     ap.add_argument("--seeds", default="0,1,2", help="NSGA-II seeds")
     ap.add_argument("--budgets", type=int, default=4, help="budget levels per preference (apply --front-budgets)")
+    ap.add_argument("--train-seed", type=int, default=0, help="the policy's training seed (without --policies)")
     ap.add_argument("--reward", choices=sorted(REWARDS), default="v0", help="the policy's reward options (REWARDS)")
     ap.add_argument("--policies", default=None, metavar="DIR",
                     help="use the policies DIR/policy-<device> trained earlier (same training models) instead of training")
@@ -256,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             meta["training"].append(trained_record(device, policy))
         else:
             policy = root / f"policy-{device}"
-            meta["training"].append(train_policy(device, args.train_models.split(","), args.minutes, policy, seed=0,
+            meta["training"].append(train_policy(device, args.train_models.split(","), args.minutes, policy,
+                                                 seed=args.train_seed,
                                                  reward=args.reward))
         for name in args.unseen.split(","):
             try:

@@ -290,7 +290,8 @@ def _run_sweep(config: SweepConfig, out: str | Path, *, resume: bool, evaluator:
                          f"({rate:.3g} evaluations/s on the seed plans; default_budget aims at "
                          f"{DEFAULT_BUDGET_SECONDS:g} s); --budget-evals N sets it")
         context = SearchContext(seed=config.seed, pop_size=config.pop_size,
-                                initial=initial_vectors(archive, seed_records), on_generation=on_generation,
+                                initial=initial_vectors(archive, seed_records, config.reference_point),
+                                on_generation=on_generation,
                                 extra=config.extra, storage=None if config.extra.get("optuna_storage", "memory")
                                 == "memory" else f"sqlite:///{(store.dir / 'optuna.db').resolve()}",
                                 study_name=f"{config.algo}-attempt{attempts}")

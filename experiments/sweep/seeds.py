@@ -4,7 +4,7 @@ They go through the sweep's own :class:`~experiments.sweep.problem.Archive` (sam
 so they are eligible for the front like any plan the search finds, and the search starts from them:
 :func:`initial_vectors` orders them non-dominated first for NSGA-II's first population and Optuna's first
 trials. Origins: ``baseline:unmodified``, ``baseline:<label>`` (families ``uniform``, ``greedy-fill``,
-``knapsack``; see ``baselines``), ``markov`` (a warm start's samples).
+``knapsack``, ``least-memory``; see ``baselines``), ``markov`` (a warm start's samples).
 """
 from __future__ import annotations
 
@@ -79,12 +79,22 @@ def evaluate_seeds(archive: Archive, seeds: list[Seed]) -> tuple[list[dict[str, 
     return records, notes
 
 
-def initial_vectors(archive: Archive, records: list[dict[str, Any]]) -> list[np.ndarray]:
-    """The seeds' vectors, feasible non-dominated first (then feasible, then the rest), without duplicates."""
+def initial_vectors(archive: Archive, records: list[dict[str, Any]],
+                    reference: Any = None) -> list[np.ndarray]:
+    """The seeds' vectors, feasible non-dominated first (then feasible, then the rest), without duplicates.
+
+    With ``reference`` (the hypervolume's reference point, normalised), a seed beyond it on some objective is left
+    out while others remain: it adds no hypervolume, and as a parent it drew the search there (the least-memory
+    plan of a 7B shape on an H100 streams every block, 28x the latency: NSGA-II's mean hypervolume fell 1.4 %
+    when it joined the seeds). It stays in the archive and on the front."""
     unique: dict[bytes, dict[str, Any]] = {}
     for r in records:
         unique.setdefault(np.asarray(r["x"], dtype=np.int64).tobytes(), r)
     rows = list(unique.values())
+    if reference is not None:
+        ref = np.asarray(reference, dtype=np.float64)
+        inside = [r for r in rows if np.all(archive.F(r)[:len(ref)] < ref)]
+        rows = inside or rows
     feasible = [r for r in rows if r["feasible"]]
     front = {id(feasible[i]) for i in non_dominated([archive.F(r) for r in feasible])} if feasible else set()
     order = sorted(range(len(rows)), key=lambda i: (id(rows[i]) not in front, not rows[i]["feasible"], i))

@@ -74,7 +74,7 @@ def test_cli_apply_writes_plan_and_front(policy: Path, tmp_path: Path, capsys: p
     # The front is the non-dominated set of the policy's plans and the baselines: nothing in it is dominated.
     pts = [list(m["normalised"].values()) for m in data["front"]]
     assert pts and not any(_dominates(a, b) for a in pts for b in pts)
-    assert {m["origin"] for m in data["front"]} <= {"policy"} | {b["origin"] for b in data["baselines"]}
+    assert {m["origin"] for m in data["front"]} <= {"policy", "policy+fill"} | {b["origin"] for b in data["baselines"]}
     assert data["hypervolume"] == pytest.approx(hypervolume(pts, reference=data["reference_point"]))
     assert data["hypervolume"] >= data["baselines_hypervolume"] - 1e-12
     if data["offered"] is not None:  # a dominated plan is never handed over silently
@@ -217,7 +217,9 @@ def test_each_preference_runs_at_its_own_budget_and_the_front_only_gains(policy:
 
     off = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors,
                        preference_budgets=False)
-    on = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors)
+    # budget_fill=False: session 7's budgets, from the unmodified memory (the fill's anchor: the next test)
+    on = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors,
+                      budget_fill=False)
     assert on.front.extra["preference_budgets"] is True and off.front.extra["preference_budgets"] is False
     assert off.front.extra["preference_budget_fractions"] == [1.0] * 8
     fractions = on.front.extra["preference_budget_fractions"]
@@ -230,3 +232,56 @@ def test_each_preference_runs_at_its_own_budget_and_the_front_only_gains(policy:
         assert m.objective("memory") <= preference_budget(w, base_mem, floor) * 1.02  # shield (staging terms)
     # the memory corner's plan holds far less than the latency corner's: the preferences give different plans
     assert on.front.metrics[1].objective("memory") < 0.5 * on.front.metrics[0].objective("memory")
+
+
+def test_fill_budget_spends_the_slack_on_the_target_decisions_and_never_exceeds_the_budget() -> None:
+    from agents.apply import fill_budget
+    from autosurgeon.cost.footprint import plan_memory
+
+    ctx = build_context("tiny-llama-test", resolve_profile(DEVICE))
+    space, units = ctx.space, ctx.units
+
+    def memory(x):
+        t = plan_memory(space, x)
+        return t.get("gpu", 0) + t.get("cpu", 0)
+
+    floor, full = space.repair(ctx.smallest), space.default_vector()
+    lo, hi = memory(floor), memory(full)
+    assert lo < hi
+    assert np.array_equal(fill_budget(space, units, floor, full, lo), floor)  # no slack: unchanged
+    assert np.array_equal(fill_budget(space, units, floor, full, hi), full)  # the target fits: all of it
+    mid = fill_budget(space, units, floor, full, (lo + hi) / 2)
+    assert lo < memory(mid) <= (lo + hi) / 2  # some of the target, within the budget
+    assert not np.array_equal(mid, floor) and not np.array_equal(mid, full)
+    assert np.array_equal(space.repair(mid), mid)  # a valid plan
+
+
+def test_budget_fill_only_adds_candidates_and_is_labelled(policy: Path) -> None:
+    from experiments.sweep.baselines import uniform_vectors
+
+    off = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors,
+                       budget_fill=False)
+    on = apply_policy(policy, "tiny-llama-test", device=DEVICE, front=8, baselines=uniform_vectors)
+    assert on.front.extra["budget_fill"] is True and off.front.extra["budget_fill"] is False
+    assert {c.origin for c in off.front.candidates} == {"policy"}
+    assert {c.origin for c in on.front.candidates} <= {"policy", "policy+fill"}
+    assert on.front.evaluations >= off.front.evaluations
+    assert on.front.extra["with_baselines_hypervolume"] >= off.front.extra["with_baselines_hypervolume"] - 1e-12
+    # The budgets span from each preference's own unconstrained plan to the floor: the latency corner's is that
+    # plan (its fraction of the unmodified-to-floor span is its memory's), the memory corner's the floor.
+    from agents.apply import preference_budget, run_policy
+    from agents.policy_io import load_policy
+    from envs.surgery import SurgeryEnv
+
+    floor = build_context("tiny-llama-test", resolve_profile(DEVICE)).min_memory
+    model, meta = load_policy(policy)
+    env = SurgeryEnv(models=["tiny-llama-test"], device=DEVICE, evaluator="analytic", knobs=tuple(meta["knobs"]))
+    base_mem = on.base.objective("memory")
+    fractions = on.front.extra["preference_budget_fractions"]
+    assert fractions[1] == pytest.approx(0.0)
+    for w, m, frac in zip(on.front.preferences, on.front.metrics, fractions):
+        full = run_policy(model, env, preference=w, memory_budget=base_mem)
+        anchor = env.contexts[0].evaluator.evaluate(full).objective("memory")
+        budget = preference_budget(w, anchor, floor)
+        assert frac == pytest.approx((budget - floor) / (base_mem - floor), abs=1e-9)
+        assert m.objective("memory") <= budget * 1.02  # a filled plan keeps its preference's budget

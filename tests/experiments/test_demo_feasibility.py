@@ -23,3 +23,16 @@ def test_budget_below_every_plan_is_refused_with_the_smallest_share() -> None:
     with pytest.raises(InvalidArgumentError, match=rf"rerun with --memory-budget {share}% or more"):
         check_budget_feasible(space, profile, floor - 1, reference, "1%")
     check_budget_feasible(space, profile, floor, reference, f"{share}%")  # feasible: no error
+
+
+def test_the_floor_is_one_plans_memory_not_each_tiers_least_summed() -> None:
+    """The floor is what one valid plan reaches on GPU + CPU (envs.smallest), so a budget at it can be met."""
+    from autosurgeon.cost.footprint import plan_memory
+    from envs.smallest import smallest_budgeted
+
+    loaded = load_model("digits-cnn")
+    profile = paper_cpu_profile()
+    space = SearchSpace.build(loaded, profile, knobs=KNOBS)
+    nbytes, x = smallest_budgeted(space, execution_tier="cpu")
+    tiers = plan_memory(space, space.repair(x))
+    assert smallest_memory(space, profile) == nbytes == tiers.get("gpu", 0) + tiers.get("cpu", 0)

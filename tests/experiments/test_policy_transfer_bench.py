@@ -19,8 +19,8 @@ def test_nondominated_count_counts_distinct_points_no_other_dominates() -> None:
 def _row(model: str, device: str) -> dict:
     return {"model": model, "device": device, "hv_policy": 4.0, "hv_candidates": 4.1, "hv_apply_front": 4.2,
             "hv_nsga2_mean": 4.0, "hv_best_family": 3.5, "best_family": "uniform", "distinct": 3,
-            "distinct_full_budget": 1, "policy_objectives": [[1.0, 0.3, 1.0], [1.2, 0.2, 1.2], [1.0, 1.0, 1.0]],
-            "policy_evaluations": 4, "baseline_evaluations": 7, "apply_front_origins": ["policy", "baseline:x"],
+            "distinct_full_budget": 1, "distinct_no_fill": 2, "hv_apply_front_no_fill": 4.1, "policy_objectives": [[1.0, 0.3, 1.0], [1.2, 0.2, 1.2], [1.0, 1.0, 1.0]],
+            "policy_evaluations": 4, "baseline_evaluations": 7, "apply_front_origins": ["policy", "policy+fill", "baseline:x"],
             "nsga2_front_size": [10, 12, 9]}
 
 
@@ -29,14 +29,15 @@ def test_render_and_merge_report_distinct_non_dominated_and_full_budget_plans(tm
             "training": [{"device": "h100-80gb", "models": ["a"], "timesteps": 10, "seconds": 1.0, "seed": 0,
                           "reward": {}}]}
     text = render([_row("unseen-gpt2", "h100-80gb")], meta)
-    assert "| 3 (2; 1) |" in text and "| 1.050 |" in text  # apply front / NSGA-II 4.2 / 4.0
+    assert "| 3 (2; 2; 1) |" in text and "| 1.050 |" in text  # apply front / NSGA-II 4.2 / 4.0
+    assert "| 1.025 |" in text and "1 policy, 1 policy+fill, 1 baseline" in text  # without the fill 4.1 / 4.0
     part = tmp_path / "a.json"
     part.write_text(json.dumps({"meta": meta, "rows": [_row("unseen-gpt2", "h100-80gb"),
                                                        {"model": "unseen-vit", "device": "h100-80gb",
                                                         "error": "ValueError: x"}]}))
     assert main(["--merge", str(part), "--out", str(tmp_path / "merged")]) == 0
     md = (tmp_path / "merged.md").read_text()
-    assert "| 3 (2; 1) |" in md and "unseen-vit on h100-80gb: ValueError: x" in md
+    assert "| 3 (2; 2; 1) |" in md and "unseen-vit on h100-80gb: ValueError: x" in md
 
 
 def test_a_policy_trained_earlier_is_recorded_from_its_policy_json(tmp_path: Path) -> None:

@@ -121,3 +121,41 @@ def test_uniform_repair_keeps_valid_vectors_and_redraws_invalid_entries_without_
         assert space.is_valid(z)
         seen.add(int(z[gs]))
     assert seen <= set(valid.tolist()) and len(seen) > 1  # spread, where the nearest rule always picks one
+
+
+def test_least_memory_baseline_holds_the_fronts_memory_end(setup, tmp_path):
+    """The env's floor (GPU + CPU bytes, envs.smallest) is a baseline: no other baseline and no plan the search
+    evaluates has less memory, and it is labelled by its origin."""
+    from envs.smallest import smallest_budgeted
+    from experiments.sweep.baselines import least_memory_vectors
+
+    ev = evaluator(setup)
+    least = least_memory_vectors(setup.space, setup.profile)
+    floor, x = smallest_budgeted(setup.space, execution_tier="cpu")
+    assert list(least) == ["least-memory"] and np.array_equal(least["least-memory"], setup.space.repair(x))
+    res = run_sweep(config(algo="random", budget_evals=30, baselines=True), tmp_path / "lm", evaluator=ev,
+                    outputs=False, tensorboard=False)
+    rec = next(r for r in res.records if r["algo"] == "baseline:least-memory")
+    assert rec["family"] == "least-memory" and rec["objectives"][1] == floor  # the evaluator's bytes = the floor's
+    mem = [r["objectives"][1] for r in res.records]
+    assert rec["objectives"][1] == min(mem) < res.records[0]["objectives"][1]
+    assert any(m["origin"] == "baseline:least-memory" for m in res.summary["front"])
+
+
+def test_seeds_beyond_the_reference_point_do_not_parent_the_first_population():
+    """A seed outside the hypervolume's reference box adds nothing and stays out of NSGA-II's first population
+    (it stays in the archive); if every seed is outside, all are kept."""
+    from types import SimpleNamespace
+
+    from experiments.sweep.seeds import initial_vectors
+
+    archive = SimpleNamespace(F=lambda r: np.asarray(r["objectives"], dtype=np.float64))
+
+    def rec(x, obj):
+        return {"x": [x], "objectives": obj, "feasible": True}
+
+    records = [rec(0, [1.0, 1.0, 1.0]), rec(1, [0.9, 0.3, 0.9]), rec(2, [28.0, 0.06, 9.0])]
+    assert [v.tolist() for v in initial_vectors(archive, records)] == [[1], [2], [0]]  # non-dominated first
+    assert [v.tolist() for v in initial_vectors(archive, records, [3.0, 1.1, 3.5])] == [[1], [0]]
+    outside = [rec(3, [5.0, 0.5, 5.0]), rec(4, [4.0, 0.6, 4.0])]
+    assert len(initial_vectors(archive, outside, [3.0, 1.1, 3.5])) == 2
