@@ -166,10 +166,6 @@ def fill_budget(space: Any, units: Sequence[Any], x: np.ndarray, target: np.ndar
     and this spends the slack the budget leaves on them, so distinct budgets give distinct plans wherever the
     front has members between the floor and the resident plan. A block moves whole: a streamed block's layers
     at the target's (resident) precision would cost no GPU + CPU bytes but more bytes to stream."""
-    def memory(y: np.ndarray) -> float:
-        tiers = plan_memory(space, y, lookahead=lookahead)
-        return float(tiers.get("gpu", 0) + tiers.get("cpu", 0))
-
     x = space.repair(np.asarray(x, dtype=np.int64))
     target = np.asarray(target, dtype=np.int64)
     moves = []
@@ -178,12 +174,12 @@ def fill_budget(space: Any, units: Sequence[Any], x: np.ndarray, target: np.ndar
             continue
         y = x.copy()
         y[idx] = target[idx]
-        moves.append((memory(space.repair(y)), k, idx))
+        moves.append((_budgeted_memory(space, space.repair(y), lookahead), k, idx))
     for _, _, idx in sorted(moves):
         y = x.copy()
         y[idx] = target[idx]
         y = space.repair(y)
-        if memory(y) <= budget:
+        if _budgeted_memory(space, y, lookahead) <= budget:
             x = y
     return x
 

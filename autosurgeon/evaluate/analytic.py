@@ -83,18 +83,14 @@ class AnalyticEvaluator(Evaluator):
             if phase == w.phase:
                 self.gemv = table
             rest = stream = None
-            if gemv == "auto" and table is not None:  # a measured CPU: the step's non-GEMV part, measured
-                rest = self._rest(phase)
-                self.rest[phase] = rest
-                if phase == w.phase:
-                    stream = self.stream = self._stream_costs()
-            elif gpu_rest and gemv == "auto" and self._gpu_rest_applies():
-                # A measured GPU with dispatch costs and the real weights: the step's non-GEMV part (HF's Python,
-                # norms, attention, the runtime's per-step work and the closing synchronise) measured on it, as on
-                # the CPU; the linears then cost their format's measured floor (or roofline). Streamed placements:
-                # their exposed cost per fetch and per byte measured there too (H200, session 8: the runtime paid
-                # 80-115 us per fetch beyond its work where the documented default assumes 20 us; random plans,
-                # mostly streamed, were priced 49-54 % low with the rest measured and the fetch cost assumed).
+            # The step's non-GEMV part measured on the runtime: on a measured CPU (the GEMV table prices the
+            # linears), and on a measured GPU with dispatch costs and the real weights (HF's Python, norms,
+            # attention, the per-step work and the closing synchronise; the linears then cost their format's
+            # measured floor or roofline). Streamed placements: their exposed cost per fetch and per byte measured
+            # there too (H200, session 8: the runtime paid 80-115 us per fetch beyond its work where the documented
+            # default assumes 20 us; random plans, mostly streamed, were priced 49-54 % low with the fetch assumed).
+            on_cpu = table is not None
+            if gemv == "auto" and (on_cpu or (gpu_rest and self._gpu_rest_applies())):
                 rest = self._rest(phase)
                 self.rest[phase] = rest
                 if phase == w.phase:

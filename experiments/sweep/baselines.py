@@ -108,11 +108,10 @@ def knapsack_vectors(evaluator: Any, budgets: Sequence[str], *, max_quality_loss
 def least_memory_vectors(space: Any, profile: Any) -> dict[str, np.ndarray]:
     """``{"least-memory": x}``: the plan with the least GPU + CPU bytes found (``envs.smallest``), on the
     profile's execution tier; empty when it is the unmodified model (nothing to trade)."""
+    from autosurgeon.cost.footprint import plan_memory
     from envs.smallest import smallest_budgeted
 
     tier = "gpu" if profile.default_unit().kind == "gpu" else "cpu"
-    from autosurgeon.cost.footprint import plan_memory
-
     unmodified_bytes = int(sum(plan_memory(space, space.default_vector()).values()))  # sizes, should fingerprints lack
     key = (space.digest(), str(space.model_fingerprint), str(space.device_fingerprint), unmodified_bytes, tier)
     if key not in _LEAST_MEMORY:  # the descents take 26 s on a 7B shape, 83 s on a 70B one (483 / 1203 variables)

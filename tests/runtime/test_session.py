@@ -173,9 +173,9 @@ def test_session_kv_budget_and_window_bound_the_cache() -> None:
     assert kv["tokens_seen"] == 8 + 24 - 1 and kv["evictions"] > 0 and kv["tokens_kept"] <= 16 + 4 + 4
 
 
-def test_closing_a_session_drops_the_kernels_packed_copies() -> None:
-    """A resident QuantizedLinear whose kernel repacked its weight (fbgemm here, tinygemm on CUDA) gives the packed
-    copy up when the Session restores its tensors: the copy would otherwise keep the placement's memory alive."""
+def _int8_dynamic_llama() -> tuple[torch.nn.Module, list]:
+    """A 2-layer tiny Llama whose block linears are int8 QuantizedLinears on fbgemm's packing kernel (skips
+    without fbgemm), and those modules."""
     from runtime.kernels import QuantizedLinear, available_kernels
 
     if "int8-dynamic" not in available_kernels("int8", "cpu"):
@@ -186,7 +186,13 @@ def test_closing_a_session_drops_the_kernels_packed_copies() -> None:
             for name, child in list(parent.named_children()):
                 if isinstance(child, torch.nn.Linear):
                     setattr(parent, name, QuantizedLinear.from_linear(child, "int8", kernel="int8-dynamic"))
-    qlinears = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    return model, [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+
+
+def test_closing_a_session_drops_the_kernels_packed_copies() -> None:
+    """A resident QuantizedLinear whose kernel repacked its weight (fbgemm here, tinygemm on CUDA) gives the packed
+    copy up when the Session restores its tensors: the copy would otherwise keep the placement's memory alive."""
+    model, qlinears = _int8_dynamic_llama()
     ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(3))
     with Session(model, SessionSpec(default=BlockSpec(device="cpu"))) as session:
         session.forward(input_ids=ids)
@@ -198,17 +204,7 @@ def test_resident_quantized_units_charge_their_packed_copy_without_a_per_call_ho
     """The packed copy of a resident QuantizedLinear is counted on its tier when the kernel builds it and given
     back when the Session closes, through the module's ``on_prepared`` event: no forward hook runs per call (one
     cost ~4 us of Python per GEMV on this CPU, about 10 % of a small int8 one, on every resident quantized layer)."""
-    from runtime.kernels import QuantizedLinear, available_kernels
-
-    if "int8-dynamic" not in available_kernels("int8", "cpu"):
-        pytest.skip("fbgemm not available")
-    model = tiny_llama(layers=2)
-    for layer in model.model.layers:
-        for parent in list(layer.modules()):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, name, QuantizedLinear.from_linear(child, "int8", kernel="int8-dynamic"))
-    qlinears = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
+    model, qlinears = _int8_dynamic_llama()
     ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(3))
     with Session(model, SessionSpec(default=BlockSpec(device="cpu"))) as session:
         before = session.store.used("cpu")
