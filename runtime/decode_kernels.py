@@ -27,49 +27,61 @@ if triton is not None:
         return tl.sum(tl.reshape(x, (2, N // 2)), axis=0)
 
     @triton.jit
-    def _pairs(x, N: tl.constexpr):  # (N,) -> (N // 2,): x[2i] + x[2i + 1]
-        return tl.sum(tl.reshape(x, (N // 2, 2)), axis=1)
+    def _halve_rows(x, S: tl.constexpr, N: tl.constexpr):  # (S, N) -> (S, N // 2), halving each row
+        return tl.sum(tl.reshape(x, (S, 2, N // 2)), axis=1)
 
     @triton.jit
-    def _fold_lanes(lane, LANES: tl.constexpr):
-        # torch's block_x_reduce: shared-memory halving down to a warp, then shfl_down by 1, 2, 4, 8, 16
-        # (runtime/reduce_order.py); each branch is resolved at compile time, so the shape may change
+    def _fold(x, SPLIT: tl.constexpr, LANES: tl.constexpr):
+        # torch's block_x_reduce (halving: shared memory down to a warp, then shfl_down 16, 8, 4, 2, 1) over each
+        # warp row's lanes, then block_y_reduce (halving) over the warp rows (runtime/reduce_order.py); each
+        # branch is resolved at compile time, so the shape may change from one to the next
+        x = tl.reshape(x, (SPLIT, LANES))
         if LANES >= 512:
-            lane = _halve(lane, 512)
+            x = _halve_rows(x, SPLIT, 512)
         if LANES >= 256:
-            lane = _halve(lane, 256)
+            x = _halve_rows(x, SPLIT, 256)
         if LANES >= 128:
-            lane = _halve(lane, 128)
+            x = _halve_rows(x, SPLIT, 128)
         if LANES >= 64:
-            lane = _halve(lane, 64)
+            x = _halve_rows(x, SPLIT, 64)
         if LANES >= 32:
-            lane = _pairs(lane, 32)
+            x = _halve_rows(x, SPLIT, 32)
         if LANES >= 16:
-            lane = _pairs(lane, 16)
+            x = _halve_rows(x, SPLIT, 16)
         if LANES >= 8:
-            lane = _pairs(lane, 8)
+            x = _halve_rows(x, SPLIT, 8)
         if LANES >= 4:
-            lane = _pairs(lane, 4)
+            x = _halve_rows(x, SPLIT, 4)
         if LANES >= 2:
-            lane = _pairs(lane, 2)
-        return tl.sum(lane, axis=0)  # one element left
+            x = _halve_rows(x, SPLIT, 2)
+        x = tl.reshape(x, (SPLIT,))
+        if SPLIT >= 16:
+            x = _halve(x, 16)
+        if SPLIT >= 8:
+            x = _halve(x, 8)
+        if SPLIT >= 4:
+            x = _halve(x, 4)
+        if SPLIT >= 2:
+            x = _halve(x, 2)
+        return tl.sum(x, axis=0)  # one element left
 
     @triton.jit
     def add_rms_norm_ordered_kernel(D, R, W, OUT, RES, VAR, H, eps, factor, HAS_D: tl.constexpr,
-                                    LANES: tl.constexpr, VEC: tl.constexpr, ROUNDS: tl.constexpr,
+                                    LANES: tl.constexpr, SPLIT: tl.constexpr, THREADS: tl.constexpr,
+                                    VEC: tl.constexpr, ROUNDS: tl.constexpr,
                                     BLOCK: tl.constexpr, RSQRT: tl.constexpr, ASM: tl.constexpr):
         # RMSNorm in one kernel with the variance summed in the order of torch's CUDA `mean` (reduce_order.py):
-        # a (LANES, 4) tile per round is one load of every lane's accumulators, rounds added in load order
+        # a (THREADS, 4) tile per round is one load of every thread's accumulators, rounds added in load order
         row = tl.program_id(0)
         base = row * H
-        t = tl.arange(0, LANES)[:, None]
+        t = tl.arange(0, THREADS)[:, None]
         p = tl.arange(0, 4)[None, :]
-        acc = tl.zeros((LANES, 4), dtype=tl.float32)
+        acc = tl.zeros((THREADS, 4), dtype=tl.float32)
         for j in tl.static_range(ROUNDS):
             if VEC == 4:
-                offs = (j * LANES + t) * 4 + p  # lane t's vector j, position p
+                offs = (j * THREADS + t) * 4 + p  # thread t's vector j, position p
             else:
-                offs = (j * 4 + p) * LANES + t  # lane t's element of step 4j + p, accumulator p
+                offs = (j * 4 + p) * THREADS + t  # thread t's element of step 4j + p, accumulator p
             m = offs < H
             r = tl.load(R + base + offs, mask=m, other=0.0)
             if HAS_D:
@@ -77,10 +89,10 @@ if triton is not None:
                 r = (r.to(tl.float32) + d.to(tl.float32)).to(RES.dtype.element_ty)
                 tl.store(RES + base + offs, r, mask=m)
             acc = acc + _square(r.to(tl.float32), ASM)
-        a02, a13 = tl.split(tl.reshape(acc, (LANES, 2, 2)))
+        a02, a13 = tl.split(tl.reshape(acc, (THREADS, 2, 2)))
         a0, a2 = tl.split(a02)
         a1, a3 = tl.split(a13)
-        var = _fold_lanes(((a0 + a1) + a2) + a3, LANES)
+        var = _fold(((a0 + a1) + a2) + a3, SPLIT, LANES)
         if ASM:
             var = libdevice.mul_rn(var, factor)  # MeanOps::project; kept apart from the `+ eps` below
         else:

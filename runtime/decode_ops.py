@@ -270,8 +270,8 @@ def _add_rms_norm1(delta: torch.Tensor | None, res: torch.Tensor, weight: torch.
         var = torch.empty(rows, dtype=torch.float32, device=res.device)
     _kernels()["add_rms_norm_ordered"][(rows,)](
         delta if delta is not None else res, res, weight, out, new_res, var, h, eps, order.factor,
-        HAS_D=delta is not None, LANES=order.lanes, VEC=order.vec, ROUNDS=order.rounds, BLOCK=block,
-        RSQRT=rsqrt, ASM=asm, num_warps=8 if block >= 2048 else 4)
+        HAS_D=delta is not None, LANES=order.lanes, SPLIT=order.split, THREADS=order.threads, VEC=order.vec,
+        ROUNDS=order.rounds, BLOCK=block, RSQRT=rsqrt, ASM=asm, num_warps=8 if block >= 2048 else 4)
     return new_res, out
 
 

@@ -3,8 +3,8 @@ step tail save?
 
 1. ``runtime.reduce_order.mean_in_order`` (the modelled order of torch's CUDA ``mean``, in plain torch ops)
    against ``sq.mean(-1, keepdim=True)`` itself, over many random rows of very different magnitudes, for several
-   widths and row counts; where they differ, two other candidate orders are tried (shuffles halving instead of
-   pairing, and a division by the width instead of the product) to say which part is wrong.
+   widths and row counts; beside it two other candidate orders (shuffles pairing adjacent lanes, as an older
+   ``Reduce.cuh`` reads, and a division by the width instead of the product) to say which part matters.
 2. The one-kernel RMSNorm (``runtime.decode_ops._add_rms_norm1``): its variance against torch's, and its two
    outputs against ``TorchOps.add_rms_norm``, on the same kind of inputs.
 3. The fused tail (``_greedy_tail``: logits kept, argmax, ids, position, mask) against torch's five ops, with ties,
@@ -29,16 +29,20 @@ from runtime.decode_ops import TorchOps, TritonFastOps, _add_rms_norm1, _add_rms
 from runtime.reduce_order import MeanOrder, fold_lanes, lane_sums, mean_in_order, mean_order
 
 
-def _halving_only(sq: torch.Tensor, order: MeanOrder) -> torch.Tensor:
+def _adjacent_shuffles(sq: torch.Tensor, order: MeanOrder) -> torch.Tensor:
+    """Session 9's first reading (an older Reduce.cuh): shuffles by 1, 2, 4, ... (adjacent pairs first) and the
+    warp rows folded before the lanes, as one flat halving."""
     lane = lane_sums(sq, order)
-    while lane.shape[1] > 1:
+    while lane.shape[1] > 32:
         half = lane.shape[1] // 2
         lane = lane[:, :half] + lane[:, half:]
+    while lane.shape[1] > 1:
+        lane = lane[:, 0::2] + lane[:, 1::2]
     return lane[:, 0] * torch.tensor(order.factor, dtype=torch.float32, device=sq.device)
 
 
 def _divided(sq: torch.Tensor, order: MeanOrder) -> torch.Tensor:
-    return fold_lanes(lane_sums(sq, order)) / order.width
+    return fold_lanes(lane_sums(sq, order), order) / order.width
 
 
 def _rows(gen: torch.Generator, rows: int, width: int, draw: int) -> torch.Tensor:
@@ -60,7 +64,7 @@ def check_orders(widths: Sequence[int], row_counts: Sequence[int], draws: int) -
                 rec["not_modelled"] = order
                 out.append(rec)
                 continue
-            rec.update(lanes=order.lanes, vec=order.vec, draws=draws, model_equal=0, halving_only_equal=0,
+            rec.update(lanes=order.lanes, split=order.split, vec=order.vec, draws=draws, model_equal=0, adjacent_shuffles_equal=0,
                        divided_equal=0, kernel_var_equal=0, kernel_outputs_equal=0, kernel_error=None)
             w = (torch.randn(width, generator=gen, device="cuda") * 0.1 + 1).bfloat16()
             var = torch.empty(rows, dtype=torch.float32, device="cuda")
@@ -71,7 +75,7 @@ def check_orders(widths: Sequence[int], row_counts: Sequence[int], draws: int) -
                 want = sq.mean(-1, keepdim=True).reshape(rows)
                 flat = sq.reshape(rows, width)
                 rec["model_equal"] += torch.equal(mean_in_order(flat, order), want)
-                rec["halving_only_equal"] += torch.equal(_halving_only(flat, order), want)
+                rec["adjacent_shuffles_equal"] += torch.equal(_adjacent_shuffles(flat, order), want)
                 rec["divided_equal"] += torch.equal(_divided(flat, order), want)
                 try:
                     new_res, got = _add_rms_norm1(delta, res, w, 1e-5, var=var)

@@ -10,33 +10,35 @@ from runtime.reduce_order import MeanOrder, mean_in_order, mean_order
 
 def _scalar_mean(sq: np.ndarray, order: MeanOrder) -> np.float32:
     """One row summed thread by thread with float32 scalars, written from the launch description and not from
-    the tensor code under test: per-thread accumulators, their left-to-right combine, the halving, the shuffles."""
-    lanes, width = order.lanes, sq.shape[0]
+    the tensor code under test: per-thread accumulators and their left-to-right combine, then block_x_reduce
+    (lane i takes lane i + offset, offsets halving) in each warp row, then block_y_reduce over the warp rows."""
+    threads, width = order.threads, sq.shape[0]
     zero = np.float32(0.0)
     values = []
-    for t in range(lanes):
+    for t in range(threads):
         acc = [zero] * 4
         if order.vec == 4:
-            for v in range(t, width // 4, lanes):
+            for v in range(t, width // 4, threads):
                 for p in range(4):
                     acc[p] = np.float32(acc[p] + sq[4 * v + p])
         else:
-            for m, i in enumerate(range(t, width, lanes)):
+            for m, i in enumerate(range(t, width, threads)):
                 acc[m % 4] = np.float32(acc[m % 4] + sq[i])
         values.append(np.float32(np.float32(np.float32(acc[0] + acc[1]) + acc[2]) + acc[3]))
-    offset = lanes // 2
-    while offset >= 32:  # shared memory: lane i takes lane i + offset
-        values = [np.float32(values[i] + values[i + offset]) for i in range(offset)]
-        offset //= 2
-    offset = 1
-    n = len(values)
-    while offset < n:  # shfl_down: lane i takes lane i + offset (what lane 0 ends with)
-        values = [np.float32(values[i] + (values[i + offset] if i + offset < n else zero)) for i in range(n)]
-        offset *= 2
-    return np.float32(values[0] * np.float32(order.factor))
+
+    def halving(vals: list) -> np.float32:
+        offset = len(vals) // 2
+        while offset >= 1:
+            vals = [np.float32(vals[i] + vals[i + offset]) for i in range(offset)]
+            offset //= 2
+        return vals[0]
+
+    rows_of_warps = [halving(values[y * order.lanes:(y + 1) * order.lanes]) for y in range(order.split)]
+    return np.float32(halving(rows_of_warps) * np.float32(order.factor))
 
 
-@pytest.mark.parametrize(("rows", "width"), [(1, 64), (2, 64), (1, 256), (2, 256), (1, 1024), (3, 1024), (1, 100)])
+@pytest.mark.parametrize(("rows", "width"), [(1, 64), (2, 64), (1, 128), (1, 256), (2, 256), (3, 1024), (1, 100),
+                                           (2, 8192)])
 def test_tensor_order_equals_a_thread_by_thread_scalar_sum(rows: int, width: int) -> None:
     gen = torch.Generator().manual_seed(rows * 1000 + width)
     sq = (torch.randn(rows, width, generator=gen) * 10 ** (torch.rand(rows, width, generator=gen) * 6 - 3)) ** 2
@@ -59,9 +61,11 @@ def test_the_order_matters_and_depends_on_the_row_count() -> None:
 
 def test_launch_parameters_follow_torchs_heuristics() -> None:
     assert mean_order(1, 4096) == MeanOrder(lanes=512, vec=4, width=4096, factor=1 / 4096)
-    assert mean_order(2, 4096).lanes == 256  # two rows: two warps' rows of 256 lanes
-    assert mean_order(2, 8192).lanes == 512  # each row also split across the block's two warp rows
+    assert mean_order(2, 4096) == MeanOrder(lanes=256, vec=4, width=4096, factor=1 / 4096)  # a warp row per row
+    two = mean_order(2, 8192)  # each row also split across the block's two warp rows
+    assert (two.lanes, two.split, two.threads) == (256, 2, 512)
     assert mean_order(1, 64) == MeanOrder(lanes=64, vec=1, width=64, factor=1 / 64)
+    assert mean_order(1, 128) == MeanOrder(lanes=32, vec=4, width=128, factor=1 / 128)  # vectorised from 128
     assert mean_order(1, 16).lanes == 16
     assert mean_order(1, 4096).rounds == 2 and mean_order(2, 4096).rounds == 4 and mean_order(1, 64).rounds == 1
     assert "vector tail" in mean_order(1, 4098)
