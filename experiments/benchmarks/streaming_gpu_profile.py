@@ -31,9 +31,8 @@ from typing import Any
 import torch
 
 from experiments.benchmarks.decode_graphs import fused_copy, hbm_copy_bandwidth
-from experiments.benchmarks.streaming import _resident_spec, build_llama, decode, weight_bytes
+from experiments.benchmarks.streaming import _resident_spec, build_llama, decode, session8_ops, weight_bytes
 from runtime.decode_graph import GraphDecoder
-from runtime.decode_ops import VerifiedOps
 from runtime.session import Session
 
 # kernel name -> what it does (first match wins; names as cuBLAS, Triton and torch print them)
@@ -54,15 +53,6 @@ def category(name: str) -> str:
         if re.search(pattern, name):
             return label
     return "other"
-
-
-def session8_ops(dec: GraphDecoder) -> GraphDecoder:
-    """``dec`` with session 8's exact ops: RMSNorm as three kernels (torch's own ``mean``), the tail as torch ops
-    (set before its first generate, so the graph is captured with them)."""
-    dec.ops = VerifiedOps(dec.device, dec.dtype, hidden=dec.hidden, intermediate=dec.cfg.intermediate_size,
-                          heads=dec.heads, kv_heads=dec.kv_heads, head_dim=dec.head_dim, eps=dec.eps,
-                          vocab=dec.cfg.vocab_size, one_kernel_norm=False, fused_tail=False)
-    return dec
 
 
 def time_replays(dec: GraphDecoder, prompt: torch.Tensor, replays: int, cache: int) -> float:
