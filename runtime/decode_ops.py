@@ -210,7 +210,7 @@ def _kernels() -> dict[str, Any]:
 
     _KERNELS.update(add_square=add_square_kernel, norm_apply=norm_apply_kernel, add_rms_norm=add_rms_norm_kernel,
                     rope_cache=rope_cache_kernel, silu_mul=silu_mul_kernel)
-    from runtime import decode_kernels  # module-level kernels (they call helpers: globals resolve, closures don't)
+    from runtime import decode_kernels  # lazy: it imports triton (helpers resolve as module globals)
 
     _KERNELS.update(add_rms_norm_ordered=decode_kernels.add_rms_norm_ordered_kernel,
                     greedy_tail=decode_kernels.greedy_tail_kernel)
@@ -337,7 +337,7 @@ def triton_next_pow2(n: int) -> int:
     return 1 << (n - 1).bit_length()
 
 
-DecodeOps = Any  # an object with name, add_rms_norm, rope_cache, silu_mul and greedy_tail (TorchOps, TritonOps, VerifiedOps)
+DecodeOps = Any  # has name, add_rms_norm, rope_cache, silu_mul, greedy_tail (TorchOps, TritonOps, VerifiedOps)
 
 
 class VerifiedOps:
@@ -409,7 +409,8 @@ class VerifiedOps:
                                       [("one kernel", _greedy_tail)] if fused_tail else [],
                                       lambda f: self._tail_exact(f, vocab))
         fused = sum("torch (no fused variant" not in v for v in self.report.values())
-        self.name = "triton" if fused == len(self.report) else f"triton ({fused} of {len(self.report)} fused, rest torch)"
+        n = len(self.report)
+        self.name = "triton" if fused == n else f"triton ({fused} of {n} fused, rest torch)"
 
     # ------------------------------------------------------------------ RMSNorm, per row count
     def add_rms_norm(self, delta: torch.Tensor | None, res: torch.Tensor, weight: torch.Tensor,

@@ -64,8 +64,9 @@ def check_orders(widths: Sequence[int], row_counts: Sequence[int], draws: int) -
                 rec["not_modelled"] = order
                 out.append(rec)
                 continue
-            rec.update(lanes=order.lanes, split=order.split, vec=order.vec, draws=draws, model_equal=0, adjacent_shuffles_equal=0,
-                       divided_equal=0, kernel_var_equal=0, kernel_outputs_equal=0, kernel_error=None)
+            rec.update(lanes=order.lanes, split=order.split, vec=order.vec, draws=draws, model_equal=0,
+                       adjacent_shuffles_equal=0, divided_equal=0, kernel_var_equal=0, kernel_outputs_equal=0,
+                       kernel_error=None)
             w = (torch.randn(width, generator=gen, device="cuda") * 0.1 + 1).bfloat16()
             var = torch.empty(rows, dtype=torch.float32, device="cuda")
             for draw in range(draws):
