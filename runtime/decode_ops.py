@@ -3,13 +3,13 @@
 A batch-1 decode step on a GPU is a few dozen GEMVs plus hundreds of tiny elementwise kernels (Hugging Face's
 RMSNorm alone is eight); inside a CUDA graph each tiny kernel still costs one to two microseconds, which for a
 7 GB model is as much time as reading the weights. The fused kernels here cut a layer's tiny kernels from ~40 to
-~5 while keeping Hugging Face's rounding: every intermediate that Hugging Face rounds to the model dtype is
-rounded here too, so the only differences left are reduction order (the RMS variance) and ``exp``/``rsqrt``
-approximations — last-place differences that greedy decoding tolerates (checked against eager in the benchmark
-and in the GPU tests).
+~4 while keeping Hugging Face's bits: every intermediate that Hugging Face rounds to the model dtype is rounded
+here too, the RMS variance is summed in the order of torch's CUDA ``mean`` (:mod:`runtime.reduce_order`), and
+:class:`VerifiedOps` takes a kernel only where it is bit for bit torch's on this device (``exp``/``rsqrt`` variants,
+the summation order per batch size), else the next variant, else torch ops.
 
 Two implementations behind one interface (:class:`DecodeOps`): ``TorchOps`` (any device; Hugging Face's own op
-sequence) and ``TritonOps`` (CUDA, needs ``triton``). Shapes: hidden ``(B, 1, H)``; q/k/v projections
+sequence) and ``TritonOps`` (CUDA, needs ``triton``; used through :class:`VerifiedOps`). Shapes: hidden ``(B, 1, H)``; q/k/v projections
 ``(B, 1, heads * head_dim)``; the static KV cache ``(B, kv_heads, L, head_dim)`` per layer; ``pos`` a one-element
 int64 tensor on the device (the position being written).
 """
