@@ -236,7 +236,8 @@ class GraphDecoder:
             logger.info("decode graph: fused kernels not used (%s); torch ops", why)
         if self.ops is TritonOps:  # each fused op checked bit for bit against torch's, per device and shape
             self.ops = VerifiedOps(self.device, self.dtype, hidden=self.hidden, intermediate=self.cfg.intermediate_size,
-                                   heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, eps=self.eps)
+                                   heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim, eps=self.eps,
+                                   vocab=self.cfg.vocab_size)
             logger.info("decode graph ops: %s", self.ops.report)
         session.streamer.quiesce()  # every staging slot free: the schedule takes them all
         self.units = {id(u.module): u for u in session.streamer.units if u.streamed}
@@ -337,12 +338,10 @@ class GraphDecoder:
         self._prefetch([self.model.lm_head])
         _, x = ops.add_rms_norm(delta, res, self.inner.norm.weight, self.eps)
         logits = self._lin(self.model.lm_head, x)  # (B, 1, V)
-        self.logits.copy_(logits[:, -1])
-        self.next.copy_(logits[:, -1].argmax(-1, keepdim=True))
-        # feed the token back and move on: the next replay needs no host work but the launch
-        self.ids.copy_(self.next)
-        self.pos.add_(1)
-        torch.where(self.positions <= self.pos, self.zero, self.ninf, out=self.mask)
+        # keep the logits, take the greedy token, feed it back and move on (one kernel with the fused ops):
+        # the next replay needs no host work but the launch
+        ops.greedy_tail(logits[:, -1].contiguous(), self.logits, self.next, self.ids, self.pos, self.positions,
+                        self.mask, self.zero, self.ninf)
         if self.prefetch is not None:
             self.prefetch.join()
         if sched is not None:

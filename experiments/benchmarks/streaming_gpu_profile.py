@@ -1,10 +1,11 @@
 """Where a captured decode step's time goes on a GPU (issue 16): per-kernel device time of graph replays.
 
 The Llama shape of ``streaming gpu`` (hidden 4096, 16 layers, bf16 7.0 GB, batch 1), every weight resident. Steps on one
-model in one process: the Session's default (``GraphDecoder(session)``: exact fused ops, q/k/v and gate/up on
-parallel streams), the same step with the products one after the other (``branches=False``), the plan with q/k/v
-and gate/up fused, each of the last and the default with ``attention="flash"``, and with ``--all`` the default with
-``l2_prefetch`` and with SDPA's memory-efficient kernel. For each:
+model in one process: the Session's default (``GraphDecoder(session)``: exact fused ops — RMSNorm in one kernel
+summed in torch's order, the step's tail in one kernel —, q/k/v and gate/up on parallel streams), session 8's
+default (RMSNorm as three kernels, the tail as torch ops), the plan with q/k/v and gate/up fused, the one-kernel
+RMSNorm in its own order (``ops="triton-fast"``, not exact), and with ``--all`` the products one after the other,
+flash attention, ``l2_prefetch`` and SDPA's memory-efficient kernel. For each:
 
 - time per token: CUDA events around ``--replays`` back-to-back replays, interleaved rounds, median over rounds,
   against the device copy bound measured in the same run;
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from experiments.benchmarks.decode_graphs import fused_copy, hbm_copy_bandwidth
-from experiments.benchmarks.streaming import _resident_spec, build_llama, decode, weight_bytes
+from experiments.benchmarks.streaming import _resident_spec, build_llama, decode, session8_ops, weight_bytes
 from runtime.decode_graph import GraphDecoder
 from runtime.session import Session
 
@@ -39,6 +40,7 @@ from runtime.session import Session
 CATEGORIES = (
     ("products (GEMV)", r"gemv|gemm|nvjet|cutlass|sm90_|splitk|splitK|Kernel2|tinygemm|matmul"),
     ("rmsnorm", r"add_square|norm_apply|add_rms_norm|MeanOps"),
+    ("step tail (logits, argmax, position, mask)", r"greedy_tail"),
     ("rope + cache write", r"rope_cache"),
     ("silu*up", r"silu_mul"),
     ("attention", r"fmha|attention|flash|efficient|cudnn|softmax"),
@@ -117,13 +119,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             Session(fmodel, _resident_spec(fmodel), graphs=False) as fsession:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        decs = {"the Session's default (parallel q/k/v and gate/up)": GraphDecoder(session),
-                "products one after the other": GraphDecoder(session, branches=False),
+        decs = {"the Session's default (one-kernel RMSNorm in torch's order, fused tail, parallel branches)":
+                GraphDecoder(session),
+                "session 8's default (three-kernel RMSNorm, torch's tail)": session8_ops(GraphDecoder(session)),
                 "plan with q/k/v and gate/up fused": GraphDecoder(fsession),
-                "default + flash attention over the filled positions": GraphDecoder(session, attention="flash"),
-                "fused plan + flash attention": GraphDecoder(fsession, attention="flash")}
-        if args.all:  # measured once (streaming_gpu_s8_profile_call3.md): both slower than the default
-            decs.update({"default + weights read into L2 ahead (l2_prefetch)": GraphDecoder(session, l2_prefetch=True),
+                "one-kernel RMSNorm in its own order (ops='triton-fast', not exact)":
+                GraphDecoder(session, ops="triton-fast")}
+        if args.all:  # measured in session 8 (streaming_gpu_s8_profile*.md): none faster than that default
+            decs.update({"products one after the other": GraphDecoder(session, branches=False),
+                         "default + flash attention over the filled positions": GraphDecoder(session, attention="flash"),
+                         "default + weights read into L2 ahead (l2_prefetch)": GraphDecoder(session, l2_prefetch=True),
                          "default, captured with SDPA's memory-efficient kernel": GraphDecoder(session)})
         backend = {"default, captured with SDPA's memory-efficient kernel": SDPBackend.EFFICIENT_ATTENTION}
         rows = {name: {"name": name, "rounds_s": []} for name in decs}
@@ -134,6 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 out = dec.generate(prompt, max_new_tokens=cache)[:, :prompt.shape[1] + args.tokens + 1]
             rows[name]["tokens_match_hf_eager"] = out[0, prompt.shape[1]:].tolist() == ref
             rows[name]["ops"] = dec.ops.name
+            rows[name]["ops_report"] = getattr(dec.ops, "report", None)
             rows[name]["attention"] = dec.attention_report
         names = list(decs)
         for r in range(args.rounds):
